@@ -1,0 +1,29 @@
+//! The Shoal content model: identifiers, piece sizing, manifests, bitfields, tickets and
+//! parallel piece hashing.
+//!
+//! Everything here is pure logic without I/O: callers hand in bytes (or a positioned-read
+//! function) and get typed values back. The same code runs in a node, in a simulation and
+//! under a fuzzer.
+//!
+//! - [`piece`]: the piece-size rule, a power of two chosen from the file size.
+//! - [`Manifest`]: name, size, piece size and per-piece BLAKE3 hashes in a canonical,
+//!   versioned binary encoding; its BLAKE3 hash is the [`ContentId`].
+//! - [`Bitfield`]: which pieces a node holds.
+//! - [`Ticket`]: the printable string people share (content id plus peer hints), with a
+//!   checksum so that a truncated or mistyped copy is detected.
+//! - [`hash::hash_pieces`]: hashes every piece of a file on all cores without holding the
+//!   file in memory.
+
+#![warn(missing_docs)]
+
+pub mod bitfield;
+pub mod hash;
+pub mod id;
+pub mod manifest;
+pub mod piece;
+pub mod ticket;
+
+pub use bitfield::Bitfield;
+pub use id::{ContentId, NodeId, PieceHash, PieceIndex};
+pub use manifest::Manifest;
+pub use ticket::{PeerAddr, Ticket};

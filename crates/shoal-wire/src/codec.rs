@@ -1,0 +1,151 @@
+//! Length-prefixed framing with a hard size limit.
+
+use bytes::{Buf, BytesMut};
+
+/// The largest frame (type byte and body): room for the bitfield of the largest manifest.
+pub const MAX_FRAME_LEN: usize = 16 * 1024;
+
+/// Error decoding a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The length prefix exceeds the limit.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    FrameTooLarge {
+        /// the announced length
+        len: usize,
+        /// the limit
+        max: usize,
+    },
+    /// A zero-length frame has no type byte.
+    #[error("empty frame")]
+    Empty,
+    /// The type byte names no message of this kind.
+    #[error("unknown frame type {0:#04x}")]
+    UnknownType(u8),
+    /// The body is shorter or longer than its type requires, or holds a bad value.
+    #[error("malformed frame of type {ty:#04x}: {what}")]
+    Malformed {
+        /// the frame type
+        ty: u8,
+        /// what is wrong
+        what: &'static str,
+    },
+}
+
+/// A message kind that can be framed.
+pub trait Frame: Sized {
+    /// The type byte and body.
+    fn encode_body(&self, out: &mut Vec<u8>);
+    /// Parses a type byte and body (the whole frame minus the length prefix).
+    fn decode_body(ty: u8, body: &[u8]) -> Result<Self, DecodeError>;
+}
+
+/// Encodes one frame with its length prefix.
+pub fn encode<F: Frame>(frame: &F) -> Vec<u8> {
+    let mut out = vec![0; 4];
+    frame.encode_body(&mut out);
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// Accumulates bytes from a stream and yields whole frames.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    buf: BytesMut,
+}
+
+impl Decoder {
+    /// A decoder with an empty buffer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends bytes read from the stream.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole frame: `Ok(None)` if more bytes are needed. After an error the stream
+    /// is unusable and should be closed.
+    pub fn decode<F: Frame>(&mut self) -> Result<Option<F>, DecodeError> {
+        let Some(prefix) = self.buf.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
+        if len > MAX_FRAME_LEN {
+            return Err(DecodeError::FrameTooLarge {
+                len,
+                max: MAX_FRAME_LEN,
+            });
+        }
+        if len == 0 {
+            return Err(DecodeError::Empty);
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        self.buf.advance(4);
+        let frame = self.buf.split_to(len);
+        F::decode_body(frame[0], &frame[1..]).map(Some)
+    }
+
+    /// Bytes received past the last decoded frame (for example the start of raw piece data).
+    pub fn take_rest(&mut self) -> BytesMut {
+        self.buf.split()
+    }
+}
+
+/// A cursor over a frame body that turns short reads into [`DecodeError::Malformed`].
+pub(crate) struct Reader<'a> {
+    ty: u8,
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(ty: u8, buf: &'a [u8]) -> Self {
+        Self { ty, buf }
+    }
+
+    pub(crate) fn malformed(&self, what: &'static str) -> DecodeError {
+        DecodeError::Malformed { ty: self.ty, what }
+    }
+
+    pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.buf.len() < n {
+            return Err(self.malformed("body too short"));
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        Ok(self.bytes(N)?.try_into().expect("N bytes"))
+    }
+
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.bytes(1)?[0])
+    }
+
+    pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+
+    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.buf)
+    }
+
+    pub(crate) fn finish(self) -> Result<(), DecodeError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(self.malformed("trailing bytes"))
+        }
+    }
+}

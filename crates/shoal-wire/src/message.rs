@@ -1,0 +1,455 @@
+//! The messages of the peer protocol and their encodings.
+//!
+//! | type | frame | body |
+//! |---|---|---|
+//! | `0x01` | [`Message::Hello`] | version u16, node key 32 bytes |
+//! | `0x02` | [`Message::Subscribe`] | content id |
+//! | `0x03` | [`Message::Bitfield`] | content id, piece count u32, bits |
+//! | `0x04` | [`Message::Have`] | content id, piece u32 |
+//! | `0x05` | [`Message::Reject`] | content id, reason u8, text |
+//! | `0x10` | [`Request::Manifest`] | content id |
+//! | `0x11` | [`Request::Piece`] | content id, piece u32 |
+//! | `0x20` | [`Response::Manifest`] | len u32, then `len` raw bytes follow the frame |
+//! | `0x21` | [`Response::Piece`] | len u32, then `len` raw bytes follow the frame |
+//! | `0x22` | [`Response::Reject`] | reason u8, text |
+
+use shoal_core::bitfield::Bitfield;
+use shoal_core::piece::{MAX_PIECES, MAX_PIECE_SIZE};
+use shoal_core::{manifest, ContentId, NodeId, PieceIndex};
+
+use crate::codec::{DecodeError, Frame, Reader};
+
+/// The longest reject text, in bytes.
+pub const MAX_REASON_LEN: usize = 200;
+
+/// Why a request or subscription was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The node does not hold this content or piece.
+    NotFound,
+    /// The node's copy changed on disk and is no longer served.
+    SourceChanged,
+    /// The node is at its upload capacity; try later or elsewhere.
+    Busy,
+    /// The request broke the protocol.
+    BadRequest,
+    /// The node failed to read its own data.
+    Internal,
+    /// A reason this version does not know.
+    Other(u8),
+}
+
+impl RejectReason {
+    fn code(self) -> u8 {
+        match self {
+            Self::NotFound => 1,
+            Self::SourceChanged => 2,
+            Self::Busy => 3,
+            Self::BadRequest => 4,
+            Self::Internal => 5,
+            Self::Other(c) => c,
+        }
+    }
+
+    fn from_code(c: u8) -> Self {
+        match c {
+            1 => Self::NotFound,
+            2 => Self::SourceChanged,
+            3 => Self::Busy,
+            4 => Self::BadRequest,
+            5 => Self::Internal,
+            c => Self::Other(c),
+        }
+    }
+}
+
+/// A control-stream message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Message {
+    /// The first message each way: who I am and which protocol version I speak.
+    Hello {
+        /// [`crate::PROTOCOL_VERSION`] of the sender
+        version: u16,
+        /// the sender's node id; must match the key it proved in the TLS handshake
+        node_id: NodeId,
+    },
+    /// Asks for the remote's bitfield of a content and its haves from now on.
+    Subscribe {
+        /// the content
+        content: ContentId,
+    },
+    /// Which pieces of a content the sender holds.
+    Bitfield {
+        /// the content
+        content: ContentId,
+        /// the pieces held
+        bitfield: Bitfield,
+    },
+    /// The sender now holds one more piece.
+    Have {
+        /// the content
+        content: ContentId,
+        /// the piece
+        piece: PieceIndex,
+    },
+    /// The sender refuses a subscription.
+    Reject {
+        /// the content
+        content: ContentId,
+        /// why
+        reason: RejectReason,
+        /// a short human-readable explanation
+        text: String,
+    },
+}
+
+/// The first frame on a request stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Request {
+    /// Asks for the manifest of a content.
+    Manifest {
+        /// the content
+        content: ContentId,
+    },
+    /// Asks for one piece.
+    Piece {
+        /// the content
+        content: ContentId,
+        /// the piece
+        piece: PieceIndex,
+    },
+}
+
+/// The header frame answering a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Response {
+    /// The manifest follows as `len` raw bytes.
+    Manifest {
+        /// byte count that follows
+        len: u32,
+    },
+    /// The piece follows as `len` raw bytes.
+    Piece {
+        /// byte count that follows
+        len: u32,
+    },
+    /// The request is refused.
+    Reject {
+        /// why
+        reason: RejectReason,
+        /// a short human-readable explanation
+        text: String,
+    },
+}
+
+fn put_text(out: &mut Vec<u8>, text: &str) {
+    let mut end = text.len().min(MAX_REASON_LEN);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.extend_from_slice(&text.as_bytes()[..end]);
+}
+
+fn read_text(r: &mut Reader<'_>) -> Result<String, DecodeError> {
+    let raw = r.rest();
+    if raw.len() > MAX_REASON_LEN {
+        return Err(r.malformed("reject text too long"));
+    }
+    String::from_utf8(raw.to_vec()).map_err(|_| r.malformed("reject text is not utf-8"))
+}
+
+impl Frame for Message {
+    fn encode_body(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Hello { version, node_id } => {
+                out.push(0x01);
+                out.extend_from_slice(&version.to_be_bytes());
+                out.extend_from_slice(node_id.public_key_bytes());
+            }
+            Self::Subscribe { content } => {
+                out.push(0x02);
+                out.extend_from_slice(content.as_bytes());
+            }
+            Self::Bitfield { content, bitfield } => {
+                out.push(0x03);
+                out.extend_from_slice(content.as_bytes());
+                out.extend_from_slice(&bitfield.len().to_be_bytes());
+                out.extend_from_slice(bitfield.as_bytes());
+            }
+            Self::Have { content, piece } => {
+                out.push(0x04);
+                out.extend_from_slice(content.as_bytes());
+                out.extend_from_slice(&piece.0.to_be_bytes());
+            }
+            Self::Reject {
+                content,
+                reason,
+                text,
+            } => {
+                out.push(0x05);
+                out.extend_from_slice(content.as_bytes());
+                out.push(reason.code());
+                put_text(out, text);
+            }
+        }
+    }
+
+    fn decode_body(ty: u8, body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(ty, body);
+        let msg = match ty {
+            0x01 => {
+                let version = r.u16()?;
+                let key = r.array()?;
+                let node_id = NodeId::from_public_key_bytes(key)
+                    .map_err(|_| r.malformed("node key is not an ed25519 key"))?;
+                Self::Hello { version, node_id }
+            }
+            0x02 => Self::Subscribe {
+                content: ContentId(r.array()?),
+            },
+            0x03 => {
+                let content = ContentId(r.array()?);
+                let len = r.u32()?;
+                if u64::from(len) > MAX_PIECES {
+                    return Err(r.malformed("bitfield longer than the largest manifest"));
+                }
+                let bitfield = Bitfield::from_bytes(len, r.rest())
+                    .map_err(|_| r.malformed("bitfield bytes do not match piece count"))?;
+                Self::Bitfield { content, bitfield }
+            }
+            0x04 => Self::Have {
+                content: ContentId(r.array()?),
+                piece: PieceIndex(r.u32()?),
+            },
+            0x05 => {
+                let content = ContentId(r.array()?);
+                let reason = RejectReason::from_code(r.u8()?);
+                Self::Reject {
+                    content,
+                    reason,
+                    text: read_text(&mut r)?,
+                }
+            }
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+}
+
+impl Frame for Request {
+    fn encode_body(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Manifest { content } => {
+                out.push(0x10);
+                out.extend_from_slice(content.as_bytes());
+            }
+            Self::Piece { content, piece } => {
+                out.push(0x11);
+                out.extend_from_slice(content.as_bytes());
+                out.extend_from_slice(&piece.0.to_be_bytes());
+            }
+        }
+    }
+
+    fn decode_body(ty: u8, body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(ty, body);
+        let req = match ty {
+            0x10 => Self::Manifest {
+                content: ContentId(r.array()?),
+            },
+            0x11 => Self::Piece {
+                content: ContentId(r.array()?),
+                piece: PieceIndex(r.u32()?),
+            },
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        r.finish()?;
+        Ok(req)
+    }
+}
+
+impl Frame for Response {
+    fn encode_body(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Manifest { len } => {
+                out.push(0x20);
+                out.extend_from_slice(&len.to_be_bytes());
+            }
+            Self::Piece { len } => {
+                out.push(0x21);
+                out.extend_from_slice(&len.to_be_bytes());
+            }
+            Self::Reject { reason, text } => {
+                out.push(0x22);
+                out.push(reason.code());
+                put_text(out, text);
+            }
+        }
+    }
+
+    fn decode_body(ty: u8, body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(ty, body);
+        let resp = match ty {
+            0x20 => {
+                let len = r.u32()?;
+                if len as usize > manifest::MAX_ENCODED_LEN {
+                    return Err(r.malformed("manifest longer than the limit"));
+                }
+                Self::Manifest { len }
+            }
+            0x21 => {
+                let len = r.u32()?;
+                if u64::from(len) > MAX_PIECE_SIZE {
+                    return Err(r.malformed("piece longer than the largest piece size"));
+                }
+                Self::Piece { len }
+            }
+            0x22 => {
+                let reason = RejectReason::from_code(r.u8()?);
+                Self::Reject {
+                    reason,
+                    text: read_text(&mut r)?,
+                }
+            }
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        r.finish()?;
+        Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::codec::{encode, Decoder};
+
+    fn node_id() -> NodeId {
+        // A fixed valid ed25519 public key (the base point encoding).
+        let mut k = [0u8; 32];
+        k[0] = 0x58;
+        k[1..].fill(0x66);
+        NodeId::from_public_key_bytes(k).unwrap()
+    }
+
+    fn reason() -> impl Strategy<Value = RejectReason> {
+        (1u8..=255).prop_map(RejectReason::from_code)
+    }
+
+    fn message() -> impl Strategy<Value = Message> {
+        let cid = any::<[u8; 32]>().prop_map(ContentId);
+        prop_oneof![
+            any::<u16>().prop_map(|version| Message::Hello {
+                version,
+                node_id: node_id()
+            }),
+            cid.clone()
+                .prop_map(|content| Message::Subscribe { content }),
+            (cid.clone(), 0u32..5000, any::<u64>()).prop_map(|(content, len, seed)| {
+                let mut bitfield = Bitfield::new(len);
+                for i in 0..len {
+                    if (seed.rotate_left(i % 64) ^ u64::from(i)) & 1 == 1 {
+                        bitfield.set(PieceIndex(i));
+                    }
+                }
+                Message::Bitfield { content, bitfield }
+            }),
+            (cid.clone(), any::<u32>()).prop_map(|(content, p)| Message::Have {
+                content,
+                piece: PieceIndex(p)
+            }),
+            (cid, reason(), "[ -~]{0,200}").prop_map(|(content, reason, text)| Message::Reject {
+                content,
+                reason,
+                text
+            }),
+        ]
+    }
+
+    fn request() -> impl Strategy<Value = Request> {
+        let cid = any::<[u8; 32]>().prop_map(ContentId);
+        prop_oneof![
+            cid.clone()
+                .prop_map(|content| Request::Manifest { content }),
+            (cid, any::<u32>()).prop_map(|(content, p)| Request::Piece {
+                content,
+                piece: PieceIndex(p)
+            }),
+        ]
+    }
+
+    fn response() -> impl Strategy<Value = Response> {
+        prop_oneof![
+            (0..=manifest::MAX_ENCODED_LEN as u32).prop_map(|len| Response::Manifest { len }),
+            (0..=MAX_PIECE_SIZE as u32).prop_map(|len| Response::Piece { len }),
+            (reason(), "[ -~]{0,200}").prop_map(|(reason, text)| Response::Reject { reason, text }),
+        ]
+    }
+
+    fn roundtrip<F: Frame + PartialEq + std::fmt::Debug>(f: &F) -> Result<(), TestCaseError> {
+        let bytes = encode(f);
+        prop_assert!(bytes.len() - 4 <= crate::MAX_FRAME_LEN);
+        // Every strict prefix is incomplete, never an error.
+        let mut d = Decoder::new();
+        for b in &bytes[..bytes.len() - 1] {
+            d.feed(std::slice::from_ref(b));
+            prop_assert_eq!(d.decode::<F>().unwrap(), None);
+        }
+        d.feed(&bytes[bytes.len() - 1..]);
+        let decoded = d.decode::<F>().unwrap();
+        prop_assert_eq!(decoded.as_ref(), Some(f));
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn message_roundtrip(m in message()) { roundtrip(&m)?; }
+
+        #[test]
+        fn request_roundtrip(r in request()) { roundtrip(&r)?; }
+
+        #[test]
+        fn response_roundtrip(r in response()) { roundtrip(&r)?; }
+
+        #[test]
+        fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut d = Decoder::new();
+            d.feed(&bytes);
+            let _ = d.decode::<Message>();
+            let mut d = Decoder::new();
+            d.feed(&bytes);
+            let _ = d.decode::<Response>();
+        }
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let mut d = Decoder::new();
+        d.feed(&(crate::MAX_FRAME_LEN as u32 + 1).to_be_bytes());
+        assert!(matches!(
+            d.decode::<Message>(),
+            Err(DecodeError::FrameTooLarge { .. })
+        ));
+        let big = Response::Piece {
+            len: MAX_PIECE_SIZE as u32 + 1,
+        };
+        let mut d = Decoder::new();
+        d.feed(&encode(&big));
+        assert!(matches!(
+            d.decode::<Response>(),
+            Err(DecodeError::Malformed { .. })
+        ));
+        let mut d = Decoder::new();
+        d.feed(&[0, 0, 0, 2, 0x02, 0]);
+        assert!(matches!(
+            d.decode::<Message>(),
+            Err(DecodeError::Malformed { .. })
+        ));
+    }
+}
