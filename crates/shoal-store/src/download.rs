@@ -1,0 +1,303 @@
+//! A download in progress: a preallocated partial file beside the output path.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use shoal_core::{Bitfield, ContentId, Manifest, PieceHash, PieceIndex};
+
+use crate::meta::{ContentRecord, Source};
+use crate::{Store, StoreError};
+
+/// The shared part of a download: what other peers may be served from while it runs.
+#[derive(Debug)]
+pub(crate) struct PartialState {
+    pub(crate) file: File,
+    pub(crate) path: PathBuf,
+    // Held only to read or set bits.
+    have: Mutex<Bitfield>,
+}
+
+impl PartialState {
+    pub(crate) fn have(&self) -> Bitfield {
+        self.have.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A download being written. Pieces are verified before they are written; verified pieces
+/// become durable at [`Download::checkpoint`]; [`Download::finish`] moves the complete file to
+/// its output path.
+#[derive(Debug)]
+pub struct Download {
+    store: Store,
+    manifest: Arc<Manifest>,
+    output: PathBuf,
+    state: Arc<PartialState>,
+    /// Verified and written, not yet recorded as durable. Held only for push/take.
+    pending: Mutex<Vec<PieceIndex>>,
+    resumed: u32,
+}
+
+fn partial_path(output: &Path, id: ContentId) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    output.with_file_name(format!(".{name}.{}.shoal-part", id.fmt_short()))
+}
+
+fn preallocate(file: &File, path: &Path, size: u64) -> Result<(), StoreError> {
+    if size == 0 {
+        return Ok(());
+    }
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, size) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::NOSPC) => Err(StoreError::NoSpace {
+            path: path.to_path_buf(),
+            needed: size,
+        }),
+        // Filesystems without fallocate: a sparse file; a full disk shows at write time.
+        Err(rustix::io::Errno::OPNOTSUPP) => file
+            .set_len(size)
+            .map_err(StoreError::io("cannot create", path)),
+        Err(e) => Err(StoreError::io("cannot create", path)(e.into())),
+    }
+}
+
+impl Download {
+    pub(crate) fn begin(
+        store: Store,
+        manifest: Arc<Manifest>,
+        output: &Path,
+    ) -> Result<Self, StoreError> {
+        let id = manifest.content_id();
+        let parent = match output.parent() {
+            Some(p) if p.as_os_str().is_empty() => Path::new("."),
+            Some(p) => p,
+            None => return Err(StoreError::NoOutputDir(output.to_path_buf())),
+        };
+        if !parent.is_dir() {
+            return Err(StoreError::NoOutputDir(parent.to_path_buf()));
+        }
+        let parent = fs::canonicalize(parent).map_err(StoreError::io("cannot open", parent))?;
+        let output = parent.join(
+            output
+                .file_name()
+                .ok_or_else(|| StoreError::NoOutputDir(output.to_path_buf()))?,
+        );
+        if output.symlink_metadata().is_ok() {
+            return Err(StoreError::OutputExists(output));
+        }
+        let meta = store.inner().meta.clone();
+        let partial = partial_path(&output, id);
+        let previous = meta.record(id)?;
+        let resumable = matches!(&previous,
+            Some(ContentRecord { source: Source::Download { partial: p, output: o }, .. })
+                if *p == partial && *o == output);
+        let mut have = Bitfield::new(manifest.piece_count());
+        let file = match OpenOptions::new().read(true).write(true).open(&partial) {
+            Ok(f) if resumable && f.metadata().is_ok_and(|md| md.len() == manifest.size()) => {
+                for p in meta.verified(id)? {
+                    have.set(p);
+                }
+                f
+            }
+            _ => {
+                if let Some(ContentRecord {
+                    source: Source::Download { partial: old, .. },
+                    ..
+                }) = &previous
+                {
+                    if *old != partial {
+                        let _ = fs::remove_file(old);
+                    }
+                }
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&partial)
+                    .map_err(StoreError::io("cannot create", &partial))?;
+                if let Err(e) = preallocate(&f, &partial, manifest.size()) {
+                    drop(f);
+                    let _ = fs::remove_file(&partial);
+                    return Err(e);
+                }
+                meta.clear_verified(id)?;
+                f
+            }
+        };
+        let rec = ContentRecord {
+            name: manifest.name().to_string(),
+            size: manifest.size(),
+            source: Source::Download {
+                partial: partial.clone(),
+                output: output.clone(),
+            },
+        };
+        meta.put_content(id, &rec, &manifest.encode())?;
+        meta.flush()?;
+        store.cache_manifest(manifest.clone());
+        store.forget_file(id);
+        let resumed = have.count();
+        let state = Arc::new(PartialState {
+            file,
+            path: partial,
+            have: Mutex::new(have),
+        });
+        store
+            .inner()
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, state.clone());
+        Ok(Self {
+            store,
+            manifest,
+            output,
+            state,
+            pending: Mutex::new(Vec::new()),
+            resumed,
+        })
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Arc<Manifest> {
+        &self.manifest
+    }
+
+    /// The output path.
+    pub fn output(&self) -> &Path {
+        &self.output
+    }
+
+    /// The pieces verified so far (durable or not).
+    pub fn have(&self) -> Bitfield {
+        self.state.have()
+    }
+
+    /// Pieces that were already verified when this download began (a resume).
+    pub fn resumed_pieces(&self) -> u32 {
+        self.resumed
+    }
+
+    /// Checks `data` against the hash of piece `piece` and, if it matches, writes it at its
+    /// offset. Returns false (writing nothing) if it does not match. Blocking.
+    pub fn write_piece(&self, piece: PieceIndex, data: &[u8]) -> Result<bool, StoreError> {
+        let Some(expected) = self.manifest.piece_hash(piece) else {
+            return Ok(false);
+        };
+        let range = self.manifest.piece_range(piece);
+        if data.len() as u64 != range.end - range.start || PieceHash::of(data) != expected {
+            return Ok(false);
+        }
+        self.state
+            .file
+            .write_all_at(data, range.start)
+            .map_err(StoreError::io("cannot write", &self.state.path))?;
+        let newly = self
+            .state
+            .have
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set(piece);
+        if newly {
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(piece);
+        }
+        Ok(true)
+    }
+
+    /// Makes the pieces written so far durable: syncs the partial file, then records them as
+    /// verified. Blocking.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let meta = &self.store.inner().meta;
+        let result = self
+            .state
+            .file
+            .sync_data()
+            .map_err(StoreError::io("cannot sync", &self.state.path))
+            .and_then(|()| meta.mark_verified(self.manifest.content_id(), &pending))
+            .and_then(|()| meta.flush());
+        if result.is_err() {
+            // Not durable: keep them pending so a later checkpoint can retry.
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(pending);
+        }
+        result
+    }
+
+    /// Moves the complete file to the output path (fsync, rename, fsync of the directory) and
+    /// records it as seeded from there. Blocking.
+    pub fn finish(self) -> Result<PathBuf, StoreError> {
+        let id = self.manifest.content_id();
+        assert!(
+            self.have().is_complete(),
+            "finish() called on an incomplete download"
+        );
+        self.checkpoint()?;
+        let path = &self.state.path;
+        self.state
+            .file
+            .sync_all()
+            .map_err(StoreError::io("cannot sync", path))?;
+        if self.output.symlink_metadata().is_ok() {
+            return Err(StoreError::OutputExists(self.output.clone()));
+        }
+        fs::rename(path, &self.output).map_err(StoreError::io("cannot move into place", path))?;
+        if let Some(dir) = self.output.parent() {
+            // Make the rename itself durable.
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        let md = fs::metadata(&self.output).map_err(StoreError::io("cannot read", &self.output))?;
+        let mtime_ns = crate::store::mtime_ns(&md);
+        let rec = ContentRecord {
+            name: self.manifest.name().to_string(),
+            size: self.manifest.size(),
+            source: Source::Seeded {
+                path: self.output.clone(),
+                len: md.len(),
+                mtime_ns,
+                changed: false,
+            },
+        };
+        let meta = &self.store.inner().meta;
+        meta.update_record(id, &rec)?;
+        meta.clear_verified(id)?;
+        meta.flush()?;
+        Ok(self.output.clone())
+    }
+}
+
+impl Drop for Download {
+    fn drop(&mut self) {
+        // Best effort: whatever was verified stays resumable.
+        if let Err(e) = self.checkpoint() {
+            tracing::warn!(error = %e, "cannot record verified pieces");
+        }
+        let id = self.manifest.content_id();
+        let mut active = self
+            .store
+            .inner()
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if active.get(&id).is_some_and(|s| Arc::ptr_eq(s, &self.state)) {
+            active.remove(&id);
+        }
+        drop(active);
+        self.store.forget_file(id);
+    }
+}
