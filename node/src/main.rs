@@ -1,1 +1,457 @@
-fn main() {}
+//! `shoal`: run a node, share files and fetch them.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use shoal_core::{PeerAddr, Ticket};
+use shoal_node::client::Client;
+use shoal_node::config::{human_bytes, NodeConfig, Rate};
+use shoal_node::control::{self, GetBody, LsEntry};
+use shoal_node::fetch::{FetchReport, FetchRequest, Progress};
+use shoal_node::node::{self, Node};
+
+/// Peer-assisted file swarm: share a file, fetch it from many peers at once over QUIC, every
+/// piece verified by its BLAKE3 hash.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version)]
+struct Cli {
+    /// The node's data dir: key, metadata and the running daemon's control address.
+    #[arg(long, global = true, env = "SHOAL_DATA_DIR", default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        env = "SHOAL_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node: serve everything in its store to peers, and the local control API.
+    Daemon {
+        /// UDP address for peers.
+        #[arg(long, env = "SHOAL_LISTEN", default_value = "0.0.0.0:0")]
+        listen: SocketAddr,
+        /// Cap on total upload, like 20MiB/s.
+        #[arg(long, env = "SHOAL_UPLOAD_LIMIT")]
+        upload_limit: Option<Rate>,
+        /// Cap on total download, like 20MiB/s.
+        #[arg(long, env = "SHOAL_DOWNLOAD_LIMIT")]
+        download_limit: Option<Rate>,
+        /// TESTING ONLY: flip a byte in each uploaded piece with this probability.
+        #[arg(long, env = "SHOAL_DANGER_CORRUPT_UPLOADS", default_value_t = 0.0, value_parser = probability)]
+        danger_corrupt_uploads: f64,
+    },
+    /// Share a file through the running daemon and print its ticket.
+    Add {
+        /// The file to share (it stays where it is).
+        path: PathBuf,
+        /// Also print the ticket as a QR code on stderr.
+        #[arg(long, env = "SHOAL_QR")]
+        qr: bool,
+    },
+    /// Fetch a file from its ticket (through the daemon if one runs, else standalone).
+    Get {
+        /// The ticket (shoal1...).
+        ticket: String,
+        /// Where to put the file.
+        #[arg(short, long, env = "SHOAL_OUTPUT")]
+        output: PathBuf,
+        /// A peer to fetch from: IP:PORT or NODE_ID@IP:PORT (repeatable).
+        #[arg(long = "peer", env = "SHOAL_PEER", value_delimiter = ',')]
+        peers: Vec<PeerAddr>,
+        /// Cap on download rate, like 20MiB/s.
+        #[arg(long, env = "SHOAL_DOWNLOAD_LIMIT")]
+        download_limit: Option<Rate>,
+        /// Print one JSON object with the outcome on stdout.
+        #[arg(long, env = "SHOAL_JSON")]
+        json: bool,
+    },
+    /// List what the node holds.
+    Ls {
+        /// Print JSON.
+        #[arg(long, env = "SHOAL_JSON")]
+        json: bool,
+    },
+    /// Show the node's id, addresses and counters.
+    Status {
+        /// Print JSON.
+        #[arg(long, env = "SHOAL_JSON")]
+        json: bool,
+    },
+}
+
+fn probability(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a probability between 0 and 1")),
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("shoal")
+}
+
+fn init_logging(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Daemon { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_logging(cli.log_format, default_level);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let data_dir = absolute(&cli.data_dir)?;
+    match cli.command {
+        Command::Daemon {
+            listen,
+            upload_limit,
+            download_limit,
+            danger_corrupt_uploads,
+        } => {
+            let config = NodeConfig {
+                listen,
+                upload_limit,
+                download_limit,
+                danger_corrupt_uploads,
+                ..NodeConfig::new(data_dir)
+            };
+            if danger_corrupt_uploads > 0.0 {
+                tracing::warn!(
+                    p = danger_corrupt_uploads,
+                    "corrupting uploads on purpose (--danger-corrupt-uploads)"
+                );
+            }
+            runtime()?.block_on(node::run(config, shutdown_signal()))
+        }
+        Command::Add { path, qr } => add(&data_dir, &path, qr),
+        Command::Get {
+            ticket,
+            output,
+            peers,
+            download_limit,
+            json,
+        } => get(&data_dir, &ticket, &output, peers, download_limit, json),
+        Command::Ls { json } => ls(&data_dir, json),
+        Command::Status { json } => status(&data_dir, json),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
+}
+
+fn no_daemon(data_dir: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "no shoal daemon is running for data dir {}: start one with `shoal daemon --data-dir {}`",
+        data_dir.display(),
+        data_dir.display()
+    )
+}
+
+fn add(data_dir: &Path, path: &Path, qr: bool) -> anyhow::Result<()> {
+    let path =
+        std::fs::canonicalize(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let md = std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !md.is_file() {
+        bail!(
+            "{} is not a regular file: shoal shares single files",
+            path.display()
+        );
+    }
+    std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let client = Client::find(data_dir)?.ok_or_else(|| no_daemon(data_dir))?;
+    let reply = client.add(&path)?;
+    println!("{}", reply.ticket);
+    if qr {
+        let code = qrcode::QrCode::new(reply.ticket.to_ascii_uppercase().as_bytes())
+            .context("ticket too long for a QR code")?;
+        let image = code
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .dark_color(qrcode::render::unicode::Dense1x2::Light)
+            .light_color(qrcode::render::unicode::Dense1x2::Dark)
+            .build();
+        eprintln!("{image}");
+    }
+    Ok(())
+}
+
+/// Renders progress: a bar on a terminal, a plain line a second otherwise.
+struct ProgressView {
+    bar: Option<indicatif::ProgressBar>,
+    last: Option<Instant>,
+}
+
+impl ProgressView {
+    fn new() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{wide_bar}] {pos}/{len} pieces  {msg}  eta {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        Self { bar, last: None }
+    }
+
+    fn update(&mut self, p: &Progress) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(u64::from(p.pieces_total));
+            bar.set_position(u64::from(p.pieces_done));
+            bar.set_message(format!("{}/s, {} peers", human_bytes(p.rate), p.peers));
+            return;
+        }
+        let due = self
+            .last
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if due || p.pieces_done == p.pieces_total {
+            self.last = Some(Instant::now());
+            let pct = if p.pieces_total == 0 {
+                100.0
+            } else {
+                100.0 * f64::from(p.pieces_done) / f64::from(p.pieces_total)
+            };
+            let eta = if p.rate > 0.0 {
+                format!("{:.0}s", (p.size - p.bytes_done) as f64 / p.rate)
+            } else {
+                "?".into()
+            };
+            eprintln!(
+                "progress: {}/{} pieces ({pct:.1}%), {}/s, {} peers, eta {eta}",
+                p.pieces_done,
+                p.pieces_total,
+                human_bytes(p.rate),
+                p.peers
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn get(
+    data_dir: &Path,
+    ticket: &str,
+    output: &Path,
+    peers: Vec<PeerAddr>,
+    limit: Option<Rate>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let shown: String = ticket.chars().take(12).collect();
+    let parsed: Ticket = ticket
+        .parse()
+        .map_err(|e| anyhow::anyhow!("cannot read ticket \"{shown}..\": {e}"))?;
+    let output = absolute(output)?;
+    if let Some(dir) = output.parent() {
+        if !dir.is_dir() {
+            bail!(
+                "directory {} does not exist: create it or choose another output path",
+                dir.display()
+            );
+        }
+    }
+    if output.symlink_metadata().is_ok() {
+        bail!(
+            "{} already exists: remove it or choose another output path",
+            output.display()
+        );
+    }
+    let mut view = ProgressView::new();
+    let report = match Client::find(data_dir)? {
+        Some(client) => {
+            let body = GetBody {
+                ticket: ticket.trim().to_string(),
+                output: output.clone(),
+                peers: peers.iter().map(|p| p.to_string()).collect(),
+                limit: limit.map(|r| r.0),
+            };
+            client.get(&body, |p| view.update(p))
+        }
+        None => get_standalone(data_dir, parsed, output, peers, limit, &mut view),
+    };
+    view.finish();
+    let report = report?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+fn get_standalone(
+    data_dir: &Path,
+    ticket: Ticket,
+    output: PathBuf,
+    extra_peers: Vec<PeerAddr>,
+    limit: Option<Rate>,
+    view: &mut ProgressView,
+) -> anyhow::Result<FetchReport> {
+    runtime()?.block_on(async {
+        let node = Node::open(&NodeConfig::new(data_dir.to_path_buf()))?;
+        // Serve what we verify while we fetch.
+        node.spawn_serving();
+        let (ptx, mut prx) = tokio::sync::watch::channel(Progress::default());
+        let req = FetchRequest {
+            ticket,
+            extra_peers,
+            output,
+            limit: limit.map(|r| r.0),
+        };
+        let fut = shoal_node::fetch::fetch(node.clone(), req, ptx);
+        tokio::pin!(fut);
+        let result = loop {
+            tokio::select! {
+                r = &mut fut => break r,
+                Ok(()) = prx.changed() => view.update(&prx.borrow_and_update().clone()),
+            }
+        };
+        node.close().await;
+        result
+    })
+}
+
+fn print_report(r: &FetchReport) {
+    let rate = r.downloaded_bytes as f64 / r.seconds.max(1e-9);
+    let used = r.peers.iter().filter(|p| p.pieces > 0).count();
+    println!(
+        "fetched {} ({}) to {} in {:.1}s ({}/s from {used} peers, {} bad pieces{})",
+        r.content_id.get(..12).unwrap_or(&r.content_id),
+        human_bytes(r.size as f64),
+        r.path,
+        r.seconds,
+        human_bytes(rate),
+        r.bad_pieces,
+        if r.resumed_pieces > 0 {
+            format!(", {} pieces resumed", r.resumed_pieces)
+        } else {
+            String::new()
+        }
+    );
+    for p in r.peers.iter().filter(|p| p.banned) {
+        println!("banned {} at {} for sending bad data", p.node_id, p.addr);
+    }
+}
+
+fn ls(data_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let entries: Vec<LsEntry> = match Client::find(data_dir)? {
+        Some(c) => c.ls()?,
+        None => control::list(&shoal_store::Store::open(data_dir)?)?,
+    };
+    if json {
+        println!("{}", serde_json::to_string(&entries)?);
+        return Ok(());
+    }
+    for e in &entries {
+        let state = match e.state.as_str() {
+            "partial" if e.pieces_total > 0 => {
+                format!(
+                    "partial {:.1}%",
+                    100.0 * f64::from(e.pieces_have) / f64::from(e.pieces_total)
+                )
+            }
+            s => s.to_string(),
+        };
+        println!(
+            "{}  {:<16} {:>10}  {}",
+            e.content_id,
+            state,
+            human_bytes(e.size as f64),
+            e.name
+        );
+    }
+    Ok(())
+}
+
+fn status(data_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let client = Client::find(data_dir)?.ok_or_else(|| no_daemon(data_dir))?;
+    let s = client.status()?;
+    if json {
+        println!("{}", serde_json::to_string(&s)?);
+    } else {
+        println!("node {}", s.node_id);
+        println!("addresses {}", s.addrs.join(", "));
+        println!(
+            "uploaded {} ({} pieces)",
+            human_bytes(s.uploaded_bytes as f64),
+            s.pieces_uploaded
+        );
+        println!(
+            "downloaded {} ({} bad pieces)",
+            human_bytes(s.downloaded_bytes as f64),
+            s.bad_pieces
+        );
+    }
+    Ok(())
+}

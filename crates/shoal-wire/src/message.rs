@@ -323,6 +323,32 @@ impl Frame for Response {
     }
 }
 
+/// The first frame of a stream the dialer opens: [`Message::Hello`] opens the control stream,
+/// a [`Request`] opens a request stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opening {
+    /// The control stream's first message.
+    Control(Message),
+    /// A request stream's request.
+    Request(Request),
+}
+
+impl Frame for Opening {
+    fn encode_body(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Control(m) => m.encode_body(out),
+            Self::Request(r) => r.encode_body(out),
+        }
+    }
+
+    fn decode_body(ty: u8, body: &[u8]) -> Result<Self, DecodeError> {
+        match ty {
+            0x10..=0x1f => Request::decode_body(ty, body).map(Self::Request),
+            _ => Message::decode_body(ty, body).map(Self::Control),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

@@ -1,0 +1,355 @@
+//! The local control API: HTTP/JSON on 127.0.0.1, used by `shoal add/get/ls/status`.
+//!
+//! The daemon writes `control.json` (address, a random token, pid; mode 0600) into its data dir;
+//! clients send the token as a bearer token, so only users who can read the data dir control
+//! the node. `GET /metrics` (Prometheus text) needs no token.
+//!
+//! | route | body | answer |
+//! |---|---|---|
+//! | `GET /v1/status` | | [`Status`] |
+//! | `GET /v1/ls` | | `[LsEntry]` |
+//! | `POST /v1/add` | [`AddBody`] | [`AddReply`] |
+//! | `POST /v1/get` | [`GetBody`] | NDJSON: `{"progress": ..}` lines, then `{"done": FetchReport}` or `{"error": ".."}` |
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use shoal_core::{PeerAddr, Ticket};
+use shoal_store::{Entry, EntryState};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::fetch::{fetch, FetchRequest, Progress};
+use crate::node::Node;
+
+/// The file in the data dir that tells clients where the API is.
+pub const CONTROL_FILE: &str = "control.json";
+
+/// What `control.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ControlInfo {
+    /// The API address.
+    pub addr: SocketAddr,
+    /// The bearer token.
+    pub token: String,
+    /// The daemon's process id.
+    pub pid: u32,
+}
+
+/// `POST /v1/add`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddBody {
+    /// Absolute path of the file to share.
+    pub path: PathBuf,
+}
+
+/// Answer to `POST /v1/add`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddReply {
+    /// The content id.
+    pub content_id: String,
+    /// The ticket to share.
+    pub ticket: String,
+    /// The file name.
+    pub name: String,
+    /// The file size.
+    pub size: u64,
+}
+
+/// `POST /v1/get`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetBody {
+    /// The ticket.
+    pub ticket: String,
+    /// Absolute output path.
+    pub output: PathBuf,
+    /// Extra peers, `IP:PORT` or `NODE_ID@IP:PORT`.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// A download cap for this fetch, bytes per second.
+    #[serde(default)]
+    pub limit: Option<u64>,
+}
+
+/// One line of `shoal ls`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LsEntry {
+    /// The content id.
+    pub content_id: String,
+    /// The file name.
+    pub name: String,
+    /// The file size.
+    pub size: u64,
+    /// `complete`, `partial` or `source changed`.
+    pub state: String,
+    /// Pieces verified.
+    pub pieces_have: u32,
+    /// Pieces in the content.
+    pub pieces_total: u32,
+    /// Where the file is (or will be).
+    pub path: String,
+}
+
+impl LsEntry {
+    /// The API form of a store entry.
+    pub fn from_entry(e: &Entry, pieces_total: u32) -> Self {
+        let (state, have) = match e.state {
+            EntryState::Complete => ("complete", pieces_total),
+            EntryState::Partial { have, .. } => ("partial", have),
+            EntryState::SourceChanged => ("source changed", 0),
+        };
+        Self {
+            content_id: e.content.to_string(),
+            name: e.name.clone(),
+            size: e.size,
+            state: state.into(),
+            pieces_have: have,
+            pieces_total,
+            path: e.path.display().to_string(),
+        }
+    }
+}
+
+/// Lists the store of a node.
+pub fn list(store: &shoal_store::Store) -> anyhow::Result<Vec<LsEntry>> {
+    let mut out = Vec::new();
+    for e in store.list()? {
+        let total = store.manifest(e.content)?.map_or(0, |m| m.piece_count());
+        out.push(LsEntry::from_entry(&e, total));
+    }
+    Ok(out)
+}
+
+/// A running control API.
+#[derive(Debug)]
+pub struct ControlHandle {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    file: PathBuf,
+}
+
+impl ControlHandle {
+    /// Stops the API and removes `control.json`.
+    pub fn stop(self) {
+        let _ = std::fs::remove_file(&self.file);
+        let _ = self.stop.send(());
+    }
+}
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn bad_request(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, e.to_string())
+}
+
+fn internal(e: anyhow::Error) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+}
+
+#[derive(Clone)]
+struct Api {
+    node: Arc<Node>,
+    token: Arc<str>,
+}
+
+impl Api {
+    fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let ok = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| t == &*self.token);
+        if ok {
+            Ok(())
+        } else {
+            Err(ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong control token".into(),
+            ))
+        }
+    }
+}
+
+/// Binds the API on 127.0.0.1 and writes `control.json`.
+pub async fn serve(node: Arc<Node>) -> anyhow::Result<ControlHandle> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the control API")?;
+    let addr = listener.local_addr()?;
+    let token: String = (0..32).map(|_| fastrand::alphanumeric()).collect();
+    let file = node.data_dir().join(CONTROL_FILE);
+    write_private(
+        &file,
+        &serde_json::to_vec(&ControlInfo {
+            addr,
+            token: token.clone(),
+            pid: std::process::id(),
+        })?,
+    )?;
+    let api = Api {
+        node,
+        token: token.into(),
+    };
+    let app = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/ls", get(ls))
+        .route("/v1/add", post(add))
+        .route("/v1/get", post(get_content))
+        .route("/metrics", get(metrics))
+        .with_state(api);
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let server = axum::serve(listener, app).with_graceful_shutdown(async {
+            let _ = stopped.await;
+        });
+        if let Err(e) = server.await {
+            tracing::warn!(error = %e, "control API stopped");
+        }
+    });
+    Ok(ControlHandle { addr, stop, file })
+}
+
+/// Writes a file readable only by its owner, atomically.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+async fn status(
+    State(api): State<Api>,
+    headers: HeaderMap,
+) -> Result<Json<crate::node::Status>, ApiError> {
+    api.check(&headers)?;
+    Ok(Json(api.node.status()))
+}
+
+async fn ls(State(api): State<Api>, headers: HeaderMap) -> Result<Json<Vec<LsEntry>>, ApiError> {
+    api.check(&headers)?;
+    let store = api.node.store().clone();
+    let entries = tokio::task::spawn_blocking(move || list(&store))
+        .await
+        .map_err(|e| internal(e.into()))?;
+    Ok(Json(entries.map_err(internal)?))
+}
+
+async fn add(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Json(body): Json<AddBody>,
+) -> Result<Json<AddReply>, ApiError> {
+    api.check(&headers)?;
+    let store = api.node.store().clone();
+    let path = body.path.clone();
+    let manifest = tokio::task::spawn_blocking(move || store.import(&path, |_| {}))
+        .await
+        .map_err(|e| internal(e.into()))?
+        .map_err(bad_request)?;
+    let id = manifest.content_id();
+    tracing::info!(content = %id, path = %body.path.display(), size = manifest.size(), "added");
+    Ok(Json(AddReply {
+        content_id: id.to_string(),
+        ticket: api.node.ticket(id).to_string(),
+        name: manifest.name().to_string(),
+        size: manifest.size(),
+    }))
+}
+
+fn line(v: serde_json::Value) -> Result<Bytes, Infallible> {
+    let mut s = v.to_string();
+    s.push('\n');
+    Ok(Bytes::from(s))
+}
+
+async fn get_content(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Json(body): Json<GetBody>,
+) -> Result<Response, ApiError> {
+    api.check(&headers)?;
+    let ticket: Ticket = body
+        .ticket
+        .parse()
+        .map_err(|e| bad_request(format!("cannot read ticket: {e}")))?;
+    let extra_peers = body
+        .peers
+        .iter()
+        .map(|p| p.parse::<PeerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad_request)?;
+    let req = FetchRequest {
+        ticket,
+        extra_peers,
+        output: body.output,
+        limit: body.limit,
+    };
+    let (tx, rx) = mpsc::channel(16);
+    let node = api.node.clone();
+    tokio::spawn(async move {
+        let (ptx, mut prx) = watch::channel(Progress::default());
+        let fut = fetch(node, req, ptx);
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                res = &mut fut => {
+                    let v = match res {
+                        Ok(report) => serde_json::json!({ "done": report }),
+                        Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+                    };
+                    let _ = tx.send(line(v)).await;
+                    return;
+                }
+                Ok(()) = prx.changed() => {
+                    let p = prx.borrow_and_update().clone();
+                    if tx.send(line(serde_json::json!({ "progress": p }))).await.is_err() {
+                        // The client went away: dropping the fetch keeps what was verified.
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    Ok(Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .map_err(|e| internal(e.into()))?)
+}
+
+async fn metrics(State(api): State<Api>) -> String {
+    let s = api.node.status();
+    format!(
+        "# TYPE shoal_uploaded_bytes_total counter\nshoal_uploaded_bytes_total {}\n\
+         # TYPE shoal_downloaded_bytes_total counter\nshoal_downloaded_bytes_total {}\n\
+         # TYPE shoal_pieces_uploaded_total counter\nshoal_pieces_uploaded_total {}\n\
+         # TYPE shoal_bad_pieces_total counter\nshoal_bad_pieces_total {}\n",
+        s.uploaded_bytes, s.downloaded_bytes, s.pieces_uploaded, s.bad_pieces
+    )
+}

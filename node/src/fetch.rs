@@ -1,0 +1,643 @@
+//! Downloading one content from many peers at once.
+//!
+//! One driver task owns the [`Picker`] and reacts to events: results of piece requests (each on
+//! its own QUIC stream, several in flight per peer) and bitfields and haves from the peers'
+//! control streams. Piece bytes are hashed and written by the store only if they match; the
+//! verified set becomes durable at checkpoints, once a second.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use quinn::{Connection, VarInt};
+use serde::{Deserialize, Serialize};
+use shoal_core::{ContentId, Manifest, NodeId, PeerAddr, PieceIndex, Ticket};
+use shoal_net::RateLimiter;
+use shoal_store::{Download, StoreError};
+use shoal_swarm::{Picker, Verdict};
+use shoal_wire::{Decoder, RejectReason, Request, Response, Session};
+use tokio::sync::{mpsc, watch};
+use tokio::task::{AbortHandle, JoinSet};
+use tracing::{debug, info, warn};
+
+use crate::io::{read_frame, write_frame};
+use crate::node::Node;
+use crate::serve::{drive_control, PeerEvent, CLOSE_BANNED};
+
+/// Bytes in flight per peer that the pipeline aims for.
+const PIPELINE_BYTES: u64 = 16 * 1024 * 1024;
+/// Bytes read per rate-limiter grant.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// What to fetch and where to.
+#[derive(Debug, Clone)]
+pub struct FetchRequest {
+    /// The ticket.
+    pub ticket: Ticket,
+    /// Peers given besides the ticket's.
+    pub extra_peers: Vec<PeerAddr>,
+    /// The output path.
+    pub output: PathBuf,
+    /// A cap for this fetch only (on top of the node's).
+    pub limit: Option<u64>,
+}
+
+/// Progress of a fetch, published several times a second.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Progress {
+    /// The file name.
+    pub name: String,
+    /// The file size.
+    pub size: u64,
+    /// Pieces verified.
+    pub pieces_done: u32,
+    /// Pieces in the content.
+    pub pieces_total: u32,
+    /// Bytes verified.
+    pub bytes_done: u64,
+    /// Bytes received from the network in this run.
+    pub downloaded_bytes: u64,
+    /// Peers currently used.
+    pub peers: usize,
+    /// Receive rate, bytes per second, smoothed.
+    pub rate: f64,
+}
+
+/// Per-peer figures of a fetch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerReport {
+    /// The peer's node id.
+    pub node_id: String,
+    /// The address used.
+    pub addr: String,
+    /// Verified pieces received from it.
+    pub pieces: u32,
+    /// Piece bytes received from it (good or bad).
+    pub bytes: u64,
+    /// True if it was banned for bad data.
+    pub banned: bool,
+}
+
+/// The outcome of a fetch, as `shoal get --json` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FetchReport {
+    /// The content id.
+    pub content_id: String,
+    /// The file size.
+    pub size: u64,
+    /// Bytes received from the network in this run.
+    pub downloaded_bytes: u64,
+    /// Wall time of the fetch.
+    pub seconds: f64,
+    /// Pieces that failed verification.
+    pub bad_pieces: u64,
+    /// Every peer used.
+    pub peers: Vec<PeerReport>,
+    /// Pieces already verified when this run started (a resume).
+    pub resumed_pieces: u32,
+    /// Where the file is.
+    pub path: String,
+}
+
+struct PeerState {
+    conn: Connection,
+    addr: SocketAddr,
+    pieces: u32,
+    bytes: u64,
+    banned: bool,
+    /// Bitfield not yet received.
+    pending: bool,
+    /// Gone, rejected or banned: no more requests.
+    done: Option<String>,
+}
+
+enum Outcome {
+    Verified,
+    Bad,
+    Rejected(RejectReason, String),
+    Failed(String),
+    Fatal(StoreError),
+}
+
+struct Done {
+    peer: NodeId,
+    piece: PieceIndex,
+    bytes: u64,
+    outcome: Outcome,
+}
+
+/// Fetches a content. Returns when the file is at its output path, or with an error that says
+/// what happened; verified pieces are kept for a resume either way. Cancel-safe: dropping the
+/// future keeps what was verified.
+pub async fn fetch(
+    node: Arc<Node>,
+    req: FetchRequest,
+    progress: watch::Sender<Progress>,
+) -> anyhow::Result<FetchReport> {
+    let started = Instant::now();
+    let content = req.ticket.content;
+    let limit = RateLimiter::new(req.limit);
+    let mut candidates: Vec<PeerAddr> = req
+        .ticket
+        .peers
+        .iter()
+        .chain(&req.extra_peers)
+        .copied()
+        .collect();
+    candidates.dedup_by_key(|p| p.addr);
+    candidates.retain(|p| p.node_id != Some(node.node_id()));
+    if candidates.is_empty() {
+        bail!("the ticket names no peers and no --peer was given: add --peer IP:PORT of a node that has the file");
+    }
+    let mut peers = connect_all(&node, &candidates).await?;
+    let mut downloaded = 0u64;
+
+    let manifest = match node.store.manifest(content)? {
+        Some(m) => m,
+        None => {
+            let (m, n) = fetch_manifest(&peers, content).await?;
+            downloaded += n;
+            Arc::new(m)
+        }
+    };
+    let store = node.store.clone();
+    let (m2, out) = (manifest.clone(), req.output.clone());
+    let dl = Arc::new(tokio::task::spawn_blocking(move || store.begin_download(m2, &out)).await??);
+    let resumed = dl.resumed_pieces();
+    if resumed > 0 {
+        info!(content = %content.fmt_short(), resumed, total = manifest.piece_count(), "resuming");
+    }
+    let mut picker = Picker::new(dl.have(), fastrand::u64(..));
+    let pipeline = (PIPELINE_BYTES / manifest.piece_size()).clamp(2, 32) as usize;
+
+    let (ev_tx, mut ev_rx) = mpsc::channel::<PeerEvent>(1024);
+    let mut controls = JoinSet::new();
+    if !picker.is_complete() {
+        for (&id, p) in &peers {
+            controls.spawn(open_control(
+                node.clone(),
+                p.conn.clone(),
+                id,
+                content,
+                manifest.piece_count(),
+                ev_tx.clone(),
+            ));
+        }
+    }
+    drop(ev_tx);
+
+    let mut requests: JoinSet<Done> = JoinSet::new();
+    let mut aborts: HashMap<(NodeId, PieceIndex), AbortHandle> = HashMap::new();
+    let mut bad_pieces = 0u64;
+    let mut checkpoint = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut rate = RateMeter::new();
+
+    while !picker.is_complete() {
+        for (&id, p) in peers.iter() {
+            if p.done.is_some() || p.pending {
+                continue;
+            }
+            while picker.in_flight(id) < pipeline {
+                let Some(r) = picker.next_request(id) else {
+                    break;
+                };
+                let job = request_piece(
+                    p.conn.clone(),
+                    id,
+                    content,
+                    r.piece,
+                    manifest.piece_len(r.piece),
+                    dl.clone(),
+                    node.clone(),
+                    limit.clone(),
+                );
+                aborts.insert((id, r.piece), requests.spawn(job));
+            }
+        }
+        if requests.is_empty() && !peers.values().any(|p| p.pending && p.done.is_none()) {
+            let have = picker.have().count();
+            let total = manifest.piece_count();
+            let reasons: Vec<String> = peers
+                .iter()
+                .filter_map(|(id, p)| {
+                    p.done
+                        .as_ref()
+                        .map(|d| format!("{} ({}): {d}", p.addr, id.fmt_short()))
+                })
+                .collect();
+            if peers.values().all(|p| p.done.is_some()) {
+                bail!(
+                    "lost every peer with {have}/{total} pieces verified (kept: run the same command again to resume): {}",
+                    reasons.join("; ")
+                );
+            }
+            bail!(
+                "no connected peer has the {} missing pieces ({have}/{total} verified and kept for a resume)",
+                total - have
+            );
+        }
+        tokio::select! {
+            biased;
+            Some(joined) = requests.join_next() => {
+                let Ok(done) = joined else { continue }; // cancelled endgame duplicate
+                aborts.remove(&(done.peer, done.piece));
+                downloaded += done.bytes;
+                rate.add(done.bytes);
+                let Some(p) = peers.get_mut(&done.peer) else { continue };
+                p.bytes += done.bytes;
+                match done.outcome {
+                    Outcome::Verified => {
+                        p.pieces += 1;
+                        for other in picker.piece_verified(done.peer, done.piece) {
+                            if let Some(h) = aborts.remove(&(other, done.piece)) {
+                                h.abort();
+                            }
+                        }
+                        let _ = node.haves.send((content, done.piece));
+                    }
+                    Outcome::Bad => {
+                        bad_pieces += 1;
+                        node.stats.bad_pieces.fetch_add(1, Ordering::Relaxed);
+                        if picker.piece_failed(done.peer, done.piece) == Verdict::Banned && !p.banned {
+                            warn!(peer = %done.peer, addr = %p.addr, "peer sent bad data twice; banned");
+                            p.banned = true;
+                            p.done = Some("banned for sending bad data".into());
+                            p.conn.close(VarInt::from_u32(CLOSE_BANNED), b"sent bad data");
+                        } else {
+                            warn!(peer = %done.peer, piece = %done.piece, "piece failed verification");
+                        }
+                    }
+                    Outcome::Rejected(reason, text) => {
+                        picker.request_failed(done.peer, done.piece);
+                        if reason != RejectReason::Busy {
+                            debug!(peer = %done.peer, ?reason, %text, "peer refused a piece");
+                            picker.remove_peer(done.peer);
+                            p.done = Some(format!("refused: {text}"));
+                        }
+                    }
+                    Outcome::Failed(e) => {
+                        picker.request_failed(done.peer, done.piece);
+                        if p.done.is_none() {
+                            debug!(peer = %done.peer, error = %e, "peer failed");
+                            picker.remove_peer(done.peer);
+                            p.done = Some(e);
+                        }
+                    }
+                    Outcome::Fatal(e) => {
+                        let dl = dl.clone();
+                        let _ = tokio::task::spawn_blocking(move || dl.checkpoint()).await;
+                        return Err(e.into());
+                    }
+                }
+            }
+            Some(ev) = ev_rx.recv() => handle_event(&mut picker, &mut peers, ev),
+            _ = checkpoint.tick() => {
+                let dl = dl.clone();
+                tokio::task::spawn_blocking(move || dl.checkpoint()).await??;
+            }
+            _ = tick.tick() => {
+                let _ = progress.send(snapshot(&manifest, &picker, &peers, downloaded, rate.rate()));
+            }
+        }
+    }
+    requests.abort_all();
+    controls.abort_all();
+    let _ = progress.send(snapshot(
+        &manifest,
+        &picker,
+        &peers,
+        downloaded,
+        rate.rate(),
+    ));
+    let path = {
+        // The last reference: every request task has finished or been aborted.
+        while requests.join_next().await.is_some() {}
+        let dl = Arc::into_inner(dl).ok_or_else(|| anyhow!("download still in use"))?;
+        tokio::task::spawn_blocking(move || dl.finish()).await??
+    };
+    for p in peers.values() {
+        if !p.banned {
+            p.conn.close(VarInt::from_u32(0), b"done");
+        }
+    }
+    node.stats
+        .downloaded_bytes
+        .fetch_add(downloaded, Ordering::Relaxed);
+    let report = FetchReport {
+        content_id: content.to_string(),
+        size: manifest.size(),
+        downloaded_bytes: downloaded,
+        seconds: started.elapsed().as_secs_f64(),
+        bad_pieces,
+        peers: peers
+            .iter()
+            .map(|(id, p)| PeerReport {
+                node_id: id.to_string(),
+                addr: p.addr.to_string(),
+                pieces: p.pieces,
+                bytes: p.bytes,
+                banned: p.banned,
+            })
+            .collect(),
+        resumed_pieces: resumed,
+        path: path.display().to_string(),
+    };
+    info!(content = %content.fmt_short(), size = report.size, seconds = report.seconds, "fetch complete");
+    Ok(report)
+}
+
+fn handle_event(
+    picker: &mut Picker<NodeId>,
+    peers: &mut BTreeMap<NodeId, PeerState>,
+    ev: PeerEvent,
+) {
+    match ev {
+        PeerEvent::Bitfield(id, b) => {
+            if let Some(p) = peers.get_mut(&id) {
+                p.pending = false;
+                picker.add_peer(id, b);
+            }
+        }
+        PeerEvent::Have(id, piece) => picker.peer_has(id, piece),
+        PeerEvent::Rejected(id, reason, text) => {
+            if let Some(p) = peers.get_mut(&id) {
+                p.pending = false;
+                p.done
+                    .get_or_insert(format!("refused the content ({reason:?}: {text})"));
+            }
+        }
+        PeerEvent::Closed(id, why) => {
+            if let Some(p) = peers.get_mut(&id) {
+                p.pending = false;
+                p.done.get_or_insert(why);
+                picker.remove_peer(id);
+            }
+        }
+    }
+}
+
+fn snapshot(
+    m: &Manifest,
+    picker: &Picker<NodeId>,
+    peers: &BTreeMap<NodeId, PeerState>,
+    downloaded: u64,
+    rate: f64,
+) -> Progress {
+    let have = picker.have();
+    let bytes_done = have.iter_ones().map(|i| m.piece_len(i)).sum();
+    Progress {
+        name: m.name().to_string(),
+        size: m.size(),
+        pieces_done: have.count(),
+        pieces_total: have.len(),
+        bytes_done,
+        downloaded_bytes: downloaded,
+        peers: peers.values().filter(|p| p.done.is_none()).count(),
+        rate,
+    }
+}
+
+/// Dials every candidate at once; keeps one connection per node id.
+async fn connect_all(
+    node: &Arc<Node>,
+    candidates: &[PeerAddr],
+) -> anyhow::Result<BTreeMap<NodeId, PeerState>> {
+    let mut dials = JoinSet::new();
+    for &p in candidates {
+        let node = node.clone();
+        dials.spawn(async move { (p, node.endpoint.connect(&p, shoal_wire::ALPN).await) });
+    }
+    let mut peers = BTreeMap::new();
+    let mut errors = Vec::new();
+    while let Some(joined) = dials.join_next().await {
+        let Ok((p, result)) = joined else { continue };
+        match result {
+            Ok((conn, id)) if id == node.node_id() => conn.close(VarInt::from_u32(0), b"self"),
+            Ok((conn, id)) => {
+                if peers.contains_key(&id) {
+                    conn.close(VarInt::from_u32(0), b"duplicate");
+                    continue;
+                }
+                debug!(peer = %id, addr = %p.addr, "connected");
+                peers.insert(
+                    id,
+                    PeerState {
+                        conn,
+                        addr: p.addr,
+                        pieces: 0,
+                        bytes: 0,
+                        banned: false,
+                        pending: true,
+                        done: None,
+                    },
+                );
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if peers.is_empty() {
+        bail!("cannot reach any peer: {}", errors.join("; "));
+    }
+    Ok(peers)
+}
+
+/// Asks each peer in turn for the manifest until one sends one that hashes to the content id.
+async fn fetch_manifest(
+    peers: &BTreeMap<NodeId, PeerState>,
+    content: ContentId,
+) -> anyhow::Result<(Manifest, u64)> {
+    let mut reasons = Vec::new();
+    let mut received = 0;
+    for (id, p) in peers {
+        match request_manifest(&p.conn, content).await {
+            Ok((bytes, n)) => {
+                received += n;
+                match Manifest::decode(&bytes) {
+                    Ok(m) if m.content_id() == content => return Ok((m, received)),
+                    Ok(_) => reasons.push(format!("{}: sent a manifest for other content", p.addr)),
+                    Err(e) => reasons.push(format!("{}: sent a bad manifest ({e})", p.addr)),
+                }
+                warn!(peer = %id, "peer sent a manifest that does not match the content id");
+            }
+            Err(e) => reasons.push(format!("{}: {e:#}", p.addr)),
+        }
+    }
+    bail!(
+        "no peer has content {content} ({}): check that the ticket is for a file they still share",
+        reasons.join("; ")
+    )
+}
+
+async fn request_manifest(conn: &Connection, content: ContentId) -> anyhow::Result<(Vec<u8>, u64)> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    write_frame(&mut send, &Request::Manifest { content }).await?;
+    send.finish()?;
+    let mut dec = Decoder::new();
+    match read_frame::<Response>(&mut recv, &mut dec)
+        .await?
+        .context("no answer")?
+    {
+        Response::Manifest { len } => {
+            let mut buf = dec.take_rest().to_vec();
+            if buf.len() > len as usize {
+                bail!("manifest longer than announced");
+            }
+            let have = buf.len();
+            buf.resize(len as usize, 0);
+            recv.read_exact(&mut buf[have..]).await?;
+            Ok((buf, u64::from(len)))
+        }
+        Response::Reject { text, .. } => bail!("refused: {text}"),
+        other => bail!("unexpected answer {other:?}"),
+    }
+}
+
+async fn open_control(
+    node: Arc<Node>,
+    conn: Connection,
+    peer: NodeId,
+    content: ContentId,
+    pieces: u32,
+    events: mpsc::Sender<PeerEvent>,
+) {
+    let (send, recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = events.send(PeerEvent::Closed(peer, e.to_string())).await;
+            return;
+        }
+    };
+    let mut session = Session::new(node.node_id(), peer);
+    session.subscribe(content, pieces);
+    drive_control(
+        node,
+        &conn,
+        peer,
+        session,
+        None,
+        send,
+        recv,
+        Decoder::new(),
+        Some(events),
+    )
+    .await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn request_piece(
+    conn: Connection,
+    peer: NodeId,
+    content: ContentId,
+    piece: PieceIndex,
+    len: u64,
+    dl: Arc<Download>,
+    node: Arc<Node>,
+    limit: RateLimiter,
+) -> Done {
+    let mut bytes = 0u64;
+    let outcome = match receive_piece(&conn, content, piece, len, &node, &limit, &mut bytes).await {
+        Ok(Ok(data)) => {
+            match tokio::task::spawn_blocking(move || dl.write_piece(piece, &data)).await {
+                Ok(Ok(true)) => Outcome::Verified,
+                Ok(Ok(false)) => Outcome::Bad,
+                Ok(Err(e)) => Outcome::Fatal(e),
+                Err(e) => Outcome::Failed(e.to_string()),
+            }
+        }
+        Ok(Err((reason, text))) => Outcome::Rejected(reason, text),
+        Err(e) => Outcome::Failed(format!("{e:#}")),
+    };
+    Done {
+        peer,
+        piece,
+        bytes,
+        outcome,
+    }
+}
+
+type Rejection = (RejectReason, String);
+
+async fn receive_piece(
+    conn: &Connection,
+    content: ContentId,
+    piece: PieceIndex,
+    len: u64,
+    node: &Node,
+    limit: &RateLimiter,
+    bytes: &mut u64,
+) -> anyhow::Result<Result<Vec<u8>, Rejection>> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    write_frame(&mut send, &Request::Piece { content, piece }).await?;
+    send.finish()?;
+    let mut dec = Decoder::new();
+    let n = match read_frame::<Response>(&mut recv, &mut dec)
+        .await?
+        .context("no answer")?
+    {
+        Response::Piece { len: n } => u64::from(n),
+        Response::Reject { reason, text } => return Ok(Err((reason, text))),
+        other => bail!("unexpected answer {other:?}"),
+    };
+    if n != len {
+        bail!("piece {piece} announced as {n} bytes, expected {len}");
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    buf.extend_from_slice(&dec.take_rest());
+    *bytes += buf.len() as u64;
+    if buf.len() as u64 > len {
+        bail!("piece longer than announced");
+    }
+    while (buf.len() as u64) < len {
+        let want = READ_CHUNK.min(len as usize - buf.len());
+        node.download.acquire(want as u64).await;
+        limit.acquire(want as u64).await;
+        let chunk = recv
+            .read_chunk(want, true)
+            .await?
+            .context("stream ended inside a piece")?;
+        buf.extend_from_slice(&chunk.bytes);
+        *bytes += chunk.bytes.len() as u64;
+    }
+    Ok(Ok(buf))
+}
+
+/// A receive rate smoothed over about two seconds.
+struct RateMeter {
+    last: Instant,
+    acc: u64,
+    rate: f64,
+}
+
+impl RateMeter {
+    fn new() -> Self {
+        Self {
+            last: Instant::now(),
+            acc: 0,
+            rate: 0.0,
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        self.acc += n;
+    }
+
+    fn rate(&mut self) -> f64 {
+        let dt = self.last.elapsed().as_secs_f64();
+        if dt >= 0.2 {
+            let inst = self.acc as f64 / dt;
+            self.rate = if self.rate == 0.0 {
+                inst
+            } else {
+                0.7 * self.rate + 0.3 * inst
+            };
+            self.acc = 0;
+            self.last = Instant::now();
+        }
+        self.rate
+    }
+}

@@ -1,0 +1,190 @@
+//! A running node: identity, QUIC endpoint, piece store, limits and counters.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::Serialize;
+use shoal_core::{ContentId, NodeId, PeerAddr, PieceIndex, Ticket};
+use shoal_net::{Endpoint, Identity, RateLimiter};
+use shoal_store::Store;
+use tokio::sync::{broadcast, Semaphore};
+
+use crate::config::NodeConfig;
+
+/// Piece reads for upload that may run at once (each holds one piece in memory).
+const UPLOAD_SLOTS: usize = 32;
+
+/// Node-wide counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Piece bytes sent to peers.
+    pub uploaded_bytes: AtomicU64,
+    /// Piece and manifest bytes received from peers.
+    pub downloaded_bytes: AtomicU64,
+    /// Pieces sent to peers.
+    pub pieces_uploaded: AtomicU64,
+    /// Received pieces that failed verification.
+    pub bad_pieces: AtomicU64,
+}
+
+/// A snapshot of [`Stats`] and identity, as the control API reports it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Status {
+    /// The node id.
+    pub node_id: String,
+    /// Addresses peers can reach this node at.
+    pub addrs: Vec<String>,
+    /// Piece bytes sent to peers.
+    pub uploaded_bytes: u64,
+    /// Bytes received from peers.
+    pub downloaded_bytes: u64,
+    /// Pieces sent to peers.
+    pub pieces_uploaded: u64,
+    /// Received pieces that failed verification.
+    pub bad_pieces: u64,
+}
+
+/// A node.
+#[derive(Debug)]
+pub struct Node {
+    pub(crate) identity: Identity,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) store: Store,
+    pub(crate) upload: RateLimiter,
+    pub(crate) download: RateLimiter,
+    pub(crate) corrupt: f64,
+    pub(crate) stats: Stats,
+    /// Newly verified pieces, for the control streams of peers subscribed to them.
+    pub(crate) haves: broadcast::Sender<(ContentId, PieceIndex)>,
+    pub(crate) upload_slots: Semaphore,
+    pub(crate) data_dir: PathBuf,
+}
+
+impl Node {
+    /// Opens the data dir (key, store) and binds the QUIC endpoint. Must run inside a tokio
+    /// runtime.
+    pub fn open(config: &NodeConfig) -> anyhow::Result<Arc<Self>> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+        let identity = Identity::load_or_create(dir)?;
+        let store = Store::open(dir)?;
+        let endpoint = Endpoint::bind(&identity, config.listen, &[shoal_wire::ALPN])?;
+        Ok(Arc::new(Self {
+            identity,
+            endpoint,
+            store,
+            upload: RateLimiter::new(config.upload_limit.map(|r| r.0)),
+            download: RateLimiter::new(config.download_limit.map(|r| r.0)),
+            corrupt: config.danger_corrupt_uploads,
+            stats: Stats::default(),
+            haves: broadcast::channel(1024).0,
+            upload_slots: Semaphore::new(UPLOAD_SLOTS),
+            data_dir: dir.clone(),
+        }))
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.identity.node_id()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    /// Addresses peers can reach this node at: the bound address, or, if bound to every
+    /// interface, the address of the default route and loopback.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        let Ok(bound) = self.endpoint.local_addr() else {
+            return Vec::new();
+        };
+        if !bound.ip().is_unspecified() {
+            return vec![bound];
+        }
+        let mut out = Vec::new();
+        if let Some(ip) = default_route_ip() {
+            out.push(SocketAddr::new(ip, bound.port()));
+        }
+        out.push(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), bound.port()));
+        out
+    }
+
+    /// A ticket for a content with this node as peer.
+    pub fn ticket(&self, content: ContentId) -> Ticket {
+        let node_id = Some(self.node_id());
+        let peers = self
+            .addrs()
+            .into_iter()
+            .map(|addr| PeerAddr { node_id, addr })
+            .collect();
+        Ticket {
+            content,
+            peers,
+            tracker: None,
+        }
+    }
+
+    /// Counters and identity.
+    pub fn status(&self) -> Status {
+        let s = &self.stats;
+        Status {
+            node_id: self.node_id().to_string(),
+            addrs: self.addrs().iter().map(|a| a.to_string()).collect(),
+            uploaded_bytes: s.uploaded_bytes.load(Ordering::Relaxed),
+            downloaded_bytes: s.downloaded_bytes.load(Ordering::Relaxed),
+            pieces_uploaded: s.pieces_uploaded.load(Ordering::Relaxed),
+            bad_pieces: s.bad_pieces.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Starts serving peers in the background.
+    pub fn spawn_serving(self: &Arc<Self>) {
+        tokio::spawn(crate::serve::accept_loop(self.clone()));
+    }
+
+    /// Closes all connections, waiting briefly for them to close cleanly.
+    pub async fn close(&self) {
+        self.endpoint.close();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle())
+            .await;
+    }
+}
+
+/// The local address of the default route, found without sending anything.
+fn default_route_ip() -> Option<IpAddr> {
+    let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+    // 192.0.2.1 is TEST-NET-1: connect() on UDP only picks a route; no packet leaves.
+    s.connect("192.0.2.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
+}
+
+/// Runs the daemon until `shutdown` completes: serves peers and the control API.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let node = Node::open(&config)?;
+    node.spawn_serving();
+    let control = crate::control::serve(node.clone()).await?;
+    let listen = node.endpoint.local_addr()?;
+    tracing::info!(node_id = %node.node_id(), %listen, control = %control.addr, "node running");
+    println!(
+        "shoal daemon: node {} listening on {listen}, control http://{}",
+        node.node_id(),
+        control.addr
+    );
+    shutdown.await;
+    tracing::info!("shutting down");
+    control.stop();
+    node.close().await;
+    Ok(())
+}
