@@ -1,1 +1,10 @@
+//! End-to-end tests: the real `shoal` binary, real QUIC on loopback, port 0 everywhere.
+//! One test binary links once; each scenario file is a module.
 
+#![allow(unreachable_pub)]
+
+mod support;
+
+mod bad_input;
+mod faults;
+mod transfer;

@@ -113,7 +113,14 @@ struct PeerState {
     pending: bool,
     /// Gone, rejected or banned: no more requests.
     done: Option<String>,
+    /// Requests this peer may have in flight: starts at [`INITIAL_WINDOW`] and grows by one
+    /// per verified piece up to the pipeline depth, so a peer that has not yet proven itself
+    /// (a corrupter, say) cannot waste more than a couple of pieces.
+    window: usize,
 }
+
+/// Requests in flight to a peer before it has delivered a verified piece.
+const INITIAL_WINDOW: usize = 2;
 
 enum Outcome {
     Verified,
@@ -202,7 +209,7 @@ pub async fn fetch(
             if p.done.is_some() || p.pending {
                 continue;
             }
-            while picker.in_flight(id) < pipeline {
+            while picker.in_flight(id) < p.window.min(pipeline) {
                 let Some(r) = picker.next_request(id) else {
                     break;
                 };
@@ -253,6 +260,7 @@ pub async fn fetch(
                 match done.outcome {
                     Outcome::Verified => {
                         p.pieces += 1;
+                        p.window = (p.window + 1).min(pipeline);
                         for other in picker.piece_verified(done.peer, done.piece) {
                             if let Some(h) = aborts.remove(&(other, done.piece)) {
                                 h.abort();
@@ -268,6 +276,12 @@ pub async fn fetch(
                             p.banned = true;
                             p.done = Some("banned for sending bad data".into());
                             p.conn.close(VarInt::from_u32(CLOSE_BANNED), b"sent bad data");
+                            aborts.retain(|&(peer, _), h| {
+                                if peer == done.peer {
+                                    h.abort();
+                                }
+                                peer != done.peer
+                            });
                         } else {
                             warn!(peer = %done.peer, piece = %done.piece, "piece failed verification");
                         }
@@ -434,6 +448,7 @@ async fn connect_all(
                         banned: false,
                         pending: true,
                         done: None,
+                        window: INITIAL_WINDOW,
                     },
                 );
             }

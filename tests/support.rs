@@ -1,0 +1,221 @@
+//! Starting daemons and running commands, waiting on their output rather than on sleeps.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long any single command or event may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(120);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_shoal")
+}
+
+/// A command with the test's environment: no stray SHOAL_* settings from the caller.
+pub fn shoal(data_dir: &Path) -> Command {
+    let mut c = Command::new(bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SHOAL_") {
+            c.env_remove(k);
+        }
+    }
+    c.arg("--data-dir").arg(data_dir);
+    c
+}
+
+/// Runs a command to completion (bounded by [`DEADLINE`]).
+pub fn run(mut cmd: Command) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shoal");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        out.read_to_end(&mut v).ok();
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        err.read_to_end(&mut v).ok();
+        v
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > DEADLINE {
+            child.kill().ok();
+            panic!("command did not finish within {DEADLINE:?}: {cmd:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    }
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn ok(cmd: Command) -> String {
+    let o = run(cmd);
+    assert!(
+        o.status.success(),
+        "failed: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Runs a command that must fail with exactly one line on stderr (besides plain progress
+/// lines); returns that line.
+pub fn fails(cmd: Command) -> String {
+    let o = run(cmd);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("progress: "))
+        .collect();
+    assert_eq!(lines.len(), 1, "expected one line on stderr, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{}", lines[0]);
+    lines[0].to_string()
+}
+
+/// Lines from a child's pipe, delivered as they are written.
+pub fn lines(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line matching `pred`.
+pub fn wait_line(rx: &mpsc::Receiver<String>, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if pred(&l) => return l,
+            Ok(_) => {}
+            Err(_) => panic!("no line for {what} within {DEADLINE:?}"),
+        }
+    }
+}
+
+/// A running `shoal daemon`, killed when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub node_id: String,
+    pub addr: SocketAddr,
+    _stdout: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    pub fn start(dir: &Path, extra: &[&str]) -> Daemon {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut cmd = shoal(dir);
+        cmd.args(["daemon", "--listen", "127.0.0.1:0"]).args(extra);
+        cmd.env("SHOAL_LOG", "warn");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn daemon");
+        let rx = lines(child.stdout.take().unwrap());
+        // "shoal daemon: node ID listening on ADDR, control http://.."
+        let line = wait_line(&rx, "daemon start", |l| {
+            l.starts_with("shoal daemon: node ")
+        });
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let node_id = words[3].to_string();
+        let addr = words[6].trim_end_matches(',').parse().unwrap();
+        Daemon {
+            child,
+            dir: dir.to_path_buf(),
+            node_id,
+            addr,
+            _stdout: rx,
+        }
+    }
+
+    pub fn cmd(&self) -> Command {
+        shoal(&self.dir)
+    }
+
+    /// `shoal add`, returning the ticket.
+    pub fn add(&self, path: &Path) -> String {
+        let mut c = self.cmd();
+        c.arg("add").arg(path);
+        ok(c).trim().to_string()
+    }
+
+    pub fn peer(&self) -> String {
+        format!("{}@{}", self.node_id, self.addr)
+    }
+
+    pub fn ls(&self) -> serde_json::Value {
+        let mut c = self.cmd();
+        c.args(["ls", "--json"]);
+        serde_json::from_str(&ok(c)).unwrap()
+    }
+
+    pub fn kill(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+pub fn write_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
+    let b = bytes(len, seed);
+    std::fs::write(path, &b).unwrap();
+    b
+}
+
+/// `shoal get TICKET -o OUT --json [args]` on `data_dir`, returning the report.
+pub fn get_json(data_dir: &Path, ticket: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut c = shoal(data_dir);
+    c.args(["get", ticket, "-o"])
+        .arg(out)
+        .arg("--json")
+        .args(extra);
+    let stdout = ok(c);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("bad json {stdout:?}: {e}"))
+}
