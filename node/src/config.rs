@@ -37,7 +37,7 @@ impl FromStr for Rate {
             _ => return Err(err()),
         };
         let v = num * mult;
-        if !v.is_finite() || v < 1.0 || v > 1e15 {
+        if !(1.0..=1e15).contains(&v) {
             return Err(err());
         }
         Ok(Rate(v as u64))

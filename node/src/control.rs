@@ -337,10 +337,10 @@ async fn get_content(
         }
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-    Ok(Response::builder()
+    Response::builder()
         .header("content-type", "application/x-ndjson")
         .body(Body::from_stream(stream))
-        .map_err(|e| internal(e.into()))?)
+        .map_err(|e| internal(e.into()))
 }
 
 async fn metrics(State(api): State<Api>) -> String {

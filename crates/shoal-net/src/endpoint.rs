@@ -223,7 +223,8 @@ mod tests {
 
     const ALPN: &[u8] = b"test/1";
 
-    async fn pair() -> (Endpoint, Endpoint, SocketAddr) {
+    /// Must be called inside a runtime (quinn binds its socket there).
+    fn pair() -> (Endpoint, Endpoint, SocketAddr) {
         let a = Endpoint::bind(
             &Identity::generate(),
             "127.0.0.1:0".parse().unwrap(),
@@ -242,7 +243,7 @@ mod tests {
 
     #[tokio::test]
     async fn both_sides_learn_the_proven_node_id() {
-        let (a, b, addr) = pair().await;
+        let (a, b, addr) = pair();
         let server = tokio::spawn({
             let a = a.clone();
             async move {
@@ -268,7 +269,7 @@ mod tests {
 
     #[tokio::test]
     async fn dialing_the_wrong_node_id_is_refused() {
-        let (a, b, addr) = pair().await;
+        let (a, b, addr) = pair();
         tokio::spawn({
             let a = a.clone();
             async move {

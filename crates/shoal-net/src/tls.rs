@@ -59,8 +59,10 @@ pub fn node_id_of(cert: &[u8]) -> Option<NodeId> {
     NodeId::from_public_key_bytes(key.try_into().ok()?).ok()
 }
 
-/// One DER TLV: (tag, whole element, contents, rest).
-fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+/// One DER element: (tag, whole element, contents, what follows it).
+type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+fn tlv(input: &[u8]) -> Option<Tlv<'_>> {
     let (&tag, rest) = input.split_first()?;
     let (&first, rest) = rest.split_first()?;
     let (len, rest) = if first < 0x80 {
