@@ -47,10 +47,7 @@ fn malformed_and_truncated_tickets() {
         let mut c = shoal(&tmp.path().join("f"));
         c.args(["get", &bad, "-o"]).arg(&out);
         let err = fails(c);
-        assert!(
-            err.contains("cannot read ticket") && err.contains(want),
-            "{err}"
-        );
+        assert!(err.contains("cannot read ticket") && err.contains(want), "{err}");
         assert!(!out.exists());
     }
 }
@@ -71,8 +68,7 @@ fn unreachable_peer_and_peer_without_content() {
     let out = tmp.path().join("out");
     // The ticket's only peer is gone: nothing answers.
     let mut c = shoal(&tmp.path().join("f1"));
-    c.args(["get", &parsed_ticket_for_other_node, "-o"])
-        .arg(&out);
+    c.args(["get", &parsed_ticket_for_other_node, "-o"]).arg(&out);
     let err = fails(c);
     assert!(err.contains("cannot reach any peer"), "{err}");
     // A reachable peer that does not have the content.
@@ -85,9 +81,7 @@ fn unreachable_peer_and_peer_without_content() {
     assert!(!out.exists());
     // A malformed --peer.
     let mut c = shoal(&tmp.path().join("f3"));
-    c.args(["get", &ticket, "-o"])
-        .arg(&out)
-        .args(["--peer", "nonsense"]);
+    c.args(["get", &ticket, "-o"]).arg(&out).args(["--peer", "nonsense"]);
     let o = run(c);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("IP:PORT"));
@@ -98,8 +92,7 @@ fn output_directory_missing_or_output_exists() {
     let tmp = tempfile::tempdir().unwrap();
     let (_seed, ticket) = sample_ticket(tmp.path());
     let mut c = shoal(&tmp.path().join("f"));
-    c.args(["get", &ticket, "-o"])
-        .arg(tmp.path().join("no/such/dir/out"));
+    c.args(["get", &ticket, "-o"]).arg(tmp.path().join("no/such/dir/out"));
     assert!(fails(c).contains("does not exist"));
     let existing = tmp.path().join("exists");
     std::fs::write(&existing, b"keep me").unwrap();

@@ -17,14 +17,8 @@ fn killed_fetch_resumes_fetching_only_what_was_missing() {
 
     // A slow standalone fetch, killed with SIGKILL once it is past 40 %.
     let mut c = shoal(&fetcher);
-    c.args(["get", &ticket, "-o"])
-        .arg(&out)
-        .args(["--download-limit", "2MiB/s"]);
-    let mut child = c
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    c.args(["get", &ticket, "-o"]).arg(&out).args(["--download-limit", "2MiB/s"]);
+    let mut child = c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let rx = lines(child.stderr.take().unwrap());
     wait_line(&rx, "40% progress", |l| {
         // "progress: 210/512 pieces (41.0%), ..."
@@ -42,10 +36,7 @@ fn killed_fetch_resumes_fetching_only_what_was_missing() {
     assert_eq!(std::fs::read(&out).unwrap(), data);
     let resumed = report["resumed_pieces"].as_u64().unwrap();
     let total = 512; // 8 MiB in 16 KiB pieces
-    assert!(
-        resumed >= total * 30 / 100,
-        "at least the checkpointed pieces were kept: {report}"
-    );
+    assert!(resumed >= total * 30 / 100, "at least the checkpointed pieces were kept: {report}");
     // Only the missing pieces crossed the network, and no manifest: the store had it.
     let downloaded = report["downloaded_bytes"].as_u64().unwrap();
     assert_eq!(downloaded, (total - resumed) * 16 * 1024, "{report}");
@@ -61,33 +52,15 @@ fn corrupting_seeder_is_banned_and_the_file_is_intact() {
     let ticket = honest.add(&src);
     evil.add(&src);
     let out = tmp.path().join("out.bin");
-    let report = get_json(
-        &tmp.path().join("fetcher"),
-        &ticket,
-        &out,
-        &["--peer", &evil.peer()],
-    );
-    assert_eq!(
-        std::fs::read(&out).unwrap(),
-        data,
-        "byte-identical despite the corrupter"
-    );
+    let report = get_json(&tmp.path().join("fetcher"), &ticket, &out, &["--peer", &evil.peer()]);
+    assert_eq!(std::fs::read(&out).unwrap(), data, "byte-identical despite the corrupter");
     let peers = report["peers"].as_array().unwrap();
-    let e = peers
-        .iter()
-        .find(|p| p["node_id"] == evil.node_id.as_str())
-        .unwrap();
-    let h = peers
-        .iter()
-        .find(|p| p["node_id"] == honest.node_id.as_str())
-        .unwrap();
+    let e = peers.iter().find(|p| p["node_id"] == evil.node_id.as_str()).unwrap();
+    let h = peers.iter().find(|p| p["node_id"] == honest.node_id.as_str()).unwrap();
     assert_eq!(e["banned"], true, "{report}");
     assert_eq!(e["pieces"], 0);
     assert_eq!(h["banned"], false);
-    assert_eq!(
-        report["bad_pieces"], 2,
-        "banned at the second bad piece: {report}"
-    );
+    assert_eq!(report["bad_pieces"], 2, "banned at the second bad piece: {report}");
 }
 
 #[test]
@@ -101,21 +74,13 @@ fn source_changed_after_add_is_not_served() {
     let mtime = std::fs::metadata(&src).unwrap().modified().unwrap();
     data[500_000] ^= 0x55;
     std::fs::write(&src, &data).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&src)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    std::fs::File::options().write(true).open(&src).unwrap().set_modified(mtime).unwrap();
 
     let out = tmp.path().join("out.bin");
     let mut c = shoal(&tmp.path().join("fetcher"));
     c.args(["get", &ticket, "-o"]).arg(&out);
     let err = fails(c);
-    assert!(
-        err.contains("lost every peer") && err.contains("changed"),
-        "{err}"
-    );
+    assert!(err.contains("lost every peer") && err.contains("changed"), "{err}");
     assert!(!out.exists());
     let ls = seed.ls();
     assert_eq!(ls[0]["state"], "source changed", "{ls}");

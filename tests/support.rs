@@ -28,11 +28,7 @@ pub fn shoal(data_dir: &Path) -> Command {
 
 /// Runs a command to completion (bounded by [`DEADLINE`]).
 pub fn run(mut cmd: Command) -> Output {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn shoal");
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn shoal");
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
     let t_out = std::thread::spawn(move || {
@@ -56,11 +52,7 @@ pub fn run(mut cmd: Command) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Output {
-        status,
-        stdout: t_out.join().unwrap(),
-        stderr: t_err.join().unwrap(),
-    }
+    Output { status, stdout: t_out.join().unwrap(), stderr: t_err.join().unwrap() }
 }
 
 /// Runs a command that must succeed; returns its stdout.
@@ -80,14 +72,9 @@ pub fn ok(cmd: Command) -> String {
 pub fn fails(cmd: Command) -> String {
     let o = run(cmd);
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success(),
-        "expected failure, got success; stderr: {stderr}"
-    );
-    let lines: Vec<&str> = stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with("progress: "))
-        .collect();
+    assert!(!o.status.success(), "expected failure, got success; stderr: {stderr}");
+    let lines: Vec<&str> =
+        stderr.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("progress: ")).collect();
     assert_eq!(lines.len(), 1, "expected one line on stderr, got: {stderr}");
     assert!(lines[0].starts_with("error: "), "{}", lines[0]);
     lines[0].to_string()
@@ -135,26 +122,15 @@ impl Daemon {
         let mut cmd = shoal(dir);
         cmd.args(["daemon", "--listen", "127.0.0.1:0"]).args(extra);
         cmd.env("SHOAL_LOG", "warn");
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn daemon");
+        let mut child =
+            cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn daemon");
         let rx = lines(child.stdout.take().unwrap());
         // "shoal daemon: node ID listening on ADDR, control http://.."
-        let line = wait_line(&rx, "daemon start", |l| {
-            l.starts_with("shoal daemon: node ")
-        });
+        let line = wait_line(&rx, "daemon start", |l| l.starts_with("shoal daemon: node "));
         let words: Vec<&str> = line.split_whitespace().collect();
         let node_id = words[3].to_string();
         let addr = words[6].trim_end_matches(',').parse().unwrap();
-        Daemon {
-            child,
-            dir: dir.to_path_buf(),
-            node_id,
-            addr,
-            _stdout: rx,
-        }
+        Daemon { child, dir: dir.to_path_buf(), node_id, addr, _stdout: rx }
     }
 
     pub fn cmd(&self) -> Command {
@@ -212,10 +188,7 @@ pub fn write_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
 /// `shoal get TICKET -o OUT --json [args]` on `data_dir`, returning the report.
 pub fn get_json(data_dir: &Path, ticket: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
     let mut c = shoal(data_dir);
-    c.args(["get", ticket, "-o"])
-        .arg(out)
-        .arg("--json")
-        .args(extra);
+    c.args(["get", ticket, "-o"]).arg(out).arg("--json").args(extra);
     let stdout = ok(c);
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("bad json {stdout:?}: {e}"))
 }

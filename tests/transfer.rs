@@ -9,10 +9,7 @@ fn boundary_sizes_arrive_byte_identical() {
     let tmp = tempfile::tempdir().unwrap();
     let seed = Daemon::start(&tmp.path().join("seed"), &[]);
     // 0, 1, piece-1, piece, piece+1 bytes, and a many-piece file (200 pieces and a short one).
-    for (k, size) in [0, 1, PIECE - 1, PIECE, PIECE + 1, 200 * PIECE + 5]
-        .into_iter()
-        .enumerate()
-    {
+    for (k, size) in [0, 1, PIECE - 1, PIECE, PIECE + 1, 200 * PIECE + 5].into_iter().enumerate() {
         let src = tmp.path().join(format!("src-{size}"));
         let data = write_file(&src, size, k as u64);
         let ticket = seed.add(&src);
@@ -30,9 +27,8 @@ fn one_fetch_uses_three_seeders() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("shared.bin");
     let data = write_file(&src, 6 * 1024 * 1024 + 123, 42);
-    let seeders: Vec<Daemon> = (0..3)
-        .map(|i| Daemon::start(&tmp.path().join(format!("s{i}")), &[]))
-        .collect();
+    let seeders: Vec<Daemon> =
+        (0..3).map(|i| Daemon::start(&tmp.path().join(format!("s{i}")), &[])).collect();
     let tickets: Vec<String> = seeders.iter().map(|s| s.add(&src)).collect();
     let out = tmp.path().join("out.bin");
     // The first seeder's ticket, the other two by --peer.
@@ -46,16 +42,10 @@ fn one_fetch_uses_three_seeders() {
     let peers = report["peers"].as_array().unwrap();
     assert_eq!(peers.len(), 3, "{report}");
     for p in peers {
-        assert!(
-            p["pieces"].as_u64().unwrap() > 0,
-            "every seeder contributed: {report}"
-        );
+        assert!(p["pieces"].as_u64().unwrap() > 0, "every seeder contributed: {report}");
         assert_eq!(p["banned"], false);
     }
-    let ids: Vec<&str> = peers
-        .iter()
-        .map(|p| p["node_id"].as_str().unwrap())
-        .collect();
+    let ids: Vec<&str> = peers.iter().map(|p| p["node_id"].as_str().unwrap()).collect();
     for s in &seeders {
         assert!(ids.contains(&s.node_id.as_str()));
     }
@@ -78,12 +68,7 @@ fn fetched_file_is_then_seeded_and_listed() {
     let mut seed = seed;
     seed.kill();
     let out2 = tmp.path().join("out2.bin");
-    let report = get_json(
-        &tmp.path().join("last"),
-        &ticket,
-        &out2,
-        &["--peer", &middle.peer()],
-    );
+    let report = get_json(&tmp.path().join("last"), &ticket, &out2, &["--peer", &middle.peer()]);
     assert_eq!(std::fs::read(&out2).unwrap(), data);
     let served = report["peers"]
         .as_array()

@@ -1,1 +1,185 @@
-fn main() {}
+//! One seeder to one fetcher over loopback: `shoal get` (QUIC) against HTTP over TCP (nginx if
+//! installed, else `python3 -m http.server`) + curl, on the same file in the same run. Also
+//! times `shoal add` of the file and samples the fetcher's peak RSS.
+//!
+//! `cargo bench -p shoal-node --bench transfer -- [SIZE_MIB] [ROUNDS]` (defaults 1024 and 3;
+//! 4096 for the memory figure). Needs about 2 × SIZE of free space in the temp dir.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shoal");
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn write_file(path: &Path, mib: u64) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut block = vec![0u8; 1 << 20];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..mib {
+        for b in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b.copy_from_slice(&x.to_le_bytes());
+        }
+        f.write_all(&block).unwrap();
+    }
+    f.into_inner().unwrap().sync_all().unwrap();
+}
+
+/// Runs a command to completion, sampling its peak RSS (VmHWM) from /proc.
+fn timed(mut cmd: Command) -> (f64, u64, String) {
+    let t = Instant::now();
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak_kb = 0u64;
+    let out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || std::io::read_to_string(out).unwrap_or_default());
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&status_path) {
+            if let Some(kb) = s.lines().find_map(|l| l.strip_prefix("VmHWM:")) {
+                let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+                peak_kb = peak_kb.max(kb);
+            }
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            assert!(st.success(), "{cmd:?} failed");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (t.elapsed().as_secs_f64(), peak_kb * 1024, reader.join().unwrap())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_http(port: u16) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < end, "http server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn start_http(dir: &Path, conf_dir: &Path) -> (Killed, u16, &'static str) {
+    let port = free_port();
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| Path::new(p).exists());
+    if let Some(nginx) = nginx {
+        let conf = conf_dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off; master_process off; worker_processes 1; pid {pid};\n\
+                 error_log {err};\nevents {{ worker_connections 64; }}\n\
+                 http {{ access_log off; sendfile on; tcp_nopush on;\n\
+                 client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp};\n\
+                 uwsgi_temp_path {tmp}; scgi_temp_path {tmp};\n\
+                 server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
+                pid = conf_dir.join("nginx.pid").display(),
+                err = conf_dir.join("error.log").display(),
+                tmp = conf_dir.display(),
+                root = dir.display(),
+            ),
+        )
+        .unwrap();
+        let child =
+            Command::new(nginx).arg("-c").arg(&conf).arg("-p").arg(conf_dir).spawn().unwrap();
+        wait_http(port);
+        return (Killed(child), port, "nginx (sendfile)");
+    }
+    let child = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string()])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_http(port);
+    (Killed(child), port, "python3 -m http.server")
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let mib: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(1024);
+    let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
+    let size = mib << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let share = tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let src = share.join("file.bin");
+    write_file(&src, mib);
+
+    // The seeder daemon.
+    let seed_dir = tmp.path().join("seed");
+    let mut daemon = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&seed_dir)
+        .args(["daemon", "--listen", "127.0.0.1:0"])
+        .env("SHOAL_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(daemon.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let _daemon = Killed(daemon);
+
+    let mut add = Command::new(BIN);
+    add.arg("--data-dir").arg(&seed_dir).arg("add").arg(&src);
+    let (add_s, _, ticket) = timed(add);
+    let ticket = ticket.trim().to_string();
+
+    let (_http, port, http_name) = start_http(&share, tmp.path());
+    let out: PathBuf = tmp.path().join("out.bin");
+    let mut quic = Vec::new();
+    let mut http = Vec::new();
+    let mut peak = 0u64;
+    for round in 0..rounds {
+        let _ = std::fs::remove_file(&out);
+        let fetch_dir = tmp.path().join(format!("fetch{round}"));
+        let mut get = Command::new(BIN);
+        get.arg("--data-dir").arg(&fetch_dir).args(["get", &ticket, "-o"]).arg(&out).arg("--json");
+        let (secs, rss, report) = timed(get);
+        let v: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
+        assert_eq!(v["size"], size);
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), size);
+        quic.push(secs);
+        peak = peak.max(rss);
+        let _ = std::fs::remove_file(&out);
+
+        let mut curl = Command::new("curl");
+        curl.args(["-s", "-o"]).arg(&out).arg(format!("http://127.0.0.1:{port}/file.bin"));
+        let (secs, _, _) = timed(curl);
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), size);
+        http.push(secs);
+        let _ = std::fs::remove_file(&out);
+    }
+    let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let (q, h) = (best(&quic), best(&http));
+    let rate = |s: f64| size as f64 / s / (1024.0 * 1024.0);
+    println!(
+        "transfer benchmark: {mib} MiB over loopback, best of {rounds} (whole-command wall time)"
+    );
+    println!(
+        "{:<40} {:>8.2} s {:>9.0} MiB/s",
+        "shoal add (import through daemon)",
+        add_s,
+        rate(add_s)
+    );
+    println!("{:<40} {:>8.2} s {:>9.0} MiB/s", "shoal get (QUIC, standalone)", q, rate(q));
+    println!("{:<40} {:>8.2} s {:>9.0} MiB/s", format!("curl from {http_name}"), h, rate(h));
+    println!("ratio QUIC / HTTP throughput: {:.2}", h / q);
+    println!("fetcher peak RSS: {:.1} MiB", peak as f64 / (1024.0 * 1024.0));
+}

@@ -31,14 +31,8 @@ impl Client {
         let info: ControlInfo = serde_json::from_slice(&bytes).with_context(|| {
             format!("{} is corrupt: remove it if no daemon runs", path.display())
         })?;
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(2))
-            .build();
-        let client = Self {
-            base: format!("http://{}", info.addr),
-            token: info.token,
-            agent,
-        };
+        let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(2)).build();
+        let client = Self { base: format!("http://{}", info.addr), token: info.token, agent };
         match client.status() {
             Ok(_) => Ok(Some(client)),
             // A stale file from a daemon that was killed: nobody answers.
@@ -66,12 +60,7 @@ impl Client {
             Ok(r) => Ok(r.into_json()?),
             Err(ureq::Error::Status(_, r)) => {
                 let v: serde_json::Value = r.into_json().unwrap_or_default();
-                bail!(
-                    "{}",
-                    v["error"]
-                        .as_str()
-                        .unwrap_or("the daemon refused the request")
-                )
+                bail!("{}", v["error"].as_str().unwrap_or("the daemon refused the request"))
             }
             Err(e) => Err(e.into()),
         }
@@ -89,13 +78,8 @@ impl Client {
 
     /// Shares a file.
     pub fn add(&self, path: &Path) -> anyhow::Result<AddReply> {
-        let body = serde_json::to_value(AddBody {
-            path: path.to_path_buf(),
-        })?;
-        self.call(
-            self.agent.post(&format!("{}/v1/add", self.base)),
-            Some(body),
-        )
+        let body = serde_json::to_value(AddBody { path: path.to_path_buf() })?;
+        self.call(self.agent.post(&format!("{}/v1/add", self.base)), Some(body))
     }
 
     /// Fetches through the daemon, calling `on_progress` as it goes.
@@ -113,12 +97,7 @@ impl Client {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => {
                 let v: serde_json::Value = r.into_json().unwrap_or_default();
-                bail!(
-                    "{}",
-                    v["error"]
-                        .as_str()
-                        .unwrap_or("the daemon refused the request")
-                );
+                bail!("{}", v["error"].as_str().unwrap_or("the daemon refused the request"));
             }
             Err(e) => return Err(e.into()),
         };

@@ -21,9 +21,7 @@ impl FromStr for Rate {
         let err = || ParseRateError(s.to_string());
         let t = s.trim();
         let t = t.strip_suffix("/s").unwrap_or(t).trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let num: f64 = num.parse().map_err(|_| err())?;
         let mult: f64 = match unit.trim() {

@@ -180,34 +180,23 @@ impl Api {
         if ok {
             Ok(())
         } else {
-            Err(ApiError(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong control token".into(),
-            ))
+            Err(ApiError(StatusCode::UNAUTHORIZED, "missing or wrong control token".into()))
         }
     }
 }
 
 /// Binds the API on 127.0.0.1 and writes `control.json`.
 pub async fn serve(node: Arc<Node>) -> anyhow::Result<ControlHandle> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("binding the control API")?;
+    let listener =
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the control API")?;
     let addr = listener.local_addr()?;
     let token: String = (0..32).map(|_| fastrand::alphanumeric()).collect();
     let file = node.data_dir().join(CONTROL_FILE);
     write_private(
         &file,
-        &serde_json::to_vec(&ControlInfo {
-            addr,
-            token: token.clone(),
-            pid: std::process::id(),
-        })?,
+        &serde_json::to_vec(&ControlInfo { addr, token: token.clone(), pid: std::process::id() })?,
     )?;
-    let api = Api {
-        node,
-        token: token.into(),
-    };
+    let api = Api { node, token: token.into() };
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/ls", get(ls))
@@ -254,9 +243,8 @@ async fn status(
 async fn ls(State(api): State<Api>, headers: HeaderMap) -> Result<Json<Vec<LsEntry>>, ApiError> {
     api.check(&headers)?;
     let store = api.node.store().clone();
-    let entries = tokio::task::spawn_blocking(move || list(&store))
-        .await
-        .map_err(|e| internal(e.into()))?;
+    let entries =
+        tokio::task::spawn_blocking(move || list(&store)).await.map_err(|e| internal(e.into()))?;
     Ok(Json(entries.map_err(internal)?))
 }
 
@@ -294,22 +282,15 @@ async fn get_content(
     Json(body): Json<GetBody>,
 ) -> Result<Response, ApiError> {
     api.check(&headers)?;
-    let ticket: Ticket = body
-        .ticket
-        .parse()
-        .map_err(|e| bad_request(format!("cannot read ticket: {e}")))?;
+    let ticket: Ticket =
+        body.ticket.parse().map_err(|e| bad_request(format!("cannot read ticket: {e}")))?;
     let extra_peers = body
         .peers
         .iter()
         .map(|p| p.parse::<PeerAddr>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(bad_request)?;
-    let req = FetchRequest {
-        ticket,
-        extra_peers,
-        output: body.output,
-        limit: body.limit,
-    };
+    let req = FetchRequest { ticket, extra_peers, output: body.output, limit: body.limit };
     let (tx, rx) = mpsc::channel(16);
     let node = api.node.clone();
     tokio::spawn(async move {

@@ -148,13 +148,8 @@ pub async fn fetch(
     let started = Instant::now();
     let content = req.ticket.content;
     let limit = RateLimiter::new(req.limit);
-    let mut candidates: Vec<PeerAddr> = req
-        .ticket
-        .peers
-        .iter()
-        .chain(&req.extra_peers)
-        .copied()
-        .collect();
+    let mut candidates: Vec<PeerAddr> =
+        req.ticket.peers.iter().chain(&req.extra_peers).copied().collect();
     candidates.dedup_by_key(|p| p.addr);
     candidates.retain(|p| p.node_id != Some(node.node_id()));
     if candidates.is_empty() {
@@ -232,9 +227,7 @@ pub async fn fetch(
             let reasons: Vec<String> = peers
                 .iter()
                 .filter_map(|(id, p)| {
-                    p.done
-                        .as_ref()
-                        .map(|d| format!("{} ({}): {d}", p.addr, id.fmt_short()))
+                    p.done.as_ref().map(|d| format!("{} ({}): {d}", p.addr, id.fmt_short()))
                 })
                 .collect();
             if peers.values().all(|p| p.done.is_some()) {
@@ -321,27 +314,29 @@ pub async fn fetch(
     }
     requests.abort_all();
     controls.abort_all();
-    let _ = progress.send(snapshot(
-        &manifest,
-        &picker,
-        &peers,
-        downloaded,
-        rate.rate(),
-    ));
+    let _ = progress.send(snapshot(&manifest, &picker, &peers, downloaded, rate.rate()));
     let path = {
         // The last reference: every request task has finished or been aborted.
         while requests.join_next().await.is_some() {}
         let dl = Arc::into_inner(dl).ok_or_else(|| anyhow!("download still in use"))?;
         tokio::task::spawn_blocking(move || dl.finish()).await??
     };
-    for p in peers.values() {
+    for (id, p) in &peers {
+        let st = p.conn.stats();
+        debug!(
+            peer = %id,
+            mtu = st.path.current_mtu,
+            rtt_us = st.path.rtt.as_micros() as u64,
+            cwnd = st.path.cwnd,
+            lost = st.path.lost_packets,
+            udp_rx = st.udp_rx.datagrams,
+            "connection stats"
+        );
         if !p.banned {
             p.conn.close(VarInt::from_u32(0), b"done");
         }
     }
-    node.stats
-        .downloaded_bytes
-        .fetch_add(downloaded, Ordering::Relaxed);
+    node.stats.downloaded_bytes.fetch_add(downloaded, Ordering::Relaxed);
     let report = FetchReport {
         content_id: content.to_string(),
         size: manifest.size(),
@@ -381,8 +376,7 @@ fn handle_event(
         PeerEvent::Rejected(id, reason, text) => {
             if let Some(p) = peers.get_mut(&id) {
                 p.pending = false;
-                p.done
-                    .get_or_insert(format!("refused the content ({reason:?}: {text})"));
+                p.done.get_or_insert(format!("refused the content ({reason:?}: {text})"));
             }
         }
         PeerEvent::Closed(id, why) => {
@@ -493,10 +487,7 @@ async fn request_manifest(conn: &Connection, content: ContentId) -> anyhow::Resu
     write_frame(&mut send, &Request::Manifest { content }).await?;
     send.finish()?;
     let mut dec = Decoder::new();
-    match read_frame::<Response>(&mut recv, &mut dec)
-        .await?
-        .context("no answer")?
-    {
+    match read_frame::<Response>(&mut recv, &mut dec).await?.context("no answer")? {
         Response::Manifest { len } => {
             let mut buf = dec.take_rest().to_vec();
             if buf.len() > len as usize {
@@ -529,18 +520,7 @@ async fn open_control(
     };
     let mut session = Session::new(node.node_id(), peer);
     session.subscribe(content, pieces);
-    drive_control(
-        node,
-        &conn,
-        peer,
-        session,
-        None,
-        send,
-        recv,
-        Decoder::new(),
-        Some(events),
-    )
-    .await;
+    drive_control(node, &conn, peer, session, None, send, recv, Decoder::new(), Some(events)).await;
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -557,7 +537,7 @@ async fn request_piece(
     let mut bytes = 0u64;
     let outcome = match receive_piece(&conn, content, piece, len, &node, &limit, &mut bytes).await {
         Ok(Ok(data)) => {
-            match tokio::task::spawn_blocking(move || dl.write_piece(piece, &data)).await {
+            match tokio::task::spawn_blocking(move || dl.write_piece_chunks(piece, &data)).await {
                 Ok(Ok(true)) => Outcome::Verified,
                 Ok(Ok(false)) => Outcome::Bad,
                 Ok(Err(e)) => Outcome::Fatal(e),
@@ -567,12 +547,7 @@ async fn request_piece(
         Ok(Err((reason, text))) => Outcome::Rejected(reason, text),
         Err(e) => Outcome::Failed(format!("{e:#}")),
     };
-    Done {
-        peer,
-        piece,
-        bytes,
-        outcome,
-    }
+    Done { peer, piece, bytes, outcome }
 }
 
 type Rejection = (RejectReason, String);
@@ -585,15 +560,12 @@ async fn receive_piece(
     node: &Node,
     limit: &RateLimiter,
     bytes: &mut u64,
-) -> anyhow::Result<Result<Vec<u8>, Rejection>> {
+) -> anyhow::Result<Result<Vec<bytes::Bytes>, Rejection>> {
     let (mut send, mut recv) = conn.open_bi().await?;
     write_frame(&mut send, &Request::Piece { content, piece }).await?;
     send.finish()?;
     let mut dec = Decoder::new();
-    let n = match read_frame::<Response>(&mut recv, &mut dec)
-        .await?
-        .context("no answer")?
-    {
+    let n = match read_frame::<Response>(&mut recv, &mut dec).await?.context("no answer")? {
         Response::Piece { len: n } => u64::from(n),
         Response::Reject { reason, text } => return Ok(Err((reason, text))),
         other => bail!("unexpected answer {other:?}"),
@@ -601,24 +573,27 @@ async fn receive_piece(
     if n != len {
         bail!("piece {piece} announced as {n} bytes, expected {len}");
     }
-    let mut buf = Vec::with_capacity(len as usize);
-    buf.extend_from_slice(&dec.take_rest());
-    *bytes += buf.len() as u64;
-    if buf.len() as u64 > len {
+    // Keep the chunks as quinn hands them over: hashed and written in place, never joined.
+    let mut chunks: Vec<bytes::Bytes> = Vec::new();
+    let first = dec.take_rest().freeze();
+    let mut got = first.len() as u64;
+    *bytes += got;
+    if got > len {
         bail!("piece longer than announced");
     }
-    while (buf.len() as u64) < len {
-        let want = READ_CHUNK.min(len as usize - buf.len());
+    if !first.is_empty() {
+        chunks.push(first);
+    }
+    while got < len {
+        let want = READ_CHUNK.min((len - got) as usize);
         node.download.acquire(want as u64).await;
         limit.acquire(want as u64).await;
-        let chunk = recv
-            .read_chunk(want, true)
-            .await?
-            .context("stream ended inside a piece")?;
-        buf.extend_from_slice(&chunk.bytes);
+        let chunk = recv.read_chunk(want, true).await?.context("stream ended inside a piece")?;
+        got += chunk.bytes.len() as u64;
         *bytes += chunk.bytes.len() as u64;
+        chunks.push(chunk.bytes);
     }
-    Ok(Ok(buf))
+    Ok(Ok(chunks))
 }
 
 /// A receive rate smoothed over about two seconds.
@@ -630,11 +605,7 @@ struct RateMeter {
 
 impl RateMeter {
     fn new() -> Self {
-        Self {
-            last: Instant::now(),
-            acc: 0,
-            rate: 0.0,
-        }
+        Self { last: Instant::now(), acc: 0, rate: 0.0 }
     }
 
     fn add(&mut self, n: u64) {
@@ -645,11 +616,7 @@ impl RateMeter {
         let dt = self.last.elapsed().as_secs_f64();
         if dt >= 0.2 {
             let inst = self.acc as f64 / dt;
-            self.rate = if self.rate == 0.0 {
-                inst
-            } else {
-                0.7 * self.rate + 0.3 * inst
-            };
+            self.rate = if self.rate == 0.0 { inst } else { 0.7 * self.rate + 0.3 * inst };
             self.acc = 0;
             self.last = Instant::now();
         }

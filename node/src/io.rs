@@ -28,8 +28,6 @@ pub(crate) async fn read_frame<F: Frame>(
 
 /// Writes one frame.
 pub(crate) async fn write_frame<F: Frame>(send: &mut SendStream, frame: &F) -> anyhow::Result<()> {
-    send.write_all(&encode(frame))
-        .await
-        .context("writing frame")?;
+    send.write_all(&encode(frame)).await.context("writing frame")?;
     Ok(())
 }

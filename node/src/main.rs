@@ -24,13 +24,7 @@ struct Cli {
     #[arg(long, global = true, env = "SHOAL_DATA_DIR", default_value_os_t = default_data_dir())]
     data_dir: PathBuf,
     /// Log format on stderr.
-    #[arg(
-        long,
-        global = true,
-        env = "SHOAL_LOG_FORMAT",
-        value_enum,
-        default_value = "text"
-    )]
+    #[arg(long, global = true, env = "SHOAL_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -116,9 +110,7 @@ fn default_data_dir() -> PathBuf {
 fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -127,11 +119,7 @@ fn init_logging(format: LogFormat, default: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Daemon { .. }) {
-        "info"
-    } else {
-        "warn"
-    };
+    let default_level = if matches!(cli.command, Command::Daemon { .. }) { "info" } else { "warn" };
     init_logging(cli.log_format, default_level);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -143,20 +131,13 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let data_dir = absolute(&cli.data_dir)?;
     match cli.command {
-        Command::Daemon {
-            listen,
-            upload_limit,
-            download_limit,
-            danger_corrupt_uploads,
-        } => {
+        Command::Daemon { listen, upload_limit, download_limit, danger_corrupt_uploads } => {
             let config = NodeConfig {
                 listen,
                 upload_limit,
@@ -173,13 +154,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(node::run(config, shutdown_signal()))
         }
         Command::Add { path, qr } => add(&data_dir, &path, qr),
-        Command::Get {
-            ticket,
-            output,
-            peers,
-            download_limit,
-            json,
-        } => get(&data_dir, &ticket, &output, peers, download_limit, json),
+        Command::Get { ticket, output, peers, download_limit, json } => {
+            get(&data_dir, &ticket, &output, peers, download_limit, json)
+        }
         Command::Ls { json } => ls(&data_dir, json),
         Command::Status { json } => status(&data_dir, json),
     }
@@ -197,11 +174,7 @@ async fn shutdown_signal() {
 }
 
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
-    Ok(if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(p)
-    })
+    Ok(if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) })
 }
 
 fn no_daemon(data_dir: &Path) -> anyhow::Error {
@@ -217,10 +190,7 @@ fn add(data_dir: &Path, path: &Path, qr: bool) -> anyhow::Result<()> {
         std::fs::canonicalize(path).with_context(|| format!("cannot read {}", path.display()))?;
     let md = std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
     if !md.is_file() {
-        bail!(
-            "{} is not a regular file: shoal shares single files",
-            path.display()
-        );
+        bail!("{} is not a regular file: shoal shares single files", path.display());
     }
     std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let client = Client::find(data_dir)?.ok_or_else(|| no_daemon(data_dir))?;
@@ -268,9 +238,7 @@ impl ProgressView {
             bar.set_message(format!("{}/s, {} peers", human_bytes(p.rate), p.peers));
             return;
         }
-        let due = self
-            .last
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        let due = self.last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
         if due || p.pieces_done == p.pieces_total {
             self.last = Some(Instant::now());
             let pct = if p.pieces_total == 0 {
@@ -309,9 +277,8 @@ fn get(
     json: bool,
 ) -> anyhow::Result<()> {
     let shown: String = ticket.chars().take(12).collect();
-    let parsed: Ticket = ticket
-        .parse()
-        .map_err(|e| anyhow::anyhow!("cannot read ticket \"{shown}..\": {e}"))?;
+    let parsed: Ticket =
+        ticket.parse().map_err(|e| anyhow::anyhow!("cannot read ticket \"{shown}..\": {e}"))?;
     let output = absolute(output)?;
     if let Some(dir) = output.parent() {
         if !dir.is_dir() {
@@ -322,10 +289,7 @@ fn get(
         }
     }
     if output.symlink_metadata().is_ok() {
-        bail!(
-            "{} already exists: remove it or choose another output path",
-            output.display()
-        );
+        bail!("{} already exists: remove it or choose another output path", output.display());
     }
     let mut view = ProgressView::new();
     let report = match Client::find(data_dir)? {
@@ -363,12 +327,7 @@ fn get_standalone(
         // Serve what we verify while we fetch.
         node.spawn_serving();
         let (ptx, mut prx) = tokio::sync::watch::channel(Progress::default());
-        let req = FetchRequest {
-            ticket,
-            extra_peers,
-            output,
-            limit: limit.map(|r| r.0),
-        };
+        let req = FetchRequest { ticket, extra_peers, output, limit: limit.map(|r| r.0) };
         let fut = shoal_node::fetch::fetch(node.clone(), req, ptx);
         tokio::pin!(fut);
         let result = loop {
@@ -423,13 +382,7 @@ fn ls(data_dir: &Path, json: bool) -> anyhow::Result<()> {
             }
             s => s.to_string(),
         };
-        println!(
-            "{}  {:<16} {:>10}  {}",
-            e.content_id,
-            state,
-            human_bytes(e.size as f64),
-            e.name
-        );
+        println!("{}  {:<16} {:>10}  {}", e.content_id, state, human_bytes(e.size as f64), e.name);
     }
     Ok(())
 }

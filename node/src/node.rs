@@ -123,16 +123,8 @@ impl Node {
     /// A ticket for a content with this node as peer.
     pub fn ticket(&self, content: ContentId) -> Ticket {
         let node_id = Some(self.node_id());
-        let peers = self
-            .addrs()
-            .into_iter()
-            .map(|addr| PeerAddr { node_id, addr })
-            .collect();
-        Ticket {
-            content,
-            peers,
-            tracker: None,
-        }
+        let peers = self.addrs().into_iter().map(|addr| PeerAddr { node_id, addr }).collect();
+        Ticket { content, peers, tracker: None }
     }
 
     /// Counters and identity.

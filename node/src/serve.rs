@@ -63,7 +63,18 @@ pub(crate) async fn serve_connection(node: Arc<Node>, conn: Connection, peer: No
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
-            Err(e) => return debug!(reason = %e, "peer gone"),
+            Err(e) => {
+                let st = conn.stats();
+                return debug!(
+                    reason = %e,
+                    mtu = st.path.current_mtu,
+                    rtt_us = st.path.rtt.as_micros() as u64,
+                    cwnd = st.path.cwnd,
+                    lost = st.path.lost_packets,
+                    udp_tx = st.udp_tx.datagrams,
+                    "peer gone"
+                );
+            }
         };
         let (node, conn) = (node.clone(), conn.clone());
         tokio::spawn(
@@ -97,32 +108,14 @@ async fn handle_stream(
         Opening::Request(req) => serve_request(&node, send, req).await,
         Opening::Control(first) => {
             let session = Session::new(node.node_id(), peer);
-            drive_control(
-                node,
-                conn,
-                peer,
-                session,
-                Some(first),
-                send,
-                recv,
-                dec,
-                None,
-            )
-            .await;
+            drive_control(node, conn, peer, session, Some(first), send, recv, dec, None).await;
             Ok(())
         }
     }
 }
 
 async fn reject(mut send: SendStream, reason: RejectReason, text: &str) -> anyhow::Result<()> {
-    write_frame(
-        &mut send,
-        &Response::Reject {
-            reason,
-            text: text.to_string(),
-        },
-    )
-    .await?;
+    write_frame(&mut send, &Response::Reject { reason, text: text.to_string() }).await?;
     send.finish()?;
     Ok(())
 }
@@ -132,13 +125,7 @@ async fn serve_request(node: &Node, mut send: SendStream, req: Request) -> anyho
         Request::Manifest { content } => match node.store.manifest(content)? {
             Some(m) => {
                 let bytes = m.encode();
-                write_frame(
-                    &mut send,
-                    &Response::Manifest {
-                        len: bytes.len() as u32,
-                    },
-                )
-                .await?;
+                write_frame(&mut send, &Response::Manifest { len: bytes.len() as u32 }).await?;
                 send.write_all(&bytes).await?;
                 send.finish()?;
                 Ok(())
@@ -172,19 +159,17 @@ async fn serve_request(node: &Node, mut send: SendStream, req: Request) -> anyho
                 let i = fastrand::usize(..data.len());
                 data[i] ^= 0xff;
             }
-            write_frame(
-                &mut send,
-                &Response::Piece {
-                    len: data.len() as u32,
-                },
-            )
-            .await?;
-            for chunk in data.chunks(WRITE_CHUNK) {
-                node.upload.acquire(chunk.len() as u64).await;
-                send.write_all(chunk).await.context("sending piece")?;
-                node.stats
-                    .uploaded_bytes
-                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            write_frame(&mut send, &Response::Piece { len: data.len() as u32 }).await?;
+            // Hand quinn slices of the piece itself: no copy into its send buffer.
+            let data = bytes::Bytes::from(data);
+            let mut off = 0;
+            while off < data.len() {
+                let chunk = data.slice(off..(off + WRITE_CHUNK).min(data.len()));
+                off += chunk.len();
+                let n = chunk.len() as u64;
+                node.upload.acquire(n).await;
+                send.write_chunk(chunk).await.context("sending piece")?;
+                node.stats.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
             }
             node.stats.pieces_uploaded.fetch_add(1, Ordering::Relaxed);
             send.finish()?;

@@ -68,16 +68,35 @@ fn main() {
     });
     let shoal = best_of(rounds, || {
         let f = File::open(&path).unwrap();
-        let hashes =
-            shoal_core::hash::hash_pieces(size, threads, |off, buf| f.read_exact_at(buf, off), |_| {})
-                .unwrap();
+        let hashes = shoal_core::hash::hash_pieces(
+            size,
+            threads,
+            |off, buf| f.read_exact_at(buf, off),
+            |_| {},
+        )
+        .unwrap();
         std::hint::black_box(hashes);
     });
     let rate = |s: f64| size as f64 / s / (1024.0 * 1024.0);
     println!("import benchmark: {mib} MiB file, {threads} threads, best of {rounds}");
-    println!("{:<40} {:>8.3} s {:>9.0} MiB/s", "blake3 single-threaded (read + update)", single, rate(single));
-    println!("{:<40} {:>8.3} s {:>9.0} MiB/s", "blake3 multi-threaded (mmap + rayon)", multi, rate(multi));
-    println!("{:<40} {:>8.3} s {:>9.0} MiB/s", "shoal import (parallel per-piece)", shoal, rate(shoal));
+    println!(
+        "{:<40} {:>8.3} s {:>9.0} MiB/s",
+        "blake3 single-threaded (read + update)",
+        single,
+        rate(single)
+    );
+    println!(
+        "{:<40} {:>8.3} s {:>9.0} MiB/s",
+        "blake3 multi-threaded (mmap + rayon)",
+        multi,
+        rate(multi)
+    );
+    println!(
+        "{:<40} {:>8.3} s {:>9.0} MiB/s",
+        "shoal import (parallel per-piece)",
+        shoal,
+        rate(shoal)
+    );
     println!("ratio shoal / blake3 multi-threaded: {:.2}", multi / shoal);
     println!("ratio shoal / blake3 single-threaded: {:.2}", single / shoal);
 }

@@ -36,11 +36,7 @@ pub enum BitfieldError {
 impl Bitfield {
     /// An empty bitfield for `len` pieces.
     pub fn new(len: u32) -> Self {
-        Self {
-            bits: vec![0; (len as usize).div_ceil(8)],
-            len,
-            ones: 0,
-        }
+        Self { bits: vec![0; (len as usize).div_ceil(8)], len, ones: 0 }
     }
 
     /// A bitfield with every piece set.
@@ -56,11 +52,7 @@ impl Bitfield {
     pub fn from_bytes(len: u32, bytes: &[u8]) -> Result<Self, BitfieldError> {
         let expected = (len as usize).div_ceil(8);
         if bytes.len() != expected {
-            return Err(BitfieldError::WrongLength {
-                got: bytes.len(),
-                expected,
-                pieces: len,
-            });
+            return Err(BitfieldError::WrongLength { got: bytes.len(), expected, pieces: len });
         }
         if len % 8 != 0 {
             let mask = 0xffu8 >> (len % 8);
@@ -69,11 +61,7 @@ impl Bitfield {
             }
         }
         let ones = bytes.iter().map(|b| b.count_ones()).sum();
-        Ok(Self {
-            bits: bytes.to_vec(),
-            len,
-            ones,
-        })
+        Ok(Self { bits: bytes.to_vec(), len, ones })
     }
 
     /// The wire form.
@@ -154,10 +142,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_wire_forms() {
-        assert!(matches!(
-            Bitfield::from_bytes(10, &[0]),
-            Err(BitfieldError::WrongLength { .. })
-        ));
+        assert!(matches!(Bitfield::from_bytes(10, &[0]), Err(BitfieldError::WrongLength { .. })));
         assert!(matches!(
             Bitfield::from_bytes(10, &[0, 0x20]),
             Err(BitfieldError::TrailingBits { .. })

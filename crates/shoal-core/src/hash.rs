@@ -47,10 +47,7 @@ where
                     if let Err(e) = read_at(start, &mut buf[..len]) {
                         failed.store(true, Ordering::Relaxed);
                         // The lock is never held across a panic point.
-                        first_error
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert(e);
+                        first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
                         return;
                     }
                     let h = PieceHash::of(&buf[..len]);

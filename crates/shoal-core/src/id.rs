@@ -116,10 +116,7 @@ impl NodeId {
 
     /// The node id of a libp2p public key, if it is an ed25519 key.
     pub fn from_public_key(key: &PublicKey) -> Option<Self> {
-        key.clone()
-            .try_into_ed25519()
-            .ok()
-            .map(|k| Self(k.to_bytes()))
+        key.clone().try_into_ed25519().ok().map(|k| Self(k.to_bytes()))
     }
 
     /// The raw ed25519 public key.
@@ -163,9 +160,7 @@ impl FromStr for NodeId {
     type Err = ParseIdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let peer: PeerId = s
-            .parse()
-            .map_err(|_| ParseIdError::BadPeerId(s.to_string()))?;
+        let peer: PeerId = s.parse().map_err(|_| ParseIdError::BadPeerId(s.to_string()))?;
         // An ed25519 peer id is the identity multihash of the protobuf-encoded key.
         let mh = multihash_digest(&peer).ok_or_else(|| ParseIdError::NotEd25519(s.into()))?;
         let key =

@@ -95,19 +95,10 @@ impl Manifest {
         let piece_log2 = piece::piece_log2_for(size);
         let expected = piece::piece_count(size, piece_log2);
         if pieces.len() as u64 != expected {
-            return Err(ManifestError::PieceCount {
-                got: pieces.len(),
-                expected,
-                size,
-            });
+            return Err(ManifestError::PieceCount { got: pieces.len(), expected, size });
         }
-        let mut m = Self {
-            name: name.to_string(),
-            size,
-            piece_log2,
-            pieces,
-            id: ContentId([0; 32]),
-        };
+        let mut m =
+            Self { name: name.to_string(), size, piece_log2, pieces, id: ContentId([0; 32]) };
         m.id = ContentId::from(blake3::hash(&m.encode()));
         Ok(m)
     }
@@ -130,10 +121,7 @@ impl Manifest {
     /// Decodes a manifest, rejecting anything that is not the one canonical encoding.
     pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
         if bytes.len() < HEADER_LEN {
-            return Err(ManifestError::Length {
-                got: bytes.len(),
-                expected: HEADER_LEN,
-            });
+            return Err(ManifestError::Length { got: bytes.len(), expected: HEADER_LEN });
         }
         if bytes[..3] != MAGIC {
             return Err(ManifestError::Magic);
@@ -158,10 +146,7 @@ impl Manifest {
         let count = piece::piece_count(size, piece_log2) as usize;
         let expected = HEADER_LEN + name_len + 32 * count;
         if bytes.len() != expected {
-            return Err(ManifestError::Length {
-                got: bytes.len(),
-                expected,
-            });
+            return Err(ManifestError::Length { got: bytes.len(), expected });
         }
         let name_bytes = &bytes[HEADER_LEN..HEADER_LEN + name_len];
         let name = std::str::from_utf8(name_bytes)
@@ -268,13 +253,7 @@ mod tests {
     fn boundary_sizes() {
         let p = piece::MIN_PIECE_SIZE;
         // (size, pieces, last piece length)
-        let table = [
-            (0, 0, 0),
-            (1, 1, 1),
-            (p - 1, 1, p - 1),
-            (p, 1, p),
-            (p + 1, 2, 1),
-        ];
+        let table = [(0, 0, 0), (1, 1, 1), (p - 1, 1, p - 1), (p, 1, p), (p + 1, 2, 1)];
         for (size, count, last) in table {
             let m = manifest(size, "f");
             assert_eq!(m.piece_count(), count);
@@ -291,10 +270,7 @@ mod tests {
         let bytes = m.encode();
         let mut extra = bytes.clone();
         extra.push(0);
-        assert!(matches!(
-            Manifest::decode(&extra),
-            Err(ManifestError::Length { .. })
-        ));
+        assert!(matches!(Manifest::decode(&extra), Err(ManifestError::Length { .. })));
         assert!(matches!(
             Manifest::decode(&bytes[..bytes.len() - 1]),
             Err(ManifestError::Length { .. })
@@ -304,15 +280,9 @@ mod tests {
         assert_eq!(Manifest::decode(&v), Err(ManifestError::Version(2)));
         let mut ps = bytes.clone();
         ps[12] += 1;
-        assert!(matches!(
-            Manifest::decode(&ps),
-            Err(ManifestError::PieceSize { .. })
-        ));
+        assert!(matches!(Manifest::decode(&ps), Err(ManifestError::PieceSize { .. })));
         for bad in ["", ".", "..", "a/b", "nul\0"] {
-            assert!(matches!(
-                Manifest::new(bad, 0, vec![]),
-                Err(ManifestError::Name(_))
-            ));
+            assert!(matches!(Manifest::new(bad, 0, vec![]), Err(ManifestError::Name(_))));
         }
     }
 

@@ -65,10 +65,7 @@ impl FromStr for PeerAddr {
             Some((id, addr)) => (Some(id.parse().map_err(|_| err())?), addr),
             None => (None, s),
         };
-        Ok(Self {
-            node_id,
-            addr: addr.parse().map_err(|_| err())?,
-        })
+        Ok(Self { node_id, addr: addr.parse().map_err(|_| err())? })
     }
 }
 
@@ -116,11 +113,7 @@ pub enum TicketError {
 impl Ticket {
     /// A ticket for `content` with no hints.
     pub fn new(content: ContentId) -> Self {
-        Self {
-            content,
-            peers: Vec::new(),
-            tracker: None,
-        }
+        Self { content, peers: Vec::new(), tracker: None }
     }
 
     fn payload(&self) -> Vec<u8> {
@@ -172,15 +165,11 @@ impl Ticket {
                     let key: [u8; 32] = v.get(..32).ok_or(bad.clone())?.try_into().expect("32");
                     let node_id = NodeId::from_public_key_bytes(key).map_err(|_| bad.clone())?;
                     let addr = decode_addr(&v[32..]).ok_or(bad)?;
-                    t.peers.push(PeerAddr {
-                        node_id: Some(node_id),
-                        addr,
-                    });
+                    t.peers.push(PeerAddr { node_id: Some(node_id), addr });
                 }
-                TAG_ADDR => t.peers.push(PeerAddr {
-                    node_id: None,
-                    addr: decode_addr(v).ok_or(bad)?,
-                }),
+                TAG_ADDR => {
+                    t.peers.push(PeerAddr { node_id: None, addr: decode_addr(v).ok_or(bad)? })
+                }
                 TAG_TRACKER => {
                     t.tracker = Some(String::from_utf8(v.to_vec()).map_err(|_| bad)?);
                 }
@@ -198,9 +187,7 @@ fn checksum(payload: &[u8]) -> [u8; CHECKSUM_LEN] {
     let mut h = blake3::Hasher::new();
     h.update(b"shoal ticket");
     h.update(payload);
-    h.finalize().as_bytes()[..CHECKSUM_LEN]
-        .try_into()
-        .expect("4 bytes")
+    h.finalize().as_bytes()[..CHECKSUM_LEN].try_into().expect("4 bytes")
 }
 
 fn encode_addr(out: &mut Vec<u8>, addr: SocketAddr) {
@@ -219,14 +206,12 @@ fn encode_addr(out: &mut Vec<u8>, addr: SocketAddr) {
 
 fn decode_addr(v: &[u8]) -> Option<SocketAddr> {
     let (ip, port): (IpAddr, &[u8]) = match v {
-        [4, rest @ ..] if rest.len() == 6 => (
-            Ipv4Addr::from(<[u8; 4]>::try_from(&rest[..4]).ok()?).into(),
-            &rest[4..],
-        ),
-        [6, rest @ ..] if rest.len() == 18 => (
-            Ipv6Addr::from(<[u8; 16]>::try_from(&rest[..16]).ok()?).into(),
-            &rest[16..],
-        ),
+        [4, rest @ ..] if rest.len() == 6 => {
+            (Ipv4Addr::from(<[u8; 4]>::try_from(&rest[..4]).ok()?).into(), &rest[4..])
+        }
+        [6, rest @ ..] if rest.len() == 18 => {
+            (Ipv6Addr::from(<[u8; 16]>::try_from(&rest[..16]).ok()?).into(), &rest[16..])
+        }
         _ => return None,
     };
     Some(SocketAddr::new(ip, u16::from_be_bytes([port[0], port[1]])))
@@ -237,9 +222,7 @@ impl fmt::Display for Ticket {
         let mut bytes = self.payload();
         let sum = checksum(&bytes);
         bytes.extend_from_slice(&sum);
-        let body = data_encoding::BASE32_NOPAD
-            .encode(&bytes)
-            .to_ascii_lowercase();
+        let body = data_encoding::BASE32_NOPAD.encode(&bytes).to_ascii_lowercase();
         write!(f, "{PREFIX}{body}")
     }
 }
@@ -255,9 +238,8 @@ impl FromStr for Ticket {
         let lower = s.to_ascii_lowercase();
         let body = lower.strip_prefix(PREFIX).ok_or(TicketError::Prefix)?;
         let upper = body.to_ascii_uppercase();
-        let bytes = data_encoding::BASE32_NOPAD
-            .decode(upper.as_bytes())
-            .map_err(|e| match e.kind {
+        let bytes =
+            data_encoding::BASE32_NOPAD.decode(upper.as_bytes()).map_err(|e| match e.kind {
                 data_encoding::DecodeKind::Length | data_encoding::DecodeKind::Trailing => {
                     TicketError::Checksum
                 }
@@ -288,14 +270,8 @@ mod tests {
         Ticket {
             content: ContentId::from(blake3::hash(b"c")),
             peers: vec![
-                PeerAddr {
-                    node_id: Some(id),
-                    addr: "127.0.0.1:4000".parse().unwrap(),
-                },
-                PeerAddr {
-                    node_id: None,
-                    addr: "[::1]:5".parse().unwrap(),
-                },
+                PeerAddr { node_id: Some(id), addr: "127.0.0.1:4000".parse().unwrap() },
+                PeerAddr { node_id: None, addr: "[::1]:5".parse().unwrap() },
             ],
             tracker: Some("tracker.example:7000".into()),
         }
@@ -319,10 +295,7 @@ mod tests {
         let mut typo = s.clone().into_bytes();
         let i = s.len() / 2;
         typo[i] = if typo[i] == b'a' { b'b' } else { b'a' };
-        assert_eq!(
-            String::from_utf8(typo).unwrap().parse::<Ticket>(),
-            Err(TicketError::Checksum)
-        );
+        assert_eq!(String::from_utf8(typo).unwrap().parse::<Ticket>(), Err(TicketError::Checksum));
         assert_eq!("hello".parse::<Ticket>(), Err(TicketError::Prefix));
         assert_eq!("shoal1!!!!".parse::<Ticket>(), Err(TicketError::Encoding));
     }

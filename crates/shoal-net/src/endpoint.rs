@@ -20,6 +20,13 @@ const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
 /// UDP socket buffers; the kernel caps them at net.core.{r,w}mem_max.
 const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+/// The largest UDP payload this endpoint accepts and MTU discovery tries. On large-MTU paths
+/// (loopback, jumbo frames) bigger packets cut per-packet work several-fold. The bound: quinn
+/// sends up to 10 segments per GSO batch and Linux refuses a batch over 64 KiB, so 10 segments
+/// plus the UDP header must fit (a larger value loses whole batches, which quinn then takes for
+/// an MTU black hole). quinn's receive buffer also grows linearly with it.
+const MAX_UDP_PAYLOAD: u16 = 6_500;
+const MTU_UPPER_BOUND: u16 = MAX_UDP_PAYLOAD;
 /// Concurrent request streams a peer may open.
 pub const MAX_STREAMS: u32 = 256;
 
@@ -73,9 +80,7 @@ pub struct Endpoint {
 
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoint")
-            .field("node_id", &self.node_id)
-            .finish_non_exhaustive()
+        f.debug_struct("Endpoint").field("node_id", &self.node_id).finish_non_exhaustive()
     }
 }
 
@@ -87,6 +92,12 @@ fn transport() -> Arc<TransportConfig> {
     t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.keep_alive_interval(Some(Duration::from_secs(5)));
+    // Probe past the 1452-byte default: loopback and jumbo-frame links carry far larger
+    // datagrams, and per-packet work (crypto setup, acks, syscalls) dominates bulk transfer.
+    // Discovery backs off on paths that drop large packets.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(MTU_UPPER_BOUND);
+    t.mtu_discovery_config(Some(mtu));
     t.max_idle_timeout(Some(VarInt::from_u32(30_000).into()));
     Arc::new(t)
 }
@@ -122,18 +133,11 @@ impl Endpoint {
         let bind_err = |source| EndpointError::Bind { addr, source };
         let socket = udp_socket(addr).map_err(bind_err)?;
         let runtime = Arc::new(quinn::TokioRuntime);
-        let inner = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(server),
-            socket,
-            runtime,
-        )
-        .map_err(bind_err)?;
-        Ok(Self {
-            inner,
-            key,
-            node_id: identity.node_id(),
-        })
+        let mut config = quinn::EndpointConfig::default();
+        config.max_udp_payload_size(MAX_UDP_PAYLOAD).expect("within quinn's bounds");
+        let inner =
+            quinn::Endpoint::new(config, Some(server), socket, runtime).map_err(bind_err)?;
+        Ok(Self { inner, key, node_id: identity.node_id() })
     }
 
     /// This node's id.
@@ -164,10 +168,7 @@ impl Endpoint {
             QuicClientConfig::try_from(tls).map_err(|e| rustls::Error::General(e.to_string()))?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
         cfg.transport_config(transport());
-        let handshake = |reason: String| ConnectError::Handshake {
-            addr: peer.addr,
-            reason,
-        };
+        let handshake = |reason: String| ConnectError::Handshake { addr: peer.addr, reason };
         let connecting = self
             .inner
             .connect_with(cfg, peer.addr, tls::SERVER_NAME)
@@ -199,12 +200,7 @@ pub async fn connect(
     peer: &PeerAddr,
     alpn: &[u8],
 ) -> Result<(Endpoint, Connection, NodeId), Box<dyn std::error::Error + Send + Sync>> {
-    let bind: SocketAddr = if peer.addr.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    }
-    .parse()?;
+    let bind: SocketAddr = if peer.addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
     let ep = Endpoint::bind(identity, bind, &[])?;
     let (conn, id) = ep.connect(peer, alpn).await?;
     Ok((ep, conn, id))
@@ -225,18 +221,10 @@ mod tests {
 
     /// Must be called inside a runtime (quinn binds its socket there).
     fn pair() -> (Endpoint, Endpoint, SocketAddr) {
-        let a = Endpoint::bind(
-            &Identity::generate(),
-            "127.0.0.1:0".parse().unwrap(),
-            &[ALPN],
-        )
-        .unwrap();
-        let b = Endpoint::bind(
-            &Identity::generate(),
-            "127.0.0.1:0".parse().unwrap(),
-            &[ALPN],
-        )
-        .unwrap();
+        let a =
+            Endpoint::bind(&Identity::generate(), "127.0.0.1:0".parse().unwrap(), &[ALPN]).unwrap();
+        let b =
+            Endpoint::bind(&Identity::generate(), "127.0.0.1:0".parse().unwrap(), &[ALPN]).unwrap();
         let addr = a.local_addr().unwrap();
         (a, b, addr)
     }
@@ -253,10 +241,7 @@ mod tests {
                 (remote_node_id(&conn).unwrap(), data)
             }
         });
-        let peer = PeerAddr {
-            node_id: Some(a.node_id()),
-            addr,
-        };
+        let peer = PeerAddr { node_id: Some(a.node_id()), addr };
         let (conn, id) = b.connect(&peer, ALPN).await.unwrap();
         assert_eq!(id, a.node_id());
         let (mut s, _recv) = conn.open_bi().await.unwrap();
@@ -279,28 +264,10 @@ mod tests {
             }
         });
         let other = Identity::generate().node_id();
-        let err = b
-            .connect(
-                &PeerAddr {
-                    node_id: Some(other),
-                    addr,
-                },
-                ALPN,
-            )
-            .await
-            .unwrap_err();
+        let err = b.connect(&PeerAddr { node_id: Some(other), addr }, ALPN).await.unwrap_err();
         assert!(err.to_string().contains("expected"), "{err}");
         // Without a node id, the key is learned at connect.
-        let (_, id) = b
-            .connect(
-                &PeerAddr {
-                    node_id: None,
-                    addr,
-                },
-                ALPN,
-            )
-            .await
-            .unwrap();
+        let (_, id) = b.connect(&PeerAddr { node_id: None, addr }, ALPN).await.unwrap();
         assert_eq!(id, a.node_id());
     }
 }

@@ -37,9 +37,7 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity")
-            .field("node_id", &self.node_id)
-            .finish_non_exhaustive()
+        f.debug_struct("Identity").field("node_id", &self.node_id).finish_non_exhaustive()
     }
 }
 
@@ -57,10 +55,7 @@ impl Identity {
     /// Loads the key from `dir`, or creates one there (mode 0600) if there is none.
     pub fn load_or_create(dir: &Path) -> Result<Self, IdentityError> {
         let path = dir.join(KEY_FILE);
-        let io_err = |source| IdentityError::Io {
-            path: path.clone(),
-            source,
-        };
+        let io_err = |source| IdentityError::Io { path: path.clone(), source };
         match fs::read(&path) {
             Ok(bytes) => {
                 let mode = fs::metadata(&path).map_err(io_err)?.permissions().mode();
@@ -86,9 +81,7 @@ impl Identity {
                     .mode(0o600)
                     .open(&tmp)
                     .map_err(io_err)?;
-                f.write_all(&bytes)
-                    .and_then(|()| f.sync_all())
-                    .map_err(io_err)?;
+                f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(io_err)?;
                 fs::rename(&tmp, &path).map_err(io_err)?;
                 Ok(id)
             }
@@ -103,11 +96,7 @@ impl Identity {
 
     /// The 32-byte ed25519 secret seed.
     pub(crate) fn secret_seed(&self) -> [u8; 32] {
-        let ed = self
-            .keypair
-            .clone()
-            .try_into_ed25519()
-            .expect("identity is ed25519");
+        let ed = self.keypair.clone().try_into_ed25519().expect("identity is ed25519");
         let mut seed = [0u8; 32];
         seed.copy_from_slice(ed.secret().as_ref());
         seed
@@ -122,17 +111,11 @@ mod tests {
     fn created_once_with_mode_0600_and_reloaded() {
         let dir = tempfile::tempdir().unwrap();
         let a = Identity::load_or_create(dir.path()).unwrap();
-        let mode = fs::metadata(dir.path().join(KEY_FILE))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let b = Identity::load_or_create(dir.path()).unwrap();
         assert_eq!(a.node_id(), b.node_id());
         fs::write(dir.path().join(KEY_FILE), b"junk").unwrap();
-        assert!(matches!(
-            Identity::load_or_create(dir.path()),
-            Err(IdentityError::Corrupt(_))
-        ));
+        assert!(matches!(Identity::load_or_create(dir.path()), Err(IdentityError::Corrupt(_))));
     }
 }

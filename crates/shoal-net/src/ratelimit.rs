@@ -20,12 +20,7 @@ impl Bucket {
     /// A bucket refilling at `rate` bytes per second, holding at most `burst` bytes.
     pub fn new(now: Instant, rate: u64, burst: u64) -> Self {
         let burst = burst.max(1) as f64;
-        Self {
-            rate: rate.max(1) as f64,
-            burst,
-            tokens: burst,
-            last: now,
-        }
+        Self { rate: rate.max(1) as f64, burst, tokens: burst, last: now }
     }
 
     /// Takes `n` tokens at `now`; returns how long the caller must wait before using them.
@@ -69,10 +64,7 @@ impl RateLimiter {
     /// cancelling only loses the wait.
     pub async fn acquire(&self, n: u64) {
         let Some(bucket) = &self.bucket else { return };
-        let wait = bucket
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take(Instant::now(), n);
+        let wait = bucket.lock().unwrap_or_else(|p| p.into_inner()).take(Instant::now(), n);
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }

@@ -23,9 +23,8 @@ pub const SERVER_NAME: &str = "shoal.invalid";
 
 /// The DER prefix of an ed25519 SubjectPublicKeyInfo: SEQUENCE { SEQUENCE { OID 1.3.101.112 },
 /// BIT STRING (0 unused bits) } followed by the 32 key bytes.
-const ED25519_SPKI_PREFIX: [u8; 12] = [
-    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-];
+const ED25519_SPKI_PREFIX: [u8; 12] =
+    [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
 
 /// A certificate and its key, made from a node identity.
 pub(crate) struct CertifiedKey {
@@ -45,10 +44,7 @@ pub(crate) fn certify(identity: &Identity) -> Result<CertifiedKey, rcgen::Error>
     let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519)?;
     let params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()])?;
     let cert = params.self_signed(&key_pair)?;
-    Ok(CertifiedKey {
-        cert: cert.der().clone(),
-        key: PrivateKeyDer::Pkcs8(der),
-    })
+    Ok(CertifiedKey { cert: cert.der().clone(), key: PrivateKeyDer::Pkcs8(der) })
 }
 
 /// Reads the node id from a certificate made by [`certify`]. `None` if the certificate is
@@ -72,9 +68,7 @@ fn tlv(input: &[u8]) -> Option<Tlv<'_>> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | b as usize);
+        let len = rest[..n].iter().fold(0usize, |acc, &b| (acc << 8) | b as usize);
         (len, &rest[n..])
     };
     if rest.len() < len {
@@ -119,12 +113,7 @@ fn verify13(
     cert: &CertificateDer<'_>,
     dss: &DigitallySignedStruct,
 ) -> Result<HandshakeSignatureValid, rustls::Error> {
-    verify_tls13_signature(
-        message,
-        cert,
-        dss,
-        &provider.signature_verification_algorithms,
-    )
+    verify_tls13_signature(message, cert, dss, &provider.signature_verification_algorithms)
 }
 
 /// Accepts a server certificate holding the expected node key (or any ed25519 key when
@@ -159,9 +148,7 @@ impl ServerCertVerifier for ServerVerifier {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
     }
 
     fn verify_tls13_signature(
@@ -205,9 +192,7 @@ impl ClientCertVerifier for ClientVerifier {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
     }
 
     fn verify_tls13_signature(
@@ -230,9 +215,7 @@ pub(crate) fn server_config(
     alpns: &[&[u8]],
 ) -> Result<rustls::ServerConfig, rustls::Error> {
     let provider = provider();
-    let verifier = Arc::new(ClientVerifier {
-        provider: provider.clone(),
-    });
+    let verifier = Arc::new(ClientVerifier { provider: provider.clone() });
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -248,10 +231,7 @@ pub(crate) fn client_config(
     alpn: &[u8],
 ) -> Result<rustls::ClientConfig, rustls::Error> {
     let provider = provider();
-    let verifier = Arc::new(ServerVerifier {
-        expected,
-        provider: provider.clone(),
-    });
+    let verifier = Arc::new(ServerVerifier { expected, provider: provider.clone() });
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()

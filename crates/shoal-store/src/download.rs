@@ -36,14 +36,13 @@ pub struct Download {
     state: Arc<PartialState>,
     /// Verified and written, not yet recorded as durable. Held only for push/take.
     pending: Mutex<Vec<PieceIndex>>,
+    /// Serialises writes to the partial file.
+    write_lock: Mutex<()>,
     resumed: u32,
 }
 
 fn partial_path(output: &Path, id: ContentId) -> PathBuf {
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     output.with_file_name(format!(".{name}.{}.shoal-part", id.fmt_short()))
 }
 
@@ -53,14 +52,13 @@ fn preallocate(file: &File, path: &Path, size: u64) -> Result<(), StoreError> {
     }
     match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, size) {
         Ok(()) => Ok(()),
-        Err(rustix::io::Errno::NOSPC) => Err(StoreError::NoSpace {
-            path: path.to_path_buf(),
-            needed: size,
-        }),
+        Err(rustix::io::Errno::NOSPC) => {
+            Err(StoreError::NoSpace { path: path.to_path_buf(), needed: size })
+        }
         // Filesystems without fallocate: a sparse file; a full disk shows at write time.
-        Err(rustix::io::Errno::OPNOTSUPP) => file
-            .set_len(size)
-            .map_err(StoreError::io("cannot create", path)),
+        Err(rustix::io::Errno::OPNOTSUPP) => {
+            file.set_len(size).map_err(StoreError::io("cannot create", path))
+        }
         Err(e) => Err(StoreError::io("cannot create", path)(e.into())),
     }
 }
@@ -81,11 +79,8 @@ impl Download {
             return Err(StoreError::NoOutputDir(parent.to_path_buf()));
         }
         let parent = fs::canonicalize(parent).map_err(StoreError::io("cannot open", parent))?;
-        let output = parent.join(
-            output
-                .file_name()
-                .ok_or_else(|| StoreError::NoOutputDir(output.to_path_buf()))?,
-        );
+        let output = parent
+            .join(output.file_name().ok_or_else(|| StoreError::NoOutputDir(output.to_path_buf()))?);
         if output.symlink_metadata().is_ok() {
             return Err(StoreError::OutputExists(output));
         }
@@ -105,8 +100,7 @@ impl Download {
             }
             _ => {
                 if let Some(ContentRecord {
-                    source: Source::Download { partial: old, .. },
-                    ..
+                    source: Source::Download { partial: old, .. }, ..
                 }) = &previous
                 {
                     if *old != partial {
@@ -132,33 +126,22 @@ impl Download {
         let rec = ContentRecord {
             name: manifest.name().to_string(),
             size: manifest.size(),
-            source: Source::Download {
-                partial: partial.clone(),
-                output: output.clone(),
-            },
+            source: Source::Download { partial: partial.clone(), output: output.clone() },
         };
         meta.put_content(id, &rec, &manifest.encode())?;
         meta.flush()?;
         store.cache_manifest(manifest.clone());
         store.forget_file(id);
         let resumed = have.count();
-        let state = Arc::new(PartialState {
-            file,
-            path: partial,
-            have: Mutex::new(have),
-        });
-        store
-            .inner()
-            .active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, state.clone());
+        let state = Arc::new(PartialState { file, path: partial, have: Mutex::new(have) });
+        store.inner().active.lock().unwrap_or_else(|p| p.into_inner()).insert(id, state.clone());
         Ok(Self {
             store,
             manifest,
             output,
             state,
             pending: Mutex::new(Vec::new()),
+            write_lock: Mutex::new(()),
             resumed,
         })
     }
@@ -186,28 +169,46 @@ impl Download {
     /// Checks `data` against the hash of piece `piece` and, if it matches, writes it at its
     /// offset. Returns false (writing nothing) if it does not match. Blocking.
     pub fn write_piece(&self, piece: PieceIndex, data: &[u8]) -> Result<bool, StoreError> {
-        let Some(expected) = self.manifest.piece_hash(piece) else {
-            return Ok(false);
-        };
+        self.write_piece_chunks(piece, &[data])
+    }
+
+    /// [`Download::write_piece`] for a piece received as several chunks, hashed and written
+    /// in place without joining them.
+    pub fn write_piece_chunks<C: AsRef<[u8]>>(
+        &self,
+        piece: PieceIndex,
+        chunks: &[C],
+    ) -> Result<bool, StoreError> {
+        let Some(expected) = self.manifest.piece_hash(piece) else { return Ok(false) };
         let range = self.manifest.piece_range(piece);
-        if data.len() as u64 != range.end - range.start || PieceHash::of(data) != expected {
+        let len: usize = chunks.iter().map(|c| c.as_ref().len()).sum();
+        if len as u64 != range.end - range.start {
             return Ok(false);
         }
-        self.state
-            .file
-            .write_all_at(data, range.start)
-            .map_err(StoreError::io("cannot write", &self.state.path))?;
-        let newly = self
-            .state
-            .have
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .set(piece);
+        let mut hasher = blake3::Hasher::new();
+        for c in chunks {
+            hasher.update(c.as_ref());
+        }
+        if PieceHash::from(hasher.finalize()) != expected {
+            return Ok(false);
+        }
+        {
+            // One writer at a time: concurrent writes to one file only contend on its inode
+            // lock. Hashing above stays parallel.
+            let _w = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut off = range.start;
+            for c in chunks {
+                let c = c.as_ref();
+                self.state
+                    .file
+                    .write_all_at(c, off)
+                    .map_err(StoreError::io("cannot write", &self.state.path))?;
+                off += c.len() as u64;
+            }
+        }
+        let newly = self.state.have.lock().unwrap_or_else(|p| p.into_inner()).set(piece);
         if newly {
-            self.pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(piece);
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).push(piece);
         }
         Ok(true)
     }
@@ -229,10 +230,7 @@ impl Download {
             .and_then(|()| meta.flush());
         if result.is_err() {
             // Not durable: keep them pending so a later checkpoint can retry.
-            self.pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(pending);
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).extend(pending);
         }
         result
     }
@@ -241,16 +239,10 @@ impl Download {
     /// records it as seeded from there. Blocking.
     pub fn finish(self) -> Result<PathBuf, StoreError> {
         let id = self.manifest.content_id();
-        assert!(
-            self.have().is_complete(),
-            "finish() called on an incomplete download"
-        );
+        assert!(self.have().is_complete(), "finish() called on an incomplete download");
         self.checkpoint()?;
         let path = &self.state.path;
-        self.state
-            .file
-            .sync_all()
-            .map_err(StoreError::io("cannot sync", path))?;
+        self.state.file.sync_all().map_err(StoreError::io("cannot sync", path))?;
         if self.output.symlink_metadata().is_ok() {
             return Err(StoreError::OutputExists(self.output.clone()));
         }
@@ -288,12 +280,7 @@ impl Drop for Download {
             tracing::warn!(error = %e, "cannot record verified pieces");
         }
         let id = self.manifest.content_id();
-        let mut active = self
-            .store
-            .inner()
-            .active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut active = self.store.inner().active.lock().unwrap_or_else(|p| p.into_inner());
         if active.get(&id).is_some_and(|s| Arc::ptr_eq(s, &self.state)) {
             active.remove(&id);
         }

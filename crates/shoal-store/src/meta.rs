@@ -88,10 +88,7 @@ impl SledMeta {
     /// Opens (or creates) the database in `dir`. Fails if another process holds it.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         // sled caches up to 1 GiB by default; metadata is small, so keep memory low.
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(8 * 1024 * 1024)
-            .open()?;
+        let db = sled::Config::new().path(dir).cache_capacity(8 * 1024 * 1024).open()?;
         Ok(Self {
             records: db.open_tree("records")?,
             manifests: db.open_tree("manifests")?,
@@ -134,10 +131,7 @@ impl MetaStore for SledMeta {
     }
 
     fn record(&self, id: ContentId) -> Result<Option<ContentRecord>, StoreError> {
-        self.records
-            .get(id.as_bytes())?
-            .map(|v| decode_record(&v))
-            .transpose()
+        self.records.get(id.as_bytes())?.map(|v| decode_record(&v)).transpose()
     }
 
     fn manifest(&self, id: ContentId) -> Result<Option<Vec<u8>>, StoreError> {
@@ -150,9 +144,7 @@ impl MetaStore for SledMeta {
             .map(|kv| {
                 let (k, v) = kv?;
                 let id = ContentId(
-                    k.as_ref()
-                        .try_into()
-                        .map_err(|_| StoreError::Meta("bad key".into()))?,
+                    k.as_ref().try_into().map_err(|_| StoreError::Meta("bad key".into()))?,
                 );
                 Ok((id, decode_record(&v)?))
             })
@@ -174,9 +166,8 @@ impl MetaStore for SledMeta {
             .keys()
             .map(|k| {
                 let k = k?;
-                let idx: [u8; 4] = k[32..]
-                    .try_into()
-                    .map_err(|_| StoreError::Meta("bad key".into()))?;
+                let idx: [u8; 4] =
+                    k[32..].try_into().map_err(|_| StoreError::Meta("bad key".into()))?;
                 Ok(PieceIndex(u32::from_be_bytes(idx)))
             })
             .collect()
@@ -244,30 +235,16 @@ impl MetaStore for MemMeta {
     }
 
     fn records(&self) -> Result<Vec<(ContentId, ContentRecord)>, StoreError> {
-        Ok(self
-            .lock()
-            .records
-            .iter()
-            .map(|(k, v)| (*k, v.clone()))
-            .collect())
+        Ok(self.lock().records.iter().map(|(k, v)| (*k, v.clone())).collect())
     }
 
     fn mark_verified(&self, id: ContentId, pieces: &[PieceIndex]) -> Result<(), StoreError> {
-        self.lock()
-            .verified
-            .entry(id)
-            .or_default()
-            .extend(pieces.iter().copied());
+        self.lock().verified.entry(id).or_default().extend(pieces.iter().copied());
         Ok(())
     }
 
     fn verified(&self, id: ContentId) -> Result<Vec<PieceIndex>, StoreError> {
-        Ok(self
-            .lock()
-            .verified
-            .get(&id)
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default())
+        Ok(self.lock().verified.get(&id).map(|s| s.iter().copied().collect()).unwrap_or_default())
     }
 
     fn clear_verified(&self, id: ContentId) -> Result<(), StoreError> {

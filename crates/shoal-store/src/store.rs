@@ -60,9 +60,7 @@ pub(crate) struct Inner {
 
 /// Modification time in nanoseconds since the epoch (fits an i64 until 2262).
 pub(crate) fn mtime_ns(md: &fs::Metadata) -> i64 {
-    md.mtime()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(md.mtime_nsec())
+    md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -113,29 +111,16 @@ impl Store {
         if !md.is_file() {
             return Err(StoreError::NotAFile(path));
         }
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
-        let manifest_err = |source| StoreError::Manifest {
-            path: path.clone(),
-            source,
-        };
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let manifest_err = |source| StoreError::Manifest { path: path.clone(), source };
         if md.len() > shoal_core::piece::MAX_FILE_SIZE {
-            return Err(manifest_err(shoal_core::manifest::ManifestError::TooLarge(
-                md.len(),
-            )));
+            return Err(manifest_err(shoal_core::manifest::ManifestError::TooLarge(md.len())));
         }
         let file = File::open(&path).map_err(StoreError::io("cannot read", &path))?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let hashes = hash::hash_pieces(
-            md.len(),
-            threads,
-            |off, buf| file.read_exact_at(buf, off),
-            progress,
-        )
-        .map_err(StoreError::io("cannot read", &path))?;
+        let hashes =
+            hash::hash_pieces(md.len(), threads, |off, buf| file.read_exact_at(buf, off), progress)
+                .map_err(StoreError::io("cannot read", &path))?;
         let after = fs::metadata(&path).map_err(StoreError::io("cannot read", &path))?;
         if after.len() != md.len() || mtime_ns(&after) != mtime_ns(&md) {
             return Err(StoreError::Io {
@@ -148,12 +133,7 @@ impl Store {
         let rec = ContentRecord {
             name,
             size: md.len(),
-            source: Source::Seeded {
-                path,
-                len: md.len(),
-                mtime_ns: mtime_ns(&md),
-                changed: false,
-            },
+            source: Source::Seeded { path, len: md.len(), mtime_ns: mtime_ns(&md), changed: false },
         };
         let id = manifest.content_id();
         self.inner.meta.put_content(id, &rec, &manifest.encode())?;
@@ -231,11 +211,7 @@ impl Store {
             }
             return Ok(buf);
         }
-        let rec = self
-            .inner
-            .meta
-            .record(id)?
-            .ok_or(StoreError::NotFound(id))?;
+        let rec = self.inner.meta.record(id)?.ok_or(StoreError::NotFound(id))?;
         match &rec.source {
             Source::Seeded { changed: true, .. } => Err(StoreError::SourceChanged(id)),
             Source::Seeded { path, .. } => {
@@ -290,11 +266,8 @@ impl Store {
             tracing::warn!(content = %id, path = %path.display(), why, "source file changed on disk; no longer seeding it");
         }
         lock(&self.inner.files).remove(&id);
-        if let Err(e) = self
-            .inner
-            .meta
-            .update_record(id, &rec)
-            .and_then(|()| self.inner.meta.flush())
+        if let Err(e) =
+            self.inner.meta.update_record(id, &rec).and_then(|()| self.inner.meta.flush())
         {
             tracing::warn!(content = %id, error = %e, "cannot record changed source");
         }
@@ -307,12 +280,7 @@ impl Store {
         for (id, rec) in self.inner.meta.records()? {
             let state = match &rec.source {
                 Source::Seeded { changed: true, .. } => EntryState::SourceChanged,
-                Source::Seeded {
-                    path,
-                    len,
-                    mtime_ns: t,
-                    ..
-                } => match fs::metadata(path) {
+                Source::Seeded { path, len, mtime_ns: t, .. } => match fs::metadata(path) {
                     Ok(md) if md.len() == *len && mtime_ns(&md) == *t => EntryState::Complete,
                     _ => {
                         self.mark_changed(id, rec.clone(), "size or modification time changed");
@@ -321,23 +289,14 @@ impl Store {
                 },
                 Source::Download { .. } => {
                     let b = self.bitfield(id)?.unwrap_or_default();
-                    EntryState::Partial {
-                        have: b.count(),
-                        total: b.len(),
-                    }
+                    EntryState::Partial { have: b.count(), total: b.len() }
                 }
             };
             let path = match &rec.source {
                 Source::Seeded { path, .. } => path.clone(),
                 Source::Download { output, .. } => output.clone(),
             };
-            out.push(Entry {
-                content: id,
-                name: rec.name,
-                size: rec.size,
-                state,
-                path,
-            });
+            out.push(Entry { content: id, name: rec.name, size: rec.size, state, path });
         }
         Ok(out)
     }

@@ -9,18 +9,13 @@ use shoal_store::{EntryState, MemMeta, SledMeta, Store, StoreError};
 
 fn backends(dir: &Path) -> Vec<(&'static str, Store)> {
     vec![
-        (
-            "sled",
-            Store::with_meta(Arc::new(SledMeta::open(&dir.join("meta")).unwrap())),
-        ),
+        ("sled", Store::with_meta(Arc::new(SledMeta::open(&dir.join("meta")).unwrap()))),
         ("mem", Store::with_meta(Arc::new(MemMeta::default()))),
     ]
 }
 
 fn data(len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect()
+    (0..len).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect()
 }
 
 #[test]
@@ -42,17 +37,11 @@ fn import_serves_verified_pieces_and_notices_changes() {
         changed[2 * 16384 + 5] ^= 1;
         fs::write(&path, &changed).unwrap();
         assert!(
-            matches!(
-                store.read_piece(id, PieceIndex(2)),
-                Err(StoreError::SourceChanged(_))
-            ),
+            matches!(store.read_piece(id, PieceIndex(2)), Err(StoreError::SourceChanged(_))),
             "{name}"
         );
         assert!(
-            matches!(
-                store.read_piece(id, PieceIndex(0)),
-                Err(StoreError::SourceChanged(_))
-            ),
+            matches!(store.read_piece(id, PieceIndex(0)), Err(StoreError::SourceChanged(_))),
             "{name}"
         );
         assert_eq!(store.bitfield(id).unwrap(), None);
@@ -69,11 +58,7 @@ fn list_notices_a_touched_file() {
         store.import(&path, |_| {}).unwrap();
         assert_eq!(store.list().unwrap()[0].state, EntryState::Complete);
         fs::write(&path, data(11)).unwrap();
-        assert_eq!(
-            store.list().unwrap()[0].state,
-            EntryState::SourceChanged,
-            "{name}"
-        );
+        assert_eq!(store.list().unwrap()[0].state, EntryState::SourceChanged, "{name}");
     }
 }
 
@@ -98,18 +83,12 @@ fn download_rejects_bad_pieces_resumes_and_finishes_atomically() {
         };
         {
             let dl = store.begin_download(m.clone(), &out).unwrap();
-            assert!(
-                !dl.write_piece(PieceIndex(0), piece(1)).unwrap(),
-                "wrong bytes refused"
-            );
+            assert!(!dl.write_piece(PieceIndex(0), piece(1)).unwrap(), "wrong bytes refused");
             assert!(dl.write_piece(PieceIndex(0), piece(0)).unwrap());
             assert!(dl.write_piece(PieceIndex(3), piece(3)).unwrap());
             dl.checkpoint().unwrap();
             // Served while downloading: only verified pieces.
-            assert_eq!(
-                store.read_piece(m.content_id(), PieceIndex(3)).unwrap(),
-                piece(3)
-            );
+            assert_eq!(store.read_piece(m.content_id(), PieceIndex(3)).unwrap(), piece(3));
             assert!(store.read_piece(m.content_id(), PieceIndex(1)).is_err());
             assert!(!out.exists(), "nothing at the output before completion");
         }
@@ -117,13 +96,7 @@ fn download_rejects_bad_pieces_resumes_and_finishes_atomically() {
         let dl = store.begin_download(m.clone(), &out).unwrap();
         assert_eq!(dl.resumed_pieces(), 2, "{name}");
         assert_eq!(
-            store
-                .list()
-                .unwrap()
-                .iter()
-                .find(|e| e.content == m.content_id())
-                .unwrap()
-                .state,
+            store.list().unwrap().iter().find(|e| e.content == m.content_id()).unwrap().state,
             EntryState::Partial { have: 2, total: 6 }
         );
         for i in [1, 2, 4, 5] {
@@ -131,11 +104,7 @@ fn download_rejects_bad_pieces_resumes_and_finishes_atomically() {
         }
         let path = dl.finish().unwrap();
         assert_eq!(fs::read(&path).unwrap(), bytes, "{name}");
-        assert!(store
-            .bitfield(m.content_id())
-            .unwrap()
-            .unwrap()
-            .is_complete());
+        assert!(store.bitfield(m.content_id()).unwrap().unwrap().is_complete());
         let leftovers: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .filter_map(|e| e.ok())
@@ -164,11 +133,7 @@ fn boundary_sizes_roundtrip() {
             let piece = store.read_piece(m.content_id(), PieceIndex(i)).unwrap();
             assert!(dl.write_piece(PieceIndex(i), &piece).unwrap());
         }
-        assert_eq!(
-            fs::read(dl.finish().unwrap()).unwrap(),
-            bytes,
-            "size {size}"
-        );
+        assert_eq!(fs::read(dl.finish().unwrap()).unwrap(), bytes, "size {size}");
     }
 }
 
@@ -177,17 +142,13 @@ fn bad_outputs_are_refused_without_leftovers() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::with_meta(Arc::new(MemMeta::default()));
     let m = manifest_of(&data(100));
-    let err = store
-        .begin_download(m.clone(), &dir.path().join("nope/out"))
-        .unwrap_err();
+    let err = store.begin_download(m.clone(), &dir.path().join("nope/out")).unwrap_err();
     assert!(matches!(err, StoreError::NoOutputDir(_)), "{err}");
     let existing = dir.path().join("exists");
     fs::write(&existing, b"x").unwrap();
     let err = store.begin_download(m, &existing).unwrap_err();
     assert!(matches!(err, StoreError::OutputExists(_)), "{err}");
     assert_eq!(fs::read(&existing).unwrap(), b"x");
-    let err = store
-        .import(&dir.path().join("missing"), |_| {})
-        .unwrap_err();
+    let err = store.import(&dir.path().join("missing"), |_| {}).unwrap_err();
     assert!(err.to_string().contains("missing"), "{err}");
 }

@@ -101,12 +101,7 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
         for i in bitfield.iter_ones() {
             self.availability[i.0 as usize] += 1;
         }
-        let p = Peer {
-            bitfield,
-            in_flight: BTreeSet::new(),
-            strikes: 0,
-            banned: false,
-        };
+        let p = Peer { bitfield, in_flight: BTreeSet::new(), strikes: 0, banned: false };
         self.peers.insert(peer, p);
     }
 
@@ -186,11 +181,7 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
         }
         let (endgame, _, _, piece) = best?;
         self.requested[piece.0 as usize] += 1;
-        self.peers
-            .get_mut(&peer)
-            .expect("peer exists")
-            .in_flight
-            .insert(piece);
+        self.peers.get_mut(&peer).expect("peer exists").in_flight.insert(piece);
         Some(Request { piece, endgame })
     }
 

@@ -80,10 +80,7 @@ fn simulate(pieces: u32, peers: &mut [SimPeer], seed: u64) -> Outcome {
             break;
         }
         fill(&mut picker, peers, &mut events, now);
-        assert!(
-            !events.is_empty() || picker.is_complete(),
-            "stalled at {now}"
-        );
+        assert!(!events.is_empty() || picker.is_complete(), "stalled at {now}");
     }
     assert!(picker.is_complete());
     out.ticks = now;
@@ -95,12 +92,7 @@ fn peer(pieces: u32, holds: impl Fn(u32) -> bool, speed: u64, corrupt: bool) -> 
     (0..pieces).filter(|&i| holds(i)).for_each(|i| {
         b.set(PieceIndex(i));
     });
-    SimPeer {
-        holds: b,
-        ticks_per_piece: speed,
-        corrupt,
-        busy_until: 0,
-    }
+    SimPeer { holds: b, ticks_per_piece: speed, corrupt, busy_until: 0 }
 }
 
 #[test]
@@ -120,11 +112,7 @@ fn three_seeders_share_the_work_and_the_corrupter_is_banned() {
     assert_eq!(out.delivered_by.iter().sum::<u64>(), u64::from(n));
     // Near the ideal aggregate rate (0.1 + 0.1 + 0.05 pieces per tick): within 10 %.
     let ideal = f64::from(n) / 0.25;
-    assert!(
-        (out.ticks as f64) < ideal * 1.1,
-        "{} ticks vs ideal {ideal}",
-        out.ticks
-    );
+    assert!((out.ticks as f64) < ideal * 1.1, "{} ticks vs ideal {ideal}", out.ticks);
     // Endgame duplicates are few.
     assert!(out.received <= u64::from(n) + 2 + 3 * PIPELINE as u64 * 3);
 }
@@ -169,12 +157,7 @@ fn a_missing_piece_is_reported_as_stuck() {
 
 #[test]
 fn simulation_is_deterministic() {
-    let mk = || {
-        vec![
-            peer(100, |_| true, 3, false),
-            peer(100, |i| i % 2 == 0, 2, false),
-        ]
-    };
+    let mk = || vec![peer(100, |_| true, 3, false), peer(100, |i| i % 2 == 0, 2, false)];
     let a = simulate(100, &mut mk(), 9);
     let b = simulate(100, &mut mk(), 9);
     assert_eq!((a.ticks, a.delivered_by), (b.ticks, b.delivered_by));

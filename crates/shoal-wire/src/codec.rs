@@ -75,10 +75,7 @@ impl Decoder {
         };
         let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
         if len > MAX_FRAME_LEN {
-            return Err(DecodeError::FrameTooLarge {
-                len,
-                max: MAX_FRAME_LEN,
-            });
+            return Err(DecodeError::FrameTooLarge { len, max: MAX_FRAME_LEN });
         }
         if len == 0 {
             return Err(DecodeError::Empty);

@@ -185,11 +185,7 @@ impl Frame for Message {
                 out.extend_from_slice(content.as_bytes());
                 out.extend_from_slice(&piece.0.to_be_bytes());
             }
-            Self::Reject {
-                content,
-                reason,
-                text,
-            } => {
+            Self::Reject { content, reason, text } => {
                 out.push(0x05);
                 out.extend_from_slice(content.as_bytes());
                 out.push(reason.code());
@@ -208,9 +204,7 @@ impl Frame for Message {
                     .map_err(|_| r.malformed("node key is not an ed25519 key"))?;
                 Self::Hello { version, node_id }
             }
-            0x02 => Self::Subscribe {
-                content: ContentId(r.array()?),
-            },
+            0x02 => Self::Subscribe { content: ContentId(r.array()?) },
             0x03 => {
                 let content = ContentId(r.array()?);
                 let len = r.u32()?;
@@ -221,18 +215,11 @@ impl Frame for Message {
                     .map_err(|_| r.malformed("bitfield bytes do not match piece count"))?;
                 Self::Bitfield { content, bitfield }
             }
-            0x04 => Self::Have {
-                content: ContentId(r.array()?),
-                piece: PieceIndex(r.u32()?),
-            },
+            0x04 => Self::Have { content: ContentId(r.array()?), piece: PieceIndex(r.u32()?) },
             0x05 => {
                 let content = ContentId(r.array()?);
                 let reason = RejectReason::from_code(r.u8()?);
-                Self::Reject {
-                    content,
-                    reason,
-                    text: read_text(&mut r)?,
-                }
+                Self::Reject { content, reason, text: read_text(&mut r)? }
             }
             other => return Err(DecodeError::UnknownType(other)),
         };
@@ -259,13 +246,8 @@ impl Frame for Request {
     fn decode_body(ty: u8, body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(ty, body);
         let req = match ty {
-            0x10 => Self::Manifest {
-                content: ContentId(r.array()?),
-            },
-            0x11 => Self::Piece {
-                content: ContentId(r.array()?),
-                piece: PieceIndex(r.u32()?),
-            },
+            0x10 => Self::Manifest { content: ContentId(r.array()?) },
+            0x11 => Self::Piece { content: ContentId(r.array()?), piece: PieceIndex(r.u32()?) },
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;
@@ -311,10 +293,7 @@ impl Frame for Response {
             }
             0x22 => {
                 let reason = RejectReason::from_code(r.u8()?);
-                Self::Reject {
-                    reason,
-                    text: read_text(&mut r)?,
-                }
+                Self::Reject { reason, text: read_text(&mut r)? }
             }
             other => return Err(DecodeError::UnknownType(other)),
         };
@@ -371,12 +350,8 @@ mod tests {
     fn message() -> impl Strategy<Value = Message> {
         let cid = any::<[u8; 32]>().prop_map(ContentId);
         prop_oneof![
-            any::<u16>().prop_map(|version| Message::Hello {
-                version,
-                node_id: node_id()
-            }),
-            cid.clone()
-                .prop_map(|content| Message::Subscribe { content }),
+            any::<u16>().prop_map(|version| Message::Hello { version, node_id: node_id() }),
+            cid.clone().prop_map(|content| Message::Subscribe { content }),
             (cid.clone(), 0u32..5000, any::<u64>()).prop_map(|(content, len, seed)| {
                 let mut bitfield = Bitfield::new(len);
                 for i in 0..len {
@@ -386,10 +361,8 @@ mod tests {
                 }
                 Message::Bitfield { content, bitfield }
             }),
-            (cid.clone(), any::<u32>()).prop_map(|(content, p)| Message::Have {
-                content,
-                piece: PieceIndex(p)
-            }),
+            (cid.clone(), any::<u32>())
+                .prop_map(|(content, p)| Message::Have { content, piece: PieceIndex(p) }),
             (cid, reason(), "[ -~]{0,200}").prop_map(|(content, reason, text)| Message::Reject {
                 content,
                 reason,
@@ -401,12 +374,9 @@ mod tests {
     fn request() -> impl Strategy<Value = Request> {
         let cid = any::<[u8; 32]>().prop_map(ContentId);
         prop_oneof![
-            cid.clone()
-                .prop_map(|content| Request::Manifest { content }),
-            (cid, any::<u32>()).prop_map(|(content, p)| Request::Piece {
-                content,
-                piece: PieceIndex(p)
-            }),
+            cid.clone().prop_map(|content| Request::Manifest { content }),
+            (cid, any::<u32>())
+                .prop_map(|(content, p)| Request::Piece { content, piece: PieceIndex(p) }),
         ]
     }
 
@@ -458,24 +428,13 @@ mod tests {
     fn limits_are_enforced() {
         let mut d = Decoder::new();
         d.feed(&(crate::MAX_FRAME_LEN as u32 + 1).to_be_bytes());
-        assert!(matches!(
-            d.decode::<Message>(),
-            Err(DecodeError::FrameTooLarge { .. })
-        ));
-        let big = Response::Piece {
-            len: MAX_PIECE_SIZE as u32 + 1,
-        };
+        assert!(matches!(d.decode::<Message>(), Err(DecodeError::FrameTooLarge { .. })));
+        let big = Response::Piece { len: MAX_PIECE_SIZE as u32 + 1 };
         let mut d = Decoder::new();
         d.feed(&encode(&big));
-        assert!(matches!(
-            d.decode::<Response>(),
-            Err(DecodeError::Malformed { .. })
-        ));
+        assert!(matches!(d.decode::<Response>(), Err(DecodeError::Malformed { .. })));
         let mut d = Decoder::new();
         d.feed(&[0, 0, 0, 2, 0x02, 0]);
-        assert!(matches!(
-            d.decode::<Message>(),
-            Err(DecodeError::Malformed { .. })
-        ));
+        assert!(matches!(d.decode::<Message>(), Err(DecodeError::Malformed { .. })));
     }
 }

@@ -116,10 +116,7 @@ impl Session {
             theirs: HashSet::new(),
             pending: HashSet::new(),
         };
-        s.transmit.push_back(Message::Hello {
-            version: PROTOCOL_VERSION,
-            node_id: local,
-        });
+        s.transmit.push_back(Message::Hello { version: PROTOCOL_VERSION, node_id: local });
         s
     }
 
@@ -133,10 +130,7 @@ impl Session {
         match (self.state, msg) {
             (State::AwaitHello, Message::Hello { version, node_id }) => {
                 if version != PROTOCOL_VERSION {
-                    return Err(ProtocolError::Version {
-                        ours: PROTOCOL_VERSION,
-                        theirs: version,
-                    });
+                    return Err(ProtocolError::Version { ours: PROTOCOL_VERSION, theirs: version });
                 }
                 if node_id != self.remote {
                     return Err(ProtocolError::NodeIdMismatch {
@@ -158,41 +152,23 @@ impl Session {
                 }
             }
             (State::Ready, Message::Bitfield { content, bitfield }) => {
-                let expected = *self
-                    .ours
-                    .get(&content)
-                    .ok_or(ProtocolError::Unsolicited(content))?;
+                let expected =
+                    *self.ours.get(&content).ok_or(ProtocolError::Unsolicited(content))?;
                 if bitfield.len() != expected {
-                    return Err(ProtocolError::BitfieldLength {
-                        got: bitfield.len(),
-                        expected,
-                    });
+                    return Err(ProtocolError::BitfieldLength { got: bitfield.len(), expected });
                 }
                 self.events.push_back(Event::Bitfield(content, bitfield));
             }
             (State::Ready, Message::Have { content, piece }) => {
-                let pieces = *self
-                    .ours
-                    .get(&content)
-                    .ok_or(ProtocolError::Unsolicited(content))?;
+                let pieces = *self.ours.get(&content).ok_or(ProtocolError::Unsolicited(content))?;
                 if piece.0 >= pieces {
                     return Err(ProtocolError::PieceOutOfRange { piece, pieces });
                 }
                 self.events.push_back(Event::Have(content, piece));
             }
-            (
-                State::Ready,
-                Message::Reject {
-                    content,
-                    reason,
-                    text,
-                },
-            ) => {
-                self.ours
-                    .remove(&content)
-                    .ok_or(ProtocolError::Unsolicited(content))?;
-                self.events
-                    .push_back(Event::Rejected(content, reason, text));
+            (State::Ready, Message::Reject { content, reason, text }) => {
+                self.ours.remove(&content).ok_or(ProtocolError::Unsolicited(content))?;
+                self.events.push_back(Event::Rejected(content, reason, text));
             }
         }
         Ok(())
@@ -209,8 +185,7 @@ impl Session {
     pub fn accept_subscription(&mut self, content: ContentId, bitfield: Bitfield) {
         if self.pending.remove(&content) {
             self.theirs.insert(content);
-            self.transmit
-                .push_back(Message::Bitfield { content, bitfield });
+            self.transmit.push_back(Message::Bitfield { content, bitfield });
         }
     }
 
@@ -218,11 +193,7 @@ impl Session {
     pub fn reject_subscription(&mut self, content: ContentId, reason: RejectReason, text: &str) {
         if self.pending.remove(&content) || self.theirs.remove(&content) {
             let text = text.to_string();
-            self.transmit.push_back(Message::Reject {
-                content,
-                reason,
-                text,
-            });
+            self.transmit.push_back(Message::Reject { content, reason, text });
         }
     }
 
@@ -314,45 +285,26 @@ mod tests {
         );
 
         let mut a = Session::new(ia, ib);
-        let err = a.handle_message(Message::Hello {
-            version: PROTOCOL_VERSION,
-            node_id: ia,
-        });
+        let err = a.handle_message(Message::Hello { version: PROTOCOL_VERSION, node_id: ia });
         assert!(matches!(err, Err(ProtocolError::NodeIdMismatch { .. })));
 
         let mut a = Session::new(ia, ib);
-        let err = a.handle_message(Message::Hello {
-            version: 9,
-            node_id: ib,
-        });
+        let err = a.handle_message(Message::Hello { version: 9, node_id: ib });
         assert!(matches!(err, Err(ProtocolError::Version { .. })));
 
         let mut a = Session::new(ia, ib);
-        a.handle_message(Message::Hello {
-            version: PROTOCOL_VERSION,
-            node_id: ib,
-        })
-        .unwrap();
+        a.handle_message(Message::Hello { version: PROTOCOL_VERSION, node_id: ib }).unwrap();
         assert_eq!(
-            a.handle_message(Message::Have {
-                content: c,
-                piece: PieceIndex(0)
-            }),
+            a.handle_message(Message::Have { content: c, piece: PieceIndex(0) }),
             Err(ProtocolError::Unsolicited(c))
         );
         a.subscribe(c, 4);
         assert!(matches!(
-            a.handle_message(Message::Have {
-                content: c,
-                piece: PieceIndex(4)
-            }),
+            a.handle_message(Message::Have { content: c, piece: PieceIndex(4) }),
             Err(ProtocolError::PieceOutOfRange { .. })
         ));
         assert!(matches!(
-            a.handle_message(Message::Bitfield {
-                content: c,
-                bitfield: Bitfield::new(5)
-            }),
+            a.handle_message(Message::Bitfield { content: c, bitfield: Bitfield::new(5) }),
             Err(ProtocolError::BitfieldLength { .. })
         ));
     }
