@@ -537,7 +537,7 @@ async fn request_piece(
     let mut bytes = 0u64;
     let outcome = match receive_piece(&conn, content, piece, len, &node, &limit, &mut bytes).await {
         Ok(Ok(data)) => {
-            match tokio::task::spawn_blocking(move || dl.write_piece_chunks(piece, &data)).await {
+            match tokio::task::spawn_blocking(move || dl.write_piece(piece, &data)).await {
                 Ok(Ok(true)) => Outcome::Verified,
                 Ok(Ok(false)) => Outcome::Bad,
                 Ok(Err(e)) => Outcome::Fatal(e),
@@ -560,7 +560,7 @@ async fn receive_piece(
     node: &Node,
     limit: &RateLimiter,
     bytes: &mut u64,
-) -> anyhow::Result<Result<Vec<bytes::Bytes>, Rejection>> {
+) -> anyhow::Result<Result<Vec<u8>, Rejection>> {
     let (mut send, mut recv) = conn.open_bi().await?;
     write_frame(&mut send, &Request::Piece { content, piece }).await?;
     send.finish()?;
@@ -573,27 +573,22 @@ async fn receive_piece(
     if n != len {
         bail!("piece {piece} announced as {n} bytes, expected {len}");
     }
-    // Keep the chunks as quinn hands them over: hashed and written in place, never joined.
-    let mut chunks: Vec<bytes::Bytes> = Vec::new();
-    let first = dec.take_rest().freeze();
-    let mut got = first.len() as u64;
-    *bytes += got;
-    if got > len {
+    // One contiguous buffer per piece: see `Download::write_piece` for why.
+    let mut buf = Vec::with_capacity(len as usize);
+    buf.extend_from_slice(&dec.take_rest());
+    *bytes += buf.len() as u64;
+    if buf.len() as u64 > len {
         bail!("piece longer than announced");
     }
-    if !first.is_empty() {
-        chunks.push(first);
-    }
-    while got < len {
-        let want = READ_CHUNK.min((len - got) as usize);
+    while (buf.len() as u64) < len {
+        let want = READ_CHUNK.min(len as usize - buf.len());
         node.download.acquire(want as u64).await;
         limit.acquire(want as u64).await;
         let chunk = recv.read_chunk(want, true).await?.context("stream ended inside a piece")?;
-        got += chunk.bytes.len() as u64;
+        buf.extend_from_slice(&chunk.bytes);
         *bytes += chunk.bytes.len() as u64;
-        chunks.push(chunk.bytes);
     }
-    Ok(Ok(chunks))
+    Ok(Ok(buf))
 }
 
 /// A receive rate smoothed over about two seconds.
