@@ -51,15 +51,27 @@ pub fn encode<F: Frame>(frame: &F) -> Vec<u8> {
 }
 
 /// Accumulates bytes from a stream and yields whole frames.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Decoder {
     buf: BytesMut,
+    limit: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Decoder {
-    /// A decoder with an empty buffer.
+    /// A decoder for frames of at most [`MAX_FRAME_LEN`] bytes.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_limit(MAX_FRAME_LEN)
+    }
+
+    /// A decoder for frames of at most `limit` bytes.
+    pub fn with_limit(limit: usize) -> Self {
+        Self { buf: BytesMut::new(), limit }
     }
 
     /// Appends bytes read from the stream.
@@ -74,8 +86,8 @@ impl Decoder {
             return Ok(None);
         };
         let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
-        if len > MAX_FRAME_LEN {
-            return Err(DecodeError::FrameTooLarge { len, max: MAX_FRAME_LEN });
+        if len > self.limit {
+            return Err(DecodeError::FrameTooLarge { len, max: self.limit });
         }
         if len == 0 {
             return Err(DecodeError::Empty);
@@ -132,6 +144,10 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.array()?))
     }
 
     pub(crate) fn rest(&mut self) -> &'a [u8] {

@@ -23,6 +23,7 @@
 mod codec;
 mod message;
 mod session;
+pub mod tracker;
 
 pub use codec::{encode, DecodeError, Decoder, Frame, MAX_FRAME_LEN};
 pub use message::{Message, Opening, RejectReason, Request, Response, MAX_REASON_LEN};
