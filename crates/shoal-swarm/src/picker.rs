@@ -47,6 +47,8 @@ pub struct Picker<P> {
     requested: Vec<u32>,
     /// Tie-break order: a seeded permutation key per piece.
     order: Vec<u32>,
+    /// Pieces the tracker handed us to fetch first (differential distribution).
+    hinted: Vec<bool>,
     peers: BTreeMap<P, Peer>,
     /// (piece, peer) pairs that delivered bad data: never asked again.
     failed: BTreeSet<(PieceIndex, P)>,
@@ -72,9 +74,27 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
             availability: vec![0; n],
             requested: vec![0; n],
             order,
+            hinted: vec![false; n],
             peers: BTreeMap::new(),
             failed: BTreeSet::new(),
         }
+    }
+
+    /// Replaces the pieces to fetch first (the tracker's differential-distribution hints).
+    pub fn set_hints(&mut self, hints: &[PieceIndex]) {
+        self.hinted.iter_mut().for_each(|h| *h = false);
+        for p in hints {
+            if let Some(h) = self.hinted.get_mut(p.0 as usize) {
+                *h = true;
+            }
+        }
+    }
+
+    /// True if some peer (not banned) holds a piece we still need, or a request is in
+    /// flight: more progress is possible without new peers.
+    pub fn can_progress(&self) -> bool {
+        self.requested.iter().any(|&r| r > 0)
+            || self.have.iter_zeros().any(|i| self.availability[i.0 as usize] > 0)
     }
 
     /// The verified pieces.
@@ -161,17 +181,18 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
                 && !p.in_flight.contains(&i)
                 && !self.failed.contains(&(i, peer))
         };
-        // Fresh pieces first, rarest first; then endgame: the least duplicated in-flight piece.
-        let mut best: Option<(bool, u32, u32, PieceIndex)> = None;
+        // Fresh pieces first (hinted ones before the rest, rarest first within each); then
+        // endgame: the least duplicated in-flight piece.
+        let mut best: Option<(bool, bool, u32, u32, PieceIndex)> = None;
         for i in (0..self.have.len()).map(PieceIndex) {
             if !usable(i) {
                 continue;
             }
             let idx = i.0 as usize;
             let key = if self.requested[idx] == 0 {
-                (false, self.availability[idx], self.order[idx], i)
+                (false, !self.hinted[idx], self.availability[idx], self.order[idx], i)
             } else if self.requested[idx] < MAX_COPIES {
-                (true, self.requested[idx], self.order[idx], i)
+                (true, false, self.requested[idx], self.order[idx], i)
             } else {
                 continue;
             };
@@ -179,7 +200,7 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
                 best = Some(key);
             }
         }
-        let (endgame, _, _, piece) = best?;
+        let (endgame, _, _, _, piece) = best?;
         self.requested[piece.0 as usize] += 1;
         self.peers.get_mut(&peer).expect("peer exists").in_flight.insert(piece);
         Some(Request { piece, endgame })
