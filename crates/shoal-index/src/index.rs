@@ -154,6 +154,8 @@ pub struct Index {
     held: HashMap<NodeId, BTreeSet<ContentId>>,
 }
 
+type Rank = (u32, u32, std::cmp::Reverse<u32>);
+
 /// A stable per-(node, piece) tie-break, so equally good pieces are spread over askers.
 fn mix(node: &NodeId, p: PieceIndex) -> u64 {
     let k = node.public_key_bytes();
@@ -338,7 +340,8 @@ impl Index {
         let n = swarm.piece_count;
         let have = have.filter(|h| h.len() == n);
         let wanted = |p: PieceIndex| have.is_none_or(|h| !h.get(p));
-        let mut ranked: Vec<((u32, u32, std::cmp::Reverse<u32>), NodeId)> = Vec::new();
+        // (rarest wanted piece's availability, load, more useful first), then the id.
+        let mut ranked: Vec<(Rank, NodeId)> = Vec::new();
         for (id, bf) in &swarm.holders {
             if Some(*id) == asker {
                 continue;
