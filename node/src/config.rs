@@ -77,6 +77,8 @@ pub struct NodeConfig {
     pub download_limit: Option<Rate>,
     /// Testing only: probability of flipping a byte in each uploaded piece.
     pub danger_corrupt_uploads: f64,
+    /// The tracker to register with (`host:port`), put in the tickets of added files.
+    pub tracker: Option<String>,
 }
 
 impl NodeConfig {
@@ -88,6 +90,7 @@ impl NodeConfig {
             upload_limit: None,
             download_limit: None,
             danger_corrupt_uploads: 0.0,
+            tracker: None,
         }
     }
 }

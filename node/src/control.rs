@@ -80,6 +80,9 @@ pub struct GetBody {
     /// A download cap for this fetch, bytes per second.
     #[serde(default)]
     pub limit: Option<u64>,
+    /// A tracker to use besides (or instead of) the ticket's.
+    #[serde(default)]
+    pub tracker: Option<String>,
 }
 
 /// One line of `shoal ls`.
@@ -261,6 +264,7 @@ async fn add(
         .map_err(|e| internal(e.into()))?
         .map_err(bad_request)?;
     let id = manifest.content_id();
+    let _ = api.node.contents_changed.send(id);
     tracing::info!(content = %id, path = %body.path.display(), size = manifest.size(), "added");
     Ok(Json(AddReply {
         content_id: id.to_string(),
@@ -290,7 +294,13 @@ async fn get_content(
         .map(|p| p.parse::<PeerAddr>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(bad_request)?;
-    let req = FetchRequest { ticket, extra_peers, output: body.output, limit: body.limit };
+    let req = FetchRequest {
+        ticket,
+        extra_peers,
+        output: body.output,
+        limit: body.limit,
+        tracker: body.tracker,
+    };
     let (tx, rx) = mpsc::channel(16);
     let node = api.node.clone();
     tokio::spawn(async move {

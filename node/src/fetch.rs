@@ -26,9 +26,21 @@ use tracing::{debug, info, warn};
 
 use crate::node::Node;
 use crate::serve::{PeerEvent, CLOSE_BANNED};
+use crate::tracker;
 
 mod requests;
 use requests::{connect_all, fetch_manifest, open_control, request_piece};
+
+/// How long a fetch waits for a tracker connection at start.
+const TRACKER_WAIT: Duration = Duration::from_secs(3);
+/// How often a running fetch asks the tracker for new holders and hints.
+const LOOKUP_EVERY: Duration = Duration::from_secs(2);
+/// Peers asked for per lookup.
+const LOOKUP_PEERS: u8 = 32;
+/// With a tracker, how long a fetch waits without progress before it gives up.
+const STALL_LIMIT: Duration = Duration::from_secs(60);
+
+type LookupResult = (Vec<shoal_wire::tracker::PeerInfo>, Vec<PieceIndex>);
 
 /// Bytes in flight per peer that the pipeline aims for.
 const PIPELINE_BYTES: u64 = 16 * 1024 * 1024;
@@ -44,6 +56,8 @@ pub struct FetchRequest {
     pub output: PathBuf,
     /// A cap for this fetch only (on top of the node's).
     pub limit: Option<u64>,
+    /// A tracker to use besides the ticket's (which it overrides).
+    pub tracker: Option<String>,
 }
 
 /// Progress of a fetch, published several times a second.
@@ -65,6 +79,9 @@ pub struct Progress {
     pub peers: usize,
     /// Receive rate, bytes per second, smoothed.
     pub rate: f64,
+    /// Something the user should know (a tracker that does not answer, say).
+    #[serde(default)]
+    pub warning: Option<String>,
 }
 
 /// Per-peer figures of a fetch.
@@ -122,6 +139,21 @@ struct PeerState {
 /// Requests in flight to a peer before it has delivered a verified piece.
 const INITIAL_WINDOW: usize = 2;
 
+impl PeerState {
+    fn new(conn: Connection, addr: SocketAddr) -> Self {
+        Self {
+            conn,
+            addr,
+            pieces: 0,
+            bytes: 0,
+            banned: false,
+            pending: true,
+            done: None,
+            window: INITIAL_WINDOW,
+        }
+    }
+}
+
 enum Outcome {
     Verified,
     Bad,
@@ -150,9 +182,44 @@ pub async fn fetch(
     let limit = RateLimiter::new(req.limit);
     let mut candidates: Vec<PeerAddr> =
         req.ticket.peers.iter().chain(&req.extra_peers).copied().collect();
-    candidates.dedup_by_key(|p| p.addr);
-    candidates.retain(|p| p.node_id != Some(node.node_id()));
+    let tracker_addr = req.tracker.clone().or_else(|| req.ticket.tracker.clone());
+    let tracker = tracker_addr.map(|a| node.tracker(&a));
+    let mut warning = None;
+    let mut hints = Vec::new();
+    let mut tracker_conn = None;
+    if let Some(t) = &tracker {
+        match t.connection(TRACKER_WAIT).await {
+            Ok(c) => tracker_conn = Some(c),
+            Err(e) => {
+                let w =
+                    format!("tracker {} is unreachable ({e}); using the ticket's peers", t.addr);
+                warn!("{w}");
+                warning = Some(w);
+            }
+        }
+    }
+    if let Some(c) = &tracker_conn {
+        match tracker::lookup(c, content, None, LOOKUP_PEERS).await {
+            Ok(Some((found, h))) => {
+                candidates.extend(found.iter().flat_map(|p| {
+                    p.addrs.iter().map(|&addr| PeerAddr { node_id: Some(p.node_id), addr })
+                }));
+                hints = h;
+            }
+            Ok(None) => {
+                debug!(content = %content.fmt_short(), "the tracker does not know this content")
+            }
+            Err(e) => warn!(error = %format!("{e:#}"), "tracker lookup failed"),
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    candidates.retain(|p| seen.insert(p.addr) && p.node_id != Some(node.node_id()));
     if candidates.is_empty() {
+        if tracker.is_some() {
+            bail!(
+                "no peers: the ticket names none and the tracker knows none for content {content}"
+            );
+        }
         bail!("the ticket names no peers and no --peer was given: add --peer IP:PORT of a node that has the file");
     }
     let mut peers = connect_all(&node, &candidates).await?;
@@ -160,11 +227,21 @@ pub async fn fetch(
 
     let manifest = match node.store.manifest(content)? {
         Some(m) => m,
-        None => {
-            let (m, n) = fetch_manifest(&peers, content).await?;
-            downloaded += n;
-            Arc::new(m)
-        }
+        None => match fetch_manifest(&peers, content).await {
+            Ok((m, n)) => {
+                downloaded += n;
+                Arc::new(m)
+            }
+            Err(e) => {
+                let Some(c) = &tracker_conn else { return Err(e) };
+                let bytes = tracker::manifest(c, content).await?.ok_or(e)?;
+                downloaded += bytes.len() as u64;
+                match Manifest::decode(&bytes) {
+                    Ok(m) if m.content_id() == content => Arc::new(m),
+                    _ => bail!("the tracker sent a manifest that does not match content {content}"),
+                }
+            }
+        },
     };
     let store = node.store.clone();
     let (m2, out) = (manifest.clone(), req.output.clone());
@@ -173,7 +250,10 @@ pub async fn fetch(
     if resumed > 0 {
         info!(content = %content.fmt_short(), resumed, total = manifest.piece_count(), "resuming");
     }
+    // Tell the tracker at once that we hold (part of) this content, so others find us.
+    let _ = node.contents_changed.send(content);
     let mut picker = Picker::new(dl.have(), fastrand::u64(..));
+    picker.set_hints(&hints);
     let pipeline = (PIPELINE_BYTES / manifest.piece_size()).clamp(2, 32) as usize;
 
     let (ev_tx, mut ev_rx) = mpsc::channel::<PeerEvent>(1024);
@@ -190,9 +270,14 @@ pub async fn fetch(
             ));
         }
     }
-    drop(ev_tx);
 
     let mut requests: JoinSet<Done> = JoinSet::new();
+    let mut lookups: JoinSet<anyhow::Result<Option<LookupResult>>> = JoinSet::new();
+    let mut dials: JoinSet<(PeerAddr, Result<(Connection, NodeId), String>)> = JoinSet::new();
+    let mut dialing: std::collections::HashSet<NodeId> = std::collections::HashSet::new();
+    let mut lookup_tick = tokio::time::interval(LOOKUP_EVERY);
+    lookup_tick.reset();
+    let mut last_progress = Instant::now();
     let mut aborts: HashMap<(NodeId, PieceIndex), AbortHandle> = HashMap::new();
     let mut bad_pieces = 0u64;
     let mut checkpoint = tokio::time::interval(Duration::from_secs(1));
@@ -221,7 +306,11 @@ pub async fn fetch(
                 aborts.insert((id, r.piece), requests.spawn(job));
             }
         }
-        if requests.is_empty() && !peers.values().any(|p| p.pending && p.done.is_none()) {
+        let idle = requests.is_empty()
+            && dials.is_empty()
+            && !peers.values().any(|p| p.pending && p.done.is_none());
+        // With a tracker, new holders may still turn up: wait for them until the stall limit.
+        if idle && (tracker.is_none() || last_progress.elapsed() > STALL_LIMIT) {
             let have = picker.have().count();
             let total = manifest.piece_count();
             let reasons: Vec<String> = peers
@@ -230,6 +319,13 @@ pub async fn fetch(
                     p.done.as_ref().map(|d| format!("{} ({}): {d}", p.addr, id.fmt_short()))
                 })
                 .collect();
+            if tracker.is_some() {
+                bail!(
+                    "no progress for {}s: no reachable peer has the {} missing pieces ({have}/{total} verified and kept: run the same command again to resume)",
+                    STALL_LIMIT.as_secs(),
+                    total - have
+                );
+            }
             if peers.values().all(|p| p.done.is_some()) {
                 bail!(
                     "lost every peer with {have}/{total} pieces verified (kept: run the same command again to resume): {}",
@@ -252,6 +348,7 @@ pub async fn fetch(
                 p.bytes += done.bytes;
                 match done.outcome {
                     Outcome::Verified => {
+                        last_progress = Instant::now();
                         p.pieces += 1;
                         p.window = (p.window + 1).min(pipeline);
                         for other in picker.piece_verified(done.peer, done.piece) {
@@ -303,17 +400,64 @@ pub async fn fetch(
                 }
             }
             Some(ev) = ev_rx.recv() => handle_event(&mut picker, &mut peers, ev),
+            Some(joined) = dials.join_next() => {
+                let Ok((p, result)) = joined else { continue };
+                if let Some(id) = p.node_id {
+                    dialing.remove(&id);
+                }
+                match result {
+                    Ok((conn, id)) if id != node.node_id() && !peers.contains_key(&id) => {
+                        debug!(peer = %id, addr = %p.addr, "connected to a peer from the tracker");
+                        controls.spawn(open_control(node.clone(), conn.clone(), id, content, manifest.piece_count(), ev_tx.clone()));
+                        peers.insert(id, PeerState::new(conn, p.addr));
+                    }
+                    Ok((conn, _)) => conn.close(VarInt::from_u32(0), b"duplicate"),
+                    Err(e) => debug!(addr = %p.addr, error = %e, "cannot reach a peer from the tracker"),
+                }
+            }
+            Some(joined) = lookups.join_next() => {
+                match joined {
+                    Ok(Ok(Some((found, h)))) => {
+                        picker.set_hints(&h);
+                        for info in found {
+                            if info.node_id == node.node_id() || peers.contains_key(&info.node_id) || !dialing.insert(info.node_id) {
+                                continue;
+                            }
+                            let Some(&addr) = info.addrs.first() else { continue };
+                            let target = PeerAddr { node_id: Some(info.node_id), addr };
+                            let node = node.clone();
+                            dials.spawn(async move {
+                                let r = node.endpoint.connect(&target, shoal_wire::ALPN).await.map_err(|e| e.to_string());
+                                (target, r)
+                            });
+                        }
+                    }
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => debug!(error = %format!("{e:#}"), "tracker lookup failed"),
+                    Err(_) => {}
+                }
+            }
+            _ = lookup_tick.tick(), if tracker.is_some() && lookups.is_empty() => {
+                if let Some(c) = tracker.as_ref().and_then(|t| t.current()) {
+                    let have = picker.have().clone();
+                    lookups.spawn(async move { tracker::lookup(&c, content, Some(have), LOOKUP_PEERS).await });
+                }
+            }
             _ = checkpoint.tick() => {
                 let dl = dl.clone();
                 tokio::task::spawn_blocking(move || dl.checkpoint()).await??;
             }
             _ = tick.tick() => {
-                let _ = progress.send(snapshot(&manifest, &picker, &peers, downloaded, rate.rate()));
+                let mut snap = snapshot(&manifest, &picker, &peers, downloaded, rate.rate());
+                snap.warning = warning.clone();
+                let _ = progress.send(snap);
             }
         }
     }
     requests.abort_all();
     controls.abort_all();
+    dials.abort_all();
+    lookups.abort_all();
     let _ = progress.send(snapshot(&manifest, &picker, &peers, downloaded, rate.rate()));
     let path = {
         // The last reference: every request task has finished or been aborted.
@@ -407,6 +551,7 @@ fn snapshot(
         downloaded_bytes: downloaded,
         peers: peers.values().filter(|p| p.done.is_none()).count(),
         rate,
+        warning: None,
     }
 }
 

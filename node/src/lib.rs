@@ -8,6 +8,7 @@
 //! - [`fetch`]: downloads a content from many peers at once, pumping the `shoal-swarm` picker.
 //! - [`control`]: the HTTP/JSON API on 127.0.0.1 that `shoal add/get/ls` talk to;
 //!   [`client`] is its client.
+//! - [`tracker`]: the tracker client: registration, announces, heartbeats, lookups.
 //! - [`config`]: validated settings and the `RATE` syntax.
 
 #![warn(missing_docs)]
@@ -19,3 +20,4 @@ pub mod fetch;
 mod io;
 pub mod node;
 pub mod serve;
+pub mod tracker;

@@ -49,6 +49,9 @@ enum Command {
         /// Cap on total download, like 20MiB/s.
         #[arg(long, env = "SHOAL_DOWNLOAD_LIMIT")]
         download_limit: Option<Rate>,
+        /// Tracker to register with (HOST:PORT); tickets of added files carry it.
+        #[arg(long, env = "SHOAL_TRACKER")]
+        tracker: Option<String>,
         /// TESTING ONLY: flip a byte in each uploaded piece with this probability.
         #[arg(long, env = "SHOAL_DANGER_CORRUPT_UPLOADS", default_value_t = 0.0, value_parser = probability)]
         danger_corrupt_uploads: f64,
@@ -74,6 +77,9 @@ enum Command {
         /// Cap on download rate, like 20MiB/s.
         #[arg(long, env = "SHOAL_DOWNLOAD_LIMIT")]
         download_limit: Option<Rate>,
+        /// Tracker to find peers with (HOST:PORT), instead of the ticket's.
+        #[arg(long, env = "SHOAL_TRACKER")]
+        tracker: Option<String>,
         /// Print one JSON object with the outcome on stdout.
         #[arg(long, env = "SHOAL_JSON")]
         json: bool,
@@ -137,12 +143,19 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let data_dir = absolute(&cli.data_dir)?;
     match cli.command {
-        Command::Daemon { listen, upload_limit, download_limit, danger_corrupt_uploads } => {
+        Command::Daemon {
+            listen,
+            upload_limit,
+            download_limit,
+            tracker,
+            danger_corrupt_uploads,
+        } => {
             let config = NodeConfig {
                 listen,
                 upload_limit,
                 download_limit,
                 danger_corrupt_uploads,
+                tracker,
                 ..NodeConfig::new(data_dir)
             };
             if danger_corrupt_uploads > 0.0 {
@@ -154,8 +167,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(node::run(config, shutdown_signal()))
         }
         Command::Add { path, qr } => add(&data_dir, &path, qr),
-        Command::Get { ticket, output, peers, download_limit, json } => {
-            get(&data_dir, &ticket, &output, peers, download_limit, json)
+        Command::Get { ticket, output, peers, download_limit, tracker, json } => {
+            get(&data_dir, &ticket, &output, peers, download_limit, tracker, json)
         }
         Command::Ls { json } => ls(&data_dir, json),
         Command::Status { json } => status(&data_dir, json),
@@ -213,6 +226,7 @@ fn add(data_dir: &Path, path: &Path, qr: bool) -> anyhow::Result<()> {
 struct ProgressView {
     bar: Option<indicatif::ProgressBar>,
     last: Option<Instant>,
+    warned: Option<String>,
 }
 
 impl ProgressView {
@@ -228,10 +242,18 @@ impl ProgressView {
             );
             bar
         });
-        Self { bar, last: None }
+        Self { bar, last: None, warned: None }
     }
 
     fn update(&mut self, p: &Progress) {
+        if p.warning.is_some() && p.warning != self.warned {
+            self.warned = p.warning.clone();
+            let line = format!("warning: {}", p.warning.as_deref().unwrap_or_default());
+            match &self.bar {
+                Some(bar) => bar.println(line),
+                None => eprintln!("{line}"),
+            }
+        }
         if let Some(bar) = &self.bar {
             bar.set_length(u64::from(p.pieces_total));
             bar.set_position(u64::from(p.pieces_done));
@@ -274,6 +296,7 @@ fn get(
     output: &Path,
     peers: Vec<PeerAddr>,
     limit: Option<Rate>,
+    tracker: Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
     let shown: String = ticket.chars().take(12).collect();
@@ -299,10 +322,11 @@ fn get(
                 output: output.clone(),
                 peers: peers.iter().map(|p| p.to_string()).collect(),
                 limit: limit.map(|r| r.0),
+                tracker,
             };
             client.get(&body, |p| view.update(p))
         }
-        None => get_standalone(data_dir, parsed, output, peers, limit, &mut view),
+        None => get_standalone(data_dir, parsed, output, peers, limit, tracker, &mut view),
     };
     view.finish();
     let report = report?;
@@ -320,6 +344,7 @@ fn get_standalone(
     output: PathBuf,
     extra_peers: Vec<PeerAddr>,
     limit: Option<Rate>,
+    tracker: Option<String>,
     view: &mut ProgressView,
 ) -> anyhow::Result<FetchReport> {
     runtime()?.block_on(async {
@@ -327,7 +352,7 @@ fn get_standalone(
         // Serve what we verify while we fetch.
         node.spawn_serving();
         let (ptx, mut prx) = tokio::sync::watch::channel(Progress::default());
-        let req = FetchRequest { ticket, extra_peers, output, limit: limit.map(|r| r.0) };
+        let req = FetchRequest { ticket, extra_peers, output, limit: limit.map(|r| r.0), tracker };
         let fut = shoal_node::fetch::fetch(node.clone(), req, ptx);
         tokio::pin!(fut);
         let result = loop {

@@ -58,8 +58,15 @@ pub struct Node {
     pub(crate) download: RateLimiter,
     pub(crate) corrupt: f64,
     pub(crate) stats: Stats,
-    /// Newly verified pieces, for the control streams of peers subscribed to them.
+    /// Newly verified pieces, for the control streams of peers subscribed to them and for
+    /// tracker deltas.
     pub(crate) haves: broadcast::Sender<(ContentId, PieceIndex)>,
+    /// Contents added or replaced in the store, for full tracker announces.
+    pub(crate) contents_changed: broadcast::Sender<ContentId>,
+    /// The tracker named at start, if any; tickets carry it.
+    pub(crate) default_tracker: Option<String>,
+    /// Clients of the trackers this node talks to, by address. Held only for map access.
+    trackers: std::sync::Mutex<std::collections::HashMap<String, crate::tracker::TrackerHandle>>,
     pub(crate) upload_slots: Semaphore,
     pub(crate) data_dir: PathBuf,
 }
@@ -82,7 +89,10 @@ impl Node {
             download: RateLimiter::new(config.download_limit.map(|r| r.0)),
             corrupt: config.danger_corrupt_uploads,
             stats: Stats::default(),
-            haves: broadcast::channel(1024).0,
+            haves: broadcast::channel(4096).0,
+            contents_changed: broadcast::channel(256).0,
+            default_tracker: config.tracker.clone(),
+            trackers: std::sync::Mutex::new(std::collections::HashMap::new()),
             upload_slots: Semaphore::new(UPLOAD_SLOTS),
             data_dir: dir.clone(),
         }))
@@ -120,11 +130,25 @@ impl Node {
         out
     }
 
-    /// A ticket for a content with this node as peer.
+    /// A ticket for a content with this node as peer, and the node's tracker if it has one.
     pub fn ticket(&self, content: ContentId) -> Ticket {
         let node_id = Some(self.node_id());
         let peers = self.addrs().into_iter().map(|addr| PeerAddr { node_id, addr }).collect();
-        Ticket { content, peers, tracker: None }
+        Ticket { content, peers, tracker: self.default_tracker.clone() }
+    }
+
+    /// The client of the tracker at `addr`, started on first use.
+    pub fn tracker(self: &Arc<Self>, addr: &str) -> crate::tracker::TrackerHandle {
+        let mut trackers = self.trackers.lock().unwrap_or_else(|p| p.into_inner());
+        trackers
+            .entry(addr.to_string())
+            .or_insert_with(|| crate::tracker::spawn(self.clone(), addr.to_string()))
+            .clone()
+    }
+
+    /// Uploads in progress.
+    pub fn active_uploads(&self) -> usize {
+        UPLOAD_SLOTS - self.upload_slots.available_permits()
     }
 
     /// Counters and identity.
@@ -166,6 +190,9 @@ fn default_route_ip() -> Option<IpAddr> {
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let node = Node::open(&config)?;
     node.spawn_serving();
+    if let Some(t) = &config.tracker {
+        node.tracker(t);
+    }
     let control = crate::control::serve(node.clone()).await?;
     let listen = node.endpoint.local_addr()?;
     tracing::info!(node_id = %node.node_id(), %listen, control = %control.addr, "node running");

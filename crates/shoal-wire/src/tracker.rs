@@ -39,6 +39,8 @@ use crate::codec::{DecodeError, Frame, Reader};
 
 /// The ALPN of the tracker protocol, version 1.
 pub const TRACKER_ALPN: &[u8] = b"shoal/tracker/1";
+/// The tracker protocol version carried in [`TrackerRequest::Register`].
+pub const TRACKER_VERSION: u16 = 1;
 /// The largest tracker frame: room for a lookup reply of [`MAX_LOOKUP_PEERS`] bitfields of
 /// the largest manifest.
 pub const MAX_TRACKER_FRAME_LEN: usize = 1024 * 1024;

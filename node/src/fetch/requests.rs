@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use super::{Done, Outcome, PeerState, INITIAL_WINDOW};
+use super::{Done, Outcome, PeerState};
 use crate::io::{read_frame, write_frame};
 use crate::node::Node;
 use crate::serve::{drive_control, PeerEvent};
@@ -44,19 +44,7 @@ pub(super) async fn connect_all(
                     continue;
                 }
                 debug!(peer = %id, addr = %p.addr, "connected");
-                peers.insert(
-                    id,
-                    PeerState {
-                        conn,
-                        addr: p.addr,
-                        pieces: 0,
-                        bytes: 0,
-                        banned: false,
-                        pending: true,
-                        done: None,
-                        window: INITIAL_WINDOW,
-                    },
-                );
+                peers.insert(id, PeerState::new(conn, p.addr));
             }
             Err(e) => errors.push(e.to_string()),
         }

@@ -1,0 +1,84 @@
+//! `shoal-tracker`: the index service of a Shoal swarm.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// The Shoal tracker: knows which node holds which pieces, answers lookups.
+#[derive(Debug, Parser)]
+#[command(name = "shoal-tracker", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve nodes over QUIC (and optionally /health and /metrics over HTTP).
+    Serve {
+        /// UDP address for nodes.
+        #[arg(long, env = "SHOAL_TRACKER_LISTEN", default_value = "0.0.0.0:7400")]
+        listen: SocketAddr,
+        /// HTTP address for /health and /metrics.
+        #[arg(long, env = "SHOAL_TRACKER_HTTP")]
+        http: Option<SocketAddr>,
+        /// Key and state (survives restarts).
+        #[arg(long, env = "SHOAL_TRACKER_DATA_DIR", default_value = "shoal-tracker-data")]
+        data_dir: PathBuf,
+        /// Seconds of silence after which a node expires.
+        #[arg(long, env = "SHOAL_TRACKER_NODE_TTL", default_value_t = 10)]
+        node_ttl: u64,
+        /// Seconds between the heartbeats nodes are asked to send.
+        #[arg(long, env = "SHOAL_TRACKER_HEARTBEAT", default_value_t = 2)]
+        heartbeat: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let Command::Serve { listen, http, data_dir, node_ttl, heartbeat } = Cli::parse().command;
+    if heartbeat == 0 || node_ttl <= heartbeat {
+        eprintln!("error: --node-ttl ({node_ttl}s) must exceed --heartbeat ({heartbeat}s), which must be at least 1");
+        return ExitCode::FAILURE;
+    }
+    let config = shoal_tracker::Config {
+        listen,
+        http,
+        data_dir,
+        node_ttl: Duration::from_secs(node_ttl),
+        heartbeat: Duration::from_secs(heartbeat),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(shoal_tracker::run(
+        config,
+        |r| {
+            let http = r.http.map_or_else(|| "off".to_string(), |h| format!("http://{h}"));
+            println!("shoal-tracker: node {} listening on {}, http {http}", r.node_id, r.addr);
+        },
+        async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+        },
+    ));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
