@@ -192,3 +192,73 @@ pub fn get_json(data_dir: &Path, ticket: &str, out: &Path, extra: &[&str]) -> se
     let stdout = ok(c);
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("bad json {stdout:?}: {e}"))
 }
+
+/// The `shoal-tracker` binary, built beside `shoal` by `cargo nextest run --workspace`.
+pub fn tracker_bin() -> PathBuf {
+    let p = Path::new(bin()).with_file_name("shoal-tracker");
+    assert!(p.exists(), "{} is missing: build it with `cargo build -p shoal-tracker`", p.display());
+    p
+}
+
+/// A running `shoal-tracker serve`, killed when dropped.
+pub struct TrackerProc {
+    pub child: Child,
+    pub addr: SocketAddr,
+    _stdout: mpsc::Receiver<String>,
+}
+
+impl TrackerProc {
+    pub fn start(dir: &Path, listen: &str) -> TrackerProc {
+        let mut child = Command::new(tracker_bin())
+            .args(["serve", "--listen", listen, "--data-dir"])
+            .arg(dir)
+            .env("SHOAL_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tracker");
+        let rx = lines(child.stdout.take().unwrap());
+        let line = wait_line(&rx, "tracker start", |l| l.starts_with("shoal-tracker: node "));
+        let addr = line.split_whitespace().nth(5).unwrap().trim_end_matches(',').parse().unwrap();
+        TrackerProc { child, addr, _stdout: rx }
+    }
+
+    pub fn kill(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+impl Drop for TrackerProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `shoal get --json` started in the background, with its stderr lines.
+pub struct Fetch {
+    pub child: Child,
+    pub stderr: mpsc::Receiver<String>,
+    pub out: PathBuf,
+}
+
+impl Fetch {
+    pub fn start(data_dir: &Path, ticket: &str, out: &Path, extra: &[&str]) -> Fetch {
+        let mut c = shoal(data_dir);
+        c.args(["get", ticket, "-o"]).arg(out).arg("--json").args(extra);
+        let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let stderr = lines(child.stderr.take().unwrap());
+        Fetch { child, stderr, out: out.to_path_buf() }
+    }
+
+    /// Waits for the fetch to succeed; returns its report.
+    pub fn finish(mut self) -> serde_json::Value {
+        let mut stdout = String::new();
+        self.child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+        let status = self.child.wait().unwrap();
+        let err: Vec<String> =
+            self.stderr.try_iter().filter(|l| !l.starts_with("progress:")).collect();
+        assert!(status.success(), "fetch failed: {err:?}");
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("bad json {stdout:?}: {e}"))
+    }
+}

@@ -41,6 +41,7 @@ const LOOKUP_PEERS: u8 = 32;
 const STALL_LIMIT: Duration = Duration::from_secs(60);
 
 type LookupResult = (Vec<shoal_wire::tracker::PeerInfo>, Vec<PieceIndex>);
+type DialResult = (PeerAddr, Result<(Connection, NodeId), String>);
 
 /// Bytes in flight per peer that the pipeline aims for.
 const PIPELINE_BYTES: u64 = 16 * 1024 * 1024;
@@ -273,7 +274,7 @@ pub async fn fetch(
 
     let mut requests: JoinSet<Done> = JoinSet::new();
     let mut lookups: JoinSet<anyhow::Result<Option<LookupResult>>> = JoinSet::new();
-    let mut dials: JoinSet<(PeerAddr, Result<(Connection, NodeId), String>)> = JoinSet::new();
+    let mut dials: JoinSet<DialResult> = JoinSet::new();
     let mut dialing: std::collections::HashSet<NodeId> = std::collections::HashSet::new();
     let mut lookup_tick = tokio::time::interval(LOOKUP_EVERY);
     lookup_tick.reset();

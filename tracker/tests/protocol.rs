@@ -1,0 +1,160 @@
+//! The real `shoal-tracker` binary, spoken to over QUIC with the library codecs: forged
+//! requests are refused, malformed ones close only that connection, unknown contents answer
+//! "unknown" at once, and state survives `kill -9`.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use quinn::Connection;
+use shoal_core::{Bitfield, ContentId, Manifest, PeerAddr, PieceHash};
+use shoal_net::{Endpoint, Identity};
+use shoal_wire::tracker::{
+    ErrorCode, Role, TrackerRequest, TrackerResponse, MAX_TRACKER_FRAME_LEN, TRACKER_ALPN,
+    TRACKER_VERSION,
+};
+use shoal_wire::{encode, Decoder};
+
+struct Tracker {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path, listen: &str) -> Tracker {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal-tracker"))
+        .args(["serve", "--listen", listen, "--data-dir"])
+        .arg(dir)
+        .env("SHOAL_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    // "shoal-tracker: node ID listening on ADDR, http off"
+    let addr = line.split_whitespace().nth(5).unwrap().trim_end_matches(',').parse().unwrap();
+    Tracker { child, addr }
+}
+
+async fn connect(id: &Identity, addr: SocketAddr) -> (Endpoint, Connection) {
+    let ep = Endpoint::bind(id, "127.0.0.1:0".parse().unwrap(), &[]).unwrap();
+    let (conn, _) = ep.connect(&PeerAddr { node_id: None, addr }, TRACKER_ALPN).await.unwrap();
+    (ep, conn)
+}
+
+async fn call(conn: &Connection, req: &TrackerRequest) -> anyhow::Result<TrackerResponse> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&encode(req)).await?;
+    send.finish()?;
+    let bytes = recv.read_to_end(MAX_TRACKER_FRAME_LEN + 8).await?;
+    let mut d = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
+    d.feed(&bytes);
+    Ok(d.decode()?.expect("a whole frame"))
+}
+
+fn register(id: &Identity) -> TrackerRequest {
+    TrackerRequest::Register {
+        node_id: id.node_id(),
+        version: TRACKER_VERSION,
+        role: Role::Node,
+        addrs: vec!["127.0.0.1:9".parse().unwrap()],
+    }
+}
+
+#[tokio::test]
+async fn forged_and_malformed_requests_are_refused_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = start(dir.path(), "127.0.0.1:0");
+    let (honest, mallory) = (Identity::generate(), Identity::generate());
+    let (_e1, h) = connect(&honest, tracker.addr).await;
+    let (_e2, m) = connect(&mallory, tracker.addr).await;
+    assert!(matches!(
+        call(&h, &register(&honest)).await.unwrap(),
+        TrackerResponse::Registered { .. }
+    ));
+    assert!(matches!(
+        call(&m, &register(&mallory)).await.unwrap(),
+        TrackerResponse::Registered { .. }
+    ));
+
+    // Mallory announces and heartbeats as the honest node: refused.
+    let content = ContentId([7; 32]);
+    let forged = TrackerRequest::Announce {
+        node_id: honest.node_id(),
+        content,
+        bitfield: Bitfield::full(4),
+    };
+    match call(&m, &forged).await.unwrap() {
+        TrackerResponse::Error { code: ErrorCode::Forged, .. } => {}
+        other => panic!("forged announce accepted: {other:?}"),
+    }
+    let lookup = TrackerRequest::Lookup { content, max_peers: 8, have: None };
+    assert_eq!(call(&h, &lookup).await.unwrap(), TrackerResponse::Unknown, "nothing was recorded");
+
+    // An unknown content answers "unknown" quickly.
+    let t = Instant::now();
+    assert_eq!(call(&h, &lookup).await.unwrap(), TrackerResponse::Unknown);
+    assert!(t.elapsed() < Duration::from_secs(2));
+
+    // Garbage closes Mallory's connection only.
+    let (mut send, mut recv) = m.open_bi().await.unwrap();
+    send.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await.unwrap();
+    let _ = send.finish();
+    let _ = recv.read_to_end(1024).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), m.closed()).await;
+    assert!(closed.is_ok(), "malformed frame closes that connection");
+    // The honest node is still served.
+    let real = TrackerRequest::Announce {
+        node_id: honest.node_id(),
+        content,
+        bitfield: Bitfield::full(4),
+    };
+    assert!(matches!(
+        call(&h, &real).await.unwrap(),
+        TrackerResponse::NeedManifest | TrackerResponse::Ok
+    ));
+    // A third node finds it (an asker is never handed itself).
+    let third = Identity::generate();
+    let (_e3, t) = connect(&third, tracker.addr).await;
+    match call(&t, &lookup).await.unwrap() {
+        TrackerResponse::LookupReply { peers, .. } => {
+            assert_eq!(peers[0].node_id, honest.node_id())
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn state_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = start(dir.path(), "127.0.0.1:0");
+    let addr = tracker.addr;
+    let node = Identity::generate();
+    let (_e, c) = connect(&node, addr).await;
+    call(&c, &register(&node)).await.unwrap();
+    let m = Manifest::new("f", 10, vec![PieceHash::of(b"0123456789")]).unwrap();
+    let content = m.content_id();
+    let announce =
+        TrackerRequest::Announce { node_id: node.node_id(), content, bitfield: Bitfield::full(1) };
+    call(&c, &announce).await.unwrap();
+    // The tracker flushes its state once a second; kill it after a flush has surely run.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(tracker); // SIGKILL
+    let tracker = start(dir.path(), &addr.to_string());
+    let other = Identity::generate();
+    let (_e2, c2) = connect(&other, tracker.addr).await;
+    let t = Instant::now();
+    match call(&c2, &TrackerRequest::Lookup { content, max_peers: 8, have: None }).await.unwrap() {
+        TrackerResponse::LookupReply { peers, .. } => assert_eq!(peers[0].node_id, node.node_id()),
+        other => panic!("state lost: {other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(2), "answered at once");
+}
