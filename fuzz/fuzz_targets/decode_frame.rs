@@ -1,19 +1,20 @@
-//! Every peer-protocol decoder, fed arbitrary bytes in arbitrary splits: never panics, and a
+//! Every peer- and tracker-protocol decoder, fed arbitrary bytes in arbitrary splits: never panics, and a
 //! frame that decodes re-encodes to the same bytes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use shoal_wire::tracker::{TrackerRequest, TrackerResponse, MAX_TRACKER_FRAME_LEN};
 use shoal_wire::{encode, Decoder, Frame, Message, Opening, Response};
 
 fn check<F: Frame + PartialEq + std::fmt::Debug>(data: &[u8], split: usize) {
-    let mut d = Decoder::new();
+    let mut d = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
     d.feed(&data[..split]);
     let first = d.decode::<F>();
     d.feed(&data[split..]);
     let Ok(None) = first else { return };
     if let Ok(Some(frame)) = d.decode::<F>() {
         let bytes = encode(&frame);
-        let mut again = Decoder::new();
+        let mut again = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
         again.feed(&bytes);
         assert_eq!(again.decode::<F>().unwrap(), Some(frame));
     }
@@ -24,4 +25,6 @@ fuzz_target!(|data: &[u8]| {
     check::<Message>(data, split);
     check::<Response>(data, split);
     check::<Opening>(data, split);
+    check::<TrackerRequest>(data, split);
+    check::<TrackerResponse>(data, split);
 });

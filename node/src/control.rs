@@ -240,7 +240,10 @@ async fn status(
     headers: HeaderMap,
 ) -> Result<Json<crate::node::Status>, ApiError> {
     api.check(&headers)?;
-    Ok(Json(api.node.status()))
+    let node = api.node.clone();
+    let status =
+        tokio::task::spawn_blocking(move || node.status()).await.map_err(|e| internal(e.into()))?;
+    Ok(Json(status))
 }
 
 async fn ls(State(api): State<Api>, headers: HeaderMap) -> Result<Json<Vec<LsEntry>>, ApiError> {

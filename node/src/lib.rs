@@ -21,3 +21,4 @@ mod io;
 pub mod node;
 pub mod serve;
 pub mod tracker;
+mod upload;

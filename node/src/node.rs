@@ -11,11 +11,12 @@ use serde::Serialize;
 use shoal_core::{ContentId, NodeId, PeerAddr, PieceIndex, Ticket};
 use shoal_net::{Endpoint, Identity, RateLimiter};
 use shoal_store::Store;
-use tokio::sync::{broadcast, Semaphore};
+use tokio::sync::broadcast;
 
 use crate::config::NodeConfig;
 
-/// Piece reads for upload that may run at once (each holds one piece in memory).
+/// Uploads that may run at once (each holds one piece in memory); further requests wait and
+/// are served in super-seeding order (see `upload`).
 const UPLOAD_SLOTS: usize = 32;
 
 /// Node-wide counters.
@@ -29,6 +30,33 @@ pub struct Stats {
     pub pieces_uploaded: AtomicU64,
     /// Received pieces that failed verification.
     pub bad_pieces: AtomicU64,
+}
+
+/// Per-content counters: bytes uploaded and peers with a control session about it.
+#[derive(Debug, Default)]
+pub(crate) struct ContentStats {
+    pub(crate) uploaded_bytes: u64,
+    /// Sessions per peer (two nodes may hold two sessions, one each way).
+    pub(crate) peers: std::collections::HashMap<NodeId, u32>,
+}
+
+/// One content in `shoal status`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ContentStatus {
+    /// The content id.
+    pub content_id: String,
+    /// The file name.
+    pub name: String,
+    /// `complete`, `partial` or `source changed`.
+    pub state: String,
+    /// Pieces held.
+    pub pieces_have: u32,
+    /// Pieces in the content.
+    pub pieces_total: u32,
+    /// Peers connected about this content.
+    pub peers: usize,
+    /// Piece bytes uploaded of this content since the node started.
+    pub uploaded_bytes: u64,
 }
 
 /// A snapshot of [`Stats`] and identity, as the control API reports it.
@@ -46,6 +74,9 @@ pub struct Status {
     pub pieces_uploaded: u64,
     /// Received pieces that failed verification.
     pub bad_pieces: u64,
+    /// Per content.
+    #[serde(default)]
+    pub contents: Vec<ContentStatus>,
 }
 
 /// A node.
@@ -67,7 +98,9 @@ pub struct Node {
     pub(crate) default_tracker: Option<String>,
     /// Clients of the trackers this node talks to, by address. Held only for map access.
     trackers: std::sync::Mutex<std::collections::HashMap<String, crate::tracker::TrackerHandle>>,
-    pub(crate) upload_slots: Semaphore,
+    pub(crate) uploads: Arc<crate::upload::Uploads>,
+    /// Per-content counters. Held only for map updates.
+    pub(crate) content_stats: std::sync::Mutex<std::collections::HashMap<ContentId, ContentStats>>,
     pub(crate) data_dir: PathBuf,
 }
 
@@ -93,7 +126,8 @@ impl Node {
             contents_changed: broadcast::channel(256).0,
             default_tracker: config.tracker.clone(),
             trackers: std::sync::Mutex::new(std::collections::HashMap::new()),
-            upload_slots: Semaphore::new(UPLOAD_SLOTS),
+            uploads: crate::upload::Uploads::new(UPLOAD_SLOTS),
+            content_stats: std::sync::Mutex::new(std::collections::HashMap::new()),
             data_dir: dir.clone(),
         }))
     }
@@ -148,12 +182,57 @@ impl Node {
 
     /// Uploads in progress.
     pub fn active_uploads(&self) -> usize {
-        UPLOAD_SLOTS - self.upload_slots.available_permits()
+        self.uploads.active()
     }
 
-    /// Counters and identity.
+    fn content_stats(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<ContentId, ContentStats>> {
+        self.content_stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts piece bytes uploaded of a content.
+    pub(crate) fn count_upload(&self, content: ContentId, bytes: u64) {
+        self.content_stats().entry(content).or_default().uploaded_bytes += bytes;
+    }
+
+    /// A control session with `peer` about `content` began (`true`) or ended (`false`).
+    pub(crate) fn peer_session(&self, content: ContentId, peer: NodeId, up: bool) {
+        let mut stats = self.content_stats();
+        let peers = &mut stats.entry(content).or_default().peers;
+        if up {
+            *peers.entry(peer).or_default() += 1;
+        } else if let Some(n) = peers.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                peers.remove(&peer);
+            }
+        }
+    }
+
+    /// Counters and identity, with the state of every content (reads the store: blocking).
     pub fn status(&self) -> Status {
         let s = &self.stats;
+        let entries = crate::control::list(&self.store).unwrap_or_default();
+        let contents = {
+            let stats = self.content_stats();
+            entries
+                .into_iter()
+                .map(|e| {
+                    let id: ContentId = e.content_id.parse().expect("store ids print and parse");
+                    let c = stats.get(&id);
+                    ContentStatus {
+                        content_id: e.content_id,
+                        name: e.name,
+                        state: e.state,
+                        pieces_have: e.pieces_have,
+                        pieces_total: e.pieces_total,
+                        peers: c.map_or(0, |c| c.peers.len()),
+                        uploaded_bytes: c.map_or(0, |c| c.uploaded_bytes),
+                    }
+                })
+                .collect()
+        };
         Status {
             node_id: self.node_id().to_string(),
             addrs: self.addrs().iter().map(|a| a.to_string()).collect(),
@@ -161,6 +240,7 @@ impl Node {
             downloaded_bytes: s.downloaded_bytes.load(Ordering::Relaxed),
             pieces_uploaded: s.pieces_uploaded.load(Ordering::Relaxed),
             bad_pieces: s.bad_pieces.load(Ordering::Relaxed),
+            contents,
         }
     }
 

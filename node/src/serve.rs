@@ -133,7 +133,7 @@ async fn serve_request(node: &Node, mut send: SendStream, req: Request) -> anyho
             None => reject(send, RejectReason::NotFound, "content not held here").await,
         },
         Request::Piece { content, piece } => {
-            let _slot = node.upload_slots.acquire().await?;
+            let _slot = node.uploads.acquire(content, piece).await;
             let store = node.store.clone();
             let read =
                 tokio::task::spawn_blocking(move || store.read_piece(content, piece)).await?;
@@ -170,6 +170,7 @@ async fn serve_request(node: &Node, mut send: SendStream, req: Request) -> anyho
                 node.upload.acquire(n).await;
                 send.write_chunk(chunk).await.context("sending piece")?;
                 node.stats.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
+                node.count_upload(content, n);
             }
             node.stats.pieces_uploaded.fetch_add(1, Ordering::Relaxed);
             send.finish()?;
@@ -195,6 +196,8 @@ pub(crate) async fn drive_control(
     events: Option<mpsc::Sender<PeerEvent>>,
 ) {
     let mut haves = node.haves.subscribe();
+    // Contents this session is about (either side subscribed), for per-content peer counts.
+    let mut about: std::collections::HashSet<ContentId> = std::collections::HashSet::new();
     let reason = async {
         if let Some(m) = first {
             session.handle_message(m)?;
@@ -202,8 +205,16 @@ pub(crate) async fn drive_control(
         loop {
             while let Some(ev) = session.poll_event() {
                 match ev {
-                    Event::Subscribed(content) => answer_subscription(&node, &mut session, content),
+                    Event::Subscribed(content) => {
+                        answer_subscription(&node, &mut session, content);
+                        if about.insert(content) {
+                            node.peer_session(content, peer, true);
+                        }
+                    }
                     Event::Bitfield(c, b) => {
+                        if about.insert(c) {
+                            node.peer_session(c, peer, true);
+                        }
                         forward(&events, PeerEvent::Bitfield(peer, b), c).await
                     }
                     Event::Have(c, p) => forward(&events, PeerEvent::Have(peer, p), c).await,
@@ -235,6 +246,9 @@ pub(crate) async fn drive_control(
         }
     }
     .await;
+    for c in about {
+        node.peer_session(c, peer, false);
+    }
     let reason: anyhow::Result<()> = reason;
     let text = match reason {
         Err(e) => {
