@@ -5,38 +5,14 @@
 //! `cargo bench -p shoal-node --bench transfer -- [SIZE_MIB] [ROUNDS]` (defaults 1024 and 3;
 //! 4096 for the memory figure). Needs about 2 × SIZE of free space in the temp dir.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_shoal");
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn write_file(path: &Path, mib: u64) {
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut block = vec![0u8; 1 << 20];
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    for _ in 0..mib {
-        for b in block.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            b.copy_from_slice(&x.to_le_bytes());
-        }
-        f.write_all(&block).unwrap();
-    }
-    f.into_inner().unwrap().sync_all().unwrap();
-}
+mod common;
+use common::{write_file, Killed, BIN};
 
 /// Runs a command to completion, sampling its peak RSS (VmHWM) from /proc.
 fn timed(mut cmd: Command) -> (f64, u64, String) {
