@@ -28,7 +28,12 @@ fn tracker(dir: &Path) -> (Killed, String) {
         .env("SHOAL_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e} (build it with cargo build --release -p shoal-tracker)", tracker_bin.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (build it with cargo build --release -p shoal-tracker)",
+                tracker_bin.display()
+            )
+        });
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let addr = line.split_whitespace().nth(5).unwrap().trim_end_matches(',').to_string();
@@ -72,8 +77,10 @@ fn run(root: &Path, src: &Path, n: usize, limit: Option<&str>) -> Outcome {
             if finish[i] == 0.0 {
                 if let Some(st) = g.try_wait().unwrap() {
                     if !st.success() {
-                        let err = std::fs::read_to_string(dir.join(format!("err{i}.log"))).unwrap_or_default();
-                        let err: Vec<&str> = err.lines().filter(|l| !l.starts_with("progress:")).collect();
+                        let err = std::fs::read_to_string(dir.join(format!("err{i}.log")))
+                            .unwrap_or_default();
+                        let err: Vec<&str> =
+                            err.lines().filter(|l| !l.starts_with("progress:")).collect();
                         panic!("downloader {i} failed: {err:?}");
                     }
                     finish[i] = t0.elapsed().as_secs_f64();
@@ -84,7 +91,8 @@ fn run(root: &Path, src: &Path, n: usize, limit: Option<&str>) -> Outcome {
         assert!(t0.elapsed().as_secs() < 600, "swarm did not finish in 10 minutes");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    let status: serde_json::Value = serde_json::from_str(&shoal(&seed_dir, &["status", "--json"])).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&shoal(&seed_dir, &["status", "--json"])).unwrap();
     for i in 0..n {
         let _ = std::fs::remove_file(dir.join(format!("out{i}.bin")));
     }

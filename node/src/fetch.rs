@@ -223,7 +223,15 @@ pub async fn fetch(
         }
         bail!("the ticket names no peers and no --peer was given: add --peer IP:PORT of a node that has the file");
     }
-    let mut peers = connect_all(&node, &candidates).await?;
+    let mut peers = match connect_all(&node, &candidates).await {
+        Ok(p) => p,
+        // With a tracker, peers found by later lookups can still serve the fetch.
+        Err(e) if tracker_conn.is_some() => {
+            warn!(error = %format!("{e:#}"), "no peer reachable yet; waiting for the tracker's");
+            BTreeMap::new()
+        }
+        Err(e) => return Err(e),
+    };
     let mut downloaded = 0u64;
 
     let manifest = match node.store.manifest(content)? {

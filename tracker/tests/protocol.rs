@@ -30,9 +30,15 @@ impl Drop for Tracker {
 }
 
 fn start(dir: &Path, listen: &str) -> Tracker {
+    start_with(dir, listen, &[]).0
+}
+
+/// Starts the tracker; returns it and its first stdout line.
+fn start_with(dir: &Path, listen: &str, extra: &[&str]) -> (Tracker, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_shoal-tracker"))
         .args(["serve", "--listen", listen, "--data-dir"])
         .arg(dir)
+        .args(extra)
         .env("SHOAL_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -41,7 +47,38 @@ fn start(dir: &Path, listen: &str) -> Tracker {
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     // "shoal-tracker: node ID listening on ADDR, http off"
     let addr = line.split_whitespace().nth(5).unwrap().trim_end_matches(',').parse().unwrap();
-    Tracker { child, addr }
+    (Tracker { child, addr }, line)
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test]
+async fn http_health_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tracker, line) = start_with(dir.path(), "127.0.0.1:0", &["--http", "127.0.0.1:0"]);
+    let http = line.trim().rsplit("http://").next().unwrap().to_string();
+    assert!(http_get(&http, "/health").contains("200 OK"));
+    let node = Identity::generate();
+    let (_e, c) = connect(&node, tracker.addr).await;
+    call(&c, &register(&node)).await.unwrap();
+    call(&c, &TrackerRequest::Lookup { content: ContentId([1; 32]), max_peers: 1, have: None })
+        .await
+        .unwrap();
+    let metrics = http_get(&http, "/metrics");
+    for want in [
+        "shoal_tracker_nodes 1",
+        "shoal_tracker_lookups_total 1",
+        "shoal_tracker_announces_per_second",
+    ] {
+        assert!(metrics.contains(want), "{want} missing from\n{metrics}");
+    }
 }
 
 async fn connect(id: &Identity, addr: SocketAddr) -> (Endpoint, Connection) {
