@@ -239,12 +239,14 @@ pub async fn fetch(
         None => match fetch_manifest(&peers, content).await {
             Ok((m, n)) => {
                 downloaded += n;
+                node.stats.downloaded_bytes.fetch_add(n, Ordering::Relaxed);
                 Arc::new(m)
             }
             Err(e) => {
                 let Some(c) = &tracker_conn else { return Err(e) };
                 let bytes = tracker::manifest(c, content).await?.ok_or(e)?;
                 downloaded += bytes.len() as u64;
+                node.stats.downloaded_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 match Manifest::decode(&bytes) {
                     Ok(m) if m.content_id() == content => Arc::new(m),
                     _ => bail!("the tracker sent a manifest that does not match content {content}"),
@@ -352,6 +354,7 @@ pub async fn fetch(
                 let Ok(done) = joined else { continue }; // cancelled endgame duplicate
                 aborts.remove(&(done.peer, done.piece));
                 downloaded += done.bytes;
+                node.stats.downloaded_bytes.fetch_add(done.bytes, Ordering::Relaxed);
                 rate.add(done.bytes);
                 let Some(p) = peers.get_mut(&done.peer) else { continue };
                 p.bytes += done.bytes;
@@ -489,7 +492,6 @@ pub async fn fetch(
             p.conn.close(VarInt::from_u32(0), b"done");
         }
     }
-    node.stats.downloaded_bytes.fetch_add(downloaded, Ordering::Relaxed);
     let report = FetchReport {
         content_id: content.to_string(),
         size: manifest.size(),

@@ -8,7 +8,7 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 use shoal_core::{ContentId, NodeId, PieceIndex};
 use shoal_store::StoreError;
 use shoal_wire::{Decoder, Event, Message, Opening, RejectReason, Request, Response, Session};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tracing::{debug, warn, Instrument};
 
 use crate::io::{read_frame, write_frame};
@@ -34,27 +34,10 @@ pub(crate) enum PeerEvent {
 
 /// Accepts peers until the endpoint closes. Cancel-safe.
 pub(crate) async fn accept_loop(node: Arc<Node>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    while let Some(incoming) = node.endpoint.accept().await {
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            incoming.refuse();
-            continue;
-        };
-        let node = node.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let remote = incoming.remote_address();
-            let conn = match incoming.await {
-                Ok(c) => c,
-                Err(e) => return debug!(%remote, error = %e, "handshake failed"),
-            };
-            let Some(peer) = shoal_net::remote_node_id(&conn) else {
-                return;
-            };
-            let span = tracing::debug_span!("peer", peer = %peer.fmt_short(), %remote);
-            serve_connection(node, conn, peer).instrument(span).await;
-        });
-    }
+    let endpoint = node.endpoint.clone();
+    endpoint
+        .serve(MAX_CONNECTIONS, move |conn, peer| serve_connection(node.clone(), conn, peer))
+        .await;
 }
 
 /// Answers every stream the peer opens on `conn` until it closes.

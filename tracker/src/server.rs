@@ -101,25 +101,9 @@ pub(crate) async fn housekeeping(shared: Arc<Shared>) {
 
 /// Accepts nodes until the endpoint closes.
 pub(crate) async fn accept_loop(endpoint: shoal_net::Endpoint, shared: Arc<Shared>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    while let Some(incoming) = endpoint.accept().await {
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            incoming.refuse();
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let remote = incoming.remote_address();
-            let conn = match incoming.await {
-                Ok(c) => c,
-                Err(e) => return debug!(%remote, error = %e, "handshake failed"),
-            };
-            let Some(node) = shoal_net::remote_node_id(&conn) else { return };
-            let span = tracing::debug_span!("node", node = %node.fmt_short(), %remote);
-            serve_connection(shared, conn, node).instrument(span).await;
-        });
-    }
+    endpoint
+        .serve(MAX_CONNECTIONS, move |conn, node| serve_connection(shared.clone(), conn, node))
+        .await;
 }
 
 async fn serve_connection(shared: Arc<Shared>, conn: Connection, node: NodeId) {

@@ -190,7 +190,9 @@ fn checksum(payload: &[u8]) -> [u8; CHECKSUM_LEN] {
     h.finalize().as_bytes()[..CHECKSUM_LEN].try_into().expect("4 bytes")
 }
 
-fn encode_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+/// Appends the wire form of a socket address: `0x04` + 4 bytes + port, or `0x06` + 16 bytes
+/// + port (big-endian). Tickets and the tracker protocol share it.
+pub fn encode_addr(out: &mut Vec<u8>, addr: SocketAddr) {
     match addr.ip() {
         IpAddr::V4(ip) => {
             out.push(4);
@@ -204,7 +206,17 @@ fn encode_addr(out: &mut Vec<u8>, addr: SocketAddr) {
     out.extend_from_slice(&addr.port().to_be_bytes());
 }
 
-fn decode_addr(v: &[u8]) -> Option<SocketAddr> {
+/// The encoded length of an address whose first byte is `family`, if it is a known family.
+pub fn encoded_addr_len(family: u8) -> Option<usize> {
+    match family {
+        4 => Some(7),
+        6 => Some(19),
+        _ => None,
+    }
+}
+
+/// Decodes exactly one address written by [`encode_addr`].
+pub fn decode_addr(v: &[u8]) -> Option<SocketAddr> {
     let (ip, port): (IpAddr, &[u8]) = match v {
         [4, rest @ ..] if rest.len() == 6 => {
             (Ipv4Addr::from(<[u8; 4]>::try_from(&rest[..4]).ok()?).into(), &rest[4..])

@@ -183,6 +183,36 @@ impl Endpoint {
         Ok((conn, id))
     }
 
+    /// Accepts connections until the endpoint closes, at most `max` at once (more are refused),
+    /// and runs `handle` on each with the node id its peer proved, inside a span naming the
+    /// peer. Cancel-safe.
+    pub async fn serve<F, Fut>(&self, max: usize, handle: F)
+    where
+        F: Fn(Connection, NodeId) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let slots = Arc::new(tokio::sync::Semaphore::new(max));
+        let handle = Arc::new(handle);
+        while let Some(incoming) = self.accept().await {
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                incoming.refuse();
+                continue;
+            };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let remote = incoming.remote_address();
+                let conn = match incoming.await {
+                    Ok(c) => c,
+                    Err(e) => return tracing::debug!(%remote, error = %e, "handshake failed"),
+                };
+                let Some(peer) = remote_node_id(&conn) else { return };
+                let span = tracing::debug_span!("peer", peer = %peer.fmt_short(), %remote);
+                tracing::Instrument::instrument(handle(conn, peer), span).await;
+            });
+        }
+    }
+
     /// Closes every connection and stops accepting.
     pub fn close(&self) {
         self.inner.close(VarInt::from_u32(0), b"shutting down");

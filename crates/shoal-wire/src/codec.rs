@@ -134,6 +134,10 @@ impl<'a> Reader<'a> {
         Ok(self.bytes(N)?.try_into().expect("N bytes"))
     }
 
+    pub(crate) fn peek(&self) -> Option<&u8> {
+        self.buf.first()
+    }
+
     pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.bytes(1)?[0])
     }

@@ -23,6 +23,8 @@
 mod codec;
 mod message;
 mod session;
+#[cfg(test)]
+mod testutil;
 pub mod tracker;
 
 pub use codec::{encode, DecodeError, Decoder, Frame, MAX_FRAME_LEN};

@@ -334,14 +334,7 @@ mod tests {
 
     use super::*;
     use crate::codec::{encode, Decoder};
-
-    fn node_id() -> NodeId {
-        // A fixed valid ed25519 public key (the base point encoding).
-        let mut k = [0u8; 32];
-        k[0] = 0x58;
-        k[1..].fill(0x66);
-        NodeId::from_public_key_bytes(k).unwrap()
-    }
+    use crate::testutil::{node_id, roundtrip};
 
     fn reason() -> impl Strategy<Value = RejectReason> {
         (1u8..=255).prop_map(RejectReason::from_code)
@@ -388,30 +381,15 @@ mod tests {
         ]
     }
 
-    fn roundtrip<F: Frame + PartialEq + std::fmt::Debug>(f: &F) -> Result<(), TestCaseError> {
-        let bytes = encode(f);
-        prop_assert!(bytes.len() - 4 <= crate::MAX_FRAME_LEN);
-        // Every strict prefix is incomplete, never an error.
-        let mut d = Decoder::new();
-        for b in &bytes[..bytes.len() - 1] {
-            d.feed(std::slice::from_ref(b));
-            prop_assert_eq!(d.decode::<F>().unwrap(), None);
-        }
-        d.feed(&bytes[bytes.len() - 1..]);
-        let decoded = d.decode::<F>().unwrap();
-        prop_assert_eq!(decoded.as_ref(), Some(f));
-        Ok(())
-    }
-
     proptest! {
         #[test]
-        fn message_roundtrip(m in message()) { roundtrip(&m)?; }
+        fn message_roundtrip(m in message()) { roundtrip(&m, crate::MAX_FRAME_LEN)?; }
 
         #[test]
-        fn request_roundtrip(r in request()) { roundtrip(&r)?; }
+        fn request_roundtrip(r in request()) { roundtrip(&r, crate::MAX_FRAME_LEN)?; }
 
         #[test]
-        fn response_roundtrip(r in response()) { roundtrip(&r)?; }
+        fn response_roundtrip(r in response()) { roundtrip(&r, crate::MAX_FRAME_LEN)?; }
 
         #[test]
         fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {

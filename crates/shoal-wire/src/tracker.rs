@@ -30,10 +30,10 @@
 //! A peer in a lookup reply: node key, load u32, address count u8, addresses, bits (of the
 //! reply's piece count). An address is `0x04` + 4 bytes + port or `0x06` + 16 bytes + port.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use shoal_core::piece::MAX_PIECES;
-use shoal_core::{manifest, Bitfield, ContentId, NodeId, PieceIndex};
+use shoal_core::{manifest, ticket, Bitfield, ContentId, NodeId, PieceIndex};
 
 use crate::codec::{DecodeError, Frame, Reader};
 
@@ -230,34 +230,18 @@ pub enum TrackerResponse {
     },
 }
 
-fn put_addr(out: &mut Vec<u8>, a: &SocketAddr) {
-    match a.ip() {
-        IpAddr::V4(ip) => {
-            out.push(4);
-            out.extend_from_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            out.push(6);
-            out.extend_from_slice(&ip.octets());
-        }
-    }
-    out.extend_from_slice(&a.port().to_be_bytes());
-}
-
 fn read_addr(r: &mut Reader<'_>) -> Result<SocketAddr, DecodeError> {
-    let ip: IpAddr = match r.u8()? {
-        4 => Ipv4Addr::from(r.array::<4>()?).into(),
-        6 => Ipv6Addr::from(r.array::<16>()?).into(),
-        _ => return Err(r.malformed("bad address family")),
-    };
-    Ok(SocketAddr::new(ip, r.u16()?))
+    let family = *r.peek().ok_or_else(|| r.malformed("body too short"))?;
+    let len = ticket::encoded_addr_len(family).ok_or_else(|| r.malformed("bad address family"))?;
+    let bytes = r.bytes(len)?;
+    ticket::decode_addr(bytes).ok_or_else(|| r.malformed("bad address"))
 }
 
 fn put_addrs(out: &mut Vec<u8>, addrs: &[SocketAddr]) {
     let addrs = &addrs[..addrs.len().min(MAX_ADDRS)];
     out.push(addrs.len() as u8);
-    for a in addrs {
-        put_addr(out, a);
+    for &a in addrs {
+        ticket::encode_addr(out, a);
     }
 }
 
@@ -525,15 +509,11 @@ impl Frame for TrackerResponse {
 mod tests {
     use proptest::prelude::*;
 
-    use super::*;
-    use crate::codec::{encode, Decoder};
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
-    fn node_id() -> NodeId {
-        let mut k = [0u8; 32];
-        k[0] = 0x58;
-        k[1..].fill(0x66);
-        NodeId::from_public_key_bytes(k).unwrap()
-    }
+    use super::*;
+    use crate::codec::Decoder;
+    use crate::testutil::{node_id, roundtrip};
 
     fn addr() -> impl Strategy<Value = SocketAddr> {
         prop_oneof![
@@ -628,23 +608,12 @@ mod tests {
         ]
     }
 
-    fn roundtrip<F: Frame + PartialEq + std::fmt::Debug>(f: &F) -> Result<(), TestCaseError> {
-        let bytes = encode(f);
-        let mut d = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
-        d.feed(&bytes[..bytes.len() - 1]);
-        prop_assert_eq!(d.decode::<F>().unwrap(), None);
-        d.feed(&bytes[bytes.len() - 1..]);
-        let back = d.decode::<F>().unwrap();
-        prop_assert_eq!(back.as_ref(), Some(f));
-        Ok(())
-    }
-
     proptest! {
         #[test]
-        fn request_roundtrip(r in request()) { roundtrip(&r)?; }
+        fn request_roundtrip(r in request()) { roundtrip(&r, MAX_TRACKER_FRAME_LEN)?; }
 
         #[test]
-        fn response_roundtrip(r in response()) { roundtrip(&r)?; }
+        fn response_roundtrip(r in response()) { roundtrip(&r, MAX_TRACKER_FRAME_LEN)?; }
 
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
