@@ -131,9 +131,9 @@ struct PeerState {
     pending: bool,
     /// Gone, rejected or banned: no more requests.
     done: Option<String>,
-    /// Requests this peer may have in flight: starts at [`INITIAL_WINDOW`] and grows by one
-    /// per verified piece up to the pipeline depth, so a peer that has not yet proven itself
-    /// (a corrupter, say) cannot waste more than a couple of pieces.
+    /// Requests this peer may have in flight: starts at [`INITIAL_WINDOW`], grows by one per
+    /// verified piece up to the pipeline depth and drops to one after a bad piece, so a peer
+    /// that has not proven itself (a corrupter, say) wastes exactly its two strikes.
     window: usize,
 }
 
@@ -372,6 +372,8 @@ pub async fn fetch(
                     }
                     Outcome::Bad => {
                         bad_pieces += 1;
+                        // A peer on a strike gets one request at a time until it proves itself.
+                        p.window = 1;
                         node.stats.bad_pieces.fetch_add(1, Ordering::Relaxed);
                         if picker.piece_failed(done.peer, done.piece) == Verdict::Banned && !p.banned {
                             warn!(peer = %done.peer, addr = %p.addr, "peer sent bad data twice; banned");
