@@ -69,7 +69,10 @@ pub async fn run(
         ..IndexConfig::default()
     };
     let restored = (nodes.len(), holdings.len());
-    let index = Index::restore(index_config, nodes, holdings, manifests);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let index = Index::restore(index_config, now, nodes, holdings, manifests);
     tracing::info!(nodes = restored.0, holdings = restored.1, "state restored");
     let endpoint = Endpoint::bind(&identity, config.listen, &[shoal_wire::tracker::TRACKER_ALPN])?;
     let shared = Arc::new(Shared::new(index, state));

@@ -16,12 +16,49 @@ pub struct Config {
     pub heartbeat_ms: u32,
     /// Pieces handed to each asker to fetch first (default 32).
     pub hints: usize,
+    /// A storage copy that has not grown for this long is re-seeded from holders (default 5 s).
+    pub reseed_after_ms: u64,
+    /// How long a re-seed directive (and its token) stays valid (default 60 s).
+    pub directive_ttl_ms: u64,
+    /// The most pieces in one directive (default 256).
+    pub directive_pieces: usize,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { node_ttl_ms: 10_000, heartbeat_ms: 2_000, hints: 32 }
+        Self {
+            node_ttl_ms: 10_000,
+            heartbeat_ms: 2_000,
+            hints: 32,
+            reseed_after_ms: 5_000,
+            directive_ttl_ms: 60_000,
+            directive_pieces: 256,
+        }
     }
+}
+
+/// An order to push pieces into storage, before the tracker signs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    /// The content.
+    pub content: ContentId,
+    /// The storage node.
+    pub storage: NodeId,
+    /// Its addresses.
+    pub addrs: Vec<SocketAddr>,
+    /// The pieces to push.
+    pub pieces: Vec<PieceIndex>,
+    /// When the order lapses.
+    pub expires_ms: u64,
+}
+
+/// What a heartbeat gets back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeartbeatOutcome {
+    /// Contents the node holds that storage holds completely.
+    pub stored: Vec<ContentId>,
+    /// Pieces to push into storage.
+    pub directives: Vec<Planned>,
 }
 
 /// A registered node.
@@ -100,6 +137,11 @@ struct Swarm {
     handed: HashMap<NodeId, BTreeSet<PieceIndex>>,
     /// How many nodes each piece is handed to.
     handed_count: Vec<u32>,
+    /// Per storage node holding part of this content: (pieces held, when that last grew,
+    /// re-seeding under way).
+    storage: HashMap<NodeId, (u32, u64, bool)>,
+    /// Pieces assigned to holders for pushing into storage, with the assignment's expiry.
+    assigned: HashMap<PieceIndex, (NodeId, u64)>,
 }
 
 impl Swarm {
@@ -137,6 +179,18 @@ impl Swarm {
         }
     }
 
+    /// Records a storage node's holding and whether it grew.
+    fn storage_progress(&mut self, node: NodeId, count: u32, now: u64) {
+        let e = self.storage.entry(node).or_insert((0, now, false));
+        if count > e.0 || e.0 == 0 {
+            e.0 = count;
+            e.1 = now;
+        }
+        if count == self.piece_count {
+            e.2 = false;
+        }
+    }
+
     fn forget_hints(&mut self, node: NodeId) {
         for p in self.handed.remove(&node).unwrap_or_default() {
             self.handed_count[p.0 as usize] -= 1;
@@ -154,7 +208,7 @@ pub struct Index {
     held: HashMap<NodeId, BTreeSet<ContentId>>,
 }
 
-type Rank = (u32, u32, std::cmp::Reverse<u32>);
+type Rank = (bool, u32, u32, std::cmp::Reverse<u32>);
 
 /// A stable per-(node, piece) tie-break, so equally good pieces are spread over askers.
 fn mix(node: &NodeId, p: PieceIndex) -> u64 {
@@ -176,6 +230,7 @@ impl Index {
     /// content's manifest, or of unknown nodes, are dropped.
     pub fn restore(
         config: Config,
+        now: u64,
         nodes: Vec<(NodeId, NodeEntry)>,
         holdings: Vec<(ContentId, NodeId, Bitfield)>,
         manifests: Vec<(ContentId, Vec<u8>)>,
@@ -196,6 +251,10 @@ impl Index {
             }
             let swarm = ix.swarms.entry(content).or_insert_with(|| Swarm::new(bf.len()));
             if swarm.piece_count == bf.len() {
+                if ix.nodes.get(&node).is_some_and(|e| e.storage) {
+                    // After a restart, count stall time from now.
+                    swarm.storage.insert(node, (bf.count(), now, false));
+                }
                 swarm.set_holding(node, bf);
                 ix.held.entry(node).or_default().insert(content);
             }
@@ -248,6 +307,71 @@ impl Index {
         Ok(vec![Persist::PutNode(node, entry.clone())])
     }
 
+    /// Records a heartbeat and plans what the node should hear back: its contents that storage
+    /// holds completely, and pieces to push into storage where an upload stalled.
+    pub fn heartbeat_plan(
+        &mut self,
+        now: u64,
+        node: NodeId,
+        load: Load,
+    ) -> Result<(Vec<Persist>, HeartbeatOutcome), IndexError> {
+        let ops = self.heartbeat(now, node, load)?;
+        let mut out = HeartbeatOutcome::default();
+        if self.nodes.get(&node).is_some_and(|e| e.storage) {
+            return Ok((ops, out));
+        }
+        let (ttl, after, batch) = (
+            self.config.directive_ttl_ms,
+            self.config.reseed_after_ms,
+            self.config.directive_pieces,
+        );
+        for &content in self.held.get(&node).into_iter().flatten() {
+            let Some(swarm) = self.swarms.get_mut(&content) else { continue };
+            let Some(mine) = swarm.holders.get(&node).cloned() else { continue };
+            let storage_nodes: Vec<NodeId> = swarm.storage.keys().copied().collect();
+            for s in storage_nodes {
+                let Some(held) = swarm.holders.get(&s).cloned() else { continue };
+                if held.is_complete() {
+                    out.stored.push(content);
+                    continue;
+                }
+                let e = swarm.storage.get_mut(&s).expect("listed");
+                // Re-seed once the upload into storage has stalled; keep going until complete.
+                if !e.2 && now.saturating_sub(e.1) < after {
+                    continue;
+                }
+                e.2 = true;
+                if out.directives.len() >= 4
+                    || swarm.assigned.values().any(|&(h, exp)| h == node && exp > now)
+                {
+                    continue;
+                }
+                let pieces: Vec<PieceIndex> = mine
+                    .iter_ones()
+                    .filter(|&p| !held.get(p))
+                    .filter(|p| swarm.assigned.get(p).is_none_or(|&(_, exp)| exp <= now))
+                    .take(batch)
+                    .collect();
+                if pieces.is_empty() {
+                    continue;
+                }
+                let expires_ms = now + ttl;
+                for &p in &pieces {
+                    swarm.assigned.insert(p, (node, expires_ms));
+                }
+                let addrs = self.nodes.get(&s).map(|e| e.addrs.clone()).unwrap_or_default();
+                out.directives.push(Planned { content, storage: s, addrs, pieces, expires_ms });
+            }
+        }
+        out.stored.dedup();
+        Ok((ops, out))
+    }
+
+    /// The registered storage nodes.
+    pub fn storage_nodes(&self) -> Vec<(NodeId, Vec<SocketAddr>)> {
+        self.nodes.iter().filter(|(_, e)| e.storage).map(|(id, e)| (*id, e.addrs.clone())).collect()
+    }
+
     /// A node holds `bitfield` of a content. Returns whether the index still needs the
     /// manifest.
     pub fn announce(
@@ -266,6 +390,11 @@ impl Index {
                 expected: swarm.piece_count,
             });
         }
+        let storage = entry.storage;
+        if storage {
+            swarm.storage_progress(node, bitfield.count(), now);
+            swarm.assigned.retain(|p, _| !bitfield.get(*p));
+        }
         swarm.set_holding(node, bitfield.clone());
         self.held.entry(node).or_default().insert(content);
         Ok((swarm.manifest.is_none(), vec![Persist::PutHolding(content, node, bitfield)]))
@@ -281,6 +410,7 @@ impl Index {
     ) -> Result<Vec<Persist>, IndexError> {
         let entry = self.nodes.get_mut(&node).ok_or(IndexError::NotRegistered)?;
         entry.last_seen_ms = now;
+        let entry = entry.clone();
         let swarm = self.swarms.get_mut(&content).ok_or(IndexError::NotRegistered)?;
         if let Some(&bad) = pieces.iter().find(|p| p.0 >= swarm.piece_count) {
             return Err(IndexError::PieceOutOfRange(bad));
@@ -292,6 +422,10 @@ impl Index {
                 swarm.availability[p.0 as usize] += 1;
             }
             swarm.unhand(node, p);
+        }
+        if entry.storage {
+            swarm.storage_progress(node, bf.count(), now);
+            swarm.assigned.retain(|p, _| !bf.get(*p));
         }
         swarm.holders.insert(node, bf.clone());
         self.held.entry(node).or_default().insert(content);
@@ -340,7 +474,7 @@ impl Index {
         let n = swarm.piece_count;
         let have = have.filter(|h| h.len() == n);
         let wanted = |p: PieceIndex| have.is_none_or(|h| !h.get(p));
-        // (rarest wanted piece's availability, load, more useful first), then the id.
+        // (not storage, rarest wanted piece's availability, load, more useful first), then id.
         let mut ranked: Vec<(Rank, NodeId)> = Vec::new();
         for (id, bf) in &swarm.holders {
             if Some(*id) == asker {
@@ -354,7 +488,11 @@ impl Index {
                 rarest = rarest.min(swarm.availability[p.0 as usize]);
             }
             if useful > 0 {
-                ranked.push(((rarest, entry.active_uploads, std::cmp::Reverse(useful)), *id));
+                // Storage first where it has wanted pieces: a permanent, well-provisioned seed.
+                ranked.push((
+                    (!entry.storage, rarest, entry.active_uploads, std::cmp::Reverse(useful)),
+                    *id,
+                ));
             }
         }
         ranked.sort();
@@ -452,6 +590,8 @@ impl Index {
                         ops.push(Persist::RemoveHolding(content, id));
                     }
                     s.forget_hints(id);
+                    s.assigned.retain(|_, (holder, _)| *holder != id);
+                    s.storage.remove(&id);
                 }
             }
             ops.push(Persist::RemoveNode(id));
@@ -576,6 +716,47 @@ mod tests {
     }
 
     #[test]
+    fn stalled_uploads_into_storage_are_reseeded_from_holders() {
+        let cfg = Config {
+            reseed_after_ms: 100,
+            directive_pieces: 3,
+            node_ttl_ms: 1_000,
+            ..Config::default()
+        };
+        let mut ix = Index::new(cfg);
+        let c = ContentId([6; 32]);
+        let (storage, a, b) = (node(0), node(1), node(2));
+        ix.register(0, storage, Role::Storage, addr());
+        ix.register(0, a, Role::Node, addr());
+        ix.register(0, b, Role::Node, addr());
+        ix.announce(0, a, c, Bitfield::full(8)).unwrap();
+        ix.announce(0, b, c, Bitfield::full(8)).unwrap();
+        ix.announce(0, storage, c, bf(8, &[0, 1])).unwrap();
+        // Not stalled yet: no directives.
+        assert!(ix.heartbeat_plan(50, a, Load::default()).unwrap().1.directives.is_empty());
+        // Stalled: A and B get disjoint batches of what storage lacks.
+        let da = ix.heartbeat_plan(150, a, Load::default()).unwrap().1.directives;
+        let db = ix.heartbeat_plan(150, b, Load::default()).unwrap().1.directives;
+        assert_eq!(da.len(), 1);
+        assert_eq!(da[0].storage, storage);
+        assert_eq!(da[0].pieces.len(), 3);
+        assert!(da[0].pieces.iter().all(|p| p.0 >= 2), "only missing pieces");
+        assert!(db[0].pieces.iter().all(|p| !da[0].pieces.contains(p)), "spread over holders");
+        // A vanishes; B pushes its batch; B's next order includes what A had been given.
+        ix.heartbeat(900, b, Load::default()).unwrap();
+        ix.heartbeat(900, storage, Load::default()).unwrap();
+        assert!(ix.expire(1_200).contains(&Persist::RemoveNode(a)));
+        ix.announce_delta(1_200, storage, c, &db[0].pieces).unwrap();
+        let d = ix.heartbeat_plan(1_200, b, Load::default()).unwrap().1.directives;
+        assert!(d[0].pieces.iter().any(|p| da[0].pieces.contains(p)), "a's pieces reissued: {d:?}");
+        // Complete in storage: holders hear "stored" and get no more directives.
+        ix.announce(1_400, storage, c, Bitfield::full(8)).unwrap();
+        let out = ix.heartbeat_plan(1_400, b, Load::default()).unwrap().1;
+        assert_eq!(out.stored, vec![c]);
+        assert!(out.directives.is_empty());
+    }
+
+    #[test]
     fn restores_from_sled() {
         let dir = tempfile::tempdir().unwrap();
         let c;
@@ -594,7 +775,7 @@ mod tests {
         }
         let state = crate::SledState::open(dir.path()).unwrap();
         let (nodes, holdings, manifests) = state.load().unwrap();
-        let mut ix = Index::restore(Config::default(), nodes, holdings, manifests);
+        let mut ix = Index::restore(Config::default(), 5, nodes, holdings, manifests);
         let l = ix.lookup(None, c, None, 10).unwrap();
         assert_eq!(l.peers[0].node_id, node(0));
         assert!(ix.manifest(c).is_some());

@@ -19,5 +19,5 @@
 mod index;
 mod state;
 
-pub use index::{Config, Index, IndexError, Lookup, NodeEntry, Persist};
+pub use index::{Config, HeartbeatOutcome, Index, IndexError, Lookup, NodeEntry, Persist, Planned};
 pub use state::{Loaded, SledState};

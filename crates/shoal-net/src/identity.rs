@@ -94,6 +94,12 @@ impl Identity {
         self.node_id
     }
 
+    /// Signs `msg` with the node key (ed25519, 64 bytes). Anyone can check it against the
+    /// node id: `node_id.public_key().verify(msg, sig)`.
+    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        self.keypair.sign(msg).expect("ed25519 signing does not fail")
+    }
+
     /// The 32-byte ed25519 secret seed.
     pub(crate) fn secret_seed(&self) -> [u8; 32] {
         let ed = self.keypair.clone().try_into_ed25519().expect("identity is ed25519");

@@ -28,7 +28,9 @@ mod testutil;
 pub mod tracker;
 
 pub use codec::{encode, DecodeError, Decoder, Frame, MAX_FRAME_LEN};
-pub use message::{Message, Opening, RejectReason, Request, Response, MAX_REASON_LEN};
+pub use message::{
+    Message, Opening, RejectReason, Request, Response, MAX_REASON_LEN, MAX_TOKEN_LEN,
+};
 pub use session::{Event, ProtocolError, Session, MAX_SUBSCRIPTIONS};
 
 /// The ALPN of the peer protocol, version 1.

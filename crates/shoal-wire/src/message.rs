@@ -36,6 +36,12 @@ pub enum RejectReason {
     BadRequest,
     /// The node failed to read its own data.
     Internal,
+    /// A push without the right: not the uploader and no valid tracker token.
+    Unauthorized,
+    /// Storage cannot write now; retry later with backoff.
+    StorageError,
+    /// A pushed piece does not match its hash.
+    BadPiece,
     /// A reason this version does not know.
     Other(u8),
 }
@@ -48,6 +54,9 @@ impl RejectReason {
             Self::Busy => 3,
             Self::BadRequest => 4,
             Self::Internal => 5,
+            Self::Unauthorized => 6,
+            Self::StorageError => 7,
+            Self::BadPiece => 8,
             Self::Other(c) => c,
         }
     }
@@ -59,6 +68,9 @@ impl RejectReason {
             3 => Self::Busy,
             4 => Self::BadRequest,
             5 => Self::Internal,
+            6 => Self::Unauthorized,
+            7 => Self::StorageError,
+            8 => Self::BadPiece,
             c => Self::Other(c),
         }
     }
@@ -106,7 +118,7 @@ pub enum Message {
 }
 
 /// The first frame on a request stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Request {
     /// Asks for the manifest of a content.
@@ -120,6 +132,29 @@ pub enum Request {
         content: ContentId,
         /// the piece
         piece: PieceIndex,
+    },
+    /// Asks which pieces of a content the node holds (storage answers for its store).
+    Holding {
+        /// the content
+        content: ContentId,
+    },
+    /// Pushes a manifest into storage; `len` raw bytes follow.
+    PushManifest {
+        /// the content
+        content: ContentId,
+        /// byte count that follows
+        len: u32,
+    },
+    /// Pushes a piece into storage; `len` raw bytes follow.
+    PushPiece {
+        /// the content
+        content: ContentId,
+        /// the piece
+        piece: PieceIndex,
+        /// byte count that follows
+        len: u32,
+        /// a tracker-signed re-seed token, unless the sender started the upload
+        token: Option<Vec<u8>>,
     },
 }
 
@@ -144,7 +179,22 @@ pub enum Response {
         /// a short human-readable explanation
         text: String,
     },
+    /// The pieces held of a content, or `None` if the node does not know it.
+    Holding {
+        /// the pieces
+        bitfield: Option<Bitfield>,
+    },
+    /// A push was accepted.
+    Pushed {
+        /// it was stored already; nothing was written
+        already: bool,
+        /// every piece of the content is now stored
+        complete: bool,
+    },
 }
+
+/// The longest re-seed token carried in a push.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
 fn put_text(out: &mut Vec<u8>, text: &str) {
     let mut end = text.len().min(MAX_REASON_LEN);
@@ -240,6 +290,24 @@ impl Frame for Request {
                 out.extend_from_slice(content.as_bytes());
                 out.extend_from_slice(&piece.0.to_be_bytes());
             }
+            Self::Holding { content } => {
+                out.push(0x12);
+                out.extend_from_slice(content.as_bytes());
+            }
+            Self::PushManifest { content, len } => {
+                out.push(0x13);
+                out.extend_from_slice(content.as_bytes());
+                out.extend_from_slice(&len.to_be_bytes());
+            }
+            Self::PushPiece { content, piece, len, token } => {
+                out.push(0x14);
+                out.extend_from_slice(content.as_bytes());
+                out.extend_from_slice(&piece.0.to_be_bytes());
+                out.extend_from_slice(&len.to_be_bytes());
+                if let Some(t) = token.as_ref().filter(|t| t.len() <= MAX_TOKEN_LEN) {
+                    out.extend_from_slice(t);
+                }
+            }
         }
     }
 
@@ -248,6 +316,29 @@ impl Frame for Request {
         let req = match ty {
             0x10 => Self::Manifest { content: ContentId(r.array()?) },
             0x11 => Self::Piece { content: ContentId(r.array()?), piece: PieceIndex(r.u32()?) },
+            0x12 => Self::Holding { content: ContentId(r.array()?) },
+            0x13 => {
+                let content = ContentId(r.array()?);
+                let len = r.u32()?;
+                if len as usize > manifest::MAX_ENCODED_LEN {
+                    return Err(r.malformed("manifest longer than the limit"));
+                }
+                Self::PushManifest { content, len }
+            }
+            0x14 => {
+                let content = ContentId(r.array()?);
+                let piece = PieceIndex(r.u32()?);
+                let len = r.u32()?;
+                if u64::from(len) > MAX_PIECE_SIZE {
+                    return Err(r.malformed("piece longer than the largest piece size"));
+                }
+                let rest = r.rest();
+                if rest.len() > MAX_TOKEN_LEN {
+                    return Err(r.malformed("token too long"));
+                }
+                let token = (!rest.is_empty()).then(|| rest.to_vec());
+                Self::PushPiece { content, piece, len, token }
+            }
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;
@@ -270,6 +361,17 @@ impl Frame for Response {
                 out.push(0x22);
                 out.push(reason.code());
                 put_text(out, text);
+            }
+            Self::Holding { bitfield } => {
+                out.push(0x23);
+                if let Some(b) = bitfield {
+                    out.extend_from_slice(&b.len().to_be_bytes());
+                    out.extend_from_slice(b.as_bytes());
+                }
+            }
+            Self::Pushed { already, complete } => {
+                out.push(0x24);
+                out.push(u8::from(*already) | (u8::from(*complete) << 1));
             }
         }
     }
@@ -294,6 +396,26 @@ impl Frame for Response {
             0x22 => {
                 let reason = RejectReason::from_code(r.u8()?);
                 Self::Reject { reason, text: read_text(&mut r)? }
+            }
+            0x23 => {
+                if r.peek().is_none() {
+                    Self::Holding { bitfield: None }
+                } else {
+                    let len = r.u32()?;
+                    if u64::from(len) > MAX_PIECES {
+                        return Err(r.malformed("bitfield longer than the largest manifest"));
+                    }
+                    let bitfield = Bitfield::from_bytes(len, r.rest())
+                        .map_err(|_| r.malformed("bitfield bytes do not match piece count"))?;
+                    Self::Holding { bitfield: Some(bitfield) }
+                }
+            }
+            0x24 => {
+                let flags = r.u8()?;
+                if flags > 3 {
+                    return Err(r.malformed("unknown push flags"));
+                }
+                Self::Pushed { already: flags & 1 == 1, complete: flags & 2 == 2 }
             }
             other => return Err(DecodeError::UnknownType(other)),
         };
@@ -368,8 +490,23 @@ mod tests {
         let cid = any::<[u8; 32]>().prop_map(ContentId);
         prop_oneof![
             cid.clone().prop_map(|content| Request::Manifest { content }),
-            (cid, any::<u32>())
+            (cid.clone(), any::<u32>())
                 .prop_map(|(content, p)| Request::Piece { content, piece: PieceIndex(p) }),
+            cid.clone().prop_map(|content| Request::Holding { content }),
+            (cid.clone(), 0..=manifest::MAX_ENCODED_LEN as u32)
+                .prop_map(|(content, len)| Request::PushManifest { content, len }),
+            (
+                cid,
+                any::<u32>(),
+                0..=MAX_PIECE_SIZE as u32,
+                proptest::option::of(proptest::collection::vec(any::<u8>(), 1..300))
+            )
+                .prop_map(|(content, p, len, token)| Request::PushPiece {
+                    content,
+                    piece: PieceIndex(p),
+                    len,
+                    token
+                }),
         ]
     }
 
@@ -378,6 +515,10 @@ mod tests {
             (0..=manifest::MAX_ENCODED_LEN as u32).prop_map(|len| Response::Manifest { len }),
             (0..=MAX_PIECE_SIZE as u32).prop_map(|len| Response::Piece { len }),
             (reason(), "[ -~]{0,200}").prop_map(|(reason, text)| Response::Reject { reason, text }),
+            proptest::option::of(0u32..3000)
+                .prop_map(|n| Response::Holding { bitfield: n.map(Bitfield::full) }),
+            (any::<bool>(), any::<bool>())
+                .prop_map(|(already, complete)| Response::Pushed { already, complete }),
         ]
     }
 

@@ -19,6 +19,7 @@
 //! | `0x64` | Heartbeat | node key, active uploads u32, upload rate u64, download rate u64 |
 //! | `0x65` | Lookup | content id, max peers u8, flag u8, then (flag 1) piece count u32 and bits |
 //! | `0x66` | GetManifest | content id |
+//! | `0x67` | FindStorage | |
 //! | `0x70` | Registered | heartbeat interval ms u32 |
 //! | `0x71` | Ok | |
 //! | `0x72` | NeedManifest | |
@@ -26,6 +27,14 @@
 //! | `0x74` | Manifest | len u32; `len` raw bytes follow |
 //! | `0x75` | Unknown | |
 //! | `0x76` | Error | code u8, text |
+//! | `0x77` | StorageNodes | count u8, then per node: node key, address count u8, addresses |
+//! | `0x78` | HeartbeatReply | stored count u16, content ids; directive count u8, directives |
+//!
+//! A directive: content id, storage node key, address count u8, addresses, token length u16,
+//! token. A [`ReseedToken`] is signed by the tracker's node key over
+//! `"shoal reseed token v1"` ‖ content id ‖ storage key ‖ holder key ‖ expiry ms u64 ‖ piece
+//! count u16 ‖ pieces u32 each; its encoding is those fields (without the prefix) followed by
+//! the 64-byte signature.
 //!
 //! A peer in a lookup reply: node key, load u32, address count u8, addresses, bits (of the
 //! reply's piece count). An address is `0x04` + 4 bytes + port or `0x06` + 16 bytes + port.
@@ -190,6 +199,96 @@ pub enum TrackerRequest {
         /// the content
         content: ContentId,
     },
+    /// Asks where storage nodes are.
+    FindStorage,
+}
+
+/// A storage node in a [`TrackerResponse::StorageNodes`] answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageNode {
+    /// Its node id.
+    pub node_id: NodeId,
+    /// Where to reach it.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// An order from the tracker: push these pieces (named in the token) to that storage node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Directive {
+    /// The content.
+    pub content: ContentId,
+    /// The storage node.
+    pub storage: StorageNode,
+    /// The encoded [`ReseedToken`], to send with each push.
+    pub token: Vec<u8>,
+}
+
+/// The most pieces one re-seed token names.
+pub const MAX_TOKEN_PIECES: usize = 1024;
+const TOKEN_DOMAIN: &[u8] = b"shoal reseed token v1";
+
+/// The tracker's permission for `holder` to push `pieces` of `content` into `storage` until
+/// `expires_ms` (wall-clock milliseconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReseedToken {
+    /// The content.
+    pub content: ContentId,
+    /// The storage node that must accept it.
+    pub storage: NodeId,
+    /// The node allowed to push.
+    pub holder: NodeId,
+    /// Expiry, wall-clock milliseconds since the epoch.
+    pub expires_ms: u64,
+    /// The pieces it covers.
+    pub pieces: Vec<PieceIndex>,
+    /// The tracker's ed25519 signature over [`ReseedToken::signed_bytes`].
+    pub signature: Vec<u8>,
+}
+
+impl ReseedToken {
+    fn fields(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.content.as_bytes());
+        out.extend_from_slice(self.storage.public_key_bytes());
+        out.extend_from_slice(self.holder.public_key_bytes());
+        out.extend_from_slice(&self.expires_ms.to_be_bytes());
+        let pieces = &self.pieces[..self.pieces.len().min(MAX_TOKEN_PIECES)];
+        out.extend_from_slice(&(pieces.len() as u16).to_be_bytes());
+        for p in pieces {
+            out.extend_from_slice(&p.0.to_be_bytes());
+        }
+    }
+
+    /// The bytes the tracker signs.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut out = TOKEN_DOMAIN.to_vec();
+        self.fields(&mut out);
+        out
+    }
+
+    /// The wire form.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.fields(&mut out);
+        out.extend_from_slice(&self.signature);
+        out
+    }
+
+    /// Parses the wire form (the signature is not checked here).
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(0, bytes);
+        let content = ContentId(r.array()?);
+        let storage = read_node(&mut r)?;
+        let holder = read_node(&mut r)?;
+        let expires_ms = r.u64()?;
+        let n = r.u16()? as usize;
+        if n > MAX_TOKEN_PIECES {
+            return Err(r.malformed("token names too many pieces"));
+        }
+        let pieces = (0..n).map(|_| r.u32().map(PieceIndex)).collect::<Result<_, _>>()?;
+        let signature = r.bytes(64)?.to_vec();
+        r.finish()?;
+        Ok(Self { content, storage, holder, expires_ms, pieces, signature })
+    }
 }
 
 /// The tracker's answer.
@@ -228,7 +327,25 @@ pub enum TrackerResponse {
         /// a short explanation
         text: String,
     },
+    /// The storage nodes the tracker knows.
+    StorageNodes {
+        /// the nodes
+        nodes: Vec<StorageNode>,
+    },
+    /// A heartbeat was recorded; contents of the node now complete in storage, and re-seed
+    /// orders.
+    HeartbeatReply {
+        /// contents the node holds or fetches that storage holds completely
+        stored: Vec<ContentId>,
+        /// pieces to push into storage
+        directives: Vec<Directive>,
+    },
 }
+
+/// The most stored notices in one heartbeat reply.
+pub const MAX_STORED: usize = 1024;
+/// The most directives in one heartbeat reply.
+pub const MAX_DIRECTIVES: usize = 16;
 
 fn read_addr(r: &mut Reader<'_>) -> Result<SocketAddr, DecodeError> {
     let family = *r.peek().ok_or_else(|| r.malformed("body too short"))?;
@@ -339,6 +456,7 @@ impl Frame for TrackerRequest {
                 out.push(0x66);
                 out.extend_from_slice(content.as_bytes());
             }
+            Self::FindStorage => out.push(0x67),
         }
     }
 
@@ -403,6 +521,7 @@ impl Frame for TrackerRequest {
                 Self::Lookup { content, max_peers, have }
             }
             0x66 => Self::GetManifest { content: ContentId(r.array()?) },
+            0x67 => Self::FindStorage,
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;
@@ -449,6 +568,36 @@ impl Frame for TrackerResponse {
                 out.push(0x76);
                 out.push(code.code());
                 put_text(out, text);
+            }
+            Self::StorageNodes { nodes } => {
+                out.push(0x77);
+                let nodes = &nodes[..nodes.len().min(MAX_LOOKUP_PEERS)];
+                out.push(nodes.len() as u8);
+                for n in nodes {
+                    out.extend_from_slice(n.node_id.public_key_bytes());
+                    put_addrs(out, &n.addrs);
+                }
+            }
+            Self::HeartbeatReply { stored, directives } => {
+                out.push(0x78);
+                let stored = &stored[..stored.len().min(MAX_STORED)];
+                out.extend_from_slice(&(stored.len() as u16).to_be_bytes());
+                for c in stored {
+                    out.extend_from_slice(c.as_bytes());
+                }
+                let directives: Vec<&Directive> = directives
+                    .iter()
+                    .filter(|d| d.token.len() <= crate::MAX_TOKEN_LEN)
+                    .take(MAX_DIRECTIVES)
+                    .collect();
+                out.push(directives.len() as u8);
+                for d in directives {
+                    out.extend_from_slice(d.content.as_bytes());
+                    out.extend_from_slice(d.storage.node_id.public_key_bytes());
+                    put_addrs(out, &d.storage.addrs);
+                    out.extend_from_slice(&(d.token.len() as u16).to_be_bytes());
+                    out.extend_from_slice(&d.token);
+                }
             }
         }
     }
@@ -497,6 +646,46 @@ impl Frame for TrackerResponse {
                 let text = String::from_utf8(raw.to_vec())
                     .map_err(|_| r.malformed("text is not utf-8"))?;
                 Self::Error { code, text }
+            }
+            0x77 => {
+                let n = r.u8()? as usize;
+                if n > MAX_LOOKUP_PEERS {
+                    return Err(r.malformed("too many storage nodes"));
+                }
+                let mut nodes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let node_id = read_node(&mut r)?;
+                    nodes.push(StorageNode { node_id, addrs: read_addrs(&mut r)? });
+                }
+                Self::StorageNodes { nodes }
+            }
+            0x78 => {
+                let n = r.u16()? as usize;
+                if n > MAX_STORED {
+                    return Err(r.malformed("too many stored notices"));
+                }
+                let stored = (0..n).map(|_| r.array().map(ContentId)).collect::<Result<_, _>>()?;
+                let d = r.u8()? as usize;
+                if d > MAX_DIRECTIVES {
+                    return Err(r.malformed("too many directives"));
+                }
+                let mut directives = Vec::with_capacity(d);
+                for _ in 0..d {
+                    let content = ContentId(r.array()?);
+                    let node_id = read_node(&mut r)?;
+                    let addrs = read_addrs(&mut r)?;
+                    let len = r.u16()? as usize;
+                    if len > crate::MAX_TOKEN_LEN {
+                        return Err(r.malformed("token too long"));
+                    }
+                    let token = r.bytes(len)?.to_vec();
+                    directives.push(Directive {
+                        content,
+                        storage: StorageNode { node_id, addrs },
+                        token,
+                    });
+                }
+                Self::HeartbeatReply { stored, directives }
             }
             other => return Err(DecodeError::UnknownType(other)),
         };
@@ -574,6 +763,7 @@ mod tests {
                     have
                 }),
             cid.prop_map(|content| TrackerRequest::GetManifest { content }),
+            Just(TrackerRequest::FindStorage),
         ]
     }
 
@@ -605,6 +795,34 @@ mod tests {
                 code: ErrorCode::from_code(c),
                 text
             }),
+            proptest::collection::vec(proptest::collection::vec(addr(), 0..3), 0..4).prop_map(
+                |a| {
+                    TrackerResponse::StorageNodes {
+                        nodes: a
+                            .into_iter()
+                            .map(|addrs| StorageNode { node_id: node_id(), addrs })
+                            .collect(),
+                    }
+                }
+            ),
+            (
+                proptest::collection::vec(any::<[u8; 32]>(), 0..5),
+                proptest::collection::vec(
+                    (any::<[u8; 32]>(), proptest::collection::vec(any::<u8>(), 0..200)),
+                    0..4
+                )
+            )
+                .prop_map(|(stored, ds)| TrackerResponse::HeartbeatReply {
+                    stored: stored.into_iter().map(ContentId).collect(),
+                    directives: ds
+                        .into_iter()
+                        .map(|(c, token)| Directive {
+                            content: ContentId(c),
+                            storage: StorageNode { node_id: node_id(), addrs: vec![] },
+                            token
+                        })
+                        .collect(),
+                }),
         ]
     }
 
@@ -614,6 +832,20 @@ mod tests {
 
         #[test]
         fn response_roundtrip(r in response()) { roundtrip(&r, MAX_TRACKER_FRAME_LEN)?; }
+
+        #[test]
+        fn token_roundtrip(c in any::<[u8; 32]>(), exp in any::<u64>(), pieces in proptest::collection::vec(any::<u32>(), 0..50), sig in any::<[u8; 32]>()) {
+            let t = ReseedToken {
+                content: ContentId(c),
+                storage: node_id(),
+                holder: node_id(),
+                expires_ms: exp,
+                pieces: pieces.into_iter().map(PieceIndex).collect(),
+                signature: [sig, sig].concat(),
+            };
+            prop_assert_eq!(ReseedToken::decode(&t.encode()).unwrap(), t.clone());
+            prop_assert!(ReseedToken::decode(&t.encode()[1..]).is_err());
+        }
 
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
