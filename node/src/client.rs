@@ -82,6 +82,12 @@ impl Client {
         self.call(self.agent.post(&format!("{}/v1/add", self.base)), Some(body))
     }
 
+    /// Pushes a file (added first) or a content id into storage.
+    pub fn push(&self, target: &str) -> anyhow::Result<crate::push::PushReport> {
+        let body = serde_json::to_value(crate::control::PushBody { target: target.to_string() })?;
+        self.call(self.agent.post(&format!("{}/v1/push", self.base)), Some(body))
+    }
+
     /// Fetches through the daemon, calling `on_progress` as it goes.
     pub fn get(
         &self,

@@ -79,6 +79,10 @@ pub struct NodeConfig {
     pub danger_corrupt_uploads: f64,
     /// The tracker to register with (`host:port`), put in the tickets of added files.
     pub tracker: Option<String>,
+    /// For a storage node: the object store URL (`file:///path` or `s3://bucket`).
+    pub storage: Option<String>,
+    /// S3 settings beyond the AWS environment variables.
+    pub s3: shoal_cloud::backend::S3Options,
 }
 
 impl NodeConfig {
@@ -91,6 +95,8 @@ impl NodeConfig {
             download_limit: None,
             danger_corrupt_uploads: 0.0,
             tracker: None,
+            storage: None,
+            s3: shoal_cloud::backend::S3Options::default(),
         }
     }
 }

@@ -85,6 +85,13 @@ pub struct GetBody {
     pub tracker: Option<String>,
 }
 
+/// `POST /v1/push`: a file to add and push, or a content id the node holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PushBody {
+    /// Absolute path of a file (added first), or a content id.
+    pub target: String,
+}
+
 /// One line of `shoal ls`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LsEntry {
@@ -205,6 +212,7 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<ControlHandle> {
         .route("/v1/ls", get(ls))
         .route("/v1/add", post(add))
         .route("/v1/get", post(get_content))
+        .route("/v1/push", post(push))
         .route("/metrics", get(metrics))
         .with_state(api);
     let (stop, stopped) = oneshot::channel::<()>();
@@ -248,9 +256,9 @@ async fn status(
 
 async fn ls(State(api): State<Api>, headers: HeaderMap) -> Result<Json<Vec<LsEntry>>, ApiError> {
     api.check(&headers)?;
-    let store = api.node.store().clone();
+    let node = api.node.clone();
     let entries =
-        tokio::task::spawn_blocking(move || list(&store)).await.map_err(|e| internal(e.into()))?;
+        tokio::task::spawn_blocking(move || node.list()).await.map_err(|e| internal(e.into()))?;
     Ok(Json(entries.map_err(internal)?))
 }
 
@@ -275,6 +283,32 @@ async fn add(
         name: manifest.name().to_string(),
         size: manifest.size(),
     }))
+}
+
+async fn push(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Json(body): Json<PushBody>,
+) -> Result<Json<crate::push::PushReport>, ApiError> {
+    api.check(&headers)?;
+    let content = match body.target.parse::<shoal_core::ContentId>() {
+        Ok(c) => c,
+        Err(_) => {
+            let store = api.node.store().clone();
+            let path = PathBuf::from(&body.target);
+            let m = tokio::task::spawn_blocking(move || store.import(&path, |_| {}))
+                .await
+                .map_err(|e| internal(e.into()))?
+                .map_err(bad_request)?;
+            let _ = api.node.contents_changed.send(m.content_id());
+            m.content_id()
+        }
+    };
+    // Dropping this future (the client went away) stops the push; storage keeps what it stored.
+    let report = crate::push::push(api.node.clone(), content, None)
+        .await
+        .map_err(|e| bad_request(format!("{e:#}")))?;
+    Ok(Json(report))
 }
 
 fn line(v: serde_json::Value) -> Result<Bytes, Infallible> {

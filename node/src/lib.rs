@@ -9,6 +9,7 @@
 //! - [`control`]: the HTTP/JSON API on 127.0.0.1 that `shoal add/get/ls` talk to;
 //!   [`client`] is its client.
 //! - [`tracker`]: the tracker client: registration, announces, heartbeats, lookups.
+//! - [`push`]: pushing contents into storage, and carrying out re-seed directives.
 //! - [`config`]: validated settings and the `RATE` syntax.
 
 #![warn(missing_docs)]
@@ -19,6 +20,8 @@ pub mod control;
 pub mod fetch;
 mod io;
 pub mod node;
+pub mod push;
 pub mod serve;
+mod storage;
 pub mod tracker;
 mod upload;

@@ -30,6 +30,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Role {
+    Node,
+    Storage,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -52,6 +58,20 @@ enum Command {
         /// Tracker to register with (HOST:PORT); tickets of added files carry it.
         #[arg(long, env = "SHOAL_TRACKER")]
         tracker: Option<String>,
+        /// `node`, or `storage`: keep pieces in an object store for good and accept verified
+        /// pushes.
+        #[arg(long, env = "SHOAL_ROLE", value_enum, default_value = "node")]
+        role: Role,
+        /// For a storage node: `file:///path` (default: a directory in the data dir) or
+        /// `s3://bucket[/prefix]` (credentials and region from the AWS environment variables).
+        #[arg(long, env = "SHOAL_STORE")]
+        store: Option<String>,
+        /// S3 endpoint of an S3-compatible service (else AWS_ENDPOINT_URL or AWS itself).
+        #[arg(long, env = "SHOAL_S3_ENDPOINT")]
+        s3_endpoint: Option<String>,
+        /// Allow a plain-HTTP S3 endpoint (unencrypted: for a store on loopback).
+        #[arg(long, env = "SHOAL_DANGER_S3_ALLOW_HTTP")]
+        danger_s3_allow_http: bool,
         /// TESTING ONLY: flip a byte in each uploaded piece with this probability.
         #[arg(long, env = "SHOAL_DANGER_CORRUPT_UPLOADS", default_value_t = 0.0, value_parser = probability)]
         danger_corrupt_uploads: f64,
@@ -80,6 +100,14 @@ enum Command {
         /// Tracker to find peers with (HOST:PORT), instead of the ticket's.
         #[arg(long, env = "SHOAL_TRACKER")]
         tracker: Option<String>,
+        /// Print one JSON object with the outcome on stdout.
+        #[arg(long, env = "SHOAL_JSON")]
+        json: bool,
+    },
+    /// Push a file (added first) or a content id into storage, through the daemon.
+    Push {
+        /// A file path or a content id.
+        target: String,
         /// Print one JSON object with the outcome on stdout.
         #[arg(long, env = "SHOAL_JSON")]
         json: bool,
@@ -148,14 +176,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             upload_limit,
             download_limit,
             tracker,
+            role,
+            store,
+            s3_endpoint,
+            danger_s3_allow_http,
             danger_corrupt_uploads,
         } => {
+            if store.is_some() && role != Role::Storage {
+                bail!("--store is for storage nodes: add --role storage");
+            }
+            let storage = (role == Role::Storage).then(|| {
+                store.unwrap_or_else(|| format!("file://{}", data_dir.join("objects").display()))
+            });
+            let s3 = shoal_cloud::backend::S3Options {
+                endpoint: s3_endpoint,
+                allow_http: danger_s3_allow_http,
+                ..Default::default()
+            };
             let config = NodeConfig {
                 listen,
                 upload_limit,
                 download_limit,
                 danger_corrupt_uploads,
                 tracker,
+                storage,
+                s3,
                 ..NodeConfig::new(data_dir)
             };
             if danger_corrupt_uploads > 0.0 {
@@ -170,6 +215,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Get { ticket, output, peers, download_limit, tracker, json } => {
             get(&data_dir, &ticket, &output, peers, download_limit, tracker, json)
         }
+        Command::Push { target, json } => push(&data_dir, &target, json),
         Command::Ls { json } => ls(&data_dir, json),
         Command::Status { json } => status(&data_dir, json),
     }
@@ -388,6 +434,36 @@ fn print_report(r: &FetchReport) {
     }
 }
 
+fn push(data_dir: &Path, target: &str, json: bool) -> anyhow::Result<()> {
+    let target = if target.parse::<shoal_core::ContentId>().is_ok() {
+        target.to_string()
+    } else {
+        let p = std::fs::canonicalize(target).with_context(|| format!("cannot read {target}"))?;
+        p.display().to_string()
+    };
+    let client = Client::find(data_dir)?.ok_or_else(|| no_daemon(data_dir))?;
+    let r = client.push(&target)?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else if r.already_stored {
+        println!(
+            "already stored: {} ({}), nothing sent",
+            &r.content_id[..12],
+            human_bytes(r.size as f64)
+        );
+    } else {
+        println!(
+            "pushed {} of {} ({}) in {:.1}s; {}",
+            human_bytes(r.pushed_bytes as f64),
+            &r.content_id[..12],
+            human_bytes(r.size as f64),
+            r.seconds,
+            if r.stored { "stored" } else { "storage still lacks pieces this node does not hold" }
+        );
+    }
+    Ok(())
+}
+
 fn ls(data_dir: &Path, json: bool) -> anyhow::Result<()> {
     let entries: Vec<LsEntry> = match Client::find(data_dir)? {
         Some(c) => c.ls()?,
@@ -418,7 +494,7 @@ fn status(data_dir: &Path, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string(&s)?);
     } else {
-        println!("node {}", s.node_id);
+        println!("{} {}", s.role, s.node_id);
         println!("addresses {}", s.addrs.join(", "));
         println!(
             "uploaded {} ({} pieces)",
@@ -430,6 +506,24 @@ fn status(data_dir: &Path, json: bool) -> anyhow::Result<()> {
             human_bytes(s.downloaded_bytes as f64),
             s.bad_pieces
         );
+        println!(
+            "pushed {} into storage; {} pushes refused",
+            human_bytes(s.pushed_bytes as f64),
+            s.pushes_refused
+        );
+        for c in &s.contents {
+            println!(
+                "{}  {:<15}{:<7} {:>5}/{:<5} pieces  {:>3} peers  uploaded {:>10}  {}",
+                &c.content_id[..16],
+                c.state,
+                if c.stored { " stored" } else { "" },
+                c.pieces_have,
+                c.pieces_total,
+                c.peers,
+                human_bytes(c.uploaded_bytes as f64),
+                c.name
+            );
+        }
     }
     Ok(())
 }

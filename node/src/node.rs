@@ -30,6 +30,10 @@ pub struct Stats {
     pub pieces_uploaded: AtomicU64,
     /// Received pieces that failed verification.
     pub bad_pieces: AtomicU64,
+    /// Pushes refused for want of a valid token (storage nodes).
+    pub pushes_refused: AtomicU64,
+    /// Piece bytes pushed into storage.
+    pub pushed_bytes: AtomicU64,
 }
 
 /// Per-content counters: bytes uploaded and peers with a control session about it.
@@ -55,6 +59,9 @@ pub struct ContentStatus {
     pub pieces_total: u32,
     /// Peers connected about this content.
     pub peers: usize,
+    /// True once the tracker reported the content complete in storage.
+    #[serde(default)]
+    pub stored: bool,
     /// Piece bytes uploaded of this content since the node started.
     pub uploaded_bytes: u64,
 }
@@ -74,6 +81,15 @@ pub struct Status {
     pub pieces_uploaded: u64,
     /// Received pieces that failed verification.
     pub bad_pieces: u64,
+    /// Piece bytes pushed into storage.
+    #[serde(default)]
+    pub pushed_bytes: u64,
+    /// Pushes refused for want of a valid token (storage nodes).
+    #[serde(default)]
+    pub pushes_refused: u64,
+    /// `node` or `storage`.
+    #[serde(default)]
+    pub role: String,
     /// Per content.
     #[serde(default)]
     pub contents: Vec<ContentStatus>,
@@ -85,6 +101,15 @@ pub struct Node {
     pub(crate) identity: Identity,
     pub(crate) endpoint: Endpoint,
     pub(crate) store: Store,
+    /// The object store of a storage node.
+    pub(crate) cloud: Option<shoal_cloud::CloudStore>,
+    /// Trackers this node is registered with, by proven node id: their re-seed tokens count.
+    /// Held only for set access.
+    pub(crate) tracker_ids: std::sync::Mutex<std::collections::HashSet<NodeId>>,
+    /// Contents the tracker reported complete in storage. Held only for set access.
+    pub(crate) stored: std::sync::Mutex<std::collections::HashSet<ContentId>>,
+    /// Contents with a re-seed push under way. Held only for set access.
+    pub(crate) reseeding: std::sync::Mutex<std::collections::HashSet<ContentId>>,
     pub(crate) upload: RateLimiter,
     pub(crate) download: RateLimiter,
     pub(crate) corrupt: f64,
@@ -113,11 +138,24 @@ impl Node {
             .with_context(|| format!("cannot create data dir {}", dir.display()))?;
         let identity = Identity::load_or_create(dir)?;
         let store = Store::open(dir)?;
+        let cloud = match &config.storage {
+            Some(url) => {
+                let objects = shoal_cloud::backend::open(url, &config.s3)?;
+                let cloud = shoal_cloud::CloudStore::open(objects, &dir.join("cloud-index"))
+                    .context("opening the storage index")?;
+                Some(cloud)
+            }
+            None => None,
+        };
         let endpoint = Endpoint::bind(&identity, config.listen, &[shoal_wire::ALPN])?;
         Ok(Arc::new(Self {
             identity,
             endpoint,
             store,
+            cloud,
+            tracker_ids: std::sync::Mutex::new(std::collections::HashSet::new()),
+            stored: std::sync::Mutex::new(std::collections::HashSet::new()),
+            reseeding: std::sync::Mutex::new(std::collections::HashSet::new()),
             upload: RateLimiter::new(config.upload_limit.map(|r| r.0)),
             download: RateLimiter::new(config.download_limit.map(|r| r.0)),
             corrupt: config.danger_corrupt_uploads,
@@ -213,7 +251,8 @@ impl Node {
     /// Counters and identity, with the state of every content (reads the store: blocking).
     pub fn status(&self) -> Status {
         let s = &self.stats;
-        let entries = crate::control::list(&self.store).unwrap_or_default();
+        let entries = self.list().unwrap_or_default();
+        let stored = self.stored.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let contents = {
             let stats = self.content_stats();
             entries
@@ -222,6 +261,8 @@ impl Node {
                     let id: ContentId = e.content_id.parse().expect("store ids print and parse");
                     let c = stats.get(&id);
                     ContentStatus {
+                        stored: stored.contains(&id)
+                            || (self.is_storage() && e.state == "complete"),
                         content_id: e.content_id,
                         name: e.name,
                         state: e.state,
@@ -240,6 +281,9 @@ impl Node {
             downloaded_bytes: s.downloaded_bytes.load(Ordering::Relaxed),
             pieces_uploaded: s.pieces_uploaded.load(Ordering::Relaxed),
             bad_pieces: s.bad_pieces.load(Ordering::Relaxed),
+            pushed_bytes: s.pushed_bytes.load(Ordering::Relaxed),
+            pushes_refused: s.pushes_refused.load(Ordering::Relaxed),
+            role: if self.is_storage() { "storage" } else { "node" }.into(),
             contents,
         }
     }

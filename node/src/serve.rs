@@ -4,15 +4,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::Context;
+use bytes::Bytes;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use shoal_core::{ContentId, NodeId, PieceIndex};
-use shoal_store::StoreError;
 use shoal_wire::{Decoder, Event, Message, Opening, RejectReason, Request, Response, Session};
 use tokio::sync::mpsc;
 use tracing::{debug, warn, Instrument};
 
 use crate::io::{read_frame, write_frame};
 use crate::node::Node;
+use crate::storage::ServeError;
 
 /// Connections a node accepts at once.
 pub const MAX_CONNECTIONS: usize = 512;
@@ -88,7 +89,7 @@ async fn handle_stream(
         }
     };
     match opening {
-        Opening::Request(req) => serve_request(&node, send, req).await,
+        Opening::Request(req) => serve_request(&node, peer, send, recv, dec, req).await,
         Opening::Control(first) => {
             let session = Session::new(node.node_id(), peer);
             drive_control(node, conn, peer, session, Some(first), send, recv, dec, None).await;
@@ -103,11 +104,35 @@ async fn reject(mut send: SendStream, reason: RejectReason, text: &str) -> anyho
     Ok(())
 }
 
-async fn serve_request(node: &Node, mut send: SendStream, req: Request) -> anyhow::Result<()> {
+/// Reads `len` raw bytes that follow a request frame.
+async fn read_raw(recv: &mut RecvStream, dec: &mut Decoder, len: usize) -> anyhow::Result<Bytes> {
+    let mut buf = dec.take_rest().to_vec();
+    if buf.len() > len {
+        anyhow::bail!("more bytes than announced");
+    }
+    let have = buf.len();
+    buf.resize(len, 0);
+    recv.read_exact(&mut buf[have..]).await.context("reading pushed bytes")?;
+    Ok(Bytes::from(buf))
+}
+
+async fn respond(mut send: SendStream, resp: &Response) -> anyhow::Result<()> {
+    write_frame(&mut send, resp).await?;
+    send.finish()?;
+    Ok(())
+}
+
+async fn serve_request(
+    node: &Node,
+    peer: NodeId,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    mut dec: Decoder,
+    req: Request,
+) -> anyhow::Result<()> {
     match req {
-        Request::Manifest { content } => match node.store.manifest(content)? {
-            Some(m) => {
-                let bytes = m.encode();
+        Request::Manifest { content } => match node.manifest_bytes(content)? {
+            Some(bytes) => {
                 write_frame(&mut send, &Response::Manifest { len: bytes.len() as u32 }).await?;
                 send.write_all(&bytes).await?;
                 send.finish()?;
@@ -117,12 +142,9 @@ async fn serve_request(node: &Node, mut send: SendStream, req: Request) -> anyho
         },
         Request::Piece { content, piece } => {
             let _slot = node.uploads.acquire(content, piece).await;
-            let store = node.store.clone();
-            let read =
-                tokio::task::spawn_blocking(move || store.read_piece(content, piece)).await?;
-            let mut data = match read {
+            let data = match node.piece(content, piece).await {
                 Ok(d) => d,
-                Err(StoreError::SourceChanged(_)) => {
+                Err(ServeError::SourceChanged) => {
                     return reject(
                         send,
                         RejectReason::SourceChanged,
@@ -130,21 +152,24 @@ async fn serve_request(node: &Node, mut send: SendStream, req: Request) -> anyho
                     )
                     .await
                 }
-                Err(StoreError::NotFound(_)) => {
+                Err(ServeError::NotFound) => {
                     return reject(send, RejectReason::NotFound, "piece not held here").await
                 }
-                Err(e) => {
+                Err(ServeError::Internal(e)) => {
                     warn!(content = %content.fmt_short(), %piece, error = %e, "cannot read piece");
                     return reject(send, RejectReason::Internal, "cannot read piece").await;
                 }
             };
-            if node.corrupt > 0.0 && !data.is_empty() && fastrand::f64() < node.corrupt {
-                let i = fastrand::usize(..data.len());
-                data[i] ^= 0xff;
-            }
+            let data = if node.corrupt > 0.0 && !data.is_empty() && fastrand::f64() < node.corrupt {
+                let mut v = data.to_vec();
+                let i = fastrand::usize(..v.len());
+                v[i] ^= 0xff;
+                Bytes::from(v)
+            } else {
+                data
+            };
             write_frame(&mut send, &Response::Piece { len: data.len() as u32 }).await?;
             // Hand quinn slices of the piece itself: no copy into its send buffer.
-            let data = bytes::Bytes::from(data);
             let mut off = 0;
             while off < data.len() {
                 let chunk = data.slice(off..(off + WRITE_CHUNK).min(data.len()));
@@ -158,6 +183,23 @@ async fn serve_request(node: &Node, mut send: SendStream, req: Request) -> anyho
             node.stats.pieces_uploaded.fetch_add(1, Ordering::Relaxed);
             send.finish()?;
             Ok(())
+        }
+        Request::Holding { content } => {
+            respond(send, &Response::Holding { bitfield: node.holding(content)? }).await
+        }
+        Request::PushManifest { content, len } => {
+            let bytes = read_raw(&mut recv, &mut dec, len as usize).await?;
+            let resp = node.accept_manifest(peer, content, &bytes).await;
+            respond(send, &resp).await
+        }
+        Request::PushPiece { content, piece, len, token } => {
+            // Refuse before reading: an unauthorised pusher costs no memory.
+            if let Err(refusal) = node.authorize_push(peer, content, piece, len, token.as_deref()) {
+                return respond(send, &refusal).await;
+            }
+            let data = read_raw(&mut recv, &mut dec, len as usize).await?;
+            let resp = node.accept_piece(content, piece, data).await;
+            respond(send, &resp).await
         }
         _ => reject(send, RejectReason::BadRequest, "unknown request").await,
     }
@@ -249,7 +291,7 @@ pub(crate) async fn drive_control(
 }
 
 fn answer_subscription(node: &Node, session: &mut Session, content: ContentId) {
-    match node.store.bitfield(content) {
+    match node.holding(content) {
         Ok(Some(b)) => session.accept_subscription(content, b),
         Ok(None) => {
             session.reject_subscription(content, RejectReason::NotFound, "content not held here")

@@ -146,13 +146,12 @@ pub(crate) struct TrackerRefused {
 }
 
 async fn announce(node: &Node, conn: &Connection, content: ContentId) -> anyhow::Result<()> {
-    let Some(bitfield) = node.store.bitfield(content)? else { return Ok(()) };
+    let Some(bitfield) = node.holding(content)? else { return Ok(()) };
     let node_id = node.node_id();
     let (resp, _) =
         call(conn, &TrackerRequest::Announce { node_id, content, bitfield }, None).await?;
     if expect_ok(resp)? {
-        if let Some(m) = node.store.manifest(content)? {
-            let bytes = m.encode();
+        if let Some(bytes) = node.manifest_bytes(content)? {
             let req = TrackerRequest::PutManifest { node_id, content, len: bytes.len() as u32 };
             expect_ok(call(conn, &req, Some(&bytes)).await?.0)?;
         }
@@ -166,15 +165,14 @@ async fn session(
     tx: &watch::Sender<Option<Connection>>,
 ) -> anyhow::Result<()> {
     let sock = resolve(addr).await?;
-    let (conn, _) =
+    let (conn, tracker_id) =
         node.endpoint.connect(&PeerAddr { node_id: None, addr: sock }, TRACKER_ALPN).await?;
+    // Re-seed tokens signed by this key are valid here (for a storage node).
+    node.tracker_ids.lock().unwrap_or_else(|p| p.into_inner()).insert(tracker_id);
     let node_id = node.node_id();
-    let register = TrackerRequest::Register {
-        node_id,
-        version: TRACKER_VERSION,
-        role: Role::Node,
-        addrs: node.addrs(),
-    };
+    let role = if node.is_storage() { Role::Storage } else { Role::Node };
+    let register =
+        TrackerRequest::Register { node_id, version: TRACKER_VERSION, role, addrs: node.addrs() };
     let heartbeat_ms = match call(&conn, &register, None).await?.0 {
         TrackerResponse::Registered { heartbeat_ms } => heartbeat_ms.clamp(200, 60_000),
         TrackerResponse::Error { text, .. } => bail!("tracker refused registration: {text}"),
@@ -184,9 +182,9 @@ async fn session(
     let mut haves = node.haves.subscribe();
     let mut changed = node.contents_changed.subscribe();
     let mut announced = HashSet::new();
-    for e in node.store.list()? {
-        announce(node, &conn, e.content).await?;
-        announced.insert(e.content);
+    for c in node.content_ids()? {
+        announce(node, &conn, c).await?;
+        announced.insert(c);
     }
     info!(tracker = %addr, contents = announced.len(), "registered with tracker");
     let _ = tx.send(Some(conn.clone()));
@@ -213,12 +211,19 @@ async fn session(
                     download_rate: ((down.saturating_sub(last.2)) as f64 / secs) as u64,
                 };
                 last = (Instant::now(), up, down);
-                match expect_ok(call(&conn, &TrackerRequest::Heartbeat { node_id, load }, None).await?.0) {
-                    Ok(_) => {}
-                    Err(e) if e.downcast_ref::<TrackerRefused>().is_some_and(|r| r.code == ErrorCode::NotRegistered) => {
+                match call(&conn, &TrackerRequest::Heartbeat { node_id, load }, None).await?.0 {
+                    TrackerResponse::HeartbeatReply { stored, directives } => {
+                        node.stored.lock().unwrap_or_else(|p| p.into_inner()).extend(stored);
+                        for d in directives {
+                            debug!(content = %d.content.fmt_short(), storage = %d.storage.node_id, "re-seed directive");
+                            crate::push::run_directive(node.clone(), d);
+                        }
+                    }
+                    TrackerResponse::Ok => {}
+                    TrackerResponse::Error { code: ErrorCode::NotRegistered, .. } => {
                         bail!("the tracker forgot this node; registering again")
                     }
-                    Err(e) => return Err(e),
+                    other => bail!("unexpected heartbeat answer {other:?}"),
                 }
             }
             have = haves.recv() => match have {

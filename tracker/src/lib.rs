@@ -33,6 +33,8 @@ pub struct Config {
     pub node_ttl: Duration,
     /// The heartbeat interval nodes are told to keep.
     pub heartbeat: Duration,
+    /// An upload into storage that has not progressed for this long is re-seeded from holders.
+    pub reseed_after: Duration,
 }
 
 /// Where a running tracker listens.
@@ -66,6 +68,7 @@ pub async fn run(
     let index_config = IndexConfig {
         node_ttl_ms: config.node_ttl.as_millis() as u64,
         heartbeat_ms: config.heartbeat.as_millis() as u32,
+        reseed_after_ms: config.reseed_after.as_millis() as u64,
         ..IndexConfig::default()
     };
     let restored = (nodes.len(), holdings.len());
@@ -75,7 +78,7 @@ pub async fn run(
     let index = Index::restore(index_config, now, nodes, holdings, manifests);
     tracing::info!(nodes = restored.0, holdings = restored.1, "state restored");
     let endpoint = Endpoint::bind(&identity, config.listen, &[shoal_wire::tracker::TRACKER_ALPN])?;
-    let shared = Arc::new(Shared::new(index, state));
+    let shared = Arc::new(Shared::new(index, state, identity.clone()));
     let http = match config.http {
         Some(addr) => Some(http::serve(addr, shared.clone()).await?),
         None => None,

@@ -34,6 +34,10 @@ enum Command {
         /// Seconds between the heartbeats nodes are asked to send.
         #[arg(long, env = "SHOAL_TRACKER_HEARTBEAT", default_value_t = 2)]
         heartbeat: u64,
+        /// Seconds without progress after which an upload into storage is re-seeded from the
+        /// nodes that hold its missing pieces.
+        #[arg(long, env = "SHOAL_TRACKER_RESEED_AFTER", default_value_t = 5)]
+        reseed_after: u64,
     },
 }
 
@@ -41,7 +45,8 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let Command::Serve { listen, http, data_dir, node_ttl, heartbeat } = Cli::parse().command;
+    let Command::Serve { listen, http, data_dir, node_ttl, heartbeat, reseed_after } =
+        Cli::parse().command;
     if heartbeat == 0 || node_ttl <= heartbeat {
         eprintln!("error: --node-ttl ({node_ttl}s) must exceed --heartbeat ({heartbeat}s), which must be at least 1");
         return ExitCode::FAILURE;
@@ -52,6 +57,7 @@ fn main() -> ExitCode {
         data_dir,
         node_ttl: Duration::from_secs(node_ttl),
         heartbeat: Duration::from_secs(heartbeat),
+        reseed_after: Duration::from_secs(reseed_after),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -10,7 +10,8 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 use shoal_core::NodeId;
 use shoal_index::{Index, IndexError, Persist, SledState};
 use shoal_wire::tracker::{
-    ErrorCode, TrackerRequest, TrackerResponse, MAX_LOOKUP_PEERS, MAX_TRACKER_FRAME_LEN,
+    Directive, ErrorCode, ReseedToken, StorageNode, TrackerRequest, TrackerResponse,
+    MAX_LOOKUP_PEERS, MAX_TRACKER_FRAME_LEN,
 };
 use shoal_wire::{encode, Decoder};
 use tracing::{debug, warn, Instrument};
@@ -47,13 +48,38 @@ pub struct Shared {
     /// The index. Held only for one index call, never across an await.
     pub index: Mutex<Index>,
     state: SledState,
+    /// The tracker's key, which signs re-seed tokens.
+    identity: shoal_net::Identity,
     /// Counters.
     pub metrics: Metrics,
 }
 
 impl Shared {
-    pub(crate) fn new(index: Index, state: SledState) -> Self {
-        Self { index: Mutex::new(index), state, metrics: Metrics::default() }
+    pub(crate) fn new(index: Index, state: SledState, identity: shoal_net::Identity) -> Self {
+        Self { index: Mutex::new(index), state, identity, metrics: Metrics::default() }
+    }
+
+    /// Turns planned re-seed orders into directives with signed tokens.
+    fn sign(&self, proven: NodeId, planned: Vec<shoal_index::Planned>) -> Vec<Directive> {
+        planned
+            .into_iter()
+            .map(|p| {
+                let mut token = ReseedToken {
+                    content: p.content,
+                    storage: p.storage,
+                    holder: proven,
+                    expires_ms: p.expires_ms,
+                    pieces: p.pieces,
+                    signature: Vec::new(),
+                };
+                token.signature = self.identity.sign(&token.signed_bytes());
+                Directive {
+                    content: p.content,
+                    storage: StorageNode { node_id: p.storage, addrs: p.addrs },
+                    token: token.encode(),
+                }
+            })
+            .collect()
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, Index> {
@@ -261,14 +287,27 @@ async fn handle(
             }
             TrackerRequest::Heartbeat { load, .. } => {
                 m.heartbeats.fetch_add(1, Ordering::Relaxed);
-                let r = shared.index().heartbeat(now, proven, load);
+                let r = shared.index().heartbeat_plan(now, proven, load);
                 match r {
-                    Ok(ops) => {
+                    Ok((ops, plan)) => {
                         shared.persist(&ops);
-                        (TrackerResponse::Ok, None)
+                        if !plan.directives.is_empty() {
+                            debug!(directives = plan.directives.len(), "re-seed orders issued");
+                        }
+                        let directives = shared.sign(proven, plan.directives);
+                        (TrackerResponse::HeartbeatReply { stored: plan.stored, directives }, None)
                     }
                     Err(e) => (index_error(e), None),
                 }
+            }
+            TrackerRequest::FindStorage => {
+                let nodes = shared
+                    .index()
+                    .storage_nodes()
+                    .into_iter()
+                    .map(|(node_id, addrs)| StorageNode { node_id, addrs })
+                    .collect();
+                (TrackerResponse::StorageNodes { nodes }, None)
             }
             TrackerRequest::Lookup { content, max_peers, have } => {
                 m.lookups.fetch_add(1, Ordering::Relaxed);
