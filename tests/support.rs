@@ -118,9 +118,16 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(dir: &Path, extra: &[&str]) -> Daemon {
+        Self::start_env(dir, extra, &[])
+    }
+
+    pub fn start_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         std::fs::create_dir_all(dir).unwrap();
         let mut cmd = shoal(dir);
         cmd.args(["daemon", "--listen", "127.0.0.1:0"]).args(extra);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         cmd.env("SHOAL_LOG", "warn");
         let mut child =
             cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn daemon");
@@ -209,9 +216,14 @@ pub struct TrackerProc {
 
 impl TrackerProc {
     pub fn start(dir: &Path, listen: &str) -> TrackerProc {
+        Self::start_with(dir, listen, &[])
+    }
+
+    pub fn start_with(dir: &Path, listen: &str, extra: &[&str]) -> TrackerProc {
         let mut child = Command::new(tracker_bin())
             .args(["serve", "--listen", listen, "--data-dir"])
             .arg(dir)
+            .args(extra)
             .env("SHOAL_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -260,5 +272,98 @@ impl Fetch {
             self.stderr.try_iter().filter(|l| !l.starts_with("progress:")).collect();
         assert!(status.success(), "fetch failed: {err:?}");
         serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("bad json {stdout:?}: {e}"))
+    }
+}
+
+/// moto's S3 server on loopback with one bucket, killed when dropped.
+pub struct S3Server {
+    child: Child,
+    pub endpoint: String,
+    pub bucket: String,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+impl S3Server {
+    /// Starts moto, or returns `None` (with a message) if it is not installed and
+    /// `SHOAL_REQUIRE_S3` is unset.
+    pub fn start() -> Option<S3Server> {
+        use std::io::Write;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = match Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                assert!(std::env::var("SHOAL_REQUIRE_S3").is_err(), "moto_server is required: {e}");
+                eprintln!("skipping the S3 backend: moto_server not found ({e})");
+                return None;
+            }
+        };
+        let server = S3Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            bucket: format!("shoal-{port}"),
+        };
+        let end = Instant::now() + DEADLINE;
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                let b = &server.bucket;
+                write!(s, "PUT /{b} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+                let mut reply = String::new();
+                let _ = s.read_to_string(&mut reply);
+                if reply.starts_with("HTTP/1.1 200") {
+                    return Some(server);
+                }
+            }
+            assert!(Instant::now() < end, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Daemon flags and environment for a storage node on this server.
+    pub fn storage_args(&self) -> (Vec<String>, Vec<(&'static str, &'static str)>) {
+        let args = vec![
+            "--store".to_string(),
+            format!("s3://{}/objects", self.bucket),
+            "--s3-endpoint".to_string(),
+            self.endpoint.clone(),
+            "--danger-s3-allow-http".to_string(),
+        ];
+        let env = vec![
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+        ];
+        (args, env)
+    }
+}
+
+/// `ls --json` of a node: the first entry's (pieces held, pieces in total), or (0, 0).
+pub fn first_holding(d: &Daemon) -> (u64, u64) {
+    let ls = d.ls();
+    match ls.as_array().and_then(|a| a.first()) {
+        Some(e) => (e["pieces_have"].as_u64().unwrap(), e["pieces_total"].as_u64().unwrap()),
+        None => (0, 0),
+    }
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, for at most [`DEADLINE`].
+pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

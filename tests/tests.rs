@@ -7,5 +7,6 @@ mod support;
 
 mod bad_input;
 mod faults;
+mod storage;
 mod swarm;
 mod transfer;

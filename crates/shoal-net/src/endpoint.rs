@@ -98,7 +98,8 @@ fn transport() -> Arc<TransportConfig> {
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(MTU_UPPER_BOUND);
     t.mtu_discovery_config(Some(mtu));
-    t.max_idle_timeout(Some(VarInt::from_u32(30_000).into()));
+    // Keep-alives every 5 s; a peer silent for 15 s is gone.
+    t.max_idle_timeout(Some(VarInt::from_u32(15_000).into()));
     Arc::new(t)
 }
 

@@ -1,0 +1,310 @@
+//! Cloud storage: pushes that are already stored or half done, the re-seed story, tokens.
+
+use std::process::Stdio;
+
+use crate::support::*;
+
+/// A tracker (re-seeding quickly) and a storage node on `backend` ("local" or "s3").
+struct Cluster {
+    _s3: Option<S3Server>,
+    tracker: TrackerProc,
+    storage: Daemon,
+}
+
+fn cluster(root: &std::path::Path, backend: &str) -> Option<Cluster> {
+    let tracker = TrackerProc::start_with(
+        &root.join("tracker"),
+        "127.0.0.1:0",
+        &["--heartbeat", "1", "--node-ttl", "3", "--reseed-after", "2"],
+    );
+    let t = tracker.addr.to_string();
+    let mut args = vec!["--tracker".to_string(), t, "--role".into(), "storage".into()];
+    let (s3, env) = if backend == "s3" {
+        let s3 = S3Server::start()?;
+        let (a, env) = s3.storage_args();
+        args.extend(a);
+        (Some(s3), env)
+    } else {
+        (None, vec![])
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let storage = Daemon::start_env(&root.join("storage"), &args, &env);
+    Some(Cluster { _s3: s3, tracker, storage })
+}
+
+fn push(node: &Daemon, target: &str) -> serde_json::Value {
+    let mut c = node.cmd();
+    c.args(["push", target, "--json"]);
+    serde_json::from_str(ok(c).trim()).unwrap()
+}
+
+#[test]
+fn pushing_twice_sends_nothing_the_second_time() {
+    for backend in ["local", "s3"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let Some(c) = cluster(tmp.path(), backend) else { continue };
+        let t = c.tracker.addr.to_string();
+        let node = Daemon::start(&tmp.path().join("node"), &["--tracker", &t]);
+        let src = tmp.path().join("f.bin");
+        write_file(&src, 1_000_000, 21);
+        let first = push(&node, src.to_str().unwrap());
+        assert_eq!(first["pushed_bytes"], 1_000_000, "{backend}: {first}");
+        assert_eq!(first["stored"], true);
+        assert_eq!(first["already_stored"], false);
+        let second = push(&node, first["content_id"].as_str().unwrap());
+        assert_eq!(second["pushed_bytes"], 0, "{backend}: no piece bytes the second time");
+        assert_eq!(second["already_stored"], true);
+        let (have, total) = first_holding(&c.storage);
+        assert_eq!((have, total), (62, 62), "{backend}");
+        let mut s = node.cmd();
+        s.args(["status", "--json"]);
+        let status: serde_json::Value = serde_json::from_str(&ok(s)).unwrap();
+        assert_eq!(status["contents"][0]["stored"], true, "{backend}: {status}");
+    }
+}
+
+#[test]
+fn a_killed_push_resumes_with_only_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cluster(tmp.path(), "local").unwrap();
+    let t = c.tracker.addr.to_string();
+    let node =
+        Daemon::start(&tmp.path().join("node"), &["--tracker", &t, "--upload-limit", "1MiB/s"]);
+    let src = tmp.path().join("f.bin");
+    write_file(&src, 4 * 1024 * 1024, 22);
+    let mut cmd = node.cmd();
+    cmd.args(["push"]).arg(&src).arg("--json");
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_until("some pieces in storage", || (first_holding(&c.storage).0 >= 20).then_some(()));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Once the cancelled push has settled, storage holds part of the file.
+    let mut last = first_holding(&c.storage).0;
+    let have = wait_until("storage to settle", || {
+        let now = first_holding(&c.storage).0;
+        let settled = now == last;
+        last = now;
+        settled.then_some(now)
+    });
+    assert!(have < 256, "the push was cut short ({have}/256)");
+    let again = push(&node, src.to_str().unwrap());
+    assert_eq!(again["stored"], true);
+    assert_eq!(again["already_stored"], false);
+    assert_eq!(again["pushed_bytes"], (256 - have) * 16384, "only the missing pieces: {again}");
+}
+
+#[test]
+fn the_file_is_completed_in_storage_from_its_downloaders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cluster(tmp.path(), "local").unwrap();
+    let t = c.tracker.addr.to_string();
+    // The uploader's upload is slow, so its push is far from done when it goes away.
+    let mut uploader =
+        Daemon::start(&tmp.path().join("uploader"), &["--tracker", &t, "--upload-limit", "1MiB/s"]);
+    let src = tmp.path().join("f.bin");
+    let data = write_file(&src, 6 * 1024 * 1024, 23);
+    let ticket = uploader.add(&src);
+    let downloaders: Vec<Daemon> = (0..3)
+        .map(|i| Daemon::start(&tmp.path().join(format!("d{i}")), &["--tracker", &t]))
+        .collect();
+    let fetches: Vec<Fetch> = downloaders
+        .iter()
+        .enumerate()
+        .map(|(i, d)| Fetch::start(&d.dir, &ticket, &tmp.path().join(format!("out{i}.bin")), &[]))
+        .collect();
+    let mut pushing = uploader.cmd();
+    pushing.args(["push"]).arg(&src);
+    let mut push = pushing.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_until("the push to start", || (first_holding(&c.storage).1 > 0).then_some(()));
+    for f in fetches {
+        f.finish();
+    }
+    let (have, total) = first_holding(&c.storage);
+    assert!(
+        have < total,
+        "precondition: storage is incomplete when the uploader goes ({have}/{total})"
+    );
+    uploader.kill(); // SIGKILL, mid-push
+    let _ = push.wait();
+    // The tracker sees the push stall and directs the downloaders to push the rest.
+    wait_until("storage to complete", || {
+        let (have, total) = first_holding(&c.storage);
+        (have == total).then_some(())
+    });
+    let pushed: u64 = downloaders
+        .iter()
+        .map(|d| {
+            let mut s = d.cmd();
+            s.args(["status", "--json"]);
+            let st: serde_json::Value = serde_json::from_str(&ok(s)).unwrap();
+            st["pushed_bytes"].as_u64().unwrap()
+        })
+        .sum();
+    assert!(pushed > 0, "downloaders re-seeded storage");
+    drop(downloaders);
+    // A fresh node, knowing only the content id and the tracker, gets it from storage alone.
+    let parsed: shoal_core::Ticket = ticket.parse().unwrap();
+    let bare =
+        shoal_core::Ticket { content: parsed.content, peers: vec![], tracker: Some(t.clone()) };
+    let out = tmp.path().join("fresh.bin");
+    let report = get_json(&tmp.path().join("fresh"), &bare.to_string(), &out, &[]);
+    assert_eq!(std::fs::read(&out).unwrap(), data, "byte-identical from storage");
+    let sources: Vec<&str> = report["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["pieces"].as_u64().unwrap() > 0)
+        .map(|p| p["node_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, vec![c.storage.node_id.as_str()], "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pushes_with_forged_or_expired_tokens_are_refused() {
+    use shoal_core::{NodeId, PeerAddr, PieceIndex};
+    use shoal_net::{Endpoint, Identity};
+    use shoal_wire::tracker::ReseedToken;
+    use shoal_wire::{Decoder, Request, Response};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cluster(tmp.path(), "local").unwrap();
+    let t = c.tracker.addr.to_string();
+    let node = Daemon::start(&tmp.path().join("node"), &["--tracker", &t]);
+    let src = tmp.path().join("f.bin");
+    let data = write_file(&src, 100_000, 24);
+    let pushed = tokio::task::spawn_blocking({
+        let (cmd_dir, src) = (node.dir.clone(), src.clone());
+        move || {
+            let mut c = shoal(&cmd_dir);
+            c.args(["push"]).arg(&src).arg("--json");
+            serde_json::from_str::<serde_json::Value>(ok(c).trim()).unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let content: shoal_core::ContentId = pushed["content_id"].as_str().unwrap().parse().unwrap();
+    let storage_id: NodeId = c.storage.node_id.parse().unwrap();
+    let tracker_key = Identity::load_or_create(&tmp.path().join("tracker")).unwrap();
+
+    let mallory = Identity::generate();
+    let ep = Endpoint::bind(&mallory, "127.0.0.1:0".parse().unwrap(), &[]).unwrap();
+    let (conn, _) = ep
+        .connect(&PeerAddr { node_id: Some(storage_id), addr: c.storage.addr }, shoal_wire::ALPN)
+        .await
+        .unwrap();
+    let piece = bytes::Bytes::copy_from_slice(&data[..16384]);
+    let attempt = |token: Option<Vec<u8>>| {
+        let (conn, piece) = (conn.clone(), piece.clone());
+        async move {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let req = Request::PushPiece {
+                content,
+                piece: PieceIndex(0),
+                len: piece.len() as u32,
+                token,
+            };
+            send.write_all(&shoal_wire::encode(&req)).await.unwrap();
+            let _ = send.write_chunk(piece).await;
+            let _ = send.finish();
+            let bytes = recv.read_to_end(64 * 1024).await.unwrap();
+            let mut d = Decoder::new();
+            d.feed(&bytes);
+            d.decode::<Response>().unwrap().unwrap()
+        }
+    };
+    let token = |signer: &Identity, holder: NodeId, expires_ms: u64| {
+        let mut t = ReseedToken {
+            content,
+            storage: storage_id,
+            holder,
+            expires_ms,
+            pieces: vec![PieceIndex(0)],
+            signature: vec![],
+        };
+        t.signature = signer.sign(&t.signed_bytes());
+        t.encode()
+    };
+    let later =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+            as u64
+            + 60_000;
+    let refused = |r: Response, want: &str| match r {
+        Response::Reject { reason: shoal_wire::RejectReason::Unauthorized, text } => {
+            assert!(text.contains(want), "{text:?} should say {want:?}")
+        }
+        other => panic!("expected a refusal saying {want:?}, got {other:?}"),
+    };
+    refused(attempt(None).await, "no re-seed token");
+    refused(
+        attempt(Some(token(&mallory, mallory.node_id(), later))).await,
+        "not signed by this storage node's tracker",
+    );
+    refused(attempt(Some(token(&tracker_key, mallory.node_id(), 1))).await, "expired");
+    refused(
+        attempt(Some(token(&tracker_key, node.node_id.parse().unwrap(), later))).await,
+        "issued to another node",
+    );
+    // A token the tracker really issued to this node is honoured.
+    match attempt(Some(token(&tracker_key, mallory.node_id(), later))).await {
+        Response::Pushed { already: true, complete: true } => {}
+        other => panic!("valid token refused: {other:?}"),
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let mut s = c.storage.cmd();
+        s.args(["status", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&ok(s)).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(status["pushes_refused"], 4, "{status}");
+}
+
+#[test]
+fn a_storage_node_killed_mid_write_comes_back_consistent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = cluster(tmp.path(), "local").unwrap();
+    let t = c.tracker.addr.to_string();
+    let node =
+        Daemon::start(&tmp.path().join("node"), &["--tracker", &t, "--upload-limit", "2MiB/s"]);
+    let src = tmp.path().join("f.bin");
+    let data = write_file(&src, 4 * 1024 * 1024, 25);
+    let mut cmd = node.cmd();
+    cmd.args(["push"]).arg(&src);
+    let mut push = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_until("pieces in storage", || (first_holding(&c.storage).0 >= 10).then_some(()));
+    c.storage.kill(); // SIGKILL while pieces are being written
+    push.kill().unwrap();
+    push.wait().unwrap();
+    let storage_dir = tmp.path().join("storage");
+    c.storage = Daemon::start(&storage_dir, &["--tracker", &t, "--role", "storage"]);
+    let (have, total) = first_holding(&c.storage);
+    assert!(have < total, "{have}/{total}");
+    // Pushing again completes it: the index only claimed pieces whose objects exist.
+    let again = {
+        wait_until("storage registered again", || {
+            let o = run({
+                let mut p = node.cmd();
+                p.args(["push"]).arg(&src).arg("--json");
+                p
+            });
+            o.status
+                .success()
+                .then(|| serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap())
+        })
+    };
+    assert_eq!(again["stored"], true, "{again}");
+    assert_eq!(again["pushed_bytes"], (total - have) * 16384, "only the missing pieces: {again}");
+    drop(node);
+    // A ticket naming only the storage node: the content is fetched from storage alone.
+    let ticket = shoal_core::Ticket {
+        content: again["content_id"].as_str().unwrap().parse().unwrap(),
+        peers: vec![shoal_core::PeerAddr {
+            node_id: Some(c.storage.node_id.parse().unwrap()),
+            addr: c.storage.addr,
+        }],
+        tracker: None,
+    };
+    let out = tmp.path().join("out.bin");
+    get_json(&tmp.path().join("fresh"), &ticket.to_string(), &out, &[]);
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+}
