@@ -308,3 +308,25 @@ fn a_storage_node_killed_mid_write_comes_back_consistent() {
     get_json(&tmp.path().join("fresh"), &ticket.to_string(), &out, &[]);
     assert_eq!(std::fs::read(&out).unwrap(), data);
 }
+
+#[test]
+fn storage_that_cannot_write_is_retried_then_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cluster(tmp.path(), "local").unwrap();
+    let t = c.tracker.addr.to_string();
+    let node = Daemon::start(&tmp.path().join("node"), &["--tracker", &t]);
+    let src = tmp.path().join("f.bin");
+    write_file(&src, 50_000, 26);
+    // The storage node's default store is DATA_DIR/objects; block its pieces directory.
+    let blocker = c.storage.dir.join("objects").join("pieces");
+    std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+    std::fs::write(&blocker, b"in the way").unwrap();
+    let mut p = node.cmd();
+    p.args(["push"]).arg(&src);
+    let err = fails(p);
+    assert!(err.contains("storage cannot write now") && err.contains("retry later"), "{err}");
+    assert_eq!(first_holding(&c.storage).0, 0);
+    // Once storage can write again, the same push completes.
+    std::fs::remove_file(&blocker).unwrap();
+    assert_eq!(push(&node, src.to_str().unwrap())["stored"], true);
+}

@@ -121,7 +121,7 @@ impl Node {
             Ok(_) => reject(RejectReason::BadRequest, "manifest does not hash to the content id"),
             Err(CloudError::Backend(e)) => reject(
                 RejectReason::StorageError,
-                &format!("storage cannot write now ({e}); retry later"),
+                &format!("storage cannot write now; retry later ({e})"),
             ),
             Err(e) => reject(RejectReason::BadRequest, &e.to_string()),
         }
@@ -194,7 +194,7 @@ impl Node {
             }
             Err(CloudError::Backend(e)) => reject(
                 RejectReason::StorageError,
-                &format!("storage cannot write now ({e}); retry later"),
+                &format!("storage cannot write now; retry later ({e})"),
             ),
             Err(e) => reject(RejectReason::BadRequest, &e.to_string()),
         }

@@ -191,3 +191,23 @@ fn bad_urls_say_what_to_use() {
         assert!(err.contains("file:///absolute/path or s3://bucket"), "{bad}: {err}");
     }
 }
+
+#[tokio::test]
+async fn a_store_that_cannot_write_reports_it_and_records_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("objects");
+    let objects =
+        backend::open(&format!("file://{}", root.display()), &S3Options::default()).unwrap();
+    let store = CloudStore::open(objects, &dir.path().join("index")).unwrap();
+    let (data, m) = content(20_000);
+    store.put_manifest(&m.encode(), node()).await.unwrap();
+    // A file where the pieces directory belongs: every piece write fails.
+    std::fs::write(root.join("pieces"), b"in the way").unwrap();
+    let err =
+        store.put_piece(m.content_id(), PieceIndex(0), piece(&data, &m, 0)).await.unwrap_err();
+    assert!(matches!(err, CloudError::Backend(_)), "{err}");
+    assert!(err.to_string().contains("retry later"), "{err}");
+    assert_eq!(store.bitfield(m.content_id()).unwrap().unwrap().count(), 0, "nothing recorded");
+    std::fs::remove_file(root.join("pieces")).unwrap();
+    store.put_piece(m.content_id(), PieceIndex(0), piece(&data, &m, 0)).await.unwrap();
+}
