@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail};
+use anyhow::bail;
 use quinn::{Connection, VarInt};
 use serde::{Deserialize, Serialize};
 use shoal_core::{Manifest, NodeId, PeerAddr, PieceIndex, Ticket};
@@ -473,10 +473,10 @@ pub async fn fetch(
     dials.abort_all();
     lookups.abort_all();
     let _ = progress.send(snapshot(&manifest, &picker, &peers, downloaded, rate.rate()));
+    // Aborted request tasks may still have a write running on a blocking thread; `finish`
+    // makes any such late write a no-op.
     let path = {
-        // The last reference: every request task has finished or been aborted.
-        while requests.join_next().await.is_some() {}
-        let dl = Arc::into_inner(dl).ok_or_else(|| anyhow!("download still in use"))?;
+        let dl = dl.clone();
         tokio::task::spawn_blocking(move || dl.finish()).await??
     };
     for (id, p) in &peers {

@@ -36,8 +36,9 @@ pub struct Download {
     state: Arc<PartialState>,
     /// Verified and written, not yet recorded as durable. Held only for push/take.
     pending: Mutex<Vec<PieceIndex>>,
-    /// Serialises writes to the partial file.
-    write_lock: Mutex<()>,
+    /// Serialises writes to the partial file; `true` once finished (later writes, such as
+    /// endgame duplicates still in flight, are skipped).
+    write_lock: Mutex<bool>,
     resumed: u32,
 }
 
@@ -141,7 +142,7 @@ impl Download {
             output,
             state,
             pending: Mutex::new(Vec::new()),
-            write_lock: Mutex::new(()),
+            write_lock: Mutex::new(false),
             resumed,
         })
     }
@@ -182,7 +183,10 @@ impl Download {
         {
             // One writer at a time: concurrent writes to one file only contend on its inode
             // lock. Hashing above stays parallel.
-            let _w = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let finished = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            if *finished {
+                return Ok(true);
+            }
             self.state
                 .file
                 .write_all_at(data, range.start)
@@ -218,10 +222,15 @@ impl Download {
     }
 
     /// Moves the complete file to the output path (fsync, rename, fsync of the directory) and
-    /// records it as seeded from there. Blocking.
-    pub fn finish(self) -> Result<PathBuf, StoreError> {
+    /// records it as seeded from there. Writes that arrive afterwards are skipped. Blocking.
+    pub fn finish(&self) -> Result<PathBuf, StoreError> {
         let id = self.manifest.content_id();
         assert!(self.have().is_complete(), "finish() called on an incomplete download");
+        let mut finished = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if *finished {
+            return Ok(self.output.clone());
+        }
+        *finished = true;
         self.checkpoint()?;
         let path = &self.state.path;
         self.state.file.sync_all().map_err(StoreError::io("cannot sync", path))?;
