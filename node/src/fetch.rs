@@ -472,7 +472,9 @@ pub async fn fetch(
     controls.abort_all();
     dials.abort_all();
     lookups.abort_all();
-    let _ = progress.send(snapshot(&manifest, &picker, &peers, downloaded, rate.rate()));
+    // The final line shows the run's average rate (the smoothed one may have no sample yet).
+    let average = downloaded as f64 / started.elapsed().as_secs_f64().max(1e-3);
+    let _ = progress.send(snapshot(&manifest, &picker, &peers, downloaded, average));
     // Aborted request tasks may still have a write running on a blocking thread; `finish`
     // makes any such late write a no-op.
     let path = {
