@@ -56,8 +56,11 @@ enum Command {
         #[arg(long, env = "SHOAL_DOWNLOAD_LIMIT")]
         download_limit: Option<Rate>,
         /// Tracker to register with (HOST:PORT); tickets of added files carry it.
-        #[arg(long, env = "SHOAL_TRACKER")]
+        #[arg(long, env = "SHOAL_TRACKER", conflicts_with = "testnet")]
         tracker: Option<String>,
+        /// Join the local testnet whose run directory this is (started by `shoal-testnet up`).
+        #[arg(long, env = "SHOAL_TESTNET")]
+        testnet: Option<PathBuf>,
         /// `node`, or `storage`: keep pieces in an object store for good and accept verified
         /// pushes.
         #[arg(long, env = "SHOAL_ROLE", value_enum, default_value = "node")]
@@ -176,12 +179,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             upload_limit,
             download_limit,
             tracker,
+            testnet,
             role,
             store,
             s3_endpoint,
             danger_s3_allow_http,
             danger_corrupt_uploads,
         } => {
+            let tracker = match testnet {
+                Some(dir) => Some(testnet_tracker(&dir)?),
+                None => tracker,
+            };
             if store.is_some() && role != Role::Storage {
                 bail!("--store is for storage nodes: add --role storage");
             }
@@ -219,6 +227,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ls { json } => ls(&data_dir, json),
         Command::Status { json } => status(&data_dir, json),
     }
+}
+
+/// The tracker address of a testnet run directory.
+fn testnet_tracker(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("testnet.json");
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "cannot read {} (is {} a run directory of `shoal-testnet up`?)",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is corrupt", path.display()))?;
+    v["tracker"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("{} names no tracker", path.display()))
 }
 
 async fn shutdown_signal() {

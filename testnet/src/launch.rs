@@ -1,0 +1,153 @@
+//! Starting and stopping the processes of a testnet.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// A process of the testnet, killed when dropped.
+#[derive(Debug)]
+pub(crate) struct Proc {
+    pub(crate) name: String,
+    pub(crate) child: Child,
+    pub(crate) dir: PathBuf,
+    pub(crate) node_id: String,
+    pub(crate) addr: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The sibling binary `name` (built with shoal-testnet), or the one on PATH.
+pub(crate) fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe().context("locating shoal-testnet")?;
+    let sibling = me.with_file_name(name);
+    if sibling.exists() {
+        return Ok(sibling);
+    }
+    if let Some(found) = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.exists()))
+    {
+        return Ok(found);
+    }
+    bail!("cannot find {name}: build it with `cargo build --release --bins` (it must sit beside shoal-testnet or on PATH)")
+}
+
+/// Waits for the first stdout line that starts with `prefix`, within `limit`.
+fn first_line(child: &mut Child, prefix: &str, limit: Duration) -> anyhow::Result<String> {
+    let out = child.stdout.take().context("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let end = Instant::now() + limit;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.starts_with(prefix) => return Ok(l),
+            Ok(_) => {}
+            Err(_) => bail!("process did not start within {}s", limit.as_secs()),
+        }
+    }
+}
+
+/// Starts `shoal-tracker serve` in `dir`.
+pub(crate) fn tracker(dir: &Path) -> anyhow::Result<Proc> {
+    std::fs::create_dir_all(dir)?;
+    let mut child = Command::new(binary("shoal-tracker")?)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--heartbeat",
+            "1",
+            "--node-ttl",
+            "5",
+            "--reseed-after",
+            "3",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("SHOAL_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("log.txt"))?)
+        .spawn()
+        .context("starting shoal-tracker")?;
+    // "shoal-tracker: node ID listening on ADDR, http off"
+    let line = first_line(&mut child, "shoal-tracker: node ", Duration::from_secs(30))?;
+    let w: Vec<&str> = line.split_whitespace().collect();
+    Ok(Proc {
+        name: "tracker".into(),
+        dir: dir.to_path_buf(),
+        node_id: w[2].to_string(),
+        addr: w[5].trim_end_matches(',').to_string(),
+        child,
+    })
+}
+
+/// Starts `shoal daemon` named `name` in `dir` with `extra` flags.
+pub(crate) fn daemon(name: &str, dir: &Path, extra: &[String]) -> anyhow::Result<Proc> {
+    std::fs::create_dir_all(dir)?;
+    let mut child = Command::new(binary("shoal")?)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["daemon", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("SHOAL_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("log.txt"))?)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    // "shoal daemon: node ID listening on ADDR, control http://.."
+    let line = first_line(&mut child, "shoal daemon: node ", Duration::from_secs(30))?;
+    let w: Vec<&str> = line.split_whitespace().collect();
+    Ok(Proc {
+        name: name.to_string(),
+        dir: dir.to_path_buf(),
+        node_id: w[3].to_string(),
+        addr: w[6].trim_end_matches(',').to_string(),
+        child,
+    })
+}
+
+/// Runs `shoal --data-dir DIR ARGS..` to completion; its stdout.
+pub(crate) fn shoal(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(binary("shoal")?).arg("--data-dir").arg(dir).args(args).output()?;
+    if !out.status.success() {
+        bail!("shoal {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Writes `size` pseudo-random bytes to `path`.
+pub(crate) fn generate(path: &Path, size: u64, seed: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut x = seed | 1;
+    let mut left = size;
+    let mut block = vec![0u8; 1 << 20];
+    while left > 0 {
+        for b in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    f.flush()?;
+    Ok(())
+}

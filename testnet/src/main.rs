@@ -1,0 +1,334 @@
+//! `shoal-testnet`: start a local Shoal testnet, let every node fetch a file, measure it.
+
+mod launch;
+mod report;
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use shoal_node::client::Client;
+use shoal_node::config::{human_bytes, Rate};
+
+use crate::launch::Proc;
+use crate::report::{Finish, Report, Uploaded};
+
+/// A local Shoal testnet: a tracker, storage nodes and nodes on loopback, one file shared by
+/// one of them and fetched by all the others, measured against the fluid lower bound.
+#[derive(Debug, Parser)]
+#[command(name = "shoal-testnet", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Start a testnet, seed a generated file from one node, let every node fetch it, report.
+    Up {
+        /// Nodes (one of them seeds).
+        #[arg(long, env = "SHOAL_TESTNET_NODES", default_value_t = 6)]
+        nodes: usize,
+        /// Storage nodes (the seed pushes the file into storage while it seeds).
+        #[arg(long, env = "SHOAL_TESTNET_STORAGE", default_value_t = 1)]
+        storage: usize,
+        /// Size of the generated file, like 64MiB.
+        #[arg(long, env = "SHOAL_TESTNET_FILE_SIZE", default_value = "64MiB")]
+        file_size: Rate,
+        /// Every node's upload cap, like 8MiB/s (`none` for no cap).
+        #[arg(long, env = "SHOAL_TESTNET_UPLOAD_LIMIT", default_value = "8MiB/s")]
+        upload_limit: String,
+        /// Run directory (data dirs, logs, report); default testnet-runs/<time>.
+        #[arg(long, env = "SHOAL_TESTNET_DIR")]
+        dir: Option<PathBuf>,
+        /// Stay up after the report, for others to join, until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let Cmd::Up { nodes, storage, file_size, upload_limit, dir, keep } = Cli::parse().command;
+    match up(nodes, storage, file_size.0, &upload_limit, dir, keep) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Row {
+    name: String,
+    have: u32,
+    total: u32,
+    peers: usize,
+    down: f64,
+    up: f64,
+}
+
+fn up(
+    nodes: usize,
+    storage: usize,
+    size: u64,
+    limit: &str,
+    dir: Option<PathBuf>,
+    keep: bool,
+) -> anyhow::Result<()> {
+    if nodes < 2 {
+        bail!("--nodes must be at least 2 (one seed and one downloader)");
+    }
+    let limit: Option<u64> = match limit {
+        "none" | "" => None,
+        l => Some(l.parse::<Rate>()?.0),
+    };
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+            PathBuf::from("testnet-runs").join(t.to_string())
+        }
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = std::fs::canonicalize(&dir)?;
+    println!("testnet in {}", dir.display());
+
+    let tracker = launch::tracker(&dir.join("tracker"))?;
+    let mut common = vec!["--tracker".to_string(), tracker.addr.clone()];
+    if let Some(l) = limit {
+        common.extend(["--upload-limit".to_string(), l.to_string()]);
+    }
+    let mut stores = Vec::new();
+    for i in 0..storage {
+        let mut args = common.clone();
+        args.extend(["--role".to_string(), "storage".to_string()]);
+        stores.push(launch::daemon(
+            &format!("storage{i}"),
+            &dir.join(format!("storage{i}")),
+            &args,
+        )?);
+    }
+    let mut peers = Vec::new();
+    for i in 0..nodes {
+        peers.push(launch::daemon(&format!("node{i}"), &dir.join(format!("node{i}")), &common)?);
+    }
+    let seed = &peers[0];
+    let file = dir.join("file.bin");
+    launch::generate(&file, size, 0x5eed)?;
+    let ticket = launch::shoal(&seed.dir, &["add", file.to_str().context("path is not UTF-8")?])?
+        .trim()
+        .to_string();
+    write_testnet_json(&dir, &tracker, &stores, &peers, &ticket)?;
+    println!(
+        "tracker {}, {} storage, {} nodes; {} seeded by node0",
+        tracker.addr,
+        storage,
+        nodes,
+        human_bytes(size as f64)
+    );
+
+    let shoal_bin = launch::binary("shoal")?;
+    let _push = if storage > 0 {
+        Some(
+            Command::new(&shoal_bin)
+                .arg("--data-dir")
+                .arg(&seed.dir)
+                .args(["push", file.to_str().expect("utf-8")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        )
+    } else {
+        None
+    };
+    let t0 = Instant::now();
+    let mut gets: Vec<(usize, std::process::Child)> = (1..nodes)
+        .map(|i| {
+            let out = peers[i].dir.join("file.bin");
+            let child = Command::new(&shoal_bin)
+                .arg("--data-dir")
+                .arg(&peers[i].dir)
+                .args(["get", &ticket, "-o"])
+                .arg(&out)
+                .arg("--json")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()?;
+            Ok((i, child))
+        })
+        .collect::<anyhow::Result<_>>()?;
+
+    let clients: Vec<(String, Client)> = stores
+        .iter()
+        .chain(&peers)
+        .filter_map(|p| Client::find(&p.dir).ok().flatten().map(|c| (p.name.clone(), c)))
+        .collect();
+    let mut finish: Vec<Finish> = Vec::new();
+    let mut last_counters: HashMap<String, (u64, u64, Instant)> = HashMap::new();
+    let tty = std::io::stdout().is_terminal();
+    let mut last_print = Instant::now() - Duration::from_secs(10);
+    while !gets.is_empty() {
+        if t0.elapsed() > Duration::from_secs(1800) {
+            bail!("the testnet did not finish within 30 minutes");
+        }
+        let mut i = 0;
+        while i < gets.len() {
+            if let Some(status) = gets[i].1.try_wait()? {
+                let (n, mut child) = gets.swap_remove(i);
+                let mut out = String::new();
+                child.stdout.take().expect("piped").read_to_string(&mut out)?;
+                if !status.success() {
+                    bail!(
+                        "node{n} failed to fetch (see {})",
+                        peers[n].dir.join("log.txt").display()
+                    );
+                }
+                let v: serde_json::Value =
+                    serde_json::from_str(out.trim()).context("reading a fetch report")?;
+                finish.push(Finish {
+                    name: peers[n].name.clone(),
+                    node_id: peers[n].node_id.clone(),
+                    seconds: t0.elapsed().as_secs_f64(),
+                    bad_pieces: v["bad_pieces"].as_u64().unwrap_or(0),
+                    uploaded_bytes: 0,
+                });
+            } else {
+                i += 1;
+            }
+        }
+        let every = if tty { Duration::from_millis(500) } else { Duration::from_secs(2) };
+        if last_print.elapsed() >= every {
+            last_print = Instant::now();
+            let rows = table(&clients, &mut last_counters);
+            print_table(&rows, t0.elapsed(), finish.len(), nodes - 1, tty);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Each node's own counters.
+    let status = |p: &Proc| -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(&launch::shoal(&p.dir, &["status", "--json"])?)?)
+    };
+    let mut uploaded = Uploaded {
+        seed: status(seed)?["uploaded_bytes"].as_u64().unwrap_or(0),
+        ..Uploaded::default()
+    };
+    for f in &mut finish {
+        let p = peers.iter().find(|p| p.name == f.name).expect("known node");
+        f.uploaded_bytes = status(p)?["uploaded_bytes"].as_u64().unwrap_or(0);
+        uploaded.nodes += f.uploaded_bytes;
+    }
+    let mut storage_pieces = None;
+    for s in &stores {
+        let st = status(s)?;
+        uploaded.storage += st["uploaded_bytes"].as_u64().unwrap_or(0);
+        if let Some(c) = st["contents"].as_array().and_then(|a| a.first()) {
+            storage_pieces = Some((
+                c["pieces_have"].as_u64().unwrap_or(0),
+                c["pieces_total"].as_u64().unwrap_or(0),
+            ));
+        }
+    }
+    let report = Report::new(size, limit, storage, finish, uploaded, storage_pieces);
+    let note = report.write(&dir)?;
+    println!("\n{}", report.summary());
+    println!("report: {}", dir.join("report.json").display());
+    match note {
+        Some(n) => println!("{n}"),
+        None => println!("plot: {} and report.png", dir.join("report.svg").display()),
+    }
+    if keep {
+        println!("\nthe testnet stays up; join it from another terminal:");
+        println!("  shoal --data-dir /tmp/my-node daemon --testnet {}", dir.display());
+        println!("  shoal --data-dir /tmp/my-node get {ticket} -o /tmp/copy.bin");
+        println!("press Ctrl-C to stop it");
+        wait_for_signal()?;
+    }
+    drop(_push);
+    Ok(())
+}
+
+fn write_testnet_json(
+    dir: &Path,
+    tracker: &Proc,
+    stores: &[Proc],
+    nodes: &[Proc],
+    ticket: &str,
+) -> anyhow::Result<()> {
+    let entry = |p: &Proc| serde_json::json!({ "name": p.name, "node_id": p.node_id, "addr": p.addr, "data_dir": p.dir });
+    let v = serde_json::json!({
+        "tracker": tracker.addr,
+        "tracker_node_id": tracker.node_id,
+        "storage": stores.iter().map(entry).collect::<Vec<_>>(),
+        "nodes": nodes.iter().map(entry).collect::<Vec<_>>(),
+        "ticket": ticket,
+    });
+    std::fs::write(dir.join("testnet.json"), serde_json::to_vec_pretty(&v)?)?;
+    Ok(())
+}
+
+fn table(
+    clients: &[(String, Client)],
+    last: &mut HashMap<String, (u64, u64, Instant)>,
+) -> Vec<Row> {
+    clients
+        .iter()
+        .filter_map(|(name, c)| {
+            let s = c.status().ok()?;
+            let content = s.contents.first();
+            let now = Instant::now();
+            let (down0, up0, t) =
+                last.get(name).copied().unwrap_or((s.downloaded_bytes, s.uploaded_bytes, now));
+            let secs = now.duration_since(t).as_secs_f64().max(1e-3);
+            let row = Row {
+                name: name.clone(),
+                have: content.map_or(0, |c| c.pieces_have),
+                total: content.map_or(0, |c| c.pieces_total),
+                peers: content.map_or(0, |c| c.peers),
+                down: s.downloaded_bytes.saturating_sub(down0) as f64 / secs,
+                up: s.uploaded_bytes.saturating_sub(up0) as f64 / secs,
+            };
+            last.insert(name.clone(), (s.downloaded_bytes, s.uploaded_bytes, now));
+            Some(row)
+        })
+        .collect()
+}
+
+fn print_table(rows: &[Row], elapsed: Duration, done: usize, of: usize, tty: bool) {
+    if tty {
+        print!("\x1b[H\x1b[2J");
+    }
+    println!("t = {:.1} s, {done}/{of} downloaders finished", elapsed.as_secs_f64());
+    println!(
+        "{:<10} {:>9} {:>7} {:>12} {:>12} {:>6}",
+        "node", "pieces", "done", "down", "up", "peers"
+    );
+    for r in rows {
+        let pct = if r.total == 0 { 0.0 } else { 100.0 * f64::from(r.have) / f64::from(r.total) };
+        println!(
+            "{:<10} {:>9} {:>6.1}% {:>10}/s {:>10}/s {:>6}",
+            r.name,
+            format!("{}/{}", r.have, r.total),
+            pct,
+            human_bytes(r.down),
+            human_bytes(r.up),
+            r.peers
+        );
+    }
+}
+
+fn wait_for_signal() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        anyhow::Ok(())
+    })
+}

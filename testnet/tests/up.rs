@@ -1,0 +1,113 @@
+//! `shoal-testnet up` with the real binaries, at a small size.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shoal-testnet");
+
+fn shoal() -> std::path::PathBuf {
+    let p = Path::new(BIN).with_file_name("shoal");
+    assert!(p.exists(), "build the workspace binaries first (cargo build --bins)");
+    p
+}
+
+#[test]
+fn a_small_testnet_runs_and_reports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let out = Command::new(BIN)
+        .args([
+            "up",
+            "--nodes",
+            "3",
+            "--storage",
+            "1",
+            "--file-size",
+            "2MiB",
+            "--upload-limit",
+            "4MiB/s",
+            "--dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["downloaders"], 2);
+    assert_eq!(report["finish"].as_array().unwrap().len(), 2);
+    assert!(report["bound_s"].as_f64().unwrap() > 0.0);
+    assert!(report["ratio_to_bound"].as_f64().unwrap() >= 1.0, "nothing beats the bound: {report}");
+    assert!(
+        report["uploaded"]["seed"].as_u64().unwrap() >= 2 * 1024 * 1024,
+        "the seed sent at least one copy"
+    );
+    assert_eq!(report["bad_pieces"], 0);
+    // Every downloader holds a byte-identical copy.
+    let original = std::fs::read(dir.join("file.bin")).unwrap();
+    for n in ["node1", "node2"] {
+        assert_eq!(std::fs::read(dir.join(n).join("file.bin")).unwrap(), original, "{n}");
+    }
+    assert!(std::fs::read_to_string(dir.join("report.svg")).unwrap().contains("<svg"));
+    assert_eq!(&std::fs::read(dir.join("report.png")).unwrap()[..4], b"\x89PNG");
+    assert!(stdout.contains("fluid lower bound"), "{stdout}");
+}
+
+#[test]
+fn a_node_joins_a_kept_testnet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let mut up = Command::new(BIN)
+        .args(["up", "--nodes", "2", "--storage", "0", "--file-size", "1MiB", "--keep", "--dir"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    let mut ticket = None;
+    for line in lines.map_while(Result::ok) {
+        if let Some(t) = line.trim().strip_prefix("shoal --data-dir /tmp/my-node get ") {
+            ticket = t.split_whitespace().next().map(str::to_string);
+        }
+        if line.contains("press Ctrl-C") {
+            break;
+        }
+    }
+    let ticket = ticket.expect("join instructions with the ticket");
+    // Join with a daemon of our own, then fetch through it.
+    let me = tmp.path().join("me");
+    let mut daemon = Command::new(shoal())
+        .arg("--data-dir")
+        .arg(&me)
+        .args(["daemon", "--listen", "127.0.0.1:0", "--testnet"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(daemon.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let copy = tmp.path().join("copy.bin");
+    let got = Command::new(shoal())
+        .arg("--data-dir")
+        .arg(&me)
+        .args(["get", &ticket, "-o"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(dir.join("file.bin")).unwrap());
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    // SIGTERM stops the testnet and everything it started.
+    Command::new("kill").args(["-TERM", &up.id().to_string()]).status().unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    while up.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < end, "the testnet did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
