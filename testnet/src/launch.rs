@@ -62,14 +62,19 @@ fn first_line(child: &mut Child, prefix: &str, limit: Duration) -> anyhow::Resul
     }
 }
 
-/// Starts `shoal-tracker serve` in `dir`.
+/// Starts `shoal-tracker serve` in `dir` on a free port.
 pub(crate) fn tracker(dir: &Path) -> anyhow::Result<Proc> {
+    tracker_at(dir, "127.0.0.1:0")
+}
+
+/// Starts `shoal-tracker serve` in `dir` listening on `listen` (a restart keeps its address).
+pub(crate) fn tracker_at(dir: &Path, listen: &str) -> anyhow::Result<Proc> {
     std::fs::create_dir_all(dir)?;
     let mut child = Command::new(binary("shoal-tracker")?)
         .args([
             "serve",
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--heartbeat",
             "1",
             "--node-ttl",
@@ -81,7 +86,7 @@ pub(crate) fn tracker(dir: &Path) -> anyhow::Result<Proc> {
         .arg(dir)
         .env("SHOAL_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("log.txt"))?)
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(dir.join("log.txt"))?)
         .spawn()
         .context("starting shoal-tracker")?;
     // "shoal-tracker: node ID listening on ADDR, http off"
@@ -106,7 +111,7 @@ pub(crate) fn daemon(name: &str, dir: &Path, extra: &[String]) -> anyhow::Result
         .args(extra)
         .env("SHOAL_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("log.txt"))?)
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(dir.join("log.txt"))?)
         .spawn()
         .with_context(|| format!("starting {name}"))?;
     // "shoal daemon: node ID listening on ADDR, control http://.."

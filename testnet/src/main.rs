@@ -2,6 +2,7 @@
 
 mod launch;
 mod report;
+mod scenario;
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read};
@@ -49,12 +50,26 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// Run a scenario file (faults, then invariants); exits non-zero if an invariant breaks.
+    Run {
+        /// The scenario (TOML), e.g. testnet/scenarios/churn.toml.
+        file: PathBuf,
+        /// Run directory; default testnet-runs/<scenario name>.
+        #[arg(long, env = "SHOAL_TESTNET_DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
-    let Cmd::Up { nodes, storage, file_size, upload_limit, dir, keep } = Cli::parse().command;
-    match up(nodes, storage, file_size.0, &upload_limit, dir, keep) {
-        Ok(()) => ExitCode::SUCCESS,
+    let result = match Cli::parse().command {
+        Cmd::Up { nodes, storage, file_size, upload_limit, dir, keep } => {
+            up(nodes, storage, file_size.0, &upload_limit, dir, keep).map(|()| true)
+        }
+        Cmd::Run { file, dir } => scenario::run(&file, dir),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -1,0 +1,62 @@
+//! Every shipped scenario, run with the real binaries at the small sizes they ship with; each
+//! must exit 0 (all invariants hold).
+
+use std::path::Path;
+use std::process::Command;
+
+fn run(name: &str) {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios").join(format!("{name}.toml"));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal-testnet"))
+        .arg("run")
+        .arg(&file)
+        .arg("--dir")
+        .arg(tmp.path().join(name))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{name}:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("all invariants hold"), "{stdout}");
+}
+
+#[test]
+fn churn() {
+    run("churn");
+}
+
+#[test]
+fn seed_leaves() {
+    run("seed-leaves");
+}
+
+#[test]
+fn malicious() {
+    run("malicious");
+}
+
+#[test]
+fn tracker_restart() {
+    run("tracker-restart");
+}
+
+#[test]
+fn storage_restart() {
+    run("storage-restart");
+}
+
+#[test]
+fn uploader_gone() {
+    run("uploader-gone");
+}
+
+#[test]
+fn a_bad_scenario_file_is_refused_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "name = \"x\"\nnodes = 3\nfile_size = \"1MiB\"\nbogus = 1\n").unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_shoal-testnet")).arg("run").arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a valid scenario") && err.contains("bogus"), "{err}");
+}
