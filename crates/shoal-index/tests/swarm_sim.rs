@@ -55,11 +55,11 @@ fn simulate(downloaders: usize, pieces: u32, hints: usize) -> Outcome {
     let mut seed_uploads = 0;
     let position = |id: &NodeId| ids.iter().position(|x| x == id).unwrap();
 
-    for now in 0..100_000u64 {
+    for tick in 0..100_000u64 {
         if (1..n).all(|d| pickers[d].is_complete()) {
             break;
         }
-        if now % LOOKUP_EVERY == 0 {
+        if tick % LOOKUP_EVERY == 0 {
             for d in 1..n {
                 if pickers[d].is_complete() {
                     continue;
@@ -106,14 +106,14 @@ fn simulate(downloaders: usize, pieces: u32, hints: usize) -> Outcome {
                 continue;
             }
             pickers[d].piece_verified(j, p);
-            index.announce_delta(now, ids[d], content, &[p]).unwrap();
+            index.announce_delta(tick, ids[d], content, &[p]).unwrap();
             for (k, set) in known.iter().enumerate() {
                 if set.contains(&d) {
                     pickers[k].peer_has(d, p);
                 }
             }
             if pickers[d].is_complete() {
-                finish[d] = now + 1;
+                finish[d] = tick + 1;
             }
         }
     }
