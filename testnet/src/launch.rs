@@ -16,6 +16,8 @@ pub(crate) struct Proc {
     pub(crate) dir: PathBuf,
     pub(crate) node_id: String,
     pub(crate) addr: String,
+    /// The network namespace it runs in, if any.
+    pub(crate) ns: Option<String>,
 }
 
 impl Drop for Proc {
@@ -38,6 +40,18 @@ pub(crate) fn binary(name: &str) -> anyhow::Result<PathBuf> {
         return Ok(found);
     }
     bail!("cannot find {name}: build it with `cargo build --release --bins` (it must sit beside shoal-testnet or on PATH)")
+}
+
+/// A command running `bin`, inside namespace `ns` if given (`ip netns exec` keeps the PID).
+pub(crate) fn command(bin: &Path, ns: Option<&str>) -> Command {
+    match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
 }
 
 /// Waits for the first stdout line that starts with `prefix`, within `limit`.
@@ -64,13 +78,13 @@ fn first_line(child: &mut Child, prefix: &str, limit: Duration) -> anyhow::Resul
 
 /// Starts `shoal-tracker serve` in `dir` on a free port.
 pub(crate) fn tracker(dir: &Path) -> anyhow::Result<Proc> {
-    tracker_at(dir, "127.0.0.1:0")
+    tracker_at(dir, "127.0.0.1:0", None)
 }
 
 /// Starts `shoal-tracker serve` in `dir` listening on `listen` (a restart keeps its address).
-pub(crate) fn tracker_at(dir: &Path, listen: &str) -> anyhow::Result<Proc> {
+pub(crate) fn tracker_at(dir: &Path, listen: &str, ns: Option<&str>) -> anyhow::Result<Proc> {
     std::fs::create_dir_all(dir)?;
-    let mut child = Command::new(binary("shoal-tracker")?)
+    let mut child = command(&binary("shoal-tracker")?, ns)
         .args([
             "serve",
             "--listen",
@@ -97,17 +111,29 @@ pub(crate) fn tracker_at(dir: &Path, listen: &str) -> anyhow::Result<Proc> {
         dir: dir.to_path_buf(),
         node_id: w[2].to_string(),
         addr: w[5].trim_end_matches(',').to_string(),
+        ns: ns.map(str::to_string),
         child,
     })
 }
 
 /// Starts `shoal daemon` named `name` in `dir` with `extra` flags.
 pub(crate) fn daemon(name: &str, dir: &Path, extra: &[String]) -> anyhow::Result<Proc> {
+    daemon_in(name, dir, extra, None)
+}
+
+/// Starts `shoal daemon` inside namespace slot `net` (its address), or on loopback.
+pub(crate) fn daemon_in(
+    name: &str,
+    dir: &Path,
+    extra: &[String],
+    net: Option<&crate::netns::Slot>,
+) -> anyhow::Result<Proc> {
     std::fs::create_dir_all(dir)?;
-    let mut child = Command::new(binary("shoal")?)
+    let listen = net.map_or_else(|| "127.0.0.1:0".to_string(), |n| format!("{}:0", n.addr));
+    let mut child = command(&binary("shoal")?, net.map(|n| n.ns.as_str()))
         .arg("--data-dir")
         .arg(dir)
-        .args(["daemon", "--listen", "127.0.0.1:0"])
+        .args(["daemon", "--listen", &listen])
         .args(extra)
         .env("SHOAL_LOG", "warn")
         .stdout(Stdio::piped())
@@ -122,13 +148,19 @@ pub(crate) fn daemon(name: &str, dir: &Path, extra: &[String]) -> anyhow::Result
         dir: dir.to_path_buf(),
         node_id: w[3].to_string(),
         addr: w[6].trim_end_matches(',').to_string(),
+        ns: net.map(|n| n.ns.clone()),
         child,
     })
 }
 
 /// Runs `shoal --data-dir DIR ARGS..` to completion; its stdout.
 pub(crate) fn shoal(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(binary("shoal")?).arg("--data-dir").arg(dir).args(args).output()?;
+    shoal_in(dir, args, None)
+}
+
+/// Runs a `shoal` command against the daemon of `dir`, inside its namespace if any.
+pub(crate) fn shoal_in(dir: &Path, args: &[&str], ns: Option<&str>) -> anyhow::Result<String> {
+    let out = command(&binary("shoal")?, ns).arg("--data-dir").arg(dir).args(args).output()?;
     if !out.status.success() {
         bail!("shoal {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }

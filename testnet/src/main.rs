@@ -1,13 +1,14 @@
 //! `shoal-testnet`: start a local Shoal testnet, let every node fetch a file, measure it.
 
 mod launch;
+mod netns;
 mod report;
 mod scenario;
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -49,6 +50,10 @@ enum Cmd {
         /// Stay up after the report, for others to join, until Ctrl-C.
         #[arg(long)]
         keep: bool,
+        /// Put each process in its own network namespace on a bridge, its upload shaped with
+        /// `tc tbf` to the upload limit (needs root and iproute2).
+        #[arg(long)]
+        netns: bool,
     },
     /// Run a scenario file (faults, then invariants); exits non-zero if an invariant breaks.
     Run {
@@ -62,8 +67,8 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
-        Cmd::Up { nodes, storage, file_size, upload_limit, dir, keep } => {
-            up(nodes, storage, file_size.0, &upload_limit, dir, keep).map(|()| true)
+        Cmd::Up { nodes, storage, file_size, upload_limit, dir, keep, netns } => {
+            up(nodes, storage, file_size.0, &upload_limit, dir, keep, netns).map(|()| true)
         }
         Cmd::Run { file, dir } => scenario::run(&file, dir),
     };
@@ -93,6 +98,7 @@ fn up(
     limit: &str,
     dir: Option<PathBuf>,
     keep: bool,
+    use_netns: bool,
 ) -> anyhow::Result<()> {
     if nodes < 2 {
         bail!("--nodes must be at least 2 (one seed and one downloader)");
@@ -112,7 +118,19 @@ fn up(
     let dir = std::fs::canonicalize(&dir)?;
     println!("testnet in {}", dir.display());
 
-    let tracker = launch::tracker(&dir.join("tracker"))?;
+    // Declared first, dropped last: namespaces go after the processes in them.
+    let mut net = if use_netns { Some(netns::Net::new()?) } else { None };
+    let mut slot = |name: &str, shaped: bool| -> anyhow::Result<Option<netns::Slot>> {
+        match net.as_mut() {
+            Some(n) => Ok(Some(n.add(name, if shaped { limit } else { None })?)),
+            None => Ok(None),
+        }
+    };
+    let interrupted = interrupt_flag();
+    let tracker = match slot("tracker", false)? {
+        Some(s) => launch::tracker_at(&dir.join("tracker"), &format!("{}:0", s.addr), Some(&s.ns))?,
+        None => launch::tracker(&dir.join("tracker"))?,
+    };
     let mut common = vec!["--tracker".to_string(), tracker.addr.clone()];
     if let Some(l) = limit {
         common.extend(["--upload-limit".to_string(), l.to_string()]);
@@ -121,22 +139,26 @@ fn up(
     for i in 0..storage {
         let mut args = common.clone();
         args.extend(["--role".to_string(), "storage".to_string()]);
-        stores.push(launch::daemon(
-            &format!("storage{i}"),
-            &dir.join(format!("storage{i}")),
-            &args,
-        )?);
+        let name = format!("storage{i}");
+        let sl = slot(&name, true)?;
+        stores.push(launch::daemon_in(&name, &dir.join(&name), &args, sl.as_ref())?);
     }
     let mut peers = Vec::new();
     for i in 0..nodes {
-        peers.push(launch::daemon(&format!("node{i}"), &dir.join(format!("node{i}")), &common)?);
+        let name = format!("node{i}");
+        let sl = slot(&name, true)?;
+        peers.push(launch::daemon_in(&name, &dir.join(&name), &common, sl.as_ref())?);
     }
     let seed = &peers[0];
     let file = dir.join("file.bin");
     launch::generate(&file, size, 0x5eed)?;
-    let ticket = launch::shoal(&seed.dir, &["add", file.to_str().context("path is not UTF-8")?])?
-        .trim()
-        .to_string();
+    let ticket = launch::shoal_in(
+        &seed.dir,
+        &["add", file.to_str().context("path is not UTF-8")?],
+        seed.ns.as_deref(),
+    )?
+    .trim()
+    .to_string();
     write_testnet_json(&dir, &tracker, &stores, &peers, &ticket)?;
     println!(
         "tracker {}, {} storage, {} nodes; {} seeded by node0",
@@ -149,7 +171,7 @@ fn up(
     let shoal_bin = launch::binary("shoal")?;
     let _push = if storage > 0 {
         Some(
-            Command::new(&shoal_bin)
+            launch::command(&shoal_bin, seed.ns.as_deref())
                 .arg("--data-dir")
                 .arg(&seed.dir)
                 .args(["push", file.to_str().expect("utf-8")])
@@ -164,7 +186,7 @@ fn up(
     let mut gets: Vec<(usize, std::process::Child)> = (1..nodes)
         .map(|i| {
             let out = peers[i].dir.join("file.bin");
-            let child = Command::new(&shoal_bin)
+            let child = launch::command(&shoal_bin, peers[i].ns.as_deref())
                 .arg("--data-dir")
                 .arg(&peers[i].dir)
                 .args(["get", &ticket, "-o"])
@@ -187,6 +209,9 @@ fn up(
     let tty = std::io::stdout().is_terminal();
     let mut last_print = Instant::now() - Duration::from_secs(10);
     while !gets.is_empty() {
+        if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+            bail!("interrupted; the testnet was stopped and cleaned up");
+        }
         if t0.elapsed() > Duration::from_secs(1800) {
             bail!("the testnet did not finish within 30 minutes");
         }
@@ -218,7 +243,11 @@ fn up(
         let every = if tty { Duration::from_millis(500) } else { Duration::from_secs(2) };
         if last_print.elapsed() >= every {
             last_print = Instant::now();
-            let rows = table(&clients, &mut last_counters);
+            let rows = if use_netns {
+                netns_table(stores.iter().chain(&peers), &mut last_counters)
+            } else {
+                table(&clients, &mut last_counters)
+            };
             print_table(&rows, t0.elapsed(), finish.len(), nodes - 1, tty);
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -226,7 +255,11 @@ fn up(
 
     // Each node's own counters.
     let status = |p: &Proc| -> anyhow::Result<serde_json::Value> {
-        Ok(serde_json::from_str(&launch::shoal(&p.dir, &["status", "--json"])?)?)
+        Ok(serde_json::from_str(&launch::shoal_in(
+            &p.dir,
+            &["status", "--json"],
+            p.ns.as_deref(),
+        )?)?)
     };
     let mut uploaded = Uploaded {
         seed: status(seed)?["uploaded_bytes"].as_u64().unwrap_or(0),
@@ -286,31 +319,58 @@ fn write_testnet_json(
     Ok(())
 }
 
+/// Set by Ctrl-C or SIGTERM, so a run stops and cleans up (processes, namespaces).
+fn interrupt_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = flag.clone();
+    std::thread::spawn(move || {
+        if wait_for_signal().is_ok() {
+            f.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    flag
+}
+
+/// The live table for namespaced daemons, whose control APIs are on their own loopback.
+fn netns_table<'a>(
+    procs: impl Iterator<Item = &'a Proc>,
+    last: &mut HashMap<String, (u64, u64, Instant)>,
+) -> Vec<Row> {
+    procs
+        .filter_map(|p| {
+            let out = launch::shoal_in(&p.dir, &["status", "--json"], p.ns.as_deref()).ok()?;
+            let s: shoal_node::node::Status = serde_json::from_str(&out).ok()?;
+            Some(row(&p.name, &s, last))
+        })
+        .collect()
+}
+
+fn row(
+    name: &str,
+    s: &shoal_node::node::Status,
+    last: &mut HashMap<String, (u64, u64, Instant)>,
+) -> Row {
+    let content = s.contents.first();
+    let now = Instant::now();
+    let (down0, up0, t) =
+        last.get(name).copied().unwrap_or((s.downloaded_bytes, s.uploaded_bytes, now));
+    let secs = now.duration_since(t).as_secs_f64().max(1e-3);
+    last.insert(name.to_string(), (s.downloaded_bytes, s.uploaded_bytes, now));
+    Row {
+        name: name.to_string(),
+        have: content.map_or(0, |c| c.pieces_have),
+        total: content.map_or(0, |c| c.pieces_total),
+        peers: content.map_or(0, |c| c.peers),
+        down: s.downloaded_bytes.saturating_sub(down0) as f64 / secs,
+        up: s.uploaded_bytes.saturating_sub(up0) as f64 / secs,
+    }
+}
+
 fn table(
     clients: &[(String, Client)],
     last: &mut HashMap<String, (u64, u64, Instant)>,
 ) -> Vec<Row> {
-    clients
-        .iter()
-        .filter_map(|(name, c)| {
-            let s = c.status().ok()?;
-            let content = s.contents.first();
-            let now = Instant::now();
-            let (down0, up0, t) =
-                last.get(name).copied().unwrap_or((s.downloaded_bytes, s.uploaded_bytes, now));
-            let secs = now.duration_since(t).as_secs_f64().max(1e-3);
-            let row = Row {
-                name: name.clone(),
-                have: content.map_or(0, |c| c.pieces_have),
-                total: content.map_or(0, |c| c.pieces_total),
-                peers: content.map_or(0, |c| c.peers),
-                down: s.downloaded_bytes.saturating_sub(down0) as f64 / secs,
-                up: s.uploaded_bytes.saturating_sub(up0) as f64 / secs,
-            };
-            last.insert(name.clone(), (s.downloaded_bytes, s.uploaded_bytes, now));
-            Some(row)
-        })
-        .collect()
+    clients.iter().filter_map(|(name, c)| Some(row(name, &c.status().ok()?, last))).collect()
 }
 
 fn print_table(rows: &[Row], elapsed: Duration, done: usize, of: usize, tty: bool) {

@@ -208,7 +208,7 @@ pub(crate) fn run(file: &Path, dir: Option<PathBuf>) -> anyhow::Result<bool> {
         for (_, target) in due {
             println!("t = {:.1} s: restart {target}", t0.elapsed().as_secs_f64());
             if target == "tracker" {
-                tracker = launch::tracker_at(&dir.join("tracker"), &taddr)?;
+                tracker = launch::tracker_at(&dir.join("tracker"), &taddr, None)?;
             } else if let Some(i) =
                 target.strip_prefix("storage").and_then(|n| n.parse::<usize>().ok())
             {

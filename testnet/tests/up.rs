@@ -111,3 +111,111 @@ fn a_node_joins_a_kept_testnet() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Namespaces of the run of testnet process `pid` that still exist.
+fn leftovers(pid: u32) -> usize {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let prefix = format!("shoaltn-{pid}-");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with(&prefix)).count()
+}
+
+#[test]
+fn network_namespaces_with_shaped_links_and_nothing_left_behind() {
+    if !is_root() {
+        eprintln!("skipping: --netns needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let child = Command::new(BIN)
+        .args([
+            "up",
+            "--netns",
+            "--nodes",
+            "3",
+            "--storage",
+            "1",
+            "--file-size",
+            "2MiB",
+            "--upload-limit",
+            "2MiB/s",
+        ])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tn: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("testnet.json")).unwrap()).unwrap();
+    assert!(
+        tn["tracker"].as_str().unwrap().starts_with("10.199."),
+        "processes have namespace addresses: {tn}"
+    );
+    let original = std::fs::read(dir.join("file.bin")).unwrap();
+    for n in ["node1", "node2"] {
+        assert_eq!(std::fs::read(dir.join(n).join("file.bin")).unwrap(), original, "{n}");
+    }
+    assert_eq!(leftovers(pid), 0, "namespaces removed on exit");
+}
+
+#[test]
+fn sigterm_mid_run_stops_and_cleans_up() {
+    if !is_root() {
+        eprintln!("skipping: --netns needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut up = Command::new(BIN)
+        .args([
+            "up",
+            "--netns",
+            "--nodes",
+            "3",
+            "--storage",
+            "0",
+            "--file-size",
+            "64MiB",
+            "--upload-limit",
+            "1MiB/s",
+        ])
+        .arg("--dir")
+        .arg(tmp.path().join("run"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the live table (the run is under way), then keep draining stdout.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = up.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("downloaders finished") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60)).expect("the live table appears");
+    Command::new("kill").args(["-TERM", &up.id().to_string()]).status().unwrap();
+    let status = up.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut up.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("interrupted"), "{err}");
+    assert_eq!(leftovers(up.id()), 0, "namespaces removed after SIGTERM");
+}
