@@ -125,6 +125,12 @@ fn cleanup_leftovers() {
             let Some(name) = line.split_whitespace().next() else { continue };
             let pid = name.strip_prefix(PREFIX).and_then(|r| r.split('-').next());
             if pid.is_some_and(abandoned) {
+                // Processes a crashed run started still run inside: end them first.
+                if let Ok(pids) = Command::new("ip").args(["netns", "pids", name]).output() {
+                    for p in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                        let _ = Command::new("kill").args(["-9", p]).output();
+                    }
+                }
                 let _ = Command::new("ip").args(["netns", "del", name]).output();
             }
         }

@@ -219,3 +219,56 @@ fn sigterm_mid_run_stops_and_cleans_up() {
     assert!(err.contains("interrupted"), "{err}");
     assert_eq!(leftovers(up.id()), 0, "namespaces removed after SIGTERM");
 }
+
+#[test]
+fn a_crashed_runs_namespaces_and_processes_are_cleaned_up_by_the_next() {
+    if !is_root() {
+        eprintln!("skipping: --netns needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut crashed = Command::new(BIN)
+        .args([
+            "up",
+            "--netns",
+            "--nodes",
+            "2",
+            "--storage",
+            "0",
+            "--file-size",
+            "1MiB",
+            "--keep",
+            "--dir",
+        ])
+        .arg(tmp.path().join("crashed"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = crashed.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("press Ctrl-C") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60)).expect("the testnet stays up");
+    let pid = crashed.id();
+    crashed.kill().unwrap(); // SIGKILL: no cleanup of its own
+    crashed.wait().unwrap();
+    assert!(leftovers(pid) > 0, "a crash leaves namespaces behind");
+    // The next run removes them, and ends the processes that were running inside.
+    let out = Command::new(BIN)
+        .args(["up", "--netns", "--nodes", "2", "--storage", "0", "--file-size", "1MiB", "--dir"])
+        .arg(tmp.path().join("next"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(leftovers(pid), 0, "the crashed run's namespaces are gone");
+    let data_dir = tmp.path().join("crashed").join("node0");
+    let still =
+        Command::new("pgrep").args(["-f", &data_dir.display().to_string()]).output().unwrap();
+    assert!(String::from_utf8_lossy(&still.stdout).trim().is_empty(), "its processes are gone");
+}
