@@ -1,5 +1,6 @@
 //! `shoal-testnet`: start a local Shoal testnet, let every node fetch a file, measure it.
 
+mod bench;
 mod launch;
 mod netns;
 mod report;
@@ -55,6 +56,15 @@ enum Cmd {
         #[arg(long)]
         netns: bool,
     },
+    /// Run the benchmark suite of BENCHMARKS.md and print its tables (long; --quick is small).
+    Bench {
+        /// Small sizes, one round: a smoke run in seconds, not figures to quote.
+        #[arg(long)]
+        quick: bool,
+        /// Scratch directory (needs about twice the file size free); removed afterwards.
+        #[arg(long, env = "SHOAL_TESTNET_DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Run a scenario file (faults, then invariants); exits non-zero if an invariant breaks.
     Run {
         /// The scenario (TOML), e.g. testnet/scenarios/churn.toml.
@@ -71,6 +81,14 @@ fn main() -> ExitCode {
             up(nodes, storage, file_size.0, &upload_limit, dir, keep, netns).map(|()| true)
         }
         Cmd::Run { file, dir } => scenario::run(&file, dir),
+        Cmd::Bench { quick, dir } => {
+            let root = dir.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("shoal-bench-{}", std::process::id()))
+            });
+            let r = bench::run(quick, &root);
+            let _ = std::fs::remove_dir_all(&root);
+            r.map(|()| true)
+        }
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

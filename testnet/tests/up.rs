@@ -272,3 +272,21 @@ fn a_crashed_runs_namespaces_and_processes_are_cleaned_up_by_the_next() {
         Command::new("pgrep").args(["-f", &data_dir.display().to_string()]).output().unwrap();
     assert!(String::from_utf8_lossy(&still.stdout).trim().is_empty(), "its processes are gone");
 }
+
+#[test]
+fn bench_quick_prints_every_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["bench", "--quick", "--dir"])
+        .arg(tmp.path().join("bench"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for want in
+        ["### Import", "shoal / BLAKE3 =", "### Transfer", "QUIC / HTTP =", "### Swarm", "| 4 |"]
+    {
+        assert!(stdout.contains(want), "{want} missing:\n{stdout}");
+    }
+    assert!(!tmp.path().join("bench").exists(), "scratch removed");
+}
