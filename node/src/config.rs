@@ -77,6 +77,8 @@ pub struct NodeConfig {
     pub download_limit: Option<Rate>,
     /// Testing only: probability of flipping a byte in each uploaded piece.
     pub danger_corrupt_uploads: f64,
+    /// Testing only: claim every piece of any content held in part (a lying bitfield).
+    pub danger_lie_bitfield: bool,
     /// The tracker to register with (`host:port`), put in the tickets of added files.
     pub tracker: Option<String>,
     /// For a storage node: the object store URL (`file:///path` or `s3://bucket`).
@@ -94,6 +96,7 @@ impl NodeConfig {
             upload_limit: None,
             download_limit: None,
             danger_corrupt_uploads: 0.0,
+            danger_lie_bitfield: false,
             tracker: None,
             storage: None,
             s3: shoal_cloud::backend::S3Options::default(),

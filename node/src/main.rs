@@ -75,6 +75,9 @@ enum Command {
         /// Allow a plain-HTTP S3 endpoint (unencrypted: for a store on loopback).
         #[arg(long, env = "SHOAL_DANGER_S3_ALLOW_HTTP")]
         danger_s3_allow_http: bool,
+        /// TESTING ONLY: advertise every piece of any content held in part (a lying bitfield).
+        #[arg(long, env = "SHOAL_DANGER_LIE_BITFIELD")]
+        danger_lie_bitfield: bool,
         /// TESTING ONLY: flip a byte in each uploaded piece with this probability.
         #[arg(long, env = "SHOAL_DANGER_CORRUPT_UPLOADS", default_value_t = 0.0, value_parser = probability)]
         danger_corrupt_uploads: f64,
@@ -184,6 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             store,
             s3_endpoint,
             danger_s3_allow_http,
+            danger_lie_bitfield,
             danger_corrupt_uploads,
         } => {
             let tracker = match testnet {
@@ -206,6 +210,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 upload_limit,
                 download_limit,
                 danger_corrupt_uploads,
+                danger_lie_bitfield,
                 tracker,
                 storage,
                 s3,

@@ -113,6 +113,8 @@ pub struct Node {
     pub(crate) upload: RateLimiter,
     pub(crate) download: RateLimiter,
     pub(crate) corrupt: f64,
+    /// Testing only: advertise full bitfields (see `NodeConfig::danger_lie_bitfield`).
+    pub(crate) lie: bool,
     pub(crate) stats: Stats,
     /// Newly verified pieces, for the control streams of peers subscribed to them and for
     /// tracker deltas.
@@ -159,6 +161,7 @@ impl Node {
             upload: RateLimiter::new(config.upload_limit.map(|r| r.0)),
             download: RateLimiter::new(config.download_limit.map(|r| r.0)),
             corrupt: config.danger_corrupt_uploads,
+            lie: config.danger_lie_bitfield,
             stats: Stats::default(),
             haves: broadcast::channel(4096).0,
             contents_changed: broadcast::channel(256).0,

@@ -39,10 +39,12 @@ impl Node {
 
     /// The pieces this node can serve of a content; `None` if it holds nothing of it.
     pub(crate) fn holding(&self, c: ContentId) -> anyhow::Result<Option<Bitfield>> {
-        Ok(match &self.cloud {
+        let held = match &self.cloud {
             Some(cloud) => cloud.bitfield(c)?,
             None => self.store.bitfield(c)?,
-        })
+        };
+        // A lying node (testing only) claims all of whatever it holds any of.
+        Ok(if self.lie { held.map(|b| Bitfield::full(b.len())) } else { held })
     }
 
     /// The encoded manifest of a content it holds.

@@ -72,6 +72,9 @@ enum Cmd {
         /// Run directory; default testnet-runs/<scenario name>.
         #[arg(long, env = "SHOAL_TESTNET_DIR")]
         dir: Option<PathBuf>,
+        /// Each process in its own network namespace, uploads shaped with `tc tbf` (root).
+        #[arg(long)]
+        netns: bool,
     },
 }
 
@@ -80,7 +83,7 @@ fn main() -> ExitCode {
         Cmd::Up { nodes, storage, file_size, upload_limit, dir, keep, netns } => {
             up(nodes, storage, file_size.0, &upload_limit, dir, keep, netns).map(|()| true)
         }
-        Cmd::Run { file, dir } => scenario::run(&file, dir),
+        Cmd::Run { file, dir, netns } => scenario::run(&file, dir, netns),
         Cmd::Bench { quick, dir } => {
             let root = dir.unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("shoal-bench-{}", std::process::id()))

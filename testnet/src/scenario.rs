@@ -8,6 +8,7 @@
 //! storage = 0            # storage nodes
 //! push = false           # the seed pushes the file into storage while it seeds
 //! corrupters = 0         # extra seeders that flip a byte in every piece they upload
+//! liars = 0              # extra downloaders that advertise pieces they do not have
 //! file_size = "16MiB"
 //! upload_limit = "4MiB/s"
 //!
@@ -27,7 +28,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -48,6 +49,9 @@ struct Scenario {
     push: bool,
     #[serde(default)]
     corrupters: usize,
+    /// Extra downloaders that advertise every piece they hold any of (lying bitfields).
+    #[serde(default)]
+    liars: usize,
     file_size: String,
     upload_limit: Option<String>,
     #[serde(default)]
@@ -80,7 +84,7 @@ struct Get {
 }
 
 fn spawn_get(shoal: &Path, node: &Proc, ticket: &str) -> anyhow::Result<Child> {
-    Ok(Command::new(shoal)
+    Ok(launch::command(shoal, node.ns.as_deref())
         .arg("--data-dir")
         .arg(&node.dir)
         .args(["get", ticket, "-o"])
@@ -92,7 +96,53 @@ fn spawn_get(shoal: &Path, node: &Proc, ticket: &str) -> anyhow::Result<Child> {
 }
 
 /// Runs the scenario in `file`; `Ok(false)` if an invariant broke.
-pub(crate) fn run(file: &Path, dir: Option<PathBuf>) -> anyhow::Result<bool> {
+/// Where processes run: on loopback, or each in its own namespace (kept across restarts).
+struct Place {
+    net: Option<crate::netns::Net>,
+    slots: std::collections::HashMap<String, crate::netns::Slot>,
+    rate: Option<u64>,
+}
+
+impl Place {
+    fn slot(&mut self, name: &str, shaped: bool) -> anyhow::Result<Option<crate::netns::Slot>> {
+        let Some(net) = self.net.as_mut() else { return Ok(None) };
+        if let Some(s) = self.slots.get(name) {
+            return Ok(Some(s.clone()));
+        }
+        let s = net.add(name, if shaped { self.rate } else { None })?;
+        self.slots.insert(name.to_string(), s.clone());
+        Ok(Some(s))
+    }
+
+    fn daemon(&mut self, name: &str, dir: &Path, args: &[String]) -> anyhow::Result<Proc> {
+        let slot = self.slot(name, true)?;
+        launch::daemon_in(name, dir, args, slot.as_ref())
+    }
+
+    /// The tracker, on `listen` when restarting (to keep its address).
+    fn tracker(&mut self, dir: &Path, listen: Option<&str>) -> anyhow::Result<Proc> {
+        match self.slot("tracker", false)? {
+            Some(s) => {
+                let l = listen.map_or_else(|| format!("{}:0", s.addr), str::to_string);
+                launch::tracker_at(dir, &l, Some(&s.ns))
+            }
+            None => launch::tracker_at(dir, listen.unwrap_or("127.0.0.1:0"), None),
+        }
+    }
+}
+
+/// A node's status, through its control API (over the CLI inside its namespace).
+fn status(p: &Proc) -> Option<shoal_node::node::Status> {
+    match &p.ns {
+        Some(ns) => {
+            serde_json::from_str(&launch::shoal_in(&p.dir, &["status", "--json"], Some(ns)).ok()?)
+                .ok()
+        }
+        None => Client::find(&p.dir).ok().flatten()?.status().ok(),
+    }
+}
+
+pub(crate) fn run(file: &Path, dir: Option<PathBuf>, netns: bool) -> anyhow::Result<bool> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let sc: Scenario = toml::from_str(&text)
@@ -107,7 +157,14 @@ pub(crate) fn run(file: &Path, dir: Option<PathBuf>) -> anyhow::Result<bool> {
     let dir = std::fs::canonicalize(&dir)?;
     println!("scenario {} in {}", sc.name, dir.display());
 
-    let mut tracker = launch::tracker(&dir.join("tracker"))?;
+    let rate = sc.upload_limit.as_deref().map(|l| l.parse::<Rate>()).transpose()?.map(|r| r.0);
+    // Declared before every process, so dropped after them.
+    let mut place = Place {
+        net: if netns { Some(crate::netns::Net::new()?) } else { None },
+        slots: std::collections::HashMap::new(),
+        rate,
+    };
+    let mut tracker = place.tracker(&dir.join("tracker"), None)?;
     let taddr = tracker.addr.clone();
     let mut common = vec!["--tracker".to_string(), taddr.clone()];
     if let Some(l) = &sc.upload_limit {
@@ -120,32 +177,45 @@ pub(crate) fn run(file: &Path, dir: Option<PathBuf>) -> anyhow::Result<bool> {
     };
     let mut stores: Vec<Option<Proc>> = (0..sc.storage)
         .map(|i| {
-            launch::daemon(&format!("storage{i}"), &dir.join(format!("storage{i}")), &storage_args)
+            place
+                .daemon(&format!("storage{i}"), &dir.join(format!("storage{i}")), &storage_args)
                 .map(Some)
         })
         .collect::<anyhow::Result<_>>()?;
     let mut nodes: Vec<Option<Proc>> = (0..sc.nodes)
         .map(|i| {
-            launch::daemon(&format!("node{i}"), &dir.join(format!("node{i}")), &common).map(Some)
+            place.daemon(&format!("node{i}"), &dir.join(format!("node{i}")), &common).map(Some)
         })
         .collect::<anyhow::Result<_>>()?;
     let file = dir.join("file.bin");
     launch::generate(&file, size, 0xbad5eed)?;
     let file_str = file.to_str().context("path is not UTF-8")?.to_string();
     let seed_dir = dir.join("node0");
-    let ticket = launch::shoal(&seed_dir, &["add", &file_str])?.trim().to_string();
+    let seed_ns = nodes[0].as_ref().and_then(|p| p.ns.clone());
+    let ticket =
+        launch::shoal_in(&seed_dir, &["add", &file_str], seed_ns.as_deref())?.trim().to_string();
     let mut evil_args = common.clone();
     evil_args.extend(["--danger-corrupt-uploads".to_string(), "1".to_string()]);
     let mut corrupters = Vec::new();
     for i in 0..sc.corrupters {
-        let p = launch::daemon(&format!("evil{i}"), &dir.join(format!("evil{i}")), &evil_args)?;
-        launch::shoal(&p.dir, &["add", &file_str])?;
+        let p = place.daemon(&format!("evil{i}"), &dir.join(format!("evil{i}")), &evil_args)?;
+        launch::shoal_in(&p.dir, &["add", &file_str], p.ns.as_deref())?;
         corrupters.push(p);
+    }
+    let mut liar_args = common.clone();
+    liar_args.push("--danger-lie-bitfield".to_string());
+    let first_liar = nodes.len();
+    for i in 0..sc.liars {
+        nodes.push(Some(place.daemon(
+            &format!("node{}", first_liar + i),
+            &dir.join(format!("node{}", first_liar + i)),
+            &liar_args,
+        )?));
     }
     let shoal = launch::binary("shoal")?;
     let mut push = if sc.push {
         Some(
-            Command::new(&shoal)
+            launch::command(&shoal, seed_ns.as_deref())
                 .arg("--data-dir")
                 .arg(&seed_dir)
                 .args(["push", &file_str])
@@ -157,7 +227,7 @@ pub(crate) fn run(file: &Path, dir: Option<PathBuf>) -> anyhow::Result<bool> {
         None
     };
     let t0 = Instant::now();
-    let mut gets: Vec<Get> = (1..sc.nodes)
+    let mut gets: Vec<Get> = (1..nodes.len())
         .map(|i| {
             Ok(Get {
                 node: i,
@@ -208,13 +278,13 @@ pub(crate) fn run(file: &Path, dir: Option<PathBuf>) -> anyhow::Result<bool> {
         for (_, target) in due {
             println!("t = {:.1} s: restart {target}", t0.elapsed().as_secs_f64());
             if target == "tracker" {
-                tracker = launch::tracker_at(&dir.join("tracker"), &taddr, None)?;
+                tracker = place.tracker(&dir.join("tracker"), Some(&taddr))?;
             } else if let Some(i) =
                 target.strip_prefix("storage").and_then(|n| n.parse::<usize>().ok())
             {
-                stores[i] = Some(launch::daemon(&target, &dir.join(&target), &storage_args)?);
+                stores[i] = Some(place.daemon(&target, &dir.join(&target), &storage_args)?);
             } else if let Some(n) = node_index(&target) {
-                nodes[n] = Some(launch::daemon(
+                nodes[n] = Some(place.daemon(
                     &format!("node{n}"),
                     &dir.join(format!("node{n}")),
                     &common,
@@ -258,7 +328,7 @@ pub(crate) fn run(file: &Path, dir: Option<PathBuf>) -> anyhow::Result<bool> {
     // Invariants.
     let mut ok = true;
     let original = std::fs::read(&file)?;
-    for g in gets.iter().filter(|g| !left.contains(&g.node)) {
+    for g in gets.iter().filter(|g| !left.contains(&g.node) && g.node < first_liar) {
         let name = format!("node{}", g.node);
         let copy = std::fs::read(dir.join(&name).join("file.bin")).unwrap_or_default();
         let same = g.report.is_some() && copy == original;
@@ -340,7 +410,7 @@ fn best_progress(nodes: &[Option<Proc>]) -> f64 {
         .iter()
         .skip(1)
         .flatten()
-        .filter_map(|p| Client::find(&p.dir).ok().flatten()?.status().ok())
+        .filter_map(status)
         .filter_map(|s| {
             s.contents
                 .first()
@@ -353,10 +423,7 @@ fn wait_storage_complete(stores: &[Option<Proc>], limit: Duration) -> bool {
     let end = Instant::now() + limit;
     while Instant::now() < end {
         let done = stores.iter().flatten().any(|s| {
-            Client::find(&s.dir)
-                .ok()
-                .flatten()
-                .and_then(|c| c.status().ok())
+            status(s)
                 .and_then(|st| {
                     st.contents
                         .first()

@@ -60,3 +60,28 @@ fn a_bad_scenario_file_is_refused_clearly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a valid scenario") && err.contains("bogus"), "{err}");
 }
+
+#[test]
+fn churn_in_network_namespaces() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root {
+        eprintln!("skipping: --netns needs root");
+        return;
+    }
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios").join("churn.toml");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal-testnet"))
+        .arg("run")
+        .arg(&file)
+        .arg("--netns")
+        .arg("--dir")
+        .arg(tmp.path().join("churn"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("all invariants hold"), "{stdout}");
+}
