@@ -68,6 +68,8 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     fn mark_verified(&self, id: ContentId, pieces: &[PieceIndex]) -> Result<(), StoreError>;
     /// The verified pieces of a partial file.
     fn verified(&self, id: ContentId) -> Result<Vec<PieceIndex>, StoreError>;
+    /// Whether one piece of a partial file is verified (a single lookup, for serving).
+    fn is_verified(&self, id: ContentId, piece: PieceIndex) -> Result<bool, StoreError>;
     /// Forgets the verified pieces (the partial file is gone or complete).
     fn clear_verified(&self, id: ContentId) -> Result<(), StoreError>;
     /// Makes everything written so far durable.
@@ -173,6 +175,10 @@ impl MetaStore for SledMeta {
             .collect()
     }
 
+    fn is_verified(&self, id: ContentId, piece: PieceIndex) -> Result<bool, StoreError> {
+        Ok(self.verified.contains_key(piece_key(id, piece))?)
+    }
+
     fn clear_verified(&self, id: ContentId) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for k in self.verified.scan_prefix(id.as_bytes()).keys() {
@@ -245,6 +251,10 @@ impl MetaStore for MemMeta {
 
     fn verified(&self, id: ContentId) -> Result<Vec<PieceIndex>, StoreError> {
         Ok(self.lock().verified.get(&id).map(|s| s.iter().copied().collect()).unwrap_or_default())
+    }
+
+    fn is_verified(&self, id: ContentId, piece: PieceIndex) -> Result<bool, StoreError> {
+        Ok(self.lock().verified.get(&id).is_some_and(|s| s.contains(&piece)))
     }
 
     fn clear_verified(&self, id: ContentId) -> Result<(), StoreError> {

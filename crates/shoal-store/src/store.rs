@@ -228,7 +228,7 @@ impl Store {
                 Ok(buf)
             }
             Source::Download { partial, .. } => {
-                if !self.inner.meta.verified(id)?.contains(&piece) {
+                if !self.inner.meta.is_verified(id, piece)? {
                     return Err(StoreError::NotFound(id));
                 }
                 let file = self.open_cached(id, partial)?;

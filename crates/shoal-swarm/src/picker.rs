@@ -90,13 +90,6 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
         }
     }
 
-    /// True if some peer (not banned) holds a piece we still need, or a request is in
-    /// flight: more progress is possible without new peers.
-    pub fn can_progress(&self) -> bool {
-        self.requested.iter().any(|&r| r > 0)
-            || self.have.iter_zeros().any(|i| self.availability[i.0 as usize] > 0)
-    }
-
     /// The verified pieces.
     pub fn have(&self) -> &Bitfield {
         &self.have
@@ -159,13 +152,6 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
     /// Requests in flight to this peer.
     pub fn in_flight(&self, peer: P) -> usize {
         self.peers.get(&peer).map_or(0, |p| p.in_flight.len())
-    }
-
-    /// True if the peer holds a piece we still need.
-    pub fn is_interesting(&self, peer: P) -> bool {
-        self.peers
-            .get(&peer)
-            .is_some_and(|p| !p.banned && p.bitfield.iter_ones().any(|i| !self.have.get(i)))
     }
 
     /// The next piece to request from `peer`, marked in flight; `None` if it has nothing we
