@@ -188,3 +188,28 @@ pub(crate) fn generate(path: &Path, size: u64, seed: u64) -> anyhow::Result<()> 
     f.flush()?;
     Ok(())
 }
+
+/// `shoal get TICKET -o DIR/file.bin --json` through the daemon of `node` (in its namespace);
+/// stdout (the report) is piped.
+pub(crate) fn spawn_get(node: &Proc, ticket: &str) -> anyhow::Result<Child> {
+    Ok(command(&binary("shoal")?, node.ns.as_deref())
+        .arg("--data-dir")
+        .arg(&node.dir)
+        .args(["get", ticket, "-o"])
+        .arg(node.dir.join("file.bin"))
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?)
+}
+
+/// A node's status from its control API: over HTTP, or through the CLI inside its namespace
+/// (the API listens on the namespace's own loopback).
+pub(crate) fn status(p: &Proc) -> Option<shoal_node::node::Status> {
+    match &p.ns {
+        Some(ns) => {
+            serde_json::from_str(&shoal_in(&p.dir, &["status", "--json"], Some(ns)).ok()?).ok()
+        }
+        None => shoal_node::client::Client::find(&p.dir).ok().flatten()?.status().ok(),
+    }
+}

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use shoal_node::client::Client;
 use shoal_node::config::{human_bytes, Rate};
 
 use crate::launch::Proc;
@@ -205,26 +204,8 @@ fn up(
     };
     let t0 = Instant::now();
     let mut gets: Vec<(usize, std::process::Child)> = (1..nodes)
-        .map(|i| {
-            let out = peers[i].dir.join("file.bin");
-            let child = launch::command(&shoal_bin, peers[i].ns.as_deref())
-                .arg("--data-dir")
-                .arg(&peers[i].dir)
-                .args(["get", &ticket, "-o"])
-                .arg(&out)
-                .arg("--json")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()?;
-            Ok((i, child))
-        })
+        .map(|i| Ok((i, launch::spawn_get(&peers[i], &ticket)?)))
         .collect::<anyhow::Result<_>>()?;
-
-    let clients: Vec<(String, Client)> = stores
-        .iter()
-        .chain(&peers)
-        .filter_map(|p| Client::find(&p.dir).ok().flatten().map(|c| (p.name.clone(), c)))
-        .collect();
     let mut finish: Vec<Finish> = Vec::new();
     let mut last_counters: HashMap<String, (u64, u64, Instant)> = HashMap::new();
     let tty = std::io::stdout().is_terminal();
@@ -264,11 +245,7 @@ fn up(
         let every = if tty { Duration::from_millis(500) } else { Duration::from_secs(2) };
         if last_print.elapsed() >= every {
             last_print = Instant::now();
-            let rows = if use_netns {
-                netns_table(stores.iter().chain(&peers), &mut last_counters)
-            } else {
-                table(&clients, &mut last_counters)
-            };
+            let rows = table(stores.iter().chain(&peers), &mut last_counters);
             print_table(&rows, t0.elapsed(), finish.len(), nodes - 1, tty);
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -352,20 +329,6 @@ fn interrupt_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     flag
 }
 
-/// The live table for namespaced daemons, whose control APIs are on their own loopback.
-fn netns_table<'a>(
-    procs: impl Iterator<Item = &'a Proc>,
-    last: &mut HashMap<String, (u64, u64, Instant)>,
-) -> Vec<Row> {
-    procs
-        .filter_map(|p| {
-            let out = launch::shoal_in(&p.dir, &["status", "--json"], p.ns.as_deref()).ok()?;
-            let s: shoal_node::node::Status = serde_json::from_str(&out).ok()?;
-            Some(row(&p.name, &s, last))
-        })
-        .collect()
-}
-
 fn row(
     name: &str,
     s: &shoal_node::node::Status,
@@ -387,11 +350,12 @@ fn row(
     }
 }
 
-fn table(
-    clients: &[(String, Client)],
+/// One row per process, from its own counters.
+fn table<'a>(
+    procs: impl Iterator<Item = &'a Proc>,
     last: &mut HashMap<String, (u64, u64, Instant)>,
 ) -> Vec<Row> {
-    clients.iter().filter_map(|(name, c)| Some(row(name, &c.status().ok()?, last))).collect()
+    procs.filter_map(|p| Some(row(&p.name, &launch::status(p)?, last))).collect()
 }
 
 fn print_table(rows: &[Row], elapsed: Duration, done: usize, of: usize, tty: bool) {

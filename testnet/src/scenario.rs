@@ -33,7 +33,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
-use shoal_node::client::Client;
 use shoal_node::config::Rate;
 
 use crate::launch::{self, Proc};
@@ -83,19 +82,6 @@ struct Get {
     report: Option<serde_json::Value>,
 }
 
-fn spawn_get(shoal: &Path, node: &Proc, ticket: &str) -> anyhow::Result<Child> {
-    Ok(launch::command(shoal, node.ns.as_deref())
-        .arg("--data-dir")
-        .arg(&node.dir)
-        .args(["get", ticket, "-o"])
-        .arg(node.dir.join("file.bin"))
-        .arg("--json")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?)
-}
-
-/// Runs the scenario in `file`; `Ok(false)` if an invariant broke.
 /// Where processes run: on loopback, or each in its own namespace (kept across restarts).
 struct Place {
     net: Option<crate::netns::Net>,
@@ -131,17 +117,7 @@ impl Place {
     }
 }
 
-/// A node's status, through its control API (over the CLI inside its namespace).
-fn status(p: &Proc) -> Option<shoal_node::node::Status> {
-    match &p.ns {
-        Some(ns) => {
-            serde_json::from_str(&launch::shoal_in(&p.dir, &["status", "--json"], Some(ns)).ok()?)
-                .ok()
-        }
-        None => Client::find(&p.dir).ok().flatten()?.status().ok(),
-    }
-}
-
+/// Runs the scenario in `file`; `Ok(false)` if an invariant broke.
 pub(crate) fn run(file: &Path, dir: Option<PathBuf>, netns: bool) -> anyhow::Result<bool> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -231,7 +207,7 @@ pub(crate) fn run(file: &Path, dir: Option<PathBuf>, netns: bool) -> anyhow::Res
         .map(|i| {
             Ok(Get {
                 node: i,
-                child: Some(spawn_get(&shoal, nodes[i].as_ref().expect("up"), &ticket)?),
+                child: Some(launch::spawn_get(nodes[i].as_ref().expect("up"), &ticket)?),
                 report: None,
             })
         })
@@ -291,7 +267,7 @@ pub(crate) fn run(file: &Path, dir: Option<PathBuf>, netns: bool) -> anyhow::Res
                 )?);
                 if let Some(g) = gets.iter_mut().find(|g| g.node == n && g.report.is_none()) {
                     g.child =
-                        Some(spawn_get(&shoal, nodes[n].as_ref().expect("restarted"), &ticket)?);
+                        Some(launch::spawn_get(nodes[n].as_ref().expect("restarted"), &ticket)?);
                 }
             }
         }
@@ -309,7 +285,7 @@ pub(crate) fn run(file: &Path, dir: Option<PathBuf>, netns: bool) -> anyhow::Res
                 {
                     // Failed while its node runs (its daemon was restarted under it): again.
                     g.child =
-                        Some(spawn_get(&shoal, nodes[g.node].as_ref().expect("up"), &ticket)?);
+                        Some(launch::spawn_get(nodes[g.node].as_ref().expect("up"), &ticket)?);
                 }
             }
         }
@@ -410,7 +386,7 @@ fn best_progress(nodes: &[Option<Proc>]) -> f64 {
         .iter()
         .skip(1)
         .flatten()
-        .filter_map(status)
+        .filter_map(launch::status)
         .filter_map(|s| {
             s.contents
                 .first()
@@ -423,7 +399,7 @@ fn wait_storage_complete(stores: &[Option<Proc>], limit: Duration) -> bool {
     let end = Instant::now() + limit;
     while Instant::now() < end {
         let done = stores.iter().flatten().any(|s| {
-            status(s)
+            launch::status(s)
                 .and_then(|st| {
                     st.contents
                         .first()

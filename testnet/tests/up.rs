@@ -7,6 +7,26 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shoal-testnet");
 
+/// Reads `child`'s stdout until a line contains `needle` (within 60 s) and returns the lines
+/// so far; a thread keeps draining it afterwards, so the child never writes to a closed pipe.
+fn wait_for_line(child: &mut std::process::Child, needle: &'static str) -> Vec<String> {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            seen.push(line.clone());
+            if !sent && line.contains(needle) {
+                sent = true;
+                let _ = tx.send(std::mem::take(&mut seen));
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("no line with {needle:?} within 60 s"))
+}
+
 fn shoal() -> std::path::PathBuf {
     let p = Path::new(BIN).with_file_name("shoal");
     assert!(p.exists(), "build the workspace binaries first (cargo build --bins)");
@@ -67,17 +87,13 @@ fn a_node_joins_a_kept_testnet() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let lines = BufReader::new(up.stdout.take().unwrap()).lines();
-    let mut ticket = None;
-    for line in lines.map_while(Result::ok) {
-        if let Some(t) = line.trim().strip_prefix("shoal --data-dir /tmp/my-node get ") {
-            ticket = t.split_whitespace().next().map(str::to_string);
-        }
-        if line.contains("press Ctrl-C") {
-            break;
-        }
-    }
-    let ticket = ticket.expect("join instructions with the ticket");
+    let ticket = wait_for_line(&mut up, "press Ctrl-C")
+        .iter()
+        .find_map(|l| {
+            l.trim().strip_prefix("shoal --data-dir /tmp/my-node get ").map(str::to_string)
+        })
+        .and_then(|t| t.split_whitespace().next().map(str::to_string))
+        .expect("join instructions with the ticket");
     // Join with a daemon of our own, then fetch through it.
     let me = tmp.path().join("me");
     let mut daemon = Command::new(shoal())
@@ -200,17 +216,8 @@ fn sigterm_mid_run_stops_and_cleans_up() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait for the live table (the run is under way), then keep draining stdout.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = up.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("downloaders finished") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(60)).expect("the live table appears");
+    // The live table shows: the run is under way.
+    wait_for_line(&mut up, "downloaders finished");
     Command::new("kill").args(["-TERM", &up.id().to_string()]).status().unwrap();
     let status = up.wait().unwrap();
     let mut err = String::new();
@@ -245,16 +252,7 @@ fn a_crashed_runs_namespaces_and_processes_are_cleaned_up_by_the_next() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = crashed.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("press Ctrl-C") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(60)).expect("the testnet stays up");
+    wait_for_line(&mut crashed, "press Ctrl-C");
     let pid = crashed.id();
     crashed.kill().unwrap(); // SIGKILL: no cleanup of its own
     crashed.wait().unwrap();
