@@ -514,7 +514,13 @@ fn ls(data_dir: &Path, json: bool) -> anyhow::Result<()> {
             }
             s => s.to_string(),
         };
-        println!("{}  {:<16} {:>10}  {}", e.content_id, state, human_bytes(e.size as f64), e.name);
+        println!(
+            "{}  {:<16} {:>10}  {}",
+            e.content_id,
+            state,
+            human_bytes(e.size as f64),
+            shoal_core::manifest::escape_name(&e.name)
+        );
     }
     Ok(())
 }
@@ -552,7 +558,7 @@ fn status(data_dir: &Path, json: bool) -> anyhow::Result<()> {
                 c.pieces_total,
                 c.peers,
                 human_bytes(c.uploaded_bytes as f64),
-                c.name
+                shoal_core::manifest::escape_name(&c.name)
             );
         }
     }

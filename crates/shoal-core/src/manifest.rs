@@ -225,6 +225,23 @@ impl std::fmt::Debug for Manifest {
     }
 }
 
+/// A name from a manifest (written by whoever made the content) made safe to print on a
+/// terminal: control characters (escape sequences, newlines, carriage returns) and the Unicode
+/// bidirectional overrides that make text read differently from what it is are shown escaped
+/// (`\u{1b}`), everything else as is.
+pub fn escape_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}');
+        if c.is_control() || bidi {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn check_name(name: &str) -> Result<(), ManifestError> {
     let bad = name.is_empty()
         || name.len() > MAX_NAME_LEN
@@ -242,6 +259,15 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn names_are_escaped_for_terminals() {
+        assert_eq!(escape_name("report.pdf"), "report.pdf");
+        assert_eq!(escape_name("été.txt"), "été.txt");
+        assert_eq!(escape_name("a\x1b[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(escape_name("x\ny\r"), "x\\ny\\r");
+        assert_eq!(escape_name("evil\u{202e}fdp.exe"), "evil\\u{202e}fdp.exe");
+    }
 
     fn manifest(size: u64, name: &str) -> Manifest {
         let n = piece::piece_count(size, piece::piece_log2_for(size));

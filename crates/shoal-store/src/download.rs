@@ -1,7 +1,7 @@
 //! A download in progress: a preallocated partial file beside the output path.
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -92,7 +92,14 @@ impl Download {
             Some(ContentRecord { source: Source::Download { partial: p, output: o }, .. })
                 if *p == partial && *o == output);
         let mut have = Bitfield::new(manifest.piece_count());
-        let file = match OpenOptions::new().read(true).write(true).open(&partial) {
+        // Never follow a symlink planted where the partial file goes (another local user
+        // sharing the output directory could point it at a file of ours).
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&partial)
+        {
             Ok(f) if resumable && f.metadata().is_ok_and(|md| md.len() == manifest.size()) => {
                 for p in meta.verified(id)? {
                     have.set(p);
@@ -108,11 +115,19 @@ impl Download {
                         let _ = fs::remove_file(old);
                     }
                 }
+                // A stale partial file (or whatever sits at its name, a symlink included) is
+                // removed, then the new one is created exclusively: O_EXCL fails rather than
+                // follow a link or reuse a file someone else created in between.
+                match fs::remove_file(&partial) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StoreError::io("cannot replace", &partial)(e)),
+                }
                 let f = OpenOptions::new()
                     .read(true)
                     .write(true)
-                    .create(true)
-                    .truncate(true)
+                    .create_new(true)
+                    .mode(0o644)
                     .open(&partial)
                     .map_err(StoreError::io("cannot create", &partial))?;
                 if let Err(e) = preallocate(&f, &partial, manifest.size()) {
@@ -230,14 +245,35 @@ impl Download {
         if *finished {
             return Ok(self.output.clone());
         }
-        *finished = true;
+        // Late writes wait on this lock; they are skipped once `finished` is set, after the
+        // move: a failed finish leaves the download resumable and a retry moves it again.
         self.checkpoint()?;
         let path = &self.state.path;
         self.state.file.sync_all().map_err(StoreError::io("cannot sync", path))?;
-        if self.output.symlink_metadata().is_ok() {
-            return Err(StoreError::OutputExists(self.output.clone()));
+        // Never replace whatever appeared at the output meanwhile (a file, or a symlink planted
+        // by another user): the rename refuses to overwrite, atomically.
+        match rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::CWD,
+            &self.output,
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => {
+                return Err(StoreError::OutputExists(self.output.clone()))
+            }
+            // Filesystems without RENAME_NOREPLACE: check, then rename (a small window).
+            Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOSYS) => {
+                if self.output.symlink_metadata().is_ok() {
+                    return Err(StoreError::OutputExists(self.output.clone()));
+                }
+                fs::rename(path, &self.output)
+                    .map_err(StoreError::io("cannot move into place", path))?;
+            }
+            Err(e) => return Err(StoreError::io("cannot move into place", path)(e.into())),
         }
-        fs::rename(path, &self.output).map_err(StoreError::io("cannot move into place", path))?;
+        *finished = true;
         if let Some(dir) = self.output.parent() {
             // Make the rename itself durable.
             if let Ok(d) = File::open(dir) {
@@ -277,5 +313,53 @@ impl Drop for Download {
         }
         drop(active);
         self.store.forget_file(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use shoal_core::{Manifest, PieceHash};
+
+    use super::*;
+    use crate::MemMeta;
+
+    fn one_piece() -> (Arc<Manifest>, Vec<u8>) {
+        let data = b"hello, shoal".to_vec();
+        let m = Manifest::new("f", data.len() as u64, vec![PieceHash::of(&data)]).unwrap();
+        (Arc::new(m), data)
+    }
+
+    #[test]
+    fn a_symlink_at_the_partial_path_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::with_meta(Arc::new(MemMeta::default()));
+        let (m, data) = one_piece();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let output = dir.path().join("out.bin");
+        std::os::unix::fs::symlink(&victim, partial_path(&output, m.content_id())).unwrap();
+        let dl = store.begin_download(m, &output).unwrap();
+        assert!(dl.write_piece(PieceIndex(0), &data).unwrap());
+        dl.finish().unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious", "the link's target is untouched");
+        assert_eq!(fs::read(&output).unwrap(), data);
+    }
+
+    #[test]
+    fn a_file_that_appears_at_the_output_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::with_meta(Arc::new(MemMeta::default()));
+        let (m, data) = one_piece();
+        let output = dir.path().join("out.bin");
+        let dl = store.begin_download(m, &output).unwrap();
+        assert!(dl.write_piece(PieceIndex(0), &data).unwrap());
+        // Someone (or a symlink planted by another user) takes the name meanwhile.
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), &output).unwrap();
+        assert!(matches!(dl.finish(), Err(StoreError::OutputExists(_))));
+        assert!(matches!(dl.finish(), Err(StoreError::OutputExists(_))), "a retry refuses too");
+        assert!(output.symlink_metadata().unwrap().file_type().is_symlink());
+        assert!(!dir.path().join("elsewhere").exists(), "nothing written through the link");
     }
 }
