@@ -199,6 +199,17 @@ impl Api {
     }
 }
 
+async fn require_token(
+    State(api): State<Api>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match api.check(req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
 /// Binds the API on 127.0.0.1 and writes `control.json`.
 pub async fn serve(node: Arc<Node>) -> anyhow::Result<ControlHandle> {
     let listener =
@@ -211,14 +222,15 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<ControlHandle> {
         &serde_json::to_vec(&ControlInfo { addr, token: token.clone(), pid: std::process::id() })?,
     )?;
     let api = Api { node, token: token.into() };
-    let app = Router::new()
+    // Every /v1 route checks the token before anything else runs, body parsing included.
+    let v1 = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/ls", get(ls))
         .route("/v1/add", post(add))
         .route("/v1/get", post(get_content))
         .route("/v1/push", post(push))
-        .route("/metrics", get(metrics))
-        .with_state(api);
+        .route_layer(axum::middleware::from_fn_with_state(api.clone(), require_token));
+    let app = Router::new().merge(v1).route("/metrics", get(metrics)).with_state(api);
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(async move {
         let server = axum::serve(listener, app).with_graceful_shutdown(async {
@@ -261,19 +273,14 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn status(
-    State(api): State<Api>,
-    headers: HeaderMap,
-) -> Result<Json<crate::node::Status>, ApiError> {
-    api.check(&headers)?;
+async fn status(State(api): State<Api>) -> Result<Json<crate::node::Status>, ApiError> {
     let node = api.node.clone();
     let status =
         tokio::task::spawn_blocking(move || node.status()).await.map_err(|e| internal(e.into()))?;
     Ok(Json(status))
 }
 
-async fn ls(State(api): State<Api>, headers: HeaderMap) -> Result<Json<Vec<LsEntry>>, ApiError> {
-    api.check(&headers)?;
+async fn ls(State(api): State<Api>) -> Result<Json<Vec<LsEntry>>, ApiError> {
     let node = api.node.clone();
     let entries =
         tokio::task::spawn_blocking(move || node.list()).await.map_err(|e| internal(e.into()))?;
@@ -282,10 +289,8 @@ async fn ls(State(api): State<Api>, headers: HeaderMap) -> Result<Json<Vec<LsEnt
 
 async fn add(
     State(api): State<Api>,
-    headers: HeaderMap,
     Json(body): Json<AddBody>,
 ) -> Result<Json<AddReply>, ApiError> {
-    api.check(&headers)?;
     let store = api.node.store().clone();
     let path = body.path.clone();
     let manifest = tokio::task::spawn_blocking(move || store.import(&path, |_| {}))
@@ -305,10 +310,8 @@ async fn add(
 
 async fn push(
     State(api): State<Api>,
-    headers: HeaderMap,
     Json(body): Json<PushBody>,
 ) -> Result<Json<crate::push::PushReport>, ApiError> {
-    api.check(&headers)?;
     let content = match body.target.parse::<shoal_core::ContentId>() {
         Ok(c) => c,
         Err(_) => {
@@ -337,10 +340,8 @@ fn line(v: serde_json::Value) -> Result<Bytes, Infallible> {
 
 async fn get_content(
     State(api): State<Api>,
-    headers: HeaderMap,
     Json(body): Json<GetBody>,
 ) -> Result<Response, ApiError> {
-    api.check(&headers)?;
     let ticket: Ticket =
         body.ticket.parse().map_err(|e| bad_request(format!("cannot read ticket: {e}")))?;
     let extra_peers = body
