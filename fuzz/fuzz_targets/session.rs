@@ -1,0 +1,69 @@
+//! Sequences of control-stream messages from a hostile remote, interleaved with local actions:
+//! the session never panics, never queues more than its bounds allow, and after an error the
+//! caller closes the connection (the loop stops, as the node does).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
+use shoal_wire::{Decoder, Event, Message, RejectReason, Session, MAX_SUBSCRIPTIONS};
+
+fn ids() -> (NodeId, NodeId) {
+    use std::sync::OnceLock;
+    static IDS: OnceLock<(NodeId, NodeId)> = OnceLock::new();
+    *IDS.get_or_init(|| {
+        let a = libp2p_identity::Keypair::generate_ed25519();
+        let b = libp2p_identity::Keypair::generate_ed25519();
+        (NodeId::from_public_key(&a.public()).unwrap(), NodeId::from_public_key(&b.public()).unwrap())
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let (local, remote) = ids();
+    let mut s = Session::new(local, remote);
+    // Start with a valid hello so the fuzzer reaches the interesting states quickly.
+    if data.first().is_some_and(|b| b & 1 == 1) {
+        let _ = s.handle_message(Message::Hello { version: shoal_wire::PROTOCOL_VERSION, node_id: remote });
+    }
+    let mut dec = Decoder::new();
+    let mut queued = 0usize;
+    let mut i = 1;
+    while i < data.len() {
+        let op = data[i];
+        i += 1;
+        let c = ContentId([op & 7; 32]);
+        match op >> 5 {
+            // Local actions.
+            0 => s.subscribe(c, u32::from(op & 0x1f) + 1),
+            1 => s.accept_subscription(c, Bitfield::full(u32::from(op & 0x1f) + 1)),
+            2 => s.reject_subscription(c, RejectReason::NotFound, "no"),
+            3 => s.announce_have(c, PieceIndex(u32::from(op & 3))),
+            // Remote bytes: a length-prefixed chunk fed to the decoder.
+            _ => {
+                let n = (op & 0x1f) as usize;
+                let end = (i + n).min(data.len());
+                dec.feed(&data[i..end]);
+                i = end;
+                loop {
+                    match dec.decode::<Message>() {
+                        Ok(Some(m)) => {
+                            if s.handle_message(m).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(_) => return,
+                    }
+                }
+            }
+        }
+        while let Some(ev) = s.poll_event() {
+            if let Event::Subscribed(content) = ev {
+                s.accept_subscription(content, Bitfield::new(1));
+            }
+        }
+        while s.poll_transmit().is_some() {
+            queued += 1;
+        }
+        assert!(queued <= 4 * (MAX_SUBSCRIPTIONS + data.len()), "transmit queue unbounded");
+    }
+});
