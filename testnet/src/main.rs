@@ -1,5 +1,6 @@
 //! `shoal-testnet`: start a local Shoal testnet, let every node fetch a file, measure it.
 
+mod adversary;
 mod bench;
 mod launch;
 mod netns;
