@@ -144,8 +144,14 @@ pub(crate) struct Tally {
     pub(crate) unanswered: u64,
     /// Accepted by an honest process.
     pub(crate) accepted: u64,
-    /// Notable findings, at most a few (what got accepted that should not have).
+    /// Notable findings, at most a few.
     pub(crate) notes: Vec<String>,
+    /// What an honest process accepted that it must refuse whatever its configuration (an
+    /// invariant that always holds).
+    pub(crate) breaches: Vec<String>,
+    /// What an honest process accepted that issue 8's trust rules refuse (an invariant once
+    /// [`crate::launch::TRUST_FLAGS`] is on).
+    pub(crate) trust_breaches: Vec<String>,
 }
 
 impl Tally {
@@ -166,9 +172,33 @@ impl Tally {
     }
 
     fn note(&mut self, what: String) {
-        if self.notes.len() < 8 && !self.notes.contains(&what) {
-            self.notes.push(what);
-        }
+        push_bounded(&mut self.notes, what);
+    }
+
+    fn breach(&mut self, what: String) {
+        push_bounded(&mut self.breaches, what);
+    }
+
+    fn trust_breach(&mut self, what: String) {
+        push_bounded(&mut self.trust_breaches, what);
+    }
+
+    /// Adds the counts and findings of `other` (a sub-task of the same adversary).
+    fn merge(&mut self, other: Tally) {
+        self.attempts += other.attempts;
+        self.refused += other.refused;
+        self.unanswered += other.unanswered;
+        self.accepted += other.accepted;
+        other.notes.into_iter().for_each(|n| self.note(n));
+        other.breaches.into_iter().for_each(|n| self.breach(n));
+        other.trust_breaches.into_iter().for_each(|n| self.trust_breach(n));
+    }
+}
+
+/// Keeps at most 8 distinct findings.
+fn push_bounded(list: &mut Vec<String>, what: String) {
+    if list.len() < 8 && !list.contains(&what) {
+        list.push(what);
     }
 }
 

@@ -67,7 +67,7 @@ async fn serve(ctx: &Ctx, tally: &mut Tally, as_storage: bool) -> anyhow::Result
             Err(e) => Err(e),
         };
         if matches!(listed, Ok(true)) {
-            tally.note("the tracker lists this unadmitted id as storage".into());
+            tally.trust_breach("the tracker lists an unadmitted id as storage".into());
         }
         tally.count(&listed);
     }

@@ -69,10 +69,7 @@ pub(super) async fn run(ctx: Ctx, name: String) -> Tally {
     }
     while let Some(done) = set.join_next().await {
         if let Ok(t) = done {
-            tally.attempts += t.attempts;
-            tally.refused += t.refused;
-            tally.unanswered += t.unanswered;
-            tally.accepted += t.accepted;
+            tally.merge(t);
         }
     }
     tally.note(format!(

@@ -53,7 +53,7 @@ pub(super) async fn manifest_first(ctx: &Ctx) -> Tally {
         }
         .await;
         if matches!(outcome, Ok(true)) {
-            tally.note(format!("{} took the seed's manifest from the squatter", storage.addr));
+            tally.trust_breach(format!("{} took the seed's manifest from the squatter", storage.addr));
         }
         tally.count(&outcome);
     }
@@ -114,14 +114,14 @@ async fn round(
     let req = Request::PushManifest { content: junk, len: bytes.len() as u32 };
     let outcome = push(conn, req, bytes).await;
     if matches!(outcome, Ok(true)) {
-        tally.note(format!("{} stored the squatter's junk manifest", storage.addr));
+        tally.trust_breach(format!("{} stored the squatter's junk manifest", storage.addr));
     }
     tally.count(&outcome);
     for (i, data) in pieces.iter().enumerate() {
         let req = client::push_piece(junk, PieceIndex(i as u32), data.len() as u32, None);
         let outcome = push(conn, req, data).await;
         if matches!(outcome, Ok(true)) {
-            tally.note(format!("{} stored the squatter's junk pieces", storage.addr));
+            tally.trust_breach(format!("{} stored the squatter's junk pieces", storage.addr));
         }
         tally.count(&outcome);
     }
@@ -135,7 +135,7 @@ async fn round(
             let req = client::push_piece(real, piece, len as u32, token);
             let outcome = push(conn, req, &garbage).await;
             if matches!(outcome, Ok(true)) {
-                tally.note(format!("{} stored garbage as a piece", storage.addr));
+                tally.breach(format!("{} stored garbage as a piece", storage.addr));
             }
             tally.count(&outcome);
         }
