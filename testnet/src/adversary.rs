@@ -258,11 +258,8 @@ impl Adversaries {
             .context("starting the adversaries' runtime")?;
         let (stop, stop_rx) = watch::channel(false);
         let (manifest, bytes) = rt.block_on(async {
-            let ep = client::endpoint(
-                &shoal_net::Identity::generate(),
-                target.honest[0].addr,
-                &[],
-            )?;
+            let ep =
+                client::endpoint(&shoal_net::Identity::generate(), target.honest[0].addr, &[])?;
             let conn = client::dial(&ep, &target.honest[0], shoal_wire::ALPN).await?;
             client::fetch_manifest(&conn, target.content).await
         })?;

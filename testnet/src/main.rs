@@ -160,12 +160,9 @@ fn up(
     };
     let admit = launch::trust_args(launch::Role::Tracker, &trust);
     let tracker = match slot("tracker", false)? {
-        Some(s) => launch::tracker_at(
-            &dir.join("tracker"),
-            &format!("{}:0", s.addr),
-            Some(&s.ns),
-            &admit,
-        )?,
+        Some(s) => {
+            launch::tracker_at(&dir.join("tracker"), &format!("{}:0", s.addr), Some(&s.ns), &admit)?
+        }
         None => launch::tracker(&dir.join("tracker"), &admit)?,
     };
     let mut common = vec!["--tracker".to_string(), tracker.addr.clone()];

@@ -150,10 +150,12 @@ pub(crate) fn run(file: &Path, dir: Option<PathBuf>, netns: bool) -> anyhow::Res
     if sc.nodes < 2 {
         bail!("a scenario needs at least 2 nodes");
     }
-    sc.adversaries.validate().with_context(|| format!("{} is not a valid scenario", file.display()))?;
+    sc.adversaries
+        .validate()
+        .with_context(|| format!("{} is not a valid scenario", file.display()))?;
     let ceiling = sc.memory_ceiling.as_deref().unwrap_or(DEFAULT_CEILING).parse::<Rate>()?.0;
     let slowdown = sc.slowdown.unwrap_or(2.0);
-    if sc.baseline && !(slowdown >= 1.0) {
+    if sc.baseline && (slowdown.is_nan() || slowdown < 1.0) {
         bail!("slowdown must be at least 1.0");
     }
     let dir = dir.unwrap_or_else(|| PathBuf::from("testnet-runs").join(&sc.name));
@@ -185,10 +187,13 @@ pub(crate) fn run(file: &Path, dir: Option<PathBuf>, netns: bool) -> anyhow::Res
         let what = match (base.last_finish_s, adv.last_finish_s) {
             (Some(b), Some(a)) => {
                 let allowed = slowdown * b.max(MIN_BASELINE_S);
-                (a <= allowed, format!(
+                (
+                    a <= allowed,
+                    format!(
                     "honest nodes finished in {a:.2} s with adversaries, within {slowdown} × the \
                      baseline's {b:.2} s (allowed {allowed:.2} s)"
-                ))
+                ),
+                )
             }
             _ => (false, "honest nodes finished in both passes".to_string()),
         };
@@ -213,7 +218,11 @@ pub(crate) fn run(file: &Path, dir: Option<PathBuf>, netns: bool) -> anyhow::Res
         "scenario {}: {}{}",
         sc.name,
         if ok { "all invariants hold" } else { "INVARIANTS BROKEN" },
-        if gaps > 0 { format!(" ({gaps} known gaps until the trust flags are on)") } else { String::new() }
+        if gaps > 0 {
+            format!(" ({gaps} known gaps until the trust flags are on)")
+        } else {
+            String::new()
+        }
     );
     println!("report: {}", dir.join("report.json").display());
     Ok(ok)

@@ -39,7 +39,11 @@ pub(super) fn endpoint(
 }
 
 /// Dials `peer` with `alpn` from `ep`. Cancel-safe.
-pub(super) async fn dial(ep: &Endpoint, peer: &PeerAddr, alpn: &[u8]) -> anyhow::Result<Connection> {
+pub(super) async fn dial(
+    ep: &Endpoint,
+    peer: &PeerAddr,
+    alpn: &[u8],
+) -> anyhow::Result<Connection> {
     let (conn, _) = ep.connect(peer, alpn).await?;
     Ok(conn)
 }

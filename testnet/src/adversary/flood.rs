@@ -201,4 +201,3 @@ async fn subscribe(ctx: Ctx, conn: Connection, node_id: shoal_core::NodeId) -> S
         None => format!("{sent} subscriptions sent, {rejected} rejected"),
     }
 }
-

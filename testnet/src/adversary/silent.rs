@@ -54,7 +54,8 @@ async fn serve(ctx: &Ctx, tally: &mut Tally, as_storage: bool) -> anyhow::Result
             tally.count(&Ok(false));
             let bytes = ctx.manifest_bytes.as_slice();
             let put = TrackerRequest::PutManifest { node_id, content, len: bytes.len() as u32 };
-            tally.count(&client::tracker_call(&conn, &put, Some(bytes)).await.map(|r| recorded(&r)));
+            tally
+                .count(&client::tracker_call(&conn, &put, Some(bytes)).await.map(|r| recorded(&r)));
         }
         other => tally.count(&other.map(|r| recorded(&r))),
     }

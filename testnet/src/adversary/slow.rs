@@ -50,7 +50,7 @@ pub(super) async fn run(ctx: Ctx, name: String) -> Tally {
     };
     let counters = Arc::new(Counters::default());
     let mut set = JoinSet::new();
-    for peer in ctx.target.honest.iter().cloned() {
+    for peer in ctx.target.honest.clone() {
         let (ctx, ep, counters) = (ctx.clone(), ep.clone(), counters.clone());
         set.spawn(async move {
             let mut tally = Tally::default();
@@ -130,4 +130,3 @@ async fn one(ctx: &Ctx, conn: &Connection, counters: &Counters) -> anyhow::Resul
     }
     Ok(true)
 }
-

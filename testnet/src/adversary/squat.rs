@@ -47,13 +47,17 @@ pub(super) async fn manifest_first(ctx: &Ctx) -> Tally {
         let outcome = async {
             let (_ep, conn) = dial(ctx, storage).await?;
             let bytes = ctx.manifest_bytes.as_slice();
-            let req = Request::PushManifest { content: ctx.target.content, len: bytes.len() as u32 };
+            let req =
+                Request::PushManifest { content: ctx.target.content, len: bytes.len() as u32 };
             let a = client::request(&conn, req, Some(bytes), false).await?;
             anyhow::Ok(pushed(&a.response))
         }
         .await;
         if matches!(outcome, Ok(true)) {
-            tally.trust_breach(format!("{} took the seed's manifest from the squatter", storage.addr));
+            tally.trust_breach(format!(
+                "{} took the seed's manifest from the squatter",
+                storage.addr
+            ));
         }
         tally.count(&outcome);
     }

