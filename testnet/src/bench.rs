@@ -157,7 +157,7 @@ pub(crate) fn run(quick: bool, root: &Path) -> anyhow::Result<()> {
 
 fn swarm(root: &Path, file: &Path, n: usize, rate: u64) -> anyhow::Result<(f64, f64, u64)> {
     let dir = root.join(format!("swarm{n}"));
-    let tracker = launch::tracker(&dir.join("tracker"))?;
+    let tracker = launch::tracker(&dir.join("tracker"), &[])?;
     let args = vec![
         "--tracker".to_string(),
         tracker.addr.clone(),

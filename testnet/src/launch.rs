@@ -7,6 +7,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use shoal_core::NodeId;
 
 /// A process of the testnet, killed when dropped.
 #[derive(Debug)]
@@ -76,13 +77,63 @@ fn first_line(child: &mut Child, prefix: &str, limit: Duration) -> anyhow::Resul
     }
 }
 
-/// Starts `shoal-tracker serve` in `dir` on a free port.
-pub(crate) fn tracker(dir: &Path) -> anyhow::Result<Proc> {
-    tracker_at(dir, "127.0.0.1:0", None)
+/// Whether the testnet passes issue 8's trust flags (`--admit-storage`, `--grant`) to the
+/// processes it starts, and expects their hardening: invariants that depend on it are enforced
+/// only when this is on (otherwise reported as gaps), and the flooder sends piece indices that
+/// make unhardened nodes allocate gigabytes only then (so the machine survives old binaries).
+pub(crate) const TRUST_FLAGS: bool = false;
+
+/// What the testnet trusts: the storage nodes it starts (the tracker admits them) and the
+/// users of the honest nodes it starts (storage grants them space). A node's user id is its
+/// node id (the testnet makes no separate user keys).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Trust {
+    pub(crate) storage: Vec<NodeId>,
+    pub(crate) users: Vec<NodeId>,
 }
 
-/// Starts `shoal-tracker serve` in `dir` listening on `listen` (a restart keeps its address).
-pub(crate) fn tracker_at(dir: &Path, listen: &str, ns: Option<&str>) -> anyhow::Result<Proc> {
+/// Which process trust flags are built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Tracker,
+    Storage,
+}
+
+/// The node id of the data dir `dir`, making its key first if there is none (the same key file
+/// the daemon then loads), so flags can name a process before it starts.
+pub(crate) fn node_id_in(dir: &Path) -> anyhow::Result<NodeId> {
+    std::fs::create_dir_all(dir)?;
+    Ok(shoal_net::Identity::load_or_create(dir)
+        .with_context(|| format!("making the node key in {}", dir.display()))?
+        .node_id())
+}
+
+/// The trust flags of a process of `role`: the tracker admits the storage nodes, storage grants
+/// the honest nodes' users. Empty while [`TRUST_FLAGS`] is off. Used by `up` and `run` alike.
+pub(crate) fn trust_args(role: Role, trust: &Trust) -> Vec<String> {
+    if !TRUST_FLAGS {
+        return Vec::new();
+    }
+    let (flag, ids) = match role {
+        Role::Tracker => ("--admit-storage", &trust.storage),
+        Role::Storage => ("--grant", &trust.users),
+    };
+    ids.iter().flat_map(|id| [flag.to_string(), id.to_string()]).collect()
+}
+
+/// Starts `shoal-tracker serve` in `dir` on a free port.
+pub(crate) fn tracker(dir: &Path, extra: &[String]) -> anyhow::Result<Proc> {
+    tracker_at(dir, "127.0.0.1:0", None, extra)
+}
+
+/// Starts `shoal-tracker serve` in `dir` listening on `listen` (a restart keeps its address),
+/// with `extra` flags.
+pub(crate) fn tracker_at(
+    dir: &Path,
+    listen: &str,
+    ns: Option<&str>,
+    extra: &[String],
+) -> anyhow::Result<Proc> {
     std::fs::create_dir_all(dir)?;
     let mut child = command(&binary("shoal-tracker")?, ns)
         .args([
@@ -98,6 +149,7 @@ pub(crate) fn tracker_at(dir: &Path, listen: &str, ns: Option<&str>) -> anyhow::
         ])
         .arg("--data-dir")
         .arg(dir)
+        .args(extra)
         .env("SHOAL_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(std::fs::OpenOptions::new().create(true).append(true).open(dir.join("log.txt"))?)
@@ -211,5 +263,28 @@ pub(crate) fn status(p: &Proc) -> Option<shoal_node::node::Status> {
             serde_json::from_str(&shoal_in(&p.dir, &["status", "--json"], Some(ns)).ok()?).ok()
         }
         None => shoal_node::client::Client::find(&p.dir).ok().flatten()?.status().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trust_args_admit_storage_and_grant_users_when_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = node_id_in(&tmp.path().join("storage0")).unwrap();
+        let u = node_id_in(&tmp.path().join("node0")).unwrap();
+        // The key made first is the one kept.
+        assert_eq!(node_id_in(&tmp.path().join("storage0")).unwrap(), s);
+        let trust = Trust { storage: vec![s], users: vec![u] };
+        let tracker = trust_args(Role::Tracker, &trust);
+        let storage = trust_args(Role::Storage, &trust);
+        if TRUST_FLAGS {
+            assert_eq!(tracker, ["--admit-storage".to_string(), s.to_string()]);
+            assert_eq!(storage, ["--grant".to_string(), u.to_string()]);
+        } else {
+            assert!(tracker.is_empty() && storage.is_empty());
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! `shoal-testnet`: start a local Shoal testnet, let every node fetch a file, measure it.
 
+mod adversary;
 mod bench;
 mod launch;
+mod memory;
 mod netns;
 mod report;
 mod scenario;
@@ -147,9 +149,21 @@ fn up(
         }
     };
     let interrupted = interrupt_flag();
+    // Keys first, so the tracker can admit the storage nodes and storage grant the nodes.
+    let trust = launch::Trust {
+        storage: (0..storage)
+            .map(|i| launch::node_id_in(&dir.join(format!("storage{i}"))))
+            .collect::<anyhow::Result<_>>()?,
+        users: (0..nodes)
+            .map(|i| launch::node_id_in(&dir.join(format!("node{i}"))))
+            .collect::<anyhow::Result<_>>()?,
+    };
+    let admit = launch::trust_args(launch::Role::Tracker, &trust);
     let tracker = match slot("tracker", false)? {
-        Some(s) => launch::tracker_at(&dir.join("tracker"), &format!("{}:0", s.addr), Some(&s.ns))?,
-        None => launch::tracker(&dir.join("tracker"))?,
+        Some(s) => {
+            launch::tracker_at(&dir.join("tracker"), &format!("{}:0", s.addr), Some(&s.ns), &admit)?
+        }
+        None => launch::tracker(&dir.join("tracker"), &admit)?,
     };
     let mut common = vec!["--tracker".to_string(), tracker.addr.clone()];
     if let Some(l) = limit {
@@ -159,6 +173,7 @@ fn up(
     for i in 0..storage {
         let mut args = common.clone();
         args.extend(["--role".to_string(), "storage".to_string()]);
+        args.extend(launch::trust_args(launch::Role::Storage, &trust));
         let name = format!("storage{i}");
         let sl = slot(&name, true)?;
         stores.push(launch::daemon_in(&name, &dir.join(&name), &args, sl.as_ref())?);

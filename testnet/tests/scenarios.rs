@@ -50,6 +50,55 @@ fn uploader_gone() {
 }
 
 #[test]
+fn sybil() {
+    run("sybil");
+}
+
+#[test]
+fn squatter() {
+    run("squatter");
+}
+
+#[test]
+fn flood() {
+    run("flood");
+}
+
+#[test]
+fn adversary_scenarios_report_every_check_and_peak() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios").join("squatter.toml");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal-testnet"))
+        .arg("run")
+        .arg(&file)
+        .arg("--dir")
+        .arg(tmp.path().join("r"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("r/report.json")).unwrap()).unwrap();
+    let passes = report["passes"].as_array().unwrap();
+    assert_eq!(passes.len(), 2, "a baseline pass, then the scenario");
+    assert_eq!(passes[0]["kind"], "baseline");
+    for p in passes {
+        assert!(p["last_finish_s"].as_f64().is_some(), "{p}");
+        for name in ["tracker", "storage0", "node0", "node1"] {
+            assert!(p["peak_rss"][name].as_u64().is_some_and(|b| b > 0), "{name}: {p}");
+        }
+    }
+    assert!(passes[0]["adversaries"].as_array().unwrap().is_empty());
+    let squatter = passes[1]["adversaries"].as_array().unwrap();
+    assert!(squatter.iter().any(|t| t["name"] == "squatter" && t["attempts"].as_u64() > Some(0)));
+    let checks = report["checks"].as_array().unwrap();
+    assert!(checks.iter().any(|c| c["what"].as_str().unwrap().contains("within 2 ×")));
+    assert!(checks.iter().any(|c| c["what"].as_str().unwrap().contains("holds only")));
+    // Every enforced check held (the run exited 0).
+    assert!(checks.iter().all(|c| c["ok"] == true || c["enforced"] == false));
+    assert_eq!(report["memory_ceiling_bytes"], 256 * 1024 * 1024);
+}
+
+#[test]
 fn a_bad_scenario_file_is_refused_clearly() {
     let tmp = tempfile::tempdir().unwrap();
     let bad = tmp.path().join("bad.toml");

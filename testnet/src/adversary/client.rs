@@ -1,0 +1,185 @@
+//! Raw protocol clients the adversaries share: endpoints, one tracker call, one peer request.
+//!
+//! Built on `shoal-wire` and `shoal-net` only (not the node library), so an adversary sends
+//! exactly the frames it chooses. Every wait has a deadline: an honest node that never answers
+//! a hostile request is a correct outcome, not a reason for the testnet to hang.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use quinn::{Connection, RecvStream, SendStream};
+use shoal_core::manifest::Manifest;
+use shoal_core::{ContentId, PeerAddr, PieceIndex};
+use shoal_net::{Endpoint, Identity};
+use shoal_wire::tracker::{TrackerRequest, TrackerResponse, MAX_TRACKER_FRAME_LEN, TRACKER_ALPN};
+use shoal_wire::{encode, Decoder, Frame, Opening, Request, Response};
+
+/// How long one answer may take before the adversary counts it as unanswered.
+pub(super) const ANSWER_WAIT: Duration = Duration::from_secs(3);
+
+/// The local address the kernel routes from towards `target` (loopback, or the testnet's
+/// bridge with `--netns`): an adversary registers the address it really sends from.
+pub(super) fn local_ip_for(target: SocketAddr) -> IpAddr {
+    let probe = std::net::UdpSocket::bind((IpAddr::from([0, 0, 0, 0]), 0))
+        .and_then(|s| s.connect(target).map(|()| s))
+        .and_then(|s| s.local_addr());
+    probe.map_or(target.ip(), |a| a.ip())
+}
+
+/// An endpoint for `identity` on the address that reaches `target`, serving `alpns`.
+/// Must be called inside the adversaries' runtime.
+pub(super) fn endpoint(
+    identity: &Identity,
+    target: SocketAddr,
+    alpns: &[&[u8]],
+) -> anyhow::Result<Endpoint> {
+    let bind = SocketAddr::new(local_ip_for(target), 0);
+    Endpoint::bind(identity, bind, alpns).context("binding an adversary endpoint")
+}
+
+/// Dials `peer` with `alpn` from `ep`. Cancel-safe.
+pub(super) async fn dial(
+    ep: &Endpoint,
+    peer: &PeerAddr,
+    alpn: &[u8],
+) -> anyhow::Result<Connection> {
+    let (conn, _) = ep.connect(peer, alpn).await?;
+    Ok(conn)
+}
+
+/// Dials the tracker at `addr`. Cancel-safe.
+pub(super) async fn dial_tracker(ep: &Endpoint, addr: SocketAddr) -> anyhow::Result<Connection> {
+    dial(ep, &PeerAddr { node_id: None, addr }, TRACKER_ALPN).await
+}
+
+/// No answer came within [`ANSWER_WAIT`]: the honest side stayed silent.
+#[derive(Debug)]
+pub(super) struct Unanswered;
+
+impl std::fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no answer within {} s", ANSWER_WAIT.as_secs())
+    }
+}
+
+impl std::error::Error for Unanswered {}
+
+/// Reads one frame of kind `F` within [`ANSWER_WAIT`] (the decoder bounds its size).
+pub(super) async fn read_frame<F: Frame>(
+    recv: &mut RecvStream,
+    dec: &mut Decoder,
+) -> anyhow::Result<F> {
+    let read = async {
+        loop {
+            if let Some(f) = dec.decode::<F>()? {
+                return anyhow::Ok(f);
+            }
+            match recv.read_chunk(64 * 1024, true).await? {
+                Some(c) => dec.feed(&c.bytes),
+                None => bail!("the stream ended without an answer"),
+            }
+        }
+    };
+    tokio::time::timeout(ANSWER_WAIT, read).await.map_err(|_| Unanswered)?
+}
+
+/// One tracker request on its own stream (raw bytes follow the frame); the answer's frame.
+/// Bytes after the answer's frame (a manifest) are not read. Cancel-safe.
+pub(super) async fn tracker_call(
+    conn: &Connection,
+    req: &TrackerRequest,
+    raw: Option<&[u8]>,
+) -> anyhow::Result<TrackerResponse> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&encode(req)).await?;
+    if let Some(raw) = raw {
+        send.write_all(raw).await?;
+    }
+    send.finish()?;
+    let mut dec = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
+    read_frame(&mut recv, &mut dec).await
+}
+
+/// A request stream: the request is sent (and `raw` after it), the send side left open when
+/// `hold_open` (a body announced and never sent), and the answer's header read.
+pub(super) struct Answered {
+    pub(super) response: Response,
+    pub(super) recv: RecvStream,
+    pub(super) dec: Decoder,
+    /// Kept so a held-open stream is not reset before the answer.
+    pub(super) _send: SendStream,
+}
+
+/// Opens a request stream on `conn` and waits for the answer's header. Cancel-safe.
+pub(super) async fn request(
+    conn: &Connection,
+    req: Request,
+    raw: Option<&[u8]>,
+    hold_open: bool,
+) -> anyhow::Result<Answered> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&encode(&Opening::Request(req))).await?;
+    if let Some(raw) = raw {
+        send.write_all(raw).await?;
+    }
+    if !hold_open {
+        send.finish()?;
+    }
+    let mut dec = Decoder::new();
+    let response = read_frame::<Response>(&mut recv, &mut dec).await?;
+    Ok(Answered { response, recv, dec, _send: send })
+}
+
+/// Reads the `len` raw bytes after an answer's header, at most `max`, within [`ANSWER_WAIT`].
+pub(super) async fn read_body(a: &mut Answered, len: usize, max: usize) -> anyhow::Result<Vec<u8>> {
+    if len > max {
+        bail!("announced body of {len} bytes is over the limit of {max}");
+    }
+    let mut buf = a.dec.take_rest().to_vec();
+    if buf.len() > len {
+        bail!("more bytes than announced");
+    }
+    let have = buf.len();
+    buf.resize(len, 0);
+    tokio::time::timeout(ANSWER_WAIT, a.recv.read_exact(&mut buf[have..]))
+        .await
+        .map_err(|_| Unanswered)??;
+    Ok(buf)
+}
+
+/// The manifest of `content` as the peer on `conn` serves it, checked against the content id,
+/// with its encoding. Cancel-safe.
+pub(super) async fn fetch_manifest(
+    conn: &Connection,
+    content: ContentId,
+) -> anyhow::Result<(Manifest, Vec<u8>)> {
+    let mut a = request(conn, Request::Manifest { content }, None, false).await?;
+    let Response::Manifest { len } = a.response else {
+        bail!("the seed refused its manifest: {:?}", a.response)
+    };
+    let bytes = read_body(&mut a, len as usize, shoal_core::manifest::MAX_ENCODED_LEN).await?;
+    let manifest = Manifest::decode(&bytes).context("the seed's manifest does not decode")?;
+    if manifest.content_id() != content {
+        bail!("the seed's manifest does not hash to the content id");
+    }
+    Ok((manifest, bytes))
+}
+
+/// A piece push request. The one place that builds it, so a change of the push frame's fields
+/// touches one line.
+pub(super) fn push_piece(
+    content: ContentId,
+    piece: PieceIndex,
+    len: u32,
+    token: Option<Vec<u8>>,
+) -> Request {
+    Request::PushPiece { content, piece, len, token }
+}
+
+/// A random content id: one nobody holds.
+pub(super) fn random_content() -> ContentId {
+    let mut b = [0u8; 32];
+    b.iter_mut().for_each(|x| *x = fastrand::u8(..));
+    ContentId(b)
+}
