@@ -8,5 +8,6 @@ mod support;
 mod bad_input;
 mod faults;
 mod storage;
+mod storage_auth;
 mod swarm;
 mod transfer;

@@ -71,7 +71,12 @@ enum Command {
         store: Option<String>,
         /// For a storage node: accept pushes from this user (`shoal user` prints its id), up to
         /// QUOTA bytes in total (like 10GiB; absent: unlimited). Repeatable.
-        #[arg(long = "grant", env = "SHOAL_GRANT", value_delimiter = ',', value_name = "USER_ID[=QUOTA]")]
+        #[arg(
+            long = "grant",
+            env = "SHOAL_GRANT",
+            value_delimiter = ',',
+            value_name = "USER_ID[=QUOTA]"
+        )]
         grants: Vec<String>,
         /// S3 endpoint of an S3-compatible service (else AWS_ENDPOINT_URL or AWS itself).
         #[arg(long, env = "SHOAL_S3_ENDPOINT")]

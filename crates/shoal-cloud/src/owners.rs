@@ -6,9 +6,9 @@
 //! transaction over the owner records and the usage counters, so concurrent claims never
 //! overshoot a quota and a crash never leaves one without the other.
 
+use shoal_core::{ContentId, UserId};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
-use shoal_core::{ContentId, UserId};
 
 use crate::store::{CloudError, CloudStore};
 
@@ -146,13 +146,13 @@ mod tests {
     fn quota_arithmetic() {
         // Each row: used, size, quota, outcome.
         let table: [(u64, u64, Option<u64>, Result<u64, (u64, u64)>); 7] = [
-            (0, 0, Some(0), Ok(0)),                       // nothing into nothing fits
-            (0, 10, None, Ok(10)),                        // unlimited
-            (0, 10, Some(10), Ok(10)),                    // exactly full
-            (5, 6, Some(10), Err((5, 10))),               // one byte over
-            (5, 5, Some(10), Ok(10)),                     // fills the rest
+            (0, 0, Some(0), Ok(0)),                         // nothing into nothing fits
+            (0, 10, None, Ok(10)),                          // unlimited
+            (0, 10, Some(10), Ok(10)),                      // exactly full
+            (5, 6, Some(10), Err((5, 10))),                 // one byte over
+            (5, 5, Some(10), Ok(10)),                       // fills the rest
             (u64::MAX, 1, None, Err((u64::MAX, u64::MAX))), // overflow is over quota
-            (u64::MAX - 1, 1, None, Ok(u64::MAX)),        // up to the edge
+            (u64::MAX - 1, 1, None, Ok(u64::MAX)),          // up to the edge
         ];
         for (used, size, quota, want) in table {
             assert_eq!(charge(used, size, quota), want, "{used}+{size} in {quota:?}");

@@ -648,7 +648,8 @@ mod tests {
 
     #[test]
     fn push_limits_are_enforced() {
-        let malformed = |body: &[u8]| matches!(decode_push(body), Err(DecodeError::Malformed { .. }));
+        let malformed =
+            |body: &[u8]| matches!(decode_push(body), Err(DecodeError::Malformed { .. }));
         // A manifest body one byte over the encoded-manifest limit.
         let mut b = push_head(0x13, manifest::MAX_ENCODED_LEN as u32 + 1);
         b.push(0);
