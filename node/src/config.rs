@@ -222,7 +222,7 @@ mod tests {
             (format!("{user}=0"), "quota must be a size"),
             (format!("{user}="), "quota must be a size"),
         ] {
-            let e = Grants::parse(&[bad.clone()]).unwrap_err().to_string();
+            let e = Grants::parse(std::slice::from_ref(&bad)).unwrap_err().to_string();
             assert!(e.contains(&format!("{bad:?}")) && e.contains(says), "{bad}: {e}");
         }
     }

@@ -145,7 +145,8 @@ mod tests {
     #[test]
     fn quota_arithmetic() {
         // Each row: used, size, quota, outcome.
-        let table: [(u64, u64, Option<u64>, Result<u64, (u64, u64)>); 7] = [
+        type Row = (u64, u64, Option<u64>, Result<u64, (u64, u64)>);
+        let table: [Row; 7] = [
             (0, 0, Some(0), Ok(0)),                         // nothing into nothing fits
             (0, 10, None, Ok(10)),                          // unlimited
             (0, 10, Some(10), Ok(10)),                      // exactly full

@@ -222,7 +222,7 @@ const FLAG_TOKEN: u8 = 2;
 /// [`MAX_TOKEN_LEN`] is left out (the decoder would refuse it).
 fn put_push_tail(out: &mut Vec<u8>, cert: Option<&DeviceCert>, token: Option<&[u8]>) {
     let token = token.filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN_LEN);
-    let flags = u8::from(cert.is_some()) * FLAG_CERT | u8::from(token.is_some()) * FLAG_TOKEN;
+    let flags = (u8::from(cert.is_some()) * FLAG_CERT) | (u8::from(token.is_some()) * FLAG_TOKEN);
     out.push(flags);
     if let Some(c) = cert {
         out.extend_from_slice(&c.encode());
