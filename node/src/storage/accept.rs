@@ -82,7 +82,8 @@ pub(crate) async fn serve_push(
         None => Err(reject(RejectReason::BadRequest, "this node is not a storage node")),
         Some(cloud) => match req {
             Request::PushManifest { content, len, cert } => {
-                manifest(node, cloud, peer, content, len, cert.as_ref(), &mut recv, &mut dec).await
+                let push = ManifestPush { content, len, cert };
+                push_manifest(node, cloud, peer, push, &mut recv, &mut dec).await
             }
             Request::PushPiece { content, piece, len, cert, token } => {
                 let push = PiecePush { content, piece, len, cert, token };
@@ -124,18 +125,23 @@ fn ungranted(user: &UserId, token: bool) -> String {
     format!("{lead}user {user} has no space here: ask the storage operator for --grant {user}")
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn manifest(
+/// A manifest push's header.
+struct ManifestPush {
+    content: ContentId,
+    len: u32,
+    cert: Option<DeviceCert>,
+}
+
+async fn push_manifest(
     node: &Node,
     cloud: &CloudStore,
     peer: NodeId,
-    content: ContentId,
-    len: u32,
-    cert: Option<&DeviceCert>,
+    p: ManifestPush,
     recv: &mut RecvStream,
     dec: &mut Decoder,
 ) -> Result<Response, Response> {
-    let user = user_of(node, peer, cert)?;
+    let ManifestPush { content, len, cert } = p;
+    let user = user_of(node, peer, cert.as_ref())?;
     let Some(quota) = node.push_gate.grants.quota(&user) else {
         return Err(refuse(node, peer, &ungranted(&user, true)));
     };
