@@ -4,14 +4,15 @@ use std::process::Stdio;
 
 use crate::support::*;
 
-/// A tracker (re-seeding quickly) and a storage node on `backend` ("local" or "s3").
+/// A tracker (re-seeding quickly) and a storage node on `backend` ("local" or "s3") that
+/// grants space to the users of `pushers` (data dirs).
 struct Cluster {
     _s3: Option<S3Server>,
     tracker: TrackerProc,
     storage: Daemon,
 }
 
-fn cluster(root: &std::path::Path, backend: &str) -> Option<Cluster> {
+fn cluster(root: &std::path::Path, backend: &str, pushers: &[&str]) -> Option<Cluster> {
     let tracker = TrackerProc::start_with(
         &root.join("tracker"),
         "127.0.0.1:0",
@@ -19,6 +20,8 @@ fn cluster(root: &std::path::Path, backend: &str) -> Option<Cluster> {
     );
     let t = tracker.addr.to_string();
     let mut args = vec!["--tracker".to_string(), t, "--role".into(), "storage".into()];
+    let dirs: Vec<std::path::PathBuf> = pushers.iter().map(|p| root.join(p)).collect();
+    args.extend(grant_args(&dirs.iter().map(|d| d.as_path()).collect::<Vec<_>>()));
     let (s3, env) = if backend == "s3" {
         let s3 = S3Server::start()?;
         let (a, env) = s3.storage_args();
@@ -42,7 +45,7 @@ fn push(node: &Daemon, target: &str) -> serde_json::Value {
 fn pushing_twice_sends_nothing_the_second_time() {
     for backend in ["local", "s3"] {
         let tmp = tempfile::tempdir().unwrap();
-        let Some(c) = cluster(tmp.path(), backend) else { continue };
+        let Some(c) = cluster(tmp.path(), backend, &["node"]) else { continue };
         let t = c.tracker.addr.to_string();
         let node = Daemon::start(&tmp.path().join("node"), &["--tracker", &t]);
         let src = tmp.path().join("f.bin");
@@ -66,7 +69,7 @@ fn pushing_twice_sends_nothing_the_second_time() {
 #[test]
 fn a_killed_push_resumes_with_only_the_rest() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = cluster(tmp.path(), "local").unwrap();
+    let c = cluster(tmp.path(), "local", &["node"]).unwrap();
     let t = c.tracker.addr.to_string();
     let node =
         Daemon::start(&tmp.path().join("node"), &["--tracker", &t, "--upload-limit", "1MiB/s"]);
@@ -96,7 +99,7 @@ fn a_killed_push_resumes_with_only_the_rest() {
 #[test]
 fn the_file_is_completed_in_storage_from_its_downloaders() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = cluster(tmp.path(), "local").unwrap();
+    let c = cluster(tmp.path(), "local", &["uploader"]).unwrap();
     let t = c.tracker.addr.to_string();
     // The uploader's upload is slow, so its push is far from done when it goes away.
     let mut uploader =
@@ -167,7 +170,7 @@ async fn pushes_with_forged_or_expired_tokens_are_refused() {
     use shoal_wire::{Decoder, Request, Response};
 
     let tmp = tempfile::tempdir().unwrap();
-    let c = cluster(tmp.path(), "local").unwrap();
+    let c = cluster(tmp.path(), "local", &["node"]).unwrap();
     let t = c.tracker.addr.to_string();
     let node = Daemon::start(&tmp.path().join("node"), &["--tracker", &t]);
     let src = tmp.path().join("f.bin");
@@ -201,6 +204,7 @@ async fn pushes_with_forged_or_expired_tokens_are_refused() {
                 content,
                 piece: PieceIndex(0),
                 len: piece.len() as u32,
+                cert: None,
                 token,
             };
             send.write_all(&shoal_wire::encode(&req)).await.unwrap();
@@ -262,7 +266,7 @@ async fn pushes_with_forged_or_expired_tokens_are_refused() {
 #[test]
 fn a_storage_node_killed_mid_write_comes_back_consistent() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut c = cluster(tmp.path(), "local").unwrap();
+    let mut c = cluster(tmp.path(), "local", &["node"]).unwrap();
     let t = c.tracker.addr.to_string();
     let node =
         Daemon::start(&tmp.path().join("node"), &["--tracker", &t, "--upload-limit", "2MiB/s"]);
@@ -276,7 +280,9 @@ fn a_storage_node_killed_mid_write_comes_back_consistent() {
     push.kill().unwrap();
     push.wait().unwrap();
     let storage_dir = tmp.path().join("storage");
-    c.storage = Daemon::start(&storage_dir, &["--tracker", &t, "--role", "storage"]);
+    let grant = user_id(&node.dir);
+    c.storage =
+        Daemon::start(&storage_dir, &["--tracker", &t, "--role", "storage", "--grant", &grant]);
     let (have, total) = first_holding(&c.storage);
     assert!(have < total, "{have}/{total}");
     // Pushing again completes it: the index only claimed pieces whose objects exist.
@@ -312,7 +318,7 @@ fn a_storage_node_killed_mid_write_comes_back_consistent() {
 #[test]
 fn storage_that_cannot_write_is_retried_then_reported() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = cluster(tmp.path(), "local").unwrap();
+    let c = cluster(tmp.path(), "local", &["node"]).unwrap();
     let t = c.tracker.addr.to_string();
     let node = Daemon::start(&tmp.path().join("node"), &["--tracker", &t]);
     let src = tmp.path().join("f.bin");

@@ -367,3 +367,22 @@ pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The user id of a data dir (`shoal user`), creating its node key as the daemon would.
+pub fn user_id(data_dir: &Path) -> String {
+    let mut c = shoal(data_dir);
+    c.arg("user");
+    ok(c).trim().to_string()
+}
+
+/// `--grant` flags granting unlimited space to the users of these data dirs.
+pub fn grant_args(data_dirs: &[&Path]) -> Vec<String> {
+    data_dirs.iter().flat_map(|d| ["--grant".to_string(), user_id(d)]).collect()
+}
+
+/// Resident memory of a process in KiB (VmRSS in /proc/PID/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}

@@ -9,5 +9,6 @@ mod bad_input;
 mod faults;
 mod local;
 mod storage;
+mod storage_auth;
 mod swarm;
 mod transfer;

@@ -1,9 +1,12 @@
 //! Node settings, validated once.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
+
+use shoal_core::UserId;
 
 /// A byte rate such as `20MiB/s`, `500KB/s` or `1000000` (bytes per second).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,27 +21,100 @@ impl FromStr for Rate {
     type Err = ParseRateError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParseRateError(s.to_string());
         let t = s.trim();
-        let t = t.strip_suffix("/s").unwrap_or(t).trim();
-        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let num: f64 = num.parse().map_err(|_| err())?;
-        let mult: f64 = match unit.trim() {
-            "" | "B" => 1.0,
-            "K" | "KB" | "k" | "kB" => 1e3,
-            "M" | "MB" => 1e6,
-            "G" | "GB" => 1e9,
-            "Ki" | "KiB" => 1024.0,
-            "Mi" | "MiB" => 1024.0 * 1024.0,
-            "Gi" | "GiB" => 1024.0 * 1024.0 * 1024.0,
-            _ => return Err(err()),
+        let t = t.strip_suffix("/s").unwrap_or(t);
+        byte_count(t).map(Rate).ok_or_else(|| ParseRateError(s.to_string()))
+    }
+}
+
+/// A byte count with an optional unit (`10GiB`, `500KB`, `1000`), from 1 byte to 1 PB.
+fn byte_count(t: &str) -> Option<u64> {
+    let t = t.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let mult: f64 = match unit.trim() {
+        "" | "B" => 1.0,
+        "K" | "KB" | "k" | "kB" => 1e3,
+        "M" | "MB" => 1e6,
+        "G" | "GB" => 1e9,
+        "T" | "TB" => 1e12,
+        "Ki" | "KiB" => 1024.0,
+        "Mi" | "MiB" => 1024.0 * 1024.0,
+        "Gi" | "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" | "TiB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let v = num * mult;
+    (1.0..=1e15).contains(&v).then_some(v as u64)
+}
+
+/// Space a storage node grants a user: `USER_ID` (unlimited) or `USER_ID=QUOTA` (`10GiB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// The user.
+    pub user: UserId,
+    /// Bytes the user may own in total; `None` is unlimited.
+    pub quota: Option<u64>,
+}
+
+/// Error parsing a [`Grant`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParseGrantError {
+    /// The user id part is not a user id.
+    #[error("bad grant {0:?}: {1} (the user id is what `shoal user` prints)")]
+    User(String, shoal_core::id::ParseIdError),
+    /// The quota part is not a byte count.
+    #[error("bad grant {0:?}: the quota must be a size like 500MiB or 10GiB")]
+    Quota(String),
+    /// The same user is granted twice with different quotas.
+    #[error("user {0} is granted twice with different quotas: keep one --grant for it")]
+    Twice(UserId),
+}
+
+impl FromStr for Grant {
+    type Err = ParseGrantError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (user, quota) = match s.trim().split_once('=') {
+            Some((u, q)) => (u, Some(q)),
+            None => (s.trim(), None),
         };
-        let v = num * mult;
-        if !(1.0..=1e15).contains(&v) {
-            return Err(err());
+        let user = user.trim().parse().map_err(|e| ParseGrantError::User(s.to_string(), e))?;
+        let quota = match quota {
+            Some(q) => Some(byte_count(q).ok_or_else(|| ParseGrantError::Quota(s.to_string()))?),
+            None => None,
+        };
+        Ok(Grant { user, quota })
+    }
+}
+
+/// The users a storage node accepts pushes from, with their quotas.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants(HashMap<UserId, Option<u64>>);
+
+impl Grants {
+    /// Grants from `USER_ID[=QUOTA]` items (flags and `SHOAL_GRANT`), validated once.
+    pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<Self, ParseGrantError> {
+        let mut map = HashMap::new();
+        for item in items.iter().map(AsRef::as_ref).filter(|i| !i.trim().is_empty()) {
+            let g: Grant = item.parse()?;
+            if map.insert(g.user, g.quota).is_some_and(|q| q != g.quota) {
+                return Err(ParseGrantError::Twice(g.user));
+            }
         }
-        Ok(Rate(v as u64))
+        Ok(Self(map))
+    }
+
+    /// The quota of a granted user (`Some(None)`: unlimited); `None` if not granted.
+    pub fn quota(&self, user: &UserId) -> Option<Option<u64>> {
+        self.0.get(user).copied()
+    }
+
+    /// True if nobody is granted.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -85,6 +161,9 @@ pub struct NodeConfig {
     pub storage: Option<String>,
     /// S3 settings beyond the AWS environment variables.
     pub s3: shoal_cloud::backend::S3Options,
+    /// For a storage node: the users it accepts pushes from, with their quotas (default:
+    /// nobody; re-seed tokens from its tracker still count).
+    pub grants: Grants,
 }
 
 impl NodeConfig {
@@ -100,6 +179,7 @@ impl NodeConfig {
             tracker: None,
             storage: None,
             s3: shoal_cloud::backend::S3Options::default(),
+            grants: Grants::default(),
         }
     }
 }
@@ -123,6 +203,27 @@ mod tests {
         }
         for bad in ["", "fast", "10XB/s", "-5", "0", "1e400"] {
             assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn grants_parse_and_say_what_is_wrong() {
+        let user = UserId::from(shoal_net::Identity::generate().node_id());
+        let g = Grants::parse(&[format!("{user}=10GiB")]).unwrap();
+        assert_eq!(g.quota(&user), Some(Some(10 * 1024 * 1024 * 1024)));
+        let g = Grants::parse(&[user.to_string(), user.to_string()]).unwrap();
+        assert_eq!(g.quota(&user), Some(None), "unlimited, and repeating it is harmless");
+        assert!(Grants::parse::<&str>(&[]).unwrap().is_empty());
+        let twice = Grants::parse(&[format!("{user}=1GiB"), format!("{user}=2GiB")]);
+        assert!(matches!(twice, Err(ParseGrantError::Twice(_))));
+        for (bad, says) in [
+            ("nobody".to_string(), "shoal user"),
+            (format!("{user}=lots"), "quota must be a size"),
+            (format!("{user}=0"), "quota must be a size"),
+            (format!("{user}="), "quota must be a size"),
+        ] {
+            let e = Grants::parse(std::slice::from_ref(&bad)).unwrap_err().to_string();
+            assert!(e.contains(&format!("{bad:?}")) && e.contains(says), "{bad}: {e}");
         }
     }
 }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use shoal_core::{PeerAddr, Ticket};
 use shoal_node::client::Client;
-use shoal_node::config::{human_bytes, NodeConfig, Rate};
+use shoal_node::config::{human_bytes, Grants, NodeConfig, Rate};
 use shoal_node::control::{self, GetBody, LsEntry};
 use shoal_node::fetch::{FetchReport, FetchRequest, Progress};
 use shoal_node::node::{self, Node};
@@ -69,6 +69,15 @@ enum Command {
         /// `s3://bucket[/prefix]` (credentials and region from the AWS environment variables).
         #[arg(long, env = "SHOAL_STORE")]
         store: Option<String>,
+        /// For a storage node: accept pushes from this user (`shoal user` prints its id), up to
+        /// QUOTA bytes in total (like 10GiB; absent: unlimited). Repeatable.
+        #[arg(
+            long = "grant",
+            env = "SHOAL_GRANT",
+            value_delimiter = ',',
+            value_name = "USER_ID[=QUOTA]"
+        )]
+        grants: Vec<String>,
         /// S3 endpoint of an S3-compatible service (else AWS_ENDPOINT_URL or AWS itself).
         #[arg(long, env = "SHOAL_S3_ENDPOINT")]
         s3_endpoint: Option<String>,
@@ -124,12 +133,28 @@ enum Command {
         #[arg(long, env = "SHOAL_JSON")]
         json: bool,
     },
+    /// Print the user this node pushes into storage as (its node key, unless `shoal user new`
+    /// made a separate user key): what a storage operator passes to `--grant`.
+    User {
+        /// Print `{"user_id": .., "node_id": ..}`.
+        #[arg(long, env = "SHOAL_JSON")]
+        json: bool,
+        #[command(subcommand)]
+        action: Option<UserAction>,
+    },
     /// Show the node's id, addresses and counters.
     Status {
         /// Print JSON.
         #[arg(long, env = "SHOAL_JSON")]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserAction {
+    /// Make a separate user key (DATA_DIR/user.key) that this node then acts for, with a
+    /// signed device certificate; refuses if one exists.
+    New,
 }
 
 fn probability(s: &str) -> Result<f64, String> {
@@ -185,11 +210,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             testnet,
             role,
             store,
+            grants,
             s3_endpoint,
             danger_s3_allow_http,
             danger_lie_bitfield,
             danger_corrupt_uploads,
         } => {
+            let grants = Grants::parse(&grants)?;
+            if !grants.is_empty() && role != Role::Storage {
+                bail!("--grant is for storage nodes: add --role storage");
+            }
             let tracker = match testnet {
                 Some(dir) => Some(testnet_tracker(&dir)?),
                 None => tracker,
@@ -214,6 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tracker,
                 storage,
                 s3,
+                grants,
                 ..NodeConfig::new(data_dir)
             };
             if danger_corrupt_uploads > 0.0 {
@@ -231,7 +262,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Push { target, json } => push(&data_dir, &target, json),
         Command::Ls { json } => ls(&data_dir, json),
         Command::Status { json } => status(&data_dir, json),
+        Command::User { json, action } => user(&data_dir, json, action),
     }
+}
+
+/// `shoal user [new] [--json]`: the user id (and node id), making keys as the daemon would.
+fn user(data_dir: &Path, json: bool, action: Option<UserAction>) -> anyhow::Result<()> {
+    use shoal_net::Identity;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    let node = Identity::load_or_create(data_dir)?;
+    let user = match action {
+        Some(UserAction::New) => Identity::create_user(data_dir)?.user_id(),
+        None => match Identity::load_user(data_dir)? {
+            Some(u) => u.user_id(),
+            None => node.node_id().into(),
+        },
+    };
+    if json {
+        #[derive(serde::Serialize)]
+        struct Ids {
+            user_id: String,
+            node_id: String,
+        }
+        let ids = Ids { user_id: user.to_string(), node_id: node.node_id().to_string() };
+        println!("{}", serde_json::to_string(&ids)?);
+    } else {
+        println!("{user}");
+    }
+    Ok(())
 }
 
 /// The tracker address of a testnet run directory.

@@ -126,6 +126,8 @@ pub struct Node {
     /// Clients of the trackers this node talks to, by address. Held only for map access.
     trackers: std::sync::Mutex<std::collections::HashMap<String, crate::tracker::TrackerHandle>>,
     pub(crate) uploads: Arc<crate::upload::Uploads>,
+    /// Who may push into this node's storage, and the memory budget for push bodies.
+    pub(crate) push_gate: crate::storage::PushGate,
     /// Per-content counters. Held only for map updates.
     pub(crate) content_stats: std::sync::Mutex<std::collections::HashMap<ContentId, ContentStats>>,
     pub(crate) data_dir: PathBuf,
@@ -168,6 +170,7 @@ impl Node {
             default_tracker: config.tracker.clone(),
             trackers: std::sync::Mutex::new(std::collections::HashMap::new()),
             uploads: crate::upload::Uploads::new(UPLOAD_SLOTS),
+            push_gate: crate::storage::PushGate::new(config.grants.clone()),
             content_stats: std::sync::Mutex::new(std::collections::HashMap::new()),
             data_dir: dir.clone(),
         }))

@@ -1,10 +1,12 @@
 //! Pushing a content into storage: `shoal push`, and the tracker's re-seed directives.
 //!
-//! The pusher asks storage which pieces it holds (`Holding`), pushes the manifest if storage
-//! does not know the content yet (which makes this node the upload's owner), then pushes only
-//! the missing pieces, a few at a time, within the node's upload limit. Storage checks each
-//! piece before it writes it. A storage error is retried with backoff; any other refusal ends
-//! the push with its reason. An interrupted push resumes: storage keeps what it stored.
+//! The pusher pushes the manifest, which claims the content for its user (the node key, or the
+//! user key in the data dir, with a device certificate); storage charges the content's size
+//! to the user's quota, or answers at once if the user owns it already. Then it asks which
+//! pieces storage holds (`Holding`) and pushes only the missing ones, a few at a time, within
+//! the node's upload limit. Storage checks each piece before it writes it. `Busy` and storage
+//! errors are retried with backoff; any other refusal (no grant, over quota) ends the push
+//! with storage's reason. An interrupted push resumes: storage keeps what it stored.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use quinn::Connection;
 use serde::{Deserialize, Serialize};
-use shoal_core::{Bitfield, ContentId, PeerAddr, PieceIndex};
+use shoal_core::{Bitfield, ContentId, DeviceCert, PeerAddr, PieceIndex};
 use shoal_wire::tracker::{Directive, TrackerRequest, TrackerResponse};
 use shoal_wire::{Decoder, RejectReason, Request, Response};
 use tokio::task::JoinSet;
@@ -46,16 +48,70 @@ pub struct PushReport {
 }
 
 /// One request on its own stream, with `raw` bytes after the frame; the response frame.
+///
+/// Storage may refuse a push before reading its body and stop our sending side: the refusal
+/// is still read and returned, and only without one does the failed write count.
 async fn call(conn: &Connection, req: &Request, raw: Option<&Bytes>) -> anyhow::Result<Response> {
     let (mut send, mut recv) = conn.open_bi().await?;
     write_frame(&mut send, req).await?;
-    if let Some(raw) = raw {
-        send.write_chunk(raw.clone()).await?;
+    let wrote = match raw {
+        Some(raw) => send.write_chunk(raw.clone()).await,
+        None => Ok(()),
+    };
+    let _ = send.finish();
+    match read_frame::<Response>(&mut recv, &mut Decoder::new()).await {
+        Ok(Some(resp)) => Ok(resp),
+        Ok(None) => {
+            wrote.context("sending to storage")?;
+            bail!("storage closed the stream without answering")
+        }
+        Err(e) => {
+            wrote.context("sending to storage")?;
+            Err(e)
+        }
     }
-    send.finish()?;
-    read_frame::<Response>(&mut recv, &mut Decoder::new())
-        .await?
-        .context("storage closed the stream without answering")
+}
+
+/// What a push carries to prove its right: the device certificate of this node's user key,
+/// if the data dir holds one, and a re-seed token for directive pushes.
+#[derive(Debug, Clone, Default)]
+struct Credentials {
+    cert: Option<DeviceCert>,
+    token: Option<Vec<u8>>,
+}
+
+/// The device certificate of the data dir's user key, if there is one (read on each push, so
+/// `shoal user new` takes effect without a restart).
+fn device_cert(node: &Node) -> anyhow::Result<Option<DeviceCert>> {
+    let user = shoal_net::Identity::load_user(node.data_dir()).context("reading the user key")?;
+    Ok(user.map(|u| u.device_cert(node.node_id())))
+}
+
+/// Pushes the manifest, claiming the content for this node's user; retries `Busy` and storage
+/// errors with backoff. Returns whether storage held every piece already.
+async fn push_manifest(
+    conn: &Connection,
+    content: ContentId,
+    bytes: Bytes,
+    cert: Option<DeviceCert>,
+) -> anyhow::Result<bool> {
+    let req = Request::PushManifest { content, len: bytes.len() as u32, cert };
+    let mut backoff = Duration::from_millis(250);
+    for attempt in 1..=ATTEMPTS {
+        match call(conn, &req, Some(&bytes)).await? {
+            Response::Pushed { complete, .. } => return Ok(complete),
+            Response::Reject { reason: RejectReason::StorageError | RejectReason::Busy, text }
+                if attempt < ATTEMPTS =>
+            {
+                warn!(%text, "storage cannot take the manifest now; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            Response::Reject { text, .. } => bail!("storage refused the push: {text}"),
+            other => bail!("unexpected answer {other:?}"),
+        }
+    }
+    unreachable!("the last attempt returns")
 }
 
 /// The storage node the tracker names.
@@ -94,7 +150,7 @@ async fn push_one(
     conn: &Connection,
     content: ContentId,
     piece: PieceIndex,
-    token: Option<Vec<u8>>,
+    creds: Credentials,
 ) -> anyhow::Result<(u64, bool)> {
     let store = node.store.clone();
     let data = Bytes::from(
@@ -105,15 +161,22 @@ async fn push_one(
     let mut backoff = Duration::from_millis(250);
     for attempt in 1..=ATTEMPTS {
         node.upload.acquire(data.len() as u64).await;
-        let req =
-            Request::PushPiece { content, piece, len: data.len() as u32, token: token.clone() };
+        let req = Request::PushPiece {
+            content,
+            piece,
+            len: data.len() as u32,
+            cert: creds.cert.clone(),
+            token: creds.token.clone(),
+        };
         match call(conn, &req, Some(&data)).await? {
             Response::Pushed { already, complete } => {
                 let sent = if already { 0 } else { data.len() as u64 };
                 node.stats.pushed_bytes.fetch_add(sent, Ordering::Relaxed);
                 return Ok((sent, complete));
             }
-            Response::Reject { reason: RejectReason::StorageError, text } if attempt < ATTEMPTS => {
+            Response::Reject { reason: RejectReason::StorageError | RejectReason::Busy, text }
+                if attempt < ATTEMPTS =>
+            {
                 warn!(%piece, %text, "storage cannot write; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff *= 2;
@@ -132,7 +195,7 @@ async fn push_pieces(
     conn: &Connection,
     content: ContentId,
     pieces: Vec<PieceIndex>,
-    token: Option<Vec<u8>>,
+    creds: Credentials,
 ) -> anyhow::Result<(u64, bool)> {
     let mut queue = pieces.into_iter();
     let mut running = JoinSet::new();
@@ -140,8 +203,8 @@ async fn push_pieces(
     loop {
         while running.len() < PUSH_STREAMS {
             let Some(p) = queue.next() else { break };
-            let (node, conn, token) = (node.clone(), conn.clone(), token.clone());
-            running.spawn(async move { push_one(&node, &conn, content, p, token).await });
+            let (node, conn, creds) = (node.clone(), conn.clone(), creds.clone());
+            running.spawn(async move { push_one(&node, &conn, content, p, creds).await });
         }
         let Some(joined) = running.join_next().await else { break };
         let (n, c) = joined??;
@@ -166,32 +229,18 @@ pub async fn push(
         Some(s) => s,
         None => find_storage(&node).await?,
     };
+    let cert = device_cert(&node)?;
     let (conn, _) = node.endpoint.connect(&target, shoal_wire::ALPN).await?;
-    let stored = match holding(&conn, content).await? {
-        Some(b) => b,
-        None => {
-            let bytes = Bytes::from(manifest.encode());
-            match call(
-                &conn,
-                &Request::PushManifest { content, len: bytes.len() as u32 },
-                Some(&bytes),
-            )
-            .await?
-            {
-                Response::Pushed { .. } => {}
-                Response::Reject { text, .. } => bail!("storage refused the manifest: {text}"),
-                other => bail!("unexpected answer {other:?}"),
-            }
-            Bitfield::new(manifest.piece_count())
-        }
-    };
+    let already =
+        push_manifest(&conn, content, Bytes::from(manifest.encode()), cert.clone()).await?;
+    let stored =
+        holding(&conn, content).await?.unwrap_or_else(|| Bitfield::new(manifest.piece_count()));
     let missing: Vec<PieceIndex> = have.iter_ones().filter(|&p| !stored.get(p)).collect();
-    let already = stored.is_complete();
     debug!(content = %content.fmt_short(), missing = missing.len(), "pushing");
     let (pushed, complete) = if missing.is_empty() {
         (0, already)
     } else {
-        push_pieces(&node, &conn, content, missing, None).await?
+        push_pieces(&node, &conn, content, missing, Credentials { cert, token: None }).await?
     };
     let stored = complete || holding(&conn, content).await?.is_some_and(|b| b.is_complete());
     if stored {
@@ -229,7 +278,8 @@ pub(crate) fn run_directive(node: Arc<Node>, d: Directive) {
                 .ok_or_else(|| anyhow!("directive names no storage address"))?;
             let target = PeerAddr { node_id: Some(d.storage.node_id), addr };
             let (conn, _) = node.endpoint.connect(&target, shoal_wire::ALPN).await?;
-            let r = push_pieces(&node, &conn, content, pieces, Some(d.token.clone())).await;
+            let creds = Credentials { cert: None, token: Some(d.token.clone()) };
+            let r = push_pieces(&node, &conn, content, pieces, creds).await;
             conn.close(0u32.into(), b"done");
             r
         }

@@ -104,18 +104,6 @@ async fn reject(mut send: SendStream, reason: RejectReason, text: &str) -> anyho
     Ok(())
 }
 
-/// Reads `len` raw bytes that follow a request frame.
-async fn read_raw(recv: &mut RecvStream, dec: &mut Decoder, len: usize) -> anyhow::Result<Bytes> {
-    let mut buf = dec.take_rest().to_vec();
-    if buf.len() > len {
-        anyhow::bail!("more bytes than announced");
-    }
-    let have = buf.len();
-    buf.resize(len, 0);
-    recv.read_exact(&mut buf[have..]).await.context("reading pushed bytes")?;
-    Ok(Bytes::from(buf))
-}
-
 async fn respond(mut send: SendStream, resp: &Response) -> anyhow::Result<()> {
     write_frame(&mut send, resp).await?;
     send.finish()?;
@@ -126,8 +114,8 @@ async fn serve_request(
     node: &Node,
     peer: NodeId,
     mut send: SendStream,
-    mut recv: RecvStream,
-    mut dec: Decoder,
+    recv: RecvStream,
+    dec: Decoder,
     req: Request,
 ) -> anyhow::Result<()> {
     match req {
@@ -187,19 +175,9 @@ async fn serve_request(
         Request::Holding { content } => {
             respond(send, &Response::Holding { bitfield: node.holding(content)? }).await
         }
-        Request::PushManifest { content, len } => {
-            let bytes = read_raw(&mut recv, &mut dec, len as usize).await?;
-            let resp = node.accept_manifest(peer, content, &bytes).await;
-            respond(send, &resp).await
-        }
-        Request::PushPiece { content, piece, len, token } => {
-            // Refuse before reading: an unauthorised pusher costs no memory.
-            if let Err(refusal) = node.authorize_push(peer, content, piece, len, token.as_deref()) {
-                return respond(send, &refusal).await;
-            }
-            let data = read_raw(&mut recv, &mut dec, len as usize).await?;
-            let resp = node.accept_piece(content, piece, data).await;
-            respond(send, &resp).await
+        // Authorised, bounded and read on the storage side; refused there before any body byte.
+        req @ (Request::PushManifest { .. } | Request::PushPiece { .. }) => {
+            crate::storage::serve_push(node, peer, send, recv, dec, req).await
         }
         _ => reject(send, RejectReason::BadRequest, "unknown request").await,
     }

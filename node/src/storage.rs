@@ -2,22 +2,25 @@
 //!
 //! An ordinary node keeps pieces in files (`shoal-store`); a storage node keeps them in an
 //! object store (`shoal-cloud`). The serving side and the tracker client ask the [`Node`]
-//! through these methods and do not care which. A storage node also accepts pushes: from the
-//! node that started the upload (it pushed the manifest), or with a re-seed token signed by
-//! the tracker for exactly that holder, storage node, content and piece, not yet expired.
+//! through these methods and do not care which. A storage node also accepts pushes
+//! ([`accept`]): from users it granted space, for contents they own here, or with a re-seed
+//! token signed by its tracker for exactly that holder, storage node, content and piece, not
+//! yet expired.
 
-use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use shoal_cloud::{CloudError, PutPiece};
+use shoal_cloud::CloudError;
 use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
 use shoal_store::StoreError;
 use shoal_wire::tracker::ReseedToken;
-use shoal_wire::{RejectReason, Response};
 
 use crate::control::LsEntry;
 use crate::node::Node;
+
+mod accept;
+
+pub(crate) use accept::{serve_push, PushGate};
 
 /// Why a piece cannot be served.
 #[derive(Debug)]
@@ -103,114 +106,14 @@ impl Node {
         }
     }
 
-    /// Storage side of a manifest push. Answers with the response to send.
-    pub(crate) async fn accept_manifest(
-        &self,
-        from: NodeId,
-        content: ContentId,
-        bytes: &[u8],
-    ) -> Response {
-        let Some(cloud) = &self.cloud else {
-            return reject(RejectReason::BadRequest, "this node is not a storage node");
-        };
-        match cloud.put_manifest(bytes, from).await {
-            Ok(m) if m.content_id() == content => {
-                let _ = self.contents_changed.send(content);
-                let complete =
-                    cloud.content(content).ok().flatten().is_some_and(|c| c.is_complete());
-                Response::Pushed { already: false, complete }
-            }
-            Ok(_) => reject(RejectReason::BadRequest, "manifest does not hash to the content id"),
-            Err(CloudError::Backend(e)) => reject(
-                RejectReason::StorageError,
-                &format!("storage cannot write now; retry later ({e})"),
-            ),
-            Err(e) => reject(RejectReason::BadRequest, &e.to_string()),
-        }
-    }
-
-    /// Storage side of a piece push, before its bytes are read: may `from` push `len` bytes as
-    /// this piece? `Err` carries the refusal to send.
-    pub(crate) fn authorize_push(
-        &self,
-        from: NodeId,
-        content: ContentId,
-        piece: PieceIndex,
-        len: u32,
-        token: Option<&[u8]>,
-    ) -> Result<(), Response> {
-        let Some(cloud) = &self.cloud else {
-            return Err(reject(RejectReason::BadRequest, "this node is not a storage node"));
-        };
-        let (owner, manifest) = match (cloud.content(content), cloud.manifest(content)) {
-            (Ok(Some(c)), Ok(Some(m))) => (c.owner, m),
-            (Ok(None), _) | (_, Ok(None)) => {
-                return Err(reject(
-                    RejectReason::NotFound,
-                    "storage does not know this content: push its manifest first",
-                ))
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                return Err(reject(RejectReason::Internal, &e.to_string()))
-            }
-        };
-        if piece.0 >= manifest.piece_count() || u64::from(len) != manifest.piece_len(piece) {
-            return Err(reject(
-                RejectReason::BadPiece,
-                "no such piece, or the wrong length for it",
-            ));
-        }
-        if owner != from.to_string() {
-            if let Err(why) = self.check_token(from, content, piece, token) {
-                tracing::warn!(peer = %from, content = %content.fmt_short(), %piece, why, "push refused");
-                self.stats.pushes_refused.fetch_add(1, Ordering::Relaxed);
-                return Err(reject(RejectReason::Unauthorized, why));
-            }
-        }
-        Ok(())
-    }
-
-    /// Storage side of an authorised piece push: verification and write.
-    pub(crate) async fn accept_piece(
-        &self,
-        content: ContentId,
-        piece: PieceIndex,
-        data: Bytes,
-    ) -> Response {
-        let Some(cloud) = &self.cloud else {
-            return reject(RejectReason::BadRequest, "this node is not a storage node");
-        };
-        match cloud.put_piece(content, piece, data).await {
-            Ok(PutPiece::Stored { complete }) => {
-                let _ = self.haves.send((content, piece));
-                Response::Pushed { already: false, complete }
-            }
-            Ok(PutPiece::AlreadyStored) => {
-                let complete =
-                    cloud.content(content).ok().flatten().is_some_and(|c| c.is_complete());
-                Response::Pushed { already: true, complete }
-            }
-            Err(CloudError::BadPiece(_)) => {
-                self.stats.bad_pieces.fetch_add(1, Ordering::Relaxed);
-                reject(RejectReason::BadPiece, "piece does not match its hash; refused")
-            }
-            Err(CloudError::Backend(e)) => reject(
-                RejectReason::StorageError,
-                &format!("storage cannot write now; retry later ({e})"),
-            ),
-            Err(e) => reject(RejectReason::BadRequest, &e.to_string()),
-        }
-    }
-
     /// Checks a re-seed token for a push from `from`. The reason is what the pusher is told.
-    fn check_token(
+    pub(crate) fn check_token(
         &self,
         from: NodeId,
         content: ContentId,
         piece: PieceIndex,
-        token: Option<&[u8]>,
+        token: &[u8],
     ) -> Result<(), &'static str> {
-        let token = token.ok_or("not the uploader of this content and no re-seed token")?;
         let t = ReseedToken::decode(token).map_err(|_| "malformed re-seed token")?;
         let signed = t.signed_bytes();
         let trackers = self.tracker_ids.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -231,8 +134,4 @@ impl Node {
         }
         Ok(())
     }
-}
-
-fn reject(reason: RejectReason, text: &str) -> Response {
-    Response::Reject { reason, text: text.to_string() }
 }

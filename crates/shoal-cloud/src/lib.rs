@@ -5,8 +5,11 @@
 //!   directory) or `s3://bucket[/prefix]` (endpoint, region and credentials from the usual AWS
 //!   environment variables, or [`backend::S3Options`]).
 //! - [`CloudStore`]: manifests and pieces as objects (`manifests/<content id>`,
-//!   `pieces/<content id>/<index>`), and an index in sled: content id → name, size, owner,
-//!   stored pieces, complete or not.
+//!   `pieces/<content id>/<index>`), and an index in sled: content id → name, size, stored
+//!   pieces, complete or not.
+//! - Ownership per (user, content) and quotas ([`CloudStore::claim`]): a user owns the contents
+//!   it claimed; their sizes, summed, are what it uses of its quota. Claiming a content storage
+//!   holds already costs a record and no bytes, and a second user is never locked out.
 //!
 //! Invariants: a piece is checked against its manifest hash before anything is written, so a
 //! bad piece never reaches the object store; objects appear whole or not at all (the local
@@ -17,6 +20,8 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+mod owners;
 mod store;
 
+pub use owners::{charge, Claimed};
 pub use store::{CloudContent, CloudError, CloudStore, PutPiece};

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
 use serde::{Deserialize, Serialize};
-use shoal_core::{Bitfield, ContentId, Manifest, NodeId, PieceHash, PieceIndex};
+use shoal_core::{Bitfield, ContentId, Manifest, PieceHash, PieceIndex};
 
 /// What the index knows of a content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,8 +16,6 @@ pub struct CloudContent {
     pub name: String,
     /// The file size.
     pub size: u64,
-    /// The node that started the upload (its manifest push), as printed node id.
-    pub owner: String,
     /// Pieces stored.
     pub stored: u32,
     /// Pieces in the content.
@@ -68,6 +66,22 @@ pub enum CloudError {
     /// A stored object no longer matches its hash.
     #[error("stored piece {0} is damaged")]
     Damaged(PieceIndex),
+    /// The user's quota cannot hold the content; nothing was recorded.
+    #[error(
+        "over quota: {} used of {}, this content needs {}: ask the storage operator to raise \
+         your grant (--grant USER_ID=QUOTA)",
+        crate::owners::human(*used),
+        crate::owners::human(*quota),
+        crate::owners::human(*need)
+    )]
+    QuotaExceeded {
+        /// bytes the user owns now
+        used: u64,
+        /// the user's quota
+        quota: u64,
+        /// the content's size
+        need: u64,
+    },
 }
 
 /// Manifests and verified pieces in an object store, indexed in sled.
@@ -78,6 +92,10 @@ pub struct CloudStore {
     contents: sled::Tree,
     manifests: sled::Tree,
     pieces: sled::Tree,
+    /// user key || content id -> the content's size charged to the user (u64 BE).
+    pub(crate) owners: sled::Tree,
+    /// user key -> bytes the user owns in total (u64 BE).
+    pub(crate) usage: sled::Tree,
 }
 
 fn piece_key(c: ContentId, p: PieceIndex) -> [u8; 36] {
@@ -104,13 +122,15 @@ impl CloudStore {
             contents: db.open_tree("contents")?,
             manifests: db.open_tree("manifests")?,
             pieces: db.open_tree("pieces")?,
+            owners: db.open_tree("owners")?,
+            usage: db.open_tree("usage")?,
             db,
         })
     }
 
-    /// Records a content from its manifest (written as an object first), with `owner` as the
-    /// node that started its upload. Idempotent: a known content keeps its owner.
-    pub async fn put_manifest(&self, bytes: &[u8], owner: NodeId) -> Result<Manifest, CloudError> {
+    /// Records a content from its manifest (written as an object first). Idempotent. Who may
+    /// push it is the caller's business: see [`CloudStore::claim`].
+    pub async fn put_manifest(&self, bytes: &[u8]) -> Result<Manifest, CloudError> {
         let m = Manifest::decode(bytes)?;
         let id = m.content_id();
         if self.contents.contains_key(id.as_bytes())? {
@@ -120,7 +140,6 @@ impl CloudStore {
         let rec = CloudContent {
             name: m.name().to_string(),
             size: m.size(),
-            owner: owner.to_string(),
             stored: 0,
             pieces: m.piece_count(),
         };

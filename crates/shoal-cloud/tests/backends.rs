@@ -14,8 +14,8 @@ use bytes::Bytes;
 use object_store::path::Path;
 use object_store::ObjectStore;
 use shoal_cloud::backend::{self, S3Options};
-use shoal_cloud::{CloudError, CloudStore, PutPiece};
-use shoal_core::{Manifest, NodeId, PieceHash, PieceIndex};
+use shoal_cloud::{Claimed, CloudError, CloudStore, PutPiece};
+use shoal_core::{Manifest, NodeId, PieceHash, PieceIndex, UserId};
 
 struct Moto(Child);
 
@@ -86,8 +86,9 @@ where
     }
 }
 
-fn node() -> NodeId {
-    NodeId::from_public_key(&libp2p_identity::Keypair::generate_ed25519().public()).unwrap()
+fn user() -> UserId {
+    let kp = libp2p_identity::Keypair::generate_ed25519();
+    UserId::from(NodeId::from_public_key(&kp.public()).unwrap())
 }
 
 fn content(len: usize) -> (Vec<u8>, Manifest) {
@@ -110,7 +111,7 @@ async fn verified_pieces_only_and_completion() {
         let id = m.content_id();
         let bad = store.put_piece(id, PieceIndex(0), piece(&data, &m, 0)).await;
         assert!(matches!(bad, Err(CloudError::UnknownContent(_))), "{name}: manifest first");
-        store.put_manifest(&m.encode(), node()).await.unwrap();
+        store.put_manifest(&m.encode()).await.unwrap();
         // A piece with the wrong bytes never reaches the object store.
         let wrong = piece(&data, &m, 1);
         let err = store.put_piece(id, PieceIndex(0), wrong).await.unwrap_err();
@@ -147,20 +148,69 @@ async fn state_survives_reopening() {
     each_backend(|name, objects, index| async move {
         let (data, m) = content(40_000);
         let id = m.content_id();
-        let owner = node();
+        let owner = user();
         {
             let store = CloudStore::open(objects.clone(), &index).unwrap();
-            store.put_manifest(&m.encode(), owner).await.unwrap();
+            store.claim(owner, id, m.size(), None).await.unwrap();
+            store.put_manifest(&m.encode()).await.unwrap();
             store.put_piece(id, PieceIndex(1), piece(&data, &m, 1)).await.unwrap();
             store.flush().await.unwrap();
         }
         let store = CloudStore::open(objects, &index).unwrap();
         let b = store.bitfield(id).unwrap().unwrap();
         assert_eq!(b.iter_ones().collect::<Vec<_>>(), vec![PieceIndex(1)], "{name}");
-        assert_eq!(store.content(id).unwrap().unwrap().owner, owner.to_string());
-        // The manifest push is idempotent and keeps the first owner.
-        store.put_manifest(&m.encode(), node()).await.unwrap();
-        assert_eq!(store.content(id).unwrap().unwrap().owner, owner.to_string());
+        assert!(store.owns(owner, id).unwrap(), "{name}: the ownership record survives");
+        assert_eq!(store.usage(owner).unwrap(), m.size(), "{name}");
+        // The manifest push is idempotent.
+        store.put_manifest(&m.encode()).await.unwrap();
+        assert_eq!(store.bitfield(id).unwrap().unwrap().count(), 1, "{name}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ownership_is_per_user_and_content_and_quotas_hold() {
+    each_backend(|name, objects, index| async move {
+        let store = CloudStore::open(objects.clone(), &index).unwrap();
+        let (alice, bob) = (user(), user());
+        let (data, m) = content(100_000);
+        let (id, size) = (m.content_id(), m.size());
+        // Alice claims and stores part; claiming again charges nothing.
+        let c = store.claim(alice, id, size, Some(150_000)).await.unwrap();
+        assert_eq!(c, Claimed { already_owned: false, used: size }, "{name}");
+        store.put_manifest(&m.encode()).await.unwrap();
+        store.put_piece(id, PieceIndex(0), piece(&data, &m, 0)).await.unwrap();
+        let c = store.claim(alice, id, size, Some(150_000)).await.unwrap();
+        assert_eq!(c, Claimed { already_owned: true, used: size }, "{name}");
+        // A second content does not fit her quota: refused, nothing recorded.
+        let (_, m2) = content(60_000);
+        match store.claim(alice, m2.content_id(), m2.size(), Some(150_000)).await {
+            Err(e @ CloudError::QuotaExceeded { .. }) => {
+                let text = e.to_string();
+                let CloudError::QuotaExceeded { used, quota, need } = e else { unreachable!() };
+                assert_eq!((used, quota, need), (size, 150_000, 60_000), "{name}");
+                assert!(text.contains("97.7 KiB used of 146.5 KiB"), "{name}: {text}");
+                assert!(text.contains("--grant"), "{name}: {text}");
+            }
+            other => panic!("{name}: expected over quota, got {other:?}"),
+        }
+        assert!(!store.owns(alice, m2.content_id()).unwrap(), "{name}");
+        assert_eq!(store.usage(alice).unwrap(), size, "{name}");
+        // Bob claims the content Alice started: his own record; hers stays.
+        let c = store.claim(bob, id, size, None).await.unwrap();
+        assert_eq!(c, Claimed { already_owned: false, used: size }, "{name}");
+        assert!(store.owns(alice, id).unwrap() && store.owns(bob, id).unwrap(), "{name}");
+        // Records survive a restart.
+        drop(store);
+        let store = CloudStore::open(objects, &index).unwrap();
+        assert!(store.owns(alice, id).unwrap() && store.owns(bob, id).unwrap(), "{name}");
+        assert_eq!(store.usage(bob).unwrap(), size, "{name}");
+        // Releasing gives the size back, once, and touches nobody else's record.
+        assert!(store.release(bob, id).await.unwrap(), "{name}");
+        assert!(!store.release(bob, id).await.unwrap(), "{name}");
+        assert_eq!(store.usage(bob).unwrap(), 0, "{name}");
+        assert!(store.owns(alice, id).unwrap(), "{name}");
+        assert_eq!(store.bitfield(id).unwrap().unwrap().count(), 1, "{name}: pieces stay");
     })
     .await;
 }
@@ -170,10 +220,10 @@ async fn empty_and_one_byte_contents() {
     each_backend(|name, objects, index| async move {
         let store = CloudStore::open(objects, &index).unwrap();
         let (_, empty) = content(0);
-        store.put_manifest(&empty.encode(), node()).await.unwrap();
+        store.put_manifest(&empty.encode()).await.unwrap();
         assert!(store.content(empty.content_id()).unwrap().unwrap().is_complete(), "{name}");
         let (data, one) = content(1);
-        store.put_manifest(&one.encode(), node()).await.unwrap();
+        store.put_manifest(&one.encode()).await.unwrap();
         let r =
             store.put_piece(one.content_id(), PieceIndex(0), piece(&data, &one, 0)).await.unwrap();
         assert_eq!(r, PutPiece::Stored { complete: true }, "{name}");
@@ -200,7 +250,7 @@ async fn a_store_that_cannot_write_reports_it_and_records_nothing() {
         backend::open(&format!("file://{}", root.display()), &S3Options::default()).unwrap();
     let store = CloudStore::open(objects, &dir.path().join("index")).unwrap();
     let (data, m) = content(20_000);
-    store.put_manifest(&m.encode(), node()).await.unwrap();
+    store.put_manifest(&m.encode()).await.unwrap();
     // A file where the pieces directory belongs: every piece write fails.
     std::fs::write(root.join("pieces"), b"in the way").unwrap();
     let err =

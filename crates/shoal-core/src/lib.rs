@@ -11,6 +11,7 @@
 //! - [`Bitfield`]: which pieces a node holds.
 //! - [`Ticket`]: the printable string people share (content id plus peer hints), with a
 //!   checksum so that a truncated or mistyped copy is detected.
+//! - [`UserId`], [`DeviceCert`]: users (ed25519 keys) and the nodes that act for them.
 //! - [`hash::hash_pieces`]: hashes every piece of a file on all cores without holding the
 //!   file in memory.
 
@@ -22,8 +23,10 @@ pub mod id;
 pub mod manifest;
 pub mod piece;
 pub mod ticket;
+pub mod user;
 
 pub use bitfield::Bitfield;
 pub use id::{ContentId, NodeId, PieceHash, PieceIndex};
 pub use manifest::Manifest;
 pub use ticket::{PeerAddr, Ticket};
+pub use user::{DeviceCert, UserId};

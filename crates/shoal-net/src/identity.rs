@@ -1,4 +1,4 @@
-//! The node key, stored in the data dir.
+//! The node key, and the optional separate user key, stored in the data dir.
 
 use std::fs;
 use std::io::{self, Write};
@@ -6,17 +6,19 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use libp2p_identity::Keypair;
-use shoal_core::NodeId;
+use shoal_core::{DeviceCert, NodeId, UserId};
 
 /// The key file's name inside the data dir.
 pub const KEY_FILE: &str = "node.key";
+/// The separate user key's file name inside the data dir (absent: the node key is the user).
+pub const USER_KEY_FILE: &str = "user.key";
 
 /// Error loading or creating the node key.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum IdentityError {
     /// Reading or writing the key file failed.
-    #[error("cannot access node key {path}: {source}")]
+    #[error("cannot access key {path}: {source}")]
     Io {
         /// the key file
         path: PathBuf,
@@ -24,8 +26,11 @@ pub enum IdentityError {
         source: io::Error,
     },
     /// The key file does not hold an ed25519 libp2p key.
-    #[error("node key {0} is corrupt (move it away to make a new identity)")]
+    #[error("key {0} is corrupt (move it away to make a new identity)")]
     Corrupt(PathBuf),
+    /// A user key exists already; making another would orphan the user's grants.
+    #[error("a user key exists already at {0} (move it away first to make another user)")]
+    Exists(PathBuf),
 }
 
 /// A node's keypair and id.
@@ -55,38 +60,86 @@ impl Identity {
     /// Loads the key from `dir`, or creates one there (mode 0600) if there is none.
     pub fn load_or_create(dir: &Path) -> Result<Self, IdentityError> {
         let path = dir.join(KEY_FILE);
-        let io_err = |source| IdentityError::Io { path: path.clone(), source };
-        match fs::read(&path) {
-            Ok(bytes) => {
-                let mode = fs::metadata(&path).map_err(io_err)?.permissions().mode();
-                if mode & 0o077 != 0 {
-                    tracing::warn!(path = %path.display(), "node key was readable by others; setting mode 0600");
-                    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-                        .map_err(io_err)?;
-                }
-                Keypair::from_protobuf_encoding(&bytes)
-                    .ok()
-                    .and_then(Self::from_keypair)
-                    .ok_or_else(|| IdentityError::Corrupt(path.clone()))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let id = Self::generate();
-                let bytes = id.keypair.to_protobuf_encoding().expect("ed25519 encodes");
-                // Write under a temporary name and rename, so a crash never leaves half a key.
-                let tmp = dir.join(format!("{KEY_FILE}.tmp"));
-                let mut f = fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(io_err)?;
-                f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(io_err)?;
-                fs::rename(&tmp, &path).map_err(io_err)?;
-                Ok(id)
-            }
-            Err(e) => Err(io_err(e)),
+        match Self::load(&path)? {
+            Some(id) => Ok(id),
+            None => Self::create(dir, KEY_FILE, false),
         }
+    }
+
+    /// The separate user key in `dir`, if there is one.
+    pub fn load_user(dir: &Path) -> Result<Option<Self>, IdentityError> {
+        Self::load(&dir.join(USER_KEY_FILE))
+    }
+
+    /// Creates a separate user key in `dir` (mode 0600); refuses if one exists.
+    pub fn create_user(dir: &Path) -> Result<Self, IdentityError> {
+        Self::create(dir, USER_KEY_FILE, true)
+    }
+
+    /// This key as a user.
+    pub fn user_id(&self) -> UserId {
+        UserId::from(self.node_id)
+    }
+
+    /// This (user) key's certificate that `node` acts for it.
+    pub fn device_cert(&self, node: NodeId) -> DeviceCert {
+        let user = self.user_id();
+        let sig = self.sign(&DeviceCert::signed_bytes(&user, &node));
+        // Invariant: ed25519 signatures are 64 bytes.
+        let signature = sig.try_into().expect("ed25519 signature is 64 bytes");
+        DeviceCert { user, node, signature }
+    }
+
+    /// Reads a key file; `None` if it does not exist.
+    fn load(path: &Path) -> Result<Option<Self>, IdentityError> {
+        let io_err = |source| IdentityError::Io { path: path.to_path_buf(), source };
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(e)),
+        };
+        let mode = fs::metadata(path).map_err(io_err)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), "key was readable by others; setting mode 0600");
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+        }
+        Keypair::from_protobuf_encoding(&bytes)
+            .ok()
+            .and_then(Self::from_keypair)
+            .map(Some)
+            .ok_or_else(|| IdentityError::Corrupt(path.to_path_buf()))
+    }
+
+    /// Writes a fresh key as `dir/name`. Written under a temporary name first, so a crash never
+    /// leaves half a key; `exclusive` refuses to replace an existing file.
+    fn create(dir: &Path, name: &str, exclusive: bool) -> Result<Self, IdentityError> {
+        let path = dir.join(name);
+        let io_err = |source| IdentityError::Io { path: path.clone(), source };
+        let id = Self::generate();
+        let bytes = id.keypair.to_protobuf_encoding().expect("ed25519 encodes");
+        let tmp = dir.join(format!("{name}.tmp"));
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err)?;
+        f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(io_err)?;
+        if exclusive {
+            // A hard link fails if the name exists, where a rename would replace it.
+            let linked = fs::hard_link(&tmp, &path);
+            let _ = fs::remove_file(&tmp);
+            match linked {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(IdentityError::Exists(path))
+                }
+                other => other.map_err(io_err)?,
+            }
+        } else {
+            fs::rename(&tmp, &path).map_err(io_err)?;
+        }
+        Ok(id)
     }
 
     /// The node id.
@@ -123,5 +176,22 @@ mod tests {
         assert_eq!(a.node_id(), b.node_id());
         fs::write(dir.path().join(KEY_FILE), b"junk").unwrap();
         assert!(matches!(Identity::load_or_create(dir.path()), Err(IdentityError::Corrupt(_))));
+    }
+
+    #[test]
+    fn a_user_key_is_created_once_and_certifies_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Identity::load_user(dir.path()).unwrap().is_none());
+        let node = Identity::load_or_create(dir.path()).unwrap();
+        let user = Identity::create_user(dir.path()).unwrap();
+        let mode = fs::metadata(dir.path().join(USER_KEY_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(matches!(Identity::create_user(dir.path()), Err(IdentityError::Exists(_))));
+        let again = Identity::load_user(dir.path()).unwrap().unwrap();
+        assert_eq!(again.user_id(), user.user_id());
+        assert_ne!(user.user_id(), UserId::from(node.node_id()));
+        let cert = user.device_cert(node.node_id());
+        assert_eq!(cert.verify(&node.node_id()), Ok(()));
+        assert!(!dir.path().join(format!("{USER_KEY_FILE}.tmp")).exists());
     }
 }

@@ -33,7 +33,8 @@ pub use message::{
 };
 pub use session::{Event, ProtocolError, Session, MAX_SUBSCRIPTIONS};
 
-/// The ALPN of the peer protocol, version 1.
-pub const ALPN: &[u8] = b"shoal/peer/1";
-/// The protocol version carried in [`Message::Hello`].
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The ALPN of the peer protocol, version 2.
+pub const ALPN: &[u8] = b"shoal/peer/2";
+/// The protocol version carried in [`Message::Hello`]. Version 2: pushes carry flags, a device
+/// certificate and the token in a new layout; `QuotaExceeded` rejects.
+pub const PROTOCOL_VERSION: u16 = 2;

@@ -9,13 +9,23 @@
 //! | `0x05` | [`Message::Reject`] | content id, reason u8, text |
 //! | `0x10` | [`Request::Manifest`] | content id |
 //! | `0x11` | [`Request::Piece`] | content id, piece u32 |
+//! | `0x12` | [`Request::Holding`] | content id |
+//! | `0x13` | [`Request::PushManifest`] | content id, len u32, flags u8, [device cert 128]; then `len` raw bytes (≤ the encoded-manifest limit) |
+//! | `0x14` | [`Request::PushPiece`] | content id, piece u32, len u32, flags u8, [device cert 128], [token, the rest, ≤ 8 KiB]; then `len` raw bytes |
 //! | `0x20` | [`Response::Manifest`] | len u32, then `len` raw bytes follow the frame |
 //! | `0x21` | [`Response::Piece`] | len u32, then `len` raw bytes follow the frame |
 //! | `0x22` | [`Response::Reject`] | reason u8, text |
+//! | `0x23` | [`Response::Holding`] | [piece count u32, bits] |
+//! | `0x24` | [`Response::Pushed`] | flags u8: bit 0 already, bit 1 complete |
+//!
+//! Push flags: bit 0 a [`DeviceCert`] follows (the pusher's node acts for that user; absent,
+//! the node's own key is its user), bit 1 a re-seed token follows (push pieces only). Other
+//! bits are malformed.
 
 use shoal_core::bitfield::Bitfield;
 use shoal_core::piece::{MAX_PIECES, MAX_PIECE_SIZE};
-use shoal_core::{manifest, ContentId, NodeId, PieceIndex};
+use shoal_core::user::DEVICE_CERT_LEN;
+use shoal_core::{manifest, ContentId, DeviceCert, NodeId, PieceIndex};
 
 use crate::codec::{DecodeError, Frame, Reader};
 
@@ -42,6 +52,8 @@ pub enum RejectReason {
     StorageError,
     /// A pushed piece does not match its hash.
     BadPiece,
+    /// The pushing user's quota on this storage node cannot hold the content.
+    QuotaExceeded,
     /// A reason this version does not know.
     Other(u8),
 }
@@ -57,6 +69,7 @@ impl RejectReason {
             Self::Unauthorized => 6,
             Self::StorageError => 7,
             Self::BadPiece => 8,
+            Self::QuotaExceeded => 9,
             Self::Other(c) => c,
         }
     }
@@ -71,6 +84,7 @@ impl RejectReason {
             6 => Self::Unauthorized,
             7 => Self::StorageError,
             8 => Self::BadPiece,
+            9 => Self::QuotaExceeded,
             c => Self::Other(c),
         }
     }
@@ -138,12 +152,15 @@ pub enum Request {
         /// the content
         content: ContentId,
     },
-    /// Pushes a manifest into storage; `len` raw bytes follow.
+    /// Pushes a manifest into storage, claiming the content for the pushing user; `len` raw
+    /// bytes follow.
     PushManifest {
         /// the content
         content: ContentId,
         /// byte count that follows
         len: u32,
+        /// the user the sending node acts for, unless it is its own user
+        cert: Option<DeviceCert>,
     },
     /// Pushes a piece into storage; `len` raw bytes follow.
     PushPiece {
@@ -153,7 +170,9 @@ pub enum Request {
         piece: PieceIndex,
         /// byte count that follows
         len: u32,
-        /// a tracker-signed re-seed token, unless the sender started the upload
+        /// the user the sending node acts for, unless it is its own user
+        cert: Option<DeviceCert>,
+        /// a tracker-signed re-seed token, unless the user owns the content in storage
         token: Option<Vec<u8>>,
     },
 }
@@ -195,6 +214,51 @@ pub enum Response {
 
 /// The longest re-seed token carried in a push.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+const FLAG_CERT: u8 = 1;
+const FLAG_TOKEN: u8 = 2;
+
+/// Writes the push flags and the certificate and token they announce. A token over
+/// [`MAX_TOKEN_LEN`] is left out (the decoder would refuse it).
+fn put_push_tail(out: &mut Vec<u8>, cert: Option<&DeviceCert>, token: Option<&[u8]>) {
+    let token = token.filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN_LEN);
+    let flags = (u8::from(cert.is_some()) * FLAG_CERT) | (u8::from(token.is_some()) * FLAG_TOKEN);
+    out.push(flags);
+    if let Some(c) = cert {
+        out.extend_from_slice(&c.encode());
+    }
+    if let Some(t) = token {
+        out.extend_from_slice(t);
+    }
+}
+
+/// Reads what [`put_push_tail`] wrote; `tokens` says whether a token may follow.
+fn read_push_tail(
+    r: &mut Reader<'_>,
+    tokens: bool,
+) -> Result<(Option<DeviceCert>, Option<Vec<u8>>), DecodeError> {
+    let flags = r.u8()?;
+    let allowed = if tokens { FLAG_CERT | FLAG_TOKEN } else { FLAG_CERT };
+    if flags & !allowed != 0 {
+        return Err(r.malformed("unknown push flags"));
+    }
+    let cert = if flags & FLAG_CERT != 0 {
+        let raw: [u8; DEVICE_CERT_LEN] = r.array()?;
+        Some(DeviceCert::decode(&raw).map_err(|_| r.malformed("malformed device certificate"))?)
+    } else {
+        None
+    };
+    let token = if flags & FLAG_TOKEN != 0 {
+        let rest = r.rest();
+        if rest.is_empty() || rest.len() > MAX_TOKEN_LEN {
+            return Err(r.malformed("token empty or too long"));
+        }
+        Some(rest.to_vec())
+    } else {
+        None
+    };
+    Ok((cert, token))
+}
 
 fn put_text(out: &mut Vec<u8>, text: &str) {
     let mut end = text.len().min(MAX_REASON_LEN);
@@ -294,19 +358,18 @@ impl Frame for Request {
                 out.push(0x12);
                 out.extend_from_slice(content.as_bytes());
             }
-            Self::PushManifest { content, len } => {
+            Self::PushManifest { content, len, cert } => {
                 out.push(0x13);
                 out.extend_from_slice(content.as_bytes());
                 out.extend_from_slice(&len.to_be_bytes());
+                put_push_tail(out, cert.as_ref(), None);
             }
-            Self::PushPiece { content, piece, len, token } => {
+            Self::PushPiece { content, piece, len, cert, token } => {
                 out.push(0x14);
                 out.extend_from_slice(content.as_bytes());
                 out.extend_from_slice(&piece.0.to_be_bytes());
                 out.extend_from_slice(&len.to_be_bytes());
-                if let Some(t) = token.as_ref().filter(|t| t.len() <= MAX_TOKEN_LEN) {
-                    out.extend_from_slice(t);
-                }
+                put_push_tail(out, cert.as_ref(), token.as_deref());
             }
         }
     }
@@ -323,7 +386,8 @@ impl Frame for Request {
                 if len as usize > manifest::MAX_ENCODED_LEN {
                     return Err(r.malformed("manifest longer than the limit"));
                 }
-                Self::PushManifest { content, len }
+                let (cert, _) = read_push_tail(&mut r, false)?;
+                Self::PushManifest { content, len, cert }
             }
             0x14 => {
                 let content = ContentId(r.array()?);
@@ -332,12 +396,8 @@ impl Frame for Request {
                 if u64::from(len) > MAX_PIECE_SIZE {
                     return Err(r.malformed("piece longer than the largest piece size"));
                 }
-                let rest = r.rest();
-                if rest.len() > MAX_TOKEN_LEN {
-                    return Err(r.malformed("token too long"));
-                }
-                let token = (!rest.is_empty()).then(|| rest.to_vec());
-                Self::PushPiece { content, piece, len, token }
+                let (cert, token) = read_push_tail(&mut r, true)?;
+                Self::PushPiece { content, piece, len, cert, token }
             }
             other => return Err(DecodeError::UnknownType(other)),
         };
@@ -486,6 +546,15 @@ mod tests {
         ]
     }
 
+    /// A certificate with valid keys; the signature is arbitrary (the codec does not check it).
+    fn cert() -> impl Strategy<Value = DeviceCert> {
+        proptest::collection::vec(any::<u8>(), 64).prop_map(|sig| DeviceCert {
+            user: node_id().into(),
+            node: node_id(),
+            signature: sig.try_into().unwrap(),
+        })
+    }
+
     fn request() -> impl Strategy<Value = Request> {
         let cid = any::<[u8; 32]>().prop_map(ContentId);
         prop_oneof![
@@ -493,18 +562,20 @@ mod tests {
             (cid.clone(), any::<u32>())
                 .prop_map(|(content, p)| Request::Piece { content, piece: PieceIndex(p) }),
             cid.clone().prop_map(|content| Request::Holding { content }),
-            (cid.clone(), 0..=manifest::MAX_ENCODED_LEN as u32)
-                .prop_map(|(content, len)| Request::PushManifest { content, len }),
+            (cid.clone(), 0..=manifest::MAX_ENCODED_LEN as u32, proptest::option::of(cert()))
+                .prop_map(|(content, len, cert)| Request::PushManifest { content, len, cert }),
             (
                 cid,
                 any::<u32>(),
                 0..=MAX_PIECE_SIZE as u32,
-                proptest::option::of(proptest::collection::vec(any::<u8>(), 1..300))
+                proptest::option::of(cert()),
+                proptest::option::of(proptest::collection::vec(any::<u8>(), 1..=MAX_TOKEN_LEN))
             )
-                .prop_map(|(content, p, len, token)| Request::PushPiece {
+                .prop_map(|(content, p, len, cert, token)| Request::PushPiece {
                     content,
                     piece: PieceIndex(p),
                     len,
+                    cert,
                     token
                 }),
         ]
@@ -555,5 +626,66 @@ mod tests {
         let mut d = Decoder::new();
         d.feed(&[0, 0, 0, 2, 0x02, 0]);
         assert!(matches!(d.decode::<Message>(), Err(DecodeError::Malformed { .. })));
+    }
+
+    /// Decodes a push request body (type byte included), framing it first.
+    fn decode_push(body: &[u8]) -> Result<Option<Request>, DecodeError> {
+        let mut d = Decoder::new();
+        d.feed(&(body.len() as u32).to_be_bytes());
+        d.feed(body);
+        d.decode::<Request>()
+    }
+
+    fn push_head(ty: u8, len: u32) -> Vec<u8> {
+        let mut b = vec![ty];
+        b.extend_from_slice(&[7; 32]);
+        if ty == 0x14 {
+            b.extend_from_slice(&0u32.to_be_bytes());
+        }
+        b.extend_from_slice(&len.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn push_limits_are_enforced() {
+        let malformed =
+            |body: &[u8]| matches!(decode_push(body), Err(DecodeError::Malformed { .. }));
+        // A manifest body one byte over the encoded-manifest limit.
+        let mut b = push_head(0x13, manifest::MAX_ENCODED_LEN as u32 + 1);
+        b.push(0);
+        assert!(malformed(&b));
+        // A piece body one byte over the largest piece.
+        let mut b = push_head(0x14, MAX_PIECE_SIZE as u32 + 1);
+        b.push(0);
+        assert!(malformed(&b));
+        // A manifest push may not carry a token, nor unknown flags.
+        for flags in [FLAG_TOKEN, 4, 0x80] {
+            let mut b = push_head(0x13, 10);
+            b.extend_from_slice(&[flags, 1, 2, 3]);
+            assert!(malformed(&b), "flags {flags:#x}");
+        }
+        // A token flag with no token, or a token over the limit.
+        let mut b = push_head(0x14, 10);
+        b.push(FLAG_TOKEN);
+        assert!(malformed(&b));
+        b.extend(std::iter::repeat_n(1u8, MAX_TOKEN_LEN + 1));
+        assert!(malformed(&b));
+        // A certificate flag with a short or invalid certificate.
+        let mut b = push_head(0x13, 10);
+        b.push(FLAG_CERT);
+        b.extend_from_slice(&[0; 20]);
+        assert!(malformed(&b));
+        let mut b = push_head(0x13, 10);
+        b.push(FLAG_CERT);
+        // A user key that is not a curve point (found by search: about half of all are not).
+        let bad_key = (0u8..=255)
+            .map(|i| [i; 32])
+            .find(|k| NodeId::from_public_key_bytes(*k).is_err())
+            .unwrap();
+        b.extend_from_slice(&bad_key);
+        b.extend_from_slice(&[0; DEVICE_CERT_LEN - 32]);
+        assert!(malformed(&b));
+        // No flags byte at all.
+        assert!(malformed(&push_head(0x13, 10)));
     }
 }
