@@ -174,7 +174,7 @@ pub(super) fn push_piece(
     len: u32,
     token: Option<Vec<u8>>,
 ) -> Request {
-    Request::PushPiece { content, piece, len, token }
+    Request::PushPiece { content, piece, len, cert: None, token }
 }
 
 /// A random content id: one nobody holds.

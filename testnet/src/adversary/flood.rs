@@ -68,7 +68,7 @@ fn hostile(ctx: &Ctx, i: usize) -> (Request, bool) {
         4 => (Request::Holding { content: random_content() }, false),
         _ => {
             let len = shoal_core::manifest::MAX_ENCODED_LEN as u32;
-            (Request::PushManifest { content: random_content(), len }, true)
+            (Request::PushManifest { content: random_content(), len, cert: None }, true)
         }
     }
 }

@@ -47,8 +47,11 @@ pub(super) async fn manifest_first(ctx: &Ctx) -> Tally {
         let outcome = async {
             let (_ep, conn) = dial(ctx, storage).await?;
             let bytes = ctx.manifest_bytes.as_slice();
-            let req =
-                Request::PushManifest { content: ctx.target.content, len: bytes.len() as u32 };
+            let req = Request::PushManifest {
+                content: ctx.target.content,
+                len: bytes.len() as u32,
+                cert: None,
+            };
             let a = client::request(&conn, req, Some(bytes), false).await?;
             anyhow::Ok(pushed(&a.response))
         }
@@ -115,7 +118,7 @@ async fn round(
     tally: &mut Tally,
 ) {
     let junk = manifest.content_id();
-    let req = Request::PushManifest { content: junk, len: bytes.len() as u32 };
+    let req = Request::PushManifest { content: junk, len: bytes.len() as u32, cert: None };
     let outcome = push(conn, req, bytes).await;
     if matches!(outcome, Ok(true)) {
         tally.trust_breach(format!("{} stored the squatter's junk manifest", storage.addr));
