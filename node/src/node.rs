@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde::Serialize;
 use shoal_core::{ContentId, NodeId, PeerAddr, PieceIndex, Ticket};
-use shoal_net::{Endpoint, Identity, RateLimiter};
+use shoal_net::{Endpoint, Identity, Limits, RateLimiter};
 use shoal_store::Store;
 use tokio::sync::broadcast;
 
@@ -18,6 +18,38 @@ use crate::config::NodeConfig;
 /// Uploads that may run at once (each holds one piece in memory); further requests wait and
 /// are served in super-seeding order (see `upload`).
 const UPLOAD_SLOTS: usize = 32;
+/// Bytes the uploads in progress may hold together (pieces and manifests being sent). One
+/// upload larger than this (a 64 MiB piece) still runs, alone.
+const UPLOAD_BYTES: u64 = 64 * 1024 * 1024;
+/// Requests that may wait for an upload slot; more are answered `Busy` at once.
+const UPLOAD_WAITERS: usize = 1024;
+
+/// The shape of a content this node holds: enough to check a request against its manifest
+/// before spending anything on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shape {
+    /// File size in bytes.
+    pub(crate) size: u64,
+    /// Piece size in bytes.
+    pub(crate) piece_size: u64,
+    /// Pieces in the content.
+    pub(crate) pieces: u32,
+}
+
+impl Shape {
+    /// The length of piece `p`, or `None` past the end.
+    pub(crate) fn piece_len(&self, p: PieceIndex) -> Option<u64> {
+        let start = u64::from(p.0).checked_mul(self.piece_size)?;
+        (p.0 < self.pieces).then(|| (self.size.saturating_sub(start)).min(self.piece_size))
+    }
+
+    /// An upper bound on the encoded manifest's length.
+    pub(crate) fn manifest_bound(&self) -> u64 {
+        let hashes = 32 * shoal_core::piece::MAX_PIECES as usize;
+        let fixed = shoal_core::manifest::MAX_ENCODED_LEN - hashes;
+        fixed as u64 + 32 * u64::from(self.pieces)
+    }
+}
 
 /// Node-wide counters.
 #[derive(Debug, Default)]
@@ -149,7 +181,10 @@ impl Node {
             }
             None => None,
         };
-        let endpoint = Endpoint::bind(&identity, config.listen, &[shoal_wire::ALPN])?;
+        // A storage node receives pushed pieces on its serving side; an ordinary node only small
+        // frames (see `Limits` for the windows and the memory ceiling they give).
+        let limits = if config.storage.is_some() { Limits::storage() } else { Limits::node() };
+        let endpoint = Endpoint::bind_with(&identity, config.listen, &[shoal_wire::ALPN], limits)?;
         Ok(Arc::new(Self {
             identity,
             endpoint,
@@ -167,7 +202,7 @@ impl Node {
             contents_changed: broadcast::channel(256).0,
             default_tracker: config.tracker.clone(),
             trackers: std::sync::Mutex::new(std::collections::HashMap::new()),
-            uploads: crate::upload::Uploads::new(UPLOAD_SLOTS),
+            uploads: crate::upload::Uploads::new(UPLOAD_SLOTS, UPLOAD_BYTES, UPLOAD_WAITERS),
             content_stats: std::sync::Mutex::new(std::collections::HashMap::new()),
             data_dir: dir.clone(),
         }))
@@ -232,22 +267,49 @@ impl Node {
         self.content_stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts piece bytes uploaded of a content.
+    /// The shape of a content this node holds (part of), from its manifest; `None` if it
+    /// holds nothing of it. Reads no piece data: the store keeps manifests in memory, the
+    /// object store's index keeps size and piece count.
+    pub(crate) fn shape(&self, c: ContentId) -> anyhow::Result<Option<Shape>> {
+        Ok(match &self.cloud {
+            Some(cloud) => cloud.content(c)?.map(|rec| Shape {
+                size: rec.size,
+                // The piece size is fixed by the file size (part of the canonical manifest).
+                piece_size: 1 << shoal_core::piece::piece_log2_for(rec.size),
+                pieces: rec.pieces,
+            }),
+            None => self.store.manifest(c)?.map(|m| Shape {
+                size: m.size(),
+                piece_size: m.piece_size(),
+                pieces: m.piece_count(),
+            }),
+        })
+    }
+
+    /// Counts piece bytes uploaded of a content. Callers count only contents they serve, so
+    /// entries exist only for held contents.
     pub(crate) fn count_upload(&self, content: ContentId, bytes: u64) {
         self.content_stats().entry(content).or_default().uploaded_bytes += bytes;
     }
 
     /// A control session with `peer` about `content` began (`true`) or ended (`false`).
+    /// Callers report only contents this node holds or is fetching; an entry with no peers
+    /// and no uploads is removed, so nothing outlives its sessions.
     pub(crate) fn peer_session(&self, content: ContentId, peer: NodeId, up: bool) {
         let mut stats = self.content_stats();
-        let peers = &mut stats.entry(content).or_default().peers;
         if up {
-            *peers.entry(peer).or_default() += 1;
-        } else if let Some(n) = peers.get_mut(&peer) {
+            *stats.entry(content).or_default().peers.entry(peer).or_default() += 1;
+            return;
+        }
+        let Some(entry) = stats.get_mut(&content) else { return };
+        if let Some(n) = entry.peers.get_mut(&peer) {
             *n -= 1;
             if *n == 0 {
-                peers.remove(&peer);
+                entry.peers.remove(&peer);
             }
+        }
+        if entry.peers.is_empty() && entry.uploaded_bytes == 0 {
+            stats.remove(&content);
         }
     }
 
