@@ -359,7 +359,7 @@ fn connections_are_capped_per_node_id_and_per_address() {
             held.push(r.unwrap().expect("connections up to the per-address cap are served"));
         }
         let refused = dial(d.addr, Limits::node()).await;
-        let err = refused.err().expect("one connection over the per-address cap is refused");
+        let err = refused.expect_err("one connection over the per-address cap is refused");
         assert!(err.to_string().contains("refused"), "{err:#}");
         // Closing them frees the places (once the daemon has seen the closes).
         let mut closing = tokio::task::JoinSet::new();

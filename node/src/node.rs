@@ -396,3 +396,54 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     node.close().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn piece_lengths_come_from_the_shape() {
+        // 64 pieces of 16 KiB, the last one short.
+        let s = Shape { size: 63 * 16384 + 100, piece_size: 16384, pieces: 64 };
+        let table = [
+            (0, Some(16384)),  // first
+            (62, Some(16384)), // last full
+            (63, Some(100)),   // last, short
+            (64, None),        // one past the end
+            (u32::MAX, None),  // the probe that once grew a daemon to 4.4 GiB
+            (1 << 31, None),   // far past, no overflow
+        ];
+        for (p, want) in table {
+            assert_eq!(s.piece_len(PieceIndex(p)), want, "piece {p}");
+        }
+        assert!(s.manifest_bound() >= 64 * 32);
+        assert!(s.manifest_bound() <= shoal_core::manifest::MAX_ENCODED_LEN as u64);
+    }
+
+    #[tokio::test]
+    async fn per_content_stats_are_pruned_when_their_sessions_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = NodeConfig::new(dir.path().to_path_buf());
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        let node = Node::open(&config).unwrap();
+        let count = || node.content_stats().len();
+        let c = ContentId([1; 32]);
+        let peer = Identity::generate().node_id();
+        // Two sessions with one peer (one each way), then both end: nothing is left.
+        node.peer_session(c, peer, true);
+        node.peer_session(c, peer, true);
+        node.peer_session(c, peer, false);
+        assert_eq!(count(), 1);
+        node.peer_session(c, peer, false);
+        assert_eq!(count(), 0);
+        // A session ending for a content never counted creates nothing.
+        node.peer_session(ContentId([2; 32]), peer, false);
+        assert_eq!(count(), 0);
+        // Uploads of a held content are kept as its lifetime counter.
+        node.count_upload(c, 10);
+        node.peer_session(c, peer, true);
+        node.peer_session(c, peer, false);
+        assert_eq!(count(), 1);
+        node.close().await;
+    }
+}
