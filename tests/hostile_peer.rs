@@ -16,7 +16,8 @@ use crate::support::*;
 
 /// How much a probe may grow the daemon's resident memory. The bugs these probes found grew it
 /// by 4.4 GiB (one request) and 38 MiB for good (subscriptions); the ceiling per connection is
-/// ~1.3 MiB and per address ~42 MiB (see `shoal_net::Limits`).
+/// ~1.5 MiB and per address ~48 MiB, 192 MiB from loopback (see `shoal_net::Limits`), and no
+/// probe here comes near filling it.
 const RSS_GROWTH_CEILING_KIB: u64 = 64 * 1024;
 /// Close code for a protocol error (node/src/serve.rs).
 const CLOSE_PROTOCOL: u32 = 1;

@@ -119,7 +119,13 @@ async fn handle_stream(
         Err(e) => return Err(e),
     };
     match opening {
-        Opening::Request(req) => serve_request(&node, peer, send, recv, dec, req).await,
+        Opening::Request(req) => {
+            // Only pushes read on; for the rest, drop whatever arrived past the request now
+            // rather than hold it while the request waits for a slot.
+            let push = matches!(req, Request::PushManifest { .. } | Request::PushPiece { .. });
+            let dec = if push { dec } else { Decoder::new() };
+            serve_request(&node, peer, send, recv, dec, req).await
+        }
         Opening::Control(first) => {
             if control_opened.swap(true, Ordering::Relaxed) {
                 conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"second control stream");

@@ -13,28 +13,33 @@
 //! What strangers can make an endpoint hold at once, by construction:
 //!
 //! ```text
-//! per connection  = connection_window                    (received, not yet read)
-//!                 + max_streams x MAX_FRAME_LEN           (small replies a peer does not read)
-//!                 + QUIC state                            (~ 64 KiB)
+//! per connection  = connection_window                 received, not yet read
+//!                 + max_streams x (MAX_FRAME_LEN + 2 KiB)
+//!                                                     a small reply each stream's reader does
+//!                                                     not take (until the 20 s write deadline),
+//!                                                     and the stream's task
+//!                 + 80 KiB                            the control stream's decoder (a 64 KiB
+//!                                                     read and a partial 16 KiB frame)
+//!                 + 64 KiB                            QUIC connection state
 //! per node        = max_connections x per connection
-//!                 + upload budget                         (pieces and manifests being sent;
-//!                                                          the node's own, see node/upload.rs)
-//!                 + upload bookkeeping                    (32 contents x 65,536 pieces x 2 B)
+//!                 + upload budget                     pieces and manifests being sent (node:
+//!                                                     64 MiB, or one piece if larger)
+//!                 + upload bookkeeping                32 contents x 65,536 pieces x 2 B = 4 MiB
 //! ```
 //!
-//! With the defaults (MAX_FRAME_LEN = 16 KiB, upload budget 64 MiB, bookkeeping 4 MiB):
+//! With the defaults (MAX_FRAME_LEN = 16 KiB):
 //!
-//! | role | windows (stream / connection) | connections | per connection | per node |
-//! |---|---|---|---|---|
-//! | [`Limits::node`] | 64 KiB / 256 KiB | 256 | 256 KiB + 64 x 16 KiB + 64 KiB = 1.3 MiB | 256 x 1.3 + 68 = ~400 MiB |
-//! | [`Limits::storage`] | 4 MiB / 8 MiB | 64 | 8 MiB + 1 MiB + 64 KiB = 9.1 MiB | 64 x 9.1 + 68 = ~650 MiB |
-//! | [`Limits::tracker`] | 64 KiB / 256 KiB | 4096 | 256 KiB + 16 x 16 KiB + 64 KiB = 576 KiB | 4096 x 0.56 = ~2.3 GiB worst case |
+//! | role | windows (stream / connection) | streams | connections | per connection | per node |
+//! |---|---|---|---|---|---|
+//! | [`Limits::node`] | 64 KiB / 256 KiB | 64 | 256 | 256 + 64 x 18 + 80 + 64 KiB = 1.5 MiB | 256 x 1.5 + 68 = ~450 MiB |
+//! | [`Limits::storage`] | 4 MiB / 8 MiB | 64 | 64 | 8 MiB + 1.3 MiB = 9.3 MiB | 64 x 9.3 + 68 = ~665 MiB |
+//! | [`Limits::tracker`] | 64 KiB / 256 KiB | 16 | 4096 | 256 + 16 x 18 + 80 + 64 KiB = 690 KiB | 4096 x 0.67 = ~2.7 GiB |
 //!
 //! These are worst cases that need every connection slot filled (hundreds of distinct source
-//! addresses, since each address may hold at most `per_ip` connections and each node id
-//! `per_peer`) and every peer refusing to read; a single hostile host is held to
-//! `per_ip x per connection` (node: 32 x 1.3 MiB = ~42 MiB). The tracker's row is for the
-//! tracker's own connection cap; its per-request costs are the tracker's to bound.
+//! addresses: each address may hold at most `per_ip` connections, each node id `per_peer`)
+//! and every peer refusing to read. One hostile host is held to `per_ip x per connection`:
+//! 32 x 1.5 = 48 MiB against a node (192 MiB from loopback, whose cap is 128). The tracker's
+//! row covers only what this crate bounds; what its requests cost is the tracker's to bound.
 
 /// Receive windows and connection caps of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
