@@ -362,4 +362,42 @@ mod tests {
         let (_, id) = b.connect(&PeerAddr { node_id: None, addr }, ALPN).await.unwrap();
         assert_eq!(id, a.node_id());
     }
+
+    #[tokio::test]
+    async fn a_peer_cannot_open_more_streams_than_the_role_allows() {
+        let limits = Limits { max_streams: 2, ..Limits::node() };
+        let a = Endpoint::bind_with(
+            &Identity::generate(),
+            "127.0.0.1:0".parse().unwrap(),
+            &[ALPN],
+            limits,
+        )
+        .unwrap();
+        let b =
+            Endpoint::bind(&Identity::generate(), "127.0.0.1:0".parse().unwrap(), &[ALPN]).unwrap();
+        let addr = a.local_addr().unwrap();
+        let server = tokio::spawn({
+            let a = a.clone();
+            async move { a.accept().await.unwrap().await.unwrap() }
+        });
+        let (conn, _) = b.connect(&PeerAddr { node_id: None, addr }, ALPN).await.unwrap();
+        let server_conn = server.await.unwrap();
+        // The limit is a transport parameter, known to the dialer once connected: two streams
+        // open at once, a third waits until one closes (nothing here ever closes one).
+        let _s1 = conn.open_bi().await.unwrap();
+        let _s2 = conn.open_bi().await.unwrap();
+        let third_opened = tokio::select! {
+            biased;
+            _ = conn.open_bi() => true,
+            () = std::future::ready(()) => false,
+        };
+        assert!(!third_opened, "a third concurrent stream was allowed");
+        // The dialer opens every stream: the peer it dialed may open none.
+        let reverse_opened = tokio::select! {
+            biased;
+            _ = server_conn.open_bi() => true,
+            () = std::future::ready(()) => false,
+        };
+        assert!(!reverse_opened, "the dialed peer opened a stream");
+    }
 }
