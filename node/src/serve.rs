@@ -115,7 +115,7 @@ async fn handle_stream(
             conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"malformed frame");
             return Err(e);
         }
-        // Silent past the deadline: dropping the streams resets them.
+        // Silent past the deadline: dropping the streams ends them, answering nothing.
         Err(e) => return Err(e),
     };
     match opening {
