@@ -359,6 +359,8 @@ fn connections_are_capped_per_node_id_and_per_address() {
         while let Some(r) = dials.join_next().await {
             held.push(r.unwrap().expect("connections up to the per-address cap are served"));
         }
+        // With every place of this address taken, the daemon is still within its ceiling.
+        assert_rss_bounded(&d, before, "128 connections held from one address");
         let refused = dial(d.addr, Limits::node()).await;
         let err = refused.expect_err("one connection over the per-address cap is refused");
         assert!(err.to_string().contains("refused"), "{err:#}");
