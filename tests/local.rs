@@ -71,6 +71,19 @@ fn every_control_route_but_metrics_needs_the_token() {
 }
 
 #[test]
+fn a_new_data_dir_is_private_to_its_owner() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("fresh").join("data");
+    let mut c = shoal(&dir);
+    c.arg("user");
+    ok(c);
+    for d in [&dir, dir.parent().unwrap()] {
+        let mode = std::fs::metadata(d).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{} is private", d.display());
+    }
+}
+
+#[test]
 fn names_from_manifests_are_shown_escaped() {
     let tmp = tempfile::tempdir().unwrap();
     let d = Daemon::start(&tmp.path().join("a"), &[]);

@@ -1,8 +1,25 @@
-//! Framed reads and writes on quinn streams.
+//! Framed reads and writes on quinn streams, and the deadlines that keep silent or slow peers
+//! from holding a stream (and what it pins) for ever.
+
+use std::time::Duration;
 
 use anyhow::{bail, Context};
-use quinn::{RecvStream, SendStream};
+use bytes::Bytes;
+use quinn::{RecvStream, SendStream, VarInt};
 use shoal_wire::{encode, Decoder, Frame};
+
+/// Stream error code sent when a peer stops making progress and its stream is reset.
+pub(crate) const RESET_STALLED: u32 = 1;
+
+/// A peer let a deadline pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("peer sent or read nothing for {}s: {what}", .after.as_secs())]
+pub(crate) struct Stalled {
+    /// What was waited for.
+    pub(crate) what: &'static str,
+    /// How long.
+    pub(crate) after: Duration,
+}
 
 /// Reads the next frame; `Ok(None)` at a clean end of stream. Cancel-safe only between
 /// frames: on cancellation mid-frame the decoder keeps the partial bytes.
@@ -26,8 +43,63 @@ pub(crate) async fn read_frame<F: Frame>(
     }
 }
 
+/// [`read_frame`] that fails with [`Stalled`] unless the whole frame arrives within `deadline`.
+pub(crate) async fn read_frame_within<F: Frame>(
+    recv: &mut RecvStream,
+    dec: &mut Decoder,
+    deadline: Duration,
+    what: &'static str,
+) -> anyhow::Result<Option<F>> {
+    match tokio::time::timeout(deadline, read_frame(recv, dec)).await {
+        Ok(r) => r,
+        Err(_) => Err(Stalled { what, after: deadline }.into()),
+    }
+}
+
 /// Writes one frame.
 pub(crate) async fn write_frame<F: Frame>(send: &mut SendStream, frame: &F) -> anyhow::Result<()> {
     send.write_all(&encode(frame)).await.context("writing frame")?;
     Ok(())
+}
+
+/// Hands `chunk` to quinn, which must accept it within `deadline` (it accepts once the peer's
+/// flow-control window and our send window have room, so a peer that stops reading stops it).
+/// On a stall the stream is reset, which drops what quinn buffered for it. Not cancel-safe:
+/// part of the chunk may have been written.
+pub(crate) async fn write_within(
+    send: &mut SendStream,
+    chunk: Bytes,
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    match tokio::time::timeout(deadline, send.write_chunk(chunk)).await {
+        Ok(r) => r.context("writing to peer"),
+        Err(_) => {
+            let _ = send.reset(VarInt::from_u32(RESET_STALLED));
+            Err(Stalled { what: "reading what we sent", after: deadline }.into())
+        }
+    }
+}
+
+/// [`write_frame`] under [`write_within`]'s deadline.
+pub(crate) async fn write_frame_within<F: Frame>(
+    send: &mut SendStream,
+    frame: &F,
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    write_within(send, Bytes::from(encode(frame)), deadline).await
+}
+
+/// Finishes the stream and waits, at most `deadline`, until the peer has acknowledged all of
+/// it, so whatever the caller holds for this stream (an upload slot) is held until quinn no
+/// longer buffers its data. On a stall the stream is reset.
+pub(crate) async fn finish_within(send: &mut SendStream, deadline: Duration) -> anyhow::Result<()> {
+    send.finish()?;
+    match tokio::time::timeout(deadline, send.stopped()).await {
+        // Acknowledged, or the peer stopped reading (it has what it wants, or gave up).
+        Ok(_) => Ok(()),
+        Err(_) => {
+            let _ = send.reset(VarInt::from_u32(RESET_STALLED));
+            Err(Stalled { what: "acknowledging the end of a stream", after: deadline }.into())
+        }
+    }
 }

@@ -269,8 +269,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// `shoal user [new] [--json]`: the user id (and node id), making keys as the daemon would.
 fn user(data_dir: &Path, json: bool, action: Option<UserAction>) -> anyhow::Result<()> {
     use shoal_net::Identity;
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    shoal_node::node::create_data_dir(data_dir)?;
     let node = Identity::load_or_create(data_dir)?;
     let user = match action {
         Some(UserAction::New) => Identity::create_user(data_dir)?.user_id(),

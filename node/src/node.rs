@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde::Serialize;
 use shoal_core::{ContentId, NodeId, PeerAddr, PieceIndex, Ticket};
-use shoal_net::{Endpoint, Identity, RateLimiter};
+use shoal_net::{Endpoint, Identity, Limits, RateLimiter};
 use shoal_store::Store;
 use tokio::sync::broadcast;
 
@@ -18,6 +18,38 @@ use crate::config::NodeConfig;
 /// Uploads that may run at once (each holds one piece in memory); further requests wait and
 /// are served in super-seeding order (see `upload`).
 const UPLOAD_SLOTS: usize = 32;
+/// Bytes the uploads in progress may hold together (pieces and manifests being sent). One
+/// upload larger than this (a 64 MiB piece) still runs, alone.
+const UPLOAD_BYTES: u64 = 64 * 1024 * 1024;
+/// Requests that may wait for an upload slot; more are answered `Busy` at once.
+const UPLOAD_WAITERS: usize = 1024;
+
+/// The shape of a content this node holds: enough to check a request against its manifest
+/// before spending anything on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shape {
+    /// File size in bytes.
+    pub(crate) size: u64,
+    /// Piece size in bytes.
+    pub(crate) piece_size: u64,
+    /// Pieces in the content.
+    pub(crate) pieces: u32,
+}
+
+impl Shape {
+    /// The length of piece `p`, or `None` past the end.
+    pub(crate) fn piece_len(&self, p: PieceIndex) -> Option<u64> {
+        let start = u64::from(p.0).checked_mul(self.piece_size)?;
+        (p.0 < self.pieces).then(|| (self.size.saturating_sub(start)).min(self.piece_size))
+    }
+
+    /// An upper bound on the encoded manifest's length.
+    pub(crate) fn manifest_bound(&self) -> u64 {
+        let hashes = 32 * shoal_core::piece::MAX_PIECES as usize;
+        let fixed = shoal_core::manifest::MAX_ENCODED_LEN - hashes;
+        fixed as u64 + 32 * u64::from(self.pieces)
+    }
+}
 
 /// Node-wide counters.
 #[derive(Debug, Default)]
@@ -138,8 +170,7 @@ impl Node {
     /// runtime.
     pub fn open(config: &NodeConfig) -> anyhow::Result<Arc<Self>> {
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+        create_data_dir(dir)?;
         let identity = Identity::load_or_create(dir)?;
         let store = Store::open(dir)?;
         let cloud = match &config.storage {
@@ -151,7 +182,10 @@ impl Node {
             }
             None => None,
         };
-        let endpoint = Endpoint::bind(&identity, config.listen, &[shoal_wire::ALPN])?;
+        // A storage node receives pushed pieces on its serving side; an ordinary node only small
+        // frames (see `Limits` for the windows and the memory ceiling they give).
+        let limits = if config.storage.is_some() { Limits::storage() } else { Limits::node() };
+        let endpoint = Endpoint::bind_with(&identity, config.listen, &[shoal_wire::ALPN], limits)?;
         Ok(Arc::new(Self {
             identity,
             endpoint,
@@ -169,7 +203,7 @@ impl Node {
             contents_changed: broadcast::channel(256).0,
             default_tracker: config.tracker.clone(),
             trackers: std::sync::Mutex::new(std::collections::HashMap::new()),
-            uploads: crate::upload::Uploads::new(UPLOAD_SLOTS),
+            uploads: crate::upload::Uploads::new(UPLOAD_SLOTS, UPLOAD_BYTES, UPLOAD_WAITERS),
             push_gate: crate::storage::PushGate::new(config.grants.clone()),
             content_stats: std::sync::Mutex::new(std::collections::HashMap::new()),
             data_dir: dir.clone(),
@@ -235,22 +269,49 @@ impl Node {
         self.content_stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts piece bytes uploaded of a content.
+    /// The shape of a content this node holds (part of), from its manifest; `None` if it
+    /// holds nothing of it. Reads no piece data: the store keeps manifests in memory, the
+    /// object store's index keeps size and piece count.
+    pub(crate) fn shape(&self, c: ContentId) -> anyhow::Result<Option<Shape>> {
+        Ok(match &self.cloud {
+            Some(cloud) => cloud.content(c)?.map(|rec| Shape {
+                size: rec.size,
+                // The piece size is fixed by the file size (part of the canonical manifest).
+                piece_size: 1 << shoal_core::piece::piece_log2_for(rec.size),
+                pieces: rec.pieces,
+            }),
+            None => self.store.manifest(c)?.map(|m| Shape {
+                size: m.size(),
+                piece_size: m.piece_size(),
+                pieces: m.piece_count(),
+            }),
+        })
+    }
+
+    /// Counts piece bytes uploaded of a content. Callers count only contents they serve, so
+    /// entries exist only for held contents.
     pub(crate) fn count_upload(&self, content: ContentId, bytes: u64) {
         self.content_stats().entry(content).or_default().uploaded_bytes += bytes;
     }
 
     /// A control session with `peer` about `content` began (`true`) or ended (`false`).
+    /// Callers report only contents this node holds or is fetching; an entry with no peers
+    /// and no uploads is removed, so nothing outlives its sessions.
     pub(crate) fn peer_session(&self, content: ContentId, peer: NodeId, up: bool) {
         let mut stats = self.content_stats();
-        let peers = &mut stats.entry(content).or_default().peers;
         if up {
-            *peers.entry(peer).or_default() += 1;
-        } else if let Some(n) = peers.get_mut(&peer) {
+            *stats.entry(content).or_default().peers.entry(peer).or_default() += 1;
+            return;
+        }
+        let Some(entry) = stats.get_mut(&content) else { return };
+        if let Some(n) = entry.peers.get_mut(&peer) {
             *n -= 1;
             if *n == 0 {
-                peers.remove(&peer);
+                entry.peers.remove(&peer);
             }
+        }
+        if entry.peers.is_empty() && entry.uploaded_bytes == 0 {
+            stats.remove(&content);
         }
     }
 
@@ -307,6 +368,18 @@ impl Node {
     }
 }
 
+/// Creates a data dir (and missing parents) private to its owner: it holds the node key, the
+/// control token and the store's metadata, and what a node holds is nobody else's business.
+/// An existing directory is left as it is.
+pub fn create_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data dir {}", dir.display()))
+}
+
 /// The local address of the default route, found without sending anything.
 fn default_route_ip() -> Option<IpAddr> {
     let s = UdpSocket::bind("0.0.0.0:0").ok()?;
@@ -336,4 +409,55 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     control.stop();
     node.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn piece_lengths_come_from_the_shape() {
+        // 64 pieces of 16 KiB, the last one short.
+        let s = Shape { size: 63 * 16384 + 100, piece_size: 16384, pieces: 64 };
+        let table = [
+            (0, Some(16384)),  // first
+            (62, Some(16384)), // last full
+            (63, Some(100)),   // last, short
+            (64, None),        // one past the end
+            (u32::MAX, None),  // the probe that once grew a daemon to 4.4 GiB
+            (1 << 31, None),   // far past, no overflow
+        ];
+        for (p, want) in table {
+            assert_eq!(s.piece_len(PieceIndex(p)), want, "piece {p}");
+        }
+        assert!(s.manifest_bound() >= 64 * 32);
+        assert!(s.manifest_bound() <= shoal_core::manifest::MAX_ENCODED_LEN as u64);
+    }
+
+    #[tokio::test]
+    async fn per_content_stats_are_pruned_when_their_sessions_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = NodeConfig::new(dir.path().to_path_buf());
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        let node = Node::open(&config).unwrap();
+        let count = || node.content_stats().len();
+        let c = ContentId([1; 32]);
+        let peer = Identity::generate().node_id();
+        // Two sessions with one peer (one each way), then both end: nothing is left.
+        node.peer_session(c, peer, true);
+        node.peer_session(c, peer, true);
+        node.peer_session(c, peer, false);
+        assert_eq!(count(), 1);
+        node.peer_session(c, peer, false);
+        assert_eq!(count(), 0);
+        // A session ending for a content never counted creates nothing.
+        node.peer_session(ContentId([2; 32]), peer, false);
+        assert_eq!(count(), 0);
+        // Uploads of a held content are kept as its lifetime counter.
+        node.count_upload(c, 10);
+        node.peer_session(c, peer, true);
+        node.peer_session(c, peer, false);
+        assert_eq!(count(), 1);
+        node.close().await;
+    }
 }

@@ -1,37 +1,58 @@
-//! The serving side: peers' control streams and requests.
+//! The serving side: peers' connections, control streams and requests.
+//!
+//! What a stranger can make this side spend is bounded before it is spent:
+//! - connections: per source address, per node id and in total ([`shoal_net::Limits`], applied
+//!   by `Endpoint::serve`), one control stream each;
+//! - streams: at most `Limits::max_streams` open per connection (QUIC flow control), each of
+//!   which must deliver its opening frame within [`OPENING_DEADLINE`];
+//! - requests: checked against the content's manifest (held? piece in range?) before they take
+//!   an upload slot or any bookkeeping; a slot is waited for at most [`SLOT_WAIT`] (then `Busy`),
+//!   and the waiting queue is capped (over it, `Busy` at once);
+//! - writes: every chunk must be taken within [`WRITE_STALL`] and the end of a stream
+//!   acknowledged within [`DRAIN_DEADLINE`], else the stream is reset and its slot freed.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use shoal_core::{ContentId, NodeId, PieceIndex};
-use shoal_wire::{Decoder, Event, Message, Opening, RejectReason, Request, Response, Session};
-use tokio::sync::mpsc;
+use shoal_wire::{Decoder, Opening, RejectReason, Request, Response, Session};
 use tracing::{debug, warn, Instrument};
 
-use crate::io::{read_frame, write_frame};
+use crate::io::{finish_within, read_frame_within, write_frame_within, write_within};
 use crate::node::Node;
 use crate::storage::ServeError;
+use crate::upload::PieceKey;
 
-/// Connections a node accepts at once.
+mod control;
+pub(crate) use control::{drive_control, PeerEvent};
+
+/// Connections a node accepts at once (the role's `Limits::max_connections` may be lower).
 pub const MAX_CONNECTIONS: usize = 512;
+/// How long a peer has, after opening a stream, to send its opening frame (a request, or the
+/// hello of a control stream). An honest peer sends it with the stream; a silent stream only
+/// pins a task, so this can be short.
+pub const OPENING_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a control stream's remote hello may take, from the start of the stream.
+pub const HELLO_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a peer may leave one write of ours (a chunk of at most [`WRITE_CHUNK`], or a frame)
+/// untaken before the stream is reset: at least 12.8 KiB/s of steady progress.
+pub const WRITE_STALL: Duration = Duration::from_secs(20);
+/// After the last byte of a response is written, how long the peer has to acknowledge all of
+/// it (at most a send window, `Limits::send_window`, is then in flight) before the stream is
+/// reset. The upload slot is held until then, so slots bound what quinn buffers too.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a request waits for an upload slot before it is answered `Busy`.
+pub const SLOT_WAIT: Duration = Duration::from_secs(30);
 /// Bytes written per rate-limiter grant.
 const WRITE_CHUNK: usize = 256 * 1024;
 /// Close code: the peer broke the protocol.
 pub(crate) const CLOSE_PROTOCOL: u32 = 1;
 /// Close code: the peer sent bad piece data and is banned.
 pub(crate) const CLOSE_BANNED: u32 = 2;
-
-/// What a control stream reports to a downloader.
-#[derive(Debug)]
-pub(crate) enum PeerEvent {
-    Bitfield(NodeId, shoal_core::Bitfield),
-    Have(NodeId, PieceIndex),
-    Rejected(NodeId, RejectReason, String),
-    Closed(NodeId, String),
-}
 
 /// Accepts peers until the endpoint closes. Cancel-safe.
 pub(crate) async fn accept_loop(node: Arc<Node>) {
@@ -41,9 +62,13 @@ pub(crate) async fn accept_loop(node: Arc<Node>) {
         .await;
 }
 
-/// Answers every stream the peer opens on `conn` until it closes.
+/// Answers every stream the peer opens on `conn` until it closes. Streams are bounded by
+/// QUIC's stream limit (`Limits::max_streams` open at once), so the tasks spawned are too.
 pub(crate) async fn serve_connection(node: Arc<Node>, conn: Connection, peer: NodeId) {
     debug!("peer connected");
+    // One control stream per connection: the session's caps (subscriptions) are then caps
+    // per connection, and a peer cannot reset them by opening another.
+    let control_opened = Arc::new(AtomicBool::new(false));
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -60,10 +85,11 @@ pub(crate) async fn serve_connection(node: Arc<Node>, conn: Connection, peer: No
                 );
             }
         };
-        let (node, conn) = (node.clone(), conn.clone());
+        let (node, conn, control_opened) = (node.clone(), conn.clone(), control_opened.clone());
         tokio::spawn(
             async move {
-                if let Err(e) = handle_stream(node, &conn, peer, send, recv).await {
+                if let Err(e) = handle_stream(node, &conn, peer, &control_opened, send, recv).await
+                {
                     debug!(error = %format!("{e:#}"), "stream failed");
                 }
             }
@@ -76,21 +102,35 @@ async fn handle_stream(
     node: Arc<Node>,
     conn: &Connection,
     peer: NodeId,
+    control_opened: &AtomicBool,
     send: SendStream,
     mut recv: RecvStream,
 ) -> anyhow::Result<()> {
     let mut dec = Decoder::new();
-    let opening = match read_frame::<Opening>(&mut recv, &mut dec).await {
+    let opened = read_frame_within::<Opening>(&mut recv, &mut dec, OPENING_DEADLINE, "request");
+    let opening = match opened.await {
         Ok(Some(o)) => o,
         Ok(None) => return Ok(()),
-        Err(e) => {
+        Err(e) if e.downcast_ref::<shoal_wire::DecodeError>().is_some() => {
             conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"malformed frame");
             return Err(e);
         }
+        // Silent past the deadline: dropping the streams ends them, answering nothing.
+        Err(e) => return Err(e),
     };
     match opening {
-        Opening::Request(req) => serve_request(&node, peer, send, recv, dec, req).await,
+        Opening::Request(req) => {
+            // Only pushes read on; for the rest, drop whatever arrived past the request now
+            // rather than hold it while the request waits for a slot.
+            let push = matches!(req, Request::PushManifest { .. } | Request::PushPiece { .. });
+            let dec = if push { dec } else { Decoder::new() };
+            serve_request(&node, peer, send, recv, dec, req).await
+        }
         Opening::Control(first) => {
+            if control_opened.swap(true, Ordering::Relaxed) {
+                conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"second control stream");
+                anyhow::bail!("peer opened a second control stream");
+            }
             let session = Session::new(node.node_id(), peer);
             drive_control(node, conn, peer, session, Some(first), send, recv, dec, None).await;
             Ok(())
@@ -98,81 +138,35 @@ async fn handle_stream(
     }
 }
 
-async fn reject(mut send: SendStream, reason: RejectReason, text: &str) -> anyhow::Result<()> {
-    write_frame(&mut send, &Response::Reject { reason, text: text.to_string() }).await?;
-    send.finish()?;
-    Ok(())
+async fn reject(send: SendStream, reason: RejectReason, text: &str) -> anyhow::Result<()> {
+    respond(send, &Response::Reject { reason, text: text.to_string() }).await
 }
 
 async fn respond(mut send: SendStream, resp: &Response) -> anyhow::Result<()> {
-    write_frame(&mut send, resp).await?;
-    send.finish()?;
-    Ok(())
+    write_frame_within(&mut send, resp, WRITE_STALL).await?;
+    finish_within(&mut send, DRAIN_DEADLINE).await
 }
 
 async fn serve_request(
     node: &Node,
     peer: NodeId,
-    mut send: SendStream,
-    recv: RecvStream,
+    send: SendStream,
+    mut recv: RecvStream,
     dec: Decoder,
     req: Request,
 ) -> anyhow::Result<()> {
     match req {
-        Request::Manifest { content } => match node.manifest_bytes(content)? {
-            Some(bytes) => {
-                write_frame(&mut send, &Response::Manifest { len: bytes.len() as u32 }).await?;
-                send.write_all(&bytes).await?;
-                send.finish()?;
-                Ok(())
-            }
-            None => reject(send, RejectReason::NotFound, "content not held here").await,
-        },
+        Request::Manifest { content } => {
+            // Nothing more is read from this stream: let quinn drop whatever else arrives.
+            let _ = recv.stop(VarInt::from_u32(0));
+            serve_manifest(node, send, content).await
+        }
         Request::Piece { content, piece } => {
-            let _slot = node.uploads.acquire(content, piece).await;
-            let data = match node.piece(content, piece).await {
-                Ok(d) => d,
-                Err(ServeError::SourceChanged) => {
-                    return reject(
-                        send,
-                        RejectReason::SourceChanged,
-                        "file changed on disk; no longer served",
-                    )
-                    .await
-                }
-                Err(ServeError::NotFound) => {
-                    return reject(send, RejectReason::NotFound, "piece not held here").await
-                }
-                Err(ServeError::Internal(e)) => {
-                    warn!(content = %content.fmt_short(), %piece, error = %e, "cannot read piece");
-                    return reject(send, RejectReason::Internal, "cannot read piece").await;
-                }
-            };
-            let data = if node.corrupt > 0.0 && !data.is_empty() && fastrand::f64() < node.corrupt {
-                let mut v = data.to_vec();
-                let i = fastrand::usize(..v.len());
-                v[i] ^= 0xff;
-                Bytes::from(v)
-            } else {
-                data
-            };
-            write_frame(&mut send, &Response::Piece { len: data.len() as u32 }).await?;
-            // Hand quinn slices of the piece itself: no copy into its send buffer.
-            let mut off = 0;
-            while off < data.len() {
-                let chunk = data.slice(off..(off + WRITE_CHUNK).min(data.len()));
-                off += chunk.len();
-                let n = chunk.len() as u64;
-                node.upload.acquire(n).await;
-                send.write_chunk(chunk).await.context("sending piece")?;
-                node.stats.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
-                node.count_upload(content, n);
-            }
-            node.stats.pieces_uploaded.fetch_add(1, Ordering::Relaxed);
-            send.finish()?;
-            Ok(())
+            let _ = recv.stop(VarInt::from_u32(0));
+            serve_piece(node, send, content, piece).await
         }
         Request::Holding { content } => {
+            let _ = recv.stop(VarInt::from_u32(0));
             respond(send, &Response::Holding { bitfield: node.holding(content)? }).await
         }
         // Authorised, bounded and read on the storage side; refused there before any body byte.
@@ -183,106 +177,78 @@ async fn serve_request(
     }
 }
 
-/// Pumps one control stream: sends what the session queues, feeds it what arrives, answers the
-/// peer's subscriptions from the store, announces our new pieces to subscribers, and forwards
-/// bitfields, haves and rejects of our own subscriptions to `events`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn drive_control(
-    node: Arc<Node>,
-    conn: &Connection,
-    peer: NodeId,
-    mut session: Session,
-    first: Option<Message>,
+async fn serve_manifest(
+    node: &Node,
     mut send: SendStream,
-    mut recv: RecvStream,
-    mut dec: Decoder,
-    events: Option<mpsc::Sender<PeerEvent>>,
-) {
-    let mut haves = node.haves.subscribe();
-    // Contents this session is about (either side subscribed), for per-content peer counts.
-    let mut about: std::collections::HashSet<ContentId> = std::collections::HashSet::new();
-    let reason = async {
-        if let Some(m) = first {
-            session.handle_message(m)?;
-        }
-        loop {
-            while let Some(ev) = session.poll_event() {
-                match ev {
-                    Event::Subscribed(content) => {
-                        answer_subscription(&node, &mut session, content);
-                        if about.insert(content) {
-                            node.peer_session(content, peer, true);
-                        }
-                    }
-                    Event::Bitfield(c, b) => {
-                        if about.insert(c) {
-                            node.peer_session(c, peer, true);
-                        }
-                        forward(&events, PeerEvent::Bitfield(peer, b), c).await
-                    }
-                    Event::Have(c, p) => forward(&events, PeerEvent::Have(peer, p), c).await,
-                    Event::Rejected(c, r, t) => {
-                        forward(&events, PeerEvent::Rejected(peer, r, t), c).await
-                    }
-                    _ => {}
-                }
-            }
-            while let Some(m) = session.poll_transmit() {
-                write_frame(&mut send, &m).await?;
-            }
-            tokio::select! {
-                frame = read_frame::<Message>(&mut recv, &mut dec) => match frame {
-                    Ok(Some(m)) => session.handle_message(m)?,
-                    Ok(None) => anyhow::bail!("control stream closed"),
-                    Err(e) => {
-                        conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"malformed frame");
-                        return Err(e);
-                    }
-                },
-                have = haves.recv() => match have {
-                    Ok((c, p)) => session.announce_have(c, p),
-                    // Missed some: subscribers catch up from later haves.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(_) => anyhow::bail!("node shutting down"),
-                },
-            }
-        }
-    }
-    .await;
-    for c in about {
-        node.peer_session(c, peer, false);
-    }
-    let reason: anyhow::Result<()> = reason;
-    let text = match reason {
-        Err(e) => {
-            if let Some(pe) = e.downcast_ref::<shoal_wire::ProtocolError>() {
-                debug!(error = %pe, "peer broke the protocol");
-                conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"protocol error");
-            }
-            format!("{e:#}")
-        }
-        Ok(()) => "closed".into(),
+    content: ContentId,
+) -> anyhow::Result<()> {
+    let Some(shape) = node.shape(content)? else {
+        return reject(send, RejectReason::NotFound, "content not held here").await;
     };
-    if let Some(tx) = &events {
-        let _ = tx.send(PeerEvent::Closed(peer, text)).await;
-    }
+    let Ok(_slot) = node.uploads.acquire(None, shape.manifest_bound(), SLOT_WAIT).await else {
+        return reject(send, RejectReason::Busy, "upload slots busy; try later").await;
+    };
+    let Some(bytes) = node.manifest_bytes(content)? else {
+        return reject(send, RejectReason::NotFound, "content not held here").await;
+    };
+    let header = Response::Manifest { len: bytes.len() as u32 };
+    write_frame_within(&mut send, &header, WRITE_STALL).await?;
+    write_within(&mut send, Bytes::from(bytes), WRITE_STALL).await?;
+    finish_within(&mut send, DRAIN_DEADLINE).await
 }
 
-fn answer_subscription(node: &Node, session: &mut Session, content: ContentId) {
-    match node.holding(content) {
-        Ok(Some(b)) => session.accept_subscription(content, b),
-        Ok(None) => {
-            session.reject_subscription(content, RejectReason::NotFound, "content not held here")
+async fn serve_piece(
+    node: &Node,
+    mut send: SendStream,
+    content: ContentId,
+    piece: PieceIndex,
+) -> anyhow::Result<()> {
+    // Checked against the manifest before a slot or any bookkeeping is spent on it.
+    let Some(shape) = node.shape(content)? else {
+        return reject(send, RejectReason::NotFound, "content not held here").await;
+    };
+    let Some(len) = shape.piece_len(piece) else {
+        let text = format!("no piece {piece}: the content has {} pieces", shape.pieces);
+        return reject(send, RejectReason::BadRequest, &text).await;
+    };
+    let key = PieceKey { content, piece, pieces: shape.pieces };
+    let Ok(_slot) = node.uploads.acquire(Some(key), len, SLOT_WAIT).await else {
+        return reject(send, RejectReason::Busy, "upload slots busy; try later").await;
+    };
+    let data = match node.piece(content, piece).await {
+        Ok(d) => d,
+        Err(ServeError::SourceChanged) => {
+            let text = "file changed on disk; no longer served";
+            return reject(send, RejectReason::SourceChanged, text).await;
         }
-        Err(e) => {
-            warn!(error = %e, "cannot read bitfield");
-            session.reject_subscription(content, RejectReason::Internal, "cannot read store")
+        Err(ServeError::NotFound) => {
+            return reject(send, RejectReason::NotFound, "piece not held here").await
         }
+        Err(ServeError::Internal(e)) => {
+            warn!(content = %content.fmt_short(), %piece, error = %e, "cannot read piece");
+            return reject(send, RejectReason::Internal, "cannot read piece").await;
+        }
+    };
+    let data = if node.corrupt > 0.0 && !data.is_empty() && fastrand::f64() < node.corrupt {
+        let mut v = data.to_vec();
+        let i = fastrand::usize(..v.len());
+        v[i] ^= 0xff;
+        Bytes::from(v)
+    } else {
+        data
+    };
+    write_frame_within(&mut send, &Response::Piece { len: data.len() as u32 }, WRITE_STALL).await?;
+    // Hand quinn slices of the piece itself: no copy into its send buffer.
+    let mut off = 0;
+    while off < data.len() {
+        let chunk = data.slice(off..(off + WRITE_CHUNK).min(data.len()));
+        off += chunk.len();
+        let n = chunk.len() as u64;
+        node.upload.acquire(n).await;
+        write_within(&mut send, chunk, WRITE_STALL).await.context("sending piece")?;
+        node.stats.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
+        node.count_upload(content, n);
     }
-}
-
-async fn forward(events: &Option<mpsc::Sender<PeerEvent>>, ev: PeerEvent, _content: ContentId) {
-    if let Some(tx) = events {
-        let _ = tx.send(ev).await;
-    }
+    node.stats.pieces_uploaded.fetch_add(1, Ordering::Relaxed);
+    finish_within(&mut send, DRAIN_DEADLINE).await
 }

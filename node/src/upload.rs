@@ -1,72 +1,150 @@
-//! Upload slots, granted in super-seeding order.
+//! Upload slots, granted in super-seeding order, bounded in count, bytes, waiters and time.
 //!
-//! At most `max_active` pieces are read and sent at once. When more requests wait, the next
-//! slot goes to the request for the piece this node has sent least often (oldest first among
-//! equals), so a seed facing many downloaders sends every piece once before it sends any twice,
-//! and the downloaders complete each other. This is BitTorrent's super-seeding idea, done by
-//! ordering rather than by hiding pieces.
+//! At most `max_active` pieces (and manifests) are read and sent at once, holding at most
+//! `max_bytes` between them (one upload may exceed it alone, so a piece larger than the budget
+//! is still served, one at a time). When more requests wait, the next slot goes to the request
+//! for the piece this node has sent least often (oldest first among equals), so a seed facing
+//! many downloaders sends every piece once before it sends any twice, and the downloaders
+//! complete each other. This is BitTorrent's super-seeding idea, done by ordering rather than by
+//! hiding pieces.
+//!
+//! Bounds, so strangers cannot grow this state: at most `max_waiting` requests wait (more are
+//! refused at once with [`Busy`]), a waiter gives up after its deadline, and send counts are kept
+//! only for contents the caller checked it holds, sized by their manifest's piece count
+//! (`u16` per piece), for at most [`MAX_TRACKED_CONTENTS`] contents (least recently served
+//! forgotten first): at most 32 x 65,536 x 2 B = 4 MiB.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use shoal_core::{ContentId, PieceIndex};
 use tokio::sync::oneshot;
+
+/// Contents whose per-piece send counts are kept.
+pub(crate) const MAX_TRACKED_CONTENTS: usize = 32;
+
+/// No slot: too many requests wait already, or none came free within the deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("upload slots busy; try later or another peer")]
+pub(crate) struct Busy;
+
+/// A piece of a held content, checked by the caller: `piece < pieces`, the manifest's count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PieceKey {
+    pub(crate) content: ContentId,
+    pub(crate) piece: PieceIndex,
+    pub(crate) pieces: u32,
+}
 
 /// A granted upload slot; dropping it frees the slot for the next waiter.
 #[derive(Debug)]
 pub(crate) struct Slot {
     uploads: Arc<Uploads>,
+    bytes: u64,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.uploads.release();
+        self.uploads.release(self.bytes);
     }
 }
 
 #[derive(Debug)]
 struct Waiter {
-    content: ContentId,
-    piece: PieceIndex,
+    key: Option<PieceKey>,
+    bytes: u64,
     seq: u64,
     tx: oneshot::Sender<Slot>,
+}
+
+/// Send counts of one content.
+#[derive(Debug)]
+struct Counts {
+    per_piece: Vec<u16>,
+    /// When this content was last served (a tick of [`Sent`]), for eviction.
+    used: u64,
+}
+
+/// Send counts per content, at most [`MAX_TRACKED_CONTENTS`] of them.
+#[derive(Debug, Default)]
+struct Sent {
+    contents: HashMap<ContentId, Counts>,
+    tick: u64,
+}
+
+impl Sent {
+    fn get(&self, key: &PieceKey) -> u16 {
+        let counts = self.contents.get(&key.content);
+        counts.and_then(|c| c.per_piece.get(key.piece.0 as usize)).copied().unwrap_or(0)
+    }
+
+    fn record(&mut self, key: &PieceKey) {
+        if key.piece.0 >= key.pieces {
+            return;
+        }
+        self.tick += 1;
+        if !self.contents.contains_key(&key.content) && self.contents.len() >= MAX_TRACKED_CONTENTS
+        {
+            let oldest = self.contents.iter().min_by_key(|(_, c)| c.used).map(|(id, _)| *id);
+            if let Some(id) = oldest {
+                self.contents.remove(&id);
+            }
+        }
+        let c = self
+            .contents
+            .entry(key.content)
+            .or_insert_with(|| Counts { per_piece: vec![0; key.pieces as usize], used: 0 });
+        c.used = self.tick;
+        // A content's piece count never changes (the content id fixes the manifest); if a
+        // caller disagrees, the count is ignored rather than the vector grown.
+        if let Some(n) = c.per_piece.get_mut(key.piece.0 as usize) {
+            *n = n.saturating_add(1);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct State {
     active: usize,
+    bytes: u64,
     waiting: Vec<Waiter>,
-    /// Times each piece was sent, per content.
-    sent: HashMap<ContentId, Vec<u32>>,
+    sent: Sent,
     seq: u64,
-}
-
-impl State {
-    fn sent(&self, content: ContentId, piece: PieceIndex) -> u32 {
-        self.sent.get(&content).and_then(|v| v.get(piece.0 as usize)).copied().unwrap_or(0)
-    }
-
-    fn record(&mut self, content: ContentId, piece: PieceIndex) {
-        let v = self.sent.entry(content).or_default();
-        let i = piece.0 as usize;
-        if v.len() <= i {
-            v.resize(i + 1, 0);
-        }
-        v[i] += 1;
-    }
 }
 
 /// The node's upload slots.
 #[derive(Debug)]
 pub(crate) struct Uploads {
     max_active: usize,
+    max_bytes: u64,
+    max_waiting: usize,
     // Held only for bookkeeping, never across an await.
     state: Mutex<State>,
 }
 
+/// Removes a waiter that gave up (deadline or cancellation) from the queue.
+struct WaitGuard<'a> {
+    uploads: &'a Uploads,
+    seq: u64,
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.uploads.lock().waiting.retain(|w| w.seq != self.seq);
+    }
+}
+
 impl Uploads {
-    pub(crate) fn new(max_active: usize) -> Arc<Self> {
-        Arc::new(Self { max_active: max_active.max(1), state: Mutex::new(State::default()) })
+    /// Slots for `max_active` uploads holding at most `max_bytes` together, with at most
+    /// `max_waiting` requests waiting.
+    pub(crate) fn new(max_active: usize, max_bytes: u64, max_waiting: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_active: max_active.max(1),
+            max_bytes,
+            max_waiting,
+            state: Mutex::new(State::default()),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -78,55 +156,78 @@ impl Uploads {
         self.lock().active
     }
 
-    /// Waits for a slot to send `piece` of `content`. Cancel-safe: a slot granted to a
-    /// cancelled waiter is passed on.
-    pub(crate) async fn acquire(self: &Arc<Self>, content: ContentId, piece: PieceIndex) -> Slot {
-        let rx = {
+    fn fits(&self, s: &State, bytes: u64) -> bool {
+        s.active < self.max_active && (s.active == 0 || s.bytes + bytes <= self.max_bytes)
+    }
+
+    fn grant(self: &Arc<Self>, s: &mut State, key: Option<&PieceKey>, bytes: u64) -> Slot {
+        s.active += 1;
+        s.bytes += bytes;
+        if let Some(k) = key {
+            s.sent.record(k);
+        }
+        Slot { uploads: self.clone(), bytes }
+    }
+
+    /// Waits at most `deadline` for a slot to send `bytes` bytes: a piece (`key`, counted for
+    /// super-seeding order) or a manifest (`None`, served first). Cancel-safe: a cancelled
+    /// waiter leaves the queue, and a slot granted to it just then is passed on.
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        key: Option<PieceKey>,
+        bytes: u64,
+        deadline: Duration,
+    ) -> Result<Slot, Busy> {
+        let (mut rx, seq) = {
             let mut s = self.lock();
-            if s.active < self.max_active {
-                s.active += 1;
-                s.record(content, piece);
-                return Slot { uploads: self.clone() };
+            if s.waiting.is_empty() && self.fits(&s, bytes) {
+                return Ok(self.grant(&mut s, key.as_ref(), bytes));
+            }
+            if s.waiting.len() >= self.max_waiting {
+                return Err(Busy);
             }
             let (tx, rx) = oneshot::channel();
             s.seq += 1;
             let seq = s.seq;
-            s.waiting.push(Waiter { content, piece, seq, tx });
-            rx
+            s.waiting.push(Waiter { key, bytes, seq, tx });
+            (rx, seq)
         };
-        match rx.await {
-            Ok(slot) => slot,
-            // Unreachable while `self` lives: waiters are only dropped after a send.
-            Err(_) => Slot { uploads: self.clone() },
+        let guard = WaitGuard { uploads: self, seq };
+        match tokio::time::timeout(deadline, &mut rx).await {
+            Ok(Ok(slot)) => Ok(slot),
+            // The sender is only dropped after a send or with the waiter removed by us.
+            Ok(Err(_)) => Err(Busy),
+            Err(_) => {
+                drop(guard);
+                // A slot may have been granted between the deadline and the removal.
+                rx.try_recv().map_err(|_| Busy)
+            }
         }
     }
 
-    fn release(self: &Arc<Self>) {
+    fn release(self: &Arc<Self>, bytes: u64) {
         let mut s = self.lock();
+        s.active -= 1;
+        s.bytes -= bytes;
         loop {
             let best = (0..s.waiting.len()).min_by_key(|&i| {
                 let w = &s.waiting[i];
-                (s.sent(w.content, w.piece), w.seq)
+                (w.key.as_ref().map_or(0, |k| s.sent.get(k)), w.seq)
             });
-            let Some(i) = best else {
-                s.active -= 1;
-                return;
-            };
+            // Strict order: if the best waiter does not fit yet, later ones wait behind it, so
+            // a large piece is never starved by small ones.
+            let Some(i) = best.filter(|&i| self.fits(&s, s.waiting[i].bytes)) else { return };
             let w = s.waiting.swap_remove(i);
             if w.tx.is_closed() {
                 continue;
             }
-            s.record(w.content, w.piece);
-            // The slot changes hands; `active` stays. If the waiter vanished just now, the
-            // returned slot is dropped after the lock is released and passes it on again.
-            let slot = Slot { uploads: self.clone() };
-            match w.tx.send(slot) {
-                Ok(()) => return,
-                Err(slot) => {
-                    drop(s);
-                    drop(slot);
-                    return;
-                }
+            let slot = self.grant(&mut s, w.key.as_ref(), w.bytes);
+            if let Err(slot) = w.tx.send(slot) {
+                // The waiter vanished just now: dropping the slot after the lock is released
+                // passes it on again.
+                drop(s);
+                drop(slot);
+                return;
             }
         }
     }
@@ -136,42 +237,119 @@ impl Uploads {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn least_sent_pieces_go_first() {
-        let u = Uploads::new(1);
-        let c = ContentId([1; 32]);
-        let first = u.acquire(c, PieceIndex(0)).await;
-        // Waiting: piece 0 again (sent once), then piece 1 (never sent).
-        let u2 = u.clone();
-        let again = tokio::spawn(async move { u2.acquire(c, PieceIndex(0)).await });
-        let u3 = u.clone();
-        let fresh = tokio::spawn(async move { u3.acquire(c, PieceIndex(1)).await });
-        while u.lock().waiting.len() < 2 {
+    const LONG: Duration = Duration::from_secs(3600);
+
+    fn key(c: ContentId, piece: u32) -> Option<PieceKey> {
+        Some(PieceKey { content: c, piece: PieceIndex(piece), pieces: 8 })
+    }
+
+    async fn until_waiting(u: &Uploads, n: usize) {
+        while u.lock().waiting.len() < n {
             tokio::task::yield_now().await;
         }
+    }
+
+    #[tokio::test]
+    async fn least_sent_pieces_go_first() {
+        let u = Uploads::new(1, 1 << 20, 16);
+        let c = ContentId([1; 32]);
+        let first = u.acquire(key(c, 0), 1, LONG).await.unwrap();
+        // Waiting: piece 0 again (sent once), then piece 1 (never sent).
+        let u2 = u.clone();
+        let again = tokio::spawn(async move { u2.acquire(key(c, 0), 1, LONG).await });
+        until_waiting(&u, 1).await;
+        let u3 = u.clone();
+        let fresh = tokio::spawn(async move { u3.acquire(key(c, 1), 1, LONG).await });
+        until_waiting(&u, 2).await;
         drop(first);
-        let slot = fresh.await.unwrap();
+        let slot = fresh.await.unwrap().unwrap();
         assert!(!again.is_finished(), "the never-sent piece was served first");
         drop(slot);
-        drop(again.await.unwrap());
+        drop(again.await.unwrap().unwrap());
         assert_eq!(u.active(), 0);
     }
 
     #[tokio::test]
-    async fn cancelled_waiters_do_not_leak_slots() {
-        let u = Uploads::new(1);
+    async fn cancelled_waiters_leave_the_queue_and_leak_no_slots() {
+        let u = Uploads::new(1, 1 << 20, 16);
         let c = ContentId([2; 32]);
-        let held = u.acquire(c, PieceIndex(0)).await;
+        let held = u.acquire(key(c, 0), 1, LONG).await.unwrap();
         let u2 = u.clone();
-        let waiter = tokio::spawn(async move { u2.acquire(c, PieceIndex(1)).await });
-        while u.lock().waiting.is_empty() {
-            tokio::task::yield_now().await;
-        }
+        let waiter = tokio::spawn(async move { u2.acquire(key(c, 1), 1, LONG).await });
+        until_waiting(&u, 1).await;
         waiter.abort();
         let _ = waiter.await;
+        assert!(u.lock().waiting.is_empty());
         drop(held);
         assert_eq!(u.active(), 0);
-        let _again = u.acquire(c, PieceIndex(2)).await;
+        let _again = u.acquire(key(c, 2), 1, LONG).await.unwrap();
         assert_eq!(u.active(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_and_a_passed_deadline_answer_busy() {
+        let u = Uploads::new(1, 1 << 20, 2);
+        let c = ContentId([3; 32]);
+        let _held = u.acquire(key(c, 0), 1, LONG).await.unwrap();
+        let mut waiters = Vec::new();
+        for p in 1..3 {
+            let u2 = u.clone();
+            waiters.push(tokio::spawn(async move { u2.acquire(key(c, p), 1, LONG).await }));
+            until_waiting(&u, p as usize).await;
+        }
+        // Over the cap of waiters: refused at once, nothing queued.
+        assert_eq!(u.acquire(key(c, 3), 1, LONG).await.unwrap_err(), Busy);
+        assert_eq!(u.lock().waiting.len(), 2);
+        for w in &waiters {
+            w.abort();
+        }
+        for w in waiters {
+            let _ = w.await;
+        }
+        // A waiter whose deadline passes gets Busy and leaves the queue.
+        assert_eq!(u.acquire(key(c, 4), 1, Duration::from_millis(20)).await.unwrap_err(), Busy);
+        assert!(u.lock().waiting.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_byte_budget_bounds_uploads_but_never_blocks_a_lone_large_one() {
+        let u = Uploads::new(8, 100, 16);
+        let c = ContentId([4; 32]);
+        // Larger than the budget, but alone: granted.
+        let big = u.acquire(key(c, 0), 1000, LONG).await.unwrap();
+        let u2 = u.clone();
+        let small = tokio::spawn(async move { u2.acquire(key(c, 1), 60, LONG).await });
+        until_waiting(&u, 1).await;
+        drop(big);
+        let s1 = small.await.unwrap().unwrap();
+        // 60 + 60 > 100: the second waits for the first.
+        let u3 = u.clone();
+        let second = tokio::spawn(async move { u3.acquire(key(c, 2), 60, LONG).await });
+        until_waiting(&u, 1).await;
+        assert_eq!(u.active(), 1);
+        drop(s1);
+        drop(second.await.unwrap().unwrap());
+        assert_eq!((u.active(), u.lock().bytes), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn send_counts_are_bounded_by_contents_and_manifest() {
+        let u = Uploads::new(4, 1 << 20, 16);
+        // A piece index past the manifest's count allocates nothing.
+        let far = PieceKey { content: ContentId([5; 32]), piece: PieceIndex(u32::MAX), pieces: 4 };
+        drop(u.acquire(Some(far), 1, LONG).await.unwrap());
+        assert!(u.lock().sent.contents.is_empty());
+        for i in 0..(MAX_TRACKED_CONTENTS as u32 * 3) {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            let k = PieceKey { content: ContentId(id), piece: PieceIndex(1), pieces: 16 };
+            drop(u.acquire(Some(k), 1, LONG).await.unwrap());
+        }
+        let s = u.lock();
+        assert_eq!(s.sent.contents.len(), MAX_TRACKED_CONTENTS);
+        // The most recently served content is kept.
+        let mut last = [0u8; 32];
+        last[..4].copy_from_slice(&(MAX_TRACKED_CONTENTS as u32 * 3 - 1).to_be_bytes());
+        assert!(s.sent.contents.contains_key(&ContentId(last)));
     }
 }

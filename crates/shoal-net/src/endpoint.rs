@@ -9,15 +9,20 @@ use quinn::{Connection, TransportConfig, VarInt};
 use rustls::pki_types::CertificateDer;
 use shoal_core::{NodeId, PeerAddr};
 
+use crate::admission::Admission;
 use crate::tls::{self, CertifiedKey};
-use crate::Identity;
+use crate::{Identity, Limits};
 
 /// How long a dial may take before the peer counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Per-stream flow-control window: several pieces in flight on one stream never stall.
-const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
-/// Per-connection flow-control window, send and receive.
-const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
+/// How long a peer's handshake may take before its connection place is given back.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes quinn buffers for one connection attempt not yet accepted (early handshake packets).
+const INCOMING_BUFFER: u64 = 64 * 1024;
+/// Bytes quinn buffers for all connection attempts not yet accepted.
+const INCOMING_BUFFER_TOTAL: u64 = 4 * 1024 * 1024;
+/// Close code for a connection over the per-node-id cap.
+pub const CLOSE_OVER_CAP: u32 = 3;
 /// UDP socket buffers; the kernel caps them at net.core.{r,w}mem_max.
 const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 /// The largest UDP payload this endpoint accepts and MTU discovery tries. On large-MTU paths
@@ -27,8 +32,6 @@ const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 /// an MTU black hole). quinn's receive buffer also grows linearly with it.
 const MAX_UDP_PAYLOAD: u16 = 6_500;
 const MTU_UPPER_BOUND: u16 = MAX_UDP_PAYLOAD;
-/// Concurrent request streams a peer may open.
-pub const MAX_STREAMS: u32 = 256;
 
 /// Error setting up an endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +79,7 @@ pub struct Endpoint {
     inner: quinn::Endpoint,
     key: Arc<CertifiedKey>,
     node_id: NodeId,
+    limits: Limits,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -84,12 +88,29 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
-fn transport() -> Arc<TransportConfig> {
+/// Transport settings for the connections this endpoint serves.
+fn server_transport(l: &Limits) -> Arc<TransportConfig> {
+    let mut t = transport();
+    t.stream_receive_window(VarInt::from_u32(l.stream_window));
+    t.receive_window(VarInt::from_u32(l.connection_window));
+    t.send_window(l.send_window);
+    t.max_concurrent_bidi_streams(VarInt::from_u32(l.max_streams));
+    Arc::new(t)
+}
+
+/// Transport settings for the connections this endpoint dials. The dialer opens every stream,
+/// so the peer may open none.
+fn client_transport(l: &Limits) -> Arc<TransportConfig> {
+    let mut t = transport();
+    t.stream_receive_window(VarInt::from_u32(l.dial_stream_window));
+    t.receive_window(VarInt::from_u32(l.dial_connection_window));
+    t.send_window(u64::from(l.dial_connection_window));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(0));
+    Arc::new(t)
+}
+
+fn transport() -> TransportConfig {
     let mut t = TransportConfig::default();
-    t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
-    t.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
-    t.send_window(u64::from(CONNECTION_WINDOW));
-    t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.keep_alive_interval(Some(Duration::from_secs(5)));
     // Probe past the 1452-byte default: loopback and jumbo-frame links carry far larger
@@ -100,7 +121,7 @@ fn transport() -> Arc<TransportConfig> {
     t.mtu_discovery_config(Some(mtu));
     // Keep-alives every 5 s; a peer silent for 15 s is gone.
     t.max_idle_timeout(Some(VarInt::from_u32(15_000).into()));
-    Arc::new(t)
+    t
 }
 
 fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -118,19 +139,37 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 }
 
 impl Endpoint {
-    /// Binds a UDP socket at `addr` and serves the given ALPNs with `identity`. Must be
-    /// called inside a tokio runtime.
+    /// Binds a UDP socket at `addr` and serves the given ALPNs with `identity`, with the
+    /// windows and caps of an ordinary node ([`Limits::node`]). Must be called inside a tokio
+    /// runtime.
     pub fn bind(
         identity: &Identity,
         addr: SocketAddr,
         alpns: &[&[u8]],
+    ) -> Result<Self, EndpointError> {
+        Self::bind_with(identity, addr, alpns, Limits::node())
+    }
+
+    /// [`Endpoint::bind`] with the windows and caps of another role. Must be called inside a
+    /// tokio runtime.
+    pub fn bind_with(
+        identity: &Identity,
+        addr: SocketAddr,
+        alpns: &[&[u8]],
+        limits: Limits,
     ) -> Result<Self, EndpointError> {
         let key = Arc::new(tls::certify(identity)?);
         let tls = tls::server_config(&key, alpns)?;
         let quic =
             QuicServerConfig::try_from(tls).map_err(|e| rustls::Error::General(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
-        server.transport_config(transport());
+        server.transport_config(server_transport(&limits));
+        // Connection attempts quinn holds before `serve` sees them, and the packets it buffers
+        // for each: by default 65,536 attempts and 100 MiB, far more than any role needs.
+        server
+            .max_incoming(limits.max_connections.max(64))
+            .incoming_buffer_size(INCOMING_BUFFER)
+            .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
         let bind_err = |source| EndpointError::Bind { addr, source };
         let socket = udp_socket(addr).map_err(bind_err)?;
         let runtime = Arc::new(quinn::TokioRuntime);
@@ -138,7 +177,12 @@ impl Endpoint {
         config.max_udp_payload_size(MAX_UDP_PAYLOAD).expect("within quinn's bounds");
         let inner =
             quinn::Endpoint::new(config, Some(server), socket, runtime).map_err(bind_err)?;
-        Ok(Self { inner, key, node_id: identity.node_id() })
+        Ok(Self { inner, key, node_id: identity.node_id(), limits })
+    }
+
+    /// The windows and caps this endpoint was bound with.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// This node's id.
@@ -168,7 +212,7 @@ impl Endpoint {
         let quic =
             QuicClientConfig::try_from(tls).map_err(|e| rustls::Error::General(e.to_string()))?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-        cfg.transport_config(transport());
+        cfg.transport_config(client_transport(&self.limits));
         let handshake = |reason: String| ConnectError::Handshake { addr: peer.addr, reason };
         let connecting = self
             .inner
@@ -184,30 +228,47 @@ impl Endpoint {
         Ok((conn, id))
     }
 
-    /// Accepts connections until the endpoint closes, at most `max` at once (more are refused),
-    /// and runs `handle` on each with the node id its peer proved, inside a span naming the
-    /// peer. Cancel-safe.
+    /// Accepts connections until the endpoint closes and runs `handle` on each with the node
+    /// id its peer proved, inside a span naming the peer. At most `max` connections (and never
+    /// more than [`Limits::max_connections`]) are served at once, at most
+    /// [`Limits::per_ip`] from one source address (refused before the handshake, which costs
+    /// one packet) and at most [`Limits::per_peer`] from one node id (closed with
+    /// [`CLOSE_OVER_CAP`] right after the handshake, the first moment the id is known); a
+    /// handshake that takes longer than [`HANDSHAKE_TIMEOUT`] is dropped. Cancel-safe.
     pub async fn serve<F, Fut>(&self, max: usize, handle: F)
     where
         F: Fn(Connection, NodeId) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let slots = Arc::new(tokio::sync::Semaphore::new(max));
+        let admission = Admission::new(self.limits, max);
         let handle = Arc::new(handle);
         while let Some(incoming) = self.accept().await {
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                incoming.refuse();
-                continue;
+            let remote = incoming.remote_address();
+            let addr_place = match admission.admit_addr(remote.ip()) {
+                Ok(g) => g,
+                Err(why) => {
+                    tracing::debug!(%remote, %why, "connection refused");
+                    incoming.refuse();
+                    continue;
+                }
             };
-            let handle = handle.clone();
+            let (handle, admission) = (handle.clone(), admission.clone());
             tokio::spawn(async move {
-                let _permit = permit;
-                let remote = incoming.remote_address();
-                let conn = match incoming.await {
-                    Ok(c) => c,
-                    Err(e) => return tracing::debug!(%remote, error = %e, "handshake failed"),
+                let _addr_place = addr_place;
+                let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => return tracing::debug!(%remote, error = %e, "handshake failed"),
+                    Err(_) => return tracing::debug!(%remote, "handshake timed out"),
                 };
                 let Some(peer) = remote_node_id(&conn) else { return };
+                let _peer_place = match admission.admit_peer(peer) {
+                    Ok(g) => g,
+                    Err(why) => {
+                        tracing::debug!(%remote, %peer, %why, "connection refused");
+                        let reason = why.to_string();
+                        return conn.close(VarInt::from_u32(CLOSE_OVER_CAP), reason.as_bytes());
+                    }
+                };
                 let span = tracing::debug_span!("peer", peer = %peer.fmt_short(), %remote);
                 tracing::Instrument::instrument(handle(conn, peer), span).await;
             });
@@ -300,5 +361,43 @@ mod tests {
         // Without a node id, the key is learned at connect.
         let (_, id) = b.connect(&PeerAddr { node_id: None, addr }, ALPN).await.unwrap();
         assert_eq!(id, a.node_id());
+    }
+
+    #[tokio::test]
+    async fn a_peer_cannot_open_more_streams_than_the_role_allows() {
+        let limits = Limits { max_streams: 2, ..Limits::node() };
+        let a = Endpoint::bind_with(
+            &Identity::generate(),
+            "127.0.0.1:0".parse().unwrap(),
+            &[ALPN],
+            limits,
+        )
+        .unwrap();
+        let b =
+            Endpoint::bind(&Identity::generate(), "127.0.0.1:0".parse().unwrap(), &[ALPN]).unwrap();
+        let addr = a.local_addr().unwrap();
+        let server = tokio::spawn({
+            let a = a.clone();
+            async move { a.accept().await.unwrap().await.unwrap() }
+        });
+        let (conn, _) = b.connect(&PeerAddr { node_id: None, addr }, ALPN).await.unwrap();
+        let server_conn = server.await.unwrap();
+        // The limit is a transport parameter, known to the dialer once connected: two streams
+        // open at once, a third waits until one closes (nothing here ever closes one).
+        let _s1 = conn.open_bi().await.unwrap();
+        let _s2 = conn.open_bi().await.unwrap();
+        let third_opened = tokio::select! {
+            biased;
+            _ = conn.open_bi() => true,
+            () = std::future::ready(()) => false,
+        };
+        assert!(!third_opened, "a third concurrent stream was allowed");
+        // The dialer opens every stream: the peer it dialed may open none.
+        let reverse_opened = tokio::select! {
+            biased;
+            _ = server_conn.open_bi() => true,
+            () = std::future::ready(()) => false,
+        };
+        assert!(!reverse_opened, "the dialed peer opened a stream");
     }
 }

@@ -7,15 +7,20 @@
 //!   the peer's key from its certificate. TLS 1.3's CertificateVerify proves the peer holds that
 //!   key, so a dialer that names a node id refuses any other peer.
 //! - [`endpoint`]: quinn endpoint and transport settings tuned for bulk transfer.
+//! - [`limits`]: flow-control windows and connection caps per role, and the memory ceiling
+//!   they give; [`admission`] applies the caps to incoming connections.
 //! - [`ratelimit`]: a token bucket shared by all connections.
 
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod endpoint;
 pub mod identity;
+pub mod limits;
 pub mod ratelimit;
 pub mod tls;
 
 pub use endpoint::{connect, remote_node_id, Endpoint};
 pub use identity::Identity;
+pub use limits::Limits;
 pub use ratelimit::RateLimiter;

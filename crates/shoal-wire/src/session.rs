@@ -3,7 +3,11 @@
 //! `AwaitHello -> Ready`: each side sends [`Message::Hello`] first; the remote's hello must
 //! carry our protocol version and the node id its TLS handshake proved. After that, the
 //! session checks that bitfields and haves only come for contents we subscribed to, with the
-//! piece count we expect, and that the remote subscribes to a bounded number of contents.
+//! piece count we expect, and that the remote sends a bounded number of subscriptions: every
+//! `Subscribe` counts, accepted, refused or repeated, so probing for contents costs the remote
+//! its session after [`MAX_SUBSCRIPTIONS`] tries. Memory is bounded the same way: the sets
+//! below never hold more than [`MAX_SUBSCRIPTIONS`] entries, and the transmit and event queues
+//! grow by at most one entry per message handled or call made.
 //! The async layer feeds decoded messages in and sends what [`Session::poll_transmit`] gives.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -13,7 +17,8 @@ use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
 use crate::message::{Message, RejectReason};
 use crate::PROTOCOL_VERSION;
 
-/// The most contents one peer may subscribe to on one connection.
+/// The most `Subscribe` messages one peer may send on one session, whether they are accepted,
+/// refused or repeated. An honest downloader sends one per content it fetches.
 pub const MAX_SUBSCRIPTIONS: usize = 4096;
 
 /// The remote broke the protocol; the connection should be closed.
@@ -61,8 +66,8 @@ pub enum ProtocolError {
         /// pieces in the content
         pieces: u32,
     },
-    /// The remote subscribed to more contents than allowed.
-    #[error("peer subscribed to more than {MAX_SUBSCRIPTIONS} contents")]
+    /// The remote sent more subscriptions (accepted or refused) than allowed.
+    #[error("peer sent more than {MAX_SUBSCRIPTIONS} subscriptions")]
     TooManySubscriptions,
 }
 
@@ -102,6 +107,8 @@ pub struct Session {
     theirs: HashSet<ContentId>,
     /// Subscriptions from the remote awaiting our answer.
     pending: HashSet<ContentId>,
+    /// `Subscribe` messages received, whatever became of them.
+    subscribes: usize,
 }
 
 impl Session {
@@ -115,6 +122,7 @@ impl Session {
             ours: HashMap::new(),
             theirs: HashSet::new(),
             pending: HashSet::new(),
+            subscribes: 0,
         };
         s.transmit.push_back(Message::Hello { version: PROTOCOL_VERSION, node_id: local });
         s
@@ -144,9 +152,10 @@ impl Session {
             (State::AwaitHello, _) => return Err(ProtocolError::HelloExpected),
             (State::Ready, Message::Hello { .. }) => return Err(ProtocolError::DuplicateHello),
             (State::Ready, Message::Subscribe { content }) => {
-                if self.theirs.len() + self.pending.len() >= MAX_SUBSCRIPTIONS {
+                if self.subscribes >= MAX_SUBSCRIPTIONS {
                     return Err(ProtocolError::TooManySubscriptions);
                 }
+                self.subscribes += 1;
                 if !self.theirs.contains(&content) && self.pending.insert(content) {
                     self.events.push_back(Event::Subscribed(content));
                 }
@@ -213,6 +222,11 @@ impl Session {
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
+
+    /// `Subscribe` messages the remote has sent, accepted, refused or repeated.
+    pub fn subscriptions_received(&self) -> usize {
+        self.subscribes
+    }
 }
 
 #[cfg(test)]
@@ -272,6 +286,57 @@ mod tests {
         drive(&mut a, &mut b).unwrap();
         assert_eq!(a.poll_event(), Some(Event::Bitfield(c, bf)));
         assert_eq!(a.poll_event(), Some(Event::Have(c, PieceIndex(4))));
+    }
+
+    /// A ready session of `ia` facing `ib`.
+    fn ready(ia: NodeId, ib: NodeId) -> Session {
+        let mut a = Session::new(ia, ib);
+        a.handle_message(Message::Hello { version: PROTOCOL_VERSION, node_id: ib }).unwrap();
+        assert_eq!(
+            a.poll_transmit(),
+            Some(Message::Hello { version: PROTOCOL_VERSION, node_id: ia })
+        );
+        assert_eq!(a.poll_event(), Some(Event::Ready));
+        a
+    }
+
+    #[test]
+    fn refused_subscriptions_count_toward_the_cap() {
+        let (ia, ib) = (id(0), id(1));
+        let mut a = ready(ia, ib);
+        for i in 0..MAX_SUBSCRIPTIONS {
+            let mut c = [0u8; 32];
+            c[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            let content = ContentId(c);
+            a.handle_message(Message::Subscribe { content }).unwrap();
+            assert_eq!(a.poll_event(), Some(Event::Subscribed(content)));
+            a.reject_subscription(content, RejectReason::NotFound, "content not held here");
+            assert!(matches!(a.poll_transmit(), Some(Message::Reject { .. })));
+        }
+        // Nothing is remembered of refused subscriptions...
+        assert!(a.pending.is_empty() && a.theirs.is_empty());
+        assert_eq!(a.subscriptions_received(), MAX_SUBSCRIPTIONS);
+        // ...but they were counted: one more ends the session.
+        assert_eq!(
+            a.handle_message(Message::Subscribe { content: ContentId([0xff; 32]) }),
+            Err(ProtocolError::TooManySubscriptions)
+        );
+    }
+
+    #[test]
+    fn repeated_subscriptions_count_but_are_answered_once() {
+        let (ia, ib) = (id(0), id(1));
+        let mut a = ready(ia, ib);
+        let c = ContentId([9; 32]);
+        for _ in 0..MAX_SUBSCRIPTIONS {
+            a.handle_message(Message::Subscribe { content: c }).unwrap();
+        }
+        assert_eq!(a.poll_event(), Some(Event::Subscribed(c)));
+        assert_eq!(a.poll_event(), None, "a repeat asks the application nothing new");
+        assert_eq!(
+            a.handle_message(Message::Subscribe { content: c }),
+            Err(ProtocolError::TooManySubscriptions)
+        );
     }
 
     #[test]
