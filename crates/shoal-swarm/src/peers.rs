@@ -72,7 +72,7 @@ enum Phase<P> {
     /// A peer sent a valid manifest; waiting for [`PeerSet::start`].
     Found,
     /// Fetching pieces.
-    Pieces(Picker<P>),
+    Pieces(Box<Picker<P>>),
 }
 
 /// A dropped peer: why, when, and whether it had delivered anything.
@@ -206,7 +206,7 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
     /// `max_window` the most requests in flight per peer. Subscribes to every connected peer.
     pub fn start(&mut self, now: Instant, have: Bitfield, max_window: usize) {
         let seed = self.next_random();
-        self.phase = Phase::Pieces(Picker::new(have, seed));
+        self.phase = Phase::Pieces(Box::new(Picker::new(have, seed)));
         self.max_window = max_window.max(1);
         for (&id, p) in self.peers.iter_mut() {
             p.subscribed = Some(now);
