@@ -28,7 +28,9 @@ use std::time::Instant;
 use shoal_core::{Bitfield, PieceIndex};
 
 use crate::picker::{Picker, Verdict};
+use timers::backoff;
 
+mod timers;
 mod types;
 
 pub use types::{Action, Admit, Config, DropReason, ManifestReply, PieceOutcome};
@@ -132,9 +134,13 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
         self.candidates.push_back((addr, id));
     }
 
-    /// A dial finished: `Some(id)` with the id the peer proved, `None` if it failed.
+    /// A dial asked for by [`Action::Dial`] finished: `Some(id)` with the id the peer proved,
+    /// `None` if it failed.
     pub fn handle_dialed(&mut self, now: Instant, addr: A, result: Option<P>) -> Admit {
-        self.dialing.remove(&addr);
+        // Only dials the set asked for: anything else cannot take a slot.
+        if self.dialing.remove(&addr).is_none() {
+            return Admit::Refused;
+        }
         let Some(id) = result else { return Admit::Refused };
         if !self.admissible(now, id) || self.is_done() {
             return Admit::Refused;
@@ -324,73 +330,12 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
         }
     }
 
-    /// Applies every deadline that has passed by `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        let mut late = Vec::new();
-        for (&id, p) in &self.peers {
-            if matches!(p.manifest, Ask::Asked(due) if due <= now) {
-                late.push((id, DropReason::ManifestTimeout));
-                continue;
-            }
-            let Phase::Pieces(picker) = &self.phase else { continue };
-            match (p.subscribed, p.active_since) {
-                (Some(at), None) if at + self.config.bitfield_deadline <= now => {
-                    late.push((id, DropReason::NoBitfield));
-                }
-                _ if picker.in_flight(id) > 0
-                    && p.last_progress + self.config.stall_deadline <= now =>
-                {
-                    late.push((id, DropReason::Stalled));
-                }
-                _ => {}
-            }
-        }
-        for (id, reason) in late {
-            self.drop_peer(now, id, reason);
-        }
-        if self.rotation_due(now) {
-            self.next_rotation = Some(now + self.config.rotate_every);
-            if let Some((id, reason)) = self.worst(now) {
-                self.drop_peer(now, id, reason);
-            }
-        }
-    }
-
     /// The next thing to do, if any.
     pub fn poll_action(&mut self, now: Instant) -> Option<Action<P, A>> {
         if self.actions.is_empty() {
             self.fill(now);
         }
         self.actions.pop_front()
-    }
-
-    /// When [`PeerSet::handle_timeout`] (and then [`PeerSet::poll_action`]) should run next.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        let c = &self.config;
-        let mut next: Option<Instant> = None;
-        let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
-        for (&id, p) in &self.peers {
-            if let Ask::Asked(due) = p.manifest {
-                at(due);
-            }
-            if let Some(t) = p.busy_until {
-                at(t);
-            }
-            let Phase::Pieces(picker) = &self.phase else { continue };
-            match (p.subscribed, p.active_since) {
-                (Some(s), None) => at(s + c.bitfield_deadline),
-                _ if picker.in_flight(id) > 0 => at(p.last_progress + c.stall_deadline),
-                _ => {}
-            }
-        }
-        if self.wants_rotation() {
-            if let Some(t) = self.next_rotation {
-                at(t);
-            } else if let Some(t) = self.peers.values().map(|p| p.connected_at).min() {
-                at(t + c.rotate_grace);
-            }
-        }
-        next
     }
 
     /// The picker, once pieces are being fetched.
@@ -526,55 +471,6 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
         }
     }
 
-    /// True for a dropped peer still in its cool-down, or banned.
-    fn is_blocked(&self, now: Instant, id: P) -> bool {
-        self.dropped
-            .get(&id)
-            .is_some_and(|d| d.reason == DropReason::Banned || now < d.at + self.config.retry_after)
-    }
-
-    /// True if candidates wait for a slot while fetching pieces.
-    fn wants_rotation(&self) -> bool {
-        matches!(self.phase, Phase::Pieces(_))
-            && !self.is_done()
-            && !self.candidates.is_empty()
-            && self.peers.len() + self.dialing.len() >= self.config.max_connected
-    }
-
-    fn rotation_due(&self, now: Instant) -> bool {
-        self.wants_rotation() && self.next_rotation.is_none_or(|t| t <= now)
-    }
-
-    /// The peer to rotate out: among those kept past the grace period, one backing off after
-    /// `Busy` or never delivering first, then the lowest rate.
-    fn worst(&self, now: Instant) -> Option<(P, DropReason)> {
-        let c = &self.config;
-        self.peers
-            .iter()
-            .filter(|(_, p)| p.connected_at + c.rotate_grace <= now)
-            .map(|(&id, p)| {
-                let since = p.active_since.unwrap_or(p.connected_at);
-                let secs = now.saturating_duration_since(since).as_secs_f64().max(1.0);
-                let rate = p.verified_bytes as f64 / secs;
-                let reason = if p.busy_until.is_some() {
-                    DropReason::Busy
-                } else if p.pieces == 0 {
-                    DropReason::NeverDelivered
-                } else {
-                    DropReason::Slow
-                };
-                (id, reason, rate)
-            })
-            .min_by(|a, b| {
-                let rank = |r: DropReason| match r {
-                    DropReason::Busy | DropReason::NeverDelivered => 0,
-                    _ => 1,
-                };
-                rank(a.1).cmp(&rank(b.1)).then(a.2.total_cmp(&b.2))
-            })
-            .map(|(id, reason, _)| (id, reason))
-    }
-
     fn next_random(&mut self) -> u64 {
         // xorshift64: deterministic for a seed.
         self.rng ^= self.rng << 13;
@@ -582,18 +478,6 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
         self.rng ^= self.rng << 17;
         self.rng
     }
-}
-
-/// The backoff after the `n`th `Busy` in a row: doubling from `busy_backoff`, capped at
-/// `busy_backoff_max`, scaled by a jitter in [0.75, 1.25) so busy peers' clients spread out.
-fn backoff(c: &Config, n: u32, rng: &mut u64) -> std::time::Duration {
-    *rng ^= *rng << 13;
-    *rng ^= *rng >> 7;
-    *rng ^= *rng << 17;
-    let base = c.busy_backoff.saturating_mul(1u32 << n.saturating_sub(1).min(16));
-    let capped = base.min(c.busy_backoff_max);
-    let jitter = 0.75 + (*rng >> 11) as f64 / (1u64 << 53) as f64 / 2.0;
-    capped.mul_f64(jitter)
 }
 
 #[cfg(test)]

@@ -278,3 +278,92 @@ fn candidates_are_deduplicated_and_bounded() {
     assert_eq!(s.candidates.len(), c.max_candidates);
     assert_eq!(drain(&mut s, t0).len(), 1);
 }
+
+mod prop {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Candidate(u8),
+        Dialed(u8, Option<u8>),
+        Manifest(u8, u8),
+        Start,
+        Bitfield(u8, u32),
+        Have(u8, u32),
+        Piece(u8, u32, u8),
+        Progress(u8, u64, bool),
+        Refused(u8),
+        Closed(u8),
+        Wait(u16),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            any::<u8>().prop_map(Op::Candidate),
+            (any::<u8>(), any::<Option<u8>>()).prop_map(|(a, b)| Op::Dialed(a, b)),
+            (any::<u8>(), 0..3u8).prop_map(|(a, b)| Op::Manifest(a, b)),
+            Just(Op::Start),
+            (any::<u8>(), 14..18u32).prop_map(|(a, b)| Op::Bitfield(a, b)),
+            (any::<u8>(), any::<u32>()).prop_map(|(a, b)| Op::Have(a, b)),
+            (any::<u8>(), 0..20u32, 0..6u8).prop_map(|(a, b, c)| Op::Piece(a, b, c)),
+            (any::<u8>(), any::<u64>(), any::<bool>()).prop_map(|(a, b, c)| Op::Progress(a, b, c)),
+            any::<u8>().prop_map(Op::Refused),
+            any::<u8>().prop_map(Op::Closed),
+            any::<u16>().prop_map(Op::Wait),
+        ]
+    }
+
+    proptest! {
+        /// Whatever peers send and in whatever order, the set never panics, never exceeds its
+        /// peer cap, and only asks connected peers for pieces they claimed.
+        #[test]
+        fn any_sequence_keeps_the_limits(ops in proptest::collection::vec(op(), 0..300)) {
+            let t0 = Instant::now();
+            let c = Config { max_connected: 5, max_dialing: 2, max_candidates: 8, ..Config::default() };
+            let mut s: PeerSet<u8, u8> = PeerSet::new(c.clone(), 1);
+            let mut now = t0;
+            let outcomes = [
+                PieceOutcome::Verified, PieceOutcome::Bad, PieceOutcome::NotHeld,
+                PieceOutcome::Busy, PieceOutcome::Refused, PieceOutcome::Failed,
+            ];
+            let replies = [ManifestReply::Valid, ManifestReply::Invalid, ManifestReply::Failed];
+            for op in ops {
+                match op {
+                    Op::Candidate(a) => s.add_candidate(now, a, Some(a / 2)),
+                    Op::Dialed(a, id) => { s.handle_dialed(now, a, id); }
+                    Op::Manifest(p, r) => s.handle_manifest(now, p, replies[r as usize]),
+                    Op::Start => if s.picker().is_none() { s.start(now, Bitfield::new(16), 4) },
+                    Op::Bitfield(p, len) => s.handle_bitfield(now, p, Bitfield::full(len)),
+                    Op::Have(p, i) => s.handle_have(p, PieceIndex(i)),
+                    Op::Piece(p, i, o) => {
+                        s.handle_piece(now, p, PieceIndex(i), outcomes[o as usize], 1)
+                    }
+                    Op::Progress(p, n, w) => s.handle_progress(now, p, n, w),
+                    Op::Refused(p) => s.handle_refused(now, p),
+                    Op::Closed(p) => s.handle_closed(now, p),
+                    Op::Wait(ms) => {
+                        now += Duration::from_millis(u64::from(ms));
+                        s.handle_timeout(now);
+                    }
+                }
+                while let Some(a) = s.poll_action(now) {
+                    if let Action::Request { peer, .. } = a {
+                        prop_assert!(s.peers.contains_key(&peer));
+                    }
+                }
+                prop_assert!(s.peers.len() + s.dialing.len() <= c.max_connected);
+                prop_assert!(s.candidates.len() <= c.max_candidates);
+                if let Some(t) = s.poll_timeout() {
+                    // A deadline that has passed is handled by the next timeout.
+                    if t <= now {
+                        s.handle_timeout(now);
+                        while s.poll_action(now).is_some() {}
+                        prop_assert!(s.poll_timeout().is_none_or(|t2| t2 > now), "timer spins");
+                    }
+                }
+            }
+        }
+    }
+}
