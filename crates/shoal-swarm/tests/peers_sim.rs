@@ -79,7 +79,7 @@ fn run(pieces: u32, peers: &mut [SimPeer], config: Config, seed: u64) -> Outcome
     }
     let mut queue: BinaryHeap<Reverse<(u64, u64, usize)>> = BinaryHeap::new();
     let mut events: Vec<Ev> = Vec::new();
-    let mut push = |queue: &mut BinaryHeap<_>, events: &mut Vec<Ev>, t: u64, ev: Ev| {
+    let push = |queue: &mut BinaryHeap<_>, events: &mut Vec<Ev>, t: u64, ev: Ev| {
         queue.push(Reverse((t, events.len() as u64, events.len())));
         events.push(ev);
     };
