@@ -14,8 +14,9 @@
 //!   the first valid answer wins and the other asks are cancelled; a peer whose manifest does
 //!   not hash to the content id is banned, one that does not answer in time is dropped;
 //! - a subscribed peer must send its bitfield within `bitfield_deadline`;
-//! - a peer with requests in flight must deliver some bytes every `stall_deadline` (time spent
-//!   waiting on our own rate limit does not count);
+//! - a peer with requests in flight must deliver some bytes every `stall_deadline`, or every
+//!   `proven_stall_deadline` once it has delivered a piece (time spent waiting on our own rate
+//!   limit does not count);
 //! - `Busy` backs that peer off exponentially with jitter, capped; the others keep going;
 //! - bad data and pieces refused after being advertised earn strikes in the picker (kept
 //!   across re-sent bitfields and reconnects); at the limit the peer is banned for good;

@@ -136,6 +136,25 @@ fn a_stalled_peer_is_dropped_and_its_pieces_go_to_another() {
 }
 
 #[test]
+fn a_proven_peer_gets_more_patience_before_it_counts_as_stalled() {
+    let t0 = Instant::now();
+    let c = Config::default();
+    let mut s = started(t0, &[1], 8);
+    drain(&mut s, t0);
+    s.handle_bitfield(t0, 1, Bitfield::full(8));
+    let r = requests(&drain(&mut s, t0), 1);
+    s.handle_piece(t0, 1, r[0], PieceOutcome::Verified, 1);
+    drain(&mut s, t0);
+    s.handle_timeout(t0 + c.stall_deadline);
+    assert!(drain(&mut s, t0 + c.stall_deadline).is_empty());
+    assert_eq!(s.poll_timeout(), Some(t0 + c.proven_stall_deadline));
+    s.handle_timeout(t0 + c.proven_stall_deadline);
+    let closed = drain(&mut s, t0 + c.proven_stall_deadline);
+    assert_eq!(closed, vec![Action::Close { peer: 1, reason: DropReason::Stalled }]);
+    assert!(s.undelivered().is_empty(), "it delivered once: not reported");
+}
+
+#[test]
 fn waiting_on_our_own_rate_limit_is_not_a_stall() {
     let t0 = Instant::now();
     let mut s = started(t0, &[1], 4);

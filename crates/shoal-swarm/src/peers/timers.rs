@@ -21,7 +21,7 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
                     late.push((id, DropReason::NoBitfield));
                 }
                 _ if picker.in_flight(id) > 0
-                    && p.last_progress + self.config.stall_deadline <= now =>
+                    && p.last_progress + self.stall_deadline(p.pieces) <= now =>
                 {
                     late.push((id, DropReason::Stalled));
                 }
@@ -54,7 +54,9 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
             let Phase::Pieces(picker) = &self.phase else { continue };
             match (p.subscribed, p.active_since) {
                 (Some(s), None) => at(s + c.bitfield_deadline),
-                _ if picker.in_flight(id) > 0 => at(p.last_progress + c.stall_deadline),
+                _ if picker.in_flight(id) > 0 => {
+                    at(p.last_progress + self.stall_deadline(p.pieces))
+                }
                 _ => {}
             }
         }
@@ -69,6 +71,15 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
     }
 
     /// True for a dropped peer still in its cool-down, or banned.
+    /// How long a peer with requests in flight may send nothing.
+    fn stall_deadline(&self, pieces: u32) -> Duration {
+        if pieces == 0 {
+            self.config.stall_deadline
+        } else {
+            self.config.proven_stall_deadline
+        }
+    }
+
     pub(super) fn is_blocked(&self, now: Instant, id: P) -> bool {
         self.dropped
             .get(&id)

@@ -25,6 +25,9 @@ pub struct Config {
     pub bitfield_deadline: Duration,
     /// How long a peer with requests in flight may send no bytes (default 10 s).
     pub stall_deadline: Duration,
+    /// The same for a peer that has delivered a verified piece (default 30 s): a proven
+    /// source whose upload queue is long (a busy seed) is given more patience.
+    pub proven_stall_deadline: Duration,
     /// First backoff after a `Busy` (default 250 ms); doubles per `Busy` in a row.
     pub busy_backoff: Duration,
     /// The longest backoff after `Busy` (default 10 s).
@@ -50,6 +53,7 @@ impl Default for Config {
             manifest_deadline: Duration::from_secs(10),
             bitfield_deadline: Duration::from_secs(10),
             stall_deadline: Duration::from_secs(10),
+            proven_stall_deadline: Duration::from_secs(30),
             busy_backoff: Duration::from_millis(250),
             busy_backoff_max: Duration::from_secs(10),
             initial_window: 2,
