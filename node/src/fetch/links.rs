@@ -129,16 +129,11 @@ impl Links {
                 self.links.remove(&f);
             }
         }
+        // A peer met again (after its cool-down) keeps its figures for the report.
+        let (pieces, bytes) = self.links.get(&id).map_or((0, 0), |l| (l.pieces, l.bytes));
         let counters = Arc::new(Counters::default());
-        let link = Link {
-            conn: Some(conn),
-            addr,
-            pieces: 0,
-            bytes: 0,
-            counters,
-            done: None,
-            reason: None,
-        };
+        let link =
+            Link { conn: Some(conn), addr, pieces, bytes, counters, done: None, reason: None };
         self.links.insert(id, link);
     }
 
