@@ -7,6 +7,7 @@ mod support;
 
 mod bad_input;
 mod faults;
+mod fetch_hostile;
 mod hostile_peer;
 mod local;
 mod storage;

@@ -29,11 +29,11 @@ fuzz_target!(|data: &[u8]| {
                         b.set(PieceIndex(i));
                     }
                 }
-                picker.add_peer(peer, b.clone());
-                if !banned.contains(&peer) {
-                    // A replaced bitfield releases the peer's requests.
+                // A re-sent bitfield replaces what the peer holds; its requests stay in flight
+                // and its strikes stay (a banned peer is refused).
+                if picker.add_peer(peer, b.clone()) {
+                    assert!(!banned.contains(&peer), "a banned peer was added again");
                     held.insert(peer, b);
-                    in_flight.retain(|&(p, _), _| p != peer);
                 }
             }
             1 => {

@@ -16,6 +16,8 @@
 
 #![warn(missing_docs)]
 
+mod peers;
 mod picker;
 
+pub use peers::{Action, Admit, Config, DropReason, ManifestReply, PeerSet, PieceOutcome};
 pub use picker::{Picker, Request, Verdict, MAX_COPIES, MAX_STRIKES};

@@ -32,16 +32,18 @@ pub enum Verdict {
 struct Peer {
     bitfield: Bitfield,
     in_flight: BTreeSet<PieceIndex>,
-    strikes: u32,
-    banned: bool,
 }
 
 /// The scheduler of one download. `P` identifies a peer (a node id in a node, a number in a
 /// simulation).
+///
+/// Strikes and bans belong to the peer's id for the whole download, not to its connection or
+/// its bitfield: a peer that re-sends its bitfield or reconnects keeps its strikes, and a
+/// banned peer is never added again.
 #[derive(Debug)]
 pub struct Picker<P> {
     have: Bitfield,
-    /// How many unbanned peers hold each piece.
+    /// How many connected, unbanned peers hold each piece.
     availability: Vec<u32>,
     /// How many peers each piece is requested from right now.
     requested: Vec<u32>,
@@ -49,7 +51,13 @@ pub struct Picker<P> {
     order: Vec<u32>,
     /// Pieces the tracker handed us to fetch first (differential distribution).
     hinted: Vec<bool>,
+    /// Connected, unbanned peers.
     peers: BTreeMap<P, Peer>,
+    /// Strikes per peer that ever sent bad data; kept across bitfields and reconnects. Grows
+    /// by one entry per peer that sent at least one bad piece (each cost the sender a piece).
+    strikes: BTreeMap<P, u32>,
+    /// Peers banned for the rest of the download.
+    banned: BTreeSet<P>,
     /// (piece, peer) pairs that delivered bad data: never asked again.
     failed: BTreeSet<(PieceIndex, P)>,
 }
@@ -76,6 +84,8 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
             order,
             hinted: vec![false; n],
             peers: BTreeMap::new(),
+            strikes: BTreeMap::new(),
+            banned: BTreeSet::new(),
             failed: BTreeSet::new(),
         }
     }
@@ -100,45 +110,48 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
         self.have.is_complete()
     }
 
-    /// Adds a peer with its bitfield (or replaces its bitfield). Ignored for banned peers.
-    pub fn add_peer(&mut self, peer: P, bitfield: Bitfield) {
-        if bitfield.len() != self.have.len() {
-            return;
+    /// Adds a peer with its bitfield, or replaces the bitfield of a connected peer (its
+    /// requests in flight and its strikes stay). Returns false, changing nothing, for a banned
+    /// peer or a bitfield of the wrong length.
+    pub fn add_peer(&mut self, peer: P, bitfield: Bitfield) -> bool {
+        if bitfield.len() != self.have.len() || self.banned.contains(&peer) {
+            return false;
         }
-        if let Some(old) = self.peers.get(&peer) {
-            if old.banned {
-                return;
+        let in_flight = match self.peers.remove(&peer) {
+            Some(old) => {
+                for i in old.bitfield.iter_ones() {
+                    self.availability[i.0 as usize] -= 1;
+                }
+                old.in_flight
             }
-            self.remove_peer(peer);
-        }
+            None => BTreeSet::new(),
+        };
         for i in bitfield.iter_ones() {
             self.availability[i.0 as usize] += 1;
         }
-        let p = Peer { bitfield, in_flight: BTreeSet::new(), strikes: 0, banned: false };
-        self.peers.insert(peer, p);
+        self.peers.insert(peer, Peer { bitfield, in_flight });
+        true
     }
 
-    /// Forgets a peer (disconnected); its requests are released. A banned peer stays banned.
-    pub fn remove_peer(&mut self, peer: P) {
-        let Some(p) = self.peers.get_mut(&peer) else {
-            return;
+    /// Forgets a connected peer (disconnected or dropped); returns its requests in flight,
+    /// which are released. Its strikes and a ban stay.
+    pub fn remove_peer(&mut self, peer: P) -> Vec<PieceIndex> {
+        let Some(p) = self.peers.remove(&peer) else {
+            return Vec::new();
         };
-        let in_flight = std::mem::take(&mut p.in_flight);
-        for i in &in_flight {
+        for i in &p.in_flight {
             self.requested[i.0 as usize] -= 1;
         }
-        if !p.banned {
-            for i in p.bitfield.iter_ones() {
-                self.availability[i.0 as usize] -= 1;
-            }
-            self.peers.remove(&peer);
+        for i in p.bitfield.iter_ones() {
+            self.availability[i.0 as usize] -= 1;
         }
+        p.in_flight.into_iter().collect()
     }
 
     /// The peer gained a piece.
     pub fn peer_has(&mut self, peer: P, piece: PieceIndex) {
         if let Some(p) = self.peers.get_mut(&peer) {
-            if !p.banned && p.bitfield.set(piece) {
+            if piece.0 < self.have.len() && p.bitfield.set(piece) {
                 self.availability[piece.0 as usize] += 1;
             }
         }
@@ -146,7 +159,26 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
 
     /// True if the peer is banned.
     pub fn is_banned(&self, peer: P) -> bool {
-        self.peers.get(&peer).is_some_and(|p| p.banned)
+        self.banned.contains(&peer)
+    }
+
+    /// The strikes a peer has earned in this download (connected or not).
+    pub fn strikes(&self, peer: P) -> u32 {
+        self.strikes.get(&peer).copied().unwrap_or(0)
+    }
+
+    /// True if the peer is connected (added and not removed or banned).
+    pub fn is_connected(&self, peer: P) -> bool {
+        self.peers.contains_key(&peer)
+    }
+
+    /// True if the peer holds a missing piece that it may be asked for, whether or not it is
+    /// in flight elsewhere: it could still help this download.
+    pub fn is_useful(&self, peer: P) -> bool {
+        let Some(p) = self.peers.get(&peer) else {
+            return false;
+        };
+        self.have.iter_zeros().any(|i| p.bitfield.get(i) && !self.failed.contains(&(i, peer)))
     }
 
     /// Requests in flight to this peer.
@@ -158,9 +190,6 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
     /// can use now.
     pub fn next_request(&mut self, peer: P) -> Option<Request> {
         let p = self.peers.get(&peer)?;
-        if p.banned {
-            return None;
-        }
         let usable = |i: PieceIndex| {
             p.bitfield.get(i)
                 && !self.have.get(i)
@@ -188,6 +217,7 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
         }
         let (endgame, _, _, _, piece) = best?;
         self.requested[piece.0 as usize] += 1;
+        // The peer was found above and nothing removed it since.
         self.peers.get_mut(&peer).expect("peer exists").in_flight.insert(piece);
         Some(Request { piece, endgame })
     }
@@ -212,27 +242,22 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
         self.release(peer, piece);
     }
 
-    /// The piece from `peer` failed verification. The piece is released and never asked of
-    /// this peer again; the peer earns a strike and is banned at [`MAX_STRIKES`].
+    /// The piece from `peer` failed verification (or the peer refused a piece it advertised).
+    /// The piece is released and never asked of this peer again; the peer earns a strike and
+    /// is banned at [`MAX_STRIKES`]: then it is removed and never added again.
     pub fn piece_failed(&mut self, peer: P, piece: PieceIndex) -> Verdict {
         self.release(peer, piece);
-        self.failed.insert((piece, peer));
-        let Some(p) = self.peers.get_mut(&peer) else {
+        if self.banned.contains(&peer) {
             return Verdict::Banned;
-        };
-        p.strikes += 1;
-        if p.strikes < MAX_STRIKES {
-            return Verdict::Strike(p.strikes);
         }
-        if !p.banned {
-            p.banned = true;
-            for i in std::mem::take(&mut p.in_flight) {
-                self.requested[i.0 as usize] -= 1;
-            }
-            for i in p.bitfield.iter_ones() {
-                self.availability[i.0 as usize] -= 1;
-            }
+        self.failed.insert((piece, peer));
+        let strikes = self.strikes.entry(peer).or_insert(0);
+        *strikes += 1;
+        if *strikes < MAX_STRIKES {
+            return Verdict::Strike(*strikes);
         }
+        self.remove_peer(peer);
+        self.banned.insert(peer);
         Verdict::Banned
     }
 
@@ -248,10 +273,64 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
     /// peers it has.
     pub fn is_stuck(&self) -> bool {
         self.have.iter_zeros().any(|i| {
-            !self
-                .peers
-                .iter()
-                .any(|(&id, p)| !p.banned && p.bitfield.get(i) && !self.failed.contains(&(i, id)))
+            !self.peers.iter().any(|(&id, p)| p.bitfield.get(i) && !self.failed.contains(&(i, id)))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full(n: u32) -> Bitfield {
+        Bitfield::full(n)
+    }
+
+    #[test]
+    fn a_resent_bitfield_keeps_strikes_and_requests() {
+        let mut p = Picker::new(Bitfield::new(8), 1);
+        assert!(p.add_peer(7u8, full(8)));
+        let a = p.next_request(7).unwrap().piece;
+        let b = p.next_request(7).unwrap().piece;
+        assert_eq!(p.piece_failed(7, a), Verdict::Strike(1));
+        // The liar re-sends its bitfield, hoping for a clean slate.
+        assert!(p.add_peer(7, full(8)));
+        assert_eq!(p.strikes(7), 1);
+        assert_eq!(p.in_flight(7), 1, "the request for {b} is still in flight");
+        let c = p.next_request(7).unwrap().piece;
+        assert_eq!(p.piece_failed(7, c), Verdict::Banned);
+        assert!(!p.add_peer(7, full(8)), "a banned peer is never re-added");
+        assert!(p.next_request(7).is_none());
+    }
+
+    #[test]
+    fn a_reconnect_keeps_strikes() {
+        let mut p = Picker::new(Bitfield::new(8), 1);
+        p.add_peer(1u8, full(8));
+        let a = p.next_request(1).unwrap().piece;
+        p.piece_failed(1, a);
+        assert_eq!(p.remove_peer(1), vec![]);
+        assert!(p.add_peer(1, full(8)));
+        let b = p.next_request(1).unwrap().piece;
+        assert_ne!(a, b, "a piece it sent badly is not asked of it again");
+        assert_eq!(p.piece_failed(1, b), Verdict::Banned);
+        assert!(p.is_banned(1) && !p.is_connected(1));
+    }
+
+    #[test]
+    fn availability_follows_replaced_bitfields() {
+        let mut p = Picker::new(Bitfield::new(4), 1);
+        let mut one = Bitfield::new(4);
+        one.set(PieceIndex(3));
+        p.add_peer(1u8, full(4));
+        p.add_peer(1, one.clone());
+        p.add_peer(2, one);
+        assert_eq!(p.availability, vec![0, 0, 0, 2]);
+        assert!(!p.add_peer(3, Bitfield::new(5)), "wrong length refused");
+        p.remove_peer(1);
+        assert_eq!(p.availability, vec![0, 0, 0, 1]);
+        // An out-of-range have from a hostile peer changes nothing and does not panic.
+        p.peer_has(2, PieceIndex(u32::MAX));
+        assert!(p.is_useful(2));
     }
 }

@@ -1,20 +1,19 @@
-//! Talking to one peer during a fetch: dialing, the manifest, piece requests and the control
-//! stream that brings its bitfield and haves.
+//! Talking to one peer during a fetch: the manifest, piece requests and the control stream
+//! that brings its bitfield and haves. Each runs in its own task; the driver aborts it when the
+//! `PeerSet` says so, so none of these needs a deadline of its own.
 
-use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use quinn::{Connection, VarInt};
-use shoal_core::{ContentId, Manifest, NodeId, PeerAddr, PieceIndex};
-use shoal_net::RateLimiter;
-use shoal_store::Download;
+use quinn::Connection;
+use shoal_core::{ContentId, NodeId, PieceIndex};
 use shoal_wire::{Decoder, RejectReason, Request, Response, Session};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
-use tracing::{debug, warn};
 
-use super::{Done, Outcome, PeerState};
+use super::links::{Counters, Waiting};
+use super::pieces::Ctx;
+use super::{Done, Outcome};
 use crate::io::{read_frame, write_frame};
 use crate::node::Node;
 use crate::serve::{drive_control, PeerEvent};
@@ -22,67 +21,12 @@ use crate::serve::{drive_control, PeerEvent};
 /// Bytes read per rate-limiter grant.
 const READ_CHUNK: usize = 256 * 1024;
 
-/// Dials every candidate at once; keeps one connection per node id.
-pub(super) async fn connect_all(
-    node: &Arc<Node>,
-    candidates: &[PeerAddr],
-) -> anyhow::Result<BTreeMap<NodeId, PeerState>> {
-    let mut dials = JoinSet::new();
-    for &p in candidates {
-        let node = node.clone();
-        dials.spawn(async move { (p, node.endpoint.connect(&p, shoal_wire::ALPN).await) });
-    }
-    let mut peers = BTreeMap::new();
-    let mut errors = Vec::new();
-    while let Some(joined) = dials.join_next().await {
-        let Ok((p, result)) = joined else { continue };
-        match result {
-            Ok((conn, id)) if id == node.node_id() => conn.close(VarInt::from_u32(0), b"self"),
-            Ok((conn, id)) => {
-                if peers.contains_key(&id) {
-                    conn.close(VarInt::from_u32(0), b"duplicate");
-                    continue;
-                }
-                debug!(peer = %id, addr = %p.addr, "connected");
-                peers.insert(id, PeerState::new(conn, p.addr));
-            }
-            Err(e) => errors.push(e.to_string()),
-        }
-    }
-    if peers.is_empty() {
-        bail!("cannot reach any peer: {}", errors.join("; "));
-    }
-    Ok(peers)
-}
-
-/// Asks each peer in turn for the manifest until one sends one that hashes to the content id.
-pub(super) async fn fetch_manifest(
-    peers: &BTreeMap<NodeId, PeerState>,
+/// Asks a peer for the manifest: its bytes (at most the wire's manifest limit) and the count
+/// received. Unbounded in time: the `PeerSet` deadline aborts it.
+pub(super) async fn request_manifest(
+    conn: &Connection,
     content: ContentId,
-) -> anyhow::Result<(Manifest, u64)> {
-    let mut reasons = Vec::new();
-    let mut received = 0;
-    for (id, p) in peers {
-        match request_manifest(&p.conn, content).await {
-            Ok((bytes, n)) => {
-                received += n;
-                match Manifest::decode(&bytes) {
-                    Ok(m) if m.content_id() == content => return Ok((m, received)),
-                    Ok(_) => reasons.push(format!("{}: sent a manifest for other content", p.addr)),
-                    Err(e) => reasons.push(format!("{}: sent a bad manifest ({e})", p.addr)),
-                }
-                warn!(peer = %id, "peer sent a manifest that does not match the content id");
-            }
-            Err(e) => reasons.push(format!("{}: {e:#}", p.addr)),
-        }
-    }
-    bail!(
-        "no peer has content {content} ({}): check that the ticket is for a file they still share",
-        reasons.join("; ")
-    )
-}
-
-async fn request_manifest(conn: &Connection, content: ContentId) -> anyhow::Result<(Vec<u8>, u64)> {
+) -> anyhow::Result<(Vec<u8>, u64)> {
     let (mut send, mut recv) = conn.open_bi().await?;
     write_frame(&mut send, &Request::Manifest { content }).await?;
     send.finish()?;
@@ -123,20 +67,19 @@ pub(super) async fn open_control(
     drive_control(node, &conn, peer, session, None, send, recv, Decoder::new(), Some(events)).await;
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Requests one piece of `peer` and writes it if it verifies.
 pub(super) async fn request_piece(
+    ctx: Arc<Ctx>,
     conn: Connection,
     peer: NodeId,
-    content: ContentId,
     piece: PieceIndex,
-    len: u64,
-    dl: Arc<Download>,
-    node: Arc<Node>,
-    limit: RateLimiter,
+    counters: Arc<Counters>,
 ) -> Done {
+    let len = ctx.manifest.piece_len(piece);
     let mut bytes = 0u64;
-    let outcome = match receive_piece(&conn, content, piece, len, &node, &limit, &mut bytes).await {
+    let outcome = match receive_piece(&ctx, &conn, piece, len, &counters, &mut bytes).await {
         Ok(Ok(data)) => {
+            let dl = ctx.dl.clone();
             match tokio::task::spawn_blocking(move || dl.write_piece(piece, &data)).await {
                 Ok(Ok(true)) => Outcome::Verified,
                 Ok(Ok(false)) => Outcome::Bad,
@@ -153,16 +96,15 @@ pub(super) async fn request_piece(
 type Rejection = (RejectReason, String);
 
 async fn receive_piece(
+    ctx: &Ctx,
     conn: &Connection,
-    content: ContentId,
     piece: PieceIndex,
     len: u64,
-    node: &Node,
-    limit: &RateLimiter,
+    counters: &Counters,
     bytes: &mut u64,
 ) -> anyhow::Result<Result<Vec<u8>, Rejection>> {
     let (mut send, mut recv) = conn.open_bi().await?;
-    write_frame(&mut send, &Request::Piece { content, piece }).await?;
+    write_frame(&mut send, &Request::Piece { content: ctx.content, piece }).await?;
     send.finish()?;
     let mut dec = Decoder::new();
     let n = match read_frame::<Response>(&mut recv, &mut dec).await?.context("no answer")? {
@@ -175,18 +117,25 @@ async fn receive_piece(
     }
     // One contiguous buffer per piece: see `Download::write_piece` for why.
     let mut buf = Vec::with_capacity(len as usize);
-    buf.extend_from_slice(&dec.take_rest());
-    *bytes += buf.len() as u64;
-    if buf.len() as u64 > len {
+    let rest = dec.take_rest();
+    if rest.len() as u64 > len {
         bail!("piece longer than announced");
     }
+    buf.extend_from_slice(&rest);
+    *bytes += buf.len() as u64;
+    counters.received.fetch_add(buf.len() as u64, Ordering::Relaxed);
     while (buf.len() as u64) < len {
         let want = READ_CHUNK.min(len as usize - buf.len());
-        node.download.acquire(want as u64).await;
-        limit.acquire(want as u64).await;
+        {
+            // Time spent on our own limits is not the peer's stall.
+            let _waiting = Waiting::new(counters);
+            ctx.node.download.acquire(want as u64).await;
+            ctx.limit.acquire(want as u64).await;
+        }
         let chunk = recv.read_chunk(want, true).await?.context("stream ended inside a piece")?;
         buf.extend_from_slice(&chunk.bytes);
         *bytes += chunk.bytes.len() as u64;
+        counters.received.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
     }
     Ok(Ok(buf))
 }

@@ -1,0 +1,388 @@
+//! Unit tests of [`PeerSet`]: each rule driven step by step with simulated time.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+type Set = PeerSet<u32, u32>;
+
+fn ms(t0: Instant, n: u64) -> Instant {
+    t0 + Duration::from_millis(n)
+}
+
+fn drain(s: &mut Set, now: Instant) -> Vec<Action<u32, u32>> {
+    std::iter::from_fn(|| s.poll_action(now)).collect()
+}
+
+/// A set with peers `ids` connected (address = id) and the manifest known: `pieces` pieces.
+fn started(t0: Instant, ids: &[u32], pieces: u32) -> Set {
+    let mut s = Set::new(Config::default(), 7);
+    for &id in ids {
+        s.add_candidate(t0, id, Some(id));
+    }
+    drain(&mut s, t0);
+    for &id in ids {
+        assert_eq!(s.handle_dialed(t0, id, Some(id)), Admit::Accepted);
+    }
+    s.start(t0, Bitfield::new(pieces), 8);
+    s
+}
+
+fn requests(actions: &[Action<u32, u32>], peer: u32) -> Vec<PieceIndex> {
+    actions
+        .iter()
+        .filter_map(|a| match *a {
+            Action::Request { peer: p, piece } if p == peer => Some(piece),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn manifest_is_asked_of_four_at_once_and_the_first_valid_answer_cancels_the_rest() {
+    let t0 = Instant::now();
+    let mut s = Set::new(Config::default(), 1);
+    for id in 0..6 {
+        s.add_candidate(t0, id, Some(id));
+    }
+    let dials = drain(&mut s, t0);
+    assert_eq!(dials.len(), 6);
+    for id in 0..6 {
+        s.handle_dialed(t0, id, Some(id));
+    }
+    let asks = drain(&mut s, t0);
+    assert_eq!(asks, (0..4).map(Action::AskManifest).collect::<Vec<_>>());
+    // Peer 1 lies: banned, and peer 4 is asked in its place.
+    s.handle_manifest(ms(t0, 1), 1, ManifestReply::Invalid);
+    let next = drain(&mut s, ms(t0, 1));
+    assert_eq!(
+        next,
+        vec![Action::Close { peer: 1, reason: DropReason::Banned }, Action::AskManifest(4)]
+    );
+    s.handle_manifest(ms(t0, 2), 2, ManifestReply::Valid);
+    let cancels = drain(&mut s, ms(t0, 2));
+    let want: Vec<_> = [0, 3, 4].into_iter().map(Action::CancelManifest).collect();
+    assert_eq!(cancels, want);
+    // The liar is never admitted again, even long after.
+    let later = ms(t0, 3_600_000);
+    s.add_candidate(later, 1, Some(1));
+    assert!(drain(&mut s, later).is_empty());
+    assert_eq!(s.handle_dialed(later, 99, Some(1)), Admit::Refused);
+    assert_eq!(s.undelivered(), vec![1]);
+}
+
+#[test]
+fn a_silent_manifest_peer_is_dropped_at_its_deadline_and_the_round_ends_when_nobody_is_left() {
+    let t0 = Instant::now();
+    let mut s = Set::new(Config::default(), 1);
+    s.add_candidate(t0, 0, None);
+    drain(&mut s, t0);
+    s.handle_dialed(t0, 0, Some(10));
+    assert_eq!(drain(&mut s, t0), vec![Action::AskManifest(10)]);
+    let due = s.poll_timeout().unwrap();
+    assert_eq!(due, t0 + Config::default().manifest_deadline);
+    s.handle_timeout(due - Duration::from_millis(1));
+    assert!(!s.manifest_exhausted());
+    s.handle_timeout(due);
+    assert_eq!(
+        drain(&mut s, due),
+        vec![Action::Close { peer: 10, reason: DropReason::ManifestTimeout }]
+    );
+    assert!(s.manifest_exhausted());
+}
+
+#[test]
+fn no_bitfield_in_time_drops_the_peer() {
+    let t0 = Instant::now();
+    let mut s = started(t0, &[1, 2], 4);
+    assert_eq!(drain(&mut s, t0), vec![Action::Subscribe(1), Action::Subscribe(2)]);
+    s.handle_bitfield(ms(t0, 5), 2, Bitfield::full(4));
+    let due = s.poll_timeout().unwrap();
+    assert_eq!(due, t0 + Config::default().bitfield_deadline);
+    s.handle_timeout(due);
+    let actions = drain(&mut s, due);
+    assert!(actions.contains(&Action::Close { peer: 1, reason: DropReason::NoBitfield }));
+    assert_eq!(s.drop_reason(1), Some(DropReason::NoBitfield));
+    assert_eq!(s.drop_reason(2), None);
+}
+
+#[test]
+fn a_stalled_peer_is_dropped_and_its_pieces_go_to_another() {
+    let t0 = Instant::now();
+    let mut s = started(t0, &[1], 4);
+    drain(&mut s, t0);
+    s.handle_bitfield(t0, 1, Bitfield::full(4));
+    let first = requests(&drain(&mut s, t0), 1);
+    assert_eq!(first.len(), 2, "the initial window");
+    // Bytes trickle in: progress. Then nothing for the stall deadline.
+    let t1 = ms(t0, 5_000);
+    s.handle_progress(t1, 1, 100, false);
+    s.handle_timeout(ms(t0, 10_000));
+    assert!(drain(&mut s, ms(t0, 10_000)).is_empty(), "progressed at 5 s");
+    let due = s.poll_timeout().unwrap();
+    assert_eq!(due, t1 + Config::default().stall_deadline);
+    s.handle_timeout(due);
+    assert_eq!(drain(&mut s, due), vec![Action::Close { peer: 1, reason: DropReason::Stalled }]);
+    // A new peer gets the released pieces.
+    s.add_candidate(due, 2, Some(2));
+    drain(&mut s, due);
+    s.handle_dialed(due, 2, Some(2));
+    drain(&mut s, due);
+    s.handle_bitfield(due, 2, Bitfield::full(4));
+    let again = requests(&drain(&mut s, due), 2);
+    assert_eq!(again.len(), 2);
+    assert!(first.iter().all(|p| !s.picker().unwrap().have().get(*p)));
+    assert_eq!(s.undelivered(), vec![1]);
+}
+
+#[test]
+fn a_proven_peer_gets_more_patience_before_it_counts_as_stalled() {
+    let t0 = Instant::now();
+    let c = Config::default();
+    let mut s = started(t0, &[1], 8);
+    drain(&mut s, t0);
+    s.handle_bitfield(t0, 1, Bitfield::full(8));
+    let r = requests(&drain(&mut s, t0), 1);
+    s.handle_piece(t0, 1, r[0], PieceOutcome::Verified, 1);
+    drain(&mut s, t0);
+    s.handle_timeout(t0 + c.stall_deadline);
+    assert!(drain(&mut s, t0 + c.stall_deadline).is_empty());
+    assert_eq!(s.poll_timeout(), Some(t0 + c.proven_stall_deadline));
+    s.handle_timeout(t0 + c.proven_stall_deadline);
+    let closed = drain(&mut s, t0 + c.proven_stall_deadline);
+    assert_eq!(closed, vec![Action::Close { peer: 1, reason: DropReason::Stalled }]);
+    assert!(s.undelivered().is_empty(), "it delivered once: not reported");
+}
+
+#[test]
+fn waiting_on_our_own_rate_limit_is_not_a_stall() {
+    let t0 = Instant::now();
+    let mut s = started(t0, &[1], 4);
+    drain(&mut s, t0);
+    s.handle_bitfield(t0, 1, Bitfield::full(4));
+    drain(&mut s, t0);
+    for sec in 1..60 {
+        let now = ms(t0, sec * 1000);
+        s.handle_progress(now, 1, 0, true);
+        s.handle_timeout(now);
+        assert!(drain(&mut s, now).is_empty(), "dropped at {sec} s");
+    }
+}
+
+#[test]
+fn busy_backs_off_exponentially_with_a_cap_and_a_verified_piece_resets_it() {
+    let t0 = Instant::now();
+    let c = Config::default();
+    let mut s = started(t0, &[1], 64);
+    drain(&mut s, t0);
+    s.handle_bitfield(t0, 1, Bitfield::full(64));
+    let mut now = t0;
+    let mut waits = Vec::new();
+    for _ in 0..10 {
+        let reqs = requests(&drain(&mut s, now), 1);
+        assert!(!reqs.is_empty(), "asked again once the backoff ended");
+        for &r in &reqs {
+            s.handle_piece(now, 1, r, PieceOutcome::Busy, 0);
+        }
+        assert!(drain(&mut s, now).is_empty(), "no request while backing off");
+        let until = s.poll_timeout().unwrap();
+        waits.push(until - now);
+        now = until;
+        s.handle_timeout(now);
+    }
+    // Each wait is the doubled base within the jitter, capped.
+    for (i, w) in waits.iter().enumerate() {
+        let base = c.busy_backoff.saturating_mul(1 << i.min(16)).min(c.busy_backoff_max);
+        assert!(*w >= base.mul_f64(0.75) && *w < base.mul_f64(1.25), "wait {i}: {w:?}");
+    }
+    assert!(s.connected() == 1 && !s.is_idle(), "a busy peer is kept while it is useful");
+    let r = requests(&drain(&mut s, now), 1)[0];
+    s.handle_piece(now, 1, r, PieceOutcome::Verified, 1);
+    let r = requests(&drain(&mut s, now), 1)[0];
+    s.handle_piece(now, 1, r, PieceOutcome::Busy, 0);
+    let w = s.poll_timeout().unwrap() - now;
+    assert!(w < c.busy_backoff.mul_f64(1.25), "reset after a verified piece: {w:?}");
+}
+
+#[test]
+fn a_bitfield_resender_is_banned_at_its_second_bad_piece() {
+    let t0 = Instant::now();
+    let mut s = started(t0, &[1], 16);
+    drain(&mut s, t0);
+    s.handle_bitfield(t0, 1, Bitfield::full(16));
+    let r = requests(&drain(&mut s, t0), 1);
+    s.handle_piece(t0, 1, r[0], PieceOutcome::Bad, 1);
+    s.handle_bitfield(t0, 1, Bitfield::full(16));
+    assert_eq!(s.picker().unwrap().strikes(1), 1, "strikes survive a re-sent bitfield");
+    s.handle_piece(t0, 1, r[1], PieceOutcome::Bad, 1);
+    assert_eq!(drain(&mut s, t0), vec![Action::Close { peer: 1, reason: DropReason::Banned }]);
+    s.handle_bitfield(t0, 1, Bitfield::full(16));
+    assert!(!s.picker().unwrap().is_connected(1));
+}
+
+#[test]
+fn a_bitfield_of_the_wrong_length_is_a_protocol_error() {
+    let t0 = Instant::now();
+    let mut s = started(t0, &[1], 16);
+    drain(&mut s, t0);
+    s.handle_bitfield(t0, 1, Bitfield::full(17));
+    assert_eq!(drain(&mut s, t0), vec![Action::Close { peer: 1, reason: DropReason::Protocol }]);
+}
+
+#[test]
+fn peers_are_capped_and_the_never_delivering_one_is_rotated_out() {
+    let t0 = Instant::now();
+    let c = Config::default();
+    let mut s = Set::new(c.clone(), 3);
+    s.start(t0, Bitfield::new(1024), 4);
+    for id in 0..40 {
+        s.add_candidate(t0, id, Some(id));
+    }
+    let mut connected = 0;
+    let mut asked = Vec::new();
+    loop {
+        let actions = drain(&mut s, t0);
+        asked.extend(actions.iter().copied());
+        let dials: Vec<u32> = actions
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Dial { addr, .. } => Some(addr),
+                _ => None,
+            })
+            .collect();
+        if dials.is_empty() {
+            break;
+        }
+        assert!(dials.len() <= c.max_dialing);
+        for id in dials {
+            s.handle_dialed(t0, id, Some(id));
+            s.handle_bitfield(t0, id, Bitfield::full(1024));
+            connected += 1;
+        }
+    }
+    assert_eq!(connected, c.max_connected);
+    // Every peer but 5 delivers; 5 sends nothing (its requests are still in flight).
+    let now = ms(t0, 9_000);
+    for id in 0..32 {
+        s.handle_progress(now, id, 1, false);
+        if id != 5 {
+            let r = requests(&asked, id)[0];
+            s.handle_piece(now, id, r, PieceOutcome::Verified, 1 << 20);
+        }
+    }
+    drain(&mut s, now);
+    let due = s.poll_timeout().unwrap();
+    assert_eq!(due, t0 + c.rotate_grace, "rotation waits for the grace period");
+    s.handle_timeout(due);
+    let actions = drain(&mut s, due);
+    assert_eq!(actions[0], Action::Close { peer: 5, reason: DropReason::NeverDelivered });
+    assert_eq!(actions[1], Action::Dial { addr: 32, id: Some(32) });
+    // The next rotation waits `rotate_every`.
+    s.handle_dialed(due, 32, Some(32));
+    drain(&mut s, due);
+    s.handle_timeout(due + c.rotate_every - Duration::from_millis(1));
+    assert!(drain(&mut s, due).iter().all(|a| !matches!(a, Action::Close { .. })));
+}
+
+#[test]
+fn candidates_are_deduplicated_and_bounded() {
+    let t0 = Instant::now();
+    let c = Config { max_connected: 1, ..Config::default() };
+    let mut s = Set::new(c.clone(), 3);
+    for round in 0..3 {
+        for id in 0..1000 {
+            s.add_candidate(t0, id, Some(id % 500 + round));
+        }
+    }
+    assert_eq!(s.candidates.len(), c.max_candidates);
+    assert_eq!(drain(&mut s, t0).len(), 1);
+}
+
+mod prop {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Candidate(u8),
+        Dialed(u8, Option<u8>),
+        Manifest(u8, u8),
+        Start,
+        Bitfield(u8, u32),
+        Have(u8, u32),
+        Piece(u8, u32, u8),
+        Progress(u8, u64, bool),
+        Refused(u8),
+        Closed(u8),
+        Wait(u16),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            any::<u8>().prop_map(Op::Candidate),
+            (any::<u8>(), any::<Option<u8>>()).prop_map(|(a, b)| Op::Dialed(a, b)),
+            (any::<u8>(), 0..3u8).prop_map(|(a, b)| Op::Manifest(a, b)),
+            Just(Op::Start),
+            (any::<u8>(), 14..18u32).prop_map(|(a, b)| Op::Bitfield(a, b)),
+            (any::<u8>(), any::<u32>()).prop_map(|(a, b)| Op::Have(a, b)),
+            (any::<u8>(), 0..20u32, 0..6u8).prop_map(|(a, b, c)| Op::Piece(a, b, c)),
+            (any::<u8>(), any::<u64>(), any::<bool>()).prop_map(|(a, b, c)| Op::Progress(a, b, c)),
+            any::<u8>().prop_map(Op::Refused),
+            any::<u8>().prop_map(Op::Closed),
+            any::<u16>().prop_map(Op::Wait),
+        ]
+    }
+
+    proptest! {
+        /// Whatever peers send and in whatever order, the set never panics, never exceeds its
+        /// peer cap, and only asks connected peers for pieces they claimed.
+        #[test]
+        fn any_sequence_keeps_the_limits(ops in proptest::collection::vec(op(), 0..300)) {
+            let t0 = Instant::now();
+            let c = Config { max_connected: 5, max_dialing: 2, max_candidates: 8, ..Config::default() };
+            let mut s: PeerSet<u8, u8> = PeerSet::new(c.clone(), 1);
+            let mut now = t0;
+            let outcomes = [
+                PieceOutcome::Verified, PieceOutcome::Bad, PieceOutcome::NotHeld,
+                PieceOutcome::Busy, PieceOutcome::Refused, PieceOutcome::Failed,
+            ];
+            let replies = [ManifestReply::Valid, ManifestReply::Invalid, ManifestReply::Failed];
+            for op in ops {
+                match op {
+                    Op::Candidate(a) => s.add_candidate(now, a, Some(a / 2)),
+                    Op::Dialed(a, id) => { s.handle_dialed(now, a, id); }
+                    Op::Manifest(p, r) => s.handle_manifest(now, p, replies[r as usize]),
+                    Op::Start => if s.picker().is_none() { s.start(now, Bitfield::new(16), 4) },
+                    Op::Bitfield(p, len) => s.handle_bitfield(now, p, Bitfield::full(len)),
+                    Op::Have(p, i) => s.handle_have(p, PieceIndex(i)),
+                    Op::Piece(p, i, o) => {
+                        s.handle_piece(now, p, PieceIndex(i), outcomes[o as usize], 1)
+                    }
+                    Op::Progress(p, n, w) => s.handle_progress(now, p, n, w),
+                    Op::Refused(p) => s.handle_refused(now, p),
+                    Op::Closed(p) => s.handle_closed(now, p),
+                    Op::Wait(ms) => {
+                        now += Duration::from_millis(u64::from(ms));
+                        s.handle_timeout(now);
+                    }
+                }
+                while let Some(a) = s.poll_action(now) {
+                    if let Action::Request { peer, .. } = a {
+                        prop_assert!(s.peers.contains_key(&peer));
+                    }
+                }
+                prop_assert!(s.peers.len() + s.dialing.len() <= c.max_connected);
+                prop_assert!(s.candidates.len() <= c.max_candidates);
+                if let Some(t) = s.poll_timeout() {
+                    // A deadline that has passed is handled by the next timeout.
+                    if t <= now {
+                        s.handle_timeout(now);
+                        while s.poll_action(now).is_some() {}
+                        prop_assert!(s.poll_timeout().is_none_or(|t2| t2 > now), "timer spins");
+                    }
+                }
+            }
+        }
+    }
+}

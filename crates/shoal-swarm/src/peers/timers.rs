@@ -1,0 +1,142 @@
+//! The clocks of [`PeerSet`]: deadlines that drop peers, and rotation of the slowest peer
+//! for a waiting candidate.
+
+use std::fmt::Debug;
+use std::time::{Duration, Instant};
+
+use super::{Ask, Config, DropReason, PeerSet, Phase};
+
+impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
+    /// Applies every deadline that has passed by `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut late = Vec::new();
+        for (&id, p) in &self.peers {
+            if matches!(p.manifest, Ask::Asked(due) if due <= now) {
+                late.push((id, DropReason::ManifestTimeout));
+                continue;
+            }
+            let Phase::Pieces(picker) = &self.phase else { continue };
+            match (p.subscribed, p.active_since) {
+                (Some(at), None) if at + self.config.bitfield_deadline <= now => {
+                    late.push((id, DropReason::NoBitfield));
+                }
+                _ if picker.in_flight(id) > 0
+                    && p.last_progress + self.stall_deadline(p.pieces) <= now =>
+                {
+                    late.push((id, DropReason::Stalled));
+                }
+                _ => {}
+            }
+        }
+        for (id, reason) in late {
+            self.drop_peer(now, id, reason);
+        }
+        if self.rotation_due(now) {
+            self.next_rotation = Some(now + self.config.rotate_every);
+            if let Some((id, reason)) = self.worst(now) {
+                self.drop_peer(now, id, reason);
+            }
+        }
+    }
+
+    /// When [`PeerSet::handle_timeout`] (and then [`PeerSet::poll_action`]) should run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let c = &self.config;
+        let mut next: Option<Instant> = None;
+        let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        for (&id, p) in &self.peers {
+            if let Ask::Asked(due) = p.manifest {
+                at(due);
+            }
+            if let Some(t) = p.busy_until {
+                at(t);
+            }
+            let Phase::Pieces(picker) = &self.phase else { continue };
+            match (p.subscribed, p.active_since) {
+                (Some(s), None) => at(s + c.bitfield_deadline),
+                _ if picker.in_flight(id) > 0 => {
+                    at(p.last_progress + self.stall_deadline(p.pieces))
+                }
+                _ => {}
+            }
+        }
+        if self.wants_rotation() {
+            if let Some(t) = self.next_rotation {
+                at(t);
+            } else if let Some(t) = self.peers.values().map(|p| p.connected_at).min() {
+                at(t + c.rotate_grace);
+            }
+        }
+        next
+    }
+
+    /// True for a dropped peer still in its cool-down, or banned.
+    /// How long a peer with requests in flight may send nothing.
+    fn stall_deadline(&self, pieces: u32) -> Duration {
+        if pieces == 0 {
+            self.config.stall_deadline
+        } else {
+            self.config.proven_stall_deadline
+        }
+    }
+
+    pub(super) fn is_blocked(&self, now: Instant, id: P) -> bool {
+        self.dropped
+            .get(&id)
+            .is_some_and(|d| d.reason == DropReason::Banned || now < d.at + self.config.retry_after)
+    }
+
+    /// True if candidates wait for a slot while fetching pieces.
+    fn wants_rotation(&self) -> bool {
+        matches!(self.phase, Phase::Pieces(_))
+            && !self.is_done()
+            && !self.candidates.is_empty()
+            && self.peers.len() + self.dialing.len() >= self.config.max_connected
+    }
+
+    fn rotation_due(&self, now: Instant) -> bool {
+        self.wants_rotation() && self.next_rotation.is_none_or(|t| t <= now)
+    }
+
+    /// The peer to rotate out: among those kept past the grace period, one backing off after
+    /// `Busy` or never delivering first, then the lowest rate.
+    fn worst(&self, now: Instant) -> Option<(P, DropReason)> {
+        let c = &self.config;
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.connected_at + c.rotate_grace <= now)
+            .map(|(&id, p)| {
+                let since = p.active_since.unwrap_or(p.connected_at);
+                let secs = now.saturating_duration_since(since).as_secs_f64().max(1.0);
+                let rate = p.verified_bytes as f64 / secs;
+                let reason = if p.busy_until.is_some() {
+                    DropReason::Busy
+                } else if p.pieces == 0 {
+                    DropReason::NeverDelivered
+                } else {
+                    DropReason::Slow
+                };
+                (id, reason, rate)
+            })
+            .min_by(|a, b| {
+                let rank = |r: DropReason| match r {
+                    DropReason::Busy | DropReason::NeverDelivered => 0,
+                    _ => 1,
+                };
+                rank(a.1).cmp(&rank(b.1)).then(a.2.total_cmp(&b.2))
+            })
+            .map(|(id, reason, _)| (id, reason))
+    }
+}
+
+/// The backoff after the `n`th `Busy` in a row: doubling from `busy_backoff`, capped at
+/// `busy_backoff_max`, scaled by a jitter in [0.75, 1.25) so busy peers' clients spread out.
+pub(super) fn backoff(c: &Config, n: u32, rng: &mut u64) -> Duration {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    let base = c.busy_backoff.saturating_mul(1u32 << n.saturating_sub(1).min(16));
+    let capped = base.min(c.busy_backoff_max);
+    let jitter = 0.75 + (*rng >> 11) as f64 / (1u64 << 53) as f64 / 2.0;
+    capped.mul_f64(jitter)
+}

@@ -1,0 +1,272 @@
+//! The piece phase of a fetch: pumps the `PeerSet` (which owns the picker) until every piece
+//! is verified. Every decision is the set's; this loop only carries out its actions, feeds it
+//! what happened, and asks the tracker for new holders.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_core::{ContentId, Manifest, NodeId, PeerAddr, PieceIndex};
+use shoal_net::RateLimiter;
+use shoal_store::Download;
+use shoal_swarm::{Action, DropReason, PieceOutcome};
+use shoal_wire::RejectReason;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{AbortHandle, JoinSet};
+use tracing::{debug, warn};
+
+use super::links::Links;
+use super::manifest::sleep_until;
+use super::requests::{open_control, request_piece};
+use super::{snapshot, Done, Outcome, Progress, RateMeter};
+use crate::node::Node;
+use crate::serve::PeerEvent;
+use crate::tracker::{self, TrackerHandle};
+
+/// How often a running fetch asks the tracker for new holders and hints.
+const LOOKUP_EVERY: Duration = Duration::from_secs(2);
+/// Peers asked for per lookup.
+pub(super) const LOOKUP_PEERS: u8 = 32;
+/// With a tracker, how long a fetch waits without progress before it gives up.
+const STALL_LIMIT: Duration = Duration::from_secs(60);
+/// Events from control streams waiting for the driver.
+const EVENT_QUEUE: usize = 1024;
+
+type LookupResult = (Vec<shoal_wire::tracker::PeerInfo>, Vec<PieceIndex>);
+
+/// What every request task of one fetch shares.
+pub(super) struct Ctx {
+    pub(super) node: Arc<Node>,
+    pub(super) content: ContentId,
+    pub(super) manifest: Arc<Manifest>,
+    pub(super) dl: Arc<Download>,
+    pub(super) limit: RateLimiter,
+}
+
+/// Figures of a fetch that the report shows.
+#[derive(Debug, Default)]
+pub(super) struct Totals {
+    pub(super) downloaded: u64,
+    pub(super) bad_pieces: u64,
+}
+
+/// Fetches the missing pieces. Returns once all are verified, or with an error that says why
+/// no peer can finish the file. Cancel-safe: verified pieces stay in the store.
+pub(super) async fn run(
+    links: &mut Links,
+    ctx: Arc<Ctx>,
+    tracker: Option<&TrackerHandle>,
+    progress: &watch::Sender<Progress>,
+    warning: Option<String>,
+    totals: &mut Totals,
+) -> anyhow::Result<()> {
+    let node = ctx.node.clone();
+    let (content, pieces) = (ctx.content, ctx.manifest.piece_count());
+    let (ev_tx, mut ev_rx) = mpsc::channel::<PeerEvent>(EVENT_QUEUE);
+    let mut controls: JoinSet<()> = JoinSet::new();
+    let mut control_of: HashMap<NodeId, AbortHandle> = HashMap::new();
+    let mut requests: JoinSet<Done> = JoinSet::new();
+    let mut aborts: HashMap<(NodeId, PieceIndex), AbortHandle> = HashMap::new();
+    let mut lookups: JoinSet<anyhow::Result<Option<LookupResult>>> = JoinSet::new();
+    let mut lookup_tick = tokio::time::interval(LOOKUP_EVERY);
+    lookup_tick.reset();
+    let mut last_progress = Instant::now();
+    let mut checkpoint = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut rate = RateMeter::new();
+
+    while !links.set.is_done() {
+        let now = Instant::now();
+        while let Some(action) = links.set.poll_action(now) {
+            match action {
+                Action::Dial { addr, id } => links.dial(addr, id),
+                Action::Subscribe(id) => {
+                    if let Some(conn) = links.conn(id) {
+                        let c =
+                            open_control(node.clone(), conn, id, content, pieces, ev_tx.clone());
+                        control_of.insert(id, controls.spawn(c));
+                    }
+                }
+                Action::Request { peer, piece } => match (links.conn(peer), links.links.get(&peer))
+                {
+                    (Some(conn), Some(l)) => {
+                        let job = request_piece(ctx.clone(), conn, peer, piece, l.counters.clone());
+                        aborts.insert((peer, piece), requests.spawn(job));
+                    }
+                    // The set and the links agree on who is connected; if not, release it.
+                    _ => links.set.handle_piece(now, peer, piece, PieceOutcome::Failed, 0),
+                },
+                Action::Cancel { peer, piece } => {
+                    if let Some(h) = aborts.remove(&(peer, piece)) {
+                        h.abort();
+                    }
+                }
+                Action::Close { peer, reason } => {
+                    if reason == DropReason::Banned {
+                        warn!(%peer, "peer sent bad data or refused pieces it claimed; banned");
+                    }
+                    aborts.retain(|&(p, _), h| {
+                        if p == peer {
+                            h.abort();
+                        }
+                        p != peer
+                    });
+                    if let Some(h) = control_of.remove(&peer) {
+                        h.abort();
+                    }
+                    links.close(peer, reason);
+                }
+                Action::AskManifest(_) | Action::CancelManifest(_) => {}
+            }
+        }
+        if links.set.is_done() {
+            break;
+        }
+        // With a tracker, new holders may still turn up: wait for them until the stall limit.
+        if links.set.is_idle() && (tracker.is_none() || last_progress.elapsed() > STALL_LIMIT) {
+            return Err(stuck(links, tracker.is_some()));
+        }
+        let deadline = links.set.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            biased;
+            Some(joined) = requests.join_next() => {
+                let Ok(done) = joined else { continue }; // cancelled
+                aborts.remove(&(done.peer, done.piece));
+                totals.downloaded += done.bytes;
+                node.stats.downloaded_bytes.fetch_add(done.bytes, Ordering::Relaxed);
+                rate.add(done.bytes);
+                if let Some(l) = links.links.get_mut(&done.peer) {
+                    l.bytes += done.bytes;
+                }
+                let outcome = match done.outcome {
+                    Outcome::Verified => {
+                        last_progress = Instant::now();
+                        if let Some(l) = links.links.get_mut(&done.peer) {
+                            l.pieces += 1;
+                        }
+                        let _ = node.haves.send((content, done.piece));
+                        PieceOutcome::Verified
+                    }
+                    Outcome::Bad => {
+                        totals.bad_pieces += 1;
+                        node.stats.bad_pieces.fetch_add(1, Ordering::Relaxed);
+                        warn!(peer = %done.peer, piece = %done.piece, "piece failed verification");
+                        PieceOutcome::Bad
+                    }
+                    Outcome::Rejected(RejectReason::NotFound, _) => {
+                        debug!(peer = %done.peer, piece = %done.piece, "peer refused a piece it claimed");
+                        PieceOutcome::NotHeld
+                    }
+                    Outcome::Rejected(RejectReason::Busy, _) => PieceOutcome::Busy,
+                    Outcome::Rejected(reason, text) => {
+                        debug!(peer = %done.peer, ?reason, %text, "peer refused a piece");
+                        links.note(done.peer, format!("refused: {text}"));
+                        PieceOutcome::Refused
+                    }
+                    Outcome::Failed(e) => {
+                        debug!(peer = %done.peer, error = %e, "request failed");
+                        links.note(done.peer, e);
+                        PieceOutcome::Failed
+                    }
+                    Outcome::Fatal(e) => {
+                        let dl = ctx.dl.clone();
+                        let _ = tokio::task::spawn_blocking(move || dl.checkpoint()).await;
+                        return Err(e.into());
+                    }
+                };
+                let len = ctx.manifest.piece_len(done.piece);
+                links.set.handle_piece(Instant::now(), done.peer, done.piece, outcome, len);
+            }
+            Some(ev) = ev_rx.recv() => handle_event(links, ev),
+            Some(joined) = links.dials.join_next() => {
+                if let Ok(dialed) = joined {
+                    links.dialed(Instant::now(), dialed);
+                }
+            }
+            Some(joined) = lookups.join_next() => match joined {
+                Ok(Ok(Some((found, hints)))) => {
+                    links.set.set_hints(&hints);
+                    let found = found.into_iter().filter_map(|p| {
+                        let addr = *p.addrs.first()?;
+                        Some(PeerAddr { node_id: Some(p.node_id), addr })
+                    });
+                    links.offer(Instant::now(), found);
+                }
+                Ok(Ok(None)) | Err(_) => {}
+                Ok(Err(e)) => debug!(error = %format!("{e:#}"), "tracker lookup failed"),
+            },
+            _ = lookup_tick.tick(), if tracker.is_some() && lookups.is_empty() => {
+                let have = links.set.picker().map(|p| p.have().clone());
+                if let (Some(c), Some(have)) = (tracker.and_then(|t| t.current()), have) {
+                    lookups.spawn(async move {
+                        tracker::lookup(&c, content, Some(have), LOOKUP_PEERS).await
+                    });
+                }
+            }
+            _ = checkpoint.tick() => {
+                let dl = ctx.dl.clone();
+                tokio::task::spawn_blocking(move || dl.checkpoint()).await??;
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                links.feed_progress(now);
+                links.set.handle_timeout(now);
+                let mut snap = snapshot(&ctx.manifest, links, totals.downloaded, rate.rate());
+                snap.warning = warning.clone();
+                let _ = progress.send(snap);
+            }
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                let now = Instant::now();
+                links.feed_progress(now);
+                links.set.handle_timeout(now);
+            }
+        }
+    }
+    requests.abort_all();
+    controls.abort_all();
+    lookups.abort_all();
+    Ok(())
+}
+
+fn handle_event(links: &mut Links, ev: PeerEvent) {
+    let now = Instant::now();
+    match ev {
+        PeerEvent::Bitfield(id, b) => links.set.handle_bitfield(now, id, b),
+        PeerEvent::Have(id, piece) => links.set.handle_have(id, piece),
+        PeerEvent::Rejected(id, reason, text) => {
+            links.note(id, format!("refused the content ({reason:?}: {text})"));
+            links.set.handle_refused(now, id);
+        }
+        PeerEvent::Closed(id, why) => {
+            links.note(id, why);
+            links.set.handle_closed(now, id);
+        }
+    }
+}
+
+/// Why a fetch cannot go on, with what was kept for a resume.
+fn stuck(links: &Links, with_tracker: bool) -> anyhow::Error {
+    let Some(picker) = links.set.picker() else {
+        return anyhow::anyhow!("no peer left to fetch from");
+    };
+    let have = picker.have().count();
+    let total = picker.have().len();
+    if with_tracker {
+        return anyhow::anyhow!(
+            "no progress for {}s: no reachable peer has the {} missing pieces ({have}/{total} verified and kept: run the same command again to resume)",
+            STALL_LIMIT.as_secs(),
+            total - have
+        );
+    }
+    if links.set.connected() == 0 {
+        return anyhow::anyhow!(
+            "lost every peer with {have}/{total} pieces verified (kept: run the same command again to resume): {}",
+            links.reasons().join("; ")
+        );
+    }
+    anyhow::anyhow!(
+        "no connected peer has the {} missing pieces ({have}/{total} verified and kept for a resume)",
+        total - have
+    )
+}
