@@ -50,7 +50,7 @@
 use std::net::SocketAddr;
 
 use shoal_core::piece::MAX_PIECES;
-use shoal_core::{manifest, ticket, Bitfield, ContentId, NodeId, PieceIndex};
+use shoal_core::{ticket, Bitfield, ContentId, NodeId, PieceIndex};
 
 use crate::codec::{DecodeError, Reader};
 

@@ -7,6 +7,7 @@ use super::*;
 use crate::codec::Decoder;
 use crate::encode;
 use crate::testutil::{node_id, roundtrip};
+use shoal_core::manifest;
 
 fn addr() -> impl Strategy<Value = SocketAddr> {
     prop_oneof![
