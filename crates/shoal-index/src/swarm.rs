@@ -186,8 +186,8 @@ pub(crate) fn count_and_not(a: &[u8], b: Option<&[u8]>) -> u32 {
         n += (x & !y).count_ones();
         i += 8;
     }
-    for j in i..a.len() {
-        n += (a[j] & !b.map_or(0, |b| b.get(j).copied().unwrap_or(0))).count_ones();
+    for (j, x) in a.iter().enumerate().skip(i) {
+        n += (x & !b.map_or(0, |b| b.get(j).copied().unwrap_or(0))).count_ones();
     }
     n
 }
