@@ -99,8 +99,10 @@ fn main() -> ExitCode {
         eprintln!("error: --node-ttl ({node_ttl}s) must exceed --heartbeat ({heartbeat}s), which must be at least 1");
         return ExitCode::FAILURE;
     }
-    let mut limits = shoal_tracker::Limits::default();
-    limits.register_per_ip = shoal_tracker::Rate { per_sec: register_rate, burst: register_burst };
+    let limits = shoal_tracker::Limits {
+        register_per_ip: shoal_tracker::Rate { per_sec: register_rate, burst: register_burst },
+        ..shoal_tracker::Limits::default()
+    };
     let config = shoal_tracker::Config {
         http,
         node_ttl: Duration::from_secs(node_ttl),
