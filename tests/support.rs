@@ -367,3 +367,35 @@ pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The node id a daemon or tracker started on `dir` will have: creates its key now, so that a
+/// tracker can admit a storage node (`--admit-storage`) before either starts.
+pub fn node_id_for(dir: &Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    shoal_net::Identity::load_or_create(dir).unwrap().node_id().to_string()
+}
+
+impl TrackerProc {
+    /// Starts a tracker that admits the storage nodes whose data dirs are `storage_dirs`.
+    pub fn start_admitting(
+        dir: &Path,
+        listen: &str,
+        storage_dirs: &[&Path],
+        extra: &[&str],
+    ) -> Self {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        for d in storage_dirs {
+            args.push("--admit-storage".into());
+            args.push(node_id_for(d));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start_with(dir, listen, &args)
+    }
+}
+
+/// Resident memory of a process, in KiB (VmRSS from /proc).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}

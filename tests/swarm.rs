@@ -99,8 +99,7 @@ fn a_ticket_with_only_a_content_id_and_a_tracker_is_enough() {
     let data = write_file(&src, 700_000, 13);
     let full: shoal_core::Ticket = seed.add(&src).parse().unwrap();
     assert_eq!(full.tracker.as_deref(), Some(t.as_str()), "tickets carry the daemon's tracker");
-    let bare =
-        shoal_core::Ticket { content: full.content, peers: vec![], tracker: Some(t.clone()) };
+    let bare = shoal_core::Ticket { peers: vec![], ..full.clone() };
     // The seed announces within a moment of `add`; retry (bounded) until the tracker knows it.
     let out = tmp.path().join("out.bin");
     let mut attempts = 0;

@@ -9,4 +9,5 @@ mod bad_input;
 mod faults;
 mod storage;
 mod swarm;
+mod tracker_trust;
 mod transfer;
