@@ -111,10 +111,11 @@ fn a_storage_claimant_not_admitted_gets_no_pushes_and_makes_nothing_stored() {
     let tmp = tempfile::tempdir().unwrap();
     let tracker = Tracker::start(&tmp.path().join("tracker"), &["--heartbeat", "1"]);
     let t = tracker.addr.to_string();
-    let fake = Daemon::start(&tmp.path().join("fake"), &["--tracker", &t, "--role", "storage"]);
+    // A storage daemon its operator did not admit: it registers as an ordinary node.
+    let _fake = Daemon::start(&tmp.path().join("fake"), &["--tracker", &t, "--role", "storage"]);
     let uploader = Daemon::start(&tmp.path().join("up"), &["--tracker", &t]);
     let src = tmp.path().join("f.bin");
-    let data = write_file(&src, 300_000, 31);
+    write_file(&src, 300_000, 31);
     let ticket = uploader.add(&src);
     // `shoal push` asks the tracker for storage: the claimant is not offered.
     let mut push = uploader.cmd();
@@ -126,7 +127,8 @@ fn a_storage_claimant_not_admitted_gets_no_pushes_and_makes_nothing_stored() {
     // manifest and all, without holding a byte of it.
     let content = content_of(&ticket);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (_liar, _ep, conn) = rt.block_on(async {
+    // Keep the liar's key, endpoint and connection alive while the heartbeats run.
+    let _liar = rt.block_on(async {
         let (id, ep, conn) = raw_client(tracker.addr).await;
         let register = TrackerRequest::Register {
             node_id: id.node_id(),
@@ -152,7 +154,6 @@ fn a_storage_claimant_not_admitted_gets_no_pushes_and_makes_nothing_stored() {
         .await;
         (id, ep, conn)
     });
-    let _ = (&data, &fake);
     // Every node heartbeats once a second: after several more heartbeats, the uploader has
     // still heard no "stored" notice.
     let beats = tracker.metric("shoal_tracker_heartbeats_total");
