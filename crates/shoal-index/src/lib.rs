@@ -22,13 +22,14 @@
 mod index;
 mod limits;
 mod lookup;
+mod model;
 mod plan;
 mod state;
 mod swarm;
 
-pub use index::{
-    vet_addrs, Config, HeartbeatOutcome, Index, IndexError, Lookup, NodeEntry, Persist, Planned,
-    Registration,
-};
+pub use index::{vet_addrs, Index};
 pub use limits::{Action, Limits, Rate};
+pub use model::{
+    Config, HeartbeatOutcome, IndexError, Lookup, NodeEntry, Persist, Planned, Registration,
+};
 pub use state::{Loaded, SledState};

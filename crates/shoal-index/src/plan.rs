@@ -1,10 +1,8 @@
 //! Re-seed planning: what a heartbeat hears back. Only admitted storage counts: "stored"
 //! notices and re-seed orders never name a node that merely claimed to be storage.
 
-use shoal_core::PieceIndex;
+use shoal_core::{NodeId, PieceIndex};
 use shoal_wire::tracker::Load;
-
-use shoal_core::NodeId;
 
 use crate::{HeartbeatOutcome, Index, IndexError, Persist, Planned};
 

@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use shoal_core::PieceHash;
 
 use super::*;
-use crate::limits::Rate;
+use crate::limits::{Limits, Rate};
+use crate::model::NodeEntry;
 
 /// Node ids for the test, the same id for the same `i` within one test run.
 fn node(i: usize) -> NodeId {
