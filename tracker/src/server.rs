@@ -9,7 +9,7 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 use shoal_core::NodeId;
 use shoal_index::{Index, Persist, SledState};
 use shoal_wire::tracker::{
-    Directive, ReseedToken, StorageNode, TrackerRequest, MAX_TRACKER_FRAME_LEN,
+    Directive, ReseedToken, StorageNode, TrackerRequest, MAX_TRACKER_REQUEST_LEN,
 };
 use shoal_wire::{encode, Decoder};
 use tokio::sync::Semaphore;
@@ -204,7 +204,7 @@ async fn handle(
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> anyhow::Result<()> {
-    let mut dec = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
+    let mut dec = Decoder::with_limit(MAX_TRACKER_REQUEST_LEN);
     let read = tokio::time::timeout(REQUEST_DEADLINE, read_request(&mut recv, &mut dec)).await;
     let req = match read {
         Ok(Ok(Some(r))) => r,

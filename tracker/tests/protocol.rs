@@ -333,3 +333,28 @@ async fn addresses_are_the_observed_ones_and_manifests_need_a_registered_sender(
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn silent_request_streams_are_dropped_at_the_deadline_and_others_then_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = start(dir.path(), "127.0.0.1:0");
+    let node = Identity::generate();
+    let (_e, c) = connect(&node, tracker.addr).await;
+    call(&c, &register(&node)).await.unwrap();
+    // Fill every request slot of the connection with a stream that sends half a length prefix
+    // and then nothing.
+    let mut silent = Vec::new();
+    for _ in 0..16 {
+        let (mut send, recv) = c.open_bi().await.unwrap();
+        send.write_all(&[0, 0]).await.unwrap();
+        silent.push((send, recv));
+    }
+    // The next request waits for a slot, and gets one once the tracker gives up on the silent
+    // streams (10 s without a whole request).
+    let lookup = TrackerRequest::Lookup { content: ContentId([3; 32]), max_peers: 1, have: None };
+    assert_eq!(call(&c, &lookup).await.unwrap(), TrackerResponse::Unknown);
+    for (send, _) in silent {
+        // The tracker stopped reading each silent stream.
+        assert!(send.stopped().await.is_ok());
+    }
+}

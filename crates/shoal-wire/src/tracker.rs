@@ -3,7 +3,8 @@
 //! One request per bidirectional stream: the node sends a [`TrackerRequest`] frame (followed by
 //! `len` raw manifest bytes for [`TrackerRequest::PutManifest`]) and the tracker answers with one
 //! [`TrackerResponse`] frame (followed by raw bytes for [`TrackerResponse::Manifest`]). Frames
-//! use the peer protocol's framing with a limit of [`MAX_TRACKER_FRAME_LEN`].
+//! use the peer protocol's framing with a limit of [`MAX_TRACKER_FRAME_LEN`] (answers) and
+//! [`MAX_TRACKER_REQUEST_LEN`] (requests).
 //!
 //! Authentication: every request that speaks for a node carries that node's id, and the tracker
 //! accepts it only if it is the id the connection proved in its TLS handshake, that is, a
@@ -64,6 +65,10 @@ pub const TRACKER_VERSION: u16 = 2;
 /// The largest tracker frame: room for a lookup reply of [`MAX_LOOKUP_PEERS`] bitfields of
 /// the largest manifest.
 pub const MAX_TRACKER_FRAME_LEN: usize = 1024 * 1024;
+/// The largest tracker request frame: an announce delta of [`MAX_DELTA`] pieces, or a bitfield
+/// of the largest manifest, with room to spare. The tracker reads requests with this limit, so
+/// a request stream costs it at most this much.
+pub const MAX_TRACKER_REQUEST_LEN: usize = 32 * 1024;
 /// The most addresses a node registers.
 pub const MAX_ADDRS: usize = 8;
 /// The most pieces in one delta announce.

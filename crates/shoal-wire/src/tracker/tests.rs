@@ -189,3 +189,28 @@ fn registered_without_a_role_byte_or_an_unknown_role_is_malformed() {
     d.feed(&bad);
     assert!(d.decode::<TrackerResponse>().is_err());
 }
+
+#[test]
+fn the_largest_requests_fit_the_request_limit() {
+    let pieces = shoal_core::piece::MAX_PIECES as u32;
+    let big = [
+        TrackerRequest::AnnounceDelta {
+            node_id: node_id(),
+            content: ContentId([0; 32]),
+            pieces: (0..MAX_DELTA as u32).map(PieceIndex).collect(),
+        },
+        TrackerRequest::Announce {
+            node_id: node_id(),
+            content: ContentId([0; 32]),
+            bitfield: Bitfield::full(pieces),
+        },
+        TrackerRequest::Lookup {
+            content: ContentId([0; 32]),
+            max_peers: 255,
+            have: Some(Bitfield::full(pieces)),
+        },
+    ];
+    for r in big {
+        assert!(encode(&r).len() <= MAX_TRACKER_REQUEST_LEN, "{} bytes", encode(&r).len());
+    }
+}
