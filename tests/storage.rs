@@ -13,9 +13,10 @@ struct Cluster {
 }
 
 fn cluster(root: &std::path::Path, backend: &str, pushers: &[&str]) -> Option<Cluster> {
-    let tracker = TrackerProc::start_with(
+    let tracker = TrackerProc::start_admitting(
         &root.join("tracker"),
         "127.0.0.1:0",
+        &[&root.join("storage")],
         &["--heartbeat", "1", "--node-ttl", "3", "--reseed-after", "2"],
     );
     let t = tracker.addr.to_string();
@@ -147,8 +148,7 @@ fn the_file_is_completed_in_storage_from_its_downloaders() {
     drop(downloaders);
     // A fresh node, knowing only the content id and the tracker, gets it from storage alone.
     let parsed: shoal_core::Ticket = ticket.parse().unwrap();
-    let bare =
-        shoal_core::Ticket { content: parsed.content, peers: vec![], tracker: Some(t.clone()) };
+    let bare = shoal_core::Ticket { peers: vec![], ..parsed.clone() };
     let out = tmp.path().join("fresh.bin");
     let report = get_json(&tmp.path().join("fresh"), &bare.to_string(), &out, &[]);
     assert_eq!(std::fs::read(&out).unwrap(), data, "byte-identical from storage");
@@ -309,6 +309,7 @@ fn a_storage_node_killed_mid_write_comes_back_consistent() {
             addr: c.storage.addr,
         }],
         tracker: None,
+        tracker_id: None,
     };
     let out = tmp.path().join("out.bin");
     get_json(&tmp.path().join("fresh"), &ticket.to_string(), &out, &[]);

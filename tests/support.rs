@@ -380,6 +380,31 @@ pub fn grant_args(data_dirs: &[&Path]) -> Vec<String> {
     data_dirs.iter().flat_map(|d| ["--grant".to_string(), user_id(d)]).collect()
 }
 
+/// The node id a daemon or tracker started on `dir` will have: creates its key now, so that a
+/// tracker can admit a storage node (`--admit-storage`) before either starts.
+pub fn node_id_for(dir: &Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    shoal_net::Identity::load_or_create(dir).unwrap().node_id().to_string()
+}
+
+impl TrackerProc {
+    /// Starts a tracker that admits the storage nodes whose data dirs are `storage_dirs`.
+    pub fn start_admitting(
+        dir: &Path,
+        listen: &str,
+        storage_dirs: &[&Path],
+        extra: &[&str],
+    ) -> Self {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        for d in storage_dirs {
+            args.push("--admit-storage".into());
+            args.push(node_id_for(d));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start_with(dir, listen, &args)
+    }
+}
+
 /// Resident memory of a process in KiB (VmRSS in /proc/PID/status).
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

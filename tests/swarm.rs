@@ -1,5 +1,6 @@
 //! Swarms with a tracker: downloaders that serve each other, a tracker that dies and comes
-//! back, tickets that carry only a content id and a tracker, a tracker that is down.
+//! back, tickets that carry only a content id and a tracker, a tracker that is down, a tracker
+//! that cannot prove the key a ticket pins.
 
 use crate::support::*;
 
@@ -99,8 +100,7 @@ fn a_ticket_with_only_a_content_id_and_a_tracker_is_enough() {
     let data = write_file(&src, 700_000, 13);
     let full: shoal_core::Ticket = seed.add(&src).parse().unwrap();
     assert_eq!(full.tracker.as_deref(), Some(t.as_str()), "tickets carry the daemon's tracker");
-    let bare =
-        shoal_core::Ticket { content: full.content, peers: vec![], tracker: Some(t.clone()) };
+    let bare = shoal_core::Ticket { peers: vec![], ..full.clone() };
     // The seed announces within a moment of `add`; retry (bounded) until the tracker knows it.
     let out = tmp.path().join("out.bin");
     let mut attempts = 0;
@@ -137,4 +137,45 @@ fn a_tracker_that_is_down_is_reported_and_the_tickets_peers_are_used() {
     assert!(warning.contains(&dead) && warning.contains("unreachable"), "{warning}");
     f.finish();
     assert_eq!(std::fs::read(&out).unwrap(), data);
+}
+
+#[test]
+fn a_tracker_that_cannot_prove_the_tickets_tracker_id_is_not_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tracker_dir = tmp.path().join("tracker");
+    let real_id = node_id_for(&tracker_dir);
+    let tracker = TrackerProc::start(&tracker_dir, "127.0.0.1:0");
+    let t = tracker.addr.to_string();
+    let seed = Daemon::start(&tmp.path().join("seed"), &["--tracker", &t]);
+    let src = tmp.path().join("f.bin");
+    let data = write_file(&src, 100_000, 15);
+    // The seed pins its tracker on first connect; from then on its tickets carry that id.
+    let full = wait_until("a ticket with the tracker's id", || {
+        let t: shoal_core::Ticket = seed.add(&src).parse().unwrap();
+        t.tracker_id.is_some().then_some(t)
+    });
+    assert_eq!(full.tracker_id.map(|i| i.to_string()), Some(real_id));
+    // A ticket that pins another key for the same address: the tracker is refused at the TLS
+    // handshake, so the fetch has no peers.
+    let impostor = shoal_net::Identity::generate().node_id();
+    let forged = shoal_core::Ticket { peers: vec![], tracker_id: Some(impostor), ..full.clone() };
+    let out = tmp.path().join("out.bin");
+    let o = run({
+        let mut c = shoal(&tmp.path().join("f1"));
+        c.args(["get", &forged.to_string(), "-o"]).arg(&out);
+        c
+    });
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "fetched through a tracker with the wrong key: {err}");
+    assert!(err.contains("unreachable"), "{err}");
+    // The same ticket with the right id works (retried until the seed's announce is in).
+    let bare = shoal_core::Ticket { peers: vec![], ..full };
+    let report = wait_until("a fetch through the pinned tracker", || {
+        let mut c = shoal(&tmp.path().join("f2"));
+        c.args(["get", &bare.to_string(), "-o"]).arg(&out).arg("--json");
+        let o = run(c);
+        o.status.success().then(|| serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap())
+    });
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert_eq!(report["peers"][0]["node_id"], seed.node_id.as_str());
 }

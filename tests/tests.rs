@@ -13,4 +13,5 @@ mod local;
 mod storage;
 mod storage_auth;
 mod swarm;
+mod tracker_trust;
 mod transfer;

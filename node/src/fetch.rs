@@ -145,8 +145,7 @@ pub async fn fetch(
     let limit = RateLimiter::new(req.limit);
     let mut candidates: Vec<PeerAddr> =
         req.ticket.peers.iter().chain(&req.extra_peers).copied().collect();
-    let tracker_addr = req.tracker.clone().or_else(|| req.ticket.tracker.clone());
-    let tracker = tracker_addr.map(|a| node.tracker(&a));
+    let tracker = node.tracker_for_fetch(&req.ticket, req.tracker.as_deref());
     let mut warning = None;
     let mut hints = Vec::new();
     let mut tracker_conn = None;

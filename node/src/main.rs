@@ -55,7 +55,8 @@ enum Command {
         /// Cap on total download, like 20MiB/s.
         #[arg(long, env = "SHOAL_DOWNLOAD_LIMIT")]
         download_limit: Option<Rate>,
-        /// Tracker to register with (HOST:PORT); tickets of added files carry it.
+        /// Tracker to register with (HOST:PORT, or NODE_ID@HOST:PORT to pin its key); tickets
+        /// of added files carry it and its node id.
         #[arg(long, env = "SHOAL_TRACKER", conflicts_with = "testnet")]
         tracker: Option<String>,
         /// Join the local testnet whose run directory this is (started by `shoal-testnet up`).
@@ -112,7 +113,7 @@ enum Command {
         /// Cap on download rate, like 20MiB/s.
         #[arg(long, env = "SHOAL_DOWNLOAD_LIMIT")]
         download_limit: Option<Rate>,
-        /// Tracker to find peers with (HOST:PORT), instead of the ticket's.
+        /// Tracker to find peers with (HOST:PORT or NODE_ID@HOST:PORT), instead of the ticket's.
         #[arg(long, env = "SHOAL_TRACKER")]
         tracker: Option<String>,
         /// Print one JSON object with the outcome on stdout.
@@ -224,6 +225,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(dir) => Some(testnet_tracker(&dir)?),
                 None => tracker,
             };
+            if let Some(t) = &tracker {
+                t.parse::<shoal_core::ticket::TrackerAddr>()?;
+            }
             if store.is_some() && role != Role::Storage {
                 bail!("--store is for storage nodes: add --role storage");
             }
@@ -257,6 +261,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Add { path, qr } => add(&data_dir, &path, qr),
         Command::Get { ticket, output, peers, download_limit, tracker, json } => {
+            if let Some(t) = &tracker {
+                t.parse::<shoal_core::ticket::TrackerAddr>()?;
+            }
             get(&data_dir, &ticket, &output, peers, download_limit, tracker, json)
         }
         Command::Push { target, json } => push(&data_dir, &target, json),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use serde::Serialize;
+use shoal_core::ticket::TrackerAddr;
 use shoal_core::{ContentId, NodeId, PeerAddr, PieceIndex, Ticket};
 use shoal_net::{Endpoint, Identity, Limits, RateLimiter};
 use shoal_store::Store;
@@ -135,8 +136,8 @@ pub struct Node {
     pub(crate) store: Store,
     /// The object store of a storage node.
     pub(crate) cloud: Option<shoal_cloud::CloudStore>,
-    /// Trackers this node is registered with, by proven node id: their re-seed tokens count.
-    /// Held only for set access.
+    /// The pinned node id of this node's own `--tracker` (never a ticket's tracker): re-seed
+    /// tokens signed by it count. Held only for set access.
     pub(crate) tracker_ids: std::sync::Mutex<std::collections::HashSet<NodeId>>,
     /// Contents the tracker reported complete in storage. Held only for set access.
     pub(crate) stored: std::sync::Mutex<std::collections::HashSet<ContentId>>,
@@ -153,10 +154,12 @@ pub struct Node {
     pub(crate) haves: broadcast::Sender<(ContentId, PieceIndex)>,
     /// Contents added or replaced in the store, for full tracker announces.
     pub(crate) contents_changed: broadcast::Sender<ContentId>,
-    /// The tracker named at start, if any; tickets carry it.
+    /// The tracker named at start (`--tracker`, as given), if any; tickets carry it.
     pub(crate) default_tracker: Option<String>,
-    /// Clients of the trackers this node talks to, by address. Held only for map access.
-    trackers: std::sync::Mutex<std::collections::HashMap<String, crate::tracker::TrackerHandle>>,
+    /// The same, parsed: its address and the node id it must prove, if given.
+    own_tracker: Option<TrackerAddr>,
+    /// The client of the own tracker, started on first use. Held only to read or set.
+    own_handle: std::sync::Mutex<Option<crate::tracker::TrackerHandle>>,
     pub(crate) uploads: Arc<crate::upload::Uploads>,
     /// Who may push into this node's storage, and the memory budget for push bodies.
     pub(crate) push_gate: crate::storage::PushGate,
@@ -182,6 +185,12 @@ impl Node {
             }
             None => None,
         };
+        let own_tracker = config
+            .tracker
+            .as_deref()
+            .map(str::parse::<TrackerAddr>)
+            .transpose()
+            .context("reading --tracker")?;
         // A storage node receives pushed pieces on its serving side; an ordinary node only small
         // frames (see `Limits` for the windows and the memory ceiling they give).
         let limits = if config.storage.is_some() { Limits::storage() } else { Limits::node() };
@@ -201,8 +210,9 @@ impl Node {
             stats: Stats::default(),
             haves: broadcast::channel(4096).0,
             contents_changed: broadcast::channel(256).0,
-            default_tracker: config.tracker.clone(),
-            trackers: std::sync::Mutex::new(std::collections::HashMap::new()),
+            default_tracker: own_tracker.as_ref().map(|t| t.addr.clone()),
+            own_tracker,
+            own_handle: std::sync::Mutex::new(None),
             uploads: crate::upload::Uploads::new(UPLOAD_SLOTS, UPLOAD_BYTES, UPLOAD_WAITERS),
             push_gate: crate::storage::PushGate::new(config.grants.clone()),
             content_stats: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -242,20 +252,77 @@ impl Node {
         out
     }
 
-    /// A ticket for a content with this node as peer, and the node's tracker if it has one.
-    pub fn ticket(&self, content: ContentId) -> Ticket {
+    /// A ticket for a content with this node as peer, and the node's tracker if it has one,
+    /// pinned to the tracker's node id once known (given with `--tracker ID@..` or proven at
+    /// the first connect).
+    pub fn ticket(self: &Arc<Self>, content: ContentId) -> Ticket {
         let node_id = Some(self.node_id());
         let peers = self.addrs().into_iter().map(|addr| PeerAddr { node_id, addr }).collect();
-        Ticket { content, peers, tracker: self.default_tracker.clone() }
+        let tracker_id = self.own_tracker().and_then(|h| h.node_id());
+        Ticket { content, peers, tracker: self.default_tracker.clone(), tracker_id }
     }
 
-    /// The client of the tracker at `addr`, started on first use.
+    /// The client of this node's own `--tracker` (full session), started on first use.
+    pub fn own_tracker(self: &Arc<Self>) -> Option<crate::tracker::TrackerHandle> {
+        let target = self.own_tracker.clone()?;
+        let mut own = self.own_handle.lock().unwrap_or_else(|p| p.into_inner());
+        let h = own.get_or_insert_with(|| {
+            crate::tracker::spawn(self.clone(), target, crate::tracker::Scope::Own)
+        });
+        Some(h.clone())
+    }
+
+    /// True if `target` is this node's own tracker: the same address, and no other id.
+    fn is_own_tracker(&self, target: &TrackerAddr) -> bool {
+        let Some(own) = &self.own_tracker else { return false };
+        let pinned = self
+            .own_handle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|h| h.node_id())
+            .or(own.node_id);
+        own.addr == target.addr && (target.node_id.is_none() || target.node_id == pinned)
+    }
+
+    /// The client of the tracker at `addr` (`HOST:PORT` or `NODE_ID@HOST:PORT`): the own
+    /// tracker's full session if it names it, otherwise a new session scoped to lookups.
     pub fn tracker(self: &Arc<Self>, addr: &str) -> crate::tracker::TrackerHandle {
-        let mut trackers = self.trackers.lock().unwrap_or_else(|p| p.into_inner());
-        trackers
-            .entry(addr.to_string())
-            .or_insert_with(|| crate::tracker::spawn(self.clone(), addr.to_string()))
-            .clone()
+        let target = addr
+            .parse::<TrackerAddr>()
+            .unwrap_or_else(|_| TrackerAddr { node_id: None, addr: addr.to_string() });
+        self.tracker_session(target, crate::tracker::Scope::Content(None))
+    }
+
+    fn tracker_session(
+        self: &Arc<Self>,
+        target: TrackerAddr,
+        scope: crate::tracker::Scope,
+    ) -> crate::tracker::TrackerHandle {
+        if self.is_own_tracker(&target) {
+            if let Some(h) = self.own_tracker() {
+                return h;
+            }
+        }
+        crate::tracker::spawn(self.clone(), target, scope)
+    }
+
+    /// The tracker a fetch of `ticket` should use: `override_addr` (`get --tracker`) or the
+    /// ticket's, pinned to the ticket's tracker id. The own tracker's full session if it is
+    /// the same tracker; otherwise a session scoped to this one content that ends when the
+    /// returned handle's last clone is dropped. `None` without any tracker.
+    pub fn tracker_for_fetch(
+        self: &Arc<Self>,
+        ticket: &Ticket,
+        override_addr: Option<&str>,
+    ) -> Option<crate::tracker::TrackerHandle> {
+        let target = match override_addr {
+            Some(a) => a
+                .parse::<TrackerAddr>()
+                .unwrap_or_else(|_| TrackerAddr { node_id: None, addr: a.to_string() }),
+            None => TrackerAddr { node_id: ticket.tracker_id, addr: ticket.tracker.clone()? },
+        };
+        Some(self.tracker_session(target, crate::tracker::Scope::Content(Some(ticket.content))))
     }
 
     /// Uploads in progress.
@@ -393,9 +460,7 @@ fn default_route_ip() -> Option<IpAddr> {
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let node = Node::open(&config)?;
     node.spawn_serving();
-    if let Some(t) = &config.tracker {
-        node.tracker(t);
-    }
+    node.own_tracker();
     let control = crate::control::serve(node.clone()).await?;
     let listen = node.endpoint.local_addr()?;
     tracing::info!(node_id = %node.node_id(), %listen, control = %control.addr, "node running");

@@ -1,34 +1,66 @@
 //! The node's side of the tracker protocol.
 //!
-//! One client actor per tracker address keeps a connection, registers, announces everything
-//! the store holds (with manifests the tracker lacks), sends newly verified pieces as batched
-//! deltas and heartbeats with the node's load. When the connection drops or the tracker has
-//! forgotten the node (after a restart with lost state, or expiry), it reconnects with backoff
-//! and does it all again. The current connection is published for lookups.
+//! One client actor per tracker session keeps a connection, registers, announces what it may
+//! (with manifests the tracker asks for), sends newly verified pieces as batched deltas and
+//! heartbeats with the node's load. When the connection drops or the tracker has forgotten
+//! the node, it reconnects with backoff and does it all again; a tracker that says "slow down"
+//! is retried later. The current connection is published for lookups.
+//!
+//! Trust: the tracker's key is pinned. A tracker given as `NODE_ID@HOST:PORT` must prove that
+//! id in the TLS handshake; one given as `HOST:PORT` is trusted on first connect and pinned for
+//! the life of the process. Only the node's own `--tracker` ([`Scope::Own`]) gets a full
+//! session: everything the node holds is announced there, its re-seed directives and stored
+//! notices are obeyed, and its key signs the re-seed tokens a storage node accepts. A tracker
+//! named only in a ticket ([`Scope::Content`]) registers the node and sees the announces of
+//! that one content, for as long as the fetch holds the handle; its directives are ignored.
 
-use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use quinn::Connection;
-use shoal_core::{Bitfield, ContentId, PeerAddr, PieceIndex};
-use shoal_wire::tracker::{
-    ErrorCode, Load, Role, TrackerRequest, TrackerResponse, MAX_DELTA, MAX_TRACKER_FRAME_LEN,
-    TRACKER_ALPN, TRACKER_VERSION,
-};
+use shoal_core::ticket::TrackerAddr;
+use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
+use shoal_wire::tracker::{TrackerRequest, TrackerResponse, MAX_TRACKER_FRAME_LEN};
 use shoal_wire::{encode, Decoder};
-use tokio::sync::{broadcast, watch};
-use tracing::{debug, info, warn};
+use tokio::sync::watch;
+use tracing::debug;
 
 use crate::node::Node;
 
+mod session;
+use session::Session;
+
 /// How often batched deltas go out.
 const DELTA_EVERY: Duration = Duration::from_millis(250);
+/// Attempts of one request the tracker answers "slow down", and the first pause between them
+/// (doubling up to [`MAX_PAUSE`]).
+const RATE_LIMITED_ATTEMPTS: u32 = 8;
+const FIRST_PAUSE: Duration = Duration::from_millis(250);
+const MAX_PAUSE: Duration = Duration::from_secs(8);
 
-/// A handle on the client of one tracker.
+/// What a tracker session may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The node's own `--tracker`: every content announced, directives obeyed, tokens trusted.
+    Own,
+    /// A tracker from a ticket: lookups, and announces of this content only (none if `None`).
+    Content(Option<ContentId>),
+}
+
+impl Scope {
+    fn covers(self, content: ContentId) -> bool {
+        match self {
+            Self::Own => true,
+            Self::Content(c) => c == Some(content),
+        }
+    }
+}
+
+/// A handle on the client of one tracker session. For a [`Scope::Content`] session, dropping
+/// the last clone ends the session and closes its connection.
 #[derive(Debug, Clone)]
 pub struct TrackerHandle {
     /// The tracker's address as given (`host:port`).
@@ -36,6 +68,8 @@ pub struct TrackerHandle {
     conn: watch::Receiver<Option<Connection>>,
     // Held only to read or replace.
     error: Arc<Mutex<Option<String>>>,
+    /// The tracker's node id once pinned. Held only to read or set.
+    pinned: Arc<Mutex<Option<NodeId>>>,
 }
 
 impl TrackerHandle {
@@ -45,7 +79,7 @@ impl TrackerHandle {
         let mut rx = self.conn.clone();
         let got = tokio::time::timeout(wait, rx.wait_for(|c| c.is_some())).await;
         match got {
-            Ok(Ok(c)) => Ok(c.clone().expect("waited for Some")),
+            Ok(Ok(c)) => c.clone().ok_or_else(|| "no connection".to_string()),
             _ => Err(self
                 .error
                 .lock()
@@ -59,28 +93,57 @@ impl TrackerHandle {
     pub fn current(&self) -> Option<Connection> {
         self.conn.borrow().clone()
     }
+
+    /// The tracker's node id: the one given, or the one it proved first.
+    pub fn node_id(&self) -> Option<NodeId> {
+        *self.pinned.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
-/// Starts the client of the tracker at `addr` for `node`.
-pub(crate) fn spawn(node: Arc<Node>, addr: String) -> TrackerHandle {
+/// Starts a client of the tracker at `target` for `node`.
+pub(crate) fn spawn(node: Arc<Node>, target: TrackerAddr, scope: Scope) -> TrackerHandle {
     let (tx, rx) = watch::channel(None);
     let error = Arc::new(Mutex::new(None));
-    let handle = TrackerHandle { addr: addr.clone(), conn: rx, error: error.clone() };
+    let pinned = Arc::new(Mutex::new(target.node_id));
+    let handle = TrackerHandle {
+        addr: target.addr.clone(),
+        conn: rx,
+        error: error.clone(),
+        pinned: pinned.clone(),
+    };
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(250);
+        let warned = AtomicBool::new(false);
+        let ctx =
+            Session { node: &node, addr: &target.addr, scope, pinned: &pinned, warned: &warned };
         loop {
             let started = Instant::now();
-            let err = session(&node, &addr, &tx).await.unwrap_err();
+            let err = tokio::select! {
+                biased;
+                _ = tx.closed() => break,
+                r = ctx.run(&tx) => match r {
+                    Ok(()) => break,
+                    Err(e) => e,
+                },
+            };
             let _ = tx.send(None);
             let msg = format!("{err:#}");
-            debug!(tracker = %addr, error = %msg, "tracker session ended");
+            debug!(tracker = %target.addr, error = %msg, "tracker session ended");
             *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
             if started.elapsed() > Duration::from_secs(10) {
                 backoff = Duration::from_millis(250);
             }
-            tokio::time::sleep(backoff).await;
+            tokio::select! {
+                _ = tx.closed() => break,
+                _ = tokio::time::sleep(backoff) => {}
+            }
             backoff = (backoff * 2).min(Duration::from_secs(4));
         }
+        // Every handle is gone: the fetch that needed this tracker is over.
+        if let Some(c) = tx.send_replace(None) {
+            c.close(0u32.into(), b"done");
+        }
+        debug!(tracker = %target.addr, "tracker session closed");
     });
     handle
 }
@@ -102,9 +165,13 @@ pub(crate) async fn call(
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_all(&encode(req)).await?;
     if let Some(raw) = raw {
-        send.write_all(raw).await?;
+        // The tracker may answer without reading the body (it has the manifest already, or
+        // refuses): its answer says which, so a stopped stream is not an error here.
+        if let Err(e) = send.write_all(raw).await {
+            debug!(error = %e, "tracker did not read the body");
+        }
     }
-    send.finish()?;
+    let _ = send.finish();
     let mut dec = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
     let resp = loop {
         if let Some(r) = dec.decode::<TrackerResponse>()? {
@@ -128,139 +195,20 @@ pub(crate) async fn call(
     Ok((resp, extra))
 }
 
-fn expect_ok(resp: TrackerResponse) -> anyhow::Result<bool> {
-    match resp {
-        TrackerResponse::Ok => Ok(false),
-        TrackerResponse::NeedManifest => Ok(true),
-        TrackerResponse::Error { code, text } => bail!(TrackerRefused { code, text }),
-        other => bail!("unexpected tracker answer {other:?}"),
-    }
-}
-
-/// The tracker refused a request.
-#[derive(Debug, thiserror::Error)]
-#[error("tracker refused: {text}")]
-pub(crate) struct TrackerRefused {
-    pub(crate) code: ErrorCode,
-    text: String,
-}
-
-async fn announce(node: &Node, conn: &Connection, content: ContentId) -> anyhow::Result<()> {
-    let Some(bitfield) = node.holding(content)? else { return Ok(()) };
-    let node_id = node.node_id();
-    let (resp, _) =
-        call(conn, &TrackerRequest::Announce { node_id, content, bitfield }, None).await?;
-    if expect_ok(resp)? {
-        if let Some(bytes) = node.manifest_bytes(content)? {
-            let req = TrackerRequest::PutManifest { node_id, content, len: bytes.len() as u32 };
-            expect_ok(call(conn, &req, Some(&bytes)).await?.0)?;
-        }
-    }
-    Ok(())
-}
-
-async fn session(
-    node: &Arc<Node>,
-    addr: &str,
-    tx: &watch::Sender<Option<Connection>>,
+/// Tells the tracker that `peer` was asked for pieces of `content` and delivered none: the
+/// tracker demotes holders that several downloaders report. Cancel-safe.
+// Called by the fetch driver (being rewritten in parallel); tested end to end in
+// tests/tracker_trust.rs through the tracker's protocol.
+#[allow(dead_code)]
+pub(crate) async fn report_undelivered(
+    conn: &Connection,
+    content: ContentId,
+    peer: NodeId,
 ) -> anyhow::Result<()> {
-    let sock = resolve(addr).await?;
-    let (conn, tracker_id) =
-        node.endpoint.connect(&PeerAddr { node_id: None, addr: sock }, TRACKER_ALPN).await?;
-    // Re-seed tokens signed by this key are valid here (for a storage node).
-    node.tracker_ids.lock().unwrap_or_else(|p| p.into_inner()).insert(tracker_id);
-    let node_id = node.node_id();
-    let role = if node.is_storage() { Role::Storage } else { Role::Node };
-    let register =
-        TrackerRequest::Register { node_id, version: TRACKER_VERSION, role, addrs: node.addrs() };
-    let heartbeat_ms = match call(&conn, &register, None).await?.0 {
-        TrackerResponse::Registered { heartbeat_ms } => heartbeat_ms.clamp(200, 60_000),
-        TrackerResponse::Error { text, .. } => bail!("tracker refused registration: {text}"),
+    match call(conn, &TrackerRequest::Report { content, peer }, None).await?.0 {
+        TrackerResponse::Ok => Ok(()),
+        TrackerResponse::Error { text, .. } => bail!("tracker refused the report: {text}"),
         other => bail!("unexpected tracker answer {other:?}"),
-    };
-    // Listen for changes before announcing, so nothing verified meanwhile is missed.
-    let mut haves = node.haves.subscribe();
-    let mut changed = node.contents_changed.subscribe();
-    let mut announced = HashSet::new();
-    for c in node.content_ids()? {
-        announce(node, &conn, c).await?;
-        announced.insert(c);
-    }
-    info!(tracker = %addr, contents = announced.len(), "registered with tracker");
-    let _ = tx.send(Some(conn.clone()));
-    let mut heartbeat = tokio::time::interval(Duration::from_millis(u64::from(heartbeat_ms)));
-    let mut flush = tokio::time::interval(DELTA_EVERY);
-    let mut pending: HashMap<ContentId, Vec<PieceIndex>> = HashMap::new();
-    let mut full: HashSet<ContentId> = HashSet::new();
-    let mut last = (
-        Instant::now(),
-        node.stats.uploaded_bytes.load(Ordering::Relaxed),
-        node.stats.downloaded_bytes.load(Ordering::Relaxed),
-    );
-    loop {
-        tokio::select! {
-            biased;
-            reason = conn.closed() => bail!("tracker connection closed: {reason}"),
-            _ = heartbeat.tick() => {
-                let up = node.stats.uploaded_bytes.load(Ordering::Relaxed);
-                let down = node.stats.downloaded_bytes.load(Ordering::Relaxed);
-                let secs = last.0.elapsed().as_secs_f64().max(0.001);
-                let load = Load {
-                    active_uploads: node.active_uploads() as u32,
-                    upload_rate: ((up - last.1) as f64 / secs) as u64,
-                    download_rate: ((down.saturating_sub(last.2)) as f64 / secs) as u64,
-                };
-                last = (Instant::now(), up, down);
-                match call(&conn, &TrackerRequest::Heartbeat { node_id, load }, None).await?.0 {
-                    TrackerResponse::HeartbeatReply { stored, directives } => {
-                        node.stored.lock().unwrap_or_else(|p| p.into_inner()).extend(stored);
-                        for d in directives {
-                            debug!(content = %d.content.fmt_short(), storage = %d.storage.node_id, "re-seed directive");
-                            crate::push::run_directive(node.clone(), d);
-                        }
-                    }
-                    TrackerResponse::Ok => {}
-                    TrackerResponse::Error { code: ErrorCode::NotRegistered, .. } => {
-                        bail!("the tracker forgot this node; registering again")
-                    }
-                    other => bail!("unexpected heartbeat answer {other:?}"),
-                }
-            }
-            have = haves.recv() => match have {
-                Ok((c, p)) => pending.entry(c).or_default().push(p),
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    // Missed some: announce every content in full at the next flush.
-                    full.extend(announced.iter().copied());
-                }
-                Err(_) => bail!("node shutting down"),
-            },
-            c = changed.recv() => match c {
-                Ok(c) => { full.insert(c); }
-                Err(broadcast::error::RecvError::Lagged(_)) => full.extend(announced.iter().copied()),
-                Err(_) => bail!("node shutting down"),
-            },
-            _ = flush.tick() => {
-                for c in std::mem::take(&mut full) {
-                    pending.remove(&c);
-                    announce(node, &conn, c).await?;
-                    announced.insert(c);
-                }
-                for (c, pieces) in std::mem::take(&mut pending) {
-                    if !announced.contains(&c) {
-                        announce(node, &conn, c).await?;
-                        announced.insert(c);
-                        continue;
-                    }
-                    for chunk in pieces.chunks(MAX_DELTA) {
-                        let req = TrackerRequest::AnnounceDelta { node_id, content: c, pieces: chunk.to_vec() };
-                        if let Err(e) = expect_ok(call(&conn, &req, None).await?.0) {
-                            warn!(error = %e, "tracker refused a delta; announcing in full");
-                            announce(node, &conn, c).await?;
-                        }
-                    }
-                }
-            }
-        }
     }
 }
 

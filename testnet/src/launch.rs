@@ -81,7 +81,7 @@ fn first_line(child: &mut Child, prefix: &str, limit: Duration) -> anyhow::Resul
 /// processes it starts, and expects their hardening: invariants that depend on it are enforced
 /// only when this is on (otherwise reported as gaps), and the flooder sends piece indices that
 /// make unhardened nodes allocate gigabytes only then (so the machine survives old binaries).
-pub(crate) const TRUST_FLAGS: bool = false;
+pub(crate) const TRUST_FLAGS: bool = true;
 
 /// What the testnet trusts: the storage nodes it starts (the tracker admits them) and the
 /// users of the honest nodes it starts (storage grants them space). A node's user id is its

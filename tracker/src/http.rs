@@ -30,7 +30,10 @@ pub(crate) async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> anyhow::Resu
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> String {
-    let (nodes, swarms) = shared.index.lock().unwrap_or_else(|p| p.into_inner()).counts();
+    let ((nodes, swarms), (manifest_bytes, rate_keys)) = {
+        let ix = shared.index.lock().unwrap_or_else(|p| p.into_inner());
+        (ix.counts(), ix.footprint())
+    };
     let m = &shared.metrics;
     let (announce_rate, lookup_rate) = *m.rates.lock().unwrap_or_else(|p| p.into_inner());
     let mut out = String::new();
@@ -68,6 +71,36 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> String {
         "counter",
         "Requests refused for speaking for another node.",
         m.forged.load(Ordering::Relaxed).to_string(),
+    );
+    line(
+        "shoal_tracker_rate_limited_total",
+        "counter",
+        "Requests refused by a rate limit.",
+        m.rate_limited.load(Ordering::Relaxed).to_string(),
+    );
+    line(
+        "shoal_tracker_unadmitted_storage_total",
+        "counter",
+        "Registrations claiming storage from nodes not admitted.",
+        m.unadmitted_storage.load(Ordering::Relaxed).to_string(),
+    );
+    line(
+        "shoal_tracker_reports_total",
+        "counter",
+        "Reports of holders that never delivered.",
+        m.reports.load(Ordering::Relaxed).to_string(),
+    );
+    line(
+        "shoal_tracker_manifest_bytes",
+        "gauge",
+        "Manifest bytes kept.",
+        manifest_bytes.to_string(),
+    );
+    line(
+        "shoal_tracker_rate_limit_keys",
+        "gauge",
+        "Addresses and node ids tracked by the rate limiter.",
+        rate_keys.to_string(),
     );
     line(
         "shoal_tracker_announces_per_second",

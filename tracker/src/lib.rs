@@ -8,6 +8,7 @@
 mod http;
 mod server;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,10 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use shoal_core::NodeId;
 use shoal_index::{Config as IndexConfig, Index, SledState};
 use shoal_net::{Endpoint, Identity};
 
 pub use server::Shared;
+pub use shoal_index::{Limits, Rate};
 
 /// Tracker settings.
 #[derive(Debug, Clone)]
@@ -35,6 +38,33 @@ pub struct Config {
     pub heartbeat: Duration,
     /// An upload into storage that has not progressed for this long is re-seeded from holders.
     pub reseed_after: Duration,
+    /// Node ids the operator admitted as storage; any other node is ordinary.
+    pub admitted_storage: HashSet<NodeId>,
+    /// The most contents one node may announce (default 4096).
+    pub max_contents_per_node: usize,
+    /// The most manifest bytes kept in total (default 256 MiB).
+    pub max_manifest_bytes: u64,
+    /// Rate limits per source address and node id.
+    pub limits: Limits,
+}
+
+impl Config {
+    /// Defaults for everything but where to listen and keep state.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        let index = IndexConfig::default();
+        Self {
+            listen,
+            http: None,
+            data_dir,
+            node_ttl: Duration::from_millis(index.node_ttl_ms),
+            heartbeat: Duration::from_millis(u64::from(index.heartbeat_ms)),
+            reseed_after: Duration::from_millis(index.reseed_after_ms),
+            admitted_storage: HashSet::new(),
+            max_contents_per_node: index.max_contents_per_node,
+            max_manifest_bytes: index.max_manifest_bytes,
+            limits: index.limits,
+        }
+    }
 }
 
 /// Where a running tracker listens.
@@ -45,7 +75,7 @@ pub struct Running {
     /// The HTTP address, if serving HTTP.
     pub http: Option<SocketAddr>,
     /// The tracker's node id.
-    pub node_id: shoal_core::NodeId,
+    pub node_id: NodeId,
 }
 
 /// Opens the state, binds the endpoints and serves until `shutdown` completes. `started` is
@@ -69,6 +99,12 @@ pub async fn run(
         node_ttl_ms: config.node_ttl.as_millis() as u64,
         heartbeat_ms: config.heartbeat.as_millis() as u32,
         reseed_after_ms: config.reseed_after.as_millis() as u64,
+        admitted_storage: config.admitted_storage.clone(),
+        max_contents_per_node: config.max_contents_per_node,
+        max_manifest_bytes: config.max_manifest_bytes,
+        limits: config.limits.clone(),
+        // Unpredictable lookup samples: a sybil cannot arrange to be the one drawn.
+        seed: fastrand::u64(..),
         ..IndexConfig::default()
     };
     let restored = (nodes.len(), holdings.len());
@@ -77,7 +113,13 @@ pub async fn run(
         .map_or(0, |d| d.as_millis() as u64);
     let index = Index::restore(index_config, now, nodes, holdings, manifests);
     tracing::info!(nodes = restored.0, holdings = restored.1, "state restored");
-    let endpoint = Endpoint::bind(&identity, config.listen, &[shoal_wire::tracker::TRACKER_ALPN])?;
+    tracing::info!(admitted = config.admitted_storage.len(), "storage nodes admitted");
+    let endpoint = Endpoint::bind_with(
+        &identity,
+        config.listen,
+        &[shoal_wire::tracker::TRACKER_ALPN],
+        shoal_net::Limits::tracker(),
+    )?;
     let shared = Arc::new(Shared::new(index, state, identity.clone()));
     let http = match config.http {
         Some(addr) => Some(http::serve(addr, shared.clone()).await?),

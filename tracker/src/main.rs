@@ -38,6 +38,27 @@ enum Command {
         /// nodes that hold its missing pieces.
         #[arg(long, env = "SHOAL_TRACKER_RESEED_AFTER", default_value_t = 5)]
         reseed_after: u64,
+        /// Admit this node id as storage (repeatable; the id is on the storage daemon's start
+        /// line). Nodes not admitted are ordinary nodes whatever role they claim.
+        #[arg(
+            long = "admit-storage",
+            value_name = "NODE_ID",
+            env = "SHOAL_TRACKER_ADMIT_STORAGE",
+            value_delimiter = ','
+        )]
+        admit_storage: Vec<String>,
+        /// The most contents one node may announce.
+        #[arg(long, env = "SHOAL_TRACKER_MAX_CONTENTS_PER_NODE", default_value_t = 4096)]
+        max_contents_per_node: usize,
+        /// The most manifest bytes the tracker keeps in total.
+        #[arg(long, env = "SHOAL_TRACKER_MAX_MANIFEST_BYTES", default_value_t = 256 * 1024 * 1024)]
+        max_manifest_bytes: u64,
+        /// Registrations allowed per source address per second (after the burst).
+        #[arg(long, env = "SHOAL_TRACKER_REGISTER_RATE", default_value_t = 8)]
+        register_rate: u32,
+        /// Registrations one source address may make at once.
+        #[arg(long, env = "SHOAL_TRACKER_REGISTER_BURST", default_value_t = 64)]
+        register_burst: u32,
     },
 }
 
@@ -45,19 +66,53 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let Command::Serve { listen, http, data_dir, node_ttl, heartbeat, reseed_after } =
-        Cli::parse().command;
+    let Command::Serve {
+        listen,
+        http,
+        data_dir,
+        node_ttl,
+        heartbeat,
+        reseed_after,
+        admit_storage,
+        max_contents_per_node,
+        max_manifest_bytes,
+        register_rate,
+        register_burst,
+    } = Cli::parse().command;
+    let mut admitted_storage = std::collections::HashSet::new();
+    for id in admit_storage.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        match id.parse::<shoal_core::NodeId>() {
+            Ok(id) => {
+                admitted_storage.insert(id);
+            }
+            Err(_) => {
+                eprintln!("error: --admit-storage {id:?} is not a node id (copy it from the storage daemon's \"shoal daemon: node ID\" line)");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if register_burst == 0 {
+        eprintln!("error: --register-burst must be at least 1");
+        return ExitCode::FAILURE;
+    }
     if heartbeat == 0 || node_ttl <= heartbeat {
         eprintln!("error: --node-ttl ({node_ttl}s) must exceed --heartbeat ({heartbeat}s), which must be at least 1");
         return ExitCode::FAILURE;
     }
+    let limits = shoal_tracker::Limits {
+        register_per_ip: shoal_tracker::Rate { per_sec: register_rate, burst: register_burst },
+        ..shoal_tracker::Limits::default()
+    };
     let config = shoal_tracker::Config {
-        listen,
         http,
-        data_dir,
         node_ttl: Duration::from_secs(node_ttl),
         heartbeat: Duration::from_secs(heartbeat),
         reseed_after: Duration::from_secs(reseed_after),
+        admitted_storage,
+        max_contents_per_node,
+        max_manifest_bytes,
+        limits,
+        ..shoal_tracker::Config::new(listen, data_dir)
     };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

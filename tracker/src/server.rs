@@ -5,19 +5,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use shoal_core::NodeId;
-use shoal_index::{Index, IndexError, Persist, SledState};
+use shoal_index::{Index, Persist, SledState};
 use shoal_wire::tracker::{
-    Directive, ErrorCode, ReseedToken, StorageNode, TrackerRequest, TrackerResponse,
-    MAX_LOOKUP_PEERS, MAX_TRACKER_FRAME_LEN,
+    Directive, ReseedToken, StorageNode, TrackerRequest, MAX_TRACKER_REQUEST_LEN,
 };
 use shoal_wire::{encode, Decoder};
+use tokio::sync::Semaphore;
 use tracing::{debug, warn, Instrument};
+
+mod dispatch;
 
 /// Connections the tracker serves at once.
 const MAX_CONNECTIONS: usize = 4096;
+/// Requests one connection may have in progress at once; further streams wait in QUIC flow
+/// control until one finishes.
+const STREAMS_PER_CONNECTION: usize = 16;
+/// How long a node may take to send a whole request frame (and a manifest body).
+const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// Manifest body bytes being read at once, over all connections: bounds the memory a crowd
+/// of slow uploaders can hold.
+const MANIFEST_BYTES_IN_FLIGHT: usize = 32 * 1024 * 1024;
 /// Close code for a connection that sent a malformed frame.
 const CLOSE_PROTOCOL: u32 = 1;
 
@@ -38,6 +47,12 @@ pub struct Metrics {
     pub heartbeats: AtomicU64,
     /// Requests refused because they spoke for another node.
     pub forged: AtomicU64,
+    /// Requests refused by a rate limit.
+    pub rate_limited: AtomicU64,
+    /// Storage claims from nodes the operator did not admit.
+    pub unadmitted_storage: AtomicU64,
+    /// Reports of holders that never delivered.
+    pub reports: AtomicU64,
     /// (announces/s, lookups/s) over the last ten seconds. Held only to read or replace.
     pub rates: Mutex<(f64, f64)>,
 }
@@ -52,15 +67,27 @@ pub struct Shared {
     identity: shoal_net::Identity,
     /// Counters.
     pub metrics: Metrics,
+    /// Permits for manifest body bytes being read (see [`MANIFEST_BYTES_IN_FLIGHT`]).
+    manifest_bytes: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
     pub(crate) fn new(index: Index, state: SledState, identity: shoal_net::Identity) -> Self {
-        Self { index: Mutex::new(index), state, identity, metrics: Metrics::default() }
+        Self {
+            index: Mutex::new(index),
+            state,
+            identity,
+            metrics: Metrics::default(),
+            manifest_bytes: Arc::new(tokio::sync::Semaphore::new(MANIFEST_BYTES_IN_FLIGHT)),
+        }
     }
 
     /// Turns planned re-seed orders into directives with signed tokens.
-    fn sign(&self, proven: NodeId, planned: Vec<shoal_index::Planned>) -> Vec<Directive> {
+    pub(crate) fn sign(
+        &self,
+        proven: NodeId,
+        planned: Vec<shoal_index::Planned>,
+    ) -> Vec<Directive> {
         planned
             .into_iter()
             .map(|p| {
@@ -82,11 +109,11 @@ impl Shared {
             .collect()
     }
 
-    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+    pub(crate) fn index(&self) -> std::sync::MutexGuard<'_, Index> {
         self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn persist(&self, ops: &[Persist]) {
+    pub(crate) fn persist(&self, ops: &[Persist]) {
         if let Err(e) = self.state.apply(ops) {
             warn!(error = %e, "cannot persist tracker state");
         }
@@ -107,7 +134,7 @@ pub(crate) async fn housekeeping(shared: Arc<Shared>) {
         tick.tick().await;
         let ops = shared.index().expire(now_ms());
         if !ops.is_empty() {
-            debug!(changes = ops.len(), "expired silent nodes");
+            debug!(changes = ops.len(), "expired silent nodes and idle swarms");
             shared.persist(&ops);
         }
         let s = shared.clone();
@@ -133,7 +160,10 @@ pub(crate) async fn accept_loop(endpoint: shoal_net::Endpoint, shared: Arc<Share
 }
 
 async fn serve_connection(shared: Arc<Shared>, conn: Connection, node: NodeId) {
+    let streams = Arc::new(Semaphore::new(STREAMS_PER_CONNECTION));
     loop {
+        // Accept a stream only with a free slot: the node's further streams wait in QUIC.
+        let Ok(permit) = streams.clone().acquire_owned().await else { return };
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
             Err(e) => return debug!(reason = %e, "node disconnected"),
@@ -144,6 +174,7 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, node: NodeId) {
                 if let Err(e) = handle(&shared, &conn, node, send, recv).await {
                     debug!(error = %format!("{e:#}"), "request failed");
                 }
+                drop(permit);
             }
             .in_current_span(),
         );
@@ -165,17 +196,7 @@ async fn read_request(
     }
 }
 
-fn refuse(code: ErrorCode, text: impl std::fmt::Display) -> TrackerResponse {
-    TrackerResponse::Error { code, text: text.to_string() }
-}
-
-fn index_error(e: IndexError) -> TrackerResponse {
-    match e {
-        IndexError::NotRegistered => refuse(ErrorCode::NotRegistered, e),
-        e => refuse(ErrorCode::BadRequest, e),
-    }
-}
-
+/// Serves one request stream: the frame within [`REQUEST_DEADLINE`], then the answer.
 async fn handle(
     shared: &Shared,
     conn: &Connection,
@@ -183,162 +204,37 @@ async fn handle(
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> anyhow::Result<()> {
-    let mut dec = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
-    let req = match read_request(&mut recv, &mut dec).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return Ok(()),
-        Err(e) => {
+    let mut dec = Decoder::with_limit(MAX_TRACKER_REQUEST_LEN);
+    let read = tokio::time::timeout(REQUEST_DEADLINE, read_request(&mut recv, &mut dec)).await;
+    let req = match read {
+        Ok(Ok(Some(r))) => r,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => {
             // Malformed or oversized: this connection only.
             conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"malformed request");
             return Err(e);
         }
-    };
-    let claimed = match &req {
-        TrackerRequest::Register { node_id, .. }
-        | TrackerRequest::Announce { node_id, .. }
-        | TrackerRequest::AnnounceDelta { node_id, .. }
-        | TrackerRequest::PutManifest { node_id, .. }
-        | TrackerRequest::Heartbeat { node_id, .. } => Some(*node_id),
-        _ => None,
-    };
-    let now = now_ms();
-    let m = &shared.metrics;
-    let (reply, raw): (TrackerResponse, Option<Vec<u8>>) = if claimed.is_some_and(|c| c != proven) {
-        m.forged.fetch_add(1, Ordering::Relaxed);
-        warn!(claimed = %claimed.expect("some"), %proven, "refused a request for another node id");
-        (
-            refuse(
-                ErrorCode::Forged,
-                format!(
-                    "this connection is authenticated as {proven}, not as the node it speaks for"
-                ),
-            ),
-            None,
-        )
-    } else {
-        match req {
-            TrackerRequest::Register { version, role, mut addrs, .. } => {
-                m.registers.fetch_add(1, Ordering::Relaxed);
-                if version != shoal_wire::tracker::TRACKER_VERSION {
-                    (
-                        refuse(
-                            ErrorCode::BadRequest,
-                            format!("tracker protocol version {version} is not supported"),
-                        ),
-                        None,
-                    )
-                } else {
-                    // An address bound to every interface is reachable at the one it came from.
-                    let remote = conn.remote_address();
-                    for a in &mut addrs {
-                        if a.ip().is_unspecified() {
-                            a.set_ip(remote.ip());
-                        }
-                    }
-                    let (ops, heartbeat_ms) = {
-                        let mut ix = shared.index();
-                        (ix.register(now, proven, role, addrs), ix.config().heartbeat_ms)
-                    };
-                    shared.persist(&ops);
-                    (TrackerResponse::Registered { heartbeat_ms }, None)
-                }
-            }
-            TrackerRequest::Announce { content, bitfield, .. } => {
-                m.announces.fetch_add(1, Ordering::Relaxed);
-                let r = shared.index().announce(now, proven, content, bitfield);
-                match r {
-                    Ok((need, ops)) => {
-                        shared.persist(&ops);
-                        (
-                            if need { TrackerResponse::NeedManifest } else { TrackerResponse::Ok },
-                            None,
-                        )
-                    }
-                    Err(e) => (index_error(e), None),
-                }
-            }
-            TrackerRequest::AnnounceDelta { content, pieces, .. } => {
-                m.announces.fetch_add(1, Ordering::Relaxed);
-                let r = shared.index().announce_delta(now, proven, content, &pieces);
-                match r {
-                    Ok(ops) => {
-                        shared.persist(&ops);
-                        (TrackerResponse::Ok, None)
-                    }
-                    Err(e) => (index_error(e), None),
-                }
-            }
-            TrackerRequest::PutManifest { content, len, .. } => {
-                let mut bytes = dec.take_rest().to_vec();
-                if bytes.len() > len as usize {
-                    bail!("manifest longer than announced");
-                }
-                let have = bytes.len();
-                bytes.resize(len as usize, 0);
-                recv.read_exact(&mut bytes[have..]).await.context("reading manifest")?;
-                let r = shared.index().put_manifest(content, bytes);
-                match r {
-                    Ok(ops) => {
-                        shared.persist(&ops);
-                        (TrackerResponse::Ok, None)
-                    }
-                    Err(e) => (index_error(e), None),
-                }
-            }
-            TrackerRequest::Heartbeat { load, .. } => {
-                m.heartbeats.fetch_add(1, Ordering::Relaxed);
-                let r = shared.index().heartbeat_plan(now, proven, load);
-                match r {
-                    Ok((ops, plan)) => {
-                        shared.persist(&ops);
-                        if !plan.directives.is_empty() {
-                            debug!(directives = plan.directives.len(), "re-seed orders issued");
-                        }
-                        let directives = shared.sign(proven, plan.directives);
-                        (TrackerResponse::HeartbeatReply { stored: plan.stored, directives }, None)
-                    }
-                    Err(e) => (index_error(e), None),
-                }
-            }
-            TrackerRequest::FindStorage => {
-                let nodes = shared
-                    .index()
-                    .storage_nodes()
-                    .into_iter()
-                    .map(|(node_id, addrs)| StorageNode { node_id, addrs })
-                    .collect();
-                (TrackerResponse::StorageNodes { nodes }, None)
-            }
-            TrackerRequest::Lookup { content, max_peers, have } => {
-                m.lookups.fetch_add(1, Ordering::Relaxed);
-                let max = (max_peers as usize).min(MAX_LOOKUP_PEERS);
-                let mut ix = shared.index();
-                let asker = ix.is_registered(proven).then_some(proven);
-                match ix.lookup(asker, content, have.as_ref(), max) {
-                    Some(l) => (
-                        TrackerResponse::LookupReply {
-                            piece_count: l.piece_count,
-                            peers: l.peers,
-                            hints: l.hints,
-                        },
-                        None,
-                    ),
-                    None => (TrackerResponse::Unknown, None),
-                }
-            }
-            TrackerRequest::GetManifest { content } => match shared.index().manifest(content) {
-                Some(bytes) => {
-                    (TrackerResponse::Manifest { len: bytes.len() as u32 }, Some(bytes.to_vec()))
-                }
-                None => (TrackerResponse::Unknown, None),
-            },
-            _ => (refuse(ErrorCode::BadRequest, "unknown request"), None),
+        Err(_) => {
+            let _ = recv.stop(VarInt::from_u32(0));
+            anyhow::bail!("no whole request within {REQUEST_DEADLINE:?}");
         }
     };
-    send.write_all(&encode(&reply)).await?;
-    if let Some(raw) = raw {
-        send.write_all(&raw).await?;
+    let (reply, raw) =
+        dispatch::dispatch(shared, conn.remote_address(), proven, req, &mut dec, &mut recv).await?;
+    // A node that does not read its answer loses the stream, not the tracker's memory.
+    let write = async {
+        send.write_all(&encode(&reply)).await?;
+        if let Some(raw) = raw {
+            send.write_all(&raw).await?;
+        }
+        send.finish()?;
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(REQUEST_DEADLINE, write).await {
+        Ok(r) => r,
+        Err(_) => {
+            let _ = send.reset(VarInt::from_u32(0));
+            anyhow::bail!("answer not read within {REQUEST_DEADLINE:?}")
+        }
     }
-    send.finish()?;
-    Ok(())
 }

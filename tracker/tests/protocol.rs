@@ -97,6 +97,36 @@ async fn call(conn: &Connection, req: &TrackerRequest) -> anyhow::Result<Tracker
     Ok(d.decode()?.expect("a whole frame"))
 }
 
+/// A manifest of `n` 16 KiB pieces; `seed` makes distinct contents.
+fn manifest(n: u32, seed: u8) -> (ContentId, Vec<u8>) {
+    let hashes = (0..n).map(|i| PieceHash::of(&[seed, i as u8])).collect();
+    let m = Manifest::new("f", u64::from(n) * 16 * 1024, hashes).unwrap();
+    (m.content_id(), m.encode())
+}
+
+/// A request frame followed by raw bytes.
+async fn call_raw(
+    conn: &Connection,
+    req: &TrackerRequest,
+    raw: &[u8],
+) -> anyhow::Result<TrackerResponse> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&encode(req)).await?;
+    // The tracker may answer without reading the body (already known, refused).
+    let _ = send.write_all(raw).await;
+    let _ = send.finish();
+    let bytes = recv.read_to_end(MAX_TRACKER_FRAME_LEN + 8).await?;
+    let mut d = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
+    d.feed(&bytes);
+    Ok(d.decode()?.expect("a whole frame"))
+}
+
+async fn put_manifest(conn: &Connection, id: &Identity, content: ContentId, bytes: &[u8]) {
+    let req =
+        TrackerRequest::PutManifest { node_id: id.node_id(), content, len: bytes.len() as u32 };
+    assert_eq!(call_raw(conn, &req, bytes).await.unwrap(), TrackerResponse::Ok);
+}
+
 fn register(id: &Identity) -> TrackerRequest {
     TrackerRequest::Register {
         node_id: id.node_id(),
@@ -123,7 +153,7 @@ async fn forged_and_malformed_requests_are_refused_and_others_are_served() {
     ));
 
     // Mallory announces and heartbeats as the honest node: refused.
-    let content = ContentId([7; 32]);
+    let (content, manifest) = manifest(4, 7);
     let forged = TrackerRequest::Announce {
         node_id: honest.node_id(),
         content,
@@ -154,10 +184,9 @@ async fn forged_and_malformed_requests_are_refused_and_others_are_served() {
         content,
         bitfield: Bitfield::full(4),
     };
-    assert!(matches!(
-        call(&h, &real).await.unwrap(),
-        TrackerResponse::NeedManifest | TrackerResponse::Ok
-    ));
+    assert_eq!(call(&h, &real).await.unwrap(), TrackerResponse::NeedManifest);
+    put_manifest(&h, &honest, content, &manifest).await;
+    assert_eq!(call(&h, &real).await.unwrap(), TrackerResponse::Ok);
     // A third node finds it (an asker is never handed itself).
     let third = Identity::generate();
     let (_e3, t) = connect(&third, tracker.addr).await;
@@ -177,11 +206,11 @@ async fn state_survives_kill_9() {
     let node = Identity::generate();
     let (_e, c) = connect(&node, addr).await;
     call(&c, &register(&node)).await.unwrap();
-    let m = Manifest::new("f", 10, vec![PieceHash::of(b"0123456789")]).unwrap();
-    let content = m.content_id();
+    let (content, m) = manifest(1, 1);
+    put_manifest(&c, &node, content, &m).await;
     let announce =
         TrackerRequest::Announce { node_id: node.node_id(), content, bitfield: Bitfield::full(1) };
-    call(&c, &announce).await.unwrap();
+    assert_eq!(call(&c, &announce).await.unwrap(), TrackerResponse::Ok);
     // The tracker flushes its state once a second; kill it after a flush has surely run.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     drop(tracker); // SIGKILL
@@ -194,4 +223,138 @@ async fn state_survives_kill_9() {
         other => panic!("state lost: {other:?}"),
     }
     assert!(t.elapsed() < Duration::from_secs(2), "answered at once");
+}
+
+#[tokio::test]
+async fn storage_is_granted_only_to_admitted_node_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let (admitted, claimant) = (Identity::generate(), Identity::generate());
+    let id = admitted.node_id().to_string();
+    let (tracker, _) = start_with(dir.path(), "127.0.0.1:0", &["--admit-storage", &id]);
+    let storage_register = |id: &Identity| TrackerRequest::Register {
+        node_id: id.node_id(),
+        version: TRACKER_VERSION,
+        role: Role::Storage,
+        addrs: vec![],
+    };
+    let (_e1, a) = connect(&admitted, tracker.addr).await;
+    let (_e2, c) = connect(&claimant, tracker.addr).await;
+    match call(&a, &storage_register(&admitted)).await.unwrap() {
+        TrackerResponse::Registered { role: Role::Storage, .. } => {}
+        other => panic!("admitted storage refused: {other:?}"),
+    }
+    match call(&c, &storage_register(&claimant)).await.unwrap() {
+        TrackerResponse::Registered { role: Role::Node, .. } => {}
+        other => panic!("an unadmitted claim must register as a node: {other:?}"),
+    }
+    match call(&c, &TrackerRequest::FindStorage).await.unwrap() {
+        TrackerResponse::StorageNodes { nodes } => {
+            assert_eq!(
+                nodes.iter().map(|n| n.node_id).collect::<Vec<_>>(),
+                vec![admitted.node_id()]
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_malformed_admitted_id_is_one_line_of_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal-tracker"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(["--admit-storage", "not-a-node-id"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: --admit-storage \"not-a-node-id\""), "{err}");
+}
+
+#[tokio::test]
+async fn a_registration_burst_from_one_address_is_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tracker, _) =
+        start_with(dir.path(), "127.0.0.1:0", &["--register-burst", "4", "--register-rate", "1"]);
+    let mut limited = 0;
+    let mut granted = 0;
+    let mut keep = Vec::new();
+    for _ in 0..12 {
+        let id = Identity::generate();
+        let (e, c) = connect(&id, tracker.addr).await;
+        match call(&c, &register(&id)).await.unwrap() {
+            TrackerResponse::Registered { .. } => granted += 1,
+            TrackerResponse::Error { code: ErrorCode::RateLimited, text } => {
+                assert!(text.contains("slow down"), "{text}");
+                limited += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+        keep.push((e, c));
+    }
+    // 4 at once plus at most what refilled while the loop ran.
+    assert!(limited >= 4, "only {limited} of 12 were limited ({granted} granted)");
+}
+
+#[tokio::test]
+async fn addresses_are_the_observed_ones_and_manifests_need_a_registered_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = start(dir.path(), "127.0.0.1:0");
+    let (node, asker) = (Identity::generate(), Identity::generate());
+    let (e, c) = connect(&node, tracker.addr).await;
+    let observed = e.local_addr().unwrap();
+    let (content, m) = manifest(2, 3);
+    // Unregistered: refused before the body is read (the 1 MiB it claims never comes).
+    let req = TrackerRequest::PutManifest { node_id: node.node_id(), content, len: 1024 * 1024 };
+    match call_raw(&c, &req, &[]).await.unwrap() {
+        TrackerResponse::Error { code: ErrorCode::NotRegistered, .. } => {}
+        other => panic!("{other:?}"),
+    }
+    // A third party's address and an unspecified one: only the observed IP survives.
+    let req = TrackerRequest::Register {
+        node_id: node.node_id(),
+        version: TRACKER_VERSION,
+        role: Role::Node,
+        addrs: vec!["198.51.100.1:80".parse().unwrap(), "0.0.0.0:7777".parse().unwrap()],
+    };
+    call(&c, &req).await.unwrap();
+    put_manifest(&c, &node, content, &m).await;
+    let announce =
+        TrackerRequest::Announce { node_id: node.node_id(), content, bitfield: Bitfield::full(2) };
+    assert_eq!(call(&c, &announce).await.unwrap(), TrackerResponse::Ok);
+    let (_e2, a) = connect(&asker, tracker.addr).await;
+    match call(&a, &TrackerRequest::Lookup { content, max_peers: 8, have: None }).await.unwrap() {
+        TrackerResponse::LookupReply { peers, .. } => {
+            let want: Vec<SocketAddr> = vec![observed, "127.0.0.1:7777".parse().unwrap()];
+            assert_eq!(peers[0].addrs, want);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn silent_request_streams_are_dropped_at_the_deadline_and_others_then_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = start(dir.path(), "127.0.0.1:0");
+    let node = Identity::generate();
+    let (_e, c) = connect(&node, tracker.addr).await;
+    call(&c, &register(&node)).await.unwrap();
+    // Fill every request slot of the connection with a stream that sends half a length prefix
+    // and then nothing.
+    let mut silent = Vec::new();
+    for _ in 0..16 {
+        let (mut send, recv) = c.open_bi().await.unwrap();
+        send.write_all(&[0, 0]).await.unwrap();
+        silent.push((send, recv));
+    }
+    // The next request waits for a slot, and gets one once the tracker gives up on the silent
+    // streams (10 s without a whole request).
+    let lookup = TrackerRequest::Lookup { content: ContentId([3; 32]), max_peers: 1, have: None };
+    assert_eq!(call(&c, &lookup).await.unwrap(), TrackerResponse::Unknown);
+    for (send, _) in silent {
+        // The tracker stopped reading each silent stream.
+        assert!(send.stopped().await.is_ok());
+    }
 }

@@ -13,6 +13,10 @@
 //! | `0x01` | peer: 32-byte ed25519 node key, then an address |
 //! | `0x02` | peer address without a node id (its key is learned at connect) |
 //! | `0x03` | tracker address, as UTF-8 `host:port` |
+//! | `0x04` | the tracker's 32-byte ed25519 node key: the tracker must prove it (pinned) |
+//!
+//! Tickets written before `0x04` existed decode with no tracker id (the tracker is trusted on
+//! first connect); older readers skip `0x04` and keep working.
 //!
 //! An address is `0x04` + 4 bytes + port, or `0x06` + 16 bytes + port (big-endian).
 
@@ -28,6 +32,7 @@ const CHECKSUM_LEN: usize = 4;
 const TAG_PEER: u8 = 0x01;
 const TAG_ADDR: u8 = 0x02;
 const TAG_TRACKER: u8 = 0x03;
+const TAG_TRACKER_ID: u8 = 0x04;
 /// The most peers a ticket carries.
 pub const MAX_PEERS: usize = 16;
 /// The longest ticket string accepted.
@@ -69,6 +74,48 @@ impl FromStr for PeerAddr {
     }
 }
 
+/// A tracker to use: `HOST:PORT`, optionally pinned to the node id it must prove
+/// (`NODE_ID@HOST:PORT`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TrackerAddr {
+    /// The node id the tracker must prove; `None` trusts the key it presents first.
+    pub node_id: Option<NodeId>,
+    /// `host:port`, resolved at connect.
+    pub addr: String,
+}
+
+impl fmt::Display for TrackerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.node_id {
+            Some(id) => write!(f, "{id}@{}", self.addr),
+            None => f.write_str(&self.addr),
+        }
+    }
+}
+
+/// Error parsing a `--tracker` value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad tracker {0:?}: expected HOST:PORT or NODE_ID@HOST:PORT")]
+pub struct ParseTrackerError(String);
+
+impl FromStr for TrackerAddr {
+    type Err = ParseTrackerError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParseTrackerError(s.to_string());
+        let (node_id, addr) = match s.split_once('@') {
+            Some((id, addr)) => (Some(id.parse().map_err(|_| err())?), addr),
+            None => (None, s),
+        };
+        // host:port with a numeric port; the host is resolved at connect.
+        let (host, port) = addr.rsplit_once(':').ok_or_else(err)?;
+        if host.is_empty() || port.parse::<u16>().is_err() || addr.len() > 255 {
+            return Err(err());
+        }
+        Ok(Self { node_id, addr: addr.to_string() })
+    }
+}
+
 /// What a ticket carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ticket {
@@ -78,6 +125,8 @@ pub struct Ticket {
     pub peers: Vec<PeerAddr>,
     /// A tracker that knows the swarm.
     pub tracker: Option<String>,
+    /// The node id that tracker must prove, if the ticket's maker pinned it.
+    pub tracker_id: Option<NodeId>,
 }
 
 /// Error reading a ticket. Each message says what to check.
@@ -113,7 +162,7 @@ pub enum TicketError {
 impl Ticket {
     /// A ticket for `content` with no hints.
     pub fn new(content: ContentId) -> Self {
-        Self { content, peers: Vec::new(), tracker: None }
+        Self { content, peers: Vec::new(), tracker: None, tracker_id: None }
     }
 
     fn payload(&self) -> Vec<u8> {
@@ -138,6 +187,11 @@ impl Ticket {
             out.push(TAG_TRACKER);
             out.push(t.len() as u8);
             out.extend_from_slice(t);
+        }
+        if let Some(id) = &self.tracker_id {
+            out.push(TAG_TRACKER_ID);
+            out.push(32);
+            out.extend_from_slice(id.public_key_bytes());
         }
         out
     }
@@ -172,6 +226,10 @@ impl Ticket {
                 }
                 TAG_TRACKER => {
                     t.tracker = Some(String::from_utf8(v.to_vec()).map_err(|_| bad)?);
+                }
+                TAG_TRACKER_ID => {
+                    let key: [u8; 32] = v.try_into().map_err(|_| bad.clone())?;
+                    t.tracker_id = Some(NodeId::from_public_key_bytes(key).map_err(|_| bad)?);
                 }
                 _ => {} // a field from a newer shoal: skip it
             }
@@ -286,6 +344,7 @@ mod tests {
                 PeerAddr { node_id: None, addr: "[::1]:5".parse().unwrap() },
             ],
             tracker: Some("tracker.example:7000".into()),
+            tracker_id: Some(id),
         }
     }
 
@@ -323,14 +382,74 @@ mod tests {
         assert!("1.2.3.4".parse::<PeerAddr>().is_err());
     }
 
+    /// Encodes a payload by hand, the way an older (or newer) shoal would.
+    fn raw_ticket(payload: &[u8]) -> String {
+        let mut bytes = payload.to_vec();
+        bytes.extend_from_slice(&checksum(payload));
+        format!("shoal1{}", data_encoding::BASE32_NOPAD.encode(&bytes).to_ascii_lowercase())
+    }
+
+    #[test]
+    fn tracker_id_field_is_backward_compatible() {
+        let t = sample();
+        let id = t.tracker_id.unwrap();
+        // A ticket written before the tracker id existed: no 0x04 field.
+        let old = Ticket { tracker_id: None, ..t.clone() };
+        let parsed: Ticket = old.to_string().parse().unwrap();
+        assert_eq!(parsed.tracker_id, None);
+        assert_eq!(parsed.tracker, t.tracker);
+        // Boundary table for the 0x04 field's length: only 32 bytes of a valid key decode.
+        let base = Ticket::new(t.content).payload();
+        for (len, ok) in [
+            (0usize, false), // empty
+            (31, false),     // one short
+            (32, true),      // exact
+            (33, false),     // one long
+        ] {
+            let mut p = base.clone();
+            p.push(TAG_TRACKER_ID);
+            p.push(len as u8);
+            let key = id.public_key_bytes();
+            p.extend((0..len).map(|i| key.get(i).copied().unwrap_or(0)));
+            let r = raw_ticket(&p).parse::<Ticket>();
+            assert_eq!(r.is_ok(), ok, "len {len}: {r:?}");
+            if ok {
+                assert_eq!(r.unwrap().tracker_id, Some(id));
+            } else {
+                assert_eq!(r, Err(TicketError::Field { tag: TAG_TRACKER_ID }));
+            }
+        }
+        // Unknown tags from a newer shoal are skipped.
+        let mut p = base.clone();
+        p.extend_from_slice(&[0x7f, 2, 1, 2]);
+        assert_eq!(raw_ticket(&p).parse::<Ticket>().unwrap(), Ticket::new(t.content));
+    }
+
+    #[test]
+    fn tracker_addr_forms() {
+        let plain: TrackerAddr = "tracker.example:7400".parse().unwrap();
+        assert_eq!(plain, TrackerAddr { node_id: None, addr: "tracker.example:7400".into() });
+        let id = sample().tracker_id.unwrap();
+        let pinned: TrackerAddr = format!("{id}@127.0.0.1:7400").parse().unwrap();
+        assert_eq!(pinned.node_id, Some(id));
+        assert_eq!(pinned.to_string().parse::<TrackerAddr>().unwrap(), pinned);
+        for bad in ["", "host", "host:", ":7400", "host:99999", "nope@1.2.3.4:5", "@1.2.3.4:5"] {
+            assert!(bad.parse::<TrackerAddr>().is_err(), "{bad:?}");
+        }
+    }
+
     proptest! {
         #[test]
         fn roundtrip_any(cid in any::<[u8; 32]>(), ports in proptest::collection::vec(any::<(u32, u16)>(), 0..8),
-                         tracker in proptest::option::of("[a-z0-9.:]{1,40}")) {
+                         tracker in proptest::option::of("[a-z0-9.:]{1,40}"), pinned in any::<bool>()) {
             let t = Ticket {
                 content: ContentId(cid),
                 peers: ports.iter().map(|&(ip, port)| PeerAddr { node_id: None, addr: SocketAddr::new(Ipv4Addr::from(ip).into(), port) }).collect(),
                 tracker,
+                tracker_id: pinned.then(|| {
+                    let kp = libp2p_identity::Keypair::generate_ed25519();
+                    NodeId::from_public_key(&kp.public()).unwrap()
+                }),
             };
             prop_assert_eq!(t.to_string().parse::<Ticket>().unwrap(), t);
         }

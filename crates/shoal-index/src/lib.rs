@@ -6,18 +6,30 @@
 //! the default one. After a restart, [`Index::restore`] rebuilds the index from the backend,
 //! lookups answer at once, and nodes that vanished meanwhile expire as usual.
 //!
-//! - registry: nodes with role, addresses, load and last heartbeat; expiry after a TTL;
-//! - swarms: per content, each holder's bitfield, piece availability and the manifest;
-//! - lookup: peers holding wanted pieces, holders of the rarest wanted pieces first, lightly
-//!   loaded before busy;
+//! - registry (`index`): nodes with a granted role, vetted addresses, load and last heartbeat;
+//!   expiry after a TTL; rate limits per source address and node id (`limits`);
+//! - swarms (`swarm`): per content with a verified manifest, each holder's bitfield, piece
+//!   availability, reports of holders that never delivered; collected when nobody holds them;
+//! - lookup (`lookup`): a bounded sample of holders, admitted storage first, then holders of
+//!   the rarest wanted pieces, lightly loaded before busy, reported holders last;
 //! - differential distribution: with each lookup, pieces for the asker to fetch first, chosen
 //!   among those nobody else has or has been handed, then the rarest, so that a seed serving
-//!   many new downloaders sends each piece about once.
+//!   many new downloaders sends each piece about once;
+//! - re-seed planning (`plan`): holders push what stalled admitted storage lacks.
 
 #![warn(missing_docs)]
 
 mod index;
+mod limits;
+mod lookup;
+mod model;
+mod plan;
 mod state;
+mod swarm;
 
-pub use index::{Config, HeartbeatOutcome, Index, IndexError, Lookup, NodeEntry, Persist, Planned};
+pub use index::{vet_addrs, Index};
+pub use limits::{Action, Limits, Rate};
+pub use model::{
+    Config, HeartbeatOutcome, IndexError, Lookup, NodeEntry, Persist, Planned, Registration,
+};
 pub use state::{Loaded, SledState};

@@ -63,6 +63,9 @@ impl SledState {
                 Persist::PutManifest(c, bytes) => {
                     self.manifests.insert(c.as_bytes(), bytes.as_slice())?;
                 }
+                Persist::RemoveManifest(c) => {
+                    self.manifests.remove(c.as_bytes())?;
+                }
             }
         }
         Ok(())

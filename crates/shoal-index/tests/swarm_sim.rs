@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
+use shoal_core::{Bitfield, Manifest, NodeId, PieceHash, PieceIndex};
 use shoal_index::{Config, Index};
 use shoal_swarm::Picker;
 use shoal_wire::tracker::Role;
@@ -36,12 +36,16 @@ fn ids(n: usize) -> Vec<NodeId> {
 fn simulate(downloaders: usize, pieces: u32, hints: usize) -> Outcome {
     let n = downloaders + 1;
     let ids = ids(n);
-    let content = ContentId([5; 32]);
+    // Swarms exist only with a verified manifest: 16 KiB pieces, `pieces` of them.
+    let hashes = (0..pieces).map(|i| PieceHash::of(&i.to_le_bytes())).collect();
+    let manifest = Manifest::new("sim", u64::from(pieces) * 16 * 1024, hashes).unwrap();
+    let content = manifest.content_id();
     let mut index = Index::new(Config { hints, ..Config::default() });
-    let addr = vec!["127.0.0.1:1".parse().unwrap()];
+    let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
     for &id in &ids {
-        index.register(0, id, Role::Node, addr.clone());
+        index.register(0, id, Role::Node, addr, &[]);
     }
+    index.put_manifest(0, ids[0], content, manifest.encode()).unwrap();
     index.announce(0, ids[0], content, Bitfield::full(pieces)).unwrap();
     for &id in &ids[1..] {
         index.announce(0, id, content, Bitfield::new(pieces)).unwrap();

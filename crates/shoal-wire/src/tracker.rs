@@ -3,7 +3,8 @@
 //! One request per bidirectional stream: the node sends a [`TrackerRequest`] frame (followed by
 //! `len` raw manifest bytes for [`TrackerRequest::PutManifest`]) and the tracker answers with one
 //! [`TrackerResponse`] frame (followed by raw bytes for [`TrackerResponse::Manifest`]). Frames
-//! use the peer protocol's framing with a limit of [`MAX_TRACKER_FRAME_LEN`].
+//! use the peer protocol's framing with a limit of [`MAX_TRACKER_FRAME_LEN`] (answers) and
+//! [`MAX_TRACKER_REQUEST_LEN`] (requests).
 //!
 //! Authentication: every request that speaks for a node carries that node's id, and the tracker
 //! accepts it only if it is the id the connection proved in its TLS handshake, that is, a
@@ -20,13 +21,14 @@
 //! | `0x65` | Lookup | content id, max peers u8, flag u8, then (flag 1) piece count u32 and bits |
 //! | `0x66` | GetManifest | content id |
 //! | `0x67` | FindStorage | |
-//! | `0x70` | Registered | heartbeat interval ms u32 |
+//! | `0x68` | Report | content id, node key of a holder that never delivered |
+//! | `0x70` | Registered | heartbeat interval ms u32, granted role u8 |
 //! | `0x71` | Ok | |
 //! | `0x72` | NeedManifest | |
 //! | `0x73` | LookupReply | piece count u32, peer count u8, peers, hint count u16, hints u32 each |
 //! | `0x74` | Manifest | len u32; `len` raw bytes follow |
 //! | `0x75` | Unknown | |
-//! | `0x76` | Error | code u8, text |
+//! | `0x76` | Error | code u8, text (codes: 1 forged, 2 not registered, 3 bad request, 4 internal, 5 rate limited, 6 over a limit) |
 //! | `0x77` | StorageNodes | count u8, then per node: node key, address count u8, addresses |
 //! | `0x78` | HeartbeatReply | stored count u16, content ids; directive count u8, directives |
 //!
@@ -36,26 +38,37 @@
 //! count u16 ‖ pieces u32 each; its encoding is those fields (without the prefix) followed by
 //! the 64-byte signature.
 //!
+//! Trust (version 2): a role is granted, not claimed: [`TrackerResponse::Registered`] says
+//! which role the tracker gave (storage only to node ids its operator admitted). An announce of
+//! a content the tracker has no manifest for is answered [`TrackerResponse::NeedManifest`] and
+//! not recorded: the node uploads the manifest and announces again, so a swarm's piece count
+//! always comes from a verified manifest. Registrations and announces past the tracker's rate
+//! limits are answered [`ErrorCode::RateLimited`]: back off and retry.
+//!
 //! A peer in a lookup reply: node key, load u32, address count u8, addresses, bits (of the
 //! reply's piece count). An address is `0x04` + 4 bytes + port or `0x06` + 16 bytes + port.
 
 use std::net::SocketAddr;
 
 use shoal_core::piece::MAX_PIECES;
-use shoal_core::{manifest, ticket, Bitfield, ContentId, NodeId, PieceIndex};
+use shoal_core::{ticket, Bitfield, ContentId, NodeId, PieceIndex};
 
-use crate::codec::{DecodeError, Frame, Reader};
+use crate::codec::{DecodeError, Reader};
 
 mod token;
 pub use token::{ReseedToken, MAX_TOKEN_PIECES};
 
-/// The ALPN of the tracker protocol, version 1.
-pub const TRACKER_ALPN: &[u8] = b"shoal/tracker/1";
+/// The ALPN of the tracker protocol, version 2.
+pub const TRACKER_ALPN: &[u8] = b"shoal/tracker/2";
 /// The tracker protocol version carried in [`TrackerRequest::Register`].
-pub const TRACKER_VERSION: u16 = 1;
+pub const TRACKER_VERSION: u16 = 2;
 /// The largest tracker frame: room for a lookup reply of [`MAX_LOOKUP_PEERS`] bitfields of
 /// the largest manifest.
 pub const MAX_TRACKER_FRAME_LEN: usize = 1024 * 1024;
+/// The largest tracker request frame: an announce delta of [`MAX_DELTA`] pieces, or a bitfield
+/// of the largest manifest, with room to spare. The tracker reads requests with this limit, so
+/// a request stream costs it at most this much.
+pub const MAX_TRACKER_REQUEST_LEN: usize = 32 * 1024;
 /// The most addresses a node registers.
 pub const MAX_ADDRS: usize = 8;
 /// The most pieces in one delta announce.
@@ -113,27 +126,35 @@ pub enum ErrorCode {
     BadRequest,
     /// The tracker failed internally.
     Internal,
+    /// Too many requests from this node or address: slow down and retry later.
+    RateLimited,
+    /// A limit is reached (contents per node, manifest space): the request is refused for good.
+    OverLimit,
     /// A code this version does not know.
     Other(u8),
 }
 
 impl ErrorCode {
-    fn code(self) -> u8 {
+    pub(crate) fn code(self) -> u8 {
         match self {
             Self::Forged => 1,
             Self::NotRegistered => 2,
             Self::BadRequest => 3,
             Self::Internal => 4,
+            Self::RateLimited => 5,
+            Self::OverLimit => 6,
             Self::Other(c) => c,
         }
     }
 
-    fn from_code(c: u8) -> Self {
+    pub(crate) fn from_code(c: u8) -> Self {
         match c {
             1 => Self::Forged,
             2 => Self::NotRegistered,
             3 => Self::BadRequest,
             4 => Self::Internal,
+            5 => Self::RateLimited,
+            6 => Self::OverLimit,
             c => Self::Other(c),
         }
     }
@@ -204,6 +225,14 @@ pub enum TrackerRequest {
     },
     /// Asks where storage nodes are.
     FindStorage,
+    /// The sender (the connection's proven node) asked `peer` for pieces of `content` and got
+    /// none: the tracker demotes holders many downloaders report.
+    Report {
+        /// the content
+        content: ContentId,
+        /// the holder that never delivered
+        peer: NodeId,
+    },
 }
 
 /// A storage node in a [`TrackerResponse::StorageNodes`] answer.
@@ -234,6 +263,9 @@ pub enum TrackerResponse {
     Registered {
         /// heartbeat interval in milliseconds
         heartbeat_ms: u32,
+        /// the role the tracker granted: [`Role::Node`] for a storage claim its operator did not
+        /// admit
+        role: Role,
     },
     /// Done.
     Ok,
@@ -282,6 +314,23 @@ pub const MAX_STORED: usize = 1024;
 /// The most directives in one heartbeat reply.
 pub const MAX_DIRECTIVES: usize = 16;
 
+impl Role {
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Self::Node => 0,
+            Self::Storage => 1,
+        }
+    }
+
+    pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        match r.u8()? {
+            0 => Ok(Self::Node),
+            1 => Ok(Self::Storage),
+            _ => Err(r.malformed("unknown role")),
+        }
+    }
+}
+
 fn read_addr(r: &mut Reader<'_>) -> Result<SocketAddr, DecodeError> {
     let family = *r.peek().ok_or_else(|| r.malformed("body too short"))?;
     let len = ticket::encoded_addr_len(family).ok_or_else(|| r.malformed("bad address family"))?;
@@ -289,7 +338,7 @@ fn read_addr(r: &mut Reader<'_>) -> Result<SocketAddr, DecodeError> {
     ticket::decode_addr(bytes).ok_or_else(|| r.malformed("bad address"))
 }
 
-fn put_addrs(out: &mut Vec<u8>, addrs: &[SocketAddr]) {
+pub(crate) fn put_addrs(out: &mut Vec<u8>, addrs: &[SocketAddr]) {
     let addrs = &addrs[..addrs.len().min(MAX_ADDRS)];
     out.push(addrs.len() as u8);
     for &a in addrs {
@@ -297,7 +346,7 @@ fn put_addrs(out: &mut Vec<u8>, addrs: &[SocketAddr]) {
     }
 }
 
-fn read_addrs(r: &mut Reader<'_>) -> Result<Vec<SocketAddr>, DecodeError> {
+pub(crate) fn read_addrs(r: &mut Reader<'_>) -> Result<Vec<SocketAddr>, DecodeError> {
     let n = r.u8()? as usize;
     if n > MAX_ADDRS {
         return Err(r.malformed("too many addresses"));
@@ -305,12 +354,12 @@ fn read_addrs(r: &mut Reader<'_>) -> Result<Vec<SocketAddr>, DecodeError> {
     (0..n).map(|_| read_addr(r)).collect()
 }
 
-fn read_node(r: &mut Reader<'_>) -> Result<NodeId, DecodeError> {
+pub(crate) fn read_node(r: &mut Reader<'_>) -> Result<NodeId, DecodeError> {
     let key = r.array()?;
     NodeId::from_public_key_bytes(key).map_err(|_| r.malformed("node key is not an ed25519 key"))
 }
 
-fn read_count(r: &mut Reader<'_>) -> Result<u32, DecodeError> {
+pub(crate) fn read_count(r: &mut Reader<'_>) -> Result<u32, DecodeError> {
     let n = r.u32()?;
     if u64::from(n) > MAX_PIECES {
         return Err(r.malformed("piece count beyond the largest manifest"));
@@ -318,12 +367,12 @@ fn read_count(r: &mut Reader<'_>) -> Result<u32, DecodeError> {
     Ok(n)
 }
 
-fn read_bits(r: &mut Reader<'_>, len: u32) -> Result<Bitfield, DecodeError> {
+pub(crate) fn read_bits(r: &mut Reader<'_>, len: u32) -> Result<Bitfield, DecodeError> {
     let bytes = r.bytes((len as usize).div_ceil(8))?;
     Bitfield::from_bytes(len, bytes).map_err(|_| r.malformed("bitfield has bits past the end"))
 }
 
-fn put_text(out: &mut Vec<u8>, text: &str) {
+pub(crate) fn put_text(out: &mut Vec<u8>, text: &str) {
     let mut end = text.len().min(MAX_ERROR_LEN);
     while !text.is_char_boundary(end) {
         end -= 1;
@@ -331,303 +380,8 @@ fn put_text(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(&text.as_bytes()[..end]);
 }
 
-impl Frame for TrackerRequest {
-    fn encode_body(&self, out: &mut Vec<u8>) {
-        match self {
-            Self::Register { node_id, version, role, addrs } => {
-                out.push(0x60);
-                out.extend_from_slice(node_id.public_key_bytes());
-                out.extend_from_slice(&version.to_be_bytes());
-                out.push(match role {
-                    Role::Node => 0,
-                    Role::Storage => 1,
-                });
-                put_addrs(out, addrs);
-            }
-            Self::Announce { node_id, content, bitfield } => {
-                out.push(0x61);
-                out.extend_from_slice(node_id.public_key_bytes());
-                out.extend_from_slice(content.as_bytes());
-                out.extend_from_slice(&bitfield.len().to_be_bytes());
-                out.extend_from_slice(bitfield.as_bytes());
-            }
-            Self::AnnounceDelta { node_id, content, pieces } => {
-                out.push(0x62);
-                out.extend_from_slice(node_id.public_key_bytes());
-                out.extend_from_slice(content.as_bytes());
-                let pieces = &pieces[..pieces.len().min(MAX_DELTA)];
-                out.extend_from_slice(&(pieces.len() as u16).to_be_bytes());
-                for p in pieces {
-                    out.extend_from_slice(&p.0.to_be_bytes());
-                }
-            }
-            Self::PutManifest { node_id, content, len } => {
-                out.push(0x63);
-                out.extend_from_slice(node_id.public_key_bytes());
-                out.extend_from_slice(content.as_bytes());
-                out.extend_from_slice(&len.to_be_bytes());
-            }
-            Self::Heartbeat { node_id, load } => {
-                out.push(0x64);
-                out.extend_from_slice(node_id.public_key_bytes());
-                out.extend_from_slice(&load.active_uploads.to_be_bytes());
-                out.extend_from_slice(&load.upload_rate.to_be_bytes());
-                out.extend_from_slice(&load.download_rate.to_be_bytes());
-            }
-            Self::Lookup { content, max_peers, have } => {
-                out.push(0x65);
-                out.extend_from_slice(content.as_bytes());
-                out.push(*max_peers);
-                match have {
-                    Some(b) => {
-                        out.push(1);
-                        out.extend_from_slice(&b.len().to_be_bytes());
-                        out.extend_from_slice(b.as_bytes());
-                    }
-                    None => out.push(0),
-                }
-            }
-            Self::GetManifest { content } => {
-                out.push(0x66);
-                out.extend_from_slice(content.as_bytes());
-            }
-            Self::FindStorage => out.push(0x67),
-        }
-    }
-
-    fn decode_body(ty: u8, body: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(ty, body);
-        let req = match ty {
-            0x60 => {
-                let node_id = read_node(&mut r)?;
-                let version = r.u16()?;
-                let role = match r.u8()? {
-                    0 => Role::Node,
-                    1 => Role::Storage,
-                    _ => return Err(r.malformed("unknown role")),
-                };
-                Self::Register { node_id, version, role, addrs: read_addrs(&mut r)? }
-            }
-            0x61 => {
-                let node_id = read_node(&mut r)?;
-                let content = ContentId(r.array()?);
-                let len = read_count(&mut r)?;
-                Self::Announce { node_id, content, bitfield: read_bits(&mut r, len)? }
-            }
-            0x62 => {
-                let node_id = read_node(&mut r)?;
-                let content = ContentId(r.array()?);
-                let n = r.u16()? as usize;
-                if n > MAX_DELTA {
-                    return Err(r.malformed("delta too long"));
-                }
-                let pieces = (0..n).map(|_| r.u32().map(PieceIndex)).collect::<Result<_, _>>()?;
-                Self::AnnounceDelta { node_id, content, pieces }
-            }
-            0x63 => {
-                let node_id = read_node(&mut r)?;
-                let content = ContentId(r.array()?);
-                let len = r.u32()?;
-                if len as usize > manifest::MAX_ENCODED_LEN {
-                    return Err(r.malformed("manifest longer than the limit"));
-                }
-                Self::PutManifest { node_id, content, len }
-            }
-            0x64 => {
-                let node_id = read_node(&mut r)?;
-                let load = Load {
-                    active_uploads: r.u32()?,
-                    upload_rate: r.u64()?,
-                    download_rate: r.u64()?,
-                };
-                Self::Heartbeat { node_id, load }
-            }
-            0x65 => {
-                let content = ContentId(r.array()?);
-                let max_peers = r.u8()?;
-                let have = match r.u8()? {
-                    0 => None,
-                    1 => {
-                        let len = read_count(&mut r)?;
-                        Some(read_bits(&mut r, len)?)
-                    }
-                    _ => return Err(r.malformed("bad have flag")),
-                };
-                Self::Lookup { content, max_peers, have }
-            }
-            0x66 => Self::GetManifest { content: ContentId(r.array()?) },
-            0x67 => Self::FindStorage,
-            other => return Err(DecodeError::UnknownType(other)),
-        };
-        r.finish()?;
-        Ok(req)
-    }
-}
-
-impl Frame for TrackerResponse {
-    fn encode_body(&self, out: &mut Vec<u8>) {
-        match self {
-            Self::Registered { heartbeat_ms } => {
-                out.push(0x70);
-                out.extend_from_slice(&heartbeat_ms.to_be_bytes());
-            }
-            Self::Ok => out.push(0x71),
-            Self::NeedManifest => out.push(0x72),
-            Self::LookupReply { piece_count, peers, hints } => {
-                out.push(0x73);
-                out.extend_from_slice(&piece_count.to_be_bytes());
-                let peers: Vec<&PeerInfo> = peers
-                    .iter()
-                    .filter(|p| p.bitfield.len() == *piece_count)
-                    .take(MAX_LOOKUP_PEERS)
-                    .collect();
-                out.push(peers.len() as u8);
-                for p in peers {
-                    out.extend_from_slice(p.node_id.public_key_bytes());
-                    out.extend_from_slice(&p.load.to_be_bytes());
-                    put_addrs(out, &p.addrs);
-                    out.extend_from_slice(p.bitfield.as_bytes());
-                }
-                let hints = &hints[..hints.len().min(MAX_HINTS)];
-                out.extend_from_slice(&(hints.len() as u16).to_be_bytes());
-                for h in hints {
-                    out.extend_from_slice(&h.0.to_be_bytes());
-                }
-            }
-            Self::Manifest { len } => {
-                out.push(0x74);
-                out.extend_from_slice(&len.to_be_bytes());
-            }
-            Self::Unknown => out.push(0x75),
-            Self::Error { code, text } => {
-                out.push(0x76);
-                out.push(code.code());
-                put_text(out, text);
-            }
-            Self::StorageNodes { nodes } => {
-                out.push(0x77);
-                let nodes = &nodes[..nodes.len().min(MAX_LOOKUP_PEERS)];
-                out.push(nodes.len() as u8);
-                for n in nodes {
-                    out.extend_from_slice(n.node_id.public_key_bytes());
-                    put_addrs(out, &n.addrs);
-                }
-            }
-            Self::HeartbeatReply { stored, directives } => {
-                out.push(0x78);
-                let stored = &stored[..stored.len().min(MAX_STORED)];
-                out.extend_from_slice(&(stored.len() as u16).to_be_bytes());
-                for c in stored {
-                    out.extend_from_slice(c.as_bytes());
-                }
-                let directives: Vec<&Directive> = directives
-                    .iter()
-                    .filter(|d| d.token.len() <= crate::MAX_TOKEN_LEN)
-                    .take(MAX_DIRECTIVES)
-                    .collect();
-                out.push(directives.len() as u8);
-                for d in directives {
-                    out.extend_from_slice(d.content.as_bytes());
-                    out.extend_from_slice(d.storage.node_id.public_key_bytes());
-                    put_addrs(out, &d.storage.addrs);
-                    out.extend_from_slice(&(d.token.len() as u16).to_be_bytes());
-                    out.extend_from_slice(&d.token);
-                }
-            }
-        }
-    }
-
-    fn decode_body(ty: u8, body: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(ty, body);
-        let resp = match ty {
-            0x70 => Self::Registered { heartbeat_ms: r.u32()? },
-            0x71 => Self::Ok,
-            0x72 => Self::NeedManifest,
-            0x73 => {
-                let piece_count = read_count(&mut r)?;
-                let n = r.u8()? as usize;
-                if n > MAX_LOOKUP_PEERS {
-                    return Err(r.malformed("too many peers"));
-                }
-                let mut peers = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let node_id = read_node(&mut r)?;
-                    let load = r.u32()?;
-                    let addrs = read_addrs(&mut r)?;
-                    let bitfield = read_bits(&mut r, piece_count)?;
-                    peers.push(PeerInfo { node_id, load, addrs, bitfield });
-                }
-                let h = r.u16()? as usize;
-                if h > MAX_HINTS {
-                    return Err(r.malformed("too many hints"));
-                }
-                let hints = (0..h).map(|_| r.u32().map(PieceIndex)).collect::<Result<_, _>>()?;
-                Self::LookupReply { piece_count, peers, hints }
-            }
-            0x74 => {
-                let len = r.u32()?;
-                if len as usize > manifest::MAX_ENCODED_LEN {
-                    return Err(r.malformed("manifest longer than the limit"));
-                }
-                Self::Manifest { len }
-            }
-            0x75 => Self::Unknown,
-            0x76 => {
-                let code = ErrorCode::from_code(r.u8()?);
-                let raw = r.rest();
-                if raw.len() > MAX_ERROR_LEN {
-                    return Err(r.malformed("error text too long"));
-                }
-                let text = String::from_utf8(raw.to_vec())
-                    .map_err(|_| r.malformed("text is not utf-8"))?;
-                Self::Error { code, text }
-            }
-            0x77 => {
-                let n = r.u8()? as usize;
-                if n > MAX_LOOKUP_PEERS {
-                    return Err(r.malformed("too many storage nodes"));
-                }
-                let mut nodes = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let node_id = read_node(&mut r)?;
-                    nodes.push(StorageNode { node_id, addrs: read_addrs(&mut r)? });
-                }
-                Self::StorageNodes { nodes }
-            }
-            0x78 => {
-                let n = r.u16()? as usize;
-                if n > MAX_STORED {
-                    return Err(r.malformed("too many stored notices"));
-                }
-                let stored = (0..n).map(|_| r.array().map(ContentId)).collect::<Result<_, _>>()?;
-                let d = r.u8()? as usize;
-                if d > MAX_DIRECTIVES {
-                    return Err(r.malformed("too many directives"));
-                }
-                let mut directives = Vec::with_capacity(d);
-                for _ in 0..d {
-                    let content = ContentId(r.array()?);
-                    let node_id = read_node(&mut r)?;
-                    let addrs = read_addrs(&mut r)?;
-                    let len = r.u16()? as usize;
-                    if len > crate::MAX_TOKEN_LEN {
-                        return Err(r.malformed("token too long"));
-                    }
-                    let token = r.bytes(len)?.to_vec();
-                    directives.push(Directive {
-                        content,
-                        storage: StorageNode { node_id, addrs },
-                        token,
-                    });
-                }
-                Self::HeartbeatReply { stored, directives }
-            }
-            other => return Err(DecodeError::UnknownType(other)),
-        };
-        r.finish()?;
-        Ok(resp)
-    }
-}
+mod request;
+mod response;
 
 #[cfg(test)]
 mod tests;

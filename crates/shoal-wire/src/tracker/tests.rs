@@ -5,7 +5,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::*;
 use crate::codec::Decoder;
+use crate::encode;
 use crate::testutil::{node_id, roundtrip};
+use shoal_core::manifest;
 
 fn addr() -> impl Strategy<Value = SocketAddr> {
     prop_oneof![
@@ -64,8 +66,9 @@ fn request() -> impl Strategy<Value = TrackerRequest> {
                 max_peers,
                 have
             }),
-        cid.prop_map(|content| TrackerRequest::GetManifest { content }),
+        cid.clone().prop_map(|content| TrackerRequest::GetManifest { content }),
         Just(TrackerRequest::FindStorage),
+        cid.clone().prop_map(|content| TrackerRequest::Report { content, peer: node_id() }),
     ]
 }
 
@@ -76,7 +79,12 @@ fn response() -> impl Strategy<Value = TrackerResponse> {
         )
     };
     prop_oneof![
-        any::<u32>().prop_map(|heartbeat_ms| TrackerResponse::Registered { heartbeat_ms }),
+        (any::<u32>(), any::<bool>()).prop_map(|(heartbeat_ms, storage)| {
+            TrackerResponse::Registered {
+                heartbeat_ms,
+                role: if storage { Role::Storage } else { Role::Node },
+            }
+        }),
         Just(TrackerResponse::Ok),
         Just(TrackerResponse::NeedManifest),
         (0u32..200)
@@ -152,5 +160,57 @@ proptest! {
         let mut d = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
         d.feed(&bytes);
         let _ = d.decode::<TrackerResponse>();
+    }
+}
+
+#[test]
+fn new_error_codes_keep_their_numbers() {
+    // Version 2 codes: older nodes see them as Other(5) / Other(6).
+    for (code, n) in [(ErrorCode::RateLimited, 5), (ErrorCode::OverLimit, 6)] {
+        assert_eq!(code.code(), n);
+        assert_eq!(ErrorCode::from_code(n), code);
+    }
+    assert_eq!(TRACKER_ALPN, b"shoal/tracker/2");
+}
+
+#[test]
+fn registered_without_a_role_byte_or_an_unknown_role_is_malformed() {
+    // 0x70 with only the heartbeat interval is a version 1 reply.
+    let mut d = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
+    let mut v1 = encode(&TrackerResponse::Registered { heartbeat_ms: 7, role: Role::Node });
+    v1.pop();
+    let len = (v1.len() - 4) as u32;
+    v1[..4].copy_from_slice(&len.to_be_bytes());
+    d.feed(&v1);
+    assert!(d.decode::<TrackerResponse>().is_err());
+    let mut bad = encode(&TrackerResponse::Registered { heartbeat_ms: 7, role: Role::Node });
+    *bad.last_mut().unwrap() = 9;
+    let mut d = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
+    d.feed(&bad);
+    assert!(d.decode::<TrackerResponse>().is_err());
+}
+
+#[test]
+fn the_largest_requests_fit_the_request_limit() {
+    let pieces = shoal_core::piece::MAX_PIECES as u32;
+    let big = [
+        TrackerRequest::AnnounceDelta {
+            node_id: node_id(),
+            content: ContentId([0; 32]),
+            pieces: (0..MAX_DELTA as u32).map(PieceIndex).collect(),
+        },
+        TrackerRequest::Announce {
+            node_id: node_id(),
+            content: ContentId([0; 32]),
+            bitfield: Bitfield::full(pieces),
+        },
+        TrackerRequest::Lookup {
+            content: ContentId([0; 32]),
+            max_peers: 255,
+            have: Some(Bitfield::full(pieces)),
+        },
+    ];
+    for r in big {
+        assert!(encode(&r).len() <= MAX_TRACKER_REQUEST_LEN, "{} bytes", encode(&r).len());
     }
 }

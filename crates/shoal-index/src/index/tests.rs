@@ -1,0 +1,449 @@
+//! Deterministic tests of each rule, time passed in.
+
+use std::collections::BTreeSet;
+
+use shoal_core::PieceHash;
+
+use super::*;
+use crate::limits::{Limits, Rate};
+use crate::model::NodeEntry;
+
+/// Node ids for the test, the same id for the same `i` within one test run.
+fn node(i: usize) -> NodeId {
+    thread_local! {
+        static IDS: Vec<NodeId> = (0..64)
+            .map(|_| {
+                let kp = libp2p_identity::Keypair::generate_ed25519();
+                NodeId::from_public_key(&kp.public()).unwrap()
+            })
+            .collect();
+    }
+    IDS.with(|ids| ids[i])
+}
+
+fn fresh_id() -> NodeId {
+    let kp = libp2p_identity::Keypair::generate_ed25519();
+    NodeId::from_public_key(&kp.public()).unwrap()
+}
+
+fn bf(n: u32, ones: &[u32]) -> Bitfield {
+    let mut b = Bitfield::new(n);
+    ones.iter().for_each(|&i| {
+        b.set(PieceIndex(i));
+    });
+    b
+}
+
+const OBSERVED: &str = "127.0.0.1:1";
+
+fn observed() -> SocketAddr {
+    OBSERVED.parse().unwrap()
+}
+
+/// A manifest of `n` 16 KiB pieces; `seed` makes distinct contents.
+fn content(n: u32, seed: u8) -> (ContentId, Vec<u8>) {
+    let hashes = (0..n).map(|i| PieceHash::of(&[seed, i as u8, (i >> 8) as u8])).collect();
+    let m = Manifest::new(&format!("f{seed}"), u64::from(n) * 16 * 1024, hashes).unwrap();
+    (m.content_id(), m.encode())
+}
+
+fn reg(ix: &mut Index, i: usize, role: Role) -> Role {
+    ix.register(0, node(i), role, observed(), &[]).role
+}
+
+/// An index with nodes `0..nodes` registered and a content of `n` pieces with its manifest.
+fn setup(config: Config, nodes: usize, n: u32) -> (Index, ContentId) {
+    let mut ix = Index::new(config);
+    for i in 0..nodes {
+        reg(&mut ix, i, Role::Node);
+    }
+    let (c, m) = content(n, 1);
+    ix.put_manifest(0, node(0), c, m).unwrap();
+    (ix, c)
+}
+
+#[test]
+fn lookup_ranks_rarest_holders_first_then_light_load() {
+    let (mut ix, c) = setup(Config::default(), 4, 4);
+    // node 0 holds everything; node 1 holds piece 3 only (rare: 2 holders); node 2 holds
+    // pieces 0-2 like node 0 and node 3 the same but is busy.
+    ix.announce(0, node(0), c, bf(4, &[0, 1, 2, 3])).unwrap();
+    ix.announce(0, node(1), c, bf(4, &[3])).unwrap();
+    ix.announce(0, node(2), c, bf(4, &[0, 1, 2])).unwrap();
+    ix.announce(0, node(3), c, bf(4, &[0, 1, 2])).unwrap();
+    ix.heartbeat(0, node(3), Load { active_uploads: 9, ..Load::default() }).unwrap();
+    // Asker has nothing: availability of 3 is 2, of 0-2 is 3.
+    let l = ix.lookup(None, c, None, 10).unwrap();
+    let order: Vec<NodeId> = l.peers.iter().map(|p| p.node_id).collect();
+    assert_eq!(order[..2].iter().collect::<BTreeSet<_>>(), [node(0), node(1)].iter().collect());
+    assert_eq!(&order[2..], &[node(2), node(3)], "lightly loaded before busy");
+    // An asker that only lacks piece 3 gets only its holders.
+    let l = ix.lookup(None, c, Some(&bf(4, &[0, 1, 2])), 10).unwrap();
+    assert_eq!(l.peers.len(), 2);
+    assert!(ix.lookup(None, ContentId([9; 32]), None, 10).is_none(), "unknown content");
+}
+
+#[test]
+fn hints_differ_between_askers_and_shrink_as_pieces_arrive() {
+    let (mut ix, c) = setup(Config { hints: 4, ..Config::default() }, 3, 8);
+    ix.announce(0, node(0), c, Bitfield::full(8)).unwrap();
+    let a = ix.lookup(Some(node(1)), c, Some(&Bitfield::new(8)), 5).unwrap().hints;
+    let b = ix.lookup(Some(node(2)), c, Some(&Bitfield::new(8)), 5).unwrap().hints;
+    assert_eq!((a.len(), b.len()), (4, 4));
+    assert!(a.iter().all(|p| !b.contains(p)), "distinct pieces: {a:?} {b:?}");
+    // Node 1 gets one of its hints; the next lookup tops the set up with a new piece.
+    ix.announce_delta(0, node(1), c, &[a[0]]).unwrap();
+    let have = bf(8, &[a[0].0]);
+    let again = ix.lookup(Some(node(1)), c, Some(&have), 5).unwrap().hints;
+    assert_eq!(again.len(), 4);
+    assert!(!again.contains(&a[0]));
+}
+
+#[test]
+fn rejects_inconsistent_announces_and_unregistered_nodes() {
+    let mut ix = Index::new(Config::default());
+    let (c, m) = content(4, 3);
+    assert_eq!(ix.heartbeat(0, node(0), Load::default()), Err(IndexError::NotRegistered));
+    assert_eq!(ix.announce(0, node(0), c, Bitfield::new(4)), Err(IndexError::NotRegistered));
+    assert_eq!(ix.put_manifest(0, node(0), c, m.clone()), Err(IndexError::NotRegistered));
+    reg(&mut ix, 0, Role::Node);
+    ix.put_manifest(0, node(0), c, m).unwrap();
+    ix.announce(0, node(0), c, Bitfield::new(4)).unwrap();
+    assert!(matches!(
+        ix.announce(0, node(0), c, Bitfield::new(5)),
+        Err(IndexError::PieceCount { .. })
+    ));
+    assert!(matches!(
+        ix.announce_delta(0, node(0), c, &[PieceIndex(4)]),
+        Err(IndexError::PieceOutOfRange(_))
+    ));
+    let other = ContentId([7; 32]);
+    assert!(matches!(
+        ix.put_manifest(0, node(0), other, vec![1, 2, 3]),
+        Err(IndexError::ManifestMismatch(_))
+    ));
+    let (_, m2) = content(2, 4);
+    assert!(
+        matches!(ix.put_manifest(0, node(0), other, m2), Err(IndexError::ManifestMismatch(_))),
+        "a valid manifest of another content"
+    );
+}
+
+#[test]
+fn an_announce_without_a_manifest_is_not_recorded_and_a_liar_cannot_lock_out_a_content() {
+    let mut ix = Index::new(Config::default());
+    reg(&mut ix, 0, Role::Node);
+    reg(&mut ix, 1, Role::Node);
+    let (c, m) = content(4, 5);
+    // The liar announces first, with a piece count of its own choosing.
+    assert_eq!(ix.announce(0, node(1), c, Bitfield::full(1)), Err(IndexError::NeedManifest(c)));
+    assert_eq!(
+        ix.announce_delta(0, node(1), c, &[PieceIndex(0)]),
+        Err(IndexError::NeedManifest(c))
+    );
+    assert!(ix.lookup(None, c, None, 10).is_none(), "nothing recorded");
+    // The honest uploader sends the manifest and announces: the count comes from it.
+    ix.put_manifest(0, node(0), c, m).unwrap();
+    ix.announce(0, node(0), c, Bitfield::full(4)).unwrap();
+    assert!(matches!(
+        ix.announce(0, node(1), c, Bitfield::full(1)),
+        Err(IndexError::PieceCount { got: 1, expected: 4 })
+    ));
+    let l = ix.lookup(None, c, None, 10).unwrap();
+    assert_eq!((l.piece_count, l.peers.len()), (4, 1));
+}
+
+#[test]
+fn unadmitted_storage_claims_are_ordinary_nodes() {
+    let admitted = node(9);
+    let cfg = Config {
+        admitted_storage: [admitted].into_iter().collect(),
+        reseed_after_ms: 0,
+        ..Config::default()
+    };
+    let (mut ix, c) = setup(cfg, 3, 4);
+    let liar = node(8);
+    assert_eq!(reg(&mut ix, 8, Role::Storage), Role::Node, "claimed, not admitted");
+    assert_eq!(reg(&mut ix, 9, Role::Storage), Role::Storage);
+    assert_eq!(ix.storage_nodes().iter().map(|s| s.0).collect::<Vec<_>>(), vec![admitted]);
+    ix.announce(0, node(1), c, Bitfield::full(4)).unwrap();
+    // The liar's complete bitfield produces no "stored" notice and no re-seed orders to it.
+    ix.announce(0, liar, c, Bitfield::full(4)).unwrap();
+    let out = ix.heartbeat_plan(10, node(1), Load::default()).unwrap().1;
+    assert!(out.stored.is_empty() && out.directives.is_empty(), "{out:?}");
+    // It ranks as an ordinary holder, not first.
+    ix.heartbeat(10, liar, Load { active_uploads: 5, ..Load::default() }).unwrap();
+    let l = ix.lookup(None, c, None, 10).unwrap();
+    assert_eq!(l.peers[0].node_id, node(1));
+    // Admitted storage holding part of it ranks first and gets re-seeded into.
+    ix.announce(10, admitted, c, bf(4, &[0])).unwrap();
+    assert_eq!(ix.lookup(None, c, None, 10).unwrap().peers[0].node_id, admitted);
+    let d = ix.heartbeat_plan(20, node(1), Load::default()).unwrap().1.directives;
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].storage, admitted);
+    ix.announce(30, admitted, c, Bitfield::full(4)).unwrap();
+    assert_eq!(ix.heartbeat_plan(30, node(1), Load::default()).unwrap().1.stored, vec![c]);
+    // After a restart without the admission, the role is gone.
+    let ix = Index::restore(
+        Config::default(),
+        30,
+        vec![(admitted, NodeEntry { storage: true, ..ix.nodes[&admitted].clone() })],
+        vec![],
+        vec![],
+    );
+    assert!(ix.storage_nodes().is_empty());
+}
+
+#[test]
+fn registered_addresses_are_vetted_against_the_observed_address() {
+    let seen: SocketAddr = "203.0.113.7:4000".parse().unwrap();
+    let claimed: Vec<SocketAddr> = [
+        "0.0.0.0:5000",     // unspecified: becomes the observed IP
+        "203.0.113.7:6000", // same IP, another port: kept
+        "198.51.100.1:80",  // a third party: dropped
+        "127.0.0.1:4000",   // loopback of someone else: dropped
+        "203.0.113.7:0",    // port 0: dropped
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect();
+    let want: Vec<SocketAddr> = ["203.0.113.7:4000", "203.0.113.7:5000", "203.0.113.7:6000"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(vet_addrs(seen, &claimed), want);
+    assert_eq!(vet_addrs(seen, &[]), vec![seen], "the observed address is always valid");
+    let many: Vec<SocketAddr> = (1..100).map(|p| SocketAddr::new(seen.ip(), p)).collect();
+    assert_eq!(vet_addrs(seen, &many).len(), MAX_ADDRS, "bounded");
+    let mut ix = Index::new(Config::default());
+    let r = ix.register(0, node(0), Role::Node, seen, &claimed);
+    assert_eq!(r.addrs, want);
+    assert_eq!(ix.nodes[&node(0)].addrs, want);
+}
+
+#[test]
+fn contents_per_node_are_capped() {
+    let mut ix = Index::new(Config { max_contents_per_node: 3, ..Config::default() });
+    reg(&mut ix, 0, Role::Node);
+    let contents: Vec<(ContentId, Vec<u8>)> = (0..5).map(|s| content(1, 10 + s)).collect();
+    for (c, m) in &contents {
+        ix.put_manifest(0, node(0), *c, m.clone()).unwrap();
+    }
+    for (c, _) in &contents[..3] {
+        ix.announce(0, node(0), *c, Bitfield::full(1)).unwrap();
+    }
+    let (c4, _) = contents[3];
+    assert_eq!(
+        ix.announce(0, node(0), c4, Bitfield::full(1)),
+        Err(IndexError::TooManyContents { max: 3 })
+    );
+    assert!(ix.announce_delta(0, node(0), c4, &[PieceIndex(0)]).is_err());
+    // Re-announcing a content it already holds is fine.
+    ix.announce(0, node(0), contents[0].0, Bitfield::full(1)).unwrap();
+}
+
+#[test]
+fn swarms_nobody_holds_are_collected_with_their_manifests() {
+    let cfg = Config { node_ttl_ms: 100, max_manifest_bytes: 10_000, ..Config::default() };
+    let mut ix = Index::new(cfg);
+    reg(&mut ix, 0, Role::Node);
+    let (held, m1) = content(2, 20);
+    let (orphan, m2) = content(2, 21);
+    ix.put_manifest(0, node(0), held, m1.clone()).unwrap();
+    ix.put_manifest(0, node(0), orphan, m2.clone()).unwrap();
+    ix.announce(0, node(0), held, Bitfield::full(2)).unwrap();
+    assert_eq!(ix.footprint().0, (m1.len() + m2.len()) as u64);
+    // Nobody announced the orphan: collected after the TTL; the held one stays.
+    ix.heartbeat(150, node(0), Load::default()).unwrap();
+    let ops = ix.expire(150);
+    assert_eq!(ops, vec![Persist::RemoveManifest(orphan)]);
+    assert!(ix.manifest(orphan).is_none() && ix.manifest(held).is_some());
+    assert_eq!(ix.footprint().0, m1.len() as u64, "its bytes are freed");
+    // The holder goes silent: its holding, then (a TTL later) the swarm go too.
+    let ops = ix.expire(300);
+    assert!(ops.contains(&Persist::RemoveNode(node(0))));
+    assert!(ops.contains(&Persist::RemoveHolding(held, node(0))));
+    assert!(ix.manifest(held).is_some(), "not before the swarm was idle for the TTL");
+    assert_eq!(ix.expire(401), vec![Persist::RemoveManifest(held)]);
+    assert_eq!(ix.footprint().0, 0);
+    assert_eq!(ix.counts(), (0, 0));
+}
+
+#[test]
+fn manifest_uploads_need_registration_and_fit_the_total() {
+    let (c1, m1) = content(2, 30);
+    let (c2, m2) = content(2, 31);
+    let cfg = Config { max_manifest_bytes: (m1.len() + m2.len() - 1) as u64, ..Config::default() };
+    let mut ix = Index::new(cfg);
+    assert_eq!(ix.admit_manifest(node(0), c1, m1.len() as u32), Err(IndexError::NotRegistered));
+    reg(&mut ix, 0, Role::Node);
+    assert_eq!(ix.admit_manifest(node(0), c1, m1.len() as u32), Ok(true));
+    ix.put_manifest(0, node(0), c1, m1.clone()).unwrap();
+    assert_eq!(ix.admit_manifest(node(0), c1, m1.len() as u32), Ok(false), "already known");
+    assert!(ix.put_manifest(0, node(0), c1, m1).unwrap().is_empty());
+    let full: Result<(), IndexError> =
+        Err(IndexError::ManifestSpace { max: ix.config.max_manifest_bytes });
+    assert_eq!(ix.admit_manifest(node(0), c2, m2.len() as u32).map(|_| ()), full.clone());
+    assert_eq!(ix.put_manifest(0, node(0), c2, m2).map(|_| ()), full);
+}
+
+#[test]
+fn holders_reported_as_never_delivering_are_demoted_then_dropped() {
+    let cfg = Config { demote_after: 2, drop_after: 3, ..Config::default() };
+    let (mut ix, c) = setup(cfg, 6, 2);
+    let (liar, honest) = (node(0), node(1));
+    ix.announce(0, liar, c, Bitfield::full(2)).unwrap();
+    ix.announce(0, honest, c, Bitfield::full(2)).unwrap();
+    // The liar is lightly loaded, so it ranks first at the start.
+    ix.heartbeat(0, honest, Load { active_uploads: 3, ..Load::default() }).unwrap();
+    let first = |ix: &mut Index| ix.lookup(None, c, None, 10).unwrap().peers[0].node_id;
+    assert_eq!(first(&mut ix), liar);
+    // One reporter, even repeated, does not demote; a self-report or a stranger's is ignored.
+    for _ in 0..5 {
+        ix.report(0, node(2), c, liar).unwrap();
+    }
+    ix.report(0, liar, c, liar).unwrap();
+    assert_eq!(ix.report(0, fresh_id(), c, liar), Err(IndexError::NotRegistered));
+    assert_eq!(first(&mut ix), liar);
+    ix.report(0, node(3), c, liar).unwrap();
+    assert_eq!(first(&mut ix), honest, "demoted after two distinct reporters");
+    let ops = ix.report(0, node(4), c, liar).unwrap();
+    assert_eq!(ops, vec![Persist::RemoveHolding(c, liar)], "dropped after three");
+    assert_eq!(ix.lookup(None, c, None, 10).unwrap().peers.len(), 1);
+    // Re-announcing does not bring it back.
+    assert!(ix.announce(0, liar, c, Bitfield::full(2)).unwrap().is_empty());
+    assert_eq!(ix.lookup(None, c, None, 10).unwrap().peers.len(), 1);
+}
+
+#[test]
+fn a_lookup_ranks_a_bounded_sample_and_always_offers_admitted_storage() {
+    let storage = fresh_id();
+    let cfg = Config {
+        admitted_storage: [storage].into_iter().collect(),
+        lookup_sample: 8,
+        ..Config::default()
+    };
+    let (mut ix, c) = setup(cfg, 1, 64);
+    ix.register(0, storage, Role::Storage, observed(), &[]);
+    ix.announce(0, storage, c, bf(64, &[0])).unwrap();
+    let holders: Vec<NodeId> = (0..500).map(|_| fresh_id()).collect();
+    for &h in &holders {
+        ix.register(0, h, Role::Node, observed(), &[]);
+        ix.announce(0, h, c, Bitfield::full(64)).unwrap();
+    }
+    let mut seen = BTreeSet::new();
+    for _ in 0..20 {
+        let l = ix.lookup(None, c, None, 4).unwrap();
+        assert_eq!(l.peers.len(), 4);
+        assert_eq!(l.peers[0].node_id, storage, "admitted storage first, sampled or not");
+        seen.extend(l.peers[1..].iter().map(|p| p.node_id));
+    }
+    // Samples vary between lookups: the load spreads over the swarm.
+    assert!(seen.len() > 10, "only {} distinct holders offered", seen.len());
+    // A sample of 8 out of 500 is drawn, never the whole swarm.
+    let mut rng = fastrand::Rng::with_seed(1);
+    let swarm = &ix.swarms[&c];
+    assert_eq!(swarm.holders.sample(&mut rng, ix.config.lookup_sample).len(), 8);
+}
+
+#[test]
+fn rate_limits_refuse_bursts_from_one_address_and_refill_with_time() {
+    let limits = Limits {
+        register_per_ip: Rate { per_sec: 1, burst: 2 },
+        announce_per_node: Rate { per_sec: 10, burst: 3 },
+        ..Limits::default()
+    };
+    let mut ix = Index::new(Config { limits, ..Config::default() });
+    let ip: IpAddr = "10.1.1.1".parse().unwrap();
+    let ok = (0..5).filter(|_| ix.check_rate(0, Action::Register, ip, fresh_id()).is_ok()).count();
+    assert_eq!(ok, 2);
+    assert_eq!(ix.check_rate(999, Action::Register, ip, fresh_id()), Err(IndexError::RateLimited));
+    assert!(ix.check_rate(1_000, Action::Register, ip, fresh_id()).is_ok());
+    let n = node(0);
+    assert!((0..3).all(|_| ix.check_rate(0, Action::Announce, ip, n).is_ok()));
+    assert_eq!(ix.check_rate(0, Action::Announce, ip, n), Err(IndexError::RateLimited));
+    assert!(ix.check_rate(100, Action::Announce, ip, n).is_ok(), "10/s: one token per 100 ms");
+}
+
+#[test]
+fn silent_nodes_expire_with_their_holdings() {
+    let (mut ix, c) = setup(Config { node_ttl_ms: 100, ..Config::default() }, 2, 2);
+    ix.announce(0, node(0), c, Bitfield::full(2)).unwrap();
+    ix.announce(0, node(1), c, Bitfield::full(2)).unwrap();
+    ix.heartbeat(90, node(1), Load::default()).unwrap();
+    let ops = ix.expire(150);
+    assert!(ops.contains(&Persist::RemoveNode(node(0))));
+    assert!(ops.contains(&Persist::RemoveHolding(c, node(0))));
+    let l = ix.lookup(None, c, None, 10).unwrap();
+    assert_eq!(l.peers.len(), 1);
+    assert_eq!(l.peers[0].node_id, node(1));
+}
+
+#[test]
+fn stalled_uploads_into_storage_are_reseeded_from_holders() {
+    let storage = node(10);
+    let cfg = Config {
+        reseed_after_ms: 100,
+        directive_pieces: 3,
+        node_ttl_ms: 1_000,
+        admitted_storage: [storage].into_iter().collect(),
+        ..Config::default()
+    };
+    let (mut ix, c) = setup(cfg, 3, 8);
+    let (a, b) = (node(1), node(2));
+    reg(&mut ix, 10, Role::Storage);
+    ix.announce(0, a, c, Bitfield::full(8)).unwrap();
+    ix.announce(0, b, c, Bitfield::full(8)).unwrap();
+    ix.announce(0, storage, c, bf(8, &[0, 1])).unwrap();
+    // Not stalled yet: no directives.
+    assert!(ix.heartbeat_plan(50, a, Load::default()).unwrap().1.directives.is_empty());
+    // Stalled: A and B get disjoint batches of what storage lacks.
+    let da = ix.heartbeat_plan(150, a, Load::default()).unwrap().1.directives;
+    let db = ix.heartbeat_plan(150, b, Load::default()).unwrap().1.directives;
+    assert_eq!(da.len(), 1);
+    assert_eq!(da[0].storage, storage);
+    assert_eq!(da[0].pieces.len(), 3);
+    assert!(da[0].pieces.iter().all(|p| p.0 >= 2), "only missing pieces");
+    assert!(db[0].pieces.iter().all(|p| !da[0].pieces.contains(p)), "spread over holders");
+    // A vanishes; B pushes its batch; B's next order includes what A had been given.
+    ix.heartbeat(900, b, Load::default()).unwrap();
+    ix.heartbeat(900, storage, Load::default()).unwrap();
+    assert!(ix.expire(1_200).contains(&Persist::RemoveNode(a)));
+    ix.announce_delta(1_200, storage, c, &db[0].pieces).unwrap();
+    let d = ix.heartbeat_plan(1_200, b, Load::default()).unwrap().1.directives;
+    assert!(d[0].pieces.iter().any(|p| da[0].pieces.contains(p)), "a's pieces reissued: {d:?}");
+    // Complete in storage: holders hear "stored" and get no more directives.
+    ix.announce(1_400, storage, c, Bitfield::full(8)).unwrap();
+    let out = ix.heartbeat_plan(1_400, b, Load::default()).unwrap().1;
+    assert_eq!(out.stored, vec![c]);
+    assert!(out.directives.is_empty());
+}
+
+#[test]
+fn restores_from_sled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, m) = content(1, 40);
+    let (gone, m_gone) = content(1, 41);
+    {
+        let state = crate::SledState::open(dir.path()).unwrap();
+        let mut ix = Index::new(Config { node_ttl_ms: 10, ..Config::default() });
+        state.apply(&ix.register(5, node(0), Role::Node, observed(), &[]).ops).unwrap();
+        assert_eq!(ix.announce(5, node(0), c, Bitfield::full(1)), Err(IndexError::NeedManifest(c)));
+        state.apply(&ix.put_manifest(5, node(0), c, m).unwrap()).unwrap();
+        state.apply(&ix.announce(5, node(0), c, Bitfield::full(1)).unwrap()).unwrap();
+        // A manifest nobody announces is collected, in sled too.
+        state.apply(&ix.put_manifest(5, node(0), gone, m_gone).unwrap()).unwrap();
+        ix.heartbeat(20, node(0), Load::default()).unwrap();
+        state.apply(&ix.expire(20)).unwrap();
+        state.flush().unwrap();
+    }
+    let state = crate::SledState::open(dir.path()).unwrap();
+    let (nodes, holdings, manifests) = state.load().unwrap();
+    assert_eq!(manifests.len(), 1);
+    let mut ix = Index::restore(Config::default(), 5, nodes, holdings, manifests);
+    let l = ix.lookup(None, c, None, 10).unwrap();
+    assert_eq!(l.peers[0].node_id, node(0));
+    assert!(ix.manifest(c).is_some() && ix.manifest(gone).is_none());
+    // Still subject to expiry from its persisted last heartbeat.
+    assert!(!ix.expire(5 + 10_001).is_empty());
+}

@@ -1,0 +1,224 @@
+//! Lookups: who to ask for the pieces an asker lacks, and which pieces to fetch first.
+//!
+//! A lookup ranks a bounded candidate set: the admitted storage nodes holding the content plus
+//! at most [`crate::Config::lookup_sample`] ordinary holders drawn at random, each compared a
+//! word at a time. Its cost is proportional to its answer (candidates × bitfield words, plus one
+//! pass over the pieces), never to holders × pieces, however large the swarm.
+
+use std::cmp::Reverse;
+
+use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
+use shoal_wire::tracker::PeerInfo;
+
+use crate::swarm::{count_and_not, Swarm};
+use crate::{Index, Lookup};
+
+/// (reported as never delivering, not storage, availability of its rarest wanted piece, load,
+/// more useful first), then id.
+type Rank = (bool, bool, u32, u32, Reverse<u32>, NodeId);
+
+/// A stable per-(node, piece) tie-break, so equally good pieces are spread over askers.
+fn mix(node: &NodeId, p: PieceIndex) -> u64 {
+    let k = node.public_key_bytes();
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&k[..8]);
+    let mut x = u64::from_le_bytes(w) ^ u64::from(p.0);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x
+}
+
+/// The lowest availability among the pieces `bf` holds and the asker lacks, a word at a time,
+/// stopping as soon as it reaches `floor` (the lowest availability of any wanted piece).
+fn rarest_useful(bf: &[u8], have: Option<&[u8]>, availability: &[u32], floor: u32) -> u32 {
+    let mut min = u32::MAX;
+    for (w, chunk) in bf.chunks(8).enumerate() {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        let mut mask = [0u8; 8];
+        if let Some(h) = have.and_then(|h| h.get(w * 8..(w * 8 + chunk.len()).min(h.len()))) {
+            mask[..h.len()].copy_from_slice(h);
+        }
+        // Bit i of byte j is piece 8j + (7 - i): bitfields are MSB first.
+        let mut bits = u64::from_be_bytes(word) & !u64::from_be_bytes(mask);
+        while bits != 0 {
+            let lead = bits.leading_zeros() as usize;
+            bits &= !(1u64 << (63 - lead));
+            if let Some(&a) = availability.get(w * 64 + lead) {
+                min = min.min(a);
+                if min <= floor {
+                    return min;
+                }
+            }
+        }
+    }
+    min
+}
+
+impl Index {
+    /// Peers holding pieces `asker` lacks (all pieces if `have` is `None`), most useful first,
+    /// and the pieces the asker should fetch first. `None` for an unknown content.
+    pub fn lookup(
+        &mut self,
+        asker: Option<NodeId>,
+        content: ContentId,
+        have: Option<&Bitfield>,
+        max_peers: usize,
+    ) -> Option<Lookup> {
+        let swarm = self.swarms.get_mut(&content)?;
+        let n = swarm.piece_count;
+        let have = have.filter(|h| h.len() == n);
+        let floor = (0..n)
+            .filter(|&i| have.is_none_or(|h| !h.get(PieceIndex(i))))
+            .map(|i| swarm.availability[i as usize])
+            .filter(|&a| a > 0)
+            .min()
+            .unwrap_or(0);
+        let mut candidates: Vec<NodeId> = swarm.storage.keys().copied().collect();
+        let sample = self.config.lookup_sample.max(max_peers);
+        for id in swarm.holders.sample(&mut self.rng, sample) {
+            if !candidates.contains(&id) {
+                candidates.push(id);
+            }
+        }
+        let mut ranked: Vec<Rank> = Vec::with_capacity(candidates.len());
+        for id in candidates {
+            if Some(id) == asker {
+                continue;
+            }
+            let (Some(entry), Some(bf)) = (self.nodes.get(&id), swarm.holders.get(&id)) else {
+                continue;
+            };
+            let useful = count_and_not(bf.as_bytes(), have.map(Bitfield::as_bytes));
+            if useful == 0 {
+                continue;
+            }
+            ranked.push((
+                swarm.reported(&id) >= self.config.demote_after,
+                // Admitted storage first where it has wanted pieces: a permanent seed.
+                !entry.storage,
+                rarest_useful(
+                    bf.as_bytes(),
+                    have.map(Bitfield::as_bytes),
+                    &swarm.availability,
+                    floor,
+                ),
+                entry.active_uploads,
+                Reverse(useful),
+                id,
+            ));
+        }
+        ranked.sort();
+        let peers = ranked
+            .into_iter()
+            .take(max_peers)
+            .filter_map(|r| {
+                let id = r.5;
+                let (e, bf) = (self.nodes.get(&id)?, swarm.holders.get(&id)?);
+                Some(PeerInfo {
+                    node_id: id,
+                    load: e.active_uploads,
+                    addrs: e.addrs.clone(),
+                    bitfield: bf.clone(),
+                })
+            })
+            .collect();
+        let hints = match asker {
+            Some(a) => Self::hand_out(swarm, a, have, self.config.hints),
+            None => Vec::new(),
+        };
+        Some(Lookup { piece_count: n, peers, hints })
+    }
+
+    /// Tops up the pieces handed to `asker` to `k`: among the pieces it lacks that someone
+    /// holds, those the fewest others hold or were handed first.
+    fn hand_out(
+        swarm: &mut Swarm,
+        asker: NodeId,
+        have: Option<&Bitfield>,
+        k: usize,
+    ) -> Vec<PieceIndex> {
+        let announced = swarm.holders.get(&asker).cloned();
+        let held_by_asker = |p: PieceIndex| {
+            have.is_some_and(|h| h.get(p)) || announced.as_ref().is_some_and(|b| b.get(p))
+        };
+        // Drop hints the asker has meanwhile.
+        let stale: Vec<PieceIndex> = swarm
+            .handed
+            .get(&asker)
+            .map(|s| s.iter().copied().filter(|&p| held_by_asker(p)).collect())
+            .unwrap_or_default();
+        for p in stale {
+            swarm.unhand(asker, p);
+        }
+        let current = swarm.handed.get(&asker).map_or(0, |s| s.len());
+        if current < k {
+            let mut candidates: Vec<(u32, u64, PieceIndex)> = (0..swarm.piece_count)
+                .map(PieceIndex)
+                .filter(|&p| {
+                    let i = p.0 as usize;
+                    swarm.availability[i] > 0
+                        && !held_by_asker(p)
+                        && !swarm.handed.get(&asker).is_some_and(|s| s.contains(&p))
+                })
+                .map(|p| {
+                    let i = p.0 as usize;
+                    (swarm.availability[i] + swarm.handed_count[i], mix(&asker, p), p)
+                })
+                .collect();
+            let take = (k - current).min(candidates.len());
+            if take > 0 {
+                candidates.select_nth_unstable(take - 1);
+                let set = swarm.handed.entry(asker).or_default();
+                for &(_, _, p) in &candidates[..take] {
+                    if set.insert(p) {
+                        swarm.handed_count[p.0 as usize] += 1;
+                    }
+                }
+            }
+        }
+        let mut hints: Vec<PieceIndex> =
+            swarm.handed.get(&asker).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        hints.sort_by_key(|p| {
+            let i = p.0 as usize;
+            (swarm.availability[i], mix(&asker, *p))
+        });
+        hints
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rarest_useful_matches_a_bit_by_bit_scan() {
+        // Boundary table of piece counts: 1, 7, 8, 9, 63, 64, 65, 200.
+        for n in [1u32, 7, 8, 9, 63, 64, 65, 200] {
+            let availability: Vec<u32> = (0..n).map(|i| (i * 7 + 3) % 11 + 1).collect();
+            let mut bf = Bitfield::new(n);
+            let mut have = Bitfield::new(n);
+            for i in 0..n {
+                if i % 3 != 1 {
+                    bf.set(PieceIndex(i));
+                }
+                if i % 4 == 0 {
+                    have.set(PieceIndex(i));
+                }
+            }
+            let slow = (0..n)
+                .filter(|&i| bf.get(PieceIndex(i)) && !have.get(PieceIndex(i)))
+                .map(|i| availability[i as usize])
+                .min()
+                .unwrap_or(u32::MAX);
+            let fast = rarest_useful(bf.as_bytes(), Some(have.as_bytes()), &availability, 0);
+            assert_eq!(fast, slow, "n {n}");
+            let all = (0..n).filter(|&i| bf.get(PieceIndex(i))).map(|i| availability[i as usize]);
+            assert_eq!(
+                rarest_useful(bf.as_bytes(), None, &availability, 0),
+                all.min().unwrap_or(u32::MAX)
+            );
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! One content's swarm: holders and their bitfields, availability, hints handed out, storage
+//! progress, re-seed assignments and reports of holders that never delivered.
+//!
+//! Holders sit in a vector beside a map (index and bitfield), so a lookup can draw a uniform
+//! random sample of them in time proportional to the sample, not to the swarm.
+
+use std::collections::{BTreeSet, HashMap};
+
+use shoal_core::{Bitfield, NodeId, PieceIndex};
+
+/// The most holders a swarm keeps reports about (further reports are ignored).
+pub(crate) const MAX_REPORTED: usize = 1024;
+
+/// Holders of one content, sampleable in O(1) per draw.
+#[derive(Debug, Default)]
+pub(crate) struct Holders {
+    order: Vec<NodeId>,
+    map: HashMap<NodeId, (usize, Bitfield)>,
+}
+
+impl Holders {
+    pub(crate) fn get(&self, id: &NodeId) -> Option<&Bitfield> {
+        self.map.get(id).map(|(_, b)| b)
+    }
+
+    pub(crate) fn contains(&self, id: &NodeId) -> bool {
+        self.map.contains_key(id)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Inserts or replaces; returns the old bitfield.
+    pub(crate) fn insert(&mut self, id: NodeId, bf: Bitfield) -> Option<Bitfield> {
+        if let Some((_, old)) = self.map.get_mut(&id) {
+            return Some(std::mem::replace(old, bf));
+        }
+        self.map.insert(id, (self.order.len(), bf));
+        self.order.push(id);
+        None
+    }
+
+    pub(crate) fn remove(&mut self, id: &NodeId) -> Option<Bitfield> {
+        let (i, bf) = self.map.remove(id)?;
+        self.order.swap_remove(i);
+        if let Some(moved) = self.order.get(i) {
+            if let Some(e) = self.map.get_mut(moved) {
+                e.0 = i;
+            }
+        }
+        Some(bf)
+    }
+
+    /// Up to `k` distinct holders drawn uniformly at random (all of them if there are at most
+    /// `2k`: then the scan is as cheap as the sample).
+    pub(crate) fn sample(&self, rng: &mut fastrand::Rng, k: usize) -> Vec<NodeId> {
+        if self.order.len() <= 2 * k {
+            return self.order.clone();
+        }
+        // Rejection sampling: with at least 2k holders each draw succeeds with probability
+        // over 1/2, so this takes about 2k draws at most on average.
+        let mut picked = BTreeSet::new();
+        while picked.len() < k {
+            picked.insert(rng.usize(..self.order.len()));
+        }
+        picked.into_iter().map(|i| self.order[i]).collect()
+    }
+}
+
+/// One content's state.
+#[derive(Debug)]
+pub(crate) struct Swarm {
+    pub(crate) piece_count: u32,
+    /// The verified manifest: a swarm exists only once it has one.
+    pub(crate) manifest: Vec<u8>,
+    pub(crate) holders: Holders,
+    /// Holders of each piece.
+    pub(crate) availability: Vec<u32>,
+    /// Pieces handed to each node as hints and not yet announced by it.
+    pub(crate) handed: HashMap<NodeId, BTreeSet<PieceIndex>>,
+    /// How many nodes each piece is handed to.
+    pub(crate) handed_count: Vec<u32>,
+    /// Per admitted storage node holding part of this content: (pieces held, when that last
+    /// grew, re-seeding under way).
+    pub(crate) storage: HashMap<NodeId, (u32, u64, bool)>,
+    /// Pieces assigned to holders for pushing into storage, with the assignment's expiry.
+    pub(crate) assigned: HashMap<PieceIndex, (NodeId, u64)>,
+    /// Per reported holder, the distinct nodes that reported it as never delivering.
+    pub(crate) reports: HashMap<NodeId, Vec<NodeId>>,
+    /// Since when the swarm has had no holder (it is collected after a while), if it has none.
+    pub(crate) empty_since: Option<u64>,
+}
+
+impl Swarm {
+    pub(crate) fn new(piece_count: u32, manifest: Vec<u8>, now: u64) -> Self {
+        Self {
+            piece_count,
+            manifest,
+            holders: Holders::default(),
+            availability: vec![0; piece_count as usize],
+            handed: HashMap::new(),
+            handed_count: vec![0; piece_count as usize],
+            storage: HashMap::new(),
+            assigned: HashMap::new(),
+            reports: HashMap::new(),
+            empty_since: Some(now),
+        }
+    }
+
+    pub(crate) fn set_holding(&mut self, node: NodeId, bitfield: Bitfield) {
+        self.remove_holding(node);
+        for p in bitfield.iter_ones() {
+            self.availability[p.0 as usize] += 1;
+            self.unhand(node, p);
+        }
+        self.holders.insert(node, bitfield);
+    }
+
+    /// Forgets a holder (the index starts the idle clock if it was the last).
+    pub(crate) fn remove_holding(&mut self, node: NodeId) -> bool {
+        let Some(old) = self.holders.remove(&node) else { return false };
+        for p in old.iter_ones() {
+            self.availability[p.0 as usize] -= 1;
+        }
+        true
+    }
+
+    pub(crate) fn unhand(&mut self, node: NodeId, p: PieceIndex) {
+        if let Some(set) = self.handed.get_mut(&node) {
+            if set.remove(&p) {
+                self.handed_count[p.0 as usize] -= 1;
+            }
+        }
+    }
+
+    /// Records a storage node's holding and whether it grew.
+    pub(crate) fn storage_progress(&mut self, node: NodeId, count: u32, now: u64) {
+        let e = self.storage.entry(node).or_insert((0, now, false));
+        if count > e.0 || e.0 == 0 {
+            e.0 = count;
+            e.1 = now;
+        }
+        if count == self.piece_count {
+            e.2 = false;
+        }
+    }
+
+    pub(crate) fn forget_hints(&mut self, node: NodeId) {
+        for p in self.handed.remove(&node).unwrap_or_default() {
+            self.handed_count[p.0 as usize] -= 1;
+        }
+    }
+
+    /// Distinct reporters of `holder`.
+    pub(crate) fn reported(&self, holder: &NodeId) -> usize {
+        self.reports.get(holder).map_or(0, Vec::len)
+    }
+
+    /// Records that `reporter` got nothing from `holder`; returns the distinct reporter count.
+    /// Bounded: at most [`MAX_REPORTED`] holders, and no more reporters per holder than `cap`.
+    pub(crate) fn report(&mut self, holder: NodeId, reporter: NodeId, cap: usize) -> usize {
+        if !self.reports.contains_key(&holder) && self.reports.len() >= MAX_REPORTED {
+            return 0;
+        }
+        let list = self.reports.entry(holder).or_default();
+        if list.len() < cap && !list.contains(&reporter) {
+            list.push(reporter);
+        }
+        list.len()
+    }
+}
+
+/// `a & !b` popcount, a word at a time; `b` absent counts all of `a`.
+pub(crate) fn count_and_not(a: &[u8], b: Option<&[u8]>) -> u32 {
+    let mut n = 0;
+    let mut i = 0;
+    while i + 8 <= a.len() {
+        let x = u64::from_le_bytes(word(a, i));
+        let y = b.map_or(0, |b| u64::from_le_bytes(word(b, i)));
+        n += (x & !y).count_ones();
+        i += 8;
+    }
+    for (j, x) in a.iter().enumerate().skip(i) {
+        n += (x & !b.map_or(0, |b| b.get(j).copied().unwrap_or(0))).count_ones();
+    }
+    n
+}
+
+fn word(v: &[u8], i: usize) -> [u8; 8] {
+    let mut w = [0; 8];
+    if let Some(s) = v.get(i..i + 8) {
+        w.copy_from_slice(s);
+    }
+    w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: usize) -> Vec<NodeId> {
+        (0..n)
+            .map(|_| {
+                let kp = libp2p_identity::Keypair::generate_ed25519();
+                NodeId::from_public_key(&kp.public()).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn holders_stay_consistent_through_swap_removes_and_sample_distinct_members() {
+        let all = ids(50);
+        let mut h = Holders::default();
+        for id in &all {
+            h.insert(*id, Bitfield::new(3));
+        }
+        for id in all.iter().step_by(3) {
+            assert!(h.remove(id).is_some());
+            assert!(h.remove(id).is_none());
+        }
+        assert_eq!(h.len(), 50 - all.iter().step_by(3).count());
+        for (i, id) in h.order.iter().enumerate() {
+            assert_eq!(h.map[id].0, i, "index map follows the order vector");
+        }
+        let mut rng = fastrand::Rng::with_seed(7);
+        let s = h.sample(&mut rng, 5);
+        assert_eq!(s.len(), 5);
+        assert_eq!(s.iter().collect::<BTreeSet<_>>().len(), 5, "distinct");
+        assert!(s.iter().all(|id| h.contains(id)));
+        assert_eq!(h.sample(&mut rng, 40).len(), h.len(), "small swarms: everyone");
+    }
+
+    #[test]
+    fn word_wise_counts_match_bit_by_bit() {
+        // Boundary table of lengths in bytes: 0, 1, 7, 8, 9, 17.
+        for len in [0usize, 1, 7, 8, 9, 17] {
+            let a: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            let b: Vec<u8> = (0..len).map(|i| (i * 91 + 3) as u8).collect();
+            let slow: u32 = a.iter().zip(&b).map(|(x, y)| (x & !y).count_ones()).sum();
+            assert_eq!(count_and_not(&a, Some(&b)), slow, "len {len}");
+            let all: u32 = a.iter().map(|x| x.count_ones()).sum();
+            assert_eq!(count_and_not(&a, None), all);
+        }
+    }
+
+    #[test]
+    fn reports_are_distinct_and_bounded() {
+        let r = ids(4);
+        let mut s = Swarm::new(1, vec![], 0);
+        assert_eq!(s.report(r[0], r[1], 3), 1);
+        assert_eq!(s.report(r[0], r[1], 3), 1, "the same reporter counts once");
+        assert_eq!(s.report(r[0], r[2], 3), 2);
+        assert_eq!(s.report(r[0], r[3], 3), 3);
+        assert_eq!(s.report(r[0], r[0], 3), 3, "capped");
+        assert_eq!(s.reported(&r[0]), 3);
+    }
+}

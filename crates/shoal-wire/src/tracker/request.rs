@@ -1,0 +1,140 @@
+//! The encoding of [`TrackerRequest`].
+
+use shoal_core::{manifest, ContentId, PieceIndex};
+
+use super::{
+    put_addrs, read_addrs, read_bits, read_count, read_node, Load, Role, TrackerRequest, MAX_DELTA,
+};
+use crate::codec::{DecodeError, Frame, Reader};
+
+impl Frame for TrackerRequest {
+    fn encode_body(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Register { node_id, version, role, addrs } => {
+                out.push(0x60);
+                out.extend_from_slice(node_id.public_key_bytes());
+                out.extend_from_slice(&version.to_be_bytes());
+                out.push(role.code());
+                put_addrs(out, addrs);
+            }
+            Self::Announce { node_id, content, bitfield } => {
+                out.push(0x61);
+                out.extend_from_slice(node_id.public_key_bytes());
+                out.extend_from_slice(content.as_bytes());
+                out.extend_from_slice(&bitfield.len().to_be_bytes());
+                out.extend_from_slice(bitfield.as_bytes());
+            }
+            Self::AnnounceDelta { node_id, content, pieces } => {
+                out.push(0x62);
+                out.extend_from_slice(node_id.public_key_bytes());
+                out.extend_from_slice(content.as_bytes());
+                let pieces = &pieces[..pieces.len().min(MAX_DELTA)];
+                out.extend_from_slice(&(pieces.len() as u16).to_be_bytes());
+                for p in pieces {
+                    out.extend_from_slice(&p.0.to_be_bytes());
+                }
+            }
+            Self::PutManifest { node_id, content, len } => {
+                out.push(0x63);
+                out.extend_from_slice(node_id.public_key_bytes());
+                out.extend_from_slice(content.as_bytes());
+                out.extend_from_slice(&len.to_be_bytes());
+            }
+            Self::Heartbeat { node_id, load } => {
+                out.push(0x64);
+                out.extend_from_slice(node_id.public_key_bytes());
+                out.extend_from_slice(&load.active_uploads.to_be_bytes());
+                out.extend_from_slice(&load.upload_rate.to_be_bytes());
+                out.extend_from_slice(&load.download_rate.to_be_bytes());
+            }
+            Self::Lookup { content, max_peers, have } => {
+                out.push(0x65);
+                out.extend_from_slice(content.as_bytes());
+                out.push(*max_peers);
+                match have {
+                    Some(b) => {
+                        out.push(1);
+                        out.extend_from_slice(&b.len().to_be_bytes());
+                        out.extend_from_slice(b.as_bytes());
+                    }
+                    None => out.push(0),
+                }
+            }
+            Self::GetManifest { content } => {
+                out.push(0x66);
+                out.extend_from_slice(content.as_bytes());
+            }
+            Self::FindStorage => out.push(0x67),
+            Self::Report { content, peer } => {
+                out.push(0x68);
+                out.extend_from_slice(content.as_bytes());
+                out.extend_from_slice(peer.public_key_bytes());
+            }
+        }
+    }
+
+    fn decode_body(ty: u8, body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(ty, body);
+        let req = match ty {
+            0x60 => {
+                let node_id = read_node(&mut r)?;
+                let version = r.u16()?;
+                let role = Role::read(&mut r)?;
+                Self::Register { node_id, version, role, addrs: read_addrs(&mut r)? }
+            }
+            0x61 => {
+                let node_id = read_node(&mut r)?;
+                let content = ContentId(r.array()?);
+                let len = read_count(&mut r)?;
+                Self::Announce { node_id, content, bitfield: read_bits(&mut r, len)? }
+            }
+            0x62 => {
+                let node_id = read_node(&mut r)?;
+                let content = ContentId(r.array()?);
+                let n = r.u16()? as usize;
+                if n > MAX_DELTA {
+                    return Err(r.malformed("delta too long"));
+                }
+                let pieces = (0..n).map(|_| r.u32().map(PieceIndex)).collect::<Result<_, _>>()?;
+                Self::AnnounceDelta { node_id, content, pieces }
+            }
+            0x63 => {
+                let node_id = read_node(&mut r)?;
+                let content = ContentId(r.array()?);
+                let len = r.u32()?;
+                if len as usize > manifest::MAX_ENCODED_LEN {
+                    return Err(r.malformed("manifest longer than the limit"));
+                }
+                Self::PutManifest { node_id, content, len }
+            }
+            0x64 => {
+                let node_id = read_node(&mut r)?;
+                let load = Load {
+                    active_uploads: r.u32()?,
+                    upload_rate: r.u64()?,
+                    download_rate: r.u64()?,
+                };
+                Self::Heartbeat { node_id, load }
+            }
+            0x65 => {
+                let content = ContentId(r.array()?);
+                let max_peers = r.u8()?;
+                let have = match r.u8()? {
+                    0 => None,
+                    1 => {
+                        let len = read_count(&mut r)?;
+                        Some(read_bits(&mut r, len)?)
+                    }
+                    _ => return Err(r.malformed("bad have flag")),
+                };
+                Self::Lookup { content, max_peers, have }
+            }
+            0x66 => Self::GetManifest { content: ContentId(r.array()?) },
+            0x67 => Self::FindStorage,
+            0x68 => Self::Report { content: ContentId(r.array()?), peer: read_node(&mut r)? },
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        r.finish()?;
+        Ok(req)
+    }
+}

@@ -1,0 +1,176 @@
+//! The encoding of [`TrackerResponse`].
+
+use shoal_core::{manifest, ContentId, PieceIndex};
+
+use super::{
+    put_addrs, put_text, read_addrs, read_bits, read_count, read_node, Directive, ErrorCode,
+    PeerInfo, Role, StorageNode, TrackerResponse, MAX_DIRECTIVES, MAX_ERROR_LEN, MAX_HINTS,
+    MAX_LOOKUP_PEERS, MAX_STORED,
+};
+use crate::codec::{DecodeError, Frame, Reader};
+
+impl Frame for TrackerResponse {
+    fn encode_body(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Registered { heartbeat_ms, role } => {
+                out.push(0x70);
+                out.extend_from_slice(&heartbeat_ms.to_be_bytes());
+                out.push(role.code());
+            }
+            Self::Ok => out.push(0x71),
+            Self::NeedManifest => out.push(0x72),
+            Self::LookupReply { piece_count, peers, hints } => {
+                out.push(0x73);
+                out.extend_from_slice(&piece_count.to_be_bytes());
+                let peers: Vec<&PeerInfo> = peers
+                    .iter()
+                    .filter(|p| p.bitfield.len() == *piece_count)
+                    .take(MAX_LOOKUP_PEERS)
+                    .collect();
+                out.push(peers.len() as u8);
+                for p in peers {
+                    out.extend_from_slice(p.node_id.public_key_bytes());
+                    out.extend_from_slice(&p.load.to_be_bytes());
+                    put_addrs(out, &p.addrs);
+                    out.extend_from_slice(p.bitfield.as_bytes());
+                }
+                let hints = &hints[..hints.len().min(MAX_HINTS)];
+                out.extend_from_slice(&(hints.len() as u16).to_be_bytes());
+                for h in hints {
+                    out.extend_from_slice(&h.0.to_be_bytes());
+                }
+            }
+            Self::Manifest { len } => {
+                out.push(0x74);
+                out.extend_from_slice(&len.to_be_bytes());
+            }
+            Self::Unknown => out.push(0x75),
+            Self::Error { code, text } => {
+                out.push(0x76);
+                out.push(code.code());
+                put_text(out, text);
+            }
+            Self::StorageNodes { nodes } => {
+                out.push(0x77);
+                let nodes = &nodes[..nodes.len().min(MAX_LOOKUP_PEERS)];
+                out.push(nodes.len() as u8);
+                for n in nodes {
+                    out.extend_from_slice(n.node_id.public_key_bytes());
+                    put_addrs(out, &n.addrs);
+                }
+            }
+            Self::HeartbeatReply { stored, directives } => {
+                out.push(0x78);
+                let stored = &stored[..stored.len().min(MAX_STORED)];
+                out.extend_from_slice(&(stored.len() as u16).to_be_bytes());
+                for c in stored {
+                    out.extend_from_slice(c.as_bytes());
+                }
+                let directives: Vec<&Directive> = directives
+                    .iter()
+                    .filter(|d| d.token.len() <= crate::MAX_TOKEN_LEN)
+                    .take(MAX_DIRECTIVES)
+                    .collect();
+                out.push(directives.len() as u8);
+                for d in directives {
+                    out.extend_from_slice(d.content.as_bytes());
+                    out.extend_from_slice(d.storage.node_id.public_key_bytes());
+                    put_addrs(out, &d.storage.addrs);
+                    out.extend_from_slice(&(d.token.len() as u16).to_be_bytes());
+                    out.extend_from_slice(&d.token);
+                }
+            }
+        }
+    }
+
+    fn decode_body(ty: u8, body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(ty, body);
+        let resp = match ty {
+            0x70 => Self::Registered { heartbeat_ms: r.u32()?, role: Role::read(&mut r)? },
+            0x71 => Self::Ok,
+            0x72 => Self::NeedManifest,
+            0x73 => {
+                let piece_count = read_count(&mut r)?;
+                let n = r.u8()? as usize;
+                if n > MAX_LOOKUP_PEERS {
+                    return Err(r.malformed("too many peers"));
+                }
+                let mut peers = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let node_id = read_node(&mut r)?;
+                    let load = r.u32()?;
+                    let addrs = read_addrs(&mut r)?;
+                    let bitfield = read_bits(&mut r, piece_count)?;
+                    peers.push(PeerInfo { node_id, load, addrs, bitfield });
+                }
+                let h = r.u16()? as usize;
+                if h > MAX_HINTS {
+                    return Err(r.malformed("too many hints"));
+                }
+                let hints = (0..h).map(|_| r.u32().map(PieceIndex)).collect::<Result<_, _>>()?;
+                Self::LookupReply { piece_count, peers, hints }
+            }
+            0x74 => {
+                let len = r.u32()?;
+                if len as usize > manifest::MAX_ENCODED_LEN {
+                    return Err(r.malformed("manifest longer than the limit"));
+                }
+                Self::Manifest { len }
+            }
+            0x75 => Self::Unknown,
+            0x76 => {
+                let code = ErrorCode::from_code(r.u8()?);
+                let raw = r.rest();
+                if raw.len() > MAX_ERROR_LEN {
+                    return Err(r.malformed("error text too long"));
+                }
+                let text = String::from_utf8(raw.to_vec())
+                    .map_err(|_| r.malformed("text is not utf-8"))?;
+                Self::Error { code, text }
+            }
+            0x77 => {
+                let n = r.u8()? as usize;
+                if n > MAX_LOOKUP_PEERS {
+                    return Err(r.malformed("too many storage nodes"));
+                }
+                let mut nodes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let node_id = read_node(&mut r)?;
+                    nodes.push(StorageNode { node_id, addrs: read_addrs(&mut r)? });
+                }
+                Self::StorageNodes { nodes }
+            }
+            0x78 => {
+                let n = r.u16()? as usize;
+                if n > MAX_STORED {
+                    return Err(r.malformed("too many stored notices"));
+                }
+                let stored = (0..n).map(|_| r.array().map(ContentId)).collect::<Result<_, _>>()?;
+                let d = r.u8()? as usize;
+                if d > MAX_DIRECTIVES {
+                    return Err(r.malformed("too many directives"));
+                }
+                let mut directives = Vec::with_capacity(d);
+                for _ in 0..d {
+                    let content = ContentId(r.array()?);
+                    let node_id = read_node(&mut r)?;
+                    let addrs = read_addrs(&mut r)?;
+                    let len = r.u16()? as usize;
+                    if len > crate::MAX_TOKEN_LEN {
+                        return Err(r.malformed("token too long"));
+                    }
+                    let token = r.bytes(len)?.to_vec();
+                    directives.push(Directive {
+                        content,
+                        storage: StorageNode { node_id, addrs },
+                        token,
+                    });
+                }
+                Self::HeartbeatReply { stored, directives }
+            }
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        r.finish()?;
+        Ok(resp)
+    }
+}

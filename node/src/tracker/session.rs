@@ -1,0 +1,258 @@
+//! One tracker session: connect (pinned key), register, announce what the scope allows,
+//! then deltas and heartbeats until the connection fails.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use quinn::Connection;
+use shoal_core::{ContentId, NodeId, PeerAddr, PieceIndex};
+use shoal_wire::tracker::{
+    ErrorCode, Load, Role, TrackerRequest, TrackerResponse, MAX_DELTA, TRACKER_ALPN,
+    TRACKER_VERSION,
+};
+use tokio::sync::{broadcast, watch};
+use tracing::{debug, info, warn};
+
+use super::{call, resolve, Scope, DELTA_EVERY, FIRST_PAUSE, MAX_PAUSE, RATE_LIMITED_ATTEMPTS};
+use crate::node::Node;
+
+/// Like [`call`], but a "slow down" answer is retried after a growing pause (a bounded number
+/// of times). Cancel-safe.
+async fn call_patient(
+    conn: &Connection,
+    req: &TrackerRequest,
+    raw: Option<&[u8]>,
+) -> anyhow::Result<TrackerResponse> {
+    let mut pause = FIRST_PAUSE;
+    let mut attempt = 1;
+    loop {
+        let (resp, _) = call(conn, req, raw).await?;
+        match resp {
+            TrackerResponse::Error { code: ErrorCode::RateLimited, .. }
+                if attempt < RATE_LIMITED_ATTEMPTS =>
+            {
+                debug!(?pause, "tracker asked to slow down");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_PAUSE);
+                attempt += 1;
+            }
+            other => return Ok(other),
+        }
+    }
+}
+
+/// The tracker refused a request.
+#[derive(Debug, thiserror::Error)]
+#[error("tracker refused: {text}")]
+pub(crate) struct TrackerRefused {
+    pub(crate) code: ErrorCode,
+    text: String,
+}
+
+/// Announces what the node holds of `content`; uploads the manifest if the tracker asks for it
+/// and announces again. A refusal of this one content is logged, not fatal, unless the tracker
+/// forgot the node.
+async fn announce(node: &Node, conn: &Connection, content: ContentId) -> anyhow::Result<()> {
+    let Some(bitfield) = node.holding(content)? else { return Ok(()) };
+    let node_id = node.node_id();
+    let req = TrackerRequest::Announce { node_id, content, bitfield };
+    let mut resp = call_patient(conn, &req, None).await?;
+    if resp == TrackerResponse::NeedManifest {
+        let Some(bytes) = node.manifest_bytes(content)? else { return Ok(()) };
+        let put = TrackerRequest::PutManifest { node_id, content, len: bytes.len() as u32 };
+        resp = call_patient(conn, &put, Some(&bytes)).await?;
+        if resp == TrackerResponse::Ok {
+            resp = call_patient(conn, &req, None).await?;
+        }
+    }
+    accept(resp, content)
+}
+
+/// Turns an announce answer into the session's next step.
+fn accept(resp: TrackerResponse, content: ContentId) -> anyhow::Result<()> {
+    match resp {
+        TrackerResponse::Ok => Ok(()),
+        TrackerResponse::Error { code: ErrorCode::NotRegistered, text } => {
+            bail!(TrackerRefused { code: ErrorCode::NotRegistered, text })
+        }
+        TrackerResponse::Error { code, text } => {
+            warn!(content = %content.fmt_short(), ?code, reason = %text, "tracker refused an announce");
+            Ok(())
+        }
+        TrackerResponse::NeedManifest => {
+            warn!(content = %content.fmt_short(), "tracker still lacks the manifest");
+            Ok(())
+        }
+        other => bail!("unexpected tracker answer {other:?}"),
+    }
+}
+
+pub(super) struct Session<'a> {
+    pub(super) node: &'a Arc<Node>,
+    pub(super) addr: &'a str,
+    pub(super) scope: Scope,
+    pub(super) pinned: &'a Mutex<Option<NodeId>>,
+    /// Whether the "not admitted as storage" warning was given.
+    pub(super) warned: &'a AtomicBool,
+}
+
+impl Session<'_> {
+    /// Connects, pins the tracker's key and registers; returns the connection and heartbeat
+    /// interval.
+    async fn open(&self) -> anyhow::Result<(Connection, u32)> {
+        let (node, addr) = (self.node, self.addr);
+        let sock = resolve(addr).await?;
+        let expected = *self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        let (conn, tracker_id) = node
+            .endpoint
+            .connect(&PeerAddr { node_id: expected, addr: sock }, TRACKER_ALPN)
+            .await
+            .with_context(|| match expected {
+                Some(id) => format!("cannot reach tracker {id}@{addr}"),
+                None => format!("cannot reach tracker {addr}"),
+            })?;
+        // Trust on first connect: from now on this key, and only this key, is the tracker.
+        *self.pinned.lock().unwrap_or_else(|p| p.into_inner()) = Some(tracker_id);
+        if self.scope == Scope::Own {
+            // Re-seed tokens signed by this key are valid here (for a storage node).
+            node.tracker_ids.lock().unwrap_or_else(|p| p.into_inner()).insert(tracker_id);
+        }
+        let role =
+            if node.is_storage() && self.scope == Scope::Own { Role::Storage } else { Role::Node };
+        let register = TrackerRequest::Register {
+            node_id: node.node_id(),
+            version: TRACKER_VERSION,
+            role,
+            addrs: node.addrs(),
+        };
+        let heartbeat_ms = match call_patient(&conn, &register, None).await? {
+            TrackerResponse::Registered { heartbeat_ms, role: granted } => {
+                if granted != role && !self.warned.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        tracker = %addr,
+                        "the tracker did not admit this node as storage: start it with `shoal-tracker serve --admit-storage {}`",
+                        node.node_id()
+                    );
+                }
+                heartbeat_ms.clamp(200, 60_000)
+            }
+            TrackerResponse::Error { text, .. } => bail!("tracker refused registration: {text}"),
+            other => bail!("unexpected tracker answer {other:?}"),
+        };
+        Ok((conn, heartbeat_ms))
+    }
+
+    /// One session, until the connection fails (an error) or the node shuts down.
+    pub(super) async fn run(&self, tx: &watch::Sender<Option<Connection>>) -> anyhow::Result<()> {
+        let (node, addr, scope) = (self.node, self.addr, self.scope);
+        let (conn, heartbeat_ms) = self.open().await?;
+        let node_id = node.node_id();
+        // Listen for changes before announcing, so nothing verified meanwhile is missed.
+        let mut haves = node.haves.subscribe();
+        let mut changed = node.contents_changed.subscribe();
+        let mut announced = HashSet::new();
+        let contents = match scope {
+            Scope::Own => node.content_ids()?,
+            Scope::Content(c) => c.into_iter().collect(),
+        };
+        for c in contents {
+            announce(node, &conn, c).await?;
+            announced.insert(c);
+        }
+        info!(tracker = %addr, contents = announced.len(), ?scope, "registered with tracker");
+        let _ = tx.send(Some(conn.clone()));
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(u64::from(heartbeat_ms)));
+        let mut flush = tokio::time::interval(DELTA_EVERY);
+        let mut pending: HashMap<ContentId, Vec<PieceIndex>> = HashMap::new();
+        let mut full: HashSet<ContentId> = HashSet::new();
+        let mut last = (
+            Instant::now(),
+            node.stats.uploaded_bytes.load(Ordering::Relaxed),
+            node.stats.downloaded_bytes.load(Ordering::Relaxed),
+        );
+        loop {
+            tokio::select! {
+                biased;
+                reason = conn.closed() => bail!("tracker connection closed: {reason}"),
+                _ = heartbeat.tick() => {
+                    let up = node.stats.uploaded_bytes.load(Ordering::Relaxed);
+                    let down = node.stats.downloaded_bytes.load(Ordering::Relaxed);
+                    let secs = last.0.elapsed().as_secs_f64().max(0.001);
+                    let load = Load {
+                        active_uploads: node.active_uploads() as u32,
+                        upload_rate: (up.saturating_sub(last.1) as f64 / secs) as u64,
+                        download_rate: (down.saturating_sub(last.2) as f64 / secs) as u64,
+                    };
+                    last = (Instant::now(), up, down);
+                    match call(&conn, &TrackerRequest::Heartbeat { node_id, load }, None).await?.0 {
+                        TrackerResponse::HeartbeatReply { stored, directives } if scope == Scope::Own => {
+                            node.stored.lock().unwrap_or_else(|p| p.into_inner()).extend(stored);
+                            for d in directives {
+                                debug!(content = %d.content.fmt_short(), storage = %d.storage.node_id, "re-seed directive");
+                                crate::push::run_directive(node.clone(), d);
+                            }
+                        }
+                        TrackerResponse::HeartbeatReply { directives, .. } => {
+                            if !directives.is_empty() {
+                                debug!(tracker = %addr, "ignored directives from a ticket's tracker");
+                            }
+                        }
+                        TrackerResponse::Ok => {}
+                        TrackerResponse::Error { code: ErrorCode::NotRegistered, .. } => {
+                            bail!("the tracker forgot this node; registering again")
+                        }
+                        TrackerResponse::Error { code: ErrorCode::RateLimited, .. } => {}
+                        other => bail!("unexpected heartbeat answer {other:?}"),
+                    }
+                }
+                have = haves.recv() => match have {
+                    Ok((c, p)) if scope.covers(c) => pending.entry(c).or_default().push(p),
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Missed some: announce every content in full at the next flush.
+                        full.extend(announced.iter().copied());
+                        if let Scope::Content(Some(c)) = scope {
+                            full.insert(c);
+                        }
+                    }
+                    Err(_) => bail!("node shutting down"),
+                },
+                c = changed.recv() => match c {
+                    Ok(c) if scope.covers(c) => { full.insert(c); }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        full.extend(announced.iter().copied());
+                        if let Scope::Content(Some(c)) = scope {
+                            full.insert(c);
+                        }
+                    }
+                    Err(_) => bail!("node shutting down"),
+                },
+                _ = flush.tick() => {
+                    for c in std::mem::take(&mut full) {
+                        pending.remove(&c);
+                        announce(node, &conn, c).await?;
+                        announced.insert(c);
+                    }
+                    for (c, pieces) in std::mem::take(&mut pending) {
+                        if !announced.contains(&c) {
+                            announce(node, &conn, c).await?;
+                            announced.insert(c);
+                            continue;
+                        }
+                        for chunk in pieces.chunks(MAX_DELTA) {
+                            let req = TrackerRequest::AnnounceDelta { node_id, content: c, pieces: chunk.to_vec() };
+                            if call_patient(&conn, &req, None).await? != TrackerResponse::Ok {
+                                debug!(content = %c.fmt_short(), "tracker refused a delta; announcing in full");
+                                announce(node, &conn, c).await?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

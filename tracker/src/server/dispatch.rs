@@ -1,0 +1,221 @@
+//! One request, checked and answered: authentication, rate limits, then the index.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use anyhow::{bail, Context};
+use quinn::RecvStream;
+use shoal_core::NodeId;
+use shoal_index::{Action, IndexError};
+use shoal_wire::tracker::{
+    ErrorCode, StorageNode, TrackerRequest, TrackerResponse, MAX_LOOKUP_PEERS, TRACKER_VERSION,
+};
+use shoal_wire::Decoder;
+use tracing::{debug, info, warn};
+
+use super::{now_ms, Shared, REQUEST_DEADLINE};
+
+type Reply = (TrackerResponse, Option<Vec<u8>>);
+
+fn refuse(code: ErrorCode, text: impl std::fmt::Display) -> Reply {
+    (TrackerResponse::Error { code, text: text.to_string() }, None)
+}
+
+fn index_error(shared: &Shared, e: IndexError) -> Reply {
+    match e {
+        IndexError::NotRegistered => refuse(ErrorCode::NotRegistered, e),
+        IndexError::NeedManifest(_) => (TrackerResponse::NeedManifest, None),
+        IndexError::RateLimited => {
+            shared.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+            refuse(ErrorCode::RateLimited, e)
+        }
+        IndexError::TooManyContents { .. } | IndexError::ManifestSpace { .. } => {
+            refuse(ErrorCode::OverLimit, e)
+        }
+        e => refuse(ErrorCode::BadRequest, e),
+    }
+}
+
+fn ok_or(shared: &Shared, r: Result<Vec<shoal_index::Persist>, IndexError>) -> Reply {
+    match r {
+        Ok(ops) => {
+            shared.persist(&ops);
+            (TrackerResponse::Ok, None)
+        }
+        Err(e) => index_error(shared, e),
+    }
+}
+
+/// Answers `req` from the node proven as `proven`, whose packets come from `remote`. Reads a
+/// manifest body only after the sender, its rate and the space for it are checked.
+pub(super) async fn dispatch(
+    shared: &Shared,
+    remote: SocketAddr,
+    proven: NodeId,
+    req: TrackerRequest,
+    dec: &mut Decoder,
+    recv: &mut RecvStream,
+) -> anyhow::Result<Reply> {
+    let claimed = match &req {
+        TrackerRequest::Register { node_id, .. }
+        | TrackerRequest::Announce { node_id, .. }
+        | TrackerRequest::AnnounceDelta { node_id, .. }
+        | TrackerRequest::PutManifest { node_id, .. }
+        | TrackerRequest::Heartbeat { node_id, .. } => Some(*node_id),
+        _ => None,
+    };
+    let m = &shared.metrics;
+    if let Some(claimed) = claimed.filter(|c| *c != proven) {
+        m.forged.fetch_add(1, Ordering::Relaxed);
+        warn!(%claimed, %proven, "refused a request for another node id");
+        return Ok(refuse(
+            ErrorCode::Forged,
+            format!("this connection is authenticated as {proven}, not as the node it speaks for"),
+        ));
+    }
+    let now = now_ms();
+    let ip = remote.ip();
+    let action = match &req {
+        TrackerRequest::Register { .. } => Some(Action::Register),
+        TrackerRequest::Announce { .. }
+        | TrackerRequest::AnnounceDelta { .. }
+        | TrackerRequest::PutManifest { .. }
+        | TrackerRequest::Report { .. } => Some(Action::Announce),
+        _ => None,
+    };
+    if let Some(action) = action {
+        if let Err(e) = shared.index().check_rate(now, action, ip, proven) {
+            debug!(%ip, node = %proven, ?action, "rate limited");
+            return Ok(index_error(shared, e));
+        }
+    }
+    let reply = match req {
+        TrackerRequest::Register { version, role, addrs, .. } => {
+            m.registers.fetch_add(1, Ordering::Relaxed);
+            if version != TRACKER_VERSION {
+                return Ok(refuse(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "tracker protocol version {version} is not supported (this tracker speaks \
+                         {TRACKER_VERSION}): upgrade shoal"
+                    ),
+                ));
+            }
+            let (r, heartbeat_ms) = {
+                let mut ix = shared.index();
+                (ix.register(now, proven, role, remote, &addrs), ix.config().heartbeat_ms)
+            };
+            shared.persist(&r.ops);
+            if r.role != role {
+                m.unadmitted_storage.fetch_add(1, Ordering::Relaxed);
+                info!(node = %proven, "storage claim from a node not admitted; treated as a node");
+            }
+            (TrackerResponse::Registered { heartbeat_ms, role: r.role }, None)
+        }
+        TrackerRequest::Announce { content, bitfield, .. } => {
+            m.announces.fetch_add(1, Ordering::Relaxed);
+            let r = shared.index().announce(now, proven, content, bitfield);
+            ok_or(shared, r)
+        }
+        TrackerRequest::AnnounceDelta { content, pieces, .. } => {
+            m.announces.fetch_add(1, Ordering::Relaxed);
+            let r = shared.index().announce_delta(now, proven, content, &pieces);
+            ok_or(shared, r)
+        }
+        TrackerRequest::PutManifest { content, len, .. } => {
+            put_manifest(shared, now, proven, content, len, dec, recv).await?
+        }
+        TrackerRequest::Heartbeat { load, .. } => {
+            m.heartbeats.fetch_add(1, Ordering::Relaxed);
+            let r = shared.index().heartbeat_plan(now, proven, load);
+            match r {
+                Ok((ops, plan)) => {
+                    shared.persist(&ops);
+                    if !plan.directives.is_empty() {
+                        debug!(directives = plan.directives.len(), "re-seed orders issued");
+                    }
+                    let directives = shared.sign(proven, plan.directives);
+                    (TrackerResponse::HeartbeatReply { stored: plan.stored, directives }, None)
+                }
+                Err(e) => index_error(shared, e),
+            }
+        }
+        TrackerRequest::FindStorage => {
+            let nodes = shared
+                .index()
+                .storage_nodes()
+                .into_iter()
+                .map(|(node_id, addrs)| StorageNode { node_id, addrs })
+                .collect();
+            (TrackerResponse::StorageNodes { nodes }, None)
+        }
+        TrackerRequest::Lookup { content, max_peers, have } => {
+            m.lookups.fetch_add(1, Ordering::Relaxed);
+            let max = (max_peers as usize).min(MAX_LOOKUP_PEERS);
+            let mut ix = shared.index();
+            let asker = ix.is_registered(proven).then_some(proven);
+            match ix.lookup(asker, content, have.as_ref(), max) {
+                Some(l) => (
+                    TrackerResponse::LookupReply {
+                        piece_count: l.piece_count,
+                        peers: l.peers,
+                        hints: l.hints,
+                    },
+                    None,
+                ),
+                None => (TrackerResponse::Unknown, None),
+            }
+        }
+        TrackerRequest::GetManifest { content } => match shared.index().manifest(content) {
+            Some(bytes) => {
+                (TrackerResponse::Manifest { len: bytes.len() as u32 }, Some(bytes.to_vec()))
+            }
+            None => (TrackerResponse::Unknown, None),
+        },
+        TrackerRequest::Report { content, peer } => {
+            m.reports.fetch_add(1, Ordering::Relaxed);
+            let r = shared.index().report(now, proven, content, peer);
+            ok_or(shared, r)
+        }
+        _ => refuse(ErrorCode::BadRequest, "unknown request (upgrade the tracker?)"),
+    };
+    Ok(reply)
+}
+
+/// A manifest upload: registered sender, space and an in-flight budget first, then the body
+/// within the request deadline, then verification against the content id.
+async fn put_manifest(
+    shared: &Shared,
+    now: u64,
+    proven: NodeId,
+    content: shoal_core::ContentId,
+    len: u32,
+    dec: &mut Decoder,
+    recv: &mut RecvStream,
+) -> anyhow::Result<Reply> {
+    match shared.index().admit_manifest(proven, content, len) {
+        // Known already: the body is not read (the stream's receive side is stopped on drop).
+        Ok(false) => return Ok((TrackerResponse::Ok, None)),
+        Ok(true) => {}
+        Err(e) => return Ok(index_error(shared, e)),
+    }
+    let Ok(_permit) = shared.manifest_bytes.clone().try_acquire_many_owned(len.max(1)) else {
+        shared.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+        return Ok(refuse(
+            ErrorCode::RateLimited,
+            "slow down: the tracker is reading many manifests; retry in a few seconds",
+        ));
+    };
+    let mut bytes = dec.take_rest().to_vec();
+    if bytes.len() > len as usize {
+        bail!("manifest longer than announced");
+    }
+    let have = bytes.len();
+    bytes.resize(len as usize, 0);
+    tokio::time::timeout(REQUEST_DEADLINE, recv.read_exact(&mut bytes[have..]))
+        .await
+        .context("manifest body too slow")?
+        .context("reading manifest")?;
+    let r = shared.index().put_manifest(now, proven, content, bytes);
+    Ok(ok_or(shared, r))
+}
