@@ -12,7 +12,12 @@ use crate::support::*;
 
 /// A tracker and a storage node started with `grants` (raw `--grant` values).
 fn cluster(root: &Path, grants: &[String]) -> (TrackerProc, Daemon) {
-    let tracker = TrackerProc::start(&root.join("tracker"), "127.0.0.1:0");
+    let tracker = TrackerProc::start_admitting(
+        &root.join("tracker"),
+        "127.0.0.1:0",
+        &[&root.join("storage")],
+        &[],
+    );
     let t = tracker.addr.to_string();
     let mut args = vec!["--tracker".to_string(), t, "--role".into(), "storage".into()];
     for g in grants {

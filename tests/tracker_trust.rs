@@ -307,8 +307,13 @@ async fn a_reseed_token_signed_by_a_tickets_tracker_is_refused_by_storage() {
         let own =
             TrackerProc::start_admitting(&root.join("own"), "127.0.0.1:0", &[&storage_dir], &[]);
         let other = Tracker::start(&root.join("other"), &[]);
-        let storage =
-            Daemon::start(&storage_dir, &["--tracker", &own.addr.to_string(), "--role", "storage"]);
+        // Storage grants the node, so its own push of the content goes in; only the token
+        // from the other tracker is at stake.
+        let node_user = user_id(&root.join("node"));
+        let storage = Daemon::start(
+            &storage_dir,
+            &["--tracker", &own.addr.to_string(), "--role", "storage", "--grant", &node_user],
+        );
         let node = Daemon::start(&root.join("node"), &["--tracker", &own.addr.to_string()]);
         (own, other, storage, node)
     })

@@ -33,7 +33,7 @@
 //! |---|---|---|---|---|---|
 //! | [`Limits::node`] | 64 KiB / 256 KiB | 64 | 256 | 256 + 64 x 18 + 80 + 64 KiB = 1.5 MiB | 256 x 1.5 + 68 = ~450 MiB |
 //! | [`Limits::storage`] | 4 MiB / 8 MiB | 64 | 64 | 8 MiB + 1.3 MiB = 9.3 MiB | 64 x 9.3 + 68 = ~665 MiB |
-//! | [`Limits::tracker`] | 64 KiB / 256 KiB | 16 | 4096 | 256 + 16 x 18 + 80 + 64 KiB = 690 KiB | 4096 x 0.67 = ~2.7 GiB |
+//! | [`Limits::tracker`] | 64 KiB / 256 KiB | 32 | 4096 | 256 + 32 x 18 + 80 + 64 KiB = 976 KiB | 4096 x 0.95 = ~3.9 GiB |
 //!
 //! These are worst cases that need every connection slot filled (hundreds of distinct source
 //! addresses: each address may hold at most `per_ip` connections, each node id `per_peer`)
@@ -111,7 +111,10 @@ impl Limits {
             stream_window: 64 * 1024,
             connection_window: 256 * 1024,
             send_window: 1024 * 1024,
-            max_streams: 16,
+            // Above the tracker's own cap of 16 requests in progress per connection, so that a
+            // request waiting for one of those slots is queued by the tracker (and served when a
+            // silent stream passes its deadline) rather than stuck on QUIC stream credit.
+            max_streams: 32,
             max_connections: 4096,
             per_peer: 4,
             per_ip: 32,
