@@ -152,7 +152,9 @@ fn one_honest_source_among_liars_corrupters_and_silent_peers_completes() {
         let e = peer_entry(&report, &s.node_id);
         assert_eq!(e["pieces"], 0);
         let why = e["dropped"].as_str().unwrap_or_else(|| panic!("silent peer kept: {report}"));
-        assert!(why.contains("no bitfield") || why.contains("manifest"), "{why}");
+        // Dropped at the bitfield or manifest deadline, or, on a loaded machine, when its
+        // connection died first (QUIC's idle timeout): either way never waited on.
+        assert!(why.contains("no bitfield") || why.contains("manifest") || why == "gone", "{why}");
     }
     let h = peer_entry(&report, &honest.node_id);
     assert_eq!(h["banned"], false);
