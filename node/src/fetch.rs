@@ -270,13 +270,27 @@ fn report_undelivered(tracker: Option<&TrackerHandle>, content: ContentId, peers
     if peers.is_empty() {
         return;
     }
-    // The tracker client's `report_undelivered(conn, content, peer)` is called from here once
-    // it exists (another work package adds it to `crate::tracker`); until then, the log says
-    // which holders failed this fetch.
-    let tracker = tracker.map(|t| t.addr.clone()).unwrap_or_default();
-    for peer in peers {
-        info!(%peer, content = %content.fmt_short(), %tracker, "holder never delivered");
-    }
+    let Some(conn) = tracker.and_then(|t| t.current()) else {
+        for peer in peers {
+            info!(%peer, content = %content.fmt_short(), "holder never delivered (no tracker to tell)");
+        }
+        return;
+    };
+    // In the background, bounded in count (the set remembers at most a few thousand drops) and
+    // in time: the fetch's outcome never waits on the tracker.
+    let peers = peers.to_vec();
+    tokio::spawn(async move {
+        let send = async {
+            for peer in peers {
+                if let Err(e) = crate::tracker::report_undelivered(&conn, content, peer).await {
+                    debug!(%peer, error = %format!("{e:#}"), "cannot report a holder");
+                    return;
+                }
+                info!(%peer, content = %content.fmt_short(), "reported a holder that never delivered");
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), send).await;
+    });
 }
 
 fn snapshot(m: &Manifest, links: &Links, downloaded: u64, rate: f64) -> Progress {

@@ -197,9 +197,7 @@ pub(crate) async fn call(
 
 /// Tells the tracker that `peer` was asked for pieces of `content` and delivered none: the
 /// tracker demotes holders that several downloaders report. Cancel-safe.
-// Called by the fetch driver (being rewritten in parallel); tested end to end in
-// tests/tracker_trust.rs through the tracker's protocol.
-#[allow(dead_code)]
+// Called by the fetch driver when a fetch ends, for the holders it dropped undelivered.
 pub(crate) async fn report_undelivered(
     conn: &Connection,
     content: ContentId,
