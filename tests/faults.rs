@@ -1,7 +1,5 @@
 //! Faults: a fetch killed midway, a corrupting seeder, a source file changed after `add`.
 
-use std::process::Stdio;
-
 use crate::support::*;
 
 #[test]
@@ -16,20 +14,7 @@ fn killed_fetch_resumes_fetching_only_what_was_missing() {
     let out = tmp.path().join("out.bin");
 
     // A slow standalone fetch, killed with SIGKILL once it is past 40 %.
-    let mut c = shoal(&fetcher);
-    c.args(["get", &ticket, "-o"]).arg(&out).args(["--download-limit", "2MiB/s"]);
-    let mut child = c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let rx = lines(child.stderr.take().unwrap());
-    wait_line(&rx, "40% progress", |l| {
-        // "progress: 210/512 pieces (41.0%), ..."
-        l.strip_prefix("progress: ")
-            .and_then(|r| r.split('(').nth(1))
-            .and_then(|r| r.split('%').next())
-            .and_then(|p| p.parse::<f64>().ok())
-            .is_some_and(|p| p >= 40.0)
-    });
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    get_killed_past(&fetcher, &ticket, &out, "2MiB/s", 40.0);
     assert!(!out.exists(), "nothing at the output path after a kill");
 
     let report = get_json(&fetcher, &ticket, &out, &[]);

@@ -3,7 +3,6 @@
 //! ALPN and then never answers a stream).
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 
 use shoal_core::{PeerAddr, Ticket};
 
@@ -76,20 +75,7 @@ impl Drop for SilentPeer {
 /// A `--danger-lie-bitfield` daemon holding part of the content: a standalone fetch from
 /// `seed`, killed past 40 %, leaves the checkpointed pieces; the daemon then claims them all.
 fn liar(dir: &std::path::Path, ticket: &str) -> Daemon {
-    let out = dir.with_extension("partial.bin");
-    let mut c = shoal(dir);
-    c.args(["get", ticket, "-o"]).arg(&out).args(["--download-limit", "1MiB/s"]);
-    let mut child = c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let rx = lines(child.stderr.take().unwrap());
-    wait_line(&rx, "40% progress", |l| {
-        l.strip_prefix("progress: ")
-            .and_then(|r| r.split('(').nth(1))
-            .and_then(|r| r.split('%').next())
-            .and_then(|p| p.parse::<f64>().ok())
-            .is_some_and(|p| p >= 40.0)
-    });
-    child.kill().unwrap();
-    child.wait().unwrap();
+    get_killed_past(dir, ticket, &dir.with_extension("partial.bin"), "1MiB/s", 40.0);
     Daemon::start(dir, &["--danger-lie-bitfield"])
 }
 

@@ -167,7 +167,7 @@ async fn pushes_with_forged_or_expired_tokens_are_refused() {
     use shoal_core::{NodeId, PeerAddr, PieceIndex};
     use shoal_net::{Endpoint, Identity};
     use shoal_wire::tracker::ReseedToken;
-    use shoal_wire::{Decoder, Request, Response};
+    use shoal_wire::{Request, Response};
 
     let tmp = tempfile::tempdir().unwrap();
     let c = cluster(tmp.path(), "local", &["node"]).unwrap();
@@ -195,26 +195,17 @@ async fn pushes_with_forged_or_expired_tokens_are_refused() {
         .connect(&PeerAddr { node_id: Some(storage_id), addr: c.storage.addr }, shoal_wire::ALPN)
         .await
         .unwrap();
-    let piece = bytes::Bytes::copy_from_slice(&data[..16384]);
+    let piece = &data[..16384];
     let attempt = |token: Option<Vec<u8>>| {
-        let (conn, piece) = (conn.clone(), piece.clone());
-        async move {
-            let (mut send, mut recv) = conn.open_bi().await.unwrap();
-            let req = Request::PushPiece {
-                content,
-                piece: PieceIndex(0),
-                len: piece.len() as u32,
-                cert: None,
-                token,
-            };
-            send.write_all(&shoal_wire::encode(&req)).await.unwrap();
-            let _ = send.write_chunk(piece).await;
-            let _ = send.finish();
-            let bytes = recv.read_to_end(64 * 1024).await.unwrap();
-            let mut d = Decoder::new();
-            d.feed(&bytes);
-            d.decode::<Response>().unwrap().unwrap()
-        }
+        let req = Request::PushPiece {
+            content,
+            piece: PieceIndex(0),
+            len: piece.len() as u32,
+            cert: None,
+            token,
+        };
+        let conn = conn.clone();
+        async move { raw_request(&conn, &req, piece).await }
     };
     let token = |signer: &Identity, holder: NodeId, expires_ms: u64| {
         let mut t = ReseedToken {

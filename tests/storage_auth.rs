@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use bytes::Bytes;
 use shoal_core::{ContentId, DeviceCert, Manifest, NodeId, PeerAddr, PieceHash, PieceIndex};
 use shoal_net::{Endpoint, Identity};
 use shoal_wire::{Decoder, RejectReason, Request, Response};
@@ -83,17 +82,6 @@ impl Raw {
 }
 
 /// One request with its body; the response (a refused body's failed write is ignored).
-async fn call(conn: &quinn::Connection, req: &Request, body: &[u8]) -> Response {
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(&shoal_wire::encode(req)).await.unwrap();
-    let _ = send.write_chunk(Bytes::copy_from_slice(body)).await;
-    let _ = send.finish();
-    let bytes = recv.read_to_end(64 * 1024).await.unwrap();
-    let mut d = Decoder::new();
-    d.feed(&bytes);
-    d.decode::<Response>().unwrap().unwrap()
-}
-
 fn refused(r: Response, reason: RejectReason, want: &str) {
     match r {
         Response::Reject { reason: got, text } if got == reason => {
@@ -159,17 +147,21 @@ async fn a_squatter_pushing_the_manifest_first_does_not_lock_out_the_uploader() 
     // The squatter (granted) claims the content first and pushes no piece.
     let conn = squatter.connect(&storage).await;
     let req = Request::PushManifest { content, len: bytes.len() as u32, cert: None };
-    match call(&conn, &req, &bytes).await {
+    match raw_request(&conn, &req, &bytes).await {
         Response::Pushed { already: false, complete: false } => {}
         other => panic!("squatter's manifest: {other:?}"),
     }
     // A stranger without a grant cannot even do that, nor push a piece.
     let sconn = stranger.connect(&storage).await;
-    refused(call(&sconn, &req, &bytes).await, RejectReason::Unauthorized, "has no space here");
+    refused(
+        raw_request(&sconn, &req, &bytes).await,
+        RejectReason::Unauthorized,
+        "has no space here",
+    );
     let piece =
         Request::PushPiece { content, piece: PieceIndex(0), len: 16384, cert: None, token: None };
     refused(
-        call(&sconn, &piece, &data[..16384]).await,
+        raw_request(&sconn, &piece, &data[..16384]).await,
         RejectReason::Unauthorized,
         "no re-seed token",
     );
@@ -244,7 +236,7 @@ async fn a_separate_user_key_pushes_through_its_device_certificate_and_forgeries
             len: bytes.len() as u32,
             cert: Some(cert),
         };
-        refused(call(&conn, &req, &bytes).await, RejectReason::Unauthorized, want);
+        refused(raw_request(&conn, &req, &bytes).await, RejectReason::Unauthorized, want);
     }
     assert_eq!(storage.ls().as_array().unwrap().len(), 1);
 }
@@ -299,17 +291,17 @@ async fn tokens_for_another_content_or_piece_are_refused() {
     };
     let body = &data[..16384];
     refused(
-        call(&conn, &push_piece0(token(cb, 0)), body).await,
+        raw_request(&conn, &push_piece0(token(cb, 0)), body).await,
         RejectReason::Unauthorized,
         "does not cover",
     );
     refused(
-        call(&conn, &push_piece0(token(ca, 1)), body).await,
+        raw_request(&conn, &push_piece0(token(ca, 1)), body).await,
         RejectReason::Unauthorized,
         "does not cover",
     );
     // The right token is honoured (the piece is stored already).
-    match call(&conn, &push_piece0(token(ca, 0)), body).await {
+    match raw_request(&conn, &push_piece0(token(ca, 0)), body).await {
         Response::Pushed { already: true, complete: true } => {}
         other => panic!("valid token refused: {other:?}"),
     }
@@ -318,7 +310,11 @@ async fn tokens_for_another_content_or_piece_are_refused() {
     let bytes = m.encode();
     let req =
         Request::PushManifest { content: m.content_id(), len: bytes.len() as u32, cert: None };
-    refused(call(&conn, &req, &bytes).await, RejectReason::Unauthorized, "has no space here");
+    refused(
+        raw_request(&conn, &req, &bytes).await,
+        RejectReason::Unauthorized,
+        "has no space here",
+    );
 }
 
 /// Opens `streams` push-manifest requests announcing `len` body bytes that never come, over

@@ -211,6 +211,9 @@ pub fn tracker_bin() -> PathBuf {
 pub struct TrackerProc {
     pub child: Child,
     pub addr: SocketAddr,
+    pub node_id: String,
+    /// The HTTP address (`HOST:PORT`) when started with `--http`.
+    pub http: Option<String>,
     _stdout: mpsc::Receiver<String>,
 }
 
@@ -230,9 +233,30 @@ impl TrackerProc {
             .spawn()
             .expect("spawn tracker");
         let rx = lines(child.stdout.take().unwrap());
+        // "shoal-tracker: node ID listening on ADDR, http http://ADDR" (or "http off")
         let line = wait_line(&rx, "tracker start", |l| l.starts_with("shoal-tracker: node "));
-        let addr = line.split_whitespace().nth(5).unwrap().trim_end_matches(',').parse().unwrap();
-        TrackerProc { child, addr, _stdout: rx }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let node_id = words[2].to_string();
+        let addr = words[5].trim_end_matches(',').parse().unwrap();
+        let http = line.split_once("http://").map(|(_, a)| a.trim().to_string());
+        TrackerProc { child, addr, node_id, http, _stdout: rx }
+    }
+
+    /// `NODE_ID@HOST:PORT`, the pinned form of its address.
+    pub fn pinned(&self) -> String {
+        format!("{}@{}", self.node_id, self.addr)
+    }
+
+    /// A gauge or counter from its `/metrics` (needs `--http`).
+    pub fn metric(&self, name: &str) -> u64 {
+        use std::io::{Read, Write};
+        let http = self.http.as_deref().expect("tracker started with --http");
+        let mut s = std::net::TcpStream::connect(http).unwrap();
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let line = out.lines().find(|l| l.starts_with(&format!("{name} "))).expect(name);
+        line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() as u64
     }
 
     pub fn kill(&mut self) {
@@ -410,4 +434,40 @@ pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A standalone `shoal get` at `limit` (a `--download-limit` rate), killed with SIGKILL once it
+/// has verified `percent` % of the pieces: what it checkpointed stays in `data_dir`'s store.
+pub fn get_killed_past(data_dir: &Path, ticket: &str, out: &Path, limit: &str, percent: f64) {
+    let mut c = shoal(data_dir);
+    c.args(["get", ticket, "-o"]).arg(out).args(["--download-limit", limit]);
+    let mut child = c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let rx = lines(child.stderr.take().unwrap());
+    wait_line(&rx, "progress", |l| {
+        // "progress: 210/512 pieces (41.0%), ..."
+        l.strip_prefix("progress: ")
+            .and_then(|r| r.split('(').nth(1))
+            .and_then(|r| r.split('%').next())
+            .and_then(|p| p.parse::<f64>().ok())
+            .is_some_and(|p| p >= percent)
+    });
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+/// One peer-protocol request on its own stream, with `body` raw bytes after the frame (a
+/// pushed manifest or piece), as a hostile client sends it: the response frame.
+pub async fn raw_request(
+    conn: &quinn::Connection,
+    req: &shoal_wire::Request,
+    body: &[u8],
+) -> shoal_wire::Response {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&shoal_wire::encode(req)).await.unwrap();
+    let _ = send.write_chunk(bytes::Bytes::copy_from_slice(body)).await;
+    let _ = send.finish();
+    let bytes = recv.read_to_end(64 * 1024).await.unwrap();
+    let mut d = shoal_wire::Decoder::new();
+    d.feed(&bytes);
+    d.decode::<shoal_wire::Response>().unwrap().unwrap()
 }

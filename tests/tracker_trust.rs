@@ -5,8 +5,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 
 use quinn::Connection;
 use shoal_core::{ContentId, NodeId, PeerAddr, PieceIndex};
@@ -20,55 +18,12 @@ use shoal_wire::{Decoder, Request, Response};
 use crate::support::*;
 
 /// A tracker with its HTTP endpoint, killed when dropped.
-struct Tracker {
-    child: Child,
-    addr: SocketAddr,
-    http: String,
-    node_id: String,
-    _stdout: mpsc::Receiver<String>,
-}
-
-impl Drop for Tracker {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
+struct Tracker;
 
 impl Tracker {
-    fn start(dir: &Path, extra: &[&str]) -> Tracker {
-        let node_id = node_id_for(dir);
-        let mut child = Command::new(tracker_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .args(extra)
-            .env("SHOAL_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn tracker");
-        let rx = lines(child.stdout.take().unwrap());
-        // "shoal-tracker: node ID listening on ADDR, http http://ADDR"
-        let line = wait_line(&rx, "tracker start", |l| l.starts_with("shoal-tracker: node "));
-        let addr = line.split_whitespace().nth(5).unwrap().trim_end_matches(',').parse().unwrap();
-        let http = line.rsplit("http://").next().unwrap().trim().to_string();
-        Tracker { child, addr, http, node_id, _stdout: rx }
-    }
-
-    /// `NODE_ID@HOST:PORT`.
-    fn pinned(&self) -> String {
-        format!("{}@{}", self.node_id, self.addr)
-    }
-
-    /// A gauge or counter from /metrics.
-    fn metric(&self, name: &str) -> u64 {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&self.http).unwrap();
-        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let line = out.lines().find(|l| l.starts_with(&format!("{name} "))).expect(name);
-        line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() as u64
+    fn start(dir: &Path, extra: &[&str]) -> TrackerProc {
+        let args = [&["--http", "127.0.0.1:0"], extra].concat();
+        TrackerProc::start_with(dir, "127.0.0.1:0", &args)
     }
 }
 
@@ -369,24 +324,15 @@ async fn a_reseed_token_signed_by_a_tickets_tracker_is_refused_by_storage() {
             signature: vec![],
         };
         t.signature = signer.sign(&t.signed_bytes());
-        let (conn, piece) = (conn.clone(), bytes::Bytes::copy_from_slice(&data[..16384]));
-        async move {
-            let (mut send, mut recv) = conn.open_bi().await.unwrap();
-            let req = Request::PushPiece {
-                content,
-                piece: PieceIndex(0),
-                len: piece.len() as u32,
-                cert: None,
-                token: Some(t.encode()),
-            };
-            send.write_all(&shoal_wire::encode(&req)).await.unwrap();
-            let _ = send.write_chunk(piece).await;
-            let _ = send.finish();
-            let bytes = recv.read_to_end(64 * 1024).await.unwrap();
-            let mut d = Decoder::new();
-            d.feed(&bytes);
-            d.decode::<Response>().unwrap().unwrap()
-        }
+        let req = Request::PushPiece {
+            content,
+            piece: PieceIndex(0),
+            len: 16384,
+            cert: None,
+            token: Some(t.encode()),
+        };
+        let (conn, piece) = (conn.clone(), &data[..16384]);
+        async move { raw_request(&conn, &req, piece).await }
     };
     match push_with(&other_key).await {
         Response::Reject { reason: shoal_wire::RejectReason::Unauthorized, text } => {

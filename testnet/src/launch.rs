@@ -255,6 +255,19 @@ pub(crate) fn spawn_get(node: &Proc, ticket: &str) -> anyhow::Result<Child> {
         .spawn()?)
 }
 
+/// `shoal push FILE` through the daemon of the node whose data dir is `dir` (in namespace
+/// `ns`), into the storage its tracker names; output discarded.
+pub(crate) fn spawn_push(dir: &Path, ns: Option<&str>, file: &Path) -> anyhow::Result<Child> {
+    Ok(command(&binary("shoal")?, ns)
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("push")
+        .arg(file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?)
+}
+
 /// A node's status from its control API: over HTTP, or through the CLI inside its namespace
 /// (the API listens on the namespace's own loopback).
 pub(crate) fn status(p: &Proc) -> Option<shoal_node::node::Status> {

@@ -11,7 +11,7 @@ mod scenario;
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -203,17 +203,8 @@ fn up(
         human_bytes(size as f64)
     );
 
-    let shoal_bin = launch::binary("shoal")?;
     let _push = if storage > 0 {
-        Some(
-            launch::command(&shoal_bin, seed.ns.as_deref())
-                .arg("--data-dir")
-                .arg(&seed.dir)
-                .args(["push", file.to_str().expect("utf-8")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?,
-        )
+        Some(launch::spawn_push(&seed.dir, seed.ns.as_deref(), &file)?)
     } else {
         None
     };

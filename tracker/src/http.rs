@@ -42,54 +42,27 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> String {
     };
     line("shoal_tracker_nodes", "gauge", "Registered nodes.", nodes.to_string());
     line("shoal_tracker_swarms", "gauge", "Contents with at least one holder.", swarms.to_string());
-    line(
-        "shoal_tracker_announces_total",
-        "counter",
-        "Announces and deltas.",
-        m.announces.load(Ordering::Relaxed).to_string(),
-    );
-    line(
-        "shoal_tracker_lookups_total",
-        "counter",
-        "Lookups.",
-        m.lookups.load(Ordering::Relaxed).to_string(),
-    );
-    line(
-        "shoal_tracker_registers_total",
-        "counter",
-        "Registrations.",
-        m.registers.load(Ordering::Relaxed).to_string(),
-    );
-    line(
-        "shoal_tracker_heartbeats_total",
-        "counter",
-        "Heartbeats.",
-        m.heartbeats.load(Ordering::Relaxed).to_string(),
-    );
-    line(
-        "shoal_tracker_forged_total",
-        "counter",
-        "Requests refused for speaking for another node.",
-        m.forged.load(Ordering::Relaxed).to_string(),
-    );
-    line(
-        "shoal_tracker_rate_limited_total",
-        "counter",
-        "Requests refused by a rate limit.",
-        m.rate_limited.load(Ordering::Relaxed).to_string(),
-    );
-    line(
-        "shoal_tracker_unadmitted_storage_total",
-        "counter",
-        "Registrations claiming storage from nodes not admitted.",
-        m.unadmitted_storage.load(Ordering::Relaxed).to_string(),
-    );
-    line(
-        "shoal_tracker_reports_total",
-        "counter",
-        "Reports of holders that never delivered.",
-        m.reports.load(Ordering::Relaxed).to_string(),
-    );
+    let counters = [
+        ("shoal_tracker_announces_total", "Announces and deltas.", &m.announces),
+        ("shoal_tracker_lookups_total", "Lookups.", &m.lookups),
+        ("shoal_tracker_registers_total", "Registrations.", &m.registers),
+        ("shoal_tracker_heartbeats_total", "Heartbeats.", &m.heartbeats),
+        (
+            "shoal_tracker_forged_total",
+            "Requests refused for speaking for another node.",
+            &m.forged,
+        ),
+        ("shoal_tracker_rate_limited_total", "Requests refused by a rate limit.", &m.rate_limited),
+        (
+            "shoal_tracker_unadmitted_storage_total",
+            "Registrations claiming storage from nodes not admitted.",
+            &m.unadmitted_storage,
+        ),
+        ("shoal_tracker_reports_total", "Reports of holders that never delivered.", &m.reports),
+    ];
+    for (name, help, value) in counters {
+        line(name, "counter", help, value.load(Ordering::Relaxed).to_string());
+    }
     line(
         "shoal_tracker_manifest_bytes",
         "gauge",

@@ -213,10 +213,7 @@ impl Session<'_> {
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Missed some: announce every content in full at the next flush.
-                        full.extend(announced.iter().copied());
-                        if let Scope::Content(Some(c)) = scope {
-                            full.insert(c);
-                        }
+                        announce_all_again(&mut full, &announced, scope);
                     }
                     Err(_) => bail!("node shutting down"),
                 },
@@ -224,10 +221,7 @@ impl Session<'_> {
                     Ok(c) if scope.covers(c) => { full.insert(c); }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => {
-                        full.extend(announced.iter().copied());
-                        if let Scope::Content(Some(c)) = scope {
-                            full.insert(c);
-                        }
+                        announce_all_again(&mut full, &announced, scope);
                     }
                     Err(_) => bail!("node shutting down"),
                 },
@@ -254,5 +248,14 @@ impl Session<'_> {
                 }
             }
         }
+    }
+}
+
+/// After missed notifications: every content announced so far (and a scoped session's one
+/// content) is announced in full at the next flush.
+fn announce_all_again(full: &mut HashSet<ContentId>, announced: &HashSet<ContentId>, scope: Scope) {
+    full.extend(announced.iter().copied());
+    if let Scope::Content(Some(c)) = scope {
+        full.insert(c);
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -200,17 +200,8 @@ pub(super) fn run(
         a.start(&adv);
         adversaries = Some(a);
     }
-    let shoal = launch::binary("shoal")?;
     let mut push = if sc.push {
-        Some(
-            launch::command(&shoal, seed_ns.as_deref())
-                .arg("--data-dir")
-                .arg(&seed_dir)
-                .args(["push", &file_str])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?,
-        )
+        Some(launch::spawn_push(&seed_dir, seed_ns.as_deref(), &file)?)
     } else {
         None
     };
