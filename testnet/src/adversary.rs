@@ -146,12 +146,8 @@ pub(crate) struct Tally {
     pub(crate) accepted: u64,
     /// Notable findings, at most a few.
     pub(crate) notes: Vec<String>,
-    /// What an honest process accepted that it must refuse whatever its configuration (an
-    /// invariant that always holds).
+    /// What an honest process accepted that it must refuse (each one breaks an invariant).
     pub(crate) breaches: Vec<String>,
-    /// What an honest process accepted that issue 8's trust rules refuse (an invariant once
-    /// [`crate::launch::TRUST_FLAGS`] is on).
-    pub(crate) trust_breaches: Vec<String>,
 }
 
 impl Tally {
@@ -179,10 +175,6 @@ impl Tally {
         push_bounded(&mut self.breaches, what);
     }
 
-    fn trust_breach(&mut self, what: String) {
-        push_bounded(&mut self.trust_breaches, what);
-    }
-
     /// Adds the counts and findings of `other` (a sub-task of the same adversary).
     fn merge(&mut self, other: Tally) {
         self.attempts += other.attempts;
@@ -191,7 +183,6 @@ impl Tally {
         self.accepted += other.accepted;
         other.notes.into_iter().for_each(|n| self.note(n));
         other.breaches.into_iter().for_each(|n| self.breach(n));
-        other.trust_breaches.into_iter().for_each(|n| self.trust_breach(n));
     }
 }
 

@@ -77,12 +77,6 @@ fn first_line(child: &mut Child, prefix: &str, limit: Duration) -> anyhow::Resul
     }
 }
 
-/// Whether the testnet passes issue 8's trust flags (`--admit-storage`, `--grant`) to the
-/// processes it starts, and expects their hardening: invariants that depend on it are enforced
-/// only when this is on (otherwise reported as gaps), and the flooder sends piece indices that
-/// make unhardened nodes allocate gigabytes only then (so the machine survives old binaries).
-pub(crate) const TRUST_FLAGS: bool = true;
-
 /// What the testnet trusts: the storage nodes it starts (the tracker admits them) and the
 /// users of the honest nodes it starts (storage grants them space). A node's user id is its
 /// node id (the testnet makes no separate user keys).
@@ -109,11 +103,8 @@ pub(crate) fn node_id_in(dir: &Path) -> anyhow::Result<NodeId> {
 }
 
 /// The trust flags of a process of `role`: the tracker admits the storage nodes, storage grants
-/// the honest nodes' users. Empty while [`TRUST_FLAGS`] is off. Used by `up` and `run` alike.
+/// the honest nodes' users. Used by `up` and `run` alike.
 pub(crate) fn trust_args(role: Role, trust: &Trust) -> Vec<String> {
-    if !TRUST_FLAGS {
-        return Vec::new();
-    }
     let (flag, ids) = match role {
         Role::Tracker => ("--admit-storage", &trust.storage),
         Role::Storage => ("--grant", &trust.users),
@@ -284,7 +275,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn trust_args_admit_storage_and_grant_users_when_on() {
+    fn trust_args_admit_storage_and_grant_users() {
         let tmp = tempfile::tempdir().unwrap();
         let s = node_id_in(&tmp.path().join("storage0")).unwrap();
         let u = node_id_in(&tmp.path().join("node0")).unwrap();
@@ -293,11 +284,7 @@ mod tests {
         let trust = Trust { storage: vec![s], users: vec![u] };
         let tracker = trust_args(Role::Tracker, &trust);
         let storage = trust_args(Role::Storage, &trust);
-        if TRUST_FLAGS {
-            assert_eq!(tracker, ["--admit-storage".to_string(), s.to_string()]);
-            assert_eq!(storage, ["--grant".to_string(), u.to_string()]);
-        } else {
-            assert!(tracker.is_empty() && storage.is_empty());
-        }
+        assert_eq!(tracker, ["--admit-storage".to_string(), s.to_string()]);
+        assert_eq!(storage, ["--grant".to_string(), u.to_string()]);
     }
 }

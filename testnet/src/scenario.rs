@@ -42,9 +42,6 @@
 //! `/proc/PID/status`; storage holds only the scenario's content and unadmitted storage was
 //! given nothing; no honest process accepted what it must refuse; with `baseline`, honest
 //! nodes finished within `slowdown` × the baseline's last finish (taken as at least 2 s).
-//! Invariants that need issue 8's trust flags and hardening (storage contents, unadmitted
-//! storage, the slowdown) are reported as gaps, not failures, until `launch::TRUST_FLAGS` is
-//! on.
 //! `report.json` in the run directory holds every pass, check, peak and adversary count.
 
 mod pass;
@@ -113,27 +110,18 @@ struct Expect {
 struct Check {
     what: String,
     ok: bool,
-    /// False for an invariant that needs issue 8's trust flags while they are off: a broken
-    /// one is a known gap, reported, not a failure.
-    enforced: bool,
 }
 
 /// Prints and returns one check.
-fn check(ok: bool, enforced: bool, what: &str) -> Check {
-    let mark = match (ok, enforced) {
-        (true, _) => "ok",
-        (false, true) => "FAIL",
-        (false, false) => "gap",
-    };
-    println!("  [{mark}] {what}");
-    Check { what: what.to_string(), ok, enforced }
+fn check(ok: bool, what: &str) -> Check {
+    println!("  [{}] {what}", if ok { "ok" } else { "FAIL" });
+    Check { what: what.to_string(), ok }
 }
 
 /// What `report.json` holds for a scenario run.
 #[derive(Debug, Serialize)]
 struct ScenarioReport<'a> {
     scenario: &'a str,
-    trust_flags: bool,
     memory_ceiling_bytes: u64,
     slowdown_max: Option<f64>,
     passes: &'a [pass::Pass],
@@ -163,11 +151,7 @@ pub(crate) fn run(file: &Path, dir: Option<PathBuf>, netns: bool) -> anyhow::Res
     std::fs::create_dir_all(&dir)?;
     let dir = std::fs::canonicalize(&dir)?;
     println!("scenario {} in {}", sc.name, dir.display());
-    println!(
-        "memory ceiling per honest process: {}; trust flags {}",
-        human_bytes(ceiling as f64),
-        if crate::launch::TRUST_FLAGS { "on" } else { "off (trust invariants are gaps)" }
-    );
+    println!("memory ceiling per honest process: {}", human_bytes(ceiling as f64));
 
     let mut passes = Vec::new();
     if sc.baseline && sc.adversaries.any() {
@@ -197,14 +181,11 @@ pub(crate) fn run(file: &Path, dir: Option<PathBuf>, netns: bool) -> anyhow::Res
             }
             _ => (false, "honest nodes finished in both passes".to_string()),
         };
-        // Nodes built before issue 8 are slowed by floods (that is the bug it fixes): a gap
-        // until the flag says the binaries are hardened.
-        checks.push(check(what.0, crate::launch::TRUST_FLAGS, &what.1));
+        checks.push(check(what.0, &what.1));
     }
-    let ok = checks.iter().all(|c| c.ok || !c.enforced);
+    let ok = checks.iter().all(|c| c.ok);
     let report = ScenarioReport {
         scenario: &sc.name,
-        trust_flags: crate::launch::TRUST_FLAGS,
         memory_ceiling_bytes: ceiling,
         slowdown_max,
         passes: &passes,
@@ -213,16 +194,10 @@ pub(crate) fn run(file: &Path, dir: Option<PathBuf>, netns: bool) -> anyhow::Res
     };
     std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(&report)?)
         .context("writing report.json")?;
-    let gaps = checks.iter().filter(|c| !c.ok && !c.enforced).count();
     println!(
-        "scenario {}: {}{}",
+        "scenario {}: {}",
         sc.name,
-        if ok { "all invariants hold" } else { "INVARIANTS BROKEN" },
-        if gaps > 0 {
-            format!(" ({gaps} known gaps until the trust flags are on)")
-        } else {
-            String::new()
-        }
+        if ok { "all invariants hold" } else { "INVARIANTS BROKEN" }
     );
     println!("report: {}", dir.join("report.json").display());
     Ok(ok)
@@ -235,7 +210,6 @@ fn memory_checks(kind: &str, peaks: &BTreeMap<String, u64>, ceiling: u64) -> Vec
         .map(|(name, &peak)| {
             check(
                 peak <= ceiling,
-                true,
                 &format!(
                     "{kind}: {name} peaked at {} resident, under {}",
                     human_bytes(peak as f64),
@@ -265,6 +239,6 @@ mod tests {
     fn memory_over_the_ceiling_fails() {
         let peaks = BTreeMap::from([("node0".to_string(), 10), ("tracker".to_string(), 11)]);
         let checks = memory_checks("scenario", &peaks, 10);
-        assert!(checks[0].ok && !checks[1].ok && checks[1].enforced);
+        assert!(checks[0].ok && !checks[1].ok);
     }
 }

@@ -58,7 +58,7 @@ pub(super) async fn run(ctx: Ctx, name: String) -> Tally {
 fn hostile(ctx: &Ctx, i: usize) -> (Request, bool) {
     let real = ctx.target.content;
     let count = ctx.manifest.piece_count();
-    let (far, random) = far_indices(count);
+    let (far, random) = far_indices();
     let piece = |p| Request::Piece { content: real, piece: PieceIndex(p) };
     match i % 6 {
         0 => (Request::Piece { content: random_content(), piece: PieceIndex(random) }, false),
@@ -73,17 +73,10 @@ fn hostile(ctx: &Ctx, i: usize) -> (Request, bool) {
     }
 }
 
-/// A piece index past the end of the real content, and a random index for random contents.
-/// Nodes built before issue 8 kept a counter per piece index asked for, held or not (one
-/// request at `u32::MAX` grew a node by 4 GiB), so until [`crate::launch::TRUST_FLAGS`] says
-/// the binaries are hardened the indices stay within a few thousand: the test machine
-/// survives old binaries, and the hostile shape of the requests is the same.
-fn far_indices(count: u32) -> (u32, u32) {
-    if crate::launch::TRUST_FLAGS {
-        (u32::MAX, fastrand::u32(..))
-    } else {
-        (count.saturating_add(4096), fastrand::u32(..4096))
-    }
+/// A piece index past the end of the real content (the last one a u32 names: it made nodes
+/// before issue 8 allocate 16 GiB), and a random index for random contents.
+fn far_indices() -> (u32, u32) {
+    (u32::MAX, fastrand::u32(..))
 }
 
 /// Whether an honest node served what it must refuse.

@@ -68,7 +68,7 @@ async fn serve(ctx: &Ctx, tally: &mut Tally, as_storage: bool) -> anyhow::Result
             Err(e) => Err(e),
         };
         if matches!(listed, Ok(true)) {
-            tally.trust_breach("the tracker lists an unadmitted id as storage".into());
+            tally.breach("the tracker lists an unadmitted id as storage".into());
         }
         tally.count(&listed);
     }

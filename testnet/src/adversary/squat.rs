@@ -57,10 +57,7 @@ pub(super) async fn manifest_first(ctx: &Ctx) -> Tally {
         }
         .await;
         if matches!(outcome, Ok(true)) {
-            tally.trust_breach(format!(
-                "{} took the seed's manifest from the squatter",
-                storage.addr
-            ));
+            tally.breach(format!("{} took the seed's manifest from the squatter", storage.addr));
         }
         tally.count(&outcome);
     }
@@ -121,14 +118,14 @@ async fn round(
     let req = Request::PushManifest { content: junk, len: bytes.len() as u32, cert: None };
     let outcome = push(conn, req, bytes).await;
     if matches!(outcome, Ok(true)) {
-        tally.trust_breach(format!("{} stored the squatter's junk manifest", storage.addr));
+        tally.breach(format!("{} stored the squatter's junk manifest", storage.addr));
     }
     tally.count(&outcome);
     for (i, data) in pieces.iter().enumerate() {
         let req = client::push_piece(junk, PieceIndex(i as u32), data.len() as u32, None);
         let outcome = push(conn, req, data).await;
         if matches!(outcome, Ok(true)) {
-            tally.trust_breach(format!("{} stored the squatter's junk pieces", storage.addr));
+            tally.breach(format!("{} stored the squatter's junk pieces", storage.addr));
         }
         tally.count(&outcome);
     }

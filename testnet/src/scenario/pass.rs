@@ -306,7 +306,7 @@ pub(super) fn run(
             break;
         }
         if Instant::now() > deadline {
-            checks.push(check(false, true, "the scenario finished within 5 minutes"));
+            checks.push(check(false, "the scenario finished within 5 minutes"));
             timed_out = true;
             break;
         }
@@ -327,7 +327,7 @@ pub(super) fn run(
         let name = format!("node{}", g.node);
         let copy = std::fs::read(dir.join(&name).join("file.bin")).unwrap_or_default();
         let same = g.report.is_some() && copy == original;
-        checks.push(check(same, true, &format!("{name} stayed and holds a byte-identical file")));
+        checks.push(check(same, &format!("{name} stayed and holds a byte-identical file")));
     }
     for (i, evil) in corrupters.iter().enumerate() {
         for g in &gets {
@@ -340,29 +340,21 @@ pub(super) fn run(
             if let Some(p) = sent.filter(|p| p["bytes"].as_u64().unwrap_or(0) > 0) {
                 checks.push(check(
                     p["banned"] == true,
-                    true,
                     &format!("evil{i} was banned by node{} it sent data to", g.node),
                 ));
             }
         }
     }
     if sc.expect.storage_complete && !timed_out {
-        // Before issue 8, any node could claim to be storage and take the seed's push: with
-        // such claimants around, a real storage node left short is a known gap.
-        let enforced = launch::TRUST_FLAGS || (adv.fake_storage == 0 && adv.storage_claims == 0);
-        let wait = Duration::from_secs(if enforced { 90 } else { 15 });
-        let complete = wait_storage_complete(&stores, content, wait);
-        checks.push(check(complete, enforced, "storage holds the whole file"));
+        let complete = wait_storage_complete(&stores, content, Duration::from_secs(90));
+        checks.push(check(complete, "storage holds the whole file"));
     }
     if !stores.is_empty() || !fakes.is_empty() {
         checks.extend(storage_checks(&stores, &fakes, content));
     }
     for t in &tallies {
         for b in &t.breaches {
-            checks.push(check(false, true, &format!("{}: {b}", t.name)));
-        }
-        for b in &t.trust_breaches {
-            checks.push(check(false, launch::TRUST_FLAGS, &format!("{}: {b}", t.name)));
+            checks.push(check(false, &format!("{}: {b}", t.name)));
         }
     }
     let last_finish_s = (!timed_out && honest.iter().all(|g| g.finished_s.is_some()))
@@ -391,7 +383,6 @@ fn storage_checks(stores: &[Option<Proc>], fakes: &[Proc], content: ContentId) -
         let foreign: Vec<&String> = held.iter().filter(|c| **c != content.to_string()).collect();
         out.push(check(
             foreign.is_empty(),
-            launch::TRUST_FLAGS,
             &format!(
                 "{} holds only the scenario's content ({} other{})",
                 s.name,
@@ -404,7 +395,6 @@ fn storage_checks(stores: &[Option<Proc>], fakes: &[Proc], content: ContentId) -
         let held = launch::status(f).map_or(0, |st| st.contents.len());
         out.push(check(
             held == 0,
-            launch::TRUST_FLAGS,
             &format!("{} (not admitted) was given nothing ({held} contents)", f.name),
         ));
     }
