@@ -141,16 +141,12 @@ pub(super) fn run(
         sampler.watch(&name, p.child.id());
         nodes.push(Some(p));
     }
-    // Storage the tracker was not told to admit: `--role storage` and nothing else.
-    let fake_args = {
-        let mut a = common.clone();
-        a.extend(["--role".to_string(), "storage".to_string()]);
-        a
-    };
+    // Storage the tracker was not told to admit, granting the same users as real storage: it
+    // would take the seed's push, so only the tracker's admission keeps pushes away from it.
     let fakes: Vec<Proc> = (0..adv.fake_storage)
         .map(|i| {
             let name = format!("fake-storage{i}");
-            place.daemon(&name, &dir.join(&name), &fake_args)
+            place.daemon(&name, &dir.join(&name), &storage_args)
         })
         .collect::<anyhow::Result<_>>()?;
     let file = dir.join("file.bin");
