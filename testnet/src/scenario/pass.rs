@@ -369,30 +369,37 @@ fn has_in_process(adv: &adversary::Config) -> bool {
 }
 
 /// Storage holds only what granted users and valid tokens wrote: the scenario's content and
-/// nothing else; unadmitted storage was given nothing.
+/// nothing else; unadmitted storage was given nothing. A status that cannot be read (the
+/// process crashed or does not answer) fails the check.
 fn storage_checks(stores: &[Option<Proc>], fakes: &[Proc], content: ContentId) -> Vec<Check> {
     let mut out = Vec::new();
     for s in stores.iter().flatten() {
-        let held: Vec<String> = launch::status(s)
-            .map(|st| st.contents.into_iter().map(|c| c.content_id).collect())
-            .unwrap_or_default();
-        let foreign: Vec<&String> = held.iter().filter(|c| **c != content.to_string()).collect();
+        let Some(st) = launch::status(s) else {
+            out.push(check(
+                false,
+                &format!("{} holds only the scenario's content (status could not be read)", s.name),
+            ));
+            continue;
+        };
+        let foreign = st.contents.iter().filter(|c| c.content_id != content.to_string()).count();
         out.push(check(
-            foreign.is_empty(),
+            foreign == 0,
             &format!(
-                "{} holds only the scenario's content ({} other{})",
+                "{} holds only the scenario's content ({foreign} other{})",
                 s.name,
-                foreign.len(),
-                if foreign.len() == 1 { "" } else { "s" }
+                if foreign == 1 { "" } else { "s" }
             ),
         ));
     }
     for f in fakes {
-        let held = launch::status(f).map_or(0, |st| st.contents.len());
-        out.push(check(
-            held == 0,
-            &format!("{} (not admitted) was given nothing ({held} contents)", f.name),
-        ));
+        let what = format!("{} (not admitted) was given nothing", f.name);
+        out.push(match launch::status(f) {
+            Some(st) => {
+                let held = st.contents.len();
+                check(held == 0, &format!("{what} ({held} contents)"))
+            }
+            None => check(false, &format!("{what} (status could not be read)")),
+        });
     }
     out
 }
