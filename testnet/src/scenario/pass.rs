@@ -115,6 +115,8 @@ pub(super) fn run(
     };
     let admit = launch::trust_args(Role::Tracker, &trust);
     let mut tracker = place.tracker(&dir.join("tracker"), None, &admit)?;
+    // Whether the tracker is down after a scheduled kill (and not restarted yet).
+    let mut tracker_down = false;
     sampler.watch("tracker", tracker.child.id());
     let taddr = tracker.addr.clone();
     let mut common = vec!["--tracker".to_string(), taddr.clone()];
@@ -235,6 +237,7 @@ pub(super) fn run(
             *fired = true;
             println!("t = {:.1} s: kill -9 {}", t0.elapsed().as_secs_f64(), e.target);
             kill(&e.target, &mut tracker, &mut stores, &mut nodes)?;
+            tracker_down |= e.target == "tracker";
             if e.target == "seed" || e.target == "node0" {
                 push = None; // the uploader is gone; its push died with it
             }
@@ -257,6 +260,7 @@ pub(super) fn run(
             println!("t = {:.1} s: restart {target}", t0.elapsed().as_secs_f64());
             if target == "tracker" {
                 tracker = place.tracker(&dir.join("tracker"), Some(&taddr), &admit)?;
+                tracker_down = false;
                 sampler.watch("tracker", tracker.child.id());
             } else if let Some(i) =
                 target.strip_prefix("storage").and_then(|n| n.parse::<usize>().ok())
@@ -313,6 +317,9 @@ pub(super) fn run(
         tallies.extend(a.finish());
         adversary::print(&tallies);
     }
+    // Every honest process no scheduled event killed still runs.
+    let tracker_up = (!tracker_down).then_some(&mut tracker);
+    checks.extend(alive_checks(tracker_up, &mut stores, &mut nodes[..sc.nodes]));
     drop(push);
 
     // Invariants of this pass.
@@ -400,6 +407,32 @@ fn storage_checks(stores: &[Option<Proc>], fakes: &[Proc], content: ContentId) -
             }
             None => check(false, &format!("{what} (status could not be read)")),
         });
+    }
+    out
+}
+
+/// Whether each process given (those no scheduled event killed) still runs: one failed check
+/// per process that exited, or one passing check if none did.
+fn alive_checks(
+    tracker: Option<&mut Proc>,
+    stores: &mut [Option<Proc>],
+    nodes: &mut [Option<Proc>],
+) -> Vec<Check> {
+    let procs =
+        tracker.into_iter().chain(stores.iter_mut().flatten()).chain(nodes.iter_mut().flatten());
+    let out: Vec<Check> = procs
+        .filter_map(|p| match p.child.try_wait() {
+            Ok(None) => None,
+            Ok(Some(status)) => {
+                Some(check(false, &format!("{} exited during the run ({status})", p.name)))
+            }
+            Err(e) => {
+                Some(check(false, &format!("{} could not be checked as running ({e})", p.name)))
+            }
+        })
+        .collect();
+    if out.is_empty() {
+        return vec![check(true, "the tracker, storage and honest nodes still run")];
     }
     out
 }
