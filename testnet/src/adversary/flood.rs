@@ -88,6 +88,14 @@ fn served(resp: &Response) -> bool {
     }
 }
 
+/// Counts one request's outcome; a served one is a breach.
+fn record(tally: &mut Tally, peer: &PeerAddr, outcome: &anyhow::Result<bool>) {
+    if matches!(outcome, Ok(true)) {
+        tally.breach(format!("{} served a request it must refuse", peer.addr));
+    }
+    tally.count(outcome);
+}
+
 async fn flood_peer(ctx: Ctx, ep: Endpoint, peer: PeerAddr) -> Tally {
     let mut tally = Tally::default();
     let mut set = JoinSet::new();
@@ -129,15 +137,12 @@ async fn flood_peer(ctx: Ctx, ep: Endpoint, peer: PeerAddr) -> Tally {
             sent += 1;
         }
         if let Some(Ok(outcome)) = set.join_next().await {
-            if matches!(outcome, Ok(true)) {
-                tally.breach(format!("{} served a request it must refuse", peer.addr));
-            }
-            tally.count(&outcome);
+            record(&mut tally, &peer, &outcome);
         }
     }
     while let Some(done) = set.join_next().await {
         if let Ok(outcome) = done {
-            tally.count(&outcome);
+            record(&mut tally, &peer, &outcome);
         }
     }
     if let Some(s) = subscribing {
