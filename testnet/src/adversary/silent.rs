@@ -86,6 +86,9 @@ async fn serve(ctx: &Ctx, tally: &mut Tally, as_storage: bool) -> anyhow::Result
             _ = tokio::time::sleep_until(until) => break,
             incoming = ep.accept() => {
                 let Some(incoming) = incoming else { break };
+                // `len` counts finished tasks too: reap them, so the cap is on connections
+                // held at once, not made in total.
+                while holders.try_join_next().is_some() {}
                 if holders.len() >= MAX_CONNECTIONS {
                     incoming.refuse();
                     continue;
