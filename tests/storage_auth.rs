@@ -179,15 +179,56 @@ fn over_quota_is_refused_with_the_reason_shoal_push_prints() {
     let (tracker, storage) = cluster(tmp.path(), &[format!("{me}=1MiB")]);
     let n = node(tmp.path(), "node", &tracker);
     let (a, b) = (tmp.path().join("a.bin"), tmp.path().join("b.bin"));
-    write_file(&a, 600_000, 4);
+    let data = write_file(&a, 600_000, 4);
     write_file(&b, 600_000, 5);
     assert_eq!(push(&n, &a)["stored"], true);
     let err = push_fails(&n, &b);
-    assert!(err.contains("over quota") && err.contains("585.9 KiB used of 1.0 MiB"), "{err}");
+    // Charged: the file and its manifest.
+    let used = (600_000 + manifest_of("a.bin", &data).encode().len()) as f64 / 1024.0;
+    let says = format!("{used:.1} KiB used of 1.0 MiB");
+    assert!(err.contains("over quota") && err.contains(&says), "{err} should say {says}");
     assert!(err.contains("--grant"), "says what to do: {err}");
     assert_eq!(storage.ls().as_array().unwrap().len(), 1, "the second file is not stored");
     // Pushing what it owns already still works at the limit.
     assert_eq!(push(&n, &a)["already_stored"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn empty_contents_are_charged_their_manifests_so_a_quota_bounds_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = Raw::new();
+    let (_tracker, storage) = tokio::task::spawn_blocking({
+        let (root, user) = (tmp.path().to_path_buf(), raw.user());
+        move || cluster(&root, &[format!("{user}=4KiB")])
+    })
+    .await
+    .unwrap();
+    let conn = raw.connect(&storage).await;
+    // Distinct empty files: each costs storage a manifest object and index entries.
+    let (mut stored, mut charged) = (0, 0);
+    let mut refusal = None;
+    for i in 0..1000 {
+        let m = manifest_of(&format!("empty-{i}"), &[]);
+        let bytes = m.encode();
+        let req =
+            Request::PushManifest { content: m.content_id(), len: bytes.len() as u32, cert: None };
+        match raw_request(&conn, &req, &bytes).await {
+            Response::Pushed { .. } => {
+                stored += 1;
+                charged += bytes.len();
+            }
+            other => {
+                // Refused exactly when the next manifest would pass the quota.
+                assert!(charged + bytes.len() > 4096, "refused at {charged} bytes");
+                refusal = Some(other);
+                break;
+            }
+        }
+    }
+    refused(refusal.expect("the quota ends it"), RejectReason::QuotaExceeded, "over quota");
+    assert!(stored > 0 && charged <= 4096, "{stored} empty contents, {charged} bytes charged");
+    let held = tokio::task::spawn_blocking(move || storage.ls()).await.unwrap();
+    assert_eq!(held.as_array().unwrap().len(), stored);
 }
 
 #[tokio::test(flavor = "multi_thread")]

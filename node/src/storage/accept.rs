@@ -8,36 +8,43 @@
 //!    content here, or a re-seed token from this node's tracker covering that piece;
 //! 4. the announced length must be what the manifest allows (manifest: at most the encoded
 //!    limit, checked by the decoder; piece: exactly that piece's length);
-//! 5. the body's bytes are taken from a node-wide budget ([`BODY_BUDGET`]); over it, `Busy`.
+//! 5. the body's bytes are taken from a node-wide budget ([`BODY_BUDGET`]), of which one
+//!    pusher may hold at most [`PEER_SHARE`] (or one body, if larger); over it, `Busy`.
 //!
-//! Only then is the body read, with a deadline on steady progress ([`STALL`]). A refused
-//! push's receive side is stopped, so its sender's writes fail fast and cost us nothing.
-//! A manifest push charges the content's full size to the user's quota before any piece
-//! arrives (see `shoal_cloud::CloudStore::claim`), so granted users bound the disk too.
+//! Only then is the body read, with a deadline on steady progress ([`STALL`],
+//! [`MIN_PROGRESS`]). A refused push's receive side is stopped, so its sender's writes fail
+//! fast and cost us nothing. A manifest push charges the content's full size plus its
+//! manifest's to the user's quota before any piece arrives (see
+//! `shoal_cloud::CloudStore::claim`), so granted users bound the disk too, empty files
+//! included.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use quinn::{RecvStream, SendStream, VarInt};
+use quinn::{RecvStream, VarInt};
 use shoal_cloud::{CloudError, CloudStore, PutPiece};
 use shoal_core::{ContentId, DeviceCert, Manifest, NodeId, PieceIndex, UserId};
 use shoal_wire::{Decoder, RejectReason, Request, Response};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::config::Grants;
-use crate::io::write_frame;
 use crate::node::Node;
 
 /// Push body bytes held in memory at once, across all pushers.
 pub(crate) const BODY_BUDGET: usize = 256 * 1024 * 1024;
+/// Push body bytes one pusher (node id) may hold at once, unless it holds nothing else: one
+/// slow sender cannot take the whole budget from the others.
+pub(crate) const PEER_SHARE: u64 = BODY_BUDGET as u64 / 8;
 /// A push body must deliver [`MIN_PROGRESS`] bytes (or the rest) within each window this long.
 pub(crate) const STALL: Duration = Duration::from_secs(10);
-/// Bytes per [`STALL`] window below which a body counts as stalled (1.6 KiB/s).
-const MIN_PROGRESS: usize = 16 * 1024;
+/// Bytes per [`STALL`] window below which a body counts as stalled (16 KiB/s): a body of
+/// `len` bytes holds its share of the budget for at most about `len / 16 KiB` seconds.
+const MIN_PROGRESS: usize = 160 * 1024;
 /// Stream stop code for a push refused before its body was read.
 const STOP_REFUSED: u32 = 0x10;
 
@@ -45,18 +52,53 @@ const STOP_REFUSED: u32 = 0x10;
 #[derive(Debug)]
 pub(crate) struct PushGate {
     grants: Grants,
-    budget: Arc<Semaphore>,
+    budget: Semaphore,
+    /// Body bytes reserved per pusher; an entry lives only while it holds some (so at most
+    /// one per push in progress). Held only for map updates.
+    held: Mutex<HashMap<NodeId, u64>>,
+}
+
+/// Body bytes reserved for one push; given back when dropped.
+struct Reservation<'a> {
+    gate: &'a PushGate,
+    peer: NodeId,
+    len: u64,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut held = self.gate.held();
+        if let Some(h) = held.get_mut(&self.peer) {
+            *h = h.saturating_sub(self.len);
+            if *h == 0 {
+                held.remove(&self.peer);
+            }
+        }
+    }
 }
 
 impl PushGate {
     pub(crate) fn new(grants: Grants) -> Self {
-        Self { grants, budget: Arc::new(Semaphore::new(BODY_BUDGET)) }
+        Self { grants, budget: Semaphore::new(BODY_BUDGET), held: Mutex::new(HashMap::new()) }
     }
 
-    /// Reserves `len` body bytes, or `None` when the budget is spent.
-    fn reserve(&self, len: u32) -> Option<OwnedSemaphorePermit> {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, u64>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserves `len` body bytes for `peer`, or `None` when the budget is spent or the peer
+    /// already holds its share ([`PEER_SHARE`]; a lone body larger than that still fits).
+    fn reserve(&self, peer: NodeId, len: u32) -> Option<Reservation<'_>> {
+        let mut held = self.held();
+        let mine = held.get(&peer).copied().unwrap_or(0);
+        if mine > 0 && mine + u64::from(len) > PEER_SHARE {
+            return None;
+        }
         // A zero-byte body reserves nothing (a permit of 0 is valid).
-        self.budget.clone().try_acquire_many_owned(len).ok()
+        let permit = self.budget.try_acquire_many(len).ok()?;
+        *held.entry(peer).or_default() += u64::from(len);
+        Some(Reservation { gate: self, peer, len: u64::from(len), _permit: permit })
     }
 }
 
@@ -68,16 +110,16 @@ fn busy() -> Response {
     reject(RejectReason::Busy, "storage is taking too many pushes at once; retry in a moment")
 }
 
-/// Serves one push request (`PushManifest` or `PushPiece`) on its stream. Not cancel-safe:
-/// a cancelled body read leaves the stream half read (the caller drops it).
+/// Decides and carries out one push request (`PushManifest` or `PushPiece`) on its stream;
+/// the answer to send (the caller sends it with the serving side's write deadlines). Not
+/// cancel-safe: a cancelled body read leaves the stream half read (the caller drops it).
 pub(crate) async fn serve_push(
     node: &Node,
     peer: NodeId,
-    mut send: SendStream,
     mut recv: RecvStream,
     mut dec: Decoder,
     req: Request,
-) -> anyhow::Result<()> {
+) -> Response {
     let resp = match &node.cloud {
         None => Err(reject(RejectReason::BadRequest, "this node is not a storage node")),
         Some(cloud) => match req {
@@ -92,30 +134,33 @@ pub(crate) async fn serve_push(
             _ => Err(reject(RejectReason::BadRequest, "not a push")),
         },
     };
-    let resp = resp.unwrap_or_else(|refusal| {
+    resp.unwrap_or_else(|refusal| {
         // Refused before (or while) reading: tell the sender to stop sending the body.
         let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
         refusal
-    });
-    write_frame(&mut send, &resp).await?;
-    send.finish()?;
-    Ok(())
+    })
 }
 
-/// The user a push acts for: the certificate's if it verifies for `peer`, else `peer`'s own.
-fn user_of(node: &Node, peer: NodeId, cert: Option<&DeviceCert>) -> Result<UserId, Response> {
-    match cert {
-        None => Ok(UserId::from(peer)),
-        Some(c) => match c.verify(&peer) {
-            Ok(()) => Ok(c.user),
-            Err(e) => Err(refuse(node, peer, &e.to_string())),
-        },
+/// The user a push acts for, with its quota (`None`: not granted): the certificate's user if
+/// it is granted and the certificate verifies for `peer`, else `peer`'s own. A certificate
+/// naming a user without a grant is not checked: it could not help (the signature check is
+/// spent only on granted users).
+fn user_of(
+    node: &Node,
+    peer: NodeId,
+    cert: Option<&DeviceCert>,
+) -> Result<(UserId, Option<Option<u64>>), Response> {
+    let user = cert.map_or(UserId::from(peer), |c| c.user);
+    let quota = node.push_gate.grants.quota(&user);
+    if let (Some(c), Some(_)) = (cert, quota) {
+        c.verify(&peer).map_err(|e| refuse(node, peer, &e.to_string()))?;
     }
+    Ok((user, quota))
 }
 
-/// An `Unauthorized` answer, counted and logged.
+/// An `Unauthorized` answer, counted and logged (at debug: strangers may send these at will).
 fn refuse(node: &Node, peer: NodeId, why: &str) -> Response {
-    warn!(%peer, why, "push refused");
+    debug!(%peer, why, "push refused");
     node.stats.pushes_refused.fetch_add(1, Ordering::Relaxed);
     reject(RejectReason::Unauthorized, why)
 }
@@ -141,8 +186,8 @@ async fn push_manifest(
     dec: &mut Decoder,
 ) -> Result<Response, Response> {
     let ManifestPush { content, len, cert } = p;
-    let user = user_of(node, peer, cert.as_ref())?;
-    let Some(quota) = node.push_gate.grants.quota(&user) else {
+    let (user, quota) = user_of(node, peer, cert.as_ref())?;
+    let Some(quota) = quota else {
         return Err(refuse(node, peer, &ungranted(&user, true)));
     };
     let known = cloud.manifest(content).map_err(internal)?;
@@ -151,14 +196,17 @@ async fn push_manifest(
             return Err(reject(RejectReason::BadRequest, "manifest length does not match"));
         }
     }
-    let _permit = node.push_gate.reserve(len).ok_or_else(busy)?;
+    let _reserved = node.push_gate.reserve(peer, len).ok_or_else(busy)?;
     let bytes = read_body(recv, dec, len as usize).await?;
     let m = Manifest::decode(&bytes)
         .map_err(|e| reject(RejectReason::BadRequest, format!("bad manifest: {e}")))?;
     if m.content_id() != content {
         return Err(reject(RejectReason::BadRequest, "manifest does not hash to the content id"));
     }
-    let claimed = match cloud.claim(user, content, m.size(), quota).await {
+    // The manifest's own bytes count too: an empty file is not free (else a granted user could
+    // store manifests and index entries without end).
+    let charge = m.size().saturating_add(bytes.len() as u64);
+    let claimed = match cloud.claim(user, content, charge, quota).await {
         Ok(c) => c,
         Err(e @ CloudError::QuotaExceeded { .. }) => {
             debug!(user = %user.fmt_short(), content = %content.fmt_short(), "over quota");
@@ -198,8 +246,8 @@ async fn push_piece(
     dec: &mut Decoder,
 ) -> Result<Response, Response> {
     let PiecePush { content, piece, len, cert, token } = p;
-    let user = user_of(node, peer, cert.as_ref())?;
-    let granted = node.push_gate.grants.quota(&user).is_some();
+    let (user, quota) = user_of(node, peer, cert.as_ref())?;
+    let granted = quota.is_some();
     let owner = granted && cloud.owns(user, content).map_err(internal)?;
     if !owner {
         match token.as_deref() {
@@ -225,7 +273,7 @@ async fn push_piece(
     if piece.0 >= m.piece_count() || u64::from(len) != m.piece_len(piece) {
         return Err(reject(RejectReason::BadPiece, "no such piece, or the wrong length for it"));
     }
-    let _permit = node.push_gate.reserve(len).ok_or_else(busy)?;
+    let _reserved = node.push_gate.reserve(peer, len).ok_or_else(busy)?;
     let data = read_body(recv, dec, len as usize).await?;
     match cloud.put_piece(content, piece, data).await {
         Ok(PutPiece::Stored { complete }) => {
@@ -260,10 +308,7 @@ fn storage_error(e: CloudError) -> Response {
 }
 
 /// Reads exactly `len` body bytes (some may sit in `dec` already), requiring steady progress.
-///
-/// Memory grows with the bytes that arrive, not with `len`: the buffer is reserved, not
-/// filled, up front (a large reservation is mapped lazily by the allocator), and the caller
-/// holds a budget permit for `len`.
+/// The caller holds a budget reservation for `len`: that is what bounds the memory.
 async fn read_body(
     recv: &mut RecvStream,
     dec: &mut Decoder,
@@ -301,4 +346,48 @@ async fn read_body(
         }
     }
     Ok(Bytes::from(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> NodeId {
+        shoal_net::Identity::generate().node_id()
+    }
+
+    #[test]
+    fn one_pusher_holds_at_most_its_share_of_the_body_budget() {
+        let gate = PushGate::new(Grants::default());
+        let (slow, other) = (id(), id());
+        let piece = 4 * 1024 * 1024;
+        // A slow pusher takes bodies up to its share, then is refused...
+        let held: Vec<_> =
+            (0..PEER_SHARE / piece).map(|_| gate.reserve(slow, piece as u32)).collect();
+        assert!(held.iter().all(Option::is_some));
+        assert!(gate.reserve(slow, piece as u32).is_none(), "over its share");
+        // ...while others still get the rest of the budget.
+        assert!(gate.reserve(other, piece as u32).is_some());
+        // A lone body larger than a share still fits, once.
+        let lone = id();
+        let big = gate.reserve(lone, (PEER_SHARE + 1) as u32);
+        assert!(big.is_some());
+        assert!(gate.reserve(lone, 1).is_none());
+        drop(held);
+        drop(big);
+        assert!(gate.held().get(&slow).is_none(), "entries go with their last reservation");
+        assert!(gate.reserve(slow, piece as u32).is_some());
+    }
+
+    #[test]
+    fn the_budget_bounds_all_pushers_together() {
+        let gate = PushGate::new(Grants::default());
+        let piece = PEER_SHARE as u32;
+        let held: Vec<_> = (0..BODY_BUDGET as u64 / PEER_SHARE)
+            .map(|_| gate.reserve(id(), piece).expect("within the budget"))
+            .collect();
+        assert!(gate.reserve(id(), 1).is_none(), "the budget is spent");
+        drop(held);
+        assert!(gate.reserve(id(), piece).is_some());
+    }
 }
