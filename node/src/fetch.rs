@@ -264,7 +264,8 @@ async fn run(
 
 /// Where the tracker hears of holders that never delivered: the peers this fetch dropped
 /// without a single verified piece from them, for a reason that says they do not deliver
-/// (banned, silent for the manifest or the bitfield, stalled, never delivering, always busy).
+/// (banned, silent for the manifest or the bitfield, stalled, never delivering). A busy holder
+/// is never reported: it answers `Busy` before our deadlines (see `crate::serve::SLOT_WAIT`).
 /// Called once per fetch, when it ends, whether it succeeded or not.
 fn report_undelivered(tracker: Option<&TrackerHandle>, content: ContentId, peers: &[NodeId]) {
     if peers.is_empty() {
@@ -336,5 +337,17 @@ impl RateMeter {
             self.last = Instant::now();
         }
         self.rate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A crowded seed answers `Busy` before a fetcher's deadlines pass, so it is backed off
+    /// (and never reported to a tracker as never delivering) instead of dropped as silent or
+    /// stalled.
+    #[test]
+    fn a_busy_seed_answers_before_the_fetchers_deadlines() {
+        let c = shoal_swarm::Config::default();
+        assert!(crate::serve::SLOT_WAIT < c.manifest_deadline.min(c.stall_deadline));
     }
 }

@@ -45,8 +45,11 @@ pub const WRITE_STALL: Duration = Duration::from_secs(20);
 /// it (at most a send window, `Limits::send_window`, is then in flight) before the stream is
 /// reset. The upload slot is held until then, so slots bound what quinn buffers too.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
-/// How long a request waits for an upload slot before it is answered `Busy`.
-pub const SLOT_WAIT: Duration = Duration::from_secs(30);
+/// How long a request waits for an upload slot before it is answered `Busy`: below the
+/// downloaders' 10 s deadlines (`shoal_swarm::Config::manifest_deadline` and `stall_deadline`),
+/// so a crowded seed says `Busy` (and is backed off) before a fetcher would drop it as silent or
+/// stalled and report it to its tracker as never delivering.
+pub const SLOT_WAIT: Duration = Duration::from_secs(5);
 /// Bytes written per rate-limiter grant.
 const WRITE_CHUNK: usize = 256 * 1024;
 /// Close code: the peer broke the protocol.

@@ -61,7 +61,7 @@ struct Peer<A> {
     last_progress: Instant,
     /// Bytes received from it, as last reported.
     received: u64,
-    /// `Busy` answers in a row, and the end of the backoff.
+    /// `Busy` answers in a row (since its last verified piece), and the end of the backoff.
     busy: u32,
     busy_until: Option<Instant>,
     pieces: u32,

@@ -204,6 +204,58 @@ fn busy_backs_off_exponentially_with_a_cap_and_a_verified_piece_resets_it() {
     assert!(w < c.busy_backoff.mul_f64(1.25), "reset after a verified piece: {w:?}");
 }
 
+/// A crowded seed: every request waits for an upload slot as long as a serving node lets it
+/// (`SLOT_WAIT` in node/src/serve.rs, 5 s) and is then answered `Busy`. It is backed off, never
+/// dropped as silent or stalled while it answers, and when rotated out for a waiting candidate
+/// it is dropped as `Busy`, never reported in `undelivered()`.
+#[test]
+fn a_peer_that_answers_busy_repeatedly_is_backed_off_and_never_reported() {
+    const SLOT_WAIT: Duration = Duration::from_secs(5);
+    let t0 = Instant::now();
+    let c = Config { max_connected: 1, ..Config::default() };
+    assert!(SLOT_WAIT < c.stall_deadline && SLOT_WAIT < c.manifest_deadline);
+    let mut s = Set::new(c.clone(), 11);
+    s.add_candidate(t0, 1, Some(1));
+    drain(&mut s, t0);
+    s.handle_dialed(t0, 1, Some(1));
+    s.start(t0, Bitfield::new(16), 4);
+    assert_eq!(drain(&mut s, t0), vec![Action::Subscribe(1)]);
+    s.handle_bitfield(t0, 1, Bitfield::full(16));
+    let mut due: Vec<(Instant, PieceIndex)> = Vec::new();
+    let (mut now, mut busy, mut closed) = (t0, 0, None);
+    // A candidate turns up after a minute: only then is the seed rotated out for it.
+    let candidate_at = t0 + Duration::from_secs(60);
+    while closed.is_none() && now < t0 + Duration::from_secs(120) {
+        if now >= candidate_at {
+            s.add_candidate(now, 2, Some(2));
+        }
+        let backing_off = s.peers.get(&1).and_then(|p| p.busy_until).filter(|&t| t > now);
+        for a in drain(&mut s, now) {
+            match a {
+                Action::Request { peer: 1, piece } => {
+                    assert!(backing_off.is_none(), "asked while backing off at {:?}", now - t0);
+                    due.push((now + SLOT_WAIT, piece));
+                }
+                Action::Close { peer: 1, reason } => closed = Some((now, reason)),
+                _ => {}
+            }
+        }
+        let (answered, waiting) = due.into_iter().partition(|&(t, _)| t <= now);
+        due = waiting;
+        for (_, piece) in answered as Vec<_> {
+            s.handle_piece(now, 1, piece, PieceOutcome::Busy, 0);
+            busy += 1;
+        }
+        now += Duration::from_millis(250);
+        s.handle_timeout(now);
+    }
+    let (at, reason) = closed.expect("rotated out for the waiting candidate");
+    assert!(at >= candidate_at, "dropped before any candidate waited: {reason:?}");
+    assert_eq!(reason, DropReason::Busy);
+    assert!(busy >= 10, "answered Busy {busy} times");
+    assert!(s.undelivered().is_empty(), "a busy seed is never reported: {:?}", s.undelivered());
+}
+
 #[test]
 fn a_bitfield_resender_is_banned_at_its_second_bad_piece() {
     let t0 = Instant::now();

@@ -98,8 +98,10 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
         self.wants_rotation() && self.next_rotation.is_none_or(|t| t <= now)
     }
 
-    /// The peer to rotate out: among those kept past the grace period, one backing off after
-    /// `Busy` or never delivering first, then the lowest rate.
+    /// The peer to rotate out: among those kept past the grace period, one in a run of `Busy`
+    /// answers or never delivering first, then the lowest rate. A peer whose last answers were
+    /// `Busy` is dropped as `Busy` even between two backoffs (asking again): it is crowded, and
+    /// must not be reported as never delivering.
     fn worst(&self, now: Instant) -> Option<(P, DropReason)> {
         let c = &self.config;
         self.peers
@@ -109,7 +111,7 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
                 let since = p.active_since.unwrap_or(p.connected_at);
                 let secs = now.saturating_duration_since(since).as_secs_f64().max(1.0);
                 let rate = p.verified_bytes as f64 / secs;
-                let reason = if p.busy_until.is_some() {
+                let reason = if p.busy > 0 {
                     DropReason::Busy
                 } else if p.pieces == 0 {
                     DropReason::NeverDelivered

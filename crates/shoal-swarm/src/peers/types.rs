@@ -79,7 +79,8 @@ pub enum DropReason {
     Stalled,
     /// Rotated out for a waiting candidate, having delivered nothing.
     NeverDelivered,
-    /// Rotated out for a waiting candidate while backing off after `Busy`.
+    /// Rotated out for a waiting candidate while in a run of `Busy` answers (backing off, or
+    /// asking again after a backoff): a crowded holder, not one that fails to deliver.
     Busy,
     /// Rotated out for a waiting candidate: the slowest.
     Slow,
@@ -93,6 +94,8 @@ pub enum DropReason {
 
 impl DropReason {
     /// True for reasons that mean a holder does not deliver (what a tracker should hear of).
+    /// Never `Busy`: a seed at its upload capacity answers `Busy` (a serving node does so well
+    /// before the 10 s deadlines here), and a crowded seed is not a holder that fails to deliver.
     pub fn is_undelivering(self) -> bool {
         matches!(
             self,
@@ -101,7 +104,6 @@ impl DropReason {
                 | Self::NoBitfield
                 | Self::Stalled
                 | Self::NeverDelivered
-                | Self::Busy
         )
     }
 }
