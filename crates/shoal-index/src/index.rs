@@ -6,7 +6,8 @@
 //! - A swarm exists only with a verified manifest; its piece count comes from that manifest.
 //! - Contents per node, manifest bytes and rate-limit maps are bounded; swarms nobody holds
 //!   are collected with their manifests.
-//! - Holders that downloaders report as never delivering are demoted, then dropped.
+//! - Holders that downloaders report as never delivering are demoted, then dropped. Reports
+//!   count by the reporters' observed addresses, not their ids: ids are free, addresses not.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -14,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use shoal_core::{Bitfield, ContentId, Manifest, NodeId, PieceIndex};
 use shoal_wire::tracker::{Load, Role, MAX_ADDRS};
 
-use crate::limits::{Action, RateLimiter};
+use crate::limits::{source_key, Action, RateLimiter};
 use crate::model::{Config, IndexError, NodeEntry, Persist, Registration};
 use crate::swarm::Swarm;
 
@@ -26,6 +27,8 @@ pub struct Index {
     pub(crate) swarms: HashMap<ContentId, Swarm>,
     /// Contents each node holds, for expiry and the per-node cap.
     pub(crate) held: HashMap<NodeId, BTreeSet<ContentId>>,
+    /// Contents in whose swarms each node has been reported (as a holder), for expiry.
+    pub(crate) reported_in: HashMap<NodeId, BTreeSet<ContentId>>,
     /// Swarms without holders, by the time they became empty: collected after the TTL.
     idle: BTreeSet<(u64, ContentId)>,
     manifest_bytes: u64,
@@ -57,6 +60,7 @@ impl Index {
             nodes: HashMap::new(),
             swarms: HashMap::new(),
             held: HashMap::new(),
+            reported_in: HashMap::new(),
             idle: BTreeSet::new(),
             manifest_bytes: 0,
         }
@@ -326,9 +330,17 @@ impl Index {
         self.swarms.get(&content).map(|s| s.manifest.as_slice())
     }
 
+    /// The source a node counts as: its observed address (first of its vetted addresses), an
+    /// IPv6 one by its /64.
+    fn source(&self, node: &NodeId) -> Option<IpAddr> {
+        let e = self.nodes.get(node)?;
+        e.addrs.first().map(|a| source_key(a.ip()))
+    }
+
     /// `reporter` asked `peer` for pieces of `content` and got none. Counted once per distinct
-    /// reporter; past [`Config::demote_after`] the holder ranks last, past
-    /// [`Config::drop_after`] an ordinary holder is dropped from the swarm.
+    /// reporter source address (sybil ids behind one address count once); past
+    /// [`Config::demote_after`] the holder ranks last, past [`Config::drop_after`] an ordinary
+    /// holder is dropped from the swarm.
     pub fn report(
         &mut self,
         now: u64,
@@ -336,16 +348,18 @@ impl Index {
         content: ContentId,
         peer: NodeId,
     ) -> Result<Vec<Persist>, IndexError> {
-        if !self.nodes.contains_key(&reporter) {
-            return Err(IndexError::NotRegistered);
-        }
+        let source = self.source(&reporter).ok_or(IndexError::NotRegistered)?;
         let storage = self.nodes.get(&peer).is_some_and(|e| e.storage);
-        let drop_after = self.config.drop_after;
+        let (drop_after, demote_after) = (self.config.drop_after, self.config.demote_after);
+        let nodes = &self.nodes;
         let Some(swarm) = self.swarms.get_mut(&content) else { return Ok(Vec::new()) };
         if reporter == peer || !swarm.holders.contains(&peer) {
             return Ok(Vec::new());
         }
-        let n = swarm.report(peer, reporter, drop_after);
+        let n = swarm.report(peer, source, drop_after, demote_after, |h| nodes.contains_key(h));
+        if n > 0 {
+            self.reported_in.entry(peer).or_default().insert(content);
+        }
         // Admitted storage is the operator's: demoted like anyone, never dropped by reports.
         if n >= drop_after && !storage && self.unhold(now, content, peer) {
             return Ok(vec![Persist::RemoveHolding(content, peer)]);
@@ -366,6 +380,12 @@ impl Index {
         let mut ops = Vec::new();
         for id in dead {
             self.nodes.remove(&id);
+            // Reports about it go with it (a returning id starts afresh, holding nothing).
+            for content in self.reported_in.remove(&id).unwrap_or_default() {
+                if let Some(s) = self.swarms.get_mut(&content) {
+                    s.reports.remove(&id);
+                }
+            }
             for content in self.held.remove(&id).unwrap_or_default() {
                 if self.unhold(now, content, id) {
                     ops.push(Persist::RemoveHolding(content, id));

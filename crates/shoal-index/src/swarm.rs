@@ -4,12 +4,18 @@
 //! Holders sit in a vector beside a map (index and bitfield), so a lookup can draw a uniform
 //! random sample of them in time proportional to the sample, not to the swarm.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
 
 use shoal_core::{Bitfield, NodeId, PieceIndex};
 
-/// The most holders a swarm keeps reports about (further reports are ignored).
+/// The most holders a swarm keeps reports about. When full, entries of holders no longer
+/// registered go first, then one whose reports do not yet demote it; only a swarm full of
+/// demoted holders ignores reports about further ones.
 pub(crate) const MAX_REPORTED: usize = 1024;
+/// The most holders remembered as offered to one asker by lookups of one content (the most
+/// recent lookups' peers): a node may only report a holder it was offered.
+pub(crate) const MAX_OFFERED: usize = 128;
 
 /// Holders of one content, sampleable in O(1) per draw.
 #[derive(Debug, Default)]
@@ -91,8 +97,13 @@ pub(crate) struct Swarm {
     pub(crate) storage: HashMap<NodeId, (u32, u64, bool)>,
     /// Pieces assigned to holders for pushing into storage, with the assignment's expiry.
     pub(crate) assigned: HashMap<PieceIndex, (NodeId, u64)>,
-    /// Per reported holder, the distinct nodes that reported it as never delivering.
-    pub(crate) reports: HashMap<NodeId, Vec<NodeId>>,
+    /// Per reported holder, the distinct sources (reporters' observed addresses, see
+    /// [`crate::limits::source_key`]) that reported it as never delivering: sybil ids behind
+    /// one address count once.
+    pub(crate) reports: HashMap<NodeId, Vec<IpAddr>>,
+    /// Holders offered to each asker by its lookups of this content (bounded by
+    /// [`MAX_OFFERED`]): the only ones it may report.
+    pub(crate) offered: HashMap<NodeId, HashSet<NodeId>>,
     /// Since when the swarm has had no holder (it is collected after a while), if it has none.
     pub(crate) empty_since: Option<u64>,
 }
@@ -109,6 +120,7 @@ impl Swarm {
             storage: HashMap::new(),
             assigned: HashMap::new(),
             reports: HashMap::new(),
+            offered: HashMap::new(),
             empty_since: Some(now),
         }
     }
@@ -151,26 +163,70 @@ impl Swarm {
         }
     }
 
+    /// Forgets what was handed to `node` as an asker: its hints and the holders it was offered.
     pub(crate) fn forget_hints(&mut self, node: NodeId) {
         for p in self.handed.remove(&node).unwrap_or_default() {
             self.handed_count[p.0 as usize] -= 1;
         }
+        self.offered.remove(&node);
     }
 
-    /// Distinct reporters of `holder`.
+    /// Remembers that a lookup offered `peers` to `asker`.
+    pub(crate) fn offer(&mut self, asker: NodeId, peers: impl IntoIterator<Item = NodeId>) {
+        let set = self.offered.entry(asker).or_default();
+        for p in peers {
+            if set.len() >= MAX_OFFERED && !set.contains(&p) {
+                // Forget an older one: a fetch reports the holders of its recent lookups.
+                if let Some(old) = set.iter().next().copied() {
+                    set.remove(&old);
+                }
+            }
+            set.insert(p);
+        }
+    }
+
+    /// Whether a lookup by `asker` offered `holder`.
+    pub(crate) fn was_offered(&self, asker: &NodeId, holder: &NodeId) -> bool {
+        self.offered.get(asker).is_some_and(|s| s.contains(holder))
+    }
+
+    /// Distinct sources that reported `holder`.
     pub(crate) fn reported(&self, holder: &NodeId) -> usize {
         self.reports.get(holder).map_or(0, Vec::len)
     }
 
-    /// Records that `reporter` got nothing from `holder`; returns the distinct reporter count.
-    /// Bounded: at most [`MAX_REPORTED`] holders, and no more reporters per holder than `cap`.
-    pub(crate) fn report(&mut self, holder: NodeId, reporter: NodeId, cap: usize) -> usize {
+    /// Records that a reporter at `source` got nothing from `holder`; returns the distinct
+    /// source count. Bounded: no more sources per holder than `cap`, and at most
+    /// [`MAX_REPORTED`] holders; when full, entries of holders `registered` denies are evicted,
+    /// then one with fewer than `demote_after` sources, before a report is ignored.
+    pub(crate) fn report(
+        &mut self,
+        holder: NodeId,
+        source: IpAddr,
+        cap: usize,
+        demote_after: usize,
+        registered: impl Fn(&NodeId) -> bool,
+    ) -> usize {
         if !self.reports.contains_key(&holder) && self.reports.len() >= MAX_REPORTED {
-            return 0;
+            self.reports.retain(|h, _| registered(h));
+            if self.reports.len() >= MAX_REPORTED {
+                let weakest = self
+                    .reports
+                    .iter()
+                    .filter(|(_, l)| l.len() < demote_after)
+                    .min_by_key(|(_, l)| l.len())
+                    .map(|(h, _)| *h);
+                match weakest {
+                    Some(h) => {
+                        self.reports.remove(&h);
+                    }
+                    None => return 0,
+                }
+            }
         }
         let list = self.reports.entry(holder).or_default();
-        if list.len() < cap && !list.contains(&reporter) {
-            list.push(reporter);
+        if list.len() < cap && !list.contains(&source) {
+            list.push(source);
         }
         list.len()
     }
@@ -249,15 +305,51 @@ mod tests {
         }
     }
 
+    fn ip(i: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, i])
+    }
+
     #[test]
     fn reports_are_distinct_and_bounded() {
-        let r = ids(4);
+        let r = ids(1);
         let mut s = Swarm::new(1, vec![], 0);
-        assert_eq!(s.report(r[0], r[1], 3), 1);
-        assert_eq!(s.report(r[0], r[1], 3), 1, "the same reporter counts once");
-        assert_eq!(s.report(r[0], r[2], 3), 2);
-        assert_eq!(s.report(r[0], r[3], 3), 3);
-        assert_eq!(s.report(r[0], r[0], 3), 3, "capped");
+        let yes = |_: &NodeId| true;
+        assert_eq!(s.report(r[0], ip(1), 3, 2, yes), 1);
+        assert_eq!(s.report(r[0], ip(1), 3, 2, yes), 1, "the same source counts once");
+        assert_eq!(s.report(r[0], ip(2), 3, 2, yes), 2);
+        assert_eq!(s.report(r[0], ip(3), 3, 2, yes), 3);
+        assert_eq!(s.report(r[0], ip(4), 3, 2, yes), 3, "capped");
         assert_eq!(s.reported(&r[0]), 3);
+    }
+
+    #[test]
+    fn a_full_report_table_evicts_unregistered_then_undemoted_holders_before_refusing() {
+        let mut s = Swarm::new(1, vec![], 0);
+        let throwaway = ids(MAX_REPORTED);
+        let yes = |_: &NodeId| true;
+        for &h in &throwaway {
+            assert_eq!(s.report(h, ip(1), 5, 2, yes), 1);
+        }
+        assert_eq!(s.reports.len(), MAX_REPORTED);
+        // The throwaway ids are gone from the tracker: a real report evicts them.
+        let real = ids(1)[0];
+        let gone = |h: &NodeId| !throwaway.contains(h);
+        assert_eq!(s.report(real, ip(2), 5, 2, gone), 1);
+        assert_eq!(s.reports.len(), 1, "unregistered holders' entries evicted");
+        // Still registered but reported once (not demoted): one is evicted to make room.
+        let mut s = Swarm::new(1, vec![], 0);
+        for &h in &throwaway {
+            s.report(h, ip(1), 5, 2, yes);
+        }
+        assert_eq!(s.report(real, ip(2), 5, 2, yes), 1);
+        assert_eq!(s.reports.len(), MAX_REPORTED);
+        // A table full of demoted holders keeps them and ignores a new one.
+        let mut s = Swarm::new(1, vec![], 0);
+        for &h in &throwaway {
+            s.report(h, ip(1), 5, 2, yes);
+            s.report(h, ip(2), 5, 2, yes);
+        }
+        assert_eq!(s.report(real, ip(3), 5, 2, yes), 0);
+        assert!(!s.reports.contains_key(&real));
     }
 }

@@ -51,6 +51,12 @@ fn reg(ix: &mut Index, i: usize, role: Role) -> Role {
     ix.register(0, node(i), role, observed(), &[]).role
 }
 
+/// Registers node `i` again, from its own address 10.0.0.`i`.
+fn reg_apart(ix: &mut Index, i: usize) {
+    let at = SocketAddr::new(IpAddr::from([10, 0, 0, i as u8]), 7000);
+    ix.register(0, node(i), Role::Node, at, &[]);
+}
+
 /// An index with nodes `0..nodes` registered and a content of `n` pieces with its manifest.
 fn setup(config: Config, nodes: usize, n: u32) -> (Index, ContentId) {
     let mut ix = Index::new(config);
@@ -298,6 +304,10 @@ fn holders_reported_as_never_delivering_are_demoted_then_dropped() {
     ix.heartbeat(0, honest, Load { active_uploads: 3, ..Load::default() }).unwrap();
     let first = |ix: &mut Index| ix.lookup(None, c, None, 10).unwrap().peers[0].node_id;
     assert_eq!(first(&mut ix), liar);
+    // Reporters at addresses of their own (reports count by address).
+    for i in 2..5 {
+        reg_apart(&mut ix, i);
+    }
     // One reporter, even repeated, does not demote; a self-report or a stranger's is ignored.
     for _ in 0..5 {
         ix.report(0, node(2), c, liar).unwrap();
@@ -313,6 +323,65 @@ fn holders_reported_as_never_delivering_are_demoted_then_dropped() {
     // Re-announcing does not bring it back.
     assert!(ix.announce(0, liar, c, Bitfield::full(2)).unwrap().is_empty());
     assert_eq!(ix.lookup(None, c, None, 10).unwrap().peers.len(), 1);
+}
+
+#[test]
+fn sybil_ids_behind_one_address_neither_drop_nor_demote_an_honest_holder() {
+    let (mut ix, c) = setup(Config::default(), 3, 2);
+    let (honest, other) = (node(0), node(1));
+    ix.announce(0, honest, c, Bitfield::full(2)).unwrap();
+    ix.announce(0, other, c, Bitfield::full(2)).unwrap();
+    ix.heartbeat(0, other, Load { active_uploads: 3, ..Load::default() }).unwrap();
+    let first = |ix: &mut Index| ix.lookup(None, c, None, 10).unwrap().peers[0].node_id;
+    assert_eq!(first(&mut ix), honest);
+    // Fifty fresh ids from one address (within one registration burst) report the honest
+    // holder: one address, one report.
+    let sybil_ip: SocketAddr = "198.51.100.66:4000".parse().unwrap();
+    for _ in 0..50 {
+        let id = fresh_id();
+        ix.register(0, id, Role::Node, sybil_ip, &[]);
+        assert!(ix.report(0, id, c, honest).unwrap().is_empty(), "never dropped");
+    }
+    assert_eq!(ix.swarms[&c].reported(&honest), 1);
+    assert_eq!(first(&mut ix), honest, "not demoted");
+    assert_eq!(ix.lookup(None, c, None, 10).unwrap().peers.len(), 2);
+    // Reporters at distinct addresses still demote, then drop, a real non-deliverer.
+    for i in 3..8 {
+        let at = SocketAddr::new(IpAddr::from([10, 0, 1, i as u8]), 7000);
+        ix.register(0, node(i), Role::Node, at, &[]);
+    }
+    ix.report(0, node(3), c, honest).unwrap();
+    assert_eq!(first(&mut ix), other, "demoted after a second address reported it");
+    ix.report(0, node(4), c, honest).unwrap();
+    ix.report(0, node(5), c, honest).unwrap();
+    let ops = ix.report(0, node(6), c, honest).unwrap();
+    assert_eq!(ops, vec![Persist::RemoveHolding(c, honest)], "dropped after five addresses");
+}
+
+#[test]
+fn reports_about_a_holder_go_when_it_expires() {
+    let (mut ix, c) = setup(Config { node_ttl_ms: 100, ..Config::default() }, 4, 2);
+    ix.announce(0, node(0), c, Bitfield::full(2)).unwrap();
+    ix.announce(0, node(1), c, Bitfield::full(2)).unwrap();
+    reg_apart(&mut ix, 2);
+    reg_apart(&mut ix, 3);
+    ix.report(0, node(2), c, node(0)).unwrap();
+    ix.report(0, node(3), c, node(0)).unwrap();
+    ix.report(0, node(2), c, node(1)).unwrap();
+    assert_eq!(ix.swarms[&c].reports.len(), 2);
+    // Node 0 goes silent; the others keep heartbeating.
+    for i in 1..4 {
+        ix.heartbeat(90, node(i), Load::default()).unwrap();
+    }
+    ix.expire(150);
+    let s = &ix.swarms[&c];
+    assert!(!s.reports.contains_key(&node(0)), "its report entry went with it");
+    assert_eq!(s.reported(&node(1)), 1);
+    assert!(!ix.reported_in.contains_key(&node(0)));
+    // Everyone goes: nothing about them is left.
+    ix.expire(1_000);
+    assert!(ix.reported_in.is_empty());
+    assert!(ix.swarms.get(&c).is_none_or(|s| s.reports.is_empty()));
 }
 
 #[test]
