@@ -9,7 +9,7 @@
 //! - Holders that downloaders report as never delivering are demoted, then dropped. Reports
 //!   count by the reporters' observed addresses, not their ids: ids are free, addresses not.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
 use shoal_core::{Bitfield, ContentId, Manifest, NodeId, PieceIndex};
@@ -27,6 +27,10 @@ pub struct Index {
     pub(crate) swarms: HashMap<ContentId, Swarm>,
     /// Contents each node holds, for expiry and the per-node cap.
     pub(crate) held: HashMap<NodeId, BTreeSet<ContentId>>,
+    /// Contents each node looked up as a registered asker, oldest first (at most
+    /// [`MAX_LOOKED_UP`]): what it was handed there (hints, offered holders) is forgotten when
+    /// it expires or when it looks up too many others, announced or not.
+    pub(crate) looked: HashMap<NodeId, VecDeque<ContentId>>,
     /// Contents in whose swarms each node has been reported (as a holder), for expiry.
     pub(crate) reported_in: HashMap<NodeId, BTreeSet<ContentId>>,
     /// Swarms without holders, by the time they became empty: collected after the TTL.
@@ -35,6 +39,9 @@ pub struct Index {
     limiter: RateLimiter,
     pub(crate) rng: fastrand::Rng,
 }
+
+/// The most contents whose lookup state (hints, offered holders) is kept per node.
+pub(crate) const MAX_LOOKED_UP: usize = 256;
 
 /// Keeps the addresses whose IP is the one the tracker observed (an unspecified IP becomes
 /// it), plus the observed address itself: a node dials the tracker from its listening socket.
@@ -61,6 +68,7 @@ impl Index {
             swarms: HashMap::new(),
             held: HashMap::new(),
             reported_in: HashMap::new(),
+            looked: HashMap::new(),
             idle: BTreeSet::new(),
             manifest_bytes: 0,
         }
@@ -337,8 +345,26 @@ impl Index {
         e.addrs.first().map(|a| source_key(a.ip()))
     }
 
+    /// Remembers that `asker` looked up `content`, forgetting what it was handed for the
+    /// oldest content if it looked up more than [`MAX_LOOKED_UP`].
+    pub(crate) fn note_lookup(&mut self, asker: NodeId, content: ContentId) {
+        let list = self.looked.entry(asker).or_default();
+        if list.contains(&content) {
+            return;
+        }
+        list.push_back(content);
+        if list.len() > MAX_LOOKED_UP {
+            if let Some(old) = list.pop_front() {
+                if let Some(s) = self.swarms.get_mut(&old) {
+                    s.forget_hints(asker);
+                }
+            }
+        }
+    }
+
     /// `reporter` asked `peer` for pieces of `content` and got none. Counted once per distinct
-    /// reporter source address (sybil ids behind one address count once); past
+    /// reporter source address (sybil ids behind one address count once), and only if a lookup
+    /// of `content` by `reporter` offered `peer`; past
     /// [`Config::demote_after`] the holder ranks last, past [`Config::drop_after`] an ordinary
     /// holder is dropped from the swarm.
     pub fn report(
@@ -353,7 +379,12 @@ impl Index {
         let (drop_after, demote_after) = (self.config.drop_after, self.config.demote_after);
         let nodes = &self.nodes;
         let Some(swarm) = self.swarms.get_mut(&content) else { return Ok(Vec::new()) };
-        if reporter == peer || !swarm.holders.contains(&peer) {
+        // Only about a holder a lookup of this content offered it: a report names a peer the
+        // reporter was sent to, not any holder it would like to see gone.
+        if reporter == peer
+            || !swarm.holders.contains(&peer)
+            || !swarm.was_offered(&reporter, &peer)
+        {
             return Ok(Vec::new());
         }
         let n = swarm.report(peer, source, drop_after, demote_after, |h| nodes.contains_key(h));
@@ -380,6 +411,12 @@ impl Index {
         let mut ops = Vec::new();
         for id in dead {
             self.nodes.remove(&id);
+            // What its lookups were handed, where it holds nothing (holdings: below).
+            for content in self.looked.remove(&id).unwrap_or_default() {
+                if let Some(s) = self.swarms.get_mut(&content) {
+                    s.forget_hints(id);
+                }
+            }
             // Reports about it go with it (a returning id starts afresh, holding nothing).
             for content in self.reported_in.remove(&id).unwrap_or_default() {
                 if let Some(s) = self.swarms.get_mut(&content) {

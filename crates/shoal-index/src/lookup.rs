@@ -58,7 +58,9 @@ fn rarest_useful(bf: &[u8], have: Option<&[u8]>, availability: &[u32], floor: u3
 
 impl Index {
     /// Peers holding pieces `asker` lacks (all pieces if `have` is `None`), most useful first,
-    /// and the pieces the asker should fetch first. `None` for an unknown content.
+    /// and the pieces the asker should fetch first. `None` for an unknown content. An `asker`
+    /// must be registered: what it is handed (hints, the holders offered, which it may then
+    /// report) is kept until it expires.
     pub fn lookup(
         &mut self,
         asker: Option<NodeId>,
@@ -123,11 +125,17 @@ impl Index {
                     bitfield: bf.clone(),
                 })
             })
-            .collect();
+            .collect::<Vec<PeerInfo>>();
         let hints = match asker {
-            Some(a) => Self::hand_out(swarm, a, have, self.config.hints),
+            Some(a) => {
+                swarm.offer(a, peers.iter().map(|p: &PeerInfo| p.node_id));
+                Self::hand_out(swarm, a, have, self.config.hints)
+            }
             None => Vec::new(),
         };
+        if let Some(a) = asker {
+            self.note_lookup(a, content);
+        }
         Some(Lookup { piece_count: n, peers, hints })
     }
 

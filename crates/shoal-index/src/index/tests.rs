@@ -304,9 +304,11 @@ fn holders_reported_as_never_delivering_are_demoted_then_dropped() {
     ix.heartbeat(0, honest, Load { active_uploads: 3, ..Load::default() }).unwrap();
     let first = |ix: &mut Index| ix.lookup(None, c, None, 10).unwrap().peers[0].node_id;
     assert_eq!(first(&mut ix), liar);
-    // Reporters at addresses of their own (reports count by address).
+    // Reporters at addresses of their own (reports count by address), each offered the liar
+    // by a lookup.
     for i in 2..5 {
         reg_apart(&mut ix, i);
+        ix.lookup(Some(node(i)), c, None, 10).unwrap();
     }
     // One reporter, even repeated, does not demote; a self-report or a stranger's is ignored.
     for _ in 0..5 {
@@ -340,6 +342,7 @@ fn sybil_ids_behind_one_address_neither_drop_nor_demote_an_honest_holder() {
     for _ in 0..50 {
         let id = fresh_id();
         ix.register(0, id, Role::Node, sybil_ip, &[]);
+        ix.lookup(Some(id), c, None, 10).unwrap();
         assert!(ix.report(0, id, c, honest).unwrap().is_empty(), "never dropped");
     }
     assert_eq!(ix.swarms[&c].reported(&honest), 1);
@@ -349,6 +352,12 @@ fn sybil_ids_behind_one_address_neither_drop_nor_demote_an_honest_holder() {
     for i in 3..8 {
         let at = SocketAddr::new(IpAddr::from([10, 0, 1, i as u8]), 7000);
         ix.register(0, node(i), Role::Node, at, &[]);
+    }
+    // A report about a holder the reporter was never offered is ignored.
+    ix.report(0, node(3), c, honest).unwrap();
+    assert_eq!(ix.swarms[&c].reported(&honest), 1);
+    for i in 3..8 {
+        ix.lookup(Some(node(i)), c, None, 10).unwrap();
     }
     ix.report(0, node(3), c, honest).unwrap();
     assert_eq!(first(&mut ix), other, "demoted after a second address reported it");
@@ -365,6 +374,8 @@ fn reports_about_a_holder_go_when_it_expires() {
     ix.announce(0, node(1), c, Bitfield::full(2)).unwrap();
     reg_apart(&mut ix, 2);
     reg_apart(&mut ix, 3);
+    ix.lookup(Some(node(2)), c, None, 10).unwrap();
+    ix.lookup(Some(node(3)), c, None, 10).unwrap();
     ix.report(0, node(2), c, node(0)).unwrap();
     ix.report(0, node(3), c, node(0)).unwrap();
     ix.report(0, node(2), c, node(1)).unwrap();
@@ -382,6 +393,37 @@ fn reports_about_a_holder_go_when_it_expires() {
     ix.expire(1_000);
     assert!(ix.reported_in.is_empty());
     assert!(ix.swarms.get(&c).is_none_or(|s| s.reports.is_empty()));
+}
+
+#[test]
+fn what_lookups_hand_a_node_that_never_announces_is_forgotten_when_it_expires() {
+    let (mut ix, c) = setup(Config { node_ttl_ms: 100, hints: 4, ..Config::default() }, 3, 8);
+    let (c2, m2) = content(8, 2);
+    ix.put_manifest(0, node(0), c2, m2).unwrap();
+    ix.announce(0, node(0), c, Bitfield::full(8)).unwrap();
+    ix.announce(0, node(0), c2, Bitfield::full(8)).unwrap();
+    // Nodes 1 and 2 look both contents up (hints, offered holders) and never announce them.
+    for i in [1, 2] {
+        for content in [c, c2] {
+            assert_eq!(ix.lookup(Some(node(i)), content, None, 10).unwrap().hints.len(), 4);
+        }
+    }
+    assert_eq!(ix.swarms[&c].handed.len(), 2);
+    assert_eq!(ix.swarms[&c].offered.len(), 2);
+    assert_eq!(ix.looked.len(), 2);
+    // The seed keeps heartbeating; the askers go silent and expire.
+    ix.heartbeat(90, node(0), Load::default()).unwrap();
+    ix.expire(150);
+    for content in [c, c2] {
+        let s = &ix.swarms[&content];
+        assert!(s.handed.is_empty(), "hints kept for expired askers");
+        assert!(s.offered.is_empty(), "offered holders kept for expired askers");
+        assert!(s.handed_count.iter().all(|&n| n == 0), "handed counts freed");
+    }
+    assert!(ix.looked.is_empty());
+    // A fresh asker's hints are as good as the first ones were: nothing counts as handed.
+    reg(&mut ix, 1, Role::Node);
+    assert_eq!(ix.lookup(Some(node(1)), c, None, 10).unwrap().hints.len(), 4);
 }
 
 #[test]
