@@ -124,21 +124,7 @@ impl fmt::Display for Rate {
     }
 }
 
-/// `12.3 MiB` style.
-pub fn human_bytes(b: f64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{v:.0} {}", UNITS[u])
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use shoal_core::units::human_bytes;
 
 /// Everything a node needs to run.
 #[derive(Debug, Clone)]

@@ -16,7 +16,6 @@
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -252,21 +251,8 @@ fn new_token() -> anyhow::Result<String> {
 
 /// Writes a file readable only by its owner, atomically.
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    // Whatever sits at the temporary name (a stale file, or a link planted by someone else) is
-    // removed and the file created exclusively, so the token never lands in a file another
-    // user opened or pointed elsewhere.
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot replace {}", tmp.display())),
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    let (mut f, tmp) = shoal_net::identity::create_private_beside(path)
+        .with_context(|| format!("cannot write beside {}", path.display()))?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;

@@ -87,8 +87,43 @@ fn device_cert(node: &Node) -> anyhow::Result<Option<DeviceCert>> {
     Ok(user.map(|u| u.device_cert(node.node_id())))
 }
 
-/// Pushes the manifest, claiming the content for this node's user; retries `Busy` and storage
-/// errors with backoff. Returns whether storage held every piece already.
+/// Sends one push request with its body, retrying with backoff while storage is busy or cannot
+/// write; the accepting answer (`already`, `complete`). `before_each` runs before every
+/// attempt (the upload limiter, for piece bodies). Any other refusal is an error that names
+/// `what` and carries storage's reason.
+async fn push_retrying<F, Fut>(
+    conn: &Connection,
+    req: &Request,
+    body: &Bytes,
+    what: &str,
+    mut before_each: F,
+) -> anyhow::Result<(bool, bool)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut backoff = Duration::from_millis(250);
+    let mut attempt = 1;
+    loop {
+        before_each().await;
+        match call(conn, req, Some(body)).await? {
+            Response::Pushed { already, complete } => return Ok((already, complete)),
+            Response::Reject { reason: RejectReason::StorageError | RejectReason::Busy, text }
+                if attempt < ATTEMPTS =>
+            {
+                warn!(%text, what, "storage cannot take the push now; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                attempt += 1;
+            }
+            Response::Reject { text, .. } => bail!("storage refused {what}: {text}"),
+            other => bail!("unexpected answer {other:?}"),
+        }
+    }
+}
+
+/// Pushes the manifest, claiming the content for this node's user. Returns whether storage
+/// held every piece already.
 async fn push_manifest(
     conn: &Connection,
     content: ContentId,
@@ -96,22 +131,8 @@ async fn push_manifest(
     cert: Option<DeviceCert>,
 ) -> anyhow::Result<bool> {
     let req = Request::PushManifest { content, len: bytes.len() as u32, cert };
-    let mut backoff = Duration::from_millis(250);
-    for attempt in 1..=ATTEMPTS {
-        match call(conn, &req, Some(&bytes)).await? {
-            Response::Pushed { complete, .. } => return Ok(complete),
-            Response::Reject { reason: RejectReason::StorageError | RejectReason::Busy, text }
-                if attempt < ATTEMPTS =>
-            {
-                warn!(%text, "storage cannot take the manifest now; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
-            }
-            Response::Reject { text, .. } => bail!("storage refused the push: {text}"),
-            other => bail!("unexpected answer {other:?}"),
-        }
-    }
-    unreachable!("the last attempt returns")
+    let (_, complete) = push_retrying(conn, &req, &bytes, "the push", || async {}).await?;
+    Ok(complete)
 }
 
 /// The storage node the tracker names.
@@ -158,34 +179,19 @@ async fn push_one(
             .await?
             .with_context(|| format!("reading piece {piece}"))?,
     );
-    let mut backoff = Duration::from_millis(250);
-    for attempt in 1..=ATTEMPTS {
-        node.upload.acquire(data.len() as u64).await;
-        let req = Request::PushPiece {
-            content,
-            piece,
-            len: data.len() as u32,
-            cert: creds.cert.clone(),
-            token: creds.token.clone(),
-        };
-        match call(conn, &req, Some(&data)).await? {
-            Response::Pushed { already, complete } => {
-                let sent = if already { 0 } else { data.len() as u64 };
-                node.stats.pushed_bytes.fetch_add(sent, Ordering::Relaxed);
-                return Ok((sent, complete));
-            }
-            Response::Reject { reason: RejectReason::StorageError | RejectReason::Busy, text }
-                if attempt < ATTEMPTS =>
-            {
-                warn!(%piece, %text, "storage cannot write; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
-            }
-            Response::Reject { text, .. } => bail!("storage refused piece {piece}: {text}"),
-            other => bail!("unexpected answer {other:?}"),
-        }
-    }
-    unreachable!("the last attempt returns")
+    let req = Request::PushPiece {
+        content,
+        piece,
+        len: data.len() as u32,
+        cert: creds.cert,
+        token: creds.token,
+    };
+    let what = format!("piece {piece}");
+    let limit = || node.upload.acquire(data.len() as u64);
+    let (already, complete) = push_retrying(conn, &req, &data, &what, limit).await?;
+    let sent = if already { 0 } else { data.len() as u64 };
+    node.stats.pushed_bytes.fetch_add(sent, Ordering::Relaxed);
+    Ok((sent, complete))
 }
 
 /// Pushes `pieces` of `content` over `conn`; returns the bytes sent and whether storage then

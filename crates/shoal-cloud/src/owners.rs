@@ -43,21 +43,6 @@ fn read_u64(v: Option<sled::IVec>) -> u64 {
     v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map_or(0, u64::from_be_bytes)
 }
 
-/// `12.3 MiB` style, for quota messages.
-pub(crate) fn human(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let (mut v, mut u) = (b as f64, 0);
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 impl CloudStore {
     /// Records that `user` owns `content` of `size` bytes, charging the size to its usage
     /// unless it owned it already. Refuses with [`CloudError::QuotaExceeded`] (recording

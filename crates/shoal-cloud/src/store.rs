@@ -70,9 +70,9 @@ pub enum CloudError {
     #[error(
         "over quota: {} used of {}, this content needs {}: ask the storage operator to raise \
          your grant (--grant USER_ID=QUOTA)",
-        crate::owners::human(*used),
-        crate::owners::human(*quota),
-        crate::owners::human(*need)
+        shoal_core::units::human_bytes(*used as f64),
+        shoal_core::units::human_bytes(*quota as f64),
+        shoal_core::units::human_bytes(*need as f64)
     )]
     QuotaExceeded {
         /// bytes the user owns now

@@ -23,6 +23,7 @@ pub mod id;
 pub mod manifest;
 pub mod piece;
 pub mod ticket;
+pub mod units;
 pub mod user;
 
 pub use bitfield::Bitfield;

@@ -62,7 +62,14 @@ impl Identity {
         let path = dir.join(KEY_FILE);
         match Self::load(&path)? {
             Some(id) => Ok(id),
-            None => Self::create(dir, KEY_FILE, false),
+            // Two processes creating the key at once (a daemon starting while `shoal user`
+            // runs) agree on one: the second finds the first's and loads it.
+            None => match Self::create(dir, KEY_FILE) {
+                Err(IdentityError::Exists(_)) => {
+                    Self::load(&path)?.ok_or_else(|| IdentityError::Corrupt(path.clone()))
+                }
+                other => other,
+            },
         }
     }
 
@@ -73,7 +80,7 @@ impl Identity {
 
     /// Creates a separate user key in `dir` (mode 0600); refuses if one exists.
     pub fn create_user(dir: &Path) -> Result<Self, IdentityError> {
-        Self::create(dir, USER_KEY_FILE, true)
+        Self::create(dir, USER_KEY_FILE)
     }
 
     /// This key as a user.
@@ -110,36 +117,23 @@ impl Identity {
             .ok_or_else(|| IdentityError::Corrupt(path.to_path_buf()))
     }
 
-    /// Writes a fresh key as `dir/name`. Written under a temporary name first, so a crash never
-    /// leaves half a key; `exclusive` refuses to replace an existing file.
-    fn create(dir: &Path, name: &str, exclusive: bool) -> Result<Self, IdentityError> {
+    /// Writes a fresh key as `dir/name`, refusing to replace an existing file
+    /// ([`IdentityError::Exists`]). Written to a private temporary file first, so a crash
+    /// never leaves half a key.
+    fn create(dir: &Path, name: &str) -> Result<Self, IdentityError> {
         let path = dir.join(name);
         let io_err = |source| IdentityError::Io { path: path.clone(), source };
         let id = Self::generate();
         let bytes = id.keypair.to_protobuf_encoding().expect("ed25519 encodes");
-        let tmp = dir.join(format!("{name}.tmp"));
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err)?;
-        f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(io_err)?;
-        if exclusive {
-            // A hard link fails if the name exists, where a rename would replace it.
-            let linked = fs::hard_link(&tmp, &path);
-            let _ = fs::remove_file(&tmp);
-            match linked {
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    return Err(IdentityError::Exists(path))
-                }
-                other => other.map_err(io_err)?,
-            }
-        } else {
-            fs::rename(&tmp, &path).map_err(io_err)?;
+        let (mut f, tmp) = create_private_beside(&path).map_err(io_err)?;
+        let written = f.write_all(&bytes).and_then(|()| f.sync_all());
+        // A hard link fails if the name exists, where a rename would replace it.
+        let linked = written.and_then(|()| fs::hard_link(&tmp, &path));
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(IdentityError::Exists(path)),
+            other => other.map(|()| id).map_err(io_err),
         }
-        Ok(id)
     }
 
     /// The node id.
@@ -162,9 +156,38 @@ impl Identity {
     }
 }
 
+/// Creates a new file beside `path` for writing, readable only by its owner (mode 0600), under
+/// a name no other process uses (`NAME.PID.NANOS.tmp`), created exclusively: it never follows a
+/// planted symlink nor shares a file with a concurrent writer. The caller renames or links it
+/// into place, or removes it.
+pub fn create_private_beside(path: &Path) -> io::Result<(fs::File, std::path::PathBuf)> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = path.with_file_name(format!("{name}.{}.{nanos}.tmp", std::process::id()));
+    let f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    Ok((f, tmp))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processes_creating_the_key_at_once_agree_on_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<NodeId> = std::thread::scope(|scope| {
+            let joins: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| Identity::load_or_create(dir.path()).unwrap().node_id()))
+                .collect();
+            joins.into_iter().map(|j| j.join().unwrap()).collect()
+        });
+        let on_disk = Identity::load_or_create(dir.path()).unwrap().node_id();
+        assert!(ids.iter().all(|&id| id == on_disk), "every creator returned the key on disk");
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, 1, "no temporary files left");
+    }
 
     #[test]
     fn created_once_with_mode_0600_and_reloaded() {
