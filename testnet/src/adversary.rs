@@ -211,6 +211,12 @@ impl Ctx {
         *self.stop.borrow() || Instant::now() >= self.until
     }
 
+    /// How long the next call may wait for its answer: [`client::ANSWER_WAIT`], cut to the
+    /// time left, so every task stops by itself by its end time.
+    fn wait(&self) -> Duration {
+        client::ANSWER_WAIT.min(self.until.saturating_duration_since(Instant::now()))
+    }
+
     /// Waits `d`, or less if told to stop. Cancel-safe.
     async fn pause(&self, d: Duration) {
         let mut stop = self.stop.clone();
@@ -251,7 +257,8 @@ impl Adversaries {
         let (manifest, bytes) = rt.block_on(async {
             let ep =
                 client::endpoint(&shoal_net::Identity::generate(), target.honest[0].addr, &[])?;
-            let conn = client::dial(&ep, &target.honest[0], shoal_wire::ALPN).await?;
+            let wait = shoal_net::endpoint::CONNECT_TIMEOUT;
+            let conn = client::dial(&ep, &target.honest[0], shoal_wire::ALPN, wait).await?;
             client::fetch_manifest(&conn, target.content).await
         })?;
         let ctx = Ctx {

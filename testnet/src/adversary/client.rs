@@ -2,8 +2,11 @@
 //!
 //! Built on `shoal-wire` and `shoal-net` only (not the node library), so an adversary sends
 //! exactly the frames it chooses. Every wait has a deadline: an honest node that never answers
-//! a hostile request is a correct outcome, not a reason for the testnet to hang.
+//! a hostile request is a correct outcome, not a reason for the testnet to hang. Each call
+//! takes its own (`wait`: at most [`ANSWER_WAIT`], cut to the time an adversary has left), and
+//! the deadline covers the whole call: opening the stream, writing, and reading the answer.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -38,67 +41,79 @@ pub(super) fn endpoint(
     Endpoint::bind(identity, bind, alpns).context("binding an adversary endpoint")
 }
 
-/// Dials `peer` with `alpn` from `ep`. Cancel-safe.
+/// Runs `fut` for at most `wait`; past it, [`Unanswered`]. Cancel-safe if `fut` is.
+pub(super) async fn within<T>(
+    wait: Duration,
+    fut: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(wait, fut).await.map_err(|_| Unanswered)?
+}
+
+/// Dials `peer` with `alpn` from `ep`, within `wait`. Cancel-safe.
 pub(super) async fn dial(
     ep: &Endpoint,
     peer: &PeerAddr,
     alpn: &[u8],
+    wait: Duration,
 ) -> anyhow::Result<Connection> {
-    let (conn, _) = ep.connect(peer, alpn).await?;
-    Ok(conn)
+    within(wait, async { Ok(ep.connect(peer, alpn).await?.0) }).await
 }
 
-/// Dials the tracker at `addr`. Cancel-safe.
-pub(super) async fn dial_tracker(ep: &Endpoint, addr: SocketAddr) -> anyhow::Result<Connection> {
-    dial(ep, &PeerAddr { node_id: None, addr }, TRACKER_ALPN).await
+/// Dials the tracker at `addr`, within `wait`. Cancel-safe.
+pub(super) async fn dial_tracker(
+    ep: &Endpoint,
+    addr: SocketAddr,
+    wait: Duration,
+) -> anyhow::Result<Connection> {
+    dial(ep, &PeerAddr { node_id: None, addr }, TRACKER_ALPN, wait).await
 }
 
-/// No answer came within [`ANSWER_WAIT`]: the honest side stayed silent.
+/// No answer came within the call's wait: the honest side stayed silent (or the adversary's
+/// time ran out first).
 #[derive(Debug)]
 pub(super) struct Unanswered;
 
 impl std::fmt::Display for Unanswered {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "no answer within {} s", ANSWER_WAIT.as_secs())
+        write!(f, "no answer in time (at most {} s)", ANSWER_WAIT.as_secs())
     }
 }
 
 impl std::error::Error for Unanswered {}
 
-/// Reads one frame of kind `F` within [`ANSWER_WAIT`] (the decoder bounds its size).
-pub(super) async fn read_frame<F: Frame>(
-    recv: &mut RecvStream,
-    dec: &mut Decoder,
-) -> anyhow::Result<F> {
-    let read = async {
-        loop {
-            if let Some(f) = dec.decode::<F>()? {
-                return anyhow::Ok(f);
-            }
-            match recv.read_chunk(64 * 1024, true).await? {
-                Some(c) => dec.feed(&c.bytes),
-                None => bail!("the stream ended without an answer"),
-            }
+/// Reads one frame of kind `F` (the decoder bounds its size). No deadline of its own: the
+/// caller's covers it.
+async fn read_frame<F: Frame>(recv: &mut RecvStream, dec: &mut Decoder) -> anyhow::Result<F> {
+    loop {
+        if let Some(f) = dec.decode::<F>()? {
+            return Ok(f);
         }
-    };
-    tokio::time::timeout(ANSWER_WAIT, read).await.map_err(|_| Unanswered)?
+        match recv.read_chunk(64 * 1024, true).await? {
+            Some(c) => dec.feed(&c.bytes),
+            None => bail!("the stream ended without an answer"),
+        }
+    }
 }
 
-/// One tracker request on its own stream (raw bytes follow the frame); the answer's frame.
-/// Bytes after the answer's frame (a manifest) are not read. Cancel-safe.
+/// One tracker request on its own stream (raw bytes follow the frame); the answer's frame,
+/// all within `wait`. Bytes after the answer's frame (a manifest) are not read. Cancel-safe.
 pub(super) async fn tracker_call(
     conn: &Connection,
     req: &TrackerRequest,
     raw: Option<&[u8]>,
+    wait: Duration,
 ) -> anyhow::Result<TrackerResponse> {
-    let (mut send, mut recv) = conn.open_bi().await?;
-    send.write_all(&encode(req)).await?;
-    if let Some(raw) = raw {
-        send.write_all(raw).await?;
-    }
-    send.finish()?;
-    let mut dec = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
-    read_frame(&mut recv, &mut dec).await
+    within(wait, async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(&encode(req)).await?;
+        if let Some(raw) = raw {
+            send.write_all(raw).await?;
+        }
+        send.finish()?;
+        let mut dec = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
+        read_frame(&mut recv, &mut dec).await
+    })
+    .await
 }
 
 /// A request stream: the request is sent (and `raw` after it), the send side left open when
@@ -111,24 +126,29 @@ pub(super) struct Answered {
     pub(super) _send: SendStream,
 }
 
-/// Opens a request stream on `conn` and waits for the answer's header. Cancel-safe.
+/// Opens a request stream on `conn` and waits for the answer's header, all within `wait`.
+/// Cancel-safe.
 pub(super) async fn request(
     conn: &Connection,
     req: Request,
     raw: Option<&[u8]>,
     hold_open: bool,
+    wait: Duration,
 ) -> anyhow::Result<Answered> {
-    let (mut send, mut recv) = conn.open_bi().await?;
-    send.write_all(&encode(&Opening::Request(req))).await?;
-    if let Some(raw) = raw {
-        send.write_all(raw).await?;
-    }
-    if !hold_open {
-        send.finish()?;
-    }
-    let mut dec = Decoder::new();
-    let response = read_frame::<Response>(&mut recv, &mut dec).await?;
-    Ok(Answered { response, recv, dec, _send: send })
+    within(wait, async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(&encode(&Opening::Request(req))).await?;
+        if let Some(raw) = raw {
+            send.write_all(raw).await?;
+        }
+        if !hold_open {
+            send.finish()?;
+        }
+        let mut dec = Decoder::new();
+        let response = read_frame::<Response>(&mut recv, &mut dec).await?;
+        Ok(Answered { response, recv, dec, _send: send })
+    })
+    .await
 }
 
 /// Reads the `len` raw bytes after an answer's header, at most `max`, within [`ANSWER_WAIT`].
@@ -142,9 +162,7 @@ pub(super) async fn read_body(a: &mut Answered, len: usize, max: usize) -> anyho
     }
     let have = buf.len();
     buf.resize(len, 0);
-    tokio::time::timeout(ANSWER_WAIT, a.recv.read_exact(&mut buf[have..]))
-        .await
-        .map_err(|_| Unanswered)??;
+    within(ANSWER_WAIT, async { Ok(a.recv.read_exact(&mut buf[have..]).await?) }).await?;
     Ok(buf)
 }
 
@@ -154,7 +172,7 @@ pub(super) async fn fetch_manifest(
     conn: &Connection,
     content: ContentId,
 ) -> anyhow::Result<(Manifest, Vec<u8>)> {
-    let mut a = request(conn, Request::Manifest { content }, None, false).await?;
+    let mut a = request(conn, Request::Manifest { content }, None, false, ANSWER_WAIT).await?;
     let Response::Manifest { len } = a.response else {
         bail!("the seed refused its manifest: {:?}", a.response)
     };

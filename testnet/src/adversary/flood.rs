@@ -111,7 +111,7 @@ async fn flood_peer(ctx: Ctx, ep: Endpoint, peer: PeerAddr) -> Tally {
                     break;
                 }
                 dials += 1;
-                match client::dial(&ep, &peer, shoal_wire::ALPN).await {
+                match client::dial(&ep, &peer, shoal_wire::ALPN, ctx.wait()).await {
                     Ok(c) => {
                         conn = Some(c.clone());
                         c
@@ -129,9 +129,9 @@ async fn flood_peer(ctx: Ctx, ep: Endpoint, peer: PeerAddr) -> Tally {
         }
         while set.len() < IN_FLIGHT && sent < MAX_REQUESTS {
             let (req, hold) = hostile(&ctx, sent);
-            let c = c.clone();
+            let (c, wait) = (c.clone(), ctx.wait());
             set.spawn(async move {
-                let a = client::request(&c, req, None, hold).await?;
+                let a = client::request(&c, req, None, hold, wait).await?;
                 Ok(served(&a.response))
             });
             sent += 1;
@@ -157,7 +157,8 @@ async fn flood_peer(ctx: Ctx, ep: Endpoint, peer: PeerAddr) -> Tally {
 /// Sends subscriptions to random contents on one control stream, counting the node's rejects;
 /// a line saying how it went.
 async fn subscribe(ctx: Ctx, conn: Connection, node_id: shoal_core::NodeId) -> String {
-    let (mut send, mut recv) = match conn.open_bi().await {
+    let open = client::within(ctx.wait(), async { Ok(conn.open_bi().await?) });
+    let (mut send, mut recv) = match open.await {
         Ok(s) => s,
         Err(e) => return format!("no control stream: {e}"),
     };
@@ -175,7 +176,8 @@ async fn subscribe(ctx: Ctx, conn: Connection, node_id: shoal_core::NodeId) -> S
     });
     let mut sent = 0;
     let mut err = None;
-    if let Err(e) = send.write_all(&encode(&hello)).await {
+    let hello = client::within(ctx.wait(), async { Ok(send.write_all(&encode(&hello)).await?) });
+    if let Err(e) = hello.await {
         err = Some(e.to_string());
     }
     while err.is_none() && sent < MAX_SUBSCRIBES && !ctx.done() {
@@ -183,7 +185,7 @@ async fn subscribe(ctx: Ctx, conn: Connection, node_id: shoal_core::NodeId) -> S
         for _ in 0..SUBSCRIBE_BATCH {
             batch.extend(encode(&Message::Subscribe { content: random_content() }));
         }
-        match tokio::time::timeout(client::ANSWER_WAIT, send.write_all(&batch)).await {
+        match tokio::time::timeout(ctx.wait(), send.write_all(&batch)).await {
             Ok(Ok(())) => sent += SUBSCRIBE_BATCH,
             Ok(Err(e)) => err = Some(e.to_string()),
             Err(_) => err = Some("the node stopped reading".into()),

@@ -40,33 +40,38 @@ async fn serve(ctx: &Ctx, tally: &mut Tally, as_storage: bool) -> anyhow::Result
     let node_id = id.node_id();
     let tracker = ctx.target.tracker;
     let ep = client::endpoint(&id, tracker, &[shoal_wire::ALPN])?;
-    let conn = client::dial_tracker(&ep, tracker).await?;
+    let conn = client::dial_tracker(&ep, tracker, ctx.wait()).await?;
     let role = if as_storage { Role::Storage } else { Role::Node };
     let addrs = vec![ep.local_addr()?];
     let register = TrackerRequest::Register { node_id, version: TRACKER_VERSION, role, addrs };
-    let r = client::tracker_call(&conn, &register, None).await.map(|r| recorded(&r));
+    let r = client::tracker_call(&conn, &register, None, ctx.wait()).await.map(|r| recorded(&r));
     tally.count(&r);
     let content = ctx.target.content;
     let bitfield = Bitfield::full(ctx.manifest.piece_count());
     let claim = TrackerRequest::Announce { node_id, content, bitfield };
-    match client::tracker_call(&conn, &claim, None).await {
+    match client::tracker_call(&conn, &claim, None, ctx.wait()).await {
         Ok(TrackerResponse::NeedManifest) => {
             tally.count(&Ok(false));
             let bytes = ctx.manifest_bytes.as_slice();
             let put = TrackerRequest::PutManifest { node_id, content, len: bytes.len() as u32 };
-            tally
-                .count(&client::tracker_call(&conn, &put, Some(bytes)).await.map(|r| recorded(&r)));
+            tally.count(
+                &client::tracker_call(&conn, &put, Some(bytes), ctx.wait())
+                    .await
+                    .map(|r| recorded(&r)),
+            );
         }
         other => tally.count(&other.map(|r| recorded(&r))),
     }
     if as_storage {
-        let listed = match client::tracker_call(&conn, &TrackerRequest::FindStorage, None).await {
-            Ok(TrackerResponse::StorageNodes { nodes }) => {
-                Ok(nodes.iter().any(|n| n.node_id == node_id))
-            }
-            Ok(_) => Ok(false),
-            Err(e) => Err(e),
-        };
+        let listed =
+            match client::tracker_call(&conn, &TrackerRequest::FindStorage, None, ctx.wait()).await
+            {
+                Ok(TrackerResponse::StorageNodes { nodes }) => {
+                    Ok(nodes.iter().any(|n| n.node_id == node_id))
+                }
+                Ok(_) => Ok(false),
+                Err(e) => Err(e),
+            };
         if matches!(listed, Ok(true)) {
             tally.breach("the tracker lists an unadmitted id as storage".into());
         }
@@ -103,7 +108,7 @@ async fn serve(ctx: &Ctx, tally: &mut Tally, as_storage: bool) -> anyhow::Result
             }
             _ = beat.tick() => {
                 let hb = TrackerRequest::Heartbeat { node_id, load: Load::default() };
-                let r = client::tracker_call(&conn, &hb, None).await;
+                let r = client::tracker_call(&conn, &hb, None, ctx.wait()).await;
                 if let Err(e) = r {
                     tally.note(format!("heartbeat failed: {e}"));
                     if conn.close_reason().is_some() {

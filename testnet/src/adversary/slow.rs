@@ -58,7 +58,7 @@ pub(super) async fn run(ctx: Ctx, name: String) -> Tally {
                 if ctx.done() {
                     break;
                 }
-                match client::dial(&ep, &peer, shoal_wire::ALPN).await {
+                match client::dial(&ep, &peer, shoal_wire::ALPN, ctx.wait()).await {
                     Ok(conn) => read_slowly(&ctx, &conn, &mut tally, &counters).await,
                     Err(e) => tally.count(&Err(e)),
                 }
@@ -108,7 +108,7 @@ async fn read_slowly(ctx: &Ctx, conn: &Connection, tally: &mut Tally, counters: 
 async fn one(ctx: &Ctx, conn: &Connection, counters: &Counters) -> anyhow::Result<bool> {
     let piece = PieceIndex(fastrand::u32(..ctx.manifest.piece_count().max(1)));
     let req = Request::Piece { content: ctx.target.content, piece };
-    let mut a = client::request(conn, req, None, false).await?;
+    let mut a = client::request(conn, req, None, false, ctx.wait()).await?;
     let Response::Piece { len } = a.response else {
         ctx.pause(TICK).await; // refused: ask again a little later
         return Ok(false);
@@ -116,13 +116,14 @@ async fn one(ctx: &Ctx, conn: &Connection, counters: &Counters) -> anyhow::Resul
     let mut got = a.dec.take_rest().len() as u64;
     while got < u64::from(len) && !ctx.done() {
         ctx.pause(TICK).await;
-        match a.recv.read_chunk(TRICKLE, true).await {
-            Ok(Some(c)) => {
+        // Bounded like every call: a node that sends nothing more ends this request.
+        match tokio::time::timeout(ctx.wait(), a.recv.read_chunk(TRICKLE, true)).await {
+            Ok(Ok(Some(c))) => {
                 got += c.bytes.len() as u64;
                 counters.bytes.fetch_add(c.bytes.len() as u64, Ordering::Relaxed);
             }
-            Ok(None) => break,
-            Err(_) => {
+            Ok(Ok(None)) | Err(_) => break,
+            Ok(Err(_)) => {
                 counters.cut.fetch_add(1, Ordering::Relaxed);
                 break;
             }

@@ -29,9 +29,13 @@ fn identity(ctx: &Ctx) -> &Identity {
     &ctx.squatter
 }
 
-async fn dial(ctx: &Ctx, storage: &PeerAddr) -> anyhow::Result<(shoal_net::Endpoint, Connection)> {
+async fn dial(
+    ctx: &Ctx,
+    storage: &PeerAddr,
+    wait: Duration,
+) -> anyhow::Result<(shoal_net::Endpoint, Connection)> {
     let ep = client::endpoint(identity(ctx), storage.addr, &[])?;
-    let conn = client::dial(&ep, storage, shoal_wire::ALPN).await?;
+    let conn = client::dial(&ep, storage, shoal_wire::ALPN, wait).await?;
     Ok((ep, conn))
 }
 
@@ -40,19 +44,21 @@ fn pushed(resp: &Response) -> bool {
     matches!(resp, Response::Pushed { .. })
 }
 
-/// Pushes the seed's manifest into every storage node. Cancel-safe.
+/// Pushes the seed's manifest into every storage node. Cancel-safe. Runs before the
+/// adversaries' time starts, so each call waits [`client::ANSWER_WAIT`] at most.
 pub(super) async fn manifest_first(ctx: &Ctx) -> Tally {
+    let wait = client::ANSWER_WAIT;
     let mut tally = Tally::new("squatter-manifest".into());
     for storage in &ctx.target.storage {
         let outcome = async {
-            let (_ep, conn) = dial(ctx, storage).await?;
+            let (_ep, conn) = dial(ctx, storage, shoal_net::endpoint::CONNECT_TIMEOUT).await?;
             let bytes = ctx.manifest_bytes.as_slice();
             let req = Request::PushManifest {
                 content: ctx.target.content,
                 len: bytes.len() as u32,
                 cert: None,
             };
-            let a = client::request(&conn, req, Some(bytes), false).await?;
+            let a = client::request(&conn, req, Some(bytes), false, wait).await?;
             anyhow::Ok(pushed(&a.response))
         }
         .await;
@@ -89,7 +95,7 @@ pub(super) async fn run(ctx: Ctx) -> Tally {
         }
         for (storage, slot) in ctx.target.storage.iter().zip(conns.iter_mut()) {
             if slot.as_ref().is_none_or(|(_, c)| c.close_reason().is_some()) {
-                match dial(&ctx, storage).await {
+                match dial(&ctx, storage, ctx.wait()).await {
                     Ok(c) => *slot = Some(c),
                     Err(e) => {
                         tally.count(&Err(e));
@@ -116,14 +122,17 @@ async fn round(
 ) {
     let junk = manifest.content_id();
     let req = Request::PushManifest { content: junk, len: bytes.len() as u32, cert: None };
-    let outcome = push(conn, req, bytes).await;
+    let outcome = push(ctx, conn, req, bytes).await;
     if matches!(outcome, Ok(true)) {
         tally.breach(format!("{} stored the squatter's junk manifest", storage.addr));
     }
     tally.count(&outcome);
     for (i, data) in pieces.iter().enumerate() {
+        if ctx.done() {
+            return; // the time is up: what is left would only count as unanswered
+        }
         let req = client::push_piece(junk, PieceIndex(i as u32), data.len() as u32, None);
-        let outcome = push(conn, req, data).await;
+        let outcome = push(ctx, conn, req, data).await;
         if matches!(outcome, Ok(true)) {
             tally.breach(format!("{} stored the squatter's junk pieces", storage.addr));
         }
@@ -136,8 +145,11 @@ async fn round(
         let garbage: Vec<u8> = (0..len).map(|_| fastrand::u8(..)).collect();
         let forged: Vec<u8> = (0..200).map(|_| fastrand::u8(..)).collect();
         for token in [None, Some(forged)] {
+            if ctx.done() {
+                return;
+            }
             let req = client::push_piece(real, piece, len as u32, token);
-            let outcome = push(conn, req, &garbage).await;
+            let outcome = push(ctx, conn, req, &garbage).await;
             if matches!(outcome, Ok(true)) {
                 tally.breach(format!("{} stored garbage as a piece", storage.addr));
             }
@@ -146,7 +158,8 @@ async fn round(
     }
 }
 
-async fn push(conn: &Connection, req: Request, body: &[u8]) -> anyhow::Result<bool> {
-    let a = client::request(conn, req, Some(body), false).await?;
+/// One push within the time left. Cancel-safe.
+async fn push(ctx: &Ctx, conn: &Connection, req: Request, body: &[u8]) -> anyhow::Result<bool> {
+    let a = client::request(conn, req, Some(body), false, ctx.wait()).await?;
     Ok(pushed(&a.response))
 }

@@ -58,12 +58,12 @@ async fn one(ctx: &Ctx) -> anyhow::Result<Vec<anyhow::Result<bool>>> {
     let node_id = id.node_id();
     let tracker = ctx.target.tracker;
     let ep = client::endpoint(&id, tracker, &[])?;
-    let conn = client::dial_tracker(&ep, tracker).await?;
+    let conn = client::dial_tracker(&ep, tracker, ctx.wait()).await?;
     let addrs = vec![ep.local_addr()?];
     let mut out = Vec::new();
     let register =
         TrackerRequest::Register { node_id, version: TRACKER_VERSION, role: Role::Node, addrs };
-    let r = client::tracker_call(&conn, &register, None).await.map(|r| recorded(&r));
+    let r = client::tracker_call(&conn, &register, None, ctx.wait()).await.map(|r| recorded(&r));
     let registered = matches!(r, Ok(true));
     out.push(r);
     if !registered {
@@ -74,12 +74,16 @@ async fn one(ctx: &Ctx) -> anyhow::Result<Vec<anyhow::Result<bool>>> {
     let content = fake.content_id();
     let announce =
         TrackerRequest::Announce { node_id, content, bitfield: Bitfield::full(fake.piece_count()) };
-    match client::tracker_call(&conn, &announce, None).await {
+    match client::tracker_call(&conn, &announce, None, ctx.wait()).await {
         Ok(TrackerResponse::NeedManifest) => {
             out.push(Ok(false));
             let bytes = fake.encode();
             let put = TrackerRequest::PutManifest { node_id, content, len: bytes.len() as u32 };
-            out.push(client::tracker_call(&conn, &put, Some(&bytes)).await.map(|r| recorded(&r)));
+            out.push(
+                client::tracker_call(&conn, &put, Some(&bytes), ctx.wait())
+                    .await
+                    .map(|r| recorded(&r)),
+            );
         }
         other => out.push(other.map(|r| recorded(&r))),
     }
@@ -88,7 +92,7 @@ async fn one(ctx: &Ctx) -> anyhow::Result<Vec<anyhow::Result<bool>>> {
         content: ctx.target.content,
         bitfield: Bitfield::full(ctx.manifest.piece_count()),
     };
-    out.push(client::tracker_call(&conn, &claim, None).await.map(|r| recorded(&r)));
+    out.push(client::tracker_call(&conn, &claim, None, ctx.wait()).await.map(|r| recorded(&r)));
     conn.close(0u32.into(), b"");
     Ok(out)
 }
