@@ -48,6 +48,9 @@ const MAX_PER_ROLE: usize = 64;
 const MAX_SYBILS: usize = 10_000;
 /// The longest an adversary runs.
 const MAX_SECONDS: f64 = 120.0;
+/// How long [`Adversaries::finish`] waits, for all of them together, for the adversaries to
+/// stop by themselves once told to.
+const STOP_WAIT: Duration = Duration::from_secs(10);
 
 /// The `[adversaries]` table of a scenario. Every key defaults to none.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -148,6 +151,9 @@ pub(crate) struct Tally {
     pub(crate) notes: Vec<String>,
     /// What an honest process accepted that it must refuse (each one breaks an invariant).
     pub(crate) breaches: Vec<String>,
+    /// The adversary did not stop by itself within [`STOP_WAIT`] of being told to and was
+    /// aborted (its counts are lost); a failed check.
+    pub(crate) aborted: bool,
 }
 
 impl Tally {
@@ -240,7 +246,8 @@ pub(crate) struct Adversaries {
     rt: tokio::runtime::Runtime,
     stop: watch::Sender<bool>,
     ctx: Ctx,
-    tasks: Vec<JoinHandle<Tally>>,
+    /// Each task with its adversary's name.
+    tasks: Vec<(String, JoinHandle<Tally>)>,
 }
 
 impl Adversaries {
@@ -282,51 +289,54 @@ impl Adversaries {
     pub(crate) fn start(&mut self, cfg: &Config) {
         let mut ctx = self.ctx.clone();
         ctx.until = Instant::now() + cfg.duration();
-        let spawn = |tasks: &mut Vec<JoinHandle<Tally>>, f: JoinHandle<Tally>| tasks.push(f);
         let _guard = self.rt.enter();
+        let tasks = &mut self.tasks;
+        let mut spawn = |name: String, task: JoinHandle<Tally>| tasks.push((name, task));
         if cfg.sybils > 0 {
-            spawn(&mut self.tasks, tokio::spawn(sybil::run(ctx.clone(), cfg.sybils)));
+            spawn(sybil::NAME.into(), tokio::spawn(sybil::run(ctx.clone(), cfg.sybils)));
         }
         for i in 0..cfg.storage_claims {
-            let c = ctx.clone();
-            spawn(&mut self.tasks, tokio::spawn(silent::run(c, format!("storage-claim{i}"), true)));
+            let name = format!("storage-claim{i}");
+            spawn(name.clone(), tokio::spawn(silent::run(ctx.clone(), name, true)));
         }
         for i in 0..cfg.silent_peers {
-            let c = ctx.clone();
-            spawn(&mut self.tasks, tokio::spawn(silent::run(c, format!("silent{i}"), false)));
+            let name = format!("silent{i}");
+            spawn(name.clone(), tokio::spawn(silent::run(ctx.clone(), name, false)));
         }
         for i in 0..cfg.slow_readers {
-            spawn(&mut self.tasks, tokio::spawn(slow::run(ctx.clone(), format!("slow{i}"))));
+            let name = format!("slow{i}");
+            spawn(name.clone(), tokio::spawn(slow::run(ctx.clone(), name)));
         }
         for i in 0..cfg.flooders {
-            spawn(&mut self.tasks, tokio::spawn(flood::run(ctx.clone(), format!("flooder{i}"))));
+            let name = format!("flooder{i}");
+            spawn(name.clone(), tokio::spawn(flood::run(ctx.clone(), name)));
         }
         if cfg.push_squatter {
-            spawn(&mut self.tasks, tokio::spawn(squat::run(ctx.clone())));
+            spawn(squat::NAME.into(), tokio::spawn(squat::run(ctx.clone())));
         }
     }
 
-    /// Stops every adversary and returns what each did. Blocks at most a few seconds: a task
-    /// that does not stop by then is aborted and reported as such.
+    /// Stops every adversary and returns what each did. Blocks at most [`STOP_WAIT`] for all of
+    /// them (and a little more to shut down): a task that has not stopped by then is aborted
+    /// and its tally says so ([`Tally::aborted`]).
     pub(crate) fn finish(self) -> Vec<Tally> {
         let _ = self.stop.send(true);
         let tasks = self.tasks;
         let out = self.rt.block_on(async move {
+            let deadline = tokio::time::Instant::now() + STOP_WAIT;
             let mut out = Vec::new();
-            for t in tasks {
+            for (name, t) in tasks {
                 let abort = t.abort_handle();
-                match tokio::time::timeout(Duration::from_secs(10), t).await {
+                match tokio::time::timeout_at(deadline, t).await {
                     Ok(Ok(tally)) => out.push(tally),
-                    Ok(Err(e)) => out.push(Tally {
-                        notes: vec![format!("adversary task failed: {e}")],
-                        ..Tally::default()
-                    }),
+                    Ok(Err(e)) => {
+                        let mut tally = Tally::new(name);
+                        tally.note(format!("the adversary's task failed: {e}"));
+                        out.push(tally);
+                    }
                     Err(_) => {
                         abort.abort();
-                        out.push(Tally {
-                            notes: vec!["adversary did not stop within 10 s; aborted".into()],
-                            ..Tally::default()
-                        });
+                        out.push(Tally { aborted: true, ..Tally::new(name) });
                     }
                 }
             }
@@ -341,13 +351,14 @@ impl Adversaries {
 pub(crate) fn print(tallies: &[Tally]) {
     for t in tallies {
         println!(
-            "  adversary {:<16} {:>6} attempts: {} refused, {} unanswered, {} accepted{}",
+            "  adversary {:<16} {:>6} attempts: {} refused, {} unanswered, {} accepted{}{}",
             t.name,
             t.attempts,
             t.refused,
             t.unanswered,
             t.accepted,
-            if t.notes.is_empty() { String::new() } else { format!(" ({})", t.notes.join("; ")) }
+            if t.notes.is_empty() { String::new() } else { format!(" ({})", t.notes.join("; ")) },
+            if t.aborted { " [did not stop by itself: aborted]" } else { "" }
         );
     }
 }

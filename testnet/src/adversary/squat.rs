@@ -14,6 +14,8 @@ use shoal_wire::{Request, Response};
 
 use super::{client, Ctx, Tally};
 
+/// The adversary's name in the report (after its manifest-first move).
+pub(super) const NAME: &str = "squatter";
 /// Time between push rounds.
 const ROUND: Duration = Duration::from_millis(500);
 /// Push rounds at most.
@@ -84,7 +86,7 @@ fn junk() -> (Manifest, Vec<Vec<u8>>) {
 
 /// The squatter's pushes after the manifest, until the time is up. Cancel-safe.
 pub(super) async fn run(ctx: Ctx) -> Tally {
-    let mut tally = Tally::new("squatter".into());
+    let mut tally = Tally::new(NAME.into());
     let (manifest, pieces) = junk();
     let bytes = manifest.encode();
     let mut conns: Vec<Option<(shoal_net::Endpoint, Connection)>> =

@@ -10,12 +10,14 @@ use tokio::task::JoinSet;
 
 use super::{client, Ctx, Tally};
 
+/// The adversary's name in the report.
+pub(super) const NAME: &str = "sybils";
 /// Sybil ids registering at once.
 const IN_FLIGHT: usize = 8;
 
 /// Runs `count` sybils, or fewer if the time is up. Cancel-safe.
 pub(super) async fn run(ctx: Ctx, count: usize) -> Tally {
-    let mut tally = Tally::new("sybils".into());
+    let mut tally = Tally::new(NAME.into());
     let mut set = JoinSet::new();
     let mut started = 0;
     while started < count || !set.is_empty() {

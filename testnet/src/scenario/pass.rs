@@ -356,6 +356,9 @@ pub(super) fn run(
         checks.extend(storage_checks(&stores, &fakes, content));
     }
     for t in &tallies {
+        if t.aborted {
+            checks.push(check(false, &format!("{} did not stop by itself", t.name)));
+        }
         for b in &t.breaches {
             checks.push(check(false, &format!("{}: {b}", t.name)));
         }
