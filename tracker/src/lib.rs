@@ -44,6 +44,9 @@ pub struct Config {
     pub max_contents_per_node: usize,
     /// The most manifest bytes kept in total (default 256 MiB).
     pub max_manifest_bytes: u64,
+    /// The most bytes of not yet announced manifests uploaded from one address (default
+    /// 32 MiB).
+    pub max_pending_manifest_bytes: u64,
     /// Rate limits per source address and node id.
     pub limits: Limits,
 }
@@ -62,6 +65,7 @@ impl Config {
             admitted_storage: HashSet::new(),
             max_contents_per_node: index.max_contents_per_node,
             max_manifest_bytes: index.max_manifest_bytes,
+            max_pending_manifest_bytes: index.max_pending_manifest_bytes,
             limits: index.limits,
         }
     }
@@ -102,6 +106,7 @@ pub async fn run(
         admitted_storage: config.admitted_storage.clone(),
         max_contents_per_node: config.max_contents_per_node,
         max_manifest_bytes: config.max_manifest_bytes,
+        max_pending_manifest_bytes: config.max_pending_manifest_bytes,
         limits: config.limits.clone(),
         // Unpredictable lookup samples: a sybil cannot arrange to be the one drawn.
         seed: fastrand::u64(..),

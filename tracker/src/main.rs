@@ -53,6 +53,10 @@ enum Command {
         /// The most manifest bytes the tracker keeps in total.
         #[arg(long, env = "SHOAL_TRACKER_MAX_MANIFEST_BYTES", default_value_t = 256 * 1024 * 1024)]
         max_manifest_bytes: u64,
+        /// The most bytes of manifests nobody announced yet that one address (an IPv6 /64)
+        /// may have uploaded.
+        #[arg(long, env = "SHOAL_TRACKER_MAX_PENDING_MANIFEST_BYTES", default_value_t = 32 * 1024 * 1024)]
+        max_pending_manifest_bytes: u64,
         /// Registrations allowed per source address per second (after the burst).
         #[arg(long, env = "SHOAL_TRACKER_REGISTER_RATE", default_value_t = 8)]
         register_rate: u32,
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
         admit_storage,
         max_contents_per_node,
         max_manifest_bytes,
+        max_pending_manifest_bytes,
         register_rate,
         register_burst,
     } = Cli::parse().command;
@@ -111,6 +116,7 @@ fn main() -> ExitCode {
         admitted_storage,
         max_contents_per_node,
         max_manifest_bytes,
+        max_pending_manifest_bytes,
         limits,
         ..shoal_tracker::Config::new(listen, data_dir)
     };

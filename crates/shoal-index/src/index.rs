@@ -36,6 +36,8 @@ pub struct Index {
     /// Swarms without holders, by the time they became empty: collected after the TTL.
     idle: BTreeSet<(u64, ContentId)>,
     manifest_bytes: u64,
+    /// Bytes of manifests nobody announced yet, per uploader source address.
+    pub(crate) pending_manifests: HashMap<IpAddr, u64>,
     limiter: RateLimiter,
     pub(crate) rng: fastrand::Rng,
 }
@@ -71,6 +73,7 @@ impl Index {
             looked: HashMap::new(),
             idle: BTreeSet::new(),
             manifest_bytes: 0,
+            pending_manifests: HashMap::new(),
         }
     }
 
@@ -92,7 +95,7 @@ impl Index {
         for (id, bytes) in manifests {
             if let Ok(m) = Manifest::decode(&bytes) {
                 if m.content_id() == id && !ix.swarms.contains_key(&id) {
-                    ix.insert_swarm(now, id, m.piece_count(), bytes);
+                    ix.insert_swarm(now, id, m.piece_count(), bytes, None);
                 }
             }
         }
@@ -141,10 +144,35 @@ impl Index {
         }
     }
 
-    fn insert_swarm(&mut self, now: u64, content: ContentId, pieces: u32, manifest: Vec<u8>) {
-        self.manifest_bytes += manifest.len() as u64;
-        self.swarms.insert(content, Swarm::new(pieces, manifest, now));
+    /// Creates a swarm; `charge`: the uploader's source, charged until someone announces it.
+    fn insert_swarm(
+        &mut self,
+        now: u64,
+        content: ContentId,
+        pieces: u32,
+        manifest: Vec<u8>,
+        charge: Option<IpAddr>,
+    ) {
+        let len = manifest.len() as u64;
+        self.manifest_bytes += len;
+        let mut swarm = Swarm::new(pieces, manifest, now);
+        if let Some(src) = charge {
+            *self.pending_manifests.entry(src).or_default() += len;
+            swarm.charged = Some(src);
+        }
+        self.swarms.insert(content, swarm);
         self.idle.insert((now, content));
+    }
+
+    /// Lifts the charge of a swarm's manifest from its uploader's source.
+    fn uncharge(pending: &mut HashMap<IpAddr, u64>, swarm: &mut Swarm) {
+        let Some(src) = swarm.charged.take() else { return };
+        if let Some(n) = pending.get_mut(&src) {
+            *n = n.saturating_sub(swarm.manifest.len() as u64);
+            if *n == 0 {
+                pending.remove(&src);
+            }
+        }
     }
 
     /// Records `node`'s holding in an existing swarm, leaving the idle set if it was idle.
@@ -153,6 +181,8 @@ impl Index {
         if let Some(t) = swarm.empty_since.take() {
             self.idle.remove(&(t, content));
         }
+        // Announced: the manifest is the swarm's now, no longer its uploader's.
+        Self::uncharge(&mut self.pending_manifests, swarm);
         swarm.set_holding(node, bf);
         self.held.entry(node).or_default().insert(content);
     }
@@ -293,7 +323,8 @@ impl Index {
     }
 
     /// Whether a manifest upload of `len` bytes from `node` should be read: `Ok(false)` if the
-    /// tracker already has it, an error if the node is not registered or space is short.
+    /// tracker already has it, an error if the node is not registered or space is short, in
+    /// total or in the share of its source address ([`Config::max_pending_manifest_bytes`]).
     /// Call before reading the body.
     pub fn admit_manifest(
         &self,
@@ -301,11 +332,13 @@ impl Index {
         content: ContentId,
         len: u32,
     ) -> Result<bool, IndexError> {
-        if !self.nodes.contains_key(&node) {
-            return Err(IndexError::NotRegistered);
-        }
+        let source = self.source(&node).ok_or(IndexError::NotRegistered)?;
         if self.swarms.contains_key(&content) {
             return Ok(false);
+        }
+        let pending = self.pending_manifests.get(&source).copied().unwrap_or(0);
+        if pending + u64::from(len) > self.config.max_pending_manifest_bytes {
+            return Err(IndexError::ManifestQuota { max: self.config.max_pending_manifest_bytes });
         }
         if self.manifest_bytes + u64::from(len) > self.config.max_manifest_bytes {
             return Err(IndexError::ManifestSpace { max: self.config.max_manifest_bytes });
@@ -314,7 +347,8 @@ impl Index {
     }
 
     /// Stores a manifest from a registered node after checking that it hashes to `content`;
-    /// this creates the content's swarm, collected if nobody announces it within the TTL.
+    /// this creates the content's swarm, collected if nobody announces it within the TTL, and
+    /// charged to the node's source address until someone announces it.
     pub fn put_manifest(
         &mut self,
         now: u64,
@@ -329,7 +363,8 @@ impl Index {
         if m.content_id() != content {
             return Err(IndexError::ManifestMismatch(content));
         }
-        self.insert_swarm(now, content, m.piece_count(), bytes.clone());
+        let source = self.source(&node);
+        self.insert_swarm(now, content, m.piece_count(), bytes.clone(), source);
         Ok(vec![Persist::PutManifest(content, bytes)])
     }
 
@@ -435,8 +470,9 @@ impl Index {
                 break;
             }
             self.idle.pop_first();
-            if let Some(s) = self.swarms.remove(&content) {
+            if let Some(mut s) = self.swarms.remove(&content) {
                 self.manifest_bytes -= s.manifest.len() as u64;
+                Self::uncharge(&mut self.pending_manifests, &mut s);
                 ops.push(Persist::RemoveManifest(content));
             }
         }

@@ -32,6 +32,10 @@ pub struct Config {
     pub max_contents_per_node: usize,
     /// The most manifest bytes the tracker keeps in total (default 256 MiB).
     pub max_manifest_bytes: u64,
+    /// The most bytes of manifests nobody announces yet that uploaders at one source address
+    /// (an IPv6 /64) may have stored (default 32 MiB): an upload is charged to its uploader's
+    /// address until someone announces the content, so one address cannot fill the total.
+    pub max_pending_manifest_bytes: u64,
     /// Ordinary holders ranked per lookup, drawn at random, besides admitted storage
     /// (default 64): a lookup costs in proportion to its answer, not to the swarm.
     pub lookup_sample: usize,
@@ -57,6 +61,7 @@ impl Default for Config {
             admitted_storage: HashSet::new(),
             max_contents_per_node: 4096,
             max_manifest_bytes: 256 * 1024 * 1024,
+            max_pending_manifest_bytes: 32 * 1024 * 1024,
             lookup_sample: 64,
             demote_after: 2,
             drop_after: 5,
@@ -155,6 +160,15 @@ pub enum IndexError {
     TooManyContents {
         /// the cap
         max: usize,
+    },
+    /// Manifests uploaded from this address that nobody announced yet fill its share.
+    #[error(
+        "manifests from this address that nobody announced yet fill its share ({max} bytes); \
+         announce them, or retry once unannounced ones are collected"
+    )]
+    ManifestQuota {
+        /// the cap
+        max: u64,
     },
     /// The tracker's manifest space is full.
     #[error("the tracker's manifest space ({max} bytes) is full; retry later")]

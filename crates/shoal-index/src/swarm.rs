@@ -104,6 +104,8 @@ pub(crate) struct Swarm {
     /// Holders offered to each asker by its lookups of this content (bounded by
     /// [`MAX_OFFERED`]): the only ones it may report.
     pub(crate) offered: HashMap<NodeId, HashSet<NodeId>>,
+    /// The source address its manifest upload is charged to, until someone announces it.
+    pub(crate) charged: Option<IpAddr>,
     /// Since when the swarm has had no holder (it is collected after a while), if it has none.
     pub(crate) empty_since: Option<u64>,
 }
@@ -121,6 +123,7 @@ impl Swarm {
             assigned: HashMap::new(),
             reports: HashMap::new(),
             offered: HashMap::new(),
+            charged: None,
             empty_since: Some(now),
         }
     }

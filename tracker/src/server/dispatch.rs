@@ -29,9 +29,9 @@ fn index_error(shared: &Shared, e: IndexError) -> Reply {
             shared.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
             refuse(ErrorCode::RateLimited, e)
         }
-        IndexError::TooManyContents { .. } | IndexError::ManifestSpace { .. } => {
-            refuse(ErrorCode::OverLimit, e)
-        }
+        IndexError::TooManyContents { .. }
+        | IndexError::ManifestSpace { .. }
+        | IndexError::ManifestQuota { .. } => refuse(ErrorCode::OverLimit, e),
         e => refuse(ErrorCode::BadRequest, e),
     }
 }

@@ -294,6 +294,40 @@ fn manifest_uploads_need_registration_and_fit_the_total() {
 }
 
 #[test]
+fn one_address_fills_only_its_share_of_manifest_space_until_its_manifests_are_announced() {
+    let (c1, m1) = content(4, 50);
+    let (c2, m2) = content(4, 51);
+    let (c3, m3) = content(4, 52);
+    let cfg = Config {
+        node_ttl_ms: 100,
+        max_pending_manifest_bytes: (m1.len() + m2.len()) as u64,
+        ..Config::default()
+    };
+    let mut ix = Index::new(cfg);
+    // The hog's ids all sit at one address; the honest uploader at another.
+    reg_apart(&mut ix, 1);
+    let hog2 = fresh_id();
+    ix.register(0, hog2, Role::Node, SocketAddr::from(([10, 0, 0, 1], 9)), &[]);
+    reg_apart(&mut ix, 2);
+    ix.put_manifest(0, node(1), c1, m1.clone()).unwrap();
+    ix.put_manifest(0, hog2, c2, m2).unwrap();
+    // Its share is full, whichever of its ids uploads.
+    let quota = Err(IndexError::ManifestQuota { max: ix.config.max_pending_manifest_bytes });
+    assert_eq!(ix.admit_manifest(node(1), c3, m3.len() as u32).map(|_| ()), quota);
+    assert_eq!(ix.put_manifest(0, hog2, c3, m3.clone()).map(|_| ()), quota);
+    // Another address's upload still succeeds.
+    assert_eq!(ix.put_manifest(0, node(2), c3, m3).map(|_| ()), Ok(()));
+    // Once someone announces a content, its manifest no longer counts against the uploader.
+    ix.announce(0, node(2), c1, Bitfield::full(4)).unwrap();
+    let (c4, m4) = content(4, 53);
+    ix.put_manifest(0, node(1), c4, m4).unwrap();
+    // Unannounced ones are collected after the TTL, with their charge.
+    ix.heartbeat(150, node(2), Load::default()).unwrap();
+    ix.expire(150);
+    assert!(ix.pending_manifests.is_empty(), "{:?}", ix.pending_manifests);
+}
+
+#[test]
 fn holders_reported_as_never_delivering_are_demoted_then_dropped() {
     let cfg = Config { demote_after: 2, drop_after: 3, ..Config::default() };
     let (mut ix, c) = setup(cfg, 6, 2);
