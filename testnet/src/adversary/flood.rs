@@ -146,9 +146,13 @@ async fn flood_peer(ctx: Ctx, ep: Endpoint, peer: PeerAddr) -> Tally {
         }
     }
     if let Some(s) = subscribing {
+        let abort = s.abort_handle();
         match tokio::time::timeout(Duration::from_secs(5), s).await {
             Ok(Ok(note)) => tally.note(format!("{}: {note}", peer.addr)),
-            _ => tally.note(format!("{}: the subscription flood did not end", peer.addr)),
+            _ => {
+                abort.abort(); // not left running past the flooder
+                tally.note(format!("{}: the subscription flood did not end", peer.addr));
+            }
         }
     }
     tally
