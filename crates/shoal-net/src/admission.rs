@@ -36,6 +36,19 @@ struct Counts {
     by_peer: HashMap<NodeId, usize>,
 }
 
+/// What a per-address cap counts: an IPv4 address (IPv4-mapped IPv6 addresses included, as a
+/// socket bound to `[::]` sees them), or an IPv6 address's /64 prefix (one host commonly holds a
+/// whole /64, so counting single addresses would let it open 2^64 times the cap).
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) if !v6.is_loopback() => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        other => other,
+    }
+}
+
 fn take<K: Hash + Eq>(map: &mut HashMap<K, usize>, key: K, cap: usize) -> bool {
     if map.get(&key).copied().unwrap_or(0) >= cap {
         return false;
@@ -88,8 +101,10 @@ impl Admission {
         counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes a place for a connection from `ip`, before its handshake.
+    /// Takes a place for a connection from `ip`, before its handshake. Addresses are counted
+    /// by [`address_key`]: an IPv6 host is counted by its /64, which it usually owns whole.
     pub fn admit_addr(&self, ip: IpAddr) -> Result<AddrGuard, Refusal> {
+        let ip = address_key(ip);
         let mut c = Self::lock(&self.counts);
         if c.total >= self.max {
             return Err(Refusal::Full(self.max));
@@ -134,6 +149,28 @@ impl Drop for PeerGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_counted_by_host() {
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(address_key(mapped), v4, "IPv4 seen through a [::] socket is the same host");
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_key(a), address_key(b), "one /64, one host");
+        assert_ne!(address_key(a), address_key(other));
+        let loopback: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert!(address_key(loopback).is_loopback());
+        // One /64 holds the per-address cap however many addresses it uses.
+        let adm = Admission::new(Limits::node(), usize::MAX);
+        let cap = Limits::node().per_ip;
+        let held: Vec<_> = (0..cap)
+            .map(|i| adm.admit_addr(format!("2001:db8:9:9::{i:x}").parse().unwrap()).unwrap())
+            .collect();
+        assert!(adm.admit_addr("2001:db8:9:9:1::1".parse().unwrap()).is_err());
+        drop(held);
+    }
     use crate::Identity;
 
     fn limits() -> Limits {

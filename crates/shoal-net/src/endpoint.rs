@@ -243,6 +243,15 @@ impl Endpoint {
         let admission = Admission::new(self.limits, max);
         let handle = Arc::new(handle);
         while let Some(incoming) = self.accept().await {
+            // A source address is counted only once the peer proved it receives packets there
+            // (a QUIC retry: one round trip). Otherwise spoofed Initial packets could take the
+            // places of a victim's address, or of the whole node, for a handshake timeout each.
+            if !incoming.remote_address_validated() && incoming.may_retry() {
+                if let Err(e) = incoming.retry() {
+                    tracing::debug!(error = %e, "cannot send a retry");
+                }
+                continue;
+            }
             let remote = incoming.remote_address();
             let addr_place = match admission.admit_addr(remote.ip()) {
                 Ok(g) => g,

@@ -83,7 +83,7 @@ impl Limits {
             send_window: 16 * 1024 * 1024,
             max_streams: 64,
             max_connections: 256,
-            per_peer: 4,
+            per_peer: 16,
             per_ip: 32,
             per_loopback_ip: 128,
             dial_stream_window: 16 * 1024 * 1024,
@@ -116,7 +116,7 @@ impl Limits {
             // silent stream passes its deadline) rather than stuck on QUIC stream credit.
             max_streams: 32,
             max_connections: 4096,
-            per_peer: 4,
+            per_peer: 16,
             per_ip: 32,
             per_loopback_ip: 4096,
             dial_stream_window: 64 * 1024,
@@ -126,7 +126,7 @@ impl Limits {
 
     /// The per-address cap that applies to `ip`.
     pub fn per_ip_cap(&self, ip: std::net::IpAddr) -> usize {
-        if ip.is_loopback() {
+        if ip.to_canonical().is_loopback() {
             self.per_loopback_ip
         } else {
             self.per_ip
