@@ -111,11 +111,18 @@ impl Config {
             "adversaries.sybils = {}: at most {MAX_SYBILS}",
             self.sybils
         );
-        let s = self.duration().as_secs_f64();
-        anyhow::ensure!(s > 0.0, "adversaries.seconds must be positive");
+        if let Some(s) = self.seconds {
+            // Checked before `duration`, which cannot take a NaN or an infinity.
+            anyhow::ensure!(
+                s.is_finite() && s > 0.0,
+                "adversaries.seconds = {s}: must be a positive, finite number of seconds"
+            );
+        }
         Ok(())
     }
 
+    /// How long each adversary runs (`seconds` clamped to [`MAX_SECONDS`]); only valid after
+    /// [`Self::validate`].
     fn duration(&self) -> Duration {
         Duration::from_secs_f64(self.seconds.unwrap_or(60.0).clamp(0.0, MAX_SECONDS))
     }
@@ -380,6 +387,21 @@ mod tests {
         assert!(long.any());
         assert_eq!(long.duration(), Duration::from_secs(120));
         assert!(toml::from_str::<Config>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn seconds_must_be_positive_and_finite() {
+        for bad in ["nan", "inf", "-inf", "0.0", "-1.0"] {
+            let cfg: Config = toml::from_str(&format!("seconds = {bad}\nflooders = 1")).unwrap();
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("adversaries.seconds") && err.contains("positive"),
+                "{bad}: {err}"
+            );
+        }
+        let ok: Config = toml::from_str("seconds = 0.5\nflooders = 1").unwrap();
+        ok.validate().unwrap();
+        assert_eq!(ok.duration(), Duration::from_millis(500));
     }
 
     #[test]
