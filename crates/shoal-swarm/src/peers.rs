@@ -146,6 +146,8 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
         if !self.admissible(now, id) || self.is_done() {
             return Admit::Refused;
         }
+        // Connected again after its cool-down: its next drop, if any, is recorded afresh.
+        self.dropped.remove(&id);
         let subscribed = matches!(self.phase, Phase::Pieces(_)).then_some(now);
         if subscribed.is_some() {
             self.actions.push_back(Action::Subscribe(id));
@@ -170,20 +172,11 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
         Admit::Accepted
     }
 
-    /// True if `id` may be connected now.
-    fn admissible(&mut self, now: Instant, id: P) -> bool {
-        if self.peers.contains_key(&id) {
-            return false;
-        }
-        match self.dropped.get(&id) {
-            Some(d) if d.reason == DropReason::Banned => false,
-            Some(d) if now < d.at + self.config.retry_after => false,
-            Some(_) => {
-                self.dropped.remove(&id);
-                true
-            }
-            None => true,
-        }
+    /// True if `id` may be connected now: not connected already, not banned, not in a
+    /// cool-down. Changes nothing (a queued candidate keeps its drop record until it is
+    /// connected again).
+    fn admissible(&self, now: Instant, id: P) -> bool {
+        !self.peers.contains_key(&id) && !self.is_blocked(now, id)
     }
 
     /// The manifest request to `peer` came to `reply`. The first valid one ends the round:
@@ -396,11 +389,25 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
     }
 
     fn drop_peer(&mut self, now: Instant, peer: P, reason: DropReason) {
-        let Some(p) = self.peers.remove(&peer) else { return };
+        let Some(p) = self.peers.remove(&peer) else {
+            // A late verdict on a peer already dropped (a request that ended after the drop):
+            // a ban replaces the earlier reason, so the peer is never dialed again.
+            if reason == DropReason::Banned {
+                let pieces = self.dropped.get(&peer).map_or(0, |d| d.pieces);
+                self.remember(peer, Dropped { reason, at: now, pieces });
+            }
+            return;
+        };
         if let Phase::Pieces(picker) = &mut self.phase {
             picker.remove_peer(peer);
         }
-        if reason != DropReason::Banned && self.dropped.len() >= self.config.max_dropped {
+        self.remember(peer, Dropped { reason, at: now, pieces: p.pieces });
+        self.actions.push_back(Action::Close { peer, reason });
+    }
+
+    /// Records a drop.
+    fn remember(&mut self, peer: P, d: Dropped) {
+        if d.reason != DropReason::Banned && self.dropped.len() >= self.config.max_dropped {
             // Forget the oldest non-banned drop: bans are always remembered.
             let oldest = self
                 .dropped
@@ -412,8 +419,7 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
                 self.dropped.remove(&id);
             }
         }
-        self.dropped.insert(peer, Dropped { reason, at: now, pieces: p.pieces });
-        self.actions.push_back(Action::Close { peer, reason });
+        self.dropped.insert(peer, d);
     }
 
     /// Queues dials, manifest asks and piece requests as far as the limits allow.
@@ -426,7 +432,7 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
             && self.dialing.len() < c.max_dialing
         {
             let Some((addr, id)) = self.candidates.pop_front() else { break };
-            if id.is_some_and(|id| self.peers.contains_key(&id) || self.is_blocked(now, id)) {
+            if id.is_some_and(|id| !self.admissible(now, id)) {
                 continue;
             }
             self.dialing.insert(addr, id);

@@ -272,6 +272,61 @@ fn a_bitfield_resender_is_banned_at_its_second_bad_piece() {
     assert!(!s.picker().unwrap().is_connected(1));
 }
 
+/// A request that ends `Bad` after its peer was dropped (it stalled with that request in
+/// flight) earns the second strike: the ban is recorded, and the peer is never dialed again.
+#[test]
+fn a_ban_earned_after_the_drop_replaces_the_drop_reason() {
+    let t0 = Instant::now();
+    let c = Config::default();
+    let mut s = started(t0, &[1], 16);
+    drain(&mut s, t0);
+    s.handle_bitfield(t0, 1, Bitfield::full(16));
+    let r = requests(&drain(&mut s, t0), 1);
+    s.handle_piece(t0, 1, r[0], PieceOutcome::Bad, 1);
+    drain(&mut s, t0);
+    let due = t0 + c.stall_deadline;
+    s.handle_timeout(due);
+    assert_eq!(drain(&mut s, due), vec![Action::Close { peer: 1, reason: DropReason::Stalled }]);
+    // The request still in flight at the drop ends, bad.
+    s.handle_piece(due, 1, r[1], PieceOutcome::Bad, 1);
+    assert_eq!(s.drop_reason(1), Some(DropReason::Banned));
+    let later = due + c.retry_after * 10;
+    s.add_candidate(later, 1, Some(1));
+    assert!(drain(&mut s, later).is_empty(), "a banned peer is not dialed again");
+    assert_eq!(s.handle_dialed(later, 1, Some(1)), Admit::Refused);
+}
+
+/// A dropped peer offered again after its cool-down keeps its record (and its report) while it
+/// waits in the queue; connected again, it is no longer reported.
+#[test]
+fn a_queued_candidate_keeps_its_drop_record_until_it_is_connected() {
+    let t0 = Instant::now();
+    let c = Config { max_connected: 1, ..Config::default() };
+    let mut s = Set::new(c.clone(), 3);
+    s.add_candidate(t0, 1, Some(1));
+    drain(&mut s, t0);
+    s.handle_dialed(t0, 1, Some(1));
+    s.start(t0, Bitfield::new(4), 4);
+    s.handle_bitfield(t0, 1, Bitfield::full(4));
+    drain(&mut s, t0);
+    let due = t0 + c.stall_deadline;
+    s.handle_timeout(due);
+    drain(&mut s, due);
+    assert_eq!(s.undelivered(), vec![1]);
+    // Peer 2 takes the only slot; peer 1, offered again, waits in the queue.
+    let later = due + c.retry_after;
+    s.add_candidate(later, 2, Some(2));
+    assert_eq!(drain(&mut s, later), vec![Action::Dial { addr: 2, id: Some(2) }]);
+    s.add_candidate(later, 1, Some(1));
+    assert!(drain(&mut s, later).is_empty());
+    assert_eq!(s.undelivered(), vec![1], "still reported while queued");
+    // Peer 2's dial fails: peer 1 is dialed and connected.
+    s.handle_dialed(later, 2, None);
+    assert_eq!(drain(&mut s, later), vec![Action::Dial { addr: 1, id: Some(1) }]);
+    assert_eq!(s.handle_dialed(later, 1, Some(1)), Admit::Accepted);
+    assert!(s.undelivered().is_empty(), "connected again: no longer reported");
+}
+
 #[test]
 fn a_bitfield_of_the_wrong_length_is_a_protocol_error() {
     let t0 = Instant::now();

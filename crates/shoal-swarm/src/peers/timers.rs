@@ -70,7 +70,6 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
         next
     }
 
-    /// True for a dropped peer still in its cool-down, or banned.
     /// How long a peer with requests in flight may send nothing.
     fn stall_deadline(&self, pieces: u32) -> Duration {
         if pieces == 0 {
@@ -80,10 +79,13 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
         }
     }
 
+    /// True for a dropped peer still in its cool-down, or banned (by the set, or by the picker
+    /// for bad data whatever the set recorded).
     pub(super) fn is_blocked(&self, now: Instant, id: P) -> bool {
-        self.dropped
-            .get(&id)
-            .is_some_and(|d| d.reason == DropReason::Banned || now < d.at + self.config.retry_after)
+        self.picker().is_some_and(|p| p.is_banned(id))
+            || self.dropped.get(&id).is_some_and(|d| {
+                d.reason == DropReason::Banned || now < d.at + self.config.retry_after
+            })
     }
 
     /// True if candidates wait for a slot while fetching pieces.
