@@ -227,7 +227,7 @@ impl Ctx {
     /// How long the next call may wait for its answer: [`client::ANSWER_WAIT`], cut to the
     /// time left, so every task stops by itself by its end time.
     fn wait(&self) -> Duration {
-        client::ANSWER_WAIT.min(self.until.saturating_duration_since(Instant::now()))
+        client::wait_until(self.until)
     }
 
     /// Waits `d`, or less if told to stop. Cancel-safe.

@@ -1,4 +1,5 @@
-//! Raw protocol clients the adversaries share: endpoints, one tracker call, one peer request.
+//! Raw protocol clients the adversaries share: endpoints, tracker calls (registering and
+//! announcing among them), one peer request.
 //!
 //! Built on `shoal-wire` and `shoal-net` only (not the node library), so an adversary sends
 //! exactly the frames it chooses. Every wait has a deadline: an honest node that never answers
@@ -8,14 +9,16 @@
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use quinn::{Connection, RecvStream, SendStream};
 use shoal_core::manifest::Manifest;
-use shoal_core::{ContentId, PeerAddr, PieceIndex};
+use shoal_core::{Bitfield, ContentId, NodeId, PeerAddr, PieceIndex};
 use shoal_net::{Endpoint, Identity};
-use shoal_wire::tracker::{TrackerRequest, TrackerResponse, MAX_TRACKER_FRAME_LEN, TRACKER_ALPN};
+use shoal_wire::tracker::{
+    Role, TrackerRequest, TrackerResponse, MAX_TRACKER_FRAME_LEN, TRACKER_ALPN, TRACKER_VERSION,
+};
 use shoal_wire::{encode, Decoder, Frame, Opening, Request, Response};
 
 /// How long one answer may take before the adversary counts it as unanswered.
@@ -39,6 +42,12 @@ pub(super) fn endpoint(
 ) -> anyhow::Result<Endpoint> {
     let bind = SocketAddr::new(local_ip_for(target), 0);
     Endpoint::bind(identity, bind, alpns).context("binding an adversary endpoint")
+}
+
+/// How long a call may wait if its adversary stops at `until`: [`ANSWER_WAIT`], cut to the
+/// time left.
+pub(super) fn wait_until(until: Instant) -> Duration {
+    ANSWER_WAIT.min(until.saturating_duration_since(Instant::now()))
 }
 
 /// Runs `fut` for at most `wait`; past it, [`Unanswered`]. Cancel-safe if `fut` is.
@@ -114,6 +123,46 @@ pub(super) async fn tracker_call(
         read_frame(&mut recv, &mut dec).await
     })
     .await
+}
+
+/// Whether the tracker took a request as recorded.
+pub(super) fn recorded(resp: &TrackerResponse) -> bool {
+    matches!(resp, TrackerResponse::Registered { .. } | TrackerResponse::Ok)
+}
+
+/// Registers `node_id` at the tracker on `conn` with `role` and `addrs`, each call by `until`:
+/// `Ok(true)` if the tracker recorded it. Cancel-safe.
+pub(super) async fn register(
+    conn: &Connection,
+    node_id: NodeId,
+    role: Role,
+    addrs: Vec<SocketAddr>,
+    until: Instant,
+) -> anyhow::Result<bool> {
+    let register = TrackerRequest::Register { node_id, version: TRACKER_VERSION, role, addrs };
+    tracker_call(conn, &register, None, wait_until(until)).await.map(|r| recorded(&r))
+}
+
+/// Announces `bitfield` of `content` for `node_id`, uploading `manifest` (its encoding) when
+/// the tracker asks for it, each call by `until`: the outcome of each request made (asking for
+/// the manifest counts as a refusal of the announce). Cancel-safe.
+pub(super) async fn announce(
+    conn: &Connection,
+    node_id: NodeId,
+    content: ContentId,
+    bitfield: Bitfield,
+    manifest: &[u8],
+    until: Instant,
+) -> Vec<anyhow::Result<bool>> {
+    let announce = TrackerRequest::Announce { node_id, content, bitfield };
+    match tracker_call(conn, &announce, None, wait_until(until)).await {
+        Ok(TrackerResponse::NeedManifest) => {
+            let put = TrackerRequest::PutManifest { node_id, content, len: manifest.len() as u32 };
+            let r = tracker_call(conn, &put, Some(manifest), wait_until(until)).await;
+            vec![Ok(false), r.map(|r| recorded(&r))]
+        }
+        other => vec![other.map(|r| recorded(&r))],
+    }
 }
 
 /// A request stream: the request is sent (and `raw` after it), the send side left open when

@@ -10,7 +10,7 @@ use std::time::Duration;
 use quinn::Connection;
 use shoal_core::Bitfield;
 use shoal_net::Identity;
-use shoal_wire::tracker::{Load, Role, TrackerRequest, TrackerResponse, TRACKER_VERSION};
+use shoal_wire::tracker::{Load, Role, TrackerRequest, TrackerResponse};
 use tokio::task::JoinSet;
 
 use super::{client, stopped, Ctx, Tally};
@@ -31,10 +31,6 @@ pub(super) async fn run(ctx: Ctx, name: String, as_storage: bool) -> Tally {
     tally
 }
 
-fn recorded(resp: &TrackerResponse) -> bool {
-    matches!(resp, TrackerResponse::Registered { .. } | TrackerResponse::Ok)
-}
-
 async fn serve(ctx: &Ctx, tally: &mut Tally, as_storage: bool) -> anyhow::Result<()> {
     let id = Identity::generate();
     let node_id = id.node_id();
@@ -43,25 +39,11 @@ async fn serve(ctx: &Ctx, tally: &mut Tally, as_storage: bool) -> anyhow::Result
     let conn = client::dial_tracker(&ep, tracker, ctx.wait()).await?;
     let role = if as_storage { Role::Storage } else { Role::Node };
     let addrs = vec![ep.local_addr()?];
-    let register = TrackerRequest::Register { node_id, version: TRACKER_VERSION, role, addrs };
-    let r = client::tracker_call(&conn, &register, None, ctx.wait()).await.map(|r| recorded(&r));
-    tally.count(&r);
-    let content = ctx.target.content;
-    let bitfield = Bitfield::full(ctx.manifest.piece_count());
-    let claim = TrackerRequest::Announce { node_id, content, bitfield };
-    match client::tracker_call(&conn, &claim, None, ctx.wait()).await {
-        Ok(TrackerResponse::NeedManifest) => {
-            tally.count(&Ok(false));
-            let bytes = ctx.manifest_bytes.as_slice();
-            let put = TrackerRequest::PutManifest { node_id, content, len: bytes.len() as u32 };
-            tally.count(
-                &client::tracker_call(&conn, &put, Some(bytes), ctx.wait())
-                    .await
-                    .map(|r| recorded(&r)),
-            );
-        }
-        other => tally.count(&other.map(|r| recorded(&r))),
-    }
+    tally.count(&client::register(&conn, node_id, role, addrs, ctx.until).await);
+    let (content, bitfield) = (ctx.target.content, Bitfield::full(ctx.manifest.piece_count()));
+    let bytes = ctx.manifest_bytes.as_slice();
+    let claims = client::announce(&conn, node_id, content, bitfield, bytes, ctx.until).await;
+    claims.iter().for_each(|o| tally.count(o));
     if as_storage {
         let listed =
             match client::tracker_call(&conn, &TrackerRequest::FindStorage, None, ctx.wait()).await

@@ -5,7 +5,7 @@
 use shoal_core::manifest::Manifest;
 use shoal_core::{Bitfield, PieceHash};
 use shoal_net::Identity;
-use shoal_wire::tracker::{Role, TrackerRequest, TrackerResponse, TRACKER_VERSION};
+use shoal_wire::tracker::{Role, TrackerRequest};
 use tokio::task::JoinSet;
 
 use super::{client, Ctx, Tally};
@@ -40,11 +40,6 @@ pub(super) async fn run(ctx: Ctx, count: usize) -> Tally {
     tally
 }
 
-/// Whether the tracker took the answer as recorded.
-fn recorded(resp: &TrackerResponse) -> bool {
-    matches!(resp, TrackerResponse::Registered { .. } | TrackerResponse::Ok)
-}
-
 /// A valid manifest of a content that does not exist.
 fn fabricated() -> Manifest {
     let pieces = fastrand::usize(1..=8);
@@ -62,39 +57,27 @@ async fn one(ctx: &Ctx) -> anyhow::Result<Vec<anyhow::Result<bool>>> {
     let ep = client::endpoint(&id, tracker, &[])?;
     let conn = client::dial_tracker(&ep, tracker, ctx.wait()).await?;
     let addrs = vec![ep.local_addr()?];
-    let mut out = Vec::new();
-    let register =
-        TrackerRequest::Register { node_id, version: TRACKER_VERSION, role: Role::Node, addrs };
-    let r = client::tracker_call(&conn, &register, None, ctx.wait()).await.map(|r| recorded(&r));
+    let r = client::register(&conn, node_id, Role::Node, addrs, ctx.until).await;
     let registered = matches!(r, Ok(true));
-    out.push(r);
+    let mut out = vec![r];
     if !registered {
         conn.close(0u32.into(), b"");
         return Ok(out);
     }
     let fake = fabricated();
-    let content = fake.content_id();
-    let announce =
-        TrackerRequest::Announce { node_id, content, bitfield: Bitfield::full(fake.piece_count()) };
-    match client::tracker_call(&conn, &announce, None, ctx.wait()).await {
-        Ok(TrackerResponse::NeedManifest) => {
-            out.push(Ok(false));
-            let bytes = fake.encode();
-            let put = TrackerRequest::PutManifest { node_id, content, len: bytes.len() as u32 };
-            out.push(
-                client::tracker_call(&conn, &put, Some(&bytes), ctx.wait())
-                    .await
-                    .map(|r| recorded(&r)),
-            );
-        }
-        other => out.push(other.map(|r| recorded(&r))),
-    }
+    let bitfield = Bitfield::full(fake.piece_count());
+    let bytes = fake.encode();
+    out.extend(
+        client::announce(&conn, node_id, fake.content_id(), bitfield, &bytes, ctx.until).await,
+    );
     let claim = TrackerRequest::Announce {
         node_id,
         content: ctx.target.content,
         bitfield: Bitfield::full(ctx.manifest.piece_count()),
     };
-    out.push(client::tracker_call(&conn, &claim, None, ctx.wait()).await.map(|r| recorded(&r)));
+    out.push(
+        client::tracker_call(&conn, &claim, None, ctx.wait()).await.map(|r| client::recorded(&r)),
+    );
     conn.close(0u32.into(), b"");
     Ok(out)
 }
