@@ -358,3 +358,39 @@ async fn silent_request_streams_are_dropped_at_the_deadline_and_others_then_serv
         assert!(send.stopped().await.is_ok());
     }
 }
+
+#[tokio::test]
+async fn a_flood_of_queries_from_one_node_is_rate_limited_and_manifests_are_served_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = start(dir.path(), "127.0.0.1:0");
+    let id = Identity::generate();
+    let (_e, c) = connect(&id, tracker.addr).await;
+    assert!(matches!(call(&c, &register(&id)).await.unwrap(), TrackerResponse::Registered { .. }));
+    let (content, bytes) = manifest(40, 77);
+    put_manifest(&c, &id, content, &bytes).await;
+    // The manifest comes back byte for byte, after its frame.
+    let (mut send, mut recv) = c.open_bi().await.unwrap();
+    send.write_all(&encode(&TrackerRequest::GetManifest { content })).await.unwrap();
+    send.finish().unwrap();
+    let all = recv.read_to_end(MAX_TRACKER_FRAME_LEN + bytes.len()).await.unwrap();
+    let mut d = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
+    d.feed(&all);
+    let resp: TrackerResponse = d.decode().unwrap().unwrap();
+    assert_eq!(resp, TrackerResponse::Manifest { len: bytes.len() as u32 });
+    assert_eq!(d.take_rest(), &bytes[..]);
+    // Lookups and manifest downloads share a per-node budget (default burst 512, 64/s).
+    let (mut served, mut limited) = (0, 0);
+    for i in 0..1_000 {
+        let req = if i % 2 == 0 {
+            TrackerRequest::Lookup { content, max_peers: 8, have: None }
+        } else {
+            TrackerRequest::GetManifest { content }
+        };
+        match call(&c, &req).await {
+            Ok(TrackerResponse::Error { code: ErrorCode::RateLimited, .. }) => limited += 1,
+            _ => served += 1,
+        }
+    }
+    assert!(limited > 0, "{served} queries served, none limited");
+    assert!(served >= 512, "the burst is served: only {served}");
+}

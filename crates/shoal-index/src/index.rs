@@ -12,11 +12,12 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
+use bytes::Bytes;
 use shoal_core::{Bitfield, ContentId, Manifest, NodeId, PieceIndex};
 use shoal_wire::tracker::{Load, Role, MAX_ADDRS};
 
 use crate::limits::{source_key, Action, RateLimiter};
-use crate::model::{Config, IndexError, NodeEntry, Persist, Registration};
+use crate::model::{Config, IndexError, NodeEntry, Persist, Registration, VerifiedManifest};
 use crate::swarm::Swarm;
 
 /// The tracker's index.
@@ -95,7 +96,7 @@ impl Index {
         for (id, bytes) in manifests {
             if let Ok(m) = Manifest::decode(&bytes) {
                 if m.content_id() == id && !ix.swarms.contains_key(&id) {
-                    ix.insert_swarm(now, id, m.piece_count(), bytes, None);
+                    ix.insert_swarm(now, id, m.piece_count(), bytes.into(), None);
                 }
             }
         }
@@ -150,7 +151,7 @@ impl Index {
         now: u64,
         content: ContentId,
         pieces: u32,
-        manifest: Vec<u8>,
+        manifest: Bytes,
         charge: Option<IpAddr>,
     ) {
         let len = manifest.len() as u64;
@@ -354,23 +355,33 @@ impl Index {
         now: u64,
         node: NodeId,
         content: ContentId,
-        bytes: Vec<u8>,
+        bytes: impl Into<Bytes>,
     ) -> Result<Vec<Persist>, IndexError> {
+        let bytes = bytes.into();
         if !self.admit_manifest(node, content, bytes.len() as u32)? {
             return Ok(Vec::new());
         }
-        let m = Manifest::decode(&bytes).map_err(|_| IndexError::ManifestMismatch(content))?;
-        if m.content_id() != content {
-            return Err(IndexError::ManifestMismatch(content));
-        }
-        let source = self.source(&node);
-        self.insert_swarm(now, content, m.piece_count(), bytes.clone(), source);
-        Ok(vec![Persist::PutManifest(content, bytes)])
+        self.put_verified_manifest(now, node, VerifiedManifest::check(content, bytes)?)
     }
 
-    /// The manifest of a content, if known.
-    pub fn manifest(&self, content: ContentId) -> Option<&[u8]> {
-        self.swarms.get(&content).map(|s| s.manifest.as_slice())
+    /// [`Index::put_manifest`] of a manifest checked beforehand (outside any lock).
+    pub fn put_verified_manifest(
+        &mut self,
+        now: u64,
+        node: NodeId,
+        m: VerifiedManifest,
+    ) -> Result<Vec<Persist>, IndexError> {
+        if !self.admit_manifest(node, m.content, m.bytes.len() as u32)? {
+            return Ok(Vec::new());
+        }
+        let source = self.source(&node);
+        self.insert_swarm(now, m.content, m.piece_count, m.bytes.clone(), source);
+        Ok(vec![Persist::PutManifest(m.content, m.bytes)])
+    }
+
+    /// The manifest of a content, if known (shared, not copied).
+    pub fn manifest(&self, content: ContentId) -> Option<Bytes> {
+        self.swarms.get(&content).map(|s| s.manifest.clone())
     }
 
     /// The source a node counts as: its observed address (first of its vetted addresses), an

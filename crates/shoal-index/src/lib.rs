@@ -31,5 +31,6 @@ pub use index::{vet_addrs, Index};
 pub use limits::{Action, Limits, Rate};
 pub use model::{
     Config, HeartbeatOutcome, IndexError, Lookup, NodeEntry, Persist, Planned, Registration,
+    VerifiedManifest,
 };
 pub use state::{Loaded, SledState};

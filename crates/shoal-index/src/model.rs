@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
 use shoal_wire::tracker::{PeerInfo, Role};
@@ -123,9 +124,46 @@ pub enum Persist {
     /// Forget what a node holds of a content.
     RemoveHolding(ContentId, NodeId),
     /// Store a verified manifest.
-    PutManifest(ContentId, Vec<u8>),
+    PutManifest(ContentId, Bytes),
     /// Forget a manifest: nobody holds its content any more.
     RemoveManifest(ContentId),
+}
+
+/// A manifest checked against its content id: decoded, hashing to it. Checking is the
+/// expensive part of an upload; it needs no index, so a server does it before taking its lock.
+#[derive(Debug, Clone)]
+pub struct VerifiedManifest {
+    pub(crate) content: ContentId,
+    pub(crate) piece_count: u32,
+    pub(crate) bytes: Bytes,
+}
+
+impl VerifiedManifest {
+    /// Checks that `bytes` decode as a manifest whose id is `content`.
+    pub fn check(content: ContentId, bytes: impl Into<Bytes>) -> Result<Self, IndexError> {
+        let bytes = bytes.into();
+        let m = shoal_core::Manifest::decode(&bytes)
+            .map_err(|_| IndexError::ManifestMismatch(content))?;
+        if m.content_id() != content {
+            return Err(IndexError::ManifestMismatch(content));
+        }
+        Ok(Self { content, piece_count: m.piece_count(), bytes })
+    }
+
+    /// The content it describes.
+    pub fn content(&self) -> ContentId {
+        self.content
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether it is empty (a verified manifest never is).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
 }
 
 /// A request the index refuses.

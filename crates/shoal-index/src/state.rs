@@ -61,7 +61,7 @@ impl SledState {
                     self.holdings.remove(holding_key(*c, *n))?;
                 }
                 Persist::PutManifest(c, bytes) => {
-                    self.manifests.insert(c.as_bytes(), bytes.as_slice())?;
+                    self.manifests.insert(c.as_bytes(), bytes.as_ref())?;
                 }
                 Persist::RemoveManifest(c) => {
                     self.manifests.remove(c.as_bytes())?;

@@ -7,6 +7,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use shoal_core::{Bitfield, NodeId, PieceIndex};
 
 /// The most holders a swarm keeps reports about. When full, entries of holders no longer
@@ -83,8 +84,9 @@ impl Holders {
 #[derive(Debug)]
 pub(crate) struct Swarm {
     pub(crate) piece_count: u32,
-    /// The verified manifest: a swarm exists only once it has one.
-    pub(crate) manifest: Vec<u8>,
+    /// The verified manifest: a swarm exists only once it has one. Shared, not copied, with
+    /// every answer that sends it.
+    pub(crate) manifest: Bytes,
     pub(crate) holders: Holders,
     /// Holders of each piece.
     pub(crate) availability: Vec<u32>,
@@ -111,7 +113,7 @@ pub(crate) struct Swarm {
 }
 
 impl Swarm {
-    pub(crate) fn new(piece_count: u32, manifest: Vec<u8>, now: u64) -> Self {
+    pub(crate) fn new(piece_count: u32, manifest: Bytes, now: u64) -> Self {
         Self {
             piece_count,
             manifest,
@@ -315,7 +317,7 @@ mod tests {
     #[test]
     fn reports_are_distinct_and_bounded() {
         let r = ids(1);
-        let mut s = Swarm::new(1, vec![], 0);
+        let mut s = Swarm::new(1, Bytes::new(), 0);
         let yes = |_: &NodeId| true;
         assert_eq!(s.report(r[0], ip(1), 3, 2, yes), 1);
         assert_eq!(s.report(r[0], ip(1), 3, 2, yes), 1, "the same source counts once");
@@ -327,7 +329,7 @@ mod tests {
 
     #[test]
     fn a_full_report_table_evicts_unregistered_then_undemoted_holders_before_refusing() {
-        let mut s = Swarm::new(1, vec![], 0);
+        let mut s = Swarm::new(1, Bytes::new(), 0);
         let throwaway = ids(MAX_REPORTED);
         let yes = |_: &NodeId| true;
         for &h in &throwaway {
@@ -340,14 +342,14 @@ mod tests {
         assert_eq!(s.report(real, ip(2), 5, 2, gone), 1);
         assert_eq!(s.reports.len(), 1, "unregistered holders' entries evicted");
         // Still registered but reported once (not demoted): one is evicted to make room.
-        let mut s = Swarm::new(1, vec![], 0);
+        let mut s = Swarm::new(1, Bytes::new(), 0);
         for &h in &throwaway {
             s.report(h, ip(1), 5, 2, yes);
         }
         assert_eq!(s.report(real, ip(2), 5, 2, yes), 1);
         assert_eq!(s.reports.len(), MAX_REPORTED);
         // A table full of demoted holders keeps them and ignores a new one.
-        let mut s = Swarm::new(1, vec![], 0);
+        let mut s = Swarm::new(1, Bytes::new(), 0);
         for &h in &throwaway {
             s.report(h, ip(1), 5, 2, yes);
             s.report(h, ip(2), 5, 2, yes);

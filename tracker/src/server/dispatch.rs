@@ -4,18 +4,20 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context};
+use bytes::Bytes;
 use quinn::RecvStream;
 use shoal_core::NodeId;
-use shoal_index::{Action, IndexError};
+use shoal_index::{Action, IndexError, VerifiedManifest};
 use shoal_wire::tracker::{
     ErrorCode, StorageNode, TrackerRequest, TrackerResponse, MAX_LOOKUP_PEERS, TRACKER_VERSION,
 };
 use shoal_wire::Decoder;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::{now_ms, Shared, REQUEST_DEADLINE};
 
-type Reply = (TrackerResponse, Option<Vec<u8>>);
+/// An answer, and raw bytes after it: a manifest, shared with the index, not copied.
+type Reply = (TrackerResponse, Option<Bytes>);
 
 fn refuse(code: ErrorCode, text: impl std::fmt::Display) -> Reply {
     (TrackerResponse::Error { code, text: text.to_string() }, None)
@@ -67,7 +69,8 @@ pub(super) async fn dispatch(
     let m = &shared.metrics;
     if let Some(claimed) = claimed.filter(|c| *c != proven) {
         m.forged.fetch_add(1, Ordering::Relaxed);
-        warn!(%claimed, %proven, "refused a request for another node id");
+        // Counted; not a warning: it comes before any rate limit, and anyone can send many.
+        debug!(%claimed, %proven, "refused a request for another node id");
         return Ok(refuse(
             ErrorCode::Forged,
             format!("this connection is authenticated as {proven}, not as the node it speaks for"),
@@ -81,6 +84,10 @@ pub(super) async fn dispatch(
         | TrackerRequest::AnnounceDelta { .. }
         | TrackerRequest::PutManifest { .. }
         | TrackerRequest::Report { .. } => Some(Action::Announce),
+        TrackerRequest::Lookup { .. }
+        | TrackerRequest::Heartbeat { .. }
+        | TrackerRequest::GetManifest { .. }
+        | TrackerRequest::FindStorage => Some(Action::Query),
         _ => None,
     };
     if let Some(action) = action {
@@ -167,9 +174,7 @@ pub(super) async fn dispatch(
             }
         }
         TrackerRequest::GetManifest { content } => match shared.index().manifest(content) {
-            Some(bytes) => {
-                (TrackerResponse::Manifest { len: bytes.len() as u32 }, Some(bytes.to_vec()))
-            }
+            Some(bytes) => (TrackerResponse::Manifest { len: bytes.len() as u32 }, Some(bytes)),
             None => (TrackerResponse::Unknown, None),
         },
         TrackerRequest::Report { content, peer } => {
@@ -183,7 +188,8 @@ pub(super) async fn dispatch(
 }
 
 /// A manifest upload: registered sender, space and an in-flight budget first, then the body
-/// within the request deadline, then verification against the content id.
+/// within the request deadline, then verification against the content id (before taking the
+/// index lock: decoding and hashing up to a frame's worth of manifest is the slow part).
 async fn put_manifest(
     shared: &Shared,
     now: u64,
@@ -216,6 +222,10 @@ async fn put_manifest(
         .await
         .context("manifest body too slow")?
         .context("reading manifest")?;
-    let r = shared.index().put_manifest(now, proven, content, bytes);
+    let verified = match VerifiedManifest::check(content, bytes) {
+        Ok(v) => v,
+        Err(e) => return Ok(index_error(shared, e)),
+    };
+    let r = shared.index().put_verified_manifest(now, proven, verified);
     Ok(ok_or(shared, r))
 }
