@@ -20,7 +20,8 @@
 //! - `Busy` backs that peer off exponentially with jitter, capped; the others keep going;
 //! - bad data and pieces refused after being advertised earn strikes in the picker (kept
 //!   across re-sent bitfields and reconnects); at the limit the peer is banned for good;
-//! - a dropped peer is not dialed again for `retry_after`; a banned one never.
+//! - a dropped peer is not dialed again for `retry_after`; a banned one never (the set
+//!   remembers at most `max_dropped` drops, bans last; the picker keeps every ban for good).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
@@ -206,7 +207,13 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
     /// `max_window` the most requests in flight per peer. Subscribes to every connected peer.
     pub fn start(&mut self, now: Instant, have: Bitfield, max_window: usize) {
         let seed = self.next_random();
-        self.phase = Phase::Pieces(Box::new(Picker::new(have, seed)));
+        let mut picker = Box::new(Picker::new(have, seed));
+        // The manifest round's bans (false manifests) hold for the rest of the download even
+        // once `dropped` forgets them.
+        for (&id, _) in self.dropped.iter().filter(|(_, d)| d.reason == DropReason::Banned) {
+            picker.ban(id);
+        }
+        self.phase = Phase::Pieces(picker);
         self.max_window = max_window.max(1);
         for (&id, p) in self.peers.iter_mut() {
             p.subscribed = Some(now);
@@ -405,17 +412,18 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
         self.actions.push_back(Action::Close { peer, reason });
     }
 
-    /// Records a drop.
+    /// Records a drop, keeping at most `Config::max_dropped` records: when full, the oldest
+    /// drop that is not a ban is forgotten, or, if every record is a ban, the oldest ban.
     fn remember(&mut self, peer: P, d: Dropped) {
-        if d.reason != DropReason::Banned && self.dropped.len() >= self.config.max_dropped {
-            // Forget the oldest non-banned drop: bans are always remembered.
-            let oldest = self
-                .dropped
-                .iter()
-                .filter(|(_, d)| d.reason != DropReason::Banned)
-                .min_by_key(|(_, d)| d.at)
-                .map(|(&id, _)| id);
-            if let Some(id) = oldest {
+        if !self.dropped.contains_key(&peer) && self.dropped.len() >= self.config.max_dropped {
+            let oldest = |bans: bool| {
+                self.dropped
+                    .iter()
+                    .filter(|(_, d)| bans || d.reason != DropReason::Banned)
+                    .min_by_key(|(_, d)| d.at)
+                    .map(|(&id, _)| id)
+            };
+            if let Some(id) = oldest(false).or_else(|| oldest(true)) {
                 self.dropped.remove(&id);
             }
         }

@@ -157,6 +157,13 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
         }
     }
 
+    /// Bans a peer for the rest of the download (for a fault found outside the picker, such
+    /// as a false manifest): removed if connected, never added again.
+    pub fn ban(&mut self, peer: P) {
+        self.remove_peer(peer);
+        self.banned.insert(peer);
+    }
+
     /// True if the peer is banned.
     pub fn is_banned(&self, peer: P) -> bool {
         self.banned.contains(&peer)

@@ -327,6 +327,73 @@ fn a_queued_candidate_keeps_its_drop_record_until_it_is_connected() {
     assert!(s.undelivered().is_empty(), "connected again: no longer reported");
 }
 
+/// `max_dropped` bounds every record, bans included: drops that are not bans go first, then
+/// the oldest bans. A ban forgotten by the set still holds once pieces are fetched.
+#[test]
+fn drop_records_are_bounded_and_a_forgotten_ban_still_holds() {
+    let t0 = Instant::now();
+    let c = Config { max_dropped: 4, max_connected: 64, max_dialing: 64, ..Config::default() };
+    let mut s = Set::new(c.clone(), 5);
+    // Manifest round: peers 0..6 lie about the manifest (banned), 6..8 are silent.
+    for id in 0..8 {
+        s.add_candidate(t0, id, Some(id));
+    }
+    drain(&mut s, t0);
+    for id in 0..8 {
+        s.handle_dialed(t0, id, Some(id));
+    }
+    let mut now = t0;
+    for id in 0..8 {
+        drain(&mut s, now);
+        now += Duration::from_millis(1);
+        if id < 6 {
+            s.handle_manifest(now, id, ManifestReply::Invalid);
+        } else {
+            s.handle_timeout(now + c.manifest_deadline);
+        }
+        assert!(s.dropped.len() <= c.max_dropped, "{} records", s.dropped.len());
+    }
+    // Bans 4 and 5 evicted bans 0 and 1 (every record was a ban); 6's timeout evicted ban 2
+    // for the same reason; 7's evicted 6, the oldest drop that is not a ban, before ban 3.
+    let kept: Vec<u32> = s.dropped.keys().copied().collect();
+    assert_eq!(kept, vec![3, 4, 5, 7]);
+    assert_eq!(s.drop_reason(3), Some(DropReason::Banned));
+    assert_eq!(s.drop_reason(7), Some(DropReason::ManifestTimeout));
+    // Pieces: the manifest round's bans still recorded go to the picker and hold for good
+    // (0..3, forgotten after four later drops, are what `max_dropped` gives up).
+    s.start(now, Bitfield::new(4), 4);
+    let later = now + c.retry_after * 10;
+    for id in 3..6 {
+        s.add_candidate(later, id, Some(id));
+    }
+    assert!(drain(&mut s, later).is_empty(), "a banned peer is dialed again");
+    // Bad pieces ban more peers than the set remembers; every one stays out.
+    for id in 10..20 {
+        s.add_candidate(later, id, Some(id));
+        drain(&mut s, later);
+        s.handle_dialed(later, id, Some(id));
+        drain(&mut s, later);
+        s.handle_bitfield(later, id, Bitfield::full(4));
+        let r = requests(&drain(&mut s, later), id);
+        s.handle_piece(later, id, r[0], PieceOutcome::Bad, 1);
+        s.handle_piece(later, id, r[1], PieceOutcome::Bad, 1);
+        assert_eq!(
+            drain(&mut s, later),
+            vec![Action::Close { peer: id, reason: DropReason::Banned }]
+        );
+        assert!(s.dropped.len() <= c.max_dropped);
+    }
+    let much_later = later + c.retry_after * 10;
+    for id in (3..8).chain(10..20) {
+        s.add_candidate(much_later, id, Some(id));
+    }
+    let dials: Vec<_> = drain(&mut s, much_later);
+    assert_eq!(
+        dials,
+        vec![Action::Dial { addr: 6, id: Some(6) }, Action::Dial { addr: 7, id: Some(7) }]
+    );
+}
+
 #[test]
 fn a_bitfield_of_the_wrong_length_is_a_protocol_error() {
     let t0 = Instant::now();

@@ -14,8 +14,12 @@ pub struct Config {
     pub max_dialing: usize,
     /// Candidates waiting to be dialed; more are ignored (default 256).
     pub max_candidates: usize,
-    /// Dropped peers remembered (so they are not redialed at once); banned ones are always
-    /// remembered (default 4096).
+    /// Dropped peers remembered, bans included (default 4096): so they are not redialed at once,
+    /// and reported by `PeerSet::undelivered`. When full, the oldest drop that is not a ban is
+    /// forgotten first, then the oldest ban. Once pieces are fetched a forgotten ban still holds:
+    /// the picker keeps every ban of the download (one per peer that was connected), including
+    /// the manifest round's, handed to it at start. Before that, a ban is forgotten only after
+    /// `max_dropped` later drops, and the manifest round dials each candidate it was given once.
     pub max_dropped: usize,
     /// Peers asked for the manifest at once (default 4).
     pub manifest_parallel: usize,
