@@ -312,7 +312,7 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
                 if let Some(p) = p.filter(|p| p.busy_until.is_none_or(|t| t <= now)) {
                     p.busy = p.busy.saturating_add(1);
                     p.last_progress = now;
-                    let delay = backoff(&self.config, p.busy, &mut self.rng);
+                    let delay = backoff(&self.config, p.busy, xorshift(&mut self.rng));
                     p.busy_until = Some(now + delay);
                 }
                 None
@@ -487,12 +487,16 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
     }
 
     fn next_random(&mut self) -> u64 {
-        // xorshift64: deterministic for a seed.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng
+        xorshift(&mut self.rng)
     }
+}
+
+/// The next value of a xorshift64 generator: deterministic for a seed.
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
 }
 
 #[cfg(test)]

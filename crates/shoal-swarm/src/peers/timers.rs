@@ -134,13 +134,11 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
 }
 
 /// The backoff after the `n`th `Busy` in a row: doubling from `busy_backoff`, capped at
-/// `busy_backoff_max`, scaled by a jitter in [0.75, 1.25) so busy peers' clients spread out.
-pub(super) fn backoff(c: &Config, n: u32, rng: &mut u64) -> Duration {
-    *rng ^= *rng << 13;
-    *rng ^= *rng >> 7;
-    *rng ^= *rng << 17;
+/// `busy_backoff_max`, scaled by a jitter in [0.75, 1.25) drawn from `random` so busy peers'
+/// clients spread out.
+pub(super) fn backoff(c: &Config, n: u32, random: u64) -> Duration {
     let base = c.busy_backoff.saturating_mul(1u32 << n.saturating_sub(1).min(16));
     let capped = base.min(c.busy_backoff_max);
-    let jitter = 0.75 + (*rng >> 11) as f64 / (1u64 << 53) as f64 / 2.0;
+    let jitter = 0.75 + (random >> 11) as f64 / (1u64 << 53) as f64 / 2.0;
     capped.mul_f64(jitter)
 }
