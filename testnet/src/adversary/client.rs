@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use quinn::{Connection, RecvStream, SendStream};
 use shoal_core::manifest::Manifest;
 use shoal_core::{Bitfield, ContentId, NodeId, PeerAddr, PieceIndex};
-use shoal_net::{Endpoint, Identity};
+use shoal_net::{Endpoint, Identity, Limits};
 use shoal_wire::tracker::{
     Role, TrackerRequest, TrackerResponse, MAX_TRACKER_FRAME_LEN, TRACKER_ALPN, TRACKER_VERSION,
 };
@@ -40,8 +40,18 @@ pub(super) fn endpoint(
     target: SocketAddr,
     alpns: &[&[u8]],
 ) -> anyhow::Result<Endpoint> {
+    endpoint_with(identity, target, alpns, Limits::node())
+}
+
+/// [`endpoint`] with the windows and caps of `limits`.
+pub(super) fn endpoint_with(
+    identity: &Identity,
+    target: SocketAddr,
+    alpns: &[&[u8]],
+    limits: Limits,
+) -> anyhow::Result<Endpoint> {
     let bind = SocketAddr::new(local_ip_for(target), 0);
-    Endpoint::bind(identity, bind, alpns).context("binding an adversary endpoint")
+    Endpoint::bind_with(identity, bind, alpns, limits).context("binding an adversary endpoint")
 }
 
 /// How long a call may wait if its adversary stops at `until`: [`ANSWER_WAIT`], cut to the

@@ -3,9 +3,10 @@
 //! whenever a stream ends. Bounded by [`MAX_REQUESTS`] per stream slot, [`MAX_DIALS`] per node
 //! and the adversary's time.
 //!
-//! Note the reader's QUIC windows are `shoal-net`'s (megabytes per stream): a node that sends
-//! into them is only held up once they fill. What the trickle tests is that a slot held by a
-//! reader that makes no progress is taken back.
+//! The reader's QUIC receive windows on the connections it dials are [`WINDOW`] per stream
+//! (not `shoal-net`'s node default of 16 MiB, into which a whole piece lands at once), so the
+//! node's sends really wait on the trickle: what it tests is that a slot held by a reader that
+//! makes (almost) no progress is taken back.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use quinn::Connection;
 use shoal_core::PieceIndex;
-use shoal_net::Identity;
+use shoal_net::{Identity, Limits};
 use shoal_wire::{Request, Response};
 use tokio::task::JoinSet;
 
@@ -25,6 +26,9 @@ const STREAMS: usize = 8;
 const TRICKLE: usize = 512;
 /// How often a trickle is read.
 const TICK: Duration = Duration::from_millis(200);
+/// The reader's receive window per stream it dials, in bytes (and [`STREAMS`] of them per
+/// connection): a few trickles' worth.
+const WINDOW: u32 = 4 * 1024;
 /// Requests per stream slot.
 const MAX_REQUESTS: usize = 500;
 /// Connections made to one node (a node may close the reader's connection; it comes back).
@@ -41,7 +45,12 @@ pub(super) async fn run(ctx: Ctx, name: String) -> Tally {
     let mut tally = Tally::new(name);
     let id = Identity::generate();
     let Some(first) = ctx.target.honest.first() else { return tally };
-    let ep = match client::endpoint(&id, first.addr, &[]) {
+    let limits = Limits {
+        dial_stream_window: WINDOW,
+        dial_connection_window: WINDOW * STREAMS as u32,
+        ..Limits::node()
+    };
+    let ep = match client::endpoint_with(&id, first.addr, &[], limits) {
         Ok(ep) => ep,
         Err(e) => {
             tally.note(format!("cannot start: {e:#}"));
