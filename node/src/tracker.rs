@@ -40,6 +40,9 @@ const DELTA_EVERY: Duration = Duration::from_millis(250);
 const RATE_LIMITED_ATTEMPTS: u32 = 8;
 const FIRST_PAUSE: Duration = Duration::from_millis(250);
 const MAX_PAUSE: Duration = Duration::from_secs(8);
+/// The longest one request to a tracker may take, answer included: a ticket's tracker is
+/// untrusted, and one that accepts a stream and never answers must not hang a fetch.
+const CALL_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What a tracker session may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,8 +125,8 @@ pub(crate) fn spawn(node: Arc<Node>, target: TrackerAddr, scope: Scope) -> Track
                 biased;
                 _ = tx.closed() => break,
                 r = ctx.run(&tx) => match r {
-                    Ok(()) => break,
                     Err(e) => e,
+                    Ok(never) => match never {},
                 },
             };
             let _ = tx.send(None);
@@ -156,8 +159,19 @@ async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
         .ok_or_else(|| anyhow!("tracker address {addr:?} resolves to nothing"))
 }
 
-/// One request on its own stream; `raw` bytes follow the frame.
+/// One request on its own stream; `raw` bytes follow the frame. The whole exchange must end
+/// within [`CALL_DEADLINE`]. Cancel-safe.
 pub(crate) async fn call(
+    conn: &Connection,
+    req: &TrackerRequest,
+    raw: Option<&[u8]>,
+) -> anyhow::Result<(TrackerResponse, Vec<u8>)> {
+    tokio::time::timeout(CALL_DEADLINE, exchange(conn, req, raw))
+        .await
+        .map_err(|_| anyhow!("the tracker did not answer within {CALL_DEADLINE:?}"))?
+}
+
+async fn exchange(
     conn: &Connection,
     req: &TrackerRequest,
     raw: Option<&[u8]>,
@@ -184,6 +198,10 @@ pub(crate) async fn call(
     };
     let mut extra = Vec::new();
     if let TrackerResponse::Manifest { len } = resp {
+        // The length is the tracker's word: no bigger than any manifest can be.
+        if len as usize > shoal_core::manifest::MAX_ENCODED_LEN {
+            bail!("the tracker announced a {len}-byte manifest, longer than any manifest");
+        }
         extra = dec.take_rest().to_vec();
         if extra.len() > len as usize {
             bail!("manifest longer than announced");
