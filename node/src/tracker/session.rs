@@ -20,7 +20,8 @@ use super::{call, resolve, Scope, DELTA_EVERY, FIRST_PAUSE, MAX_PAUSE, RATE_LIMI
 use crate::node::Node;
 
 /// Like [`call`], but a "slow down" answer is retried after a growing pause (a bounded number
-/// of times). Cancel-safe.
+/// of times). Only for registering, before the session heartbeats: a running session never
+/// waits inline (see [`Backoff`]). Cancel-safe.
 async fn call_patient(
     conn: &Connection,
     req: &TrackerRequest,
@@ -52,23 +53,67 @@ pub(crate) struct TrackerRefused {
     text: String,
 }
 
+/// How an announce went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Answered (accepted, or refused for a reason that is logged).
+    Done,
+    /// The tracker said "slow down": try again after a pause.
+    SlowDown,
+}
+
+fn slow_down(resp: &TrackerResponse) -> bool {
+    matches!(resp, TrackerResponse::Error { code: ErrorCode::RateLimited, .. })
+}
+
 /// Announces what the node holds of `content`; uploads the manifest if the tracker asks for it
 /// and announces again. A refusal of this one content is logged, not fatal, unless the tracker
-/// forgot the node.
-async fn announce(node: &Node, conn: &Connection, content: ContentId) -> anyhow::Result<()> {
-    let Some(bitfield) = node.holding(content)? else { return Ok(()) };
+/// forgot the node. Never waits out a "slow down" inline (the session's heartbeats must go
+/// on): it answers [`Sent::SlowDown`] and the caller retries later.
+async fn announce(node: &Node, conn: &Connection, content: ContentId) -> anyhow::Result<Sent> {
+    let Some(bitfield) = node.holding(content)? else { return Ok(Sent::Done) };
     let node_id = node.node_id();
     let req = TrackerRequest::Announce { node_id, content, bitfield };
-    let mut resp = call_patient(conn, &req, None).await?;
+    let mut resp = call(conn, &req, None).await?.0;
     if resp == TrackerResponse::NeedManifest {
-        let Some(bytes) = node.manifest_bytes(content)? else { return Ok(()) };
+        let Some(bytes) = node.manifest_bytes(content)? else { return Ok(Sent::Done) };
         let put = TrackerRequest::PutManifest { node_id, content, len: bytes.len() as u32 };
-        resp = call_patient(conn, &put, Some(&bytes)).await?;
+        resp = call(conn, &put, Some(&bytes)).await?.0;
         if resp == TrackerResponse::Ok {
-            resp = call_patient(conn, &req, None).await?;
+            resp = call(conn, &req, None).await?.0;
         }
     }
-    accept(resp, content)
+    if slow_down(&resp) {
+        return Ok(Sent::SlowDown);
+    }
+    accept(resp, content).map(|()| Sent::Done)
+}
+
+/// When the next flush of announces and deltas may go out, after "slow down" answers.
+struct Backoff {
+    pause: Duration,
+    until: Option<Instant>,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self { pause: FIRST_PAUSE, until: None }
+    }
+
+    fn waiting(&self) -> bool {
+        self.until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// After a flush: pause (longer each time) if the tracker said "slow down", else reset.
+    fn update(&mut self, limited: bool) {
+        if limited {
+            debug!(pause = ?self.pause, "tracker asked to slow down");
+            self.until = Some(Instant::now() + self.pause);
+            self.pause = (self.pause * 2).min(MAX_PAUSE);
+        } else {
+            *self = Self::new();
+        }
+    }
 }
 
 /// Turns an announce answer into the session's next step.
@@ -145,8 +190,12 @@ impl Session<'_> {
         Ok((conn, heartbeat_ms))
     }
 
-    /// One session, until the connection fails (an error) or the node shuts down.
-    pub(super) async fn run(&self, tx: &watch::Sender<Option<Connection>>) -> anyhow::Result<()> {
+    /// One session, until the connection fails or the node shuts down: it only ever ends with
+    /// an error.
+    pub(super) async fn run(
+        &self,
+        tx: &watch::Sender<Option<Connection>>,
+    ) -> anyhow::Result<std::convert::Infallible> {
         let (node, addr, scope) = (self.node, self.addr, self.scope);
         let (conn, heartbeat_ms) = self.open().await?;
         let node_id = node.node_id();
@@ -158,16 +207,26 @@ impl Session<'_> {
             Scope::Own => node.content_ids()?,
             Scope::Content(c) => c.into_iter().collect(),
         };
+        // Whatever the tracker asks to slow down for goes out with the first flushes.
+        let mut full: HashSet<ContentId> = HashSet::new();
+        let mut backoff = Backoff::new();
+        let mut limited = false;
         for c in contents {
-            announce(node, &conn, c).await?;
-            announced.insert(c);
+            if limited {
+                full.insert(c);
+            } else if announce(node, &conn, c).await? == Sent::SlowDown {
+                limited = true;
+                full.insert(c);
+            } else {
+                announced.insert(c);
+            }
         }
+        backoff.update(limited);
         info!(tracker = %addr, contents = announced.len(), ?scope, "registered with tracker");
         let _ = tx.send(Some(conn.clone()));
         let mut heartbeat = tokio::time::interval(Duration::from_millis(u64::from(heartbeat_ms)));
         let mut flush = tokio::time::interval(DELTA_EVERY);
         let mut pending: HashMap<ContentId, Vec<PieceIndex>> = HashMap::new();
-        let mut full: HashSet<ContentId> = HashSet::new();
         let mut last = (
             Instant::now(),
             node.stats.uploaded_bytes.load(Ordering::Relaxed),
@@ -226,29 +285,82 @@ impl Session<'_> {
                     Err(_) => bail!("node shutting down"),
                 },
                 _ = flush.tick() => {
-                    for c in std::mem::take(&mut full) {
-                        pending.remove(&c);
-                        announce(node, &conn, c).await?;
-                        announced.insert(c);
+                    if backoff.waiting() {
+                        continue;
                     }
-                    for (c, pieces) in std::mem::take(&mut pending) {
-                        if !announced.contains(&c) {
-                            announce(node, &conn, c).await?;
-                            announced.insert(c);
-                            continue;
-                        }
-                        for chunk in pieces.chunks(MAX_DELTA) {
-                            let req = TrackerRequest::AnnounceDelta { node_id, content: c, pieces: chunk.to_vec() };
-                            if call_patient(&conn, &req, None).await? != TrackerResponse::Ok {
-                                debug!(content = %c.fmt_short(), "tracker refused a delta; announcing in full");
-                                announce(node, &conn, c).await?;
-                            }
-                        }
-                    }
+                    let limited =
+                        flush_once(node, &conn, &mut full, &mut pending, &mut announced).await?;
+                    backoff.update(limited);
                 }
             }
         }
     }
+}
+
+/// Sends what is queued: full announces, then deltas. Returns whether the tracker said "slow
+/// down"; what it refused then, and everything after it, stays queued for the next flush.
+async fn flush_once(
+    node: &Node,
+    conn: &Connection,
+    full: &mut HashSet<ContentId>,
+    pending: &mut HashMap<ContentId, Vec<PieceIndex>>,
+    announced: &mut HashSet<ContentId>,
+) -> anyhow::Result<bool> {
+    let node_id = node.node_id();
+    let mut limited = false;
+    for c in std::mem::take(full) {
+        if limited {
+            full.insert(c);
+            continue;
+        }
+        match announce(node, conn, c).await? {
+            Sent::Done => {
+                pending.remove(&c);
+                announced.insert(c);
+            }
+            Sent::SlowDown => {
+                limited = true;
+                full.insert(c);
+            }
+        }
+    }
+    for (c, pieces) in std::mem::take(pending) {
+        if limited {
+            pending.entry(c).or_default().extend(pieces);
+            continue;
+        }
+        if !announced.contains(&c) {
+            match announce(node, conn, c).await? {
+                Sent::Done => {
+                    announced.insert(c);
+                }
+                Sent::SlowDown => {
+                    limited = true;
+                    full.insert(c);
+                }
+            }
+            continue;
+        }
+        for (i, chunk) in pieces.chunks(MAX_DELTA).enumerate() {
+            let req = TrackerRequest::AnnounceDelta { node_id, content: c, pieces: chunk.to_vec() };
+            let resp = call(conn, &req, None).await?.0;
+            if slow_down(&resp) {
+                limited = true;
+                pending.entry(c).or_default().extend(&pieces[i * MAX_DELTA..]);
+                break;
+            }
+            if resp != TrackerResponse::Ok {
+                debug!(content = %c.fmt_short(), "tracker refused a delta; announcing in full");
+                if announce(node, conn, c).await? == Sent::SlowDown {
+                    limited = true;
+                    full.insert(c);
+                }
+                // The full announce covers the remaining chunks.
+                break;
+            }
+        }
+    }
+    Ok(limited)
 }
 
 /// After missed notifications: every content announced so far (and a scoped session's one
