@@ -14,12 +14,13 @@ use shoal_wire::tracker::{Load, Role};
 
 const NODES: usize = 6;
 
+/// Fixed keys, so a saved crashing input reproduces in another process.
 fn ids() -> &'static [NodeId; NODES] {
     use std::sync::OnceLock;
     static IDS: OnceLock<[NodeId; NODES]> = OnceLock::new();
     IDS.get_or_init(|| {
-        std::array::from_fn(|_| {
-            let kp = libp2p_identity::Keypair::generate_ed25519();
+        std::array::from_fn(|i| {
+            let kp = libp2p_identity::Keypair::ed25519_from_bytes([i as u8 + 1; 32]).unwrap();
             NodeId::from_public_key(&kp.public()).unwrap()
         })
     })

@@ -7,13 +7,16 @@ use libfuzzer_sys::fuzz_target;
 use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
 use shoal_wire::{Decoder, Event, Message, RejectReason, Session, MAX_SUBSCRIPTIONS};
 
+/// Fixed keys, so a saved crashing input reproduces in another process.
 fn ids() -> (NodeId, NodeId) {
     use std::sync::OnceLock;
     static IDS: OnceLock<(NodeId, NodeId)> = OnceLock::new();
     *IDS.get_or_init(|| {
-        let a = libp2p_identity::Keypair::generate_ed25519();
-        let b = libp2p_identity::Keypair::generate_ed25519();
-        (NodeId::from_public_key(&a.public()).unwrap(), NodeId::from_public_key(&b.public()).unwrap())
+        let id = |seed| {
+            let kp = libp2p_identity::Keypair::ed25519_from_bytes([seed; 32]).unwrap();
+            NodeId::from_public_key(&kp.public()).unwrap()
+        };
+        (id(1), id(2))
     })
 }
 
