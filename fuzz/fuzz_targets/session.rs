@@ -1,11 +1,21 @@
 //! Sequences of control-stream messages from a hostile remote, interleaved with local actions:
-//! the session never panics, never queues more than its bounds allow, and after an error the
-//! caller closes the connection (the loop stops, as the node does).
+//! the session never panics; drained after each step (one local action, or at most 31 remote
+//! bytes), its transmit and event queues never held more than a constant ([`STEP_BOUND`]: the
+//! session queues at most one entry per call made or message handled, whatever the input's
+//! length); and after an error the caller closes the connection (the loop stops, as the node
+//! does).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
 use shoal_wire::{Decoder, Event, Message, RejectReason, Session, MAX_SUBSCRIPTIONS};
+
+/// The most entries one step may leave in either queue: our hello (first step only), one local
+/// action, and one per message decoded from the step's at most 31 new bytes (every message
+/// decoded in a step ends in its bytes: those complete before were decoded the step before).
+/// The event queue's share is each decoded message's event, answered by one transmit
+/// (`accept_subscription`).
+const STEP_BOUND: usize = 1 + 1 + 31;
 
 /// Fixed keys, so a saved crashing input reproduces in another process.
 fn ids() -> (NodeId, NodeId) {
@@ -28,7 +38,6 @@ fuzz_target!(|data: &[u8]| {
         let _ = s.handle_message(Message::Hello { version: shoal_wire::PROTOCOL_VERSION, node_id: remote });
     }
     let mut dec = Decoder::new();
-    let mut queued = 0usize;
     let mut i = 1;
     while i < data.len() {
         let op = data[i];
@@ -59,14 +68,19 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
+        let mut events = 0usize;
         while let Some(ev) = s.poll_event() {
+            events += 1;
             if let Event::Subscribed(content) = ev {
                 s.accept_subscription(content, Bitfield::new(1));
             }
         }
+        let mut transmits = 0usize;
         while s.poll_transmit().is_some() {
-            queued += 1;
+            transmits += 1;
         }
-        assert!(queued <= 4 * (MAX_SUBSCRIPTIONS + data.len()), "transmit queue unbounded");
+        assert!(events <= STEP_BOUND, "{events} events queued in one step");
+        assert!(transmits <= STEP_BOUND, "{transmits} transmits queued in one step");
+        assert!(s.subscriptions_received() <= MAX_SUBSCRIPTIONS);
     }
 });
