@@ -1,6 +1,6 @@
 //! Fetches that hostile peers cannot stall or fool: liars (bitfields that claim every piece),
-//! corrupters, and silent peers (a raw QUIC server that completes the handshake with the peer
-//! ALPN and then never answers a stream).
+//! corrupters, silent peers (a raw QUIC server that completes the handshake with the peer ALPN
+//! and then never answers a stream), and a peer whose refusals carry terminal escapes.
 
 use std::net::SocketAddr;
 
@@ -9,7 +9,8 @@ use shoal_core::{PeerAddr, Ticket};
 use crate::support::*;
 
 /// A hostile peer: accepts QUIC connections with the peer ALPN and a valid identity, then
-/// never answers any stream. Stops when dropped.
+/// never answers any stream (or, [`SilentPeer::answering`], answers every stream with the same
+/// bytes). Stops when dropped.
 struct SilentPeer {
     node_id: String,
     addr: SocketAddr,
@@ -19,6 +20,11 @@ struct SilentPeer {
 
 impl SilentPeer {
     fn start() -> SilentPeer {
+        Self::answering(None)
+    }
+
+    /// A peer that writes `answer` on every stream opened to it, then ends the stream.
+    fn answering(answer: Option<Vec<u8>>) -> SilentPeer {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -37,6 +43,9 @@ impl SilentPeer {
                 let accept = async {
                     while let Some(incoming) = ep.accept().await {
                         if let Ok(conn) = incoming.await {
+                            if let Some(answer) = answer.clone() {
+                                tokio::spawn(answer_every_stream(conn.clone(), answer));
+                            }
                             held.push(conn);
                         }
                     }
@@ -58,6 +67,13 @@ impl SilentPeer {
 
     fn peer_addr(&self) -> PeerAddr {
         self.peer().parse().unwrap()
+    }
+}
+
+async fn answer_every_stream(conn: quinn::Connection, answer: Vec<u8>) {
+    while let Ok((mut send, _recv)) = conn.accept_bi().await {
+        let _ = send.write_all(&answer).await;
+        let _ = send.finish();
     }
 }
 
@@ -167,4 +183,27 @@ fn a_fetch_whose_first_candidates_are_silent_for_the_manifest_still_completes() 
     for s in &silent {
         assert_eq!(peer_entry(&report, &s.node_id)["pieces"], 0);
     }
+}
+
+#[test]
+fn a_peers_refusal_text_reaches_the_terminal_escaped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("f.bin");
+    write_file(&src, 64 * 1024, 23);
+    let honest = Daemon::start(&tmp.path().join("honest"), &[]);
+    let mut ticket: Ticket = honest.add(&src).parse().unwrap();
+    // The only peer refuses the manifest with a text that clears the screen, sets the window
+    // title, breaks the line and reverses what follows.
+    let text = "\x1b[2J\x1b]0;pwned\x07\nerror: fake\u{202e}gpj.exe".to_string();
+    let reject =
+        shoal_wire::Response::Reject { reason: shoal_wire::RejectReason::BadRequest, text };
+    let hostile = SilentPeer::answering(Some(shoal_wire::encode(&reject)));
+    ticket.peers = vec![hostile.peer_addr()];
+    let mut get = shoal(&tmp.path().join("fetcher"));
+    get.args(["get", &ticket.to_string(), "-o"]).arg(tmp.path().join("out.bin"));
+    // One line (no newline of the peer's got through), and none of its control characters.
+    let line = fails(get);
+    assert!(line.contains("no peer has content"), "{line}");
+    assert!(!line.chars().any(|c| c.is_control() || c == '\u{202e}'), "{line:?}");
+    assert!(line.contains("\\u{1b}[2J") && line.contains("\\u{202e}gpj.exe"), "{line}");
 }

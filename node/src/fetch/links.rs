@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use quinn::{Connection, VarInt};
+use shoal_core::manifest::escape_name;
 use shoal_core::{NodeId, PeerAddr};
 use shoal_swarm::{Admit, DropReason, PeerSet};
 use tokio::task::JoinSet;
@@ -56,7 +57,7 @@ pub(super) struct Link {
     pub(super) pieces: u32,
     pub(super) bytes: u64,
     pub(super) counters: Arc<Counters>,
-    /// Why it stopped serving us, in words, if it did.
+    /// Why it stopped serving us, in words, if it did (escaped: it may quote the peer).
     pub(super) done: Option<String>,
     pub(super) reason: Option<DropReason>,
 }
@@ -106,6 +107,8 @@ impl Links {
             }
             Ok(ok) => ok,
             Err(e) => {
+                // A refused handshake may carry the peer's own close reason.
+                let e = escape_name(&e);
                 debug!(%addr, error = %e, "cannot reach a peer");
                 if self.dial_errors.len() < MAX_DIAL_ERRORS {
                     self.dial_errors.push(e);
@@ -142,10 +145,12 @@ impl Links {
         self.links.get(&peer).and_then(|l| l.conn.clone())
     }
 
-    /// Notes why a peer stopped serving us (the first reason stays).
-    pub(super) fn note(&mut self, peer: NodeId, why: impl Into<String>) {
+    /// Notes why a peer stopped serving us (the first reason stays). `why` may quote the peer
+    /// (a reject's text, a close reason): it is stored escaped, so no control character or
+    /// bidi override it sent reaches a terminal through an error message.
+    pub(super) fn note(&mut self, peer: NodeId, why: impl AsRef<str>) {
         if let Some(l) = self.links.get_mut(&peer) {
-            l.done.get_or_insert_with(|| why.into());
+            l.done.get_or_insert_with(|| escape_name(why.as_ref()));
         }
     }
 

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::bail;
 use quinn::Connection;
+use shoal_core::manifest::escape_name;
 use shoal_core::{ContentId, Manifest, NodeId};
 use shoal_swarm::{Action, ManifestReply};
 use tokio::task::{AbortHandle, JoinSet};
@@ -82,6 +83,8 @@ pub(super) async fn find(
                                 ManifestReply::Invalid
                             }
                             Err(e) => {
+                                // The error may quote the peer's bytes (a file name): escaped.
+                                let e = escape_name(&e.to_string());
                                 warn!(peer = %id, error = %e, "peer sent a bad manifest; banned");
                                 reasons.push(format!("{addr}: sent a bad manifest ({e})"));
                                 ManifestReply::Invalid
@@ -89,7 +92,9 @@ pub(super) async fn find(
                         }
                     }
                     Err(e) => {
-                        reasons.push(format!("{addr}: {e:#}"));
+                        // A refusal quotes the peer's text: escaped before it can reach a
+                        // terminal in the error message.
+                        reasons.push(format!("{addr}: {}", escape_name(&format!("{e:#}"))));
                         ManifestReply::Failed
                     }
                 };

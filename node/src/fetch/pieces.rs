@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use shoal_core::manifest::escape_name;
 use shoal_core::{ContentId, Manifest, NodeId, PeerAddr, PieceIndex};
 use shoal_net::RateLimiter;
 use shoal_store::Download;
@@ -160,11 +161,13 @@ pub(super) async fn run(
                     }
                     Outcome::Rejected(RejectReason::Busy, _) => PieceOutcome::Busy,
                     Outcome::Rejected(reason, text) => {
+                        let text = escape_name(&text);
                         debug!(peer = %done.peer, ?reason, %text, "peer refused a piece");
                         links.note(done.peer, format!("refused: {text}"));
                         PieceOutcome::Refused
                     }
                     Outcome::Failed(e) => {
+                        let e = escape_name(&e);
                         debug!(peer = %done.peer, error = %e, "request failed");
                         links.note(done.peer, e);
                         PieceOutcome::Failed
