@@ -347,3 +347,86 @@ async fn a_reseed_token_signed_by_a_tickets_tracker_is_refused_by_storage() {
     }
     drop((own, other, storage, node));
 }
+
+/// A ticket's tracker that registers the node and takes its announces and heartbeats, but
+/// never answers a lookup: it holds the stream open.
+fn silent_lookup_tracker() -> (Endpoint, SocketAddr, NodeId) {
+    let id = Identity::generate();
+    let ep = Endpoint::bind(&id, "127.0.0.1:0".parse().unwrap(), &[TRACKER_ALPN]).unwrap();
+    let addr = ep.local_addr().unwrap();
+    let server = ep.clone();
+    tokio::spawn(async move {
+        server
+            .serve(16, |conn: Connection, _| async move {
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    tokio::spawn(async move {
+                        let mut d = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
+                        let req = loop {
+                            if let Ok(Some(r)) = d.decode::<TrackerRequest>() {
+                                break r;
+                            }
+                            match recv.read_chunk(64 * 1024, true).await {
+                                Ok(Some(c)) => d.feed(&c.bytes),
+                                _ => return,
+                            }
+                        };
+                        let resp = match req {
+                            TrackerRequest::Register { .. } => {
+                                TrackerResponse::Registered { heartbeat_ms: 1000, role: Role::Node }
+                            }
+                            TrackerRequest::Heartbeat { .. } => TrackerResponse::HeartbeatReply {
+                                stored: vec![],
+                                directives: vec![],
+                            },
+                            TrackerRequest::Lookup { .. } | TrackerRequest::GetManifest { .. } => {
+                                // Never answers, never closes.
+                                let _hold = (send, recv);
+                                std::future::pending::<()>().await;
+                                return;
+                            }
+                            _ => TrackerResponse::Ok,
+                        };
+                        let _ = send.write_all(&shoal_wire::encode(&resp)).await;
+                        let _ = send.finish();
+                        // Keep the stream until the node has read the answer.
+                        let _ = send.stopped().await;
+                    });
+                }
+            })
+            .await;
+    });
+    (ep, addr, id.node_id())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tickets_tracker_that_never_answers_a_lookup_does_not_hang_the_fetch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_ep, tracker_addr, tracker_id) = silent_lookup_tracker();
+    let root = tmp.path().to_path_buf();
+    let (took, got, data) = tokio::task::spawn_blocking(move || {
+        let seed = Daemon::start(&root.join("seed"), &[]);
+        let src = root.join("f.bin");
+        let data = write_file(&src, 120_000, 36);
+        let ticket: shoal_core::Ticket = seed.add(&src).parse().unwrap();
+        // The ticket names the seed, and a tracker that stalls every lookup.
+        let ticket = shoal_core::Ticket {
+            tracker: Some(tracker_addr.to_string()),
+            tracker_id: Some(tracker_id),
+            ..ticket
+        };
+        let out = root.join("out.bin");
+        let started = std::time::Instant::now();
+        let mut get = shoal(&root.join("fetcher"));
+        get.args(["get", &ticket.to_string(), "-o"]).arg(&out);
+        ok(get);
+        let took = started.elapsed();
+        drop(seed);
+        (took, std::fs::read(&out).unwrap(), data)
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, data);
+    // The lookup is given up after the tracker call deadline (10 s), then the ticket's peer
+    // serves the file.
+    assert!(took < std::time::Duration::from_secs(60), "the fetch took {took:?}");
+}
