@@ -18,6 +18,7 @@ use shoal_core::{ContentId, Manifest, NodeId, PeerAddr, PieceIndex, Ticket};
 use shoal_net::RateLimiter;
 use shoal_store::StoreError;
 use shoal_swarm::PeerSet;
+use shoal_wire::tracker::PeerInfo;
 use shoal_wire::RejectReason;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -163,9 +164,7 @@ pub async fn fetch(
     if let Some(c) = &tracker_conn {
         match tracker::lookup(c, content, None, LOOKUP_PEERS).await {
             Ok(Some((found, h))) => {
-                candidates.extend(found.iter().flat_map(|p| {
-                    p.addrs.iter().map(|&addr| PeerAddr { node_id: Some(p.node_id), addr })
-                }));
+                candidates.extend(holders(&found));
                 hints = h;
             }
             Ok(None) => {
@@ -174,8 +173,9 @@ pub async fn fetch(
             Err(e) => warn!(error = %format!("{e:#}"), "tracker lookup failed"),
         }
     }
-    candidates.retain(|p| p.node_id != Some(node.node_id()));
-    if candidates.is_empty() {
+    let set = PeerSet::new(shoal_swarm::Config::default(), fastrand::u64(..));
+    let mut links = Links::new(node.clone(), set);
+    if links.offer(Instant::now(), candidates) == 0 {
         if tracker.is_some() {
             bail!(
                 "no peers: the ticket names none and the tracker knows none for content {content}"
@@ -183,9 +183,6 @@ pub async fn fetch(
         }
         bail!("the ticket names no peers and no --peer was given: add --peer IP:PORT of a node that has the file");
     }
-    let set = PeerSet::new(shoal_swarm::Config::default(), fastrand::u64(..));
-    let mut links = Links::new(node.clone(), set);
-    links.offer(Instant::now(), candidates);
     let result =
         run(&node, &mut links, &req, &tracker, tracker_conn, hints, limit, warning, &progress)
             .await;
@@ -207,6 +204,14 @@ pub async fn fetch(
 }
 
 type Finished = (Arc<Manifest>, PathBuf, Totals, u32);
+
+/// Every address of every holder a tracker lookup found: the one rule for the first lookup
+/// and the later ones (the set dials one address per node id).
+fn holders(found: &[PeerInfo]) -> impl Iterator<Item = PeerAddr> + '_ {
+    found
+        .iter()
+        .flat_map(|p| p.addrs.iter().map(|&addr| PeerAddr { node_id: Some(p.node_id), addr }))
+}
 
 /// The manifest, then the pieces, then the file in place.
 #[allow(clippy::too_many_arguments)]

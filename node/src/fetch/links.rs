@@ -78,13 +78,21 @@ impl Links {
         Self { node, set, links: BTreeMap::new(), dials: JoinSet::new(), dial_errors: Vec::new() }
     }
 
-    /// Offers candidates to the set (never this node itself).
-    pub(super) fn offer(&mut self, now: Instant, peers: impl IntoIterator<Item = PeerAddr>) {
+    /// Offers candidates to the set, never this node itself (the one place it is filtered
+    /// out): returns how many were not this node (the set may still ignore duplicates).
+    pub(super) fn offer(
+        &mut self,
+        now: Instant,
+        peers: impl IntoIterator<Item = PeerAddr>,
+    ) -> usize {
+        let mut offered = 0;
         for p in peers {
             if p.node_id != Some(self.node.node_id()) {
                 self.set.add_candidate(now, p.addr, p.node_id);
+                offered += 1;
             }
         }
+        offered
     }
 
     /// Starts a dial (bounded in time by the endpoint's connect timeout).

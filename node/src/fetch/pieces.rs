@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_core::manifest::escape_name;
-use shoal_core::{ContentId, Manifest, NodeId, PeerAddr, PieceIndex};
+use shoal_core::{ContentId, Manifest, NodeId, PieceIndex};
 use shoal_net::RateLimiter;
 use shoal_store::Download;
-use shoal_swarm::{Action, DropReason, PieceOutcome};
+use shoal_swarm::{Action, DropReason, Picker, PieceOutcome};
 use shoal_wire::RejectReason;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 use super::links::Links;
 use super::manifest::sleep_until;
 use super::requests::{open_control, request_piece};
-use super::{snapshot, Done, Outcome, Progress, RateMeter};
+use super::{holders, snapshot, Done, Outcome, Progress, RateMeter};
 use crate::node::Node;
 use crate::serve::PeerEvent;
 use crate::tracker::{self, TrackerHandle};
@@ -125,8 +125,10 @@ pub(super) async fn run(
             break;
         }
         // With a tracker, new holders may still turn up: wait for them until the stall limit.
-        if links.set.is_idle() && (tracker.is_none() || last_progress.elapsed() > STALL_LIMIT) {
-            return Err(stuck(links, tracker.is_some()));
+        // (Idle only while fetching pieces, so with a picker.)
+        let giving_up = tracker.is_none() || last_progress.elapsed() > STALL_LIMIT;
+        if let Some(picker) = links.set.picker().filter(|_| links.set.is_idle() && giving_up) {
+            return Err(stuck(links, picker, tracker.is_some()));
         }
         let deadline = links.set.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
@@ -190,11 +192,7 @@ pub(super) async fn run(
             Some(joined) = lookups.join_next() => match joined {
                 Ok(Ok(Some((found, hints)))) => {
                     links.set.set_hints(&hints);
-                    let found = found.into_iter().filter_map(|p| {
-                        let addr = *p.addrs.first()?;
-                        Some(PeerAddr { node_id: Some(p.node_id), addr })
-                    });
-                    links.offer(Instant::now(), found);
+                    links.offer(Instant::now(), holders(&found));
                 }
                 Ok(Ok(None)) | Err(_) => {}
                 Ok(Err(e)) => debug!(error = %format!("{e:#}"), "tracker lookup failed"),
@@ -249,10 +247,7 @@ fn handle_event(links: &mut Links, ev: PeerEvent) {
 }
 
 /// Why a fetch cannot go on, with what was kept for a resume.
-fn stuck(links: &Links, with_tracker: bool) -> anyhow::Error {
-    let Some(picker) = links.set.picker() else {
-        return anyhow::anyhow!("no peer left to fetch from");
-    };
+fn stuck(links: &Links, picker: &Picker<NodeId>, with_tracker: bool) -> anyhow::Error {
     let have = picker.have().count();
     let total = picker.have().len();
     if with_tracker {
