@@ -162,15 +162,22 @@ async fn serve_request(
         Request::Manifest { content } => {
             // Nothing more is read from this stream: let quinn drop whatever else arrives.
             let _ = recv.stop(VarInt::from_u32(0));
-            serve_manifest(node, send, content).await
+            serve_manifest(node, peer, send, content).await
         }
         Request::Piece { content, piece } => {
             let _ = recv.stop(VarInt::from_u32(0));
-            serve_piece(node, send, content, piece).await
+            serve_piece(node, peer, send, content, piece).await
         }
         Request::Holding { content } => {
             let _ = recv.stop(VarInt::from_u32(0));
-            respond(send, &Response::Holding { bitfield: node.holding(content)? }).await
+            // Cheap for complete contents (no scan); a partial one's is read from the index.
+            match node.holding(content) {
+                Ok(bitfield) => respond(send, &Response::Holding { bitfield }).await,
+                Err(e) => {
+                    warn!(content = %content.fmt_short(), error = %format!("{e:#}"), "cannot read bitfield");
+                    reject(send, RejectReason::Internal, "cannot read the store").await
+                }
+            }
         }
         // Authorised, bounded and read on the storage side; refused there before any body byte.
         req @ (Request::PushManifest { .. } | Request::PushPiece { .. }) => {
@@ -182,13 +189,15 @@ async fn serve_request(
 
 async fn serve_manifest(
     node: &Node,
+    peer: NodeId,
     mut send: SendStream,
     content: ContentId,
 ) -> anyhow::Result<()> {
     let Some(shape) = node.shape(content)? else {
         return reject(send, RejectReason::NotFound, "content not held here").await;
     };
-    let Ok(_slot) = node.uploads.acquire(None, shape.manifest_bound(), SLOT_WAIT).await else {
+    let Ok(_slot) = node.uploads.acquire(peer, None, shape.manifest_bound(), SLOT_WAIT).await
+    else {
         return reject(send, RejectReason::Busy, "upload slots busy; try later").await;
     };
     let Some(bytes) = node.manifest_bytes(content)? else {
@@ -202,6 +211,7 @@ async fn serve_manifest(
 
 async fn serve_piece(
     node: &Node,
+    peer: NodeId,
     mut send: SendStream,
     content: ContentId,
     piece: PieceIndex,
@@ -215,7 +225,7 @@ async fn serve_piece(
         return reject(send, RejectReason::BadRequest, &text).await;
     };
     let key = PieceKey { content, piece, pieces: shape.pieces };
-    let Ok(_slot) = node.uploads.acquire(Some(key), len, SLOT_WAIT).await else {
+    let Ok(_slot) = node.uploads.acquire(peer, Some(key), len, SLOT_WAIT).await else {
         return reject(send, RejectReason::Busy, "upload slots busy; try later").await;
     };
     let data = match node.piece(content, piece).await {

@@ -179,6 +179,10 @@ impl CloudStore {
     /// The pieces stored of a content.
     pub fn bitfield(&self, id: ContentId) -> Result<Option<Bitfield>, CloudError> {
         let Some(rec) = self.content(id)? else { return Ok(None) };
+        // A complete content (what storage mostly holds) needs no scan of its pieces.
+        if rec.is_complete() {
+            return Ok(Some(Bitfield::full(rec.pieces)));
+        }
         let mut b = Bitfield::new(rec.pieces);
         for k in self.pieces.scan_prefix(id.as_bytes()).keys() {
             let k = k?;
