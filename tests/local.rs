@@ -62,6 +62,20 @@ fn every_control_route_but_metrics_needs_the_token() {
         .call()
         .unwrap();
     assert!(ok.into_string().unwrap().contains("secret-name.bin"));
+    // A malformed tracker is refused with its reason, not tried as a host name.
+    let bad = serde_json::json!({
+        "ticket": ticket, "output": tmp.path().join("o2"), "tracker": "not-an-id@127.0.0.1:1"
+    });
+    let r = ureq::post(&format!("http://{addr}/v1/get"))
+        .set("authorization", &format!("Bearer {token}"))
+        .send_json(&bad);
+    match r {
+        Err(ureq::Error::Status(400, resp)) => {
+            let text = resp.into_string().unwrap();
+            assert!(text.contains("cannot read tracker"), "{text}");
+        }
+        other => panic!("expected 400, got {other:?}"),
+    }
     // /metrics needs no token and says nothing about what the node holds.
     let metrics =
         ureq::get(&format!("http://{addr}/metrics")).call().unwrap().into_string().unwrap();

@@ -336,6 +336,10 @@ async fn get_content(
         .map(|p| p.parse::<PeerAddr>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(bad_request)?;
+    if let Some(t) = &body.tracker {
+        t.parse::<shoal_core::ticket::TrackerAddr>()
+            .map_err(|e| bad_request(format!("cannot read tracker {t:?}: {e}")))?;
+    }
     let req = FetchRequest {
         ticket,
         extra_peers,

@@ -317,6 +317,8 @@ impl Node {
         override_addr: Option<&str>,
     ) -> Option<crate::tracker::TrackerHandle> {
         let target = match override_addr {
+            // Both entry points (`shoal get --tracker` and the control API) refuse a malformed
+            // address with its reason first; the fallback only keeps this total.
             Some(a) => a
                 .parse::<TrackerAddr>()
                 .unwrap_or_else(|_| TrackerAddr { node_id: None, addr: a.to_string() }),
