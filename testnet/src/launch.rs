@@ -56,7 +56,11 @@ pub(crate) fn command(bin: &Path, ns: Option<&str>) -> Command {
 }
 
 /// Waits for the first stdout line that starts with `prefix`, within `limit`.
-fn first_line(child: &mut Child, prefix: &str, limit: Duration) -> anyhow::Result<String> {
+pub(crate) fn first_line(
+    child: &mut Child,
+    prefix: &str,
+    limit: Duration,
+) -> anyhow::Result<String> {
     let out = child.stdout.take().context("no stdout")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

@@ -7,6 +7,7 @@ mod memory;
 mod netns;
 mod report;
 mod scenario;
+mod trackerload;
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read};
@@ -77,6 +78,33 @@ enum Cmd {
         #[arg(long)]
         netns: bool,
     },
+    /// Load one tracker holding many registered nodes with lookups: lookups/s and latency.
+    BenchTracker {
+        /// Registered nodes in the tracker's state.
+        #[arg(long, default_value_t = 100_000)]
+        nodes: usize,
+        /// Contents they hold between them.
+        #[arg(long, default_value_t = 1_000)]
+        contents: usize,
+        /// Size of each content, like 256MiB (sets its piece count).
+        #[arg(long, default_value = "256MiB")]
+        content_size: Rate,
+        /// QUIC connections of the load generator.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Lookups in flight per connection.
+        #[arg(long, default_value_t = 8)]
+        streams: usize,
+        /// How long the load runs, in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Peers asked for per lookup.
+        #[arg(long, default_value_t = 32)]
+        max_peers: u8,
+        /// Scratch directory for the tracker's state; removed afterwards.
+        #[arg(long, env = "SHOAL_TESTNET_DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -90,6 +118,32 @@ fn main() -> ExitCode {
                 std::env::temp_dir().join(format!("shoal-bench-{}", std::process::id()))
             });
             let r = bench::run(quick, &root);
+            let _ = std::fs::remove_dir_all(&root);
+            r.map(|()| true)
+        }
+        Cmd::BenchTracker {
+            nodes,
+            contents,
+            content_size,
+            connections,
+            streams,
+            seconds,
+            max_peers,
+            dir,
+        } => {
+            let root = dir.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("shoal-bench-tracker-{}", std::process::id()))
+            });
+            let load = trackerload::Load {
+                nodes,
+                contents,
+                content_size: content_size.0,
+                connections,
+                streams,
+                seconds,
+                max_peers,
+            };
+            let r = trackerload::run(&load, &root);
             let _ = std::fs::remove_dir_all(&root);
             r.map(|()| true)
         }

@@ -63,6 +63,19 @@ enum Command {
         /// Registrations one source address may make at once.
         #[arg(long, env = "SHOAL_TRACKER_REGISTER_BURST", default_value_t = 64)]
         register_burst: u32,
+        /// Queries (lookups, heartbeats, manifest downloads) allowed per source address per
+        /// second (after the burst).
+        #[arg(long, env = "SHOAL_TRACKER_QUERY_RATE", default_value_t = 1024)]
+        query_rate: u32,
+        /// Queries one source address may make at once.
+        #[arg(long, env = "SHOAL_TRACKER_QUERY_BURST", default_value_t = 8192)]
+        query_burst: u32,
+        /// Queries allowed per node id per second (after the burst).
+        #[arg(long, env = "SHOAL_TRACKER_QUERY_RATE_PER_NODE", default_value_t = 64)]
+        query_rate_per_node: u32,
+        /// Queries one node id may make at once.
+        #[arg(long, env = "SHOAL_TRACKER_QUERY_BURST_PER_NODE", default_value_t = 512)]
+        query_burst_per_node: u32,
     },
 }
 
@@ -83,6 +96,10 @@ fn main() -> ExitCode {
         max_pending_manifest_bytes,
         register_rate,
         register_burst,
+        query_rate,
+        query_burst,
+        query_rate_per_node,
+        query_burst_per_node,
     } = Cli::parse().command;
     let mut admitted_storage = std::collections::HashSet::new();
     for id in admit_storage.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
@@ -96,9 +113,15 @@ fn main() -> ExitCode {
             }
         }
     }
-    if register_burst == 0 {
-        eprintln!("error: --register-burst must be at least 1");
-        return ExitCode::FAILURE;
+    for (flag, value) in [
+        ("--register-burst", register_burst),
+        ("--query-burst", query_burst),
+        ("--query-burst-per-node", query_burst_per_node),
+    ] {
+        if value == 0 {
+            eprintln!("error: {flag} must be at least 1");
+            return ExitCode::FAILURE;
+        }
     }
     if heartbeat == 0 || node_ttl <= heartbeat {
         eprintln!("error: --node-ttl ({node_ttl}s) must exceed --heartbeat ({heartbeat}s), which must be at least 1");
@@ -106,6 +129,11 @@ fn main() -> ExitCode {
     }
     let limits = shoal_tracker::Limits {
         register_per_ip: shoal_tracker::Rate { per_sec: register_rate, burst: register_burst },
+        query_per_ip: shoal_tracker::Rate { per_sec: query_rate, burst: query_burst },
+        query_per_node: shoal_tracker::Rate {
+            per_sec: query_rate_per_node,
+            burst: query_burst_per_node,
+        },
         ..shoal_tracker::Limits::default()
     };
     let config = shoal_tracker::Config {

@@ -24,6 +24,7 @@ mod limits;
 mod lookup;
 mod model;
 mod plan;
+mod rarity;
 mod state;
 mod swarm;
 

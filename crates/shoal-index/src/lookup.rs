@@ -10,12 +10,13 @@ use std::cmp::Reverse;
 use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
 use shoal_wire::tracker::PeerInfo;
 
+use crate::rarity::Rarity;
 use crate::swarm::{count_and_not, Swarm};
 use crate::{Index, Lookup};
 
 /// (reported as never delivering, not storage, availability of its rarest wanted piece, load,
-/// more useful first), then id.
-type Rank = (bool, bool, u32, u32, Reverse<u32>, NodeId);
+/// more useful first); ties go to the lower node id.
+type Rank = (bool, bool, u32, u32, Reverse<u32>);
 
 /// A stable per-(node, piece) tie-break, so equally good pieces are spread over askers.
 fn mix(node: &NodeId, p: PieceIndex) -> u64 {
@@ -71,52 +72,65 @@ impl Index {
         let swarm = self.swarms.get_mut(&content)?;
         let n = swarm.piece_count;
         let have = have.filter(|h| h.len() == n);
-        let floor = (0..n)
-            .filter(|&i| have.is_none_or(|h| !h.get(PieceIndex(i))))
-            .map(|i| swarm.availability[i as usize])
-            .filter(|&a| a > 0)
-            .min()
-            .unwrap_or(0);
-        let mut candidates: Vec<NodeId> = swarm.storage.keys().copied().collect();
+        let have_bytes = have.map(Bitfield::as_bytes);
+        if swarm.rarity.is_none() {
+            swarm.rarity = Some(Rarity::new(&swarm.availability));
+        }
+        let swarm = &*swarm;
+        let rarity = swarm.rarity.as_ref();
+        let floor = rarity.and_then(|r| r.floor(have_bytes)).unwrap_or_else(|| {
+            (0..n)
+                .filter(|&i| have.is_none_or(|h| !h.get(PieceIndex(i))))
+                .map(|i| swarm.availability[i as usize])
+                .filter(|&a| a > 0)
+                .min()
+                .unwrap_or(0)
+        });
+        let mut candidates: Vec<(&NodeId, &Bitfield)> =
+            swarm.storage.keys().filter_map(|id| Some((id, swarm.holders.get(id)?))).collect();
+        let storage = candidates.len();
         let sample = self.config.lookup_sample.max(max_peers);
-        for id in swarm.holders.sample(&mut self.rng, sample) {
-            if !candidates.contains(&id) {
-                candidates.push(id);
+        for (id, bf) in swarm.holders.sample(&mut self.rng, sample) {
+            if !candidates[..storage].iter().any(|(s, _)| *s == id) {
+                candidates.push((id, bf));
             }
         }
-        let mut ranked: Vec<Rank> = Vec::with_capacity(candidates.len());
-        for id in candidates {
-            if Some(id) == asker {
+        let mut ranked: Vec<(Rank, &NodeId)> = Vec::with_capacity(candidates.len());
+        for (id, bf) in candidates {
+            if asker.as_ref() == Some(id) {
                 continue;
             }
-            let (Some(entry), Some(bf)) = (self.nodes.get(&id), swarm.holders.get(&id)) else {
-                continue;
-            };
-            let useful = count_and_not(bf.as_bytes(), have.map(Bitfield::as_bytes));
+            let Some(entry) = self.nodes.get(id) else { continue };
+            let useful = count_and_not(bf.as_bytes(), have_bytes);
             if useful == 0 {
                 continue;
             }
+            let rarest =
+                rarity.and_then(|r| r.rarest(bf.as_bytes(), have_bytes)).unwrap_or_else(|| {
+                    rarest_useful(bf.as_bytes(), have_bytes, &swarm.availability, floor)
+                });
             ranked.push((
-                swarm.reported(&id) >= self.config.demote_after,
-                // Admitted storage first where it has wanted pieces: a permanent seed.
-                !entry.storage,
-                rarest_useful(
-                    bf.as_bytes(),
-                    have.map(Bitfield::as_bytes),
-                    &swarm.availability,
-                    floor,
+                (
+                    !swarm.reports.is_empty() && swarm.reported(id) >= self.config.demote_after,
+                    // Admitted storage first where it has wanted pieces: a permanent seed.
+                    !entry.storage,
+                    rarest,
+                    entry.active_uploads,
+                    Reverse(useful),
                 ),
-                entry.active_uploads,
-                Reverse(useful),
                 id,
             ));
         }
-        ranked.sort();
+        // Only the best `max_peers` need an order.
+        if ranked.len() > max_peers && max_peers > 0 {
+            ranked.select_nth_unstable(max_peers - 1);
+            ranked.truncate(max_peers);
+        }
+        ranked.sort_unstable();
         let peers = ranked
             .into_iter()
             .take(max_peers)
-            .filter_map(|r| {
-                let id = r.5;
+            .filter_map(|(_, &id)| {
                 let (e, bf) = (self.nodes.get(&id)?, swarm.holders.get(&id)?);
                 Some(PeerInfo {
                     node_id: id,
@@ -126,6 +140,7 @@ impl Index {
                 })
             })
             .collect::<Vec<PeerInfo>>();
+        let swarm = self.swarms.get_mut(&content)?;
         let hints = match asker {
             Some(a) => {
                 swarm.offer(a, peers.iter().map(|p: &PeerInfo| p.node_id));
@@ -137,6 +152,55 @@ impl Index {
             self.note_lookup(a, content);
         }
         Some(Lookup { piece_count: n, peers, hints })
+    }
+
+    /// The `take` pieces the asker lacks (neither in `have` nor `announced`) and was not yet
+    /// handed, that someone holds, which the fewest others hold or were handed; ties broken by
+    /// a per-asker mix. One pass over the pieces with word-wide masks, then a selection.
+    fn least_handed(
+        swarm: &Swarm,
+        asker: &NodeId,
+        have: Option<&Bitfield>,
+        announced: Option<&Bitfield>,
+        take: usize,
+    ) -> Vec<PieceIndex> {
+        let n = swarm.piece_count as usize;
+        // Bit set: the asker holds it or was handed it already.
+        let mut skip = vec![0u8; n.div_ceil(8)];
+        for src in [have, announced].into_iter().flatten() {
+            skip.iter_mut().zip(src.as_bytes()).for_each(|(d, s)| *d |= s);
+        }
+        for p in swarm.handed.get(asker).into_iter().flatten() {
+            if let Some(b) = skip.get_mut(p.0 as usize / 8) {
+                *b |= 0x80 >> (p.0 % 8);
+            }
+        }
+        let mut keyed: Vec<(u32, u32)> = Vec::with_capacity(n);
+        for (i, (&a, &h)) in swarm.availability.iter().zip(&swarm.handed_count).enumerate() {
+            if a > 0 && skip[i / 8] & (0x80 >> (i % 8)) == 0 {
+                keyed.push((a + h, i as u32));
+            }
+        }
+        let take = take.min(keyed.len());
+        if take == 0 {
+            return Vec::new();
+        }
+        // Everything keyed below the take-th smallest key, then the ties at it by mix.
+        keyed.select_nth_unstable_by_key(take - 1, |&(key, _)| key);
+        let cut = keyed[take - 1].0;
+        let mut picked: Vec<PieceIndex> =
+            keyed.iter().filter(|&&(key, _)| key < cut).map(|&(_, p)| PieceIndex(p)).collect();
+        let mut ties: Vec<(u64, u32)> = keyed
+            .iter()
+            .filter(|&&(key, _)| key == cut)
+            .map(|&(_, p)| (mix(asker, PieceIndex(p)), p))
+            .collect();
+        let rest = take - picked.len();
+        if rest < ties.len() {
+            ties.select_nth_unstable(rest);
+        }
+        picked.extend(ties[..rest].iter().map(|&(_, p)| PieceIndex(p)));
+        picked
     }
 
     /// Tops up the pieces handed to `asker` to `k`: among the pieces it lacks that someone
@@ -160,29 +224,14 @@ impl Index {
         for p in stale {
             swarm.unhand(asker, p);
         }
-        let current = swarm.handed.get(&asker).map_or(0, |s| s.len());
+        let handed = swarm.handed.get(&asker);
+        let current = handed.map_or(0, |s| s.len());
         if current < k {
-            let mut candidates: Vec<(u32, u64, PieceIndex)> = (0..swarm.piece_count)
-                .map(PieceIndex)
-                .filter(|&p| {
-                    let i = p.0 as usize;
-                    swarm.availability[i] > 0
-                        && !held_by_asker(p)
-                        && !swarm.handed.get(&asker).is_some_and(|s| s.contains(&p))
-                })
-                .map(|p| {
-                    let i = p.0 as usize;
-                    (swarm.availability[i] + swarm.handed_count[i], mix(&asker, p), p)
-                })
-                .collect();
-            let take = (k - current).min(candidates.len());
-            if take > 0 {
-                candidates.select_nth_unstable(take - 1);
-                let set = swarm.handed.entry(asker).or_default();
-                for &(_, _, p) in &candidates[..take] {
-                    if set.insert(p) {
-                        swarm.handed_count[p.0 as usize] += 1;
-                    }
+            let picked = Self::least_handed(swarm, &asker, have, announced.as_ref(), k - current);
+            let set = swarm.handed.entry(asker).or_default();
+            for p in picked {
+                if set.insert(p) {
+                    swarm.handed_count[p.0 as usize] += 1;
                 }
             }
         }

@@ -10,6 +10,8 @@ use std::net::IpAddr;
 use bytes::Bytes;
 use shoal_core::{Bitfield, NodeId, PieceIndex};
 
+use crate::rarity::Rarity;
+
 /// The most holders a swarm keeps reports about. When full, entries of holders no longer
 /// registered go first, then one whose reports do not yet demote it; only a swarm full of
 /// demoted holders ignores reports about further ones.
@@ -18,16 +20,17 @@ pub(crate) const MAX_REPORTED: usize = 1024;
 /// recent lookups' peers): a node may only report a holder it was offered.
 pub(crate) const MAX_OFFERED: usize = 128;
 
-/// Holders of one content, sampleable in O(1) per draw.
+/// Holders of one content, sampleable in O(1) per draw. A draw yields the holder's bitfield
+/// with its id, so ranking a sample costs no map lookups.
 #[derive(Debug, Default)]
 pub(crate) struct Holders {
-    order: Vec<NodeId>,
-    map: HashMap<NodeId, (usize, Bitfield)>,
+    order: Vec<(NodeId, Bitfield)>,
+    map: HashMap<NodeId, usize>,
 }
 
 impl Holders {
     pub(crate) fn get(&self, id: &NodeId) -> Option<&Bitfield> {
-        self.map.get(id).map(|(_, b)| b)
+        self.map.get(id).map(|&i| &self.order[i].1)
     }
 
     pub(crate) fn contains(&self, id: &NodeId) -> bool {
@@ -45,20 +48,20 @@ impl Holders {
 
     /// Inserts or replaces; returns the old bitfield.
     pub(crate) fn insert(&mut self, id: NodeId, bf: Bitfield) -> Option<Bitfield> {
-        if let Some((_, old)) = self.map.get_mut(&id) {
-            return Some(std::mem::replace(old, bf));
+        if let Some(&i) = self.map.get(&id) {
+            return Some(std::mem::replace(&mut self.order[i].1, bf));
         }
-        self.map.insert(id, (self.order.len(), bf));
-        self.order.push(id);
+        self.map.insert(id, self.order.len());
+        self.order.push((id, bf));
         None
     }
 
     pub(crate) fn remove(&mut self, id: &NodeId) -> Option<Bitfield> {
-        let (i, bf) = self.map.remove(id)?;
-        self.order.swap_remove(i);
-        if let Some(moved) = self.order.get(i) {
+        let i = self.map.remove(id)?;
+        let (_, bf) = self.order.swap_remove(i);
+        if let Some((moved, _)) = self.order.get(i) {
             if let Some(e) = self.map.get_mut(moved) {
-                e.0 = i;
+                *e = i;
             }
         }
         Some(bf)
@@ -66,17 +69,18 @@ impl Holders {
 
     /// Up to `k` distinct holders drawn uniformly at random (all of them if there are at most
     /// `2k`: then the scan is as cheap as the sample).
-    pub(crate) fn sample(&self, rng: &mut fastrand::Rng, k: usize) -> Vec<NodeId> {
-        if self.order.len() <= 2 * k {
-            return self.order.clone();
+    pub(crate) fn sample(&self, rng: &mut fastrand::Rng, k: usize) -> Vec<&(NodeId, Bitfield)> {
+        let n = self.order.len();
+        if n <= 2 * k {
+            return self.order.iter().collect();
         }
         // Rejection sampling: with at least 2k holders each draw succeeds with probability
         // over 1/2, so this takes about 2k draws at most on average.
         let mut picked = BTreeSet::new();
         while picked.len() < k {
-            picked.insert(rng.usize(..self.order.len()));
+            picked.insert(rng.usize(..n));
         }
-        picked.into_iter().map(|i| self.order[i]).collect()
+        picked.into_iter().map(|i| &self.order[i]).collect()
     }
 }
 
@@ -110,6 +114,8 @@ pub(crate) struct Swarm {
     pub(crate) charged: Option<IpAddr>,
     /// Since when the swarm has had no holder (it is collected after a while), if it has none.
     pub(crate) empty_since: Option<u64>,
+    /// The rarest availability levels, rebuilt by the first lookup after availability changed.
+    pub(crate) rarity: Option<Rarity>,
 }
 
 impl Swarm {
@@ -127,11 +133,13 @@ impl Swarm {
             offered: HashMap::new(),
             charged: None,
             empty_since: Some(now),
+            rarity: None,
         }
     }
 
     pub(crate) fn set_holding(&mut self, node: NodeId, bitfield: Bitfield) {
         self.remove_holding(node);
+        self.rarity = None;
         for p in bitfield.iter_ones() {
             self.availability[p.0 as usize] += 1;
             self.unhand(node, p);
@@ -142,6 +150,7 @@ impl Swarm {
     /// Forgets a holder (the index starts the idle clock if it was the last).
     pub(crate) fn remove_holding(&mut self, node: NodeId) -> bool {
         let Some(old) = self.holders.remove(&node) else { return false };
+        self.rarity = None;
         for p in old.iter_ones() {
             self.availability[p.0 as usize] -= 1;
         }
@@ -237,28 +246,27 @@ impl Swarm {
     }
 }
 
-/// `a & !b` popcount, a word at a time; `b` absent counts all of `a`.
+/// `a & !b` popcount, a word at a time; `b` absent counts all of `a` (bytes of `b` beyond its
+/// end count as 0).
 pub(crate) fn count_and_not(a: &[u8], b: Option<&[u8]>) -> u32 {
+    let full = a.len() - a.len() % 8;
     let mut n = 0;
-    let mut i = 0;
-    while i + 8 <= a.len() {
-        let x = u64::from_le_bytes(word(a, i));
-        let y = b.map_or(0, |b| u64::from_le_bytes(word(b, i)));
+    for (w, x) in a[..full].chunks_exact(8).enumerate() {
+        let x = u64::from_le_bytes(word(x, 0));
+        let y = b.map_or(0, |b| u64::from_le_bytes(word(b, w * 8)));
         n += (x & !y).count_ones();
-        i += 8;
     }
-    for (j, x) in a.iter().enumerate().skip(i) {
+    for (j, x) in a.iter().enumerate().skip(full) {
         n += (x & !b.map_or(0, |b| b.get(j).copied().unwrap_or(0))).count_ones();
     }
     n
 }
 
 fn word(v: &[u8], i: usize) -> [u8; 8] {
-    let mut w = [0; 8];
-    if let Some(s) = v.get(i..i + 8) {
-        w.copy_from_slice(s);
+    match v.get(i..i + 8) {
+        Some(s) => s.try_into().unwrap_or([0; 8]),
+        None => [0; 8],
     }
-    w
 }
 
 #[cfg(test)]
@@ -286,15 +294,17 @@ mod tests {
             assert!(h.remove(id).is_none());
         }
         assert_eq!(h.len(), 50 - all.iter().step_by(3).count());
-        for (i, id) in h.order.iter().enumerate() {
-            assert_eq!(h.map[id].0, i, "index map follows the order vector");
+        for (i, (id, _)) in h.order.iter().enumerate() {
+            assert_eq!(h.map[id], i, "index map follows the order vector");
         }
         let mut rng = fastrand::Rng::with_seed(7);
-        let s = h.sample(&mut rng, 5);
-        assert_eq!(s.len(), 5);
-        assert_eq!(s.iter().collect::<BTreeSet<_>>().len(), 5, "distinct");
-        assert!(s.iter().all(|id| h.contains(id)));
-        assert_eq!(h.sample(&mut rng, 40).len(), h.len(), "small swarms: everyone");
+        // Far fewer than the holders (rejection sampling), at least half of them (everyone).
+        for (k, expect) in [(5, 5), (16, 16), (17, h.len()), (40, h.len())] {
+            let s = h.sample(&mut rng, k);
+            assert_eq!(s.len(), expect, "k {k}");
+            assert_eq!(s.iter().map(|(id, _)| id).collect::<BTreeSet<_>>().len(), expect);
+            assert!(s.iter().all(|(id, _)| h.contains(id)));
+        }
     }
 
     #[test]

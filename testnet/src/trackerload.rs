@@ -1,0 +1,342 @@
+//! `shoal-testnet bench-tracker`: one real `shoal-tracker` holding many registered nodes,
+//! driven by a lookup load generator; prints lookups per second, latency percentiles and the
+//! CPU each side spent.
+//!
+//! The tracker's state is written beforehand through the tracker's own index and backend
+//! (`shoal_index::Index` + `SledState`, the code a tracker restores from): `nodes` registered
+//! nodes with vetted addresses, each holding one of `contents` contents (a third of them
+//! complete, the rest a random half of the pieces). Registering the same number over QUIC
+//! would measure 100,000 TLS handshakes, not lookups. The tracker then starts on that state,
+//! as after a restart, and the generator opens `connections` QUIC connections (each its own
+//! node identity), each with `streams` lookups in flight, one lookup per stream as nodes send
+//! them, for a fixed time.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use shoal_core::{Bitfield, ContentId, Manifest, PeerAddr, PieceHash, PieceIndex};
+use shoal_index::{Config as IndexConfig, Index, SledState};
+use shoal_net::{Endpoint, Identity, Limits};
+use shoal_wire::tracker::{
+    Role, TrackerRequest, TrackerResponse, MAX_TRACKER_FRAME_LEN, TRACKER_ALPN, TRACKER_VERSION,
+};
+use shoal_wire::{encode, Decoder};
+
+use crate::launch::{self, Proc};
+
+/// The load's shape.
+#[derive(Debug, Clone)]
+pub(crate) struct Load {
+    /// Registered nodes in the tracker's state.
+    pub(crate) nodes: usize,
+    /// Contents they hold between them.
+    pub(crate) contents: usize,
+    /// Size of each content (sets its piece count by the piece-size rule).
+    pub(crate) content_size: u64,
+    /// QUIC connections of the generator.
+    pub(crate) connections: usize,
+    /// Lookups in flight per connection.
+    pub(crate) streams: usize,
+    /// How long the load runs.
+    pub(crate) seconds: f64,
+    /// Peers asked for per lookup.
+    pub(crate) max_peers: u8,
+}
+
+/// What one run measured.
+#[derive(Debug)]
+struct Measured {
+    lookups: u64,
+    failed: u64,
+    seconds: f64,
+    /// Latency of every successful lookup, microseconds, sorted.
+    latencies: Vec<u32>,
+    tracker_cpu: f64,
+    generator_cpu: f64,
+}
+
+/// Runs the load in a scratch directory under `root` and prints the figures.
+pub(crate) fn run(load: &Load, root: &Path) -> anyhow::Result<()> {
+    if load.nodes == 0 || load.contents == 0 || load.connections == 0 || load.streams == 0 {
+        bail!("--nodes, --contents, --connections and --streams must each be at least 1");
+    }
+    let dir = root.join("tracker");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let t = Instant::now();
+    let contents = populate(&dir.join("index"), load)?;
+    println!(
+        "state: {} nodes holding {} contents written in {:.1} s",
+        load.nodes,
+        contents.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    let tracker = start_tracker(&dir)?;
+    println!("tracker restored and listening in {:.1} s", t.elapsed().as_secs_f64());
+    let addr: SocketAddr = tracker.addr.parse().context("tracker address")?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let m = rt.block_on(drive(load, addr, Arc::new(contents), tracker.child.id()))?;
+    drop(tracker);
+    print(load, &m);
+    Ok(())
+}
+
+/// Writes the tracker's state: registered nodes and their holdings. Returns the contents.
+fn populate(path: &Path, load: &Load) -> anyhow::Result<Vec<ContentId>> {
+    let state = SledState::open(path).context("opening the tracker state")?;
+    // The owner uploads every manifest: lift the per-address cap on unannounced ones.
+    let mut index = Index::new(IndexConfig {
+        max_pending_manifest_bytes: u64::MAX,
+        max_manifest_bytes: u64::MAX,
+        ..IndexConfig::default()
+    });
+    let now = now_ms();
+    let log2 = shoal_core::piece::piece_log2_for(load.content_size);
+    let pieces = shoal_core::piece::piece_count(load.content_size, log2) as u32;
+    let mut rng = fastrand::Rng::with_seed(0x7ac4);
+    let mut contents = Vec::with_capacity(load.contents);
+    let owner = Identity::generate().node_id();
+    index.register(now, owner, Role::Node, addr_of(u32::MAX), &[addr_of(u32::MAX)]);
+    for c in 0..load.contents {
+        let hashes = (0..pieces)
+            .map(|i| {
+                PieceHash::of(&[(c as u64).to_le_bytes(), u64::from(i).to_le_bytes()].concat())
+            })
+            .collect();
+        let m = Manifest::new(&format!("load-{c}.bin"), load.content_size, hashes)?;
+        let id = m.content_id();
+        state.apply(&index.put_manifest(now, owner, id, m.encode())?)?;
+        contents.push(id);
+    }
+    for n in 0..load.nodes {
+        let node = Identity::generate().node_id();
+        let addr = addr_of(n as u32);
+        let reg = index.register(now, node, Role::Node, addr, &[addr]);
+        state.apply(&reg.ops)?;
+        let content = contents[n % contents.len()];
+        let mut bf = Bitfield::new(pieces);
+        let complete = rng.u8(..3) == 0;
+        for i in 0..pieces {
+            if complete || rng.bool() {
+                bf.set(PieceIndex(i));
+            }
+        }
+        state.apply(&index.announce(now, node, content, bf)?)?;
+    }
+    state.flush()?;
+    Ok(contents)
+}
+
+/// A distinct public-looking address for node `n` (10.0.0.0/8, port 7000).
+fn addr_of(n: u32) -> SocketAddr {
+    let ip = Ipv4Addr::from(0x0a00_0000 | (n & 0x00ff_ffff));
+    SocketAddr::new(IpAddr::V4(ip), 7000)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The tracker on the written state: nodes live for an hour (they send no heartbeats), and
+/// the generator's one source address may query as fast as it can.
+fn start_tracker(dir: &Path) -> anyhow::Result<Proc> {
+    let mut child = launch::command(&launch::binary("shoal-tracker")?, None)
+        .args(["serve", "--listen", "127.0.0.1:0", "--node-ttl", "3600", "--heartbeat", "60"])
+        .args(["--query-rate", "10000000", "--query-burst", "10000000"])
+        .args(["--query-rate-per-node", "10000000", "--query-burst-per-node", "10000000"])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("SHOAL_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("log.txt"))?)
+        .spawn()
+        .context("starting shoal-tracker")?;
+    // "shoal-tracker: node ID listening on ADDR, http off"
+    let line = launch::first_line(&mut child, "shoal-tracker: node ", Duration::from_secs(300))?;
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let (Some(id), Some(addr)) = (w.get(2), w.get(5)) else {
+        bail!("unexpected tracker start line: {line}");
+    };
+    Ok(Proc {
+        name: "tracker".into(),
+        dir: dir.to_path_buf(),
+        node_id: id.to_string(),
+        addr: addr.trim_end_matches(',').to_string(),
+        ns: None,
+        child,
+    })
+}
+
+/// Opens the connections, runs the lookups until the time is up, gathers the latencies.
+async fn drive(
+    load: &Load,
+    addr: SocketAddr,
+    contents: Arc<Vec<ContentId>>,
+    tracker_pid: u32,
+) -> anyhow::Result<Measured> {
+    let mut conns = Vec::with_capacity(load.connections);
+    for _ in 0..load.connections {
+        let id = Identity::generate();
+        let bind = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+        let ep = Endpoint::bind_with(&id, bind, &[], Limits::node())?;
+        let peer = PeerAddr { node_id: None, addr };
+        let conn = tokio::time::timeout(Duration::from_secs(10), ep.connect(&peer, TRACKER_ALPN))
+            .await
+            .context("connecting to the tracker timed out")??
+            .0;
+        // Registered, as a node is: its lookups are handed hints and remembered.
+        let register = TrackerRequest::Register {
+            node_id: id.node_id(),
+            version: TRACKER_VERSION,
+            role: Role::Node,
+            addrs: vec![ep.local_addr()?],
+        };
+        match call(&conn, &register).await? {
+            TrackerResponse::Registered { .. } => {}
+            other => bail!("the tracker refused a load connection's registration: {other:?}"),
+        }
+        conns.push((ep, conn));
+    }
+    // Warm up: one lookup per connection, not counted.
+    for (_, conn) in &conns {
+        lookup(conn, contents[0], load.max_peers, None).await?;
+    }
+    let log2 = shoal_core::piece::piece_log2_for(load.content_size);
+    let pieces = shoal_core::piece::piece_count(load.content_size, log2) as u32;
+    let cpu0 = (cpu_seconds(Some(tracker_pid)), cpu_seconds(None));
+    let started = Instant::now();
+    let until = started + Duration::from_secs_f64(load.seconds);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (c, (_, conn)) in conns.iter().enumerate() {
+        for s in 0..load.streams {
+            let (conn, contents, max) = (conn.clone(), contents.clone(), load.max_peers);
+            let mut rng = fastrand::Rng::with_seed((c * 1000 + s) as u64);
+            // What fetches under way have: a random quarter of the pieces.
+            let haves: Vec<Bitfield> = (0..16)
+                .map(|_| {
+                    let mut bf = Bitfield::new(pieces);
+                    (0..pieces).filter(|_| rng.u8(..4) == 0).for_each(|i| {
+                        bf.set(PieceIndex(i));
+                    });
+                    bf
+                })
+                .collect();
+            tasks.spawn(async move {
+                let (mut lat, mut failed) = (Vec::new(), 0u64);
+                while Instant::now() < until {
+                    let content = contents[rng.usize(..contents.len())];
+                    // Half the lookups come from fetches under way, which send what they have.
+                    let have = rng.bool().then(|| haves[rng.usize(..haves.len())].clone());
+                    let t = Instant::now();
+                    match lookup(&conn, content, max, have).await {
+                        Ok(()) => lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                        Err(_) => failed += 1,
+                    }
+                }
+                (lat, failed)
+            });
+        }
+    }
+    let mut latencies = Vec::new();
+    let mut failed = 0;
+    while let Some(done) = tasks.join_next().await {
+        let (lat, f) = done.context("a load task failed")?;
+        latencies.extend(lat);
+        failed += f;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu1 = (cpu_seconds(Some(tracker_pid)), cpu_seconds(None));
+    for (ep, conn) in conns {
+        conn.close(0u32.into(), b"done");
+        ep.wait_idle().await;
+    }
+    latencies.sort_unstable();
+    Ok(Measured {
+        lookups: latencies.len() as u64,
+        failed,
+        seconds,
+        latencies,
+        tracker_cpu: cpu1.0 - cpu0.0,
+        generator_cpu: cpu1.1 - cpu0.1,
+    })
+}
+
+/// One lookup on its own stream, as a fetch sends it (with what it has after its first);
+/// an answer other than a lookup reply is an error (the load hits known contents).
+async fn lookup(
+    conn: &quinn::Connection,
+    content: ContentId,
+    max_peers: u8,
+    have: Option<Bitfield>,
+) -> anyhow::Result<()> {
+    match call(conn, &TrackerRequest::Lookup { content, max_peers, have }).await? {
+        TrackerResponse::LookupReply { .. } => Ok(()),
+        other => bail!("unexpected answer to a lookup: {other:?}"),
+    }
+}
+
+/// One request on its own stream; the answer.
+async fn call(conn: &quinn::Connection, req: &TrackerRequest) -> anyhow::Result<TrackerResponse> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&encode(req)).await?;
+    send.finish()?;
+    let mut dec = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
+    loop {
+        if let Some(resp) = dec.decode::<TrackerResponse>()? {
+            return Ok(resp);
+        }
+        match recv.read_chunk(64 * 1024, true).await? {
+            Some(c) => dec.feed(&c.bytes),
+            None => bail!("the stream ended without an answer"),
+        }
+    }
+}
+
+/// User plus system CPU seconds of a process (`None`: this one), from /proc.
+fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let path = pid.map_or_else(|| "/proc/self/stat".to_string(), |p| format!("/proc/{p}/stat"));
+    let Ok(stat) = std::fs::read_to_string(path) else { return f64::NAN };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return f64::NAN };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: 11 and 12 after the state field.
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    // The kernel's USER_HZ is 100 on every Linux this runs on.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i]) / 1000.0
+}
+
+fn print(load: &Load, m: &Measured) {
+    let rate = m.lookups as f64 / m.seconds;
+    println!(
+        "\n### Tracker lookups ({} nodes, {} contents, {} connections x {} in flight, {:.0} s)\n",
+        load.nodes, load.contents, load.connections, load.streams, m.seconds
+    );
+    println!("| lookups/s | p50 | p99 | p99.9 | max | failed | tracker CPU | generator CPU |");
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {rate:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {} | {:.2} s ({:.1} us/lookup) | {:.2} s |",
+        percentile(&m.latencies, 0.5),
+        percentile(&m.latencies, 0.99),
+        percentile(&m.latencies, 0.999),
+        percentile(&m.latencies, 1.0),
+        m.failed,
+        m.tracker_cpu,
+        m.tracker_cpu * 1e6 / m.lookups.max(1) as f64,
+        m.generator_cpu,
+    );
+}
