@@ -262,6 +262,16 @@ fn up(
     } else {
         None
     };
+    // CPU is counted from here: the tracker, storage and every node (the `shoal get` clients
+    // only relay progress; the daemons do the work).
+    let cpu_now = || -> f64 {
+        std::iter::once(&tracker)
+            .chain(&stores)
+            .chain(&peers)
+            .filter_map(|p| memory::cpu_seconds(Some(p.child.id())))
+            .sum()
+    };
+    let cpu0 = cpu_now();
     let t0 = Instant::now();
     let mut gets: Vec<(usize, std::process::Child)> = (1..nodes)
         .map(|i| Ok((i, launch::spawn_get(&peers[i], &ticket)?)))
@@ -311,6 +321,7 @@ fn up(
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    let cpu = cpu_now() - cpu0;
     // Each node's own counters.
     let status = |p: &Proc| -> anyhow::Result<serde_json::Value> {
         Ok(serde_json::from_str(&launch::shoal_in(
@@ -339,7 +350,8 @@ fn up(
             ));
         }
     }
-    let report = Report::new(size, limit, storage, finish, uploaded, storage_pieces);
+    let mut report = Report::new(size, limit, storage, finish, uploaded, storage_pieces);
+    report.cpu = report::Cpu::new(cpu, nodes - 1, size);
     let note = report.write(&dir)?;
     println!("\n{}", report.summary());
     println!("report: {}", dir.join("report.json").display());

@@ -1,4 +1,5 @@
-//! Resident memory of the honest processes, sampled from `/proc/PID/status` during a run.
+//! Resident memory of the honest processes, sampled from `/proc/PID/status` during a run, and
+//! the CPU time they spent, from `/proc/PID/stat`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +13,23 @@ const EVERY: Duration = Duration::from_millis(100);
 pub(crate) fn rss(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     parse_vmrss(&status)
+}
+
+/// User plus system CPU seconds `pid` has spent (`None`: this process), if it exists.
+pub(crate) fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = pid.map_or_else(|| "/proc/self/stat".to_string(), |p| format!("/proc/{p}/stat"));
+    parse_cpu(&std::fs::read_to_string(path).ok()?)
+}
+
+fn parse_cpu(stat: &str) -> Option<f64> {
+    // The fields after the command name (which may hold spaces and parentheses) start after
+    // the last ')'; utime and stime are fields 14 and 15 of the line, 12 and 13 after it.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some((utime + stime) / 100.0)
 }
 
 fn parse_vmrss(status: &str) -> Option<u64> {
@@ -84,6 +102,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_time_is_read_after_a_command_name_with_spaces() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+        // utime stime ...
+        let stat = "42 (a b) c)) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0";
+        assert_eq!(parse_cpu(stat), Some(3.0));
+        assert_eq!(parse_cpu("42 (x) S 1"), None, "a short line is not read as zero");
+        assert!(cpu_seconds(None).is_some_and(|s| s >= 0.0), "this process's own");
+    }
 
     #[test]
     fn reads_vmrss_in_bytes() {

@@ -45,6 +45,26 @@ pub(crate) struct Report {
     pub(crate) bad_pieces: u64,
     /// Pieces storage held at the end, of how many (when there is storage).
     pub(crate) storage_pieces: Option<(u64, u64)>,
+    /// CPU the testnet's processes (tracker, storage, nodes) spent during the run.
+    pub(crate) cpu: Option<Cpu>,
+}
+
+/// CPU time of a run against the bytes it delivered.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct Cpu {
+    /// User plus system seconds of every process of the testnet, from the common start to the
+    /// last finish.
+    pub(crate) seconds: f64,
+    /// Those seconds per GiB delivered to the downloaders (each downloader's copy counts).
+    pub(crate) seconds_per_gib: f64,
+}
+
+impl Cpu {
+    /// `seconds` spent delivering `downloaders` copies of `file_size` bytes.
+    pub(crate) fn new(seconds: f64, downloaders: usize, file_size: u64) -> Option<Self> {
+        let gib = downloaders as f64 * file_size as f64 / f64::from(1u32 << 30);
+        (gib > 0.0 && seconds.is_finite()).then(|| Self { seconds, seconds_per_gib: seconds / gib })
+    }
 }
 
 impl Report {
@@ -81,6 +101,7 @@ impl Report {
             bound_s: bound,
             uploaded,
             storage_pieces,
+            cpu: None,
         }
     }
 
@@ -178,6 +199,12 @@ impl Report {
         );
         if let Some((have, total)) = self.storage_pieces {
             s += &format!("\nstorage holds {have}/{total} pieces");
+        }
+        if let Some(c) = self.cpu {
+            s += &format!(
+                "\nCPU: {:.1} s over every process, {:.1} s per GiB delivered",
+                c.seconds, c.seconds_per_gib
+            );
         }
         s
     }

@@ -210,7 +210,7 @@ async fn drive(
     }
     let log2 = shoal_core::piece::piece_log2_for(load.content_size);
     let pieces = shoal_core::piece::piece_count(load.content_size, log2) as u32;
-    let cpu0 = (cpu_seconds(Some(tracker_pid)), cpu_seconds(None));
+    let cpu0 = (cpu(Some(tracker_pid)), cpu(None));
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(load.seconds);
     let mut tasks = tokio::task::JoinSet::new();
@@ -252,7 +252,7 @@ async fn drive(
         failed += f;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let cpu1 = (cpu_seconds(Some(tracker_pid)), cpu_seconds(None));
+    let cpu1 = (cpu(Some(tracker_pid)), cpu(None));
     for (ep, conn) in conns {
         conn.close(0u32.into(), b"done");
         ep.wait_idle().await;
@@ -299,17 +299,8 @@ async fn call(conn: &quinn::Connection, req: &TrackerRequest) -> anyhow::Result<
     }
 }
 
-/// User plus system CPU seconds of a process (`None`: this one), from /proc.
-fn cpu_seconds(pid: Option<u32>) -> f64 {
-    let path = pid.map_or_else(|| "/proc/self/stat".to_string(), |p| format!("/proc/{p}/stat"));
-    let Ok(stat) = std::fs::read_to_string(path) else { return f64::NAN };
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return f64::NAN };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line: 11 and 12 after the state field.
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
-    // The kernel's USER_HZ is 100 on every Linux this runs on.
-    (ticks(11) + ticks(12)) / 100.0
+fn cpu(pid: Option<u32>) -> f64 {
+    crate::memory::cpu_seconds(pid).unwrap_or(f64::NAN)
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {

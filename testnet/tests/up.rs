@@ -66,6 +66,13 @@ fn a_small_testnet_runs_and_reports() {
         "the seed sent at least one copy"
     );
     assert_eq!(report["bad_pieces"], 0);
+    // CPU is measured, not assumed: some was spent moving the copies.
+    let cpu = &report["cpu"];
+    assert!(cpu["seconds"].as_f64().unwrap() > 0.0, "CPU measured: {report}");
+    assert!(
+        cpu["seconds_per_gib"].as_f64().unwrap() > cpu["seconds"].as_f64().unwrap(),
+        "two copies of a few MiB are well under a GiB: {report}"
+    );
     // Every downloader holds a byte-identical copy.
     let original = std::fs::read(dir.join("file.bin")).unwrap();
     for n in ["node1", "node2"] {
