@@ -7,14 +7,13 @@
 //!   manifest requests, every piece checked against its hash before it leaves.
 //! - [`fetch`]: downloads a content from many peers at once, pumping the `shoal-swarm` picker.
 //! - [`control`]: the HTTP/JSON API on 127.0.0.1 that `shoal add/get/ls` talk to;
-//!   [`client`] is its client.
+//!   its types and client are in `shoal-control`.
 //! - [`tracker`]: the tracker client: registration, announces, heartbeats, lookups.
 //! - [`push`]: pushing contents into storage, and carrying out re-seed directives.
 //! - [`config`]: validated settings and the `RATE` syntax.
 
 #![warn(missing_docs)]
 
-pub mod client;
 pub mod config;
 pub mod control;
 pub mod fetch;

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
+use shoal_control::{human_bytes, Client, FetchReport, GetBody, LsEntry, Progress, Rate};
 use shoal_core::{PeerAddr, Ticket};
-use shoal_node::client::Client;
-use shoal_node::config::{human_bytes, Grants, NodeConfig, Rate};
-use shoal_node::control::{self, GetBody, LsEntry};
-use shoal_node::fetch::{FetchReport, FetchRequest, Progress};
+use shoal_node::config::{Grants, NodeConfig};
+use shoal_node::control;
+use shoal_node::fetch::FetchRequest;
 use shoal_node::node::{self, Node};
 
 /// Peer-assisted file swarm: share a file, fetch it from many peers at once over QUIC, every
@@ -466,7 +466,7 @@ fn get(
                 limit: limit.map(|r| r.0),
                 tracker,
             };
-            client.get(&body, |p| view.update(p))
+            client.get(&body, |p| view.update(p)).map_err(anyhow::Error::from)
         }
         None => get_standalone(data_dir, parsed, output, peers, limit, tracker, &mut view),
     };

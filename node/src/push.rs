@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use quinn::Connection;
-use serde::{Deserialize, Serialize};
 use shoal_core::{Bitfield, ContentId, DeviceCert, PeerAddr, PieceIndex};
 use shoal_wire::tracker::{Directive, TrackerRequest, TrackerResponse};
 use shoal_wire::{Decoder, RejectReason, Request, Response};
@@ -30,22 +29,7 @@ const PUSH_STREAMS: usize = 4;
 /// Attempts per piece when storage cannot write.
 const ATTEMPTS: u32 = 5;
 
-/// The outcome of `shoal push`, as `--json` prints it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PushReport {
-    /// The content id.
-    pub content_id: String,
-    /// The file size.
-    pub size: u64,
-    /// Piece bytes sent in this run.
-    pub pushed_bytes: u64,
-    /// Storage held every piece already: nothing was sent.
-    pub already_stored: bool,
-    /// Storage now holds every piece.
-    pub stored: bool,
-    /// Wall time.
-    pub seconds: f64,
-}
+pub use shoal_control::PushReport;
 
 /// One request on its own stream, with `raw` bytes after the frame; the response frame.
 ///
