@@ -3,58 +3,16 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use bytes::Bytes;
-use quinn::{RecvStream, SendStream, VarInt};
-use shoal_wire::{encode, Decoder, Frame};
+use quinn::{SendStream, VarInt};
+use shoal_wire::{encode, Frame};
 
 /// Stream error code sent when a peer stops making progress and its stream is reset.
 pub(crate) const RESET_STALLED: u32 = 1;
 
-/// A peer let a deadline pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("peer sent or read nothing for {}s: {what}", .after.as_secs())]
-pub(crate) struct Stalled {
-    /// What was waited for.
-    pub(crate) what: &'static str,
-    /// How long.
-    pub(crate) after: Duration,
-}
-
-/// Reads the next frame; `Ok(None)` at a clean end of stream. Cancel-safe only between
-/// frames: on cancellation mid-frame the decoder keeps the partial bytes.
-pub(crate) async fn read_frame<F: Frame>(
-    recv: &mut RecvStream,
-    dec: &mut Decoder,
-) -> anyhow::Result<Option<F>> {
-    loop {
-        if let Some(f) = dec.decode::<F>()? {
-            return Ok(Some(f));
-        }
-        match recv.read_chunk(64 * 1024, true).await? {
-            Some(chunk) => dec.feed(&chunk.bytes),
-            None => {
-                if dec.take_rest().is_empty() {
-                    return Ok(None);
-                }
-                bail!("stream ended inside a frame");
-            }
-        }
-    }
-}
-
-/// [`read_frame`] that fails with [`Stalled`] unless the whole frame arrives within `deadline`.
-pub(crate) async fn read_frame_within<F: Frame>(
-    recv: &mut RecvStream,
-    dec: &mut Decoder,
-    deadline: Duration,
-    what: &'static str,
-) -> anyhow::Result<Option<F>> {
-    match tokio::time::timeout(deadline, read_frame(recv, dec)).await {
-        Ok(r) => r,
-        Err(_) => Err(Stalled { what, after: deadline }.into()),
-    }
-}
+// The read loop is shared with the tracker and the testnet's probes.
+pub(crate) use shoal_net::framed::{read_frame, read_frame_within, Stalled};
 
 /// Writes one frame.
 pub(crate) async fn write_frame<F: Frame>(send: &mut SendStream, frame: &F) -> anyhow::Result<()> {

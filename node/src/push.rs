@@ -51,7 +51,7 @@ async fn call(conn: &Connection, req: &Request, raw: Option<&Bytes>) -> anyhow::
         }
         Err(e) => {
             wrote.context("sending to storage")?;
-            Err(e)
+            Err(e.into())
         }
     }
 }

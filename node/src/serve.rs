@@ -19,6 +19,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use shoal_core::{ContentId, NodeId, PieceIndex};
+use shoal_net::framed::ReadError;
 use shoal_wire::{Decoder, Opening, RejectReason, Request, Response, Session};
 use tracing::{debug, warn, Instrument};
 
@@ -114,12 +115,12 @@ async fn handle_stream(
     let opening = match opened.await {
         Ok(Some(o)) => o,
         Ok(None) => return Ok(()),
-        Err(e) if e.downcast_ref::<shoal_wire::DecodeError>().is_some() => {
+        Err(e @ ReadError::Decode(_)) => {
             conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"malformed frame");
-            return Err(e);
+            return Err(e.into());
         }
         // Silent past the deadline: dropping the streams ends them, answering nothing.
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     match opening {
         Opening::Request(req) => {

@@ -28,6 +28,7 @@ use shoal_wire::{encode, Decoder};
 use tokio::sync::watch;
 use tracing::debug;
 
+use crate::io::read_frame;
 use crate::node::Node;
 
 mod session;
@@ -187,14 +188,8 @@ async fn exchange(
     }
     let _ = send.finish();
     let mut dec = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
-    let resp = loop {
-        if let Some(r) = dec.decode::<TrackerResponse>()? {
-            break r;
-        }
-        match recv.read_chunk(64 * 1024, true).await? {
-            Some(c) => dec.feed(&c.bytes),
-            None => bail!("tracker closed the stream without answering"),
-        }
+    let Some(resp) = read_frame::<TrackerResponse>(&mut recv, &mut dec).await? else {
+        bail!("tracker closed the stream without answering");
     };
     let mut extra = Vec::new();
     if let TrackerResponse::Manifest { len } = resp {

@@ -84,7 +84,7 @@ pub(crate) async fn drive_control(
                     Ok(None) => anyhow::bail!("control stream closed"),
                     Err(e) => {
                         conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"malformed frame");
-                        return Err(e);
+                        return Err(e.into());
                     }
                 },
                 have = haves.recv() => match have {
