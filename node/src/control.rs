@@ -23,7 +23,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use shoal_core::{PeerAddr, Ticket};
-use shoal_store::{Entry, EntryState};
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -33,34 +32,6 @@ use crate::node::Node;
 pub use shoal_control::api::{
     AddBody, AddReply, ControlInfo, GetBody, LsEntry, PushBody, CONTROL_FILE,
 };
-
-/// The API form of a store entry.
-pub fn ls_entry(e: &Entry, pieces_total: u32) -> LsEntry {
-    let (state, have) = match e.state {
-        EntryState::Complete => ("complete", pieces_total),
-        EntryState::Partial { have, .. } => ("partial", have),
-        EntryState::SourceChanged => ("source changed", 0),
-    };
-    LsEntry {
-        content_id: e.content.to_string(),
-        name: e.name.clone(),
-        size: e.size,
-        state: state.into(),
-        pieces_have: have,
-        pieces_total,
-        path: e.path.display().to_string(),
-    }
-}
-
-/// Lists the store of a node.
-pub fn list(store: &shoal_store::Store) -> anyhow::Result<Vec<LsEntry>> {
-    let mut out = Vec::new();
-    for e in store.list()? {
-        let total = store.manifest(e.content)?.map_or(0, |m| m.piece_count());
-        out.push(ls_entry(&e, total));
-    }
-    Ok(out)
-}
 
 /// A running control API.
 #[derive(Debug)]
@@ -187,8 +158,9 @@ async fn status(State(api): State<Api>) -> Result<Json<crate::node::Status>, Api
 
 async fn ls(State(api): State<Api>) -> Result<Json<Vec<LsEntry>>, ApiError> {
     let node = api.node.clone();
-    let entries =
-        tokio::task::spawn_blocking(move || node.list()).await.map_err(|e| internal(e.into()))?;
+    let entries = tokio::task::spawn_blocking(move || node.contents.list())
+        .await
+        .map_err(|e| internal(e.into()))?;
     Ok(Json(entries.map_err(internal)?))
 }
 
@@ -203,7 +175,7 @@ async fn add(
         .map_err(|e| internal(e.into()))?
         .map_err(bad_request)?;
     let id = manifest.content_id();
-    let _ = api.node.contents_changed.send(id);
+    let _ = api.node.events.contents_changed.send(id);
     tracing::info!(content = %id, path = %body.path.display(), size = manifest.size(), "added");
     Ok(Json(AddReply {
         content_id: id.to_string(),
@@ -226,7 +198,7 @@ async fn push(
                 .await
                 .map_err(|e| internal(e.into()))?
                 .map_err(bad_request)?;
-            let _ = api.node.contents_changed.send(m.content_id());
+            let _ = api.node.events.contents_changed.send(m.content_id());
             m.content_id()
         }
     };

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use bytes::Bytes;
 use quinn::{SendStream, VarInt};
 use shoal_wire::{encode, Frame};
@@ -12,12 +11,25 @@ use shoal_wire::{encode, Frame};
 pub(crate) const RESET_STALLED: u32 = 1;
 
 // The read loop is shared with the tracker and the testnet's probes.
-pub(crate) use shoal_net::framed::{read_frame, read_frame_within, Stalled};
+pub(crate) use shoal_net::framed::{read_frame, read_frame_within, ReadError, Stalled};
+
+/// Why a write to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WriteError {
+    /// The stream or its connection failed (the peer stopped reading it, or went away).
+    #[error("writing to peer: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// The peer took nothing for too long; the stream was reset.
+    #[error(transparent)]
+    Stalled(#[from] Stalled),
+}
 
 /// Writes one frame.
-pub(crate) async fn write_frame<F: Frame>(send: &mut SendStream, frame: &F) -> anyhow::Result<()> {
-    send.write_all(&encode(frame)).await.context("writing frame")?;
-    Ok(())
+pub(crate) async fn write_frame<F: Frame>(
+    send: &mut SendStream,
+    frame: &F,
+) -> Result<(), WriteError> {
+    Ok(send.write_all(&encode(frame)).await?)
 }
 
 /// Hands `chunk` to quinn, which must accept it within `deadline` (it accepts once the peer's
@@ -28,9 +40,9 @@ pub(crate) async fn write_within(
     send: &mut SendStream,
     chunk: Bytes,
     deadline: Duration,
-) -> anyhow::Result<()> {
+) -> Result<(), WriteError> {
     match tokio::time::timeout(deadline, send.write_chunk(chunk)).await {
-        Ok(r) => r.context("writing to peer"),
+        Ok(r) => Ok(r?),
         Err(_) => {
             let _ = send.reset(VarInt::from_u32(RESET_STALLED));
             Err(Stalled { what: "reading what we sent", after: deadline }.into())
@@ -43,7 +55,7 @@ pub(crate) async fn write_frame_within<F: Frame>(
     send: &mut SendStream,
     frame: &F,
     deadline: Duration,
-) -> anyhow::Result<()> {
+) -> Result<(), WriteError> {
     write_within(send, Bytes::from(encode(frame)), deadline).await
 }
 

@@ -1,8 +1,11 @@
 //! The Shoal node: the seeding daemon, the download driver and the local control API behind
 //! the `shoal` command.
 //!
-//! - [`node::Node`]: a running node (identity, QUIC endpoint, piece store, limits, counters);
-//!   [`node::run`] serves peers and the control API until shutdown.
+//! - [`daemon::run`]: serves peers and the control API until shutdown.
+//! - [`node::Node`]: a running node, a bundle of parts that own their state: [`net`]
+//!   (identity, endpoint), [`contents`] (what it holds), [`stats`] (counters), the event bus,
+//!   [`tracker::Trackers`], upload slots and the push gate. Dependencies point one way:
+//!   daemon -> control -> {fetch, push} -> {serve, tracker} -> node -> parts.
 //! - [`serve`]: answers peers: control streams (hello, subscriptions, haves) and piece and
 //!   manifest requests, every piece checked against its hash before it leaves.
 //! - [`fetch`]: downloads a content from many peers at once, pumping the `shoal-swarm` picker.
@@ -15,12 +18,18 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod contents;
 pub mod control;
+pub mod daemon;
+mod events;
 pub mod fetch;
 mod io;
+pub mod net;
 pub mod node;
 pub mod push;
+mod push_gate;
 pub mod serve;
+pub mod stats;
 mod storage;
 pub mod tracker;
 mod upload;

@@ -121,10 +121,10 @@ async fn push_manifest(
 
 /// The storage node the tracker names.
 async fn find_storage(node: &Arc<Node>) -> anyhow::Result<PeerAddr> {
-    let addr = node.default_tracker.clone().ok_or_else(|| {
+    let addr = node.trackers.default_addr().map(str::to_string).ok_or_else(|| {
         anyhow!("push needs a tracker to find storage: start the daemon with --tracker HOST:PORT")
     })?;
-    let t = node.tracker(&addr);
+    let t = node.trackers.for_addr(&addr);
     let conn = t
         .connection(Duration::from_secs(5))
         .await
@@ -157,7 +157,7 @@ async fn push_one(
     piece: PieceIndex,
     creds: Credentials,
 ) -> anyhow::Result<(u64, bool)> {
-    let store = node.store.clone();
+    let store = node.contents.store.clone();
     let data = Bytes::from(
         tokio::task::spawn_blocking(move || store.read_piece(content, piece))
             .await?
@@ -211,16 +211,16 @@ pub async fn push(
     storage: Option<PeerAddr>,
 ) -> anyhow::Result<PushReport> {
     let started = Instant::now();
-    let manifest = node.store.manifest(content)?.ok_or_else(|| {
+    let manifest = node.contents.store.manifest(content)?.ok_or_else(|| {
         anyhow!("content {content} is not in this node's store: add the file first")
     })?;
-    let have = node.store.bitfield(content)?.unwrap_or_default();
+    let have = node.contents.store.bitfield(content)?.unwrap_or_default();
     let target = match storage {
         Some(s) => s,
         None => find_storage(&node).await?,
     };
     let cert = device_cert(&node)?;
-    let (conn, _) = node.endpoint.connect(&target, shoal_wire::ALPN).await?;
+    let (conn, _) = node.net.endpoint.connect(&target, shoal_wire::ALPN).await?;
     let already =
         push_manifest(&conn, content, Bytes::from(manifest.encode()), cert.clone()).await?;
     let stored =
@@ -234,7 +234,7 @@ pub async fn push(
     };
     let stored = complete || holding(&conn, content).await?.is_some_and(|b| b.is_complete());
     if stored {
-        node.stored.lock().unwrap_or_else(|p| p.into_inner()).insert(content);
+        node.trackers.known().stored.lock().unwrap_or_else(|p| p.into_inner()).insert(content);
     }
     conn.close(0u32.into(), b"done");
     info!(content = %content.fmt_short(), pushed, stored, "push finished");
@@ -248,8 +248,20 @@ pub async fn push(
     })
 }
 
+/// Carries out the own tracker's re-seed directives as they come, in the background. Does
+/// nothing the second time.
+pub fn spawn_directives(node: &Arc<Node>) {
+    let Some(mut directives) = node.take_directives() else { return };
+    let node = node.clone();
+    tokio::spawn(async move {
+        while let Some(d) = directives.recv().await {
+            run_directive(node.clone(), d);
+        }
+    });
+}
+
 /// Carries out a re-seed directive in the background (one per content at a time).
-pub(crate) fn run_directive(node: Arc<Node>, d: Directive) {
+fn run_directive(node: Arc<Node>, d: Directive) {
     let content = d.content;
     if !node.reseeding.lock().unwrap_or_else(|p| p.into_inner()).insert(content) {
         return;
@@ -258,7 +270,7 @@ pub(crate) fn run_directive(node: Arc<Node>, d: Directive) {
         let result = async {
             let token = shoal_wire::tracker::ReseedToken::decode(&d.token)
                 .map_err(|e| anyhow!("bad token: {e}"))?;
-            let have = node.store.bitfield(content)?.unwrap_or_default();
+            let have = node.contents.store.bitfield(content)?.unwrap_or_default();
             let pieces: Vec<PieceIndex> =
                 token.pieces.iter().copied().filter(|&p| have.get(p)).collect();
             let addr = *d
@@ -267,7 +279,7 @@ pub(crate) fn run_directive(node: Arc<Node>, d: Directive) {
                 .first()
                 .ok_or_else(|| anyhow!("directive names no storage address"))?;
             let target = PeerAddr { node_id: Some(d.storage.node_id), addr };
-            let (conn, _) = node.endpoint.connect(&target, shoal_wire::ALPN).await?;
+            let (conn, _) = node.net.endpoint.connect(&target, shoal_wire::ALPN).await?;
             let creds = Credentials { cert: None, token: Some(d.token.clone()) };
             let r = push_pieces(&node, &conn, content, pieces, creds).await;
             conn.close(0u32.into(), b"done");

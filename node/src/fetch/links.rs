@@ -100,7 +100,7 @@ impl Links {
         let node = self.node.clone();
         let target = PeerAddr { node_id, addr };
         self.dials.spawn(async move {
-            let r = node.endpoint.connect(&target, shoal_wire::ALPN).await;
+            let r = node.net.endpoint.connect(&target, shoal_wire::ALPN).await;
             (addr, r.map_err(|e| e.to_string()))
         });
     }
@@ -244,5 +244,13 @@ pub(super) fn describe(r: DropReason) -> &'static str {
         DropReason::Protocol => "broke the protocol",
         DropReason::Gone => "gone",
         _ => "dropped",
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+pub(super) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }

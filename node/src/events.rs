@@ -1,0 +1,29 @@
+//! The node's event bus: newly verified pieces and changed contents, broadcast to the parts
+//! that follow them (peers' control streams, tracker sessions).
+
+use shoal_core::{ContentId, PieceIndex};
+use tokio::sync::broadcast;
+
+/// Haves waiting per slow subscriber before it lags (and catches up from later haves).
+const HAVES_BACKLOG: usize = 4096;
+/// Changed contents waiting per slow subscriber.
+const CHANGED_BACKLOG: usize = 256;
+
+/// The broadcasts. Cloning gives another handle on the same channels.
+#[derive(Debug, Clone)]
+pub(crate) struct Events {
+    /// Newly verified pieces, for the control streams of peers subscribed to them and for
+    /// tracker deltas.
+    pub(crate) haves: broadcast::Sender<(ContentId, PieceIndex)>,
+    /// Contents added or replaced in the store, for full tracker announces.
+    pub(crate) contents_changed: broadcast::Sender<ContentId>,
+}
+
+impl Events {
+    pub(crate) fn new() -> Self {
+        Self {
+            haves: broadcast::channel(HAVES_BACKLOG).0,
+            contents_changed: broadcast::channel(CHANGED_BACKLOG).0,
+        }
+    }
+}
