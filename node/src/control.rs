@@ -175,7 +175,7 @@ async fn add(
         .map_err(|e| internal(e.into()))?
         .map_err(bad_request)?;
     let id = manifest.content_id();
-    let _ = api.node.events.contents_changed.send(id);
+    api.node.events.content_changed(id);
     tracing::info!(content = %id, path = %body.path.display(), size = manifest.size(), "added");
     Ok(Json(AddReply {
         content_id: id.to_string(),
@@ -198,7 +198,7 @@ async fn push(
                 .await
                 .map_err(|e| internal(e.into()))?
                 .map_err(bad_request)?;
-            let _ = api.node.events.contents_changed.send(m.content_id());
+            api.node.events.content_changed(m.content_id());
             m.content_id()
         }
     };

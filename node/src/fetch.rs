@@ -231,7 +231,7 @@ async fn run(
         info!(content = %content.fmt_short(), resumed, total = manifest.piece_count(), "resuming");
     }
     // Tell the tracker at once that we hold (part of) this content, so others find us.
-    let _ = node.events.contents_changed.send(content);
+    node.events.content_changed(content);
     let pipeline = (PIPELINE_BYTES / manifest.piece_size()).clamp(2, 32) as usize;
     links.set.start(Instant::now(), dl.have(), pipeline);
     links.set.set_hints(&hints);
@@ -249,6 +249,8 @@ async fn run(
     // Aborted request tasks may still have a write running on a blocking thread; `finish`
     // makes any such late write a no-op.
     let path = tokio::task::spawn_blocking(move || dl.finish()).await??;
+    // Complete now: status reads its row again.
+    node.stats.content_changed();
     Ok((manifest, path, totals, resumed))
 }
 

@@ -89,7 +89,7 @@ impl Node {
         let net = Arc::new(Net { identity, endpoint });
         let contents = Arc::new(Contents { store, cloud, lie: config.danger_lie_bitfield });
         let stats = Arc::new(Stats::default());
-        let events = Events::new();
+        let events = Events::new(stats.clone());
         let uploads = Uploads::new(UPLOAD_SLOTS, UPLOAD_BYTES, UPLOAD_WAITERS);
         let (trackers, directives) = Trackers::new(
             |directives| Parts {
@@ -156,11 +156,12 @@ impl Node {
         Ticket { content, peers, tracker, tracker_id }
     }
 
-    /// Counters and identity, with the state of every content (reads the store: blocking).
+    /// Counters and identity, with the state of every content, from counters (blocking only
+    /// after a content changed: its rows are read again then).
     pub fn status(&self) -> Status {
         let s = &self.stats;
         let storage = self.contents.is_storage();
-        let entries = self.contents.list().unwrap_or_default();
+        let entries = self.stats.held_rows(&self.contents).unwrap_or_default();
         let stored = self.trackers.known().stored.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let contents = {
             let stats = self.stats.contents();

@@ -136,7 +136,7 @@ pub(super) async fn run(
                         if let Some(l) = links.links.get_mut(&done.peer) {
                             l.pieces += 1;
                         }
-                        let _ = node.events.haves.send((content, done.piece));
+                        node.events.piece_verified(content, done.piece);
                         PieceOutcome::Verified
                     }
                     Outcome::Bad => {

@@ -159,7 +159,7 @@ async fn push_manifest(
             }
             return Err(storage_error(e));
         }
-        let _ = node.events.contents_changed.send(content);
+        node.events.content_changed(content);
     }
     let complete = cloud.content(content).ok().flatten().is_some_and(|c| c.is_complete());
     Ok(Response::Pushed { already: known.is_some(), complete })
@@ -214,7 +214,7 @@ async fn push_piece(
     let data = read_body(recv, dec, len as usize).await?;
     match cloud.put_piece(content, piece, data).await {
         Ok(PutPiece::Stored { complete }) => {
-            let _ = node.events.haves.send((content, piece));
+            node.events.piece_verified(content, piece);
             Ok(Response::Pushed { already: false, complete })
         }
         Ok(PutPiece::AlreadyStored) => {
