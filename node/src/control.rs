@@ -203,7 +203,7 @@ async fn push(
         }
     };
     // Dropping this future (the client went away) stops the push; storage keeps what it stored.
-    let report = crate::push::push(api.node.clone(), content, None)
+    let report = crate::push::push(api.node.pusher.clone(), content, None)
         .await
         .map_err(|e| bad_request(format!("{e:#}")))?;
     Ok(Json(report))

@@ -11,7 +11,9 @@ use crate::node::Node;
 /// background.
 pub fn start(node: &Arc<Node>) {
     tokio::spawn(crate::serve::accept_loop(node.clone()));
-    crate::push::spawn_directives(node);
+    if let Some(directives) = node.take_directives() {
+        crate::push::spawn_directives(node.pusher.clone(), directives);
+    }
 }
 
 /// Runs the daemon until `shutdown` completes: serves peers and the control API.

@@ -159,7 +159,7 @@ pub async fn fetch(
         }
     }
     let set = PeerSet::new(shoal_swarm::Config::default(), fastrand::u64(..));
-    let mut links = Links::new(node.clone(), set);
+    let mut links = Links::new(node.net.clone(), set);
     if links.offer(Instant::now(), candidates) == 0 {
         if tracker.is_some() {
             bail!(

@@ -4,7 +4,6 @@
 //! gate of a storage node. Functions take the parts they use; the parts below this module
 //! know nothing of it, so dependencies point one way.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -21,6 +20,7 @@ use crate::config::NodeConfig;
 use crate::contents::Contents;
 use crate::events::Events;
 use crate::net::Net;
+use crate::push::Pusher;
 use crate::push_gate::PushGate;
 use crate::stats::Stats;
 use crate::tracker::{Known, Parts, Trackers};
@@ -44,17 +44,17 @@ pub struct Node {
     pub(crate) contents: Arc<Contents>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) events: Events,
-    pub(crate) trackers: Trackers,
+    pub(crate) trackers: Arc<Trackers>,
     pub(crate) uploads: Arc<Uploads>,
+    /// Pushes into storage and re-seeds.
+    pub(crate) pusher: Pusher,
     /// Who may push into this node's storage, and the memory budget for push bodies.
     pub(crate) push_gate: PushGate,
     pub(crate) upload: RateLimiter,
     pub(crate) download: RateLimiter,
     /// Testing only: the share of uploaded pieces to corrupt.
     pub(crate) corrupt: f64,
-    /// Contents with a re-seed push under way. Held only for set access.
-    pub(crate) reseeding: Mutex<HashSet<ContentId>>,
-    /// The own tracker's re-seed directives, until `push::spawn_directives` takes them.
+    /// The own tracker's re-seed directives, until the daemon hands them to the pusher.
     directives: Mutex<Option<mpsc::Receiver<Directive>>>,
     pub(crate) data_dir: PathBuf,
 }
@@ -103,6 +103,17 @@ impl Node {
             },
             own_tracker,
         );
+        let trackers = Arc::new(trackers);
+        let upload = RateLimiter::new(config.upload_limit.map(|r| r.0));
+        let pusher = Pusher {
+            net: net.clone(),
+            contents: contents.clone(),
+            trackers: trackers.clone(),
+            stats: stats.clone(),
+            upload: upload.clone(),
+            data_dir: dir.clone(),
+            reseeding: Arc::default(),
+        };
         Ok(Arc::new(Self {
             net,
             contents,
@@ -110,11 +121,11 @@ impl Node {
             events,
             trackers,
             uploads,
+            pusher,
             push_gate: PushGate::new(config.grants.clone()),
-            upload: RateLimiter::new(config.upload_limit.map(|r| r.0)),
+            upload,
             download: RateLimiter::new(config.download_limit.map(|r| r.0)),
             corrupt: config.danger_corrupt_uploads,
-            reseeding: Mutex::new(HashSet::new()),
             directives: Mutex::new(Some(directives)),
             data_dir: dir.clone(),
         }))

@@ -8,21 +8,43 @@
 //! errors are retried with backoff; any other refusal (no grant, over quota) ends the push
 //! with storage's reason. An interrupted push resumes: storage keeps what it stored.
 
+use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use quinn::Connection;
 use shoal_core::{Bitfield, ContentId, DeviceCert, PeerAddr, PieceIndex};
+use shoal_net::RateLimiter;
 use shoal_wire::tracker::{Directive, TrackerRequest, TrackerResponse};
 use shoal_wire::{Decoder, RejectReason, Request, Response};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use crate::contents::Contents;
 use crate::io::{read_frame, write_frame};
-use crate::node::Node;
+use crate::net::Net;
+use crate::stats::Stats;
+use crate::tracker::Trackers;
+
+/// What pushing uses of the node: its identity and endpoint, its store, its upload limit, the
+/// tracker client (to find storage, and to note what storage holds) and its counters. Owns the
+/// set of re-seeds under way. Cloning gives another handle on the same parts.
+#[derive(Debug, Clone)]
+pub struct Pusher {
+    pub(crate) net: Arc<Net>,
+    pub(crate) contents: Arc<Contents>,
+    pub(crate) trackers: Arc<Trackers>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) upload: RateLimiter,
+    pub(crate) data_dir: PathBuf,
+    /// Contents with a re-seed push under way. Held only for set access.
+    pub(crate) reseeding: Arc<Mutex<HashSet<ContentId>>>,
+}
 
 /// Pieces pushed at once.
 const PUSH_STREAMS: usize = 4;
@@ -66,9 +88,9 @@ struct Credentials {
 
 /// The device certificate of the data dir's user key, if there is one (read on each push, so
 /// `shoal user new` takes effect without a restart).
-fn device_cert(node: &Node) -> anyhow::Result<Option<DeviceCert>> {
-    let user = shoal_net::Identity::load_user(node.data_dir()).context("reading the user key")?;
-    Ok(user.map(|u| u.device_cert(node.node_id())))
+fn device_cert(node: &Pusher) -> anyhow::Result<Option<DeviceCert>> {
+    let user = shoal_net::Identity::load_user(&node.data_dir).context("reading the user key")?;
+    Ok(user.map(|u| u.device_cert(node.net.node_id())))
 }
 
 /// Sends one push request with its body, retrying with backoff while storage is busy or cannot
@@ -120,7 +142,7 @@ async fn push_manifest(
 }
 
 /// The storage node the tracker names.
-async fn find_storage(node: &Arc<Node>) -> anyhow::Result<PeerAddr> {
+async fn find_storage(node: &Pusher) -> anyhow::Result<PeerAddr> {
     let addr = node.trackers.default_addr().map(str::to_string).ok_or_else(|| {
         anyhow!("push needs a tracker to find storage: start the daemon with --tracker HOST:PORT")
     })?;
@@ -151,7 +173,7 @@ async fn holding(conn: &Connection, content: ContentId) -> anyhow::Result<Option
 /// Pushes one piece, retrying with backoff while storage cannot write. Returns whether the
 /// content is complete in storage after it.
 async fn push_one(
-    node: &Node,
+    node: &Pusher,
     conn: &Connection,
     content: ContentId,
     piece: PieceIndex,
@@ -181,7 +203,7 @@ async fn push_one(
 /// Pushes `pieces` of `content` over `conn`; returns the bytes sent and whether storage then
 /// holds the whole content. Cancel-safe: what storage stored stays stored.
 async fn push_pieces(
-    node: &Arc<Node>,
+    node: &Pusher,
     conn: &Connection,
     content: ContentId,
     pieces: Vec<PieceIndex>,
@@ -206,7 +228,7 @@ async fn push_pieces(
 
 /// Pushes a content this node holds into storage (found through the tracker unless given).
 pub async fn push(
-    node: Arc<Node>,
+    node: Pusher,
     content: ContentId,
     storage: Option<PeerAddr>,
 ) -> anyhow::Result<PushReport> {
@@ -248,11 +270,9 @@ pub async fn push(
     })
 }
 
-/// Carries out the own tracker's re-seed directives as they come, in the background. Does
-/// nothing the second time.
-pub fn spawn_directives(node: &Arc<Node>) {
-    let Some(mut directives) = node.take_directives() else { return };
-    let node = node.clone();
+/// Carries out the own tracker's re-seed directives as they come, in the background, until
+/// the process ends.
+pub(crate) fn spawn_directives(node: Pusher, mut directives: mpsc::Receiver<Directive>) {
     tokio::spawn(async move {
         while let Some(d) = directives.recv().await {
             run_directive(node.clone(), d);
@@ -261,7 +281,7 @@ pub fn spawn_directives(node: &Arc<Node>) {
 }
 
 /// Carries out a re-seed directive in the background (one per content at a time).
-fn run_directive(node: Arc<Node>, d: Directive) {
+fn run_directive(node: Pusher, d: Directive) {
     let content = d.content;
     if !node.reseeding.lock().unwrap_or_else(|p| p.into_inner()).insert(content) {
         return;
