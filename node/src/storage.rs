@@ -1,9 +1,6 @@
-//! What a node holds, wherever it keeps it, and the storage side of pushes.
-//!
-//! What it holds is `contents`; a storage node also accepts pushes
-//! ([`accept`]): from users it granted space, for contents they own here, or with a re-seed
-//! token signed by its tracker for exactly that holder, storage node, content and piece, not
-//! yet expired.
+//! The storage side of pushes: a storage node accepts pushes ([`accept`]) from users it
+//! granted space, for contents they own here, or with a re-seed token signed by its tracker
+//! for exactly that holder, storage node, content and piece, not yet expired.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -393,3 +393,42 @@ pub(crate) async fn manifest(
         (other, _) => bail!("unexpected tracker answer {other:?}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(error: Option<&str>) -> (TrackerHandle, watch::Sender<Option<Connection>>) {
+        let (tx, rx) = watch::channel(None);
+        let h = TrackerHandle {
+            addr: "127.0.0.1:1".into(),
+            conn: rx,
+            error: Arc::new(Mutex::new(error.map(str::to_string))),
+            pinned: Arc::new(Mutex::new(None)),
+        };
+        (h, tx)
+    }
+
+    #[tokio::test]
+    async fn no_connection_in_time_says_how_the_last_attempt_ended() {
+        let wait = Duration::from_millis(20);
+        let (h, _tx) = handle(Some("cannot reach tracker 127.0.0.1:1"));
+        let e = h.connection(wait).await.unwrap_err();
+        assert!(
+            matches!(&e, ConnectError::Unanswered { waited, last: Some(_) } if *waited == wait)
+        );
+        assert!(e.to_string().contains("cannot reach tracker"), "{e}");
+        // Before any attempt ended there is nothing more to say.
+        let (h, _tx) = handle(None);
+        let e = h.connection(wait).await.unwrap_err();
+        assert!(matches!(e, ConnectError::Unanswered { last: None, .. }), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn an_ended_session_is_told_apart_from_a_slow_one() {
+        let (h, tx) = handle(Some("connection lost"));
+        drop(tx);
+        let e = h.connection(Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(e, ConnectError::Ended), "{e:?}");
+    }
+}
