@@ -23,6 +23,7 @@ use crate::net::Net;
 use crate::push::Pusher;
 use crate::push_gate::PushGate;
 use crate::stats::Stats;
+use crate::storage::Storage;
 use crate::tracker::{Known, Parts, Trackers};
 use crate::upload::Uploads;
 
@@ -48,8 +49,8 @@ pub struct Node {
     pub(crate) uploads: Arc<Uploads>,
     /// Pushes into storage and re-seeds.
     pub(crate) pusher: Pusher,
-    /// Who may push into this node's storage, and the memory budget for push bodies.
-    pub(crate) push_gate: PushGate,
+    /// The storage side of pushes: who may push, and the memory budget for push bodies.
+    pub(crate) storage: Storage,
     pub(crate) upload: RateLimiter,
     pub(crate) download: RateLimiter,
     /// Testing only: the share of uploaded pieces to corrupt.
@@ -91,6 +92,7 @@ impl Node {
         let stats = Arc::new(Stats::default());
         let events = Events::new(stats.clone());
         let uploads = Uploads::new(UPLOAD_SLOTS, UPLOAD_BYTES, UPLOAD_WAITERS);
+        let known = Arc::new(Known::default());
         let (trackers, directives) = Trackers::new(
             |directives| Parts {
                 net: net.clone(),
@@ -98,7 +100,7 @@ impl Node {
                 events: events.clone(),
                 stats: stats.clone(),
                 uploads: uploads.clone(),
-                known: Arc::new(Known::default()),
+                known: known.clone(),
                 directives,
             },
             own_tracker,
@@ -114,6 +116,14 @@ impl Node {
             data_dir: dir.clone(),
             reseeding: Arc::default(),
         };
+        let storage = Storage {
+            net: net.clone(),
+            contents: contents.clone(),
+            stats: stats.clone(),
+            events: events.clone(),
+            known,
+            push_gate: PushGate::new(config.grants.clone()),
+        };
         Ok(Arc::new(Self {
             net,
             contents,
@@ -122,7 +132,7 @@ impl Node {
             trackers,
             uploads,
             pusher,
-            push_gate: PushGate::new(config.grants.clone()),
+            storage,
             upload,
             download: RateLimiter::new(config.download_limit.map(|r| r.0)),
             corrupt: config.danger_corrupt_uploads,

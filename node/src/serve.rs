@@ -182,7 +182,8 @@ async fn serve_request(
         }
         // Authorised, bounded and read on the storage side; refused there before any body byte.
         req @ (Request::PushManifest { .. } | Request::PushPiece { .. }) => {
-            respond(send, &crate::storage::serve_push(node, peer, recv, dec, req).await).await
+            respond(send, &crate::storage::serve_push(&node.storage, peer, recv, dec, req).await)
+                .await
         }
         _ => reject(send, RejectReason::BadRequest, "unknown request").await,
     }

@@ -2,12 +2,18 @@
 //! granted space, for contents they own here, or with a re-seed token signed by its tracker
 //! for exactly that holder, storage node, content and piece, not yet expired.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use shoal_core::{ContentId, NodeId, PieceIndex};
 use shoal_wire::tracker::ReseedToken;
 
-use crate::node::Node;
+use crate::contents::Contents;
+use crate::events::Events;
+use crate::net::Net;
+use crate::push_gate::PushGate;
+use crate::stats::Stats;
+use crate::tracker::Known;
 
 mod accept;
 
@@ -17,7 +23,20 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-impl Node {
+/// The storage side of pushes: who may push (grants, and the tokens of this node's tracker),
+/// the memory budget for bodies, and the parts a push updates.
+#[derive(Debug)]
+pub(crate) struct Storage {
+    pub(crate) net: Arc<Net>,
+    pub(crate) contents: Arc<Contents>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) events: Events,
+    /// What this node's own tracker proved: its key signs the tokens that count here.
+    pub(crate) known: Arc<Known>,
+    pub(crate) push_gate: PushGate,
+}
+
+impl Storage {
     /// Checks a re-seed token for a push from `from`. The reason is what the pusher is told.
     pub(crate) fn check_token(
         &self,
@@ -28,12 +47,11 @@ impl Node {
     ) -> Result<(), &'static str> {
         let t = ReseedToken::decode(token).map_err(|_| "malformed re-seed token")?;
         let signed = t.signed_bytes();
-        let trackers =
-            self.trackers.known().tracker_ids.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let trackers = self.known.tracker_ids.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if !trackers.iter().any(|id| id.public_key().verify(&signed, &t.signature)) {
             return Err("re-seed token not signed by this storage node's tracker (forged?)");
         }
-        if t.storage != self.node_id() {
+        if t.storage != self.net.node_id() {
             return Err("re-seed token is for another storage node");
         }
         if t.holder != from {

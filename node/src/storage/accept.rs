@@ -29,7 +29,7 @@ use shoal_wire::{Decoder, RejectReason, Request, Response};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::node::Node;
+use super::Storage;
 
 /// A push body must deliver [`MIN_PROGRESS`] bytes (or the rest) within each window this long.
 pub(crate) const STALL: Duration = Duration::from_secs(10);
@@ -51,7 +51,7 @@ fn busy() -> Response {
 /// the answer to send (the caller sends it with the serving side's write deadlines). Not
 /// cancel-safe: a cancelled body read leaves the stream half read (the caller drops it).
 pub(crate) async fn serve_push(
-    node: &Node,
+    node: &Storage,
     peer: NodeId,
     mut recv: RecvStream,
     mut dec: Decoder,
@@ -83,7 +83,7 @@ pub(crate) async fn serve_push(
 /// naming a user without a grant is not checked: it could not help (the signature check is
 /// spent only on granted users).
 fn user_of(
-    node: &Node,
+    node: &Storage,
     peer: NodeId,
     cert: Option<&DeviceCert>,
 ) -> Result<(UserId, Option<Option<u64>>), Response> {
@@ -96,7 +96,7 @@ fn user_of(
 }
 
 /// An `Unauthorized` answer, counted and logged (at debug: strangers may send these at will).
-fn refuse(node: &Node, peer: NodeId, why: &str) -> Response {
+fn refuse(node: &Storage, peer: NodeId, why: &str) -> Response {
     debug!(%peer, why, "push refused");
     node.stats.pushes_refused.fetch_add(1, Ordering::Relaxed);
     reject(RejectReason::Unauthorized, why)
@@ -115,7 +115,7 @@ struct ManifestPush {
 }
 
 async fn push_manifest(
-    node: &Node,
+    node: &Storage,
     cloud: &CloudStore,
     peer: NodeId,
     p: ManifestPush,
@@ -175,7 +175,7 @@ struct PiecePush {
 }
 
 async fn push_piece(
-    node: &Node,
+    node: &Storage,
     cloud: &CloudStore,
     peer: NodeId,
     p: PiecePush,
