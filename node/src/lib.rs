@@ -2,10 +2,13 @@
 //! the `shoal` command.
 //!
 //! - [`daemon::run`]: serves peers and the control API until shutdown.
-//! - [`node::Node`]: a running node, a bundle of parts that own their state: [`net`]
-//!   (identity, endpoint), [`contents`] (what it holds), [`stats`] (counters), the event bus,
-//!   [`tracker::Trackers`], upload slots and the push gate. Dependencies point one way:
-//!   daemon -> control -> {fetch, push} -> {serve, tracker} -> node -> parts.
+//! - [`node::Node`]: a running node, a bundle of parts that each own their state: [`net`]
+//!   (identity, endpoint), [`contents`] (what it holds), [`stats`] (counters that answer
+//!   status without a store scan), the event bus (verified pieces, changed contents),
+//!   [`tracker::Trackers`] (the tracker client), [`push::Pusher`], upload slots and the
+//!   storage side of pushes. Parts talk through the event bus and bounded channels (the
+//!   tracker's re-seed directives reach the pusher over one). Dependencies point one way:
+//!   daemon -> control -> fetch -> serve -> node -> {storage, push} -> tracker -> parts.
 //! - [`serve`]: answers peers: control streams (hello, subscriptions, haves) and piece and
 //!   manifest requests, every piece checked against its hash before it leaves.
 //! - [`fetch`]: downloads a content from many peers at once, pumping the `shoal-swarm` picker.

@@ -1,8 +1,8 @@
 //! A running node, as a bundle of parts that each own their state: [`Net`] (identity and
-//! endpoint), [`Contents`] (what it holds), [`Stats`] (counters), [`Events`] (verified pieces
-//! and changed contents), [`Trackers`] (the tracker client), the upload slots and the push
-//! gate of a storage node. Functions take the parts they use; the parts below this module
-//! know nothing of it, so dependencies point one way.
+//! endpoint), [`Contents`] (what it holds), [`Stats`] (counters), the event bus (verified
+//! pieces and changed contents), [`Trackers`] (the tracker client), the [`Pusher`], the upload
+//! slots and the storage side of pushes. Functions take the parts they use; the parts below
+//! this module know nothing of it, so dependencies point one way.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
