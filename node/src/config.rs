@@ -1,53 +1,11 @@
 //! Node settings, validated once.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use shoal_core::UserId;
-
-/// A byte rate such as `20MiB/s`, `500KB/s` or `1000000` (bytes per second).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate(pub u64);
-
-/// Error parsing a [`Rate`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad rate {0:?}: expected a number with an optional unit, like 500KB/s, 20MiB/s or 1G")]
-pub struct ParseRateError(String);
-
-impl FromStr for Rate {
-    type Err = ParseRateError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let t = s.trim();
-        let t = t.strip_suffix("/s").unwrap_or(t);
-        byte_count(t).map(Rate).ok_or_else(|| ParseRateError(s.to_string()))
-    }
-}
-
-/// A byte count with an optional unit (`10GiB`, `500KB`, `1000`), from 1 byte to 1 PB.
-fn byte_count(t: &str) -> Option<u64> {
-    let t = t.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let num: f64 = num.parse().ok()?;
-    let mult: f64 = match unit.trim() {
-        "" | "B" => 1.0,
-        "K" | "KB" | "k" | "kB" => 1e3,
-        "M" | "MB" => 1e6,
-        "G" | "GB" => 1e9,
-        "T" | "TB" => 1e12,
-        "Ki" | "KiB" => 1024.0,
-        "Mi" | "MiB" => 1024.0 * 1024.0,
-        "Gi" | "GiB" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" | "TiB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return None,
-    };
-    let v = num * mult;
-    (1.0..=1e15).contains(&v).then_some(v as u64)
-}
 
 /// Space a storage node grants a user: `USER_ID` (unlimited) or `USER_ID=QUOTA` (`10GiB`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +41,10 @@ impl FromStr for Grant {
         };
         let user = user.trim().parse().map_err(|e| ParseGrantError::User(s.to_string(), e))?;
         let quota = match quota {
-            Some(q) => Some(byte_count(q).ok_or_else(|| ParseGrantError::Quota(s.to_string()))?),
+            Some(q) => Some(
+                shoal_control::units::byte_count(q)
+                    .ok_or_else(|| ParseGrantError::Quota(s.to_string()))?,
+            ),
             None => None,
         };
         Ok(Grant { user, quota })
@@ -118,13 +79,7 @@ impl Grants {
     }
 }
 
-impl fmt::Display for Rate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/s", human_bytes(self.0 as f64))
-    }
-}
-
-pub use shoal_core::units::human_bytes;
+pub use shoal_control::units::{human_bytes, ParseRateError, Rate};
 
 /// Everything a node needs to run.
 #[derive(Debug, Clone)]
@@ -173,24 +128,6 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rate_forms() {
-        let table = [
-            ("20MiB/s", 20 * 1024 * 1024),
-            ("500KB/s", 500_000),
-            ("1000", 1000),
-            ("1.5M", 1_500_000),
-            ("2 GiB/s", 2 * 1024 * 1024 * 1024),
-            ("64KiB", 65536),
-        ];
-        for (s, v) in table {
-            assert_eq!(s.parse::<Rate>().unwrap(), Rate(v), "{s}");
-        }
-        for bad in ["", "fast", "10XB/s", "-5", "0", "1e400"] {
-            assert!(bad.parse::<Rate>().is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn grants_parse_and_say_what_is_wrong() {

@@ -6,12 +6,8 @@
 //! `GET /metrics` needs it; `/metrics` serves four node-wide counters read from atomics, which
 //! name no content and cost nothing to compute.
 //!
-//! | route | body | answer |
-//! |---|---|---|
-//! | `GET /v1/status` | | [`Status`] |
-//! | `GET /v1/ls` | | `[LsEntry]` |
-//! | `POST /v1/add` | [`AddBody`] | [`AddReply`] |
-//! | `POST /v1/get` | [`GetBody`] | NDJSON: `{"progress": ..}` lines, then `{"done": FetchReport}` or `{"error": ".."}` |
+//! The routes, their bodies and answers are documented in `shoal-control`, which holds the
+//! types and the client.
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -26,122 +22,16 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 use shoal_core::{PeerAddr, Ticket};
-use shoal_store::{Entry, EntryState};
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::fetch::{fetch, FetchRequest, Progress};
 use crate::node::Node;
 
-/// The file in the data dir that tells clients where the API is.
-pub const CONTROL_FILE: &str = "control.json";
-
-/// What `control.json` holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ControlInfo {
-    /// The API address.
-    pub addr: SocketAddr,
-    /// The bearer token.
-    pub token: String,
-    /// The daemon's process id.
-    pub pid: u32,
-}
-
-/// `POST /v1/add`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AddBody {
-    /// Absolute path of the file to share.
-    pub path: PathBuf,
-}
-
-/// Answer to `POST /v1/add`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AddReply {
-    /// The content id.
-    pub content_id: String,
-    /// The ticket to share.
-    pub ticket: String,
-    /// The file name.
-    pub name: String,
-    /// The file size.
-    pub size: u64,
-}
-
-/// `POST /v1/get`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GetBody {
-    /// The ticket.
-    pub ticket: String,
-    /// Absolute output path.
-    pub output: PathBuf,
-    /// Extra peers, `IP:PORT` or `NODE_ID@IP:PORT`.
-    #[serde(default)]
-    pub peers: Vec<String>,
-    /// A download cap for this fetch, bytes per second.
-    #[serde(default)]
-    pub limit: Option<u64>,
-    /// A tracker to use besides (or instead of) the ticket's.
-    #[serde(default)]
-    pub tracker: Option<String>,
-}
-
-/// `POST /v1/push`: a file to add and push, or a content id the node holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PushBody {
-    /// Absolute path of a file (added first), or a content id.
-    pub target: String,
-}
-
-/// One line of `shoal ls`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LsEntry {
-    /// The content id.
-    pub content_id: String,
-    /// The file name.
-    pub name: String,
-    /// The file size.
-    pub size: u64,
-    /// `complete`, `partial` or `source changed`.
-    pub state: String,
-    /// Pieces verified.
-    pub pieces_have: u32,
-    /// Pieces in the content.
-    pub pieces_total: u32,
-    /// Where the file is (or will be).
-    pub path: String,
-}
-
-impl LsEntry {
-    /// The API form of a store entry.
-    pub fn from_entry(e: &Entry, pieces_total: u32) -> Self {
-        let (state, have) = match e.state {
-            EntryState::Complete => ("complete", pieces_total),
-            EntryState::Partial { have, .. } => ("partial", have),
-            EntryState::SourceChanged => ("source changed", 0),
-        };
-        Self {
-            content_id: e.content.to_string(),
-            name: e.name.clone(),
-            size: e.size,
-            state: state.into(),
-            pieces_have: have,
-            pieces_total,
-            path: e.path.display().to_string(),
-        }
-    }
-}
-
-/// Lists the store of a node.
-pub fn list(store: &shoal_store::Store) -> anyhow::Result<Vec<LsEntry>> {
-    let mut out = Vec::new();
-    for e in store.list()? {
-        let total = store.manifest(e.content)?.map_or(0, |m| m.piece_count());
-        out.push(LsEntry::from_entry(&e, total));
-    }
-    Ok(out)
-}
+pub use shoal_control::api::{
+    AddBody, AddReply, ControlInfo, GetBody, LsEntry, PushBody, CONTROL_FILE,
+};
 
 /// A running control API.
 #[derive(Debug)]
@@ -268,8 +158,9 @@ async fn status(State(api): State<Api>) -> Result<Json<crate::node::Status>, Api
 
 async fn ls(State(api): State<Api>) -> Result<Json<Vec<LsEntry>>, ApiError> {
     let node = api.node.clone();
-    let entries =
-        tokio::task::spawn_blocking(move || node.list()).await.map_err(|e| internal(e.into()))?;
+    let entries = tokio::task::spawn_blocking(move || node.contents.list())
+        .await
+        .map_err(|e| internal(e.into()))?;
     Ok(Json(entries.map_err(internal)?))
 }
 
@@ -284,7 +175,7 @@ async fn add(
         .map_err(|e| internal(e.into()))?
         .map_err(bad_request)?;
     let id = manifest.content_id();
-    let _ = api.node.contents_changed.send(id);
+    api.node.events.content_changed(id);
     tracing::info!(content = %id, path = %body.path.display(), size = manifest.size(), "added");
     Ok(Json(AddReply {
         content_id: id.to_string(),
@@ -307,12 +198,12 @@ async fn push(
                 .await
                 .map_err(|e| internal(e.into()))?
                 .map_err(bad_request)?;
-            let _ = api.node.contents_changed.send(m.content_id());
+            api.node.events.content_changed(m.content_id());
             m.content_id()
         }
     };
     // Dropping this future (the client went away) stops the push; storage keeps what it stored.
-    let report = crate::push::push(api.node.clone(), content, None)
+    let report = crate::push::push(api.node.pusher.clone(), content, None)
         .await
         .map_err(|e| bad_request(format!("{e:#}")))?;
     Ok(Json(report))

@@ -13,10 +13,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::bail;
-use serde::{Deserialize, Serialize};
 use shoal_core::{ContentId, Manifest, NodeId, PeerAddr, PieceIndex, Ticket};
 use shoal_net::RateLimiter;
-use shoal_store::StoreError;
+use shoal_store::{Download, StoreError};
 use shoal_swarm::PeerSet;
 use shoal_wire::tracker::PeerInfo;
 use shoal_wire::RejectReason;
@@ -32,7 +31,7 @@ mod pieces;
 mod requests;
 
 use links::Links;
-use pieces::{Ctx, Totals, LOOKUP_PEERS};
+use pieces::{Totals, LOOKUP_PEERS};
 
 /// How long a fetch waits for a tracker connection at start.
 const TRACKER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -54,76 +53,62 @@ pub struct FetchRequest {
     pub tracker: Option<String>,
 }
 
-/// Progress of a fetch, published several times a second.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Progress {
-    /// The file name.
-    pub name: String,
-    /// The file size.
-    pub size: u64,
-    /// Pieces verified.
-    pub pieces_done: u32,
-    /// Pieces in the content.
-    pub pieces_total: u32,
-    /// Bytes verified.
-    pub bytes_done: u64,
-    /// Bytes received from the network in this run.
-    pub downloaded_bytes: u64,
-    /// Peers currently used.
-    pub peers: usize,
-    /// Receive rate, bytes per second, smoothed.
-    pub rate: f64,
-    /// Something the user should know (a tracker that does not answer, say).
-    #[serde(default)]
-    pub warning: Option<String>,
-}
-
-/// Per-peer figures of a fetch.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PeerReport {
-    /// The peer's node id.
-    pub node_id: String,
-    /// The address used.
-    pub addr: String,
-    /// Verified pieces received from it.
-    pub pieces: u32,
-    /// Piece bytes received from it (good or bad).
-    pub bytes: u64,
-    /// True if it was banned for bad data (or for refusing pieces it claimed to hold).
-    pub banned: bool,
-    /// Why the fetch stopped using it, if it did before the end (stalled, sent no bitfield,
-    /// replaced by a faster peer, ...).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dropped: Option<String>,
-}
-
-/// The outcome of a fetch, as `shoal get --json` prints it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FetchReport {
-    /// The content id.
-    pub content_id: String,
-    /// The file size.
-    pub size: u64,
-    /// Bytes received from the network in this run.
-    pub downloaded_bytes: u64,
-    /// Wall time of the fetch.
-    pub seconds: f64,
-    /// Pieces that failed verification.
-    pub bad_pieces: u64,
-    /// Every peer used.
-    pub peers: Vec<PeerReport>,
-    /// Pieces already verified when this run started (a resume).
-    pub resumed_pieces: u32,
-    /// Where the file is.
-    pub path: String,
-}
+pub use shoal_control::fetch::{FetchReport, PeerReport, Progress};
 
 enum Outcome {
     Verified,
     Bad,
+    /// The peer refused, with its reason and its (untrusted) text.
     Rejected(RejectReason, String),
-    Failed(String),
+    Failed(RequestError),
     Fatal(StoreError),
+}
+
+/// Why a piece request to one peer failed: the peer is noted, the piece asked of others.
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    /// No stream could be opened (the connection is gone).
+    #[error("cannot open a stream: {0}")]
+    Open(#[from] quinn::ConnectionError),
+    /// The request could not be sent.
+    #[error(transparent)]
+    Send(#[from] crate::io::WriteError),
+    /// The request stream was closed before it was finished.
+    #[error("cannot finish the request: {0}")]
+    Finish(#[from] quinn::ClosedStream),
+    /// The answer's frame could not be read.
+    #[error(transparent)]
+    Answer(#[from] crate::io::ReadError),
+    /// The stream ended without an answer.
+    #[error("no answer")]
+    NoAnswer,
+    /// An answer that is no answer to a piece request.
+    #[error("unexpected answer {0:?}")]
+    Unexpected(Box<shoal_wire::Response>),
+    /// The announced length is not the piece's.
+    #[error("piece {piece} announced as {announced} bytes, expected {expected}")]
+    WrongLength { piece: PieceIndex, announced: u64, expected: u64 },
+    /// More bytes came than announced.
+    #[error("piece longer than announced")]
+    TooLong,
+    /// The stream ended before the piece did.
+    #[error("stream ended inside a piece")]
+    Truncated,
+    /// The piece's bytes could not be read.
+    #[error("reading the piece: {0}")]
+    Body(#[from] quinn::ReadError),
+    /// The task writing the piece failed.
+    #[error("writing the piece: {0}")]
+    Write(#[from] tokio::task::JoinError),
+}
+
+/// What every request task of one fetch shares.
+struct Ctx {
+    node: Arc<Node>,
+    content: ContentId,
+    manifest: Arc<Manifest>,
+    dl: Arc<Download>,
+    limit: RateLimiter,
 }
 
 struct Done {
@@ -146,7 +131,7 @@ pub async fn fetch(
     let limit = RateLimiter::new(req.limit);
     let mut candidates: Vec<PeerAddr> =
         req.ticket.peers.iter().chain(&req.extra_peers).copied().collect();
-    let tracker = node.tracker_for_fetch(&req.ticket, req.tracker.as_deref());
+    let tracker = node.trackers.for_fetch(&req.ticket, req.tracker.as_deref());
     let mut warning = None;
     let mut hints = Vec::new();
     let mut tracker_conn = None;
@@ -174,7 +159,7 @@ pub async fn fetch(
         }
     }
     let set = PeerSet::new(shoal_swarm::Config::default(), fastrand::u64(..));
-    let mut links = Links::new(node.clone(), set);
+    let mut links = Links::new(node.net.clone(), set);
     if links.offer(Instant::now(), candidates) == 0 {
         if tracker.is_some() {
             bail!(
@@ -229,7 +214,7 @@ async fn run(
     let started = Instant::now();
     let content = req.ticket.content;
     let mut totals = Totals::default();
-    let manifest = match node.store.manifest(content)? {
+    let manifest = match node.contents.store.manifest(content)? {
         Some(m) => m,
         None => {
             let (m, n) = manifest::find(links, content, tracker_conn.as_ref()).await?;
@@ -238,7 +223,7 @@ async fn run(
             Arc::new(m)
         }
     };
-    let store = node.store.clone();
+    let store = node.contents.store.clone();
     let (m2, out) = (manifest.clone(), req.output.clone());
     let dl = Arc::new(tokio::task::spawn_blocking(move || store.begin_download(m2, &out)).await??);
     let resumed = dl.resumed_pieces();
@@ -246,7 +231,7 @@ async fn run(
         info!(content = %content.fmt_short(), resumed, total = manifest.piece_count(), "resuming");
     }
     // Tell the tracker at once that we hold (part of) this content, so others find us.
-    let _ = node.contents_changed.send(content);
+    node.events.content_changed(content);
     let pipeline = (PIPELINE_BYTES / manifest.piece_size()).clamp(2, 32) as usize;
     links.set.start(Instant::now(), dl.have(), pipeline);
     links.set.set_hints(&hints);
@@ -264,6 +249,8 @@ async fn run(
     // Aborted request tasks may still have a write running on a blocking thread; `finish`
     // makes any such late write a no-op.
     let path = tokio::task::spawn_blocking(move || dl.finish()).await??;
+    // Complete now: status reads its row again.
+    node.stats.content_changed();
     Ok((manifest, path, totals, resumed))
 }
 

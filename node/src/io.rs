@@ -3,63 +3,33 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
 use bytes::Bytes;
-use quinn::{RecvStream, SendStream, VarInt};
-use shoal_wire::{encode, Decoder, Frame};
+use quinn::{SendStream, VarInt};
+use shoal_wire::{encode, Frame};
 
 /// Stream error code sent when a peer stops making progress and its stream is reset.
 pub(crate) const RESET_STALLED: u32 = 1;
 
-/// A peer let a deadline pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("peer sent or read nothing for {}s: {what}", .after.as_secs())]
-pub(crate) struct Stalled {
-    /// What was waited for.
-    pub(crate) what: &'static str,
-    /// How long.
-    pub(crate) after: Duration,
-}
+// The read loop is shared with the tracker and the testnet's probes.
+pub(crate) use shoal_net::framed::{read_frame, read_frame_within, ReadError, Stalled};
 
-/// Reads the next frame; `Ok(None)` at a clean end of stream. Cancel-safe only between
-/// frames: on cancellation mid-frame the decoder keeps the partial bytes.
-pub(crate) async fn read_frame<F: Frame>(
-    recv: &mut RecvStream,
-    dec: &mut Decoder,
-) -> anyhow::Result<Option<F>> {
-    loop {
-        if let Some(f) = dec.decode::<F>()? {
-            return Ok(Some(f));
-        }
-        match recv.read_chunk(64 * 1024, true).await? {
-            Some(chunk) => dec.feed(&chunk.bytes),
-            None => {
-                if dec.take_rest().is_empty() {
-                    return Ok(None);
-                }
-                bail!("stream ended inside a frame");
-            }
-        }
-    }
-}
-
-/// [`read_frame`] that fails with [`Stalled`] unless the whole frame arrives within `deadline`.
-pub(crate) async fn read_frame_within<F: Frame>(
-    recv: &mut RecvStream,
-    dec: &mut Decoder,
-    deadline: Duration,
-    what: &'static str,
-) -> anyhow::Result<Option<F>> {
-    match tokio::time::timeout(deadline, read_frame(recv, dec)).await {
-        Ok(r) => r,
-        Err(_) => Err(Stalled { what, after: deadline }.into()),
-    }
+/// Why a write to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WriteError {
+    /// The stream or its connection failed (the peer stopped reading it, or went away).
+    #[error("writing to peer: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// The peer took nothing for too long; the stream was reset.
+    #[error(transparent)]
+    Stalled(#[from] Stalled),
 }
 
 /// Writes one frame.
-pub(crate) async fn write_frame<F: Frame>(send: &mut SendStream, frame: &F) -> anyhow::Result<()> {
-    send.write_all(&encode(frame)).await.context("writing frame")?;
-    Ok(())
+pub(crate) async fn write_frame<F: Frame>(
+    send: &mut SendStream,
+    frame: &F,
+) -> Result<(), WriteError> {
+    Ok(send.write_all(&encode(frame)).await?)
 }
 
 /// Hands `chunk` to quinn, which must accept it within `deadline` (it accepts once the peer's
@@ -70,9 +40,9 @@ pub(crate) async fn write_within(
     send: &mut SendStream,
     chunk: Bytes,
     deadline: Duration,
-) -> anyhow::Result<()> {
+) -> Result<(), WriteError> {
     match tokio::time::timeout(deadline, send.write_chunk(chunk)).await {
-        Ok(r) => r.context("writing to peer"),
+        Ok(r) => Ok(r?),
         Err(_) => {
             let _ = send.reset(VarInt::from_u32(RESET_STALLED));
             Err(Stalled { what: "reading what we sent", after: deadline }.into())
@@ -85,7 +55,7 @@ pub(crate) async fn write_frame_within<F: Frame>(
     send: &mut SendStream,
     frame: &F,
     deadline: Duration,
-) -> anyhow::Result<()> {
+) -> Result<(), WriteError> {
     write_within(send, Bytes::from(encode(frame)), deadline).await
 }
 

@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
+use shoal_control::{human_bytes, Client, FetchReport, GetBody, LsEntry, Progress, Rate};
 use shoal_core::{PeerAddr, Ticket};
-use shoal_node::client::Client;
-use shoal_node::config::{human_bytes, Grants, NodeConfig, Rate};
-use shoal_node::control::{self, GetBody, LsEntry};
-use shoal_node::fetch::{FetchReport, FetchRequest, Progress};
-use shoal_node::node::{self, Node};
+use shoal_node::config::{Grants, NodeConfig};
+use shoal_node::fetch::FetchRequest;
+use shoal_node::node::Node;
 
 /// Peer-assisted file swarm: share a file, fetch it from many peers at once over QUIC, every
 /// piece verified by its BLAKE3 hash.
@@ -257,7 +256,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "corrupting uploads on purpose (--danger-corrupt-uploads)"
                 );
             }
-            runtime()?.block_on(node::run(config, shutdown_signal()))
+            runtime()?.block_on(shoal_node::daemon::run(config, shutdown_signal()))
         }
         Command::Add { path, qr } => add(&data_dir, &path, qr),
         Command::Get { ticket, output, peers, download_limit, tracker, json } => {
@@ -466,7 +465,7 @@ fn get(
                 limit: limit.map(|r| r.0),
                 tracker,
             };
-            client.get(&body, |p| view.update(p))
+            client.get(&body, |p| view.update(p)).map_err(anyhow::Error::from)
         }
         None => get_standalone(data_dir, parsed, output, peers, limit, tracker, &mut view),
     };
@@ -492,7 +491,7 @@ fn get_standalone(
     runtime()?.block_on(async {
         let node = Node::open(&NodeConfig::new(data_dir.to_path_buf()))?;
         // Serve what we verify while we fetch.
-        node.spawn_serving();
+        shoal_node::daemon::start(&node);
         let (ptx, mut prx) = tokio::sync::watch::channel(Progress::default());
         let req = FetchRequest { ticket, extra_peers, output, limit: limit.map(|r| r.0), tracker };
         let fut = shoal_node::fetch::fetch(node.clone(), req, ptx);
@@ -563,7 +562,7 @@ fn push(data_dir: &Path, target: &str, json: bool) -> anyhow::Result<()> {
 fn ls(data_dir: &Path, json: bool) -> anyhow::Result<()> {
     let entries: Vec<LsEntry> = match Client::find(data_dir)? {
         Some(c) => c.ls()?,
-        None => control::list(&shoal_store::Store::open(data_dir)?)?,
+        None => shoal_node::contents::list(&shoal_store::Store::open(data_dir)?)?,
     };
     if json {
         println!("{}", serde_json::to_string(&entries)?);

@@ -8,44 +8,50 @@
 //! errors are retried with backoff; any other refusal (no grant, over quota) ends the push
 //! with storage's reason. An interrupted push resumes: storage keeps what it stored.
 
+use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use quinn::Connection;
-use serde::{Deserialize, Serialize};
 use shoal_core::{Bitfield, ContentId, DeviceCert, PeerAddr, PieceIndex};
+use shoal_net::RateLimiter;
 use shoal_wire::tracker::{Directive, TrackerRequest, TrackerResponse};
 use shoal_wire::{Decoder, RejectReason, Request, Response};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use crate::contents::Contents;
 use crate::io::{read_frame, write_frame};
-use crate::node::Node;
+use crate::net::Net;
+use crate::stats::Stats;
+use crate::tracker::Trackers;
+
+/// What pushing uses of the node: its identity and endpoint, its store, its upload limit, the
+/// tracker client (to find storage, and to note what storage holds) and its counters. Owns the
+/// set of re-seeds under way. Cloning gives another handle on the same parts.
+#[derive(Debug, Clone)]
+pub struct Pusher {
+    pub(crate) net: Arc<Net>,
+    pub(crate) contents: Arc<Contents>,
+    pub(crate) trackers: Arc<Trackers>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) upload: RateLimiter,
+    pub(crate) data_dir: PathBuf,
+    /// Contents with a re-seed push under way. Held only for set access.
+    pub(crate) reseeding: Arc<Mutex<HashSet<ContentId>>>,
+}
 
 /// Pieces pushed at once.
 const PUSH_STREAMS: usize = 4;
 /// Attempts per piece when storage cannot write.
 const ATTEMPTS: u32 = 5;
 
-/// The outcome of `shoal push`, as `--json` prints it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PushReport {
-    /// The content id.
-    pub content_id: String,
-    /// The file size.
-    pub size: u64,
-    /// Piece bytes sent in this run.
-    pub pushed_bytes: u64,
-    /// Storage held every piece already: nothing was sent.
-    pub already_stored: bool,
-    /// Storage now holds every piece.
-    pub stored: bool,
-    /// Wall time.
-    pub seconds: f64,
-}
+pub use shoal_control::PushReport;
 
 /// One request on its own stream, with `raw` bytes after the frame; the response frame.
 ///
@@ -67,7 +73,7 @@ async fn call(conn: &Connection, req: &Request, raw: Option<&Bytes>) -> anyhow::
         }
         Err(e) => {
             wrote.context("sending to storage")?;
-            Err(e)
+            Err(e.into())
         }
     }
 }
@@ -82,9 +88,9 @@ struct Credentials {
 
 /// The device certificate of the data dir's user key, if there is one (read on each push, so
 /// `shoal user new` takes effect without a restart).
-fn device_cert(node: &Node) -> anyhow::Result<Option<DeviceCert>> {
-    let user = shoal_net::Identity::load_user(node.data_dir()).context("reading the user key")?;
-    Ok(user.map(|u| u.device_cert(node.node_id())))
+fn device_cert(node: &Pusher) -> anyhow::Result<Option<DeviceCert>> {
+    let user = shoal_net::Identity::load_user(&node.data_dir).context("reading the user key")?;
+    Ok(user.map(|u| u.device_cert(node.net.node_id())))
 }
 
 /// Sends one push request with its body, retrying with backoff while storage is busy or cannot
@@ -136,11 +142,11 @@ async fn push_manifest(
 }
 
 /// The storage node the tracker names.
-async fn find_storage(node: &Arc<Node>) -> anyhow::Result<PeerAddr> {
-    let addr = node.default_tracker.clone().ok_or_else(|| {
+async fn find_storage(node: &Pusher) -> anyhow::Result<PeerAddr> {
+    let addr = node.trackers.default_addr().map(str::to_string).ok_or_else(|| {
         anyhow!("push needs a tracker to find storage: start the daemon with --tracker HOST:PORT")
     })?;
-    let t = node.tracker(&addr);
+    let t = node.trackers.for_addr(&addr);
     let conn = t
         .connection(Duration::from_secs(5))
         .await
@@ -167,13 +173,13 @@ async fn holding(conn: &Connection, content: ContentId) -> anyhow::Result<Option
 /// Pushes one piece, retrying with backoff while storage cannot write. Returns whether the
 /// content is complete in storage after it.
 async fn push_one(
-    node: &Node,
+    node: &Pusher,
     conn: &Connection,
     content: ContentId,
     piece: PieceIndex,
     creds: Credentials,
 ) -> anyhow::Result<(u64, bool)> {
-    let store = node.store.clone();
+    let store = node.contents.store.clone();
     let data = Bytes::from(
         tokio::task::spawn_blocking(move || store.read_piece(content, piece))
             .await?
@@ -197,7 +203,7 @@ async fn push_one(
 /// Pushes `pieces` of `content` over `conn`; returns the bytes sent and whether storage then
 /// holds the whole content. Cancel-safe: what storage stored stays stored.
 async fn push_pieces(
-    node: &Arc<Node>,
+    node: &Pusher,
     conn: &Connection,
     content: ContentId,
     pieces: Vec<PieceIndex>,
@@ -222,21 +228,21 @@ async fn push_pieces(
 
 /// Pushes a content this node holds into storage (found through the tracker unless given).
 pub async fn push(
-    node: Arc<Node>,
+    node: Pusher,
     content: ContentId,
     storage: Option<PeerAddr>,
 ) -> anyhow::Result<PushReport> {
     let started = Instant::now();
-    let manifest = node.store.manifest(content)?.ok_or_else(|| {
+    let manifest = node.contents.store.manifest(content)?.ok_or_else(|| {
         anyhow!("content {content} is not in this node's store: add the file first")
     })?;
-    let have = node.store.bitfield(content)?.unwrap_or_default();
+    let have = node.contents.store.bitfield(content)?.unwrap_or_default();
     let target = match storage {
         Some(s) => s,
         None => find_storage(&node).await?,
     };
     let cert = device_cert(&node)?;
-    let (conn, _) = node.endpoint.connect(&target, shoal_wire::ALPN).await?;
+    let (conn, _) = node.net.endpoint.connect(&target, shoal_wire::ALPN).await?;
     let already =
         push_manifest(&conn, content, Bytes::from(manifest.encode()), cert.clone()).await?;
     let stored =
@@ -250,7 +256,7 @@ pub async fn push(
     };
     let stored = complete || holding(&conn, content).await?.is_some_and(|b| b.is_complete());
     if stored {
-        node.stored.lock().unwrap_or_else(|p| p.into_inner()).insert(content);
+        node.trackers.known().stored.lock().unwrap_or_else(|p| p.into_inner()).insert(content);
     }
     conn.close(0u32.into(), b"done");
     info!(content = %content.fmt_short(), pushed, stored, "push finished");
@@ -264,8 +270,18 @@ pub async fn push(
     })
 }
 
+/// Carries out the own tracker's re-seed directives as they come, in the background, until
+/// the process ends.
+pub(crate) fn spawn_directives(node: Pusher, mut directives: mpsc::Receiver<Directive>) {
+    tokio::spawn(async move {
+        while let Some(d) = directives.recv().await {
+            run_directive(node.clone(), d);
+        }
+    });
+}
+
 /// Carries out a re-seed directive in the background (one per content at a time).
-pub(crate) fn run_directive(node: Arc<Node>, d: Directive) {
+fn run_directive(node: Pusher, d: Directive) {
     let content = d.content;
     if !node.reseeding.lock().unwrap_or_else(|p| p.into_inner()).insert(content) {
         return;
@@ -274,7 +290,7 @@ pub(crate) fn run_directive(node: Arc<Node>, d: Directive) {
         let result = async {
             let token = shoal_wire::tracker::ReseedToken::decode(&d.token)
                 .map_err(|e| anyhow!("bad token: {e}"))?;
-            let have = node.store.bitfield(content)?.unwrap_or_default();
+            let have = node.contents.store.bitfield(content)?.unwrap_or_default();
             let pieces: Vec<PieceIndex> =
                 token.pieces.iter().copied().filter(|&p| have.get(p)).collect();
             let addr = *d
@@ -283,7 +299,7 @@ pub(crate) fn run_directive(node: Arc<Node>, d: Directive) {
                 .first()
                 .ok_or_else(|| anyhow!("directive names no storage address"))?;
             let target = PeerAddr { node_id: Some(d.storage.node_id), addr };
-            let (conn, _) = node.endpoint.connect(&target, shoal_wire::ALPN).await?;
+            let (conn, _) = node.net.endpoint.connect(&target, shoal_wire::ALPN).await?;
             let creds = Credentials { cert: None, token: Some(d.token.clone()) };
             let r = push_pieces(&node, &conn, content, pieces, creds).await;
             conn.close(0u32.into(), b"done");

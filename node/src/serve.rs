@@ -19,12 +19,13 @@ use anyhow::Context;
 use bytes::Bytes;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use shoal_core::{ContentId, NodeId, PieceIndex};
+use shoal_net::framed::ReadError;
 use shoal_wire::{Decoder, Opening, RejectReason, Request, Response, Session};
 use tracing::{debug, warn, Instrument};
 
+use crate::contents::ServeError;
 use crate::io::{finish_within, read_frame_within, write_frame_within, write_within};
 use crate::node::Node;
-use crate::storage::ServeError;
 use crate::upload::PieceKey;
 
 mod control;
@@ -59,7 +60,7 @@ pub(crate) const CLOSE_BANNED: u32 = 2;
 
 /// Accepts peers until the endpoint closes. Cancel-safe.
 pub(crate) async fn accept_loop(node: Arc<Node>) {
-    let endpoint = node.endpoint.clone();
+    let endpoint = node.net.endpoint.clone();
     endpoint
         .serve(MAX_CONNECTIONS, move |conn, peer| serve_connection(node.clone(), conn, peer))
         .await;
@@ -114,12 +115,12 @@ async fn handle_stream(
     let opening = match opened.await {
         Ok(Some(o)) => o,
         Ok(None) => return Ok(()),
-        Err(e) if e.downcast_ref::<shoal_wire::DecodeError>().is_some() => {
+        Err(e @ ReadError::Decode(_)) => {
             conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"malformed frame");
-            return Err(e);
+            return Err(e.into());
         }
         // Silent past the deadline: dropping the streams ends them, answering nothing.
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     match opening {
         Opening::Request(req) => {
@@ -171,7 +172,7 @@ async fn serve_request(
         Request::Holding { content } => {
             let _ = recv.stop(VarInt::from_u32(0));
             // Cheap for complete contents (no scan); a partial one's is read from the index.
-            match node.holding(content) {
+            match node.contents.holding(content) {
                 Ok(bitfield) => respond(send, &Response::Holding { bitfield }).await,
                 Err(e) => {
                     warn!(content = %content.fmt_short(), error = %format!("{e:#}"), "cannot read bitfield");
@@ -181,7 +182,8 @@ async fn serve_request(
         }
         // Authorised, bounded and read on the storage side; refused there before any body byte.
         req @ (Request::PushManifest { .. } | Request::PushPiece { .. }) => {
-            respond(send, &crate::storage::serve_push(node, peer, recv, dec, req).await).await
+            respond(send, &crate::storage::serve_push(&node.storage, peer, recv, dec, req).await)
+                .await
         }
         _ => reject(send, RejectReason::BadRequest, "unknown request").await,
     }
@@ -193,14 +195,14 @@ async fn serve_manifest(
     mut send: SendStream,
     content: ContentId,
 ) -> anyhow::Result<()> {
-    let Some(shape) = node.shape(content)? else {
+    let Some(shape) = node.contents.shape(content)? else {
         return reject(send, RejectReason::NotFound, "content not held here").await;
     };
     let Ok(_slot) = node.uploads.acquire(peer, None, shape.manifest_bound(), SLOT_WAIT).await
     else {
         return reject(send, RejectReason::Busy, "upload slots busy; try later").await;
     };
-    let Some(bytes) = node.manifest_bytes(content)? else {
+    let Some(bytes) = node.contents.manifest_bytes(content)? else {
         return reject(send, RejectReason::NotFound, "content not held here").await;
     };
     let header = Response::Manifest { len: bytes.len() as u32 };
@@ -217,7 +219,7 @@ async fn serve_piece(
     piece: PieceIndex,
 ) -> anyhow::Result<()> {
     // Checked against the manifest before a slot or any bookkeeping is spent on it.
-    let Some(shape) = node.shape(content)? else {
+    let Some(shape) = node.contents.shape(content)? else {
         return reject(send, RejectReason::NotFound, "content not held here").await;
     };
     let Some(len) = shape.piece_len(piece) else {
@@ -228,7 +230,7 @@ async fn serve_piece(
     let Ok(_slot) = node.uploads.acquire(peer, Some(key), len, SLOT_WAIT).await else {
         return reject(send, RejectReason::Busy, "upload slots busy; try later").await;
     };
-    let data = match node.piece(content, piece).await {
+    let data = match node.contents.piece(content, piece).await {
         Ok(d) => d,
         Err(ServeError::SourceChanged) => {
             let text = "file changed on disk; no longer served";
@@ -260,7 +262,7 @@ async fn serve_piece(
         node.upload.acquire(n).await;
         write_within(&mut send, chunk, WRITE_STALL).await.context("sending piece")?;
         node.stats.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
-        node.count_upload(content, n);
+        node.stats.count_upload(content, n);
     }
     node.stats.pieces_uploaded.fetch_add(1, Ordering::Relaxed);
     finish_within(&mut send, DRAIN_DEADLINE).await

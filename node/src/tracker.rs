@@ -23,12 +23,18 @@ use anyhow::{anyhow, bail, Context};
 use quinn::Connection;
 use shoal_core::ticket::TrackerAddr;
 use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
+use shoal_wire::tracker::Directive;
 use shoal_wire::tracker::{TrackerRequest, TrackerResponse, MAX_TRACKER_FRAME_LEN};
 use shoal_wire::{encode, Decoder};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
-use crate::node::Node;
+use crate::contents::Contents;
+use crate::events::Events;
+use crate::io::read_frame;
+use crate::net::Net;
+use crate::stats::Stats;
+use crate::upload::Uploads;
 
 mod session;
 use session::Session;
@@ -62,6 +68,145 @@ impl Scope {
     }
 }
 
+/// Re-seed directives waiting for the node to carry them out; more are dropped (the tracker
+/// repeats what is still missing at the next heartbeat).
+const DIRECTIVES_BACKLOG: usize = 64;
+
+/// What the node learned from its own tracker. Each set is held only for set access.
+#[derive(Debug, Default)]
+pub(crate) struct Known {
+    /// The pinned node id of this node's own `--tracker` (never a ticket's tracker): re-seed
+    /// tokens signed by it count.
+    pub(crate) tracker_ids: Mutex<std::collections::HashSet<NodeId>>,
+    /// Contents the tracker reported complete in storage.
+    pub(crate) stored: Mutex<std::collections::HashSet<ContentId>>,
+}
+
+/// The parts of the node a tracker session reads (what it holds, its load) and reports to
+/// (what the tracker told it).
+#[derive(Debug, Clone)]
+pub(crate) struct Parts {
+    pub(crate) net: Arc<Net>,
+    pub(crate) contents: Arc<Contents>,
+    pub(crate) events: Events,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) uploads: Arc<Uploads>,
+    pub(crate) known: Arc<Known>,
+    /// Re-seed directives of the own tracker, for whoever carries them out (`push`).
+    pub(crate) directives: mpsc::Sender<Directive>,
+}
+
+/// The tracker client: the node's own tracker (started on first use) and the sessions of
+/// tickets' trackers.
+#[derive(Debug)]
+pub struct Trackers {
+    parts: Parts,
+    /// The tracker named at start (`--tracker`), parsed: its address and the node id it must
+    /// prove, if given.
+    own: Option<TrackerAddr>,
+    /// The client of the own tracker, started on first use. Held only to read or set.
+    own_handle: Mutex<Option<TrackerHandle>>,
+}
+
+impl Trackers {
+    /// A client for `own` (the `--tracker`, if any); directives of the own tracker go to the
+    /// returned receiver.
+    pub(crate) fn new(
+        parts_without_directives: impl FnOnce(mpsc::Sender<Directive>) -> Parts,
+        own: Option<TrackerAddr>,
+    ) -> (Self, mpsc::Receiver<Directive>) {
+        let (tx, rx) = mpsc::channel(DIRECTIVES_BACKLOG);
+        let parts = parts_without_directives(tx);
+        (Self { parts, own, own_handle: Mutex::new(None) }, rx)
+    }
+
+    /// What the node learned from its own tracker.
+    pub(crate) fn known(&self) -> &Known {
+        &self.parts.known
+    }
+
+    /// The tracker named at start (`--tracker`, as given), if any; tickets carry it.
+    pub fn default_addr(&self) -> Option<&str> {
+        self.own.as_ref().map(|t| t.addr.as_str())
+    }
+
+    /// The client of this node's own `--tracker` (full session), started on first use.
+    pub fn own(&self) -> Option<TrackerHandle> {
+        let target = self.own.clone()?;
+        let mut own = self.own_handle.lock().unwrap_or_else(|p| p.into_inner());
+        let h = own.get_or_insert_with(|| spawn(self.parts.clone(), target, Scope::Own));
+        Some(h.clone())
+    }
+
+    /// True if `target` is this node's own tracker: the same address, and no other id.
+    fn is_own(&self, target: &TrackerAddr) -> bool {
+        let Some(own) = &self.own else { return false };
+        let pinned = self
+            .own_handle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|h| h.node_id())
+            .or(own.node_id);
+        own.addr == target.addr && (target.node_id.is_none() || target.node_id == pinned)
+    }
+
+    /// The client of the tracker at `addr` (`HOST:PORT` or `NODE_ID@HOST:PORT`): the own
+    /// tracker's full session if it names it, otherwise a new session scoped to lookups.
+    pub fn for_addr(&self, addr: &str) -> TrackerHandle {
+        let target = addr
+            .parse::<TrackerAddr>()
+            .unwrap_or_else(|_| TrackerAddr { node_id: None, addr: addr.to_string() });
+        self.session(target, Scope::Content(None))
+    }
+
+    fn session(&self, target: TrackerAddr, scope: Scope) -> TrackerHandle {
+        if self.is_own(&target) {
+            if let Some(h) = self.own() {
+                return h;
+            }
+        }
+        spawn(self.parts.clone(), target, scope)
+    }
+
+    /// The tracker a fetch of `ticket` should use: `override_addr` (`get --tracker`) or the
+    /// ticket's, pinned to the ticket's tracker id. The own tracker's full session if it is
+    /// the same tracker; otherwise a session scoped to this one content that ends when the
+    /// returned handle's last clone is dropped. `None` without any tracker.
+    pub fn for_fetch(
+        &self,
+        ticket: &shoal_core::Ticket,
+        override_addr: Option<&str>,
+    ) -> Option<TrackerHandle> {
+        let target = match override_addr {
+            // Both entry points (`shoal get --tracker` and the control API) refuse a malformed
+            // address with its reason first; the fallback only keeps this total.
+            Some(a) => a
+                .parse::<TrackerAddr>()
+                .unwrap_or_else(|_| TrackerAddr { node_id: None, addr: a.to_string() }),
+            None => TrackerAddr { node_id: ticket.tracker_id, addr: ticket.tracker.clone()? },
+        };
+        Some(self.session(target, Scope::Content(Some(ticket.content))))
+    }
+}
+
+/// Why no tracker connection is at hand.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// No session came up within the wait.
+    #[error("no answer within {}s{}", .waited.as_secs(), .last.as_ref().map(|l| format!(": {l}")).unwrap_or_default())]
+    Unanswered {
+        /// How long it was waited for.
+        waited: Duration,
+        /// How the last attempt ended (resolving, dialing, registering), if one ended yet.
+        last: Option<String>,
+    },
+    /// The session is over (the node is shutting down).
+    #[error("the tracker session has ended")]
+    Ended,
+}
+
 /// A handle on the client of one tracker session. For a [`Scope::Content`] session, dropping
 /// the last clone ends the session and closes its connection.
 #[derive(Debug, Clone)]
@@ -78,17 +223,17 @@ pub struct TrackerHandle {
 impl TrackerHandle {
     /// The current connection, waiting up to `wait` for one. On failure, the last error.
     /// Cancel-safe.
-    pub async fn connection(&self, wait: Duration) -> Result<Connection, String> {
+    pub async fn connection(&self, wait: Duration) -> Result<Connection, ConnectError> {
         let mut rx = self.conn.clone();
         let got = tokio::time::timeout(wait, rx.wait_for(|c| c.is_some())).await;
         match got {
-            Ok(Ok(c)) => c.clone().ok_or_else(|| "no connection".to_string()),
-            _ => Err(self
-                .error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-                .unwrap_or_else(|| "no answer yet".into())),
+            // `wait_for` returned a connection: it is `Some`.
+            Ok(Ok(c)) => c.clone().ok_or(ConnectError::Ended),
+            Ok(Err(_)) => Err(ConnectError::Ended),
+            Err(_) => {
+                let last = self.error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                Err(ConnectError::Unanswered { waited: wait, last })
+            }
         }
     }
 
@@ -104,7 +249,7 @@ impl TrackerHandle {
 }
 
 /// Starts a client of the tracker at `target` for `node`.
-pub(crate) fn spawn(node: Arc<Node>, target: TrackerAddr, scope: Scope) -> TrackerHandle {
+fn spawn(node: Parts, target: TrackerAddr, scope: Scope) -> TrackerHandle {
     let (tx, rx) = watch::channel(None);
     let error = Arc::new(Mutex::new(None));
     let pinned = Arc::new(Mutex::new(target.node_id));
@@ -187,14 +332,8 @@ async fn exchange(
     }
     let _ = send.finish();
     let mut dec = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
-    let resp = loop {
-        if let Some(r) = dec.decode::<TrackerResponse>()? {
-            break r;
-        }
-        match recv.read_chunk(64 * 1024, true).await? {
-            Some(c) => dec.feed(&c.bytes),
-            None => bail!("tracker closed the stream without answering"),
-        }
+    let Some(resp) = read_frame::<TrackerResponse>(&mut recv, &mut dec).await? else {
+        bail!("tracker closed the stream without answering");
     };
     let mut extra = Vec::new();
     if let TrackerResponse::Manifest { len } = resp {
@@ -252,5 +391,44 @@ pub(crate) async fn manifest(
         (TrackerResponse::Manifest { .. }, bytes) => Ok(Some(bytes)),
         (TrackerResponse::Unknown, _) => Ok(None),
         (other, _) => bail!("unexpected tracker answer {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(error: Option<&str>) -> (TrackerHandle, watch::Sender<Option<Connection>>) {
+        let (tx, rx) = watch::channel(None);
+        let h = TrackerHandle {
+            addr: "127.0.0.1:1".into(),
+            conn: rx,
+            error: Arc::new(Mutex::new(error.map(str::to_string))),
+            pinned: Arc::new(Mutex::new(None)),
+        };
+        (h, tx)
+    }
+
+    #[tokio::test]
+    async fn no_connection_in_time_says_how_the_last_attempt_ended() {
+        let wait = Duration::from_millis(20);
+        let (h, _tx) = handle(Some("cannot reach tracker 127.0.0.1:1"));
+        let e = h.connection(wait).await.unwrap_err();
+        assert!(
+            matches!(&e, ConnectError::Unanswered { waited, last: Some(_) } if *waited == wait)
+        );
+        assert!(e.to_string().contains("cannot reach tracker"), "{e}");
+        // Before any attempt ended there is nothing more to say.
+        let (h, _tx) = handle(None);
+        let e = h.connection(wait).await.unwrap_err();
+        assert!(matches!(e, ConnectError::Unanswered { last: None, .. }), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn an_ended_session_is_told_apart_from_a_slow_one() {
+        let (h, tx) = handle(Some("connection lost"));
+        drop(tx);
+        let e = h.connection(Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(e, ConnectError::Ended), "{e:?}");
     }
 }

@@ -265,12 +265,12 @@ pub(crate) fn spawn_push(dir: &Path, ns: Option<&str>, file: &Path) -> anyhow::R
 
 /// A node's status from its control API: over HTTP, or through the CLI inside its namespace
 /// (the API listens on the namespace's own loopback).
-pub(crate) fn status(p: &Proc) -> Option<shoal_node::node::Status> {
+pub(crate) fn status(p: &Proc) -> Option<shoal_control::Status> {
     match &p.ns {
         Some(ns) => {
             serde_json::from_str(&shoal_in(&p.dir, &["status", "--json"], Some(ns)).ok()?).ok()
         }
-        None => shoal_node::client::Client::find(&p.dir).ok().flatten()?.status().ok(),
+        None => shoal_control::Client::find(&p.dir).ok().flatten()?.status().ok(),
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use shoal_node::config::{human_bytes, Rate};
+use shoal_control::{human_bytes, Rate};
 
 use crate::launch::Proc;
 use crate::report::{Finish, Report, Uploaded};
@@ -403,7 +403,7 @@ fn interrupt_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
 
 fn row(
     name: &str,
-    s: &shoal_node::node::Status,
+    s: &shoal_control::Status,
     last: &mut HashMap<String, (u64, u64, Instant)>,
 ) -> Row {
     let content = s.contents.first();

@@ -51,7 +51,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
-use shoal_node::config::{human_bytes, Rate};
+use shoal_control::{human_bytes, Rate};
 
 use crate::adversary;
 

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use shoal_core::NodeId;
 use shoal_index::{Index, Persist, SledState};
+use shoal_net::framed::{read_frame_within, ReadError};
 use shoal_wire::tracker::{
     Directive, ReseedToken, StorageNode, TrackerRequest, MAX_TRACKER_REQUEST_LEN,
 };
@@ -181,21 +182,6 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, node: NodeId) {
     }
 }
 
-async fn read_request(
-    recv: &mut RecvStream,
-    dec: &mut Decoder,
-) -> anyhow::Result<Option<TrackerRequest>> {
-    loop {
-        if let Some(f) = dec.decode::<TrackerRequest>()? {
-            return Ok(Some(f));
-        }
-        match recv.read_chunk(64 * 1024, true).await? {
-            Some(c) => dec.feed(&c.bytes),
-            None => return Ok(None),
-        }
-    }
-}
-
 /// Serves one request stream: the frame within [`REQUEST_DEADLINE`], then the answer.
 async fn handle(
     shared: &Shared,
@@ -205,18 +191,20 @@ async fn handle(
     mut recv: RecvStream,
 ) -> anyhow::Result<()> {
     let mut dec = Decoder::with_limit(MAX_TRACKER_REQUEST_LEN);
-    let read = tokio::time::timeout(REQUEST_DEADLINE, read_request(&mut recv, &mut dec)).await;
-    let req = match read {
-        Ok(Ok(Some(r))) => r,
-        Ok(Ok(None)) => return Ok(()),
-        Ok(Err(e)) => {
-            // Malformed or oversized: this connection only.
-            conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"malformed request");
-            return Err(e);
-        }
-        Err(_) => {
+    let read =
+        read_frame_within::<TrackerRequest>(&mut recv, &mut dec, REQUEST_DEADLINE, "request");
+    let req = match read.await {
+        Ok(Some(r)) => r,
+        // An end of stream, even inside a frame, is the node giving up: nothing to answer.
+        Ok(None) | Err(ReadError::Truncated) => return Ok(()),
+        Err(ReadError::Stalled(_)) => {
             let _ = recv.stop(VarInt::from_u32(0));
             anyhow::bail!("no whole request within {REQUEST_DEADLINE:?}");
+        }
+        Err(e) => {
+            // Malformed or oversized: this connection only.
+            conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"malformed request");
+            return Err(e.into());
         }
     };
     let (reply, raw) =

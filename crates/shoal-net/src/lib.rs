@@ -10,11 +10,13 @@
 //! - [`limits`]: flow-control windows and connection caps per role, and the memory ceiling
 //!   they give; [`admission`] applies the caps to incoming connections.
 //! - [`ratelimit`]: a token bucket shared by all connections.
+//! - [`framed`]: reading length-prefixed frames from a stream, with a deadline.
 
 #![warn(missing_docs)]
 
 pub mod admission;
 pub mod endpoint;
+pub mod framed;
 pub mod identity;
 pub mod limits;
 pub mod ratelimit;

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use super::PeerReport;
-use crate::node::Node;
+use crate::net::Net;
 use crate::serve::CLOSE_BANNED;
 
 /// Peers remembered for the report; beyond this, closed peers that delivered nothing are
@@ -66,7 +66,8 @@ type DialResult = (SocketAddr, Result<(Connection, NodeId), String>);
 
 /// The set's policy plus the connections it governs.
 pub(super) struct Links {
-    pub(super) node: Arc<Node>,
+    /// This node on the network: dials, and never dials itself.
+    pub(super) net: Arc<Net>,
     pub(super) set: PeerSet<NodeId, SocketAddr>,
     pub(super) links: BTreeMap<NodeId, Link>,
     pub(super) dials: JoinSet<DialResult>,
@@ -74,8 +75,8 @@ pub(super) struct Links {
 }
 
 impl Links {
-    pub(super) fn new(node: Arc<Node>, set: PeerSet<NodeId, SocketAddr>) -> Self {
-        Self { node, set, links: BTreeMap::new(), dials: JoinSet::new(), dial_errors: Vec::new() }
+    pub(super) fn new(net: Arc<Net>, set: PeerSet<NodeId, SocketAddr>) -> Self {
+        Self { net, set, links: BTreeMap::new(), dials: JoinSet::new(), dial_errors: Vec::new() }
     }
 
     /// Offers candidates to the set, never this node itself (the one place it is filtered
@@ -87,7 +88,7 @@ impl Links {
     ) -> usize {
         let mut offered = 0;
         for p in peers {
-            if p.node_id != Some(self.node.node_id()) {
+            if p.node_id != Some(self.net.node_id()) {
                 self.set.add_candidate(now, p.addr, p.node_id);
                 offered += 1;
             }
@@ -97,10 +98,10 @@ impl Links {
 
     /// Starts a dial (bounded in time by the endpoint's connect timeout).
     pub(super) fn dial(&mut self, addr: SocketAddr, node_id: Option<NodeId>) {
-        let node = self.node.clone();
+        let net = self.net.clone();
         let target = PeerAddr { node_id, addr };
         self.dials.spawn(async move {
-            let r = node.endpoint.connect(&target, shoal_wire::ALPN).await;
+            let r = net.endpoint.connect(&target, shoal_wire::ALPN).await;
             (addr, r.map_err(|e| e.to_string()))
         });
     }
@@ -108,7 +109,7 @@ impl Links {
     /// A dial finished: the set admits the peer or the new connection is closed.
     pub(super) fn dialed(&mut self, now: Instant, (addr, result): DialResult) {
         let (conn, id) = match result {
-            Ok((conn, id)) if id == self.node.node_id() => {
+            Ok((conn, id)) if id == self.net.node_id() => {
                 conn.close(VarInt::from_u32(0), b"self");
                 self.set.handle_dialed(now, addr, None);
                 return;
@@ -244,5 +245,13 @@ pub(super) fn describe(r: DropReason) -> &'static str {
         DropReason::Protocol => "broke the protocol",
         DropReason::Gone => "gone",
         _ => "dropped",
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+pub(super) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }

@@ -12,7 +12,7 @@ use shoal_swarm::{Action, ManifestReply};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::warn;
 
-use super::links::Links;
+use super::links::{sleep_until, Links};
 use super::requests::request_manifest;
 use crate::tracker;
 
@@ -132,12 +132,4 @@ pub(super) async fn find(
         "no peer has content {content} ({}): check that the ticket is for a file they still share",
         reasons.join("; ")
     )
-}
-
-/// Sleeps until `deadline`, or forever without one.
-pub(super) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }

@@ -8,20 +8,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_core::manifest::escape_name;
-use shoal_core::{ContentId, Manifest, NodeId, PieceIndex};
-use shoal_net::RateLimiter;
-use shoal_store::Download;
+use shoal_core::{NodeId, PieceIndex};
 use shoal_swarm::{Action, DropReason, Picker, PieceOutcome};
 use shoal_wire::RejectReason;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, warn};
 
+use super::links::sleep_until;
 use super::links::Links;
-use super::manifest::sleep_until;
 use super::requests::{open_control, request_piece};
-use super::{holders, snapshot, Done, Outcome, Progress, RateMeter};
-use crate::node::Node;
+use super::{holders, snapshot, Ctx, Done, Outcome, Progress, RateMeter};
 use crate::serve::PeerEvent;
 use crate::tracker::{self, TrackerHandle};
 
@@ -35,15 +32,6 @@ const STALL_LIMIT: Duration = Duration::from_secs(60);
 const EVENT_QUEUE: usize = 1024;
 
 type LookupResult = (Vec<shoal_wire::tracker::PeerInfo>, Vec<PieceIndex>);
-
-/// What every request task of one fetch shares.
-pub(super) struct Ctx {
-    pub(super) node: Arc<Node>,
-    pub(super) content: ContentId,
-    pub(super) manifest: Arc<Manifest>,
-    pub(super) dl: Arc<Download>,
-    pub(super) limit: RateLimiter,
-}
 
 /// Figures of a fetch that the report shows.
 #[derive(Debug, Default)]
@@ -148,7 +136,7 @@ pub(super) async fn run(
                         if let Some(l) = links.links.get_mut(&done.peer) {
                             l.pieces += 1;
                         }
-                        let _ = node.haves.send((content, done.piece));
+                        node.events.piece_verified(content, done.piece);
                         PieceOutcome::Verified
                     }
                     Outcome::Bad => {
@@ -169,7 +157,7 @@ pub(super) async fn run(
                         PieceOutcome::Refused
                     }
                     Outcome::Failed(e) => {
-                        let e = escape_name(&e);
+                        let e = escape_name(&e.to_string());
                         debug!(peer = %done.peer, error = %e, "request failed");
                         links.note(done.peer, e);
                         PieceOutcome::Failed

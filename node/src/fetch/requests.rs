@@ -12,8 +12,7 @@ use shoal_wire::{Decoder, RejectReason, Request, Response, Session};
 use tokio::sync::mpsc;
 
 use super::links::{Counters, Waiting};
-use super::pieces::Ctx;
-use super::{Done, Outcome};
+use super::{Ctx, Done, Outcome, RequestError};
 use crate::io::{read_frame, write_frame};
 use crate::node::Node;
 use crate::serve::{drive_control, PeerEvent};
@@ -84,11 +83,11 @@ pub(super) async fn request_piece(
                 Ok(Ok(true)) => Outcome::Verified,
                 Ok(Ok(false)) => Outcome::Bad,
                 Ok(Err(e)) => Outcome::Fatal(e),
-                Err(e) => Outcome::Failed(e.to_string()),
+                Err(e) => Outcome::Failed(e.into()),
             }
         }
         Ok(Err((reason, text))) => Outcome::Rejected(reason, text),
-        Err(e) => Outcome::Failed(format!("{e:#}")),
+        Err(e) => Outcome::Failed(e),
     };
     Done { peer, piece, bytes, outcome }
 }
@@ -102,24 +101,25 @@ async fn receive_piece(
     len: u64,
     counters: &Counters,
     bytes: &mut u64,
-) -> anyhow::Result<Result<Vec<u8>, Rejection>> {
+) -> Result<Result<Vec<u8>, Rejection>, RequestError> {
     let (mut send, mut recv) = conn.open_bi().await?;
     write_frame(&mut send, &Request::Piece { content: ctx.content, piece }).await?;
     send.finish()?;
     let mut dec = Decoder::new();
-    let n = match read_frame::<Response>(&mut recv, &mut dec).await?.context("no answer")? {
-        Response::Piece { len: n } => u64::from(n),
-        Response::Reject { reason, text } => return Ok(Err((reason, text))),
-        other => bail!("unexpected answer {other:?}"),
-    };
+    let n =
+        match read_frame::<Response>(&mut recv, &mut dec).await?.ok_or(RequestError::NoAnswer)? {
+            Response::Piece { len: n } => u64::from(n),
+            Response::Reject { reason, text } => return Ok(Err((reason, text))),
+            other => return Err(RequestError::Unexpected(Box::new(other))),
+        };
     if n != len {
-        bail!("piece {piece} announced as {n} bytes, expected {len}");
+        return Err(RequestError::WrongLength { piece, announced: n, expected: len });
     }
     // One contiguous buffer per piece: see `Download::write_piece` for why.
     let mut buf = Vec::with_capacity(len as usize);
     let rest = dec.take_rest();
     if rest.len() as u64 > len {
-        bail!("piece longer than announced");
+        return Err(RequestError::TooLong);
     }
     buf.extend_from_slice(&rest);
     *bytes += buf.len() as u64;
@@ -132,7 +132,7 @@ async fn receive_piece(
             ctx.node.download.acquire(want as u64).await;
             ctx.limit.acquire(want as u64).await;
         }
-        let chunk = recv.read_chunk(want, true).await?.context("stream ended inside a piece")?;
+        let chunk = recv.read_chunk(want, true).await?.ok_or(RequestError::Truncated)?;
         buf.extend_from_slice(&chunk.bytes);
         *bytes += chunk.bytes.len() as u64;
         counters.received.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::{CLOSE_PROTOCOL, HELLO_DEADLINE, WRITE_STALL};
-use crate::io::{read_frame, write_frame_within, Stalled};
+use crate::io::{read_frame, write_frame_within, ReadError, Stalled, WriteError};
 use crate::node::Node;
 
 /// What a control stream reports to a downloader.
@@ -20,6 +20,39 @@ pub(crate) enum PeerEvent {
     Have(NodeId, PieceIndex),
     Rejected(NodeId, RejectReason, String),
     Closed(NodeId, String),
+}
+
+/// Why a control stream ended.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum StreamError {
+    /// The peer broke the protocol (a message out of order or over a cap).
+    #[error(transparent)]
+    Protocol(#[from] shoal_wire::ProtocolError),
+    /// The peer let a deadline pass (its hello, or taking what we sent).
+    #[error(transparent)]
+    Stalled(#[from] Stalled),
+    /// A frame could not be read (malformed, oversized, or the stream failed).
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// What we sent could not be written.
+    #[error(transparent)]
+    Write(WriteError),
+    /// The peer ended the stream.
+    #[error("control stream closed")]
+    Closed,
+    /// This node is shutting down.
+    #[error("node shutting down")]
+    ShuttingDown,
+}
+
+impl From<WriteError> for StreamError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Stalled(s) => Self::Stalled(s),
+            e => Self::Write(e),
+        }
+    }
 }
 
 /// Pumps one control stream: sends what the session queues, feeds it what arrives, answers the
@@ -43,7 +76,7 @@ pub(crate) async fn drive_control(
     mut dec: Decoder,
     events: Option<mpsc::Sender<PeerEvent>>,
 ) {
-    let mut haves = node.haves.subscribe();
+    let mut haves = node.events.haves.subscribe();
     // Contents this session is about (either side subscribed), for per-content peer counts.
     let mut about: HashSet<ContentId> = HashSet::new();
     let hello_by = tokio::time::Instant::now() + HELLO_DEADLINE;
@@ -57,13 +90,13 @@ pub(crate) async fn drive_control(
                     Event::Subscribed(content) => {
                         let held = answer_subscription(&node, &mut session, content);
                         if held && about.insert(content) {
-                            node.peer_session(content, peer, true);
+                            node.stats.peer_session(content, peer, true);
                         }
                     }
                     Event::Bitfield(c, b) => {
                         // Only for our own subscriptions: a content this node is fetching.
                         if about.insert(c) {
-                            node.peer_session(c, peer, true);
+                            node.stats.peer_session(c, peer, true);
                         }
                         forward(&events, PeerEvent::Bitfield(peer, b)).await
                     }
@@ -81,17 +114,17 @@ pub(crate) async fn drive_control(
             tokio::select! {
                 frame = read_frame::<Message>(&mut recv, &mut dec) => match frame {
                     Ok(Some(m)) => session.handle_message(m)?,
-                    Ok(None) => anyhow::bail!("control stream closed"),
+                    Ok(None) => return Err(StreamError::Closed),
                     Err(e) => {
                         conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"malformed frame");
-                        return Err(e);
+                        return Err(e.into());
                     }
                 },
                 have = haves.recv() => match have {
                     Ok((c, p)) => session.announce_have(c, p),
                     // Missed some: subscribers catch up from later haves.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(_) => anyhow::bail!("node shutting down"),
+                    Err(_) => return Err(StreamError::ShuttingDown),
                 },
                 () = tokio::time::sleep_until(hello_by), if !ready => {
                     return Err(Stalled { what: "hello", after: HELLO_DEADLINE }.into());
@@ -101,19 +134,23 @@ pub(crate) async fn drive_control(
     }
     .await;
     for c in about {
-        node.peer_session(c, peer, false);
+        node.stats.peer_session(c, peer, false);
     }
-    let reason: anyhow::Result<()> = reason;
+    let reason: Result<(), StreamError> = reason;
     let text = match reason {
         Err(e) => {
-            if let Some(pe) = e.downcast_ref::<shoal_wire::ProtocolError>() {
-                debug!(error = %pe, "peer broke the protocol");
-                conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"protocol error");
-            } else if e.downcast_ref::<Stalled>().is_some() {
-                debug!(error = %e, "control stream stalled");
-                conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"stalled");
+            match &e {
+                StreamError::Protocol(pe) => {
+                    debug!(error = %pe, "peer broke the protocol");
+                    conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"protocol error");
+                }
+                StreamError::Stalled(_) => {
+                    debug!(error = %e, "control stream stalled");
+                    conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"stalled");
+                }
+                _ => {}
             }
-            format!("{e:#}")
+            e.to_string()
         }
         Ok(()) => "closed".into(),
     };
@@ -124,7 +161,7 @@ pub(crate) async fn drive_control(
 
 /// Accepts a subscription with our bitfield or refuses it; true if accepted (we hold it).
 fn answer_subscription(node: &Node, session: &mut Session, content: ContentId) -> bool {
-    match node.holding(content) {
+    match node.contents.holding(content) {
         Ok(Some(b)) => {
             session.accept_subscription(content, b);
             true

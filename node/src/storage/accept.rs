@@ -8,8 +8,8 @@
 //!    content here, or a re-seed token from this node's tracker covering that piece;
 //! 4. the announced length must be what the manifest allows (manifest: at most the encoded
 //!    limit, checked by the decoder; piece: exactly that piece's length);
-//! 5. the body's bytes are taken from a node-wide budget ([`BODY_BUDGET`]), of which one
-//!    pusher may hold at most [`PEER_SHARE`] (or one body, if larger); over it, `Busy`.
+//! 5. the body's bytes are taken from a node-wide budget (`push_gate::BODY_BUDGET`), of which
+//!    one pusher may hold at most [`PEER_SHARE`] (or one body, if larger); over it, `Busy`.
 //!
 //! Only then is the body read, with a deadline on steady progress ([`STALL`],
 //! [`MIN_PROGRESS`]). A refused push's receive side is stopped, so its sender's writes fail
@@ -18,9 +18,7 @@
 //! `shoal_cloud::CloudStore::claim`), so granted users bound the disk too, empty files
 //! included.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,18 +26,11 @@ use quinn::{RecvStream, VarInt};
 use shoal_cloud::{CloudError, CloudStore, PutPiece};
 use shoal_core::{ContentId, DeviceCert, Manifest, NodeId, PieceIndex, UserId};
 use shoal_wire::{Decoder, RejectReason, Request, Response};
-use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::config::Grants;
-use crate::node::Node;
+use super::Storage;
 
-/// Push body bytes held in memory at once, across all pushers.
-pub(crate) const BODY_BUDGET: usize = 256 * 1024 * 1024;
-/// Push body bytes one pusher (node id) may hold at once, unless it holds nothing else: one
-/// slow sender cannot take the whole budget from the others.
-pub(crate) const PEER_SHARE: u64 = BODY_BUDGET as u64 / 8;
 /// A push body must deliver [`MIN_PROGRESS`] bytes (or the rest) within each window this long.
 pub(crate) const STALL: Duration = Duration::from_secs(10);
 /// Bytes per [`STALL`] window below which a body counts as stalled (16 KiB/s): a body of
@@ -47,60 +38,6 @@ pub(crate) const STALL: Duration = Duration::from_secs(10);
 const MIN_PROGRESS: usize = 160 * 1024;
 /// Stream stop code for a push refused before its body was read.
 const STOP_REFUSED: u32 = 0x10;
-
-/// Who may push into this storage node, and the memory budget for push bodies.
-#[derive(Debug)]
-pub(crate) struct PushGate {
-    grants: Grants,
-    budget: Semaphore,
-    /// Body bytes reserved per pusher; an entry lives only while it holds some (so at most
-    /// one per push in progress). Held only for map updates.
-    held: Mutex<HashMap<NodeId, u64>>,
-}
-
-/// Body bytes reserved for one push; given back when dropped.
-struct Reservation<'a> {
-    gate: &'a PushGate,
-    peer: NodeId,
-    len: u64,
-    _permit: SemaphorePermit<'a>,
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        let mut held = self.gate.held();
-        if let Some(h) = held.get_mut(&self.peer) {
-            *h = h.saturating_sub(self.len);
-            if *h == 0 {
-                held.remove(&self.peer);
-            }
-        }
-    }
-}
-
-impl PushGate {
-    pub(crate) fn new(grants: Grants) -> Self {
-        Self { grants, budget: Semaphore::new(BODY_BUDGET), held: Mutex::new(HashMap::new()) }
-    }
-
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, u64>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Reserves `len` body bytes for `peer`, or `None` when the budget is spent or the peer
-    /// already holds its share ([`PEER_SHARE`]; a lone body larger than that still fits).
-    fn reserve(&self, peer: NodeId, len: u32) -> Option<Reservation<'_>> {
-        let mut held = self.held();
-        let mine = held.get(&peer).copied().unwrap_or(0);
-        if mine > 0 && mine + u64::from(len) > PEER_SHARE {
-            return None;
-        }
-        // A zero-byte body reserves nothing (a permit of 0 is valid).
-        let permit = self.budget.try_acquire_many(len).ok()?;
-        *held.entry(peer).or_default() += u64::from(len);
-        Some(Reservation { gate: self, peer, len: u64::from(len), _permit: permit })
-    }
-}
 
 fn reject(reason: RejectReason, text: impl Into<String>) -> Response {
     Response::Reject { reason, text: text.into() }
@@ -114,13 +51,13 @@ fn busy() -> Response {
 /// the answer to send (the caller sends it with the serving side's write deadlines). Not
 /// cancel-safe: a cancelled body read leaves the stream half read (the caller drops it).
 pub(crate) async fn serve_push(
-    node: &Node,
+    node: &Storage,
     peer: NodeId,
     mut recv: RecvStream,
     mut dec: Decoder,
     req: Request,
 ) -> Response {
-    let resp = match &node.cloud {
+    let resp = match &node.contents.cloud {
         None => Err(reject(RejectReason::BadRequest, "this node is not a storage node")),
         Some(cloud) => match req {
             Request::PushManifest { content, len, cert } => {
@@ -146,7 +83,7 @@ pub(crate) async fn serve_push(
 /// naming a user without a grant is not checked: it could not help (the signature check is
 /// spent only on granted users).
 fn user_of(
-    node: &Node,
+    node: &Storage,
     peer: NodeId,
     cert: Option<&DeviceCert>,
 ) -> Result<(UserId, Option<Option<u64>>), Response> {
@@ -159,7 +96,7 @@ fn user_of(
 }
 
 /// An `Unauthorized` answer, counted and logged (at debug: strangers may send these at will).
-fn refuse(node: &Node, peer: NodeId, why: &str) -> Response {
+fn refuse(node: &Storage, peer: NodeId, why: &str) -> Response {
     debug!(%peer, why, "push refused");
     node.stats.pushes_refused.fetch_add(1, Ordering::Relaxed);
     reject(RejectReason::Unauthorized, why)
@@ -178,7 +115,7 @@ struct ManifestPush {
 }
 
 async fn push_manifest(
-    node: &Node,
+    node: &Storage,
     cloud: &CloudStore,
     peer: NodeId,
     p: ManifestPush,
@@ -222,7 +159,7 @@ async fn push_manifest(
             }
             return Err(storage_error(e));
         }
-        let _ = node.contents_changed.send(content);
+        node.events.content_changed(content);
     }
     let complete = cloud.content(content).ok().flatten().is_some_and(|c| c.is_complete());
     Ok(Response::Pushed { already: known.is_some(), complete })
@@ -238,7 +175,7 @@ struct PiecePush {
 }
 
 async fn push_piece(
-    node: &Node,
+    node: &Storage,
     cloud: &CloudStore,
     peer: NodeId,
     p: PiecePush,
@@ -277,7 +214,7 @@ async fn push_piece(
     let data = read_body(recv, dec, len as usize).await?;
     match cloud.put_piece(content, piece, data).await {
         Ok(PutPiece::Stored { complete }) => {
-            let _ = node.haves.send((content, piece));
+            node.events.piece_verified(content, piece);
             Ok(Response::Pushed { already: false, complete })
         }
         Ok(PutPiece::AlreadyStored) => {
@@ -346,48 +283,4 @@ async fn read_body(
         }
     }
     Ok(Bytes::from(buf))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn id() -> NodeId {
-        shoal_net::Identity::generate().node_id()
-    }
-
-    #[test]
-    fn one_pusher_holds_at_most_its_share_of_the_body_budget() {
-        let gate = PushGate::new(Grants::default());
-        let (slow, other) = (id(), id());
-        let piece = 4 * 1024 * 1024;
-        // A slow pusher takes bodies up to its share, then is refused...
-        let held: Vec<_> =
-            (0..PEER_SHARE / piece).map(|_| gate.reserve(slow, piece as u32)).collect();
-        assert!(held.iter().all(Option::is_some));
-        assert!(gate.reserve(slow, piece as u32).is_none(), "over its share");
-        // ...while others still get the rest of the budget.
-        assert!(gate.reserve(other, piece as u32).is_some());
-        // A lone body larger than a share still fits, once.
-        let lone = id();
-        let big = gate.reserve(lone, (PEER_SHARE + 1) as u32);
-        assert!(big.is_some());
-        assert!(gate.reserve(lone, 1).is_none());
-        drop(held);
-        drop(big);
-        assert!(gate.held().get(&slow).is_none(), "entries go with their last reservation");
-        assert!(gate.reserve(slow, piece as u32).is_some());
-    }
-
-    #[test]
-    fn the_budget_bounds_all_pushers_together() {
-        let gate = PushGate::new(Grants::default());
-        let piece = PEER_SHARE as u32;
-        let held: Vec<_> = (0..BODY_BUDGET as u64 / PEER_SHARE)
-            .map(|_| gate.reserve(id(), piece).expect("within the budget"))
-            .collect();
-        assert!(gate.reserve(id(), 1).is_none(), "the budget is spent");
-        drop(held);
-        assert!(gate.reserve(id(), piece).is_some());
-    }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -16,8 +16,9 @@ use shoal_wire::tracker::{
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn};
 
-use super::{call, resolve, Scope, DELTA_EVERY, FIRST_PAUSE, MAX_PAUSE, RATE_LIMITED_ATTEMPTS};
-use crate::node::Node;
+use super::{
+    call, resolve, Parts, Scope, DELTA_EVERY, FIRST_PAUSE, MAX_PAUSE, RATE_LIMITED_ATTEMPTS,
+};
 
 /// Like [`call`], but a "slow down" answer is retried after a growing pause (a bounded number
 /// of times). Only for registering, before the session heartbeats: a running session never
@@ -70,13 +71,13 @@ fn slow_down(resp: &TrackerResponse) -> bool {
 /// and announces again. A refusal of this one content is logged, not fatal, unless the tracker
 /// forgot the node. Never waits out a "slow down" inline (the session's heartbeats must go
 /// on): it answers [`Sent::SlowDown`] and the caller retries later.
-async fn announce(node: &Node, conn: &Connection, content: ContentId) -> anyhow::Result<Sent> {
-    let Some(bitfield) = node.holding(content)? else { return Ok(Sent::Done) };
-    let node_id = node.node_id();
+async fn announce(node: &Parts, conn: &Connection, content: ContentId) -> anyhow::Result<Sent> {
+    let Some(bitfield) = node.contents.holding(content)? else { return Ok(Sent::Done) };
+    let node_id = node.net.node_id();
     let req = TrackerRequest::Announce { node_id, content, bitfield };
     let mut resp = call(conn, &req, None).await?.0;
     if resp == TrackerResponse::NeedManifest {
-        let Some(bytes) = node.manifest_bytes(content)? else { return Ok(Sent::Done) };
+        let Some(bytes) = node.contents.manifest_bytes(content)? else { return Ok(Sent::Done) };
         let put = TrackerRequest::PutManifest { node_id, content, len: bytes.len() as u32 };
         resp = call(conn, &put, Some(&bytes)).await?.0;
         if resp == TrackerResponse::Ok {
@@ -136,7 +137,7 @@ fn accept(resp: TrackerResponse, content: ContentId) -> anyhow::Result<()> {
 }
 
 pub(super) struct Session<'a> {
-    pub(super) node: &'a Arc<Node>,
+    pub(super) node: &'a Parts,
     pub(super) addr: &'a str,
     pub(super) scope: Scope,
     pub(super) pinned: &'a Mutex<Option<NodeId>>,
@@ -152,6 +153,7 @@ impl Session<'_> {
         let sock = resolve(addr).await?;
         let expected = *self.pinned.lock().unwrap_or_else(|p| p.into_inner());
         let (conn, tracker_id) = node
+            .net
             .endpoint
             .connect(&PeerAddr { node_id: expected, addr: sock }, TRACKER_ALPN)
             .await
@@ -163,15 +165,18 @@ impl Session<'_> {
         *self.pinned.lock().unwrap_or_else(|p| p.into_inner()) = Some(tracker_id);
         if self.scope == Scope::Own {
             // Re-seed tokens signed by this key are valid here (for a storage node).
-            node.tracker_ids.lock().unwrap_or_else(|p| p.into_inner()).insert(tracker_id);
+            node.known.tracker_ids.lock().unwrap_or_else(|p| p.into_inner()).insert(tracker_id);
         }
-        let role =
-            if node.is_storage() && self.scope == Scope::Own { Role::Storage } else { Role::Node };
+        let role = if node.contents.is_storage() && self.scope == Scope::Own {
+            Role::Storage
+        } else {
+            Role::Node
+        };
         let register = TrackerRequest::Register {
-            node_id: node.node_id(),
+            node_id: node.net.node_id(),
             version: TRACKER_VERSION,
             role,
-            addrs: node.addrs(),
+            addrs: node.net.addrs(),
         };
         let heartbeat_ms = match call_patient(&conn, &register, None).await? {
             TrackerResponse::Registered { heartbeat_ms, role: granted } => {
@@ -179,7 +184,7 @@ impl Session<'_> {
                     warn!(
                         tracker = %addr,
                         "the tracker did not admit this node as storage: start it with `shoal-tracker serve --admit-storage {}`",
-                        node.node_id()
+                        node.net.node_id()
                     );
                 }
                 heartbeat_ms.clamp(200, 60_000)
@@ -198,13 +203,13 @@ impl Session<'_> {
     ) -> anyhow::Result<std::convert::Infallible> {
         let (node, addr, scope) = (self.node, self.addr, self.scope);
         let (conn, heartbeat_ms) = self.open().await?;
-        let node_id = node.node_id();
+        let node_id = node.net.node_id();
         // Listen for changes before announcing, so nothing verified meanwhile is missed.
-        let mut haves = node.haves.subscribe();
-        let mut changed = node.contents_changed.subscribe();
+        let mut haves = node.events.haves.subscribe();
+        let mut changed = node.events.contents_changed.subscribe();
         let mut announced = HashSet::new();
         let contents = match scope {
-            Scope::Own => node.content_ids()?,
+            Scope::Own => node.contents.content_ids()?,
             Scope::Content(c) => c.into_iter().collect(),
         };
         // Whatever the tracker asks to slow down for goes out with the first flushes.
@@ -241,17 +246,20 @@ impl Session<'_> {
                     let down = node.stats.downloaded_bytes.load(Ordering::Relaxed);
                     let secs = last.0.elapsed().as_secs_f64().max(0.001);
                     let load = Load {
-                        active_uploads: node.active_uploads() as u32,
+                        active_uploads: node.uploads.active() as u32,
                         upload_rate: (up.saturating_sub(last.1) as f64 / secs) as u64,
                         download_rate: (down.saturating_sub(last.2) as f64 / secs) as u64,
                     };
                     last = (Instant::now(), up, down);
                     match call(&conn, &TrackerRequest::Heartbeat { node_id, load }, None).await?.0 {
                         TrackerResponse::HeartbeatReply { stored, directives } if scope == Scope::Own => {
-                            node.stored.lock().unwrap_or_else(|p| p.into_inner()).extend(stored);
+                            node.known.stored.lock().unwrap_or_else(|p| p.into_inner()).extend(stored);
                             for d in directives {
                                 debug!(content = %d.content.fmt_short(), storage = %d.storage.node_id, "re-seed directive");
-                                crate::push::run_directive(node.clone(), d);
+                                // Bounded: a full backlog drops this one; the tracker repeats it.
+                                if node.directives.try_send(d).is_err() {
+                                    debug!("re-seed directives backlog full");
+                                }
                             }
                         }
                         TrackerResponse::HeartbeatReply { directives, .. } => {
@@ -300,13 +308,13 @@ impl Session<'_> {
 /// Sends what is queued: full announces, then deltas. Returns whether the tracker said "slow
 /// down"; what it refused then, and everything after it, stays queued for the next flush.
 async fn flush_once(
-    node: &Node,
+    node: &Parts,
     conn: &Connection,
     full: &mut HashSet<ContentId>,
     pending: &mut HashMap<ContentId, Vec<PieceIndex>>,
     announced: &mut HashSet<ContentId>,
 ) -> anyhow::Result<bool> {
-    let node_id = node.node_id();
+    let node_id = node.net.node_id();
     let mut limited = false;
     for c in std::mem::take(full) {
         if limited {

@@ -103,15 +103,7 @@ impl std::error::Error for Unanswered {}
 /// Reads one frame of kind `F` (the decoder bounds its size). No deadline of its own: the
 /// caller's covers it.
 async fn read_frame<F: Frame>(recv: &mut RecvStream, dec: &mut Decoder) -> anyhow::Result<F> {
-    loop {
-        if let Some(f) = dec.decode::<F>()? {
-            return Ok(f);
-        }
-        match recv.read_chunk(64 * 1024, true).await? {
-            Some(c) => dec.feed(&c.bytes),
-            None => bail!("the stream ended without an answer"),
-        }
-    }
+    shoal_net::framed::read_frame(recv, dec).await?.context("the stream ended without an answer")
 }
 
 /// One tracker request on its own stream (raw bytes follow the frame); the answer's frame,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use quinn::Connection;
 use shoal_core::{PeerAddr, PieceIndex};
+use shoal_net::framed::read_frame;
 use shoal_net::{Endpoint, Identity};
 use shoal_wire::{encode, Decoder, Message, Opening, Request, Response, PROTOCOL_VERSION};
 use tokio::task::JoinSet;
@@ -170,11 +171,8 @@ async fn subscribe(ctx: Ctx, conn: Connection, node_id: shoal_core::NodeId) -> S
     let rejects = tokio::spawn(async move {
         let mut dec = Decoder::new();
         let mut n = 0u64;
-        while let Ok(Some(chunk)) = recv.read_chunk(64 * 1024, true).await {
-            dec.feed(&chunk.bytes);
-            while let Ok(Some(m)) = dec.decode::<Message>() {
-                n += u64::from(matches!(m, Message::Reject { .. }));
-            }
+        while let Ok(Some(m)) = read_frame::<Message>(&mut recv, &mut dec).await {
+            n += u64::from(matches!(m, Message::Reject { .. }));
         }
         n
     });

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
+use shoal_control::Rate;
 use shoal_core::{ContentId, PeerAddr, Ticket};
-use shoal_node::config::Rate;
 
 use super::{check, Check, Scenario};
 use crate::adversary::{self, Adversaries, Tally};

@@ -1,0 +1,39 @@
+//! The local control API of a Shoal node: its types and a small blocking client, shared by the
+//! `shoal` CLI, the testnet and third-party programs (none of which needs the node library).
+//!
+//! A running daemon writes [`CONTROL_FILE`] (`control.json`: address, bearer token, pid; mode
+//! 0600) into its data dir and serves HTTP/JSON on 127.0.0.1. Every route but `GET /metrics`
+//! needs the token as `authorization: Bearer TOKEN`.
+//!
+//! | route | body | answer |
+//! |---|---|---|
+//! | `GET /v1/status` | | [`Status`] |
+//! | `GET /v1/ls` | | `[`[`LsEntry`]`]` |
+//! | `POST /v1/add` | [`AddBody`] | [`AddReply`] |
+//! | `POST /v1/get` | [`GetBody`] | NDJSON: `{"progress": `[`Progress`]`}` lines, then `{"done": `[`FetchReport`]`}` or `{"error": ".."}` |
+//! | `POST /v1/push` | [`PushBody`] | [`PushReport`] |
+//! | `GET /metrics` | | Prometheus text: four node-wide counters |
+//!
+//! A refused request is answered with a 4xx or 5xx status and `{"error": ".."}`.
+//!
+//! - [`api`]: request and response bodies, and what `control.json` holds.
+//! - [`status`]: [`Status`], the node's counters and contents.
+//! - [`fetch`]: [`Progress`] and [`FetchReport`] of a download.
+//! - [`units`]: [`Rate`] (`20MiB/s`) and [`human_bytes`].
+//! - [`client`]: [`Client`], a blocking client that finds the daemon of a data dir.
+
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod client;
+pub mod fetch;
+pub mod status;
+pub mod units;
+
+pub use api::{
+    AddBody, AddReply, ControlInfo, GetBody, LsEntry, PushBody, PushReport, CONTROL_FILE,
+};
+pub use client::Client;
+pub use fetch::{FetchReport, PeerReport, Progress};
+pub use status::{ContentStatus, Status};
+pub use units::{human_bytes, ParseRateError, Rate};

@@ -1,0 +1,54 @@
+//! `GET /v1/status`: a node's identity, counters and contents.
+
+use serde::{Deserialize, Serialize};
+
+/// One content in `shoal status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContentStatus {
+    /// The content id.
+    pub content_id: String,
+    /// The file name.
+    pub name: String,
+    /// `complete`, `partial` or `source changed`.
+    pub state: String,
+    /// Pieces held.
+    pub pieces_have: u32,
+    /// Pieces in the content.
+    pub pieces_total: u32,
+    /// Peers connected about this content.
+    pub peers: usize,
+    /// True once the tracker reported the content complete in storage.
+    #[serde(default)]
+    pub stored: bool,
+    /// Piece bytes uploaded of this content since the node started.
+    pub uploaded_bytes: u64,
+}
+
+/// A node's counters and identity, as the control API reports them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// The node id.
+    pub node_id: String,
+    /// Addresses peers can reach this node at.
+    pub addrs: Vec<String>,
+    /// Piece bytes sent to peers.
+    pub uploaded_bytes: u64,
+    /// Bytes received from peers.
+    pub downloaded_bytes: u64,
+    /// Pieces sent to peers.
+    pub pieces_uploaded: u64,
+    /// Received pieces that failed verification.
+    pub bad_pieces: u64,
+    /// Piece bytes pushed into storage.
+    #[serde(default)]
+    pub pushed_bytes: u64,
+    /// Pushes refused for want of a valid token (storage nodes).
+    #[serde(default)]
+    pub pushes_refused: u64,
+    /// `node` or `storage`.
+    #[serde(default)]
+    pub role: String,
+    /// Per content.
+    #[serde(default)]
+    pub contents: Vec<ContentStatus>,
+}

@@ -1,0 +1,37 @@
+//! The daemon: starts the node's parts (serving peers, carrying out re-seed directives, the
+//! own tracker's session) and the control API, and runs until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::config::NodeConfig;
+use crate::node::Node;
+
+/// Starts serving peers and carrying out the own tracker's re-seed directives, in the
+/// background.
+pub fn start(node: &Arc<Node>) {
+    tokio::spawn(crate::serve::accept_loop(node.clone()));
+    if let Some(directives) = node.take_directives() {
+        crate::push::spawn_directives(node.pusher.clone(), directives);
+    }
+}
+
+/// Runs the daemon until `shutdown` completes: serves peers and the control API.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let node = Node::open(&config)?;
+    start(&node);
+    node.trackers().own();
+    let control = crate::control::serve(node.clone()).await?;
+    let listen = node.net.endpoint.local_addr()?;
+    tracing::info!(node_id = %node.node_id(), %listen, control = %control.addr, "node running");
+    println!(
+        "shoal daemon: node {} listening on {listen}, control http://{}",
+        node.node_id(),
+        control.addr
+    );
+    shutdown.await;
+    tracing::info!("shutting down");
+    control.stop();
+    node.close().await;
+    Ok(())
+}
