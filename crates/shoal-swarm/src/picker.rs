@@ -233,12 +233,13 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
         let p = self.peers.get(&peer)?;
         let failed = &self.failed;
         let usable = |i: u32| !failed.contains(&(PieceIndex(i), peer));
-        let fresh = if p.fresh > 0 { self.pieces.best_fresh(&p.bitfield, usable) } else { None };
+        let fresh =
+            if p.fresh > 0 { self.pieces.best_fresh(&p.bitfield, p.missing, usable) } else { None };
         let (piece, endgame) = match fresh {
             Some(i) => (i, false),
             None => {
                 let usable = |i: u32| !p.in_flight.contains(&PieceIndex(i)) && usable(i);
-                (self.pieces.best_endgame(&p.bitfield, usable)?, true)
+                (self.pieces.best_endgame(&p.bitfield, p.missing, usable)?, true)
             }
         };
         let piece = PieceIndex(piece);

@@ -17,10 +17,15 @@ use shoal_core::{Bitfield, PieceIndex};
 
 use super::MAX_COPIES;
 
-/// Entries of an ordered set looked at before a search falls back to a pass over the peer's
-/// own bitfield: past this, the peer's pieces are deep in the order (it holds few of the
-/// wanted pieces, or only common ones), and one word-wise pass costs less than walking on.
+/// Entries of an ordered set always looked at before a search may fall back to one pass over
+/// the peer's own bitfield.
 const WALK: usize = 32;
+/// Set entries walked per bitfield item the fallback pass would visit: a walk step (a B-tree
+/// step and a bit test) costs about what a pass item costs (three array reads) several times
+/// over. Walking at most this long before the pass keeps a search within a small factor of the
+/// cheaper of the two: the walk when the peer holds a fair share of the wanted pieces, the pass
+/// when its pieces sit behind many rarer pieces it lacks.
+const WALK_PER_ITEM: usize = 4;
 
 /// (not hinted, availability, shuffle order, piece): smaller is picked first.
 type FreshKey = (bool, u32, u32, u32);
@@ -137,10 +142,17 @@ impl Pieces {
         self.attach(i);
     }
 
-    /// The first fresh piece in priority order that `held` holds and `usable` accepts.
-    pub(super) fn best_fresh(&self, held: &Bitfield, usable: impl Fn(u32) -> bool) -> Option<u32> {
+    /// The first fresh piece in priority order that `held` holds and `usable` accepts;
+    /// `missing` is how many pieces `held` holds that we lack.
+    pub(super) fn best_fresh(
+        &self,
+        held: &Bitfield,
+        missing: u32,
+        usable: impl Fn(u32) -> bool,
+    ) -> Option<u32> {
+        let budget = self.walk_budget(missing);
         for (step, &(_, _, _, i)) in self.fresh.iter().enumerate() {
-            if step == WALK {
+            if step == budget {
                 return self.scan(held, |i| {
                     (self.requested[i as usize] == 0 && usable(i)).then(|| self.fresh_key(i))
                 });
@@ -156,10 +168,12 @@ impl Pieces {
     pub(super) fn best_endgame(
         &self,
         held: &Bitfield,
+        missing: u32,
         usable: impl Fn(u32) -> bool,
     ) -> Option<u32> {
+        let budget = self.walk_budget(missing);
         for (step, &(_, _, i)) in self.endgame.iter().enumerate() {
-            if step == WALK {
+            if step == budget {
                 return self.scan(held, |i| {
                     (self.in_endgame(i) && usable(i)).then(|| self.endgame_key(i))
                 });
@@ -169,6 +183,13 @@ impl Pieces {
             }
         }
         None
+    }
+
+    /// How far a walk goes before the pass over a bitfield holding `missing` wanted pieces,
+    /// which visits `n / 64` words and `missing` pieces, is the cheaper way on.
+    fn walk_budget(&self, missing: u32) -> usize {
+        let pass = self.have.len() as usize / 64 + missing as usize;
+        WALK.max(pass / WALK_PER_ITEM)
     }
 
     /// The piece with the smallest key among those `held` holds and we lack (`key` is `None`
@@ -199,7 +220,8 @@ impl Pieces {
     /// Panics unless the sets and the unavailable count match a recount from the arrays.
     pub(super) fn check(&self) {
         let n = self.have.len();
-        let fresh: BTreeSet<_> = (0..n).filter(|&i| self.is_fresh(i)).map(|i| self.fresh_key(i)).collect();
+        let fresh: BTreeSet<_> =
+            (0..n).filter(|&i| self.is_fresh(i)).map(|i| self.fresh_key(i)).collect();
         let endgame: BTreeSet<_> =
             (0..n).filter(|&i| self.in_endgame(i)).map(|i| self.endgame_key(i)).collect();
         assert_eq!(self.fresh, fresh, "fresh set");

@@ -264,4 +264,3 @@ impl<P: Copy + Ord + std::fmt::Debug> Reference<P> {
         })
     }
 }
-
