@@ -7,17 +7,19 @@
 //! The rule is evaluated from ordered indexes kept up to date on every event (see `index`),
 //! never by scanning every piece. With `n` pieces, `c` connected peers, `w` the peer's pieces
 //! that we lack, and `f` the bad pieces ever reported (at most [`MAX_STRIKES`] per peer):
-//! - `next_request`: `O(log n + c)` when the peer's best piece is among the first 32 entries of
-//!   the priority order that it could serve (always for a peer holding everything, and in
-//!   expectation for one holding a random share of at least 1/32 of the wanted pieces);
-//!   otherwise one word-wise pass over its bitfield, `O(n / 64 + w)`. That is the worst case: a
-//!   peer whose pieces all sit behind many rarer pieces it lacks. A peer holding no free
-//!   piece goes straight to the endgame set, whose size is the number of pieces in flight.
+//! - `next_request`: walks the priority order from the top, skipping pieces the peer lacks,
+//!   for at most `max(32, (n / 64 + w) / 4)` entries, then finishes with one word-wise pass
+//!   over the peer's bitfield (`O(n / 64 + w)`); plus `O(c)` to update the holders' counts. So
+//!   `O(log n + c)` when the peer's best piece is near the top (a peer holding everything, or
+//!   a fair random share of the wanted pieces), and `O(min(k, n / 64 + w))` when it sits `k`
+//!   entries down behind rarer pieces the peer lacks: the worst case is linear in `n`, as the
+//!   walk of libtorrent's picker is. A peer holding no fresh piece skips to the endgame set,
+//!   which holds only pieces in flight.
 //! - `peer_has`: `O(log n)`; `request_failed`, `piece_verified`, the release in
 //!   `piece_failed`: `O(log n + c)` (the peers holding the piece keep a count of their free
 //!   pieces);
-//! - `add_peer`, `remove_peer`: `O(n / 8 + w log n)`; `set_hints`: `O(h log n)` for the old and
-//!   new hints;
+//! - `add_peer`, `remove_peer`: `O(n + k log n)` for the `k` pieces the peer holds;
+//!   `set_hints`: `O(h log n)` for the old and new hints;
 //! - `is_useful`: `O(log f)`; `is_stuck`: `O(f)` (a counter of missing pieces nobody holds,
 //!   then only the pieces some holder failed).
 
