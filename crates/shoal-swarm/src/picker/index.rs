@@ -20,11 +20,11 @@ use super::MAX_COPIES;
 /// Entries of an ordered set always looked at before a search may fall back to one pass over
 /// the peer's own bitfield.
 const WALK: usize = 32;
-/// Set entries walked per bitfield item the fallback pass would visit: a walk step (a B-tree
-/// step and a bit test) costs about what a pass item costs (three array reads) several times
-/// over. Walking at most this long before the pass keeps a search within a small factor of the
-/// cheaper of the two: the walk when the peer holds a fair share of the wanted pieces, the pass
-/// when its pieces sit behind many rarer pieces it lacks.
+/// Roughly how many items of the fallback pass one walk step costs (a B-tree step and a bit
+/// test against three array reads). A search walks at most `pass / WALK_PER_ITEM` entries
+/// before it makes the pass, so it stays within a small factor of the cheaper of the two: the
+/// walk when the peer holds a fair share of the wanted pieces, the pass when its pieces sit
+/// behind many rarer pieces it lacks.
 const WALK_PER_ITEM: usize = 4;
 
 /// (not hinted, availability, shuffle order, piece): smaller is picked first.
