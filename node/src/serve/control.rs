@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
 use shoal_wire::{encode, Decoder, Event, Message, RejectReason, Session};
@@ -25,6 +25,8 @@ use crate::node::Node;
 const HAVE_TICK: Duration = Duration::from_millis(50);
 /// Haves that leave at once, without waiting for the tick.
 const HAVE_BATCH: usize = 64;
+/// Bytes gathered before a write goes out anyway (what one write holds, at most about).
+const WRITE_CHUNK: usize = 64 * 1024;
 
 /// What a control stream reports to a downloader.
 #[derive(Debug)]
@@ -67,7 +69,8 @@ pub(crate) async fn drive_control(
         if let Some(m) = first {
             session.handle_message(m)?;
         }
-        let mut extra = Vec::new();
+        // Served contents whose bitfield is to be re-sent (after a lag).
+        let mut resync: Vec<ContentId> = Vec::new();
         loop {
             while let Some(ev) = session.poll_event() {
                 match ev {
@@ -94,16 +97,28 @@ pub(crate) async fn drive_control(
                     _ => {}
                 }
             }
-            // Everything queued leaves in one write.
+            // What is queued leaves in as few writes as possible, each at most about
+            // WRITE_CHUNK; bitfields to re-send are read from the store one at a time.
             let mut out = BytesMut::new();
-            while let Some(m) = session.poll_transmit() {
+            loop {
+                let m = match session.poll_transmit() {
+                    Some(m) => m,
+                    None => match resync.pop().map(|c| (c, node.holding(c))) {
+                        Some((content, Ok(Some(bitfield)))) => {
+                            Message::Bitfield { content, bitfield }
+                        }
+                        // No longer held, or unreadable: nothing we can vouch for.
+                        Some(_) => continue,
+                        None => break,
+                    },
+                };
                 out.extend_from_slice(&encode(&m));
-            }
-            for m in extra.drain(..) {
-                out.extend_from_slice(&encode(&m));
+                if out.len() >= WRITE_CHUNK {
+                    write_within(&mut send, out.split().freeze(), WRITE_STALL).await?;
+                }
             }
             if !out.is_empty() {
-                write_within(&mut send, Bytes::from(out), WRITE_STALL).await?;
+                write_within(&mut send, out.freeze(), WRITE_STALL).await?;
             }
             let ready = session.is_ready();
             let due = batch.due();
@@ -128,13 +143,7 @@ pub(crate) async fn drive_control(
                             session.announce_have(c, p);
                         }
                     }
-                    Flush::Bitfields => {
-                        for &content in &served {
-                            if let Ok(Some(bitfield)) = node.holding(content) {
-                                extra.push(Message::Bitfield { content, bitfield });
-                            }
-                        }
-                    }
+                    Flush::Bitfields => resync = served.iter().copied().collect(),
                 },
                 () = tokio::time::sleep_until(hello_by), if !ready => {
                     return Err(Stalled { what: "hello", after: HELLO_DEADLINE }.into());
