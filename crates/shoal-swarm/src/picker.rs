@@ -3,25 +3,6 @@
 //! The rule: among the pieces a peer holds that we lack and it may be asked for, hinted pieces
 //! first, then the rarest, ties broken by a per-picker shuffle; if none of them is free, the
 //! least duplicated piece in flight elsewhere (endgame, at most [`MAX_COPIES`] copies).
-//!
-//! The rule is evaluated from ordered indexes kept up to date on every event (see `index`),
-//! never by scanning every piece. With `n` pieces, `c` connected peers, `w` the peer's pieces
-//! that we lack, and `f` the bad pieces ever reported (at most [`MAX_STRIKES`] per peer):
-//! - `next_request`: walks the priority order from the top, skipping pieces the peer lacks,
-//!   for at most `max(32, (n / 64 + w) / 4)` entries, then finishes with one word-wise pass
-//!   over the peer's bitfield (`O(n / 64 + w)`); plus `O(c)` to update the holders' counts. So
-//!   `O(log n + c)` when the peer's best piece is near the top (a peer holding everything, or
-//!   a fair random share of the wanted pieces), and `O(min(k, n / 64 + w))` when it sits `k`
-//!   entries down behind rarer pieces the peer lacks: the worst case is linear in `n`, as the
-//!   walk of libtorrent's picker is. A peer holding no fresh piece skips to the endgame set,
-//!   which holds only pieces in flight.
-//! - `peer_has`: `O(log n)`; `request_failed`, `piece_verified`, the release in
-//!   `piece_failed`: `O(log n + c)` (the peers holding the piece keep a count of their free
-//!   pieces);
-//! - `add_peer`, `remove_peer`: `O(n + k log n)` for the `k` pieces the peer holds;
-//!   `set_hints`: `O(h log n)` for the old and new hints;
-//! - `is_useful`: `O(log f)`; `is_stuck`: `O(f)` (a counter of missing pieces nobody holds,
-//!   then only the pieces some holder failed).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -75,6 +56,25 @@ struct Peer {
 /// Strikes and bans belong to the peer's id for the whole download, not to its connection or
 /// its bitfield: a peer that re-sends its bitfield or reconnects keeps its strikes, and a
 /// banned peer is never added again.
+///
+/// The rule is evaluated from ordered indexes kept up to date on every event, never by
+/// scanning every piece. With `n` pieces, `c` connected peers, `w` the peer's pieces
+/// that we lack, and `f` the bad pieces ever reported (at most [`MAX_STRIKES`] per peer):
+/// - `next_request`: walks the priority order from the top, skipping pieces the peer lacks,
+///   for at most `max(32, (n / 64 + w) / 4)` entries, then finishes with one word-wise pass
+///   over the peer's bitfield (`O(n / 64 + w)`); plus `O(c)` to update the holders' counts. So
+///   `O(log n + c)` when the peer's best piece is near the top (a peer holding everything, or
+///   a fair random share of the wanted pieces), and `O(min(k, n / 64 + w))` when it sits `k`
+///   entries down behind rarer pieces the peer lacks: the worst case is linear in `n`, as the
+///   walk of libtorrent's picker is. A peer holding no piece that nobody is fetching skips to
+///   the endgame set, which holds only pieces in flight.
+/// - `peer_has`: `O(log n)`; `request_failed`, `piece_verified`, the release in
+///   `piece_failed`: `O(log n + c)` (the peers holding the piece keep a count of their free
+///   pieces);
+/// - `add_peer`, `remove_peer`: `O(n + k log n)` for the `k` pieces the peer holds;
+///   `set_hints`: `O(h log n)` for the old and new hints;
+/// - `is_useful`: `O(log f)`; `is_stuck`: `O(f)` (a counter of missing pieces nobody holds,
+///   then only the pieces some holder failed).
 #[derive(Debug)]
 pub struct Picker<P> {
     pieces: Pieces,
