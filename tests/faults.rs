@@ -8,6 +8,7 @@ fn killed_fetch_resumes_fetching_only_what_was_missing() {
     let seed = Daemon::start(&tmp.path().join("seed"), &[]);
     let src = tmp.path().join("big.bin");
     let size = 8 * 1024 * 1024;
+    let piece = 1u64 << shoal_core::piece::piece_log2_for(size as u64);
     let data = write_file(&src, size, 3);
     let ticket = seed.add(&src);
     let fetcher = tmp.path().join("fetcher");
@@ -20,11 +21,11 @@ fn killed_fetch_resumes_fetching_only_what_was_missing() {
     let report = get_json(&fetcher, &ticket, &out, &[]);
     assert_eq!(std::fs::read(&out).unwrap(), data);
     let resumed = report["resumed_pieces"].as_u64().unwrap();
-    let total = 512; // 8 MiB in 16 KiB pieces
+    let total = size as u64 / piece; // 8 MiB in 64 KiB pieces: 128
     assert!(resumed >= total * 30 / 100, "at least the checkpointed pieces were kept: {report}");
     // Only the missing pieces crossed the network, and no manifest: the store had it.
     let downloaded = report["downloaded_bytes"].as_u64().unwrap();
-    assert_eq!(downloaded, (total - resumed) * 16 * 1024, "{report}");
+    assert_eq!(downloaded, (total - resumed) * piece, "{report}");
 }
 
 #[test]

@@ -76,6 +76,9 @@ fn a_killed_push_resumes_with_only_the_rest() {
         Daemon::start(&tmp.path().join("node"), &["--tracker", &t, "--upload-limit", "1MiB/s"]);
     let src = tmp.path().join("f.bin");
     write_file(&src, 4 * 1024 * 1024, 22);
+    // 4 MiB: 64 pieces of 64 KiB.
+    let piece = 1u64 << shoal_core::piece::piece_log2_for(4 * 1024 * 1024);
+    let total = 4 * 1024 * 1024 / piece;
     let mut cmd = node.cmd();
     cmd.args(["push"]).arg(&src).arg("--json");
     let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
@@ -90,11 +93,11 @@ fn a_killed_push_resumes_with_only_the_rest() {
         last = now;
         settled.then_some(now)
     });
-    assert!(have < 256, "the push was cut short ({have}/256)");
+    assert!(have < total, "the push was cut short ({have}/{total})");
     let again = push(&node, src.to_str().unwrap());
     assert_eq!(again["stored"], true);
     assert_eq!(again["already_stored"], false);
-    assert_eq!(again["pushed_bytes"], (256 - have) * 16384, "only the missing pieces: {again}");
+    assert_eq!(again["pushed_bytes"], (total - have) * piece, "only the missing pieces: {again}");
 }
 
 #[test]
@@ -290,7 +293,8 @@ fn a_storage_node_killed_mid_write_comes_back_consistent() {
         })
     };
     assert_eq!(again["stored"], true, "{again}");
-    assert_eq!(again["pushed_bytes"], (total - have) * 16384, "only the missing pieces: {again}");
+    let piece = 1u64 << shoal_core::piece::piece_log2_for(data.len() as u64);
+    assert_eq!(again["pushed_bytes"], (total - have) * piece, "only the missing pieces: {again}");
     drop(node);
     // A ticket naming only the storage node: the content is fetched from storage alone.
     let ticket = shoal_core::Ticket {

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use shoal_core::{Bitfield, Manifest, NodeId, PieceHash, PieceIndex};
+use shoal_core::{piece, Bitfield, Manifest, NodeId, PieceHash, PieceIndex};
 use shoal_index::{Config, Index};
 use shoal_swarm::Picker;
 use shoal_wire::tracker::Role;
@@ -36,9 +36,13 @@ fn ids(n: usize) -> Vec<NodeId> {
 fn simulate(downloaders: usize, pieces: u32, hints: usize) -> Outcome {
     let n = downloaders + 1;
     let ids = ids(n);
-    // Swarms exist only with a verified manifest: 16 KiB pieces, `pieces` of them.
+    // Swarms exist only with a verified manifest: `pieces` pieces of the size the rule gives.
     let hashes = (0..pieces).map(|i| PieceHash::of(&i.to_le_bytes())).collect();
-    let manifest = Manifest::new("sim", u64::from(pieces) * 16 * 1024, hashes).unwrap();
+    let size = (14..=26)
+        .map(|log2| u64::from(pieces) << log2)
+        .find(|&size| piece::piece_count(size, piece::piece_log2_for(size)) == u64::from(pieces))
+        .expect("a file size of that many whole pieces");
+    let manifest = Manifest::new("sim", size, hashes).unwrap();
     let content = manifest.content_id();
     let mut index = Index::new(Config { hints, ..Config::default() });
     let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();

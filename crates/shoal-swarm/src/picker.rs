@@ -1,8 +1,20 @@
 //! The piece picker.
+//!
+//! The rule: among the pieces a peer holds that we lack and it may be asked for, hinted pieces
+//! first, then the rarest, ties broken by a per-picker shuffle; if none of them is free, the
+//! least duplicated piece in flight elsewhere (endgame, at most [`MAX_COPIES`] copies).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use shoal_core::{Bitfield, PieceIndex};
+
+use index::Pieces;
+
+mod index;
+#[cfg(test)]
+mod reference;
+#[cfg(test)]
+mod tests;
 
 /// Bad pieces a peer may send before it is banned.
 pub const MAX_STRIKES: u32 = 2;
@@ -32,6 +44,10 @@ pub enum Verdict {
 struct Peer {
     bitfield: Bitfield,
     in_flight: BTreeSet<PieceIndex>,
+    /// Pieces it holds that we lack.
+    missing: u32,
+    /// Pieces it holds that are fresh (we lack them, nobody is fetching them).
+    fresh: u32,
 }
 
 /// The scheduler of one download. `P` identifies a peer (a node id in a node, a number in a
@@ -40,17 +56,28 @@ struct Peer {
 /// Strikes and bans belong to the peer's id for the whole download, not to its connection or
 /// its bitfield: a peer that re-sends its bitfield or reconnects keeps its strikes, and a
 /// banned peer is never added again.
+///
+/// The rule is evaluated from ordered indexes kept up to date on every event, never by
+/// scanning every piece. With `n` pieces, `c` connected peers, `w` the peer's pieces
+/// that we lack, and `f` the bad pieces ever reported (at most [`MAX_STRIKES`] per peer):
+/// - `next_request`: walks the priority order from the top, skipping pieces the peer lacks,
+///   for at most `max(32, (n / 64 + w) / 4)` entries, then finishes with one word-wise pass
+///   over the peer's bitfield (`O(n / 64 + w)`); plus `O(c)` to update the holders' counts. So
+///   `O(log n + c)` when the peer's best piece is near the top (a peer holding everything, or
+///   a fair random share of the wanted pieces), and `O(min(k, n / 64 + w))` when it sits `k`
+///   entries down behind rarer pieces the peer lacks: the worst case is linear in `n`, as the
+///   walk of libtorrent's picker is. A peer holding no piece that nobody is fetching skips to
+///   the endgame set, which holds only pieces in flight.
+/// - `peer_has`: `O(log n)`; `request_failed`, `piece_verified`, the release in
+///   `piece_failed`: `O(log n + c)` (the peers holding the piece keep a count of their free
+///   pieces);
+/// - `add_peer`, `remove_peer`: `O(n + k log n)` for the `k` pieces the peer holds;
+///   `set_hints`: `O(h log n)` for the old and new hints;
+/// - `is_useful`: `O(log f)`; `is_stuck`: `O(f)` (a counter of missing pieces nobody holds,
+///   then only the pieces some holder failed).
 #[derive(Debug)]
 pub struct Picker<P> {
-    have: Bitfield,
-    /// How many connected, unbanned peers hold each piece.
-    availability: Vec<u32>,
-    /// How many peers each piece is requested from right now.
-    requested: Vec<u32>,
-    /// Tie-break order: a seeded permutation key per piece.
-    order: Vec<u32>,
-    /// Pieces the tracker handed us to fetch first (differential distribution).
-    hinted: Vec<bool>,
+    pieces: Pieces,
     /// Connected, unbanned peers.
     peers: BTreeMap<P, Peer>,
     /// Strikes per peer that ever sent bad data; kept across bitfields and reconnects. Grows
@@ -58,78 +85,76 @@ pub struct Picker<P> {
     strikes: BTreeMap<P, u32>,
     /// Peers banned for the rest of the download.
     banned: BTreeSet<P>,
-    /// (piece, peer) pairs that delivered bad data: never asked again.
+    /// (piece, peer) pairs that delivered bad data: never asked again. At most
+    /// [`MAX_STRIKES`] per peer.
     failed: BTreeSet<(PieceIndex, P)>,
+    /// The same pairs by peer.
+    failed_by_peer: BTreeSet<(P, PieceIndex)>,
 }
 
 impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
     /// A picker for a content of `have.len()` pieces of which `have` are already verified.
     /// `seed` shuffles the order among equally rare pieces.
     pub fn new(have: Bitfield, seed: u64) -> Self {
-        let n = have.len() as usize;
-        let mut x = seed | 1;
-        let order = (0..n)
-            .map(|_| {
-                // xorshift64*: deterministic for a seed, different across downloaders.
-                x ^= x >> 12;
-                x ^= x << 25;
-                x ^= x >> 27;
-                (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
-            })
-            .collect();
         Self {
-            have,
-            availability: vec![0; n],
-            requested: vec![0; n],
-            order,
-            hinted: vec![false; n],
+            pieces: Pieces::new(have, seed),
             peers: BTreeMap::new(),
             strikes: BTreeMap::new(),
             banned: BTreeSet::new(),
             failed: BTreeSet::new(),
+            failed_by_peer: BTreeSet::new(),
         }
     }
 
     /// Replaces the pieces to fetch first (the tracker's differential-distribution hints).
     pub fn set_hints(&mut self, hints: &[PieceIndex]) {
-        self.hinted.iter_mut().for_each(|h| *h = false);
+        for i in std::mem::take(&mut self.pieces.hints) {
+            self.pieces.set_hinted(i, false);
+        }
+        let mut set = BTreeSet::new();
         for p in hints {
-            if let Some(h) = self.hinted.get_mut(p.0 as usize) {
-                *h = true;
+            if p.0 < self.pieces.have.len() && set.insert(p.0) {
+                self.pieces.set_hinted(p.0, true);
             }
         }
+        self.pieces.hints = set.into_iter().collect();
     }
 
     /// The verified pieces.
     pub fn have(&self) -> &Bitfield {
-        &self.have
+        &self.pieces.have
     }
 
     /// True when every piece is verified.
     pub fn is_complete(&self) -> bool {
-        self.have.is_complete()
+        self.pieces.have.is_complete()
     }
 
     /// Adds a peer with its bitfield, or replaces the bitfield of a connected peer (its
     /// requests in flight and its strikes stay). Returns false, changing nothing, for a banned
     /// peer or a bitfield of the wrong length.
     pub fn add_peer(&mut self, peer: P, bitfield: Bitfield) -> bool {
-        if bitfield.len() != self.have.len() || self.banned.contains(&peer) {
+        if bitfield.len() != self.pieces.have.len() || self.banned.contains(&peer) {
             return false;
         }
+        // The peer stays out of `peers` while availability changes: its own counts are
+        // computed afresh below, and no other peer's count depends on availability.
         let in_flight = match self.peers.remove(&peer) {
             Some(old) => {
                 for i in old.bitfield.iter_ones() {
-                    self.availability[i.0 as usize] -= 1;
+                    self.change_availability(i.0, false);
                 }
                 old.in_flight
             }
             None => BTreeSet::new(),
         };
+        let (mut missing, mut fresh) = (0, 0);
         for i in bitfield.iter_ones() {
-            self.availability[i.0 as usize] += 1;
+            self.change_availability(i.0, true);
+            missing += u32::from(self.pieces.missing(i.0));
+            fresh += u32::from(self.pieces.is_fresh(i.0));
         }
-        self.peers.insert(peer, Peer { bitfield, in_flight });
+        self.peers.insert(peer, Peer { bitfield, in_flight, missing, fresh });
         true
     }
 
@@ -140,20 +165,26 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
             return Vec::new();
         };
         for i in &p.in_flight {
-            self.requested[i.0 as usize] -= 1;
+            self.change_requested(i.0, false);
         }
         for i in p.bitfield.iter_ones() {
-            self.availability[i.0 as usize] -= 1;
+            self.change_availability(i.0, false);
         }
         p.in_flight.into_iter().collect()
     }
 
     /// The peer gained a piece.
     pub fn peer_has(&mut self, peer: P, piece: PieceIndex) {
+        let Some(p) = self.peers.get_mut(&peer) else { return };
+        if piece.0 >= self.pieces.have.len() || !p.bitfield.set(piece) {
+            return;
+        }
+        p.missing += u32::from(self.pieces.missing(piece.0));
+        self.change_availability(piece.0, true);
+        let fresh = u32::from(self.pieces.is_fresh(piece.0));
+        // Found above; `change_availability` touches no peer.
         if let Some(p) = self.peers.get_mut(&peer) {
-            if piece.0 < self.have.len() && p.bitfield.set(piece) {
-                self.availability[piece.0 as usize] += 1;
-            }
+            p.fresh += fresh;
         }
     }
 
@@ -185,7 +216,12 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
         let Some(p) = self.peers.get(&peer) else {
             return false;
         };
-        self.have.iter_zeros().any(|i| p.bitfield.get(i) && !self.failed.contains(&(i, peer)))
+        let bad = self
+            .failed_by_peer
+            .range((peer, PieceIndex(0))..=(peer, PieceIndex(u32::MAX)))
+            .filter(|&&(_, i)| self.pieces.missing(i.0) && p.bitfield.get(i))
+            .count();
+        p.missing as usize > bad
     }
 
     /// Requests in flight to this peer.
@@ -197,50 +233,49 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
     /// can use now.
     pub fn next_request(&mut self, peer: P) -> Option<Request> {
         let p = self.peers.get(&peer)?;
-        let usable = |i: PieceIndex| {
-            p.bitfield.get(i)
-                && !self.have.get(i)
-                && !p.in_flight.contains(&i)
-                && !self.failed.contains(&(i, peer))
+        let failed = &self.failed;
+        let usable = |i: u32| !failed.contains(&(PieceIndex(i), peer));
+        let fresh =
+            if p.fresh > 0 { self.pieces.best_fresh(&p.bitfield, p.missing, usable) } else { None };
+        let (piece, endgame) = match fresh {
+            Some(i) => (i, false),
+            None => {
+                let usable = |i: u32| !p.in_flight.contains(&PieceIndex(i)) && usable(i);
+                (self.pieces.best_endgame(&p.bitfield, p.missing, usable)?, true)
+            }
         };
-        // Fresh pieces first (hinted ones before the rest, rarest first within each); then
-        // endgame: the least duplicated in-flight piece.
-        let mut best: Option<(bool, bool, u32, u32, PieceIndex)> = None;
-        for i in (0..self.have.len()).map(PieceIndex) {
-            if !usable(i) {
-                continue;
-            }
-            let idx = i.0 as usize;
-            let key = if self.requested[idx] == 0 {
-                (false, !self.hinted[idx], self.availability[idx], self.order[idx], i)
-            } else if self.requested[idx] < MAX_COPIES {
-                (true, false, self.requested[idx], self.order[idx], i)
-            } else {
-                continue;
-            };
-            if best.is_none_or(|b| key < b) {
-                best = Some(key);
-            }
+        let piece = PieceIndex(piece);
+        // Found above, and nothing removed it since.
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.in_flight.insert(piece);
         }
-        let (endgame, _, _, _, piece) = best?;
-        self.requested[piece.0 as usize] += 1;
-        // The peer was found above and nothing removed it since.
-        self.peers.get_mut(&peer).expect("peer exists").in_flight.insert(piece);
+        self.change_requested(piece.0, true);
         Some(Request { piece, endgame })
     }
 
     /// The piece from `peer` verified. Returns the other peers still fetching it, whose
     /// requests the caller should cancel (they are released here).
     pub fn piece_verified(&mut self, peer: P, piece: PieceIndex) -> Vec<P> {
-        self.release(peer, piece);
-        self.have.set(piece);
         let mut others = Vec::new();
+        if piece.0 >= self.pieces.have.len() {
+            return others;
+        }
+        let i = piece.0 as usize;
+        let was_fresh = self.pieces.detach(piece.0);
+        let gained = self.pieces.have.set(piece);
         for (&id, p) in self.peers.iter_mut() {
             if p.in_flight.remove(&piece) {
-                self.requested[piece.0 as usize] -= 1;
-                others.push(id);
+                self.pieces.requested[i] -= 1;
+                if id != peer {
+                    others.push(id);
+                }
+            }
+            if p.bitfield.get(piece) {
+                p.missing -= u32::from(gained);
+                p.fresh -= u32::from(was_fresh);
             }
         }
+        self.pieces.attach(piece.0);
         others
     }
 
@@ -258,6 +293,7 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
             return Verdict::Banned;
         }
         self.failed.insert((piece, peer));
+        self.failed_by_peer.insert((peer, piece));
         let strikes = self.strikes.entry(peer).or_insert(0);
         *strikes += 1;
         if *strikes < MAX_STRIKES {
@@ -269,75 +305,53 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
     }
 
     fn release(&mut self, peer: P, piece: PieceIndex) {
-        if let Some(p) = self.peers.get_mut(&peer) {
-            if p.in_flight.remove(&piece) {
-                self.requested[piece.0 as usize] -= 1;
-            }
+        if self.peers.get_mut(&peer).is_some_and(|p| p.in_flight.remove(&piece)) {
+            self.change_requested(piece.0, false);
         }
     }
 
     /// True if no usable peer holds some missing piece: the fetch cannot finish with the
     /// peers it has.
     pub fn is_stuck(&self) -> bool {
-        self.have.iter_zeros().any(|i| {
-            !self.peers.iter().any(|(&id, p)| p.bitfield.get(i) && !self.failed.contains(&(i, id)))
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn full(n: u32) -> Bitfield {
-        Bitfield::full(n)
-    }
-
-    #[test]
-    fn a_resent_bitfield_keeps_strikes_and_requests() {
-        let mut p = Picker::new(Bitfield::new(8), 1);
-        assert!(p.add_peer(7u8, full(8)));
-        let a = p.next_request(7).unwrap().piece;
-        let b = p.next_request(7).unwrap().piece;
-        assert_eq!(p.piece_failed(7, a), Verdict::Strike(1));
-        // The liar re-sends its bitfield, hoping for a clean slate.
-        assert!(p.add_peer(7, full(8)));
-        assert_eq!(p.strikes(7), 1);
-        assert_eq!(p.in_flight(7), 1, "the request for {b} is still in flight");
-        let c = p.next_request(7).unwrap().piece;
-        assert_eq!(p.piece_failed(7, c), Verdict::Banned);
-        assert!(!p.add_peer(7, full(8)), "a banned peer is never re-added");
-        assert!(p.next_request(7).is_none());
+        if self.pieces.unavailable > 0 {
+            return true;
+        }
+        // Every missing piece has a holder: stuck only if each holder of one of them failed it.
+        let mut failed = self.failed.iter().peekable();
+        while let Some(&&(piece, _)) = failed.peek() {
+            let mut spoilt = 0;
+            while let Some((_, id)) = failed.next_if(|(i, _)| *i == piece) {
+                spoilt += u32::from(self.peers.get(id).is_some_and(|p| p.bitfield.get(piece)));
+            }
+            if self.pieces.missing(piece.0) && spoilt == self.pieces.availability[piece.0 as usize]
+            {
+                return true;
+            }
+        }
+        false
     }
 
-    #[test]
-    fn a_reconnect_keeps_strikes() {
-        let mut p = Picker::new(Bitfield::new(8), 1);
-        p.add_peer(1u8, full(8));
-        let a = p.next_request(1).unwrap().piece;
-        p.piece_failed(1, a);
-        assert_eq!(p.remove_peer(1), vec![]);
-        assert!(p.add_peer(1, full(8)));
-        let b = p.next_request(1).unwrap().piece;
-        assert_ne!(a, b, "a piece it sent badly is not asked of it again");
-        assert_eq!(p.piece_failed(1, b), Verdict::Banned);
-        assert!(p.is_banned(1) && !p.is_connected(1));
+    /// One more or one fewer connected peer holds piece `i` (in range). Only the availability
+    /// key changes: a piece turns fresh or stale here only with its first or last holder, whose
+    /// count the caller keeps.
+    fn change_availability(&mut self, i: u32, up: bool) {
+        self.pieces.detach(i);
+        let a = &mut self.pieces.availability[i as usize];
+        *a = if up { *a + 1 } else { *a - 1 };
+        self.pieces.attach(i);
     }
 
-    #[test]
-    fn availability_follows_replaced_bitfields() {
-        let mut p = Picker::new(Bitfield::new(4), 1);
-        let mut one = Bitfield::new(4);
-        one.set(PieceIndex(3));
-        p.add_peer(1u8, full(4));
-        p.add_peer(1, one.clone());
-        p.add_peer(2, one);
-        assert_eq!(p.availability, vec![0, 0, 0, 2]);
-        assert!(!p.add_peer(3, Bitfield::new(5)), "wrong length refused");
-        p.remove_peer(1);
-        assert_eq!(p.availability, vec![0, 0, 0, 1]);
-        // An out-of-range have from a hostile peer changes nothing and does not panic.
-        p.peer_has(2, PieceIndex(u32::MAX));
-        assert!(p.is_useful(2));
+    /// One more or one fewer request for piece `i` (in range) is in flight; when the piece
+    /// turns fresh or stale, so it does for every peer holding it.
+    fn change_requested(&mut self, i: u32, up: bool) {
+        let was = self.pieces.detach(i);
+        let r = &mut self.pieces.requested[i as usize];
+        *r = if up { *r + 1 } else { *r - 1 };
+        let now = self.pieces.attach(i);
+        if was != now {
+            for p in self.peers.values_mut().filter(|p| p.bitfield.get(PieceIndex(i))) {
+                p.fresh = if now { p.fresh + 1 } else { p.fresh - 1 };
+            }
+        }
     }
 }

@@ -1,17 +1,32 @@
 //! Pumping one control stream: hellos, subscriptions, bitfields and haves.
+//!
+//! Our new pieces reach a subscribed peer in batches: a have waits at most [`HAVE_TICK`] for
+//! others to share its write (or goes at once with [`HAVE_BATCH`] waiting). When this stream
+//! fell behind the node's have broadcast and lost some, the peer gets the full bitfield of
+//! each content it subscribed to instead, so its view of what we hold never goes wrong.
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::BytesMut;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
-use shoal_wire::{Decoder, Event, Message, RejectReason, Session};
-use tokio::sync::mpsc;
+use shoal_wire::{encode, Decoder, Event, Message, RejectReason, Session};
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{CLOSE_PROTOCOL, HELLO_DEADLINE, WRITE_STALL};
-use crate::io::{read_frame, write_frame_within, ReadError, Stalled, WriteError};
+use crate::io::{read_frame, write_within, ReadError, Stalled, WriteError};
 use crate::node::Node;
+
+/// The longest a have waits for others to share its write.
+const HAVE_TICK: Duration = Duration::from_millis(50);
+/// Haves that leave at once, without waiting for the tick.
+const HAVE_BATCH: usize = 64;
+/// Bytes gathered before a write goes out anyway (what one write holds, at most about).
+const WRITE_CHUNK: usize = 64 * 1024;
 
 /// What a control stream reports to a downloader.
 #[derive(Debug)]
@@ -77,20 +92,28 @@ pub(crate) async fn drive_control(
     events: Option<mpsc::Sender<PeerEvent>>,
 ) {
     let mut haves = node.events.haves.subscribe();
+    let mut batch = HaveBatch::default();
+    // Contents the peer subscribed to and we accepted: what a lag re-sends bitfields of.
+    let mut served: HashSet<ContentId> = HashSet::new();
     // Contents this session is about (either side subscribed), for per-content peer counts.
     let mut about: HashSet<ContentId> = HashSet::new();
-    let hello_by = tokio::time::Instant::now() + HELLO_DEADLINE;
+    let hello_by = Instant::now() + HELLO_DEADLINE;
     let reason = async {
         if let Some(m) = first {
             session.handle_message(m)?;
         }
+        // Served contents whose bitfield is to be re-sent (after a lag).
+        let mut resync: Vec<ContentId> = Vec::new();
         loop {
             while let Some(ev) = session.poll_event() {
                 match ev {
                     Event::Subscribed(content) => {
                         let held = answer_subscription(&node, &mut session, content);
-                        if held && about.insert(content) {
-                            node.stats.peer_session(content, peer, true);
+                        if held {
+                            served.insert(content);
+                            if about.insert(content) {
+                                node.stats.peer_session(content, peer, true);
+                            }
                         }
                     }
                     Event::Bitfield(c, b) => {
@@ -107,10 +130,31 @@ pub(crate) async fn drive_control(
                     _ => {}
                 }
             }
-            while let Some(m) = session.poll_transmit() {
-                write_frame_within(&mut send, &m, WRITE_STALL).await?;
+            // What is queued leaves in as few writes as possible, each at most about
+            // WRITE_CHUNK; bitfields to re-send are read from the store one at a time.
+            let mut out = BytesMut::new();
+            loop {
+                let m = match session.poll_transmit() {
+                    Some(m) => m,
+                    None => match resync.pop().map(|c| (c, node.contents.holding(c))) {
+                        Some((content, Ok(Some(bitfield)))) => {
+                            Message::Bitfield { content, bitfield }
+                        }
+                        // No longer held, or unreadable: nothing we can vouch for.
+                        Some(_) => continue,
+                        None => break,
+                    },
+                };
+                out.extend_from_slice(&encode(&m));
+                if out.len() >= WRITE_CHUNK {
+                    write_within(&mut send, out.split().freeze(), WRITE_STALL).await?;
+                }
+            }
+            if !out.is_empty() {
+                write_within(&mut send, out.freeze(), WRITE_STALL).await?;
             }
             let ready = session.is_ready();
+            let due = batch.due();
             tokio::select! {
                 frame = read_frame::<Message>(&mut recv, &mut dec) => match frame {
                     Ok(Some(m)) => session.handle_message(m)?,
@@ -120,11 +164,19 @@ pub(crate) async fn drive_control(
                         return Err(e.into());
                     }
                 },
-                have = haves.recv() => match have {
-                    Ok((c, p)) => session.announce_have(c, p),
-                    // Missed some: subscribers catch up from later haves.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                have = haves.recv(), if !batch.is_full() => match have {
+                    Ok((c, p)) => batch.push(Instant::now(), c, p),
+                    // Some haves were lost: the peer gets whole bitfields instead.
+                    Err(broadcast::error::RecvError::Lagged(_)) => batch.lag(Instant::now()),
                     Err(_) => return Err(StreamError::ShuttingDown),
+                },
+                () = sleep_until_some(due), if due.is_some() => match batch.take() {
+                    Flush::Haves(list) => {
+                        for (c, p) in list {
+                            session.announce_have(c, p);
+                        }
+                    }
+                    Flush::Bitfields => resync = served.iter().copied().collect(),
                 },
                 () = tokio::time::sleep_until(hello_by), if !ready => {
                     return Err(Stalled { what: "hello", after: HELLO_DEADLINE }.into());
@@ -181,5 +233,109 @@ fn answer_subscription(node: &Node, session: &mut Session, content: ContentId) -
 async fn forward(events: &Option<mpsc::Sender<PeerEvent>>, ev: PeerEvent) {
     if let Some(tx) = events {
         let _ = tx.send(ev).await;
+    }
+}
+
+/// Sleeps until `at`; for ever without one (the `select!` branch is disabled then anyway).
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a batch sends when it is due.
+#[derive(Debug, PartialEq, Eq)]
+enum Flush {
+    /// These haves, in the order they came.
+    Haves(Vec<(ContentId, PieceIndex)>),
+    /// The full bitfield of every served content (haves were lost).
+    Bitfields,
+}
+
+/// Our new pieces gathered for one peer. Holds at most [`HAVE_BATCH`] haves: at that count it
+/// is due at once, and the driver does not read the broadcast until it took it.
+#[derive(Debug, Default)]
+struct HaveBatch {
+    haves: Vec<(ContentId, PieceIndex)>,
+    /// When the oldest waiting have (or the lag) arrived.
+    since: Option<Instant>,
+    /// The broadcast lagged since the last flush.
+    lagged: bool,
+}
+
+impl HaveBatch {
+    fn push(&mut self, now: Instant, content: ContentId, piece: PieceIndex) {
+        self.since.get_or_insert(now);
+        // After a lag the bitfields, read when the batch is taken, hold this piece too.
+        if !self.lagged {
+            self.haves.push((content, piece));
+        }
+    }
+
+    fn lag(&mut self, now: Instant) {
+        self.since.get_or_insert(now);
+        self.lagged = true;
+        self.haves.clear();
+    }
+
+    fn is_full(&self) -> bool {
+        self.haves.len() >= HAVE_BATCH
+    }
+
+    /// When the batch is to be taken; `None` while empty.
+    fn due(&self) -> Option<Instant> {
+        let since = self.since?;
+        Some(if self.is_full() { since } else { since + HAVE_TICK })
+    }
+
+    fn take(&mut self) -> Flush {
+        self.since = None;
+        if std::mem::take(&mut self.lagged) {
+            Flush::Bitfields
+        } else {
+            Flush::Haves(std::mem::take(&mut self.haves))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn content(b: u8) -> ContentId {
+        ContentId([b; 32])
+    }
+
+    #[test]
+    fn haves_wait_a_tick_or_a_full_batch() {
+        let t0 = Instant::now();
+        let mut b = HaveBatch::default();
+        assert_eq!(b.due(), None, "nothing to send");
+        b.push(t0, content(1), PieceIndex(3));
+        b.push(t0 + Duration::from_millis(30), content(2), PieceIndex(4));
+        assert_eq!(b.due(), Some(t0 + HAVE_TICK), "the oldest have sets the tick");
+        let want = vec![(content(1), PieceIndex(3)), (content(2), PieceIndex(4))];
+        assert_eq!(b.take(), Flush::Haves(want));
+        assert_eq!(b.due(), None);
+        let t1 = t0 + Duration::from_secs(1);
+        for i in 0..HAVE_BATCH as u32 {
+            b.push(t1, content(1), PieceIndex(i));
+        }
+        assert!(b.is_full());
+        assert_eq!(b.due(), Some(t1), "a full batch is due at once");
+    }
+
+    #[test]
+    fn a_lag_sends_bitfields_not_a_partial_list() {
+        let t0 = Instant::now();
+        let mut b = HaveBatch::default();
+        b.push(t0, content(1), PieceIndex(1));
+        b.lag(t0 + Duration::from_millis(10));
+        b.push(t0 + Duration::from_millis(20), content(1), PieceIndex(2));
+        assert_eq!(b.due(), Some(t0 + HAVE_TICK));
+        assert_eq!(b.take(), Flush::Bitfields);
+        b.push(t0 + Duration::from_secs(1), content(1), PieceIndex(5));
+        assert_eq!(b.take(), Flush::Haves(vec![(content(1), PieceIndex(5))]), "lag is over");
     }
 }

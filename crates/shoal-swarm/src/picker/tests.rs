@@ -1,0 +1,228 @@
+use proptest::prelude::*;
+
+use super::reference::Reference;
+use super::*;
+
+fn full(n: u32) -> Bitfield {
+    Bitfield::full(n)
+}
+
+#[test]
+fn a_resent_bitfield_keeps_strikes_and_requests() {
+    let mut p = Picker::new(Bitfield::new(8), 1);
+    assert!(p.add_peer(7u8, full(8)));
+    let a = p.next_request(7).unwrap().piece;
+    let b = p.next_request(7).unwrap().piece;
+    assert_eq!(p.piece_failed(7, a), Verdict::Strike(1));
+    // The liar re-sends its bitfield, hoping for a clean slate.
+    assert!(p.add_peer(7, full(8)));
+    assert_eq!(p.strikes(7), 1);
+    assert_eq!(p.in_flight(7), 1, "the request for {b} is still in flight");
+    let c = p.next_request(7).unwrap().piece;
+    assert_eq!(p.piece_failed(7, c), Verdict::Banned);
+    assert!(!p.add_peer(7, full(8)), "a banned peer is never re-added");
+    assert!(p.next_request(7).is_none());
+}
+
+#[test]
+fn a_reconnect_keeps_strikes() {
+    let mut p = Picker::new(Bitfield::new(8), 1);
+    p.add_peer(1u8, full(8));
+    let a = p.next_request(1).unwrap().piece;
+    p.piece_failed(1, a);
+    assert_eq!(p.remove_peer(1), vec![]);
+    assert!(p.add_peer(1, full(8)));
+    let b = p.next_request(1).unwrap().piece;
+    assert_ne!(a, b, "a piece it sent badly is not asked of it again");
+    assert_eq!(p.piece_failed(1, b), Verdict::Banned);
+    assert!(p.is_banned(1) && !p.is_connected(1));
+}
+
+#[test]
+fn availability_follows_replaced_bitfields() {
+    let mut p = Picker::new(Bitfield::new(4), 1);
+    let mut one = Bitfield::new(4);
+    one.set(PieceIndex(3));
+    p.add_peer(1u8, full(4));
+    p.add_peer(1, one.clone());
+    p.add_peer(2, one);
+    assert_eq!(p.pieces.availability, vec![0, 0, 0, 2]);
+    assert!(!p.add_peer(3, Bitfield::new(5)), "wrong length refused");
+    p.remove_peer(1);
+    assert_eq!(p.pieces.availability, vec![0, 0, 0, 1]);
+    // An out-of-range have from a hostile peer changes nothing and does not panic.
+    p.peer_has(2, PieceIndex(u32::MAX));
+    assert!(p.is_useful(2));
+}
+
+#[test]
+fn a_peer_with_few_late_pieces_is_found_past_the_walk() {
+    // 200 pieces only the seed holds come first (rarest); the leecher holds 3 common ones.
+    let n = 400;
+    let mut p = Picker::new(Bitfield::new(n), 9);
+    let mut r = Reference::new(Bitfield::new(n), 9);
+    let mut common = Bitfield::new(n);
+    for i in (200..400).step_by(67) {
+        common.set(PieceIndex(i));
+    }
+    for (id, b) in [(0u8, full(n)), (1, common.clone()), (2, common)] {
+        p.add_peer(id, b.clone());
+        r.add_peer(id, b);
+    }
+    for _ in 0..3 {
+        let got = p.next_request(1);
+        assert_eq!(got, r.next_request(1));
+        assert!(got.is_some_and(|g| !g.endgame && g.piece.0 >= 200));
+    }
+    assert_eq!(p.next_request(1), None, "it holds nothing else");
+    let dup = p.next_request(2);
+    assert_eq!(dup, r.next_request(2));
+    assert!(dup.unwrap().endgame, "only pieces in flight elsewhere are left for peer 2");
+}
+
+/// Panics unless every counter the picker keeps matches a recount.
+fn check<P: Copy + Ord + std::fmt::Debug>(p: &Picker<P>) {
+    p.pieces.check();
+    for i in 0..p.pieces.have.len() {
+        let piece = PieceIndex(i);
+        let holders = p.peers.values().filter(|q| q.bitfield.get(piece)).count() as u32;
+        assert_eq!(p.pieces.availability[i as usize], holders, "availability of {i}");
+        let asked = p.peers.values().filter(|q| q.in_flight.contains(&piece)).count() as u32;
+        assert_eq!(p.pieces.requested[i as usize], asked, "requests of {i}");
+    }
+    for (id, q) in &p.peers {
+        let ones = || q.bitfield.iter_ones();
+        let missing = ones().filter(|i| p.pieces.missing(i.0)).count() as u32;
+        let fresh = ones().filter(|i| p.pieces.is_fresh(i.0)).count() as u32;
+        assert_eq!((q.missing, q.fresh), (missing, fresh), "counts of {id:?}");
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// A peer's bitfield: piece `i` held if `bits[i] < density`.
+    Add(u8, u8, Vec<u8>),
+    WrongLength(u8),
+    Remove(u8),
+    Ban(u8),
+    Have(u8, u32),
+    Request(u8),
+    /// On the `sel`-th request made so far.
+    Verified(usize),
+    Failed(usize),
+    PieceFailed(usize),
+    /// On any peer and piece, in range or not.
+    VerifiedAny(u8, u32),
+    PieceFailedAny(u8, u32),
+    Hints(Vec<u32>),
+}
+
+fn op(n: u32) -> impl Strategy<Value = Op> {
+    let peer = 0u8..6;
+    let piece = 0..n + 2;
+    prop_oneof![
+        3 => (peer.clone(), 0u8..=4, prop::collection::vec(0u8..4, n as usize))
+            .prop_map(|(p, d, b)| Op::Add(p, d, b)),
+        1 => peer.clone().prop_map(Op::WrongLength),
+        1 => peer.clone().prop_map(Op::Remove),
+        1 => peer.clone().prop_map(Op::Ban),
+        4 => (peer.clone(), piece.clone()).prop_map(|(p, i)| Op::Have(p, i)),
+        10 => peer.clone().prop_map(Op::Request),
+        4 => any::<usize>().prop_map(Op::Verified),
+        2 => any::<usize>().prop_map(Op::Failed),
+        1 => any::<usize>().prop_map(Op::PieceFailed),
+        1 => (peer.clone(), piece.clone()).prop_map(|(p, i)| Op::VerifiedAny(p, i)),
+        1 => (peer, piece.clone()).prop_map(|(p, i)| Op::PieceFailedAny(p, i)),
+        1 => prop::collection::vec(piece, 0..8).prop_map(Op::Hints),
+    ]
+}
+
+fn case() -> impl Strategy<Value = (u32, u64, Vec<bool>, Vec<Op>)> {
+    // Up to 150 pieces: more than two bitfield words, and more than the walk before a scan.
+    (0u32..150).prop_flat_map(|n| {
+        let have = prop::collection::vec(prop::bool::weighted(0.2), n as usize);
+        (Just(n), any::<u64>(), have, prop::collection::vec(op(n), 1..250))
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// The indexed picker makes exactly the choices of the scan-everything rule.
+    #[test]
+    fn agrees_with_the_reference((n, seed, have, ops) in case()) {
+        let mut bits = Bitfield::new(n);
+        for (i, _) in have.iter().enumerate().filter(|(_, h)| **h) {
+            bits.set(PieceIndex(i as u32));
+        }
+        let mut new = Picker::new(bits.clone(), seed);
+        let mut old = Reference::new(bits, seed);
+        let mut sent: Vec<(u8, PieceIndex)> = Vec::new();
+        for op in ops {
+            let nth = |sel: usize| sent.get(sel % sent.len().max(1)).copied();
+            match op {
+                Op::Add(p, density, b) => {
+                    let mut bf = Bitfield::new(n);
+                    for (i, _) in b.iter().enumerate().filter(|(_, v)| **v < density) {
+                        bf.set(PieceIndex(i as u32));
+                    }
+                    prop_assert_eq!(new.add_peer(p, bf.clone()), old.add_peer(p, bf));
+                }
+                Op::WrongLength(p) => {
+                    let bf = Bitfield::full(n + 1);
+                    prop_assert_eq!(new.add_peer(p, bf.clone()), old.add_peer(p, bf));
+                }
+                Op::Remove(p) => prop_assert_eq!(new.remove_peer(p), old.remove_peer(p)),
+                Op::Ban(p) => {
+                    new.ban(p);
+                    old.ban(p);
+                }
+                Op::Have(p, i) => {
+                    new.peer_has(p, PieceIndex(i));
+                    old.peer_has(p, PieceIndex(i));
+                }
+                Op::Request(p) => {
+                    let r = new.next_request(p);
+                    prop_assert_eq!(r, old.next_request(p));
+                    if let Some(r) = r {
+                        sent.push((p, r.piece));
+                    }
+                }
+                Op::Verified(sel) => if let Some((p, i)) = nth(sel) {
+                    prop_assert_eq!(new.piece_verified(p, i), old.piece_verified(p, i));
+                },
+                Op::Failed(sel) => if let Some((p, i)) = nth(sel) {
+                    new.request_failed(p, i);
+                    old.request_failed(p, i);
+                },
+                Op::PieceFailed(sel) => if let Some((p, i)) = nth(sel) {
+                    prop_assert_eq!(new.piece_failed(p, i), old.piece_failed(p, i));
+                },
+                Op::VerifiedAny(p, i) => {
+                    let i = PieceIndex(i);
+                    prop_assert_eq!(new.piece_verified(p, i), old.piece_verified(p, i));
+                }
+                Op::PieceFailedAny(p, i) => {
+                    let i = PieceIndex(i);
+                    prop_assert_eq!(new.piece_failed(p, i), old.piece_failed(p, i));
+                }
+                Op::Hints(h) => {
+                    let h: Vec<_> = h.into_iter().map(PieceIndex).collect();
+                    new.set_hints(&h);
+                    old.set_hints(&h);
+                }
+            }
+            check(&new);
+            prop_assert_eq!(new.is_stuck(), old.is_stuck());
+            prop_assert_eq!(new.have(), old.have());
+            prop_assert_eq!(new.is_complete(), old.is_complete());
+            for p in 0..6u8 {
+                prop_assert_eq!(new.is_useful(p), old.is_useful(p), "is_useful({})", p);
+                prop_assert_eq!(new.in_flight(p), old.in_flight(p));
+                prop_assert_eq!(new.is_connected(p), old.is_connected(p));
+                prop_assert_eq!(new.is_banned(p), old.is_banned(p));
+                prop_assert_eq!(new.strikes(p), old.strikes(p));
+            }
+        }
+    }
+}
