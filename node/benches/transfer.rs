@@ -12,7 +12,29 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+#[path = "transfer/limits.rs"]
+mod limits;
 use common::{write_file, Killed, BIN};
+
+/// CPU seconds (user + system) of process `pid` so far, from /proc; 0 if it is gone.
+fn cpu_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu(&stat, 11)
+}
+
+/// CPU seconds of this process's reaped children so far (cutime + cstime).
+fn children_cpu() -> f64 {
+    stat_cpu(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default(), 13)
+}
+
+/// The sum of the two clock-tick fields at `at` and `at + 1` after the command name of a
+/// /proc stat line, in seconds (USER_HZ is 100 on Linux).
+fn stat_cpu(stat: &str, at: usize) -> f64 {
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let f: Vec<u64> =
+        rest.split_whitespace().skip(at).take(2).filter_map(|x| x.parse().ok()).collect();
+    f.iter().sum::<u64>() as f64 / 100.0
+}
 
 /// Runs a command to completion, sampling its peak RSS (VmHWM) from /proc.
 fn timed(mut cmd: Command) -> (f64, u64, String) {
@@ -89,6 +111,9 @@ fn start_http(dir: &Path, conf_dir: &Path) -> (Killed, u16, &'static str) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    if args.first().map(String::as_str) == Some("limits") {
+        return limits::run(&args[1..]);
+    }
     let mib: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(1024);
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
     let size = mib << 20;
@@ -110,14 +135,16 @@ fn main() {
         .unwrap();
     let mut first = String::new();
     BufReader::new(daemon.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    let _daemon = Killed(daemon);
+    let daemon = Killed(daemon);
+    let seed_pid = daemon.0.id();
 
     let mut add = Command::new(BIN);
     add.arg("--data-dir").arg(&seed_dir).arg("add").arg(&src);
     let (add_s, _, ticket) = timed(add);
     let ticket = ticket.trim().to_string();
 
-    let (_http, port, http_name) = start_http(&share, tmp.path());
+    let (http_proc, port, http_name) = start_http(&share, tmp.path());
+    let http_pid = http_proc.0.id();
     let out: PathBuf = tmp.path().join("out.bin");
     let mut quic = Vec::new();
     let mut http = Vec::new();
@@ -128,43 +155,67 @@ fn main() {
         let fetch_dir = tmp.path().join(format!("fetch{round}"));
         let mut get = Command::new(BIN);
         get.arg("--data-dir").arg(&fetch_dir).args(["get", &ticket, "-o"]).arg(&out).arg("--json");
+        let (seed0, child0) = (cpu_of(seed_pid), children_cpu());
         let (secs, rss, report) = timed(get);
+        let cpu = Cpu { sender: cpu_of(seed_pid) - seed0, receiver: children_cpu() - child0 };
         let v: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
         assert_eq!(v["size"], size);
         assert_eq!(std::fs::metadata(&out).unwrap().len(), size);
-        quic.push(secs);
+        quic.push((secs, cpu));
         peak = peak.max(rss);
         let _ = std::fs::remove_file(&out);
 
         let mut curl = Command::new("curl");
         curl.args(["-s", "-o"]).arg(&out).arg(format!("http://127.0.0.1:{port}/file.bin"));
+        let (http0, child0) = (cpu_of(http_pid), children_cpu());
         let (secs, _, _) = timed(curl);
+        let cpu = Cpu { sender: cpu_of(http_pid) - http0, receiver: children_cpu() - child0 };
         assert_eq!(std::fs::metadata(&out).unwrap().len(), size);
         // shoal makes its output durable before renaming it into place; give curl's file the
         // same fsync for the like-for-like figure.
         let mut sync = Command::new("sync");
         sync.arg(&out);
         let (sync_secs, _, _) = timed(sync);
-        http.push(secs);
-        http_durable.push(secs + sync_secs);
+        http.push((secs, cpu));
+        http_durable.push((secs + sync_secs, cpu));
         let _ = std::fs::remove_file(&out);
     }
-    let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    drop(daemon);
+    let best = |v: &[(f64, Cpu)]| {
+        v.iter().copied().min_by(|a, b| a.0.total_cmp(&b.0)).expect("at least one round")
+    };
     let (q, h, hd) = (best(&quic), best(&http), best(&http_durable));
+    let gib = size as f64 / f64::from(1 << 30);
     let rate = |s: f64| size as f64 / s / (1024.0 * 1024.0);
+    let line = |what: &str, (s, cpu): (f64, Cpu)| {
+        println!(
+            "{what:<34} {s:>7.2} s {:>6.0} MiB/s   cpu s/GiB: sender {:>5.2} receiver {:>5.2}",
+            rate(s),
+            cpu.sender / gib,
+            cpu.receiver / gib,
+        )
+    };
     println!(
-        "transfer benchmark: {mib} MiB over loopback, best of {rounds} (whole-command wall time)"
+        "transfer benchmark: {mib} MiB over loopback, best of {rounds} (whole-command wall time; \
+         CPU = user+system seconds of the serving process and of the fetching command)"
     );
     println!(
-        "{:<40} {:>8.2} s {:>9.0} MiB/s",
+        "{:<34} {:>7.2} s {:>6.0} MiB/s",
         "shoal add (import through daemon)",
         add_s,
         rate(add_s)
     );
-    println!("{:<40} {:>8.2} s {:>9.0} MiB/s", "shoal get (QUIC, standalone)", q, rate(q));
-    println!("{:<40} {:>8.2} s {:>9.0} MiB/s", format!("curl from {http_name}"), h, rate(h));
-    println!("{:<40} {:>8.2} s {:>9.0} MiB/s", "curl + fsync of the file", hd, rate(hd));
-    println!("ratio QUIC / HTTP throughput: {:.2}", h / q);
-    println!("ratio QUIC / HTTP+fsync throughput: {:.2}", hd / q);
+    line("shoal get (QUIC, standalone)", q);
+    line(&format!("curl from {http_name}"), h);
+    line("curl + fsync of the file", hd);
+    println!("ratio QUIC / HTTP throughput: {:.2}", h.0 / q.0);
+    println!("ratio QUIC / HTTP+fsync throughput: {:.2}", hd.0 / q.0);
     println!("fetcher peak RSS: {:.1} MiB", peak as f64 / (1024.0 * 1024.0));
+}
+
+/// CPU seconds spent by each side of one transfer.
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    sender: f64,
+    receiver: f64,
 }

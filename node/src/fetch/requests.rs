@@ -18,7 +18,7 @@ use crate::io::{read_frame, write_frame};
 use crate::node::Node;
 use crate::serve::{drive_control, PeerEvent};
 
-/// Bytes read per rate-limiter grant.
+/// The most bytes one read of piece data asks quinn for.
 const READ_CHUNK: usize = 256 * 1024;
 
 /// Asks a peer for the manifest: its bytes (at most the wire's manifest limit) and the count
@@ -122,20 +122,29 @@ async fn receive_piece(
         bail!("piece longer than announced");
     }
     buf.extend_from_slice(&rest);
-    *bytes += buf.len() as u64;
-    counters.received.fetch_add(buf.len() as u64, Ordering::Relaxed);
+    received(ctx, counters, bytes, rest.len()).await;
     while (buf.len() as u64) < len {
         let want = READ_CHUNK.min(len as usize - buf.len());
-        {
-            // Time spent on our own limits is not the peer's stall.
-            let _waiting = Waiting::new(counters);
-            ctx.node.download.acquire(want as u64).await;
-            ctx.limit.acquire(want as u64).await;
-        }
         let chunk = recv.read_chunk(want, true).await?.context("stream ended inside a piece")?;
         buf.extend_from_slice(&chunk.bytes);
-        *bytes += chunk.bytes.len() as u64;
-        counters.received.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+        received(ctx, counters, bytes, chunk.bytes.len()).await;
     }
     Ok(Ok(buf))
+}
+
+/// Counts `n` piece bytes just read and charges them to the node's and this fetch's download
+/// limits, waiting out what they owe before the next read. Charged after the read, for the
+/// bytes it returned: a read returns what one packet carried, whatever size was asked for.
+async fn received(ctx: &Ctx, counters: &Counters, bytes: &mut u64, n: usize) {
+    let n = n as u64;
+    *bytes += n;
+    counters.received.fetch_add(n, Ordering::Relaxed);
+    // Both limits are charged at once and the longer wait is served (not one after the other,
+    // which would make the slower limit slower still).
+    let wait = ctx.node.download.take(n).max(ctx.limit.take(n));
+    if !wait.is_zero() {
+        // Time spent on our own limits is not the peer's stall.
+        let _waiting = Waiting::new(counters);
+        tokio::time::sleep(wait).await;
+    }
 }
