@@ -17,11 +17,18 @@ pub(crate) struct PartialState {
     pub(crate) path: PathBuf,
     // Held only to read or set bits.
     have: Mutex<Bitfield>,
+    /// Pieces this process hashed and then wrote (not those a resume found recorded): serving
+    /// them needs no second hash. Held only to read or set bits.
+    written: Mutex<Bitfield>,
 }
 
 impl PartialState {
     pub(crate) fn have(&self) -> Bitfield {
         self.have.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn written_here(&self, piece: PieceIndex) -> bool {
+        self.written.lock().unwrap_or_else(|p| p.into_inner()).get(piece)
     }
 }
 
@@ -149,7 +156,8 @@ impl Download {
         store.cache_manifest(manifest.clone());
         store.forget_file(id);
         let resumed = have.count();
-        let state = Arc::new(PartialState { file, path: partial, have: Mutex::new(have) });
+        let written = Mutex::new(Bitfield::new(manifest.piece_count()));
+        let state = Arc::new(PartialState { file, path: partial, have: Mutex::new(have), written });
         store.inner().active.lock().unwrap_or_else(|p| p.into_inner()).insert(id, state.clone());
         Ok(Self {
             store,
@@ -207,6 +215,7 @@ impl Download {
                 .write_all_at(data, range.start)
                 .map_err(StoreError::io("cannot write", &self.state.path))?;
         }
+        self.state.written.lock().unwrap_or_else(|p| p.into_inner()).set(piece);
         let newly = self.state.have.lock().unwrap_or_else(|p| p.into_inner()).set(piece);
         if newly {
             self.pending.lock().unwrap_or_else(|p| p.into_inner()).push(piece);

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use shoal_core::{hash, Bitfield, ContentId, Manifest, PieceHash, PieceIndex};
 
+use crate::checked::{Checked, Stamp};
 use crate::download::{Download, PartialState};
 use crate::meta::{ContentRecord, MetaStore, SledMeta, Source};
 use crate::StoreError;
@@ -56,11 +57,30 @@ pub(crate) struct Inner {
     pub(crate) active: Mutex<HashMap<ContentId, Arc<PartialState>>>,
     manifests: Mutex<HashMap<ContentId, Arc<Manifest>>>,
     files: Mutex<HashMap<ContentId, Arc<File>>>,
+    /// Pieces of seeded files already checked against their hashes by this process.
+    checked: Checked,
 }
 
 /// Modification time in nanoseconds since the epoch (fits an i64 until 2262).
 pub(crate) fn mtime_ns(md: &fs::Metadata) -> i64 {
     md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec())
+}
+
+/// Reads exactly `len` bytes at `offset` into a new buffer, without zeroing it first (at
+/// several hundred MiB/s of uploads, zeroing each piece buffer costs as much as the read).
+pub(crate) fn read_at(file: &File, len: usize, offset: u64) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = offset + buf.len() as u64;
+        // `pread` into the spare capacity only: it extends `buf` by what it read.
+        match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(buf)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -91,6 +111,7 @@ impl Store {
                 active: Mutex::new(HashMap::new()),
                 manifests: Mutex::new(HashMap::new()),
                 files: Mutex::new(HashMap::new()),
+                checked: Checked::default(),
             }),
         }
     }
@@ -140,6 +161,7 @@ impl Store {
         self.inner.meta.clear_verified(id)?;
         self.inner.meta.flush()?;
         lock(&self.inner.files).remove(&id);
+        self.inner.checked.forget(id);
         Ok(manifest)
     }
 
@@ -187,22 +209,24 @@ impl Store {
 
     /// Reads piece `piece` for upload and checks it against its hash. Blocking.
     ///
-    /// A seeded file whose bytes no longer match is marked changed (and logged) and
-    /// [`StoreError::SourceChanged`] is returned, now and from then on.
+    /// A seeded file whose bytes no longer match, or whose length or modification time differ
+    /// from the ones recorded at import, is marked changed (and logged) and
+    /// [`StoreError::SourceChanged`] is returned, now and from then on. A piece is hashed
+    /// once per process while the file stays untouched (see `checked.rs` for what that sees),
+    /// and a piece this process verified and wrote during a download is not hashed again.
     pub fn read_piece(&self, id: ContentId, piece: PieceIndex) -> Result<Vec<u8>, StoreError> {
         let m = self.manifest(id)?.ok_or(StoreError::NotFound(id))?;
         let expected = m.piece_hash(piece).ok_or(StoreError::NotFound(id))?;
         let range = m.piece_range(piece);
-        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        let len = (range.end - range.start) as usize;
         let active = lock(&self.inner.active).get(&id).cloned();
         if let Some(p) = active {
             if !p.have().get(piece) {
                 return Err(StoreError::NotFound(id));
             }
-            p.file
-                .read_exact_at(&mut buf, range.start)
+            let buf = read_at(&p.file, len, range.start)
                 .map_err(StoreError::io("cannot read", &p.path))?;
-            if PieceHash::of(&buf) != expected {
+            if !p.written_here(piece) && PieceHash::of(&buf) != expected {
                 return Err(StoreError::Io {
                     what: "verified piece no longer matches in",
                     path: p.path.clone(),
@@ -214,16 +238,24 @@ impl Store {
         let rec = self.inner.meta.record(id)?.ok_or(StoreError::NotFound(id))?;
         match &rec.source {
             Source::Seeded { changed: true, .. } => Err(StoreError::SourceChanged(id)),
-            Source::Seeded { path, .. } => {
+            Source::Seeded { path, len: rec_len, mtime_ns, .. } => {
                 let file = self.open_cached(id, path)?;
-                let read = file.read_exact_at(&mut buf, range.start);
-                if read.is_err() || PieceHash::of(&buf) != expected {
-                    self.mark_changed(
-                        id,
-                        rec.clone(),
-                        &format!("piece {piece} no longer matches its hash"),
-                    );
-                    return Err(StoreError::SourceChanged(id));
+                let changed = |why: &str| {
+                    self.mark_changed(id, rec.clone(), why);
+                    StoreError::SourceChanged(id)
+                };
+                let stamp = match Stamp::of(&file) {
+                    Ok(s) if s.matches(*rec_len, *mtime_ns) => s,
+                    _ => return Err(changed("its size or modification time changed")),
+                };
+                let Ok(buf) = read_at(&file, len, range.start) else {
+                    return Err(changed(&format!("piece {piece} cannot be read")));
+                };
+                if !self.inner.checked.contains(id, stamp, piece) {
+                    if PieceHash::of(&buf) != expected {
+                        return Err(changed(&format!("piece {piece} no longer matches its hash")));
+                    }
+                    self.inner.checked.insert(id, stamp, m.piece_count(), piece);
                 }
                 Ok(buf)
             }
@@ -232,7 +264,7 @@ impl Store {
                     return Err(StoreError::NotFound(id));
                 }
                 let file = self.open_cached(id, partial)?;
-                file.read_exact_at(&mut buf, range.start)
+                let buf = read_at(&file, len, range.start)
                     .map_err(StoreError::io("cannot read", partial))?;
                 if PieceHash::of(&buf) != expected {
                     return Err(StoreError::NotFound(id));
@@ -266,6 +298,7 @@ impl Store {
             tracing::warn!(content = %id, path = %path.display(), why, "source file changed on disk; no longer seeding it");
         }
         lock(&self.inner.files).remove(&id);
+        self.inner.checked.forget(id);
         if let Err(e) =
             self.inner.meta.update_record(id, &rec).and_then(|()| self.inner.meta.flush())
         {
@@ -318,5 +351,6 @@ impl Store {
 
     pub(crate) fn forget_file(&self, id: ContentId) {
         lock(&self.inner.files).remove(&id);
+        self.inner.checked.forget(id);
     }
 }
