@@ -185,6 +185,18 @@ impl Download {
         self.state.have()
     }
 
+    /// An empty buffer with room for a piece of `len` bytes, from the store's spares if one
+    /// fits: receive a piece into it, then hand it back with [`Download::give_back`].
+    pub fn buffer(&self, len: usize) -> Vec<u8> {
+        self.store.inner().buffers.take(len)
+    }
+
+    /// Keeps a piece buffer for a later [`Download::buffer`] (within the store's bound on
+    /// spare buffers, [`crate::MAX_SPARE_BYTES`]).
+    pub fn give_back(&self, buf: Vec<u8>) {
+        self.store.inner().buffers.give_back(buf);
+    }
+
     /// Pieces that were already verified when this download began (a resume).
     pub fn resumed_pieces(&self) -> u32 {
         self.resumed

@@ -19,12 +19,14 @@
 
 #![warn(missing_docs)]
 
+mod buffers;
 mod checked;
 mod download;
 mod error;
 pub mod meta;
 mod store;
 
+pub use buffers::MAX_SPARE_BYTES;
 pub use download::Download;
 pub use error::StoreError;
 pub use meta::{ContentRecord, MemMeta, MetaStore, SledMeta, Source};

@@ -6,8 +6,10 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use shoal_core::{hash, Bitfield, ContentId, Manifest, PieceHash, PieceIndex};
 
+use crate::buffers::Buffers;
 use crate::checked::{Checked, Stamp};
 use crate::download::{Download, PartialState};
 use crate::meta::{ContentRecord, MetaStore, SledMeta, Source};
@@ -59,6 +61,8 @@ pub(crate) struct Inner {
     files: Mutex<HashMap<ContentId, Arc<File>>>,
     /// Pieces of seeded files already checked against their hashes by this process.
     checked: Checked,
+    /// Spare piece buffers, for reads and for downloads.
+    pub(crate) buffers: Buffers,
 }
 
 /// Modification time in nanoseconds since the epoch (fits an i64 until 2262).
@@ -68,8 +72,14 @@ pub(crate) fn mtime_ns(md: &fs::Metadata) -> i64 {
 
 /// Reads exactly `len` bytes at `offset` into a new buffer, without zeroing it first (at
 /// several hundred MiB/s of uploads, zeroing each piece buffer costs as much as the read).
-pub(crate) fn read_at(file: &File, len: usize, offset: u64) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(len);
+pub(crate) fn read_at(
+    file: &File,
+    mut buf: Vec<u8>,
+    len: usize,
+    offset: u64,
+) -> std::io::Result<Vec<u8>> {
+    buf.clear();
+    buf.reserve(len);
     while buf.len() < len {
         let at = offset + buf.len() as u64;
         // `pread` into the spare capacity only: it extends `buf` by what it read.
@@ -112,6 +122,7 @@ impl Store {
                 manifests: Mutex::new(HashMap::new()),
                 files: Mutex::new(HashMap::new()),
                 checked: Checked::default(),
+                buffers: Buffers::default(),
             }),
         }
     }
@@ -214,17 +225,20 @@ impl Store {
     /// [`StoreError::SourceChanged`] is returned, now and from then on. A piece is hashed
     /// once per process while the file stays untouched (see `checked.rs` for what that sees),
     /// and a piece this process verified and wrote during a download is not hashed again.
-    pub fn read_piece(&self, id: ContentId, piece: PieceIndex) -> Result<Vec<u8>, StoreError> {
+    ///
+    /// The bytes are in a buffer that goes back to the store's spares once they are dropped.
+    pub fn read_piece(&self, id: ContentId, piece: PieceIndex) -> Result<Bytes, StoreError> {
         let m = self.manifest(id)?.ok_or(StoreError::NotFound(id))?;
         let expected = m.piece_hash(piece).ok_or(StoreError::NotFound(id))?;
         let range = m.piece_range(piece);
         let len = (range.end - range.start) as usize;
+        let fresh = || self.inner.buffers.take(len);
         let active = lock(&self.inner.active).get(&id).cloned();
         if let Some(p) = active {
             if !p.have().get(piece) {
                 return Err(StoreError::NotFound(id));
             }
-            let buf = read_at(&p.file, len, range.start)
+            let buf = read_at(&p.file, fresh(), len, range.start)
                 .map_err(StoreError::io("cannot read", &p.path))?;
             if !p.written_here(piece) && PieceHash::of(&buf) != expected {
                 return Err(StoreError::Io {
@@ -233,7 +247,7 @@ impl Store {
                     source: std::io::Error::other(format!("piece {piece}")),
                 });
             }
-            return Ok(buf);
+            return Ok(self.inner.buffers.lend(buf));
         }
         let rec = self.inner.meta.record(id)?.ok_or(StoreError::NotFound(id))?;
         match &rec.source {
@@ -248,7 +262,7 @@ impl Store {
                     Ok(s) if s.matches(*rec_len, *mtime_ns) => s,
                     _ => return Err(changed("its size or modification time changed")),
                 };
-                let Ok(buf) = read_at(&file, len, range.start) else {
+                let Ok(buf) = read_at(&file, fresh(), len, range.start) else {
                     return Err(changed(&format!("piece {piece} cannot be read")));
                 };
                 if !self.inner.checked.contains(id, stamp, piece) {
@@ -257,19 +271,19 @@ impl Store {
                     }
                     self.inner.checked.insert(id, stamp, m.piece_count(), piece);
                 }
-                Ok(buf)
+                Ok(self.inner.buffers.lend(buf))
             }
             Source::Download { partial, .. } => {
                 if !self.inner.meta.is_verified(id, piece)? {
                     return Err(StoreError::NotFound(id));
                 }
                 let file = self.open_cached(id, partial)?;
-                let buf = read_at(&file, len, range.start)
+                let buf = read_at(&file, fresh(), len, range.start)
                     .map_err(StoreError::io("cannot read", partial))?;
                 if PieceHash::of(&buf) != expected {
                     return Err(StoreError::NotFound(id));
                 }
-                Ok(buf)
+                Ok(self.inner.buffers.lend(buf))
             }
         }
     }

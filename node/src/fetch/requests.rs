@@ -80,7 +80,12 @@ pub(super) async fn request_piece(
     let outcome = match receive_piece(&ctx, &conn, piece, len, &counters, &mut bytes).await {
         Ok(Ok(data)) => {
             let dl = ctx.dl.clone();
-            match tokio::task::spawn_blocking(move || dl.write_piece(piece, &data)).await {
+            let write = move || {
+                let written = dl.write_piece(piece, &data);
+                dl.give_back(data);
+                written
+            };
+            match tokio::task::spawn_blocking(write).await {
                 Ok(Ok(true)) => Outcome::Verified,
                 Ok(Ok(false)) => Outcome::Bad,
                 Ok(Err(e)) => Outcome::Fatal(e),
@@ -116,7 +121,7 @@ async fn receive_piece(
         bail!("piece {piece} announced as {n} bytes, expected {len}");
     }
     // One contiguous buffer per piece: see `Download::write_piece` for why.
-    let mut buf = Vec::with_capacity(len as usize);
+    let mut buf = ctx.dl.buffer(len as usize);
     let rest = dec.take_rest();
     if rest.len() as u64 > len {
         bail!("piece longer than announced");
