@@ -16,24 +16,46 @@ mod common;
 mod limits;
 use common::{write_file, Killed, BIN};
 
-/// CPU seconds (user + system) of process `pid` so far, from /proc; 0 if it is gone.
-fn cpu_of(pid: u32) -> f64 {
+/// CPU seconds of process `pid` so far, from /proc; zero if it is gone.
+fn cpu_of(pid: u32) -> Cpu {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     stat_cpu(&stat, 11)
 }
 
-/// CPU seconds of this process's reaped children so far (cutime + cstime).
-fn children_cpu() -> f64 {
+/// CPU seconds of this process's reaped children so far (cutime, cstime).
+fn children_cpu() -> Cpu {
     stat_cpu(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default(), 13)
 }
 
-/// The sum of the two clock-tick fields at `at` and `at + 1` after the command name of a
+/// The user and system clock-tick fields at `at` and `at + 1` after the command name of a
 /// /proc stat line, in seconds (USER_HZ is 100 on Linux).
-fn stat_cpu(stat: &str, at: usize) -> f64 {
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+fn stat_cpu(stat: &str, at: usize) -> Cpu {
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return Cpu::default() };
     let f: Vec<u64> =
         rest.split_whitespace().skip(at).take(2).filter_map(|x| x.parse().ok()).collect();
-    f.iter().sum::<u64>() as f64 / 100.0
+    let secs = |i: usize| f.get(i).copied().unwrap_or(0) as f64 / 100.0;
+    Cpu { user: secs(0), system: secs(1) }
+}
+
+/// User and system CPU seconds.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    user: f64,
+    system: f64,
+}
+
+impl std::ops::Sub for Cpu {
+    type Output = Cpu;
+    fn sub(self, o: Cpu) -> Cpu {
+        Cpu { user: self.user - o.user, system: self.system - o.system }
+    }
+}
+
+/// CPU seconds spent by each side of one transfer.
+#[derive(Debug, Clone, Copy)]
+struct Sides {
+    sender: Cpu,
+    receiver: Cpu,
 }
 
 /// Runs a command to completion, sampling its peak RSS (VmHWM) from /proc.
@@ -157,7 +179,7 @@ fn main() {
         get.arg("--data-dir").arg(&fetch_dir).args(["get", &ticket, "-o"]).arg(&out).arg("--json");
         let (seed0, child0) = (cpu_of(seed_pid), children_cpu());
         let (secs, rss, report) = timed(get);
-        let cpu = Cpu { sender: cpu_of(seed_pid) - seed0, receiver: children_cpu() - child0 };
+        let cpu = Sides { sender: cpu_of(seed_pid) - seed0, receiver: children_cpu() - child0 };
         let v: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
         assert_eq!(v["size"], size);
         assert_eq!(std::fs::metadata(&out).unwrap().len(), size);
@@ -169,7 +191,7 @@ fn main() {
         curl.args(["-s", "-o"]).arg(&out).arg(format!("http://127.0.0.1:{port}/file.bin"));
         let (http0, child0) = (cpu_of(http_pid), children_cpu());
         let (secs, _, _) = timed(curl);
-        let cpu = Cpu { sender: cpu_of(http_pid) - http0, receiver: children_cpu() - child0 };
+        let cpu = Sides { sender: cpu_of(http_pid) - http0, receiver: children_cpu() - child0 };
         assert_eq!(std::fs::metadata(&out).unwrap().len(), size);
         // shoal makes its output durable before renaming it into place; give curl's file the
         // same fsync for the like-for-like figure.
@@ -181,18 +203,24 @@ fn main() {
         let _ = std::fs::remove_file(&out);
     }
     drop(daemon);
-    let best = |v: &[(f64, Cpu)]| {
+    let best = |v: &[(f64, Sides)]| {
         v.iter().copied().min_by(|a, b| a.0.total_cmp(&b.0)).expect("at least one round")
     };
     let (q, h, hd) = (best(&quic), best(&http), best(&http_durable));
     let gib = size as f64 / f64::from(1 << 30);
     let rate = |s: f64| size as f64 / s / (1024.0 * 1024.0);
-    let line = |what: &str, (s, cpu): (f64, Cpu)| {
+    let line = |what: &str, (s, cpu): (f64, Sides)| {
+        let (tx, rx) = (cpu.sender, cpu.receiver);
         println!(
-            "{what:<34} {s:>7.2} s {:>6.0} MiB/s   cpu s/GiB: sender {:>5.2} receiver {:>5.2}",
+            "{what:<30} {s:>6.2} s {:>5.0} MiB/s  CPU s/GiB: sender {:.2} ({:.2} user + {:.2} sys), \
+             receiver {:.2} ({:.2} + {:.2})",
             rate(s),
-            cpu.sender / gib,
-            cpu.receiver / gib,
+            (tx.user + tx.system) / gib,
+            tx.user / gib,
+            tx.system / gib,
+            (rx.user + rx.system) / gib,
+            rx.user / gib,
+            rx.system / gib,
         )
     };
     println!(
@@ -211,11 +239,4 @@ fn main() {
     println!("ratio QUIC / HTTP throughput: {:.2}", h.0 / q.0);
     println!("ratio QUIC / HTTP+fsync throughput: {:.2}", hd.0 / q.0);
     println!("fetcher peak RSS: {:.1} MiB", peak as f64 / (1024.0 * 1024.0));
-}
-
-/// CPU seconds spent by each side of one transfer.
-#[derive(Debug, Clone, Copy)]
-struct Cpu {
-    sender: f64,
-    receiver: f64,
 }
