@@ -260,7 +260,14 @@ impl Store {
                 };
                 let stamp = match Stamp::of(&file) {
                     Ok(s) if s.matches(*rec_len, *mtime_ns) => s,
-                    _ => return Err(changed("its size or modification time changed")),
+                    Ok(s) => {
+                        let why = format!(
+                            "size or modification time changed (recorded {rec_len} bytes at \
+                             {mtime_ns} ns, now {s:?})"
+                        );
+                        return Err(changed(&why));
+                    }
+                    Err(e) => return Err(changed(&format!("cannot stat it: {e}"))),
                 };
                 let Ok(buf) = read_at(&file, fresh(), len, range.start) else {
                     return Err(changed(&format!("piece {piece} cannot be read")));
