@@ -65,6 +65,12 @@ impl RateLimiter {
         Self { bucket }
     }
 
+    /// The rate in bytes per second; `None` if unlimited.
+    pub fn rate(&self) -> Option<u64> {
+        let bucket = self.bucket.as_ref()?;
+        Some(bucket.lock().unwrap_or_else(|p| p.into_inner()).rate as u64)
+    }
+
     /// True if this limiter never waits.
     pub fn is_unlimited(&self) -> bool {
         self.bucket.is_none()
