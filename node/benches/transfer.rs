@@ -4,6 +4,11 @@
 //!
 //! `cargo bench -p shoal-node --bench transfer -- [SIZE_MIB] [ROUNDS]` (defaults 1024 and 3;
 //! 4096 for the memory figure). Needs about 2 × SIZE of free space in the temp dir.
+//!
+//! With `SHOAL_BENCH_BASELINE=/path/to/an/older/shoal`, each round also fetches with that binary
+//! (its own seed daemon, same file), so a change is measured against the code before it in one
+//! run on a shared, noisy machine. `-- limits ...` measures the rate limits instead (see
+//! `transfer/limits.rs`).
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -48,6 +53,50 @@ impl std::ops::Sub for Cpu {
     type Output = Cpu;
     fn sub(self, o: Cpu) -> Cpu {
         Cpu { user: self.user - o.user, system: self.system - o.system }
+    }
+}
+
+/// A seeding daemon of one binary, holding the benchmark file.
+struct Seed {
+    bin: PathBuf,
+    daemon: Killed,
+}
+
+impl Seed {
+    /// Starts `bin daemon` on `dir` and adds `src`: the seed, the time `add` took, the ticket.
+    fn start(bin: &Path, dir: &Path, src: &Path) -> (Seed, f64, String) {
+        let mut daemon = Command::new(bin)
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["daemon", "--listen", "127.0.0.1:0"])
+            .env("SHOAL_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(daemon.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        let daemon = Killed(daemon);
+        let mut add = Command::new(bin);
+        add.arg("--data-dir").arg(dir).arg("add").arg(src);
+        let (add_s, _, ticket) = timed(add);
+        (Seed { bin: bin.to_path_buf(), daemon }, add_s, ticket.trim().to_string())
+    }
+
+    /// A standalone `shoal get` of `ticket` from this seed (same binary): wall seconds, CPU of
+    /// both sides, the fetcher's peak RSS. The output is removed afterwards.
+    fn fetch(&self, ticket: &str, dir: &Path, out: &Path, size: u64) -> (f64, Sides, u64) {
+        let _ = std::fs::remove_file(out);
+        let mut get = Command::new(&self.bin);
+        get.arg("--data-dir").arg(dir).args(["get", ticket, "-o"]).arg(out).arg("--json");
+        let pid = self.daemon.0.id();
+        let (seed0, child0) = (cpu_of(pid), children_cpu());
+        let (secs, rss, report) = timed(get);
+        let cpu = Sides { sender: cpu_of(pid) - seed0, receiver: children_cpu() - child0 };
+        let v: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
+        assert_eq!(v["size"], size);
+        assert_eq!(std::fs::metadata(out).unwrap().len(), size);
+        let _ = std::fs::remove_file(out);
+        (secs, cpu, rss)
     }
 }
 
@@ -145,25 +194,12 @@ fn main() {
     let src = share.join("file.bin");
     write_file(&src, mib);
 
-    // The seeder daemon.
-    let seed_dir = tmp.path().join("seed");
-    let mut daemon = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(&seed_dir)
-        .args(["daemon", "--listen", "127.0.0.1:0"])
-        .env("SHOAL_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(daemon.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    let daemon = Killed(daemon);
-    let seed_pid = daemon.0.id();
-
-    let mut add = Command::new(BIN);
-    add.arg("--data-dir").arg(&seed_dir).arg("add").arg(&src);
-    let (add_s, _, ticket) = timed(add);
-    let ticket = ticket.trim().to_string();
+    let (seed, add_s, ticket) = Seed::start(Path::new(BIN), &tmp.path().join("seed"), &src);
+    let baseline = std::env::var_os("SHOAL_BENCH_BASELINE").map(|bin| {
+        let (seed, _, ticket) = Seed::start(Path::new(&bin), &tmp.path().join("seed-base"), &src);
+        (seed, ticket)
+    });
+    let mut base = Vec::new();
 
     let (http_proc, port, http_name) = start_http(&share, tmp.path());
     let http_pid = http_proc.0.id();
@@ -175,17 +211,14 @@ fn main() {
     for round in 0..rounds {
         let _ = std::fs::remove_file(&out);
         let fetch_dir = tmp.path().join(format!("fetch{round}"));
-        let mut get = Command::new(BIN);
-        get.arg("--data-dir").arg(&fetch_dir).args(["get", &ticket, "-o"]).arg(&out).arg("--json");
-        let (seed0, child0) = (cpu_of(seed_pid), children_cpu());
-        let (secs, rss, report) = timed(get);
-        let cpu = Sides { sender: cpu_of(seed_pid) - seed0, receiver: children_cpu() - child0 };
-        let v: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
-        assert_eq!(v["size"], size);
-        assert_eq!(std::fs::metadata(&out).unwrap().len(), size);
+        let (secs, cpu, rss) = seed.fetch(&ticket, &fetch_dir, &out, size);
         quic.push((secs, cpu));
         peak = peak.max(rss);
-        let _ = std::fs::remove_file(&out);
+        if let Some((seed, ticket)) = &baseline {
+            let fetch_dir = tmp.path().join(format!("fetch-base{round}"));
+            let (secs, cpu, _) = seed.fetch(ticket, &fetch_dir, &out, size);
+            base.push((secs, cpu));
+        }
 
         let mut curl = Command::new("curl");
         curl.args(["-s", "-o"]).arg(&out).arg(format!("http://127.0.0.1:{port}/file.bin"));
@@ -202,7 +235,8 @@ fn main() {
         http_durable.push((secs + sync_secs, cpu));
         let _ = std::fs::remove_file(&out);
     }
-    drop(daemon);
+    drop(seed);
+    drop(baseline);
     let best = |v: &[(f64, Sides)]| {
         v.iter().copied().min_by(|a, b| a.0.total_cmp(&b.0)).expect("at least one round")
     };
@@ -234,6 +268,11 @@ fn main() {
         rate(add_s)
     );
     line("shoal get (QUIC, standalone)", q);
+    if !base.is_empty() {
+        let b = best(&base);
+        line("shoal get, baseline binary", b);
+        println!("ratio this / baseline throughput: {:.2}", b.0 / q.0);
+    }
     line(&format!("curl from {http_name}"), h);
     line("curl + fsync of the file", hd);
     println!("ratio QUIC / HTTP throughput: {:.2}", h.0 / q.0);
