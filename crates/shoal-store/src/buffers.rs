@@ -12,6 +12,8 @@ use bytes::Bytes;
 
 /// Bytes of spare buffers kept at most (per store); beyond it, given-back buffers are freed.
 pub const MAX_SPARE_BYTES: usize = 32 * 1024 * 1024;
+/// Spare buffers kept at most, so that finding one (a scan) stays cheap with small pieces.
+const MAX_SPARE_BUFFERS: usize = 64;
 
 /// Spare piece buffers. Cheap to clone; clones share the spares.
 #[derive(Debug, Clone, Default)]
@@ -53,7 +55,7 @@ impl Buffers {
         }
         buf.clear();
         let mut spare = self.lock();
-        if spare.bytes + buf.capacity() <= MAX_SPARE_BYTES {
+        if spare.bytes + buf.capacity() <= MAX_SPARE_BYTES && spare.bufs.len() < MAX_SPARE_BUFFERS {
             spare.bytes += buf.capacity();
             spare.bufs.push(buf);
         }
@@ -107,10 +109,15 @@ mod tests {
         b.give_back(again);
         let small = b.take(100);
         assert_ne!(small.as_ptr(), ptr);
-        // Over the cap, given-back buffers are freed.
+        // Over the caps, given-back buffers are freed.
         for _ in 0..3 {
             b.give_back(Vec::with_capacity(MAX_SPARE_BYTES / 2));
         }
         assert!(b.lock().bytes <= MAX_SPARE_BYTES);
+        let b = Buffers::default();
+        for _ in 0..2 * MAX_SPARE_BUFFERS {
+            b.give_back(Vec::with_capacity(16));
+        }
+        assert_eq!(b.lock().bufs.len(), MAX_SPARE_BUFFERS);
     }
 }
