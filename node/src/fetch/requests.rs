@@ -16,7 +16,7 @@ use super::pieces::Ctx;
 use super::{Done, Outcome};
 use crate::io::{read_frame, write_frame};
 use crate::node::Node;
-use crate::serve::{drive_control, PeerEvent};
+use crate::serve::{drive_control, PeerEvent, CONTROL_PRIORITY};
 
 /// The most bytes one read of piece data asks quinn for.
 const READ_CHUNK: usize = 256 * 1024;
@@ -62,6 +62,9 @@ pub(super) async fn open_control(
             return;
         }
     };
+    // Ahead of piece data: QUIC sends streams in order (see `shoal_net`'s transport), and a
+    // have or bitfield must not wait behind megabytes of queued pieces.
+    let _ = send.set_priority(CONTROL_PRIORITY);
     let mut session = Session::new(node.node_id(), peer);
     session.subscribe(content, pieces);
     drive_control(node, &conn, peer, session, None, send, recv, Decoder::new(), Some(events)).await;
