@@ -471,3 +471,18 @@ pub async fn raw_request(
     d.feed(&bytes);
     d.decode::<shoal_wire::Response>().unwrap().unwrap()
 }
+
+/// A fetch report's rate in MiB/s: the bytes it received over the seconds it ran.
+pub fn report_rate(report: &serde_json::Value) -> f64 {
+    let bytes = report["downloaded_bytes"].as_u64().expect("downloaded_bytes") as f64;
+    bytes / report["seconds"].as_f64().expect("seconds") / f64::from(1 << 20)
+}
+
+/// Panics unless `got` is within `tolerance` (a fraction) of `set`, with `what` in the message.
+pub fn assert_rate_near(what: &str, got: f64, set: f64, tolerance: f64) {
+    assert!(
+        (got / set - 1.0).abs() <= tolerance,
+        "{what}: {got:.2} MiB/s against a limit of {set} MiB/s (more than {:.0}% off)",
+        tolerance * 100.0
+    );
+}

@@ -9,6 +9,7 @@ mod bad_input;
 mod faults;
 mod fetch_hostile;
 mod hostile_peer;
+mod limits;
 mod local;
 mod storage;
 mod storage_auth;

@@ -141,7 +141,7 @@ impl Contents {
         }
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.read_piece(c, p)).await {
-            Ok(Ok(d)) => Ok(Bytes::from(d)),
+            Ok(Ok(d)) => Ok(d),
             Ok(Err(StoreError::SourceChanged(_))) => Err(ServeError::SourceChanged),
             Ok(Err(StoreError::NotFound(_))) => Err(ServeError::NotFound),
             Ok(Err(e)) => Err(ServeError::Internal(e.to_string())),

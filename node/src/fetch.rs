@@ -38,6 +38,18 @@ const TRACKER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Bytes in flight per peer that the pipeline aims for.
 const PIPELINE_BYTES: u64 = 16 * 1024 * 1024;
 
+/// Bytes in flight per peer under the tighter of two download limits: about a second of
+/// transfer at the limit, at most [`PIPELINE_BYTES`]. A limited fetch reads at the limit while
+/// the peers send at full speed, so whatever is in flight waits in QUIC's receive buffers;
+/// a full pipeline per peer would hold 16 s of a 1 MiB/s fetch, per peer, in memory.
+fn pipeline_bytes(a: &RateLimiter, b: &RateLimiter) -> u64 {
+    let limit = match (a.rate(), b.rate()) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    };
+    limit.map_or(PIPELINE_BYTES, |r| r.min(PIPELINE_BYTES))
+}
+
 /// What to fetch and where to.
 #[derive(Debug, Clone)]
 pub struct FetchRequest {
@@ -232,7 +244,8 @@ async fn run(
     }
     // Tell the tracker at once that we hold (part of) this content, so others find us.
     node.events.content_changed(content);
-    let pipeline = (PIPELINE_BYTES / manifest.piece_size()).clamp(2, 32) as usize;
+    let pipeline_bytes = pipeline_bytes(&limit, &node.download);
+    let pipeline = (pipeline_bytes / manifest.piece_size()).clamp(2, 32) as usize;
     links.set.start(Instant::now(), dl.have(), pipeline);
     links.set.set_hints(&hints);
     let ctx = Arc::new(Ctx {
@@ -337,6 +350,21 @@ mod tests {
     /// A crowded seed answers `Busy` before a fetcher's deadlines pass, so it is backed off
     /// (and never reported to a tracker as never delivering) instead of dropped as silent or
     /// stalled.
+    /// A limited fetch keeps about a second of transfer in flight per peer, never more than an
+    /// unlimited one.
+    #[test]
+    fn a_limited_fetch_keeps_about_a_second_in_flight() {
+        use shoal_net::RateLimiter;
+        let (none, mib) = (RateLimiter::new(None), RateLimiter::new(Some(1 << 20)));
+        assert_eq!(super::pipeline_bytes(&none, &none), super::PIPELINE_BYTES);
+        assert_eq!(super::pipeline_bytes(&mib, &none), 1 << 20);
+        assert_eq!(super::pipeline_bytes(&none, &mib), 1 << 20);
+        let four = RateLimiter::new(Some(4 << 20));
+        assert_eq!(super::pipeline_bytes(&four, &mib), 1 << 20, "the tighter limit counts");
+        let fast = RateLimiter::new(Some(1 << 30));
+        assert_eq!(super::pipeline_bytes(&fast, &none), super::PIPELINE_BYTES);
+    }
+
     #[test]
     fn a_busy_seed_answers_before_the_fetchers_deadlines() {
         let c = shoal_swarm::Config::default();

@@ -180,11 +180,9 @@ async fn push_one(
     creds: Credentials,
 ) -> anyhow::Result<(u64, bool)> {
     let store = node.contents.store.clone();
-    let data = Bytes::from(
-        tokio::task::spawn_blocking(move || store.read_piece(content, piece))
-            .await?
-            .with_context(|| format!("reading piece {piece}"))?,
-    );
+    let data = tokio::task::spawn_blocking(move || store.read_piece(content, piece))
+        .await?
+        .with_context(|| format!("reading piece {piece}"))?;
     let req = Request::PushPiece {
         content,
         piece,

@@ -51,6 +51,9 @@ pub const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
 /// so a crowded seed says `Busy` (and is backed off) before a fetcher would drop it as silent or
 /// stalled and report it to its tracker as never delivering.
 pub const SLOT_WAIT: Duration = Duration::from_secs(5);
+/// Send priority of control streams, above piece streams (0): connections send streams of one
+/// priority in order, not round-robin, so control messages must not queue behind pieces.
+pub(crate) const CONTROL_PRIORITY: i32 = 1;
 /// Bytes written per rate-limiter grant.
 const WRITE_CHUNK: usize = 256 * 1024;
 /// Close code: the peer broke the protocol.
@@ -135,6 +138,8 @@ async fn handle_stream(
                 conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"second control stream");
                 anyhow::bail!("peer opened a second control stream");
             }
+            // Haves and bitfields go ahead of the piece data queued on this connection.
+            let _ = send.set_priority(CONTROL_PRIORITY);
             let session = Session::new(node.node_id(), peer);
             drive_control(node, conn, peer, session, Some(first), send, recv, dec, None).await;
             Ok(())

@@ -17,11 +17,18 @@ pub(crate) struct PartialState {
     pub(crate) path: PathBuf,
     // Held only to read or set bits.
     have: Mutex<Bitfield>,
+    /// Pieces this process hashed and then wrote (not those a resume found recorded): serving
+    /// them needs no second hash. Held only to read or set bits.
+    written: Mutex<Bitfield>,
 }
 
 impl PartialState {
     pub(crate) fn have(&self) -> Bitfield {
         self.have.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn written_here(&self, piece: PieceIndex) -> bool {
+        self.written.lock().unwrap_or_else(|p| p.into_inner()).get(piece)
     }
 }
 
@@ -149,7 +156,8 @@ impl Download {
         store.cache_manifest(manifest.clone());
         store.forget_file(id);
         let resumed = have.count();
-        let state = Arc::new(PartialState { file, path: partial, have: Mutex::new(have) });
+        let written = Mutex::new(Bitfield::new(manifest.piece_count()));
+        let state = Arc::new(PartialState { file, path: partial, have: Mutex::new(have), written });
         store.inner().active.lock().unwrap_or_else(|p| p.into_inner()).insert(id, state.clone());
         Ok(Self {
             store,
@@ -175,6 +183,18 @@ impl Download {
     /// The pieces verified so far (durable or not).
     pub fn have(&self) -> Bitfield {
         self.state.have()
+    }
+
+    /// An empty buffer with room for a piece of `len` bytes, from the store's spares if one
+    /// fits: receive a piece into it, then hand it back with [`Download::give_back`].
+    pub fn buffer(&self, len: usize) -> Vec<u8> {
+        self.store.inner().buffers.take(len)
+    }
+
+    /// Keeps a piece buffer for a later [`Download::buffer`] (within the store's bound on
+    /// spare buffers, [`crate::MAX_SPARE_BYTES`]).
+    pub fn give_back(&self, buf: Vec<u8>) {
+        self.store.inner().buffers.give_back(buf);
     }
 
     /// Pieces that were already verified when this download began (a resume).
@@ -207,6 +227,7 @@ impl Download {
                 .write_all_at(data, range.start)
                 .map_err(StoreError::io("cannot write", &self.state.path))?;
         }
+        self.state.written.lock().unwrap_or_else(|p| p.into_inner()).set(piece);
         let newly = self.state.have.lock().unwrap_or_else(|p| p.into_inner()).set(piece);
         if newly {
             self.pending.lock().unwrap_or_else(|p| p.into_inner()).push(piece);

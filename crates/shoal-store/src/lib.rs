@@ -10,19 +10,23 @@
 //!   file was synced, so after a crash every recorded piece is really on disk and a resumed
 //!   fetch trusts the record instead of rehashing the file;
 //! - the output path only ever holds a complete, verified file (temp name, fsync, rename);
-//! - every piece read for upload is checked against its hash: a seeded file changed on disk is
-//!   marked "source changed" and no longer served.
+//! - every piece read for upload has been checked against its hash by this process while the
+//!   file stayed untouched (same inode, length and times; once per piece, see `checked.rs`):
+//!   a seeded file changed on disk is marked "source changed" and no longer served.
 //!
 //! Entry points: [`Store::open`], [`Store::import`], [`Store::begin_download`],
 //! [`Store::read_piece`], [`Store::list`].
 
 #![warn(missing_docs)]
 
+mod buffers;
+mod checked;
 mod download;
 mod error;
 pub mod meta;
 mod store;
 
+pub use buffers::MAX_SPARE_BYTES;
 pub use download::Download;
 pub use error::StoreError;
 pub use meta::{ContentRecord, MemMeta, MetaStore, SledMeta, Source};

@@ -62,6 +62,56 @@ fn list_notices_a_touched_file() {
     }
 }
 
+/// A piece is hashed once per process while its file stays untouched; a write that restores the
+/// modification time afterwards still moves the file's status-change time, so the served piece
+/// is checked again and the change is caught.
+#[test]
+fn a_piece_served_before_is_checked_again_after_a_write_that_hides_its_mtime() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    for (name, store) in backends(dir.path()) {
+        let path = dir.path().join(format!("{name}.bin"));
+        let bytes = data(100_000);
+        fs::write(&path, &bytes).unwrap();
+        let id = store.import(&path, |_| {}).unwrap().content_id();
+        let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+        // Served twice: the same bytes both times (the second from the checked marks).
+        for _ in 0..2 {
+            assert_eq!(store.read_piece(id, PieceIndex(2)).unwrap(), bytes[2 * 16384..3 * 16384]);
+        }
+        // Flip a byte in place and set the modification time back.
+        let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_at(&[bytes[2 * 16384 + 5] ^ 1], 2 * 16384 + 5).unwrap();
+        f.set_modified(mtime).unwrap();
+        drop(f);
+        assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), mtime, "{name}");
+        assert!(
+            matches!(store.read_piece(id, PieceIndex(2)), Err(StoreError::SourceChanged(_))),
+            "{name}"
+        );
+        assert_eq!(store.list().unwrap()[0].state, EntryState::SourceChanged, "{name}");
+    }
+}
+
+/// A seeded file whose modification time moved is no longer served, even before `ls` looks.
+#[test]
+fn a_touched_file_is_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, store) in backends(dir.path()) {
+        let path = dir.path().join(format!("{name}.bin"));
+        fs::write(&path, data(40_000)).unwrap();
+        let id = store.import(&path, |_| {}).unwrap().content_id();
+        assert!(store.read_piece(id, PieceIndex(0)).is_ok(), "{name}");
+        let later =
+            fs::metadata(&path).unwrap().modified().unwrap() + std::time::Duration::from_secs(5);
+        fs::File::options().write(true).open(&path).unwrap().set_modified(later).unwrap();
+        assert!(
+            matches!(store.read_piece(id, PieceIndex(1)), Err(StoreError::SourceChanged(_))),
+            "{name}"
+        );
+    }
+}
+
 fn manifest_of(bytes: &[u8]) -> Arc<Manifest> {
     let hashes = bytes
         .chunks(1 << shoal_core::piece::piece_log2_for(bytes.len() as u64))

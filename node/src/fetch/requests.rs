@@ -15,9 +15,9 @@ use super::links::{Counters, Waiting};
 use super::{Ctx, Done, Outcome, RequestError};
 use crate::io::{read_frame, write_frame};
 use crate::node::Node;
-use crate::serve::{drive_control, PeerEvent};
+use crate::serve::{drive_control, PeerEvent, CONTROL_PRIORITY};
 
-/// Bytes read per rate-limiter grant.
+/// The most bytes one read of piece data asks quinn for.
 const READ_CHUNK: usize = 256 * 1024;
 
 /// Asks a peer for the manifest: its bytes (at most the wire's manifest limit) and the count
@@ -61,6 +61,9 @@ pub(super) async fn open_control(
             return;
         }
     };
+    // Ahead of piece data: QUIC sends streams in order (see `shoal_net`'s transport), and a
+    // have or bitfield must not wait behind megabytes of queued pieces.
+    let _ = send.set_priority(CONTROL_PRIORITY);
     let mut session = Session::new(node.node_id(), peer);
     session.subscribe(content, pieces);
     drive_control(node, &conn, peer, session, None, send, recv, Decoder::new(), Some(events)).await;
@@ -79,7 +82,12 @@ pub(super) async fn request_piece(
     let outcome = match receive_piece(&ctx, &conn, piece, len, &counters, &mut bytes).await {
         Ok(Ok(data)) => {
             let dl = ctx.dl.clone();
-            match tokio::task::spawn_blocking(move || dl.write_piece(piece, &data)).await {
+            let write = move || {
+                let written = dl.write_piece(piece, &data);
+                dl.give_back(data);
+                written
+            };
+            match tokio::task::spawn_blocking(write).await {
                 Ok(Ok(true)) => Outcome::Verified,
                 Ok(Ok(false)) => Outcome::Bad,
                 Ok(Err(e)) => Outcome::Fatal(e),
@@ -116,26 +124,35 @@ async fn receive_piece(
         return Err(RequestError::WrongLength { piece, announced: n, expected: len });
     }
     // One contiguous buffer per piece: see `Download::write_piece` for why.
-    let mut buf = Vec::with_capacity(len as usize);
+    let mut buf = ctx.dl.buffer(len as usize);
     let rest = dec.take_rest();
     if rest.len() as u64 > len {
         return Err(RequestError::TooLong);
     }
     buf.extend_from_slice(&rest);
-    *bytes += buf.len() as u64;
-    counters.received.fetch_add(buf.len() as u64, Ordering::Relaxed);
+    received(ctx, counters, bytes, rest.len()).await;
     while (buf.len() as u64) < len {
         let want = READ_CHUNK.min(len as usize - buf.len());
-        {
-            // Time spent on our own limits is not the peer's stall.
-            let _waiting = Waiting::new(counters);
-            ctx.node.download.acquire(want as u64).await;
-            ctx.limit.acquire(want as u64).await;
-        }
         let chunk = recv.read_chunk(want, true).await?.ok_or(RequestError::Truncated)?;
         buf.extend_from_slice(&chunk.bytes);
-        *bytes += chunk.bytes.len() as u64;
-        counters.received.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+        received(ctx, counters, bytes, chunk.bytes.len()).await;
     }
     Ok(Ok(buf))
+}
+
+/// Counts `n` piece bytes just read and charges them to the node's and this fetch's download
+/// limits, waiting out what they owe before the next read. Charged after the read, for the
+/// bytes it returned: a read returns what one packet carried, whatever size was asked for.
+async fn received(ctx: &Ctx, counters: &Counters, bytes: &mut u64, n: usize) {
+    let n = n as u64;
+    *bytes += n;
+    counters.received.fetch_add(n, Ordering::Relaxed);
+    // Both limits are charged at once and the longer wait is served (not one after the other,
+    // which would make the slower limit slower still).
+    let wait = ctx.node.download.take(n).max(ctx.limit.take(n));
+    if !wait.is_zero() {
+        // Time spent on our own limits is not the peer's stall.
+        let _waiting = Waiting::new(counters);
+        tokio::time::sleep(wait).await;
+    }
 }
