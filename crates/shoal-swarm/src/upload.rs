@@ -1,0 +1,275 @@
+//! Upload slots as a sans-I/O state machine: granted in super-seeding order, fair between
+//! peers, bounded in count, bytes, waiters and time.
+//!
+//! [`Uploader`] is driven like [`crate::PeerSet`]: the driver reports a request
+//! ([`Uploader::handle_request`]), the end of an upload ([`Uploader::handle_done`]), a waiter
+//! that gave up ([`Uploader::handle_cancel`]) and the time ([`Uploader::handle_timeout`] when
+//! [`Uploader::poll_timeout`] says), and pumps [`Uploader::poll_event`] for waiters granted or
+//! refused. No clock, no channel, no lock: a node wraps it in a mutex with a oneshot per
+//! ticket, the simulation calls it directly.
+//!
+//! Policy:
+//! - at most `max_active` pieces (and manifests) are read and sent at once, holding at most
+//!   `max_bytes` between them (one upload may exceed it alone, so a piece larger than the
+//!   budget is still served, one at a time);
+//! - when more requests wait, the next slot goes to the request for the piece this node has
+//!   sent least often (oldest first among equals; a manifest counts as never sent), so a seed
+//!   facing many downloaders sends every piece once before it sends any twice, and the
+//!   downloaders complete each other. This is BitTorrent's super-seeding idea, done by
+//!   ordering rather than by hiding pieces;
+//! - fairness between peers: while other peers wait, a peer holding its share of the slots
+//!   (a quarter) is served after them, and one peer may hold at most a quarter of the waiting
+//!   places; so one peer that asks for everything and reads slowly cannot starve the others;
+//! - slots go strictly in that order: a large upload that does not fit the byte budget yet
+//!   holds back smaller ones behind it rather than being passed over for ever.
+//!
+//! Bounds, so strangers cannot grow this state: at most `max_waiting` requests wait (more are
+//! refused at once with [`Admit::Busy`]), a waiter is refused at its deadline, and send counts
+//! are kept only for contents the caller checked it holds, sized by their manifest's piece
+//! count (`u16` per piece), for at most [`MAX_TRACKED_CONTENTS`] contents (least recently
+//! served forgotten first): at most 32 x 65,536 x 2 B = 4 MiB.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::time::Instant;
+
+mod sent;
+mod types;
+
+pub use sent::MAX_TRACKED_CONTENTS;
+pub use types::{Admit, Config, Event, PieceKey, Ticket};
+
+use sent::Sent;
+
+#[derive(Debug)]
+struct Waiter<P, C> {
+    ticket: Ticket,
+    peer: P,
+    key: Option<PieceKey<C>>,
+    bytes: u64,
+    deadline: Instant,
+}
+
+/// The upload slots of one node. `P` identifies a peer, `C` a content.
+#[derive(Debug)]
+pub struct Uploader<P, C> {
+    config: Config,
+    active: usize,
+    bytes: u64,
+    /// Slots held and places waiting, per peer; an entry lives while either is non-zero.
+    per_peer: BTreeMap<P, (usize, usize)>,
+    /// Granted uploads not yet done: their peer and bytes.
+    granted: BTreeMap<Ticket, (P, u64)>,
+    /// In no particular order: the oldest of equals is the lowest ticket.
+    waiting: Vec<Waiter<P, C>>,
+    sent: Sent<C>,
+    next_ticket: u64,
+    events: VecDeque<Event>,
+}
+
+impl<P: Copy + Ord + Debug, C: Copy + Eq + Hash + Debug> Uploader<P, C> {
+    /// Empty slots with these limits (`max_active` at least one).
+    pub fn new(mut config: Config) -> Self {
+        config.max_active = config.max_active.max(1);
+        Self {
+            config,
+            active: 0,
+            bytes: 0,
+            per_peer: BTreeMap::new(),
+            granted: BTreeMap::new(),
+            waiting: Vec::new(),
+            sent: Sent::default(),
+            next_ticket: 0,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// A request from `peer` to send `bytes` bytes: a piece (`key`, counted for super-seeding
+    /// order) or a manifest (`None`, served first). It waits at most `Config::wait`.
+    pub fn handle_request(
+        &mut self,
+        now: Instant,
+        peer: P,
+        key: Option<PieceKey<C>>,
+        bytes: u64,
+    ) -> Admit {
+        let deadline = now + self.config.wait;
+        self.handle_request_until(now, deadline, peer, key, bytes)
+    }
+
+    /// [`Uploader::handle_request`] with its own deadline.
+    pub fn handle_request_until(
+        &mut self,
+        now: Instant,
+        deadline: Instant,
+        peer: P,
+        key: Option<PieceKey<C>>,
+        bytes: u64,
+    ) -> Admit {
+        self.expire(now);
+        let ticket = Ticket(self.next_ticket);
+        self.next_ticket += 1;
+        if self.waiting.is_empty() && self.fits(bytes) {
+            self.grant(ticket, peer, key.as_ref(), bytes);
+            return Admit::Granted(ticket);
+        }
+        let waiting_here = self.per_peer.get(&peer).map_or(0, |e| e.1);
+        if self.waiting.len() >= self.config.max_waiting || waiting_here >= self.shares().1 {
+            return Admit::Busy;
+        }
+        self.waiting.push(Waiter { ticket, peer, key, bytes, deadline });
+        count(&mut self.per_peer, peer, (0, 1));
+        Admit::Queued(ticket)
+    }
+
+    /// A granted upload ended (sent, failed or abandoned): its slot goes to the next waiter.
+    /// Unknown tickets are ignored.
+    pub fn handle_done(&mut self, now: Instant, ticket: Ticket) {
+        let Some((peer, bytes)) = self.granted.remove(&ticket) else { return };
+        self.active -= 1;
+        self.bytes -= bytes;
+        count(&mut self.per_peer, peer, (-1, 0));
+        self.expire(now);
+        self.dispatch();
+    }
+
+    /// A waiter gave up (its peer went away): it leaves the queue, and those behind it may
+    /// fit now. Returns false if it was not waiting (granted or refused already, or unknown).
+    pub fn handle_cancel(&mut self, now: Instant, ticket: Ticket) -> bool {
+        let Some(i) = self.waiting.iter().position(|w| w.ticket == ticket) else { return false };
+        let w = self.waiting.swap_remove(i);
+        count(&mut self.per_peer, w.peer, (0, -1));
+        self.expire(now);
+        self.dispatch();
+        true
+    }
+
+    /// Refuses every waiter whose deadline has passed by `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.expire(now) {
+            // Strict order may have held back smaller waiters behind one refused: they may fit.
+            self.dispatch();
+        }
+    }
+
+    /// The next waiter granted or refused, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When the next waiter's deadline passes.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.waiting.iter().map(|w| w.deadline).min()
+    }
+
+    /// Uploads granted and not yet done.
+    pub fn active(&self) -> usize {
+        self.active
+    }
+
+    /// Bytes the granted uploads hold.
+    pub fn active_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Requests waiting for a slot.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// How often this piece was granted (0 once its content is forgotten).
+    pub fn sent(&self, key: &PieceKey<C>) -> u16 {
+        self.sent.get(key)
+    }
+
+    /// Contents whose send counts are kept (at most [`MAX_TRACKED_CONTENTS`]).
+    pub fn tracked_contents(&self) -> usize {
+        self.sent.len()
+    }
+
+    /// True if this content's send counts are kept.
+    pub fn tracks(&self, content: &C) -> bool {
+        self.sent.tracks(content)
+    }
+
+    /// Peers holding a slot or a waiting place.
+    pub fn peers(&self) -> usize {
+        self.per_peer.len()
+    }
+
+    fn fits(&self, bytes: u64) -> bool {
+        self.active < self.config.max_active
+            && (self.active == 0 || self.bytes + bytes <= self.config.max_bytes)
+    }
+
+    /// Slots one peer may hold while others wait, and places it may take in the queue.
+    fn shares(&self) -> (usize, usize) {
+        ((self.config.max_active / 4).max(1), (self.config.max_waiting / 4).max(1))
+    }
+
+    fn grant(&mut self, ticket: Ticket, peer: P, key: Option<&PieceKey<C>>, bytes: u64) {
+        self.active += 1;
+        self.bytes += bytes;
+        count(&mut self.per_peer, peer, (1, 0));
+        self.granted.insert(ticket, (peer, bytes));
+        if let Some(k) = key {
+            self.sent.record(k);
+        }
+    }
+
+    /// Refuses the waiters past their deadline; true if any was.
+    fn expire(&mut self, now: Instant) -> bool {
+        if self.waiting.iter().all(|w| w.deadline > now) {
+            return false;
+        }
+        let (per_peer, events) = (&mut self.per_peer, &mut self.events);
+        self.waiting.retain(|w| {
+            let keep = w.deadline > now;
+            if !keep {
+                count(per_peer, w.peer, (0, -1));
+                events.push_back(Event::Refused(w.ticket));
+            }
+            keep
+        });
+        true
+    }
+
+    /// Grants free slots to waiters: among peers under their share first (any peer if none
+    /// is), the least-sent piece, oldest first; strictly in that order, so a large upload is
+    /// not passed over for ever by small ones.
+    fn dispatch(&mut self) {
+        let share = self.shares().0;
+        while !self.waiting.is_empty() && self.active < self.config.max_active {
+            let per_peer = &self.per_peer;
+            let under = |w: &Waiter<P, C>| per_peer.get(&w.peer).map_or(0, |e| e.0) < share;
+            let fair = self.waiting.iter().any(under);
+            let best = self
+                .waiting
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| !fair || under(w))
+                .min_by_key(|(_, w)| (w.key.as_ref().map_or(0, |k| self.sent.get(k)), w.ticket))
+                .map(|(i, _)| i);
+            let Some(i) = best.filter(|&i| self.fits(self.waiting[i].bytes)) else { return };
+            // The tie break is the ticket, not the position: order in the vector is free.
+            let w = self.waiting.swap_remove(i);
+            count(&mut self.per_peer, w.peer, (0, -1));
+            self.grant(w.ticket, w.peer, w.key.as_ref(), w.bytes);
+            self.events.push_back(Event::Granted(w.ticket));
+        }
+    }
+}
+
+/// Adds `delta` to a peer's (slots held, places waiting), dropping the entry at zero.
+fn count<P: Copy + Ord>(map: &mut BTreeMap<P, (usize, usize)>, peer: P, delta: (isize, isize)) {
+    let e = map.entry(peer).or_default();
+    e.0 = e.0.saturating_add_signed(delta.0);
+    e.1 = e.1.saturating_add_signed(delta.1);
+    if *e == (0, 0) {
+        map.remove(&peer);
+    }
+}
+
+#[cfg(test)]
+mod tests;
