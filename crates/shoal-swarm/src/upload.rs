@@ -34,22 +34,15 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::Instant;
 
+mod queue;
 mod sent;
 mod types;
 
 pub use sent::MAX_TRACKED_CONTENTS;
 pub use types::{Admit, Config, Event, PieceKey, Ticket};
 
+use queue::Queue;
 use sent::Sent;
-
-#[derive(Debug)]
-struct Waiter<P, C> {
-    ticket: Ticket,
-    peer: P,
-    key: Option<PieceKey<C>>,
-    bytes: u64,
-    deadline: Instant,
-}
 
 /// The upload slots of one node. `P` identifies a peer, `C` a content.
 #[derive(Debug)]
@@ -61,8 +54,8 @@ pub struct Uploader<P, C> {
     per_peer: BTreeMap<P, (usize, usize)>,
     /// Granted uploads not yet done: their peer and bytes.
     granted: BTreeMap<Ticket, (P, u64)>,
-    /// In no particular order: the oldest of equals is the lowest ticket.
-    waiting: Vec<Waiter<P, C>>,
+    /// Indexed by grant order, so a grant costs O(log n) however many wait.
+    waiting: Queue<P, C>,
     sent: Sent<C>,
     next_ticket: u64,
     events: VecDeque<Event>,
@@ -78,7 +71,7 @@ impl<P: Copy + Ord + Debug, C: Copy + Eq + Hash + Debug> Uploader<P, C> {
             bytes: 0,
             per_peer: BTreeMap::new(),
             granted: BTreeMap::new(),
-            waiting: Vec::new(),
+            waiting: Queue::default(),
             sent: Sent::default(),
             next_ticket: 0,
             events: VecDeque::new(),
@@ -86,7 +79,7 @@ impl<P: Copy + Ord + Debug, C: Copy + Eq + Hash + Debug> Uploader<P, C> {
     }
 
     /// A request from `peer` to send `bytes` bytes: a piece (`key`, counted for super-seeding
-    /// order) or a manifest (`None`, served first). It waits at most `Config::wait`.
+    /// order) or a manifest (`None`, counted as never sent). It waits at most `Config::wait`.
     pub fn handle_request(
         &mut self,
         now: Instant,
@@ -114,12 +107,14 @@ impl<P: Copy + Ord + Debug, C: Copy + Eq + Hash + Debug> Uploader<P, C> {
             self.grant(ticket, peer, key.as_ref(), bytes);
             return Admit::Granted(ticket);
         }
-        let waiting_here = self.per_peer.get(&peer).map_or(0, |e| e.1);
+        let (held, waiting_here) = self.per_peer.get(&peer).copied().unwrap_or((0, 0));
         if self.waiting.len() >= self.config.max_waiting || waiting_here >= self.shares().1 {
             return Admit::Busy;
         }
-        self.waiting.push(Waiter { ticket, peer, key, bytes, deadline });
-        count(&mut self.per_peer, peer, (0, 1));
+        let count = key.as_ref().map_or(0, |k| self.sent.get(k));
+        let under = held < self.shares().0;
+        self.waiting.push(ticket, peer, key, bytes, deadline, count, under);
+        count_peer(&mut self.per_peer, peer, (0, 1));
         Admit::Queued(ticket)
     }
 
@@ -129,7 +124,11 @@ impl<P: Copy + Ord + Debug, C: Copy + Eq + Hash + Debug> Uploader<P, C> {
         let Some((peer, bytes)) = self.granted.remove(&ticket) else { return };
         self.active -= 1;
         self.bytes -= bytes;
-        count(&mut self.per_peer, peer, (-1, 0));
+        count_peer(&mut self.per_peer, peer, (-1, 0));
+        let held = self.per_peer.get(&peer).map_or(0, |e| e.0);
+        if held + 1 == self.shares().0 {
+            self.waiting.set_peer(peer, true);
+        }
         self.expire(now);
         self.dispatch();
     }
@@ -137,9 +136,8 @@ impl<P: Copy + Ord + Debug, C: Copy + Eq + Hash + Debug> Uploader<P, C> {
     /// A waiter gave up (its peer went away): it leaves the queue, and those behind it may
     /// fit now. Returns false if it was not waiting (granted or refused already, or unknown).
     pub fn handle_cancel(&mut self, now: Instant, ticket: Ticket) -> bool {
-        let Some(i) = self.waiting.iter().position(|w| w.ticket == ticket) else { return false };
-        let w = self.waiting.swap_remove(i);
-        count(&mut self.per_peer, w.peer, (0, -1));
+        let Some(w) = self.waiting.remove(ticket) else { return false };
+        count_peer(&mut self.per_peer, w.peer, (0, -1));
         self.expire(now);
         self.dispatch();
         true
@@ -160,7 +158,7 @@ impl<P: Copy + Ord + Debug, C: Copy + Eq + Hash + Debug> Uploader<P, C> {
 
     /// When the next waiter's deadline passes.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.waiting.iter().map(|w| w.deadline).min()
+        self.waiting.next_deadline()
     }
 
     /// Uploads granted and not yet done.
@@ -211,58 +209,55 @@ impl<P: Copy + Ord + Debug, C: Copy + Eq + Hash + Debug> Uploader<P, C> {
     fn grant(&mut self, ticket: Ticket, peer: P, key: Option<&PieceKey<C>>, bytes: u64) {
         self.active += 1;
         self.bytes += bytes;
-        count(&mut self.per_peer, peer, (1, 0));
+        count_peer(&mut self.per_peer, peer, (1, 0));
+        if self.per_peer.get(&peer).map_or(0, |e| e.0) == self.shares().0 {
+            self.waiting.set_peer(peer, false);
+        }
         self.granted.insert(ticket, (peer, bytes));
         if let Some(k) = key {
-            self.sent.record(k);
+            if let Some(forgotten) = self.sent.record(k) {
+                self.waiting.forget(forgotten);
+            }
+            self.waiting.recount(k.content, k.piece.0, self.sent.get(k));
         }
     }
 
     /// Refuses the waiters past their deadline; true if any was.
     fn expire(&mut self, now: Instant) -> bool {
-        if self.waiting.iter().all(|w| w.deadline > now) {
-            return false;
-        }
-        let (per_peer, events) = (&mut self.per_peer, &mut self.events);
-        self.waiting.retain(|w| {
-            let keep = w.deadline > now;
-            if !keep {
-                count(per_peer, w.peer, (0, -1));
-                events.push_back(Event::Refused(w.ticket));
+        let late = self.waiting.expired(now);
+        for &t in &late {
+            if let Some(w) = self.waiting.remove(t) {
+                count_peer(&mut self.per_peer, w.peer, (0, -1));
+                self.events.push_back(Event::Refused(t));
             }
-            keep
-        });
-        true
+        }
+        !late.is_empty()
     }
 
     /// Grants free slots to waiters: among peers under their share first (any peer if none
     /// is), the least-sent piece, oldest first; strictly in that order, so a large upload is
     /// not passed over for ever by small ones.
     fn dispatch(&mut self) {
-        let share = self.shares().0;
-        while !self.waiting.is_empty() && self.active < self.config.max_active {
-            let per_peer = &self.per_peer;
-            let under = |w: &Waiter<P, C>| per_peer.get(&w.peer).map_or(0, |e| e.0) < share;
-            let fair = self.waiting.iter().any(under);
-            let best = self
-                .waiting
-                .iter()
-                .enumerate()
-                .filter(|(_, w)| !fair || under(w))
-                .min_by_key(|(_, w)| (w.key.as_ref().map_or(0, |k| self.sent.get(k)), w.ticket))
-                .map(|(i, _)| i);
-            let Some(i) = best.filter(|&i| self.fits(self.waiting[i].bytes)) else { return };
-            // The tie break is the ticket, not the position: order in the vector is free.
-            let w = self.waiting.swap_remove(i);
-            count(&mut self.per_peer, w.peer, (0, -1));
-            self.grant(w.ticket, w.peer, w.key.as_ref(), w.bytes);
-            self.events.push_back(Event::Granted(w.ticket));
+        while self.active < self.config.max_active {
+            let Some(t) = self.waiting.best() else { return };
+            let Some(bytes) = self.waiting.get(t).map(|w| w.bytes) else { return };
+            if !self.fits(bytes) {
+                return;
+            }
+            let Some(w) = self.waiting.remove(t) else { return };
+            count_peer(&mut self.per_peer, w.peer, (0, -1));
+            self.grant(t, w.peer, w.key.as_ref(), w.bytes);
+            self.events.push_back(Event::Granted(t));
         }
     }
 }
 
 /// Adds `delta` to a peer's (slots held, places waiting), dropping the entry at zero.
-fn count<P: Copy + Ord>(map: &mut BTreeMap<P, (usize, usize)>, peer: P, delta: (isize, isize)) {
+fn count_peer<P: Copy + Ord>(
+    map: &mut BTreeMap<P, (usize, usize)>,
+    peer: P,
+    delta: (isize, isize),
+) {
     let e = map.entry(peer).or_default();
     e.0 = e.0.saturating_add_signed(delta.0);
     e.1 = e.1.saturating_add_signed(delta.1);

@@ -37,17 +37,20 @@ impl<C: Copy + Eq + Hash> Sent<C> {
         counts.and_then(|c| c.per_piece.get(key.piece.0 as usize)).copied().unwrap_or(0)
     }
 
-    /// Counts one more send of the piece. A piece past the content's count allocates nothing.
-    pub(super) fn record(&mut self, key: &PieceKey<C>) {
+    /// Counts one more send of the piece, and returns the content forgotten to make room, if
+    /// any. A piece past the content's count allocates nothing.
+    pub(super) fn record(&mut self, key: &PieceKey<C>) -> Option<C> {
         if key.piece.0 >= key.pieces {
-            return;
+            return None;
         }
         self.tick += 1;
+        let mut forgotten = None;
         if !self.contents.contains_key(&key.content) && self.contents.len() >= MAX_TRACKED_CONTENTS
         {
             let oldest = self.contents.iter().min_by_key(|(_, c)| c.used).map(|(id, _)| *id);
             if let Some(id) = oldest {
                 self.contents.remove(&id);
+                forgotten = Some(id);
             }
         }
         let c = self
@@ -60,6 +63,7 @@ impl<C: Copy + Eq + Hash> Sent<C> {
         if let Some(n) = c.per_piece.get_mut(key.piece.0 as usize) {
             *n = n.saturating_add(1);
         }
+        forgotten
     }
 
     /// Contents tracked now.

@@ -203,3 +203,235 @@ fn a_waiter_that_gives_up_lets_the_ones_behind_it_in() {
     assert!(u.handle_cancel(t0, blocked));
     assert_eq!(events(&mut u), [Event::Granted(small)]);
 }
+
+/// The policy as first written (node/src/upload.rs before the machine): a scan of every waiter
+/// per grant. The indexed queue must decide exactly as it does.
+mod reference {
+    use std::collections::BTreeMap;
+    use std::time::Instant;
+
+    use super::super::{Admit, Config, Event, PieceKey, Ticket};
+
+    struct Waiter {
+        ticket: Ticket,
+        peer: u32,
+        key: Option<PieceKey<u8>>,
+        bytes: u64,
+        deadline: Instant,
+    }
+
+    pub(super) struct Model {
+        c: Config,
+        active: usize,
+        bytes: u64,
+        per_peer: BTreeMap<u32, (usize, usize)>,
+        granted: BTreeMap<Ticket, (u32, u64)>,
+        waiting: Vec<Waiter>,
+        sent: BTreeMap<(u8, u32), u16>,
+        next: u64,
+        pub(super) events: Vec<Event>,
+    }
+
+    fn add(m: &mut BTreeMap<u32, (usize, usize)>, p: u32, d: (isize, isize)) {
+        let e = m.entry(p).or_default();
+        e.0 = e.0.saturating_add_signed(d.0);
+        e.1 = e.1.saturating_add_signed(d.1);
+        if *e == (0, 0) {
+            m.remove(&p);
+        }
+    }
+
+    impl Model {
+        pub(super) fn new(c: Config) -> Self {
+            Self {
+                c,
+                active: 0,
+                bytes: 0,
+                per_peer: BTreeMap::new(),
+                granted: BTreeMap::new(),
+                waiting: Vec::new(),
+                sent: BTreeMap::new(),
+                next: 0,
+                events: Vec::new(),
+            }
+        }
+
+        fn fits(&self, b: u64) -> bool {
+            self.active < self.c.max_active
+                && (self.active == 0 || self.bytes + b <= self.c.max_bytes)
+        }
+
+        fn grant(&mut self, t: Ticket, p: u32, k: Option<PieceKey<u8>>, b: u64) {
+            self.active += 1;
+            self.bytes += b;
+            add(&mut self.per_peer, p, (1, 0));
+            self.granted.insert(t, (p, b));
+            if let Some(k) = k {
+                *self.sent.entry((k.content, k.piece.0)).or_default() += 1;
+            }
+        }
+
+        fn expire(&mut self, now: Instant) -> bool {
+            let before = self.waiting.len();
+            let (pp, ev) = (&mut self.per_peer, &mut self.events);
+            self.waiting.retain(|w| {
+                if w.deadline <= now {
+                    add(pp, w.peer, (0, -1));
+                    ev.push(Event::Refused(w.ticket));
+                }
+                w.deadline > now
+            });
+            self.waiting.len() != before
+        }
+
+        fn dispatch(&mut self) {
+            let share = (self.c.max_active / 4).max(1);
+            loop {
+                let under = |w: &Waiter| self.per_peer.get(&w.peer).map_or(0, |e| e.0) < share;
+                let fair = self.waiting.iter().any(under);
+                let best = (0..self.waiting.len())
+                    .filter(|&i| !fair || under(&self.waiting[i]))
+                    .min_by_key(|&i| {
+                        let w = &self.waiting[i];
+                        let n = w.key.map_or(0, |k| {
+                            self.sent.get(&(k.content, k.piece.0)).copied().unwrap_or(0)
+                        });
+                        (n, w.ticket)
+                    });
+                let Some(i) = best.filter(|&i| self.fits(self.waiting[i].bytes)) else { return };
+                let w = self.waiting.swap_remove(i);
+                add(&mut self.per_peer, w.peer, (0, -1));
+                self.grant(w.ticket, w.peer, w.key, w.bytes);
+                self.events.push(Event::Granted(w.ticket));
+            }
+        }
+
+        pub(super) fn request(
+            &mut self,
+            now: Instant,
+            peer: u32,
+            key: Option<PieceKey<u8>>,
+            bytes: u64,
+        ) -> Admit {
+            self.expire(now);
+            let t = Ticket(self.next);
+            self.next += 1;
+            if self.waiting.is_empty() && self.fits(bytes) {
+                self.grant(t, peer, key, bytes);
+                return Admit::Granted(t);
+            }
+            let here = self.per_peer.get(&peer).map_or(0, |e| e.1);
+            if self.waiting.len() >= self.c.max_waiting || here >= (self.c.max_waiting / 4).max(1) {
+                return Admit::Busy;
+            }
+            let deadline = now + self.c.wait;
+            self.waiting.push(Waiter { ticket: t, peer, key, bytes, deadline });
+            add(&mut self.per_peer, peer, (0, 1));
+            Admit::Queued(t)
+        }
+
+        pub(super) fn done(&mut self, now: Instant, t: Ticket) {
+            let Some((p, b)) = self.granted.remove(&t) else { return };
+            self.active -= 1;
+            self.bytes -= b;
+            add(&mut self.per_peer, p, (-1, 0));
+            self.expire(now);
+            self.dispatch();
+        }
+
+        pub(super) fn cancel(&mut self, now: Instant, t: Ticket) -> bool {
+            let Some(i) = self.waiting.iter().position(|w| w.ticket == t) else { return false };
+            let w = self.waiting.swap_remove(i);
+            add(&mut self.per_peer, w.peer, (0, -1));
+            self.expire(now);
+            self.dispatch();
+            true
+        }
+
+        pub(super) fn timeout(&mut self, now: Instant) {
+            if self.expire(now) {
+                self.dispatch();
+            }
+        }
+
+        pub(super) fn granted(&self) -> Vec<Ticket> {
+            self.granted.keys().copied().collect()
+        }
+
+        pub(super) fn waiting(&self) -> Vec<Ticket> {
+            self.waiting.iter().map(|w| w.ticket).collect()
+        }
+    }
+}
+
+/// Refusals come before grants within one call; their order among themselves is free.
+fn normalized(mut ev: Vec<Event>) -> Vec<Event> {
+    let refused = ev.iter().take_while(|e| matches!(e, Event::Refused(_))).count();
+    ev[..refused].sort_by_key(|e| match e {
+        Event::Refused(t) | Event::Granted(t) => *t,
+    });
+    ev
+}
+
+#[test]
+fn the_indexed_queue_decides_as_the_scan_it_replaced() {
+    for seed in 1..=40u64 {
+        let t0 = Instant::now();
+        let config = Config {
+            max_active: 4,
+            max_bytes: 100,
+            max_waiting: 12,
+            wait: Duration::from_millis(50),
+        };
+        let mut u = Up::new(config.clone());
+        let mut m = reference::Model::new(config);
+        let mut rng = seed;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut now = t0;
+        for step in 0..400 {
+            now += Duration::from_millis(next() % 7);
+            let op = next() % 10;
+            let (got, want) = if op < 5 {
+                let peer = (next() % 6) as u32;
+                let key = (next() % 8 != 0).then(|| PieceKey {
+                    content: (next() % 2) as u8,
+                    piece: PieceIndex((next() % 6) as u32),
+                    pieces: 6,
+                });
+                let bytes = [1, 40, 90][(next() % 3) as usize];
+                let a = u.handle_request(now, peer, key, bytes);
+                let b = m.request(now, peer, key, bytes);
+                assert_eq!(a, b, "seed {seed} step {step}: admission");
+                (events(&mut u), std::mem::take(&mut m.events))
+            } else if op < 8 {
+                let g = m.granted();
+                if g.is_empty() {
+                    continue;
+                }
+                let t = g[(next() % g.len() as u64) as usize];
+                u.handle_done(now, t);
+                m.done(now, t);
+                (events(&mut u), std::mem::take(&mut m.events))
+            } else if op < 9 {
+                let w = m.waiting();
+                if w.is_empty() {
+                    continue;
+                }
+                let t = w[(next() % w.len() as u64) as usize];
+                assert_eq!(u.handle_cancel(now, t), m.cancel(now, t), "seed {seed} step {step}");
+                (events(&mut u), std::mem::take(&mut m.events))
+            } else {
+                u.handle_timeout(now);
+                m.timeout(now);
+                (events(&mut u), std::mem::take(&mut m.events))
+            };
+            assert_eq!(normalized(got), normalized(want), "seed {seed} step {step}: events");
+            assert_eq!(u.waiting(), m.waiting().len());
+        }
+    }
+}
