@@ -7,6 +7,7 @@ mod memory;
 mod netns;
 mod report;
 mod scenario;
+mod sim;
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read};
@@ -77,6 +78,8 @@ enum Cmd {
         #[arg(long)]
         netns: bool,
     },
+    /// Simulate a large swarm with the nodes' real state machines (no processes, no sockets).
+    Sim(sim::Args),
 }
 
 fn main() -> ExitCode {
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
             up(nodes, storage, file_size.0, &upload_limit, dir, keep, netns).map(|()| true)
         }
         Cmd::Run { file, dir, netns } => scenario::run(&file, dir, netns),
+        Cmd::Sim(args) => sim::run(&args).map(|()| true),
         Cmd::Bench { quick, dir } => {
             let root = dir.unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("shoal-bench-{}", std::process::id()))

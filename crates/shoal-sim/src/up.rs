@@ -14,7 +14,7 @@ impl World {
         let n = &mut self.nodes[s as usize];
         if n.clients.contains(&c) {
             n.subscribers.insert(c);
-            let b = n.have.clone();
+            let b = Box::new(n.have.clone());
             self.after(self.latency, c, Kind::Bitfield(s, b));
         }
     }

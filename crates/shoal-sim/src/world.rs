@@ -40,7 +40,7 @@ pub(crate) enum Kind {
     /// `client` subscribes to its haves.
     Subscribe(u32),
     /// `peer`'s bitfield arrives.
-    Bitfield(u32, Bitfield),
+    Bitfield(u32, Box<Bitfield>),
     /// `client` requests a piece of it.
     Request(u32, PieceIndex),
     /// `client` cancels a request.
@@ -302,7 +302,9 @@ impl World {
             self.now = ev.time;
             self.events += 1;
             let node = ev.node;
-            if !matches!(ev.kind, Kind::Tick) && ev.inc != self.nodes[node as usize].inc {
+            // The clock and churn are the world's own events, for whatever incarnation.
+            let world = matches!(ev.kind, Kind::Tick | Kind::Leave | Kind::Rejoin);
+            if !world && ev.inc != self.nodes[node as usize].inc {
                 continue;
             }
             let had = self.nodes[node as usize].have.is_complete();
@@ -334,7 +336,7 @@ impl World {
             Kind::Dialed(p) => self.dialed(i, p),
             Kind::Manifest(p) => self.manifest(i, p),
             Kind::Subscribe(c) => self.subscribe(i, c),
-            Kind::Bitfield(p, b) => self.bitfield(i, p, b),
+            Kind::Bitfield(p, b) => self.bitfield(i, p, *b),
             Kind::Request(c, piece) => self.request(i, c, piece),
             Kind::Cancel(c, piece) => self.cancel(i, c, piece),
             Kind::SendDone => self.send_done(i),
