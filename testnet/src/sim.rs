@@ -76,6 +76,8 @@ fn print_table(s: &Scenario, o: &Outcome) {
     println!("fluid bound            {:>9.2} s", o.bound_s);
     println!("ratio to the bound     {:>9.3}", o.ratio);
     println!("seed copies            {:>9.3}", o.seed_copies);
+    println!("seed sent every piece  {:>9.2} s", o.seed_all_sent_s);
+    println!("busy answers           {:>9}", o.busy);
     println!("last finish (all)      {:>9.2} s  ({} churned)", o.last_finish_all_s, o.churned);
     println!("bytes uploaded / needed{:>9.3}", o.upload_overhead);
     println!("events                 {:>9}", o.events);

@@ -115,6 +115,11 @@ pub struct Outcome {
     pub churned: usize,
     /// Each downloader's finish, seconds from the start (index 0 is downloader 1).
     pub finish_s: Vec<f64>,
+    /// When the seed had sent every piece at least once, seconds from the start (at best
+    /// `file_size / uplink`: the seed-limited term of the bound).
+    pub seed_all_sent_s: f64,
+    /// `Busy` answers to piece requests (at once, or a waiter's deadline).
+    pub busy: u64,
     /// Bytes uploaded in all (wasted transfers included) over the bytes the downloaders needed.
     pub upload_overhead: f64,
     /// Events processed.

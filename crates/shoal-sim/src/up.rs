@@ -41,6 +41,7 @@ impl World {
                 n.waiting.insert(ticket, (c, piece));
             }
             Admit::Busy => {
+                self.stats.busy += 1;
                 self.after(self.latency, c, Kind::Piece(s, piece, PieceOutcome::Busy));
             }
         }
@@ -102,6 +103,9 @@ impl World {
         n.sending = false;
         let Some(t) = n.uplink_q.pop_front() else { return };
         n.uploaded += t.bytes;
+        if s == 0 {
+            self.stats.seed_sent(t.piece, self.now);
+        }
         n.up.handle_done(now, t.ticket);
         if n.clients.contains(&t.to) {
             self.after(self.latency, t.to, Kind::Piece(s, t.piece, PieceOutcome::Verified));
@@ -148,6 +152,7 @@ impl World {
         let uplink = n.uplink;
         let next = n.up.poll_timeout();
         let old = n.up_timer;
+        self.stats.busy += refused.len() as u64;
         for (to, piece) in refused {
             self.after(self.latency, to, Kind::Piece(s, piece, PieceOutcome::Busy));
         }

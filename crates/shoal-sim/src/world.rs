@@ -1,17 +1,24 @@
 //! The world: nodes, the event queue in simulated time, the tracker, and churn.
 
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
 use shoal_core::{Bitfield, Manifest, NodeId, PieceHash, PieceIndex};
 use shoal_index::Index;
 use shoal_swarm::upload::{Config as UploadConfig, Ticket};
-use shoal_swarm::{PieceOutcome, Uploader};
-use shoal_wire::tracker::{Load, Role};
+use shoal_swarm::Uploader;
+use shoal_wire::tracker::Role;
 
 use crate::down::Fetch;
+
+mod churn;
+mod event;
+mod random;
+
 use crate::{fluid_bound, Outcome, Scenario, SimError};
+use event::Event;
+pub(crate) use event::Kind;
+use random::{node_id, pick, secs, unit, xorshift};
 
 /// Simulated microseconds since the start.
 pub(crate) type Us = u64;
@@ -25,74 +32,6 @@ const PIPELINE_BYTES: u64 = 16 * 1024 * 1024;
 /// The tracker clock: deltas flushed every 250 ms (`DELTA_EVERY`), heartbeats every 2 s,
 /// expiry every second.
 const TICK: Us = 250_000;
-
-/// What happens to a node (`Event::node`).
-#[derive(Debug, Clone)]
-pub(crate) enum Kind {
-    /// Its fetch starts (or resumes after churn).
-    Start,
-    /// Its periodic tracker lookup.
-    Lookup,
-    /// Its dial to `peer` completes.
-    Dialed(u32),
-    /// `peer` answers its manifest request.
-    Manifest(u32),
-    /// `client` subscribes to its haves.
-    Subscribe(u32),
-    /// `peer`'s bitfield arrives.
-    Bitfield(u32, Box<Bitfield>),
-    /// `client` requests a piece of it.
-    Request(u32, PieceIndex),
-    /// `client` cancels a request.
-    Cancel(u32, PieceIndex),
-    /// The transfer at the head of its uplink is sent.
-    SendDone,
-    /// `peer` answers a request.
-    Piece(u32, PieceIndex, PieceOutcome),
-    /// Its haves reach its subscribers.
-    Haves,
-    /// `peer`, which it fetches from, went away.
-    ConnClosed(u32),
-    /// `client` closed its connection to it.
-    ServeClosed(u32),
-    /// Its `PeerSet` timer.
-    PeerTimer(Us),
-    /// Its `Uploader` timer.
-    UpTimer(Us),
-    /// It leaves (churn).
-    Leave,
-    /// It comes back.
-    Rejoin,
-    /// The tracker's clock (node 0's event, whatever its state).
-    Tick,
-}
-
-struct Event {
-    time: Us,
-    seq: u64,
-    node: u32,
-    /// The node's incarnation when scheduled: an event for an earlier one is dropped.
-    inc: u32,
-    kind: Kind,
-}
-
-impl PartialEq for Event {
-    fn eq(&self, o: &Self) -> bool {
-        (self.time, self.seq) == (o.time, o.seq)
-    }
-}
-impl Eq for Event {}
-impl PartialOrd for Event {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Event {
-    // Reversed: the heap pops the earliest, first scheduled first among equals.
-    fn cmp(&self, o: &Self) -> Ordering {
-        (o.time, o.seq).cmp(&(self.time, self.seq))
-    }
-}
 
 /// A granted upload waiting for (or on) the uplink.
 #[derive(Debug, Clone, Copy)]
@@ -131,6 +70,32 @@ pub(crate) struct Node {
     pub(crate) churn: Option<(Us, Us)>,
 }
 
+/// Figures that explain an outcome.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    /// `Busy` answers (at once, or a waiter's deadline).
+    pub(crate) busy: u64,
+    /// Times the seed sent each piece.
+    seed_sent: Vec<u16>,
+    /// Pieces the seed sent at least once, and when the last of them first went out.
+    seed_distinct: u32,
+    seed_all_sent: Option<Us>,
+}
+
+impl Stats {
+    pub(crate) fn seed_sent(&mut self, piece: PieceIndex, now: Us) {
+        let total = self.seed_sent.len();
+        let Some(n) = self.seed_sent.get_mut(piece.0 as usize) else { return };
+        if *n == 0 {
+            self.seed_distinct += 1;
+            if self.seed_distinct as usize == total {
+                self.seed_all_sent = Some(now);
+            }
+        }
+        *n = n.saturating_add(1);
+    }
+}
+
 pub(crate) struct World {
     pub(crate) t0: Instant,
     pub(crate) now: Us,
@@ -147,6 +112,7 @@ pub(crate) struct World {
     pub(crate) file_size: u64,
     pub(crate) window: usize,
     rng: u64,
+    pub(crate) stats: Stats,
     record: BTreeSet<usize>,
     pub(crate) logs: Vec<crate::replay::Log>,
     bound_s: f64,
@@ -241,6 +207,7 @@ impl World {
             file_size: s.file_size,
             window: (PIPELINE_BYTES / piece_size).clamp(2, 32) as usize,
             rng,
+            stats: Stats { seed_sent: vec![0; pieces as usize], ..Stats::default() },
             record: s.record.iter().copied().collect(),
             logs: Vec::new(),
             bound_s,
@@ -349,80 +316,6 @@ impl World {
         }
     }
 
-    /// The tracker's clock: deltas every tick, heartbeats every 2 s, expiry every second.
-    fn tick(&mut self) {
-        let ms = self.now / 1000;
-        for i in 0..self.nodes.len() {
-            let n = &mut self.nodes[i];
-            if !n.online {
-                continue;
-            }
-            if !n.deltas.is_empty() {
-                let deltas = std::mem::take(&mut n.deltas);
-                // Refused only for an expired node (ignored, as the node's own driver
-                // re-registers and announces in full at its next heartbeat).
-                let _ = self.index.announce_delta(ms, n.id, self.content, &deltas);
-            }
-            if self.now % LOOKUP_EVERY == 0 {
-                let load = Load { active_uploads: n.up.active() as u32, ..Load::default() };
-                if self.index.heartbeat(ms, n.id, load).is_err() {
-                    self.announce_full(i as u32);
-                }
-            }
-        }
-        if self.now % 1_000_000 == 0 {
-            self.index.expire(ms);
-        }
-        self.after(TICK, 0, Kind::Tick);
-    }
-
-    /// Registers (again) and announces the whole bitfield.
-    pub(crate) fn announce_full(&mut self, i: u32) {
-        let ms = self.now / 1000;
-        let n = &self.nodes[i as usize];
-        let addr: std::net::SocketAddr = ([127, 0, 0, 1], 1).into();
-        self.index.register(ms, n.id, Role::Node, addr, &[]);
-        let _ = self.index.announce(ms, n.id, self.content, n.have.clone());
-    }
-
-    /// The node goes away: its connections close, its fetch and upload state are lost; its
-    /// verified pieces stay on its disk.
-    fn leave(&mut self, i: u32) {
-        let now = self.now;
-        let lat = self.latency;
-        let (clients, servers) = {
-            let n = &mut self.nodes[i as usize];
-            n.online = false;
-            n.inc += 1;
-            let servers = n.fetch.take().map(|f| f.servers).unwrap_or_default();
-            n.up = Uploader::new(UploadConfig::default());
-            n.waiting.clear();
-            n.uplink_q.clear();
-            n.sending = false;
-            n.up_timer = None;
-            n.subscribers.clear();
-            n.haves_out.clear();
-            n.deltas.clear();
-            (std::mem::take(&mut n.clients), servers)
-        };
-        for c in clients {
-            self.schedule_at(now + lat, c, Kind::ConnClosed(i));
-        }
-        for s in servers {
-            self.schedule_at(now + lat, s, Kind::ServeClosed(i));
-        }
-    }
-
-    fn rejoin(&mut self, i: u32) {
-        let n = &mut self.nodes[i as usize];
-        n.online = true;
-        n.inc += 1;
-        self.announce_full(i);
-        if !self.nodes[i as usize].have.is_complete() {
-            self.after(0, i, Kind::Start);
-        }
-    }
-
     pub(crate) fn outcome(&self) -> Outcome {
         let fin = |n: &Node| n.finished.unwrap_or(self.now) as f64 / 1e6;
         let downloaders = &self.nodes[1..];
@@ -442,49 +335,12 @@ impl World {
             seed_copies: self.nodes[0].uploaded as f64 / self.file_size as f64,
             churned: downloaders.len() - stay.len(),
             finish_s: all,
+            seed_all_sent_s: self.stats.seed_all_sent.map_or(f64::NAN, |t| t as f64 / 1e6),
+            busy: self.stats.busy,
             upload_overhead: uploaded as f64 / (self.file_size as f64 * downloaders.len() as f64),
             events: self.events,
             wall_s: 0.0,
             logs: self.logs.clone(),
         }
     }
-}
-
-/// A stable, valid node id for node `i` of a run seeded `seed`.
-fn node_id(seed: u64, i: usize) -> NodeId {
-    let mut secret = [0u8; 32];
-    secret[..8].copy_from_slice(&(i as u64).to_le_bytes());
-    secret[8..16].copy_from_slice(&seed.to_le_bytes());
-    secret[16] = 0x51;
-    // Invariant: any 32 bytes are a valid ed25519 secret key, and its public key converts.
-    let kp = libp2p_identity::Keypair::ed25519_from_bytes(secret).expect("32 bytes");
-    NodeId::from_public_key(&kp.public()).expect("an ed25519 key")
-}
-
-/// `round(fraction * n)` distinct indices below `n`, drawn with `rng`.
-fn pick(rng: &mut u64, n: usize, fraction: f64) -> BTreeSet<usize> {
-    let want = ((n as f64) * fraction).round() as usize;
-    let mut all: Vec<usize> = (0..n).collect();
-    // A partial Fisher-Yates shuffle.
-    for k in 0..want.min(n) {
-        let j = k + (xorshift(rng) % (n - k) as u64) as usize;
-        all.swap(k, j);
-    }
-    all.truncate(want);
-    all.into_iter().collect()
-}
-
-fn unit(rng: &mut u64) -> f64 {
-    (xorshift(rng) >> 11) as f64 / (1u64 << 53) as f64
-}
-
-fn secs(s: f64) -> Us {
-    (s * 1e6) as Us
-}
-
-fn xorshift(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
 }
