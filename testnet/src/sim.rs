@@ -21,6 +21,9 @@ pub(crate) struct Args {
     /// File size, like 32MiB.
     #[arg(long, env = "SHOAL_SIM_FILE_SIZE", default_value = "32MiB")]
     file_size: String,
+    /// Piece size, like 256KiB (default: the node's rule for the file size).
+    #[arg(long, env = "SHOAL_SIM_PIECE_SIZE")]
+    piece_size: Option<String>,
     /// The seed's and the fast downloaders' uplink, like 2MiB/s.
     #[arg(long, env = "SHOAL_SIM_UPLINK", default_value = "2MiB/s")]
     uplink: String,
@@ -42,7 +45,12 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         uplink: parse_bytes(args.uplink.trim_end_matches("/s")).context("--uplink")?,
         slow_fraction: args.slow_fraction,
         file_size: parse_bytes(&args.file_size).context("--file-size")?,
-        piece_size: None,
+        piece_size: args
+            .piece_size
+            .as_deref()
+            .map(parse_bytes)
+            .transpose()
+            .context("--piece-size")?,
         latency: Duration::from_millis(args.latency_ms),
         churn: args.churn,
         seed: args.seed,

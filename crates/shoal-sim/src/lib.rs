@@ -24,6 +24,11 @@
 //!   heartbeats with the upload load every 2 s; the tracker expires silent nodes each second;
 //!   a finished fetch closes its connections and keeps serving. `PeerSet` and `Uploader` run
 //!   with the node's defaults (`Config::default()` of each, the node's pipeline rule).
+//! - A node's new pieces reach its subscribers as haves one latency later (those verified
+//!   meanwhile ride along). A subscriber's driver is pumped at once only if the have may
+//!   unblock an idle peer (none of its requests in flight to the sender); otherwise the piece
+//!   is seen at that subscriber's next event. Every other event pumps its node's driver, as
+//!   the node's select loop does.
 //! - Not modelled: the manifest's bytes (64 KiB at most, asked of peers, answered after one
 //!   round trip), partial-piece progress (`handle_progress`: a piece is at most a few tenths of
 //!   a second on the wire here), download caps, rate-limit jitter, loss.
@@ -37,6 +42,11 @@
 //! finish over it. This is not a strict lower bound for the stayers (the churners upload while
 //! present, and take capacity while they download), but it is the swarm without them; the
 //! churners' own finish (bounded below by their return) is reported apart.
+//!
+//! While downloaders ask for pieces the seed's uplink never idles, so `seed_copies` is about
+//! `last_finish_s * uplink / file_size`: the seed sends 1.2 copies only if the swarm finishes
+//! within about 1.2 x `file_size / uplink`. `seed_all_sent_s`, when every piece had left the
+//! seed once (at best `file_size / uplink`), separates the seed's first copy from the spread.
 
 #![warn(missing_docs)]
 

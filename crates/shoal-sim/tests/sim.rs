@@ -87,3 +87,40 @@ fn a_node_and_the_simulation_make_the_same_decisions_from_the_same_inputs() {
         assert!(replay(&other) != log.outputs, "node {}: the seed changed nothing", log.node);
     }
 }
+
+/// The scenario: 1,000 downloaders, a quarter at a quarter of the uplink, a tenth
+/// churning, 32 MiB at 2 MiB/s. Opt-in (`cargo test --release -p shoal-sim -- --ignored`):
+/// minutes of CPU with 16 KiB pieces. Prints the figures; asserts only completion.
+#[test]
+#[ignore = "heavy: run in release, by hand"]
+fn thousand_nodes_with_mixed_uplinks_and_churn() {
+    let s = Scenario { nodes: 1000, churn: 0.1, ..Scenario::default() };
+    let out = run(&s).unwrap();
+    println!("{}", summary(&out));
+}
+
+/// 10,000 downloaders, otherwise as above. Opt-in; with 16 KiB pieces this is a long run.
+#[test]
+#[ignore = "heavy: run in release, by hand"]
+fn ten_thousand_nodes_with_mixed_uplinks_and_churn() {
+    let s = Scenario { nodes: 10_000, churn: 0.1, ..Scenario::default() };
+    let out = run(&s).unwrap();
+    println!("{}", summary(&out));
+}
+
+fn summary(o: &Outcome) -> String {
+    format!(
+        "{} nodes, {} pieces of {} KiB: last {:.2} s, bound {:.2} s, ratio {:.3}, seed copies {:.3}, seed sent all by {:.2} s, busy {}, events {}, wall {:.1} s",
+        o.nodes,
+        o.pieces,
+        o.piece_size / 1024,
+        o.last_finish_s,
+        o.bound_s,
+        o.ratio,
+        o.seed_copies,
+        o.seed_all_sent_s,
+        o.busy,
+        o.events,
+        o.wall_s
+    )
+}
