@@ -17,8 +17,12 @@
 //!   downloaders at `uplink / 4`. No download caps.
 //! - Every message takes `latency` one way; a dial takes a round trip, as does a manifest.
 //! - A node's uplink sends the pieces it granted **one after another**, in grant order, each at
-//!   the full uplink rate (not a fluid share per upload). A transfer cancelled before its turn
-//!   is taken out; one under way finishes (its bytes count as uploaded, and are wasted).
+//!   the full uplink rate (not a fluid share per upload). A transfer cancelled (or whose
+//!   requester went away) before its turn is taken out and reported with
+//!   `Uploader::handle_abandoned`, so it does not count as a copy in the super-seeding order;
+//!   one under way finishes (its bytes count as uploaded, and are wasted). The node's
+//!   `serve.rs` reports every end of an upload as done today: it should report a failed send
+//!   as abandoned too.
 //! - Drivers do what the node does: a lookup (`Index::lookup` with the node's bitfield, 32
 //!   peers, hints) when a fetch starts and every 2 s; deltas announced every 250 ms;
 //!   heartbeats with the upload load every 2 s; the tracker expires silent nodes each second;

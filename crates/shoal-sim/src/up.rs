@@ -49,7 +49,8 @@ impl World {
     }
 
     /// A client cancels a request: a waiter leaves the queue, a transfer not yet on the wire
-    /// is dropped; one on the wire finishes (its bytes are spent).
+    /// is dropped (abandoned: not counted as a copy); one on the wire finishes (its bytes are
+    /// spent).
     pub(crate) fn cancel(&mut self, s: u32, c: u32, piece: PieceIndex) {
         let now = self.at(self.now);
         let n = &mut self.nodes[s as usize];
@@ -62,7 +63,7 @@ impl World {
             let at = n.uplink_q.iter().skip(skip).position(|t| t.to == c && t.piece == piece);
             if let Some(k) = at {
                 if let Some(t) = n.uplink_q.remove(k + skip) {
-                    n.up.handle_done(now, t.ticket);
+                    n.up.handle_abandoned(now, t.ticket);
                 }
             }
         }
@@ -86,7 +87,7 @@ impl World {
         while k < n.uplink_q.len() {
             if n.uplink_q[k].to == c {
                 if let Some(t) = n.uplink_q.remove(k) {
-                    n.up.handle_done(now, t.ticket);
+                    n.up.handle_abandoned(now, t.ticket);
                 }
             } else {
                 k += 1;

@@ -37,7 +37,7 @@ fn fifty_nodes_with_mixed_uplinks_complete_near_the_bound() {
     assert_eq!((out.finish_s.len(), out.churned), (50, 0));
     assert!(out.finish_s.iter().all(|&f| f > 0.0 && f <= out.last_finish_s));
     assert!(out.ratio >= 1.0, "nothing beats the fluid bound: {}", out.ratio);
-    // What this size reaches today (ratio about 1.7, 2.0 copies), with margin: a policy
+    // What this size reaches today (ratio about 1.8, 2.2 copies), with margin: a policy
     // change that makes it worse fails here.
     assert!(out.ratio <= 2.2, "ratio {}", out.ratio);
     assert!(out.seed_copies <= 2.5, "seed copies {}", out.seed_copies);

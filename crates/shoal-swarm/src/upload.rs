@@ -52,8 +52,8 @@ pub struct Uploader<P, C> {
     bytes: u64,
     /// Slots held and places waiting, per peer; an entry lives while either is non-zero.
     per_peer: BTreeMap<P, (usize, usize)>,
-    /// Granted uploads not yet done: their peer and bytes.
-    granted: BTreeMap<Ticket, (P, u64)>,
+    /// Granted uploads not yet done: their peer, bytes and piece (none for a manifest).
+    granted: BTreeMap<Ticket, (P, u64, Option<PieceKey<C>>)>,
     /// Indexed by grant order, so a grant costs O(log n) however many wait.
     waiting: Queue<P, C>,
     sent: Sent<C>,
@@ -118,10 +118,24 @@ impl<P: Copy + Ord + Debug, C: Copy + Eq + Hash + Debug> Uploader<P, C> {
         Admit::Queued(ticket)
     }
 
-    /// A granted upload ended (sent, failed or abandoned): its slot goes to the next waiter.
-    /// Unknown tickets are ignored.
+    /// A granted upload ended: its slot goes to the next waiter. Unknown tickets are ignored.
     pub fn handle_done(&mut self, now: Instant, ticket: Ticket) {
-        let Some((peer, bytes)) = self.granted.remove(&ticket) else { return };
+        self.release(now, ticket, false);
+    }
+
+    /// A granted upload was given up before its piece was sent (the requester cancelled or
+    /// went away): as [`Uploader::handle_done`], and the piece's send is taken back, so the
+    /// super-seeding order does not count a copy nobody received.
+    pub fn handle_abandoned(&mut self, now: Instant, ticket: Ticket) {
+        self.release(now, ticket, true);
+    }
+
+    fn release(&mut self, now: Instant, ticket: Ticket, abandoned: bool) {
+        let Some((peer, bytes, key)) = self.granted.remove(&ticket) else { return };
+        if let Some(k) = key.filter(|_| abandoned) {
+            self.sent.unrecord(&k);
+            self.waiting.recount(k.content, k.piece.0, self.sent.get(&k));
+        }
         self.active -= 1;
         self.bytes -= bytes;
         count_peer(&mut self.per_peer, peer, (-1, 0));
@@ -213,7 +227,7 @@ impl<P: Copy + Ord + Debug, C: Copy + Eq + Hash + Debug> Uploader<P, C> {
         if self.per_peer.get(&peer).map_or(0, |e| e.0) == self.shares().0 {
             self.waiting.set_peer(peer, false);
         }
-        self.granted.insert(ticket, (peer, bytes));
+        self.granted.insert(ticket, (peer, bytes, key.copied()));
         if let Some(k) = key {
             if let Some(forgotten) = self.sent.record(k) {
                 self.waiting.forget(forgotten);

@@ -66,6 +66,14 @@ impl<C: Copy + Eq + Hash> Sent<C> {
         forgotten
     }
 
+    /// Takes back one send of the piece: its upload was abandoned before it was sent.
+    pub(super) fn unrecord(&mut self, key: &PieceKey<C>) {
+        let counts = self.contents.get_mut(&key.content);
+        if let Some(n) = counts.and_then(|c| c.per_piece.get_mut(key.piece.0 as usize)) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
     /// Contents tracked now.
     pub(super) fn len(&self) -> usize {
         self.contents.len()

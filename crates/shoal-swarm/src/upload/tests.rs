@@ -52,6 +52,25 @@ fn least_sent_pieces_go_first() {
 }
 
 #[test]
+fn an_abandoned_upload_is_not_counted_as_a_copy() {
+    let t0 = Instant::now();
+    let mut u = up(1, 1 << 20, 16);
+    let first = granted(u.handle_request(t0, 0, key(1, 0), 1));
+    // Waiting: piece 0 (granted once, about to be abandoned), then piece 1 (never sent).
+    let again = queued(u.handle_request(t0, 2, key(1, 0), 1));
+    let other = queued(u.handle_request(t0, 1, key(1, 1), 1));
+    u.handle_abandoned(t0, first);
+    // Both never sent now: the older request first (counted as a copy, it would go last).
+    assert_eq!(events(&mut u), [Event::Granted(again)]);
+    assert_eq!(u.sent(&key(1, 0).unwrap()), 1, "the abandoned grant was taken back");
+    u.handle_done(t0, again);
+    assert_eq!(events(&mut u), [Event::Granted(other)]);
+    u.handle_done(t0, other);
+    assert_eq!((u.sent(&key(1, 0).unwrap()), u.sent(&key(1, 1).unwrap())), (1, 1));
+    assert_eq!(u.active(), 0);
+}
+
+#[test]
 fn manifests_count_as_never_sent_and_equals_go_oldest_first() {
     let t0 = Instant::now();
     let mut u = up(1, 1 << 20, 16);
