@@ -12,9 +12,11 @@ fn small(nodes: usize, churn: f64, seed: u64) -> Scenario {
     Scenario {
         nodes,
         // 2 MiB in 128 pieces of 16 KiB at 512 KiB/s: seconds of simulated time, and a
-        // debug build runs it in seconds.
+        // debug build runs it in seconds. The piece size is explicit so the figures below do
+        // not move with the node's piece-size rule.
         uplink: 512 * 1024,
         file_size: 2 * 1024 * 1024,
+        piece_size: Some(16 * 1024),
         latency: Duration::from_millis(10),
         churn,
         seed,
