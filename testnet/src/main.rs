@@ -8,6 +8,7 @@ mod netns;
 mod report;
 mod scenario;
 mod trackerload;
+mod sim;
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read};
@@ -105,6 +106,8 @@ enum Cmd {
         #[arg(long, env = "SHOAL_TESTNET_DIR")]
         dir: Option<PathBuf>,
     },
+    /// Simulate a large swarm with the nodes' real state machines (no processes, no sockets).
+    Sim(sim::Args),
 }
 
 fn main() -> ExitCode {
@@ -113,6 +116,7 @@ fn main() -> ExitCode {
             up(nodes, storage, file_size.0, &upload_limit, dir, keep, netns).map(|()| true)
         }
         Cmd::Run { file, dir, netns } => scenario::run(&file, dir, netns),
+        Cmd::Sim(args) => sim::run(&args).map(|()| true),
         Cmd::Bench { quick, dir } => {
             let root = dir.unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("shoal-bench-{}", std::process::id()))

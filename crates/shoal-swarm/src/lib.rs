@@ -1,4 +1,7 @@
-//! The download scheduler: which piece to ask which peer for.
+//! The swarm's state machines: which piece to ask which peer for ([`Picker`], inside the
+//! download's [`PeerSet`]), and in which order this node's upload slots are granted
+//! ([`Uploader`], in [`upload`]). No I/O, no clocks: time is passed in, so the same code runs in
+//! a node, in the simulation (`shoal-sim`) and in tests.
 //!
 //! [`Picker`] is a plain state machine without I/O or clocks. The download driver tells it
 //! what each peer holds and what happened to each request, and asks it for the next piece to
@@ -18,6 +21,8 @@
 
 mod peers;
 mod picker;
+pub mod upload;
 
 pub use peers::{Action, Admit, Config, DropReason, ManifestReply, PeerSet, PieceOutcome};
 pub use picker::{Picker, Request, Verdict, MAX_COPIES, MAX_STRIKES};
+pub use upload::Uploader;
