@@ -22,8 +22,8 @@ fn killed_fetch_resumes_fetching_only_what_was_missing() {
     assert_eq!(std::fs::read(&out).unwrap(), data);
     let resumed = report["resumed_pieces"].as_u64().unwrap();
     let total = size as u64 / piece; // 8 MiB in 64 KiB pieces: 128
-    // Killed past 40 %, with checkpoints once a second at 2 MiB/s (a quarter of the file a
-    // second): at least the last checkpoint's 15 % were durable.
+                                     // Killed past 40 %, with checkpoints once a second at 2 MiB/s (a quarter of the file a
+                                     // second): at least the last checkpoint's 15 % were durable.
     assert!(resumed >= total * 15 / 100, "at least the checkpointed pieces were kept: {report}");
     // Only the missing pieces crossed the network, and no manifest: the store had it.
     let downloaded = report["downloaded_bytes"].as_u64().unwrap();

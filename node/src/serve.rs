@@ -203,7 +203,7 @@ async fn serve_manifest(
     let Some(shape) = node.contents.shape(content)? else {
         return reject(send, RejectReason::NotFound, "content not held here").await;
     };
-    let Ok(_slot) = node.uploads.acquire(peer, None, shape.manifest_bound(), SLOT_WAIT).await
+    let Ok(mut slot) = node.uploads.acquire(peer, None, shape.manifest_bound(), SLOT_WAIT).await
     else {
         return reject(send, RejectReason::Busy, "upload slots busy; try later").await;
     };
@@ -213,6 +213,7 @@ async fn serve_manifest(
     let header = Response::Manifest { len: bytes.len() as u32 };
     write_frame_within(&mut send, &header, WRITE_STALL).await?;
     write_within(&mut send, Bytes::from(bytes), WRITE_STALL).await?;
+    slot.sent();
     finish_within(&mut send, DRAIN_DEADLINE).await
 }
 
@@ -232,7 +233,7 @@ async fn serve_piece(
         return reject(send, RejectReason::BadRequest, &text).await;
     };
     let key = PieceKey { content, piece, pieces: shape.pieces };
-    let Ok(_slot) = node.uploads.acquire(peer, Some(key), len, SLOT_WAIT).await else {
+    let Ok(mut slot) = node.uploads.acquire(peer, Some(key), len, SLOT_WAIT).await else {
         return reject(send, RejectReason::Busy, "upload slots busy; try later").await;
     };
     let data = match node.contents.piece(content, piece).await {
@@ -270,5 +271,7 @@ async fn serve_piece(
         node.stats.count_upload(content, n);
     }
     node.stats.pieces_uploaded.fetch_add(1, Ordering::Relaxed);
+    // Every byte is with the transport: a copy sent, whatever becomes of the acknowledgement.
+    slot.sent();
     finish_within(&mut send, DRAIN_DEADLINE).await
 }

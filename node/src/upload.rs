@@ -23,17 +23,31 @@ pub(crate) type PieceKey = shoal_swarm::upload::PieceKey<ContentId>;
 #[error("upload slots busy; try later or another peer")]
 pub(crate) struct Busy;
 
-/// A granted upload slot; dropping it frees the slot for the next waiter.
+/// A granted upload slot; dropping it frees the slot for the next waiter. Unless
+/// [`Slot::sent`] was called, the upload counts as abandoned: its piece is not counted as a
+/// copy sent, so the super-seeding order still offers it first.
 #[derive(Debug)]
 pub(crate) struct Slot {
     uploads: Arc<Uploads>,
     ticket: Ticket,
+    sent: bool,
+}
+
+impl Slot {
+    /// The whole piece was handed to the transport: it counts as a copy sent.
+    pub(crate) fn sent(&mut self) {
+        self.sent = true;
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut s = self.uploads.lock();
-        s.machine.handle_done(Instant::now(), self.ticket);
+        if self.sent {
+            s.machine.handle_done(Instant::now(), self.ticket);
+        } else {
+            s.machine.handle_abandoned(Instant::now(), self.ticket);
+        }
         s.pump();
     }
 }
@@ -54,7 +68,7 @@ impl State {
                 Event::Granted(t) => {
                     let taken = self.waiters.remove(&t).is_some_and(|tx| tx.send(t).is_ok());
                     if !taken {
-                        self.machine.handle_done(Instant::now(), t);
+                        self.machine.handle_abandoned(Instant::now(), t);
                     }
                 }
                 Event::Refused(t) => {
@@ -135,7 +149,9 @@ impl Uploads {
             // The request may have refused waiters past their deadline.
             s.pump();
             match admit {
-                Admit::Granted(ticket) => return Ok(Slot { uploads: self.clone(), ticket }),
+                Admit::Granted(ticket) => {
+                    return Ok(Slot { uploads: self.clone(), ticket, sent: false })
+                }
                 Admit::Busy => return Err(Busy),
                 Admit::Queued(ticket) => {
                     let (tx, rx) = oneshot::channel();
@@ -159,7 +175,7 @@ impl Uploads {
         match got {
             Some(ticket) => {
                 w.taken = true;
-                Ok(Slot { uploads: self.clone(), ticket })
+                Ok(Slot { uploads: self.clone(), ticket, sent: false })
             }
             // Refused (the sender was dropped), or still waiting past the deadline, which the
             // guard's drop cancels.
@@ -199,18 +215,39 @@ mod tests {
     #[tokio::test]
     async fn a_freed_slot_reaches_the_least_sent_waiter() {
         let u = Uploads::new(1, 1 << 20, 16);
-        let first = u.acquire(peer(0), key(0), 1, LONG).await.unwrap();
+        let mut first = u.acquire(peer(0), key(0), 1, LONG).await.unwrap();
         let u2 = u.clone();
         let again = tokio::spawn(async move { u2.acquire(peer(0), key(0), 1, LONG).await });
         until_waiting(&u, 1).await;
         let u3 = u.clone();
         let fresh = tokio::spawn(async move { u3.acquire(peer(0), key(1), 1, LONG).await });
         until_waiting(&u, 2).await;
+        first.sent();
         drop(first);
         let slot = fresh.await.unwrap().unwrap();
         assert!(!again.is_finished(), "the never-sent piece was served first");
         drop(slot);
         drop(again.await.unwrap().unwrap());
+        assert_eq!(u.active(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_slot_given_up_before_its_piece_went_out_counts_no_copy() {
+        let u = Uploads::new(1, 1 << 20, 16);
+        let first = u.acquire(peer(0), key(0), 1, LONG).await.unwrap();
+        let u2 = u.clone();
+        let again = tokio::spawn(async move { u2.acquire(peer(1), key(0), 1, LONG).await });
+        until_waiting(&u, 1).await;
+        let u3 = u.clone();
+        let fresh = tokio::spawn(async move { u3.acquire(peer(2), key(1), 1, LONG).await });
+        until_waiting(&u, 2).await;
+        // Dropped without `sent`: piece 0 was never delivered, so it is as unsent as piece 1
+        // and its older waiter goes first.
+        drop(first);
+        let slot = again.await.unwrap().unwrap();
+        assert!(!fresh.is_finished(), "the older waiter of an undelivered piece went first");
+        drop(slot);
+        drop(fresh.await.unwrap().unwrap());
         assert_eq!(u.active(), 0);
     }
 

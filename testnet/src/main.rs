@@ -7,8 +7,8 @@ mod memory;
 mod netns;
 mod report;
 mod scenario;
-mod trackerload;
 mod sim;
+mod trackerload;
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read};
