@@ -24,6 +24,8 @@ pub(crate) struct Fetch {
     /// Peers connected for this fetch.
     pub(crate) servers: BTreeSet<u32>,
     timer: Option<Us>,
+    /// The node's lookup schedule, from the first lookup on.
+    lookups: Option<shoal_swarm::Lookups>,
 }
 
 impl World {
@@ -40,12 +42,13 @@ impl World {
             outstanding: BTreeSet::new(),
             servers: BTreeSet::new(),
             timer: None,
+            lookups: None,
         });
         self.lookup(i);
     }
 
     /// A tracker lookup (answered at once: the tracker is one latency away from everyone, so
-    /// the answer is as fresh as a node's), then the next one in 2 s.
+    /// the answer is as fresh as a node's), then the next one on the node's schedule.
     pub(crate) fn lookup(&mut self, i: u32) {
         let now = self.at(self.now);
         let n = &mut self.nodes[i as usize];
@@ -67,7 +70,18 @@ impl World {
                 }
             }
         }
-        self.after(LOOKUP_EVERY, i, Kind::Lookup);
+        // The node's schedule: soon after the first, then every 2 s.
+        let now = self.at(self.now);
+        let next = match self.nodes[i as usize].fetch.as_mut() {
+            Some(f) => {
+                let l = f.lookups.get_or_insert_with(|| shoal_swarm::Lookups::new(now));
+                let next = l.poll_timeout();
+                l.handle_lookup(next);
+                next.saturating_duration_since(now).as_micros() as Us
+            }
+            None => LOOKUP_EVERY,
+        };
+        self.after(next, i, Kind::Lookup);
         self.pump(i);
     }
 

@@ -19,10 +19,12 @@
 
 #![warn(missing_docs)]
 
+pub mod lookups;
 mod peers;
 mod picker;
 pub mod upload;
 
+pub use lookups::Lookups;
 pub use peers::{Action, Admit, Config, DropReason, ManifestReply, PeerSet, PieceOutcome};
 pub use picker::{Picker, Request, Verdict, MAX_COPIES, MAX_STRIKES};
 pub use upload::Uploader;

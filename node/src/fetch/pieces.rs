@@ -22,8 +22,6 @@ use super::{holders, snapshot, Ctx, Done, Outcome, Progress, RateMeter};
 use crate::serve::PeerEvent;
 use crate::tracker::{self, TrackerHandle};
 
-/// How often a running fetch asks the tracker for new holders and hints.
-const LOOKUP_EVERY: Duration = Duration::from_secs(2);
 /// Peers asked for per lookup.
 pub(super) const LOOKUP_PEERS: u8 = 32;
 /// With a tracker, how long a fetch waits without progress before it gives up.
@@ -58,8 +56,8 @@ pub(super) async fn run(
     let mut requests: JoinSet<Done> = JoinSet::new();
     let mut aborts: HashMap<(NodeId, PieceIndex), AbortHandle> = HashMap::new();
     let mut lookups: JoinSet<anyhow::Result<Option<LookupResult>>> = JoinSet::new();
-    let mut lookup_tick = tokio::time::interval(LOOKUP_EVERY);
-    lookup_tick.reset();
+    // The first lookup was made before the manifest: the schedule counts from now.
+    let mut lookup_at = shoal_swarm::Lookups::new(Instant::now());
     let mut last_progress = Instant::now();
     let mut checkpoint = tokio::time::interval(Duration::from_secs(1));
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -185,7 +183,8 @@ pub(super) async fn run(
                 Ok(Ok(None)) | Err(_) => {}
                 Ok(Err(e)) => debug!(error = %format!("{e:#}"), "tracker lookup failed"),
             },
-            _ = lookup_tick.tick(), if tracker.is_some() && lookups.is_empty() => {
+            () = tokio::time::sleep_until(lookup_at.poll_timeout().into()), if tracker.is_some() && lookups.is_empty() => {
+                lookup_at.handle_lookup(Instant::now());
                 let have = links.set.picker().map(|p| p.have().clone());
                 if let (Some(c), Some(have)) = (tracker.and_then(|t| t.current()), have) {
                     lookups.spawn(async move {
