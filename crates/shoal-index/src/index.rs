@@ -184,7 +184,8 @@ impl Index {
         }
         // Announced: the manifest is the swarm's now, no longer its uploader's.
         Self::uncharge(&mut self.pending_manifests, swarm);
-        swarm.set_holding(node, bf);
+        let load = self.nodes.get(&node).map_or(0, |e| e.active_uploads);
+        swarm.set_holding(node, bf, load);
         self.held.entry(node).or_default().insert(content);
     }
 
@@ -241,6 +242,12 @@ impl Index {
         let entry = self.nodes.get_mut(&node).ok_or(IndexError::NotRegistered)?;
         entry.last_seen_ms = now;
         entry.active_uploads = load.active_uploads;
+        // Lookups rank holders by load from the swarm's own copy.
+        for c in self.held.get(&node).into_iter().flatten() {
+            if let Some(s) = self.swarms.get_mut(c) {
+                s.holders.set_load(&node, load.active_uploads);
+            }
+        }
         entry.upload_rate = load.upload_rate;
         Ok(vec![Persist::PutNode(node, entry.clone())])
     }

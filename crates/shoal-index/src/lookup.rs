@@ -86,21 +86,27 @@ impl Index {
                 .min()
                 .unwrap_or(0)
         });
-        let mut candidates: Vec<(&NodeId, &Bitfield)> =
-            swarm.storage.keys().filter_map(|id| Some((id, swarm.holders.get(id)?))).collect();
+        // (id, bitfield, load, admitted storage holding this content).
+        let mut candidates: Vec<(&NodeId, &Bitfield, u32, bool)> = swarm
+            .storage
+            .keys()
+            .filter_map(|id| {
+                let bf = swarm.holders.get(id)?;
+                Some((id, bf, self.nodes.get(id).map_or(0, |e| e.active_uploads), true))
+            })
+            .collect();
         let storage = candidates.len();
         let sample = self.config.lookup_sample.max(max_peers);
-        for (id, bf) in swarm.holders.sample(&mut self.rng, sample) {
-            if !candidates[..storage].iter().any(|(s, _)| *s == id) {
-                candidates.push((id, bf));
+        for h in swarm.holders.sample(&mut self.rng, sample) {
+            if !candidates[..storage].iter().any(|c| *c.0 == h.id) {
+                candidates.push((&h.id, &h.bitfield, h.load, false));
             }
         }
         let mut ranked: Vec<(Rank, &NodeId)> = Vec::with_capacity(candidates.len());
-        for (id, bf) in candidates {
+        for (id, bf, load, is_storage) in candidates {
             if asker.as_ref() == Some(id) {
                 continue;
             }
-            let Some(entry) = self.nodes.get(id) else { continue };
             let useful = count_and_not(bf.as_bytes(), have_bytes);
             if useful == 0 {
                 continue;
@@ -113,9 +119,9 @@ impl Index {
                 (
                     !swarm.reports.is_empty() && swarm.reported(id) >= self.config.demote_after,
                     // Admitted storage first where it has wanted pieces: a permanent seed.
-                    !entry.storage,
+                    !is_storage,
                     rarest,
-                    entry.active_uploads,
+                    load,
                     Reverse(useful),
                 ),
                 id,

@@ -20,17 +20,26 @@ pub(crate) const MAX_REPORTED: usize = 1024;
 /// recent lookups' peers): a node may only report a holder it was offered.
 pub(crate) const MAX_OFFERED: usize = 128;
 
+/// One holder of a content, with what a lookup ranks it by.
+#[derive(Debug)]
+pub(crate) struct Holder {
+    pub(crate) id: NodeId,
+    pub(crate) bitfield: Bitfield,
+    /// Its uploads under way, from its last heartbeat.
+    pub(crate) load: u32,
+}
+
 /// Holders of one content, sampleable in O(1) per draw. A draw yields the holder's bitfield
-/// with its id, so ranking a sample costs no map lookups.
+/// and load with its id, so ranking a sample costs no map lookups.
 #[derive(Debug, Default)]
 pub(crate) struct Holders {
-    order: Vec<(NodeId, Bitfield)>,
+    order: Vec<Holder>,
     map: HashMap<NodeId, usize>,
 }
 
 impl Holders {
     pub(crate) fn get(&self, id: &NodeId) -> Option<&Bitfield> {
-        self.map.get(id).map(|&i| &self.order[i].1)
+        self.map.get(id).map(|&i| &self.order[i].bitfield)
     }
 
     pub(crate) fn contains(&self, id: &NodeId) -> bool {
@@ -46,30 +55,37 @@ impl Holders {
         self.order.is_empty()
     }
 
-    /// Inserts or replaces; returns the old bitfield.
+    /// Inserts or replaces (keeping the load); returns the old bitfield.
     pub(crate) fn insert(&mut self, id: NodeId, bf: Bitfield) -> Option<Bitfield> {
         if let Some(&i) = self.map.get(&id) {
-            return Some(std::mem::replace(&mut self.order[i].1, bf));
+            return Some(std::mem::replace(&mut self.order[i].bitfield, bf));
         }
         self.map.insert(id, self.order.len());
-        self.order.push((id, bf));
+        self.order.push(Holder { id, bitfield: bf, load: 0 });
         None
+    }
+
+    /// Records a holder's load (a heartbeat).
+    pub(crate) fn set_load(&mut self, id: &NodeId, load: u32) {
+        if let Some(&i) = self.map.get(id) {
+            self.order[i].load = load;
+        }
     }
 
     pub(crate) fn remove(&mut self, id: &NodeId) -> Option<Bitfield> {
         let i = self.map.remove(id)?;
-        let (_, bf) = self.order.swap_remove(i);
-        if let Some((moved, _)) = self.order.get(i) {
-            if let Some(e) = self.map.get_mut(moved) {
+        let h = self.order.swap_remove(i);
+        if let Some(moved) = self.order.get(i) {
+            if let Some(e) = self.map.get_mut(&moved.id) {
                 *e = i;
             }
         }
-        Some(bf)
+        Some(h.bitfield)
     }
 
     /// Up to `k` distinct holders drawn uniformly at random (all of them if there are at most
     /// `2k`: then the scan is as cheap as the sample).
-    pub(crate) fn sample(&self, rng: &mut fastrand::Rng, k: usize) -> Vec<&(NodeId, Bitfield)> {
+    pub(crate) fn sample(&self, rng: &mut fastrand::Rng, k: usize) -> Vec<&Holder> {
         let n = self.order.len();
         if n <= 2 * k {
             return self.order.iter().collect();
@@ -137,7 +153,7 @@ impl Swarm {
         }
     }
 
-    pub(crate) fn set_holding(&mut self, node: NodeId, bitfield: Bitfield) {
+    pub(crate) fn set_holding(&mut self, node: NodeId, bitfield: Bitfield, load: u32) {
         self.remove_holding(node);
         self.rarity = None;
         for p in bitfield.iter_ones() {
@@ -145,6 +161,7 @@ impl Swarm {
             self.unhand(node, p);
         }
         self.holders.insert(node, bitfield);
+        self.holders.set_load(&node, load);
     }
 
     /// Forgets a holder (the index starts the idle clock if it was the last).
@@ -294,16 +311,16 @@ mod tests {
             assert!(h.remove(id).is_none());
         }
         assert_eq!(h.len(), 50 - all.iter().step_by(3).count());
-        for (i, (id, _)) in h.order.iter().enumerate() {
-            assert_eq!(h.map[id], i, "index map follows the order vector");
+        for (i, holder) in h.order.iter().enumerate() {
+            assert_eq!(h.map[&holder.id], i, "index map follows the order vector");
         }
         let mut rng = fastrand::Rng::with_seed(7);
         // Far fewer than the holders (rejection sampling), at least half of them (everyone).
         for (k, expect) in [(5, 5), (16, 16), (17, h.len()), (40, h.len())] {
             let s = h.sample(&mut rng, k);
             assert_eq!(s.len(), expect, "k {k}");
-            assert_eq!(s.iter().map(|(id, _)| id).collect::<BTreeSet<_>>().len(), expect);
-            assert!(s.iter().all(|(id, _)| h.contains(id)));
+            assert_eq!(s.iter().map(|h| h.id).collect::<BTreeSet<_>>().len(), expect);
+            assert!(s.iter().all(|x| h.contains(&x.id)));
         }
     }
 
