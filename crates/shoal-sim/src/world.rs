@@ -118,6 +118,17 @@ pub(crate) struct World {
     bound_s: f64,
 }
 
+/// A file size the piece-size rule cuts into exactly `count` pieces, if there is one.
+fn size_with_pieces(count: u64) -> Option<u64> {
+    use shoal_core::piece::{piece_count, piece_log2_for, MAX_PIECE_LOG2, MIN_PIECE_LOG2};
+    (MIN_PIECE_LOG2..=MAX_PIECE_LOG2).find_map(|log2| {
+        // The largest and the smallest size of `count` pieces of this size.
+        [count << log2, ((count.saturating_sub(1)) << log2) + 1].into_iter().find(|&size| {
+            size > 0 && piece_log2_for(size) == log2 && piece_count(size, log2) == count
+        })
+    })
+}
+
 impl World {
     pub(crate) fn new(s: &Scenario) -> Result<Self, SimError> {
         if s.nodes == 0 || s.uplink == 0 || s.file_size == 0 {
@@ -130,15 +141,18 @@ impl World {
         let piece_size = s.piece_size.unwrap_or(rule_size);
         let pieces = s.file_size.div_ceil(piece_size);
         if piece_size == 0 || pieces > shoal_core::piece::TARGET_PIECES && piece_size != rule_size {
-            return Err(SimError::Invalid("an explicit piece size must give at most 2048 pieces"));
+            return Err(SimError::Invalid(
+                "an explicit piece size must give at most the rule's target piece count",
+            ));
         }
         let pieces = pieces as u32;
-        // The tracker only needs a verified manifest with this piece count: for a count the
-        // rule gives 16 KiB pieces for, that is a file of count x 16 KiB.
+        // The tracker only needs a verified manifest with this piece count: a file size for
+        // which the rule gives exactly that many pieces.
         let tracker_size = if piece_size == rule_size {
             s.file_size
         } else {
-            u64::from(pieces) * shoal_core::piece::MIN_PIECE_SIZE
+            size_with_pieces(u64::from(pieces))
+                .ok_or(SimError::Invalid("no file size gives this piece count"))?
         };
         let hashes = (0..pieces).map(|i| PieceHash::of(&i.to_le_bytes())).collect();
         let manifest = Manifest::new("sim", tracker_size, hashes)
@@ -341,6 +355,21 @@ impl World {
             events: self.events,
             wall_s: 0.0,
             logs: self.logs.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_size_is_found_for_every_piece_count_the_rule_allows() {
+        use shoal_core::piece::{piece_count, piece_log2_for};
+        // One piece, the smallest files' 64, a count between, the target, and beyond it.
+        for count in [1u64, 64, 128, 513, 1024, 4096] {
+            let size = size_with_pieces(count).expect("a size exists");
+            assert_eq!(piece_count(size, piece_log2_for(size)), count, "count {count}");
         }
     }
 }
