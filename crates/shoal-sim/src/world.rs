@@ -133,12 +133,17 @@ impl World {
             return Err(SimError::Invalid("an explicit piece size must give at most 2048 pieces"));
         }
         let pieces = pieces as u32;
-        // The tracker only needs a verified manifest with this piece count: for a count the
-        // rule gives 16 KiB pieces for, that is a file of count x 16 KiB.
+        // The tracker only needs a verified manifest with this piece count: a file of count x
+        // a piece size the rule gives that count for (the rule keeps small files at
+        // `MIN_PIECES` pieces, so 16 KiB pieces do not fit every count).
+        use shoal_core::piece::{piece_count, piece_log2_for, MAX_PIECE_LOG2, MIN_PIECE_LOG2};
         let tracker_size = if piece_size == rule_size {
             s.file_size
         } else {
-            u64::from(pieces) * shoal_core::piece::MIN_PIECE_SIZE
+            (MIN_PIECE_LOG2..=MAX_PIECE_LOG2)
+                .map(|log2| u64::from(pieces) << log2)
+                .find(|&size| piece_count(size, piece_log2_for(size)) == u64::from(pieces))
+                .unwrap_or(u64::from(pieces) * shoal_core::piece::MIN_PIECE_SIZE)
         };
         let hashes = (0..pieces).map(|i| PieceHash::of(&i.to_le_bytes())).collect();
         let manifest = Manifest::new("sim", tracker_size, hashes)

@@ -560,3 +560,30 @@ mod prop {
         }
     }
 }
+
+/// A piece that took longer than `window_delay` from request to verification (it waited in
+/// the peer's upload queue) shrinks the peer's window; a prompt one grows it.
+#[test]
+fn a_crowded_peer_holds_fewer_requests_and_a_prompt_one_more() {
+    let t0 = Instant::now();
+    let c = Config::default();
+    let mut s = started(t0, &[1, 2], 64);
+    drain(&mut s, t0);
+    s.handle_bitfield(t0, 1, Bitfield::full(64));
+    s.handle_bitfield(t0, 2, Bitfield::full(64));
+    let first = drain(&mut s, t0);
+    let (mut one, mut two) = (requests(&first, 1), requests(&first, 2));
+    assert_eq!((one.len(), two.len()), (2, 2), "the initial window");
+    // Peer 1 answers promptly: its window grows to three, so two requests replace the piece.
+    let quick = t0 + c.window_delay / 2;
+    s.handle_piece(quick, 1, one.remove(0), PieceOutcome::Verified, 1);
+    one.extend(requests(&drain(&mut s, quick), 1));
+    assert_eq!(one.len(), 3);
+    // Peer 2's pieces waited in its queue: each shrinks its window by one, down to one.
+    let late = t0 + c.window_delay * 4;
+    s.handle_piece(late, 2, two.remove(0), PieceOutcome::Verified, 1);
+    assert!(requests(&drain(&mut s, late), 2).is_empty(), "window 1, one still in flight");
+    s.handle_piece(late, 2, two.remove(0), PieceOutcome::Verified, 1);
+    let next = requests(&drain(&mut s, late), 2);
+    assert_eq!(next.len(), 1, "the window stays at one at least");
+}
