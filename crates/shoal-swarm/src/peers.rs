@@ -14,6 +14,9 @@
 //!   the first valid answer wins and the other asks are cancelled; a peer whose manifest does
 //!   not hash to the content id is banned, one that does not answer in time is dropped;
 //! - a subscribed peer must send its bitfield within `bitfield_deadline`;
+//! - each peer's window of requests in flight grows by one per piece that arrives within
+//!   `window_delay` of its request and shrinks by one (to one at least) per piece that took
+//!   longer: a crowded peer keeps few of our pieces waiting in its queue;
 //! - a peer with requests in flight must deliver some bytes every `stall_deadline`, or every
 //!   `proven_stall_deadline` once it has delivered a piece (time spent waiting on our own rate
 //!   limit does not count);
@@ -56,8 +59,11 @@ struct Peer<A> {
     /// When its first bitfield arrived.
     active_since: Option<Instant>,
     /// Requests it may have in flight: starts at `Config::initial_window`, grows by one per
-    /// verified piece, drops to one after a strike, so an unproven peer wastes little.
+    /// piece verified within `Config::window_delay` of its request, shrinks by one per slower
+    /// one, drops to one after a strike, so an unproven or crowded peer holds few requests.
     window: usize,
+    /// When each request in flight to it was sent (at most `max_window` entries).
+    sent: BTreeMap<PieceIndex, Instant>,
     /// The last sign of progress on its requests (or when its first request went out).
     last_progress: Instant,
     /// Bytes received from it, as last reported.
@@ -162,6 +168,7 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
                 subscribed,
                 active_since: None,
                 window: self.config.initial_window,
+                sent: BTreeMap::new(),
                 last_progress: now,
                 received: 0,
                 busy: 0,
@@ -283,14 +290,25 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
         bytes: u64,
     ) {
         let Phase::Pieces(picker) = &mut self.phase else { return };
-        let p = self.peers.get_mut(&peer);
+        let mut p = self.peers.get_mut(&peer);
+        let sent = p.as_mut().and_then(|p| p.sent.remove(&piece));
         let drop = match outcome {
             PieceOutcome::Verified => {
                 for other in picker.piece_verified(peer, piece) {
+                    if let Some(o) = self.peers.get_mut(&other) {
+                        o.sent.remove(&piece);
+                    }
                     self.actions.push_back(Action::Cancel { peer: other, piece });
                 }
-                if let Some(p) = p {
-                    p.window = (p.window + 1).min(self.max_window);
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    let queued = sent.is_some_and(|t| {
+                        now.saturating_duration_since(t) > self.config.window_delay
+                    });
+                    p.window = if queued {
+                        p.window.saturating_sub(1).max(1)
+                    } else {
+                        (p.window + 1).min(self.max_window)
+                    };
                     p.pieces += 1;
                     p.verified_bytes += bytes;
                     p.busy = 0;
@@ -479,6 +497,7 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
                         if idle {
                             p.last_progress = now;
                         }
+                        p.sent.insert(r.piece, now);
                         self.actions.push_back(Action::Request { peer: id, piece: r.piece });
                     }
                 }

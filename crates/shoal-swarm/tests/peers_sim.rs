@@ -266,7 +266,15 @@ fn a_busy_peer_backs_off_while_another_keeps_going() {
 #[test]
 fn peers_are_capped_and_the_silent_ones_are_replaced_by_waiting_candidates() {
     let n = 512;
-    let config = Config { max_connected: 4, ..Config::default() };
+    // Rotation as slow as the stall deadline's scale: with the default (a rotation every
+    // 500 ms) the three honest candidates take the silent peers' slots within 4 s and finish
+    // the file before the staller's stall deadline, so it would end the run still connected.
+    let config = Config {
+        max_connected: 4,
+        rotate_every: Duration::from_secs(5),
+        rotate_grace: Duration::from_secs(10),
+        ..Config::default()
+    };
     // Three silent peers and a staller fill every slot at first; the honest ones wait.
     let mut peers = vec![
         sim_peer(Kind::Silent, n, 10),

@@ -406,7 +406,9 @@ fn a_bitfield_of_the_wrong_length_is_a_protocol_error() {
 #[test]
 fn peers_are_capped_and_the_never_delivering_one_is_rotated_out() {
     let t0 = Instant::now();
-    let c = Config::default();
+    // A grace as long as the stall deadline: a peer rotated out sooner without delivering
+    // goes as `Slow` (see the next test).
+    let c = Config { rotate_grace: Config::default().stall_deadline, ..Config::default() };
     let mut s = Set::new(c.clone(), 3);
     s.start(t0, Bitfield::new(1024), 4);
     for id in 0..40 {
@@ -559,4 +561,53 @@ mod prop {
             }
         }
     }
+}
+
+/// A piece that took longer than `window_delay` from request to verification (it waited in
+/// the peer's upload queue) shrinks the peer's window; a prompt one grows it.
+#[test]
+fn a_crowded_peer_holds_fewer_requests_and_a_prompt_one_more() {
+    let t0 = Instant::now();
+    let c = Config::default();
+    let mut s = started(t0, &[1, 2], 64);
+    drain(&mut s, t0);
+    s.handle_bitfield(t0, 1, Bitfield::full(64));
+    s.handle_bitfield(t0, 2, Bitfield::full(64));
+    let first = drain(&mut s, t0);
+    let (mut one, mut two) = (requests(&first, 1), requests(&first, 2));
+    assert_eq!((one.len(), two.len()), (2, 2), "the initial window");
+    // Peer 1 answers promptly: its window grows to three, so two requests replace the piece.
+    let quick = t0 + c.window_delay / 2;
+    s.handle_piece(quick, 1, one.remove(0), PieceOutcome::Verified, 1);
+    one.extend(requests(&drain(&mut s, quick), 1));
+    assert_eq!(one.len(), 3);
+    // Peer 2's pieces waited in its queue: each shrinks its window by one, down to one.
+    let late = t0 + c.window_delay * 4;
+    s.handle_piece(late, 2, two.remove(0), PieceOutcome::Verified, 1);
+    assert!(requests(&drain(&mut s, late), 2).is_empty(), "window 1, one still in flight");
+    s.handle_piece(late, 2, two.remove(0), PieceOutcome::Verified, 1);
+    let next = requests(&drain(&mut s, late), 2);
+    assert_eq!(next.len(), 1, "the window stays at one at least");
+}
+
+/// Rotated out within the stall deadline, a peer that has not delivered yet is not reported as
+/// never delivering: its requests may still wait in a crowded queue.
+#[test]
+fn a_young_peer_rotated_out_before_delivering_is_not_reported() {
+    let t0 = Instant::now();
+    let c = Config { max_connected: 1, ..Config::default() };
+    let mut s = Set::new(c.clone(), 3);
+    s.start(t0, Bitfield::new(16), 4);
+    s.add_candidate(t0, 1, Some(1));
+    drain(&mut s, t0);
+    s.handle_dialed(t0, 1, Some(1));
+    s.handle_bitfield(t0, 1, Bitfield::full(16));
+    assert_eq!(requests(&drain(&mut s, t0), 1).len(), 2);
+    s.add_candidate(t0, 2, Some(2));
+    let due = s.poll_timeout().unwrap();
+    assert_eq!(due, t0 + c.rotate_grace);
+    s.handle_timeout(due);
+    let actions = drain(&mut s, due);
+    assert_eq!(actions[0], Action::Close { peer: 1, reason: DropReason::Slow });
+    assert!(s.undelivered().is_empty());
 }

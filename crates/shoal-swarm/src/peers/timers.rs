@@ -103,7 +103,10 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
     /// The peer to rotate out: among those kept past the grace period, one in a run of `Busy`
     /// answers or never delivering first, then the lowest rate. A peer whose last answers were
     /// `Busy` is dropped as `Busy` even between two backoffs (asking again): it is crowded, and
-    /// must not be reported as never delivering.
+    /// must not be reported as never delivering. Nor is one that has delivered nothing yet but
+    /// was connected for less than `stall_deadline` (the grace period is shorter): its requests
+    /// may still wait in a crowded queue, so it goes as `Slow`, ranked with the never
+    /// delivering.
     fn worst(&self, now: Instant) -> Option<(P, DropReason)> {
         let c = &self.config;
         self.peers
@@ -113,23 +116,18 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
                 let since = p.active_since.unwrap_or(p.connected_at);
                 let secs = now.saturating_duration_since(since).as_secs_f64().max(1.0);
                 let rate = p.verified_bytes as f64 / secs;
+                let first = p.busy > 0 || p.pieces == 0;
                 let reason = if p.busy > 0 {
                     DropReason::Busy
-                } else if p.pieces == 0 {
+                } else if p.pieces == 0 && p.connected_at + c.stall_deadline <= now {
                     DropReason::NeverDelivered
                 } else {
                     DropReason::Slow
                 };
-                (id, reason, rate)
+                (id, reason, first, rate)
             })
-            .min_by(|a, b| {
-                let rank = |r: DropReason| match r {
-                    DropReason::Busy | DropReason::NeverDelivered => 0,
-                    _ => 1,
-                };
-                rank(a.1).cmp(&rank(b.1)).then(a.2.total_cmp(&b.2))
-            })
-            .map(|(id, reason, _)| (id, reason))
+            .min_by(|a, b| b.2.cmp(&a.2).then(a.3.total_cmp(&b.3)))
+            .map(|(id, reason, _, _)| (id, reason))
     }
 }
 

@@ -38,9 +38,17 @@ pub struct Config {
     pub busy_backoff_max: Duration,
     /// Requests in flight to a peer that has not delivered yet (default 2).
     pub initial_window: usize,
-    /// How often, at most, a peer is rotated out for a waiting candidate (default 5 s).
+    /// The longest a request may take from being sent to its piece being verified and still
+    /// grow the peer's window (default 250 ms). A slower one waited in the peer's upload
+    /// queue: the window shrinks by one instead, so the pieces it would have held go to
+    /// peers with short queues rather than waiting behind a crowded one.
+    pub window_delay: Duration,
+    /// How often, at most, a peer is rotated out for a waiting candidate (default 500 ms): the
+    /// first peers a flash crowd learns of are everyone's (their uplinks crowded while later
+    /// arrivals' idle), so the set keeps trading its worst peer for the tracker's newer
+    /// suggestions.
     pub rotate_every: Duration,
-    /// How long a peer is kept before it may be rotated out (default 10 s).
+    /// How long a peer is kept before it may be rotated out (default 2 s).
     pub rotate_grace: Duration,
     /// How long a dropped (not banned) peer waits before it may be dialed again (default 30 s).
     pub retry_after: Duration,
@@ -61,8 +69,9 @@ impl Default for Config {
             busy_backoff: Duration::from_millis(250),
             busy_backoff_max: Duration::from_secs(10),
             initial_window: 2,
-            rotate_every: Duration::from_secs(5),
-            rotate_grace: Duration::from_secs(10),
+            window_delay: Duration::from_millis(250),
+            rotate_every: Duration::from_millis(500),
+            rotate_grace: Duration::from_secs(2),
             retry_after: Duration::from_secs(30),
         }
     }
