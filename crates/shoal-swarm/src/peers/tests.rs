@@ -453,6 +453,11 @@ fn peers_are_capped_and_the_never_delivering_one_is_rotated_out() {
     let actions = drain(&mut s, due);
     assert_eq!(actions[0], Action::Close { peer: 5, reason: DropReason::NeverDelivered });
     assert_eq!(actions[1], Action::Dial { addr: 32, id: Some(32) });
+    // While the replacement's dial is under way (a candidate that never answers holds it
+    // until the handshake deadline), no further working peer is given up.
+    let later = due + 3 * c.rotate_every;
+    s.handle_timeout(later);
+    assert!(drain(&mut s, later).iter().all(|a| !matches!(a, Action::Close { .. })));
     // The next rotation waits `rotate_every`.
     s.handle_dialed(due, 32, Some(32));
     drain(&mut s, due);

@@ -88,12 +88,16 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
             })
     }
 
-    /// True if candidates wait for a slot while fetching pieces.
+    /// True if candidates wait for a slot while fetching pieces, and no dial is under way:
+    /// a candidate that does not answer (a sybil the tracker still lists, say) holds its dial
+    /// until the handshake deadline, and meanwhile no further working peer is given up for
+    /// another unknown one.
     fn wants_rotation(&self) -> bool {
         matches!(self.phase, Phase::Pieces(_))
             && !self.is_done()
             && !self.candidates.is_empty()
-            && self.peers.len() + self.dialing.len() >= self.config.max_connected
+            && self.dialing.is_empty()
+            && self.peers.len() >= self.config.max_connected
     }
 
     fn rotation_due(&self, now: Instant) -> bool {
