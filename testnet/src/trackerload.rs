@@ -64,6 +64,12 @@ pub(crate) fn run(load: &Load, root: &Path) -> anyhow::Result<()> {
     if load.nodes == 0 || load.contents == 0 || load.connections == 0 || load.streams == 0 {
         bail!("--nodes, --contents, --connections and --streams must each be at least 1");
     }
+    if !(load.seconds.is_finite() && load.seconds > 0.0 && load.seconds <= 3600.0) {
+        bail!("--seconds must be a number of seconds above 0 and at most 3600, like 10");
+    }
+    if load.content_size == 0 {
+        bail!("--content-size must be at least one byte, like 256MiB");
+    }
     let dir = root.join("tracker");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -288,15 +294,9 @@ async fn call(conn: &quinn::Connection, req: &TrackerRequest) -> anyhow::Result<
     send.write_all(&encode(req)).await?;
     send.finish()?;
     let mut dec = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
-    loop {
-        if let Some(resp) = dec.decode::<TrackerResponse>()? {
-            return Ok(resp);
-        }
-        match recv.read_chunk(64 * 1024, true).await? {
-            Some(c) => dec.feed(&c.bytes),
-            None => bail!("the stream ended without an answer"),
-        }
-    }
+    shoal_net::framed::read_frame(&mut recv, &mut dec)
+        .await?
+        .context("the stream ended without an answer")
 }
 
 fn cpu(pid: Option<u32>) -> f64 {

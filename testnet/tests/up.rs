@@ -297,3 +297,17 @@ fn bench_quick_prints_every_table() {
     }
     assert!(!tmp.path().join("bench").exists(), "scratch removed");
 }
+
+#[test]
+fn bench_tracker_refuses_impossible_numbers_before_it_starts_anything() {
+    for args in [["--seconds=-1"], ["--seconds=nan"], ["--nodes=0"], ["--content-size=0"]] {
+        let out = Command::new(BIN).arg("bench-tracker").args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let flag = args[0].split('=').next().unwrap();
+        assert!(
+            err.starts_with("error: ") && err.lines().next().unwrap().contains(flag),
+            "one line naming the flag, for {args:?}: {err}"
+        );
+    }
+}

@@ -137,10 +137,16 @@ impl World {
         if !(0.0..=1.0).contains(&s.slow_fraction) || !(0.0..=1.0).contains(&s.churn) {
             return Err(SimError::Invalid("fractions are between 0 and 1"));
         }
+        if s.latency > std::time::Duration::from_secs(10) {
+            return Err(SimError::Invalid("the latency is at most 10 s (10000 ms)"));
+        }
         let rule_size = 1u64 << shoal_core::piece::piece_log2_for(s.file_size);
         let piece_size = s.piece_size.unwrap_or(rule_size);
+        if piece_size == 0 {
+            return Err(SimError::Invalid("the piece size must be at least one byte"));
+        }
         let pieces = s.file_size.div_ceil(piece_size);
-        if piece_size == 0 || pieces > shoal_core::piece::TARGET_PIECES && piece_size != rule_size {
+        if pieces > shoal_core::piece::TARGET_PIECES && piece_size != rule_size {
             return Err(SimError::Invalid(
                 "an explicit piece size must give at most the rule's target piece count",
             ));
@@ -362,6 +368,22 @@ impl World {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn impossible_scenarios_are_refused_with_the_parameter_named() {
+        let base = Scenario { nodes: 4, ..Scenario::default() };
+        let bad = [
+            Scenario { nodes: 0, ..base.clone() },
+            Scenario { churn: 1.5, ..base.clone() },
+            Scenario { slow_fraction: -0.1, ..base.clone() },
+            Scenario { latency: std::time::Duration::from_secs(11), ..base.clone() },
+            Scenario { piece_size: Some(0), ..base.clone() },
+        ];
+        for s in bad {
+            assert!(matches!(World::new(&s), Err(SimError::Invalid(_))), "{s:?}");
+        }
+        assert!(World::new(&base).is_ok());
+    }
 
     #[test]
     fn a_size_is_found_for_every_piece_count_the_rule_allows() {
