@@ -95,10 +95,9 @@ impl Index {
                 Some((id, bf, self.nodes.get(id).map_or(0, |e| e.active_uploads), true))
             })
             .collect();
-        let storage = candidates.len();
         let sample = self.config.lookup_sample.max(max_peers);
         for h in swarm.holders.sample(&mut self.rng, sample) {
-            if !candidates[..storage].iter().any(|c| *c.0 == h.id) {
+            if !swarm.storage.contains_key(&h.id) {
                 candidates.push((&h.id, &h.bitfield, h.load, false));
             }
         }

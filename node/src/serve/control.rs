@@ -165,7 +165,10 @@ pub(crate) async fn drive_control(
                     }
                 },
                 have = haves.recv(), if !batch.is_full() => match have {
-                    Ok((c, p)) => batch.push(Instant::now(), c, p),
+                    // Only contents this peer subscribed to from us: the others' haves would
+                    // fill batches (and make the stream lag) for nothing.
+                    Ok((c, p)) if served.contains(&c) => batch.push(Instant::now(), c, p),
+                    Ok(_) => {}
                     // Some haves were lost: the peer gets whole bitfields instead.
                     Err(broadcast::error::RecvError::Lagged(_)) => batch.lag(Instant::now()),
                     Err(_) => return Err(StreamError::ShuttingDown),
