@@ -73,6 +73,8 @@ struct Peer<A> {
     busy_until: Option<Instant>,
     pieces: u32,
     verified_bytes: u64,
+    /// When it last delivered a verified piece.
+    last_piece: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -175,6 +177,7 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
                 busy_until: None,
                 pieces: 0,
                 verified_bytes: 0,
+                last_piece: None,
             },
         );
         Admit::Accepted
@@ -313,6 +316,7 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
                     p.verified_bytes += bytes;
                     p.busy = 0;
                     p.last_progress = now;
+                    p.last_piece = Some(now);
                 }
                 None
             }

@@ -616,3 +616,55 @@ fn a_young_peer_rotated_out_before_delivering_is_not_reported() {
     assert_eq!(actions[0], Action::Close { peer: 1, reason: DropReason::Slow });
     assert!(s.undelivered().is_empty());
 }
+
+#[test]
+fn a_peer_that_delivered_within_the_grace_is_not_rotated_out() {
+    let t0 = Instant::now();
+    let mut s = Set::new(Config::default(), 3);
+    s.start(t0, Bitfield::new(1024), 4);
+    // More candidates than places: rotation is wanted once the places are full.
+    for id in 0..40 {
+        s.add_candidate(t0, id, Some(id));
+    }
+    let mut ids = Vec::new();
+    let mut asked = Vec::new();
+    loop {
+        let actions = drain(&mut s, t0);
+        asked.extend(actions.iter().copied());
+        let dials: Vec<u32> = actions
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Dial { addr, .. } => Some(addr),
+                _ => None,
+            })
+            .collect();
+        if dials.is_empty() {
+            break;
+        }
+        for id in dials {
+            s.handle_dialed(t0, id, Some(id));
+            s.handle_bitfield(t0, id, Bitfield::full(1024));
+            ids.push(id);
+        }
+    }
+    asked.extend(drain(&mut s, t0));
+    assert_eq!(ids.len(), Config::default().max_connected);
+    // Every peer delivers a piece at 3 s, past the 2 s grace.
+    let at = ms(t0, 3_000);
+    for &id in &ids {
+        s.handle_piece(at, id, requests(&asked, id)[0], PieceOutcome::Verified, 1 << 16);
+    }
+    drain(&mut s, at);
+    let soon = ms(t0, 3_600);
+    s.handle_timeout(soon);
+    assert!(
+        drain(&mut s, soon).iter().all(|a| !matches!(a, Action::Close { .. })),
+        "working peers are kept"
+    );
+    // Silent for longer than the grace: the slowest goes, a candidate is dialled.
+    let later = ms(t0, 5_600);
+    s.handle_timeout(later);
+    let actions = drain(&mut s, later);
+    assert!(actions.iter().any(|a| matches!(a, Action::Close { .. })), "{actions:?}");
+    assert!(actions.iter().any(|a| matches!(a, Action::Dial { .. })), "{actions:?}");
+}

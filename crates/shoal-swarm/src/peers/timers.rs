@@ -104,7 +104,8 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
         self.wants_rotation() && self.next_rotation.is_none_or(|t| t <= now)
     }
 
-    /// The peer to rotate out: among those kept past the grace period, one in a run of `Busy`
+    /// The peer to rotate out: among those kept past the grace period and without a piece
+    /// delivered within it, one in a run of `Busy`
     /// answers or never delivering first, then the lowest rate. A peer whose last answers were
     /// `Busy` is dropped as `Busy` even between two backoffs (asking again): it is crowded, and
     /// must not be reported as never delivering. Nor is one that has delivered nothing yet but
@@ -116,6 +117,9 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
         self.peers
             .iter()
             .filter(|(_, p)| p.connected_at + c.rotate_grace <= now)
+            // A peer that delivered within the grace is working: it is never given up for an
+            // unknown candidate (one that may not answer, as sybils a tracker lists do not).
+            .filter(|(_, p)| p.last_piece.is_none_or(|t| t + c.rotate_grace <= now))
             .map(|(&id, p)| {
                 let since = p.active_since.unwrap_or(p.connected_at);
                 let secs = now.saturating_duration_since(since).as_secs_f64().max(1.0);
