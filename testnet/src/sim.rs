@@ -33,6 +33,9 @@ pub(crate) struct Args {
     /// Seed of every random choice (the same seed gives the same outcome).
     #[arg(long, env = "SHOAL_SIM_SEED", default_value_t = 1)]
     seed: u64,
+    /// Piece hints the tracker hands each asker (0: no differential distribution)
+    #[arg(long, env = "SHOAL_SIM_HINTS", default_value_t = 32)]
+    hints: usize,
     /// Print the outcome as JSON (with every downloader's finish).
     #[arg(long)]
     json: bool,
@@ -54,6 +57,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         latency: Duration::from_millis(args.latency_ms),
         churn: args.churn,
         seed: args.seed,
+        hints: args.hints,
         record: Vec::new(),
     };
     let out = shoal_sim::run(&scenario).context("simulating the swarm")?;

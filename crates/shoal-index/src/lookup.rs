@@ -14,8 +14,10 @@ use crate::rarity::Rarity;
 use crate::swarm::{count_and_not, Swarm};
 use crate::{Index, Lookup};
 
-/// (reported as never delivering, not storage, availability of its rarest wanted piece, load,
-/// more useful first); ties go to the lower node id.
+/// (reported as never delivering, not storage, load, availability of its rarest wanted piece,
+/// more useful first); ties go to the lower node id. Load before rarity: in a flash crowd
+/// every asker would otherwise be handed the same few early holders (they hold the rarest
+/// pieces), crowding their uplinks while later holders' uplinks idle with no client.
 type Rank = (bool, bool, u32, u32, Reverse<u32>);
 
 /// A stable per-(node, piece) tie-break, so equally good pieces are spread over askers.
@@ -98,7 +100,7 @@ impl Index {
         let sample = self.config.lookup_sample.max(max_peers);
         for h in swarm.holders.sample(&mut self.rng, sample) {
             if !swarm.storage.contains_key(&h.id) {
-                candidates.push((&h.id, &h.bitfield, h.load, false));
+                candidates.push((&h.id, &h.bitfield, h.load.saturating_add(h.offered), false));
             }
         }
         let mut ranked: Vec<(Rank, &NodeId)> = Vec::with_capacity(candidates.len());
@@ -119,8 +121,8 @@ impl Index {
                     !swarm.reports.is_empty() && swarm.reported(id) >= self.config.demote_after,
                     // Admitted storage first where it has wanted pieces: a permanent seed.
                     !is_storage,
-                    rarest,
                     load,
+                    rarest,
                     Reverse(useful),
                 ),
                 id,
@@ -146,6 +148,9 @@ impl Index {
             })
             .collect::<Vec<PeerInfo>>();
         let swarm = self.swarms.get_mut(&content)?;
+        for p in &peers {
+            swarm.holders.note_offered(&p.node_id);
+        }
         let hints = match asker {
             Some(a) => {
                 swarm.offer(a, peers.iter().map(|p: &PeerInfo| p.node_id));

@@ -27,6 +27,9 @@ pub(crate) struct Holder {
     pub(crate) bitfield: Bitfield,
     /// Its uploads under way, from its last heartbeat.
     pub(crate) load: u32,
+    /// Lookups that handed it out since that heartbeat: clients it is about to gain, which
+    /// its load does not show yet.
+    pub(crate) offered: u32,
 }
 
 /// Holders of one content, sampleable in O(1) per draw. A draw yields the holder's bitfield
@@ -61,7 +64,7 @@ impl Holders {
             return Some(std::mem::replace(&mut self.order[i].bitfield, bf));
         }
         self.map.insert(id, self.order.len());
-        self.order.push(Holder { id, bitfield: bf, load: 0 });
+        self.order.push(Holder { id, bitfield: bf, load: 0, offered: 0 });
         None
     }
 
@@ -69,6 +72,14 @@ impl Holders {
     pub(crate) fn set_load(&mut self, id: &NodeId, load: u32) {
         if let Some(&i) = self.map.get(id) {
             self.order[i].load = load;
+            self.order[i].offered = 0;
+        }
+    }
+
+    /// A lookup handed this holder out.
+    pub(crate) fn note_offered(&mut self, id: &NodeId) {
+        if let Some(&i) = self.map.get(id) {
+            self.order[i].offered = self.order[i].offered.saturating_add(1);
         }
     }
 

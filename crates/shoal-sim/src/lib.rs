@@ -84,6 +84,9 @@ pub struct Scenario {
     pub churn: f64,
     /// Seeds every random choice: the same scenario gives the same outcome.
     pub seed: u64,
+    /// Piece hints the tracker hands each asker (the tracker's default, 32; 0 turns the
+    /// differential distribution off, to measure what it is worth).
+    pub hints: usize,
     /// Downloaders whose `PeerSet` inputs and actions are recorded (see [`replay`]).
     pub record: Vec<usize>,
 }
@@ -99,6 +102,7 @@ impl Default for Scenario {
             latency: Duration::from_millis(10),
             churn: 0.0,
             seed: 1,
+            hints: shoal_index::Config::default().hints,
             record: Vec::new(),
         }
     }

@@ -164,7 +164,8 @@ impl World {
         let manifest = Manifest::new("sim", tracker_size, hashes)
             .map_err(|_| SimError::Invalid("the file size is beyond what a manifest holds"))?;
         let content = manifest.content_id();
-        let mut index = Index::new(shoal_index::Config { seed: s.seed, ..Default::default() });
+        let mut index =
+            Index::new(shoal_index::Config { seed: s.seed, hints: s.hints, ..Default::default() });
         let n = s.nodes + 1;
         let mut rng = s.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         let slow: BTreeSet<usize> = pick(&mut rng, s.nodes, s.slow_fraction);

@@ -69,7 +69,7 @@ fn setup(config: Config, nodes: usize, n: u32) -> (Index, ContentId) {
 }
 
 #[test]
-fn lookup_ranks_rarest_holders_first_then_light_load() {
+fn lookup_ranks_light_load_first_then_rarest_holders() {
     let (mut ix, c) = setup(Config::default(), 4, 4);
     // node 0 holds everything; node 1 holds piece 3 only (rare: 2 holders); node 2 holds
     // pieces 0-2 like node 0 and node 3 the same but is busy.
@@ -87,6 +87,39 @@ fn lookup_ranks_rarest_holders_first_then_light_load() {
     let l = ix.lookup(None, c, Some(&bf(4, &[0, 1, 2])), 10).unwrap();
     assert_eq!(l.peers.len(), 2);
     assert!(ix.lookup(None, ContentId([9; 32]), None, 10).is_none(), "unknown content");
+    // A busy holder of the rarest piece comes after idle holders of common ones.
+    ix.heartbeat(0, node(1), Load { active_uploads: 5, ..Load::default() }).unwrap();
+    ix.heartbeat(0, node(0), Load::default()).unwrap();
+    ix.heartbeat(0, node(2), Load::default()).unwrap();
+    let l = ix.lookup(None, c, None, 10).unwrap();
+    let order: Vec<NodeId> = l.peers.iter().map(|p| p.node_id).collect();
+    assert_eq!(order, [node(0), node(2), node(1), node(3)]);
+}
+
+#[test]
+fn lookups_spread_askers_over_holders_until_their_next_heartbeat() {
+    // Four equal holders, askers wanting one peer each: a holder just handed out counts as
+    // loaded (a client is on its way), so the next asker gets another one, and no holder is
+    // handed out twice before every one was handed out once.
+    let (mut ix, c) = setup(Config::default(), 8, 4);
+    for i in 0..4 {
+        ix.announce(0, node(i), c, Bitfield::full(4)).unwrap();
+    }
+    let mut first = Vec::new();
+    for asker in 4..8 {
+        let l = ix.lookup(Some(node(asker)), c, None, 1).unwrap();
+        first.push(l.peers[0].node_id);
+    }
+    let distinct: BTreeSet<_> = first.iter().collect();
+    assert_eq!(distinct.len(), 4, "each holder once: {first:?}");
+    // A heartbeat replaces the estimate with the holder's own figure: node 0 says it is idle
+    // while the others report uploads, so it is handed out first again.
+    ix.heartbeat(0, node(0), Load::default()).unwrap();
+    for i in 1..4 {
+        ix.heartbeat(0, node(i), Load { active_uploads: 3, ..Load::default() }).unwrap();
+    }
+    let l = ix.lookup(Some(node(4)), c, None, 1).unwrap();
+    assert_eq!(l.peers[0].node_id, node(0));
 }
 
 #[test]
