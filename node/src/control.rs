@@ -175,6 +175,8 @@ async fn add(
         .map_err(|e| internal(e.into()))?
         .map_err(bad_request)?;
     let id = manifest.content_id();
+    // This node is the content's origin: its first copy goes out a few pieces at a time.
+    api.node.reveals.start(id, manifest.piece_count());
     api.node.events.content_changed(id);
     tracing::info!(content = %id, path = %body.path.display(), size = manifest.size(), "added");
     Ok(Json(AddReply {
@@ -198,6 +200,7 @@ async fn push(
                 .await
                 .map_err(|e| internal(e.into()))?
                 .map_err(bad_request)?;
+            api.node.reveals.start(m.content_id(), m.piece_count());
             api.node.events.content_changed(m.content_id());
             m.content_id()
         }

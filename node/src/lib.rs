@@ -31,6 +31,7 @@ pub mod net;
 pub mod node;
 pub mod push;
 mod push_gate;
+mod reveal;
 pub mod serve;
 pub mod stats;
 mod storage;

@@ -22,6 +22,7 @@ use crate::events::Events;
 use crate::net::Net;
 use crate::push::Pusher;
 use crate::push_gate::PushGate;
+use crate::reveal::Reveals;
 use crate::stats::Stats;
 use crate::storage::Storage;
 use crate::tracker::{Known, Parts, Trackers};
@@ -47,6 +48,8 @@ pub struct Node {
     pub(crate) events: Events,
     pub(crate) trackers: Arc<Trackers>,
     pub(crate) uploads: Arc<Uploads>,
+    /// Contents added to this daemon, revealed to subscribers a few pieces at a time.
+    pub(crate) reveals: Arc<Reveals>,
     /// Pushes into storage and re-seeds.
     pub(crate) pusher: Pusher,
     /// The storage side of pushes: who may push, and the memory budget for push bodies.
@@ -93,6 +96,7 @@ impl Node {
         let events = Events::new(stats.clone());
         let uploads = Uploads::new(UPLOAD_SLOTS, UPLOAD_BYTES, UPLOAD_WAITERS);
         let known = Arc::new(Known::default());
+        let reveals = Arc::new(Reveals::default());
         let (trackers, directives) = Trackers::new(
             |directives| Parts {
                 net: net.clone(),
@@ -115,6 +119,7 @@ impl Node {
             upload: upload.clone(),
             data_dir: dir.clone(),
             reseeding: Arc::default(),
+            reveals: reveals.clone(),
         };
         let storage = Storage {
             net: net.clone(),
@@ -131,6 +136,7 @@ impl Node {
             events,
             trackers,
             uploads,
+            reveals,
             pusher,
             storage,
             upload,

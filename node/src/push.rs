@@ -44,6 +44,8 @@ pub struct Pusher {
     pub(crate) data_dir: PathBuf,
     /// Contents with a re-seed push under way. Held only for set access.
     pub(crate) reseeding: Arc<Mutex<HashSet<ContentId>>>,
+    /// What this node reveals as an origin: a piece pushed into storage is a copy out.
+    pub(crate) reveals: Arc<crate::reveal::Reveals>,
 }
 
 /// Pieces pushed at once.
@@ -194,6 +196,8 @@ async fn push_one(
     let limit = || node.upload.acquire(data.len() as u64);
     let (already, complete) = push_retrying(conn, &req, &data, &what, limit).await?;
     let sent = if already { 0 } else { data.len() as u64 };
+    // Storage holds it now and serves it: a copy this node need not send a downloader.
+    node.reveals.copied(content, piece);
     node.stats.pushed_bytes.fetch_add(sent, Ordering::Relaxed);
     Ok((sent, complete))
 }

@@ -26,6 +26,7 @@ use tracing::{debug, warn, Instrument};
 use crate::contents::ServeError;
 use crate::io::{finish_within, read_frame_within, write_frame_within, write_within};
 use crate::node::Node;
+use crate::reveal::PieceRequest;
 use crate::upload::PieceKey;
 
 mod control;
@@ -232,6 +233,7 @@ async fn serve_piece(
         let text = format!("no piece {piece}: the content has {} pieces", shape.pieces);
         return reject(send, RejectReason::BadRequest, &text).await;
     };
+    let request = PieceRequest::new(&node.reveals, content, peer, piece);
     let key = PieceKey { content, piece, pieces: shape.pieces };
     let Ok(mut slot) = node.uploads.acquire(peer, Some(key), len, SLOT_WAIT).await else {
         return reject(send, RejectReason::Busy, "upload slots busy; try later").await;
@@ -273,5 +275,6 @@ async fn serve_piece(
     node.stats.pieces_uploaded.fetch_add(1, Ordering::Relaxed);
     // Every byte is with the transport: a copy sent, whatever becomes of the acknowledgement.
     slot.sent();
+    request.sent();
     finish_within(&mut send, DRAIN_DEADLINE).await
 }

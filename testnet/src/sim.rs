@@ -36,6 +36,9 @@ pub(crate) struct Args {
     /// Piece hints the tracker hands each asker (0: no differential distribution)
     #[arg(long, env = "SHOAL_SIM_HINTS", default_value_t = 32)]
     hints: usize,
+    /// The seed shows its whole bitfield at once instead of revealing pieces a few at a time
+    #[arg(long, env = "SHOAL_SIM_NO_SUPER_SEED")]
+    no_super_seed: bool,
     /// Print the outcome as JSON (with every downloader's finish).
     #[arg(long)]
     json: bool,
@@ -58,6 +61,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         churn: args.churn,
         seed: args.seed,
         hints: args.hints,
+        super_seed: !args.no_super_seed,
         record: Vec::new(),
     };
     let out = shoal_sim::run(&scenario).context("simulating the swarm")?;

@@ -175,6 +175,15 @@ impl World {
         }
     }
 
+    /// A super-seeding seed shows this node one more piece.
+    pub(crate) fn show(&mut self, i: u32, s: u32, piece: PieceIndex) {
+        let Some(f) = self.nodes[i as usize].fetch.as_mut() else { return };
+        if f.servers.contains(&s) {
+            f.set.handle_have(s, piece);
+            self.pump(i);
+        }
+    }
+
     /// A peer this node fetches from went away.
     pub(crate) fn conn_closed(&mut self, i: u32, p: u32) {
         let now = self.at(self.now);

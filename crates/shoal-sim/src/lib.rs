@@ -87,6 +87,9 @@ pub struct Scenario {
     /// Piece hints the tracker hands each asker (the tracker's default, 32; 0 turns the
     /// differential distribution off, to measure what it is worth).
     pub hints: usize,
+    /// The seed reveals its pieces a few at a time ([`shoal_swarm::Reveal`], as a node does
+    /// for content it added); false: it shows its whole bitfield at once.
+    pub super_seed: bool,
     /// Downloaders whose `PeerSet` inputs and actions are recorded (see [`replay`]).
     pub record: Vec<usize>,
 }
@@ -103,6 +106,7 @@ impl Default for Scenario {
             churn: 0.0,
             seed: 1,
             hints: shoal_index::Config::default().hints,
+            super_seed: true,
             record: Vec::new(),
         }
     }

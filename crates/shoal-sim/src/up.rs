@@ -14,8 +14,11 @@ impl World {
         let n = &mut self.nodes[s as usize];
         if n.clients.contains(&c) {
             n.subscribers.insert(c);
-            let b = Box::new(n.have.clone());
+            let now = self.t0 + std::time::Duration::from_micros(self.now);
+            let view = n.reveal.as_mut().map(|r| r.subscribe(now, c));
+            let b = Box::new(view.unwrap_or_else(|| n.have.clone()));
             self.after(self.latency, c, Kind::Bitfield(s, b));
+            self.pump_reveal(s);
         }
     }
 
@@ -31,6 +34,9 @@ impl World {
         if !n.have.get(piece) {
             self.after(self.latency, c, Kind::Piece(s, piece, PieceOutcome::NotHeld));
             return;
+        }
+        if let Some(r) = n.reveal.as_mut() {
+            r.handle_requested(c, piece);
         }
         let key = PieceKey { content: 0u8, piece, pieces };
         match n.up.handle_request(now, c, Some(key), len) {
@@ -76,6 +82,9 @@ impl World {
         let n = &mut self.nodes[s as usize];
         n.clients.remove(&c);
         n.subscribers.remove(&c);
+        if let Some(r) = n.reveal.as_mut() {
+            r.unsubscribe(now, c);
+        }
         let gone: Vec<_> =
             n.waiting.iter().filter(|(_, &(cc, _))| cc == c).map(|(t, _)| *t).collect();
         for t in gone {
@@ -94,6 +103,7 @@ impl World {
             }
         }
         self.pump_up(s);
+        self.pump_reveal(s);
     }
 
     /// The transfer on the wire is sent: it reaches its client one latency later, and the slot
@@ -108,10 +118,60 @@ impl World {
             self.stats.seed_sent(t.piece, self.now);
         }
         n.up.handle_done(now, t.ticket);
+        if let Some(r) = n.reveal.as_mut() {
+            r.handle_sent(now, t.to, t.piece);
+        }
         if n.clients.contains(&t.to) {
             self.after(self.latency, t.to, Kind::Piece(s, t.piece, PieceOutcome::Verified));
         }
         self.pump_up(s);
+        self.pump_reveal(s);
+    }
+
+    pub(crate) fn reveal_timer(&mut self, s: u32, t: Us) {
+        let now = self.at(self.now);
+        let n = &mut self.nodes[s as usize];
+        if n.reveal_timer != Some(t) {
+            return;
+        }
+        n.reveal_timer = None;
+        if let Some(r) = n.reveal.as_mut() {
+            r.handle_timeout(now);
+        }
+        self.pump_reveal(s);
+    }
+
+    /// Carries out the seed's reveal events (haves to one subscriber, or its whole bitfield
+    /// to all once every piece left once), arms its timer.
+    pub(crate) fn pump_reveal(&mut self, s: u32) {
+        use shoal_swarm::reveal::Event as Reveal;
+        let lat = self.latency;
+        let n = &mut self.nodes[s as usize];
+        let Some(r) = n.reveal.as_mut() else { return };
+        let mut sends = Vec::new();
+        while let Some(ev) = r.poll_event() {
+            match ev {
+                Reveal::Show { peer, piece } => sends.push((peer, Kind::Show(s, piece))),
+                Reveal::ShowAll => {
+                    for &c in &n.subscribers {
+                        sends.push((c, Kind::Bitfield(s, Box::new(n.have.clone()))));
+                    }
+                }
+            }
+        }
+        let next = r.poll_timeout();
+        if r.is_done() {
+            n.reveal = None;
+        }
+        let old = n.reveal_timer;
+        for (to, kind) in sends {
+            self.after(lat, to, kind);
+        }
+        let arm = next.map(|t| self.us(t)).filter(|&t| old.is_none_or(|a| t < a));
+        if let Some(t) = arm {
+            self.nodes[s as usize].reveal_timer = Some(t);
+            self.schedule_at(t.max(self.now), s, Kind::RevealTimer(t));
+        }
     }
 
     pub(crate) fn up_timer(&mut self, s: u32, t: Us) {

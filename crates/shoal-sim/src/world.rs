@@ -53,6 +53,9 @@ pub(crate) struct Node {
     pub(crate) finished: Option<Us>,
     // Serving side.
     pub(crate) up: Uploader<u32, u8>,
+    /// The seed's super-seeding state, while it reveals.
+    pub(crate) reveal: Option<shoal_swarm::Reveal<u32>>,
+    pub(crate) reveal_timer: Option<Us>,
     /// Requests waiting for a slot, by ticket.
     pub(crate) waiting: BTreeMap<Ticket, (u32, PieceIndex)>,
     /// Granted transfers, the head being sent.
@@ -194,6 +197,10 @@ impl World {
                 fetch: None,
                 finished: None,
                 up: Uploader::new(UploadConfig::default()),
+                reveal: (i == 0 && s.super_seed).then(|| {
+                    shoal_swarm::Reveal::new(shoal_swarm::reveal::Config::default(), pieces, s.seed)
+                }),
+                reveal_timer: None,
                 waiting: BTreeMap::new(),
                 uplink_q: VecDeque::new(),
                 sending: false,
@@ -330,6 +337,8 @@ impl World {
             Kind::SendDone => self.send_done(i),
             Kind::Piece(p, piece, o) => self.piece(i, p, piece, o),
             Kind::Haves => self.haves(i),
+            Kind::Show(p, piece) => self.show(i, p, piece),
+            Kind::RevealTimer(t) => self.reveal_timer(i, t),
             Kind::ConnClosed(p) => self.conn_closed(i, p),
             Kind::ServeClosed(c) => self.serve_closed(i, c),
             Kind::PeerTimer(t) => self.peer_timer(i, t),

@@ -22,9 +22,11 @@
 pub mod lookups;
 mod peers;
 mod picker;
+pub mod reveal;
 pub mod upload;
 
 pub use lookups::Lookups;
 pub use peers::{Action, Admit, Config, DropReason, ManifestReply, PeerSet, PieceOutcome};
 pub use picker::{Picker, Request, Verdict, MAX_COPIES, MAX_STRIKES};
+pub use reveal::Reveal;
 pub use upload::Uploader;

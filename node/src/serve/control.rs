@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 use super::{CLOSE_PROTOCOL, HELLO_DEADLINE, WRITE_STALL};
 use crate::io::{read_frame, write_within, ReadError, Stalled, WriteError};
 use crate::node::Node;
+use crate::reveal::Shown;
 
 /// The longest a have waits for others to share its write.
 const HAVE_TICK: Duration = Duration::from_millis(50);
@@ -92,6 +93,8 @@ pub(crate) async fn drive_control(
     events: Option<mpsc::Sender<PeerEvent>>,
 ) {
     let mut haves = node.events.haves.subscribe();
+    // What this node, as a content's origin, shows the peer piece by piece (see `reveal`).
+    let (shown_tx, mut shown_rx) = mpsc::channel(crate::reveal::QUEUE);
     let mut batch = HaveBatch::default();
     // Contents the peer subscribed to and we accepted: what a lag re-sends bitfields of.
     let mut served: HashSet<ContentId> = HashSet::new();
@@ -108,7 +111,8 @@ pub(crate) async fn drive_control(
             while let Some(ev) = session.poll_event() {
                 match ev {
                     Event::Subscribed(content) => {
-                        let held = answer_subscription(&node, &mut session, content);
+                        let held =
+                            answer_subscription(&node, &mut session, content, peer, &shown_tx);
                         if held {
                             served.insert(content);
                             if about.insert(content) {
@@ -173,6 +177,13 @@ pub(crate) async fn drive_control(
                     Err(broadcast::error::RecvError::Lagged(_)) => batch.lag(Instant::now()),
                     Err(_) => return Err(StreamError::ShuttingDown),
                 },
+                shown = shown_rx.recv() => match shown {
+                    // Not batched: the peer waits for it to ask for the next piece.
+                    Some(Shown::Piece(c, p)) => session.announce_have(c, p),
+                    Some(Shown::All(c)) => resync.push(c),
+                    // This stream holds a sender itself: never closed while it runs.
+                    None => {}
+                },
                 () = sleep_until_some(due), if due.is_some() => match batch.take() {
                     Flush::Haves(list) => {
                         for (c, p) in list {
@@ -188,6 +199,9 @@ pub(crate) async fn drive_control(
         }
     }
     .await;
+    for &c in &served {
+        node.reveals.unsubscribe(c, peer);
+    }
     for c in about {
         node.stats.peer_session(c, peer, false);
     }
@@ -214,8 +228,19 @@ pub(crate) async fn drive_control(
     }
 }
 
-/// Accepts a subscription with our bitfield or refuses it; true if accepted (we hold it).
-fn answer_subscription(node: &Node, session: &mut Session, content: ContentId) -> bool {
+/// Accepts a subscription with our bitfield (the part shown to `peer`, for a content this node
+/// reveals) or refuses it; true if accepted (we hold it).
+fn answer_subscription(
+    node: &Node,
+    session: &mut Session,
+    content: ContentId,
+    peer: NodeId,
+    shown: &mpsc::Sender<Shown>,
+) -> bool {
+    if let Some(view) = node.reveals.subscribe(content, peer, shown) {
+        session.accept_subscription(content, view);
+        return true;
+    }
     match node.contents.holding(content) {
         Ok(Some(b)) => {
             session.accept_subscription(content, b);

@@ -32,6 +32,10 @@ pub(crate) enum Kind {
     Piece(u32, PieceIndex, PieceOutcome),
     /// Its haves reach its subscribers.
     Haves,
+    /// `server` (a super-seeding seed) shows it one more piece.
+    Show(u32, PieceIndex),
+    /// Its `Reveal` timer.
+    RevealTimer(Us),
     /// `peer`, which it fetches from, went away.
     ConnClosed(u32),
     /// `client` closed its connection to it.

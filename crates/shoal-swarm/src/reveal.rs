@@ -1,0 +1,323 @@
+//! Super-seeding by revealing: an origin seed shows each subscriber only a few of its pieces,
+//! pieces nobody was sent or shown yet, and shows it another one as each is sent. So while any
+//! piece has never left the seed, every piece the seed sends is one the swarm lacks, and the
+//! downloaders complete each other from these first copies. Once every piece has been sent
+//! once, the seed shows everything (the idea of BitTorrent's BEP 16, judged by the seed's own
+//! send records instead of its peers' haves).
+//!
+//! [`Reveal`] is a sans-I/O state machine like [`crate::Uploader`]: the driver asks it for the
+//! bitfield to answer a subscription with ([`Reveal::subscribe`]), reports requests, pieces
+//! sent and subscribers gone, passes the time in ([`Reveal::handle_timeout`] when
+//! [`Reveal::poll_timeout`] says), and pumps [`Reveal::poll_event`] for haves to send to one
+//! subscriber, or for the end of the mode (send every subscriber the full bitfield).
+//!
+//! Why only an origin: a node that fetched the content and finished is asked by downloaders in
+//! their last seconds for the very pieces they lack; hiding pieces from them would hold them
+//! back. An origin's first copy is what a swarm waits for; its later ones are what it saves.
+//!
+//! Bounds: at most `Config::max_peers` subscribers get a view (later ones see nothing until the
+//! mode ends), each holds at most `Config::per_peer` shown pieces and all together about
+//! `Config::budget` (one each at least), and a shown piece its subscriber has not asked for
+//! within `Config::deadline`, or whose request ended unsent, is hidden again and the
+//! subscriber shown another (the first stays in its view: asked for, it is still served).
+//! Memory: one entry per piece plus at most `max(budget, max_peers)` shown entries.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Debug;
+use std::time::{Duration, Instant};
+
+use shoal_core::{Bitfield, PieceIndex};
+
+/// Limits of a [`Reveal`]. `Default` gives the values a node uses.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Pieces shown to one subscriber and not yet sent, at most (default 32: a lone
+    /// downloader keeps its requests pipelined).
+    pub per_peer: usize,
+    /// Pieces shown and not yet sent over all subscribers (default 32), shared out evenly
+    /// but at least one each: requests for them wait in the seed's upload queue, and a
+    /// longer queue only ages them.
+    pub budget: usize,
+    /// Subscribers given a view (default 1024); later ones see nothing until the mode ends.
+    pub max_peers: usize,
+    /// How long a shown piece may go unrequested before it is hidden again (default 1 s): the
+    /// subscriber may have had it from elsewhere (the seed does not hear of its haves).
+    pub deadline: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { per_peer: 32, budget: 32, max_peers: 1024, deadline: Duration::from_secs(1) }
+    }
+}
+
+/// What the driver should tell subscribers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<P> {
+    /// Send this subscriber a have for this piece.
+    Show {
+        /// The subscriber.
+        peer: P,
+        /// The piece.
+        piece: PieceIndex,
+    },
+    /// Every piece has been sent once: send every subscriber the full bitfield.
+    ShowAll,
+}
+
+/// A piece shown to a subscriber and not yet sent to it.
+#[derive(Debug, Clone, Copy)]
+struct Shown {
+    /// Hidden again at this time unless requested before.
+    due: Option<Instant>,
+}
+
+/// The revealing state of one content at its origin. `P` identifies a subscriber.
+#[derive(Debug)]
+pub struct Reveal<P> {
+    config: Config,
+    pieces: u32,
+    /// Pieces never sent and shown to nobody, by (shuffle order, piece).
+    hidden: BTreeSet<(u32, u32)>,
+    order: Vec<u32>,
+    sent: Bitfield,
+    /// Subscribers with a view: their shown pieces.
+    peers: BTreeMap<P, BTreeMap<PieceIndex, Shown>>,
+    /// Shown, unrequested pieces by when they are hidden again.
+    expiry: BTreeSet<(Instant, P, PieceIndex)>,
+    events: VecDeque<Event<P>>,
+}
+
+impl<P: Copy + Ord + Debug> Reveal<P> {
+    /// A content of `pieces` pieces of which none has been sent. `seed` shuffles the order in
+    /// which pieces are shown.
+    pub fn new(config: Config, pieces: u32, seed: u64) -> Self {
+        let mut x = seed | 1;
+        let order: Vec<u32> = (0..pieces)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u32
+            })
+            .collect();
+        let hidden = (0..pieces).map(|i| (order[i as usize], i)).collect();
+        Self {
+            config,
+            pieces,
+            hidden,
+            order,
+            sent: Bitfield::new(pieces),
+            peers: BTreeMap::new(),
+            expiry: BTreeSet::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// True once every piece has been sent at least once: subscribers see everything.
+    pub fn is_done(&self) -> bool {
+        self.sent.is_complete()
+    }
+
+    /// The bitfield to answer `peer`'s subscription with: everything once the mode is over,
+    /// else the pieces shown to it (new ones drawn for a new subscriber).
+    pub fn subscribe(&mut self, now: Instant, peer: P) -> Bitfield {
+        if self.is_done() {
+            return Bitfield::full(self.pieces);
+        }
+        if !self.peers.contains_key(&peer) {
+            if self.peers.len() >= self.config.max_peers {
+                return Bitfield::new(self.pieces);
+            }
+            self.peers.insert(peer, BTreeMap::new());
+            self.top_up(now, peer, false);
+        }
+        let mut b = Bitfield::new(self.pieces);
+        for &p in self.peers.get(&peer).into_iter().flat_map(|s| s.keys()) {
+            b.set(p);
+        }
+        b
+    }
+
+    /// `peer` asked for `piece`: a shown piece is no longer at risk of being hidden again.
+    pub fn handle_requested(&mut self, peer: P, piece: PieceIndex) {
+        let Some(shown) = self.peers.get_mut(&peer).and_then(|s| s.get_mut(&piece)) else {
+            return;
+        };
+        if let Some(due) = shown.due.take() {
+            self.expiry.remove(&(due, peer, piece));
+        }
+    }
+
+    /// `piece` was sent whole to `peer`: counted, and `peer` is shown another piece.
+    pub fn handle_sent(&mut self, now: Instant, peer: P, piece: PieceIndex) {
+        if piece.0 >= self.pieces || self.is_done() {
+            return;
+        }
+        self.unshow(peer, piece);
+        self.count(piece);
+        if self.is_done() {
+            self.finish();
+            return;
+        }
+        if self.peers.contains_key(&peer) {
+            self.top_up(now, peer, true);
+        }
+    }
+
+    /// A request by `peer` for `piece` ended without the piece sent (cancelled, refused, the
+    /// stream failed): it may have the piece from elsewhere now, so the piece is hidden again
+    /// and `peer` is shown another.
+    pub fn handle_abandoned(&mut self, now: Instant, peer: P, piece: PieceIndex) {
+        if piece.0 >= self.pieces || self.is_done() || !self.unshow(peer, piece) {
+            return;
+        }
+        // Shown another piece before this one is hidden again, so not the same one: it may
+        // hold that one by now.
+        self.top_up(now, peer, true);
+        self.hide(piece);
+        self.refill(now, &[peer]);
+    }
+
+    /// A copy of `piece` left this node another way (pushed into storage, which serves it):
+    /// it is not shown to anyone any more.
+    pub fn handle_copied(&mut self, piece: PieceIndex) {
+        if piece.0 >= self.pieces || self.is_done() {
+            return;
+        }
+        self.count(piece);
+        if self.is_done() {
+            self.finish();
+        }
+    }
+
+    /// Takes `piece` out of `peer`'s view; true if it was there.
+    fn unshow(&mut self, peer: P, piece: PieceIndex) -> bool {
+        let Some(shown) = self.peers.get_mut(&peer).and_then(|s| s.remove(&piece)) else {
+            return false;
+        };
+        if let Some(due) = shown.due {
+            self.expiry.remove(&(due, peer, piece));
+        }
+        true
+    }
+
+    /// One copy of `piece` left: never shown again.
+    fn count(&mut self, piece: PieceIndex) {
+        if self.sent.set(piece) {
+            self.hidden.remove(&(self.order[piece.0 as usize], piece.0));
+        }
+    }
+
+    /// Every piece left once: the mode ends, every subscriber is to see everything.
+    fn finish(&mut self) {
+        self.peers.clear();
+        self.expiry.clear();
+        self.hidden.clear();
+        self.events.push_back(Event::ShowAll);
+    }
+
+    /// `peer` is gone: its shown, unsent pieces may be shown to others.
+    pub fn unsubscribe(&mut self, now: Instant, peer: P) {
+        let Some(shown) = self.peers.remove(&peer) else { return };
+        for (piece, s) in shown {
+            if let Some(due) = s.due {
+                self.expiry.remove(&(due, peer, piece));
+            }
+            self.hide(piece);
+        }
+        self.refill(now, &[]);
+    }
+
+    /// Hides again the shown pieces not asked for by their deadline.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut late = Vec::new();
+        while let Some(&(due, peer, piece)) = self.expiry.first() {
+            if due > now {
+                break;
+            }
+            self.expiry.pop_first();
+            if let Some(s) = self.peers.get_mut(&peer) {
+                s.remove(&piece);
+            }
+            late.push((peer, piece));
+        }
+        if late.is_empty() {
+            return;
+        }
+        // Each subscriber is shown others before its late pieces are hidden again, so not
+        // the same ones (it may hold them from elsewhere); the late ones go to the rest.
+        for &(peer, _) in &late {
+            self.top_up(now, peer, true);
+        }
+        for &(_, piece) in &late {
+            self.hide(piece);
+        }
+        let late: Vec<P> = late.into_iter().map(|(p, _)| p).collect();
+        self.refill(now, &late);
+    }
+
+    /// When the next shown piece is due to be hidden again.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.expiry.first().map(|&(due, _, _)| due)
+    }
+
+    /// The next thing to tell subscribers.
+    pub fn poll_event(&mut self) -> Option<Event<P>> {
+        self.events.pop_front()
+    }
+
+    /// Subscribers with a view.
+    pub fn peers(&self) -> usize {
+        self.peers.len()
+    }
+
+    fn hide(&mut self, piece: PieceIndex) {
+        if !self.sent.get(piece) {
+            self.hidden.insert((self.order[piece.0 as usize], piece.0));
+        }
+    }
+
+    /// Shows `peer` hidden pieces up to `Config::per_peer`; `announce`: as haves (else the
+    /// subscription's bitfield carries them).
+    fn top_up(&mut self, now: Instant, peer: P, announce: bool) {
+        let due = now + self.config.deadline;
+        let view = self.view();
+        let Some(shown) = self.peers.get_mut(&peer) else { return };
+        while shown.len() < view {
+            let Some((_, i)) = self.hidden.pop_first() else { break };
+            let piece = PieceIndex(i);
+            shown.insert(piece, Shown { due: Some(due) });
+            self.expiry.insert((due, peer, piece));
+            if announce {
+                self.events.push_back(Event::Show { peer, piece });
+            }
+        }
+    }
+
+    /// How many unsent pieces one subscriber is shown at most now.
+    fn view(&self) -> usize {
+        (self.config.budget / self.peers.len().max(1)).clamp(1, self.config.per_peer.max(1))
+    }
+
+    /// Pieces hidden again go to subscribers whose view is short, in id order, except those
+    /// that just gave them back.
+    fn refill(&mut self, now: Instant, except: &[P]) {
+        let view = self.view();
+        let short: Vec<P> = self
+            .peers
+            .iter()
+            .filter(|(p, s)| s.len() < view && !except.contains(p))
+            .map(|(&p, _)| p)
+            .collect();
+        for p in short {
+            if self.hidden.is_empty() {
+                break;
+            }
+            self.top_up(now, p, true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,126 @@
+use std::collections::BTreeSet;
+
+use super::*;
+
+fn config(per_peer: usize) -> Config {
+    Config { per_peer, budget: 64, max_peers: 4, deadline: Duration::from_secs(3) }
+}
+
+fn ones(b: &Bitfield) -> Vec<PieceIndex> {
+    b.iter_ones().collect()
+}
+
+fn events(r: &mut Reveal<u32>) -> Vec<Event<u32>> {
+    std::iter::from_fn(|| r.poll_event()).collect()
+}
+
+#[test]
+fn subscribers_are_shown_distinct_pieces_and_one_more_per_piece_sent() {
+    let t0 = Instant::now();
+    let mut r = Reveal::new(config(2), 8, 7);
+    let a = ones(&r.subscribe(t0, 1));
+    let b = ones(&r.subscribe(t0, 2));
+    assert_eq!((a.len(), b.len()), (2, 2));
+    assert!(a.iter().all(|p| !b.contains(p)), "distinct: {a:?} {b:?}");
+    // Subscribing again shows the same view, not new pieces.
+    assert_eq!(ones(&r.subscribe(t0, 1)), a);
+    r.handle_requested(1, a[0]);
+    r.handle_sent(t0, 1, a[0]);
+    let shown = events(&mut r);
+    assert_eq!(shown.len(), 1);
+    let Event::Show { peer: 1, piece } = shown[0] else { panic!("{shown:?}") };
+    assert!(!a.contains(&piece) && !b.contains(&piece), "a piece nobody saw: {piece:?}");
+}
+
+#[test]
+fn every_piece_sent_once_ends_the_mode_and_shows_everything() {
+    let t0 = Instant::now();
+    let mut r = Reveal::new(config(3), 5, 1);
+    let mut sent = 0;
+    // One subscriber takes whatever it is shown until every piece has left once.
+    let mut view = ones(&r.subscribe(t0, 9));
+    while !r.is_done() {
+        let p = view.pop().expect("something shown while pieces are unsent");
+        r.handle_sent(t0, 9, p);
+        sent += 1;
+        for e in events(&mut r) {
+            match e {
+                Event::Show { peer: 9, piece } => view.push(piece),
+                Event::ShowAll => assert!(r.is_done()),
+                e => panic!("{e:?}"),
+            }
+        }
+    }
+    assert_eq!(sent, 5, "each piece once");
+    assert!(r.subscribe(t0, 10).is_complete(), "a later subscriber sees everything");
+    assert_eq!(r.peers(), 0, "no per-peer state left");
+}
+
+#[test]
+fn a_piece_left_unrequested_is_hidden_again_and_shown_to_another() {
+    let t0 = Instant::now();
+    let mut r = Reveal::new(config(4), 4, 3);
+    let hoarded = ones(&r.subscribe(t0, 1));
+    assert_eq!(hoarded.len(), 4);
+    assert!(ones(&r.subscribe(t0, 2)).is_empty(), "nothing left to show");
+    r.handle_requested(1, hoarded[0]);
+    assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(3)));
+    r.handle_timeout(t0 + Duration::from_secs(3));
+    let shown: BTreeSet<PieceIndex> = events(&mut r)
+        .into_iter()
+        .map(|e| match e {
+            Event::Show { peer: 2, piece } => piece,
+            e => panic!("only the waiting subscriber is shown more: {e:?}"),
+        })
+        .collect();
+    assert_eq!(shown, hoarded[1..].iter().copied().collect(), "the three unrequested ones");
+    assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(6)));
+}
+
+#[test]
+fn a_subscriber_gone_gives_its_pieces_back_and_views_are_bounded() {
+    let t0 = Instant::now();
+    let mut r = Reveal::new(config(2), 64, 5);
+    for p in 0..6 {
+        r.subscribe(t0, p);
+    }
+    assert_eq!(r.peers(), 4, "max_peers");
+    assert!(ones(&r.subscribe(t0, 5)).is_empty(), "beyond the cap: nothing shown");
+    let first = ones(&r.subscribe(t0, 0));
+    r.unsubscribe(t0, 0);
+    assert_eq!(r.peers(), 3);
+    // Its pieces are hidden again: a new subscriber can be shown them.
+    let again = ones(&r.subscribe(t0, 7));
+    assert_eq!(again.len(), 2);
+    assert!(first.iter().any(|p| again.contains(p)) || first != again);
+    // Out-of-range pieces and unknown peers change nothing.
+    r.handle_sent(t0, 42, PieceIndex(1000));
+    r.handle_requested(42, PieceIndex(3));
+    r.unsubscribe(t0, 42);
+    assert!(events(&mut r).is_empty());
+}
+
+#[test]
+fn a_request_that_ends_unsent_or_a_copy_pushed_elsewhere_frees_the_piece() {
+    let t0 = Instant::now();
+    let mut r = Reveal::new(config(1), 4, 11);
+    let a = ones(&r.subscribe(t0, 1));
+    let b = ones(&r.subscribe(t0, 2));
+    r.handle_requested(1, a[0]);
+    // Peer 1 cancels (it had the piece from elsewhere): the piece goes to nobody's view at
+    // once but back among the hidden, and peer 1 is shown another one.
+    r.handle_abandoned(t0, 1, a[0]);
+    let shown = events(&mut r);
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    let Event::Show { peer: 1, piece } = shown[0] else { panic!("{shown:?}") };
+    assert!(!b.contains(&piece));
+    // Abandoning a piece it was not shown changes nothing.
+    r.handle_abandoned(t0, 1, a[0]);
+    assert!(events(&mut r).is_empty());
+    // Pushed into storage: never shown again; all four gone ends the mode.
+    for p in 0..4 {
+        r.handle_copied(PieceIndex(p));
+    }
+    assert!(r.is_done());
+    assert_eq!(events(&mut r), vec![Event::ShowAll]);
+}

@@ -1,0 +1,272 @@
+//! Super-seeding for contents added to this running daemon: a thin wrapper around
+//! [`shoal_swarm::Reveal`], which holds the policy (show each subscriber a few pieces nobody
+//! was sent yet, one more per piece sent, everything once every piece left once).
+//!
+//! Only contents imported while the daemon runs (`shoal add`, `shoal push FILE`) are revealed:
+//! that node is the origin, whose first copy a swarm waits for. A content this node fetched,
+//! or held when it started, is shown whole, so downloaders in their last seconds get any
+//! piece they lack.
+//!
+//! The control stream of each subscriber registers a bounded channel here; the serving side
+//! reports requests and pieces sent; what the machine decides goes to those channels. A std
+//! mutex, never held across an await; deadlines are applied at each call (the machine's
+//! timeouts only hand pieces to others, which can wait for the next request or send).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
+use shoal_swarm::reveal::{Config, Event};
+use shoal_swarm::Reveal;
+use tokio::sync::mpsc;
+
+/// Contents revealed at once; adding more ends the oldest one's mode (it is shown whole).
+const MAX_REVEALED: usize = 16;
+/// Reveal messages queued for one control stream; more are dropped (the piece stays shown and
+/// is hidden again at its deadline).
+pub(crate) const QUEUE: usize = 256;
+
+/// What a subscriber's control stream is to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shown {
+    /// A have for this piece.
+    Piece(ContentId, PieceIndex),
+    /// The content's full bitfield: the mode is over.
+    All(ContentId),
+}
+
+#[derive(Debug)]
+struct Entry {
+    machine: Reveal<NodeId>,
+    /// Every subscriber's channel, those beyond the machine's cap included (they are told
+    /// when the mode ends).
+    subscribers: HashMap<NodeId, mpsc::Sender<Shown>>,
+    added: u64,
+}
+
+/// The contents this node reveals.
+#[derive(Debug, Default)]
+pub(crate) struct Reveals {
+    // Held only for bookkeeping, never across an await.
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    contents: HashMap<ContentId, Entry>,
+    added: u64,
+}
+
+impl Reveals {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding it cannot leave the map half-updated in a way that matters:
+        // at worst a content is shown whole early.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts revealing a content just added, of `pieces` pieces (again from scratch if it
+    /// was being revealed).
+    pub(crate) fn start(&self, content: ContentId, pieces: u32) {
+        let mut s = self.lock();
+        if s.contents.len() >= MAX_REVEALED && !s.contents.contains_key(&content) {
+            let oldest = s.contents.iter().min_by_key(|(_, e)| e.added).map(|(c, _)| *c);
+            if let Some(c) = oldest {
+                if let Some(e) = s.contents.remove(&c) {
+                    tell_all(&e, c);
+                }
+            }
+        }
+        s.added += 1;
+        let added = s.added;
+        let machine = Reveal::new(Config::default(), pieces, fastrand::u64(..));
+        if let Some(old) =
+            s.contents.insert(content, Entry { machine, subscribers: HashMap::new(), added })
+        {
+            tell_all(&old, content);
+        }
+    }
+
+    /// The bitfield to answer `peer`'s subscription to `content` with, if it is revealed
+    /// (else `None`: answer with what is held). `tx` receives what `peer` is shown later.
+    pub(crate) fn subscribe(
+        &self,
+        content: ContentId,
+        peer: NodeId,
+        tx: &mpsc::Sender<Shown>,
+    ) -> Option<Bitfield> {
+        let mut s = self.lock();
+        let e = s.contents.get_mut(&content)?;
+        let now = Instant::now();
+        e.machine.handle_timeout(now);
+        let view = e.machine.subscribe(now, peer);
+        e.subscribers.insert(peer, tx.clone());
+        pump(e, content);
+        Some(view)
+    }
+
+    /// `peer` asked for `piece` of `content`.
+    fn requested(&self, content: ContentId, peer: NodeId, piece: PieceIndex) {
+        let mut s = self.lock();
+        if let Some(e) = s.contents.get_mut(&content) {
+            e.machine.handle_requested(peer, piece);
+        }
+    }
+
+    /// `piece` of `content` was sent whole to `peer`.
+    fn sent(&self, content: ContentId, peer: NodeId, piece: PieceIndex) {
+        let mut s = self.lock();
+        let Some(e) = s.contents.get_mut(&content) else { return };
+        let now = Instant::now();
+        e.machine.handle_timeout(now);
+        e.machine.handle_sent(now, peer, piece);
+        pump(e, content);
+        if e.machine.is_done() {
+            s.contents.remove(&content);
+        }
+    }
+
+    /// `peer`'s request for `piece` of `content` ended without the piece sent.
+    fn abandoned(&self, content: ContentId, peer: NodeId, piece: PieceIndex) {
+        let mut s = self.lock();
+        let Some(e) = s.contents.get_mut(&content) else { return };
+        e.machine.handle_abandoned(Instant::now(), peer, piece);
+        pump(e, content);
+    }
+
+    /// `piece` of `content` was pushed into storage, which serves it from now on.
+    pub(crate) fn copied(&self, content: ContentId, piece: PieceIndex) {
+        let mut s = self.lock();
+        let Some(e) = s.contents.get_mut(&content) else { return };
+        e.machine.handle_copied(piece);
+        pump(e, content);
+        if e.machine.is_done() {
+            s.contents.remove(&content);
+        }
+    }
+
+    /// `peer`'s control stream ended: what it was shown may go to others.
+    pub(crate) fn unsubscribe(&self, content: ContentId, peer: NodeId) {
+        let mut s = self.lock();
+        let Some(e) = s.contents.get_mut(&content) else { return };
+        e.subscribers.remove(&peer);
+        let now = Instant::now();
+        e.machine.unsubscribe(now, peer);
+        e.machine.handle_timeout(now);
+        pump(e, content);
+    }
+
+    /// Contents being revealed.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().contents.len()
+    }
+}
+
+/// A request for a piece, reported to [`Reveals`]: sent whole ([`PieceRequest::sent`]) or, when
+/// dropped before that, abandoned (refused, cancelled, failed).
+#[derive(Debug)]
+pub(crate) struct PieceRequest<'a> {
+    reveals: &'a Reveals,
+    content: ContentId,
+    peer: NodeId,
+    piece: PieceIndex,
+    done: bool,
+}
+
+impl<'a> PieceRequest<'a> {
+    pub(crate) fn new(
+        reveals: &'a Reveals,
+        content: ContentId,
+        peer: NodeId,
+        piece: PieceIndex,
+    ) -> Self {
+        reveals.requested(content, peer, piece);
+        Self { reveals, content, peer, piece, done: false }
+    }
+
+    /// The whole piece went to the transport.
+    pub(crate) fn sent(mut self) {
+        self.done = true;
+        self.reveals.sent(self.content, self.peer, self.piece);
+    }
+}
+
+impl Drop for PieceRequest<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.reveals.abandoned(self.content, self.peer, self.piece);
+        }
+    }
+}
+
+/// Carries out the machine's events.
+fn pump(e: &mut Entry, content: ContentId) {
+    while let Some(ev) = e.machine.poll_event() {
+        match ev {
+            Event::Show { peer, piece } => {
+                if let Some(tx) = e.subscribers.get(&peer) {
+                    let _ = tx.try_send(Shown::Piece(content, piece));
+                }
+            }
+            Event::ShowAll => tell_all(e, content),
+        }
+    }
+}
+
+/// Every subscriber is sent the full bitfield.
+fn tell_all(e: &Entry, content: ContentId) {
+    for tx in e.subscribers.values() {
+        let _ = tx.try_send(Shown::All(content));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> NodeId {
+        shoal_net::Identity::generate().node_id()
+    }
+
+    #[test]
+    fn a_revealed_content_shows_a_part_then_everything_once_each_piece_left() {
+        let r = Reveals::default();
+        let c = ContentId([1; 32]);
+        let (a, b) = (id(), id());
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        assert!(r.subscribe(c, a, &tx).is_none(), "not added here: shown whole");
+        r.start(c, 64);
+        let view_a = r.subscribe(c, a, &tx).unwrap();
+        let (txb, mut rxb) = mpsc::channel(QUEUE);
+        let view_b = r.subscribe(c, b, &txb).unwrap();
+        // The first subscriber is shown the whole budget, the second its share of it.
+        assert_eq!((view_a.count(), view_b.count()), (32, 16));
+        assert!(view_a.iter_ones().all(|p| !view_b.get(p)), "each piece shown to one of them");
+        // Every piece sent once (whoever it went to): the mode ends, both are told.
+        for p in 0..64 {
+            r.sent(c, a, PieceIndex(p));
+        }
+        assert_eq!(r.len(), 0);
+        let mut last_a = None;
+        while let Ok(m) = rx.try_recv() {
+            last_a = Some(m);
+        }
+        assert_eq!(last_a, Some(Shown::All(c)));
+        assert_eq!(rxb.try_recv(), Ok(Shown::All(c)));
+    }
+
+    #[test]
+    fn at_most_a_bounded_number_of_contents_are_revealed() {
+        let r = Reveals::default();
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let peer = id();
+        r.start(ContentId([0; 32]), 8);
+        r.subscribe(ContentId([0; 32]), peer, &tx).unwrap();
+        for i in 1..=MAX_REVEALED as u8 {
+            r.start(ContentId([i; 32]), 8);
+        }
+        assert_eq!(r.len(), MAX_REVEALED);
+        assert_eq!(rx.try_recv(), Ok(Shown::All(ContentId([0; 32]))), "the oldest shown whole");
+    }
+}
