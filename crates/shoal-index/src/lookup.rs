@@ -8,14 +8,15 @@
 use std::cmp::Reverse;
 
 use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
-use shoal_wire::tracker::PeerInfo;
+use shoal_wire::tracker::{PeerInfo, PeerSummary};
 
+use crate::model::NodeEntry;
 use crate::rarity::Rarity;
-use crate::swarm::{count_and_not, Swarm};
+use crate::swarm::{count_and_not, Holder, Swarm};
 use crate::{Index, Lookup};
 
 /// (reported as never delivering, not storage, availability of its rarest wanted piece, load,
-/// more useful first); ties go to the lower node id.
+/// more useful first); ties go to the lower node id (see `lookup_with`).
 type Rank = (bool, bool, u32, u32, Reverse<u32>);
 
 /// A stable per-(node, piece) tie-break, so equally good pieces are spread over askers.
@@ -59,9 +60,9 @@ fn rarest_useful(bf: &[u8], have: Option<&[u8]>, availability: &[u32], floor: u3
 
 impl Index {
     /// Peers holding pieces `asker` lacks (all pieces if `have` is `None`), most useful first,
-    /// and the pieces the asker should fetch first. `None` for an unknown content. An `asker`
-    /// must be registered: what it is handed (hints, the holders offered, which it may then
-    /// report) is kept until it expires.
+    /// with their bitfields, and the pieces the asker should fetch first. `None` for an unknown
+    /// content. An `asker` must be registered: what it is handed (hints, the holders offered,
+    /// which it may then report) is kept until it expires.
     pub fn lookup(
         &mut self,
         asker: Option<NodeId>,
@@ -69,6 +70,39 @@ impl Index {
         have: Option<&Bitfield>,
         max_peers: usize,
     ) -> Option<Lookup> {
+        self.lookup_with(asker, content, have, max_peers, |h, e| PeerInfo {
+            node_id: h.id,
+            load: e.active_uploads,
+            addrs: e.addrs.clone(),
+            bitfield: h.bitfield.clone(),
+        })
+    }
+
+    /// [`Index::lookup`] without the peers' bitfields (a compact answer): the same peers and
+    /// hints, and no bitfield copied.
+    pub fn lookup_compact(
+        &mut self,
+        asker: Option<NodeId>,
+        content: ContentId,
+        have: Option<&Bitfield>,
+        max_peers: usize,
+    ) -> Option<Lookup<PeerSummary>> {
+        self.lookup_with(asker, content, have, max_peers, |h, e| PeerSummary {
+            node_id: h.id,
+            load: e.active_uploads,
+            addrs: e.addrs.clone(),
+        })
+    }
+
+    /// The lookup itself; `peer` makes an answer's peer from its holder entry and node entry.
+    fn lookup_with<P>(
+        &mut self,
+        asker: Option<NodeId>,
+        content: ContentId,
+        have: Option<&Bitfield>,
+        max_peers: usize,
+        peer: impl Fn(&Holder, &NodeEntry) -> P,
+    ) -> Option<Lookup<P>> {
         let swarm = self.swarms.get_mut(&content)?;
         let n = swarm.piece_count;
         let have = have.filter(|h| h.len() == n);
@@ -86,69 +120,61 @@ impl Index {
                 .min()
                 .unwrap_or(0)
         });
-        // (id, bitfield, load, admitted storage holding this content).
-        let mut candidates: Vec<(&NodeId, &Bitfield, u32, bool)> = swarm
-            .storage
-            .keys()
-            .filter_map(|id| {
-                let bf = swarm.holders.get(id)?;
-                Some((id, bf, self.nodes.get(id).map_or(0, |e| e.active_uploads), true))
-            })
-            .collect();
+        // (holder, admitted storage holding this content). Candidates carry their holder
+        // entry: ranking and answering need no map lookup per candidate.
+        let mut candidates: Vec<(&Holder, bool)> =
+            swarm.storage.keys().filter_map(|id| Some((swarm.holders.entry(id)?, true))).collect();
         let sample = self.config.lookup_sample.max(max_peers);
         for h in swarm.holders.sample(&mut self.rng, sample) {
             if !swarm.storage.contains_key(&h.id) {
-                candidates.push((&h.id, &h.bitfield, h.load, false));
+                candidates.push((h, false));
             }
         }
-        let mut ranked: Vec<(Rank, &NodeId)> = Vec::with_capacity(candidates.len());
-        for (id, bf, load, is_storage) in candidates {
-            if asker.as_ref() == Some(id) {
+        let mut ranked: Vec<(Rank, &Holder)> = Vec::with_capacity(candidates.len());
+        for (h, is_storage) in candidates {
+            if asker.as_ref() == Some(&h.id) {
                 continue;
             }
-            let useful = count_and_not(bf.as_bytes(), have_bytes);
+            let bf = h.bitfield.as_bytes();
+            let useful = count_and_not(bf, have_bytes);
             if useful == 0 {
                 continue;
             }
-            let rarest =
-                rarity.and_then(|r| r.rarest(bf.as_bytes(), have_bytes)).unwrap_or_else(|| {
-                    rarest_useful(bf.as_bytes(), have_bytes, &swarm.availability, floor)
-                });
-            ranked.push((
-                (
-                    !swarm.reports.is_empty() && swarm.reported(id) >= self.config.demote_after,
-                    // Admitted storage first where it has wanted pieces: a permanent seed.
-                    !is_storage,
-                    rarest,
-                    load,
-                    Reverse(useful),
-                ),
-                id,
-            ));
+            let rarest = rarity
+                .and_then(|r| r.rarest(bf, have_bytes))
+                .unwrap_or_else(|| rarest_useful(bf, have_bytes, &swarm.availability, floor));
+            let rank = (
+                !swarm.reports.is_empty() && swarm.reported(&h.id) >= self.config.demote_after,
+                // Admitted storage first where it has wanted pieces: a permanent seed.
+                !is_storage,
+                rarest,
+                h.load,
+                Reverse(useful),
+            );
+            ranked.push((rank, h));
         }
-        // Only the best `max_peers` need an order.
+        // Only the best `max_peers` need an order; ties go to the lower node id.
+        let order = |a: &(Rank, &Holder), b: &(Rank, &Holder)| {
+            a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id))
+        };
         if ranked.len() > max_peers && max_peers > 0 {
-            ranked.select_nth_unstable(max_peers - 1);
+            ranked.select_nth_unstable_by(max_peers - 1, order);
             ranked.truncate(max_peers);
         }
-        ranked.sort_unstable();
+        ranked.sort_unstable_by(order);
+        let mut ids = Vec::with_capacity(ranked.len());
         let peers = ranked
             .into_iter()
-            .take(max_peers)
-            .filter_map(|(_, &id)| {
-                let (e, bf) = (self.nodes.get(&id)?, swarm.holders.get(&id)?);
-                Some(PeerInfo {
-                    node_id: id,
-                    load: e.active_uploads,
-                    addrs: e.addrs.clone(),
-                    bitfield: bf.clone(),
-                })
+            .filter_map(|(_, h)| {
+                let p = peer(h, self.nodes.get(&h.id)?);
+                ids.push(h.id);
+                Some(p)
             })
-            .collect::<Vec<PeerInfo>>();
+            .collect::<Vec<P>>();
         let swarm = self.swarms.get_mut(&content)?;
         let hints = match asker {
             Some(a) => {
-                swarm.offer(a, peers.iter().map(|p: &PeerInfo| p.node_id));
+                swarm.offer(a, ids);
                 Self::hand_out(swarm, a, have, self.config.hints)
             }
             None => Vec::new(),

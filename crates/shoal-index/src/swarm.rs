@@ -42,6 +42,11 @@ impl Holders {
         self.map.get(id).map(|&i| &self.order[i].bitfield)
     }
 
+    /// The holder entry of `id`: its bitfield and load.
+    pub(crate) fn entry(&self, id: &NodeId) -> Option<&Holder> {
+        self.map.get(id).map(|&i| &self.order[i])
+    }
+
     pub(crate) fn contains(&self, id: &NodeId) -> bool {
         self.map.contains_key(id)
     }
@@ -85,16 +90,26 @@ impl Holders {
 
     /// Up to `k` distinct holders drawn uniformly at random (all of them if there are at most
     /// `2k`: then the scan is as cheap as the sample).
+    ///
+    /// Drawing exactly `k` from a swarm of up to `2k` would rank fewer candidates (each costs a
+    /// read of its bitfield from memory, the bulk of a lookup in a large index); tried, it
+    /// made the index's swarm simulation do better without hints than with them, so it waits
+    /// for a look at how hints and sampling interact (see BENCHMARKS.md, tracker lookups).
     pub(crate) fn sample(&self, rng: &mut fastrand::Rng, k: usize) -> Vec<&Holder> {
         let n = self.order.len();
         if n <= 2 * k {
             return self.order.iter().collect();
         }
-        // Rejection sampling: with at least 2k holders each draw succeeds with probability
-        // over 1/2, so this takes about 2k draws at most on average.
-        let mut picked = BTreeSet::new();
+        // Rejection sampling: with over 2k holders each draw succeeds with probability over
+        // 1/2, so this takes under 2k draws on average. The order of the draws does not
+        // matter (a lookup orders candidates by rank, then id); k is a config of tens, so a
+        // linear membership test beats a set and its allocations.
+        let mut picked: Vec<usize> = Vec::with_capacity(k);
         while picked.len() < k {
-            picked.insert(rng.usize(..n));
+            let i = rng.usize(..n);
+            if !picked.contains(&i) {
+                picked.push(i);
+            }
         }
         picked.into_iter().map(|i| &self.order[i]).collect()
     }
@@ -266,24 +281,21 @@ impl Swarm {
 /// `a & !b` popcount, a word at a time; `b` absent counts all of `a` (bytes of `b` beyond its
 /// end count as 0).
 pub(crate) fn count_and_not(a: &[u8], b: Option<&[u8]>) -> u32 {
-    let full = a.len() - a.len() % 8;
-    let mut n = 0;
-    for (w, x) in a[..full].chunks_exact(8).enumerate() {
-        let x = u64::from_le_bytes(word(x, 0));
-        let y = b.map_or(0, |b| u64::from_le_bytes(word(b, w * 8)));
-        n += (x & !y).count_ones();
-    }
-    for (j, x) in a.iter().enumerate().skip(full) {
-        n += (x & !b.map_or(0, |b| b.get(j).copied().unwrap_or(0))).count_ones();
-    }
-    n
-}
-
-fn word(v: &[u8], i: usize) -> [u8; 8] {
-    match v.get(i..i + 8) {
-        Some(s) => s.try_into().unwrap_or([0; 8]),
-        None => [0; 8],
-    }
+    let word = |c: &[u8]| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+    let Some(b) = b else {
+        // Popcount of whole words, then the tail.
+        let words = a.chunks_exact(8);
+        let tail: u32 = words.remainder().iter().map(|x| x.count_ones()).sum();
+        return words.map(|c| word(c).count_ones()).sum::<u32>() + tail;
+    };
+    let n = a.len().min(b.len());
+    let (head, rest) = a.split_at(n);
+    let pairs = head.chunks_exact(8).zip(b[..n].chunks_exact(8));
+    let mut count: u32 = pairs.map(|(x, y)| (word(x) & !word(y)).count_ones()).sum();
+    let full = n - n % 8;
+    count += head[full..].iter().zip(&b[full..n]).map(|(x, y)| (x & !y).count_ones()).sum::<u32>();
+    // Bytes of `a` past the end of `b`: nothing masks them.
+    count + rest.iter().map(|x| x.count_ones()).sum::<u32>()
 }
 
 #[cfg(test)]
@@ -334,6 +346,14 @@ mod tests {
             assert_eq!(count_and_not(&a, Some(&b)), slow, "len {len}");
             let all: u32 = a.iter().map(|x| x.count_ones()).sum();
             assert_eq!(count_and_not(&a, None), all);
+            // A shorter `b` (a mask of another length): its missing bytes mask nothing.
+            let short = &b[..len / 2];
+            let slow: u32 = a
+                .iter()
+                .enumerate()
+                .map(|(i, x)| (x & !short.get(i).copied().unwrap_or(0)).count_ones())
+                .sum();
+            assert_eq!(count_and_not(&a, Some(short)), slow, "len {len} short");
         }
     }
 
