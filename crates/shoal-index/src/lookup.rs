@@ -10,9 +10,8 @@ use std::cmp::Reverse;
 use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
 use shoal_wire::tracker::{PeerInfo, PeerSummary};
 
-use crate::model::NodeEntry;
 use crate::rarity::Rarity;
-use crate::swarm::{count_and_not, Holder, Swarm};
+use crate::swarm::{count_and_not, HolderView, Swarm};
 use crate::{Index, Lookup};
 
 /// (reported as never delivering, not storage, availability of its rarest wanted piece, load,
@@ -70,11 +69,11 @@ impl Index {
         have: Option<&Bitfield>,
         max_peers: usize,
     ) -> Option<Lookup> {
-        self.lookup_with(asker, content, have, max_peers, |h, e| PeerInfo {
-            node_id: h.id,
-            load: e.active_uploads,
-            addrs: e.addrs.clone(),
-            bitfield: h.bitfield.clone(),
+        self.lookup_with(asker, content, have, max_peers, |h| PeerInfo {
+            node_id: *h.id,
+            load: h.load,
+            addrs: h.addrs.to_vec(),
+            bitfield: h.bitfield(),
         })
     }
 
@@ -87,21 +86,22 @@ impl Index {
         have: Option<&Bitfield>,
         max_peers: usize,
     ) -> Option<Lookup<PeerSummary>> {
-        self.lookup_with(asker, content, have, max_peers, |h, e| PeerSummary {
-            node_id: h.id,
-            load: e.active_uploads,
-            addrs: e.addrs.clone(),
+        self.lookup_with(asker, content, have, max_peers, |h| PeerSummary {
+            node_id: *h.id,
+            load: h.load,
+            addrs: h.addrs.to_vec(),
         })
     }
 
-    /// The lookup itself; `peer` makes an answer's peer from its holder entry and node entry.
+    /// The lookup itself; `peer` makes an answer's peer from its holder entry (a swarm's
+    /// holders are registered nodes: holdings go with their node).
     fn lookup_with<P>(
         &mut self,
         asker: Option<NodeId>,
         content: ContentId,
         have: Option<&Bitfield>,
         max_peers: usize,
-        peer: impl Fn(&Holder, &NodeEntry) -> P,
+        peer: impl Fn(&HolderView<'_>) -> P,
     ) -> Option<Lookup<P>> {
         let swarm = self.swarms.get_mut(&content)?;
         let n = swarm.piece_count;
@@ -122,20 +122,20 @@ impl Index {
         });
         // (holder, admitted storage holding this content). Candidates carry their holder
         // entry: ranking and answering need no map lookup per candidate.
-        let mut candidates: Vec<(&Holder, bool)> =
+        let mut candidates: Vec<(HolderView<'_>, bool)> =
             swarm.storage.keys().filter_map(|id| Some((swarm.holders.entry(id)?, true))).collect();
         let sample = self.config.lookup_sample.max(max_peers);
         for h in swarm.holders.sample(&mut self.rng, sample) {
-            if !swarm.storage.contains_key(&h.id) {
+            if !swarm.storage.contains_key(h.id) {
                 candidates.push((h, false));
             }
         }
-        let mut ranked: Vec<(Rank, &Holder)> = Vec::with_capacity(candidates.len());
+        let mut ranked: Vec<(Rank, HolderView<'_>)> = Vec::with_capacity(candidates.len());
         for (h, is_storage) in candidates {
-            if asker.as_ref() == Some(&h.id) {
+            if asker.as_ref() == Some(h.id) {
                 continue;
             }
-            let bf = h.bitfield.as_bytes();
+            let bf = h.bits;
             let useful = count_and_not(bf, have_bytes);
             if useful == 0 {
                 continue;
@@ -144,7 +144,7 @@ impl Index {
                 .and_then(|r| r.rarest(bf, have_bytes))
                 .unwrap_or_else(|| rarest_useful(bf, have_bytes, &swarm.availability, floor));
             let rank = (
-                !swarm.reports.is_empty() && swarm.reported(&h.id) >= self.config.demote_after,
+                !swarm.reports.is_empty() && swarm.reported(h.id) >= self.config.demote_after,
                 // Admitted storage first where it has wanted pieces: a permanent seed.
                 !is_storage,
                 rarest,
@@ -154,7 +154,7 @@ impl Index {
             ranked.push((rank, h));
         }
         // Only the best `max_peers` need an order; ties go to the lower node id.
-        let order = |a: &(Rank, &Holder), b: &(Rank, &Holder)| {
+        let order = |a: &(Rank, HolderView<'_>), b: &(Rank, HolderView<'_>)| {
             a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id))
         };
         if ranked.len() > max_peers && max_peers > 0 {
@@ -162,15 +162,8 @@ impl Index {
             ranked.truncate(max_peers);
         }
         ranked.sort_unstable_by(order);
-        let mut ids = Vec::with_capacity(ranked.len());
-        let peers = ranked
-            .into_iter()
-            .filter_map(|(_, h)| {
-                let p = peer(h, self.nodes.get(&h.id)?);
-                ids.push(h.id);
-                Some(p)
-            })
-            .collect::<Vec<P>>();
+        let ids: Vec<NodeId> = ranked.iter().map(|(_, h)| *h.id).collect();
+        let peers = ranked.iter().map(|(_, h)| peer(h)).collect::<Vec<P>>();
         let swarm = self.swarms.get_mut(&content)?;
         let hints = match asker {
             Some(a) => {
@@ -242,7 +235,7 @@ impl Index {
         have: Option<&Bitfield>,
         k: usize,
     ) -> Vec<PieceIndex> {
-        let announced = swarm.holders.get(&asker).cloned();
+        let announced = swarm.holders.get(&asker);
         let held_by_asker = |p: PieceIndex| {
             have.is_some_and(|h| h.get(p)) || announced.as_ref().is_some_and(|b| b.get(p))
         };

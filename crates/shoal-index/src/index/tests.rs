@@ -624,3 +624,17 @@ fn a_compact_lookup_offers_the_same_peers_and_hints_without_bitfields() {
         assert_eq!(k.peers.len(), 8);
     }
 }
+
+#[test]
+fn a_registration_with_new_addresses_reaches_the_lookups_of_what_the_node_holds() {
+    let (mut ix, c) = setup(Config::default(), 2, 8);
+    ix.announce(0, node(1), c, Bitfield::full(8)).unwrap();
+    let moved: SocketAddr = "203.0.113.9:4000".parse().unwrap();
+    ix.register(1, node(1), Role::Node, moved, &[moved]);
+    let l = ix.lookup(None, c, None, 4).unwrap();
+    let want = ix.nodes[&node(1)].addrs.clone();
+    assert!(want.contains(&moved), "{want:?}");
+    assert_eq!(l.peers[0].addrs, want, "the swarm's copy follows the registration");
+    let k = ix.lookup_compact(None, c, None, 4).unwrap();
+    assert_eq!(k.peers[0].addrs, want);
+}
