@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use shoal_core::{Bitfield, NodeId, PieceIndex};
+use smallvec::SmallVec;
 
 use crate::rarity::Rarity;
 
@@ -28,8 +29,9 @@ pub(crate) struct Holder {
     pub(crate) id: NodeId,
     /// Its uploads under way, from its last heartbeat.
     pub(crate) load: u32,
-    /// Where peers reach it, from its last registration.
-    pub(crate) addrs: Vec<SocketAddr>,
+    /// Where peers reach it, from its last registration: inline up to two (most nodes have
+    /// one or two), so that reading them is no further cache miss.
+    pub(crate) addrs: SmallVec<[SocketAddr; 2]>,
 }
 
 /// A holder as a lookup ranks it: id, load and the bytes of its bitfield, borrowed.
@@ -130,7 +132,7 @@ impl Holders {
             return Some(old);
         }
         self.map.insert(id, self.order.len());
-        self.order.push(Holder { id, load: 0, addrs: Vec::new() });
+        self.order.push(Holder { id, load: 0, addrs: SmallVec::new() });
         let start = self.bits.len();
         self.bits.resize(start + s, 0);
         self.bits[start..start + src.len()].copy_from_slice(src);
@@ -147,7 +149,7 @@ impl Holders {
     /// Records a holder's addresses (a registration).
     pub(crate) fn set_addrs(&mut self, id: &NodeId, addrs: &[SocketAddr]) {
         if let Some(&i) = self.map.get(id) {
-            self.order[i].addrs = addrs.to_vec();
+            self.order[i].addrs = SmallVec::from_slice(addrs);
         }
     }
 
