@@ -267,6 +267,8 @@ async fn flush(send: &mut SendStream, out: &mut Vec<u8>) -> anyhow::Result<()> {
     }
     let written = tokio::time::timeout(REQUEST_DEADLINE, send.write_all(out)).await;
     out.clear();
+    // A stream waiting for its next request keeps no more than an ordinary batch.
+    out.shrink_to(FLUSH_AT);
     in_time(send, written)
 }
 

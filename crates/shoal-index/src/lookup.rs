@@ -155,7 +155,7 @@ impl Index {
         }
         // Only the best `max_peers` need an order; ties go to the lower node id.
         let order = |a: &(Rank, HolderView<'_>), b: &(Rank, HolderView<'_>)| {
-            a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id))
+            a.0.cmp(&b.0).then_with(|| a.1.id.cmp(b.1.id))
         };
         if ranked.len() > max_peers && max_peers > 0 {
             ranked.select_nth_unstable_by(max_peers - 1, order);
