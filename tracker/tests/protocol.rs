@@ -589,7 +589,7 @@ async fn an_oversized_frame_after_good_requests_closes_that_connection_only() {
         have: None,
         compact: true,
     };
-    let (mut send, _recv) = pipeline(&m, &[lookup.clone()], false).await;
+    let (mut send, _recv) = pipeline(&m, std::slice::from_ref(&lookup), false).await;
     // A length prefix one past the request limit: refused on the prefix alone.
     let huge = (shoal_wire::tracker::MAX_TRACKER_REQUEST_LEN as u32 + 1).to_be_bytes();
     send.write_all(&huge).await.unwrap();
