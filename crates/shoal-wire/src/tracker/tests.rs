@@ -175,6 +175,30 @@ proptest! {
     }
 
     #[test]
+    fn a_pipelined_stream_decodes_every_request_in_order(
+        reqs in proptest::collection::vec(request(), 0..8),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        // Requests back to back on one stream (compact lookups among them), arriving in two
+        // reads split anywhere: each decodes whole, in order, and nothing is left over.
+        let mut bytes = Vec::new();
+        for r in &reqs {
+            crate::encode_into(r, &mut bytes);
+        }
+        let at = cut.index(bytes.len() + 1);
+        let mut d = Decoder::with_limit(MAX_TRACKER_REQUEST_LEN);
+        let mut got = Vec::new();
+        for part in [&bytes[..at], &bytes[at..]] {
+            d.feed(part);
+            while let Some(r) = d.decode::<TrackerRequest>().unwrap() {
+                got.push(r);
+            }
+        }
+        prop_assert_eq!(got, reqs);
+        prop_assert!(d.take_rest().is_empty());
+    }
+
+    #[test]
     fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
         let mut d = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
         d.feed(&bytes);
