@@ -46,7 +46,7 @@ async fn call(conn: &Connection, req: &TrackerRequest) -> TrackerResponse {
 }
 
 fn lookup(content: ContentId) -> TrackerRequest {
-    TrackerRequest::Lookup { content, max_peers: 16, have: None }
+    TrackerRequest::Lookup { content, max_peers: 16, have: None, compact: false }
 }
 
 fn holders(r: TrackerResponse) -> Vec<NodeId> {

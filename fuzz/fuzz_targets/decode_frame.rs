@@ -1,5 +1,7 @@
 //! Every peer- and tracker-protocol decoder, fed arbitrary bytes in arbitrary splits: never panics, and a
-//! frame that decodes re-encodes to the same bytes.
+//! frame that decodes re-encodes to the same bytes. The bytes are read as a pipelined stream (tracker
+//! protocol version 3): every whole frame in turn until one is incomplete or malformed, so
+//! sequences of requests (compact lookups among them) are covered, not only a first frame.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -11,8 +13,16 @@ fn check<F: Frame + PartialEq + std::fmt::Debug>(data: &[u8], split: usize) {
     d.feed(&data[..split]);
     let first = d.decode::<F>();
     d.feed(&data[split..]);
-    let Ok(None) = first else { return };
-    if let Ok(Some(frame)) = d.decode::<F>() {
+    let mut frames = match first {
+        Ok(Some(frame)) => vec![frame],
+        Ok(None) => Vec::new(),
+        Err(_) => return,
+    };
+    // Then every further whole frame, as a pipelined stream is read.
+    while let Ok(Some(frame)) = d.decode::<F>() {
+        frames.push(frame);
+    }
+    for frame in frames {
         let bytes = encode(&frame);
         let mut again = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
         again.feed(&bytes);

@@ -374,7 +374,10 @@ pub(crate) async fn lookup(
     have: Option<Bitfield>,
     max_peers: u8,
 ) -> anyhow::Result<Option<(Vec<shoal_wire::tracker::PeerInfo>, Vec<PieceIndex>)>> {
-    match call(conn, &TrackerRequest::Lookup { content, max_peers, have }, None).await?.0 {
+    match call(conn, &TrackerRequest::Lookup { content, max_peers, have, compact: false }, None)
+        .await?
+        .0
+    {
         TrackerResponse::LookupReply { peers, hints, .. } => Ok(Some((peers, hints))),
         TrackerResponse::Unknown => Ok(None),
         TrackerResponse::Error { text, .. } => bail!("tracker refused the lookup: {text}"),

@@ -93,9 +93,18 @@ enum Cmd {
         /// QUIC connections of the load generator.
         #[arg(long, default_value_t = 16)]
         connections: usize,
-        /// Lookups in flight per connection.
+        /// Request streams open at once per connection.
         #[arg(long, default_value_t = 8)]
         streams: usize,
+        /// Lookups sent on one stream (pipelined when above 1; at most 256).
+        #[arg(long, default_value_t = 1)]
+        per_stream: usize,
+        /// Lookups of one stream unanswered at a time (with --per-stream above 1).
+        #[arg(long, default_value_t = 8)]
+        depth: usize,
+        /// Ask for compact answers: peers without their bitfields.
+        #[arg(long)]
+        compact: bool,
         /// How long the load runs, in seconds.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
@@ -131,6 +140,9 @@ fn main() -> ExitCode {
             content_size,
             connections,
             streams,
+            per_stream,
+            depth,
+            compact,
             seconds,
             max_peers,
             dir,
@@ -144,6 +156,9 @@ fn main() -> ExitCode {
                 content_size: content_size.0,
                 connections,
                 streams,
+                per_stream,
+                depth,
+                compact,
                 seconds,
                 max_peers,
             };

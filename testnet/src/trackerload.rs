@@ -8,8 +8,15 @@
 //! complete, the rest a random half of the pieces). Registering the same number over QUIC
 //! would measure 100,000 TLS handshakes, not lookups. The tracker then starts on that state,
 //! as after a restart, and the generator opens `connections` QUIC connections (each its own
-//! node identity), each with `streams` lookups in flight, one lookup per stream as nodes send
-//! them, for a fixed time.
+//! node identity), each with `streams` request streams open at once, for a fixed time. A stream
+//! carries `per_stream` lookups (1: one per stream, as nodes send them; more: pipelined,
+//! tracker protocol version 3) with up to `depth` of them unanswered at a time, in full or
+//! compact form.
+//!
+//! The generator is kept cheap per lookup so that its CPU, on the same cores, does not decide
+//! the figures: its requests are encoded once beforehand and sent from those bytes, and an
+//! answer is checked by its frame and type byte, not decoded into peers (a node decodes; that
+//! cost is the asker's, not the tracker's).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -22,9 +29,10 @@ use shoal_core::{Bitfield, ContentId, Manifest, PeerAddr, PieceHash, PieceIndex}
 use shoal_index::{Config as IndexConfig, Index, SledState};
 use shoal_net::{Endpoint, Identity, Limits};
 use shoal_wire::tracker::{
-    Role, TrackerRequest, TrackerResponse, MAX_TRACKER_FRAME_LEN, TRACKER_ALPN, TRACKER_VERSION,
+    Role, TrackerRequest, TrackerResponse, MAX_REQUESTS_PER_STREAM, MAX_TRACKER_FRAME_LEN,
+    TRACKER_ALPN, TRACKER_VERSION,
 };
-use shoal_wire::{encode, Decoder};
+use shoal_wire::{encode, encode_into, DecodeError, Decoder, Frame};
 
 use crate::launch::{self, Proc};
 
@@ -39,8 +47,14 @@ pub(crate) struct Load {
     pub(crate) content_size: u64,
     /// QUIC connections of the generator.
     pub(crate) connections: usize,
-    /// Lookups in flight per connection.
+    /// Request streams open at once per connection.
     pub(crate) streams: usize,
+    /// Lookups sent on one stream before it is finished (pipelined when above 1).
+    pub(crate) per_stream: usize,
+    /// Lookups of one stream unanswered at a time.
+    pub(crate) depth: usize,
+    /// Ask for compact answers (peers without their bitfields).
+    pub(crate) compact: bool,
     /// How long the load runs.
     pub(crate) seconds: f64,
     /// Peers asked for per lookup.
@@ -61,8 +75,11 @@ struct Measured {
 
 /// Runs the load in a scratch directory under `root` and prints the figures.
 pub(crate) fn run(load: &Load, root: &Path) -> anyhow::Result<()> {
-    if load.nodes == 0 || load.contents == 0 || load.connections == 0 || load.streams == 0 {
-        bail!("--nodes, --contents, --connections and --streams must each be at least 1");
+    if [load.nodes, load.contents, load.connections, load.streams, load.depth].contains(&0) {
+        bail!("--nodes, --contents, --connections, --streams and --depth must each be at least 1");
+    }
+    if !(1..=MAX_REQUESTS_PER_STREAM).contains(&load.per_stream) {
+        bail!("--per-stream must be 1 to {MAX_REQUESTS_PER_STREAM} (a tracker answers no more on one stream)");
     }
     if !(load.seconds.is_finite() && load.seconds > 0.0 && load.seconds <= 3600.0) {
         bail!("--seconds must be a number of seconds above 0 and at most 3600, like 10");
@@ -212,50 +229,47 @@ async fn drive(
     }
     // Warm up: one lookup per connection, not counted.
     for (_, conn) in &conns {
-        lookup(conn, contents[0], load.max_peers, None).await?;
+        lookup(conn, contents[0], load.max_peers, None, load.compact).await?;
     }
     let log2 = shoal_core::piece::piece_log2_for(load.content_size);
     let pieces = shoal_core::piece::piece_count(load.content_size, log2) as u32;
+    // Every stream slot's requests, encoded before the clock starts.
+    let slots: Vec<(usize, Vec<Vec<u8>>)> = (0..conns.len())
+        .flat_map(|c| (0..load.streams).map(move |s| (c, s)))
+        .map(|(c, s)| {
+            let mut rng = fastrand::Rng::with_seed((c * 1000 + s) as u64);
+            (c, requests(&mut rng, &contents, pieces, load))
+        })
+        .collect();
     let cpu0 = (cpu(Some(tracker_pid)), cpu(None));
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(load.seconds);
     let mut tasks = tokio::task::JoinSet::new();
-    for (c, (_, conn)) in conns.iter().enumerate() {
-        for s in 0..load.streams {
-            let (conn, contents, max) = (conn.clone(), contents.clone(), load.max_peers);
-            let mut rng = fastrand::Rng::with_seed((c * 1000 + s) as u64);
-            // What fetches under way have: a random quarter of the pieces.
-            let haves: Vec<Bitfield> = (0..16)
-                .map(|_| {
-                    let mut bf = Bitfield::new(pieces);
-                    (0..pieces).filter(|_| rng.u8(..4) == 0).for_each(|i| {
-                        bf.set(PieceIndex(i));
-                    });
-                    bf
-                })
-                .collect();
-            tasks.spawn(async move {
-                let (mut lat, mut failed) = (Vec::new(), 0u64);
-                while Instant::now() < until {
-                    let content = contents[rng.usize(..contents.len())];
-                    // Half the lookups come from fetches under way, which send what they have.
-                    let have = rng.bool().then(|| haves[rng.usize(..haves.len())].clone());
-                    let t = Instant::now();
-                    match lookup(&conn, content, max, have).await {
-                        Ok(()) => lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32),
-                        Err(_) => failed += 1,
+    for (c, requests) in slots {
+        let (conn, load) = (conns[c].1.clone(), load.clone());
+        tasks.spawn(async move {
+            let mut tally = Tally::default();
+            let mut dec = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
+            let mut next = 0;
+            while Instant::now() < until {
+                match stream(&conn, &requests, &mut next, &load, until, &mut dec).await {
+                    Ok(t) => tally.add(t),
+                    Err(_) => {
+                        tally.failed += 1;
+                        // A failed stream may leave part of a frame behind.
+                        dec = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
                     }
                 }
-                (lat, failed)
-            });
-        }
+            }
+            tally
+        });
     }
     let mut latencies = Vec::new();
     let mut failed = 0;
     while let Some(done) = tasks.join_next().await {
-        let (lat, f) = done.context("a load task failed")?;
-        latencies.extend(lat);
-        failed += f;
+        let t = done.context("a load task failed")?;
+        latencies.extend(t.latencies);
+        failed += t.failed;
     }
     let seconds = started.elapsed().as_secs_f64();
     let cpu1 = (cpu(Some(tracker_pid)), cpu(None));
@@ -281,11 +295,128 @@ async fn lookup(
     content: ContentId,
     max_peers: u8,
     have: Option<Bitfield>,
+    compact: bool,
 ) -> anyhow::Result<()> {
-    match call(conn, &TrackerRequest::Lookup { content, max_peers, have }).await? {
-        TrackerResponse::LookupReply { .. } => Ok(()),
+    match call(conn, &TrackerRequest::Lookup { content, max_peers, have, compact }).await? {
+        TrackerResponse::LookupReply { .. } | TrackerResponse::CompactLookupReply { .. } => Ok(()),
         other => bail!("unexpected answer to a lookup: {other:?}"),
     }
+}
+
+/// Encoded lookups for one stream slot to cycle through: random contents, half of them from
+/// fetches under way, which send what they have (a random quarter of the pieces).
+fn requests(
+    rng: &mut fastrand::Rng,
+    contents: &[ContentId],
+    pieces: u32,
+    load: &Load,
+) -> Vec<Vec<u8>> {
+    (0..64)
+        .map(|_| {
+            let have = rng.bool().then(|| {
+                let mut bf = Bitfield::new(pieces);
+                (0..pieces).filter(|_| rng.u8(..4) == 0).for_each(|i| {
+                    bf.set(PieceIndex(i));
+                });
+                bf
+            });
+            let content = contents[rng.usize(..contents.len())];
+            let req = TrackerRequest::Lookup {
+                content,
+                max_peers: load.max_peers,
+                have,
+                compact: load.compact,
+            };
+            let mut bytes = Vec::new();
+            encode_into(&req, &mut bytes);
+            bytes
+        })
+        .collect()
+}
+
+/// What a stream slot measured.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Latency of each answered lookup, microseconds.
+    latencies: Vec<u32>,
+    failed: u64,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.latencies.extend(other.latencies);
+        self.failed += other.failed;
+    }
+}
+
+/// A tracker answer's frame, checked by its type byte only (see the module doc).
+#[derive(Debug, PartialEq)]
+struct AnswerType(u8);
+
+impl Frame for AnswerType {
+    fn encode_body(&self, out: &mut Vec<u8>) {
+        out.push(self.0);
+    }
+
+    fn decode_body(ty: u8, _body: &[u8]) -> Result<Self, DecodeError> {
+        Ok(Self(ty))
+    }
+}
+
+/// A lookup reply's type byte, full (0x73) or compact (0x79).
+const LOOKUP_REPLIES: [u8; 2] = [0x73, 0x79];
+
+/// One stream: up to `per_stream` lookups from `requests` (from `next` on), at most `depth`
+/// unanswered, none sent after `until`; each answer timed from when its request was queued.
+async fn stream(
+    conn: &quinn::Connection,
+    requests: &[Vec<u8>],
+    next: &mut usize,
+    load: &Load,
+    until: Instant,
+    dec: &mut Decoder,
+) -> anyhow::Result<Tally> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    // Send times of the unanswered lookups; its capacity is the depth.
+    let (sent, mut pending) = tokio::sync::mpsc::channel::<Instant>(load.depth);
+    let first = *next;
+    *next += load.per_stream;
+    let writer = async move {
+        for i in 0..load.per_stream {
+            if Instant::now() >= until {
+                break;
+            }
+            if sent.send(Instant::now()).await.is_err() {
+                break;
+            }
+            send.write_all(&requests[(first + i) % requests.len()]).await?;
+        }
+        send.finish()?;
+        anyhow::Ok(())
+    };
+    let reader = async {
+        let mut tally = Tally { latencies: Vec::with_capacity(load.per_stream), failed: 0 };
+        while let Some(AnswerType(ty)) = shoal_net::framed::read_frame(&mut recv, dec).await? {
+            let t = pending.recv().await.context("an answer to no request")?;
+            if LOOKUP_REPLIES.contains(&ty) {
+                tally.latencies.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+            } else {
+                tally.failed += 1;
+            }
+        }
+        // Lookups sent and never answered.
+        pending.close();
+        while pending.recv().await.is_some() {
+            tally.failed += 1;
+        }
+        anyhow::Ok(tally)
+    };
+    let (w, r) = tokio::join!(writer, reader);
+    let mut tally = r?;
+    if w.is_err() {
+        tally.failed += 1;
+    }
+    Ok(tally)
 }
 
 /// One request on its own stream; the answer.
@@ -314,13 +445,21 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 fn print(load: &Load, m: &Measured) {
     let rate = m.lookups as f64 / m.seconds;
     println!(
-        "\n### Tracker lookups ({} nodes, {} contents, {} connections x {} in flight, {:.0} s)\n",
-        load.nodes, load.contents, load.connections, load.streams, m.seconds
+        "\n### Tracker lookups ({} nodes, {} contents, {} connections x {} streams, {} per stream, \
+         depth {}, {} answers, {:.0} s)\n",
+        load.nodes,
+        load.contents,
+        load.connections,
+        load.streams,
+        load.per_stream,
+        load.depth.min(load.per_stream),
+        if load.compact { "compact" } else { "full" },
+        m.seconds
     );
     println!("| lookups/s | p50 | p99 | p99.9 | max | failed | tracker CPU | generator CPU |");
     println!("|---|---|---|---|---|---|---|---|");
     println!(
-        "| {rate:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {} | {:.2} s ({:.1} us/lookup) | {:.2} s |",
+        "| {rate:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {} | {:.2} s ({:.1} us/lookup) | {:.2} s ({:.1} us/lookup) |",
         percentile(&m.latencies, 0.5),
         percentile(&m.latencies, 0.99),
         percentile(&m.latencies, 0.999),
@@ -329,5 +468,6 @@ fn print(load: &Load, m: &Measured) {
         m.tracker_cpu,
         m.tracker_cpu * 1e6 / m.lookups.max(1) as f64,
         m.generator_cpu,
+        m.generator_cpu * 1e6 / m.lookups.max(1) as f64,
     );
 }

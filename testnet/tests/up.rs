@@ -300,7 +300,16 @@ fn bench_quick_prints_every_table() {
 
 #[test]
 fn bench_tracker_refuses_impossible_numbers_before_it_starts_anything() {
-    for args in [["--seconds=-1"], ["--seconds=nan"], ["--nodes=0"], ["--content-size=0"]] {
+    for args in [
+        ["--seconds=-1"],
+        ["--seconds=nan"],
+        ["--nodes=0"],
+        ["--content-size=0"],
+        // A stream carries 1 to 256 requests; at least one in flight.
+        ["--per-stream=0"],
+        ["--per-stream=257"],
+        ["--depth=0"],
+    ] {
         let out = Command::new(BIN).arg("bench-tracker").args(args).output().unwrap();
         assert!(!out.status.success(), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
@@ -310,4 +319,25 @@ fn bench_tracker_refuses_impossible_numbers_before_it_starts_anything() {
             "one line naming the flag, for {args:?}: {err}"
         );
     }
+}
+
+#[test]
+fn bench_tracker_pipelined_and_compact_answers_every_lookup() {
+    // A small state, two connections of two pipelined streams, compact answers: every lookup
+    // answered as a lookup reply (the generator counts anything else as failed).
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["bench-tracker", "--nodes", "200", "--contents", "4", "--connections", "2"])
+        .args(["--streams", "2", "--per-stream", "32", "--depth", "4", "--compact"])
+        .args(["--seconds", "1", "--dir"])
+        .arg(tmp.path().join("bt"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("32 per stream, depth 4, compact answers"), "{stdout}");
+    let row = stdout.lines().find(|l| l.starts_with("| ") && !l.starts_with("| lookups")).unwrap();
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert!(cells[1].parse::<f64>().unwrap() > 0.0, "some lookups answered: {row}");
+    assert_eq!(cells[6], "0", "none failed: {row}");
 }

@@ -122,7 +122,7 @@ pub async fn run(
     let endpoint = Endpoint::bind_with(
         &identity,
         config.listen,
-        &[shoal_wire::tracker::TRACKER_ALPN],
+        &[shoal_wire::tracker::TRACKER_ALPN, shoal_wire::tracker::TRACKER_ALPN_V2],
         shoal_net::Limits::tracker(),
     )?;
     let shared = Arc::new(Shared::new(index, state, identity.clone()));

@@ -5,14 +5,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use shoal_core::NodeId;
 use shoal_index::{Index, Persist, SledState};
 use shoal_net::framed::{read_frame_within, ReadError};
 use shoal_wire::tracker::{
-    Directive, ReseedToken, StorageNode, TrackerRequest, MAX_TRACKER_REQUEST_LEN,
+    Directive, ReseedToken, StorageNode, TrackerRequest, MAX_REQUESTS_PER_STREAM,
+    MAX_TRACKER_REQUEST_LEN,
 };
-use shoal_wire::{encode, Decoder};
+use shoal_wire::{encode_into, Decoder};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn, Instrument};
 
@@ -28,6 +30,9 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// Manifest body bytes being read at once, over all connections: bounds the memory a crowd
 /// of slow uploaders can hold.
 const MANIFEST_BYTES_IN_FLIGHT: usize = 32 * 1024 * 1024;
+/// Answer bytes buffered before they are written even though more requests are waiting: a
+/// stream's memory stays bounded however many requests arrive together.
+const FLUSH_AT: usize = 64 * 1024;
 /// Close code for a connection that sent a malformed frame.
 const CLOSE_PROTOCOL: u32 = 1;
 
@@ -182,7 +187,10 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, node: NodeId) {
     }
 }
 
-/// Serves one request stream: the frame within [`REQUEST_DEADLINE`], then the answer.
+/// Serves one request stream: requests one after another (pipelining, protocol version 3),
+/// each within [`REQUEST_DEADLINE`], answered in order; at most [`MAX_REQUESTS_PER_STREAM`].
+/// Answers to requests that arrived together are written together: the buffer is flushed when
+/// the next request is not here yet, or when it holds [`FLUSH_AT`] bytes.
 async fn handle(
     shared: &Shared,
     conn: &Connection,
@@ -191,39 +199,102 @@ async fn handle(
     mut recv: RecvStream,
 ) -> anyhow::Result<()> {
     let mut dec = Decoder::with_limit(MAX_TRACKER_REQUEST_LEN);
-    let read =
-        read_frame_within::<TrackerRequest>(&mut recv, &mut dec, REQUEST_DEADLINE, "request");
-    let req = match read.await {
-        Ok(Some(r)) => r,
-        // An end of stream, even inside a frame, is the node giving up: nothing to answer.
-        Ok(None) | Err(ReadError::Truncated) => return Ok(()),
-        Err(ReadError::Stalled(_)) => {
-            let _ = recv.stop(VarInt::from_u32(0));
-            anyhow::bail!("no whole request within {REQUEST_DEADLINE:?}");
-        }
-        Err(e) => {
-            // Malformed or oversized: this connection only.
-            conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"malformed request");
-            return Err(e.into());
-        }
-    };
-    let (reply, raw) =
-        dispatch::dispatch(shared, conn.remote_address(), proven, req, &mut dec, &mut recv).await?;
-    // A node that does not read its answer loses the stream, not the tracker's memory.
-    let write = async {
-        send.write_all(&encode(&reply)).await?;
+    let mut out = Vec::new();
+    for _ in 0..MAX_REQUESTS_PER_STREAM {
+        let req = match dec.decode::<TrackerRequest>() {
+            Ok(Some(r)) => Some(r),
+            // Not here yet: what is answered goes out before the tracker waits.
+            Ok(None) => {
+                flush(&mut send, &mut out).await?;
+                let read = read_frame_within::<TrackerRequest>(
+                    &mut recv,
+                    &mut dec,
+                    REQUEST_DEADLINE,
+                    "request",
+                );
+                match read.await {
+                    Ok(r) => r,
+                    // An end of stream inside a frame is the node giving up: nothing to answer.
+                    Err(ReadError::Truncated) => return Ok(()),
+                    Err(ReadError::Stalled(_)) => {
+                        let _ = recv.stop(VarInt::from_u32(0));
+                        anyhow::bail!("no whole request within {REQUEST_DEADLINE:?}");
+                    }
+                    Err(e) => return Err(malformed(conn, e.into())),
+                }
+            }
+            Err(e) => return Err(malformed(conn, e.into())),
+        };
+        // A clean end of stream: every request was answered.
+        let Some(req) = req else { return finish(&mut send, &mut out).await };
+        // A manifest upload ends its stream: its body may go unread (known already, refused),
+        // so nothing after it can be told from the body.
+        let last = matches!(req, TrackerRequest::PutManifest { .. });
+        let remote = conn.remote_address();
+        let (reply, raw) =
+            dispatch::dispatch(shared, remote, proven, req, &mut dec, &mut recv).await?;
+        encode_into(&reply, &mut out);
         if let Some(raw) = raw {
+            flush(&mut send, &mut out).await?;
             // The shared bytes themselves go into the send buffer: no copy per request.
-            send.write_chunk(raw).await?;
+            write_raw(&mut send, raw).await?;
+        } else if out.len() >= FLUSH_AT {
+            flush(&mut send, &mut out).await?;
         }
-        send.finish()?;
-        anyhow::Ok(())
-    };
-    match tokio::time::timeout(REQUEST_DEADLINE, write).await {
-        Ok(r) => r,
+        if last {
+            break;
+        }
+    }
+    // The most a stream carries, or a manifest upload: further requests on it are not read
+    // (the node opens another stream).
+    let _ = recv.stop(VarInt::from_u32(0));
+    finish(&mut send, &mut out).await
+}
+
+/// Closes the connection of a node that sent a malformed or oversized frame: this connection
+/// only.
+fn malformed(conn: &Connection, e: anyhow::Error) -> anyhow::Error {
+    conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"malformed request");
+    e
+}
+
+/// Writes the buffered answers, keeping the buffer for the next ones. A node that does not
+/// read its answers loses the stream, not the tracker's memory: each write must be taken
+/// within [`REQUEST_DEADLINE`].
+async fn flush(send: &mut SendStream, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let written = tokio::time::timeout(REQUEST_DEADLINE, send.write_all(out)).await;
+    out.clear();
+    // A stream waiting for its next request keeps no more than an ordinary batch.
+    out.shrink_to(FLUSH_AT);
+    in_time(send, written)
+}
+
+/// Writes raw bytes that follow an answer (a manifest), within [`REQUEST_DEADLINE`].
+async fn write_raw(send: &mut SendStream, raw: Bytes) -> anyhow::Result<()> {
+    let written = tokio::time::timeout(REQUEST_DEADLINE, send.write_chunk(raw)).await;
+    in_time(send, written)
+}
+
+/// A write's outcome; one past the deadline resets the stream.
+fn in_time(
+    send: &mut SendStream,
+    written: Result<Result<(), quinn::WriteError>, tokio::time::error::Elapsed>,
+) -> anyhow::Result<()> {
+    match written {
+        Ok(r) => Ok(r?),
         Err(_) => {
             let _ = send.reset(VarInt::from_u32(0));
             anyhow::bail!("answer not read within {REQUEST_DEADLINE:?}")
         }
     }
+}
+
+/// Writes what is buffered, then the end of the stream.
+async fn finish(send: &mut SendStream, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    flush(send, out).await?;
+    send.finish()?;
+    Ok(())
 }

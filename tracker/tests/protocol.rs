@@ -68,9 +68,17 @@ async fn http_health_and_metrics() {
     let node = Identity::generate();
     let (_e, c) = connect(&node, tracker.addr).await;
     call(&c, &register(&node)).await.unwrap();
-    call(&c, &TrackerRequest::Lookup { content: ContentId([1; 32]), max_peers: 1, have: None })
-        .await
-        .unwrap();
+    call(
+        &c,
+        &TrackerRequest::Lookup {
+            content: ContentId([1; 32]),
+            max_peers: 1,
+            have: None,
+            compact: false,
+        },
+    )
+    .await
+    .unwrap();
     let metrics = http_get(&http, "/metrics");
     for want in [
         "shoal_tracker_nodes 1",
@@ -163,7 +171,7 @@ async fn forged_and_malformed_requests_are_refused_and_others_are_served() {
         TrackerResponse::Error { code: ErrorCode::Forged, .. } => {}
         other => panic!("forged announce accepted: {other:?}"),
     }
-    let lookup = TrackerRequest::Lookup { content, max_peers: 8, have: None };
+    let lookup = TrackerRequest::Lookup { content, max_peers: 8, have: None, compact: false };
     assert_eq!(call(&h, &lookup).await.unwrap(), TrackerResponse::Unknown, "nothing was recorded");
 
     // An unknown content answers "unknown" quickly.
@@ -218,7 +226,10 @@ async fn state_survives_kill_9() {
     let other = Identity::generate();
     let (_e2, c2) = connect(&other, tracker.addr).await;
     let t = Instant::now();
-    match call(&c2, &TrackerRequest::Lookup { content, max_peers: 8, have: None }).await.unwrap() {
+    match call(&c2, &TrackerRequest::Lookup { content, max_peers: 8, have: None, compact: false })
+        .await
+        .unwrap()
+    {
         TrackerResponse::LookupReply { peers, .. } => assert_eq!(peers[0].node_id, node.node_id()),
         other => panic!("state lost: {other:?}"),
     }
@@ -325,7 +336,10 @@ async fn addresses_are_the_observed_ones_and_manifests_need_a_registered_sender(
         TrackerRequest::Announce { node_id: node.node_id(), content, bitfield: Bitfield::full(2) };
     assert_eq!(call(&c, &announce).await.unwrap(), TrackerResponse::Ok);
     let (_e2, a) = connect(&asker, tracker.addr).await;
-    match call(&a, &TrackerRequest::Lookup { content, max_peers: 8, have: None }).await.unwrap() {
+    match call(&a, &TrackerRequest::Lookup { content, max_peers: 8, have: None, compact: false })
+        .await
+        .unwrap()
+    {
         TrackerResponse::LookupReply { peers, .. } => {
             let want: Vec<SocketAddr> = vec![observed, "127.0.0.1:7777".parse().unwrap()];
             assert_eq!(peers[0].addrs, want);
@@ -351,7 +365,12 @@ async fn silent_request_streams_are_dropped_at_the_deadline_and_others_then_serv
     }
     // The next request waits for a slot, and gets one once the tracker gives up on the silent
     // streams (10 s without a whole request).
-    let lookup = TrackerRequest::Lookup { content: ContentId([3; 32]), max_peers: 1, have: None };
+    let lookup = TrackerRequest::Lookup {
+        content: ContentId([3; 32]),
+        max_peers: 1,
+        have: None,
+        compact: false,
+    };
     assert_eq!(call(&c, &lookup).await.unwrap(), TrackerResponse::Unknown);
     for (send, _) in silent {
         // The tracker stopped reading each silent stream.
@@ -382,7 +401,7 @@ async fn a_flood_of_queries_from_one_node_is_rate_limited_and_manifests_are_serv
     let (mut served, mut limited) = (0, 0);
     for i in 0..1_000 {
         let req = if i % 2 == 0 {
-            TrackerRequest::Lookup { content, max_peers: 8, have: None }
+            TrackerRequest::Lookup { content, max_peers: 8, have: None, compact: false }
         } else {
             TrackerRequest::GetManifest { content }
         };
@@ -392,5 +411,244 @@ async fn a_flood_of_queries_from_one_node_is_rate_limited_and_manifests_are_serv
         }
     }
     assert!(limited > 0, "{served} queries served, none limited");
+    assert!(served >= 512, "the burst is served: only {served}");
+}
+
+/// Writes `reqs` on one stream, without waiting for answers; `finish` ends the sending side.
+async fn pipeline(
+    conn: &Connection,
+    reqs: &[TrackerRequest],
+    finish: bool,
+) -> (quinn::SendStream, quinn::RecvStream) {
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    let mut bytes = Vec::new();
+    for r in reqs {
+        shoal_wire::encode_into(r, &mut bytes);
+    }
+    send.write_all(&bytes).await.unwrap();
+    if finish {
+        send.finish().unwrap();
+    }
+    (send, recv)
+}
+
+/// Every answer on a stream until its end.
+async fn answers(recv: &mut quinn::RecvStream) -> Vec<TrackerResponse> {
+    let mut dec = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
+    let mut all = Vec::new();
+    while let Some(a) = shoal_net::framed::read_frame(recv, &mut dec).await.unwrap() {
+        all.push(a);
+    }
+    all
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_in_full_or_compact_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = start(dir.path(), "127.0.0.1:0");
+    let (holder, asker) = (Identity::generate(), Identity::generate());
+    let (_e1, h) = connect(&holder, tracker.addr).await;
+    call(&h, &register(&holder)).await.unwrap();
+    let (content, m) = manifest(12, 41);
+    put_manifest(&h, &holder, content, &m).await;
+    let announce = TrackerRequest::Announce {
+        node_id: holder.node_id(),
+        content,
+        bitfield: Bitfield::full(12),
+    };
+    assert_eq!(call(&h, &announce).await.unwrap(), TrackerResponse::Ok);
+    // Register, full lookup, compact lookup, unknown content, storage: one stream.
+    let (_e2, a) = connect(&asker, tracker.addr).await;
+    let lookup = |compact| TrackerRequest::Lookup { content, max_peers: 8, have: None, compact };
+    let unknown = TrackerRequest::Lookup {
+        content: ContentId([9; 32]),
+        max_peers: 8,
+        have: None,
+        compact: true,
+    };
+    let reqs =
+        [register(&asker), lookup(false), lookup(true), unknown, TrackerRequest::FindStorage];
+    let (_send, mut recv) = pipeline(&a, &reqs, true).await;
+    let got = answers(&mut recv).await;
+    assert_eq!(got.len(), 5, "{got:?}");
+    assert!(matches!(got[0], TrackerResponse::Registered { .. }), "{:?}", got[0]);
+    match &got[1] {
+        TrackerResponse::LookupReply { piece_count: 12, peers, .. } => {
+            assert_eq!(peers[0].node_id, holder.node_id());
+            assert_eq!(peers[0].bitfield, Bitfield::full(12));
+        }
+        other => panic!("{other:?}"),
+    }
+    match &got[2] {
+        TrackerResponse::CompactLookupReply { piece_count: 12, peers, .. } => {
+            assert_eq!(peers[0].node_id, holder.node_id());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(got[3], TrackerResponse::Unknown);
+    assert!(matches!(got[4], TrackerResponse::StorageNodes { .. }), "{:?}", got[4]);
+}
+
+#[tokio::test]
+async fn a_version_2_node_is_served_one_request_per_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = start(dir.path(), "127.0.0.1:0");
+    let node = Identity::generate();
+    let ep = Endpoint::bind(&node, "127.0.0.1:0".parse().unwrap(), &[]).unwrap();
+    let peer = PeerAddr { node_id: None, addr: tracker.addr };
+    let (c, _) = ep.connect(&peer, shoal_wire::tracker::TRACKER_ALPN_V2).await.unwrap();
+    let v2 = TrackerRequest::Register {
+        node_id: node.node_id(),
+        version: 2,
+        role: Role::Node,
+        addrs: vec!["127.0.0.1:9".parse().unwrap()],
+    };
+    assert!(matches!(call(&c, &v2).await.unwrap(), TrackerResponse::Registered { .. }));
+    let lookup = TrackerRequest::Lookup {
+        content: ContentId([2; 32]),
+        max_peers: 4,
+        have: None,
+        compact: false,
+    };
+    assert_eq!(call(&c, &lookup).await.unwrap(), TrackerResponse::Unknown);
+    // Version 1 is refused with a reason, not served.
+    let v1 = TrackerRequest::Register {
+        node_id: node.node_id(),
+        version: 1,
+        role: Role::Node,
+        addrs: vec!["127.0.0.1:9".parse().unwrap()],
+    };
+    match call(&c, &v1).await.unwrap() {
+        TrackerResponse::Error { code: ErrorCode::BadRequest, text } => {
+            assert!(text.contains("upgrade"), "{text}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_stream_of_endless_requests_is_answered_up_to_the_limit_then_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = start(dir.path(), "127.0.0.1:0");
+    let node = Identity::generate();
+    let (_e, c) = connect(&node, tracker.addr).await;
+    call(&c, &register(&node)).await.unwrap();
+    // More than a stream may carry, and the stream left open as if more were coming.
+    let lookup = TrackerRequest::Lookup {
+        content: ContentId([4; 32]),
+        max_peers: 4,
+        have: None,
+        compact: true,
+    };
+    let over = shoal_wire::tracker::MAX_REQUESTS_PER_STREAM + 20;
+    let (send, mut recv) = pipeline(&c, &vec![lookup.clone(); over], false).await;
+    let got = answers(&mut recv).await;
+    assert_eq!(got.len(), shoal_wire::tracker::MAX_REQUESTS_PER_STREAM);
+    assert!(got.iter().all(|a| *a == TrackerResponse::Unknown));
+    // The tracker stopped reading: the rest is refused, not queued.
+    assert!(send.stopped().await.is_ok());
+    // The connection still serves a new stream.
+    assert_eq!(call(&c, &lookup).await.unwrap(), TrackerResponse::Unknown);
+}
+
+#[tokio::test]
+async fn answered_requests_then_half_a_frame_get_their_answers_then_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = start(dir.path(), "127.0.0.1:0");
+    let node = Identity::generate();
+    let (_e, c) = connect(&node, tracker.addr).await;
+    call(&c, &register(&node)).await.unwrap();
+    let lookup = TrackerRequest::Lookup {
+        content: ContentId([5; 32]),
+        max_peers: 4,
+        have: None,
+        compact: false,
+    };
+    let (mut send, mut recv) = pipeline(&c, &[lookup.clone(), lookup.clone()], false).await;
+    // Half of a third request's frame, then silence.
+    send.write_all(&encode(&lookup)[..7]).await.unwrap();
+    let mut dec = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
+    for _ in 0..2 {
+        let a = shoal_net::framed::read_frame::<TrackerResponse>(&mut recv, &mut dec).await;
+        assert_eq!(a.unwrap(), Some(TrackerResponse::Unknown), "answered before the wait");
+    }
+    // The tracker gives up on the third at its deadline: it stops reading the stream.
+    assert!(send.stopped().await.is_ok());
+}
+
+#[tokio::test]
+async fn an_oversized_frame_after_good_requests_closes_that_connection_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = start(dir.path(), "127.0.0.1:0");
+    let (mallory, honest) = (Identity::generate(), Identity::generate());
+    let (_e1, m) = connect(&mallory, tracker.addr).await;
+    call(&m, &register(&mallory)).await.unwrap();
+    let lookup = TrackerRequest::Lookup {
+        content: ContentId([6; 32]),
+        max_peers: 4,
+        have: None,
+        compact: true,
+    };
+    let (mut send, _recv) = pipeline(&m, std::slice::from_ref(&lookup), false).await;
+    // A length prefix one past the request limit: refused on the prefix alone.
+    let huge = (shoal_wire::tracker::MAX_TRACKER_REQUEST_LEN as u32 + 1).to_be_bytes();
+    send.write_all(&huge).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), m.closed()).await;
+    assert!(closed.is_ok(), "an oversized frame closes that connection");
+    let (_e2, h) = connect(&honest, tracker.addr).await;
+    call(&h, &register(&honest)).await.unwrap();
+    assert_eq!(call(&h, &lookup).await.unwrap(), TrackerResponse::Unknown);
+}
+
+#[tokio::test]
+async fn a_manifest_upload_ends_its_stream_and_what_follows_is_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = start(dir.path(), "127.0.0.1:0");
+    let node = Identity::generate();
+    let (_e, c) = connect(&node, tracker.addr).await;
+    call(&c, &register(&node)).await.unwrap();
+    let (content, m) = manifest(3, 51);
+    put_manifest(&c, &node, content, &m).await;
+    // Known already: the tracker answers without reading the body, so the bytes after the
+    // frame (the body, then a lookup) are never taken for a request.
+    let put = TrackerRequest::PutManifest { node_id: node.node_id(), content, len: m.len() as u32 };
+    let lookup = TrackerRequest::Lookup { content, max_peers: 4, have: None, compact: false };
+    let (mut send, mut recv) = c.open_bi().await.unwrap();
+    let mut bytes = encode(&put);
+    bytes.extend_from_slice(&m);
+    shoal_wire::encode_into(&lookup, &mut bytes);
+    let _ = send.write_all(&bytes).await;
+    let _ = send.finish();
+    assert_eq!(answers(&mut recv).await, vec![TrackerResponse::Ok]);
+    assert!(c.close_reason().is_none(), "the connection stays open");
+}
+
+#[tokio::test]
+async fn rate_limits_count_every_request_of_a_pipelined_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = start(dir.path(), "127.0.0.1:0");
+    let node = Identity::generate();
+    let (_e, c) = connect(&node, tracker.addr).await;
+    call(&c, &register(&node)).await.unwrap();
+    // Three full streams: more lookups than the per-node query burst (512) in all.
+    let lookup = TrackerRequest::Lookup {
+        content: ContentId([8; 32]),
+        max_peers: 4,
+        have: None,
+        compact: true,
+    };
+    let per = shoal_wire::tracker::MAX_REQUESTS_PER_STREAM;
+    let (mut served, mut limited) = (0, 0);
+    for _ in 0..3 {
+        let (_send, mut recv) = pipeline(&c, &vec![lookup.clone(); per], true).await;
+        for a in answers(&mut recv).await {
+            match a {
+                TrackerResponse::Error { code: ErrorCode::RateLimited, .. } => limited += 1,
+                _ => served += 1,
+            }
+        }
+    }
+    assert_eq!(served + limited, 3 * per, "every request answered");
+    assert!(limited > 0, "{served} served, none limited");
     assert!(served >= 512, "the burst is served: only {served}");
 }

@@ -1,7 +1,8 @@
 //! The index's lookup cost without the network: `cargo bench -p shoal-index --bench lookup --
 //! [NODES] [CONTENTS] [PIECES]` registers NODES nodes, each holding one of CONTENTS contents of
 //! PIECES pieces (a third complete, the rest a random half), then times lookups by registered
-//! askers with no bitfield (a fetch's first lookup) and with one (its later lookups).
+//! askers with no bitfield (a fetch's first lookup) and with one (its later lookups), in the
+//! full form (holders with their bitfields) and the compact one (without).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
@@ -78,7 +79,9 @@ fn main() {
     for (i, a) in askers.iter().enumerate() {
         ix.register(now, *a, Role::Node, addr(i as u64), &[addr(i as u64)]);
     }
-    for (with_have, registered) in [(false, true), (true, true), (false, false)] {
+    for (with_have, registered, compact) in
+        [(false, true, false), (true, true, false), (false, false, false), (true, true, true)]
+    {
         let rounds = 20_000;
         let haves: Vec<Bitfield> = ids
             .iter()
@@ -97,14 +100,18 @@ fn main() {
             let (content, _) = ids[rng.usize(..ids.len())];
             let have = with_have.then(|| &haves[r % haves.len()]);
             let asker = registered.then(|| askers[r % askers.len()]);
-            let l = ix.lookup(asker, content, have, 32).expect("known content");
-            peers += l.peers.len();
+            peers += if compact {
+                ix.lookup_compact(asker, content, have, 32).expect("known content").peers.len()
+            } else {
+                ix.lookup(asker, content, have, 32).expect("known content").peers.len()
+            };
         }
         let ns = t.elapsed().as_nanos() as f64 / rounds as f64;
         println!(
-            "lookup {} {}: {:.1} us each ({:.0}/s on one core), {:.1} peers per answer",
+            "lookup {} {}{}: {:.1} us each ({:.0}/s on one core), {:.1} peers per answer",
             if registered { "by a node" } else { "by a stranger (no hints)" },
             if with_have { "with a bitfield" } else { "without a bitfield" },
+            if compact { ", compact answer" } else { "" },
             ns / 1000.0,
             1e9 / ns,
             peers as f64 / rounds as f64

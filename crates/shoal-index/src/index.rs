@@ -184,8 +184,11 @@ impl Index {
         }
         // Announced: the manifest is the swarm's now, no longer its uploader's.
         Self::uncharge(&mut self.pending_manifests, swarm);
-        let load = self.nodes.get(&node).map_or(0, |e| e.active_uploads);
-        swarm.set_holding(node, bf, load);
+        let (load, addrs) = match self.nodes.get(&node) {
+            Some(e) => (e.active_uploads, e.addrs.as_slice()),
+            None => (0, &[][..]),
+        };
+        swarm.set_holding(node, bf, load, addrs);
         self.held.entry(node).or_default().insert(content);
     }
 
@@ -229,6 +232,12 @@ impl Index {
         entry.addrs = addrs.clone();
         entry.last_seen_ms = now;
         let ops = vec![Persist::PutNode(node, entry.clone())];
+        // Lookups answer with the swarms' own copies of the addresses.
+        for c in self.held.get(&node).into_iter().flatten() {
+            if let Some(s) = self.swarms.get_mut(c) {
+                s.holders.set_addrs(&node, &addrs);
+            }
+        }
         Registration { role: if storage { Role::Storage } else { Role::Node }, addrs, ops }
     }
 
@@ -317,8 +326,7 @@ impl Index {
         if !storage && swarm.reported(&node) >= drop_after {
             return Ok(Vec::new());
         }
-        let mut bf =
-            swarm.holders.get(&node).cloned().unwrap_or_else(|| Bitfield::new(swarm.piece_count));
+        let mut bf = swarm.holders.get(&node).unwrap_or_else(|| Bitfield::new(swarm.piece_count));
         for &p in pieces {
             bf.set(p);
         }

@@ -8,16 +8,17 @@
 use std::cmp::Reverse;
 
 use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
-use shoal_wire::tracker::PeerInfo;
+use shoal_wire::tracker::{PeerInfo, PeerSummary};
 
 use crate::rarity::Rarity;
-use crate::swarm::{count_and_not, Swarm};
+use crate::swarm::{count_and_not, HolderView, Swarm};
 use crate::{Index, Lookup};
 
 /// (reported as never delivering, not storage, load, availability of its rarest wanted piece,
-/// more useful first); ties go to the lower node id. Load before rarity: in a flash crowd
-/// every asker would otherwise be handed the same few early holders (they hold the rarest
-/// pieces), crowding their uplinks while later holders' uplinks idle with no client.
+/// more useful first); ties go to the lower node id. Load (its last heartbeat's, plus the
+/// lookups that handed it out since) before rarity: in a flash crowd every asker would
+/// otherwise be handed the same few early holders (they hold the rarest pieces), crowding
+/// their uplinks while later holders' uplinks idle with no client.
 type Rank = (bool, bool, u32, u32, Reverse<u32>);
 
 /// A stable per-(node, piece) tie-break, so equally good pieces are spread over askers.
@@ -61,9 +62,9 @@ fn rarest_useful(bf: &[u8], have: Option<&[u8]>, availability: &[u32], floor: u3
 
 impl Index {
     /// Peers holding pieces `asker` lacks (all pieces if `have` is `None`), most useful first,
-    /// and the pieces the asker should fetch first. `None` for an unknown content. An `asker`
-    /// must be registered: what it is handed (hints, the holders offered, which it may then
-    /// report) is kept until it expires.
+    /// with their bitfields, and the pieces the asker should fetch first. `None` for an unknown
+    /// content. An `asker` must be registered: what it is handed (hints, the holders offered,
+    /// which it may then report) is kept until it expires.
     pub fn lookup(
         &mut self,
         asker: Option<NodeId>,
@@ -71,6 +72,40 @@ impl Index {
         have: Option<&Bitfield>,
         max_peers: usize,
     ) -> Option<Lookup> {
+        self.lookup_with(asker, content, have, max_peers, |h| PeerInfo {
+            node_id: *h.id,
+            load: h.load,
+            addrs: h.addrs.to_vec(),
+            bitfield: h.bitfield(),
+        })
+    }
+
+    /// [`Index::lookup`] without the peers' bitfields (a compact answer): the same peers and
+    /// hints, and no bitfield copied.
+    pub fn lookup_compact(
+        &mut self,
+        asker: Option<NodeId>,
+        content: ContentId,
+        have: Option<&Bitfield>,
+        max_peers: usize,
+    ) -> Option<Lookup<PeerSummary>> {
+        self.lookup_with(asker, content, have, max_peers, |h| PeerSummary {
+            node_id: *h.id,
+            load: h.load,
+            addrs: h.addrs.to_vec(),
+        })
+    }
+
+    /// The lookup itself; `peer` makes an answer's peer from its holder entry (a swarm's
+    /// holders are registered nodes: holdings go with their node).
+    fn lookup_with<P>(
+        &mut self,
+        asker: Option<NodeId>,
+        content: ContentId,
+        have: Option<&Bitfield>,
+        max_peers: usize,
+        peer: impl Fn(&HolderView<'_>) -> P,
+    ) -> Option<Lookup<P>> {
         let swarm = self.swarms.get_mut(&content)?;
         let n = swarm.piece_count;
         let have = have.filter(|h| h.len() == n);
@@ -88,72 +123,57 @@ impl Index {
                 .min()
                 .unwrap_or(0)
         });
-        // (id, bitfield, load, admitted storage holding this content).
-        let mut candidates: Vec<(&NodeId, &Bitfield, u32, bool)> = swarm
-            .storage
-            .keys()
-            .filter_map(|id| {
-                let bf = swarm.holders.get(id)?;
-                Some((id, bf, self.nodes.get(id).map_or(0, |e| e.active_uploads), true))
-            })
-            .collect();
+        // (holder, admitted storage holding this content). Candidates carry their holder
+        // entry: ranking and answering need no map lookup per candidate.
+        let mut candidates: Vec<(HolderView<'_>, bool)> =
+            swarm.storage.keys().filter_map(|id| Some((swarm.holders.entry(id)?, true))).collect();
         let sample = self.config.lookup_sample.max(max_peers);
         for h in swarm.holders.sample(&mut self.rng, sample) {
-            if !swarm.storage.contains_key(&h.id) {
-                candidates.push((&h.id, &h.bitfield, h.load.saturating_add(h.offered), false));
+            if !swarm.storage.contains_key(h.id) {
+                candidates.push((h, false));
             }
         }
-        let mut ranked: Vec<(Rank, &NodeId)> = Vec::with_capacity(candidates.len());
-        for (id, bf, load, is_storage) in candidates {
-            if asker.as_ref() == Some(id) {
+        let mut ranked: Vec<(Rank, HolderView<'_>)> = Vec::with_capacity(candidates.len());
+        for (h, is_storage) in candidates {
+            if asker.as_ref() == Some(h.id) {
                 continue;
             }
-            let useful = count_and_not(bf.as_bytes(), have_bytes);
+            let bf = h.bits;
+            let useful = count_and_not(bf, have_bytes);
             if useful == 0 {
                 continue;
             }
-            let rarest =
-                rarity.and_then(|r| r.rarest(bf.as_bytes(), have_bytes)).unwrap_or_else(|| {
-                    rarest_useful(bf.as_bytes(), have_bytes, &swarm.availability, floor)
-                });
-            ranked.push((
-                (
-                    !swarm.reports.is_empty() && swarm.reported(id) >= self.config.demote_after,
-                    // Admitted storage first where it has wanted pieces: a permanent seed.
-                    !is_storage,
-                    load,
-                    rarest,
-                    Reverse(useful),
-                ),
-                id,
-            ));
+            let rarest = rarity
+                .and_then(|r| r.rarest(bf, have_bytes))
+                .unwrap_or_else(|| rarest_useful(bf, have_bytes, &swarm.availability, floor));
+            let rank = (
+                !swarm.reports.is_empty() && swarm.reported(h.id) >= self.config.demote_after,
+                // Admitted storage first where it has wanted pieces: a permanent seed.
+                !is_storage,
+                h.load.saturating_add(h.offered),
+                rarest,
+                Reverse(useful),
+            );
+            ranked.push((rank, h));
         }
-        // Only the best `max_peers` need an order.
+        // Only the best `max_peers` need an order; ties go to the lower node id.
+        let order = |a: &(Rank, HolderView<'_>), b: &(Rank, HolderView<'_>)| {
+            a.0.cmp(&b.0).then_with(|| a.1.id.cmp(b.1.id))
+        };
         if ranked.len() > max_peers && max_peers > 0 {
-            ranked.select_nth_unstable(max_peers - 1);
+            ranked.select_nth_unstable_by(max_peers - 1, order);
             ranked.truncate(max_peers);
         }
-        ranked.sort_unstable();
-        let peers = ranked
-            .into_iter()
-            .take(max_peers)
-            .filter_map(|(_, &id)| {
-                let (e, bf) = (self.nodes.get(&id)?, swarm.holders.get(&id)?);
-                Some(PeerInfo {
-                    node_id: id,
-                    load: e.active_uploads,
-                    addrs: e.addrs.clone(),
-                    bitfield: bf.clone(),
-                })
-            })
-            .collect::<Vec<PeerInfo>>();
+        ranked.sort_unstable_by(order);
+        let ids: Vec<NodeId> = ranked.iter().map(|(_, h)| *h.id).collect();
+        let peers = ranked.iter().map(|(_, h)| peer(h)).collect::<Vec<P>>();
         let swarm = self.swarms.get_mut(&content)?;
-        for p in &peers {
-            swarm.holders.note_offered(&p.node_id);
+        for id in &ids {
+            swarm.holders.note_offered(id);
         }
         let hints = match asker {
             Some(a) => {
-                swarm.offer(a, peers.iter().map(|p: &PeerInfo| p.node_id));
+                swarm.offer(a, ids);
                 Self::hand_out(swarm, a, have, self.config.hints)
             }
             None => Vec::new(),
@@ -221,7 +241,7 @@ impl Index {
         have: Option<&Bitfield>,
         k: usize,
     ) -> Vec<PieceIndex> {
-        let announced = swarm.holders.get(&asker).cloned();
+        let announced = swarm.holders.get(&asker);
         let held_by_asker = |p: PieceIndex| {
             have.is_some_and(|h| h.get(p)) || announced.as_ref().is_some_and(|b| b.get(p))
         };

@@ -216,13 +216,14 @@ pub enum IndexError {
     },
 }
 
-/// The answer to a lookup.
+/// The answer to a lookup: peers with their bitfields ([`PeerInfo`], the default), or without
+/// ([`shoal_wire::tracker::PeerSummary`], from [`crate::Index::lookup_compact`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lookup {
+pub struct Lookup<P = PeerInfo> {
     /// Pieces in the content.
     pub piece_count: u32,
     /// Peers holding wanted pieces, most useful first.
-    pub peers: Vec<PeerInfo>,
+    pub peers: Vec<P>,
     /// Pieces for the asker to fetch first.
     pub hints: Vec<PieceIndex>,
 }

@@ -27,10 +27,10 @@ impl Index {
         );
         for &content in self.held.get(&node).into_iter().flatten() {
             let Some(swarm) = self.swarms.get_mut(&content) else { continue };
-            let Some(mine) = swarm.holders.get(&node).cloned() else { continue };
+            let Some(mine) = swarm.holders.get(&node) else { continue };
             let storage_nodes: Vec<NodeId> = swarm.storage.keys().copied().collect();
             for s in storage_nodes {
-                let Some(held) = swarm.holders.get(&s).cloned() else { continue };
+                let Some(held) = swarm.holders.get(&s) else { continue };
                 if held.is_complete() {
                     out.stored.push(content);
                     continue;

@@ -43,11 +43,19 @@ pub trait Frame: Sized {
 
 /// Encodes one frame with its length prefix.
 pub fn encode<F: Frame>(frame: &F) -> Vec<u8> {
-    let mut out = vec![0; 4];
-    frame.encode_body(&mut out);
-    let len = (out.len() - 4) as u32;
-    out[..4].copy_from_slice(&len.to_be_bytes());
+    let mut out = Vec::new();
+    encode_into(frame, &mut out);
     out
+}
+
+/// Appends one frame with its length prefix to `out`: a sender answering many frames reuses
+/// one buffer instead of allocating one per frame.
+pub fn encode_into<F: Frame>(frame: &F, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    frame.encode_body(out);
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
 
 /// Accumulates bytes from a stream and yields whole frames.
@@ -103,6 +111,12 @@ impl Decoder {
     /// Bytes received past the last decoded frame (for example the start of raw piece data).
     pub fn take_rest(&mut self) -> BytesMut {
         self.buf.split()
+    }
+
+    /// At most `n` bytes received past the last decoded frame (raw bytes that follow a frame),
+    /// leaving what comes after them (the next frame of a pipelined stream) in the decoder.
+    pub fn take(&mut self, n: usize) -> BytesMut {
+        self.buf.split_to(n.min(self.buf.len()))
     }
 }
 

@@ -27,7 +27,7 @@ mod session;
 mod testutil;
 pub mod tracker;
 
-pub use codec::{encode, DecodeError, Decoder, Frame, MAX_FRAME_LEN};
+pub use codec::{encode, encode_into, DecodeError, Decoder, Frame, MAX_FRAME_LEN};
 pub use message::{
     Message, Opening, RejectReason, Request, Response, MAX_REASON_LEN, MAX_TOKEN_LEN,
 };

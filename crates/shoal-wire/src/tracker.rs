@@ -1,10 +1,26 @@
 //! The tracker protocol (ALPN [`TRACKER_ALPN`]), without I/O.
 //!
-//! One request per bidirectional stream: the node sends a [`TrackerRequest`] frame (followed by
+//! Requests go on bidirectional streams: the node sends a [`TrackerRequest`] frame (followed by
 //! `len` raw manifest bytes for [`TrackerRequest::PutManifest`]) and the tracker answers with one
 //! [`TrackerResponse`] frame (followed by raw bytes for [`TrackerResponse::Manifest`]). Frames
 //! use the peer protocol's framing with a limit of [`MAX_TRACKER_FRAME_LEN`] (answers) and
 //! [`MAX_TRACKER_REQUEST_LEN`] (requests).
+//!
+//! Pipelining (version 3): a stream may carry up to [`MAX_REQUESTS_PER_STREAM`] requests one
+//! after another, without waiting for answers; the tracker answers each, in order, on the same
+//! stream. A node that sends one request and finishes its side (what version 2 nodes do) gets
+//! one answer and the end of the stream, as before. The tracker finishes its side once the node
+//! finished its own and every request was answered, or after the last request a stream may
+//! carry: it then stops reading, and requests sent past it are not answered (open a new
+//! stream). A [`TrackerRequest::PutManifest`] ends its stream the same way (the tracker may
+//! answer without reading its body). Each request must arrive whole within the tracker's request deadline (counted
+//! from when it starts waiting for it), each answer must be read within it, and every request
+//! counts against the rate limits on its own.
+//!
+//! Versions: the tracker accepts both [`TRACKER_ALPN`] (3) and [`TRACKER_ALPN_V2`]; version 3
+//! adds pipelined streams and compact lookups, and changes nothing a version 2 node sends or
+//! receives. A version 3 node dials [`TRACKER_ALPN`] only, so it meets an older tracker with a
+//! failed handshake (no common protocol) rather than with half-answered streams.
 //!
 //! Authentication: every request that speaks for a node carries that node's id, and the tracker
 //! accepts it only if it is the id the connection proved in its TLS handshake, that is, a
@@ -18,7 +34,7 @@
 //! | `0x62` | AnnounceDelta | node key, content id, count u16, pieces u32 each |
 //! | `0x63` | PutManifest | node key, content id, len u32; `len` raw bytes follow |
 //! | `0x64` | Heartbeat | node key, active uploads u32, upload rate u64, download rate u64 |
-//! | `0x65` | Lookup | content id, max peers u8, flag u8, then (flag 1) piece count u32 and bits |
+//! | `0x65` | Lookup | content id, max peers u8, flags u8 (bit 0: piece count u32 and bits follow; bit 1: compact answer, version 3), then (bit 0) piece count u32 and bits |
 //! | `0x66` | GetManifest | content id |
 //! | `0x67` | FindStorage | |
 //! | `0x68` | Report | content id, node key of a holder that never delivered |
@@ -31,6 +47,7 @@
 //! | `0x76` | Error | code u8, text (codes: 1 forged, 2 not registered, 3 bad request, 4 internal, 5 rate limited, 6 over a limit) |
 //! | `0x77` | StorageNodes | count u8, then per node: node key, address count u8, addresses |
 //! | `0x78` | HeartbeatReply | stored count u16, content ids; directive count u8, directives |
+//! | `0x79` | CompactLookupReply | piece count u32, peer count u8, peers without bits, hint count u16, hints u32 each (version 3) |
 //!
 //! A directive: content id, storage node key, address count u8, addresses, token length u16,
 //! token. A [`ReseedToken`] is signed by the tracker's node key over
@@ -46,7 +63,10 @@
 //! limits are answered [`ErrorCode::RateLimited`]: back off and retry.
 //!
 //! A peer in a lookup reply: node key, load u32, address count u8, addresses, bits (of the
-//! reply's piece count). An address is `0x04` + 4 bytes + port or `0x06` + 16 bytes + port.
+//! reply's piece count). A peer in a compact lookup reply: the same without the bits, about a
+//! sixth of the bytes for a 512-piece content: for an asker that only wants peers to dial (it
+//! learns their pieces from them). An address is `0x04` + 4 bytes + port or `0x06` + 16 bytes
+//! + port.
 
 use std::net::SocketAddr;
 
@@ -58,10 +78,16 @@ use crate::codec::{DecodeError, Reader};
 mod token;
 pub use token::{ReseedToken, MAX_TOKEN_PIECES};
 
-/// The ALPN of the tracker protocol, version 2.
-pub const TRACKER_ALPN: &[u8] = b"shoal/tracker/2";
+/// The ALPN of the tracker protocol, version 3.
+pub const TRACKER_ALPN: &[u8] = b"shoal/tracker/3";
+/// The ALPN of version 2 (one request per stream, no compact lookups), still served.
+pub const TRACKER_ALPN_V2: &[u8] = b"shoal/tracker/2";
 /// The tracker protocol version carried in [`TrackerRequest::Register`].
-pub const TRACKER_VERSION: u16 = 2;
+pub const TRACKER_VERSION: u16 = 3;
+/// The oldest version a tracker still registers.
+pub const MIN_TRACKER_VERSION: u16 = 2;
+/// The most requests one stream carries (version 3); the tracker answers no more on it.
+pub const MAX_REQUESTS_PER_STREAM: usize = 256;
 /// The largest tracker frame: room for a lookup reply of [`MAX_LOOKUP_PEERS`] bitfields of
 /// the largest manifest.
 pub const MAX_TRACKER_FRAME_LEN: usize = 1024 * 1024;
@@ -112,6 +138,17 @@ pub struct PeerInfo {
     pub addrs: Vec<SocketAddr>,
     /// The pieces it holds.
     pub bitfield: Bitfield,
+}
+
+/// A peer in a compact lookup reply: where to reach it, without its pieces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSummary {
+    /// Its node id.
+    pub node_id: NodeId,
+    /// Its active uploads at its last heartbeat.
+    pub load: u32,
+    /// Where to reach it.
+    pub addrs: Vec<SocketAddr>,
 }
 
 /// Why the tracker refused a request.
@@ -217,6 +254,9 @@ pub enum TrackerRequest {
         max_peers: u8,
         /// what the asker already has, if it knows the piece count
         have: Option<Bitfield>,
+        /// answer with [`TrackerResponse::CompactLookupReply`] (peers without their bitfields);
+        /// version 3
+        compact: bool,
     },
     /// Asks for the manifest of a content.
     GetManifest {
@@ -277,6 +317,16 @@ pub enum TrackerResponse {
         piece_count: u32,
         /// the peers
         peers: Vec<PeerInfo>,
+        /// pieces to fetch first (differential distribution)
+        hints: Vec<PieceIndex>,
+    },
+    /// Peers for a compact lookup, most useful first, without their bitfields, and the pieces
+    /// to fetch first.
+    CompactLookupReply {
+        /// pieces in the content
+        piece_count: u32,
+        /// the peers
+        peers: Vec<PeerSummary>,
         /// pieces to fetch first (differential distribution)
         hints: Vec<PieceIndex>,
     },

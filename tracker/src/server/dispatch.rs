@@ -3,13 +3,14 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use bytes::Bytes;
 use quinn::RecvStream;
 use shoal_core::NodeId;
 use shoal_index::{Action, IndexError, VerifiedManifest};
 use shoal_wire::tracker::{
-    ErrorCode, StorageNode, TrackerRequest, TrackerResponse, MAX_LOOKUP_PEERS, TRACKER_VERSION,
+    ErrorCode, StorageNode, TrackerRequest, TrackerResponse, MAX_LOOKUP_PEERS, MIN_TRACKER_VERSION,
+    TRACKER_VERSION,
 };
 use shoal_wire::Decoder;
 use tracing::{debug, info};
@@ -99,12 +100,12 @@ pub(super) async fn dispatch(
     let reply = match req {
         TrackerRequest::Register { version, role, addrs, .. } => {
             m.registers.fetch_add(1, Ordering::Relaxed);
-            if version != TRACKER_VERSION {
+            if !(MIN_TRACKER_VERSION..=TRACKER_VERSION).contains(&version) {
                 return Ok(refuse(
                     ErrorCode::BadRequest,
                     format!(
                         "tracker protocol version {version} is not supported (this tracker speaks \
-                         {TRACKER_VERSION}): upgrade shoal"
+                         {MIN_TRACKER_VERSION} to {TRACKER_VERSION}): upgrade shoal"
                     ),
                 ));
             }
@@ -156,22 +157,29 @@ pub(super) async fn dispatch(
                 .collect();
             (TrackerResponse::StorageNodes { nodes }, None)
         }
-        TrackerRequest::Lookup { content, max_peers, have } => {
+        TrackerRequest::Lookup { content, max_peers, have, compact } => {
             m.lookups.fetch_add(1, Ordering::Relaxed);
             let max = (max_peers as usize).min(MAX_LOOKUP_PEERS);
             let mut ix = shared.index();
             let asker = ix.is_registered(proven).then_some(proven);
-            match ix.lookup(asker, content, have.as_ref(), max) {
-                Some(l) => (
+            let reply = if compact {
+                ix.lookup_compact(asker, content, have.as_ref(), max).map(|l| {
+                    TrackerResponse::CompactLookupReply {
+                        piece_count: l.piece_count,
+                        peers: l.peers,
+                        hints: l.hints,
+                    }
+                })
+            } else {
+                ix.lookup(asker, content, have.as_ref(), max).map(|l| {
                     TrackerResponse::LookupReply {
                         piece_count: l.piece_count,
                         peers: l.peers,
                         hints: l.hints,
-                    },
-                    None,
-                ),
-                None => (TrackerResponse::Unknown, None),
-            }
+                    }
+                })
+            };
+            (reply.unwrap_or(TrackerResponse::Unknown), None)
         }
         TrackerRequest::GetManifest { content } => match shared.index().manifest(content) {
             Some(bytes) => (TrackerResponse::Manifest { len: bytes.len() as u32 }, Some(bytes)),
@@ -212,10 +220,8 @@ async fn put_manifest(
             "slow down: the tracker is reading many manifests; retry in a few seconds",
         ));
     };
-    let mut bytes = dec.take_rest().to_vec();
-    if bytes.len() > len as usize {
-        bail!("manifest longer than announced");
-    }
+    // The body's bytes already received; what follows them is the stream's next request.
+    let mut bytes = dec.take(len as usize).to_vec();
     let have = bytes.len();
     bytes.resize(len as usize, 0);
     tokio::time::timeout(REQUEST_DEADLINE, recv.read_exact(&mut bytes[have..]))

@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 
 use shoal_core::PieceHash;
+use shoal_wire::tracker::PeerSummary;
 
 use super::*;
 use crate::limits::{Limits, Rate};
@@ -624,4 +625,49 @@ fn restores_from_sled() {
     assert!(ix.manifest(c).is_some() && ix.manifest(gone).is_none());
     // Still subject to expiry from its persisted last heartbeat.
     assert!(!ix.expire(5 + 10_001).is_empty());
+}
+
+#[test]
+fn a_compact_lookup_offers_the_same_peers_and_hints_without_bitfields() {
+    // Two indexes built alike (same seed): one answers in full, the other compact, the same
+    // sequence of lookups. Holders hold distinct pieces so that ranks differ.
+    let build = || {
+        let (mut ix, c) = setup(Config { seed: 11, ..Config::default() }, 40, 64);
+        for i in 1..40 {
+            let ones: Vec<u32> =
+                (0..64).filter(|p| (p + i as u32) % 5 != 0 || i % 3 == 0).collect();
+            ix.announce(0, node(i), c, bf(64, &ones)).unwrap();
+        }
+        (ix, c)
+    };
+    let ((mut full, c), (mut compact, _)) = (build(), build());
+    for (asker, have) in
+        [(Some(node(0)), None), (Some(node(0)), Some(bf(64, &[1, 2]))), (None, None)]
+    {
+        let f = full.lookup(asker, c, have.as_ref(), 8).unwrap();
+        let k = compact.lookup_compact(asker, c, have.as_ref(), 8).unwrap();
+        assert_eq!(f.piece_count, k.piece_count);
+        assert_eq!(f.hints, k.hints);
+        let brief: Vec<PeerSummary> = f
+            .peers
+            .iter()
+            .map(|p| PeerSummary { node_id: p.node_id, load: p.load, addrs: p.addrs.clone() })
+            .collect();
+        assert_eq!(brief, k.peers);
+        assert_eq!(k.peers.len(), 8);
+    }
+}
+
+#[test]
+fn a_registration_with_new_addresses_reaches_the_lookups_of_what_the_node_holds() {
+    let (mut ix, c) = setup(Config::default(), 2, 8);
+    ix.announce(0, node(1), c, Bitfield::full(8)).unwrap();
+    let moved: SocketAddr = "203.0.113.9:4000".parse().unwrap();
+    ix.register(1, node(1), Role::Node, moved, &[moved]);
+    let l = ix.lookup(None, c, None, 4).unwrap();
+    let want = ix.nodes[&node(1)].addrs.clone();
+    assert!(want.contains(&moved), "{want:?}");
+    assert_eq!(l.peers[0].addrs, want, "the swarm's copy follows the registration");
+    let k = ix.lookup_compact(None, c, None, 4).unwrap();
+    assert_eq!(k.peers[0].addrs, want);
 }

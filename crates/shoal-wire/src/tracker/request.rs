@@ -7,6 +7,11 @@ use super::{
 };
 use crate::codec::{DecodeError, Frame, Reader};
 
+/// Lookup flag: the asker's piece count and bits follow.
+const LOOKUP_HAVE: u8 = 0x01;
+/// Lookup flag: answer without the holders' bitfields (version 3).
+const LOOKUP_COMPACT: u8 = 0x02;
+
 impl Frame for TrackerRequest {
     fn encode_body(&self, out: &mut Vec<u8>) {
         match self {
@@ -47,17 +52,18 @@ impl Frame for TrackerRequest {
                 out.extend_from_slice(&load.upload_rate.to_be_bytes());
                 out.extend_from_slice(&load.download_rate.to_be_bytes());
             }
-            Self::Lookup { content, max_peers, have } => {
+            Self::Lookup { content, max_peers, have, compact } => {
                 out.push(0x65);
                 out.extend_from_slice(content.as_bytes());
                 out.push(*max_peers);
+                let compact = if *compact { LOOKUP_COMPACT } else { 0 };
                 match have {
                     Some(b) => {
-                        out.push(1);
+                        out.push(LOOKUP_HAVE | compact);
                         out.extend_from_slice(&b.len().to_be_bytes());
                         out.extend_from_slice(b.as_bytes());
                     }
-                    None => out.push(0),
+                    None => out.push(compact),
                 }
             }
             Self::GetManifest { content } => {
@@ -119,15 +125,17 @@ impl Frame for TrackerRequest {
             0x65 => {
                 let content = ContentId(r.array()?);
                 let max_peers = r.u8()?;
-                let have = match r.u8()? {
-                    0 => None,
-                    1 => {
-                        let len = read_count(&mut r)?;
-                        Some(read_bits(&mut r, len)?)
-                    }
-                    _ => return Err(r.malformed("bad have flag")),
+                let flags = r.u8()?;
+                if flags & !(LOOKUP_HAVE | LOOKUP_COMPACT) != 0 {
+                    return Err(r.malformed("unknown lookup flags"));
+                }
+                let have = if flags & LOOKUP_HAVE != 0 {
+                    let len = read_count(&mut r)?;
+                    Some(read_bits(&mut r, len)?)
+                } else {
+                    None
                 };
-                Self::Lookup { content, max_peers, have }
+                Self::Lookup { content, max_peers, have, compact: flags & LOOKUP_COMPACT != 0 }
             }
             0x66 => Self::GetManifest { content: ContentId(r.array()?) },
             0x67 => Self::FindStorage,

@@ -4,10 +4,26 @@ use shoal_core::{manifest, ContentId, PieceIndex};
 
 use super::{
     put_addrs, put_text, read_addrs, read_bits, read_count, read_node, Directive, ErrorCode,
-    PeerInfo, Role, StorageNode, TrackerResponse, MAX_DIRECTIVES, MAX_ERROR_LEN, MAX_HINTS,
-    MAX_LOOKUP_PEERS, MAX_STORED,
+    PeerInfo, PeerSummary, Role, StorageNode, TrackerResponse, MAX_DIRECTIVES, MAX_ERROR_LEN,
+    MAX_HINTS, MAX_LOOKUP_PEERS, MAX_STORED,
 };
 use crate::codec::{DecodeError, Frame, Reader};
+
+fn put_hints(out: &mut Vec<u8>, hints: &[PieceIndex]) {
+    let hints = &hints[..hints.len().min(MAX_HINTS)];
+    out.extend_from_slice(&(hints.len() as u16).to_be_bytes());
+    for h in hints {
+        out.extend_from_slice(&h.0.to_be_bytes());
+    }
+}
+
+fn read_hints(r: &mut Reader<'_>) -> Result<Vec<PieceIndex>, DecodeError> {
+    let h = r.u16()? as usize;
+    if h > MAX_HINTS {
+        return Err(r.malformed("too many hints"));
+    }
+    (0..h).map(|_| r.u32().map(PieceIndex)).collect()
+}
 
 impl Frame for TrackerResponse {
     fn encode_body(&self, out: &mut Vec<u8>) {
@@ -34,11 +50,19 @@ impl Frame for TrackerResponse {
                     put_addrs(out, &p.addrs);
                     out.extend_from_slice(p.bitfield.as_bytes());
                 }
-                let hints = &hints[..hints.len().min(MAX_HINTS)];
-                out.extend_from_slice(&(hints.len() as u16).to_be_bytes());
-                for h in hints {
-                    out.extend_from_slice(&h.0.to_be_bytes());
+                put_hints(out, hints);
+            }
+            Self::CompactLookupReply { piece_count, peers, hints } => {
+                out.push(0x79);
+                out.extend_from_slice(&piece_count.to_be_bytes());
+                let peers = &peers[..peers.len().min(MAX_LOOKUP_PEERS)];
+                out.push(peers.len() as u8);
+                for p in peers {
+                    out.extend_from_slice(p.node_id.public_key_bytes());
+                    out.extend_from_slice(&p.load.to_be_bytes());
+                    put_addrs(out, &p.addrs);
                 }
+                put_hints(out, hints);
             }
             Self::Manifest { len } => {
                 out.push(0x74);
@@ -103,12 +127,21 @@ impl Frame for TrackerResponse {
                     let bitfield = read_bits(&mut r, piece_count)?;
                     peers.push(PeerInfo { node_id, load, addrs, bitfield });
                 }
-                let h = r.u16()? as usize;
-                if h > MAX_HINTS {
-                    return Err(r.malformed("too many hints"));
+                Self::LookupReply { piece_count, peers, hints: read_hints(&mut r)? }
+            }
+            0x79 => {
+                let piece_count = read_count(&mut r)?;
+                let n = r.u8()? as usize;
+                if n > MAX_LOOKUP_PEERS {
+                    return Err(r.malformed("too many peers"));
                 }
-                let hints = (0..h).map(|_| r.u32().map(PieceIndex)).collect::<Result<_, _>>()?;
-                Self::LookupReply { piece_count, peers, hints }
+                let mut peers = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let node_id = read_node(&mut r)?;
+                    let load = r.u32()?;
+                    peers.push(PeerSummary { node_id, load, addrs: read_addrs(&mut r)? });
+                }
+                Self::CompactLookupReply { piece_count, peers, hints: read_hints(&mut r)? }
             }
             0x74 => {
                 let len = r.u32()?;

@@ -4,7 +4,7 @@ use proptest::prelude::*;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::*;
-use crate::codec::Decoder;
+use crate::codec::{Decoder, Frame};
 use crate::encode;
 use crate::testutil::{node_id, roundtrip};
 use shoal_core::manifest;
@@ -60,11 +60,17 @@ fn request() -> impl Strategy<Value = TrackerRequest> {
                 load: Load { active_uploads: a, upload_rate: u, download_rate: d },
             }
         }),
-        (cid.clone(), any::<u8>(), proptest::option::of((0u32..300).prop_flat_map(bitfield)))
-            .prop_map(|(content, max_peers, have)| TrackerRequest::Lookup {
+        (
+            cid.clone(),
+            any::<u8>(),
+            proptest::option::of((0u32..300).prop_flat_map(bitfield)),
+            any::<bool>()
+        )
+            .prop_map(|(content, max_peers, have, compact)| TrackerRequest::Lookup {
                 content,
                 max_peers,
-                have
+                have,
+                compact
             }),
         cid.clone().prop_map(|content| TrackerRequest::GetManifest { content }),
         Just(TrackerRequest::FindStorage),
@@ -96,6 +102,22 @@ fn response() -> impl Strategy<Value = TrackerResponse> {
             .prop_map(|(piece_count, peers, hints)| TrackerResponse::LookupReply {
                 piece_count,
                 peers,
+                hints: hints.into_iter().map(PieceIndex).collect()
+            }),
+        (
+            0u32..200,
+            proptest::collection::vec(
+                (any::<u32>(), proptest::collection::vec(addr(), 0..3)),
+                0..=MAX_LOOKUP_PEERS
+            ),
+            proptest::collection::vec(any::<u32>(), 0..20)
+        )
+            .prop_map(|(piece_count, peers, hints)| TrackerResponse::CompactLookupReply {
+                piece_count,
+                peers: peers
+                    .into_iter()
+                    .map(|(load, addrs)| PeerSummary { node_id: node_id(), load, addrs })
+                    .collect(),
                 hints: hints.into_iter().map(PieceIndex).collect()
             }),
         (0..=manifest::MAX_ENCODED_LEN as u32).prop_map(|len| TrackerResponse::Manifest { len }),
@@ -153,6 +175,30 @@ proptest! {
     }
 
     #[test]
+    fn a_pipelined_stream_decodes_every_request_in_order(
+        reqs in proptest::collection::vec(request(), 0..8),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        // Requests back to back on one stream (compact lookups among them), arriving in two
+        // reads split anywhere: each decodes whole, in order, and nothing is left over.
+        let mut bytes = Vec::new();
+        for r in &reqs {
+            crate::encode_into(r, &mut bytes);
+        }
+        let at = cut.index(bytes.len() + 1);
+        let mut d = Decoder::with_limit(MAX_TRACKER_REQUEST_LEN);
+        let mut got = Vec::new();
+        for part in [&bytes[..at], &bytes[at..]] {
+            d.feed(part);
+            while let Some(r) = d.decode::<TrackerRequest>().unwrap() {
+                got.push(r);
+            }
+        }
+        prop_assert_eq!(got, reqs);
+        prop_assert!(d.take_rest().is_empty());
+    }
+
+    #[test]
     fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
         let mut d = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
         d.feed(&bytes);
@@ -170,7 +216,67 @@ fn new_error_codes_keep_their_numbers() {
         assert_eq!(code.code(), n);
         assert_eq!(ErrorCode::from_code(n), code);
     }
-    assert_eq!(TRACKER_ALPN, b"shoal/tracker/2");
+    assert_eq!(TRACKER_ALPN_V2, b"shoal/tracker/2");
+}
+
+#[test]
+fn a_version_2_lookup_decodes_as_a_full_lookup() {
+    // A version 2 node sends flag 0 or 1: the same bytes a version 3 full lookup encodes to.
+    let content = ContentId([5; 32]);
+    let mut have = Bitfield::new(9);
+    have.set(PieceIndex(8));
+    let v2_none = [&[0x65][..], &content.0, &[7, 0]].concat();
+    let v2_have = [&[0x65][..], &content.0, &[7, 1], &9u32.to_be_bytes(), have.as_bytes()].concat();
+    for (body, have) in [(v2_none, None), (v2_have, Some(have))] {
+        let want = TrackerRequest::Lookup { content, max_peers: 7, have, compact: false };
+        assert_eq!(TrackerRequest::decode_body(body[0], &body[1..]).unwrap(), want);
+        assert_eq!(&encode(&want)[4..], &body[..]);
+    }
+}
+
+#[test]
+fn unknown_lookup_flags_are_malformed() {
+    // Bits 2 to 7 are not defined: a frame with any of them set is refused, not guessed at.
+    for flags in [0x04u8, 0x08, 0x80, 0xff, 0x06] {
+        let body = [&[0x65][..], &[0; 32], &[7, flags]].concat();
+        let r = TrackerRequest::decode_body(body[0], &body[1..]);
+        assert!(matches!(r, Err(DecodeError::Malformed { .. })), "flags {flags:#x}: {r:?}");
+    }
+}
+
+#[test]
+fn a_compact_reply_over_the_peer_limit_is_malformed() {
+    // MAX_LOOKUP_PEERS + 1 announced peers: refused on the count, before any peer is read.
+    let body = [&[0x79][..], &8u32.to_be_bytes(), &[MAX_LOOKUP_PEERS as u8 + 1]].concat();
+    let r = TrackerResponse::decode_body(body[0], &body[1..]);
+    assert!(matches!(r, Err(DecodeError::Malformed { .. })), "{r:?}");
+}
+
+#[test]
+fn pipelined_frames_decode_in_order_and_raw_bytes_between_them_are_taken_exactly() {
+    // A manifest upload with its 5-byte body, then two lookups, on one stream: the body is
+    // taken to its length and the lookups after it decode whole, in order.
+    let lookup = TrackerRequest::Lookup {
+        content: ContentId([1; 32]),
+        max_peers: 8,
+        have: None,
+        compact: true,
+    };
+    let put =
+        TrackerRequest::PutManifest { node_id: node_id(), content: ContentId([2; 32]), len: 5 };
+    let mut all = Vec::new();
+    crate::encode_into(&put, &mut all);
+    all.extend_from_slice(b"abcde");
+    crate::encode_into(&lookup, &mut all);
+    crate::encode_into(&lookup, &mut all);
+    let mut d = Decoder::with_limit(MAX_TRACKER_REQUEST_LEN);
+    d.feed(&all);
+    assert_eq!(d.decode::<TrackerRequest>().unwrap(), Some(put));
+    assert_eq!(&d.take(5)[..], b"abcde");
+    assert_eq!(d.decode::<TrackerRequest>().unwrap(), Some(lookup.clone()));
+    assert_eq!(d.decode::<TrackerRequest>().unwrap(), Some(lookup));
+    assert_eq!(d.decode::<TrackerRequest>().unwrap(), None);
+    assert!(d.take(10).is_empty(), "nothing left over");
 }
 
 #[test]
@@ -208,6 +314,7 @@ fn the_largest_requests_fit_the_request_limit() {
             content: ContentId([0; 32]),
             max_peers: 255,
             have: Some(Bitfield::full(pieces)),
+            compact: true,
         },
     ];
     for r in big {
