@@ -109,7 +109,8 @@ impl Reveals {
     fn requested(&self, content: ContentId, peer: NodeId, piece: PieceIndex) {
         let mut s = self.lock();
         if let Some(e) = s.contents.get_mut(&content) {
-            e.machine.handle_requested(peer, piece);
+            e.machine.handle_requested(Instant::now(), peer, piece);
+            pump(e, content);
         }
     }
 

@@ -36,7 +36,7 @@ impl World {
             return;
         }
         if let Some(r) = n.reveal.as_mut() {
-            r.handle_requested(c, piece);
+            r.handle_requested(now, c, piece);
         }
         let key = PieceKey { content: 0u8, piece, pieces };
         match n.up.handle_request(now, c, Some(key), len) {
@@ -52,6 +52,7 @@ impl World {
             }
         }
         self.pump_up(s);
+        self.pump_reveal(s);
     }
 
     /// A client cancels a request: a waiter leaves the queue, a transfer not yet on the wire

@@ -6,8 +6,8 @@
 //! send records instead of its peers' haves).
 //!
 //! [`Reveal`] is a sans-I/O state machine like [`crate::Uploader`]: the driver asks it for the
-//! bitfield to answer a subscription with ([`Reveal::subscribe`]), reports requests, pieces
-//! sent and subscribers gone, passes the time in ([`Reveal::handle_timeout`] when
+//! bitfield to answer a subscription with ([`Reveal::subscribe`]), reports requests (each shows
+//! the subscriber another piece), pieces sent and subscribers gone, passes the time in ([`Reveal::handle_timeout`] when
 //! [`Reveal::poll_timeout`] says), and pumps [`Reveal::poll_event`] for haves to send to one
 //! subscriber, or for the end of the mode (send every subscriber the full bitfield).
 //!
@@ -31,12 +31,11 @@ use shoal_core::{Bitfield, PieceIndex};
 /// Limits of a [`Reveal`]. `Default` gives the values a node uses.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Pieces shown to one subscriber and not yet sent, at most (default 32: a lone
-    /// downloader keeps its requests pipelined).
+    /// Pieces shown to one subscriber and not yet sent, asked for or not, at most (default
+    /// 32: a lone downloader keeps its requests pipelined).
     pub per_peer: usize,
-    /// Pieces shown and not yet sent over all subscribers (default 32), shared out evenly
-    /// but at least one each: requests for them wait in the seed's upload queue, and a
-    /// longer queue only ages them.
+    /// Pieces shown and not yet asked for over all subscribers (default 32), shared out
+    /// evenly but at least one each.
     pub budget: usize,
     /// Subscribers given a view (default 1024); later ones see nothing until the mode ends.
     pub max_peers: usize,
@@ -139,13 +138,16 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         b
     }
 
-    /// `peer` asked for `piece`: a shown piece is no longer at risk of being hidden again.
-    pub fn handle_requested(&mut self, peer: P, piece: PieceIndex) {
+    /// `peer` asked for `piece`: a shown piece is no longer at risk of being hidden again, and
+    /// `peer` is shown another at once, so it always has one to ask for next (a downloader
+    /// with nothing left to ask for may give up on this seed before the next have comes).
+    pub fn handle_requested(&mut self, now: Instant, peer: P, piece: PieceIndex) {
         let Some(shown) = self.peers.get_mut(&peer).and_then(|s| s.get_mut(&piece)) else {
             return;
         };
         if let Some(due) = shown.due.take() {
             self.expiry.remove(&(due, peer, piece));
+            self.top_up(now, peer, true);
         }
     }
 
@@ -284,7 +286,10 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         let due = now + self.config.deadline;
         let view = self.view();
         let Some(shown) = self.peers.get_mut(&peer) else { return };
-        while shown.len() < view {
+        // Shown and not yet asked for: at most `view`; asked for too: at most `per_peer`.
+        let mut waiting = shown.values().filter(|s| s.due.is_some()).count();
+        while waiting < view && shown.len() < self.config.per_peer.max(1) {
+            waiting += 1;
             let Some((_, i)) = self.hidden.pop_first() else { break };
             let piece = PieceIndex(i);
             shown.insert(piece, Shown { due: Some(due) });
@@ -295,7 +300,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         }
     }
 
-    /// How many unsent pieces one subscriber is shown at most now.
+    /// How many shown pieces one subscriber may have not yet asked for.
     fn view(&self) -> usize {
         (self.config.budget / self.peers.len().max(1)).clamp(1, self.config.per_peer.max(1))
     }
@@ -307,7 +312,9 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         let short: Vec<P> = self
             .peers
             .iter()
-            .filter(|(p, s)| s.len() < view && !except.contains(p))
+            .filter(|(p, s)| {
+                s.values().filter(|v| v.due.is_some()).count() < view && !except.contains(p)
+            })
             .map(|(&p, _)| p)
             .collect();
         for p in short {

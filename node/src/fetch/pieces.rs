@@ -26,6 +26,10 @@ use crate::tracker::{self, TrackerHandle};
 pub(super) const LOOKUP_PEERS: u8 = 32;
 /// With a tracker, how long a fetch waits without progress before it gives up.
 const STALL_LIMIT: Duration = Duration::from_secs(60);
+/// Without a tracker, how long a fetch with nothing left to ask for waits for its peers' haves
+/// before it gives up: an origin shows its pieces a few at a time (see `reveal`), and hides
+/// again for 1 s what another subscriber left unasked.
+const IDLE_GRACE: Duration = Duration::from_secs(3);
 /// Events from control streams waiting for the driver.
 const EVENT_QUEUE: usize = 1024;
 
@@ -110,9 +114,11 @@ pub(super) async fn run(
         if links.set.is_done() {
             break;
         }
-        // With a tracker, new holders may still turn up: wait for them until the stall limit.
+        // New holders (with a tracker) or haves (from an origin) may still turn up: wait for
+        // them until the stall limit, or the idle grace without a tracker.
         // (Idle only while fetching pieces, so with a picker.)
-        let giving_up = tracker.is_none() || last_progress.elapsed() > STALL_LIMIT;
+        let patience = if tracker.is_none() { IDLE_GRACE } else { STALL_LIMIT };
+        let giving_up = last_progress.elapsed() > patience;
         if let Some(picker) = links.set.picker().filter(|_| links.set.is_idle() && giving_up) {
             return Err(stuck(links, picker, tracker.is_some()));
         }

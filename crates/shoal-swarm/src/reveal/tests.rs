@@ -24,7 +24,7 @@ fn subscribers_are_shown_distinct_pieces_and_one_more_per_piece_sent() {
     assert!(a.iter().all(|p| !b.contains(p)), "distinct: {a:?} {b:?}");
     // Subscribing again shows the same view, not new pieces.
     assert_eq!(ones(&r.subscribe(t0, 1)), a);
-    r.handle_requested(1, a[0]);
+    r.handle_requested(t0, 1, a[0]);
     r.handle_sent(t0, 1, a[0]);
     let shown = events(&mut r);
     assert_eq!(shown.len(), 1);
@@ -63,7 +63,7 @@ fn a_piece_left_unrequested_is_hidden_again_and_shown_to_another() {
     let hoarded = ones(&r.subscribe(t0, 1));
     assert_eq!(hoarded.len(), 4);
     assert!(ones(&r.subscribe(t0, 2)).is_empty(), "nothing left to show");
-    r.handle_requested(1, hoarded[0]);
+    r.handle_requested(t0, 1, hoarded[0]);
     assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(3)));
     r.handle_timeout(t0 + Duration::from_secs(3));
     let shown: BTreeSet<PieceIndex> = events(&mut r)
@@ -95,7 +95,7 @@ fn a_subscriber_gone_gives_its_pieces_back_and_views_are_bounded() {
     assert!(first.iter().any(|p| again.contains(p)) || first != again);
     // Out-of-range pieces and unknown peers change nothing.
     r.handle_sent(t0, 42, PieceIndex(1000));
-    r.handle_requested(42, PieceIndex(3));
+    r.handle_requested(t0, 42, PieceIndex(3));
     r.unsubscribe(t0, 42);
     assert!(events(&mut r).is_empty());
 }
@@ -106,7 +106,7 @@ fn a_request_that_ends_unsent_or_a_copy_pushed_elsewhere_frees_the_piece() {
     let mut r = Reveal::new(config(1), 4, 11);
     let a = ones(&r.subscribe(t0, 1));
     let b = ones(&r.subscribe(t0, 2));
-    r.handle_requested(1, a[0]);
+    r.handle_requested(t0, 1, a[0]);
     // Peer 1 cancels (it had the piece from elsewhere): the piece goes to nobody's view at
     // once but back among the hidden, and peer 1 is shown another one.
     r.handle_abandoned(t0, 1, a[0]);
@@ -123,4 +123,27 @@ fn a_request_that_ends_unsent_or_a_copy_pushed_elsewhere_frees_the_piece() {
     }
     assert!(r.is_done());
     assert_eq!(events(&mut r), vec![Event::ShowAll]);
+}
+
+#[test]
+fn a_request_shows_the_subscriber_another_piece_at_once() {
+    let t0 = Instant::now();
+    let mut r = Reveal::new(Config { per_peer: 3, budget: 1, ..config(1) }, 8, 2);
+    let first = ones(&r.subscribe(t0, 1));
+    assert_eq!(first.len(), 1);
+    // Asked for: another shown before the first is even sent; the subscriber always has one
+    // to ask for next, up to `per_peer` shown pieces in all.
+    let mut next = first[0];
+    for shown in 2..=3 {
+        r.handle_requested(t0, 1, next);
+        let ev = events(&mut r);
+        let [Event::Show { peer: 1, piece }] = ev[..] else { panic!("{ev:?}") };
+        next = piece;
+        assert_eq!(ones(&r.subscribe(t0, 1)).len(), shown);
+    }
+    r.handle_requested(t0, 1, next);
+    assert!(events(&mut r).is_empty(), "per_peer reached");
+    // Asking again for a piece already asked for shows nothing more.
+    r.handle_requested(t0, 1, first[0]);
+    assert!(events(&mut r).is_empty());
 }
