@@ -97,6 +97,7 @@ impl Node {
         let uploads = Uploads::new(UPLOAD_SLOTS, UPLOAD_BYTES, UPLOAD_WAITERS);
         let known = Arc::new(Known::default());
         let reveals = Arc::new(Reveals::default());
+        Reveals::spawn_clock(&reveals);
         let (trackers, directives) = Trackers::new(
             |directives| Parts {
                 net: net.clone(),

@@ -9,11 +9,11 @@
 //!
 //! The control stream of each subscriber registers a bounded channel here; the serving side
 //! reports requests and pieces sent; what the machine decides goes to those channels. A std
-//! mutex, never held across an await; deadlines are applied at each call (the machine's
-//! timeouts only hand pieces to others, which can wait for the next request or send).
+//! mutex, never held across an await; deadlines are applied at each call and by a clock task
+//! every 250 ms.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
@@ -23,6 +23,9 @@ use tokio::sync::mpsc;
 
 /// Contents revealed at once; adding more ends the oldest one's mode (it is shown whole).
 const MAX_REVEALED: usize = 16;
+/// How often deadlines are applied when nothing else happens (a subscriber that vanished
+/// holds its pieces until then).
+const TICK: std::time::Duration = std::time::Duration::from_millis(250);
 /// Reveal messages queued for one control stream; more are dropped (the piece stays shown and
 /// is hidden again at its deadline).
 pub(crate) const QUEUE: usize = 256;
@@ -109,7 +112,9 @@ impl Reveals {
     fn requested(&self, content: ContentId, peer: NodeId, piece: PieceIndex) {
         let mut s = self.lock();
         if let Some(e) = s.contents.get_mut(&content) {
-            e.machine.handle_requested(Instant::now(), peer, piece);
+            let now = Instant::now();
+            e.machine.handle_requested(now, peer, piece);
+            e.machine.handle_timeout(now);
             pump(e, content);
         }
     }
@@ -155,6 +160,32 @@ impl Reveals {
         e.machine.unsubscribe(now, peer);
         e.machine.handle_timeout(now);
         pump(e, content);
+    }
+
+    /// Applies the deadlines that passed (pieces left unasked or unsent go to others).
+    pub(crate) fn handle_timeout(&self) {
+        let mut s = self.lock();
+        let now = Instant::now();
+        for (c, e) in s.contents.iter_mut() {
+            if e.machine.poll_timeout().is_some_and(|t| t <= now) {
+                e.machine.handle_timeout(now);
+                pump(e, *c);
+            }
+        }
+    }
+
+    /// Applies deadlines every [`TICK`] while `reveals` lives (a task of the node's runtime).
+    pub(crate) fn spawn_clock(reveals: &Arc<Reveals>) {
+        let weak = Arc::downgrade(reveals);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(r) = weak.upgrade() else { return };
+                r.handle_timeout();
+            }
+        });
     }
 
     /// Contents being revealed.
@@ -238,6 +269,11 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(QUEUE);
         assert!(r.subscribe(c, a, &tx).is_none(), "not added here: shown whole");
         r.start(c, 64);
+        // The first eight see everything (`Config::min_peers`).
+        let (txw, _rxw) = mpsc::channel(QUEUE);
+        for _ in 0..8 {
+            assert!(r.subscribe(c, id(), &txw).unwrap().is_complete());
+        }
         let view_a = r.subscribe(c, a, &tx).unwrap();
         let (txb, mut rxb) = mpsc::channel(QUEUE);
         let view_b = r.subscribe(c, b, &txb).unwrap();

@@ -47,6 +47,10 @@ impl World {
                 n.waiting.insert(ticket, (c, piece));
             }
             Admit::Busy => {
+                // As the node's request guard does: refused unsent, the piece is hidden again.
+                if let Some(r) = n.reveal.as_mut() {
+                    r.handle_abandoned(now, c, piece);
+                }
                 self.stats.busy += 1;
                 self.after(self.latency, c, Kind::Piece(s, piece, PieceOutcome::Busy));
             }
@@ -65,16 +69,23 @@ impl World {
         if let Some(t) = waiter {
             n.waiting.remove(&t);
             n.up.handle_cancel(now, t);
+            if let Some(r) = n.reveal.as_mut() {
+                r.handle_abandoned(now, c, piece);
+            }
         } else {
             let skip = usize::from(n.sending);
             let at = n.uplink_q.iter().skip(skip).position(|t| t.to == c && t.piece == piece);
             if let Some(k) = at {
                 if let Some(t) = n.uplink_q.remove(k + skip) {
                     n.up.handle_abandoned(now, t.ticket);
+                    if let Some(r) = n.reveal.as_mut() {
+                        r.handle_abandoned(now, c, piece);
+                    }
                 }
             }
         }
         self.pump_up(s);
+        self.pump_reveal(s);
     }
 
     /// A client closed its connection: its waiters and queued transfers go.
@@ -202,6 +213,10 @@ impl World {
                 }
                 Event::Refused(ticket) => {
                     if let Some((to, piece)) = n.waiting.remove(&ticket) {
+                        if let Some(r) = n.reveal.as_mut() {
+                            let now = self.t0 + std::time::Duration::from_micros(self.now);
+                            r.handle_abandoned(now, to, piece);
+                        }
                         refused.push((to, piece));
                     }
                 }
@@ -227,5 +242,6 @@ impl World {
             self.nodes[s as usize].up_timer = Some(t);
             self.schedule_at(t.max(self.now), s, Kind::UpTimer(t));
         }
+        self.pump_reveal(s);
     }
 }

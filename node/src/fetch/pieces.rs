@@ -28,8 +28,8 @@ pub(super) const LOOKUP_PEERS: u8 = 32;
 const STALL_LIMIT: Duration = Duration::from_secs(60);
 /// Without a tracker, how long a fetch with nothing left to ask for waits for its peers' haves
 /// before it gives up: an origin shows its pieces a few at a time (see `reveal`), and hides
-/// again for 1 s what another subscriber left unasked.
-const IDLE_GRACE: Duration = Duration::from_secs(3);
+/// again (and shows others in turn) what a subscriber left unasked for 1 s.
+const IDLE_GRACE: Duration = Duration::from_secs(5);
 /// Events from control streams waiting for the driver.
 const EVENT_QUEUE: usize = 1024;
 

@@ -3,7 +3,14 @@ use std::collections::BTreeSet;
 use super::*;
 
 fn config(per_peer: usize) -> Config {
-    Config { per_peer, budget: 64, max_peers: 4, deadline: Duration::from_secs(3) }
+    Config {
+        per_peer,
+        budget: 64,
+        max_peers: 4,
+        min_peers: 0,
+        deadline: Duration::from_secs(3),
+        send_deadline: Duration::from_secs(5),
+    }
 }
 
 fn ones(b: &Bitfield) -> Vec<PieceIndex> {
@@ -74,7 +81,10 @@ fn a_piece_left_unrequested_is_hidden_again_and_shown_to_another() {
         })
         .collect();
     assert_eq!(shown, hoarded[1..].iter().copied().collect(), "the three unrequested ones");
-    assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(6)));
+    // The one asked for and never sent (its peer vanished) goes at the send deadline.
+    assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(5)));
+    r.handle_timeout(t0 + Duration::from_secs(5));
+    assert!(!ones(&r.subscribe(t0, 1)).contains(&hoarded[0]) || r.is_done());
 }
 
 #[test]
@@ -126,24 +136,37 @@ fn a_request_that_ends_unsent_or_a_copy_pushed_elsewhere_frees_the_piece() {
 }
 
 #[test]
-fn a_request_shows_the_subscriber_another_piece_at_once() {
+fn a_lone_subscriber_that_never_asks_is_shown_every_unsent_piece_in_turn() {
+    // It has them from another source (the seed never hears of its haves): the seed must not
+    // show it the same pieces for ever, or a piece only the seed has would never be shown.
     let t0 = Instant::now();
-    let mut r = Reveal::new(Config { per_peer: 3, budget: 1, ..config(1) }, 8, 2);
-    let first = ones(&r.subscribe(t0, 1));
-    assert_eq!(first.len(), 1);
-    // Asked for: another shown before the first is even sent; the subscriber always has one
-    // to ask for next, up to `per_peer` shown pieces in all.
-    let mut next = first[0];
-    for shown in 2..=3 {
-        r.handle_requested(t0, 1, next);
-        let ev = events(&mut r);
-        let [Event::Show { peer: 1, piece }] = ev[..] else { panic!("{ev:?}") };
-        next = piece;
-        assert_eq!(ones(&r.subscribe(t0, 1)).len(), shown);
+    let mut r = Reveal::new(Config { budget: 2, ..config(8) }, 8, 9);
+    let mut seen: BTreeSet<PieceIndex> = ones(&r.subscribe(t0, 1)).into_iter().collect();
+    let mut t = t0;
+    for _ in 0..3 {
+        t = r.poll_timeout().expect("a shown piece is due");
+        r.handle_timeout(t);
+        for e in events(&mut r) {
+            let Event::Show { peer: 1, piece } = e else { panic!("{e:?}") };
+            seen.insert(piece);
+        }
     }
-    r.handle_requested(t0, 1, next);
-    assert!(events(&mut r).is_empty(), "per_peer reached");
-    // Asking again for a piece already asked for shows nothing more.
-    r.handle_requested(t0, 1, first[0]);
+    assert_eq!(seen.len(), 8, "every piece shown within four rounds: {seen:?}");
+    assert!(t <= t0 + Duration::from_secs(9));
+}
+
+#[test]
+fn the_first_subscribers_see_everything() {
+    let t0 = Instant::now();
+    let mut r = Reveal::new(Config { min_peers: 2, ..config(2) }, 16, 4);
+    assert!(r.subscribe(t0, 1).is_complete());
+    assert!(r.subscribe(t0, 2).is_complete());
+    assert_eq!(ones(&r.subscribe(t0, 3)).len(), 2, "the third is shown its view");
+    assert!(r.subscribe(t0, 1).is_complete(), "still whole");
+    // A whole-view subscriber's pieces count as sent.
+    r.handle_sent(t0, 1, PieceIndex(0));
     assert!(events(&mut r).is_empty());
+    // One leaves: the next newcomer sees everything in its place.
+    r.unsubscribe(t0, 2);
+    assert!(r.subscribe(t0, 4).is_complete());
 }
