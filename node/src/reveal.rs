@@ -269,9 +269,9 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(QUEUE);
         assert!(r.subscribe(c, a, &tx).is_none(), "not added here: shown whole");
         r.start(c, 64);
-        // The first eight see everything (`Config::min_peers`).
+        // The first three see everything (`Config::min_peers`).
         let (txw, _rxw) = mpsc::channel(QUEUE);
-        for _ in 0..8 {
+        for _ in 0..3 {
             assert!(r.subscribe(c, id(), &txw).unwrap().is_complete());
         }
         let view_a = r.subscribe(c, a, &tx).unwrap();

@@ -43,7 +43,7 @@ pub struct Config {
     pub budget: usize,
     /// Subscribers given a view (default 1024); later ones see nothing until the mode ends.
     pub max_peers: usize,
-    /// Subscribers that see everything before any is given a partial view (default 8): with
+    /// Subscribers that see everything before any is given a partial view (default 3): with
     /// few downloaders the seed's copies matter little, while a downloader that has pieces
     /// from elsewhere (another origin) would wait for the seed to show it others.
     pub min_peers: usize,
@@ -60,7 +60,7 @@ impl Default for Config {
             per_peer: 32,
             budget: 32,
             max_peers: 1024,
-            min_peers: 8,
+            min_peers: 3,
             deadline: Duration::from_secs(1),
             send_deadline: Duration::from_secs(3),
         }
