@@ -144,7 +144,7 @@ impl Reveals {
     pub(crate) fn copied(&self, content: ContentId, piece: PieceIndex) {
         let mut s = self.lock();
         let Some(e) = s.contents.get_mut(&content) else { return };
-        e.machine.handle_copied(piece);
+        e.machine.handle_copied(Instant::now(), piece);
         pump(e, content);
         if e.machine.is_done() {
             s.contents.remove(&content);
@@ -152,9 +152,14 @@ impl Reveals {
     }
 
     /// `peer`'s control stream ended: what it was shown may go to others.
-    pub(crate) fn unsubscribe(&self, content: ContentId, peer: NodeId) {
+    pub(crate) fn unsubscribe(&self, content: ContentId, peer: NodeId, tx: &mpsc::Sender<Shown>) {
         let mut s = self.lock();
         let Some(e) = s.contents.get_mut(&content) else { return };
+        // A node may hold several connections: only the stream that subscribed last speaks
+        // for it, and an older one closing (a connection timing out) leaves it alone.
+        if !e.subscribers.get(&peer).is_some_and(|t| t.same_channel(tx)) {
+            return;
+        }
         e.subscribers.remove(&peer);
         let now = Instant::now();
         e.machine.unsubscribe(now, peer);
@@ -172,6 +177,7 @@ impl Reveals {
                 pump(e, *c);
             }
         }
+        s.contents.retain(|_, e| !e.machine.is_done());
     }
 
     /// Applies deadlines every [`TICK`] while `reveals` lives (a task of the node's runtime).
@@ -249,7 +255,16 @@ fn pump(e: &mut Entry, content: ContentId) {
 /// Every subscriber is sent the full bitfield.
 fn tell_all(e: &Entry, content: ContentId) {
     for tx in e.subscribers.values() {
-        let _ = tx.try_send(Shown::All(content));
+        // Never lost to a full queue (the subscriber would keep a partial bitfield): sent
+        // when there is room, by a task that ends with the stream at the latest.
+        if let Err(mpsc::error::TrySendError::Full(m)) = tx.try_send(Shown::All(content)) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let tx = tx.clone();
+                rt.spawn(async move {
+                    let _ = tx.send(m).await;
+                });
+            }
+        }
     }
 }
 

@@ -52,6 +52,10 @@ pub struct Config {
     pub deadline: Duration,
     /// How long a requested piece may go unsent before it is hidden again (default 3 s).
     pub send_deadline: Duration,
+    /// How long the mode may go without a piece leaving before it ends and everything is
+    /// shown (default 10 s): whatever holds the first copy back (subscribers that take what
+    /// they are shown and never ask, say), downloaders are not held back for longer.
+    pub stall: Duration,
 }
 
 impl Default for Config {
@@ -63,6 +67,7 @@ impl Default for Config {
             min_peers: 3,
             deadline: Duration::from_secs(1),
             send_deadline: Duration::from_secs(3),
+            stall: Duration::from_secs(10),
         }
     }
 }
@@ -108,6 +113,10 @@ pub struct Reveal<P> {
     peers: BTreeMap<P, BTreeMap<PieceIndex, Shown>>,
     /// The first `Config::min_peers` subscribers, shown everything.
     whole: BTreeSet<P>,
+    /// When a piece last left (or the first subscriber came).
+    progress: Option<Instant>,
+    /// The subscriber refilled last (refills go round from there).
+    cursor: Option<P>,
     /// Shown, unrequested pieces by when they are hidden again.
     expiry: BTreeSet<(Instant, P, PieceIndex)>,
     events: VecDeque<Event<P>>,
@@ -136,6 +145,8 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
             sent: Bitfield::new(pieces),
             peers: BTreeMap::new(),
             whole: BTreeSet::new(),
+            progress: None,
+            cursor: None,
             expiry: BTreeSet::new(),
             events: VecDeque::new(),
         }
@@ -152,6 +163,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         if self.is_done() || self.whole.contains(&peer) {
             return Bitfield::full(self.pieces);
         }
+        self.progress.get_or_insert(now);
         if !self.peers.contains_key(&peer) && self.whole.len() < self.config.min_peers {
             self.whole.insert(peer);
             return Bitfield::full(self.pieces);
@@ -196,6 +208,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         if piece.0 >= self.pieces || self.is_done() {
             return;
         }
+        self.progress = Some(now);
         self.unshow(peer, piece);
         self.count(piece);
         if self.is_done() {
@@ -218,17 +231,18 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         // hold that one by now.
         self.top_up(now, peer, true);
         self.hide(piece);
-        self.refill(now, &[peer]);
+        self.refill(now, &BTreeSet::from([peer]));
         // What nobody else took may go back to it (a lone subscriber needs them).
         self.top_up(now, peer, true);
     }
 
     /// A copy of `piece` left this node another way (pushed into storage, which serves it):
     /// it is not shown to anyone any more.
-    pub fn handle_copied(&mut self, piece: PieceIndex) {
+    pub fn handle_copied(&mut self, now: Instant, piece: PieceIndex) {
         if piece.0 >= self.pieces || self.is_done() {
             return;
         }
+        self.progress = Some(now);
         self.count(piece);
         if self.is_done() {
             self.finish();
@@ -272,11 +286,20 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
             }
             self.hide(piece);
         }
-        self.refill(now, &[]);
+        self.refill(now, &BTreeSet::new());
     }
 
     /// Hides again the shown pieces not asked for by their deadline.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.is_done() {
+            return;
+        }
+        if self.progress.is_some_and(|t| t + self.config.stall <= now) {
+            // No piece left for too long: whatever holds it back, show everything.
+            self.sent = Bitfield::full(self.pieces);
+            self.finish();
+            return;
+        }
         let mut late = Vec::new();
         while let Some(&(due, peer, piece)) = self.expiry.first() {
             if due > now {
@@ -299,7 +322,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         for &(_, piece) in &late {
             self.hide(piece);
         }
-        let late: Vec<P> = late.into_iter().map(|(p, _)| p).collect();
+        let late: BTreeSet<P> = late.into_iter().map(|(p, _)| p).collect();
         self.refill(now, &late);
         // What nobody else took may go back to them: a subscriber that did not ask in time
         // may have had its window full (and a lone one needs them).
@@ -308,9 +331,15 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         }
     }
 
-    /// When the next shown piece is due to be hidden again.
+    /// When the next shown piece is due to be hidden again, or the mode to end for lack of
+    /// progress.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.expiry.first().map(|&(due, _, _)| due)
+        let stall = self.progress.filter(|_| !self.is_done()).map(|t| t + self.config.stall);
+        let due = self.expiry.first().map(|&(due, _, _)| due);
+        match (due, stall) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The next thing to tell subscribers.
@@ -355,21 +384,28 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         (self.config.budget / self.peers.len().max(1)).clamp(1, self.config.per_peer.max(1))
     }
 
-    /// Pieces hidden again go to subscribers whose view is short, in id order, except those
+    /// Pieces hidden again go to subscribers whose view is short, in turn, except those
     /// that just gave them back.
-    fn refill(&mut self, now: Instant, except: &[P]) {
+    fn refill(&mut self, now: Instant, except: &BTreeSet<P>) {
         let view = self.view();
-        let short: Vec<P> = self
+        let mut short: Vec<P> = self
             .peers
             .iter()
             .filter(|(p, s)| s.len() < view && !except.contains(p))
             .map(|(&p, _)| p)
             .collect();
+        // Round robin from after the last one refilled, not from the lowest id: ids cost
+        // nothing to make, and low ones would otherwise be first to every piece hidden again.
+        if let Some(c) = self.cursor {
+            let at = short.partition_point(|&p| p <= c);
+            short.rotate_left(at);
+        }
         for p in short {
             if self.hidden.is_empty() {
                 break;
             }
             self.top_up(now, p, true);
+            self.cursor = Some(p);
         }
     }
 }

@@ -200,7 +200,7 @@ pub(crate) async fn drive_control(
     }
     .await;
     for &c in &served {
-        node.reveals.unsubscribe(c, peer);
+        node.reveals.unsubscribe(c, peer, &shown_tx);
     }
     for c in about {
         node.stats.peer_session(c, peer, false);

@@ -10,6 +10,7 @@ fn config(per_peer: usize) -> Config {
         min_peers: 0,
         deadline: Duration::from_secs(3),
         send_deadline: Duration::from_secs(5),
+        stall: Duration::from_secs(60),
     }
 }
 
@@ -129,7 +130,7 @@ fn a_request_that_ends_unsent_or_a_copy_pushed_elsewhere_frees_the_piece() {
     assert!(events(&mut r).is_empty());
     // Pushed into storage: never shown again; all four gone ends the mode.
     for p in 0..4 {
-        r.handle_copied(PieceIndex(p));
+        r.handle_copied(t0, PieceIndex(p));
     }
     assert!(r.is_done());
     assert_eq!(events(&mut r), vec![Event::ShowAll]);
@@ -169,4 +170,24 @@ fn the_first_subscribers_see_everything() {
     // One leaves: the next newcomer sees everything in its place.
     r.unsubscribe(t0, 2);
     assert!(r.subscribe(t0, 4).is_complete());
+}
+
+#[test]
+fn a_mode_without_progress_ends_and_shows_everything() {
+    // Subscribers that take what they are shown and never ask (sybils) hold the first copy
+    // back: after `stall` without a piece leaving, everything is shown to everyone.
+    let t0 = Instant::now();
+    let mut r = Reveal::new(Config { stall: Duration::from_secs(10), ..config(2) }, 16, 6);
+    let _ = r.subscribe(t0, 1);
+    r.handle_sent(t0, 1, PieceIndex(3));
+    let _ = events(&mut r);
+    let mut t = t0;
+    while !r.is_done() {
+        t = r.poll_timeout().expect("a deadline while the mode lasts");
+        assert!(t <= t0 + Duration::from_secs(10), "no later than the stall limit");
+        r.handle_timeout(t);
+    }
+    assert!(events(&mut r).contains(&Event::ShowAll));
+    assert!(r.subscribe(t, 2).is_complete());
+    assert_eq!(r.poll_timeout(), None);
 }
