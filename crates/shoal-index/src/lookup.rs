@@ -165,6 +165,8 @@ impl Index {
             ranked.truncate(max_peers);
         }
         ranked.sort_unstable_by(order);
+        // Never more than asked for (`max_peers` 0 included: the selection above skips it).
+        ranked.truncate(max_peers);
         let ids: Vec<NodeId> = ranked.iter().map(|(_, h)| *h.id).collect();
         let peers = ranked.iter().map(|(_, h)| peer(h)).collect::<Vec<P>>();
         let swarm = self.swarms.get_mut(&content)?;

@@ -88,6 +88,11 @@ fn lookup_ranks_light_load_first_then_rarest_holders() {
     let l = ix.lookup(None, c, Some(&bf(4, &[0, 1, 2])), 10).unwrap();
     assert_eq!(l.peers.len(), 2);
     assert!(ix.lookup(None, ContentId([9; 32]), None, 10).is_none(), "unknown content");
+    // Never more peers than asked for, none included (a fuzzer found 0 answered with all).
+    for max in [0, 1, 3] {
+        assert_eq!(ix.lookup(None, c, None, max).unwrap().peers.len(), max, "max {max}");
+        assert_eq!(ix.lookup_compact(None, c, None, max).unwrap().peers.len(), max);
+    }
     // A busy holder of the rarest piece comes after idle holders of common ones.
     ix.heartbeat(0, node(1), Load { active_uploads: 5, ..Load::default() }).unwrap();
     ix.heartbeat(0, node(0), Load::default()).unwrap();
