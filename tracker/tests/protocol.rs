@@ -135,6 +135,20 @@ async fn put_manifest(conn: &Connection, id: &Identity, content: ContentId, byte
     assert_eq!(call_raw(conn, &req, bytes).await.unwrap(), TrackerResponse::Ok);
 }
 
+/// A tracker on port 0 and a node registered with it over its own connection.
+async fn registered(dir: &Path) -> (Tracker, Identity, Endpoint, Connection) {
+    let tracker = start(dir, "127.0.0.1:0");
+    let node = Identity::generate();
+    let (e, c) = connect(&node, tracker.addr).await;
+    call(&c, &register(&node)).await.unwrap();
+    (tracker, node, e, c)
+}
+
+/// A compact lookup of content `[b; 32]` for four peers.
+fn compact_lookup(b: u8) -> TrackerRequest {
+    TrackerRequest::Lookup { content: ContentId([b; 32]), max_peers: 4, have: None, compact: true }
+}
+
 fn register(id: &Identity) -> TrackerRequest {
     TrackerRequest::Register {
         node_id: id.node_id(),
@@ -351,10 +365,7 @@ async fn addresses_are_the_observed_ones_and_manifests_need_a_registered_sender(
 #[tokio::test]
 async fn silent_request_streams_are_dropped_at_the_deadline_and_others_then_served() {
     let dir = tempfile::tempdir().unwrap();
-    let tracker = start(dir.path(), "127.0.0.1:0");
-    let node = Identity::generate();
-    let (_e, c) = connect(&node, tracker.addr).await;
-    call(&c, &register(&node)).await.unwrap();
+    let (_tracker, _node, _e, c) = registered(dir.path()).await;
     // Fill every request slot of the connection with a stream that sends half a length prefix
     // and then nothing.
     let mut silent = Vec::new();
@@ -529,17 +540,9 @@ async fn a_version_2_node_is_served_one_request_per_stream() {
 #[tokio::test]
 async fn a_stream_of_endless_requests_is_answered_up_to_the_limit_then_ended() {
     let dir = tempfile::tempdir().unwrap();
-    let tracker = start(dir.path(), "127.0.0.1:0");
-    let node = Identity::generate();
-    let (_e, c) = connect(&node, tracker.addr).await;
-    call(&c, &register(&node)).await.unwrap();
+    let (_tracker, _node, _e, c) = registered(dir.path()).await;
     // More than a stream may carry, and the stream left open as if more were coming.
-    let lookup = TrackerRequest::Lookup {
-        content: ContentId([4; 32]),
-        max_peers: 4,
-        have: None,
-        compact: true,
-    };
+    let lookup = compact_lookup(4);
     let over = shoal_wire::tracker::MAX_REQUESTS_PER_STREAM + 20;
     let (send, mut recv) = pipeline(&c, &vec![lookup.clone(); over], false).await;
     let got = answers(&mut recv).await;
@@ -554,10 +557,7 @@ async fn a_stream_of_endless_requests_is_answered_up_to_the_limit_then_ended() {
 #[tokio::test]
 async fn answered_requests_then_half_a_frame_get_their_answers_then_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let tracker = start(dir.path(), "127.0.0.1:0");
-    let node = Identity::generate();
-    let (_e, c) = connect(&node, tracker.addr).await;
-    call(&c, &register(&node)).await.unwrap();
+    let (_tracker, _node, _e, c) = registered(dir.path()).await;
     let lookup = TrackerRequest::Lookup {
         content: ContentId([5; 32]),
         max_peers: 4,
@@ -583,12 +583,7 @@ async fn an_oversized_frame_after_good_requests_closes_that_connection_only() {
     let (mallory, honest) = (Identity::generate(), Identity::generate());
     let (_e1, m) = connect(&mallory, tracker.addr).await;
     call(&m, &register(&mallory)).await.unwrap();
-    let lookup = TrackerRequest::Lookup {
-        content: ContentId([6; 32]),
-        max_peers: 4,
-        have: None,
-        compact: true,
-    };
+    let lookup = compact_lookup(6);
     let (mut send, _recv) = pipeline(&m, std::slice::from_ref(&lookup), false).await;
     // A length prefix one past the request limit: refused on the prefix alone.
     let huge = (shoal_wire::tracker::MAX_TRACKER_REQUEST_LEN as u32 + 1).to_be_bytes();
@@ -603,10 +598,7 @@ async fn an_oversized_frame_after_good_requests_closes_that_connection_only() {
 #[tokio::test]
 async fn a_manifest_upload_ends_its_stream_and_what_follows_is_not_read() {
     let dir = tempfile::tempdir().unwrap();
-    let tracker = start(dir.path(), "127.0.0.1:0");
-    let node = Identity::generate();
-    let (_e, c) = connect(&node, tracker.addr).await;
-    call(&c, &register(&node)).await.unwrap();
+    let (_tracker, node, _e, c) = registered(dir.path()).await;
     let (content, m) = manifest(3, 51);
     put_manifest(&c, &node, content, &m).await;
     // Known already: the tracker answers without reading the body, so the bytes after the
@@ -626,17 +618,9 @@ async fn a_manifest_upload_ends_its_stream_and_what_follows_is_not_read() {
 #[tokio::test]
 async fn rate_limits_count_every_request_of_a_pipelined_stream() {
     let dir = tempfile::tempdir().unwrap();
-    let tracker = start(dir.path(), "127.0.0.1:0");
-    let node = Identity::generate();
-    let (_e, c) = connect(&node, tracker.addr).await;
-    call(&c, &register(&node)).await.unwrap();
+    let (_tracker, _node, _e, c) = registered(dir.path()).await;
     // Three full streams: more lookups than the per-node query burst (512) in all.
-    let lookup = TrackerRequest::Lookup {
-        content: ContentId([8; 32]),
-        max_peers: 4,
-        have: None,
-        compact: true,
-    };
+    let lookup = compact_lookup(8);
     let per = shoal_wire::tracker::MAX_REQUESTS_PER_STREAM;
     let (mut served, mut limited) = (0, 0);
     for _ in 0..3 {

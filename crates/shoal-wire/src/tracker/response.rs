@@ -115,32 +115,16 @@ impl Frame for TrackerResponse {
             0x72 => Self::NeedManifest,
             0x73 => {
                 let piece_count = read_count(&mut r)?;
-                let n = r.u8()? as usize;
-                if n > MAX_LOOKUP_PEERS {
-                    return Err(r.malformed("too many peers"));
-                }
-                let mut peers = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let node_id = read_node(&mut r)?;
-                    let load = r.u32()?;
-                    let addrs = read_addrs(&mut r)?;
-                    let bitfield = read_bits(&mut r, piece_count)?;
-                    peers.push(PeerInfo { node_id, load, addrs, bitfield });
-                }
+                let peers = read_peers(&mut r, |r, head| {
+                    let bitfield = read_bits(r, piece_count)?;
+                    let PeerSummary { node_id, load, addrs } = head;
+                    Ok(PeerInfo { node_id, load, addrs, bitfield })
+                })?;
                 Self::LookupReply { piece_count, peers, hints: read_hints(&mut r)? }
             }
             0x79 => {
                 let piece_count = read_count(&mut r)?;
-                let n = r.u8()? as usize;
-                if n > MAX_LOOKUP_PEERS {
-                    return Err(r.malformed("too many peers"));
-                }
-                let mut peers = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let node_id = read_node(&mut r)?;
-                    let load = r.u32()?;
-                    peers.push(PeerSummary { node_id, load, addrs: read_addrs(&mut r)? });
-                }
+                let peers = read_peers(&mut r, |_, head| Ok(head))?;
                 Self::CompactLookupReply { piece_count, peers, hints: read_hints(&mut r)? }
             }
             0x74 => {
@@ -206,4 +190,24 @@ impl Frame for TrackerResponse {
         r.finish()?;
         Ok(resp)
     }
+}
+
+/// The peers of a lookup reply: a count (at most [`MAX_LOOKUP_PEERS`]), then per peer its key,
+/// load and addresses, and whatever `rest` reads after them (the full form's bitfield).
+fn read_peers<T>(
+    r: &mut Reader<'_>,
+    rest: impl Fn(&mut Reader<'_>, PeerSummary) -> Result<T, DecodeError>,
+) -> Result<Vec<T>, DecodeError> {
+    let n = r.u8()? as usize;
+    if n > MAX_LOOKUP_PEERS {
+        return Err(r.malformed("too many peers"));
+    }
+    let mut peers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let node_id = read_node(r)?;
+        let load = r.u32()?;
+        let head = PeerSummary { node_id, load, addrs: read_addrs(r)? };
+        peers.push(rest(r, head)?);
+    }
+    Ok(peers)
 }
