@@ -50,7 +50,9 @@ pub struct Config {
     /// How long a shown piece may go unrequested before it is hidden again (default 1 s): the
     /// subscriber may have had it from elsewhere (the seed does not hear of its haves).
     pub deadline: Duration,
-    /// How long a requested piece may go unsent before it is hidden again (default 3 s).
+    /// How long a requested piece may go unsent before it is hidden again (default 8 s): longer
+    /// than a request may wait for an upload slot (a node's 5 s) plus its sending, so a
+    /// request that is only queued is not shown to another subscriber meanwhile.
     pub send_deadline: Duration,
     /// How long the mode may go without a piece leaving before it ends and everything is
     /// shown (default 10 s): whatever holds the first copy back (subscribers that take what
@@ -66,7 +68,7 @@ impl Default for Config {
             max_peers: 1024,
             min_peers: 3,
             deadline: Duration::from_secs(1),
-            send_deadline: Duration::from_secs(3),
+            send_deadline: Duration::from_secs(8),
             stall: Duration::from_secs(10),
         }
     }

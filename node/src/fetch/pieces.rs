@@ -28,7 +28,7 @@ pub(super) const LOOKUP_PEERS: u8 = 32;
 const STALL_LIMIT: Duration = Duration::from_secs(60);
 /// Without a tracker, how long a fetch with nothing left to ask for waits for its peers' haves
 /// before it gives up: an origin shows its pieces a few at a time (see `reveal`), hides again
-/// (and shows others in turn) what a subscriber left unasked for 1 s or unsent for 3 s, and
+/// (and shows others in turn) what a subscriber left unasked for 1 s or unsent for 8 s, and
 /// shows everything after 10 s without progress.
 const IDLE_GRACE: Duration = Duration::from_secs(12);
 /// Events from control streams waiting for the driver.
