@@ -1,4 +1,4 @@
-//! Every peer- and tracker-protocol decoder, fed arbitrary bytes in arbitrary splits: never panics, and a
+//! Every peer-, offline- and tracker-protocol decoder, fed arbitrary bytes in arbitrary splits: never panics, and a
 //! frame that decodes re-encodes to the same bytes. The bytes are read as a pipelined stream (tracker
 //! protocol version 3): every whole frame in turn until one is incomplete or malformed, so
 //! sequences of requests (compact lookups among them) are covered, not only a first frame.
@@ -6,6 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use shoal_wire::tracker::{TrackerRequest, TrackerResponse, MAX_TRACKER_FRAME_LEN};
+use shoal_wire::offline::{OfflineReply, OfflineRequest};
 use shoal_wire::{encode, Decoder, Frame, Message, Opening, Response};
 
 fn check<F: Frame + PartialEq + std::fmt::Debug>(data: &[u8], split: usize) {
@@ -37,4 +38,6 @@ fuzz_target!(|data: &[u8]| {
     check::<Opening>(data, split);
     check::<TrackerRequest>(data, split);
     check::<TrackerResponse>(data, split);
+    check::<OfflineRequest>(data, split);
+    check::<OfflineReply>(data, split);
 });

@@ -11,6 +11,7 @@
 //! - [`Bitfield`]: which pieces a node holds.
 //! - [`Ticket`]: the printable string people share (content id plus peer hints), with a
 //!   checksum so that a truncated or mistyped copy is detected.
+//! - [`offline`]: offline task ids and the signed growing manifest of a task's pieces.
 //! - [`UserId`], [`DeviceCert`]: users (ed25519 keys) and the nodes that act for them.
 //! - [`hash::hash_pieces`]: hashes every piece of a file on all cores without holding the
 //!   file in memory.
@@ -21,6 +22,7 @@ pub mod bitfield;
 pub mod hash;
 pub mod id;
 pub mod manifest;
+pub mod offline;
 pub mod piece;
 pub mod ticket;
 pub mod units;
@@ -29,5 +31,6 @@ pub mod user;
 pub use bitfield::Bitfield;
 pub use id::{ContentId, NodeId, PieceHash, PieceIndex};
 pub use manifest::Manifest;
+pub use offline::{SegmentProof, TaskId};
 pub use ticket::{PeerAddr, Ticket};
 pub use user::{DeviceCert, UserId};

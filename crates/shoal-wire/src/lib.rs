@@ -15,6 +15,8 @@
 //!   pieces, by exactly `len` raw bytes; then the stream ends. Many requests run at once
 //!   (pipelining), each on its own stream, so a slow piece never blocks another.
 //!
+//! - offline request streams to storage nodes: see [`offline`].
+//!
 //! Framing: `len: u32 BE | type: u8 | body`, where `len` counts type and body and may not
 //! exceed [`MAX_FRAME_LEN`]. [`Decoder`] returns `Ok(None)` for an incomplete frame.
 
@@ -22,6 +24,7 @@
 
 mod codec;
 mod message;
+pub mod offline;
 mod session;
 #[cfg(test)]
 mod testutil;

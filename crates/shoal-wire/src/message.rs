@@ -28,6 +28,7 @@ use shoal_core::user::DEVICE_CERT_LEN;
 use shoal_core::{manifest, ContentId, DeviceCert, NodeId, PieceIndex};
 
 use crate::codec::{DecodeError, Frame, Reader};
+use crate::offline::OfflineRequest;
 
 /// The longest reject text, in bytes.
 pub const MAX_REASON_LEN: usize = 200;
@@ -59,7 +60,7 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    fn code(self) -> u8 {
+    pub(crate) fn code(self) -> u8 {
         match self {
             Self::NotFound => 1,
             Self::SourceChanged => 2,
@@ -74,7 +75,7 @@ impl RejectReason {
         }
     }
 
-    fn from_code(c: u8) -> Self {
+    pub(crate) fn from_code(c: u8) -> Self {
         match c {
             1 => Self::NotFound,
             2 => Self::SourceChanged,
@@ -260,7 +261,7 @@ fn read_push_tail(
     Ok((cert, token))
 }
 
-fn put_text(out: &mut Vec<u8>, text: &str) {
+pub(crate) fn put_text(out: &mut Vec<u8>, text: &str) {
     let mut end = text.len().min(MAX_REASON_LEN);
     while !text.is_char_boundary(end) {
         end -= 1;
@@ -268,7 +269,7 @@ fn put_text(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(&text.as_bytes()[..end]);
 }
 
-fn read_text(r: &mut Reader<'_>) -> Result<String, DecodeError> {
+pub(crate) fn read_text(r: &mut Reader<'_>) -> Result<String, DecodeError> {
     let raw = r.rest();
     if raw.len() > MAX_REASON_LEN {
         return Err(r.malformed("reject text too long"));
@@ -485,13 +486,16 @@ impl Frame for Response {
 }
 
 /// The first frame of a stream the dialer opens: [`Message::Hello`] opens the control stream,
-/// a [`Request`] opens a request stream.
+/// a [`Request`] opens a request stream, an [`OfflineRequest`] an offline request stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Opening {
     /// The control stream's first message.
     Control(Message),
     /// A request stream's request.
     Request(Request),
+    /// An offline request (to a storage node).
+    Offline(OfflineRequest),
 }
 
 impl Frame for Opening {
@@ -499,12 +503,14 @@ impl Frame for Opening {
         match self {
             Self::Control(m) => m.encode_body(out),
             Self::Request(r) => r.encode_body(out),
+            Self::Offline(r) => r.encode_body(out),
         }
     }
 
     fn decode_body(ty: u8, body: &[u8]) -> Result<Self, DecodeError> {
         match ty {
             0x10..=0x1f => Request::decode_body(ty, body).map(Self::Request),
+            0x30..=0x3f => OfflineRequest::decode_body(ty, body).map(Self::Offline),
             _ => Message::decode_body(ty, body).map(Self::Control),
         }
     }
