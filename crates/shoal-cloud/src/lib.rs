@@ -11,6 +11,9 @@
 //!   it claimed; their sizes, summed, are what it uses of its quota. Claiming a content storage
 //!   holds already costs a record and no bytes, and a second user is never locked out.
 //!
+//! - Users' spaces ([`spaces`]): named entries per user, temporary while an offline task fetches
+//!   them, permanent (and charged) once complete; offline task records for restarts.
+//!
 //! Invariants: a piece is checked against its manifest hash before anything is written, so a
 //! bad piece never reaches the object store; objects appear whole or not at all (the local
 //! backend writes a temporary file and renames it, S3 puts are atomic); and the index records
@@ -21,6 +24,7 @@
 
 pub mod backend;
 mod owners;
+pub mod spaces;
 mod store;
 
 pub use owners::{charge, Claimed};

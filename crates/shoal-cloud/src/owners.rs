@@ -32,14 +32,14 @@ pub fn charge(used: u64, size: u64, quota: Option<u64>) -> Result<u64, (u64, u64
     }
 }
 
-fn owner_key(user: UserId, content: ContentId) -> [u8; 64] {
+pub(crate) fn owner_key(user: UserId, content: ContentId) -> [u8; 64] {
     let mut k = [0u8; 64];
     k[..32].copy_from_slice(user.public_key_bytes());
     k[32..].copy_from_slice(content.as_bytes());
     k
 }
 
-fn read_u64(v: Option<sled::IVec>) -> u64 {
+pub(crate) fn read_u64(v: Option<sled::IVec>) -> u64 {
     v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map_or(0, u64::from_be_bytes)
 }
 

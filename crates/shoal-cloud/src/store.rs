@@ -66,6 +66,18 @@ pub enum CloudError {
     /// A stored object no longer matches its hash.
     #[error("stored piece {0} is damaged")]
     Damaged(PieceIndex),
+    /// The user's space has an entry of this name already.
+    #[error("your space has an entry named {0:?} already: pick another --name, or remove it with `shoal space rm`")]
+    EntryExists(String),
+    /// The user's space has no such entry (or it belongs to another task).
+    #[error("your space has no entry named {0:?} (see `shoal space ls`)")]
+    NoEntry(String),
+    /// The user's space is full.
+    #[error("your space holds {max} entries, the most it may: remove some with `shoal space rm`")]
+    SpaceFull {
+        /// the limit
+        max: usize,
+    },
     /// The user's quota cannot hold the content; nothing was recorded.
     #[error(
         "over quota: {} used of {}, this content needs {}: ask the storage operator to raise \
@@ -96,6 +108,12 @@ pub struct CloudStore {
     pub(crate) owners: sled::Tree,
     /// user key -> bytes the user owns in total (u64 BE).
     pub(crate) usage: sled::Tree,
+    /// user key || entry name -> the entry (JSON), see `spaces`.
+    pub(crate) spaces: sled::Tree,
+    /// offline task id -> the task's record (JSON, the node's).
+    pub(crate) tasks: sled::Tree,
+    /// URL -> what it gave last (JSON, the node's), for instant offline tasks.
+    pub(crate) resources: sled::Tree,
 }
 
 fn piece_key(c: ContentId, p: PieceIndex) -> [u8; 36] {
@@ -124,6 +142,9 @@ impl CloudStore {
             pieces: db.open_tree("pieces")?,
             owners: db.open_tree("owners")?,
             usage: db.open_tree("usage")?,
+            spaces: db.open_tree("spaces")?,
+            tasks: db.open_tree("tasks")?,
+            resources: db.open_tree("resources")?,
             db,
         })
     }

@@ -71,10 +71,30 @@ macro_rules! hash_newtype {
     };
 }
 
+/// Serialises an id as its printed form (hex), and parses it back: JSON records stay readable.
+macro_rules! serde_as_text {
+    ($name:ty) => {
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use serde_as_text;
+
 hash_newtype!(
     /// The id of a piece of content: the BLAKE3 hash of its canonical manifest encoding.
     ContentId
 );
+serde_as_text!(ContentId);
 hash_newtype!(
     /// The BLAKE3 hash of one piece's bytes.
     PieceHash

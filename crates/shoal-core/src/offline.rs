@@ -11,7 +11,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::id::ParseIdError;
+use crate::id::{serde_as_text, ParseIdError};
 use crate::piece::{self, MAX_PIECES};
 use crate::{NodeId, PieceHash, PieceIndex};
 
@@ -48,6 +48,8 @@ impl FromStr for TaskId {
         bytes.try_into().map(Self).map_err(|_| ParseIdError::BadHex(s.to_string()))
     }
 }
+
+serde_as_text!(TaskId);
 
 /// The domain separator of a segment proof, versioned.
 const SEGMENT_DOMAIN: &[u8] = b"shoal offline segment v1";
@@ -100,7 +102,12 @@ pub enum ProofError {
 
 impl SegmentProof {
     /// What the storage key signs.
-    pub fn signed_bytes(task: &TaskId, size: u64, first: PieceIndex, hashes: &[PieceHash]) -> Vec<u8> {
+    pub fn signed_bytes(
+        task: &TaskId,
+        size: u64,
+        first: PieceIndex,
+        hashes: &[PieceHash],
+    ) -> Vec<u8> {
         let mut out = Vec::with_capacity(SEGMENT_DOMAIN.len() + 32 + 32 * hashes.len());
         out.extend_from_slice(SEGMENT_DOMAIN);
         out.extend_from_slice(&task.0);

@@ -465,7 +465,13 @@ impl Frame for OfflineReply {
                 let hashes =
                     (0..count).map(|_| r.array().map(PieceHash)).collect::<Result<_, _>>()?;
                 let signature = r.array()?;
-                Self::Event(TaskEvent::Segment(SegmentProof { task, size, first, hashes, signature }))
+                Self::Event(TaskEvent::Segment(SegmentProof {
+                    task,
+                    size,
+                    first,
+                    hashes,
+                    signature,
+                }))
             }
             0x43 => Self::Event(TaskEvent::Progress { bytes: r.u64()?, size: r.u64()? }),
             0x44 => Self::Event(TaskEvent::Done { content: ContentId(r.array()?) }),

@@ -78,7 +78,13 @@ fn task_info() -> impl Strategy<Value = TaskInfo> {
 }
 
 fn entry() -> impl Strategy<Value = SpaceEntry> {
-    ("\\PC{0,40}", proptest::option::of(any::<[u8; 32]>()), any::<u64>(), any::<bool>(), any::<u64>())
+    (
+        "\\PC{0,40}",
+        proptest::option::of(any::<[u8; 32]>()),
+        any::<u64>(),
+        any::<bool>(),
+        any::<u64>(),
+    )
         .prop_map(|(name, content, size, permanent, time_ms)| SpaceEntry {
             name,
             content: content.map(ContentId),
@@ -90,7 +96,8 @@ fn entry() -> impl Strategy<Value = SpaceEntry> {
 
 fn reply() -> impl Strategy<Value = OfflineReply> {
     prop_oneof![
-        (task(), any::<bool>()).prop_map(|(task, instant)| OfflineReply::Accepted { task, instant }),
+        (task(), any::<bool>())
+            .prop_map(|(task, instant)| OfflineReply::Accepted { task, instant }),
         event().prop_map(OfflineReply::Event),
         proptest::collection::vec(task_info(), 0..40).prop_map(OfflineReply::Tasks),
         proptest::collection::vec(entry(), 0..40).prop_map(OfflineReply::Entries),
@@ -188,5 +195,7 @@ fn the_largest_listing_fits_the_reply_limit() {
     assert!(bytes.len() - 4 <= MAX_REPLY_LEN, "{} bytes", bytes.len());
     let mut d = Decoder::with_limit(MAX_REPLY_LEN);
     d.feed(&bytes);
-    assert!(matches!(d.decode::<OfflineReply>(), Ok(Some(OfflineReply::Tasks(v))) if v.len() == MAX_LISTED));
+    assert!(
+        matches!(d.decode::<OfflineReply>(), Ok(Some(OfflineReply::Tasks(v))) if v.len() == MAX_LISTED)
+    );
 }
