@@ -486,3 +486,72 @@ pub fn assert_rate_near(what: &str, got: f64, set: f64, tolerance: f64) {
         tolerance * 100.0
     );
 }
+
+/// A real nginx serving `root` on a free loopback port, stopped when dropped. `None` when nginx
+/// is not installed (unless `SHOAL_REQUIRE_NGINX` is set: then the test fails).
+pub struct Nginx {
+    child: Child,
+    pub port: u16,
+    _conf: tempfile::TempDir,
+}
+
+impl Nginx {
+    pub fn start(root: &Path) -> Option<Nginx> {
+        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| Path::new(p).exists());
+        let Some(bin) = bin else {
+            assert!(
+                std::env::var_os("SHOAL_REQUIRE_NGINX").is_none(),
+                "SHOAL_REQUIRE_NGINX is set but nginx is not installed (apt-get install nginx-light)"
+            );
+            eprintln!("skipping: nginx is not installed (apt-get install nginx-light)");
+            return None;
+        };
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let conf = tempfile::tempdir().unwrap();
+            let d = conf.path().display();
+            let text = format!(
+                "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; \
+                 error_log {d}/error.log; events {{ worker_connections 64; }}\n\
+                 http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; \
+                 fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+                 server {{ listen 127.0.0.1:{port}; root {}; }} }}\n",
+                root.display()
+            );
+            std::fs::write(conf.path().join("nginx.conf"), text).unwrap();
+            let mut child = Command::new(bin)
+                .arg("-c")
+                .arg(conf.path().join("nginx.conf"))
+                .arg("-p")
+                .arg(conf.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn nginx");
+            let end = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // the port was taken meanwhile: try another
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Some(Nginx { child, port, _conf: conf });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            child.kill().ok();
+            child.wait().ok();
+        }
+        panic!("nginx did not start");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}

@@ -11,6 +11,7 @@ mod fetch_hostile;
 mod hostile_peer;
 mod limits;
 mod local;
+mod offline;
 mod storage;
 mod storage_auth;
 mod swarm;

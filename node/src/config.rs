@@ -105,6 +105,9 @@ pub struct NodeConfig {
     /// For a storage node: the users it accepts pushes from, with their quotas (default:
     /// nobody; re-seed tokens from its tracker still count).
     pub grants: Grants,
+    /// For a storage node: let offline tasks fetch from loopback, private and link-local
+    /// addresses (off by default: no SSRF through storage).
+    pub offline_allow_private: bool,
 }
 
 impl NodeConfig {
@@ -121,6 +124,7 @@ impl NodeConfig {
             storage: None,
             s3: shoal_cloud::backend::S3Options::default(),
             grants: Grants::default(),
+            offline_allow_private: false,
         }
     }
 }

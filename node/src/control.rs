@@ -27,6 +27,8 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::fetch::{fetch, FetchRequest, Progress};
+
+mod offline;
 use crate::node::Node;
 
 pub use shoal_control::api::{
@@ -118,6 +120,12 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<ControlHandle> {
         .route("/v1/add", post(add))
         .route("/v1/get", post(get_content))
         .route("/v1/push", post(push))
+        .route("/v1/offline/add", post(offline::add))
+        .route("/v1/offline/watch", post(offline::watch))
+        .route("/v1/offline/ls", get(offline::ls))
+        .route("/v1/offline/cancel", post(offline::cancel))
+        .route("/v1/space/ls", get(offline::space_ls))
+        .route("/v1/space/rm", post(offline::space_rm))
         .route_layer(axum::middleware::from_fn_with_state(api.clone(), require_token));
     let app = Router::new().merge(v1).route("/metrics", get(metrics)).with_state(api);
     let (stop, stopped) = oneshot::channel::<()>();

@@ -16,6 +16,8 @@
 //!   its types and client are in `shoal-control`.
 //! - [`tracker`]: the tracker client: registration, announces, heartbeats, lookups.
 //! - [`push`]: pushing contents into storage, and carrying out re-seed directives.
+//! - `offline`: offline download: a storage node fetches URLs into users' spaces; a user's
+//!   node adds, watches and follows those tasks.
 //! - [`config`]: validated settings and the `RATE` syntax.
 
 #![warn(missing_docs)]
@@ -29,6 +31,7 @@ pub mod fetch;
 mod io;
 pub mod net;
 pub mod node;
+mod offline;
 pub mod push;
 mod push_gate;
 mod reveal;

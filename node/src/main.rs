@@ -14,6 +14,9 @@ use shoal_node::config::{Grants, NodeConfig};
 use shoal_node::fetch::FetchRequest;
 use shoal_node::node::Node;
 
+#[path = "cli/offline.rs"]
+mod offline_cli;
+
 /// Peer-assisted file swarm: share a file, fetch it from many peers at once over QUIC, every
 /// piece verified by its BLAKE3 hash.
 #[derive(Debug, Parser)]
@@ -84,6 +87,10 @@ enum Command {
         /// Allow a plain-HTTP S3 endpoint (unencrypted: for a store on loopback).
         #[arg(long, env = "SHOAL_DANGER_S3_ALLOW_HTTP")]
         danger_s3_allow_http: bool,
+        /// For a storage node: let offline tasks fetch from loopback, private and link-local
+        /// addresses (refused by default, so users cannot reach your network through storage).
+        #[arg(long, env = "SHOAL_OFFLINE_ALLOW_PRIVATE")]
+        offline_allow_private: bool,
         /// TESTING ONLY: advertise every piece of any content held in part (a lying bitfield).
         #[arg(long, env = "SHOAL_DANGER_LIE_BITFIELD")]
         danger_lie_bitfield: bool,
@@ -141,6 +148,16 @@ enum Command {
         json: bool,
         #[command(subcommand)]
         action: Option<UserAction>,
+    },
+    /// Offline download: have storage fetch a URL into your space, and follow it.
+    Offline {
+        #[command(subcommand)]
+        action: offline_cli::OfflineAction,
+    },
+    /// Your space on storage: what offline tasks put there.
+    Space {
+        #[command(subcommand)]
+        action: offline_cli::SpaceAction,
     },
     /// Show the node's id, addresses and counters.
     Status {
@@ -213,9 +230,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             grants,
             s3_endpoint,
             danger_s3_allow_http,
+            offline_allow_private,
             danger_lie_bitfield,
             danger_corrupt_uploads,
         } => {
+            if offline_allow_private && role != Role::Storage {
+                bail!("--offline-allow-private is for storage nodes: add --role storage");
+            }
             let grants = Grants::parse(&grants)?;
             if !grants.is_empty() && role != Role::Storage {
                 bail!("--grant is for storage nodes: add --role storage");
@@ -248,6 +269,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 storage,
                 s3,
                 grants,
+                offline_allow_private,
                 ..NodeConfig::new(data_dir)
             };
             if danger_corrupt_uploads > 0.0 {
@@ -269,6 +291,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ls { json } => ls(&data_dir, json),
         Command::Status { json } => status(&data_dir, json),
         Command::User { json, action } => user(&data_dir, json, action),
+        Command::Offline { action } => offline_cli::offline(&data_dir, action),
+        Command::Space { action } => offline_cli::space(&data_dir, action),
     }
 }
 
@@ -431,18 +455,8 @@ impl ProgressView {
     }
 }
 
-fn get(
-    data_dir: &Path,
-    ticket: &str,
-    output: &Path,
-    peers: Vec<PeerAddr>,
-    limit: Option<Rate>,
-    tracker: Option<String>,
-    json: bool,
-) -> anyhow::Result<()> {
-    let shown: String = ticket.chars().take(12).collect();
-    let parsed: Ticket =
-        ticket.parse().map_err(|e| anyhow::anyhow!("cannot read ticket \"{shown}..\": {e}"))?;
+/// An output path made absolute, in an existing directory, and not there yet.
+fn checked_output(output: &Path) -> anyhow::Result<PathBuf> {
     let output = absolute(output)?;
     if let Some(dir) = output.parent() {
         if !dir.is_dir() {
@@ -455,6 +469,22 @@ fn get(
     if output.symlink_metadata().is_ok() {
         bail!("{} already exists: remove it or choose another output path", output.display());
     }
+    Ok(output)
+}
+
+fn get(
+    data_dir: &Path,
+    ticket: &str,
+    output: &Path,
+    peers: Vec<PeerAddr>,
+    limit: Option<Rate>,
+    tracker: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let shown: String = ticket.chars().take(12).collect();
+    let parsed: Ticket =
+        ticket.parse().map_err(|e| anyhow::anyhow!("cannot read ticket \"{shown}..\": {e}"))?;
+    let output = checked_output(output)?;
     let mut view = ProgressView::new();
     let report = match Client::find(data_dir)? {
         Some(client) => {

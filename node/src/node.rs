@@ -54,6 +54,8 @@ pub struct Node {
     pub(crate) pusher: Pusher,
     /// The storage side of pushes: who may push, and the memory budget for push bodies.
     pub(crate) storage: Storage,
+    /// A storage node's offline tasks.
+    pub(crate) offline: Option<Arc<crate::offline::Offline>>,
     pub(crate) upload: RateLimiter,
     pub(crate) download: RateLimiter,
     /// Testing only: the share of uploaded pieces to corrupt.
@@ -122,6 +124,17 @@ impl Node {
             reseeding: Arc::default(),
             reveals: reveals.clone(),
         };
+        let offline = match &contents.cloud {
+            Some(cloud) => {
+                let origin = shoal_cloud::origin::Config {
+                    allow_private: config.offline_allow_private,
+                    ..Default::default()
+                };
+                let grants = config.grants.clone();
+                Some(crate::offline::Offline::open(cloud.clone(), net.clone(), dir, grants, origin)?)
+            }
+            None => None,
+        };
         let storage = Storage {
             net: net.clone(),
             contents: contents.clone(),
@@ -140,6 +153,7 @@ impl Node {
             reveals,
             pusher,
             storage,
+            offline,
             upload,
             download: RateLimiter::new(config.download_limit.map(|r| r.0)),
             corrupt: config.danger_corrupt_uploads,

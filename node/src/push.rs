@@ -90,7 +90,7 @@ struct Credentials {
 
 /// The device certificate of the data dir's user key, if there is one (read on each push, so
 /// `shoal user new` takes effect without a restart).
-fn device_cert(node: &Pusher) -> anyhow::Result<Option<DeviceCert>> {
+pub(crate) fn device_cert(node: &Pusher) -> anyhow::Result<Option<DeviceCert>> {
     let user = shoal_net::Identity::load_user(&node.data_dir).context("reading the user key")?;
     Ok(user.map(|u| u.device_cert(node.net.node_id())))
 }
@@ -144,7 +144,7 @@ async fn push_manifest(
 }
 
 /// The storage node the tracker names.
-async fn find_storage(node: &Pusher) -> anyhow::Result<PeerAddr> {
+pub(crate) async fn find_storage(node: &Pusher) -> anyhow::Result<PeerAddr> {
     let addr = node.trackers.default_addr().map(str::to_string).ok_or_else(|| {
         anyhow!("push needs a tracker to find storage: start the daemon with --tracker HOST:PORT")
     })?;

@@ -134,6 +134,7 @@ async fn handle_stream(
             let dec = if push { dec } else { Decoder::new() };
             serve_request(&node, peer, send, recv, dec, req).await
         }
+        Opening::Offline(req) => crate::offline::serve_offline(&node, peer, send, recv, req).await,
         Opening::Control(first) => {
             if control_opened.swap(true, Ordering::Relaxed) {
                 conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"second control stream");
@@ -144,6 +145,10 @@ async fn handle_stream(
             let session = Session::new(node.node_id(), peer);
             drive_control(node, conn, peer, session, Some(first), send, recv, dec, None).await;
             Ok(())
+        }
+        _ => {
+            conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"unknown stream kind");
+            anyhow::bail!("peer opened an unknown kind of stream")
         }
     }
 }

@@ -8,6 +8,9 @@ use serde::de::DeserializeOwned;
 
 use crate::api::{AddBody, AddReply, ControlInfo, GetBody, LsEntry, PushBody, PushReport};
 use crate::fetch::{FetchReport, Progress};
+use crate::offline::{
+    FollowReport, OfflineAddBody, OfflineAddReply, SpaceReply, SpaceRmBody, TaskBody, TaskStatus,
+};
 use crate::status::Status;
 use crate::CONTROL_FILE;
 
@@ -154,6 +157,92 @@ impl Client {
             }
         }
         Err(Error::Stopped)
+    }
+
+    /// Reads NDJSON lines: each `{"event": ..}` goes to `on_event`; returns the value under
+    /// `done`, or the event that ends a task when `ends` says so.
+    fn lines<T: DeserializeOwned>(
+        &self,
+        resp: ureq::Response,
+        mut on_event: impl FnMut(&serde_json::Value),
+        ends: impl Fn(&serde_json::Value) -> Option<T>,
+    ) -> Result<T, Error> {
+        for line in std::io::BufReader::new(resp.into_reader()).lines() {
+            let v: serde_json::Value = serde_json::from_str(&line?)?;
+            if v.get("event").is_some() {
+                on_event(&v);
+                if let Some(end) = ends(&v) {
+                    return Ok(end);
+                }
+            } else if let Some(d) = v.get("done") {
+                return Ok(serde_json::from_value(d.clone())?);
+            } else if let Some(e) = v.get("error") {
+                return Err(Error::Failed(e.as_str().unwrap_or("failed").to_string()));
+            }
+        }
+        Err(Error::Stopped)
+    }
+
+    /// Hands a URL to storage (`POST /v1/offline/add`).
+    pub fn offline_add(&self, url: &str, name: Option<&str>) -> Result<OfflineAddReply, Error> {
+        let body =
+            OfflineAddBody { url: url.into(), name: name.map(str::to_string), follow: None };
+        self.call(self.request("POST", "/v1/offline/add"), Some(serde_json::to_value(body)?))
+    }
+
+    /// Hands a URL to storage and follows the task into `output` (absolute), passing each
+    /// event to `on_event`.
+    pub fn offline_follow(
+        &self,
+        url: &str,
+        name: Option<&str>,
+        output: &Path,
+        on_event: impl FnMut(&serde_json::Value),
+    ) -> Result<FollowReport, Error> {
+        let body = OfflineAddBody {
+            url: url.into(),
+            name: name.map(str::to_string),
+            follow: Some(output.to_path_buf()),
+        };
+        let resp = self.request("POST", "/v1/offline/add").send_json(serde_json::to_value(body)?)?;
+        self.lines(resp, on_event, |_| None)
+    }
+
+    /// Streams a task's events (`POST /v1/offline/watch`) until it ends; the last event.
+    pub fn offline_watch(
+        &self,
+        task: &str,
+        on_event: impl FnMut(&serde_json::Value),
+    ) -> Result<serde_json::Value, Error> {
+        let body = serde_json::to_value(TaskBody { task: task.into() })?;
+        let resp = self.request("POST", "/v1/offline/watch").send_json(body)?;
+        self.lines(resp, on_event, |v| {
+            matches!(v["event"].as_str(), Some("done" | "failed")).then(|| v.clone())
+        })
+    }
+
+    /// The user's tasks (`GET /v1/offline/ls`).
+    pub fn offline_ls(&self) -> Result<Vec<TaskStatus>, Error> {
+        self.call(self.request("GET", "/v1/offline/ls"), None)
+    }
+
+    /// Cancels a task (`POST /v1/offline/cancel`).
+    pub fn offline_cancel(&self, task: &str) -> Result<(), Error> {
+        let body = serde_json::to_value(TaskBody { task: task.into() })?;
+        let _: serde_json::Value = self.call(self.request("POST", "/v1/offline/cancel"), Some(body))?;
+        Ok(())
+    }
+
+    /// The user's space (`GET /v1/space/ls`).
+    pub fn space_ls(&self) -> Result<SpaceReply, Error> {
+        self.call(self.request("GET", "/v1/space/ls"), None)
+    }
+
+    /// Removes an entry of the user's space (`POST /v1/space/rm`).
+    pub fn space_rm(&self, name: &str) -> Result<(), Error> {
+        let body = serde_json::to_value(SpaceRmBody { name: name.into() })?;
+        let _: serde_json::Value = self.call(self.request("POST", "/v1/space/rm"), Some(body))?;
+        Ok(())
     }
 }
 

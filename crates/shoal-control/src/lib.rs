@@ -12,6 +12,12 @@
 //! | `POST /v1/add` | [`AddBody`] | [`AddReply`] |
 //! | `POST /v1/get` | [`GetBody`] | NDJSON: `{"progress": `[`Progress`]`}` lines, then `{"done": `[`FetchReport`]`}` or `{"error": ".."}` |
 //! | `POST /v1/push` | [`PushBody`] | [`PushReport`] |
+//! | `POST /v1/offline/add` | [`OfflineAddBody`] | [`OfflineAddReply`]; with `follow`, NDJSON: event lines (see [`offline`]), then `{"done": `[`FollowReport`]`}` or `{"error": ".."}` |
+//! | `POST /v1/offline/watch` | [`TaskBody`] | NDJSON event lines until `done` or `failed` |
+//! | `GET /v1/offline/ls` | | `[`[`TaskStatus`]`]` |
+//! | `POST /v1/offline/cancel` | [`TaskBody`] | `{}` |
+//! | `GET /v1/space/ls` | | [`SpaceReply`] |
+//! | `POST /v1/space/rm` | [`SpaceRmBody`] | `{}` |
 //! | `GET /metrics` | | Prometheus text: four node-wide counters |
 //!
 //! A refused request is answered with a 4xx or 5xx status and `{"error": ".."}`.
@@ -19,6 +25,7 @@
 //! - [`api`]: request and response bodies, and what `control.json` holds.
 //! - [`status`]: [`Status`], the node's counters and contents.
 //! - [`fetch`]: [`Progress`] and [`FetchReport`] of a download.
+//! - [`offline`]: offline tasks, their events, and the user's space.
 //! - [`units`]: [`Rate`] (`20MiB/s`) and [`human_bytes`].
 //! - [`client`]: [`Client`], a blocking client that finds the daemon of a data dir.
 
@@ -27,6 +34,7 @@
 pub mod api;
 pub mod client;
 pub mod fetch;
+pub mod offline;
 pub mod status;
 pub mod units;
 
@@ -35,5 +43,9 @@ pub use api::{
 };
 pub use client::Client;
 pub use fetch::{FetchReport, PeerReport, Progress};
+pub use offline::{
+    FollowReport, OfflineAddBody, OfflineAddReply, SpaceEntry, SpaceReply, SpaceRmBody, TaskBody,
+    TaskStatus,
+};
 pub use status::{ContentStatus, Status};
 pub use units::{human_bytes, ParseRateError, Rate};

@@ -99,6 +99,7 @@ hash_newtype!(
     /// The BLAKE3 hash of one piece's bytes.
     PieceHash
 );
+serde_as_text!(PieceHash);
 
 impl PieceHash {
     /// Hashes one piece.

@@ -65,6 +65,8 @@ impl FromStr for UserId {
     }
 }
 
+crate::id::serde_as_text!(UserId);
+
 /// The domain separator of a device certificate, versioned.
 const DEVICE_DOMAIN: &[u8] = b"shoal user device v1";
 

@@ -1,0 +1,363 @@
+//! Offline download, the storage side: a storage node fetches URLs for the users it granted
+//! space, into a temporary area, and moves each finished content into the user's space.
+//!
+//! - [`Offline`]: the tasks of this node (records in the cloud index survive restarts; a task
+//!   still fetching continues after a restart from the segments it had hashed).
+//! - `task`: one task's record, event log and watchers.
+//! - `run`: fetching, hashing, proving and storing a task's resource.
+//! - `serve`: the offline request streams users' devices open.
+//! - `client`: the device side: adding, watching, listing and following tasks, and the space.
+//!
+//! Bounds: a user runs at most [`MAX_ACTIVE_PER_USER`] tasks at once and keeps at most
+//! [`MAX_KEPT_PER_USER`] finished ones listed; the node fetches [`MAX_RUNNING`] tasks at once
+//! (others wait their turn); every origin request is bounded by `shoal_cloud::origin::Config`
+//! (size, redirects, attempts, stalls), and private addresses are refused unless the operator
+//! passed `--offline-allow-private`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use shoal_cloud::origin::{Origin, Resource};
+use shoal_cloud::{CloudError, CloudStore};
+use shoal_core::{ContentId, Manifest, TaskId, UserId};
+use shoal_wire::offline::{TaskEvent, TaskInfo};
+use shoal_wire::RejectReason;
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use crate::config::Grants;
+use crate::net::Net;
+
+pub(crate) mod client;
+mod run;
+mod serve;
+mod task;
+
+pub(crate) use serve::serve_offline;
+pub(crate) use task::Task;
+
+/// Tasks the node fetches at once; more wait their turn.
+pub(crate) const MAX_RUNNING: usize = 8;
+/// Tasks one user may have underway at once.
+pub(crate) const MAX_ACTIVE_PER_USER: usize = 16;
+/// Finished tasks kept listed per user (the oldest are forgotten first).
+pub(crate) const MAX_KEPT_PER_USER: usize = 64;
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A refusal: the reason and the text the device is told.
+pub(crate) type Refusal = (RejectReason, String);
+
+fn refusal(reason: RejectReason, text: impl Into<String>) -> Refusal {
+    (reason, text.into())
+}
+
+/// What a URL gave last time: an instant answer for the next task that names it, while the
+/// origin still reports the same resource.
+#[derive(Debug, Serialize, Deserialize)]
+struct Seen {
+    content: ContentId,
+    resource: Resource,
+}
+
+/// What running tasks use: the store, the origin client, the node key (to sign proofs), the
+/// temporary area, the grants and the running-task limit.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub(crate) cloud: CloudStore,
+    pub(crate) origin: Origin,
+    pub(crate) net: Arc<Net>,
+    pub(crate) dir: PathBuf,
+    pub(crate) grants: Grants,
+    pub(crate) running: Arc<Semaphore>,
+}
+
+impl Ctx {
+    /// The quota of a granted user (`Some(None)`: unlimited); `None` if not granted.
+    pub(crate) fn quota(&self, user: UserId) -> Option<Option<u64>> {
+        self.grants.quota(&user)
+    }
+
+    pub(crate) fn part_path(&self, task: TaskId) -> PathBuf {
+        run::part_file(&self.dir, task)
+    }
+
+    pub(crate) async fn save(&self, id: TaskId, record: &task::Record) -> Result<(), CloudError> {
+        self.cloud.put_task_record(id, &serde_json::to_vec(record).expect("serialises")).await
+    }
+}
+
+/// The offline tasks of a storage node.
+#[derive(Debug)]
+pub(crate) struct Offline {
+    ctx: Arc<Ctx>,
+    tasks: Mutex<HashMap<TaskId, Arc<Task>>>,
+}
+
+impl Offline {
+    /// Loads the recorded tasks and continues those still fetching. Must run inside a tokio
+    /// runtime.
+    pub(crate) fn open(
+        cloud: CloudStore,
+        net: Arc<Net>,
+        data_dir: &std::path::Path,
+        grants: Grants,
+        origin: shoal_cloud::origin::Config,
+    ) -> anyhow::Result<Arc<Self>> {
+        let dir = data_dir.join("offline");
+        std::fs::create_dir_all(&dir)?;
+        let origin = Origin::new(origin)?;
+        let running = Arc::new(Semaphore::new(MAX_RUNNING));
+        let ctx = Arc::new(Ctx { cloud, origin, net, dir, grants, running });
+        let mut tasks = HashMap::new();
+        for (id, raw) in ctx.cloud.task_records()? {
+            let Ok(record) = serde_json::from_slice::<task::Record>(&raw) else {
+                warn!(task = %id.fmt_short(), "unreadable offline task record; skipped");
+                continue;
+            };
+            let task = Task::new(id, record);
+            if !task.is_over() {
+                info!(task = %id.fmt_short(), "continuing an offline task");
+                tokio::spawn(run::run(task.clone(), ctx.clone()));
+            }
+            tasks.insert(id, task);
+        }
+        Ok(Arc::new(Self { ctx, tasks: Mutex::new(tasks) }))
+    }
+
+    fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Arc<Task>>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a task for `user` (who must hold a grant here): `(task, instant)`.
+    pub(crate) async fn add(
+        &self,
+        user: UserId,
+        url: &str,
+        name: &str,
+    ) -> Result<(TaskId, bool), Refusal> {
+        if self.ctx.quota(user).is_none() {
+            return Err(refusal(
+                RejectReason::Unauthorized,
+                format!("user {user} has no space here: ask the storage operator for --grant {user}"),
+            ));
+        }
+        let parsed = url::Url::parse(url).map_err(|e| {
+            refusal(RejectReason::BadRequest, format!("bad URL {url:?}: {e} (give a full http:// or https:// URL)"))
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(refusal(RejectReason::BadRequest, format!("cannot fetch {url:?}: only http and https URLs")));
+        }
+        let name = if name.is_empty() { name_from_url(&parsed) } else { name.to_string() };
+        // The name must be a manifest's: check it now, not after the fetch.
+        Manifest::new(&name, 0, Vec::new()).map_err(|e| refusal(RejectReason::BadRequest, e.to_string()))?;
+        let active = self.tasks().values().filter(|t| t.user() == user && !t.is_over()).count();
+        if active >= MAX_ACTIVE_PER_USER {
+            return Err(refusal(
+                RejectReason::Busy,
+                format!("you have {active} offline tasks underway, the most at once: wait for one to end"),
+            ));
+        }
+        self.forget_old(user).await;
+        let id = TaskId(rand_bytes());
+        let now = now_ms();
+        self.ctx.cloud.add_temporary(user, &name, id, now).await.map_err(cloud_refusal)?;
+        let record = task::Record {
+            user,
+            url: url.to_string(),
+            name: name.clone(),
+            created_ms: now,
+            stage: task::Stage::Fetching,
+            resource: None,
+            hashes: Vec::new(),
+            restarts: 0,
+        };
+        if let Some(content) = self.instant(user, url, &name, id).await {
+            let record = task::Record { stage: task::Stage::Done { content }, ..record };
+            self.ctx.save(id, &record).await.map_err(cloud_refusal)?;
+            info!(task = %id.fmt_short(), %content, "offline task done at once: storage holds the resource");
+            self.tasks().insert(id, Task::new(id, record));
+            return Ok((id, true));
+        }
+        self.ctx.save(id, &record).await.map_err(cloud_refusal)?;
+        let task = Task::new(id, record);
+        self.tasks().insert(id, task.clone());
+        info!(task = %id.fmt_short(), url, "offline task added");
+        tokio::spawn(run::run(task, self.ctx.clone()));
+        Ok((id, false))
+    }
+
+    /// The content if storage holds what `url` gave before and the origin still reports the
+    /// same resource; the entry is then committed at once.
+    async fn instant(&self, user: UserId, url: &str, name: &str, id: TaskId) -> Option<ContentId> {
+        let raw = self.ctx.cloud.resource_record(&run::res_key(url)).ok()??;
+        let seen: Seen = serde_json::from_slice(&raw).ok()?;
+        let held = self.ctx.cloud.content(seen.content).ok()??;
+        if !held.is_complete() {
+            return None;
+        }
+        let now = self.ctx.origin.probe(url).await.ok()?;
+        if now.len != seen.resource.len || now.validators != seen.resource.validators {
+            return None;
+        }
+        let quota = self.ctx.quota(user).flatten();
+        match self.ctx.cloud.commit_entry(user, name, id, seen.content, now.len, quota, now_ms()).await {
+            Ok(()) => Some(seen.content),
+            Err(e) => {
+                warn!(error = %e, "cannot commit an instant offline task; fetching it instead");
+                None
+            }
+        }
+    }
+
+    /// Forgets the oldest finished tasks of `user` beyond [`MAX_KEPT_PER_USER`].
+    async fn forget_old(&self, user: UserId) {
+        let mut over: Vec<(u64, TaskId)> = self
+            .tasks()
+            .values()
+            .filter(|t| t.user() == user && t.is_over())
+            .map(|t| (t.lock().record.created_ms, t.id))
+            .collect();
+        if over.len() < MAX_KEPT_PER_USER {
+            return;
+        }
+        over.sort();
+        for (_, id) in over.iter().take(over.len() + 1 - MAX_KEPT_PER_USER) {
+            self.tasks().remove(id);
+            let _ = self.ctx.cloud.remove_task_record(*id).await;
+        }
+    }
+
+    /// A task of `user`; another user's task is as unknown as a missing one.
+    pub(crate) fn task(&self, user: UserId, id: TaskId) -> Result<Arc<Task>, Refusal> {
+        match self.tasks().get(&id) {
+            Some(t) if t.user() == user => Ok(t.clone()),
+            _ => Err(refusal(RejectReason::NotFound, format!("no offline task {id} of yours here (see `shoal offline ls`)"))),
+        }
+    }
+
+    /// `user`'s tasks, newest first.
+    pub(crate) fn list(&self, user: UserId) -> Vec<TaskInfo> {
+        let mut tasks: Vec<(u64, TaskInfo)> = self
+            .tasks()
+            .values()
+            .filter(|t| t.user() == user)
+            .map(|t| {
+                let created = t.lock().record.created_ms;
+                (created, t.info())
+            })
+            .collect();
+        tasks.sort_by(|a, b| b.0.cmp(&a.0));
+        tasks.into_iter().map(|(_, t)| t).collect()
+    }
+
+    /// Cancels a task of `user`; one that ended already is left as it is.
+    pub(crate) fn cancel(&self, user: UserId, id: TaskId) -> Result<(), Refusal> {
+        let task = self.task(user, id)?;
+        task.cancel.send_replace(true);
+        Ok(())
+    }
+
+    pub(crate) fn ctx(&self) -> &Ctx {
+        &self.ctx
+    }
+}
+
+/// Events a watcher has not seen: the log from `seen` on, and the latest progress.
+pub(crate) fn pending(task: &Task, seen: usize) -> (Vec<TaskEvent>, Option<TaskEvent>, bool) {
+    let s = task.lock();
+    let new = s.log.get(seen..).map(<[TaskEvent]>::to_vec).unwrap_or_default();
+    let size = s.record.resource.as_ref().map_or(0, |r| r.len);
+    let progress = (size > 0).then(|| TaskEvent::Progress { bytes: s.progress(), size });
+    let over = s.record.stage != task::Stage::Fetching
+        && s.log.last().is_some_and(|e| matches!(e, TaskEvent::Done { .. } | TaskEvent::Failed { .. }));
+    (new, progress, over)
+}
+
+fn cloud_refusal(e: CloudError) -> Refusal {
+    let reason = match e {
+        CloudError::EntryExists(_) | CloudError::SpaceFull { .. } => RejectReason::BadRequest,
+        CloudError::QuotaExceeded { .. } => RejectReason::QuotaExceeded,
+        _ => RejectReason::StorageError,
+    };
+    (reason, e.to_string())
+}
+
+/// A name for a URL's resource: its last path segment, else its host.
+fn name_from_url(url: &url::Url) -> String {
+    let last = url.path_segments().and_then(|mut s| s.next_back()).unwrap_or("");
+    let decoded = percent_decode(last);
+    let clean: String = decoded.chars().filter(|c| *c != '/' && *c != '\0').collect();
+    match clean.as_str() {
+        "" | "." | ".." => url.host_str().unwrap_or("download").to_string(),
+        _ => clean.chars().take(200).collect(),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn rand_bytes() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    // The OS source cannot fail on Linux once the kernel's pool is ready (it is, at boot);
+    // a fallback from the clock and a counter still gives unique ids within this process.
+    if getrandom::getrandom(&mut b).is_err() {
+        b[..8].copy_from_slice(&now_ms().to_be_bytes());
+        b[8..].copy_from_slice(&fastrand::u64(..).to_be_bytes());
+    }
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_come_from_the_last_path_segment_or_the_host() {
+        let n = |u: &str| name_from_url(&url::Url::parse(u).unwrap());
+        assert_eq!(n("http://h/a/b/file.iso"), "file.iso");
+        assert_eq!(n("http://h/a/my%20file.txt?x=1"), "my file.txt");
+        assert_eq!(n("http://example.org/"), "example.org");
+        assert_eq!(n("http://h/a/%2e%2e"), "h");
+        assert_eq!(n("http://h/a/b%2Fc"), "bc");
+    }
+
+    #[test]
+    fn a_layout_groups_whole_pieces_into_segments() {
+        // 10 MiB: 64 KiB pieces (160), 64 per 4 MiB segment: 3 segments, the last of 32.
+        let l = run::Layout::of(10 << 20);
+        assert_eq!((l.piece, l.pieces, l.per_segment, l.segments()), (64 << 10, 160, 64, 3));
+        assert_eq!(l.segment_pieces(2), 128..160);
+        assert_eq!(l.bytes(&l.segment_pieces(2)), (8 << 20)..(10 << 20));
+        // 1 byte: one piece, one segment of one byte.
+        let l = run::Layout::of(1);
+        assert_eq!((l.pieces, l.segments()), (1, 1));
+        assert_eq!(l.bytes(&l.segment_pieces(0)), 0..1);
+        // 0 bytes: nothing to fetch.
+        assert_eq!(run::Layout::of(0).segments(), 0);
+        // 100 GiB: 128 MiB... capped at 64 MiB pieces, one per segment.
+        let l = run::Layout::of(100 << 30);
+        assert_eq!((l.piece, l.per_segment), (64 << 20, 1));
+    }
+}

@@ -1,0 +1,396 @@
+//! The device side of offline download: a user's node asks its storage node (found through the
+//! tracker) to fetch a URL, watches the task, lists tasks and the user's space, and follows a
+//! task: it takes each segment as soon as storage proves it, checks every piece against the
+//! storage-signed hash, and at the end checks that the content's manifest lists exactly the
+//! hashes storage signed before it renames the file into place.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context};
+use quinn::Connection;
+use shoal_core::offline::SegmentProof;
+use shoal_core::{ContentId, Manifest, NodeId, PeerAddr, PieceHash, PieceIndex, TaskId};
+use shoal_wire::offline::{OfflineReply, OfflineRequest, TaskEvent, MAX_REPLY_LEN};
+use shoal_wire::{Decoder, Request, Response};
+use tokio::task::JoinSet;
+
+use crate::io::{read_frame, write_frame};
+use crate::push::Pusher;
+
+/// Pieces a follower fetches at once.
+const FOLLOW_STREAMS: usize = 8;
+
+/// A connection to the storage node that runs this user's tasks.
+#[derive(Debug)]
+pub(crate) struct Storage {
+    conn: Connection,
+    node: NodeId,
+    pub(crate) addr: PeerAddr,
+    cert: Option<shoal_core::DeviceCert>,
+}
+
+impl Storage {
+    /// Connects to the storage node the tracker names (or `addr`).
+    pub(crate) async fn connect(p: &Pusher, addr: Option<PeerAddr>) -> anyhow::Result<Self> {
+        let addr = match addr {
+            Some(a) => a,
+            None => crate::push::find_storage(p).await?,
+        };
+        let (conn, node) = p
+            .net
+            .endpoint
+            .connect(&addr, shoal_wire::ALPN)
+            .await
+            .with_context(|| format!("cannot reach storage at {}", addr.addr))?;
+        let cert = crate::push::device_cert(p)?;
+        Ok(Self { conn, node, addr: PeerAddr { node_id: Some(node), addr: addr.addr }, cert })
+    }
+
+    /// One request, one reply.
+    async fn call(&self, req: &OfflineRequest) -> anyhow::Result<OfflineReply> {
+        let (mut send, mut recv) = self.conn.open_bi().await?;
+        write_frame(&mut send, req).await?;
+        send.finish()?;
+        let mut dec = Decoder::with_limit(MAX_REPLY_LEN);
+        match read_frame::<OfflineReply>(&mut recv, &mut dec).await? {
+            Some(OfflineReply::Reject { text, .. }) => bail!("storage refused: {text}"),
+            Some(r) => Ok(r),
+            None => bail!("storage closed the stream without answering"),
+        }
+    }
+
+    /// Hands `url` to storage: `(task, instant)`.
+    pub(crate) async fn add(&self, url: &str, name: &str) -> anyhow::Result<(TaskId, bool)> {
+        let req = OfflineRequest::Add { cert: self.cert.clone(), url: url.into(), name: name.into() };
+        match self.call(&req).await? {
+            OfflineReply::Accepted { task, instant } => Ok((task, instant)),
+            other => bail!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// The user's tasks.
+    pub(crate) async fn list(&self) -> anyhow::Result<Vec<shoal_wire::offline::TaskInfo>> {
+        match self.call(&OfflineRequest::List { cert: self.cert.clone() }).await? {
+            OfflineReply::Tasks(t) => Ok(t),
+            other => bail!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// Cancels a task.
+    pub(crate) async fn cancel(&self, task: TaskId) -> anyhow::Result<()> {
+        match self.call(&OfflineRequest::Cancel { cert: self.cert.clone(), task }).await? {
+            OfflineReply::Done => Ok(()),
+            other => bail!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// The user's space.
+    pub(crate) async fn space(&self) -> anyhow::Result<Vec<shoal_wire::offline::SpaceEntry>> {
+        match self.call(&OfflineRequest::Space { cert: self.cert.clone() }).await? {
+            OfflineReply::Entries(e) => Ok(e),
+            other => bail!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// Removes an entry from the user's space.
+    pub(crate) async fn remove(&self, name: &str) -> anyhow::Result<()> {
+        let req = OfflineRequest::SpaceRemove { cert: self.cert.clone(), name: name.into() };
+        match self.call(&req).await? {
+            OfflineReply::Done => Ok(()),
+            other => bail!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// Streams a task's events into `on_event` until it ends; the last event (done or failed).
+    pub(crate) async fn watch(
+        &self,
+        task: TaskId,
+        mut on_event: impl FnMut(&TaskEvent),
+    ) -> anyhow::Result<TaskEvent> {
+        let (mut send, mut recv) = self.conn.open_bi().await?;
+        write_frame(&mut send, &OfflineRequest::Watch { cert: self.cert.clone(), task }).await?;
+        send.finish()?;
+        let mut dec = Decoder::with_limit(MAX_REPLY_LEN);
+        loop {
+            match read_frame::<OfflineReply>(&mut recv, &mut dec).await? {
+                Some(OfflineReply::Event(ev)) => {
+                    on_event(&ev);
+                    if matches!(ev, TaskEvent::Done { .. } | TaskEvent::Failed { .. }) {
+                        return Ok(ev);
+                    }
+                }
+                Some(OfflineReply::Reject { text, .. }) => bail!("storage refused: {text}"),
+                Some(other) => bail!("unexpected answer {other:?}"),
+                None => bail!("storage ended the watch before the task ended"),
+            }
+        }
+    }
+
+    /// One piece: of the running task (`content` none) or of the finished content.
+    async fn piece(
+        &self,
+        task: TaskId,
+        content: Option<ContentId>,
+        piece: PieceIndex,
+        len: u64,
+    ) -> anyhow::Result<Vec<u8>> {
+        let (mut send, mut recv) = self.conn.open_bi().await?;
+        match content {
+            Some(content) => write_frame(&mut send, &Request::Piece { content, piece }).await?,
+            None => {
+                let req = OfflineRequest::Piece { cert: self.cert.clone(), task, piece };
+                write_frame(&mut send, &req).await?
+            }
+        }
+        send.finish()?;
+        let mut dec = Decoder::new();
+        read_raw(&mut recv, &mut dec, len).await.with_context(|| format!("piece {piece}"))
+    }
+
+    /// The manifest of a content, checked against its id.
+    async fn manifest(&self, content: ContentId) -> anyhow::Result<Manifest> {
+        let (mut send, mut recv) = self.conn.open_bi().await?;
+        write_frame(&mut send, &Request::Manifest { content }).await?;
+        send.finish()?;
+        let mut dec = Decoder::new();
+        let bytes = read_raw(&mut recv, &mut dec, shoal_core::manifest::MAX_ENCODED_LEN as u64).await?;
+        if ContentId::from(blake3::hash(&bytes)) != content {
+            bail!("storage sent a manifest that is not content {content}'s");
+        }
+        Ok(Manifest::decode(&bytes)?)
+    }
+
+    pub(crate) fn close(&self) {
+        self.conn.close(0u32.into(), b"done");
+    }
+}
+
+/// Reads a piece or manifest answer: the header, then exactly its bytes (at most `max`).
+async fn read_raw(recv: &mut quinn::RecvStream, dec: &mut Decoder, max: u64) -> anyhow::Result<Vec<u8>> {
+    let len = match read_frame::<Response>(recv, dec).await? {
+        Some(Response::Piece { len } | Response::Manifest { len }) => u64::from(len),
+        Some(Response::Reject { text, .. }) => bail!("storage refused: {text}"),
+        Some(other) => bail!("unexpected answer {other:?}"),
+        None => bail!("storage closed the stream without answering"),
+    };
+    if len > max {
+        bail!("storage announced {len} bytes where at most {max} fit");
+    }
+    let mut buf = dec.take_rest().to_vec();
+    if buf.len() as u64 > len {
+        bail!("storage sent more than it announced");
+    }
+    let have = buf.len();
+    buf.resize(len as usize, 0);
+    recv.read_exact(&mut buf[have..]).await?;
+    Ok(buf)
+}
+
+pub(crate) use shoal_control::FollowReport;
+
+/// The file a follow writes before renaming it into place: beside the output, hidden.
+fn part_path(output: &Path, task: TaskId) -> PathBuf {
+    let name = output.file_name().map_or("download".into(), |n| n.to_string_lossy().into_owned());
+    output.with_file_name(format!(".{name}.{}.shoal-part", task.fmt_short()))
+}
+
+/// What a follower knows of the pieces.
+struct Pieces {
+    size: u64,
+    piece: u64,
+    proven: Vec<Option<PieceHash>>,
+    have: Vec<bool>,
+}
+
+impl Pieces {
+    fn new(size: u64) -> Self {
+        let piece = 1u64 << shoal_core::piece::piece_log2_for(size);
+        let n = shoal_core::offline::resource_pieces(size) as usize;
+        Self { size, piece, proven: vec![None; n], have: vec![false; n] }
+    }
+
+    fn range(&self, p: u32) -> std::ops::Range<u64> {
+        let start = u64::from(p) * self.piece;
+        start..(start + self.piece).min(self.size)
+    }
+}
+
+/// Follows `task` on `storage` into `output`: see the module docs. On any error the partial
+/// file is removed and nothing is left at `output`.
+pub(crate) async fn follow(
+    storage: &Storage,
+    task: TaskId,
+    instant: bool,
+    started: Instant,
+    output: &Path,
+    mut on_event: impl FnMut(&TaskEvent),
+) -> anyhow::Result<FollowReport> {
+    let part = part_path(output, task);
+    let result = follow_into(storage, task, instant, started, output, &part, &mut on_event).await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(&part);
+    }
+    result
+}
+
+async fn follow_into(
+    storage: &Storage,
+    task: TaskId,
+    instant: bool,
+    started: Instant,
+    output: &Path,
+    part: &Path,
+    on_event: &mut impl FnMut(&TaskEvent),
+) -> anyhow::Result<FollowReport> {
+    let file = File::create(part).with_context(|| format!("cannot write {}", part.display()))?;
+    let mut pieces: Option<Pieces> = None;
+    let mut fetching: JoinSet<anyhow::Result<(u32, PieceHash)>> = JoinSet::new();
+    let mut queue: Vec<u32> = Vec::new();
+    let mut first_segment_s = None;
+    let (mut send, mut recv) = storage.conn.open_bi().await?;
+    write_frame(&mut send, &OfflineRequest::Watch { cert: storage.cert.clone(), task }).await?;
+    send.finish()?;
+    let mut dec = Decoder::with_limit(MAX_REPLY_LEN);
+    let content = loop {
+        // Keep pieces of proven segments coming while the task runs.
+        while fetching.len() < FOLLOW_STREAMS {
+            let (Some(p), Some(ps)) = (queue.pop(), pieces.as_ref()) else { break };
+            spawn_piece(&mut fetching, storage, task, None, p, ps, &file)?;
+        }
+        tokio::select! {
+            frame = read_frame::<OfflineReply>(&mut recv, &mut dec) => {
+                let ev = match frame? {
+                    Some(OfflineReply::Event(ev)) => ev,
+                    Some(OfflineReply::Reject { text, .. }) => bail!("storage refused: {text}"),
+                    Some(other) => bail!("unexpected answer {other:?}"),
+                    None => bail!("storage ended the watch before the task ended"),
+                };
+                on_event(&ev);
+                match ev {
+                    TaskEvent::Accepted { size } => {
+                        fetching.abort_all();
+                        queue.clear();
+                        file.set_len(size)?;
+                        pieces = Some(Pieces::new(size));
+                    }
+                    TaskEvent::Segment(proof) => {
+                        let ps = pieces.as_mut().ok_or_else(|| anyhow!("storage proved a segment before the task's size"))?;
+                        check_proof(&proof, task, ps.size, storage.node)?;
+                        first_segment_s.get_or_insert(started.elapsed().as_secs_f64());
+                        for (i, h) in proof.hashes.iter().enumerate() {
+                            let p = proof.first.0 + i as u32;
+                            ps.proven[p as usize] = Some(*h);
+                            if !ps.have[p as usize] {
+                                queue.push(p);
+                            }
+                        }
+                    }
+                    TaskEvent::Restarted { .. } => {
+                        // Every earlier segment is void: a new Accepted follows.
+                        fetching.abort_all();
+                        queue.clear();
+                        pieces = None;
+                    }
+                    TaskEvent::Done { content } => break content,
+                    TaskEvent::Failed { reason } => bail!("the offline task failed: {reason}"),
+                    _ => {}
+                }
+            }
+            Some(joined) = fetching.join_next(), if !fetching.is_empty() => {
+                if let Ok(r) = joined {
+                    // A piece that storage no longer serves from its temporary area is
+                    // fetched again once the content exists.
+                    if let (Ok((p, _)), Some(ps)) = (r, pieces.as_mut()) {
+                        ps.have[p as usize] = true;
+                    }
+                }
+            }
+        }
+    };
+    let origin_done_s = started.elapsed().as_secs_f64();
+    while let Some(joined) = fetching.join_next().await {
+        if let (Ok(Ok((p, _))), Some(ps)) = (joined, pieces.as_mut()) {
+            ps.have[p as usize] = true;
+        }
+    }
+    // The content exists: its manifest must list exactly the hashes storage signed.
+    let m = storage.manifest(content).await?;
+    let mut ps = match pieces {
+        Some(ps) if ps.size == m.size() => ps,
+        Some(ps) => bail!("storage's manifest is of {} bytes, the task of {}", m.size(), ps.size),
+        None => {
+            file.set_len(m.size())?;
+            Pieces::new(m.size())
+        }
+    };
+    for (i, h) in m.pieces().iter().enumerate() {
+        match ps.proven[i] {
+            Some(p) if p != *h => bail!("storage's manifest does not list the hash it signed for piece {i}"),
+            Some(_) => {}
+            None => ps.proven[i] = Some(*h),
+        }
+    }
+    let missing: Vec<u32> = (0..ps.have.len() as u32).filter(|&p| !ps.have[p as usize]).collect();
+    let mut queue = missing.into_iter();
+    loop {
+        while fetching.len() < FOLLOW_STREAMS {
+            let Some(p) = queue.next() else { break };
+            spawn_piece(&mut fetching, storage, task, Some(content), p, &ps, &file)?;
+        }
+        let Some(joined) = fetching.join_next().await else { break };
+        let (p, _) = joined??;
+        ps.have[p as usize] = true;
+    }
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(part, output).with_context(|| format!("cannot move the file to {}", output.display()))?;
+    Ok(FollowReport {
+        task: task.to_string(),
+        content_id: content.to_string(),
+        size: m.size(),
+        first_segment_s,
+        origin_done_s,
+        done_s: started.elapsed().as_secs_f64(),
+        instant,
+    })
+}
+
+fn check_proof(proof: &SegmentProof, task: TaskId, size: u64, storage: NodeId) -> anyhow::Result<()> {
+    if proof.task != task || proof.size != size {
+        bail!("storage sent a proof for another task or size");
+    }
+    proof.verify(&storage).map_err(|e| anyhow!("{e}"))
+}
+
+/// Fetches piece `p`, checks it against its proven hash and writes it at its offset.
+fn spawn_piece(
+    set: &mut JoinSet<anyhow::Result<(u32, PieceHash)>>,
+    storage: &Storage,
+    task: TaskId,
+    content: Option<ContentId>,
+    p: u32,
+    ps: &Pieces,
+    file: &File,
+) -> anyhow::Result<()> {
+    let hash = ps.proven[p as usize].ok_or_else(|| anyhow!("piece {p} has no proven hash"))?;
+    let range = ps.range(p);
+    let file = file.try_clone()?;
+    let conn = Storage {
+        conn: storage.conn.clone(),
+        node: storage.node,
+        addr: storage.addr,
+        cert: storage.cert.clone(),
+    };
+    set.spawn(async move {
+        let data = conn.piece(task, content, PieceIndex(p), range.end - range.start).await?;
+        if data.len() as u64 != range.end - range.start || PieceHash::of(&data) != hash {
+            bail!("storage sent piece {p} not matching its signed hash");
+        }
+        tokio::task::spawn_blocking(move || file.write_all_at(&data, range.start)).await??;
+        Ok((p, hash))
+    });
+    Ok(())
+}

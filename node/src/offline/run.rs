@@ -1,0 +1,387 @@
+//! Running one offline task on a storage node: find the resource, fetch its segments in
+//! parallel into the temporary file, hash and sign each finished segment, then move the
+//! content into the user's space.
+//!
+//! Segments are groups of whole pieces ([`SEGMENT_BYTES`], at least one piece), so a finished
+//! segment's pieces can be hashed and proven at once. An origin without ranges is fetched as
+//! one stream and every segment proven when it ends. A resource that changes at the origin
+//! (new validators) voids every segment: the task starts over, at most
+//! [`task::MAX_RESTARTS`] times. After a restart of the node, a task whose resource is
+//! unchanged continues from the segments it had hashed.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use shoal_cloud::origin::{OriginError, Resource};
+use shoal_cloud::{CloudError, CloudStore};
+use shoal_core::offline::{resource_pieces, SegmentProof};
+use shoal_core::piece::piece_log2_for;
+use shoal_core::{Manifest, PieceHash, PieceIndex};
+use shoal_wire::offline::TaskEvent;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use super::task::{self, Stage, Task};
+use super::{now_ms, Ctx};
+
+/// Bytes per segment (whole pieces, at least one).
+pub(crate) const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
+/// Segments fetched at once per task.
+pub(crate) const PARALLEL: usize = 4;
+/// How often watchers hear of progress while segments are underway.
+const PROGRESS_TICK: Duration = Duration::from_millis(500);
+
+/// The layout of a resource: piece size, piece count, pieces per segment.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Layout {
+    pub(crate) len: u64,
+    pub(crate) piece: u64,
+    pub(crate) pieces: u32,
+    pub(crate) per_segment: u32,
+}
+
+impl Layout {
+    pub(crate) fn of(len: u64) -> Self {
+        let piece = 1u64 << piece_log2_for(len);
+        let pieces = resource_pieces(len) as u32;
+        let per_segment = (SEGMENT_BYTES / piece).max(1) as u32;
+        Self { len, piece, pieces, per_segment }
+    }
+
+    pub(crate) fn segments(&self) -> u32 {
+        self.pieces.div_ceil(self.per_segment)
+    }
+
+    /// Pieces of segment `s`.
+    pub(crate) fn segment_pieces(&self, s: u32) -> std::ops::Range<u32> {
+        let first = s * self.per_segment;
+        first..(first + self.per_segment).min(self.pieces)
+    }
+
+    /// Byte range of pieces `r`.
+    pub(crate) fn bytes(&self, r: &std::ops::Range<u32>) -> std::ops::Range<u64> {
+        let start = u64::from(r.start) * self.piece;
+        start..(u64::from(r.end) * self.piece).min(self.len)
+    }
+}
+
+/// Why a task ended without its content.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TaskError {
+    #[error(transparent)]
+    Origin(#[from] OriginError),
+    #[error(transparent)]
+    Cloud(#[from] CloudError),
+    #[error("temporary file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the resource changed at the origin {0} times while being fetched; try again later")]
+    KeepsChanging(u32),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Runs `task` to its end: done, failed or cancelled. Records and logs the outcome.
+pub(crate) async fn run(task: Arc<Task>, ctx: Arc<Ctx>) {
+    let _slot = ctx.running.clone().acquire_owned().await;
+    let mut cancel = task.cancel.subscribe();
+    let outcome = tokio::select! {
+        biased;
+        _ = cancel.wait_for(|c| *c) => Err(None),
+        r = fetch(&task, &ctx) => r.map_err(Some),
+    };
+    let (user, name) = {
+        let s = task.lock();
+        (s.record.user, s.record.name.clone())
+    };
+    let stage = match outcome {
+        Ok(content) => {
+            info!(task = %task.id.fmt_short(), %content, "offline task done");
+            Stage::Done { content }
+        }
+        Err(e) => {
+            if let Err(e) = ctx.cloud.remove_entry(user, &name, Some(task.id)).await {
+                warn!(task = %task.id.fmt_short(), error = %e, "cannot remove a temporary entry");
+            }
+            match e {
+                None => Stage::Cancelled,
+                Some(e) => {
+                    warn!(task = %task.id.fmt_short(), error = %e, "offline task failed");
+                    Stage::Failed { reason: e.to_string() }
+                }
+            }
+        }
+    };
+    let _ = std::fs::remove_file(ctx.part_path(task.id));
+    let event = match &stage {
+        Stage::Done { content } => TaskEvent::Done { content: *content },
+        Stage::Failed { reason } => TaskEvent::Failed { reason: reason.clone() },
+        _ => TaskEvent::Failed { reason: "cancelled".into() },
+    };
+    let record = {
+        let mut s = task.lock();
+        s.record.stage = stage;
+        s.record.hashes = Vec::new();
+        s.record.clone()
+    };
+    if let Err(e) = ctx.save(task.id, &record).await {
+        warn!(task = %task.id.fmt_short(), error = %e, "cannot record an offline task's end");
+    }
+    task.log(event);
+}
+
+/// Fetches the resource into the temporary file and moves it into the user's space.
+async fn fetch(task: &Arc<Task>, ctx: &Ctx) -> Result<shoal_core::ContentId, TaskError> {
+    let url = task.lock().record.url.clone();
+    loop {
+        let res = ctx.origin.probe(&url).await?;
+        let layout = Layout::of(res.len);
+        let part = open_part(task, ctx, &res, layout)?;
+        let record = task.lock().record.clone();
+        ctx.save(task.id, &record).await?;
+        task.log(TaskEvent::Accepted { size: res.len });
+        let (user, name) = {
+            let s = task.lock();
+            (s.record.user, s.record.name.clone())
+        };
+        ctx.cloud.set_temporary_size(user, &name, res.len)?;
+        // Refuse early what could not be kept: the quota is charged only at the end.
+        if let Some(quota) = ctx.quota(user) {
+            let used = ctx.cloud.usage(user)?;
+            if shoal_cloud::charge(used, res.len, quota).is_err() {
+                return Err(CloudError::QuotaExceeded {
+                    used,
+                    quota: quota.unwrap_or(u64::MAX),
+                    need: res.len,
+                }
+                .into());
+            }
+        }
+        // Segments hashed before a restart of the node are proven again to new watchers.
+        for s in 0..layout.segments() {
+            let r = layout.segment_pieces(s);
+            let done: Option<Vec<PieceHash>> =
+                task.lock().record.hashes[r.start as usize..r.end as usize].iter().copied().collect();
+            if let Some(hashes) = done {
+                task.lock().bytes += layout.bytes(&r).end - layout.bytes(&r).start;
+                task.log(TaskEvent::Segment(ctx.prove(task, res.len, r.start, hashes)));
+            }
+        }
+        match fetch_segments(task, ctx, &res, layout, &part).await {
+            Ok(()) => return finish(task, ctx, &res, layout, &part).await,
+            Err(TaskError::Origin(OriginError::Changed { what })) => {
+                let restarts = {
+                    let mut s = task.lock();
+                    s.record.restarts += 1;
+                    s.record.resource = None;
+                    s.bytes = 0;
+                    s.record.restarts
+                };
+                if restarts > task::MAX_RESTARTS {
+                    return Err(TaskError::KeepsChanging(restarts - 1));
+                }
+                warn!(task = %task.id.fmt_short(), %what, "resource changed at the origin; starting over");
+                task.log(TaskEvent::Restarted { reason: format!("the resource changed at the origin ({what})") });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Opens the temporary file for `res`: the existing one if the record is of the same resource
+/// (continuing from its hashed segments), else a fresh one of the resource's length.
+fn open_part(task: &Task, ctx: &Ctx, res: &Resource, layout: Layout) -> Result<File, TaskError> {
+    let path = ctx.part_path(task.id);
+    let mut s = task.lock();
+    let same = s.record.resource.as_ref().is_some_and(|old| {
+        old.len == res.len && old.validators == res.validators && old.url == res.url
+    }) && s.record.hashes.len() == layout.pieces as usize;
+    if same {
+        if let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+            if f.metadata()?.len() == res.len {
+                return Ok(f);
+            }
+        }
+    }
+    s.record.resource = Some(res.clone());
+    s.record.hashes = vec![None; layout.pieces as usize];
+    s.bytes = 0;
+    let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+    f.set_len(res.len)?;
+    Ok(f)
+}
+
+/// Fetches every segment not hashed yet, [`PARALLEL`] at a time (one stream without ranges),
+/// hashing, recording and proving each as it finishes.
+async fn fetch_segments(
+    task: &Arc<Task>,
+    ctx: &Ctx,
+    res: &Resource,
+    layout: Layout,
+    part: &File,
+) -> Result<(), TaskError> {
+    let todo: Vec<u32> = (0..layout.segments())
+        .filter(|&s| {
+            let r = layout.segment_pieces(s);
+            task.lock().record.hashes[r.start as usize..r.end as usize].iter().any(Option::is_none)
+        })
+        .collect();
+    if todo.is_empty() {
+        return Ok(());
+    }
+    // Bytes arrived in segments underway, for progress.
+    let inflight = Arc::new(AtomicU64::new(0));
+    let mut jobs = JoinSet::new();
+    let groups: Vec<Vec<u32>> =
+        if res.ranges { todo.iter().map(|&s| vec![s]).collect() } else { vec![todo] };
+    let mut queue = groups.into_iter();
+    let mut tick = tokio::time::interval(PROGRESS_TICK);
+    loop {
+        while jobs.len() < PARALLEL {
+            let Some(group) = queue.next() else { break };
+            let (origin, res, part) = (ctx.origin.clone(), res.clone(), part.try_clone()?);
+            let inflight = inflight.clone();
+            jobs.spawn(async move {
+                let bytes = match (group.first(), group.last()) {
+                    (Some(&a), Some(&b)) => {
+                        layout.bytes(&layout.segment_pieces(a)).start..layout.bytes(&layout.segment_pieces(b)).end
+                    }
+                    _ => 0..0,
+                };
+                let mut sink = |offset: u64, chunk: &[u8]| {
+                    inflight.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    part.write_all_at(chunk, offset)
+                };
+                origin.fetch_range(&res, bytes.start, bytes.end - bytes.start, &mut sink).await?;
+                let hashed = tokio::task::spawn_blocking(move || hash_group(&part, layout, &group))
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))??;
+                Ok::<_, TaskError>(hashed)
+            });
+        }
+        tokio::select! {
+            joined = jobs.join_next() => {
+                let Some(joined) = joined else { return Ok(()) };
+                let hashed = joined.map_err(|e| std::io::Error::other(e.to_string()))??;
+                for (first, hashes) in hashed {
+                    let n = {
+                        let mut s = task.lock();
+                        for (i, h) in hashes.iter().enumerate() {
+                            s.record.hashes[first as usize + i] = Some(*h);
+                        }
+                        let r = first..first + hashes.len() as u32;
+                        s.bytes += layout.bytes(&r).end - layout.bytes(&r).start;
+                        s.record.clone()
+                    };
+                    let r = first..first + hashes.len() as u32;
+                    let done = layout.bytes(&r).end - layout.bytes(&r).start;
+                    let _ = inflight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                        Some(v.saturating_sub(done))
+                    });
+                    task.lock().inflight = inflight.load(Ordering::Relaxed);
+                    ctx.save(task.id, &n).await?;
+                    task.log(TaskEvent::Segment(ctx.prove(task, res.len, first, hashes)));
+                }
+            }
+            _ = tick.tick() => {
+                task.lock().inflight = inflight.load(Ordering::Relaxed);
+                task.poke();
+            }
+        }
+    }
+}
+
+/// Hashes the pieces of each segment in `group` from the temporary file.
+fn hash_group(part: &File, layout: Layout, group: &[u32]) -> std::io::Result<Vec<(u32, Vec<PieceHash>)>> {
+    let mut out = Vec::with_capacity(group.len());
+    let mut buf = vec![0u8; layout.piece as usize];
+    for &s in group {
+        let r = layout.segment_pieces(s);
+        let mut hashes = Vec::with_capacity(r.len());
+        for p in r.clone() {
+            let b = layout.bytes(&(p..p + 1));
+            let len = (b.end - b.start) as usize;
+            part.read_exact_at(&mut buf[..len], b.start)?;
+            hashes.push(PieceHash::of(&buf[..len]));
+        }
+        out.push((r.start, hashes));
+    }
+    Ok(out)
+}
+
+/// Builds the manifest from the hashes, stores the content and turns the entry permanent.
+async fn finish(
+    task: &Arc<Task>,
+    ctx: &Ctx,
+    res: &Resource,
+    layout: Layout,
+    part: &File,
+) -> Result<shoal_core::ContentId, TaskError> {
+    let (user, name, hashes) = {
+        let s = task.lock();
+        let hashes: Option<Vec<PieceHash>> = s.record.hashes.iter().copied().collect();
+        (s.record.user, s.record.name.clone(), hashes)
+    };
+    let hashes = hashes.ok_or_else(|| TaskError::Refused("a segment is missing its hashes".into()))?;
+    let m = Manifest::new(&name, res.len, hashes)
+        .map_err(|e| TaskError::Refused(format!("cannot build the manifest: {e}")))?;
+    let id = m.content_id();
+    store_content(&ctx.cloud, &m, part, layout).await?;
+    ctx.cloud.commit_entry(user, &name, task.id, id, res.len, ctx.quota(user).flatten(), now_ms()).await?;
+    let seen = super::Seen { content: id, resource: res.clone() };
+    let url = task.lock().record.url.clone();
+    ctx.cloud.put_resource_record(&res_key(&url), &serde_json::to_vec(&seen).expect("serialises")).await?;
+    Ok(id)
+}
+
+/// The key a URL's last result is remembered under.
+pub(crate) fn res_key(url: &str) -> String {
+    url.to_string()
+}
+
+/// Writes the manifest and every piece (each checked against the manifest) into the store.
+async fn store_content(cloud: &CloudStore, m: &Manifest, part: &File, layout: Layout) -> Result<(), TaskError> {
+    cloud.put_manifest(&m.encode()).await?;
+    let id = m.content_id();
+    for p in 0..layout.pieces {
+        let b = layout.bytes(&(p..p + 1));
+        let part = part.try_clone()?;
+        let data = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; (b.end - b.start) as usize];
+            part.read_exact_at(&mut buf, b.start).map(|()| Bytes::from(buf))
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
+        match cloud.put_piece(id, PieceIndex(p), data).await {
+            Ok(_) => {}
+            Err(CloudError::BadPiece(_)) => {
+                return Err(TaskError::Refused(format!(
+                    "piece {p} changed in the temporary area since it was hashed (disk fault?); add the task again"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The path of a task's temporary file.
+pub(crate) fn part_file(dir: &std::path::Path, task: shoal_core::TaskId) -> PathBuf {
+    dir.join(format!("{task}.part"))
+}
+
+impl Ctx {
+    /// A signed proof of pieces `first..` of `task`.
+    pub(crate) fn prove(&self, task: &Task, size: u64, first: u32, hashes: Vec<PieceHash>) -> SegmentProof {
+        let first = PieceIndex(first);
+        let signed = SegmentProof::signed_bytes(&task.id, size, first, &hashes);
+        let sig = self.net.identity.sign(&signed);
+        // An ed25519 signature is always 64 bytes.
+        let signature = sig.try_into().unwrap_or([0; 64]);
+        SegmentProof { task: task.id, size, first, hashes, signature }
+    }
+}

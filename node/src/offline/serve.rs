@@ -1,0 +1,211 @@
+//! The storage side of offline request streams: who asks (the connection's node, or the user
+//! its device certificate names, if granted here), then the answer.
+//!
+//! Every request acts for a user granted space here; a user sees only its own tasks and
+//! entries (another user's task is answered as unknown). A watch streams the task's log from
+//! its start, then progress and new events as they come, until the task ends; each frame must
+//! be taken within the serving side's write deadline. A task's piece is served from the
+//! temporary file only once its segment was hashed, and checked against that hash first.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::{RecvStream, SendStream, VarInt};
+use shoal_core::{DeviceCert, NodeId, PieceIndex, TaskId, UserId};
+use shoal_wire::offline::{EntryState, OfflineReply, OfflineRequest, SpaceEntry, TaskEvent};
+use shoal_wire::{RejectReason, Response};
+
+use super::{pending, run, Offline, Refusal};
+use crate::io::{finish_within, write_frame_within, write_within};
+use crate::node::Node;
+use crate::serve::{DRAIN_DEADLINE, SLOT_WAIT, WRITE_STALL};
+
+/// How often a watch sends progress while nothing else happens.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+/// The user a request acts for: the certificate's user if it is granted here and the
+/// certificate verifies for `peer`, else `peer`'s own key. Refused if that user has no grant.
+fn user_of(offline: &Offline, peer: NodeId, cert: Option<&DeviceCert>) -> Result<UserId, Refusal> {
+    let user = cert.map_or(UserId::from(peer), |c| c.user);
+    if offline.ctx().quota(user).is_none() {
+        return Err((
+            RejectReason::Unauthorized,
+            format!("user {user} has no space here: ask the storage operator for --grant {user}"),
+        ));
+    }
+    if let Some(c) = cert {
+        c.verify(&peer).map_err(|e| (RejectReason::Unauthorized, e.to_string()))?;
+    }
+    Ok(user)
+}
+
+async fn reply(send: &mut SendStream, r: &OfflineReply) -> anyhow::Result<()> {
+    Ok(write_frame_within(send, r, WRITE_STALL).await?)
+}
+
+async fn refuse(mut send: SendStream, (reason, text): Refusal) -> anyhow::Result<()> {
+    reply(&mut send, &OfflineReply::Reject { reason, text }).await?;
+    finish_within(&mut send, DRAIN_DEADLINE).await
+}
+
+/// Answers one offline request on its stream. Not cancel-safe (a cancelled answer leaves the
+/// stream half written; the caller drops it).
+pub(crate) async fn serve_offline(
+    node: &Node,
+    peer: NodeId,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    req: OfflineRequest,
+) -> anyhow::Result<()> {
+    let _ = recv.stop(VarInt::from_u32(0));
+    let Some(offline) = node.offline.as_deref() else {
+        let text = "this node is not a storage node: offline tasks go to storage";
+        return refuse(send, (RejectReason::BadRequest, text.into())).await;
+    };
+    let cert = match &req {
+        OfflineRequest::Add { cert, .. }
+        | OfflineRequest::Watch { cert, .. }
+        | OfflineRequest::List { cert }
+        | OfflineRequest::Cancel { cert, .. }
+        | OfflineRequest::Space { cert }
+        | OfflineRequest::SpaceRemove { cert, .. }
+        | OfflineRequest::Piece { cert, .. } => cert.clone(),
+        _ => return refuse(send, (RejectReason::BadRequest, "unknown request".into())).await,
+    };
+    let user = match user_of(offline, peer, cert.as_ref()) {
+        Ok(u) => u,
+        Err(r) => return refuse(send, r).await,
+    };
+    let answer = match req {
+        OfflineRequest::Add { url, name, .. } => match offline.add(user, &url, &name).await {
+            Ok((task, instant)) => OfflineReply::Accepted { task, instant },
+            Err(r) => return refuse(send, r).await,
+        },
+        OfflineRequest::Watch { task, .. } => return watch(offline, user, task, send).await,
+        OfflineRequest::List { .. } => OfflineReply::Tasks(offline.list(user)),
+        OfflineRequest::Cancel { task, .. } => match offline.cancel(user, task) {
+            Ok(()) => OfflineReply::Done,
+            Err(r) => return refuse(send, r).await,
+        },
+        OfflineRequest::Space { .. } => match space(offline, user) {
+            Ok(e) => OfflineReply::Entries(e),
+            Err(r) => return refuse(send, r).await,
+        },
+        OfflineRequest::SpaceRemove { name, .. } => {
+            match offline.ctx().cloud.remove_entry(user, &name, None).await {
+                Ok(true) => OfflineReply::Done,
+                Ok(false) => {
+                    let text = format!("your space has no entry named {name:?} (see `shoal space ls`)");
+                    return refuse(send, (RejectReason::NotFound, text)).await;
+                }
+                Err(e) => return refuse(send, (RejectReason::StorageError, e.to_string())).await,
+            }
+        }
+        OfflineRequest::Piece { task, piece, .. } => {
+            return task_piece(node, offline, peer, user, task, piece, send).await
+        }
+        _ => return refuse(send, (RejectReason::BadRequest, "unknown request".into())).await,
+    };
+    reply(&mut send, &answer).await?;
+    finish_within(&mut send, DRAIN_DEADLINE).await
+}
+
+fn space(offline: &Offline, user: UserId) -> Result<Vec<SpaceEntry>, Refusal> {
+    let entries = offline.ctx().cloud.entries(user).map_err(|e| (RejectReason::StorageError, e.to_string()))?;
+    Ok(entries
+        .into_iter()
+        .map(|(name, e)| SpaceEntry {
+            name,
+            content: e.content,
+            size: e.size,
+            state: if e.permanent { EntryState::Permanent } else { EntryState::Temporary },
+            time_ms: e.time_ms,
+        })
+        .collect())
+}
+
+/// Streams a task's events until it ends.
+async fn watch(offline: &Offline, user: UserId, id: TaskId, mut send: SendStream) -> anyhow::Result<()> {
+    let task = match offline.task(user, id) {
+        Ok(t) => t,
+        Err(r) => return refuse(send, r).await,
+    };
+    let mut changed = task.subscribe();
+    let mut seen = 0;
+    let mut last_progress = None;
+    loop {
+        let (new, progress, over) = pending(&task, seen);
+        seen += new.len();
+        for ev in new {
+            reply(&mut send, &OfflineReply::Event(ev)).await?;
+        }
+        if over {
+            return finish_within(&mut send, DRAIN_DEADLINE).await;
+        }
+        if let Some(p @ TaskEvent::Progress { .. }) = progress {
+            if last_progress.as_ref() != Some(&p) {
+                reply(&mut send, &OfflineReply::Event(p.clone())).await?;
+                last_progress = Some(p);
+            }
+        }
+        // Woken by a change, or at the latest to send progress.
+        let _ = tokio::time::timeout(PROGRESS_EVERY, changed.changed()).await;
+    }
+}
+
+/// Serves one piece of a task from its temporary file, checked against its hash first.
+async fn task_piece(
+    node: &Node,
+    offline: &Offline,
+    peer: NodeId,
+    user: UserId,
+    id: TaskId,
+    piece: PieceIndex,
+    mut send: SendStream,
+) -> anyhow::Result<()> {
+    let task = match offline.task(user, id) {
+        Ok(t) => t,
+        Err(r) => return refuse(send, r).await,
+    };
+    let found = {
+        let s = task.lock();
+        s.record.resource.as_ref().map(|res| {
+            let layout = run::Layout::of(res.len);
+            let hash = s.record.hashes.get(piece.0 as usize).copied().flatten();
+            (hash, layout.bytes(&(piece.0..piece.0 + 1)))
+        })
+    };
+    let Some((hash, range)) = found else {
+        return refuse(send, (RejectReason::NotFound, "the task has no piece yet".into())).await;
+    };
+    let Some(hash) = hash else {
+        let text = format!("piece {piece} of task {id} is not in storage yet (or the task ended)");
+        return refuse(send, (RejectReason::NotFound, text)).await;
+    };
+    let len = range.end - range.start;
+    let Ok(mut slot) = node.uploads.acquire(peer, None, len, SLOT_WAIT).await else {
+        return refuse(send, (RejectReason::Busy, "upload slots busy; try later".into())).await;
+    };
+    let path = offline.ctx().part_path(id);
+    let data = tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(path)?;
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, range.start)?;
+        Ok::<_, std::io::Error>(buf)
+    })
+    .await?;
+    let data = match data {
+        Ok(d) if shoal_core::PieceHash::of(&d) == hash => Bytes::from(d),
+        // Gone (the task ended and moved it) or changed (a restart): not served.
+        _ => {
+            let text = format!("piece {piece} of task {id} is no longer in the temporary area");
+            return refuse(send, (RejectReason::NotFound, text)).await;
+        }
+    };
+    write_frame_within(&mut send, &Response::Piece { len: data.len() as u32 }, WRITE_STALL).await?;
+    node.upload.acquire(data.len() as u64).await;
+    write_within(&mut send, data, WRITE_STALL).await?;
+    slot.sent();
+    finish_within(&mut send, DRAIN_DEADLINE).await
+}

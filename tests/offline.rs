@@ -1,0 +1,194 @@
+//! Offline download end to end: a real nginx origin, a tracker, a storage node and a user's
+//! node, all real binaries.
+
+use std::path::Path;
+
+use crate::support::*;
+
+/// A tracker and a storage node granting `users` (data dirs), with `storage_extra` flags.
+fn cluster(root: &Path, users: &[&Path], storage_extra: &[&str]) -> (TrackerProc, Daemon) {
+    let tracker =
+        TrackerProc::start_admitting(&root.join("tracker"), "127.0.0.1:0", &[&root.join("storage")], &[]);
+    let mut args = vec!["--tracker".to_string(), tracker.addr.to_string(), "--role".into(), "storage".into()];
+    args.extend(grant_args(users));
+    args.extend(storage_extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let storage = Daemon::start(&root.join("storage"), &args);
+    (tracker, storage)
+}
+
+fn json_of(c: std::process::Command) -> serde_json::Value {
+    serde_json::from_str(ok(c).trim()).unwrap()
+}
+
+fn space(node: &Daemon) -> serde_json::Value {
+    let mut c = node.cmd();
+    c.args(["space", "ls", "--json"]);
+    json_of(c)
+}
+
+/// The content id `shoal add` gives `data` named `name`.
+fn content_id(name: &str, data: &[u8]) -> String {
+    let piece = 1usize << shoal_core::piece::piece_log2_for(data.len() as u64);
+    let hashes = data.chunks(piece).map(shoal_core::PieceHash::of).collect();
+    shoal_core::Manifest::new(name, data.len() as u64, hashes).unwrap().content_id().to_string()
+}
+
+#[test]
+fn a_followed_task_lands_verified_in_the_file_and_permanent_in_the_space() {
+    let root = tempfile::tempdir().unwrap();
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    // 10 MiB: three segments, so the follower starts before the origin is done.
+    let data = write_file(&www.join("big.bin"), 10 << 20, 7);
+    let Some(nginx) = Nginx::start(&www) else { return };
+    let user = root.path().join("user");
+    let (tracker, _storage) = cluster(root.path(), &[&user], &["--offline-allow-private"]);
+    let node = Daemon::start(&user, &["--tracker", &tracker.addr.to_string()]);
+
+    let out = root.path().join("out.bin");
+    let mut c = node.cmd();
+    c.args(["offline", "add", &nginx.url("big.bin"), "--follow", "--json", "-o"]).arg(&out);
+    let report = json_of(c);
+    assert_eq!(std::fs::read(&out).unwrap(), data, "the followed file is the origin's bytes");
+    let id = content_id("big.bin", &data);
+    assert_eq!(report["content_id"], id);
+    assert_eq!(report["size"], data.len() as u64);
+    assert_eq!(report["instant"], false);
+    let first = report["first_segment_s"].as_f64().unwrap();
+    assert!(first <= report["origin_done_s"].as_f64().unwrap());
+    assert!(report["origin_done_s"].as_f64().unwrap() <= report["done_s"].as_f64().unwrap());
+    // No partial file is left beside the output.
+    let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(!left.iter().any(|n| n.to_string_lossy().ends_with(".shoal-part")), "{left:?}");
+
+    // The space holds it, permanent, under the URL's name.
+    let s = space(&node);
+    assert_eq!(s.as_array().unwrap().len(), 1, "{s}");
+    assert_eq!(s[0]["name"], "big.bin");
+    assert_eq!(s[0]["state"], "permanent");
+    assert_eq!(s[0]["content_id"], id);
+    assert_eq!(s[0]["size"], data.len() as u64);
+
+    // The task is listed done.
+    let mut c = node.cmd();
+    c.args(["offline", "ls", "--json"]);
+    let tasks = json_of(c);
+    assert_eq!(tasks[0]["state"], "done", "{tasks}");
+    assert_eq!(tasks[0]["content_id"], id);
+
+    // The same URL again is instant: storage has it and the origin reports the same resource.
+    let mut c = node.cmd();
+    c.args(["offline", "add", &nginx.url("big.bin"), "--name", "again.bin", "--json"]);
+    let again = json_of(c);
+    assert_eq!(again["instant"], true, "{again}");
+    let s = space(&node);
+    assert_eq!(s.as_array().unwrap().len(), 2, "{s}");
+
+    // `space get` fetches an entry like `get`.
+    let copy = root.path().join("copy.bin");
+    let mut c = node.cmd();
+    c.args(["space", "get", "big.bin", "-o"]).arg(&copy);
+    ok(c);
+    assert_eq!(std::fs::read(&copy).unwrap(), data);
+
+    // `space rm` removes an entry; a second time it names the problem.
+    let mut c = node.cmd();
+    c.args(["space", "rm", "again.bin"]);
+    ok(c);
+    assert_eq!(space(&node).as_array().unwrap().len(), 1);
+    let mut c = node.cmd();
+    c.args(["space", "rm", "again.bin"]);
+    let e = fails(c);
+    assert!(e.contains("no entry named"), "{e}");
+}
+
+#[test]
+fn watch_prints_accepted_segments_progress_and_done_as_json_lines() {
+    let root = tempfile::tempdir().unwrap();
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let data = write_file(&www.join("w.bin"), 9 << 20, 3);
+    let Some(nginx) = Nginx::start(&www) else { return };
+    let user = root.path().join("user");
+    let (tracker, _storage) = cluster(root.path(), &[&user], &["--offline-allow-private"]);
+    let node = Daemon::start(&user, &["--tracker", &tracker.addr.to_string()]);
+    let mut c = node.cmd();
+    c.args(["offline", "add", &nginx.url("w.bin"), "--json"]);
+    let task = json_of(c)["task"].as_str().unwrap().to_string();
+    let mut c = node.cmd();
+    c.args(["offline", "watch", &task, "--json"]);
+    let events: Vec<serde_json::Value> =
+        ok(c).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"accepted"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"done"), "{kinds:?}");
+    // The segments cover the file exactly once.
+    let mut covered: Vec<(u64, u64)> = events
+        .iter()
+        .filter(|e| e["event"] == "segment")
+        .map(|e| (e["offset"].as_u64().unwrap(), e["len"].as_u64().unwrap()))
+        .collect();
+    covered.sort();
+    let mut at = 0;
+    for (off, len) in covered {
+        assert_eq!(off, at, "segments leave no gap and do not overlap");
+        at += len;
+    }
+    assert_eq!(at, data.len() as u64);
+    assert_eq!(events.last().unwrap()["content_id"], content_id("w.bin", &data));
+}
+
+#[test]
+fn private_targets_are_refused_without_the_operators_leave_and_leave_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    write_file(&www.join("f.bin"), 100_000, 1);
+    let Some(nginx) = Nginx::start(&www) else { return };
+    let user = root.path().join("user");
+    // No --offline-allow-private: loopback is off limits.
+    let (tracker, _storage) = cluster(root.path(), &[&user], &[]);
+    let node = Daemon::start(&user, &["--tracker", &tracker.addr.to_string()]);
+    let out = root.path().join("out.bin");
+    let mut c = node.cmd();
+    c.args(["offline", "add", &nginx.url("f.bin"), "--follow", "-o"]).arg(&out);
+    let e = fails(c);
+    assert!(e.contains("--offline-allow-private"), "{e}");
+    assert!(!out.exists());
+    assert_eq!(space(&node), serde_json::json!([]), "the temporary entry is gone");
+    let mut c = node.cmd();
+    c.args(["offline", "ls", "--json"]);
+    assert_eq!(json_of(c)[0]["state"], "failed");
+}
+
+#[test]
+fn a_missing_resource_fails_the_task_and_an_ungranted_user_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let Some(nginx) = Nginx::start(&www) else { return };
+    let user = root.path().join("user");
+    let stranger = root.path().join("stranger");
+    let (tracker, _storage) = cluster(root.path(), &[&user], &["--offline-allow-private"]);
+    let node = Daemon::start(&user, &["--tracker", &tracker.addr.to_string()]);
+    let mut c = node.cmd();
+    c.args(["offline", "add", &nginx.url("nope.bin"), "--json"]);
+    let task = json_of(c)["task"].as_str().unwrap().to_string();
+    let mut c = node.cmd();
+    c.args(["offline", "watch", &task]);
+    let e = fails(c);
+    assert!(e.contains("404"), "{e}");
+    assert_eq!(space(&node), serde_json::json!([]));
+
+    let other = Daemon::start(&stranger, &["--tracker", &tracker.addr.to_string()]);
+    let mut c = other.cmd();
+    c.args(["offline", "add", &nginx.url("x.bin")]);
+    let e = fails(c);
+    assert!(e.contains("has no space here"), "{e}");
+    // Nor can it see the user's task.
+    let mut c = other.cmd();
+    c.args(["offline", "watch", &task]);
+    let e = fails(c);
+    assert!(e.contains("no space here") || e.contains("no offline task"), "{e}");
+}
