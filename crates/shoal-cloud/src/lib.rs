@@ -7,6 +7,7 @@
 //! - [`CloudStore`]: manifests and pieces as objects (`manifests/<content id>`,
 //!   `pieces/<content id>/<index>`), and an index in sled: content id → name, size, stored
 //!   pieces, complete or not.
+//! - [`origin::Origin`]: the HTTP(S) fetcher of offline downloads (probe a URL, fetch ranges).
 //! - Ownership per (user, content) and quotas ([`CloudStore::claim`]): a user owns the contents
 //!   it claimed; their sizes, summed, are what it uses of its quota. Claiming a content storage
 //!   holds already costs a record and no bytes, and a second user is never locked out.
@@ -23,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod origin;
 mod owners;
 pub mod spaces;
 mod store;
