@@ -7,9 +7,14 @@ use crate::support::*;
 
 /// A tracker and a storage node granting `users` (data dirs), with `storage_extra` flags.
 fn cluster(root: &Path, users: &[&Path], storage_extra: &[&str]) -> (TrackerProc, Daemon) {
-    let tracker =
-        TrackerProc::start_admitting(&root.join("tracker"), "127.0.0.1:0", &[&root.join("storage")], &[]);
-    let mut args = vec!["--tracker".to_string(), tracker.addr.to_string(), "--role".into(), "storage".into()];
+    let tracker = TrackerProc::start_admitting(
+        &root.join("tracker"),
+        "127.0.0.1:0",
+        &[&root.join("storage")],
+        &[],
+    );
+    let mut args =
+        vec!["--tracker".to_string(), tracker.addr.to_string(), "--role".into(), "storage".into()];
     args.extend(grant_args(users));
     args.extend(storage_extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -59,7 +64,8 @@ fn a_followed_task_lands_verified_in_the_file_and_permanent_in_the_space() {
     assert!(first <= report["origin_done_s"].as_f64().unwrap());
     assert!(report["origin_done_s"].as_f64().unwrap() <= report["done_s"].as_f64().unwrap());
     // No partial file is left beside the output.
-    let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    let left: Vec<_> =
+        std::fs::read_dir(root.path()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(!left.iter().any(|n| n.to_string_lossy().ends_with(".shoal-part")), "{left:?}");
 
     // The space holds it, permanent, under the URL's name.

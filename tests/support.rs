@@ -507,7 +507,8 @@ impl Nginx {
             return None;
         };
         for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let port =
+                std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
             let conf = tempfile::tempdir().unwrap();
             let d = conf.path().display();
             let text = format!(

@@ -131,7 +131,13 @@ impl Node {
                     ..Default::default()
                 };
                 let grants = config.grants.clone();
-                Some(crate::offline::Offline::open(cloud.clone(), net.clone(), dir, grants, origin)?)
+                Some(crate::offline::Offline::open(
+                    cloud.clone(),
+                    net.clone(),
+                    dir,
+                    grants,
+                    origin,
+                )?)
             }
             None => None,
         };

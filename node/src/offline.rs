@@ -21,6 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use shoal_cloud::origin::{Origin, Resource};
+use shoal_cloud::spaces::Commit;
 use shoal_cloud::{CloudError, CloudStore};
 use shoal_core::{ContentId, Manifest, TaskId, UserId};
 use shoal_wire::offline::{TaskEvent, TaskInfo};
@@ -144,18 +145,27 @@ impl Offline {
         if self.ctx.quota(user).is_none() {
             return Err(refusal(
                 RejectReason::Unauthorized,
-                format!("user {user} has no space here: ask the storage operator for --grant {user}"),
+                format!(
+                    "user {user} has no space here: ask the storage operator for --grant {user}"
+                ),
             ));
         }
         let parsed = url::Url::parse(url).map_err(|e| {
-            refusal(RejectReason::BadRequest, format!("bad URL {url:?}: {e} (give a full http:// or https:// URL)"))
+            refusal(
+                RejectReason::BadRequest,
+                format!("bad URL {url:?}: {e} (give a full http:// or https:// URL)"),
+            )
         })?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(refusal(RejectReason::BadRequest, format!("cannot fetch {url:?}: only http and https URLs")));
+            return Err(refusal(
+                RejectReason::BadRequest,
+                format!("cannot fetch {url:?}: only http and https URLs"),
+            ));
         }
         let name = if name.is_empty() { name_from_url(&parsed) } else { name.to_string() };
         // The name must be a manifest's: check it now, not after the fetch.
-        Manifest::new(&name, 0, Vec::new()).map_err(|e| refusal(RejectReason::BadRequest, e.to_string()))?;
+        Manifest::new(&name, 0, Vec::new())
+            .map_err(|e| refusal(RejectReason::BadRequest, e.to_string()))?;
         let active = self.tasks().values().filter(|t| t.user() == user && !t.is_over()).count();
         if active >= MAX_ACTIVE_PER_USER {
             return Err(refusal(
@@ -206,7 +216,8 @@ impl Offline {
             return None;
         }
         let quota = self.ctx.quota(user).flatten();
-        match self.ctx.cloud.commit_entry(user, name, id, seen.content, now.len, quota, now_ms()).await {
+        let commit = Commit { task: id, content: seen.content, size: now.len, time_ms: now_ms() };
+        match self.ctx.cloud.commit_entry(user, name, commit, quota).await {
             Ok(()) => Some(seen.content),
             Err(e) => {
                 warn!(error = %e, "cannot commit an instant offline task; fetching it instead");
@@ -237,7 +248,10 @@ impl Offline {
     pub(crate) fn task(&self, user: UserId, id: TaskId) -> Result<Arc<Task>, Refusal> {
         match self.tasks().get(&id) {
             Some(t) if t.user() == user => Ok(t.clone()),
-            _ => Err(refusal(RejectReason::NotFound, format!("no offline task {id} of yours here (see `shoal offline ls`)"))),
+            _ => Err(refusal(
+                RejectReason::NotFound,
+                format!("no offline task {id} of yours here (see `shoal offline ls`)"),
+            )),
         }
     }
 
@@ -252,7 +266,7 @@ impl Offline {
                 (created, t.info())
             })
             .collect();
-        tasks.sort_by(|a, b| b.0.cmp(&a.0));
+        tasks.sort_by_key(|t| std::cmp::Reverse(t.0));
         tasks.into_iter().map(|(_, t)| t).collect()
     }
 
@@ -275,7 +289,9 @@ pub(crate) fn pending(task: &Task, seen: usize) -> (Vec<TaskEvent>, Option<TaskE
     let size = s.record.resource.as_ref().map_or(0, |r| r.len);
     let progress = (size > 0).then(|| TaskEvent::Progress { bytes: s.progress(), size });
     let over = s.record.stage != task::Stage::Fetching
-        && s.log.last().is_some_and(|e| matches!(e, TaskEvent::Done { .. } | TaskEvent::Failed { .. }));
+        && s.log
+            .last()
+            .is_some_and(|e| matches!(e, TaskEvent::Done { .. } | TaskEvent::Failed { .. }));
     (new, progress, over)
 }
 

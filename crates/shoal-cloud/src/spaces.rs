@@ -34,6 +34,19 @@ pub struct Entry {
     pub task: Option<TaskId>,
 }
 
+/// What turns a temporary entry permanent: its task, the content and its size, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Commit {
+    /// The task the entry belongs to.
+    pub task: TaskId,
+    /// The finished content.
+    pub content: ContentId,
+    /// Its size, charged to the user.
+    pub size: u64,
+    /// Now, ms since the Unix epoch.
+    pub time_ms: u64,
+}
+
 fn entry_key(user: UserId, name: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(32 + name.len());
     k.extend_from_slice(user.public_key_bytes());
@@ -98,19 +111,17 @@ impl CloudStore {
         self.flush().await
     }
 
-    /// Turns `task`'s temporary entry permanent for `content` of `size` bytes, claiming the
+    /// Turns the temporary entry of `commit.task` permanent for its content, claiming the
     /// content for `user` within `quota`, atomically. [`CloudError::QuotaExceeded`] changes
     /// nothing; an entry that is gone or belongs to another task is [`CloudError::NoEntry`].
     pub async fn commit_entry(
         &self,
         user: UserId,
         name: &str,
-        task: TaskId,
-        content: ContentId,
-        size: u64,
+        commit: Commit,
         quota: Option<u64>,
-        time_ms: u64,
     ) -> Result<(), CloudError> {
+        let Commit { task, content, size, time_ms } = commit;
         let ekey = entry_key(user, name);
         let okey = owner_key(user, content);
         let result =

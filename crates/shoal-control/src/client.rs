@@ -185,8 +185,7 @@ impl Client {
 
     /// Hands a URL to storage (`POST /v1/offline/add`).
     pub fn offline_add(&self, url: &str, name: Option<&str>) -> Result<OfflineAddReply, Error> {
-        let body =
-            OfflineAddBody { url: url.into(), name: name.map(str::to_string), follow: None };
+        let body = OfflineAddBody { url: url.into(), name: name.map(str::to_string), follow: None };
         self.call(self.request("POST", "/v1/offline/add"), Some(serde_json::to_value(body)?))
     }
 
@@ -204,7 +203,8 @@ impl Client {
             name: name.map(str::to_string),
             follow: Some(output.to_path_buf()),
         };
-        let resp = self.request("POST", "/v1/offline/add").send_json(serde_json::to_value(body)?)?;
+        let resp =
+            self.request("POST", "/v1/offline/add").send_json(serde_json::to_value(body)?)?;
         self.lines(resp, on_event, |_| None)
     }
 
@@ -229,7 +229,8 @@ impl Client {
     /// Cancels a task (`POST /v1/offline/cancel`).
     pub fn offline_cancel(&self, task: &str) -> Result<(), Error> {
         let body = serde_json::to_value(TaskBody { task: task.into() })?;
-        let _: serde_json::Value = self.call(self.request("POST", "/v1/offline/cancel"), Some(body))?;
+        let _: serde_json::Value =
+            self.call(self.request("POST", "/v1/offline/cancel"), Some(body))?;
         Ok(())
     }
 

@@ -83,14 +83,14 @@ fn print_event(v: &serde_json::Value, json: bool) {
         println!("{v}");
         return;
     }
+    // Events are the command's output; a failure is the error line the command ends with.
     let n = |k: &str| v[k].as_u64().unwrap_or(0) as f64;
     match v["event"].as_str().unwrap_or("") {
-        "accepted" => eprintln!("storage took the task: {}", human_bytes(n("size"))),
-        "segment" => eprintln!("segment ready: {} at {}", human_bytes(n("len")), n("offset")),
-        "progress" => eprintln!("{} of {}", human_bytes(n("bytes")), human_bytes(n("size"))),
-        "restarted" => eprintln!("starting over: {}", v["reason"].as_str().unwrap_or("")),
-        "done" => eprintln!("done: {}", v["content_id"].as_str().unwrap_or("")),
-        "failed" => eprintln!("failed: {}", v["reason"].as_str().unwrap_or("")),
+        "accepted" => println!("storage took the task: {}", human_bytes(n("size"))),
+        "segment" => println!("segment ready: {} at {}", human_bytes(n("len")), n("offset")),
+        "progress" => println!("{} of {}", human_bytes(n("bytes")), human_bytes(n("size"))),
+        "restarted" => println!("starting over: {}", v["reason"].as_str().unwrap_or("")),
+        "done" => println!("done: {}", v["content_id"].as_str().unwrap_or("")),
         _ => {}
     }
 }
@@ -171,11 +171,9 @@ pub(crate) fn space(data_dir: &Path, action: SpaceAction) -> anyhow::Result<()> 
         SpaceAction::Rm { name } => c.space_rm(&name)?,
         SpaceAction::Get { name, output, json } => {
             let s = c.space_ls()?;
-            let entry = s
-                .entries
-                .iter()
-                .find(|e| e.name == name)
-                .with_context(|| format!("your space has no entry named {name:?} (see `shoal space ls`)"))?;
+            let entry = s.entries.iter().find(|e| e.name == name).with_context(|| {
+                format!("your space has no entry named {name:?} (see `shoal space ls`)")
+            })?;
             let Some(content) = &entry.content_id else {
                 bail!("{name:?} is still being fetched: wait for it (`shoal offline watch TASK`) or follow it");
             };

@@ -45,10 +45,14 @@ async fn storage(api: &Api) -> Result<Storage, ApiError> {
 }
 
 fn task_id(s: &str) -> Result<TaskId, ApiError> {
-    s.parse().map_err(|_| bad_request(format!("{s:?} is not a task id (32 hex digits, as `shoal offline ls` prints)")))
+    s.parse().map_err(|_| {
+        bad_request(format!("{s:?} is not a task id (32 hex digits, as `shoal offline ls` prints)"))
+    })
 }
 
-fn ndjson(rx: mpsc::Receiver<Result<axum::body::Bytes, std::convert::Infallible>>) -> Result<Response, ApiError> {
+fn ndjson(
+    rx: mpsc::Receiver<Result<axum::body::Bytes, std::convert::Infallible>>,
+) -> Result<Response, ApiError> {
     Response::builder()
         .header("content-type", "application/x-ndjson")
         .body(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)))
@@ -57,7 +61,10 @@ fn ndjson(rx: mpsc::Receiver<Result<axum::body::Bytes, std::convert::Infallible>
 
 /// `POST /v1/offline/add`: hands the URL to storage; with `follow`, streams the task's events
 /// while fetching its segments into the file, then the report.
-pub(crate) async fn add(State(api): State<Api>, Json(body): Json<OfflineAddBody>) -> Result<Response, ApiError> {
+pub(crate) async fn add(
+    State(api): State<Api>,
+    Json(body): Json<OfflineAddBody>,
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     if let Some(out) = &body.follow {
         if !out.is_absolute() {
@@ -66,10 +73,12 @@ pub(crate) async fn add(State(api): State<Api>, Json(body): Json<OfflineAddBody>
     }
     let storage = storage(&api).await?;
     let name = body.name.clone().unwrap_or_default();
-    let (task, instant) = storage.add(&body.url, &name).await.map_err(|e| bad_request(format!("{e:#}")))?;
+    let (task, instant) =
+        storage.add(&body.url, &name).await.map_err(|e| bad_request(format!("{e:#}")))?;
     let Some(output) = body.follow else {
         storage.close();
-        let reply = OfflineAddReply { task: task.to_string(), instant, storage: storage.addr.to_string() };
+        let reply =
+            OfflineAddReply { task: task.to_string(), instant, storage: storage.addr.to_string() };
         return Ok(axum::response::IntoResponse::into_response(Json(reply)));
     };
     let (tx, rx) = mpsc::channel(64);
@@ -93,7 +102,10 @@ pub(crate) async fn add(State(api): State<Api>, Json(body): Json<OfflineAddBody>
 }
 
 /// `POST /v1/offline/watch`: the task's events as NDJSON until it ends.
-pub(crate) async fn watch(State(api): State<Api>, Json(body): Json<TaskBody>) -> Result<Response, ApiError> {
+pub(crate) async fn watch(
+    State(api): State<Api>,
+    Json(body): Json<TaskBody>,
+) -> Result<Response, ApiError> {
     let task = task_id(&body.task)?;
     let storage = storage(&api).await?;
     let (tx, rx) = mpsc::channel(64);
@@ -142,7 +154,10 @@ pub(crate) async fn ls(State(api): State<Api>) -> Result<Json<Vec<TaskStatus>>, 
 }
 
 /// `POST /v1/offline/cancel`.
-pub(crate) async fn cancel(State(api): State<Api>, Json(body): Json<TaskBody>) -> Result<Json<serde_json::Value>, ApiError> {
+pub(crate) async fn cancel(
+    State(api): State<Api>,
+    Json(body): Json<TaskBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let task = task_id(&body.task)?;
     let storage = storage(&api).await?;
     let r = storage.cancel(task).await.map_err(|e| bad_request(format!("{e:#}")));
@@ -171,7 +186,10 @@ pub(crate) async fn space_ls(State(api): State<Api>) -> Result<Json<SpaceReply>,
 }
 
 /// `POST /v1/space/rm`.
-pub(crate) async fn space_rm(State(api): State<Api>, Json(body): Json<SpaceRmBody>) -> Result<Json<serde_json::Value>, ApiError> {
+pub(crate) async fn space_rm(
+    State(api): State<Api>,
+    Json(body): Json<SpaceRmBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let storage = storage(&api).await?;
     let r = storage.remove(&body.name).await.map_err(|e| bad_request(format!("{e:#}")));
     storage.close();

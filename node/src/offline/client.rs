@@ -64,7 +64,8 @@ impl Storage {
 
     /// Hands `url` to storage: `(task, instant)`.
     pub(crate) async fn add(&self, url: &str, name: &str) -> anyhow::Result<(TaskId, bool)> {
-        let req = OfflineRequest::Add { cert: self.cert.clone(), url: url.into(), name: name.into() };
+        let req =
+            OfflineRequest::Add { cert: self.cert.clone(), url: url.into(), name: name.into() };
         match self.call(&req).await? {
             OfflineReply::Accepted { task, instant } => Ok((task, instant)),
             other => bail!("unexpected answer {other:?}"),
@@ -156,7 +157,8 @@ impl Storage {
         write_frame(&mut send, &Request::Manifest { content }).await?;
         send.finish()?;
         let mut dec = Decoder::new();
-        let bytes = read_raw(&mut recv, &mut dec, shoal_core::manifest::MAX_ENCODED_LEN as u64).await?;
+        let bytes =
+            read_raw(&mut recv, &mut dec, shoal_core::manifest::MAX_ENCODED_LEN as u64).await?;
         if ContentId::from(blake3::hash(&bytes)) != content {
             bail!("storage sent a manifest that is not content {content}'s");
         }
@@ -169,7 +171,11 @@ impl Storage {
 }
 
 /// Reads a piece or manifest answer: the header, then exactly its bytes (at most `max`).
-async fn read_raw(recv: &mut quinn::RecvStream, dec: &mut Decoder, max: u64) -> anyhow::Result<Vec<u8>> {
+async fn read_raw(
+    recv: &mut quinn::RecvStream,
+    dec: &mut Decoder,
+    max: u64,
+) -> anyhow::Result<Vec<u8>> {
     let len = match read_frame::<Response>(recv, dec).await? {
         Some(Response::Piece { len } | Response::Manifest { len }) => u64::from(len),
         Some(Response::Reject { text, .. }) => bail!("storage refused: {text}"),
@@ -328,7 +334,9 @@ async fn follow_into(
     };
     for (i, h) in m.pieces().iter().enumerate() {
         match ps.proven[i] {
-            Some(p) if p != *h => bail!("storage's manifest does not list the hash it signed for piece {i}"),
+            Some(p) if p != *h => {
+                bail!("storage's manifest does not list the hash it signed for piece {i}")
+            }
             Some(_) => {}
             None => ps.proven[i] = Some(*h),
         }
@@ -346,7 +354,8 @@ async fn follow_into(
     }
     file.sync_all()?;
     drop(file);
-    std::fs::rename(part, output).with_context(|| format!("cannot move the file to {}", output.display()))?;
+    std::fs::rename(part, output)
+        .with_context(|| format!("cannot move the file to {}", output.display()))?;
     Ok(FollowReport {
         task: task.to_string(),
         content_id: content.to_string(),
@@ -358,7 +367,12 @@ async fn follow_into(
     })
 }
 
-fn check_proof(proof: &SegmentProof, task: TaskId, size: u64, storage: NodeId) -> anyhow::Result<()> {
+fn check_proof(
+    proof: &SegmentProof,
+    task: TaskId,
+    size: u64,
+    storage: NodeId,
+) -> anyhow::Result<()> {
     if proof.task != task || proof.size != size {
         bail!("storage sent a proof for another task or size");
     }

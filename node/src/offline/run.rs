@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use shoal_cloud::origin::{OriginError, Resource};
+use shoal_cloud::spaces::Commit;
 use shoal_cloud::{CloudError, CloudStore};
 use shoal_core::offline::{resource_pieces, SegmentProof};
 use shoal_core::piece::piece_log2_for;
@@ -164,8 +165,11 @@ async fn fetch(task: &Arc<Task>, ctx: &Ctx) -> Result<shoal_core::ContentId, Tas
         // Segments hashed before a restart of the node are proven again to new watchers.
         for s in 0..layout.segments() {
             let r = layout.segment_pieces(s);
-            let done: Option<Vec<PieceHash>> =
-                task.lock().record.hashes[r.start as usize..r.end as usize].iter().copied().collect();
+            let done: Option<Vec<PieceHash>> = task.lock().record.hashes
+                [r.start as usize..r.end as usize]
+                .iter()
+                .copied()
+                .collect();
             if let Some(hashes) = done {
                 task.lock().bytes += layout.bytes(&r).end - layout.bytes(&r).start;
                 task.log(TaskEvent::Segment(ctx.prove(task, res.len, r.start, hashes)));
@@ -185,7 +189,9 @@ async fn fetch(task: &Arc<Task>, ctx: &Ctx) -> Result<shoal_core::ContentId, Tas
                     return Err(TaskError::KeepsChanging(restarts - 1));
                 }
                 warn!(task = %task.id.fmt_short(), %what, "resource changed at the origin; starting over");
-                task.log(TaskEvent::Restarted { reason: format!("the resource changed at the origin ({what})") });
+                task.log(TaskEvent::Restarted {
+                    reason: format!("the resource changed at the origin ({what})"),
+                });
             }
             Err(e) => return Err(e),
         }
@@ -210,7 +216,12 @@ fn open_part(task: &Task, ctx: &Ctx, res: &Resource, layout: Layout) -> Result<F
     s.record.resource = Some(res.clone());
     s.record.hashes = vec![None; layout.pieces as usize];
     s.bytes = 0;
-    let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
     f.set_len(res.len)?;
     Ok(f)
 }
@@ -248,7 +259,8 @@ async fn fetch_segments(
             jobs.spawn(async move {
                 let bytes = match (group.first(), group.last()) {
                     (Some(&a), Some(&b)) => {
-                        layout.bytes(&layout.segment_pieces(a)).start..layout.bytes(&layout.segment_pieces(b)).end
+                        layout.bytes(&layout.segment_pieces(a)).start
+                            ..layout.bytes(&layout.segment_pieces(b)).end
                     }
                     _ => 0..0,
                 };
@@ -296,7 +308,11 @@ async fn fetch_segments(
 }
 
 /// Hashes the pieces of each segment in `group` from the temporary file.
-fn hash_group(part: &File, layout: Layout, group: &[u32]) -> std::io::Result<Vec<(u32, Vec<PieceHash>)>> {
+fn hash_group(
+    part: &File,
+    layout: Layout,
+    group: &[u32],
+) -> std::io::Result<Vec<(u32, Vec<PieceHash>)>> {
     let mut out = Vec::with_capacity(group.len());
     let mut buf = vec![0u8; layout.piece as usize];
     for &s in group {
@@ -326,15 +342,19 @@ async fn finish(
         let hashes: Option<Vec<PieceHash>> = s.record.hashes.iter().copied().collect();
         (s.record.user, s.record.name.clone(), hashes)
     };
-    let hashes = hashes.ok_or_else(|| TaskError::Refused("a segment is missing its hashes".into()))?;
+    let hashes =
+        hashes.ok_or_else(|| TaskError::Refused("a segment is missing its hashes".into()))?;
     let m = Manifest::new(&name, res.len, hashes)
         .map_err(|e| TaskError::Refused(format!("cannot build the manifest: {e}")))?;
     let id = m.content_id();
     store_content(&ctx.cloud, &m, part, layout).await?;
-    ctx.cloud.commit_entry(user, &name, task.id, id, res.len, ctx.quota(user).flatten(), now_ms()).await?;
+    let commit = Commit { task: task.id, content: id, size: res.len, time_ms: now_ms() };
+    ctx.cloud.commit_entry(user, &name, commit, ctx.quota(user).flatten()).await?;
     let seen = super::Seen { content: id, resource: res.clone() };
     let url = task.lock().record.url.clone();
-    ctx.cloud.put_resource_record(&res_key(&url), &serde_json::to_vec(&seen).expect("serialises")).await?;
+    ctx.cloud
+        .put_resource_record(&res_key(&url), &serde_json::to_vec(&seen).expect("serialises"))
+        .await?;
     Ok(id)
 }
 
@@ -344,7 +364,12 @@ pub(crate) fn res_key(url: &str) -> String {
 }
 
 /// Writes the manifest and every piece (each checked against the manifest) into the store.
-async fn store_content(cloud: &CloudStore, m: &Manifest, part: &File, layout: Layout) -> Result<(), TaskError> {
+async fn store_content(
+    cloud: &CloudStore,
+    m: &Manifest,
+    part: &File,
+    layout: Layout,
+) -> Result<(), TaskError> {
     cloud.put_manifest(&m.encode()).await?;
     let id = m.content_id();
     for p in 0..layout.pieces {
@@ -376,7 +401,13 @@ pub(crate) fn part_file(dir: &std::path::Path, task: shoal_core::TaskId) -> Path
 
 impl Ctx {
     /// A signed proof of pieces `first..` of `task`.
-    pub(crate) fn prove(&self, task: &Task, size: u64, first: u32, hashes: Vec<PieceHash>) -> SegmentProof {
+    pub(crate) fn prove(
+        &self,
+        task: &Task,
+        size: u64,
+        first: u32,
+        hashes: Vec<PieceHash>,
+    ) -> SegmentProof {
         let first = PieceIndex(first);
         let signed = SegmentProof::signed_bytes(&task.id, size, first, &hashes);
         let sig = self.net.identity.sign(&signed);

@@ -95,7 +95,8 @@ pub(crate) async fn serve_offline(
             match offline.ctx().cloud.remove_entry(user, &name, None).await {
                 Ok(true) => OfflineReply::Done,
                 Ok(false) => {
-                    let text = format!("your space has no entry named {name:?} (see `shoal space ls`)");
+                    let text =
+                        format!("your space has no entry named {name:?} (see `shoal space ls`)");
                     return refuse(send, (RejectReason::NotFound, text)).await;
                 }
                 Err(e) => return refuse(send, (RejectReason::StorageError, e.to_string())).await,
@@ -111,7 +112,11 @@ pub(crate) async fn serve_offline(
 }
 
 fn space(offline: &Offline, user: UserId) -> Result<Vec<SpaceEntry>, Refusal> {
-    let entries = offline.ctx().cloud.entries(user).map_err(|e| (RejectReason::StorageError, e.to_string()))?;
+    let entries = offline
+        .ctx()
+        .cloud
+        .entries(user)
+        .map_err(|e| (RejectReason::StorageError, e.to_string()))?;
     Ok(entries
         .into_iter()
         .map(|(name, e)| SpaceEntry {
@@ -125,7 +130,12 @@ fn space(offline: &Offline, user: UserId) -> Result<Vec<SpaceEntry>, Refusal> {
 }
 
 /// Streams a task's events until it ends.
-async fn watch(offline: &Offline, user: UserId, id: TaskId, mut send: SendStream) -> anyhow::Result<()> {
+async fn watch(
+    offline: &Offline,
+    user: UserId,
+    id: TaskId,
+    mut send: SendStream,
+) -> anyhow::Result<()> {
     let task = match offline.task(user, id) {
         Ok(t) => t,
         Err(r) => return refuse(send, r).await,

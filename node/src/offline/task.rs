@@ -135,6 +135,14 @@ impl Task {
         };
         let size = r.resource.as_ref().map_or(0, |res| res.len);
         let bytes = if matches!(r.stage, Stage::Done { .. }) { size } else { s.progress() };
-        TaskInfo { task: self.id, state, bytes, size, content, url: r.url.clone(), name: r.name.clone() }
+        TaskInfo {
+            task: self.id,
+            state,
+            bytes,
+            size,
+            content,
+            url: r.url.clone(),
+            name: r.name.clone(),
+        }
     }
 }

@@ -28,7 +28,14 @@ async fn a_temporary_entry_costs_nothing_until_committed_then_its_size() {
     assert_eq!((e.size, e.task, e.content), (100, Some(task), None));
     assert_eq!(s.usage(alice).unwrap(), 0);
 
-    s.commit_entry(alice, "a.bin", task, ContentId([9; 32]), 100, Some(1000), 2).await.unwrap();
+    s.commit_entry(
+        alice,
+        "a.bin",
+        Commit { task, content: ContentId([9; 32]), size: 100, time_ms: 2 },
+        Some(1000),
+    )
+    .await
+    .unwrap();
     let e = s.entry(alice, "a.bin").unwrap().unwrap();
     assert!(e.permanent);
     assert_eq!((e.content, e.task, e.time_ms), (Some(ContentId([9; 32])), None, 2));
@@ -42,7 +49,14 @@ async fn a_commit_over_quota_changes_nothing() {
     let alice = user();
     let task = TaskId([1; 16]);
     s.add_temporary(alice, "big", task, 1).await.unwrap();
-    let err = s.commit_entry(alice, "big", task, ContentId([9; 32]), 101, Some(100), 2).await;
+    let err = s
+        .commit_entry(
+            alice,
+            "big",
+            Commit { task, content: ContentId([9; 32]), size: 101, time_ms: 2 },
+            Some(100),
+        )
+        .await;
     assert!(matches!(err, Err(CloudError::QuotaExceeded { used: 0, quota: 100, need: 101 })));
     let e = s.entry(alice, "big").unwrap().unwrap();
     assert!(!e.permanent);
@@ -65,7 +79,13 @@ async fn names_are_per_user_and_taken_once() {
     assert_eq!(s.entries(bob).unwrap().len(), 1);
     // A commit by another task than the entry's is refused.
     assert!(matches!(
-        s.commit_entry(alice, "x", TaskId([2; 16]), ContentId([1; 32]), 1, None, 2).await,
+        s.commit_entry(
+            alice,
+            "x",
+            Commit { task: TaskId([2; 16]), content: ContentId([1; 32]), size: 1, time_ms: 2 },
+            None
+        )
+        .await,
         Err(CloudError::NoEntry(_))
     ));
 }
@@ -78,7 +98,9 @@ async fn removing_gives_the_charge_back_unless_another_entry_names_the_content()
     for (i, name) in ["one", "two"].into_iter().enumerate() {
         let task = TaskId([i as u8; 16]);
         s.add_temporary(alice, name, task, 1).await.unwrap();
-        s.commit_entry(alice, name, task, c, 50, None, 2).await.unwrap();
+        s.commit_entry(alice, name, Commit { task, content: c, size: 50, time_ms: 2 }, None)
+            .await
+            .unwrap();
     }
     // One content, charged once.
     assert_eq!(s.usage(alice).unwrap(), 50);
@@ -96,7 +118,14 @@ async fn a_task_cleanup_removes_only_its_own_temporary_entry() {
     let alice = user();
     let (t1, t2) = (TaskId([1; 16]), TaskId([2; 16]));
     s.add_temporary(alice, "f", t1, 1).await.unwrap();
-    s.commit_entry(alice, "f", t1, ContentId([1; 32]), 10, None, 2).await.unwrap();
+    s.commit_entry(
+        alice,
+        "f",
+        Commit { task: t1, content: ContentId([1; 32]), size: 10, time_ms: 2 },
+        None,
+    )
+    .await
+    .unwrap();
     // A failing task of the same name (refused at add, but say a stale record) cannot remove
     // a permanent entry.
     assert!(!s.remove_entry(alice, "f", Some(t1)).await.unwrap());
