@@ -198,3 +198,120 @@ fn a_missing_resource_fails_the_task_and_an_ungranted_user_is_refused() {
     let e = fails(c);
     assert!(e.contains("no space here") || e.contains("no offline task"), "{e}");
 }
+
+/// `shoal offline watch TASK --json` as a child streaming its lines.
+fn watch_lines(
+    node: &Daemon,
+    task: &str,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut c = node.cmd();
+    c.args(["offline", "watch", task, "--json"]);
+    let mut child =
+        c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let rx = lines(child.stdout.take().unwrap());
+    (child, rx)
+}
+
+fn segment_offset(line: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    (v["event"] == "segment").then(|| v["offset"].as_u64()).flatten()
+}
+
+#[test]
+fn a_task_continues_after_storage_restarts_without_fetching_verified_segments_again() {
+    let root = tempfile::tempdir().unwrap();
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    // 32 MiB, 8 segments, at 1 MiB/s per connection: storage is killed mid-way.
+    let data = write_file(&www.join("slow.bin"), 32 << 20, 11);
+    let Some(nginx) = Nginx::start_with(&www, "limit_rate 1m;") else { return };
+    let user = root.path().join("user");
+    let (tracker, mut storage) = cluster(root.path(), &[&user], &["--offline-allow-private"]);
+    let node = Daemon::start(&user, &["--tracker", &tracker.addr.to_string()]);
+    let mut c = node.cmd();
+    c.args(["offline", "add", &nginx.url("slow.bin"), "--json"]);
+    let task = json_of(c)["task"].as_str().unwrap().to_string();
+    let (mut watcher, rx) = watch_lines(&node, &task);
+    let first = segment_offset(&wait_line(&rx, "a first segment", |l| segment_offset(l).is_some()))
+        .unwrap();
+    storage.kill(); // SIGKILL mid-task
+    watcher.kill().ok();
+    watcher.wait().ok();
+    let (_, requests_before) = nginx.bytes_sent();
+
+    let mut args =
+        vec!["--tracker".to_string(), tracker.addr.to_string(), "--role".into(), "storage".into()];
+    args.extend(grant_args(&[&user]));
+    args.push("--offline-allow-private".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _storage = Daemon::start(&root.path().join("storage"), &args);
+    let last = wait_until("the task done after the restart", || {
+        let mut c = node.cmd();
+        c.args(["offline", "watch", &task, "--json"]);
+        let o = run(c);
+        o.status.success().then(|| String::from_utf8(o.stdout).unwrap())
+    });
+    assert!(last.lines().last().unwrap().contains("\"done\""), "{last}");
+    // Requests after the restart never asked again for the segment verified before it.
+    let log = std::fs::read_to_string(nginx.log_path()).unwrap();
+    let again: Vec<&str> = log.lines().skip(requests_before).collect();
+    assert!(!again.is_empty());
+    let asked = format!("bytes={first}-");
+    assert!(
+        !again.iter().any(|l| l.contains(&asked)),
+        "segment at {first} fetched again: {again:?}"
+    );
+    let copy = root.path().join("copy.bin");
+    let mut c = node.cmd();
+    c.args(["space", "get", "slow.bin", "-o"]).arg(&copy);
+    ok(c);
+    assert_eq!(std::fs::read(&copy).unwrap(), data);
+}
+
+#[test]
+fn a_resource_changing_mid_task_restarts_it_cleanly_with_the_new_version() {
+    let root = tempfile::tempdir().unwrap();
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    // 64 MiB, 16 segments fetched 4 at a time at 2 MiB/s each: the swap below lands while
+    // most segments are still to be asked for.
+    write_file(&www.join("moving.bin"), 64 << 20, 1);
+    let Some(nginx) = Nginx::start_with(&www, "limit_rate 2m;") else { return };
+    let user = root.path().join("user");
+    let (tracker, _storage) = cluster(root.path(), &[&user], &["--offline-allow-private"]);
+    let node = Daemon::start(&user, &["--tracker", &tracker.addr.to_string()]);
+    let out = root.path().join("out.bin");
+    let mut c = node.cmd();
+    c.args(["offline", "add", &nginx.url("moving.bin"), "--follow", "--json", "-o"]).arg(&out);
+    let follow = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let task = wait_until("the task listed", || {
+        let v = json_of({
+            let mut c = node.cmd();
+            c.args(["offline", "ls", "--json"]);
+            c
+        });
+        v[0]["task"].as_str().map(str::to_string)
+    });
+    let (mut watcher, rx) = watch_lines(&node, &task);
+    wait_line(&rx, "a first segment", |l| segment_offset(l).is_some());
+    // A new version, swapped in whole (a new mtime and size: a new ETag).
+    let tmp = www.join(".moving.tmp");
+    let new = write_file(&tmp, (64 << 20) + 12345, 2);
+    std::fs::rename(&tmp, www.join("moving.bin")).unwrap();
+    wait_line(&rx, "the restart", |l| l.contains("\"restarted\""));
+    let done = wait_line(&rx, "done", |l| l.contains("\"done\"") || l.contains("\"failed\""));
+    watcher.kill().ok();
+    watcher.wait().ok();
+    assert!(done.contains("\"done\""), "{done}");
+    let o = follow.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["size"], new.len() as u64);
+    // The followed file is the new version alone: no mixed pieces.
+    assert_eq!(std::fs::read(&out).unwrap(), new);
+    assert_eq!(report["content_id"], content_id("moving.bin", &new));
+}

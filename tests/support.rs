@@ -497,6 +497,12 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(root: &Path) -> Option<Nginx> {
+        Self::start_with(root, "")
+    }
+
+    /// With `server` directives added (like `limit_rate 1m;`); requests are logged with the
+    /// bytes sent (see [`Nginx::bytes_sent`]).
+    pub fn start_with(root: &Path, server: &str) -> Option<Nginx> {
         let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| Path::new(p).exists());
         let Some(bin) = bin else {
             assert!(
@@ -514,9 +520,10 @@ impl Nginx {
             let text = format!(
                 "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; \
                  error_log {d}/error.log; events {{ worker_connections 64; }}\n\
-                 http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; \
+                 http {{ log_format sent '$status $bytes_sent $http_range'; \
+                 access_log {d}/access.log sent; client_body_temp_path {d}; proxy_temp_path {d}; \
                  fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-                 server {{ listen 127.0.0.1:{port}; root {}; }} }}\n",
+                 server {{ listen 127.0.0.1:{port}; root {}; {server} }} }}\n",
                 root.display()
             );
             std::fs::write(conf.path().join("nginx.conf"), text).unwrap();
@@ -543,6 +550,18 @@ impl Nginx {
             child.wait().ok();
         }
         panic!("nginx did not start");
+    }
+
+    /// Bytes nginx sent so far, over all requests, and the request count (from its log).
+    pub fn bytes_sent(&self) -> (u64, usize) {
+        let log = std::fs::read_to_string(self._conf.path().join("access.log")).unwrap_or_default();
+        let sent = log.lines().filter_map(|l| l.split(' ').nth(1)?.parse::<u64>().ok());
+        sent.fold((0, 0), |(b, n), s| (b + s, n + 1))
+    }
+
+    /// nginx's access log: `STATUS BYTES_SENT RANGE` per request.
+    pub fn log_path(&self) -> PathBuf {
+        self._conf.path().join("access.log")
     }
 
     pub fn url(&self, path: &str) -> String {
