@@ -315,3 +315,44 @@ fn a_resource_changing_mid_task_restarts_it_cleanly_with_the_new_version() {
     assert_eq!(std::fs::read(&out).unwrap(), new);
     assert_eq!(report["content_id"], content_id("moving.bin", &new));
 }
+
+#[test]
+fn temporary_data_counts_against_the_quota_of_tasks_underway() {
+    let root = tempfile::tempdir().unwrap();
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    write_file(&www.join("a.bin"), 10 << 20, 1);
+    write_file(&www.join("b.bin"), 10 << 20, 2);
+    let Some(nginx) = Nginx::start_with(&www, "limit_rate 4m;") else { return };
+    let user = root.path().join("user");
+    let grant = format!("{}=15MiB", user_id(&user));
+    let (tracker, _storage) =
+        cluster(root.path(), &[], &["--offline-allow-private", "--grant", &grant]);
+    let node = Daemon::start(&user, &["--tracker", &tracker.addr.to_string()]);
+    let tasks: Vec<String> = ["a.bin", "b.bin"]
+        .iter()
+        .map(|f| {
+            let mut c = node.cmd();
+            c.args(["offline", "add", &nginx.url(f), "--json"]);
+            json_of(c)["task"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let outcomes: Vec<std::process::Output> = tasks
+        .iter()
+        .map(|t| {
+            let mut c = node.cmd();
+            c.args(["offline", "watch", t]);
+            run(c)
+        })
+        .collect();
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter(|o| !o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .collect();
+    assert_eq!(failed.len(), 1, "one task fits the 15 MiB quota, not both: {failed:?}");
+    assert!(failed[0].contains("over quota"), "{}", failed[0]);
+    let s = space(&node);
+    assert_eq!(s.as_array().unwrap().len(), 1, "{s}");
+    assert_eq!(s[0]["state"], "permanent");
+}

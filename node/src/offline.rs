@@ -76,12 +76,44 @@ pub(crate) struct Ctx {
     pub(crate) dir: PathBuf,
     pub(crate) grants: Grants,
     pub(crate) running: Arc<Semaphore>,
+    /// Temporary bytes each task holds (its resource's size), by user. Held only for map
+    /// access.
+    pub(crate) reserved: Mutex<HashMap<TaskId, (UserId, u64)>>,
 }
 
 impl Ctx {
     /// The quota of a granted user (`Some(None)`: unlimited); `None` if not granted.
     pub(crate) fn quota(&self, user: UserId) -> Option<Option<u64>> {
         self.grants.quota(&user)
+    }
+
+    /// Reserves `size` temporary bytes for `task` of `user`: refused when what the user owns,
+    /// what its other tasks hold and `size` together exceed its quota.
+    pub(crate) fn reserve(&self, task: TaskId, user: UserId, size: u64) -> Result<(), CloudError> {
+        let Some(quota) = self.quota(user) else {
+            return Err(CloudError::QuotaExceeded { used: 0, quota: 0, need: size });
+        };
+        let used = self.cloud.usage(user)?;
+        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        let others: u64 = reserved
+            .iter()
+            .filter(|(t, (u, _))| **t != task && *u == user)
+            .map(|(_, (_, n))| *n)
+            .fold(0u64, u64::saturating_add);
+        if shoal_cloud::charge(used.saturating_add(others), size, quota).is_err() {
+            return Err(CloudError::QuotaExceeded {
+                used: used.saturating_add(others),
+                quota: quota.unwrap_or(u64::MAX),
+                need: size,
+            });
+        }
+        reserved.insert(task, (user, size));
+        Ok(())
+    }
+
+    /// Gives a task's temporary bytes back.
+    pub(crate) fn release(&self, task: TaskId) {
+        self.reserved.lock().unwrap_or_else(|p| p.into_inner()).remove(&task);
     }
 
     pub(crate) fn part_path(&self, task: TaskId) -> PathBuf {
@@ -114,7 +146,8 @@ impl Offline {
         std::fs::create_dir_all(&dir)?;
         let origin = Origin::new(origin)?;
         let running = Arc::new(Semaphore::new(MAX_RUNNING));
-        let ctx = Arc::new(Ctx { cloud, origin, net, dir, grants, running });
+        let reserved = Mutex::default();
+        let ctx = Arc::new(Ctx { cloud, origin, net, dir, grants, running, reserved });
         let mut tasks = HashMap::new();
         for (id, raw) in ctx.cloud.task_records()? {
             let Ok(record) = serde_json::from_slice::<task::Record>(&raw) else {

@@ -118,6 +118,7 @@ pub(crate) async fn run(task: Arc<Task>, ctx: Arc<Ctx>) {
         }
     };
     let _ = std::fs::remove_file(ctx.part_path(task.id));
+    ctx.release(task.id);
     let event = match &stage {
         Stage::Done { content } => TaskEvent::Done { content: *content },
         Stage::Failed { reason } => TaskEvent::Failed { reason: reason.clone() },
@@ -150,18 +151,10 @@ async fn fetch(task: &Arc<Task>, ctx: &Ctx) -> Result<shoal_core::ContentId, Tas
             (s.record.user, s.record.name.clone())
         };
         ctx.cloud.set_temporary_size(user, &name, res.len)?;
-        // Refuse early what could not be kept: the quota is charged only at the end.
-        if let Some(quota) = ctx.quota(user) {
-            let used = ctx.cloud.usage(user)?;
-            if shoal_cloud::charge(used, res.len, quota).is_err() {
-                return Err(CloudError::QuotaExceeded {
-                    used,
-                    quota: quota.unwrap_or(u64::MAX),
-                    need: res.len,
-                }
-                .into());
-            }
-        }
+        // Refuse early what could not be kept (the quota is charged only at the end), counting
+        // the temporary data of the user's other tasks: a user's temporary area is bounded by
+        // its quota too.
+        ctx.reserve(task.id, user, res.len)?;
         // Segments hashed before a restart of the node are proven again to new watchers.
         for s in 0..layout.segments() {
             let r = layout.segment_pieces(s);
