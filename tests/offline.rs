@@ -356,3 +356,51 @@ fn temporary_data_counts_against_the_quota_of_tasks_underway() {
     assert_eq!(s.as_array().unwrap().len(), 1, "{s}");
     assert_eq!(s[0]["state"], "permanent");
 }
+
+#[test]
+fn a_linked_device_acts_for_the_user_and_sees_the_same_space() {
+    let root = tempfile::tempdir().unwrap();
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let data = write_file(&www.join("shared.bin"), 300_000, 5);
+    let Some(nginx) = Nginx::start(&www) else { return };
+    let (laptop, phone) = (root.path().join("laptop"), root.path().join("phone"));
+    std::fs::create_dir_all(&laptop).unwrap();
+    let mut c = shoal(&laptop);
+    c.args(["user", "new"]);
+    let user = ok(c).trim().to_string();
+    let (tracker, _storage) = cluster(root.path(), &[&laptop], &["--offline-allow-private"]);
+    let t = tracker.addr.to_string();
+    let mut c = shoal(&phone);
+    c.args(["user", "--json"]);
+    let phone_node = json_of(c)["node_id"].as_str().unwrap().to_string();
+    // A device without the user key cannot link anyone.
+    let mut c = shoal(&phone);
+    c.args(["user", "link", &phone_node]);
+    assert!(fails(c).contains("no user key"));
+    let mut c = shoal(&laptop);
+    c.args(["user", "link", &phone_node]);
+    let cert = ok(c).trim().to_string();
+    // The certificate names the phone: another device cannot use it.
+    let mut c = shoal(&root.path().join("thief"));
+    c.args(["user", "use", &cert]);
+    assert!(fails(c).contains("not this connection's node"));
+    let mut c = shoal(&phone);
+    c.args(["user", "use", &cert]);
+    assert_eq!(ok(c).trim(), user);
+    let mut c = shoal(&phone);
+    c.arg("user");
+    assert_eq!(ok(c).trim(), user, "the phone now acts for the laptop's user");
+
+    let laptop_node = Daemon::start(&laptop, &["--tracker", &t]);
+    let phone_node = Daemon::start(&phone, &["--tracker", &t]);
+    let out = root.path().join("out.bin");
+    let mut c = phone_node.cmd();
+    c.args(["offline", "add", &nginx.url("shared.bin"), "--follow", "-o"]).arg(&out);
+    ok(c);
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    // The laptop sees what the phone put in their user's space.
+    let s = space(&laptop_node);
+    assert_eq!(s[0]["name"], "shared.bin", "{s}");
+    assert_eq!(s[0]["state"], "permanent");
+}

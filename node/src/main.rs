@@ -172,6 +172,17 @@ enum UserAction {
     /// Make a separate user key (DATA_DIR/user.key) that this node then acts for, with a
     /// signed device certificate; refuses if one exists.
     New,
+    /// Let another of your devices act for your user: prints a certificate for NODE_ID (its
+    /// `shoal user --json` node_id) to pass to `shoal user use` there. Needs the user key here.
+    Link {
+        /// The other device's node id.
+        node_id: String,
+    },
+    /// Act for the user that linked this device (the certificate `shoal user link` printed).
+    Use {
+        /// The certificate (shoaldev1...).
+        cert: String,
+    },
 }
 
 fn probability(s: &str) -> Result<f64, String> {
@@ -303,9 +314,36 @@ fn user(data_dir: &Path, json: bool, action: Option<UserAction>) -> anyhow::Resu
     let node = Identity::load_or_create(data_dir)?;
     let user = match action {
         Some(UserAction::New) => Identity::create_user(data_dir)?.user_id(),
+        Some(UserAction::Link { node_id }) => {
+            let other: shoal_core::NodeId = node_id
+                .trim()
+                .parse()
+                .with_context(|| format!("cannot read node id {node_id:?}"))?;
+            let user = Identity::load_user(data_dir)?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "this data dir holds no user key: make one with `shoal user new` (or link \
+                     from the device that holds it)"
+                )
+            })?;
+            let cert = shoal_net::identity::print_device_cert(&user.device_cert(other));
+            println!("{cert}");
+            eprintln!("on that device, run: shoal user use {cert}");
+            return Ok(());
+        }
+        Some(UserAction::Use { cert }) => {
+            if Identity::load_user(data_dir)?.is_some() {
+                bail!("this data dir holds its own user key: a device with a user key acts for it");
+            }
+            let cert = shoal_net::identity::parse_device_cert(&cert, &node.node_id())?;
+            shoal_net::identity::store_device_cert(data_dir, &cert)?;
+            cert.user
+        }
         None => match Identity::load_user(data_dir)? {
             Some(u) => u.user_id(),
-            None => node.node_id().into(),
+            None => match shoal_net::identity::load_device_cert(data_dir, &node.node_id()) {
+                Some(c) => c.user,
+                None => node.node_id().into(),
+            },
         },
     };
     if json {

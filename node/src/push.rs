@@ -88,11 +88,16 @@ struct Credentials {
     token: Option<Vec<u8>>,
 }
 
-/// The device certificate of the data dir's user key, if there is one (read on each push, so
-/// `shoal user new` takes effect without a restart).
+/// The device certificate of the data dir's user key, or the one another device linked this
+/// node with (`shoal user use`), if there is one; read on each push, so `shoal user new` and
+/// `use` take effect without a restart.
 pub(crate) fn device_cert(node: &Pusher) -> anyhow::Result<Option<DeviceCert>> {
     let user = shoal_net::Identity::load_user(&node.data_dir).context("reading the user key")?;
-    Ok(user.map(|u| u.device_cert(node.net.node_id())))
+    Ok(match user {
+        Some(u) => Some(u.device_cert(node.net.node_id())),
+        // A device linked to a user whose key lives on another device.
+        None => shoal_net::identity::load_device_cert(&node.data_dir, &node.net.node_id()),
+    })
 }
 
 /// Sends one push request with its body, retrying with backoff while storage is busy or cannot

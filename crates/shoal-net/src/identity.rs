@@ -13,6 +13,74 @@ pub const KEY_FILE: &str = "node.key";
 /// The separate user key's file name inside the data dir (absent: the node key is the user).
 pub const USER_KEY_FILE: &str = "user.key";
 
+/// The certificate of a linked device inside the data dir: another device's user key signed
+/// that this node acts for it (`shoal user link` there, `shoal user use` here).
+pub const DEVICE_CERT_FILE: &str = "device.cert";
+
+/// The printed form of a device certificate starts with this.
+pub const DEVICE_CERT_PREFIX: &str = "shoaldev1";
+
+/// Error reading a printed device certificate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// Not a printed certificate.
+    #[error(
+        "not a device certificate (it starts with {DEVICE_CERT_PREFIX}; was it copied whole?)"
+    )]
+    Malformed,
+    /// It does not name this node, or its signature fails.
+    #[error("{0}")]
+    Invalid(#[from] shoal_core::user::CertError),
+    /// Storing it failed.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// the file
+        path: PathBuf,
+        /// the cause
+        source: io::Error,
+    },
+}
+
+/// A device certificate as one line of text: the prefix and its bytes in lowercase base32.
+pub fn print_device_cert(cert: &DeviceCert) -> String {
+    let b32 = data_encoding::BASE32_NOPAD.encode(&cert.encode()).to_ascii_lowercase();
+    format!("{DEVICE_CERT_PREFIX}{b32}")
+}
+
+/// Reads [`print_device_cert`]'s output and checks that it names `node` and verifies.
+pub fn parse_device_cert(s: &str, node: &NodeId) -> Result<DeviceCert, LinkError> {
+    let body = s.trim().strip_prefix(DEVICE_CERT_PREFIX).ok_or(LinkError::Malformed)?;
+    let raw = data_encoding::BASE32_NOPAD
+        .decode(body.to_ascii_uppercase().as_bytes())
+        .map_err(|_| LinkError::Malformed)?;
+    let cert = DeviceCert::decode(&raw).map_err(|_| LinkError::Malformed)?;
+    cert.verify(node)?;
+    Ok(cert)
+}
+
+/// The linked-device certificate stored in `dir`, if any (checked against `node`; a file that
+/// does not verify is ignored with a warning).
+pub fn load_device_cert(dir: &Path, node: &NodeId) -> Option<DeviceCert> {
+    let text = fs::read_to_string(dir.join(DEVICE_CERT_FILE)).ok()?;
+    match parse_device_cert(&text, node) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring the stored device certificate");
+            None
+        }
+    }
+}
+
+/// Stores a linked-device certificate in `dir` (mode 0600, atomically).
+pub fn store_device_cert(dir: &Path, cert: &DeviceCert) -> Result<(), LinkError> {
+    let path = dir.join(DEVICE_CERT_FILE);
+    let io_err = |source| LinkError::Io { path: path.clone(), source };
+    let (mut f, tmp) = create_private_beside(&path).map_err(io_err)?;
+    f.write_all(print_device_cert(cert).as_bytes()).and_then(|()| f.sync_all()).map_err(io_err)?;
+    fs::rename(&tmp, &path).map_err(io_err)
+}
+
 /// Error loading or creating the node key.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -173,6 +241,29 @@ pub fn create_private_beside(path: &Path) -> io::Result<(fs::File, std::path::Pa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_printed_device_cert_reads_back_for_its_node_only() {
+        let user = Identity::generate();
+        let (node, other) = (Identity::generate().node_id(), Identity::generate().node_id());
+        let cert = user.device_cert(node);
+        let text = print_device_cert(&cert);
+        assert!(text.starts_with(DEVICE_CERT_PREFIX));
+        assert_eq!(parse_device_cert(&text, &node).unwrap(), cert);
+        // Whitespace around it is fine (a pasted line); upper case too.
+        assert_eq!(parse_device_cert(&format!(" {} \n", text), &node).unwrap(), cert);
+        assert!(matches!(parse_device_cert(&text, &other), Err(LinkError::Invalid(_))));
+        assert!(matches!(parse_device_cert(&text[..40], &node), Err(LinkError::Malformed)));
+        assert!(matches!(parse_device_cert("shoaldev1!!", &node), Err(LinkError::Malformed)));
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load_device_cert(dir.path(), &node).is_none());
+        store_device_cert(dir.path(), &cert).unwrap();
+        assert_eq!(load_device_cert(dir.path(), &node), Some(cert));
+        assert!(
+            load_device_cert(dir.path(), &other).is_none(),
+            "a cert for another node is ignored"
+        );
+    }
 
     #[test]
     fn processes_creating_the_key_at_once_agree_on_one() {
