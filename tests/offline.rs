@@ -48,7 +48,7 @@ fn a_followed_task_lands_verified_in_the_file_and_permanent_in_the_space() {
     let data = write_file(&www.join("big.bin"), 10 << 20, 7);
     let Some(nginx) = Nginx::start(&www) else { return };
     let user = root.path().join("user");
-    let (tracker, _storage) = cluster(root.path(), &[&user], &["--offline-allow-private"]);
+    let (tracker, storage) = cluster(root.path(), &[&user], &["--offline-allow-private"]);
     let node = Daemon::start(&user, &["--tracker", &tracker.addr.to_string()]);
 
     let out = root.path().join("out.bin");
@@ -107,6 +107,16 @@ fn a_followed_task_lands_verified_in_the_file_and_permanent_in_the_space() {
     c.args(["space", "rm", "again.bin"]);
     let e = fails(c);
     assert!(e.contains("no entry named"), "{e}");
+
+    // Removing the last entry of a content nobody else owns deletes it from storage: the quota
+    // bounds the disk, not only the listing.
+    let held = |d: &Daemon| d.ls().to_string().contains(&id);
+    assert!(held(&storage), "{}", storage.ls());
+    let mut c = node.cmd();
+    c.args(["space", "rm", "big.bin"]);
+    ok(c);
+    assert_eq!(space(&node), serde_json::json!([]));
+    assert!(!held(&storage), "{}", storage.ls());
 }
 
 #[test]

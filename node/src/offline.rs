@@ -44,6 +44,12 @@ pub(crate) use task::Task;
 pub(crate) const MAX_RUNNING: usize = 8;
 /// Tasks one user may have underway at once.
 pub(crate) const MAX_ACTIVE_PER_USER: usize = 16;
+/// Tasks of one user fetched at once (so one user cannot hold every slot of the node).
+pub(crate) const MAX_RUNNING_PER_USER: usize = 2;
+/// The longest a task may run (a slow origin cannot hold a slot for ever).
+pub(crate) const TASK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+/// How long the probe of an instant answer may take before the task is fetched instead.
+const INSTANT_PROBE: std::time::Duration = std::time::Duration::from_secs(10);
 /// Finished tasks kept listed per user (the oldest are forgotten first).
 pub(crate) const MAX_KEPT_PER_USER: usize = 64;
 
@@ -79,6 +85,8 @@ pub(crate) struct Ctx {
     /// Temporary bytes each task holds (its resource's size), by user. Held only for map
     /// access.
     pub(crate) reserved: Mutex<HashMap<TaskId, (UserId, u64)>>,
+    /// Each user's running slots ([`MAX_RUNNING_PER_USER`]). Held only for map access.
+    pub(crate) slots: Mutex<HashMap<UserId, Arc<Semaphore>>>,
 }
 
 impl Ctx {
@@ -109,6 +117,14 @@ impl Ctx {
         }
         reserved.insert(task, (user, size));
         Ok(())
+    }
+
+    /// The running slots of `user`.
+    pub(crate) fn user_slots(&self, user: UserId) -> Arc<Semaphore> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        // Users without tasks waiting or running are dropped, so the map stays small.
+        slots.retain(|_, s| Arc::strong_count(s) > 1);
+        slots.entry(user).or_insert_with(|| Arc::new(Semaphore::new(MAX_RUNNING_PER_USER))).clone()
     }
 
     /// Gives a task's temporary bytes back.
@@ -147,7 +163,8 @@ impl Offline {
         let origin = Origin::new(origin)?;
         let running = Arc::new(Semaphore::new(MAX_RUNNING));
         let reserved = Mutex::default();
-        let ctx = Arc::new(Ctx { cloud, origin, net, dir, grants, running, reserved });
+        let slots = Mutex::default();
+        let ctx = Arc::new(Ctx { cloud, origin, net, dir, grants, running, reserved, slots });
         let mut tasks = HashMap::new();
         for (id, raw) in ctx.cloud.task_records()? {
             let Ok(record) = serde_json::from_slice::<task::Record>(&raw) else {
@@ -199,17 +216,9 @@ impl Offline {
         // The name must be a manifest's: check it now, not after the fetch.
         Manifest::new(&name, 0, Vec::new())
             .map_err(|e| refusal(RejectReason::BadRequest, e.to_string()))?;
-        let active = self.tasks().values().filter(|t| t.user() == user && !t.is_over()).count();
-        if active >= MAX_ACTIVE_PER_USER {
-            return Err(refusal(
-                RejectReason::Busy,
-                format!("you have {active} offline tasks underway, the most at once: wait for one to end"),
-            ));
-        }
         self.forget_old(user).await;
         let id = TaskId(rand_bytes());
         let now = now_ms();
-        self.ctx.cloud.add_temporary(user, &name, id, now).await.map_err(cloud_refusal)?;
         let record = task::Record {
             user,
             url: url.to_string(),
@@ -220,19 +229,46 @@ impl Offline {
             hashes: Vec::new(),
             restarts: 0,
         };
-        if let Some(content) = self.instant(user, url, &name, id).await {
-            let record = task::Record { stage: task::Stage::Done { content }, ..record };
-            self.ctx.save(id, &record).await.map_err(cloud_refusal)?;
-            info!(task = %id.fmt_short(), %content, "offline task done at once: storage holds the resource");
-            self.tasks().insert(id, Task::new(id, record));
-            return Ok((id, true));
+        let task = Task::new(id, record.clone());
+        {
+            // Counted and taken under one lock: concurrent adds cannot all pass the check.
+            let mut tasks = self.tasks();
+            let active = tasks.values().filter(|t| t.user() == user && !t.is_over()).count();
+            if active >= MAX_ACTIVE_PER_USER {
+                return Err(refusal(
+                    RejectReason::Busy,
+                    format!("you have {active} offline tasks underway, the most at once: wait for one to end"),
+                ));
+            }
+            tasks.insert(id, task.clone());
         }
-        self.ctx.save(id, &record).await.map_err(cloud_refusal)?;
-        let task = Task::new(id, record);
-        self.tasks().insert(id, task.clone());
-        info!(task = %id.fmt_short(), url, "offline task added");
-        tokio::spawn(run::run(task, self.ctx.clone()));
-        Ok((id, false))
+        let taken = async {
+            self.ctx.cloud.add_temporary(user, &name, id, now).await.map_err(cloud_refusal)?;
+            if let Some(content) = self.instant(user, url, &name, id).await {
+                let record = task::Record { stage: task::Stage::Done { content }, ..record };
+                self.ctx.save(id, &record).await.map_err(cloud_refusal)?;
+                task.lock().record = record;
+                task.log(TaskEvent::Done { content });
+                info!(task = %id.fmt_short(), %content, "offline task done at once: storage holds the resource");
+                return Ok(true);
+            }
+            self.ctx.save(id, &record).await.map_err(cloud_refusal)?;
+            Ok(false)
+        }
+        .await;
+        match taken {
+            Ok(true) => Ok((id, true)),
+            Ok(false) => {
+                info!(task = %id.fmt_short(), url, "offline task added");
+                tokio::spawn(run::run(task, self.ctx.clone()));
+                Ok((id, false))
+            }
+            Err(r) => {
+                self.tasks().remove(&id);
+                let _ = self.ctx.cloud.remove_entry(user, &name, Some(id)).await;
+                Err(r)
+            }
+        }
     }
 
     /// The content if storage holds what `url` gave before and the origin still reports the
@@ -244,7 +280,14 @@ impl Offline {
         if !held.is_complete() {
             return None;
         }
-        let now = self.ctx.origin.probe(url).await.ok()?;
+        // Only a resource with a validator can be known unchanged; the probe is bounded, as it
+        // runs while the device waits for its answer.
+        let v = &seen.resource.validators;
+        if v.etag.is_none() && v.last_modified.is_none() {
+            return None;
+        }
+        let probe = self.ctx.origin.probe(url);
+        let now = tokio::time::timeout(INSTANT_PROBE, probe).await.ok()?.ok()?;
         if now.len != seen.resource.len || now.validators != seen.resource.validators {
             return None;
         }
@@ -344,7 +387,14 @@ fn name_from_url(url: &url::Url) -> String {
     let clean: String = decoded.chars().filter(|c| *c != '/' && *c != '\0').collect();
     match clean.as_str() {
         "" | "." | ".." => url.host_str().unwrap_or("download").to_string(),
-        _ => clean.chars().take(200).collect(),
+        _ => {
+            // At most 200 bytes, cut at a character boundary (a name is at most 255 bytes).
+            let mut end = clean.len().min(200);
+            while !clean.is_char_boundary(end) {
+                end -= 1;
+            }
+            clean[..end].to_string()
+        }
     }
 }
 
@@ -390,6 +440,9 @@ mod tests {
         assert_eq!(n("http://example.org/"), "example.org");
         assert_eq!(n("http://h/a/%2e%2e"), "h");
         assert_eq!(n("http://h/a/b%2Fc"), "bc");
+        // Long non-ASCII names are cut to 200 bytes at a character boundary.
+        let long = n(&format!("http://h/{}", "%C3%A9".repeat(300)));
+        assert!(long.len() <= 200 && long.chars().all(|c| c == 'é'), "{}", long.len());
     }
 
     #[test]

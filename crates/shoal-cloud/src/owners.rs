@@ -39,6 +39,14 @@ pub(crate) fn owner_key(user: UserId, content: ContentId) -> [u8; 64] {
     k
 }
 
+/// The reverse of [`owner_key`]: content id || user key, so a content's owners are one prefix.
+pub(crate) fn by_key(user: UserId, content: ContentId) -> [u8; 64] {
+    let mut k = [0u8; 64];
+    k[..32].copy_from_slice(content.as_bytes());
+    k[32..].copy_from_slice(user.public_key_bytes());
+    k
+}
+
 pub(crate) fn read_u64(v: Option<sled::IVec>) -> u64 {
     v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map_or(0, u64::from_be_bytes)
 }
@@ -55,22 +63,24 @@ impl CloudStore {
         quota: Option<u64>,
     ) -> Result<Claimed, CloudError> {
         let key = owner_key(user, content);
-        let result = (&self.owners, &self.usage).transaction(|(owners, usage)| {
-            let used = read_u64(usage.get(user.public_key_bytes())?);
-            if owners.get(key)?.is_some() {
-                return Ok(Claimed { already_owned: true, used });
-            }
-            let total = charge(used, size, quota).map_err(|(used, quota)| {
-                ConflictableTransactionError::Abort(CloudError::QuotaExceeded {
-                    used,
-                    quota,
-                    need: size,
-                })
-            })?;
-            owners.insert(&key[..], &size.to_be_bytes())?;
-            usage.insert(user.public_key_bytes(), &total.to_be_bytes())?;
-            Ok(Claimed { already_owned: false, used: total })
-        });
+        let result =
+            (&self.owners, &self.usage, &self.owned_by).transaction(|(owners, usage, by)| {
+                let used = read_u64(usage.get(user.public_key_bytes())?);
+                if owners.get(key)?.is_some() {
+                    return Ok(Claimed { already_owned: true, used });
+                }
+                let total = charge(used, size, quota).map_err(|(used, quota)| {
+                    ConflictableTransactionError::Abort(CloudError::QuotaExceeded {
+                        used,
+                        quota,
+                        need: size,
+                    })
+                })?;
+                owners.insert(&key[..], &size.to_be_bytes())?;
+                by.insert(&by_key(user, content)[..], &[])?;
+                usage.insert(user.public_key_bytes(), &total.to_be_bytes())?;
+                Ok(Claimed { already_owned: false, used: total })
+            });
         let claimed = match result {
             Ok(c) => c,
             Err(TransactionError::Abort(e)) => return Err(e),
@@ -85,13 +95,15 @@ impl CloudStore {
     /// Drops `user`'s ownership of `content` and gives its size back; false if it owned none.
     pub async fn release(&self, user: UserId, content: ContentId) -> Result<bool, CloudError> {
         let key = owner_key(user, content);
-        let result = (&self.owners, &self.usage).transaction(|(owners, usage)| {
-            let Some(size) = owners.remove(&key[..])? else { return Ok(false) };
-            let used = read_u64(usage.get(user.public_key_bytes())?);
-            let size = read_u64(Some(size));
-            usage.insert(user.public_key_bytes(), &used.saturating_sub(size).to_be_bytes())?;
-            Ok(true)
-        });
+        let result =
+            (&self.owners, &self.usage, &self.owned_by).transaction(|(owners, usage, by)| {
+                let Some(size) = owners.remove(&key[..])? else { return Ok(false) };
+                by.remove(&by_key(user, content)[..])?;
+                let used = read_u64(usage.get(user.public_key_bytes())?);
+                let size = read_u64(Some(size));
+                usage.insert(user.public_key_bytes(), &used.saturating_sub(size).to_be_bytes())?;
+                Ok(true)
+            });
         let released = result.map_err(|e: TransactionError<CloudError>| match e {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => e.into(),
@@ -105,6 +117,11 @@ impl CloudStore {
     /// True if `user` owns `content`.
     pub fn owns(&self, user: UserId, content: ContentId) -> Result<bool, CloudError> {
         Ok(self.owners.contains_key(owner_key(user, content))?)
+    }
+
+    /// True if some user owns `content`.
+    pub fn is_owned(&self, content: ContentId) -> Result<bool, CloudError> {
+        Ok(self.owned_by.scan_prefix(content.as_bytes()).next().transpose()?.is_some())
     }
 
     /// Bytes `user` owns.

@@ -13,7 +13,7 @@ use shoal_core::{ContentId, TaskId, UserId};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
-use crate::owners::{charge, owner_key, read_u64};
+use crate::owners::{by_key, charge, owner_key, read_u64};
 use crate::store::{CloudError, CloudStore};
 
 /// The most entries one user's space holds.
@@ -99,6 +99,7 @@ impl CloudStore {
         task: TaskId,
         time_ms: u64,
     ) -> Result<(), CloudError> {
+        let _serial = self.space_lock.lock().await;
         if self.spaces.scan_prefix(user.public_key_bytes()).keys().count() >= MAX_ENTRIES {
             return Err(CloudError::SpaceFull { max: MAX_ENTRIES });
         }
@@ -122,42 +123,45 @@ impl CloudStore {
         quota: Option<u64>,
     ) -> Result<(), CloudError> {
         let Commit { task, content, size, time_ms } = commit;
+        let _serial = self.space_lock.lock().await;
         let ekey = entry_key(user, name);
         let okey = owner_key(user, content);
-        let result =
-            (&self.spaces, &self.owners, &self.usage).transaction(|(spaces, owners, usage)| {
-                let current: Option<Entry> =
-                    spaces.get(&ekey)?.and_then(|v| serde_json::from_slice(&v).ok());
-                if current.is_none_or(|e| e.task != Some(task)) {
-                    return Err(abort(CloudError::NoEntry(name.to_string())));
-                }
-                if owners.get(okey)?.is_none() {
-                    let used = read_u64(usage.get(user.public_key_bytes())?);
-                    let total = charge(used, size, quota).map_err(|(used, quota)| {
-                        abort(CloudError::QuotaExceeded { used, quota, need: size })
-                    })?;
-                    owners.insert(&okey[..], &size.to_be_bytes())?;
-                    usage.insert(user.public_key_bytes(), &total.to_be_bytes())?;
-                }
-                let e =
-                    Entry { content: Some(content), size, permanent: true, time_ms, task: None };
-                spaces.insert(ekey.as_slice(), encode(&e))?;
-                Ok(())
-            });
+        let bkey = by_key(user, content);
+        let trees = (&self.spaces, &self.owners, &self.usage, &self.owned_by);
+        let result = trees.transaction(|(spaces, owners, usage, by)| {
+            let current: Option<Entry> =
+                spaces.get(&ekey)?.and_then(|v| serde_json::from_slice(&v).ok());
+            if current.is_none_or(|e| e.task != Some(task)) {
+                return Err(abort(CloudError::NoEntry(name.to_string())));
+            }
+            if owners.get(okey)?.is_none() {
+                let used = read_u64(usage.get(user.public_key_bytes())?);
+                let total = charge(used, size, quota).map_err(|(used, quota)| {
+                    abort(CloudError::QuotaExceeded { used, quota, need: size })
+                })?;
+                owners.insert(&okey[..], &size.to_be_bytes())?;
+                by.insert(&bkey[..], &[])?;
+                usage.insert(user.public_key_bytes(), &total.to_be_bytes())?;
+            }
+            let e = Entry { content: Some(content), size, permanent: true, time_ms, task: None };
+            spaces.insert(ekey.as_slice(), encode(&e))?;
+            Ok(())
+        });
         result.map_err(flatten)?;
         self.flush().await
     }
 
-    /// Records a temporary entry's size once the resource is found (no charge).
+    /// Records the size of `task`'s temporary entry once the resource is found (no charge).
     pub fn set_temporary_size(
         &self,
         user: UserId,
         name: &str,
+        task: TaskId,
         size: u64,
     ) -> Result<(), CloudError> {
         self.spaces.update_and_fetch(entry_key(user, name), |old| {
             let mut e: Entry = serde_json::from_slice(old?).ok()?;
-            if !e.permanent {
+            if !e.permanent && e.task == Some(task) {
                 e.size = size;
             }
             Some(encode(&e))
@@ -165,46 +169,56 @@ impl CloudStore {
         Ok(())
     }
 
-    /// Removes an entry; the content's charge is given back when no other entry of the user
-    /// names it. With `task`, removes only a temporary entry of that task (a cancel or a
-    /// failure cleaning up). Returns whether an entry was removed.
+    /// Removes an entry and returns it. When no other entry of the user names its content, the
+    /// user no longer owns the content and its charge is given back; the caller then deletes
+    /// the content if nobody owns it ([`CloudStore::delete_if_unowned`]), so a user's quota
+    /// keeps bounding what it stores. Without `task`, a temporary entry is refused
+    /// ([`CloudError::Fetching`]: cancel its task instead); with `task`, only that task's
+    /// temporary entry is removed (a cancel or a failure cleaning up).
     pub async fn remove_entry(
         &self,
         user: UserId,
         name: &str,
         task: Option<TaskId>,
-    ) -> Result<bool, CloudError> {
+    ) -> Result<Option<Entry>, CloudError> {
+        let _serial = self.space_lock.lock().await;
         let ekey = entry_key(user, name);
-        // Other entries of the user naming the same content keep it charged.
+        // Other entries of the user naming the same content keep it owned (read under the
+        // space lock: no entry changes meanwhile).
         let siblings = self.entries(user)?;
-        let result =
-            (&self.spaces, &self.owners, &self.usage).transaction(|(spaces, owners, usage)| {
-                let Some(raw) = spaces.get(&ekey)? else { return Ok(false) };
-                let Ok(e) = serde_json::from_slice::<Entry>(&raw) else {
-                    spaces.remove(ekey.as_slice())?;
-                    return Ok(true);
-                };
-                if task.is_some() && (e.permanent || e.task != task) {
-                    return Ok(false);
-                }
+        let trees = (&self.spaces, &self.owners, &self.usage, &self.owned_by);
+        let result = trees.transaction(|(spaces, owners, usage, by)| {
+            let Some(raw) = spaces.get(&ekey)? else { return Ok(None) };
+            let Ok(e) = serde_json::from_slice::<Entry>(&raw) else {
                 spaces.remove(ekey.as_slice())?;
-                if let Some(content) = e.content.filter(|_| e.permanent) {
-                    let shared = siblings
-                        .iter()
-                        .any(|(n, s)| n != name && s.permanent && s.content == Some(content));
-                    let okey = owner_key(user, content);
-                    if !shared {
-                        if let Some(size) = owners.remove(&okey[..])? {
-                            let used = read_u64(usage.get(user.public_key_bytes())?);
-                            let left = used.saturating_sub(read_u64(Some(size)));
-                            usage.insert(user.public_key_bytes(), &left.to_be_bytes())?;
-                        }
+                return Ok(None);
+            };
+            match task {
+                Some(t) if e.permanent || e.task != Some(t) => return Ok(None),
+                None if !e.permanent => {
+                    return Err(abort(CloudError::Fetching(name.to_string())));
+                }
+                _ => {}
+            }
+            spaces.remove(ekey.as_slice())?;
+            if let Some(content) = e.content.filter(|_| e.permanent) {
+                let shared = siblings
+                    .iter()
+                    .any(|(n, s)| n != name && s.permanent && s.content == Some(content));
+                let okey = owner_key(user, content);
+                if !shared {
+                    if let Some(size) = owners.remove(&okey[..])? {
+                        by.remove(&by_key(user, content)[..])?;
+                        let used = read_u64(usage.get(user.public_key_bytes())?);
+                        let left = used.saturating_sub(read_u64(Some(size)));
+                        usage.insert(user.public_key_bytes(), &left.to_be_bytes())?;
                     }
                 }
-                Ok(true)
-            });
+            }
+            Ok(Some(e))
+        });
         let removed = result.map_err(flatten)?;
-        if removed {
+        if removed.is_some() {
             self.flush().await?;
         }
         Ok(removed)

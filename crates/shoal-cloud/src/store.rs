@@ -72,6 +72,9 @@ pub enum CloudError {
     /// The user's space has no such entry (or it belongs to another task).
     #[error("your space has no entry named {0:?} (see `shoal space ls`)")]
     NoEntry(String),
+    /// The entry is still being fetched.
+    #[error("{0:?} is still being fetched: cancel its task (`shoal offline cancel TASK`) instead")]
+    Fetching(String),
     /// The user's space is full.
     #[error("your space holds {max} entries, the most it may: remove some with `shoal space rm`")]
     SpaceFull {
@@ -108,6 +111,10 @@ pub struct CloudStore {
     pub(crate) owners: sled::Tree,
     /// user key -> bytes the user owns in total (u64 BE).
     pub(crate) usage: sled::Tree,
+    /// content id || user key -> (): who owns a content, the reverse of `owners`.
+    pub(crate) owned_by: sled::Tree,
+    /// Serialises changes to users' spaces, whose checks read more than one record.
+    pub(crate) space_lock: Arc<tokio::sync::Mutex<()>>,
     /// user key || entry name -> the entry (JSON), see `spaces`.
     pub(crate) spaces: sled::Tree,
     /// offline task id -> the task's record (JSON, the node's).
@@ -135,18 +142,68 @@ impl CloudStore {
     /// A store over `objects`, with its index in `index_dir`.
     pub fn open(objects: Arc<dyn ObjectStore>, index_dir: &FsPath) -> Result<Self, CloudError> {
         let db = sled::Config::new().path(index_dir).cache_capacity(8 * 1024 * 1024).open()?;
-        Ok(Self {
+        let store = Self {
             objects,
             contents: db.open_tree("contents")?,
             manifests: db.open_tree("manifests")?,
             pieces: db.open_tree("pieces")?,
             owners: db.open_tree("owners")?,
             usage: db.open_tree("usage")?,
+            owned_by: db.open_tree("owned_by")?,
+            space_lock: Arc::default(),
             spaces: db.open_tree("spaces")?,
             tasks: db.open_tree("tasks")?,
             resources: db.open_tree("resources")?,
             db,
-        })
+        };
+        store.index_owners()?;
+        Ok(store)
+    }
+
+    /// Builds the reverse owner index of an index written before it existed.
+    fn index_owners(&self) -> Result<(), CloudError> {
+        if !self.owned_by.is_empty() {
+            return Ok(());
+        }
+        for k in self.owners.iter().keys() {
+            let k = k?;
+            if k.len() == 64 {
+                let mut by = [0u8; 64];
+                by[..32].copy_from_slice(&k[32..]);
+                by[32..].copy_from_slice(&k[..32]);
+                self.owned_by.insert(by, &[])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a content nobody owns: its index records first (so nothing claims it any
+    /// more), then its objects. Returns whether it was deleted.
+    pub async fn delete_if_unowned(&self, id: ContentId) -> Result<bool, CloudError> {
+        if self.is_owned(id)? {
+            return Ok(false);
+        }
+        let Some(rec) = self.content(id)? else { return Ok(false) };
+        self.contents.remove(id.as_bytes())?;
+        self.manifests.remove(id.as_bytes())?;
+        let held: Vec<sled::IVec> =
+            self.pieces.scan_prefix(id.as_bytes()).keys().collect::<Result<_, _>>()?;
+        for k in &held {
+            self.pieces.remove(k)?;
+        }
+        self.flush().await?;
+        for p in 0..rec.pieces {
+            match self.objects.delete(&piece_path(id, PieceIndex(p))).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match self.objects.delete(&manifest_path(id)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(content = %id, "deleted a content nobody owns");
+        Ok(true)
     }
 
     /// Records a content from its manifest (written as an object first). Idempotent. Who may

@@ -78,6 +78,11 @@ fn client(data_dir: &Path) -> anyhow::Result<Client> {
     Client::find(data_dir)?.ok_or_else(|| super::no_daemon(data_dir))
 }
 
+/// Text from storage or an origin, printable (no terminal escapes).
+fn esc(s: &str) -> String {
+    shoal_core::manifest::escape_name(s)
+}
+
 fn print_event(v: &serde_json::Value, json: bool) {
     if json {
         println!("{v}");
@@ -89,7 +94,7 @@ fn print_event(v: &serde_json::Value, json: bool) {
         "accepted" => println!("storage took the task: {}", human_bytes(n("size"))),
         "segment" => println!("segment ready: {} at {}", human_bytes(n("len")), n("offset")),
         "progress" => println!("{} of {}", human_bytes(n("bytes")), human_bytes(n("size"))),
-        "restarted" => println!("starting over: {}", v["reason"].as_str().unwrap_or("")),
+        "restarted" => println!("starting over: {}", esc(v["reason"].as_str().unwrap_or(""))),
         "done" => println!("done: {}", v["content_id"].as_str().unwrap_or("")),
         _ => {}
     }
@@ -134,15 +139,15 @@ pub(crate) fn offline(data_dir: &Path, action: OfflineAction) -> anyhow::Result<
                     t.state,
                     human_bytes(t.bytes as f64),
                     human_bytes(t.size as f64),
-                    shoal_core::manifest::escape_name(&t.name),
-                    t.url
+                    esc(&t.name),
+                    esc(&t.url)
                 );
             }
         }
         OfflineAction::Watch { task, json } => {
             let last = c.offline_watch(&task, |v| print_event(v, json))?;
             if last["event"] == "failed" {
-                bail!("task {task} failed: {}", last["reason"].as_str().unwrap_or(""));
+                bail!("task {task} failed: {}", esc(last["reason"].as_str().unwrap_or("")));
             }
         }
         OfflineAction::Cancel { task } => c.offline_cancel(&task)?,

@@ -56,7 +56,9 @@ impl Storage {
         send.finish()?;
         let mut dec = Decoder::with_limit(MAX_REPLY_LEN);
         match read_frame::<OfflineReply>(&mut recv, &mut dec).await? {
-            Some(OfflineReply::Reject { text, .. }) => bail!("storage refused: {text}"),
+            Some(OfflineReply::Reject { text, .. }) => {
+                bail!("storage refused: {}", shoal_core::manifest::escape_name(&text))
+            }
             Some(r) => Ok(r),
             None => bail!("storage closed the stream without answering"),
         }
@@ -64,6 +66,21 @@ impl Storage {
 
     /// Hands `url` to storage: `(task, instant)`.
     pub(crate) async fn add(&self, url: &str, name: &str) -> anyhow::Result<(TaskId, bool)> {
+        // The codec would cut longer ones, and storage would fetch another URL.
+        if url.len() > shoal_wire::offline::MAX_URL_LEN {
+            bail!(
+                "the URL is {} bytes, more than the {} a task may name",
+                url.len(),
+                shoal_wire::offline::MAX_URL_LEN
+            );
+        }
+        if name.len() > shoal_core::manifest::MAX_NAME_LEN {
+            bail!(
+                "the name is {} bytes, more than the {} a file name may be",
+                name.len(),
+                shoal_core::manifest::MAX_NAME_LEN
+            );
+        }
         let req =
             OfflineRequest::Add { cert: self.cert.clone(), url: url.into(), name: name.into() };
         match self.call(&req).await? {
@@ -123,7 +140,9 @@ impl Storage {
                         return Ok(ev);
                     }
                 }
-                Some(OfflineReply::Reject { text, .. }) => bail!("storage refused: {text}"),
+                Some(OfflineReply::Reject { text, .. }) => {
+                    bail!("storage refused: {}", shoal_core::manifest::escape_name(&text))
+                }
                 Some(other) => bail!("unexpected answer {other:?}"),
                 None => bail!("storage ended the watch before the task ended"),
             }
@@ -178,7 +197,9 @@ async fn read_raw(
 ) -> anyhow::Result<Vec<u8>> {
     let len = match read_frame::<Response>(recv, dec).await? {
         Some(Response::Piece { len } | Response::Manifest { len }) => u64::from(len),
-        Some(Response::Reject { text, .. }) => bail!("storage refused: {text}"),
+        Some(Response::Reject { text, .. }) => {
+            bail!("storage refused: {}", shoal_core::manifest::escape_name(&text))
+        }
         Some(other) => bail!("unexpected answer {other:?}"),
         None => bail!("storage closed the stream without answering"),
     };
@@ -218,6 +239,13 @@ impl Pieces {
         Self { size, piece, proven: vec![None; n], have: vec![false; n] }
     }
 
+    /// Marks piece `p` held if `hash` is the one proven for it now.
+    fn mark(&mut self, p: u32, hash: PieceHash) {
+        if self.proven.get(p as usize) == Some(&Some(hash)) {
+            self.have[p as usize] = true;
+        }
+    }
+
     fn range(&self, p: u32) -> std::ops::Range<u64> {
         let start = u64::from(p) * self.piece;
         start..(start + self.piece).min(self.size)
@@ -251,7 +279,13 @@ async fn follow_into(
     part: &Path,
     on_event: &mut impl FnMut(&TaskEvent),
 ) -> anyhow::Result<FollowReport> {
-    let file = File::create(part).with_context(|| format!("cannot write {}", part.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(part)
+        .with_context(|| format!("cannot write {}", part.display()))?;
     let mut pieces: Option<Pieces> = None;
     let mut fetching: JoinSet<anyhow::Result<(u32, PieceHash)>> = JoinSet::new();
     let mut queue: Vec<u32> = Vec::new();
@@ -270,7 +304,7 @@ async fn follow_into(
             frame = read_frame::<OfflineReply>(&mut recv, &mut dec) => {
                 let ev = match frame? {
                     Some(OfflineReply::Event(ev)) => ev,
-                    Some(OfflineReply::Reject { text, .. }) => bail!("storage refused: {text}"),
+                    Some(OfflineReply::Reject { text, .. }) => bail!("storage refused: {}", shoal_core::manifest::escape_name(&text)),
                     Some(other) => bail!("unexpected answer {other:?}"),
                     None => bail!("storage ended the watch before the task ended"),
                 };
@@ -287,10 +321,17 @@ async fn follow_into(
                         check_proof(&proof, task, ps.size, storage.node)?;
                         first_segment_s.get_or_insert(started.elapsed().as_secs_f64());
                         for (i, h) in proof.hashes.iter().enumerate() {
-                            let p = proof.first.0 + i as u32;
-                            ps.proven[p as usize] = Some(*h);
-                            if !ps.have[p as usize] {
-                                queue.push(p);
+                            let p = (proof.first.0 + i as u32) as usize;
+                            match ps.proven[p] {
+                                // Storage may prove a piece once: another hash for it is a lie.
+                                Some(was) if was != *h => {
+                                    bail!("storage proved piece {p} with two different hashes")
+                                }
+                                Some(_) => {}
+                                None => {
+                                    ps.proven[p] = Some(*h);
+                                    queue.push(p as u32);
+                                }
                             }
                         }
                     }
@@ -301,25 +342,25 @@ async fn follow_into(
                         pieces = None;
                     }
                     TaskEvent::Done { content } => break content,
-                    TaskEvent::Failed { reason } => bail!("the offline task failed: {reason}"),
+                    TaskEvent::Failed { reason } => {
+                        bail!("the offline task failed: {}", shoal_core::manifest::escape_name(&reason))
+                    },
                     _ => {}
                 }
             }
             Some(joined) = fetching.join_next(), if !fetching.is_empty() => {
-                if let Ok(r) = joined {
-                    // A piece that storage no longer serves from its temporary area is
-                    // fetched again once the content exists.
-                    if let (Ok((p, _)), Some(ps)) = (r, pieces.as_mut()) {
-                        ps.have[p as usize] = true;
-                    }
+                // A piece that storage no longer serves from its temporary area is fetched
+                // again once the content exists; one of an earlier version is ignored.
+                if let (Ok(Ok((p, h))), Some(ps)) = (joined, pieces.as_mut()) {
+                    ps.mark(p, h);
                 }
             }
         }
     };
     let origin_done_s = started.elapsed().as_secs_f64();
     while let Some(joined) = fetching.join_next().await {
-        if let (Ok(Ok((p, _))), Some(ps)) = (joined, pieces.as_mut()) {
-            ps.have[p as usize] = true;
+        if let (Ok(Ok((p, h))), Some(ps)) = (joined, pieces.as_mut()) {
+            ps.mark(p, h);
         }
     }
     // The content exists: its manifest must list exactly the hashes storage signed.
@@ -341,16 +382,35 @@ async fn follow_into(
             None => ps.proven[i] = Some(*h),
         }
     }
-    let missing: Vec<u32> = (0..ps.have.len() as u32).filter(|&p| !ps.have[p as usize]).collect();
-    let mut queue = missing.into_iter();
-    loop {
-        while fetching.len() < FOLLOW_STREAMS {
-            let Some(p) = queue.next() else { break };
-            spawn_piece(&mut fetching, storage, task, Some(content), p, &ps, &file)?;
+    // Every piece not yet held, then the whole file checked against the manifest (a write of
+    // an aborted fetch of an earlier version may have landed late): what differs is fetched
+    // again, once.
+    for round in 0..2 {
+        let missing: Vec<u32> =
+            (0..ps.have.len() as u32).filter(|&p| !ps.have[p as usize]).collect();
+        let mut queue = missing.into_iter();
+        loop {
+            while fetching.len() < FOLLOW_STREAMS {
+                let Some(p) = queue.next() else { break };
+                spawn_piece(&mut fetching, storage, task, Some(content), p, &ps, &file)?;
+            }
+            let Some(joined) = fetching.join_next().await else { break };
+            let (p, h) = joined??;
+            ps.mark(p, h);
         }
-        let Some(joined) = fetching.join_next().await else { break };
-        let (p, _) = joined??;
-        ps.have[p as usize] = true;
+        let bad = check_file(&file, &m).await?;
+        if bad.is_empty() {
+            break;
+        }
+        if round == 1 {
+            bail!(
+                "{} pieces of the file do not match the manifest after fetching them again",
+                bad.len()
+            );
+        }
+        for p in bad {
+            ps.have[p as usize] = false;
+        }
     }
     file.sync_all()?;
     drop(file);
@@ -365,6 +425,32 @@ async fn follow_into(
         done_s: started.elapsed().as_secs_f64(),
         instant,
     })
+}
+
+/// The pieces of `file` that do not match `m`, read 1 MiB at a time.
+async fn check_file(file: &File, m: &Manifest) -> anyhow::Result<Vec<u32>> {
+    let (file, m) = (file.try_clone()?, m.clone());
+    let bad = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u32>> {
+        let mut buf = vec![0u8; 1024 * 1024];
+        let mut bad = Vec::new();
+        for p in 0..m.piece_count() {
+            let r = m.piece_range(PieceIndex(p));
+            let mut hasher = blake3::Hasher::new();
+            let mut at = r.start;
+            while at < r.end {
+                let n = (r.end - at).min(buf.len() as u64) as usize;
+                file.read_exact_at(&mut buf[..n], at)?;
+                hasher.update(&buf[..n]);
+                at += n as u64;
+            }
+            if Some(PieceHash::from(hasher.finalize())) != m.piece_hash(PieceIndex(p)) {
+                bad.push(p);
+            }
+        }
+        Ok(bad)
+    })
+    .await??;
+    Ok(bad)
 }
 
 fn check_proof(

@@ -34,6 +34,13 @@ use super::{now_ms, Ctx};
 pub(crate) const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 /// Segments fetched at once per task.
 pub(crate) const PARALLEL: usize = 4;
+// A segment's proof carries all its hashes in one frame.
+const _: () = assert!(
+    (SEGMENT_BYTES >> shoal_core::piece::MIN_PIECE_LOG2) as usize
+        <= shoal_wire::offline::MAX_PROOF_HASHES
+);
+/// Bytes read at once when hashing a finished segment.
+const HASH_CHUNK: u64 = 1024 * 1024;
 /// How often watchers hear of progress while segments are underway.
 const PROGRESS_TICK: Duration = Duration::from_millis(500);
 
@@ -87,13 +94,34 @@ pub(crate) enum TaskError {
 }
 
 /// Runs `task` to its end: done, failed or cancelled. Records and logs the outcome.
+///
+/// A cancel counts until the content is complete in the temporary area; from then on the task
+/// finishes (storing the content and committing the entry are not interrupted halfway). A task
+/// waits for one of the user's slots ([`super::MAX_RUNNING_PER_USER`]) and then one of the
+/// node's, cancellable while it waits, and may run at most [`super::TASK_DEADLINE`].
 pub(crate) async fn run(task: Arc<Task>, ctx: Arc<Ctx>) {
-    let _slot = ctx.running.clone().acquire_owned().await;
     let mut cancel = task.cancel.subscribe();
-    let outcome = tokio::select! {
+    let user = task.user();
+    let fetched = tokio::select! {
         biased;
         _ = cancel.wait_for(|c| *c) => Err(None),
-        r = fetch(&task, &ctx) => r.map_err(Some),
+        r = async {
+            let _mine = ctx.user_slots(user).acquire_owned().await;
+            let _node = ctx.running.clone().acquire_owned().await;
+            match tokio::time::timeout(super::TASK_DEADLINE, fetch(&task, &ctx)).await {
+                Ok(r) => r.map(|(res, layout, part)| (res, layout, part, _mine, _node)),
+                Err(_) => Err(TaskError::Refused(format!(
+                    "the fetch took longer than {} hours; add the task again",
+                    super::TASK_DEADLINE.as_secs() / 3600
+                ))),
+            }
+        } => r.map_err(Some),
+    };
+    let outcome = match fetched {
+        Ok((res, layout, part, _mine, _node)) => {
+            finish(&task, &ctx, &res, layout, &part).await.map_err(Some)
+        }
+        Err(e) => Err(e),
     };
     let (user, name) = {
         let s = task.lock();
@@ -136,8 +164,8 @@ pub(crate) async fn run(task: Arc<Task>, ctx: Arc<Ctx>) {
     task.log(event);
 }
 
-/// Fetches the resource into the temporary file and moves it into the user's space.
-async fn fetch(task: &Arc<Task>, ctx: &Ctx) -> Result<shoal_core::ContentId, TaskError> {
+/// Fetches the resource into the temporary file: every piece hashed and proven.
+async fn fetch(task: &Arc<Task>, ctx: &Ctx) -> Result<(Resource, Layout, File), TaskError> {
     let url = task.lock().record.url.clone();
     loop {
         let res = ctx.origin.probe(&url).await?;
@@ -150,7 +178,7 @@ async fn fetch(task: &Arc<Task>, ctx: &Ctx) -> Result<shoal_core::ContentId, Tas
             let s = task.lock();
             (s.record.user, s.record.name.clone())
         };
-        ctx.cloud.set_temporary_size(user, &name, res.len)?;
+        ctx.cloud.set_temporary_size(user, &name, task.id, res.len)?;
         // Refuse early what could not be kept (the quota is charged only at the end), counting
         // the temporary data of the user's other tasks: a user's temporary area is bounded by
         // its quota too.
@@ -169,7 +197,7 @@ async fn fetch(task: &Arc<Task>, ctx: &Ctx) -> Result<shoal_core::ContentId, Tas
             }
         }
         match fetch_segments(task, ctx, &res, layout, &part).await {
-            Ok(()) => return finish(task, ctx, &res, layout, &part).await,
+            Ok(()) => return Ok((res, layout, part)),
             Err(TaskError::Origin(OriginError::Changed { what })) => {
                 let restarts = {
                     let mut s = task.lock();
@@ -196,9 +224,12 @@ async fn fetch(task: &Arc<Task>, ctx: &Ctx) -> Result<shoal_core::ContentId, Tas
 fn open_part(task: &Task, ctx: &Ctx, res: &Resource, layout: Layout) -> Result<File, TaskError> {
     let path = ctx.part_path(task.id);
     let mut s = task.lock();
-    let same = s.record.resource.as_ref().is_some_and(|old| {
-        old.len == res.len && old.validators == res.validators && old.url == res.url
-    }) && s.record.hashes.len() == layout.pieces as usize;
+    // Without ranges the resource comes as one stream from its start: nothing to continue.
+    let same = res.ranges
+        && s.record.resource.as_ref().is_some_and(|old| {
+            old.len == res.len && old.validators == res.validators && old.url == res.url
+        })
+        && s.record.hashes.len() == layout.pieces as usize;
     if same {
         if let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(&path) {
             if f.metadata()?.len() == res.len {
@@ -250,7 +281,10 @@ async fn fetch_segments(
             let (origin, res, part) = (ctx.origin.clone(), res.clone(), part.try_clone()?);
             let inflight = inflight.clone();
             jobs.spawn(async move {
+                // Without ranges the only fetch is the whole resource (every segment is to do:
+                // `open_part` never continues such a task).
                 let bytes = match (group.first(), group.last()) {
+                    _ if !res.ranges => 0..layout.len,
                     (Some(&a), Some(&b)) => {
                         layout.bytes(&layout.segment_pieces(a)).start
                             ..layout.bytes(&layout.segment_pieces(b)).end
@@ -300,22 +334,29 @@ async fn fetch_segments(
     }
 }
 
-/// Hashes the pieces of each segment in `group` from the temporary file.
+/// Hashes the pieces of each segment in `group` from the temporary file, reading at most
+/// [`HASH_CHUNK`] at a time (a piece may be 64 MiB).
 fn hash_group(
     part: &File,
     layout: Layout,
     group: &[u32],
 ) -> std::io::Result<Vec<(u32, Vec<PieceHash>)>> {
     let mut out = Vec::with_capacity(group.len());
-    let mut buf = vec![0u8; layout.piece as usize];
+    let mut buf = vec![0u8; HASH_CHUNK.min(layout.piece) as usize];
     for &s in group {
         let r = layout.segment_pieces(s);
         let mut hashes = Vec::with_capacity(r.len());
         for p in r.clone() {
             let b = layout.bytes(&(p..p + 1));
-            let len = (b.end - b.start) as usize;
-            part.read_exact_at(&mut buf[..len], b.start)?;
-            hashes.push(PieceHash::of(&buf[..len]));
+            let mut hasher = blake3::Hasher::new();
+            let mut at = b.start;
+            while at < b.end {
+                let n = (b.end - at).min(buf.len() as u64) as usize;
+                part.read_exact_at(&mut buf[..n], at)?;
+                hasher.update(&buf[..n]);
+                at += n as u64;
+            }
+            hashes.push(PieceHash::from(hasher.finalize()));
         }
         out.push((r.start, hashes));
     }
@@ -342,7 +383,13 @@ async fn finish(
     let id = m.content_id();
     store_content(&ctx.cloud, &m, part, layout).await?;
     let commit = Commit { task: task.id, content: id, size: res.len, time_ms: now_ms() };
-    ctx.cloud.commit_entry(user, &name, commit, ctx.quota(user).flatten()).await?;
+    if let Err(e) = ctx.cloud.commit_entry(user, &name, commit, ctx.quota(user).flatten()).await {
+        // Stored but not charged to anyone: not kept.
+        if let Err(d) = ctx.cloud.delete_if_unowned(id).await {
+            warn!(content = %id, error = %d, "cannot delete an uncommitted content");
+        }
+        return Err(e.into());
+    }
     let seen = super::Seen { content: id, resource: res.clone() };
     let url = task.lock().record.url.clone();
     ctx.cloud

@@ -26,15 +26,16 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// The user a request acts for: the certificate's user if it is granted here and the
 /// certificate verifies for `peer`, else `peer`'s own key. Refused if that user has no grant.
 fn user_of(offline: &Offline, peer: NodeId, cert: Option<&DeviceCert>) -> Result<UserId, Refusal> {
+    // The certificate first: a stranger's forged one must not learn who is granted here.
+    if let Some(c) = cert {
+        c.verify(&peer).map_err(|e| (RejectReason::Unauthorized, e.to_string()))?;
+    }
     let user = cert.map_or(UserId::from(peer), |c| c.user);
     if offline.ctx().quota(user).is_none() {
         return Err((
             RejectReason::Unauthorized,
             format!("user {user} has no space here: ask the storage operator for --grant {user}"),
         ));
-    }
-    if let Some(c) = cert {
-        c.verify(&peer).map_err(|e| (RejectReason::Unauthorized, e.to_string()))?;
     }
     Ok(user)
 }
@@ -92,12 +93,24 @@ pub(crate) async fn serve_offline(
             Err(r) => return refuse(send, r).await,
         },
         OfflineRequest::SpaceRemove { name, .. } => {
-            match offline.ctx().cloud.remove_entry(user, &name, None).await {
-                Ok(true) => OfflineReply::Done,
-                Ok(false) => {
+            let cloud = &offline.ctx().cloud;
+            match cloud.remove_entry(user, &name, None).await {
+                Ok(Some(e)) => {
+                    // What nobody owns any more is deleted: quotas bound the disk.
+                    if let Some(content) = e.content {
+                        if let Err(err) = cloud.delete_if_unowned(content).await {
+                            tracing::warn!(%content, error = %err, "cannot delete a content nobody owns");
+                        }
+                    }
+                    OfflineReply::Done
+                }
+                Ok(None) => {
                     let text =
                         format!("your space has no entry named {name:?} (see `shoal space ls`)");
                     return refuse(send, (RejectReason::NotFound, text)).await;
+                }
+                Err(e @ shoal_cloud::CloudError::Fetching(_)) => {
+                    return refuse(send, (RejectReason::BadRequest, e.to_string())).await
                 }
                 Err(e) => return refuse(send, (RejectReason::StorageError, e.to_string())).await,
             }
@@ -182,13 +195,14 @@ async fn task_piece(
         s.record.resource.as_ref().map(|res| {
             let layout = run::Layout::of(res.len);
             let hash = s.record.hashes.get(piece.0 as usize).copied().flatten();
-            (hash, layout.bytes(&(piece.0..piece.0 + 1)))
+            // Only an index with a hash is in range, so `+ 1` cannot overflow when it is used.
+            (hash, hash.map(|_| layout.bytes(&(piece.0..piece.0 + 1))))
         })
     };
     let Some((hash, range)) = found else {
         return refuse(send, (RejectReason::NotFound, "the task has no piece yet".into())).await;
     };
-    let Some(hash) = hash else {
+    let (Some(hash), Some(range)) = (hash, range) else {
         let text = format!("piece {piece} of task {id} is not in storage yet (or the task ended)");
         return refuse(send, (RejectReason::NotFound, text)).await;
     };
