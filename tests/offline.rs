@@ -7,11 +7,21 @@ use crate::support::*;
 
 /// A tracker and a storage node granting `users` (data dirs), with `storage_extra` flags.
 fn cluster(root: &Path, users: &[&Path], storage_extra: &[&str]) -> (TrackerProc, Daemon) {
+    cluster_with(root, users, storage_extra, &[])
+}
+
+/// [`cluster`] with flags for the tracker too.
+fn cluster_with(
+    root: &Path,
+    users: &[&Path],
+    storage_extra: &[&str],
+    tracker_extra: &[&str],
+) -> (TrackerProc, Daemon) {
     let tracker = TrackerProc::start_admitting(
         &root.join("tracker"),
         "127.0.0.1:0",
         &[&root.join("storage")],
-        &[],
+        tracker_extra,
     );
     let mut args =
         vec!["--tracker".to_string(), tracker.addr.to_string(), "--role".into(), "storage".into()];
@@ -413,4 +423,32 @@ fn a_linked_device_acts_for_the_user_and_sees_the_same_space() {
     let s = space(&laptop_node);
     assert_eq!(s[0]["name"], "shared.bin", "{s}");
     assert_eq!(s[0]["state"], "permanent");
+}
+
+#[test]
+fn a_task_names_its_resource_by_an_id_the_tracker_maps_to_a_url() {
+    let root = tempfile::tempdir().unwrap();
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let data = write_file(&www.join("release.tar"), 700_000, 9);
+    let Some(nginx) = Nginx::start(&www) else { return };
+    let user = root.path().join("user");
+    let source = format!("release-1.0={}", nginx.url("release.tar"));
+    let (tracker, _storage) = cluster_with(
+        root.path(),
+        &[&user],
+        &["--offline-allow-private"],
+        &["--offline-source", &source],
+    );
+    let node = Daemon::start(&user, &["--tracker", &tracker.addr.to_string()]);
+    let out = root.path().join("out.tar");
+    let mut c = node.cmd();
+    c.args(["offline", "add", "--id", "release-1.0", "--follow", "--json", "-o"]).arg(&out);
+    let report = json_of(c);
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert_eq!(report["content_id"], content_id("release.tar", &data));
+    let mut c = node.cmd();
+    c.args(["offline", "add", "--id", "release-2.0"]);
+    let e = fails(c);
+    assert!(e.contains("knows no resource"), "{e}");
 }

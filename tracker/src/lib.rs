@@ -49,6 +49,8 @@ pub struct Config {
     pub max_pending_manifest_bytes: u64,
     /// Rate limits per source address and node id.
     pub limits: Limits,
+    /// Resources an offline task may name by id: id → URL (`--offline-source ID=URL`).
+    pub offline_sources: std::collections::HashMap<String, String>,
 }
 
 impl Config {
@@ -67,6 +69,7 @@ impl Config {
             max_manifest_bytes: index.max_manifest_bytes,
             max_pending_manifest_bytes: index.max_pending_manifest_bytes,
             limits: index.limits,
+            offline_sources: std::collections::HashMap::new(),
         }
     }
 }
@@ -125,7 +128,8 @@ pub async fn run(
         &[shoal_wire::tracker::TRACKER_ALPN, shoal_wire::tracker::TRACKER_ALPN_V2],
         shoal_net::Limits::tracker(),
     )?;
-    let shared = Arc::new(Shared::new(index, state, identity.clone()));
+    let shared =
+        Arc::new(Shared::new(index, state, identity.clone(), config.offline_sources.clone()));
     let http = match config.http {
         Some(addr) => Some(http::serve(addr, shared.clone()).await?),
         None => None,

@@ -47,6 +47,15 @@ enum Command {
             value_delimiter = ','
         )]
         admit_storage: Vec<String>,
+        /// A resource offline tasks may name by id (`shoal offline add --id ID`): ID=URL
+        /// (repeatable).
+        #[arg(
+            long = "offline-source",
+            value_name = "ID=URL",
+            env = "SHOAL_TRACKER_OFFLINE_SOURCE",
+            value_delimiter = ','
+        )]
+        offline_source: Vec<String>,
         /// The most contents one node may announce.
         #[arg(long, env = "SHOAL_TRACKER_MAX_CONTENTS_PER_NODE", default_value_t = 4096)]
         max_contents_per_node: usize,
@@ -91,6 +100,7 @@ fn main() -> ExitCode {
         heartbeat,
         reseed_after,
         admit_storage,
+        offline_source,
         max_contents_per_node,
         max_manifest_bytes,
         max_pending_manifest_bytes,
@@ -109,6 +119,24 @@ fn main() -> ExitCode {
             }
             Err(_) => {
                 eprintln!("error: --admit-storage {id:?} is not a node id (copy it from the storage daemon's \"shoal daemon: node ID\" line)");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let mut offline_sources = std::collections::HashMap::new();
+    for item in offline_source.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        let parsed = item.split_once('=').filter(|(id, url)| {
+            !id.is_empty()
+                && id.len() <= shoal_wire::tracker::MAX_SOURCE_ID_LEN
+                && url.len() <= shoal_wire::tracker::MAX_SOURCE_URL_LEN
+                && (url.starts_with("http://") || url.starts_with("https://"))
+        });
+        match parsed {
+            Some((id, url)) => {
+                offline_sources.insert(id.to_string(), url.to_string());
+            }
+            None => {
+                eprintln!("error: --offline-source {item:?} is not ID=URL (an id of 1 to 255 bytes, an http:// or https:// URL of at most 2048)");
                 return ExitCode::FAILURE;
             }
         }
@@ -146,6 +174,7 @@ fn main() -> ExitCode {
         max_manifest_bytes,
         max_pending_manifest_bytes,
         limits,
+        offline_sources,
         ..shoal_tracker::Config::new(listen, data_dir)
     };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

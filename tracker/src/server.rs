@@ -75,11 +75,19 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Permits for manifest body bytes being read (see [`MANIFEST_BYTES_IN_FLIGHT`]).
     manifest_bytes: Arc<tokio::sync::Semaphore>,
+    /// Offline download sources by id (the operator's `--offline-source ID=URL`).
+    pub(crate) sources: std::collections::HashMap<String, String>,
 }
 
 impl Shared {
-    pub(crate) fn new(index: Index, state: SledState, identity: shoal_net::Identity) -> Self {
+    pub(crate) fn new(
+        index: Index,
+        state: SledState,
+        identity: shoal_net::Identity,
+        sources: std::collections::HashMap<String, String>,
+    ) -> Self {
         Self {
+            sources,
             index: Mutex::new(index),
             state,
             identity,

@@ -69,6 +69,24 @@ impl From<ureq::Error> for Error {
     }
 }
 
+/// What an offline task fetches: a URL, or a resource id its tracker knows.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// A URL.
+    Url(&'a str),
+    /// An id the tracker maps to a URL.
+    Id(&'a str),
+}
+
+impl Source<'_> {
+    fn parts(&self) -> (String, Option<String>) {
+        match self {
+            Source::Url(u) => (u.to_string(), None),
+            Source::Id(id) => (String::new(), Some(id.to_string())),
+        }
+    }
+}
+
 /// A connection to a running daemon.
 #[derive(Debug)]
 pub struct Client {
@@ -183,9 +201,14 @@ impl Client {
         Err(Error::Stopped)
     }
 
-    /// Hands a URL to storage (`POST /v1/offline/add`).
-    pub fn offline_add(&self, url: &str, name: Option<&str>) -> Result<OfflineAddReply, Error> {
-        let body = OfflineAddBody { url: url.into(), name: name.map(str::to_string), follow: None };
+    /// Hands a URL (or a resource id) to storage (`POST /v1/offline/add`).
+    pub fn offline_add(
+        &self,
+        source: &Source<'_>,
+        name: Option<&str>,
+    ) -> Result<OfflineAddReply, Error> {
+        let (url, id) = source.parts();
+        let body = OfflineAddBody { url, id, name: name.map(str::to_string), follow: None };
         self.call(self.request("POST", "/v1/offline/add"), Some(serde_json::to_value(body)?))
     }
 
@@ -193,13 +216,15 @@ impl Client {
     /// event to `on_event`.
     pub fn offline_follow(
         &self,
-        url: &str,
+        source: &Source<'_>,
         name: Option<&str>,
         output: &Path,
         on_event: impl FnMut(&serde_json::Value),
     ) -> Result<FollowReport, Error> {
+        let (url, id) = source.parts();
         let body = OfflineAddBody {
-            url: url.into(),
+            url,
+            id,
             name: name.map(str::to_string),
             follow: Some(output.to_path_buf()),
         };

@@ -41,7 +41,7 @@ pub mod units;
 pub use api::{
     AddBody, AddReply, ControlInfo, GetBody, LsEntry, PushBody, PushReport, CONTROL_FILE,
 };
-pub use client::Client;
+pub use client::{Client, Source};
 pub use fetch::{FetchReport, PeerReport, Progress};
 pub use offline::{
     FollowReport, OfflineAddBody, OfflineAddReply, SpaceEntry, SpaceReply, SpaceRmBody, TaskBody,

@@ -12,8 +12,12 @@ use serde::{Deserialize, Serialize};
 /// `POST /v1/offline/add`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OfflineAddBody {
-    /// The URL storage fetches.
+    /// The URL storage fetches (empty when `id` names the resource).
+    #[serde(default)]
     pub url: String,
+    /// A resource id the tracker maps to a URL (its operator's `--offline-source ID=URL`).
+    #[serde(default)]
+    pub id: Option<String>,
     /// The name in the user's space (default: from the URL).
     #[serde(default)]
     pub name: Option<String>,

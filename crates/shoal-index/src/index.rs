@@ -263,7 +263,15 @@ impl Index {
 
     /// The registered admitted storage nodes.
     pub fn storage_nodes(&self) -> Vec<(NodeId, Vec<SocketAddr>)> {
-        self.nodes.iter().filter(|(_, e)| e.storage).map(|(id, e)| (*id, e.addrs.clone())).collect()
+        // Least loaded first: an offline task's home and helpers are taken from the front.
+        let mut nodes: Vec<(u32, NodeId, Vec<SocketAddr>)> = self
+            .nodes
+            .iter()
+            .filter(|(_, e)| e.storage)
+            .map(|(id, e)| (e.active_uploads, *id, e.addrs.clone()))
+            .collect();
+        nodes.sort_by_key(|(load, id, _)| (*load, *id));
+        nodes.into_iter().map(|(_, id, addrs)| (id, addrs)).collect()
     }
 
     /// Checks that `node` may add `content` to what it holds: registered, under its cap.

@@ -38,6 +38,7 @@
 //! | `0x66` | GetManifest | content id |
 //! | `0x67` | FindStorage | |
 //! | `0x68` | Report | content id, node key of a holder that never delivered |
+//! | `0x69` | ResolveSource | id (the rest, 1 to [`MAX_SOURCE_ID_LEN`] bytes of UTF-8) |
 //! | `0x70` | Registered | heartbeat interval ms u32, granted role u8 |
 //! | `0x71` | Ok | |
 //! | `0x72` | NeedManifest | |
@@ -47,6 +48,7 @@
 //! | `0x76` | Error | code u8, text (codes: 1 forged, 2 not registered, 3 bad request, 4 internal, 5 rate limited, 6 over a limit) |
 //! | `0x77` | StorageNodes | count u8, then per node: node key, address count u8, addresses |
 //! | `0x78` | HeartbeatReply | stored count u16, content ids; directive count u8, directives |
+//! | `0x7a` | Source | URL (the rest, at most [`MAX_SOURCE_URL_LEN`] bytes of UTF-8) |
 //! | `0x79` | CompactLookupReply | piece count u32, peer count u8, peers without bits, hint count u16, hints u32 each (version 3) |
 //!
 //! A directive: content id, storage node key, address count u8, addresses, token length u16,
@@ -273,7 +275,18 @@ pub enum TrackerRequest {
         /// the holder that never delivered
         peer: NodeId,
     },
+    /// Asks for the URL of a resource the tracker's operator named (offline download by id);
+    /// answered [`TrackerResponse::Source`] or [`TrackerResponse::Unknown`].
+    ResolveSource {
+        /// the resource's id
+        id: String,
+    },
 }
+
+/// The longest resource id in [`TrackerRequest::ResolveSource`].
+pub const MAX_SOURCE_ID_LEN: usize = 255;
+/// The longest URL in [`TrackerResponse::Source`].
+pub const MAX_SOURCE_URL_LEN: usize = 2048;
 
 /// A storage node in a [`TrackerResponse::StorageNodes`] answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -348,6 +361,11 @@ pub enum TrackerResponse {
     StorageNodes {
         /// the nodes
         nodes: Vec<StorageNode>,
+    },
+    /// The URL of a resource id.
+    Source {
+        /// the URL
+        url: String,
     },
     /// A heartbeat was recorded; contents of the node now complete in storage, and re-seed
     /// orders.

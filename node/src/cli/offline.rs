@@ -5,14 +5,19 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use shoal_control::{human_bytes, Client};
+use shoal_control::{human_bytes, Client, Source};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum OfflineAction {
     /// Have storage fetch URL into your space (http or https); prints the task id.
     Add {
         /// What to fetch.
-        url: String,
+        #[arg(required_unless_present = "id", conflicts_with = "id")]
+        url: Option<String>,
+        /// A resource the tracker knows by this id (its operator's --offline-source ID=URL),
+        /// instead of a URL.
+        #[arg(long)]
+        id: Option<String>,
         /// The name in your space (default: the URL's last path segment).
         #[arg(long)]
         name: Option<String>,
@@ -74,6 +79,14 @@ pub(crate) enum SpaceAction {
     },
 }
 
+fn source<'a>(url: &'a Option<String>, id: &'a Option<String>) -> anyhow::Result<Source<'a>> {
+    match (url, id) {
+        (Some(u), None) => Ok(Source::Url(u)),
+        (None, Some(i)) => Ok(Source::Id(i)),
+        _ => bail!("give a URL or --id ID"),
+    }
+}
+
 fn client(data_dir: &Path) -> anyhow::Result<Client> {
     Client::find(data_dir)?.ok_or_else(|| super::no_daemon(data_dir))
 }
@@ -103,9 +116,9 @@ fn print_event(v: &serde_json::Value, json: bool) {
 pub(crate) fn offline(data_dir: &Path, action: OfflineAction) -> anyhow::Result<()> {
     let c = client(data_dir)?;
     match action {
-        OfflineAction::Add { url, name, follow: true, output: Some(output), json } => {
+        OfflineAction::Add { url, id, name, follow: true, output: Some(output), json } => {
             let output = super::checked_output(&output)?;
-            let report = c.offline_follow(&url, name.as_deref(), &output, |v| {
+            let report = c.offline_follow(&source(&url, &id)?, name.as_deref(), &output, |v| {
                 if !json {
                     print_event(v, false);
                 }
@@ -116,8 +129,8 @@ pub(crate) fn offline(data_dir: &Path, action: OfflineAction) -> anyhow::Result<
                 println!("{} {}", report.content_id, output.display());
             }
         }
-        OfflineAction::Add { url, name, json, .. } => {
-            let r = c.offline_add(&url, name.as_deref())?;
+        OfflineAction::Add { url, id, name, json, .. } => {
+            let r = c.offline_add(&source(&url, &id)?, name.as_deref())?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {

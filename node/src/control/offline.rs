@@ -71,10 +71,17 @@ pub(crate) async fn add(
             return Err(bad_request("the output path must be absolute"));
         }
     }
+    let url = match (&body.id, body.url.is_empty()) {
+        (Some(id), true) => crate::offline::client::resolve_source(&api.node.pusher, id)
+            .await
+            .map_err(|e| bad_request(format!("{e:#}")))?,
+        (None, false) => body.url.clone(),
+        _ => return Err(bad_request("give a URL or an --id, not both")),
+    };
     let storage = storage(&api).await?;
     let name = body.name.clone().unwrap_or_default();
     let (task, instant) =
-        storage.add(&body.url, &name).await.map_err(|e| bad_request(format!("{e:#}")))?;
+        storage.add(&url, &name).await.map_err(|e| bad_request(format!("{e:#}")))?;
     let Some(output) = body.follow else {
         storage.close();
         let reply =

@@ -88,7 +88,8 @@ pub(super) async fn dispatch(
         TrackerRequest::Lookup { .. }
         | TrackerRequest::Heartbeat { .. }
         | TrackerRequest::GetManifest { .. }
-        | TrackerRequest::FindStorage => Some(Action::Query),
+        | TrackerRequest::FindStorage
+        | TrackerRequest::ResolveSource { .. } => Some(Action::Query),
         _ => None,
     };
     if let Some(action) = action {
@@ -148,6 +149,10 @@ pub(super) async fn dispatch(
                 Err(e) => index_error(shared, e),
             }
         }
+        TrackerRequest::ResolveSource { id } => match shared.sources.get(&id) {
+            Some(url) => (TrackerResponse::Source { url: url.clone() }, None),
+            None => (TrackerResponse::Unknown, None),
+        },
         TrackerRequest::FindStorage => {
             let nodes = shared
                 .index()

@@ -76,6 +76,10 @@ impl Frame for TrackerRequest {
                 out.extend_from_slice(content.as_bytes());
                 out.extend_from_slice(peer.public_key_bytes());
             }
+            Self::ResolveSource { id } => {
+                out.push(0x69);
+                out.extend_from_slice(&id.as_bytes()[..id.len().min(super::MAX_SOURCE_ID_LEN)]);
+            }
         }
     }
 
@@ -140,6 +144,15 @@ impl Frame for TrackerRequest {
             0x66 => Self::GetManifest { content: ContentId(r.array()?) },
             0x67 => Self::FindStorage,
             0x68 => Self::Report { content: ContentId(r.array()?), peer: read_node(&mut r)? },
+            0x69 => {
+                let raw = r.rest();
+                if raw.is_empty() || raw.len() > super::MAX_SOURCE_ID_LEN {
+                    return Err(r.malformed("source id empty or too long"));
+                }
+                let id = String::from_utf8(raw.to_vec())
+                    .map_err(|_| r.malformed("source id is not utf-8"))?;
+                Self::ResolveSource { id }
+            }
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;

@@ -69,6 +69,10 @@ impl Frame for TrackerResponse {
                 out.extend_from_slice(&len.to_be_bytes());
             }
             Self::Unknown => out.push(0x75),
+            Self::Source { url } => {
+                out.push(0x7a);
+                out.extend_from_slice(&url.as_bytes()[..url.len().min(super::MAX_SOURCE_URL_LEN)]);
+            }
             Self::Error { code, text } => {
                 out.push(0x76);
                 out.push(code.code());
@@ -135,6 +139,15 @@ impl Frame for TrackerResponse {
                 Self::Manifest { len }
             }
             0x75 => Self::Unknown,
+            0x7a => {
+                let raw = r.rest();
+                if raw.len() > super::MAX_SOURCE_URL_LEN {
+                    return Err(r.malformed("source URL too long"));
+                }
+                let url =
+                    String::from_utf8(raw.to_vec()).map_err(|_| r.malformed("url is not utf-8"))?;
+                Self::Source { url }
+            }
             0x76 => {
                 let code = ErrorCode::from_code(r.u8()?);
                 let raw = r.rest();

@@ -75,6 +75,7 @@ fn request() -> impl Strategy<Value = TrackerRequest> {
         cid.clone().prop_map(|content| TrackerRequest::GetManifest { content }),
         Just(TrackerRequest::FindStorage),
         cid.clone().prop_map(|content| TrackerRequest::Report { content, peer: node_id() }),
+        "\\PC{1,60}".prop_map(|id| TrackerRequest::ResolveSource { id }),
     ]
 }
 
@@ -122,6 +123,7 @@ fn response() -> impl Strategy<Value = TrackerResponse> {
             }),
         (0..=manifest::MAX_ENCODED_LEN as u32).prop_map(|len| TrackerResponse::Manifest { len }),
         Just(TrackerResponse::Unknown),
+        "[ -~]{0,2048}".prop_map(|url| TrackerResponse::Source { url }),
         ((1u8..=255), "[ -~]{0,200}")
             .prop_map(|(c, text)| TrackerResponse::Error { code: ErrorCode::from_code(c), text }),
         proptest::collection::vec(proptest::collection::vec(addr(), 0..3), 0..4).prop_map(|a| {
