@@ -452,3 +452,91 @@ fn a_task_names_its_resource_by_an_id_the_tracker_maps_to_a_url() {
     let e = fails(c);
     assert!(e.contains("knows no resource"), "{e}");
 }
+
+/// A tracker admitting two storage nodes, both granting `user` and fetching from loopback,
+/// both registered (a home finds its helper through the tracker).
+fn two_storage(root: &Path, user: &Path) -> (TrackerProc, Daemon, Daemon) {
+    let (a, b) = (root.join("storage-a"), root.join("storage-b"));
+    let tracker = TrackerProc::start_admitting(
+        &root.join("tracker"),
+        "127.0.0.1:0",
+        &[&a, &b],
+        &["--http", "127.0.0.1:0"],
+    );
+    let mut args =
+        vec!["--tracker".to_string(), tracker.addr.to_string(), "--role".into(), "storage".into()];
+    args.extend(grant_args(&[user]));
+    args.push("--offline-allow-private".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sa = Daemon::start(&a, &args);
+    let sb = Daemon::start(&b, &args);
+    wait_until("both storage nodes registered", || {
+        (tracker.metric("shoal_tracker_nodes") >= 2).then_some(())
+    });
+    (tracker, sa, sb)
+}
+
+fn origin_bytes(d: &Daemon) -> u64 {
+    let mut c = d.cmd();
+    c.args(["status", "--json"]);
+    json_of(c)["offline_origin_bytes"].as_u64().unwrap()
+}
+
+#[test]
+fn segments_are_split_between_storage_nodes_and_the_home_ends_with_all_of_them() {
+    let root = tempfile::tempdir().unwrap();
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    // 24 MiB: 6 segments, shared between the two storage nodes.
+    let data = write_file(&www.join("split.bin"), 24 << 20, 21);
+    let Some(nginx) = Nginx::start_with(&www, "limit_rate 8m;") else { return };
+    let user = root.path().join("user");
+    let (tracker, sa, sb) = two_storage(root.path(), &user);
+    let node = Daemon::start(&user, &["--tracker", &tracker.addr.to_string()]);
+    let out = root.path().join("out.bin");
+    let mut c = node.cmd();
+    c.args(["offline", "add", &nginx.url("split.bin"), "--follow", "--json", "-o"]).arg(&out);
+    let report = json_of(c);
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert_eq!(report["content_id"], content_id("split.bin", &data));
+    // Each fetched a share from the origin; together the file once.
+    let (a, b) = (origin_bytes(&sa), origin_bytes(&sb));
+    assert!(a > 0 && b > 0, "both fetched: {a} and {b}");
+    assert_eq!(a + b, data.len() as u64, "{a} + {b}");
+    // The home holds the whole content; the helper kept nothing.
+    let holds = |d: &Daemon| d.ls().to_string().contains(report["content_id"].as_str().unwrap());
+    assert!(holds(&sa) ^ holds(&sb), "exactly one storage node keeps it");
+}
+
+#[test]
+fn a_helper_that_dies_mid_share_leaves_its_segments_to_the_home() {
+    let root = tempfile::tempdir().unwrap();
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    // 32 MiB at 2 MiB/s per connection: the helper is killed while its share is underway.
+    let data = write_file(&www.join("slow.bin"), 32 << 20, 22);
+    let Some(nginx) = Nginx::start_with(&www, "limit_rate 2m;") else { return };
+    let user = root.path().join("user");
+    let (tracker, mut sa, mut sb) = two_storage(root.path(), &user);
+    let node = Daemon::start(&user, &["--tracker", &tracker.addr.to_string()]);
+    let mut c = node.cmd();
+    c.args(["offline", "add", &nginx.url("slow.bin"), "--json"]);
+    let added = json_of(c);
+    let task = added["task"].as_str().unwrap().to_string();
+    let home_is_a = added["storage"].as_str().unwrap().starts_with(&sa.node_id);
+    let helper = if home_is_a { &sb } else { &sa };
+    wait_until("the helper fetching its share", || (origin_bytes(helper) > 0).then_some(()));
+    if home_is_a {
+        sb.kill()
+    } else {
+        sa.kill()
+    }
+    let mut c = node.cmd();
+    c.args(["offline", "watch", &task]);
+    ok(c);
+    let out = root.path().join("out.bin");
+    let mut c = node.cmd();
+    c.args(["space", "get", "slow.bin", "-o"]).arg(&out);
+    ok(c);
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+}

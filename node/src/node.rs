@@ -131,13 +131,8 @@ impl Node {
                     ..Default::default()
                 };
                 let grants = config.grants.clone();
-                Some(crate::offline::Offline::open(
-                    cloud.clone(),
-                    net.clone(),
-                    dir,
-                    grants,
-                    origin,
-                )?)
+                let (cloud, net, trackers) = (cloud.clone(), net.clone(), trackers.clone());
+                Some(crate::offline::Offline::open(cloud, net, dir, grants, origin, trackers)?)
             }
             None => None,
         };
@@ -241,6 +236,10 @@ impl Node {
             bad_pieces: s.bad_pieces.load(Ordering::Relaxed),
             pushed_bytes: s.pushed_bytes.load(Ordering::Relaxed),
             pushes_refused: s.pushes_refused.load(Ordering::Relaxed),
+            offline_origin_bytes: self
+                .offline
+                .as_ref()
+                .map_or(0, |o| o.ctx().origin_bytes.load(Ordering::Relaxed)),
             role: if storage { "storage" } else { "node" }.into(),
             contents,
         }

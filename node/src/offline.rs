@@ -32,6 +32,7 @@ use tracing::{info, warn};
 use crate::config::Grants;
 use crate::net::Net;
 
+mod assist;
 pub(crate) mod client;
 mod run;
 mod serve;
@@ -87,6 +88,12 @@ pub(crate) struct Ctx {
     pub(crate) reserved: Mutex<HashMap<TaskId, (UserId, u64)>>,
     /// Each user's running slots ([`MAX_RUNNING_PER_USER`]). Held only for map access.
     pub(crate) slots: Mutex<HashMap<UserId, Arc<Semaphore>>>,
+    /// The tracker client: where the other storage nodes (helpers) are.
+    pub(crate) trackers: Arc<crate::tracker::Trackers>,
+    /// The longest resource the origin fetcher accepts.
+    pub(crate) origin_max_size: u64,
+    /// Bytes this node fetched from origins (its own tasks and assists).
+    pub(crate) origin_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Ctx {
@@ -146,6 +153,8 @@ impl Ctx {
 pub(crate) struct Offline {
     ctx: Arc<Ctx>,
     tasks: Mutex<HashMap<TaskId, Arc<Task>>>,
+    /// Shares of other storage nodes' tasks this node fetches.
+    pub(crate) assists: assist::Assists,
 }
 
 impl Offline {
@@ -157,14 +166,28 @@ impl Offline {
         data_dir: &std::path::Path,
         grants: Grants,
         origin: shoal_cloud::origin::Config,
+        trackers: Arc<crate::tracker::Trackers>,
     ) -> anyhow::Result<Arc<Self>> {
         let dir = data_dir.join("offline");
         std::fs::create_dir_all(&dir)?;
+        let origin_max_size = origin.max_size;
         let origin = Origin::new(origin)?;
         let running = Arc::new(Semaphore::new(MAX_RUNNING));
         let reserved = Mutex::default();
         let slots = Mutex::default();
-        let ctx = Arc::new(Ctx { cloud, origin, net, dir, grants, running, reserved, slots });
+        let ctx = Arc::new(Ctx {
+            cloud,
+            origin,
+            net,
+            dir,
+            grants,
+            running,
+            reserved,
+            slots,
+            trackers,
+            origin_max_size,
+            origin_bytes: Arc::default(),
+        });
         let mut tasks = HashMap::new();
         for (id, raw) in ctx.cloud.task_records()? {
             let Ok(record) = serde_json::from_slice::<task::Record>(&raw) else {
@@ -178,7 +201,7 @@ impl Offline {
             }
             tasks.insert(id, task);
         }
-        Ok(Arc::new(Self { ctx, tasks: Mutex::new(tasks) }))
+        Ok(Arc::new(Self { ctx, tasks: Mutex::new(tasks), assists: Mutex::default() }))
     }
 
     fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Arc<Task>>> {

@@ -45,6 +45,9 @@ pub struct Status {
     /// Pushes refused for want of a valid token (storage nodes).
     #[serde(default)]
     pub pushes_refused: u64,
+    /// Bytes a storage node fetched from origins for offline tasks (its own and assists).
+    #[serde(default)]
+    pub offline_origin_bytes: u64,
     /// `node` or `storage`.
     #[serde(default)]
     pub role: String,

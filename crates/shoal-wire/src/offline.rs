@@ -12,6 +12,7 @@
 //! | `0x34` | [`OfflineRequest::Space`] | cert? |
 //! | `0x35` | [`OfflineRequest::SpaceRemove`] | cert?, name str16 |
 //! | `0x36` | [`OfflineRequest::Piece`] | cert?, task 16, piece u32; answered by a peer [`crate::Response::Piece`] and its bytes |
+//! | `0x37` | [`OfflineRequest::Assist`] | cert? (unused: 0), task 16, size u64, url str16, etag? (flag u8, str16 ≤ 256), last-modified? (flag u8, str16 ≤ 256), segment count u32, bits |
 //! | `0x40` | [`OfflineReply::Accepted`] | task 16, instant u8 |
 //! | `0x41` | [`TaskEvent::Accepted`] | size u64 |
 //! | `0x42` | [`TaskEvent::Segment`] | task 16, size u64, first u32, count u16 (1..=[`MAX_PROOF_HASHES`]), hashes, signature 64 |
@@ -90,6 +91,24 @@ pub enum OfflineRequest {
         /// the entry
         name: String,
     },
+    /// From a storage node to another (a helper): fetch these segments of a task's resource
+    /// from the origin and prove them; the requester then pulls their pieces with
+    /// [`OfflineRequest::Piece`]. Answered by `Segment` events and the end of the stream (or
+    /// `Failed`); the helper keeps the pieces until the requester finishes its side.
+    Assist {
+        /// the task (the requester's)
+        task: TaskId,
+        /// the resource's size
+        size: u64,
+        /// the resource's URL
+        url: String,
+        /// its ETag when the requester found it
+        etag: Option<String>,
+        /// its Last-Modified when the requester found it
+        last_modified: Option<String>,
+        /// which segments to fetch (one bit per segment of the resource)
+        segments: shoal_core::Bitfield,
+    },
     /// One piece of a task still being fetched (checked by the reader against a proof).
     Piece {
         /// the user the sending node acts for, unless it is its own user
@@ -100,6 +119,9 @@ pub enum OfflineRequest {
         piece: PieceIndex,
     },
 }
+
+/// The longest validator (ETag, Last-Modified) in an [`OfflineRequest::Assist`].
+pub const MAX_VALIDATOR_LEN: usize = 256;
 
 /// What a task has done, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -313,6 +335,21 @@ impl Frame for OfflineRequest {
                 put_cert(out, cert.as_ref());
                 put_str(out, name, manifest::MAX_NAME_LEN);
             }
+            Self::Assist { task, size, url, etag, last_modified, segments } => {
+                out.push(0x37);
+                put_cert(out, None);
+                out.extend_from_slice(&task.0);
+                out.extend_from_slice(&size.to_be_bytes());
+                put_str(out, url, MAX_URL_LEN);
+                for v in [etag, last_modified] {
+                    out.push(u8::from(v.is_some()));
+                    if let Some(v) = v {
+                        put_str(out, v, MAX_VALIDATOR_LEN);
+                    }
+                }
+                out.extend_from_slice(&segments.len().to_be_bytes());
+                out.extend_from_slice(segments.as_bytes());
+            }
             Self::Piece { cert, task, piece } => {
                 out.push(0x36);
                 put_cert(out, cert.as_ref());
@@ -325,7 +362,7 @@ impl Frame for OfflineRequest {
     fn decode_body(ty: u8, body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(ty, body);
         let cert = match ty {
-            0x30..=0x36 => read_cert(&mut r)?,
+            0x30..=0x37 => read_cert(&mut r)?,
             other => return Err(DecodeError::UnknownType(other)),
         };
         let req = match ty {
@@ -339,7 +376,28 @@ impl Frame for OfflineRequest {
             0x33 => Self::Cancel { cert, task: TaskId(r.array()?) },
             0x34 => Self::Space { cert },
             0x35 => Self::SpaceRemove { cert, name: read_str(&mut r, manifest::MAX_NAME_LEN)? },
-            _ => Self::Piece { cert, task: TaskId(r.array()?), piece: PieceIndex(r.u32()?) },
+            0x36 => Self::Piece { cert, task: TaskId(r.array()?), piece: PieceIndex(r.u32()?) },
+            _ => {
+                let task = TaskId(r.array()?);
+                let size = r.u64()?;
+                let url = read_str(&mut r, MAX_URL_LEN)?;
+                let mut validator = || -> Result<Option<String>, DecodeError> {
+                    match r.u8()? {
+                        0 => Ok(None),
+                        1 => read_str(&mut r, MAX_VALIDATOR_LEN).map(Some),
+                        _ => Err(r.malformed("bad validator flag")),
+                    }
+                };
+                let etag = validator()?;
+                let last_modified = validator()?;
+                let n = r.u32()?;
+                if u64::from(n) > shoal_core::piece::MAX_PIECES {
+                    return Err(r.malformed("more segments than the largest resource has"));
+                }
+                let segments = shoal_core::Bitfield::from_bytes(n, r.rest())
+                    .map_err(|_| r.malformed("segment bits do not match their count"))?;
+                Self::Assist { task, size, url, etag, last_modified, segments }
+            }
         };
         r.finish()?;
         Ok(req)

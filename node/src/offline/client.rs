@@ -216,7 +216,7 @@ pub(crate) async fn resolve_source(p: &Pusher, id: &str) -> anyhow::Result<Strin
 }
 
 /// Reads a piece or manifest answer: the header, then exactly its bytes (at most `max`).
-async fn read_raw(
+pub(crate) async fn read_raw(
     recv: &mut quinn::RecvStream,
     dec: &mut Decoder,
     max: u64,

@@ -17,13 +17,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use shoal_cloud::origin::{OriginError, Resource};
+use shoal_cloud::origin::{Origin, OriginError, Resource};
 use shoal_cloud::spaces::Commit;
 use shoal_cloud::{CloudError, CloudStore};
 use shoal_core::offline::{resource_pieces, SegmentProof};
 use shoal_core::piece::piece_log2_for;
-use shoal_core::{Manifest, PieceHash, PieceIndex};
+use shoal_core::{Manifest, NodeId, PieceHash, PieceIndex};
 use shoal_wire::offline::TaskEvent;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
@@ -32,6 +33,8 @@ use super::{now_ms, Ctx};
 
 /// Bytes per segment (whole pieces, at least one).
 pub(crate) const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
+/// Other storage nodes a task's segments are split with, at most.
+pub(crate) const MAX_HELPERS: usize = 3;
 /// Segments fetched at once per task.
 pub(crate) const PARALLEL: usize = 4;
 // A segment's proof carries all its hashes in one frame.
@@ -193,7 +196,7 @@ async fn fetch(task: &Arc<Task>, ctx: &Ctx) -> Result<(Resource, Layout, File), 
                 .collect();
             if let Some(hashes) = done {
                 task.lock().bytes += layout.bytes(&r).end - layout.bytes(&r).start;
-                task.log(TaskEvent::Segment(ctx.prove(task, res.len, r.start, hashes)));
+                task.log(TaskEvent::Segment(ctx.prove(task.id, res.len, r.start, hashes)));
             }
         }
         match fetch_segments(task, ctx, &res, layout, &part).await {
@@ -250,36 +253,40 @@ fn open_part(task: &Task, ctx: &Ctx, res: &Resource, layout: Layout) -> Result<F
     Ok(f)
 }
 
-/// Fetches every segment not hashed yet, [`PARALLEL`] at a time (one stream without ranges),
-/// hashing, recording and proving each as it finishes.
-async fn fetch_segments(
-    task: &Arc<Task>,
-    ctx: &Ctx,
+/// Byte counters a fetch keeps: bytes of segments underway (for progress), and bytes fetched
+/// from the origin in all (the node's total).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Meters {
+    pub(crate) inflight: Arc<AtomicU64>,
+    pub(crate) fetched: Arc<AtomicU64>,
+}
+
+/// A finished segment: its first piece and the hashes of its pieces.
+pub(crate) type Hashed = (u32, Vec<PieceHash>);
+
+/// Fetches `todo` (segments) of `res` from the origin into `part`, [`PARALLEL`] at a time (one
+/// stream of the whole resource without ranges), and sends each segment's hashes to `done`
+/// as it finishes. Counts bytes as they arrive in `inflight` and `fetched` (the node's total). Cancel-safe: dropping it stops
+/// the fetches (what was sent on `done` stays sent).
+pub(crate) async fn fetch_some(
+    origin: &Origin,
     res: &Resource,
     layout: Layout,
     part: &File,
+    todo: Vec<u32>,
+    meters: &Meters,
+    done: &mpsc::Sender<Hashed>,
 ) -> Result<(), TaskError> {
-    let todo: Vec<u32> = (0..layout.segments())
-        .filter(|&s| {
-            let r = layout.segment_pieces(s);
-            task.lock().record.hashes[r.start as usize..r.end as usize].iter().any(Option::is_none)
-        })
-        .collect();
-    if todo.is_empty() {
-        return Ok(());
-    }
-    // Bytes arrived in segments underway, for progress.
-    let inflight = Arc::new(AtomicU64::new(0));
+    let Meters { inflight, fetched } = meters;
     let mut jobs = JoinSet::new();
     let groups: Vec<Vec<u32>> =
         if res.ranges { todo.iter().map(|&s| vec![s]).collect() } else { vec![todo] };
     let mut queue = groups.into_iter();
-    let mut tick = tokio::time::interval(PROGRESS_TICK);
     loop {
         while jobs.len() < PARALLEL {
             let Some(group) = queue.next() else { break };
-            let (origin, res, part) = (ctx.origin.clone(), res.clone(), part.try_clone()?);
-            let inflight = inflight.clone();
+            let (origin, res, part) = (origin.clone(), res.clone(), part.try_clone()?);
+            let (inflight, fetched) = (inflight.clone(), fetched.clone());
             jobs.spawn(async move {
                 // Without ranges the only fetch is the whole resource (every segment is to do:
                 // `open_part` never continues such a task).
@@ -293,6 +300,7 @@ async fn fetch_segments(
                 };
                 let mut sink = |offset: u64, chunk: &[u8]| {
                     inflight.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    fetched.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                     part.write_all_at(chunk, offset)
                 };
                 origin.fetch_range(&res, bytes.start, bytes.end - bytes.start, &mut sink).await?;
@@ -302,41 +310,145 @@ async fn fetch_segments(
                 Ok::<_, TaskError>(hashed)
             });
         }
+        let Some(joined) = jobs.join_next().await else { return Ok(()) };
+        let hashed = joined.map_err(|e| std::io::Error::other(e.to_string()))??;
+        for h in hashed {
+            let bytes = layout.bytes(&(h.0..h.0 + h.1.len() as u32));
+            let _ = inflight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(bytes.end - bytes.start))
+            });
+            if done.send(h).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Who fetches what of a task: the home (this node) and its helpers.
+enum Worker {
+    Home,
+    Helper(NodeId),
+}
+
+/// Fetches every segment not hashed yet, hashing, recording and proving each as it finishes.
+/// With ranges and other storage nodes about, the segments are split among this node and up
+/// to [`MAX_HELPERS`] helpers (one share each, round robin); what a failing helper left is
+/// fetched here after.
+async fn fetch_segments(
+    task: &Arc<Task>,
+    ctx: &Ctx,
+    res: &Resource,
+    layout: Layout,
+    part: &File,
+) -> Result<(), TaskError> {
+    let todo = |task: &Task| -> Vec<u32> {
+        let s = task.lock();
+        (0..layout.segments())
+            .filter(|&seg| {
+                let r = layout.segment_pieces(seg);
+                s.record.hashes[r.start as usize..r.end as usize].iter().any(Option::is_none)
+            })
+            .collect()
+    };
+    let first = todo(task);
+    if first.is_empty() {
+        return Ok(());
+    }
+    let helpers =
+        if res.ranges && first.len() > 1 { super::assist::helpers(ctx).await } else { Vec::new() };
+    let shares = helpers.len() + 1;
+    // Bytes arrived in segments underway here, for progress.
+    let meters = Meters { inflight: Arc::default(), fetched: ctx.origin_bytes.clone() };
+    let (tx, mut rx) = mpsc::channel::<Hashed>(64);
+    let mut workers: JoinSet<(Worker, Result<(), TaskError>)> = JoinSet::new();
+    let mine: Vec<u32> = first.iter().copied().step_by(shares).collect();
+    let spawn_home = |workers: &mut JoinSet<_>, segs: Vec<u32>| -> Result<(), TaskError> {
+        let (origin, res, part) = (ctx.origin.clone(), res.clone(), part.try_clone()?);
+        let (meters, tx) = (meters.clone(), tx.clone());
+        workers.spawn(async move {
+            let r = fetch_some(&origin, &res, layout, &part, segs, &meters, &tx).await;
+            (Worker::Home, r)
+        });
+        Ok(())
+    };
+    spawn_home(&mut workers, mine)?;
+    for (i, helper) in helpers.into_iter().enumerate() {
+        let share: Vec<u32> = first.iter().copied().skip(i + 1).step_by(shares).collect();
+        let job = super::assist::Job {
+            net: ctx.net.clone(),
+            helper: helper.clone(),
+            task: task.id,
+            res: res.clone(),
+            layout,
+            part: part.try_clone()?,
+            share,
+        };
+        let tx = tx.clone();
+        workers.spawn(async move {
+            let id = helper.node_id;
+            (
+                Worker::Helper(id),
+                job.run(&tx).await.map_err(|e| TaskError::Refused(format!("{e:#}"))),
+            )
+        });
+    }
+    let mut tick = tokio::time::interval(PROGRESS_TICK);
+    loop {
         tokio::select! {
-            joined = jobs.join_next() => {
-                let Some(joined) = joined else { return Ok(()) };
-                let hashed = joined.map_err(|e| std::io::Error::other(e.to_string()))??;
-                for (first, hashes) in hashed {
-                    let n = {
-                        let mut s = task.lock();
-                        for (i, h) in hashes.iter().enumerate() {
-                            s.record.hashes[first as usize + i] = Some(*h);
-                        }
-                        let r = first..first + hashes.len() as u32;
-                        s.bytes += layout.bytes(&r).end - layout.bytes(&r).start;
-                        s.record.clone()
-                    };
-                    let r = first..first + hashes.len() as u32;
-                    let done = layout.bytes(&r).end - layout.bytes(&r).start;
-                    let _ = inflight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                        Some(v.saturating_sub(done))
-                    });
-                    task.lock().inflight = inflight.load(Ordering::Relaxed);
-                    ctx.save(task.id, &n).await?;
-                    task.log(TaskEvent::Segment(ctx.prove(task, res.len, first, hashes)));
+            Some(hashed) = rx.recv() => record(task, ctx, res, layout, hashed).await?,
+            Some(joined) = workers.join_next(), if !workers.is_empty() => {
+                match joined.map_err(|e| std::io::Error::other(e.to_string()))? {
+                    (Worker::Home, r) => r?,
+                    (Worker::Helper(id), Err(e)) => {
+                        warn!(helper = %id.fmt_short(), error = %e, "a helper failed; fetching its share here");
+                    }
+                    (Worker::Helper(_), Ok(())) => {}
+                }
+                if workers.is_empty() {
+                    // Everything sent is recorded before deciding what is left.
+                    while let Ok(hashed) = rx.try_recv() {
+                        record(task, ctx, res, layout, hashed).await?;
+                    }
+                    let left = todo(task);
+                    if left.is_empty() {
+                        return Ok(());
+                    }
+                    spawn_home(&mut workers, left)?;
                 }
             }
             _ = tick.tick() => {
-                task.lock().inflight = inflight.load(Ordering::Relaxed);
+                task.lock().inflight = meters.inflight.load(Ordering::Relaxed);
                 task.poke();
             }
         }
     }
 }
 
+/// Records a finished segment's hashes (durably), and proves it to watchers.
+async fn record(
+    task: &Arc<Task>,
+    ctx: &Ctx,
+    res: &Resource,
+    layout: Layout,
+    (first, hashes): Hashed,
+) -> Result<(), TaskError> {
+    let record = {
+        let mut s = task.lock();
+        for (i, h) in hashes.iter().enumerate() {
+            s.record.hashes[first as usize + i] = Some(*h);
+        }
+        let r = layout.bytes(&(first..first + hashes.len() as u32));
+        s.bytes += r.end - r.start;
+        s.record.clone()
+    };
+    ctx.save(task.id, &record).await?;
+    task.log(TaskEvent::Segment(ctx.prove(task.id, res.len, first, hashes)));
+    Ok(())
+}
+
 /// Hashes the pieces of each segment in `group` from the temporary file, reading at most
 /// [`HASH_CHUNK`] at a time (a piece may be 64 MiB).
-fn hash_group(
+pub(crate) fn hash_group(
     part: &File,
     layout: Layout,
     group: &[u32],
@@ -443,16 +555,16 @@ impl Ctx {
     /// A signed proof of pieces `first..` of `task`.
     pub(crate) fn prove(
         &self,
-        task: &Task,
+        task: shoal_core::TaskId,
         size: u64,
         first: u32,
         hashes: Vec<PieceHash>,
     ) -> SegmentProof {
         let first = PieceIndex(first);
-        let signed = SegmentProof::signed_bytes(&task.id, size, first, &hashes);
+        let signed = SegmentProof::signed_bytes(&task, size, first, &hashes);
         let sig = self.net.identity.sign(&signed);
         // An ed25519 signature is always 64 bytes.
         let signature = sig.try_into().unwrap_or([0; 64]);
-        SegmentProof { task: task.id, size, first, hashes, signature }
+        SegmentProof { task, size, first, hashes, signature }
     }
 }

@@ -58,11 +58,21 @@ pub(crate) async fn serve_offline(
     mut recv: RecvStream,
     req: OfflineRequest,
 ) -> anyhow::Result<()> {
-    let _ = recv.stop(VarInt::from_u32(0));
     let Some(offline) = node.offline.as_deref() else {
+        let _ = recv.stop(VarInt::from_u32(0));
         let text = "this node is not a storage node: offline tasks go to storage";
         return refuse(send, (RejectReason::BadRequest, text.into())).await;
     };
+    // Storage nodes among themselves: an assist, and the pieces of one (no user involved).
+    if let OfflineRequest::Assist { .. } = req {
+        return super::assist::serve_assist(offline, peer, send, recv, req).await;
+    }
+    let _ = recv.stop(VarInt::from_u32(0));
+    if let OfflineRequest::Piece { task, piece, .. } = &req {
+        if let Some(r) = super::assist::serve_piece(offline, peer, *task, *piece, &mut send).await {
+            return r;
+        }
+    }
     let cert = match &req {
         OfflineRequest::Add { cert, .. }
         | OfflineRequest::Watch { cert, .. }

@@ -28,6 +28,22 @@ fn request() -> impl Strategy<Value = OfflineRequest> {
         (cert(), task()).prop_map(|(cert, task)| OfflineRequest::Cancel { cert, task }),
         cert().prop_map(|cert| OfflineRequest::Space { cert }),
         (cert(), "\\PC{0,60}").prop_map(|(cert, name)| OfflineRequest::SpaceRemove { cert, name }),
+        (
+            task(),
+            any::<u64>(),
+            "[ -~]{0,300}",
+            proptest::option::of("[ -~]{0,256}"),
+            proptest::option::of("[ -~]{0,64}"),
+            0u32..3000,
+            any::<u64>()
+        )
+            .prop_map(|(task, size, url, etag, last_modified, n, seed)| {
+                let mut segments = shoal_core::Bitfield::new(n);
+                for i in (0..n).filter(|i| (seed >> (i % 64)) & 1 == 1) {
+                    segments.set(PieceIndex(i));
+                }
+                OfflineRequest::Assist { task, size, url, etag, last_modified, segments }
+            }),
         (cert(), task(), any::<u32>()).prop_map(|(cert, task, p)| OfflineRequest::Piece {
             cert,
             task,

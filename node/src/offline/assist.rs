@@ -1,0 +1,350 @@
+//! Splitting a task's segments among storage nodes: the home (the storage node that took the
+//! task) asks up to `run::MAX_HELPERS` other storage nodes its tracker lists to fetch a share
+//! each from the origin; it pulls each proven segment's pieces from the helper, checks them
+//! against the helper's signed hashes, and records them as its own.
+//!
+//! The helper side: a helper accepts an `Assist` only from a node its tracker lists as
+//! storage, runs at most [`MAX_ASSISTS`] at once, fetches its share into a temporary file
+//! (bounded like any task: the origin's size limit, the task deadline), streams a proof per
+//! segment, and serves those pieces to the home alone. It drops the file when the home
+//! finishes its side of the stream, or the connection ends.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use quinn::{RecvStream, SendStream};
+use shoal_cloud::origin::{Resource, Validators};
+use shoal_core::{Bitfield, NodeId, PeerAddr, PieceHash, PieceIndex, TaskId};
+use shoal_wire::offline::{OfflineReply, OfflineRequest, TaskEvent, MAX_REPLY_LEN};
+use shoal_wire::tracker::{StorageNode, TrackerRequest, TrackerResponse};
+use shoal_wire::{Decoder, RejectReason, Response};
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use super::run::{self, fetch_some, Hashed, Layout};
+use super::{Ctx, Offline};
+use crate::io::{finish_within, read_frame, write_frame, write_frame_within, write_within};
+use crate::net::Net;
+use crate::serve::{DRAIN_DEADLINE, WRITE_STALL};
+
+/// Assists a storage node runs at once for others.
+pub(crate) const MAX_ASSISTS: usize = 8;
+
+/// The storage nodes this node's tracker lists, least loaded first, without this node.
+pub(crate) async fn storage_nodes(ctx: &Ctx) -> anyhow::Result<Vec<StorageNode>> {
+    let addr =
+        ctx.trackers.default_addr().map(str::to_string).ok_or_else(|| anyhow!("no tracker"))?;
+    let conn = ctx
+        .trackers
+        .for_addr(&addr)
+        .connection(std::time::Duration::from_secs(5))
+        .await
+        .map_err(|e| anyhow!("tracker {addr} is unreachable: {e}"))?;
+    match crate::tracker::call(&conn, &TrackerRequest::FindStorage, None).await?.0 {
+        TrackerResponse::StorageNodes { nodes } => {
+            let me = ctx.net.node_id();
+            Ok(nodes.into_iter().filter(|n| n.node_id != me && !n.addrs.is_empty()).collect())
+        }
+        other => bail!("unexpected tracker answer {other:?}"),
+    }
+}
+
+/// The helpers for a task: up to `run::MAX_HELPERS` storage nodes (none without a tracker).
+pub(crate) async fn helpers(ctx: &Ctx) -> Vec<StorageNode> {
+    match storage_nodes(ctx).await {
+        Ok(mut nodes) => {
+            nodes.truncate(run::MAX_HELPERS);
+            nodes
+        }
+        Err(e) => {
+            debug!(error = %format!("{e:#}"), "no helpers for an offline task");
+            Vec::new()
+        }
+    }
+}
+
+/// The home's side of one helper's share.
+pub(crate) struct Job {
+    pub(crate) net: Arc<Net>,
+    pub(crate) helper: StorageNode,
+    pub(crate) task: TaskId,
+    pub(crate) res: Resource,
+    pub(crate) layout: Layout,
+    pub(crate) part: File,
+    pub(crate) share: Vec<u32>,
+}
+
+impl Job {
+    /// Asks the helper for its share and moves each proven segment into `part`, sending its
+    /// hashes to `done`. Fails (leaving the rest of the share to the home) if the helper
+    /// refuses, fails, stops early or sends anything that does not check out. Cancel-safe.
+    pub(crate) async fn run(self, done: &mpsc::Sender<Hashed>) -> anyhow::Result<()> {
+        let id = self.helper.node_id;
+        let peer = PeerAddr { node_id: Some(id), addr: self.helper.addrs[0] };
+        let (conn, _) = self.net.endpoint.connect(&peer, shoal_wire::ALPN).await?;
+        let mut segments = Bitfield::new(self.layout.segments());
+        for &s in &self.share {
+            segments.set(PieceIndex(s));
+        }
+        let req = OfflineRequest::Assist {
+            task: self.task,
+            size: self.res.len,
+            url: self.res.url.to_string(),
+            etag: self.res.validators.etag.clone(),
+            last_modified: self.res.validators.last_modified.clone(),
+            segments,
+        };
+        let (mut send, mut recv) = conn.open_bi().await?;
+        write_frame(&mut send, &req).await?;
+        let mut left: std::collections::HashSet<u32> = self.share.iter().copied().collect();
+        let mut dec = Decoder::with_limit(MAX_REPLY_LEN);
+        let result = loop {
+            match read_frame::<OfflineReply>(&mut recv, &mut dec).await? {
+                Some(OfflineReply::Event(TaskEvent::Segment(proof))) => {
+                    if proof.task != self.task || proof.size != self.res.len {
+                        break Err(anyhow!("helper proved another task"));
+                    }
+                    proof.verify(&id).map_err(|e| anyhow!("{e}"))?;
+                    let seg = proof.first.0 / self.layout.per_segment;
+                    let pieces = self.layout.segment_pieces(seg);
+                    if proof.first.0 != pieces.start
+                        || proof.hashes.len() != pieces.len()
+                        || !left.remove(&seg)
+                    {
+                        break Err(anyhow!("helper proved segment {seg}, not one of its share"));
+                    }
+                    for (i, hash) in proof.hashes.iter().enumerate() {
+                        let p = pieces.start + i as u32;
+                        let range = self.layout.bytes(&(p..p + 1));
+                        let data = pull(&conn, self.task, p, range.end - range.start).await?;
+                        if shoal_core::PieceHash::of(&data) != *hash {
+                            // Caught below: the segment's hashes will not match the proof.
+                            break;
+                        }
+                        let part = self.part.try_clone()?;
+                        tokio::task::spawn_blocking(move || part.write_all_at(&data, range.start))
+                            .await??;
+                    }
+                    // Re-hashed by the home, so a piece that did not match (above) shows.
+                    let part = self.part.try_clone()?;
+                    let layout = self.layout;
+                    let hashed =
+                        tokio::task::spawn_blocking(move || run::hash_group(&part, layout, &[seg]))
+                            .await??;
+                    if hashed.first().map(|h| &h.1) != Some(&proof.hashes) {
+                        break Err(anyhow!(
+                            "helper's pieces of segment {seg} do not match its proof"
+                        ));
+                    }
+                    if done.send((pieces.start, proof.hashes)).await.is_err() {
+                        break Ok(());
+                    }
+                }
+                Some(OfflineReply::Event(TaskEvent::Failed { reason })) => {
+                    break Err(anyhow!("helper failed: {reason}"))
+                }
+                Some(OfflineReply::Reject { text, .. }) => {
+                    break Err(anyhow!("helper refused: {text}"))
+                }
+                Some(other) => break Err(anyhow!("unexpected answer {other:?}")),
+                None if left.is_empty() => break Ok(()),
+                None => break Err(anyhow!("helper stopped with {} segments to go", left.len())),
+            }
+        };
+        // Done with the helper: it drops its temporary file.
+        let _ = send.finish();
+        conn.close(0u32.into(), b"done");
+        result
+    }
+}
+
+/// One piece of a helper's share.
+async fn pull(
+    conn: &quinn::Connection,
+    task: TaskId,
+    piece: u32,
+    len: u64,
+) -> anyhow::Result<Vec<u8>> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    write_frame(&mut send, &OfflineRequest::Piece { cert: None, task, piece: PieceIndex(piece) })
+        .await?;
+    send.finish()?;
+    let mut dec = Decoder::new();
+    let data = super::client::read_raw(&mut recv, &mut dec, len)
+        .await
+        .with_context(|| format!("piece {piece}"))?;
+    if data.len() as u64 != len {
+        bail!("helper sent piece {piece} of {} bytes, not {len}", data.len());
+    }
+    Ok(data)
+}
+
+/// An assist this node runs for a home.
+#[derive(Debug)]
+pub(crate) struct Assist {
+    home: NodeId,
+    layout: Layout,
+    /// Hashes of the pieces fetched and proven so far. Held only for access.
+    hashes: Mutex<Vec<Option<PieceHash>>>,
+    path: std::path::PathBuf,
+}
+
+/// The assists a node runs. Held only for map access.
+pub(crate) type Assists = Mutex<HashMap<TaskId, Arc<Assist>>>;
+
+/// Serves an `Assist` request: checks the home is storage, fetches the share, streams proofs,
+/// then waits for the home to finish. Not cancel-safe.
+pub(crate) async fn serve_assist(
+    offline: &Offline,
+    home: NodeId,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    req: OfflineRequest,
+) -> anyhow::Result<()> {
+    let OfflineRequest::Assist { task, size, url, etag, last_modified, segments } = req else {
+        bail!("not an assist");
+    };
+    let ctx = offline.ctx();
+    let refuse = |reason, text: String| OfflineReply::Reject { reason, text };
+    let listed = storage_nodes(ctx).await.map(|n| n.iter().any(|s| s.node_id == home));
+    let layout = Layout::of(size);
+    let reply = match listed {
+        Ok(true) if segments.len() == layout.segments() && size <= ctx.origin_max_size => None,
+        Ok(true) => Some(refuse(RejectReason::BadRequest, "segments do not match the size".into())),
+        _ => Some(refuse(
+            RejectReason::Unauthorized,
+            "assists are for storage nodes of this tracker".into(),
+        )),
+    };
+    let url = url::Url::parse(&url).ok();
+    let (reply, url) = match (reply, url) {
+        (Some(r), _) => (Some(r), None),
+        (None, None) => (Some(refuse(RejectReason::BadRequest, "bad URL".into())), None),
+        (None, Some(u)) => (None, Some(u)),
+    };
+    if let Some(r) = reply {
+        write_frame_within(&mut send, &r, WRITE_STALL).await?;
+        return finish_within(&mut send, DRAIN_DEADLINE).await;
+    }
+    let url = url.expect("checked above");
+    let path = ctx.dir.join(format!("assist-{task}-{}.part", home.fmt_short()));
+    let assist = Arc::new(Assist {
+        home,
+        layout,
+        hashes: Mutex::new(vec![None; layout.pieces as usize]),
+        path: path.clone(),
+    });
+    let taken = {
+        let mut assists = offline.assists.lock().unwrap_or_else(|p| p.into_inner());
+        let free = assists.len() < MAX_ASSISTS && !assists.contains_key(&task);
+        if free {
+            assists.insert(task, assist.clone());
+        }
+        free
+    };
+    if !taken {
+        let r = refuse(RejectReason::Busy, "this storage node assists enough tasks now".into());
+        write_frame_within(&mut send, &r, WRITE_STALL).await?;
+        return finish_within(&mut send, DRAIN_DEADLINE).await;
+    }
+    info!(%task, home = %home.fmt_short(), "assisting an offline task");
+    let result = async {
+        let part = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+        part.set_len(size)?;
+        let res = Resource { url, len: size, validators: Validators { etag, last_modified }, ranges: true };
+        let share: Vec<u32> = segments.iter_ones().map(|p| p.0).collect();
+        let (tx, mut rx) = mpsc::channel::<Hashed>(16);
+        let meters = run::Meters { inflight: Arc::default(), fetched: ctx.origin_bytes.clone() };
+        let fetch = fetch_some(&ctx.origin, &res, layout, &part, share, &meters, &tx);
+        tokio::pin!(fetch);
+        let mut fetched = false;
+        loop {
+            tokio::select! {
+                r = &mut fetch, if !fetched => {
+                    r?;
+                    fetched = true;
+                }
+                Some((first, hashes)) = rx.recv() => {
+                    {
+                        let mut h = assist.hashes.lock().unwrap_or_else(|p| p.into_inner());
+                        for (i, x) in hashes.iter().enumerate() {
+                            h[first as usize + i] = Some(*x);
+                        }
+                    }
+                    let proof = ctx.prove(task, size, first, hashes);
+                    write_frame_within(&mut send, &OfflineReply::Event(TaskEvent::Segment(proof)), WRITE_STALL).await?;
+                }
+                else => break,
+            }
+            if fetched && rx.is_empty() {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = &result {
+        let failed = OfflineReply::Event(TaskEvent::Failed { reason: format!("{e:#}") });
+        let _ = write_frame_within(&mut send, &failed, WRITE_STALL).await;
+    }
+    let _ = send.finish();
+    // The home pulls the pieces, then finishes its side (or goes away): until then they stay.
+    let _ = tokio::time::timeout(super::TASK_DEADLINE, recv.read_to_end(64)).await;
+    offline.assists.lock().unwrap_or_else(|p| p.into_inner()).remove(&task);
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
+/// Serves a piece of an assist to its home; `None` if `task` is no assist of `peer`'s.
+pub(crate) async fn serve_piece(
+    offline: &Offline,
+    peer: NodeId,
+    task: TaskId,
+    piece: PieceIndex,
+    send: &mut SendStream,
+) -> Option<anyhow::Result<()>> {
+    let assist = offline.assists.lock().unwrap_or_else(|p| p.into_inner()).get(&task).cloned()?;
+    if assist.home != peer {
+        return None;
+    }
+    let hash = assist
+        .hashes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(piece.0 as usize)
+        .copied()
+        .flatten();
+    Some(
+        async {
+            let Some(hash) = hash else {
+                let r = Response::Reject {
+                    reason: RejectReason::NotFound,
+                    text: "piece not proven yet".into(),
+                };
+                write_frame_within(send, &r, WRITE_STALL).await?;
+                return finish_within(send, DRAIN_DEADLINE).await;
+            };
+            let range = assist.layout.bytes(&(piece.0..piece.0 + 1));
+            let path = assist.path.clone();
+            let data = tokio::task::spawn_blocking(move || {
+                let f = File::open(path)?;
+                let mut buf = vec![0u8; (range.end - range.start) as usize];
+                f.read_exact_at(&mut buf, range.start)?;
+                Ok::<_, std::io::Error>(buf)
+            })
+            .await??;
+            if PieceHash::of(&data) != hash {
+                bail!("assist piece {piece} changed on disk");
+            }
+            write_frame_within(send, &Response::Piece { len: data.len() as u32 }, WRITE_STALL)
+                .await?;
+            write_within(send, Bytes::from(data), WRITE_STALL).await?;
+            finish_within(send, DRAIN_DEADLINE).await
+        }
+        .await,
+    )
+}
