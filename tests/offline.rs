@@ -276,7 +276,8 @@ fn a_task_continues_after_storage_restarts_without_fetching_verified_segments_ag
     let log = std::fs::read_to_string(nginx.log_path()).unwrap();
     let again: Vec<&str> = log.lines().skip(requests_before).collect();
     assert!(!again.is_empty());
-    let asked = format!("bytes={first}-");
+    // (The probe asks for bytes=0-0; a segment is 4 MiB.)
+    let asked = format!("bytes={first}-{}", first + (4 << 20) - 1);
     assert!(
         !again.iter().any(|l| l.contains(&asked)),
         "segment at {first} fetched again: {again:?}"
@@ -539,4 +540,42 @@ fn a_helper_that_dies_mid_share_leaves_its_segments_to_the_home() {
     c.args(["space", "get", "slow.bin", "-o"]).arg(&out);
     ok(c);
     assert_eq!(std::fs::read(&out).unwrap(), data);
+}
+
+#[test]
+fn a_cancelled_task_leaves_no_temporary_data_and_no_entry() {
+    let root = tempfile::tempdir().unwrap();
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    write_file(&www.join("slow.bin"), 16 << 20, 4);
+    let Some(nginx) = Nginx::start_with(&www, "limit_rate 1m;") else { return };
+    let user = root.path().join("user");
+    let (tracker, _storage) = cluster(root.path(), &[&user], &["--offline-allow-private"]);
+    let node = Daemon::start(&user, &["--tracker", &tracker.addr.to_string()]);
+    let mut c = node.cmd();
+    c.args(["offline", "add", &nginx.url("slow.bin"), "--json"]);
+    let task = json_of(c)["task"].as_str().unwrap().to_string();
+    let parts = || -> usize {
+        std::fs::read_dir(root.path().join("storage/offline"))
+            .map(|d| {
+                d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".part")).count()
+            })
+            .unwrap_or(0)
+    };
+    wait_until("the temporary file", || (parts() == 1).then_some(()));
+    // A temporary entry cannot be removed: the task is cancelled instead.
+    let mut c = node.cmd();
+    c.args(["space", "rm", "slow.bin"]);
+    assert!(fails(c).contains("still being fetched"));
+    let mut c = node.cmd();
+    c.args(["offline", "cancel", &task]);
+    ok(c);
+    let mut c = node.cmd();
+    c.args(["offline", "watch", &task]);
+    assert!(fails(c).contains("cancelled"));
+    assert_eq!(parts(), 0, "the temporary file is gone");
+    assert_eq!(space(&node), serde_json::json!([]));
+    let mut c = node.cmd();
+    c.args(["offline", "ls", "--json"]);
+    assert_eq!(json_of(c)[0]["state"], "cancelled");
 }
