@@ -170,6 +170,7 @@ impl Offline {
     ) -> anyhow::Result<Arc<Self>> {
         let dir = data_dir.join("offline");
         std::fs::create_dir_all(&dir)?;
+        assist::remove_leftovers(&dir);
         let origin_max_size = origin.max_size;
         let origin = Origin::new(origin)?;
         let running = Arc::new(Semaphore::new(MAX_RUNNING));

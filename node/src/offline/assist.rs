@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
@@ -33,6 +34,30 @@ use crate::serve::{DRAIN_DEADLINE, WRITE_STALL};
 
 /// Assists a storage node runs at once for others.
 pub(crate) const MAX_ASSISTS: usize = 8;
+/// How long a home waits for a helper's next proof (a slow origin's 4 MiB segment included).
+const PROOF_IDLE: Duration = Duration::from_secs(120);
+/// How long a home waits for one piece pulled from a helper.
+const PULL_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a helper keeps its share after its last proof, for the home to pull it.
+const LINGER: Duration = Duration::from_secs(600);
+
+/// A helper reported that the resource changed at the origin: the task starts over.
+#[derive(Debug, thiserror::Error)]
+#[error("the resource changed at the origin (seen by a helper): {0}")]
+pub(crate) struct Changed(pub(crate) String);
+
+/// The reason a helper gives when the origin's resource changed.
+const CHANGED: &str = "changed: ";
+
+/// Whether the resource's URL and validators fit an `Assist` frame whole (else no helpers:
+/// the frame would cut them and a helper would fetch something else).
+pub(crate) fn fits_a_frame(res: &Resource) -> bool {
+    use shoal_wire::offline::{MAX_URL_LEN, MAX_VALIDATOR_LEN};
+    let v = &res.validators;
+    res.url.as_str().len() <= MAX_URL_LEN
+        && v.etag.as_ref().is_none_or(|e| e.len() <= MAX_VALIDATOR_LEN)
+        && v.last_modified.as_ref().is_none_or(|l| l.len() <= MAX_VALIDATOR_LEN)
+}
 
 /// The storage nodes this node's tracker lists, least loaded first, without this node.
 pub(crate) async fn storage_nodes(ctx: &Ctx) -> anyhow::Result<Vec<StorageNode>> {
@@ -103,7 +128,12 @@ impl Job {
         let mut left: std::collections::HashSet<u32> = self.share.iter().copied().collect();
         let mut dec = Decoder::with_limit(MAX_REPLY_LEN);
         let result = loop {
-            match read_frame::<OfflineReply>(&mut recv, &mut dec).await? {
+            let next =
+                tokio::time::timeout(PROOF_IDLE, read_frame::<OfflineReply>(&mut recv, &mut dec));
+            let Ok(next) = next.await else {
+                break Err(anyhow!("helper sent nothing for {PROOF_IDLE:?}"));
+            };
+            match next? {
                 Some(OfflineReply::Event(TaskEvent::Segment(proof))) => {
                     if proof.task != self.task || proof.size != self.res.len {
                         break Err(anyhow!("helper proved another task"));
@@ -120,7 +150,11 @@ impl Job {
                     for (i, hash) in proof.hashes.iter().enumerate() {
                         let p = pieces.start + i as u32;
                         let range = self.layout.bytes(&(p..p + 1));
-                        let data = pull(&conn, self.task, p, range.end - range.start).await?;
+                        let pulled = pull(&conn, self.task, p, range.end - range.start);
+                        let data =
+                            tokio::time::timeout(PULL_DEADLINE, pulled).await.map_err(|_| {
+                                anyhow!("helper took over {PULL_DEADLINE:?} for piece {p}")
+                            })??;
                         if shoal_core::PieceHash::of(&data) != *hash {
                             // Caught below: the segment's hashes will not match the proof.
                             break;
@@ -145,7 +179,10 @@ impl Job {
                     }
                 }
                 Some(OfflineReply::Event(TaskEvent::Failed { reason })) => {
-                    break Err(anyhow!("helper failed: {reason}"))
+                    match reason.strip_prefix(CHANGED) {
+                        Some(what) => break Err(Changed(what.to_string()).into()),
+                        None => break Err(anyhow!("helper failed: {reason}")),
+                    }
                 }
                 Some(OfflineReply::Reject { text, .. }) => {
                     break Err(anyhow!("helper refused: {text}"))
@@ -186,15 +223,40 @@ async fn pull(
 /// An assist this node runs for a home.
 #[derive(Debug)]
 pub(crate) struct Assist {
-    home: NodeId,
     layout: Layout,
     /// Hashes of the pieces fetched and proven so far. Held only for access.
     hashes: Mutex<Vec<Option<PieceHash>>>,
     path: std::path::PathBuf,
 }
 
-/// The assists a node runs. Held only for map access.
-pub(crate) type Assists = Mutex<HashMap<TaskId, Arc<Assist>>>;
+/// The assists a node runs, by home and task. Held only for map access.
+pub(crate) type Assists = Mutex<HashMap<(NodeId, TaskId), Arc<Assist>>>;
+
+/// Drops an assist's entry and file when its serving ends, however it ends.
+struct Cleanup<'a> {
+    offline: &'a Offline,
+    key: (NodeId, TaskId),
+    path: std::path::PathBuf,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        self.offline.assists.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Removes helper files a crash left behind (a restarted node has no assist underway).
+pub(crate) fn remove_leftovers(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("assist-") && name.ends_with(".part") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
 
 /// Serves an `Assist` request: checks the home is storage, fetches the share, streams proofs,
 /// then waits for the home to finish. Not cancel-safe.
@@ -210,39 +272,45 @@ pub(crate) async fn serve_assist(
     };
     let ctx = offline.ctx();
     let refuse = |reason, text: String| OfflineReply::Reject { reason, text };
-    let listed = storage_nodes(ctx).await.map(|n| n.iter().any(|s| s.node_id == home));
     let layout = Layout::of(size);
-    let reply = match listed {
-        Ok(true) if segments.len() == layout.segments() && size <= ctx.origin_max_size => None,
-        Ok(true) => Some(refuse(RejectReason::BadRequest, "segments do not match the size".into())),
-        _ => Some(refuse(
+    let url = url::Url::parse(&url).ok();
+    // The cheap checks first, then the tracker's word that the home is storage.
+    let reply = if segments.len() != layout.segments() || segments.count() == 0 {
+        Some(refuse(RejectReason::BadRequest, "the share does not fit the size".into()))
+    } else if size > ctx.origin_max_size {
+        Some(refuse(
+            RejectReason::BadRequest,
+            "the resource is larger than this node fetches".into(),
+        ))
+    } else if url.is_none() {
+        Some(refuse(RejectReason::BadRequest, "bad URL".into()))
+    } else if offline.assists.lock().unwrap_or_else(|p| p.into_inner()).len() >= MAX_ASSISTS {
+        Some(refuse(RejectReason::Busy, "this storage node assists enough tasks now".into()))
+    } else if !storage_nodes(ctx).await.is_ok_and(|n| n.iter().any(|s| s.node_id == home)) {
+        Some(refuse(
             RejectReason::Unauthorized,
             "assists are for storage nodes of this tracker".into(),
-        )),
+        ))
+    } else {
+        None
     };
-    let url = url::Url::parse(&url).ok();
-    let (reply, url) = match (reply, url) {
-        (Some(r), _) => (Some(r), None),
-        (None, None) => (Some(refuse(RejectReason::BadRequest, "bad URL".into())), None),
-        (None, Some(u)) => (None, Some(u)),
-    };
-    if let Some(r) = reply {
+    let (Some(url), None) = (url, &reply) else {
+        let r = reply.unwrap_or_else(|| refuse(RejectReason::BadRequest, "bad URL".into()));
         write_frame_within(&mut send, &r, WRITE_STALL).await?;
         return finish_within(&mut send, DRAIN_DEADLINE).await;
-    }
-    let url = url.expect("checked above");
+    };
     let path = ctx.dir.join(format!("assist-{task}-{}.part", home.fmt_short()));
     let assist = Arc::new(Assist {
-        home,
         layout,
         hashes: Mutex::new(vec![None; layout.pieces as usize]),
         path: path.clone(),
     });
+    let key = (home, task);
     let taken = {
         let mut assists = offline.assists.lock().unwrap_or_else(|p| p.into_inner());
-        let free = assists.len() < MAX_ASSISTS && !assists.contains_key(&task);
+        let free = assists.len() < MAX_ASSISTS && !assists.contains_key(&key);
         if free {
-            assists.insert(task, assist.clone());
+            assists.insert(key, assist.clone());
         }
         free
     };
@@ -251,6 +319,8 @@ pub(crate) async fn serve_assist(
         write_frame_within(&mut send, &r, WRITE_STALL).await?;
         return finish_within(&mut send, DRAIN_DEADLINE).await;
     }
+    // Whatever ends this assist (a panic included) drops its entry and its file.
+    let _cleanup = Cleanup { offline, key, path: path.clone() };
     info!(%task, home = %home.fmt_short(), "assisting an offline task");
     let result = async {
         let part = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
@@ -288,29 +358,36 @@ pub(crate) async fn serve_assist(
     }
     .await;
     if let Err(e) = &result {
-        let failed = OfflineReply::Event(TaskEvent::Failed { reason: format!("{e:#}") });
+        let reason = match e.downcast_ref::<super::run::TaskError>() {
+            Some(super::run::TaskError::Origin(shoal_cloud::origin::OriginError::Changed {
+                what,
+            })) => {
+                format!("{CHANGED}{what}")
+            }
+            _ => format!("{e:#}"),
+        };
+        let failed = OfflineReply::Event(TaskEvent::Failed { reason });
         let _ = write_frame_within(&mut send, &failed, WRITE_STALL).await;
     }
     let _ = send.finish();
-    // The home pulls the pieces, then finishes its side (or goes away): until then they stay.
-    let _ = tokio::time::timeout(super::TASK_DEADLINE, recv.read_to_end(64)).await;
-    offline.assists.lock().unwrap_or_else(|p| p.into_inner()).remove(&task);
-    let _ = std::fs::remove_file(&path);
+    // The home pulls the pieces, then finishes its side (or goes away): until then they stay,
+    // [`LINGER`] at most.
+    let _ = tokio::time::timeout(LINGER, recv.read_to_end(64)).await;
     result
 }
 
-/// Serves a piece of an assist to its home; `None` if `task` is no assist of `peer`'s.
+/// Serves a piece of an assist to its home (within the node's upload slots); `None` if `task`
+/// is no assist of `peer`'s.
 pub(crate) async fn serve_piece(
+    node: &crate::node::Node,
     offline: &Offline,
     peer: NodeId,
     task: TaskId,
     piece: PieceIndex,
     send: &mut SendStream,
 ) -> Option<anyhow::Result<()>> {
-    let assist = offline.assists.lock().unwrap_or_else(|p| p.into_inner()).get(&task).cloned()?;
-    if assist.home != peer {
-        return None;
-    }
+    let assist =
+        offline.assists.lock().unwrap_or_else(|p| p.into_inner()).get(&(peer, task)).cloned()?;
     let hash = assist
         .hashes
         .lock()
@@ -329,10 +406,20 @@ pub(crate) async fn serve_piece(
                 return finish_within(send, DRAIN_DEADLINE).await;
             };
             let range = assist.layout.bytes(&(piece.0..piece.0 + 1));
+            let len = range.end - range.start;
+            let Ok(mut slot) = node.uploads.acquire(peer, None, len, crate::serve::SLOT_WAIT).await
+            else {
+                let r = Response::Reject {
+                    reason: RejectReason::Busy,
+                    text: "upload slots busy; try later".into(),
+                };
+                write_frame_within(send, &r, WRITE_STALL).await?;
+                return finish_within(send, DRAIN_DEADLINE).await;
+            };
             let path = assist.path.clone();
             let data = tokio::task::spawn_blocking(move || {
                 let f = File::open(path)?;
-                let mut buf = vec![0u8; (range.end - range.start) as usize];
+                let mut buf = vec![0u8; len as usize];
                 f.read_exact_at(&mut buf, range.start)?;
                 Ok::<_, std::io::Error>(buf)
             })
@@ -343,6 +430,7 @@ pub(crate) async fn serve_piece(
             write_frame_within(send, &Response::Piece { len: data.len() as u32 }, WRITE_STALL)
                 .await?;
             write_within(send, Bytes::from(data), WRITE_STALL).await?;
+            slot.sent();
             finish_within(send, DRAIN_DEADLINE).await
         }
         .await,

@@ -327,7 +327,8 @@ pub(crate) async fn fetch_some(
 /// Who fetches what of a task: the home (this node) and its helpers.
 enum Worker {
     Home,
-    Helper(NodeId),
+    /// A helper and its share.
+    Helper(NodeId, Vec<u32>),
 }
 
 /// Fetches every segment not hashed yet, hashing, recording and proving each as it finishes.
@@ -354,8 +355,13 @@ async fn fetch_segments(
     if first.is_empty() {
         return Ok(());
     }
-    let helpers =
-        if res.ranges && first.len() > 1 { super::assist::helpers(ctx).await } else { Vec::new() };
+    let mut helpers = if res.ranges && first.len() > 1 && super::assist::fits_a_frame(res) {
+        super::assist::helpers(ctx).await
+    } else {
+        Vec::new()
+    };
+    // Every helper gets at least one segment, and the home one too.
+    helpers.truncate(first.len() - 1);
     let shares = helpers.len() + 1;
     // Bytes arrived in segments underway here, for progress.
     let meters = Meters { inflight: Arc::default(), fetched: ctx.origin_bytes.clone() };
@@ -383,13 +389,14 @@ async fn fetch_segments(
             part: part.try_clone()?,
             share,
         };
-        let tx = tx.clone();
+        let (tx, shared) = (tx.clone(), job.share.clone());
         workers.spawn(async move {
             let id = helper.node_id;
-            (
-                Worker::Helper(id),
-                job.run(&tx).await.map_err(|e| TaskError::Refused(format!("{e:#}"))),
-            )
+            let r = job.run(&tx).await.map_err(|e| match e.downcast::<super::assist::Changed>() {
+                Ok(c) => TaskError::Origin(OriginError::Changed { what: c.0 }),
+                Err(e) => TaskError::Refused(format!("{e:#}")),
+            });
+            (Worker::Helper(id, shared), r)
         });
     }
     let mut tick = tokio::time::interval(PROGRESS_TICK);
@@ -399,10 +406,24 @@ async fn fetch_segments(
             Some(joined) = workers.join_next(), if !workers.is_empty() => {
                 match joined.map_err(|e| std::io::Error::other(e.to_string()))? {
                     (Worker::Home, r) => r?,
-                    (Worker::Helper(id), Err(e)) => {
-                        warn!(helper = %id.fmt_short(), error = %e, "a helper failed; fetching its share here");
+                    (Worker::Helper(_, _), Err(e @ TaskError::Origin(OriginError::Changed { .. }))) => {
+                        return Err(e);
                     }
-                    (Worker::Helper(_), Ok(())) => {}
+                    (Worker::Helper(id, share), Err(e)) => {
+                        warn!(helper = %id.fmt_short(), error = %e, "a helper failed; fetching its share here");
+                        // At once, not after the others: what it delivered is recorded first.
+                        while let Ok(hashed) = rx.try_recv() {
+                            record(task, ctx, res, layout, hashed).await?;
+                        }
+                        let left: Vec<u32> = {
+                            let pending = todo(task);
+                            share.into_iter().filter(|seg| pending.contains(seg)).collect()
+                        };
+                        if !left.is_empty() {
+                            spawn_home(&mut workers, left)?;
+                        }
+                    }
+                    (Worker::Helper(_, _), Ok(())) => {}
                 }
                 if workers.is_empty() {
                     // Everything sent is recorded before deciding what is left.

@@ -69,7 +69,9 @@ pub(crate) async fn serve_offline(
     }
     let _ = recv.stop(VarInt::from_u32(0));
     if let OfflineRequest::Piece { task, piece, .. } = &req {
-        if let Some(r) = super::assist::serve_piece(offline, peer, *task, *piece, &mut send).await {
+        if let Some(r) =
+            super::assist::serve_piece(node, offline, peer, *task, *piece, &mut send).await
+        {
             return r;
         }
     }
