@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 SIZE_MIB="${1:-256}"
 RATE="${2:-0}"
 NODES="${3:-1 2}"
-BIN="$PWD/target/release"
+BIN="${SHOAL_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release}"
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 [ -x "$BIN/shoal" ] && [ -x "$BIN/shoal-tracker" ] || { echo "build first: cargo build --release --bins" >&2; exit 1; }
 [ -x "$NGINX" ] || { echo "needs nginx (apt-get install nginx-light)" >&2; exit 1; }
