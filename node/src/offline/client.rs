@@ -460,16 +460,8 @@ async fn check_file(file: &File, m: &Manifest) -> anyhow::Result<Vec<u32>> {
         let mut buf = vec![0u8; 1024 * 1024];
         let mut bad = Vec::new();
         for p in 0..m.piece_count() {
-            let r = m.piece_range(PieceIndex(p));
-            let mut hasher = blake3::Hasher::new();
-            let mut at = r.start;
-            while at < r.end {
-                let n = (r.end - at).min(buf.len() as u64) as usize;
-                file.read_exact_at(&mut buf[..n], at)?;
-                hasher.update(&buf[..n]);
-                at += n as u64;
-            }
-            if Some(PieceHash::from(hasher.finalize())) != m.piece_hash(PieceIndex(p)) {
+            let got = super::run::hash_range(&file, m.piece_range(PieceIndex(p)), &mut buf)?;
+            if Some(got) != m.piece_hash(PieceIndex(p)) {
                 bad.push(p);
             }
         }

@@ -467,6 +467,23 @@ async fn record(
     Ok(())
 }
 
+/// The BLAKE3 hash of bytes `r` of `file`, read `buf.len()` at a time.
+pub(crate) fn hash_range(
+    file: &File,
+    r: std::ops::Range<u64>,
+    buf: &mut [u8],
+) -> std::io::Result<PieceHash> {
+    let mut hasher = blake3::Hasher::new();
+    let mut at = r.start;
+    while at < r.end {
+        let n = (r.end - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at)?;
+        hasher.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(PieceHash::from(hasher.finalize()))
+}
+
 /// Hashes the pieces of each segment in `group` from the temporary file, reading at most
 /// [`HASH_CHUNK`] at a time (a piece may be 64 MiB).
 pub(crate) fn hash_group(
@@ -480,16 +497,7 @@ pub(crate) fn hash_group(
         let r = layout.segment_pieces(s);
         let mut hashes = Vec::with_capacity(r.len());
         for p in r.clone() {
-            let b = layout.bytes(&(p..p + 1));
-            let mut hasher = blake3::Hasher::new();
-            let mut at = b.start;
-            while at < b.end {
-                let n = (b.end - at).min(buf.len() as u64) as usize;
-                part.read_exact_at(&mut buf[..n], at)?;
-                hasher.update(&buf[..n]);
-                at += n as u64;
-            }
-            hashes.push(PieceHash::from(hasher.finalize()));
+            hashes.push(hash_range(part, layout.bytes(&(p..p + 1)), &mut buf)?);
         }
         out.push((r.start, hashes));
     }
