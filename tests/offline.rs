@@ -579,3 +579,61 @@ fn a_cancelled_task_leaves_no_temporary_data_and_no_entry() {
     c.args(["offline", "ls", "--json"]);
     assert_eq!(json_of(c)[0]["state"], "cancelled");
 }
+
+#[test]
+fn a_device_with_a_sync_dir_receives_what_another_device_fetched_into_the_space() {
+    let root = tempfile::tempdir().unwrap();
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let first = write_file(&www.join("first.bin"), 400_000, 31);
+    let second = write_file(&www.join("second.bin"), 3 << 20, 32);
+    let Some(nginx) = Nginx::start(&www) else { return };
+    let (laptop, phone) = (root.path().join("laptop"), root.path().join("phone"));
+    std::fs::create_dir_all(&laptop).unwrap();
+    let mut c = shoal(&laptop);
+    c.args(["user", "new"]);
+    ok(c);
+    let (tracker, _storage) = cluster(root.path(), &[&laptop], &["--offline-allow-private"]);
+    let t = tracker.addr.to_string();
+    let mut c = shoal(&phone);
+    c.args(["user", "--json"]);
+    let phone_id = json_of(c)["node_id"].as_str().unwrap().to_string();
+    let mut c = shoal(&laptop);
+    c.args(["user", "link", &phone_id]);
+    let cert = ok(c).trim().to_string();
+    let mut c = shoal(&phone);
+    c.args(["user", "use", &cert]);
+    ok(c);
+
+    let laptop_node = Daemon::start(&laptop, &["--tracker", &t]);
+    // In the space before the phone's daemon starts.
+    let mut c = laptop_node.cmd();
+    c.args(["offline", "add", &nginx.url("first.bin")]);
+    let task = ok(c).trim().to_string();
+    let mut c = laptop_node.cmd();
+    c.args(["offline", "watch", &task]);
+    ok(c);
+
+    let synced = root.path().join("synced");
+    std::fs::create_dir_all(&synced).unwrap();
+    let sync = synced.to_str().unwrap().to_string();
+    let _phone_node = Daemon::start(&phone, &["--tracker", &t, "--sync-dir", &sync]);
+    let arrived = |name: &str, want: &[u8]| {
+        wait_until(&format!("{name} synced"), || {
+            std::fs::read(synced.join(name)).ok().filter(|d| d == want).map(|_| ())
+        })
+    };
+    arrived("first.bin", &first);
+    // And one added while it runs.
+    let mut c = laptop_node.cmd();
+    c.args(["offline", "add", &nginx.url("second.bin")]);
+    ok(c);
+    arrived("second.bin", &second);
+    // Nothing half-written was ever left in the directory.
+    let names: Vec<String> = std::fs::read_dir(&synced)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}

@@ -108,6 +108,8 @@ pub struct NodeConfig {
     /// For a storage node: let offline tasks fetch from loopback, private and link-local
     /// addresses (off by default: no SSRF through storage).
     pub offline_allow_private: bool,
+    /// Keep this directory in step with the user's space on storage (see `sync`).
+    pub sync_dir: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -125,6 +127,7 @@ impl NodeConfig {
             s3: shoal_cloud::backend::S3Options::default(),
             grants: Grants::default(),
             offline_allow_private: false,
+            sync_dir: None,
         }
     }
 }

@@ -20,6 +20,15 @@ pub fn start(node: &Arc<Node>) {
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let node = Node::open(&config)?;
     start(&node);
+    if let Some(dir) = &config.sync_dir {
+        if !dir.is_dir() {
+            anyhow::bail!("--sync-dir {} is not a directory: create it first", dir.display());
+        }
+        if config.tracker.is_none() {
+            anyhow::bail!("--sync-dir needs a tracker to find storage: add --tracker HOST:PORT");
+        }
+        tokio::spawn(crate::sync::run(node.clone(), dir.clone()));
+    }
     node.trackers().own();
     let control = crate::control::serve(node.clone()).await?;
     let listen = node.net.endpoint.local_addr()?;

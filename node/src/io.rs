@@ -7,6 +7,18 @@ use bytes::Bytes;
 use quinn::{SendStream, VarInt};
 use shoal_wire::{encode, Frame};
 
+/// How long a peer may leave one write of ours (a chunk of at most `serve::WRITE_CHUNK`, or a frame)
+/// untaken before the stream is reset: at least 12.8 KiB/s of steady progress.
+pub const WRITE_STALL: Duration = Duration::from_secs(20);
+/// After the last byte of a response is written, how long the peer has to acknowledge all of
+/// it (at most a send window, `Limits::send_window`, is then in flight) before the stream is
+/// reset. The upload slot is held until then, so slots bound what quinn buffers too.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a request waits for an upload slot before it is answered `Busy`: below the
+/// downloaders' 10 s deadlines (`shoal_swarm::Config::manifest_deadline` and `stall_deadline`),
+/// so a crowded seed says `Busy` (and is backed off) before a fetcher would drop it as silent or
+/// stalled and report it to its tracker as never delivering.
+pub const SLOT_WAIT: Duration = Duration::from_secs(5);
 /// Stream error code sent when a peer stops making progress and its stream is reset.
 pub(crate) const RESET_STALLED: u32 = 1;
 

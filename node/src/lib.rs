@@ -18,6 +18,7 @@
 //! - [`push`]: pushing contents into storage, and carrying out re-seed directives.
 //! - `offline`: offline download: a storage node fetches URLs into users' spaces; a user's
 //!   node adds, watches and follows those tasks.
+//! - [`sync`]: keeps a directory in step with the user's space on storage.
 //! - [`config`]: validated settings and the `RATE` syntax.
 
 #![warn(missing_docs)]
@@ -38,5 +39,6 @@ mod reveal;
 pub mod serve;
 pub mod stats;
 mod storage;
+pub mod sync;
 pub mod tracker;
 mod upload;

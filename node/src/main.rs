@@ -91,6 +91,10 @@ enum Command {
         /// addresses (refused by default, so users cannot reach your network through storage).
         #[arg(long, env = "SHOAL_OFFLINE_ALLOW_PRIVATE")]
         offline_allow_private: bool,
+        /// Keep DIR in step with your space on storage: what an offline task (from any of your
+        /// devices) makes permanent is fetched into DIR, verified. Needs --tracker.
+        #[arg(long, env = "SHOAL_SYNC_DIR", value_name = "DIR")]
+        sync_dir: Option<PathBuf>,
         /// TESTING ONLY: advertise every piece of any content held in part (a lying bitfield).
         #[arg(long, env = "SHOAL_DANGER_LIE_BITFIELD")]
         danger_lie_bitfield: bool,
@@ -242,9 +246,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             s3_endpoint,
             danger_s3_allow_http,
             offline_allow_private,
+            sync_dir,
             danger_lie_bitfield,
             danger_corrupt_uploads,
         } => {
+            let sync_dir = sync_dir.map(|d| absolute(&d)).transpose()?;
             if offline_allow_private && role != Role::Storage {
                 bail!("--offline-allow-private is for storage nodes: add --role storage");
             }
@@ -281,6 +287,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 s3,
                 grants,
                 offline_allow_private,
+                sync_dir,
                 ..NodeConfig::new(data_dir)
             };
             if danger_corrupt_uploads > 0.0 {

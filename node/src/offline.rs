@@ -15,12 +15,9 @@
 //! passed `--offline-allow-private`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-use shoal_cloud::origin::{Origin, Resource};
+use shoal_cloud::origin::Origin;
 use shoal_cloud::spaces::Commit;
 use shoal_cloud::{CloudError, CloudStore};
 use shoal_core::{ContentId, Manifest, TaskId, UserId};
@@ -34,118 +31,30 @@ use crate::net::Net;
 
 mod assist;
 pub(crate) mod client;
+mod ctx;
 mod run;
-mod serve;
+mod segments;
+pub(crate) mod serve;
 mod task;
 
-pub(crate) use serve::serve_offline;
+use ctx::Seen;
+pub(crate) use ctx::{now_ms, Ctx};
 pub(crate) use task::Task;
 
 /// Tasks the node fetches at once; more wait their turn.
 pub(crate) const MAX_RUNNING: usize = 8;
 /// Tasks one user may have underway at once.
 pub(crate) const MAX_ACTIVE_PER_USER: usize = 16;
-/// Tasks of one user fetched at once (so one user cannot hold every slot of the node).
-pub(crate) const MAX_RUNNING_PER_USER: usize = 2;
-/// The longest a task may run (a slow origin cannot hold a slot for ever).
-pub(crate) const TASK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 /// How long the probe of an instant answer may take before the task is fetched instead.
 const INSTANT_PROBE: std::time::Duration = std::time::Duration::from_secs(10);
 /// Finished tasks kept listed per user (the oldest are forgotten first).
 pub(crate) const MAX_KEPT_PER_USER: usize = 64;
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
 
 /// A refusal: the reason and the text the device is told.
 pub(crate) type Refusal = (RejectReason, String);
 
 fn refusal(reason: RejectReason, text: impl Into<String>) -> Refusal {
     (reason, text.into())
-}
-
-/// What a URL gave last time: an instant answer for the next task that names it, while the
-/// origin still reports the same resource.
-#[derive(Debug, Serialize, Deserialize)]
-struct Seen {
-    content: ContentId,
-    resource: Resource,
-}
-
-/// What running tasks use: the store, the origin client, the node key (to sign proofs), the
-/// temporary area, the grants and the running-task limit.
-#[derive(Debug)]
-pub(crate) struct Ctx {
-    pub(crate) cloud: CloudStore,
-    pub(crate) origin: Origin,
-    pub(crate) net: Arc<Net>,
-    pub(crate) dir: PathBuf,
-    pub(crate) grants: Grants,
-    pub(crate) running: Arc<Semaphore>,
-    /// Temporary bytes each task holds (its resource's size), by user. Held only for map
-    /// access.
-    pub(crate) reserved: Mutex<HashMap<TaskId, (UserId, u64)>>,
-    /// Each user's running slots ([`MAX_RUNNING_PER_USER`]). Held only for map access.
-    pub(crate) slots: Mutex<HashMap<UserId, Arc<Semaphore>>>,
-    /// The tracker client: where the other storage nodes (helpers) are.
-    pub(crate) trackers: Arc<crate::tracker::Trackers>,
-    /// The longest resource the origin fetcher accepts.
-    pub(crate) origin_max_size: u64,
-    /// Bytes this node fetched from origins (its own tasks and assists).
-    pub(crate) origin_bytes: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Ctx {
-    /// The quota of a granted user (`Some(None)`: unlimited); `None` if not granted.
-    pub(crate) fn quota(&self, user: UserId) -> Option<Option<u64>> {
-        self.grants.quota(&user)
-    }
-
-    /// Reserves `size` temporary bytes for `task` of `user`: refused when what the user owns,
-    /// what its other tasks hold and `size` together exceed its quota.
-    pub(crate) fn reserve(&self, task: TaskId, user: UserId, size: u64) -> Result<(), CloudError> {
-        let Some(quota) = self.quota(user) else {
-            return Err(CloudError::QuotaExceeded { used: 0, quota: 0, need: size });
-        };
-        let used = self.cloud.usage(user)?;
-        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
-        let others: u64 = reserved
-            .iter()
-            .filter(|(t, (u, _))| **t != task && *u == user)
-            .map(|(_, (_, n))| *n)
-            .fold(0u64, u64::saturating_add);
-        if shoal_cloud::charge(used.saturating_add(others), size, quota).is_err() {
-            return Err(CloudError::QuotaExceeded {
-                used: used.saturating_add(others),
-                quota: quota.unwrap_or(u64::MAX),
-                need: size,
-            });
-        }
-        reserved.insert(task, (user, size));
-        Ok(())
-    }
-
-    /// The running slots of `user`.
-    pub(crate) fn user_slots(&self, user: UserId) -> Arc<Semaphore> {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        // Users without tasks waiting or running are dropped, so the map stays small.
-        slots.retain(|_, s| Arc::strong_count(s) > 1);
-        slots.entry(user).or_insert_with(|| Arc::new(Semaphore::new(MAX_RUNNING_PER_USER))).clone()
-    }
-
-    /// Gives a task's temporary bytes back.
-    pub(crate) fn release(&self, task: TaskId) {
-        self.reserved.lock().unwrap_or_else(|p| p.into_inner()).remove(&task);
-    }
-
-    pub(crate) fn part_path(&self, task: TaskId) -> PathBuf {
-        run::part_file(&self.dir, task)
-    }
-
-    pub(crate) async fn save(&self, id: TaskId, record: &task::Record) -> Result<(), CloudError> {
-        self.cloud.put_task_record(id, &serde_json::to_vec(record).expect("serialises")).await
-    }
 }
 
 /// The offline tasks of a storage node.
@@ -472,18 +381,18 @@ mod tests {
     #[test]
     fn a_layout_groups_whole_pieces_into_segments() {
         // 10 MiB: 64 KiB pieces (160), 64 per 4 MiB segment: 3 segments, the last of 32.
-        let l = run::Layout::of(10 << 20);
+        let l = segments::Layout::of(10 << 20);
         assert_eq!((l.piece, l.pieces, l.per_segment, l.segments()), (64 << 10, 160, 64, 3));
         assert_eq!(l.segment_pieces(2), 128..160);
         assert_eq!(l.bytes(&l.segment_pieces(2)), (8 << 20)..(10 << 20));
         // 1 byte: one piece, one segment of one byte.
-        let l = run::Layout::of(1);
+        let l = segments::Layout::of(1);
         assert_eq!((l.pieces, l.segments()), (1, 1));
         assert_eq!(l.bytes(&l.segment_pieces(0)), 0..1);
         // 0 bytes: nothing to fetch.
-        assert_eq!(run::Layout::of(0).segments(), 0);
+        assert_eq!(segments::Layout::of(0).segments(), 0);
         // 100 GiB: 128 MiB... capped at 64 MiB pieces, one per segment.
-        let l = run::Layout::of(100 << 30);
+        let l = segments::Layout::of(100 << 30);
         assert_eq!((l.piece, l.per_segment), (64 << 20, 1));
     }
 }

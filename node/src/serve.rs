@@ -40,18 +40,7 @@ pub const MAX_CONNECTIONS: usize = 512;
 pub const OPENING_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a control stream's remote hello may take, from the start of the stream.
 pub const HELLO_DEADLINE: Duration = Duration::from_secs(10);
-/// How long a peer may leave one write of ours (a chunk of at most [`WRITE_CHUNK`], or a frame)
-/// untaken before the stream is reset: at least 12.8 KiB/s of steady progress.
-pub const WRITE_STALL: Duration = Duration::from_secs(20);
-/// After the last byte of a response is written, how long the peer has to acknowledge all of
-/// it (at most a send window, `Limits::send_window`, is then in flight) before the stream is
-/// reset. The upload slot is held until then, so slots bound what quinn buffers too.
-pub const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
-/// How long a request waits for an upload slot before it is answered `Busy`: below the
-/// downloaders' 10 s deadlines (`shoal_swarm::Config::manifest_deadline` and `stall_deadline`),
-/// so a crowded seed says `Busy` (and is backed off) before a fetcher would drop it as silent or
-/// stalled and report it to its tracker as never delivering.
-pub const SLOT_WAIT: Duration = Duration::from_secs(5);
+pub use crate::io::{DRAIN_DEADLINE, SLOT_WAIT, WRITE_STALL};
 /// Send priority of control streams, above piece streams (0): connections send streams of one
 /// priority in order, not round-robin, so control messages must not queue behind pieces.
 pub(crate) const CONTROL_PRIORITY: i32 = 1;
@@ -134,7 +123,14 @@ async fn handle_stream(
             let dec = if push { dec } else { Decoder::new() };
             serve_request(&node, peer, send, recv, dec, req).await
         }
-        Opening::Offline(req) => crate::offline::serve_offline(&node, peer, send, recv, req).await,
+        Opening::Offline(req) => {
+            let parts = crate::offline::serve::Parts {
+                offline: node.offline.as_deref(),
+                uploads: &node.uploads,
+                limit: &node.upload,
+            };
+            crate::offline::serve::serve_offline(parts, peer, send, recv, req).await
+        }
         Opening::Control(first) => {
             if control_opened.swap(true, Ordering::Relaxed) {
                 conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"second control stream");

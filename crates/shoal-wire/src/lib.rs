@@ -25,15 +25,15 @@
 mod codec;
 mod message;
 pub mod offline;
+mod opening;
 mod session;
 #[cfg(test)]
 mod testutil;
 pub mod tracker;
 
 pub use codec::{encode, encode_into, DecodeError, Decoder, Frame, MAX_FRAME_LEN};
-pub use message::{
-    Message, Opening, RejectReason, Request, Response, MAX_REASON_LEN, MAX_TOKEN_LEN,
-};
+pub use message::{Message, RejectReason, Request, Response, MAX_REASON_LEN, MAX_TOKEN_LEN};
+pub use opening::Opening;
 pub use session::{Event, ProtocolError, Session, MAX_SUBSCRIPTIONS};
 
 /// The ALPN of the peer protocol, version 2.

@@ -1,5 +1,5 @@
 //! Splitting a task's segments among storage nodes: the home (the storage node that took the
-//! task) asks up to `run::MAX_HELPERS` other storage nodes its tracker lists to fetch a share
+//! task) asks up to [`MAX_HELPERS`] other storage nodes its tracker lists to fetch a share
 //! each from the origin; it pulls each proven segment's pieces from the helper, checks them
 //! against the helper's signed hashes, and records them as its own.
 //!
@@ -26,12 +26,14 @@ use shoal_wire::{Decoder, RejectReason, Response};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use super::run::{self, fetch_some, Hashed, Layout};
-use super::{Ctx, Offline};
+use super::ctx::Ctx;
+use super::segments::{self, fetch_some, Hashed, Layout};
 use crate::io::{finish_within, read_frame, write_frame, write_frame_within, write_within};
+use crate::io::{DRAIN_DEADLINE, SLOT_WAIT, WRITE_STALL};
 use crate::net::Net;
-use crate::serve::{DRAIN_DEADLINE, WRITE_STALL};
 
+/// Other storage nodes a task's segments are split with, at most.
+pub(crate) const MAX_HELPERS: usize = 3;
 /// Assists a storage node runs at once for others.
 pub(crate) const MAX_ASSISTS: usize = 8;
 /// How long a home waits for a helper's next proof (a slow origin's 4 MiB segment included).
@@ -78,11 +80,11 @@ pub(crate) async fn storage_nodes(ctx: &Ctx) -> anyhow::Result<Vec<StorageNode>>
     }
 }
 
-/// The helpers for a task: up to `run::MAX_HELPERS` storage nodes (none without a tracker).
+/// The helpers for a task: up to [`MAX_HELPERS`] storage nodes (none without a tracker).
 pub(crate) async fn helpers(ctx: &Ctx) -> Vec<StorageNode> {
     match storage_nodes(ctx).await {
         Ok(mut nodes) => {
-            nodes.truncate(run::MAX_HELPERS);
+            nodes.truncate(MAX_HELPERS);
             nodes
         }
         Err(e) => {
@@ -166,9 +168,10 @@ impl Job {
                     // Re-hashed by the home, so a piece that did not match (above) shows.
                     let part = self.part.try_clone()?;
                     let layout = self.layout;
-                    let hashed =
-                        tokio::task::spawn_blocking(move || run::hash_group(&part, layout, &[seg]))
-                            .await??;
+                    let hashed = tokio::task::spawn_blocking(move || {
+                        segments::hash_group(&part, layout, &[seg])
+                    })
+                    .await??;
                     if hashed.first().map(|h| &h.1) != Some(&proof.hashes) {
                         break Err(anyhow!(
                             "helper's pieces of segment {seg} do not match its proof"
@@ -234,14 +237,14 @@ pub(crate) type Assists = Mutex<HashMap<(NodeId, TaskId), Arc<Assist>>>;
 
 /// Drops an assist's entry and file when its serving ends, however it ends.
 struct Cleanup<'a> {
-    offline: &'a Offline,
+    assists: &'a Assists,
     key: (NodeId, TaskId),
     path: std::path::PathBuf,
 }
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
-        self.offline.assists.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+        self.assists.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -261,7 +264,8 @@ pub(crate) fn remove_leftovers(dir: &std::path::Path) {
 /// Serves an `Assist` request: checks the home is storage, fetches the share, streams proofs,
 /// then waits for the home to finish. Not cancel-safe.
 pub(crate) async fn serve_assist(
-    offline: &Offline,
+    ctx: &Ctx,
+    assists: &Assists,
     home: NodeId,
     mut send: SendStream,
     mut recv: RecvStream,
@@ -270,7 +274,6 @@ pub(crate) async fn serve_assist(
     let OfflineRequest::Assist { task, size, url, etag, last_modified, segments } = req else {
         bail!("not an assist");
     };
-    let ctx = offline.ctx();
     let refuse = |reason, text: String| OfflineReply::Reject { reason, text };
     let layout = Layout::of(size);
     let url = url::Url::parse(&url).ok();
@@ -284,7 +287,7 @@ pub(crate) async fn serve_assist(
         ))
     } else if url.is_none() {
         Some(refuse(RejectReason::BadRequest, "bad URL".into()))
-    } else if offline.assists.lock().unwrap_or_else(|p| p.into_inner()).len() >= MAX_ASSISTS {
+    } else if assists.lock().unwrap_or_else(|p| p.into_inner()).len() >= MAX_ASSISTS {
         Some(refuse(RejectReason::Busy, "this storage node assists enough tasks now".into()))
     } else if !storage_nodes(ctx).await.is_ok_and(|n| n.iter().any(|s| s.node_id == home)) {
         Some(refuse(
@@ -307,7 +310,7 @@ pub(crate) async fn serve_assist(
     });
     let key = (home, task);
     let taken = {
-        let mut assists = offline.assists.lock().unwrap_or_else(|p| p.into_inner());
+        let mut assists = assists.lock().unwrap_or_else(|p| p.into_inner());
         let free = assists.len() < MAX_ASSISTS && !assists.contains_key(&key);
         if free {
             assists.insert(key, assist.clone());
@@ -320,7 +323,7 @@ pub(crate) async fn serve_assist(
         return finish_within(&mut send, DRAIN_DEADLINE).await;
     }
     // Whatever ends this assist (a panic included) drops its entry and its file.
-    let _cleanup = Cleanup { offline, key, path: path.clone() };
+    let _cleanup = Cleanup { assists, key, path: path.clone() };
     info!(%task, home = %home.fmt_short(), "assisting an offline task");
     let result = async {
         let part = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
@@ -328,7 +331,7 @@ pub(crate) async fn serve_assist(
         let res = Resource { url, len: size, validators: Validators { etag, last_modified }, ranges: true };
         let share: Vec<u32> = segments.iter_ones().map(|p| p.0).collect();
         let (tx, mut rx) = mpsc::channel::<Hashed>(16);
-        let meters = run::Meters { inflight: Arc::default(), fetched: ctx.origin_bytes.clone() };
+        let meters = segments::Meters { inflight: Arc::default(), fetched: ctx.origin_bytes.clone() };
         let fetch = fetch_some(&ctx.origin, &res, layout, &part, share, &meters, &tx);
         tokio::pin!(fetch);
         let mut fetched = false;
@@ -358,8 +361,8 @@ pub(crate) async fn serve_assist(
     }
     .await;
     if let Err(e) = &result {
-        let reason = match e.downcast_ref::<super::run::TaskError>() {
-            Some(super::run::TaskError::Origin(shoal_cloud::origin::OriginError::Changed {
+        let reason = match e.downcast_ref::<segments::TaskError>() {
+            Some(segments::TaskError::Origin(shoal_cloud::origin::OriginError::Changed {
                 what,
             })) => {
                 format!("{CHANGED}{what}")
@@ -379,15 +382,14 @@ pub(crate) async fn serve_assist(
 /// Serves a piece of an assist to its home (within the node's upload slots); `None` if `task`
 /// is no assist of `peer`'s.
 pub(crate) async fn serve_piece(
-    node: &crate::node::Node,
-    offline: &Offline,
+    uploads: &Arc<crate::upload::Uploads>,
+    assists: &Assists,
     peer: NodeId,
     task: TaskId,
     piece: PieceIndex,
     send: &mut SendStream,
 ) -> Option<anyhow::Result<()>> {
-    let assist =
-        offline.assists.lock().unwrap_or_else(|p| p.into_inner()).get(&(peer, task)).cloned()?;
+    let assist = assists.lock().unwrap_or_else(|p| p.into_inner()).get(&(peer, task)).cloned()?;
     let hash = assist
         .hashes
         .lock()
@@ -407,8 +409,7 @@ pub(crate) async fn serve_piece(
             };
             let range = assist.layout.bytes(&(piece.0..piece.0 + 1));
             let len = range.end - range.start;
-            let Ok(mut slot) = node.uploads.acquire(peer, None, len, crate::serve::SLOT_WAIT).await
-            else {
+            let Ok(mut slot) = uploads.acquire(peer, None, len, SLOT_WAIT).await else {
                 let r = Response::Reject {
                     reason: RejectReason::Busy,
                     text: "upload slots busy; try later".into(),

@@ -460,7 +460,7 @@ async fn check_file(file: &File, m: &Manifest) -> anyhow::Result<Vec<u32>> {
         let mut buf = vec![0u8; 1024 * 1024];
         let mut bad = Vec::new();
         for p in 0..m.piece_count() {
-            let got = super::run::hash_range(&file, m.piece_range(PieceIndex(p)), &mut buf)?;
+            let got = super::segments::hash_range(&file, m.piece_range(PieceIndex(p)), &mut buf)?;
             if Some(got) != m.piece_hash(PieceIndex(p)) {
                 bad.push(p);
             }

@@ -15,10 +15,20 @@ use shoal_core::{DeviceCert, NodeId, PieceIndex, TaskId, UserId};
 use shoal_wire::offline::{EntryState, OfflineReply, OfflineRequest, SpaceEntry, TaskEvent};
 use shoal_wire::{RejectReason, Response};
 
-use super::{pending, run, Offline, Refusal};
+use super::segments::Layout;
+use super::{pending, Offline, Refusal};
 use crate::io::{finish_within, write_frame_within, write_within};
-use crate::node::Node;
-use crate::serve::{DRAIN_DEADLINE, SLOT_WAIT, WRITE_STALL};
+use crate::io::{DRAIN_DEADLINE, SLOT_WAIT, WRITE_STALL};
+use crate::upload::Uploads;
+
+/// What serving offline requests uses of the node: its offline tasks (storage nodes only),
+/// its upload slots and its upload limit.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Parts<'a> {
+    pub(crate) offline: Option<&'a Offline>,
+    pub(crate) uploads: &'a std::sync::Arc<Uploads>,
+    pub(crate) limit: &'a shoal_net::RateLimiter,
+}
 
 /// How often a watch sends progress while nothing else happens.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
@@ -52,25 +62,33 @@ async fn refuse(mut send: SendStream, (reason, text): Refusal) -> anyhow::Result
 /// Answers one offline request on its stream. Not cancel-safe (a cancelled answer leaves the
 /// stream half written; the caller drops it).
 pub(crate) async fn serve_offline(
-    node: &Node,
+    parts: Parts<'_>,
     peer: NodeId,
     mut send: SendStream,
     mut recv: RecvStream,
     req: OfflineRequest,
 ) -> anyhow::Result<()> {
-    let Some(offline) = node.offline.as_deref() else {
+    let Some(offline) = parts.offline else {
         let _ = recv.stop(VarInt::from_u32(0));
         let text = "this node is not a storage node: offline tasks go to storage";
         return refuse(send, (RejectReason::BadRequest, text.into())).await;
     };
     // Storage nodes among themselves: an assist, and the pieces of one (no user involved).
     if let OfflineRequest::Assist { .. } = req {
-        return super::assist::serve_assist(offline, peer, send, recv, req).await;
+        return super::assist::serve_assist(offline.ctx(), &offline.assists, peer, send, recv, req)
+            .await;
     }
     let _ = recv.stop(VarInt::from_u32(0));
     if let OfflineRequest::Piece { task, piece, .. } = &req {
-        if let Some(r) =
-            super::assist::serve_piece(node, offline, peer, *task, *piece, &mut send).await
+        if let Some(r) = super::assist::serve_piece(
+            parts.uploads,
+            &offline.assists,
+            peer,
+            *task,
+            *piece,
+            &mut send,
+        )
+        .await
         {
             return r;
         }
@@ -128,7 +146,7 @@ pub(crate) async fn serve_offline(
             }
         }
         OfflineRequest::Piece { task, piece, .. } => {
-            return task_piece(node, offline, peer, user, task, piece, send).await
+            return task_piece(parts, offline, peer, user, task, piece, send).await
         }
         _ => return refuse(send, (RejectReason::BadRequest, "unknown request".into())).await,
     };
@@ -190,7 +208,7 @@ async fn watch(
 
 /// Serves one piece of a task from its temporary file, checked against its hash first.
 async fn task_piece(
-    node: &Node,
+    parts: Parts<'_>,
     offline: &Offline,
     peer: NodeId,
     user: UserId,
@@ -205,7 +223,7 @@ async fn task_piece(
     let found = {
         let s = task.lock();
         s.record.resource.as_ref().map(|res| {
-            let layout = run::Layout::of(res.len);
+            let layout = Layout::of(res.len);
             let hash = s.record.hashes.get(piece.0 as usize).copied().flatten();
             // Only an index with a hash is in range, so `+ 1` cannot overflow when it is used.
             (hash, hash.map(|_| layout.bytes(&(piece.0..piece.0 + 1))))
@@ -219,7 +237,7 @@ async fn task_piece(
         return refuse(send, (RejectReason::NotFound, text)).await;
     };
     let len = range.end - range.start;
-    let Ok(mut slot) = node.uploads.acquire(peer, None, len, SLOT_WAIT).await else {
+    let Ok(mut slot) = parts.uploads.acquire(peer, None, len, SLOT_WAIT).await else {
         return refuse(send, (RejectReason::Busy, "upload slots busy; try later".into())).await;
     };
     let path = offline.ctx().part_path(id);
@@ -240,7 +258,7 @@ async fn task_piece(
         }
     };
     write_frame_within(&mut send, &Response::Piece { len: data.len() as u32 }, WRITE_STALL).await?;
-    node.upload.acquire(data.len() as u64).await;
+    parts.limit.acquire(data.len() as u64).await;
     write_within(&mut send, data, WRITE_STALL).await?;
     slot.sent();
     finish_within(&mut send, DRAIN_DEADLINE).await

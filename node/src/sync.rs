@@ -1,0 +1,72 @@
+//! Keeping a directory in step with the user's space (`shoal daemon --sync-dir DIR`): what an
+//! offline task (from any of the user's devices) made permanent on storage appears in DIR,
+//! fetched and verified like `shoal get`, without a command.
+//!
+//! Every [`SYNC_EVERY`] the daemon lists the space on its storage node and fetches, one at a
+//! time, each permanent entry whose name is not in DIR yet (a fetch writes a partial file
+//! beside the output and renames it into place once every piece is verified, so DIR never
+//! holds half a file). A name already in DIR is left alone, whatever it holds. Failures are
+//! logged and tried again at the next round. Removing an entry from the space does not
+//! delete the file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_core::{ContentId, Ticket};
+use shoal_wire::offline::EntryState;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::fetch::{fetch, FetchRequest};
+use crate::node::Node;
+use crate::offline::client::Storage;
+
+/// How often the space is listed.
+pub const SYNC_EVERY: Duration = Duration::from_secs(5);
+
+/// Syncs `dir` with the user's space until the process ends. Cancel-safe.
+pub(crate) async fn run(node: Arc<Node>, dir: PathBuf) {
+    let mut tick = tokio::time::interval(SYNC_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = round(&node, &dir).await {
+            debug!(error = %format!("{e:#}"), "space sync round failed; trying again");
+        }
+    }
+}
+
+/// One round: list the space, fetch what DIR lacks.
+async fn round(node: &Arc<Node>, dir: &Path) -> anyhow::Result<()> {
+    let storage = Storage::connect(&node.pusher, None).await?;
+    let entries = storage.space().await;
+    storage.close();
+    let wanted: Vec<(String, ContentId)> = entries?
+        .into_iter()
+        .filter(|e| e.state == EntryState::Permanent)
+        .filter_map(|e| Some((e.name, e.content?)))
+        .filter(|(name, _)| dir.join(name).symlink_metadata().is_err())
+        .collect();
+    for (name, content) in wanted {
+        let output = dir.join(&name);
+        let ticket = Ticket {
+            content,
+            peers: vec![storage.addr],
+            tracker: node.trackers.default_addr().map(str::to_string),
+            tracker_id: None,
+        };
+        let req =
+            FetchRequest { ticket, extra_peers: Vec::new(), output, limit: None, tracker: None };
+        let (progress, _) = watch::channel(Default::default());
+        match fetch(node.clone(), req, progress).await {
+            Ok(r) => {
+                info!(name = %shoal_core::manifest::escape_name(&name), bytes = r.size, "synced from the space")
+            }
+            Err(e) => {
+                warn!(name = %shoal_core::manifest::escape_name(&name), error = %format!("{e:#}"), "cannot sync an entry; trying again later")
+            }
+        }
+    }
+    Ok(())
+}
