@@ -637,3 +637,55 @@ fn a_device_with_a_sync_dir_receives_what_another_device_fetched_into_the_space(
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }
+
+#[test]
+fn two_devices_following_one_task_take_pieces_from_each_other() {
+    let root = tempfile::tempdir().unwrap();
+    let www = root.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    // 32 MiB (512 pieces) at 4 MiB/s per connection: both devices follow for seconds.
+    let data = write_file(&www.join("shared.bin"), 32 << 20, 41);
+    let Some(nginx) = Nginx::start_with(&www, "limit_rate 4m;") else { return };
+    let (laptop, phone) = (root.path().join("laptop"), root.path().join("phone"));
+    std::fs::create_dir_all(&laptop).unwrap();
+    let mut c = shoal(&laptop);
+    c.args(["user", "new"]);
+    ok(c);
+    let (tracker, _storage) = cluster(root.path(), &[&laptop], &["--offline-allow-private"]);
+    let t = tracker.addr.to_string();
+    let mut c = shoal(&phone);
+    c.args(["user", "--json"]);
+    let phone_id = json_of(c)["node_id"].as_str().unwrap().to_string();
+    let mut c = shoal(&laptop);
+    c.args(["user", "link", &phone_id]);
+    let cert = ok(c).trim().to_string();
+    let mut c = shoal(&phone);
+    c.args(["user", "use", &cert]);
+    ok(c);
+    let laptop_node = Daemon::start(&laptop, &["--tracker", &t]);
+    let phone_node = Daemon::start(&phone, &["--tracker", &t]);
+    let mut c = laptop_node.cmd();
+    c.args(["offline", "add", &nginx.url("shared.bin"), "--json"]);
+    let task = json_of(c)["task"].as_str().unwrap().to_string();
+    let follow = |d: &Daemon, out: &Path| {
+        let mut c = d.cmd();
+        c.args(["offline", "follow", &task, "--json", "-o"]).arg(out);
+        c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+    };
+    let (a, b) = (root.path().join("a.bin"), root.path().join("b.bin"));
+    let (fa, fb) = (follow(&laptop_node, &a), follow(&phone_node, &b));
+    for f in [fa, fb] {
+        let o = f.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(std::fs::read(&a).unwrap(), data);
+    assert_eq!(std::fs::read(&b).unwrap(), data);
+    let peer_bytes = |d: &Daemon| {
+        let mut c = d.cmd();
+        c.args(["status", "--json"]);
+        json_of(c)["offline_peer_bytes"].as_u64().unwrap()
+    };
+    let shared = peer_bytes(&laptop_node) + peer_bytes(&phone_node);
+    assert!(shared > 0, "the devices served each other nothing");
+    eprintln!("followers served each other {shared} of {} bytes", data.len());
+}

@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use shoal_wire::tracker::{TrackerRequest, TrackerResponse, MAX_TRACKER_FRAME_LEN};
-use shoal_wire::offline::{OfflineReply, OfflineRequest};
+use shoal_wire::offline::{OfflineReply, OfflineRequest, PieceReply};
 use shoal_wire::{encode, Decoder, Frame, Message, Opening, Response};
 
 fn check<F: Frame + PartialEq + std::fmt::Debug>(data: &[u8], split: usize) {
@@ -40,4 +40,5 @@ fuzz_target!(|data: &[u8]| {
     check::<TrackerResponse>(data, split);
     check::<OfflineRequest>(data, split);
     check::<OfflineReply>(data, split);
+    check::<PieceReply>(data, split);
 });

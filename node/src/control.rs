@@ -122,6 +122,7 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<ControlHandle> {
         .route("/v1/push", post(push))
         .route("/v1/offline/add", post(offline::add))
         .route("/v1/offline/watch", post(offline::watch))
+        .route("/v1/offline/follow", post(offline::follow_existing))
         .route("/v1/offline/ls", get(offline::ls))
         .route("/v1/offline/cancel", post(offline::cancel))
         .route("/v1/space/ls", get(offline::space_ls))

@@ -56,6 +56,8 @@ pub struct Node {
     pub(crate) storage: Storage,
     /// A storage node's offline tasks.
     pub(crate) offline: Option<Arc<crate::offline::Offline>>,
+    /// The offline tasks this node follows, whose pieces it serves to the user's devices.
+    pub(crate) follows: Arc<crate::offline::follows::Follows>,
     pub(crate) upload: RateLimiter,
     pub(crate) download: RateLimiter,
     /// Testing only: the share of uploaded pieces to corrupt.
@@ -155,6 +157,7 @@ impl Node {
             pusher,
             storage,
             offline,
+            follows: Arc::default(),
             upload,
             download: RateLimiter::new(config.download_limit.map(|r| r.0)),
             corrupt: config.danger_corrupt_uploads,
@@ -240,6 +243,7 @@ impl Node {
                 .offline
                 .as_ref()
                 .map_or(0, |o| o.ctx().origin_bytes.load(Ordering::Relaxed)),
+            offline_peer_bytes: self.follows.1.load(Ordering::Relaxed),
             role: if storage { "storage" } else { "node" }.into(),
             contents,
         }

@@ -32,6 +32,7 @@ use crate::net::Net;
 mod assist;
 pub(crate) mod client;
 mod ctx;
+pub(crate) mod follows;
 mod run;
 mod segments;
 pub(crate) mod serve;

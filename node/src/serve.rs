@@ -126,8 +126,10 @@ async fn handle_stream(
         Opening::Offline(req) => {
             let parts = crate::offline::serve::Parts {
                 offline: node.offline.as_deref(),
+                follows: &node.follows,
                 uploads: &node.uploads,
                 limit: &node.upload,
+                remote: conn.remote_address(),
             };
             crate::offline::serve::serve_offline(parts, peer, send, recv, req).await
         }

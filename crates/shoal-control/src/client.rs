@@ -9,7 +9,8 @@ use serde::de::DeserializeOwned;
 use crate::api::{AddBody, AddReply, ControlInfo, GetBody, LsEntry, PushBody, PushReport};
 use crate::fetch::{FetchReport, Progress};
 use crate::offline::{
-    FollowReport, OfflineAddBody, OfflineAddReply, SpaceReply, SpaceRmBody, TaskBody, TaskStatus,
+    FollowBody, FollowReport, OfflineAddBody, OfflineAddReply, SpaceReply, SpaceRmBody, TaskBody,
+    TaskStatus,
 };
 use crate::status::Status;
 use crate::CONTROL_FILE;
@@ -230,6 +231,20 @@ impl Client {
         };
         let resp =
             self.request("POST", "/v1/offline/add").send_json(serde_json::to_value(body)?)?;
+        self.lines(resp, on_event, |_| None)
+    }
+
+    /// Follows a task already added into `output` (absolute), passing each event to
+    /// `on_event` (`POST /v1/offline/follow`).
+    pub fn offline_follow_task(
+        &self,
+        task: &str,
+        output: &Path,
+        on_event: impl FnMut(&serde_json::Value),
+    ) -> Result<FollowReport, Error> {
+        let body = FollowBody { task: task.into(), output: output.to_path_buf() };
+        let resp =
+            self.request("POST", "/v1/offline/follow").send_json(serde_json::to_value(body)?)?;
         self.lines(resp, on_event, |_| None)
     }
 

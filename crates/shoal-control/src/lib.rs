@@ -13,6 +13,7 @@
 //! | `POST /v1/get` | [`GetBody`] | NDJSON: `{"progress": `[`Progress`]`}` lines, then `{"done": `[`FetchReport`]`}` or `{"error": ".."}` |
 //! | `POST /v1/push` | [`PushBody`] | [`PushReport`] |
 //! | `POST /v1/offline/add` | [`OfflineAddBody`] | [`OfflineAddReply`]; with `follow`, NDJSON: event lines (see [`offline`]), then `{"done": `[`FollowReport`]`}` or `{"error": ".."}` |
+//! | `POST /v1/offline/follow` | [`FollowBody`] | NDJSON like a followed add |
 //! | `POST /v1/offline/watch` | [`TaskBody`] | NDJSON event lines until `done` or `failed` |
 //! | `GET /v1/offline/ls` | | `[`[`TaskStatus`]`]` |
 //! | `POST /v1/offline/cancel` | [`TaskBody`] | `{}` |
@@ -44,8 +45,8 @@ pub use api::{
 pub use client::{Client, Source};
 pub use fetch::{FetchReport, PeerReport, Progress};
 pub use offline::{
-    FollowReport, OfflineAddBody, OfflineAddReply, SpaceEntry, SpaceReply, SpaceRmBody, TaskBody,
-    TaskStatus,
+    FollowBody, FollowReport, OfflineAddBody, OfflineAddReply, SpaceEntry, SpaceReply, SpaceRmBody,
+    TaskBody, TaskStatus,
 };
 pub use status::{ContentStatus, Status};
 pub use units::{human_bytes, ParseRateError, Rate};

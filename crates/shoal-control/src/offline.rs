@@ -45,6 +45,15 @@ pub struct TaskBody {
     pub task: String,
 }
 
+/// `POST /v1/offline/follow`: a task already added, followed into a file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FollowBody {
+    /// The task id.
+    pub task: String,
+    /// Absolute output path.
+    pub output: PathBuf,
+}
+
 /// One task, as `shoal offline ls --json` prints it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskStatus {

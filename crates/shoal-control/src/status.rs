@@ -48,6 +48,9 @@ pub struct Status {
     /// Bytes a storage node fetched from origins for offline tasks (its own and assists).
     #[serde(default)]
     pub offline_origin_bytes: u64,
+    /// Bytes this node sent to the user's other devices following the same offline task.
+    #[serde(default)]
+    pub offline_peer_bytes: u64,
     /// `node` or `storage`.
     #[serde(default)]
     pub role: String,

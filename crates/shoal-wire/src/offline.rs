@@ -11,7 +11,7 @@
 //! | `0x33` | [`OfflineRequest::Cancel`] | cert?, task 16 |
 //! | `0x34` | [`OfflineRequest::Space`] | cert? |
 //! | `0x35` | [`OfflineRequest::SpaceRemove`] | cert?, name str16 |
-//! | `0x36` | [`OfflineRequest::Piece`] | cert?, task 16, piece u32; answered by a peer [`crate::Response::Piece`] and its bytes |
+//! | `0x36` | [`OfflineRequest::Piece`] | cert?, task 16, piece u32, direct u8; answered by a peer [`crate::Response::Piece`] and its bytes, or [`OfflineReply::Elsewhere`] |
 //! | `0x37` | [`OfflineRequest::Assist`] | cert? (unused: 0), task 16, size u64, url str16, etag? (flag u8, str16 ≤ 256), last-modified? (flag u8, str16 ≤ 256), segment count u32, bits |
 //! | `0x40` | [`OfflineReply::Accepted`] | task 16, instant u8 |
 //! | `0x41` | [`TaskEvent::Accepted`] | size u64 |
@@ -23,6 +23,7 @@
 //! | `0x47` | [`OfflineReply::Tasks`] | count u16 (≤ [`MAX_LISTED`]), then per task: task 16, state u8, bytes u64, size u64, content? (flag u8, id), url str16, name str16 |
 //! | `0x48` | [`OfflineReply::Entries`] | count u16 (≤ [`MAX_LISTED`]), then per entry: state u8, size u64, time ms u64, content? (flag u8, id), name str16 |
 //! | `0x49` | [`OfflineReply::Done`] | |
+//! | `0x4a` | [`OfflineReply::Elsewhere`] | node key 32, address (as in tickets) |
 //! | `0x22` | [`OfflineReply::Reject`] | reason u8, text |
 //!
 //! `cert?` is a flag byte (0 or 1) and, with 1, the [`DeviceCert`] of the user the sending node
@@ -117,6 +118,9 @@ pub enum OfflineRequest {
         task: TaskId,
         /// the piece
         piece: PieceIndex,
+        /// from storage itself: never [`OfflineReply::Elsewhere`] (a follower sent elsewhere
+        /// that could not get it there asks again with this)
+        direct: bool,
     },
 }
 
@@ -235,6 +239,13 @@ pub enum OfflineReply {
     Entries(Vec<SpaceEntry>),
     /// Done (a cancel or a removal).
     Done,
+    /// Take this piece from another follower of the task, which has it.
+    Elsewhere {
+        /// the follower
+        node: shoal_core::NodeId,
+        /// where storage sees it
+        addr: std::net::SocketAddr,
+    },
     /// Refused.
     Reject {
         /// why
@@ -350,11 +361,12 @@ impl Frame for OfflineRequest {
                 out.extend_from_slice(&segments.len().to_be_bytes());
                 out.extend_from_slice(segments.as_bytes());
             }
-            Self::Piece { cert, task, piece } => {
+            Self::Piece { cert, task, piece, direct } => {
                 out.push(0x36);
                 put_cert(out, cert.as_ref());
                 out.extend_from_slice(&task.0);
                 out.extend_from_slice(&piece.0.to_be_bytes());
+                out.push(u8::from(*direct));
             }
         }
     }
@@ -376,7 +388,16 @@ impl Frame for OfflineRequest {
             0x33 => Self::Cancel { cert, task: TaskId(r.array()?) },
             0x34 => Self::Space { cert },
             0x35 => Self::SpaceRemove { cert, name: read_str(&mut r, manifest::MAX_NAME_LEN)? },
-            0x36 => Self::Piece { cert, task: TaskId(r.array()?), piece: PieceIndex(r.u32()?) },
+            0x36 => {
+                let task = TaskId(r.array()?);
+                let piece = PieceIndex(r.u32()?);
+                let direct = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(r.malformed("bad direct flag")),
+                };
+                Self::Piece { cert, task, piece, direct }
+            }
             _ => {
                 let task = TaskId(r.array()?);
                 let size = r.u64()?;
@@ -491,6 +512,11 @@ impl Frame for OfflineReply {
                 }
             }
             Self::Done => out.push(0x49),
+            Self::Elsewhere { node, addr } => {
+                out.push(0x4a);
+                out.extend_from_slice(node.public_key_bytes());
+                shoal_core::ticket::encode_addr(out, *addr);
+            }
             Self::Reject { reason, text } => {
                 out.push(0x22);
                 out.push(reason.code());
@@ -569,6 +595,21 @@ impl Frame for OfflineReply {
                 Self::Entries(entries)
             }
             0x49 => Self::Done,
+            0x4a => {
+                let key = r.array()?;
+                let node = shoal_core::NodeId::from_public_key_bytes(key)
+                    .map_err(|_| r.malformed("node key is not an ed25519 key"))?;
+                let raw = r.rest();
+                let family = *raw.first().ok_or_else(|| r.malformed("no address"))?;
+                let len = shoal_core::ticket::encoded_addr_len(family)
+                    .ok_or_else(|| r.malformed("bad address family"))?;
+                if raw.len() != len {
+                    return Err(r.malformed("address of the wrong length"));
+                }
+                let addr = shoal_core::ticket::decode_addr(raw)
+                    .ok_or_else(|| r.malformed("bad address"))?;
+                Self::Elsewhere { node, addr }
+            }
             0x22 => {
                 let reason = RejectReason::from_code(r.u8()?);
                 Self::Reject { reason, text: read_text(&mut r)? }
@@ -577,6 +618,42 @@ impl Frame for OfflineReply {
         };
         r.finish()?;
         Ok(reply)
+    }
+}
+
+/// The answer to an [`OfflineRequest::Piece`]: the piece's header (its bytes follow), a
+/// refusal, or where else to take it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PieceReply {
+    /// A peer protocol answer: [`crate::Response::Piece`] (bytes follow) or a reject.
+    Response(crate::Response),
+    /// Take it from another follower.
+    Elsewhere {
+        /// the follower
+        node: shoal_core::NodeId,
+        /// where storage sees it
+        addr: std::net::SocketAddr,
+    },
+}
+
+impl Frame for PieceReply {
+    fn encode_body(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Response(r) => r.encode_body(out),
+            Self::Elsewhere { node, addr } => {
+                OfflineReply::Elsewhere { node: *node, addr: *addr }.encode_body(out)
+            }
+        }
+    }
+
+    fn decode_body(ty: u8, body: &[u8]) -> Result<Self, DecodeError> {
+        match ty {
+            0x4a => match OfflineReply::decode_body(ty, body)? {
+                OfflineReply::Elsewhere { node, addr } => Ok(Self::Elsewhere { node, addr }),
+                _ => Err(DecodeError::UnknownType(ty)),
+            },
+            _ => crate::Response::decode_body(ty, body).map(Self::Response),
+        }
     }
 }
 

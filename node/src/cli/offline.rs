@@ -32,6 +32,19 @@ pub(crate) enum OfflineAction {
         #[arg(long, env = "SHOAL_JSON")]
         json: bool,
     },
+    /// Follow a task already added (on this device or another of yours): fetch its segments
+    /// as storage gets them, into --output, until the whole file is verified there. Devices
+    /// following the same task take pieces from each other.
+    Follow {
+        /// The task id.
+        task: String,
+        /// Where to put the file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Print JSON.
+        #[arg(long, env = "SHOAL_JSON")]
+        json: bool,
+    },
     /// List your offline tasks, newest first.
     Ls {
         /// Print JSON.
@@ -138,6 +151,19 @@ pub(crate) fn offline(data_dir: &Path, action: OfflineAction) -> anyhow::Result<
                 if r.instant {
                     eprintln!("storage had it already: done");
                 }
+            }
+        }
+        OfflineAction::Follow { task, output, json } => {
+            let output = super::checked_output(&output)?;
+            let report = c.offline_follow_task(&task, &output, |v| {
+                if !json {
+                    print_event(v, false);
+                }
+            })?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{} {}", report.content_id, output.display());
             }
         }
         OfflineAction::Ls { json } => {

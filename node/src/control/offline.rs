@@ -8,7 +8,8 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
 use shoal_control::offline::{
-    OfflineAddBody, OfflineAddReply, SpaceEntry, SpaceReply, SpaceRmBody, TaskBody, TaskStatus,
+    FollowBody, OfflineAddBody, OfflineAddReply, SpaceEntry, SpaceReply, SpaceRmBody, TaskBody,
+    TaskStatus,
 };
 use shoal_core::TaskId;
 use shoal_wire::offline::{EntryState, TaskEvent, TaskState};
@@ -88,7 +89,20 @@ pub(crate) async fn add(
             OfflineAddReply { task: task.to_string(), instant, storage: storage.addr.to_string() };
         return Ok(axum::response::IntoResponse::into_response(Json(reply)));
     };
+    Ok(follow_task(&api, storage, task, instant, started, output))
+}
+
+/// Streams a follow of `task` into `output` as NDJSON: events, then the report or the error.
+fn follow_task(
+    api: &Api,
+    storage: Storage,
+    task: TaskId,
+    instant: bool,
+    started: Instant,
+    output: std::path::PathBuf,
+) -> Response {
     let (tx, rx) = mpsc::channel(64);
+    let node = api.node.clone();
     tokio::spawn(async move {
         let events = tx.clone();
         let on_event = move |ev: &TaskEvent| {
@@ -97,7 +111,7 @@ pub(crate) async fn add(
                 let _ = events.try_send(line(v));
             }
         };
-        let r = follow(&storage, task, instant, started, &output, on_event).await;
+        let r = follow(&storage, &node.follows, task, instant, started, &output, on_event).await;
         storage.close();
         let v = match r {
             Ok(report) => serde_json::json!({ "done": report }),
@@ -105,7 +119,21 @@ pub(crate) async fn add(
         };
         let _ = tx.send(line(v)).await;
     });
-    ndjson(rx)
+    ndjson(rx).unwrap_or_else(axum::response::IntoResponse::into_response)
+}
+
+/// `POST /v1/offline/follow`: follows a task already added (from this device or another of
+/// the user's) into a file, as NDJSON like a followed add.
+pub(crate) async fn follow_existing(
+    State(api): State<Api>,
+    Json(body): Json<FollowBody>,
+) -> Result<Response, ApiError> {
+    let task = task_id(&body.task)?;
+    if !body.output.is_absolute() {
+        return Err(bad_request("the output path must be absolute"));
+    }
+    let storage = storage(&api).await?;
+    Ok(follow_task(&api, storage, task, false, Instant::now(), body.output))
 }
 
 /// `POST /v1/offline/watch`: the task's events as NDJSON until it ends.

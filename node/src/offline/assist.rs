@@ -210,8 +210,11 @@ async fn pull(
     len: u64,
 ) -> anyhow::Result<Vec<u8>> {
     let (mut send, mut recv) = conn.open_bi().await?;
-    write_frame(&mut send, &OfflineRequest::Piece { cert: None, task, piece: PieceIndex(piece) })
-        .await?;
+    write_frame(
+        &mut send,
+        &OfflineRequest::Piece { cert: None, task, piece: PieceIndex(piece), direct: true },
+    )
+    .await?;
     send.finish()?;
     let mut dec = Decoder::new();
     let data = super::client::read_raw(&mut recv, &mut dec, len)

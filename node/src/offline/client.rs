@@ -4,19 +4,23 @@
 //! storage-signed hash, and at the end checks that the content's manifest lists exactly the
 //! hashes storage signed before it renames the file into place.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context};
 use quinn::Connection;
 use shoal_core::offline::SegmentProof;
 use shoal_core::{ContentId, Manifest, NodeId, PeerAddr, PieceHash, PieceIndex, TaskId};
-use shoal_wire::offline::{OfflineReply, OfflineRequest, TaskEvent, MAX_REPLY_LEN};
+use shoal_wire::offline::{OfflineReply, OfflineRequest, PieceReply, TaskEvent, MAX_REPLY_LEN};
 use shoal_wire::{Decoder, Request, Response};
 use tokio::task::JoinSet;
+use tracing::debug;
 
+use super::follows::{Followed, Follows};
 use crate::io::{read_frame, write_frame};
 use crate::push::Pusher;
 
@@ -24,13 +28,21 @@ use crate::push::Pusher;
 const FOLLOW_STREAMS: usize = 8;
 
 /// A connection to the storage node that runs this user's tasks.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Storage {
     conn: Connection,
     node: NodeId,
     pub(crate) addr: PeerAddr,
     cert: Option<shoal_core::DeviceCert>,
+    net: Arc<crate::net::Net>,
+    /// Connections to other followers of a task, by node (at most [`MAX_PEERS`]).
+    peers: Arc<tokio::sync::Mutex<HashMap<NodeId, Connection>>>,
 }
+
+/// How long a piece from another follower may take before storage is asked instead.
+const PEER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+/// Other followers a follower keeps connections to, at most.
+const MAX_PEERS: usize = 16;
 
 impl Storage {
     /// Connects to the storage node the tracker names (or `addr`).
@@ -46,7 +58,8 @@ impl Storage {
             .await
             .with_context(|| format!("cannot reach storage at {}", addr.addr))?;
         let cert = crate::push::device_cert(p)?;
-        Ok(Self { conn, node, addr: PeerAddr { node_id: Some(node), addr: addr.addr }, cert })
+        let addr = PeerAddr { node_id: Some(node), addr: addr.addr };
+        Ok(Self { conn, node, addr, cert, net: p.net.clone(), peers: Arc::default() })
     }
 
     /// One request, one reply.
@@ -149,7 +162,9 @@ impl Storage {
         }
     }
 
-    /// One piece: of the running task (`content` none) or of the finished content.
+    /// One piece: of the running task (`content` none) or of the finished content. Storage may
+    /// point to another follower that has it: that one is asked, and storage again (directly)
+    /// if it fails. The caller checks the bytes.
     async fn piece(
         &self,
         task: TaskId,
@@ -157,17 +172,98 @@ impl Storage {
         piece: PieceIndex,
         len: u64,
     ) -> anyhow::Result<Vec<u8>> {
+        let Some(content) = content else {
+            return match self.task_piece(&self.conn, task, piece, len, false).await? {
+                Ok(data) => Ok(data),
+                Err(elsewhere) => {
+                    match self.of_peer(elsewhere, task, piece, len).await {
+                        Ok(data) => Ok(data),
+                        Err(e) => {
+                            debug!(%piece, error = %format!("{e:#}"), "another follower failed; asking storage");
+                            self.task_piece(&self.conn, task, piece, len, true).await?.map_err(|_| {
+                            anyhow!("storage pointed elsewhere for piece {piece} when asked directly")
+                        })
+                        }
+                    }
+                }
+            };
+        };
         let (mut send, mut recv) = self.conn.open_bi().await?;
-        match content {
-            Some(content) => write_frame(&mut send, &Request::Piece { content, piece }).await?,
-            None => {
-                let req = OfflineRequest::Piece { cert: self.cert.clone(), task, piece };
-                write_frame(&mut send, &req).await?
-            }
-        }
+        write_frame(&mut send, &Request::Piece { content, piece }).await?;
         send.finish()?;
         let mut dec = Decoder::new();
         read_raw(&mut recv, &mut dec, len).await.with_context(|| format!("piece {piece}"))
+    }
+
+    /// A task piece from `conn` (storage, or another follower): its bytes, or where storage
+    /// points instead.
+    async fn task_piece(
+        &self,
+        conn: &Connection,
+        task: TaskId,
+        piece: PieceIndex,
+        len: u64,
+        direct: bool,
+    ) -> anyhow::Result<Result<Vec<u8>, (NodeId, std::net::SocketAddr)>> {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let req = OfflineRequest::Piece { cert: self.cert.clone(), task, piece, direct };
+        write_frame(&mut send, &req).await?;
+        send.finish()?;
+        let mut dec = Decoder::new();
+        let n = match read_frame::<PieceReply>(&mut recv, &mut dec).await? {
+            Some(PieceReply::Response(Response::Piece { len })) => u64::from(len),
+            Some(PieceReply::Elsewhere { node, addr }) => return Ok(Err((node, addr))),
+            Some(PieceReply::Response(Response::Reject { text, .. })) => {
+                bail!("refused piece {piece}: {}", shoal_core::manifest::escape_name(&text))
+            }
+            Some(other) => bail!("unexpected answer {other:?}"),
+            None => bail!("the stream closed without an answer"),
+        };
+        if n != len {
+            bail!("piece {piece} announced as {n} bytes, not {len}");
+        }
+        let mut buf = dec.take_rest().to_vec();
+        if buf.len() as u64 > len {
+            bail!("sent more than it announced");
+        }
+        let have = buf.len();
+        buf.resize(len as usize, 0);
+        recv.read_exact(&mut buf[have..]).await?;
+        Ok(Ok(buf))
+    }
+
+    /// A task piece from the follower storage pointed to.
+    async fn of_peer(
+        &self,
+        (node, addr): (NodeId, std::net::SocketAddr),
+        task: TaskId,
+        piece: PieceIndex,
+        len: u64,
+    ) -> anyhow::Result<Vec<u8>> {
+        if node == self.net.node_id() {
+            bail!("storage pointed to this node");
+        }
+        let conn = {
+            let mut peers = self.peers.lock().await;
+            match peers.get(&node).filter(|c| c.close_reason().is_none()) {
+                Some(c) => c.clone(),
+                None => {
+                    let peer = PeerAddr { node_id: Some(node), addr };
+                    let (c, _) = self.net.endpoint.connect(&peer, shoal_wire::ALPN).await?;
+                    if peers.len() >= MAX_PEERS {
+                        peers.clear();
+                    }
+                    peers.insert(node, c.clone());
+                    c
+                }
+            }
+        };
+        let got =
+            tokio::time::timeout(PEER_DEADLINE, self.task_piece(&conn, task, piece, len, true));
+        match got.await.map_err(|_| anyhow!("the other follower took too long"))?? {
+            Ok(data) => Ok(data),
+            Err(_) => bail!("the other follower pointed elsewhere"),
+        }
     }
 
     /// The manifest of a content, checked against its id.
@@ -186,6 +282,11 @@ impl Storage {
 
     pub(crate) fn close(&self) {
         self.conn.close(0u32.into(), b"done");
+        if let Ok(peers) = self.peers.try_lock() {
+            for c in peers.values() {
+                c.close(0u32.into(), b"done");
+            }
+        }
     }
 }
 
@@ -256,19 +357,24 @@ struct Pieces {
     piece: u64,
     proven: Vec<Option<PieceHash>>,
     have: Vec<bool>,
+    /// What the user's other followers may take from here.
+    shared: Option<Arc<Followed>>,
 }
 
 impl Pieces {
     fn new(size: u64) -> Self {
         let piece = 1u64 << shoal_core::piece::piece_log2_for(size);
         let n = shoal_core::offline::resource_pieces(size) as usize;
-        Self { size, piece, proven: vec![None; n], have: vec![false; n] }
+        Self { size, piece, proven: vec![None; n], have: vec![false; n], shared: None }
     }
 
     /// Marks piece `p` held if `hash` is the one proven for it now.
     fn mark(&mut self, p: u32, hash: PieceHash) {
         if self.proven.get(p as usize) == Some(&Some(hash)) {
             self.have[p as usize] = true;
+            if let Some(f) = &self.shared {
+                f.hold(p, hash);
+            }
         }
     }
 
@@ -282,6 +388,7 @@ impl Pieces {
 /// file is removed and nothing is left at `output`.
 pub(crate) async fn follow(
     storage: &Storage,
+    follows: &Follows,
     task: TaskId,
     instant: bool,
     started: Instant,
@@ -289,22 +396,31 @@ pub(crate) async fn follow(
     mut on_event: impl FnMut(&TaskEvent),
 ) -> anyhow::Result<FollowReport> {
     let part = part_path(output, task);
-    let result = follow_into(storage, task, instant, started, output, &part, &mut on_event).await;
+    let at = Following { follows, task, part: &part };
+    let result = follow_into(storage, &at, instant, started, output, &mut on_event).await;
+    follows.forget(task);
     if result.is_err() {
         let _ = std::fs::remove_file(&part);
     }
     result
 }
 
+/// Where a follow writes, and where it says what it holds (for the user's other followers).
+struct Following<'a> {
+    follows: &'a Follows,
+    task: TaskId,
+    part: &'a Path,
+}
+
 async fn follow_into(
     storage: &Storage,
-    task: TaskId,
+    at: &Following<'_>,
     instant: bool,
     started: Instant,
     output: &Path,
-    part: &Path,
     on_event: &mut impl FnMut(&TaskEvent),
 ) -> anyhow::Result<FollowReport> {
+    let (task, part) = (at.task, at.part);
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -340,7 +456,8 @@ async fn follow_into(
                         fetching.abort_all();
                         queue.clear();
                         file.set_len(size)?;
-                        pieces = Some(Pieces::new(size));
+                        let shared = at.follows.start(task, part.to_path_buf(), size);
+                        pieces = Some(Pieces { shared: Some(shared), ..Pieces::new(size) });
                     }
                     TaskEvent::Segment(proof) => {
                         let ps = pieces.as_mut().ok_or_else(|| anyhow!("storage proved a segment before the task's size"))?;
@@ -360,6 +477,9 @@ async fn follow_into(
                                 }
                             }
                         }
+                        // Followers of one task take its pieces in different orders, so that
+                        // storage can point each to another that has a piece already.
+                        fastrand::shuffle(&mut queue);
                     }
                     TaskEvent::Restarted { .. } => {
                         // Every earlier segment is void: a new Accepted follows.
@@ -496,12 +616,7 @@ fn spawn_piece(
     let hash = ps.proven[p as usize].ok_or_else(|| anyhow!("piece {p} has no proven hash"))?;
     let range = ps.range(p);
     let file = file.try_clone()?;
-    let conn = Storage {
-        conn: storage.conn.clone(),
-        node: storage.node,
-        addr: storage.addr,
-        cert: storage.cert.clone(),
-    };
+    let conn = storage.clone();
     set.spawn(async move {
         let data = conn.piece(task, content, PieceIndex(p), range.end - range.start).await?;
         if data.len() as u64 != range.end - range.start || PieceHash::of(&data) != hash {

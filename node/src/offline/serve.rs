@@ -26,10 +26,18 @@ use crate::upload::Uploads;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Parts<'a> {
     pub(crate) offline: Option<&'a Offline>,
+    pub(crate) follows: &'a super::follows::Follows,
+    /// The address the request came from (where a watching follower is pointed to).
+    pub(crate) remote: std::net::SocketAddr,
     pub(crate) uploads: &'a std::sync::Arc<Uploads>,
     pub(crate) limit: &'a shoal_net::RateLimiter,
 }
 
+/// Followers of one task storage points others to, at most.
+const MAX_WATCHERS: usize = 16;
+/// How long after storage sent a piece to one follower it points others there (before, the
+/// first may not have it verified yet).
+const POINT_AFTER: Duration = Duration::from_millis(200);
 /// How often a watch sends progress while nothing else happens.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
@@ -70,6 +78,20 @@ pub(crate) async fn serve_offline(
 ) -> anyhow::Result<()> {
     let Some(offline) = parts.offline else {
         let _ = recv.stop(VarInt::from_u32(0));
+        // A device following a task serves the user's other followers.
+        if let OfflineRequest::Piece { task, piece, .. } = &req {
+            let served = super::follows::serve_piece(
+                parts.uploads,
+                parts.follows,
+                peer,
+                *task,
+                *piece,
+                &mut send,
+            );
+            if let Some(r) = served.await {
+                return r;
+            }
+        }
         let text = "this node is not a storage node: offline tasks go to storage";
         return refuse(send, (RejectReason::BadRequest, text.into())).await;
     };
@@ -112,7 +134,9 @@ pub(crate) async fn serve_offline(
             Ok((task, instant)) => OfflineReply::Accepted { task, instant },
             Err(r) => return refuse(send, r).await,
         },
-        OfflineRequest::Watch { task, .. } => return watch(offline, user, task, send).await,
+        OfflineRequest::Watch { task, .. } => {
+            return watch(offline, user, task, (peer, parts.remote), send).await
+        }
         OfflineRequest::List { .. } => OfflineReply::Tasks(offline.list(user)),
         OfflineRequest::Cancel { task, .. } => match offline.cancel(user, task) {
             Ok(()) => OfflineReply::Done,
@@ -145,8 +169,8 @@ pub(crate) async fn serve_offline(
                 Err(e) => return refuse(send, (RejectReason::StorageError, e.to_string())).await,
             }
         }
-        OfflineRequest::Piece { task, piece, .. } => {
-            return task_piece(parts, offline, peer, user, task, piece, send).await
+        OfflineRequest::Piece { task, piece, direct, .. } => {
+            return task_piece(parts, offline, peer, user, (task, piece, direct), send).await
         }
         _ => return refuse(send, (RejectReason::BadRequest, "unknown request".into())).await,
     };
@@ -177,12 +201,27 @@ async fn watch(
     offline: &Offline,
     user: UserId,
     id: TaskId,
+    (peer, at): (NodeId, std::net::SocketAddr),
     mut send: SendStream,
 ) -> anyhow::Result<()> {
     let task = match offline.task(user, id) {
         Ok(t) => t,
         Err(r) => return refuse(send, r).await,
     };
+    // A watcher is a follower others may be pointed to, for as long as it watches.
+    struct Watching<'a>(&'a super::Task, NodeId);
+    impl Drop for Watching<'_> {
+        fn drop(&mut self) {
+            self.0.watchers.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
+        }
+    }
+    {
+        let mut w = task.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if w.len() < MAX_WATCHERS || w.contains_key(&peer) {
+            w.insert(peer, at);
+        }
+    }
+    let _watching = Watching(&task, peer);
     let mut changed = task.subscribe();
     let mut seen = 0;
     let mut last_progress = None;
@@ -212,14 +251,27 @@ async fn task_piece(
     offline: &Offline,
     peer: NodeId,
     user: UserId,
-    id: TaskId,
-    piece: PieceIndex,
+    (id, piece, direct): (TaskId, PieceIndex, bool),
     mut send: SendStream,
 ) -> anyhow::Result<()> {
     let task = match offline.task(user, id) {
         Ok(t) => t,
         Err(r) => return refuse(send, r).await,
     };
+    // Sent to another follower a moment ago, which still watches: take it from there.
+    if !direct {
+        let first = task.served.lock().unwrap_or_else(|p| p.into_inner()).get(&piece.0).copied();
+        if let Some((node, when)) = first.filter(|(n, t)| *n != peer && t.elapsed() >= POINT_AFTER)
+        {
+            let at = task.watchers.lock().unwrap_or_else(|p| p.into_inner()).get(&node).copied();
+            if let Some(addr) = at {
+                let r = shoal_wire::offline::PieceReply::Elsewhere { node, addr };
+                let _ = when;
+                write_frame_within(&mut send, &r, WRITE_STALL).await?;
+                return finish_within(&mut send, DRAIN_DEADLINE).await;
+            }
+        }
+    }
     let found = {
         let s = task.lock();
         s.record.resource.as_ref().map(|res| {
@@ -261,5 +313,10 @@ async fn task_piece(
     parts.limit.acquire(data.len() as u64).await;
     write_within(&mut send, data, WRITE_STALL).await?;
     slot.sent();
+    task.served
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(piece.0)
+        .or_insert((peer, std::time::Instant::now()));
     finish_within(&mut send, DRAIN_DEADLINE).await
 }

@@ -6,11 +6,14 @@
 //! log is bounded by the segment count times (1 + restarts). Watchers learn of changes through
 //! a `watch` channel carrying the log's length, which never blocks the runner.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use shoal_cloud::origin::Resource;
-use shoal_core::{ContentId, PieceHash, TaskId, UserId};
+use shoal_core::{ContentId, NodeId, PieceHash, TaskId, UserId};
 use shoal_wire::offline::{TaskEvent, TaskInfo, TaskState};
 use tokio::sync::watch;
 
@@ -51,6 +54,12 @@ pub(crate) struct Task {
     changed: watch::Sender<u64>,
     /// Set to true to cancel.
     pub(crate) cancel: watch::Sender<bool>,
+    /// Nodes watching the task now (the user's devices following it), with the address storage
+    /// sees them at. Held only for access.
+    pub(crate) watchers: Mutex<HashMap<NodeId, SocketAddr>>,
+    /// The first follower each piece was sent to, and when: later followers are pointed there.
+    /// Held only for access; at most one entry per piece.
+    pub(crate) served: Mutex<HashMap<u32, (NodeId, Instant)>>,
 }
 
 /// A task's mutable state.
@@ -86,6 +95,8 @@ impl Task {
             state: Mutex::new(State { record, log, bytes: 0, inflight: 0 }),
             changed: watch::channel(0).0,
             cancel: watch::channel(false).0,
+            watchers: Mutex::default(),
+            served: Mutex::default(),
         })
     }
 

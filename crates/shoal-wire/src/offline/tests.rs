@@ -44,10 +44,8 @@ fn request() -> impl Strategy<Value = OfflineRequest> {
                 }
                 OfflineRequest::Assist { task, size, url, etag, last_modified, segments }
             }),
-        (cert(), task(), any::<u32>()).prop_map(|(cert, task, p)| OfflineRequest::Piece {
-            cert,
-            task,
-            piece: PieceIndex(p)
+        (cert(), task(), any::<u32>(), any::<bool>()).prop_map(|(cert, task, p, direct)| {
+            OfflineRequest::Piece { cert, task, piece: PieceIndex(p), direct }
         }),
     ]
 }
@@ -118,6 +116,10 @@ fn reply() -> impl Strategy<Value = OfflineReply> {
         proptest::collection::vec(task_info(), 0..40).prop_map(OfflineReply::Tasks),
         proptest::collection::vec(entry(), 0..40).prop_map(OfflineReply::Entries),
         Just(OfflineReply::Done),
+        (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| OfflineReply::Elsewhere {
+            node: node_id(),
+            addr: std::net::SocketAddr::from((ip, port)),
+        }),
         ((1u8..=255).prop_map(RejectReason::from_code), "[ -~]{0,200}")
             .prop_map(|(reason, text)| OfflineReply::Reject { reason, text }),
     ]
@@ -133,6 +135,16 @@ proptest! {
 
     #[test]
     fn reply_roundtrip(r in reply()) { roundtrip(&r, MAX_REPLY_LEN)?; }
+
+    #[test]
+    fn piece_reply_roundtrip(len in any::<u32>(), ip in any::<[u8; 16]>(), port in any::<u16>(), which in 0u8..3) {
+        let r = match which {
+            0 => PieceReply::Response(crate::Response::Piece { len: len % (64 << 20) }),
+            1 => PieceReply::Response(crate::Response::Reject { reason: RejectReason::NotFound, text: "x".into() }),
+            _ => PieceReply::Elsewhere { node: node_id(), addr: std::net::SocketAddr::from((ip, port)) },
+        };
+        roundtrip(&r, MAX_FRAME_LEN)?;
+    }
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {

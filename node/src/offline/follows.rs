@@ -1,0 +1,118 @@
+//! The tasks a device follows, and the pieces of each it holds: served to the user's other
+//! devices following the same task, so that storage sends each piece to one of them and the
+//! others take it from there (storage points them with `Elsewhere`).
+//!
+//! A piece leaves only once it was checked against storage's signed hash, and is checked
+//! again, read back from the file, before it is sent. Who may ask: anyone naming the task,
+//! whose id only storage hands out, to the user's own devices.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use quinn::SendStream;
+use shoal_core::{NodeId, PieceHash, PieceIndex, TaskId};
+use shoal_wire::{RejectReason, Response};
+
+use crate::io::WRITE_STALL;
+use crate::io::{finish_within, write_frame_within, write_within, DRAIN_DEADLINE, SLOT_WAIT};
+use crate::upload::Uploads;
+
+/// A followed task: its partial file and the pieces verified in it.
+#[derive(Debug)]
+pub(crate) struct Followed {
+    path: PathBuf,
+    size: u64,
+    piece: u64,
+    /// The hash of each piece held. Held only for access.
+    held: Mutex<Vec<Option<PieceHash>>>,
+}
+
+impl Followed {
+    /// Records that piece `p`, of hash `hash`, is in the file.
+    pub(crate) fn hold(&self, p: u32, hash: PieceHash) {
+        if let Some(slot) = self.held.lock().unwrap_or_else(|e| e.into_inner()).get_mut(p as usize)
+        {
+            *slot = Some(hash);
+        }
+    }
+}
+
+/// The tasks this node follows (held only for map access), and the bytes it served to the
+/// user's other followers.
+#[derive(Debug, Default)]
+pub(crate) struct Follows(Mutex<HashMap<TaskId, Arc<Followed>>>, pub(crate) AtomicU64);
+
+impl Follows {
+    /// Starts (or starts over) following `task` into `path`, of `size` bytes.
+    pub(crate) fn start(&self, task: TaskId, path: PathBuf, size: u64) -> Arc<Followed> {
+        let piece = 1u64 << shoal_core::piece::piece_log2_for(size);
+        let n = shoal_core::offline::resource_pieces(size) as usize;
+        let f = Arc::new(Followed { path, size, piece, held: Mutex::new(vec![None; n]) });
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(task, f.clone());
+        f
+    }
+
+    /// Stops following `task`.
+    pub(crate) fn forget(&self, task: TaskId) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&task);
+    }
+
+    fn get(&self, task: TaskId) -> Option<Arc<Followed>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&task).cloned()
+    }
+}
+
+/// Serves a piece of a followed task; `None` if this node follows no such task.
+pub(crate) async fn serve_piece(
+    uploads: &Arc<Uploads>,
+    follows: &Follows,
+    peer: NodeId,
+    task: TaskId,
+    piece: PieceIndex,
+    send: &mut SendStream,
+) -> Option<anyhow::Result<()>> {
+    let f = follows.get(task)?;
+    let hash =
+        f.held.lock().unwrap_or_else(|e| e.into_inner()).get(piece.0 as usize).copied().flatten();
+    Some(
+        async {
+            let reject =
+                |text: &str| Response::Reject { reason: RejectReason::NotFound, text: text.into() };
+            let Some(hash) = hash else {
+                write_frame_within(send, &reject("piece not held here yet"), WRITE_STALL).await?;
+                return finish_within(send, DRAIN_DEADLINE).await;
+            };
+            let start = u64::from(piece.0) * f.piece;
+            let len = f.piece.min(f.size - start);
+            let Ok(mut slot) = uploads.acquire(peer, None, len, SLOT_WAIT).await else {
+                let busy = Response::Reject { reason: RejectReason::Busy, text: "busy".into() };
+                write_frame_within(send, &busy, WRITE_STALL).await?;
+                return finish_within(send, DRAIN_DEADLINE).await;
+            };
+            let path = f.path.clone();
+            let data = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let file = std::fs::File::open(path)?;
+                let mut buf = vec![0u8; len as usize];
+                file.read_exact_at(&mut buf, start)?;
+                Ok::<_, std::io::Error>(buf)
+            })
+            .await??;
+            if PieceHash::of(&data) != hash {
+                write_frame_within(send, &reject("piece changed here"), WRITE_STALL).await?;
+                return finish_within(send, DRAIN_DEADLINE).await;
+            }
+            write_frame_within(send, &Response::Piece { len: data.len() as u32 }, WRITE_STALL)
+                .await?;
+            let n = data.len() as u64;
+            write_within(send, Bytes::from(data), WRITE_STALL).await?;
+            slot.sent();
+            follows.1.fetch_add(n, Ordering::Relaxed);
+            finish_within(send, DRAIN_DEADLINE).await
+        }
+        .await,
+    )
+}
