@@ -674,17 +674,55 @@ fn two_devices_following_one_task_take_pieces_from_each_other() {
     };
     let (a, b) = (root.path().join("a.bin"), root.path().join("b.bin"));
     let (fa, fb) = (follow(&laptop_node, &a), follow(&phone_node, &b));
+    // Once a device serves the other, it holds verified pieces: a stranger who learned the task
+    // id still gets none of them.
+    let peer_bytes = |d: &Daemon| {
+        let mut c = d.cmd();
+        c.args(["status", "--json"]);
+        json_of(c)["offline_peer_bytes"].as_u64().unwrap()
+    };
+    let server = wait_until("a device serving the other", || {
+        [&laptop_node, &phone_node].into_iter().find(|d| peer_bytes(d) > 0)
+    });
+    let target =
+        shoal_core::PeerAddr { node_id: Some(server.node_id.parse().unwrap()), addr: server.addr };
+    let task_id: shoal_core::TaskId = task.parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let id = shoal_net::Identity::generate();
+        let ep = shoal_net::Endpoint::bind(&id, "127.0.0.1:0".parse().unwrap(), &[]).unwrap();
+        let conn = ep.connect(&target, shoal_wire::ALPN).await.unwrap().0;
+        for p in 0..32 {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let req = shoal_wire::offline::OfflineRequest::Piece {
+                cert: None,
+                task: task_id,
+                piece: shoal_core::PieceIndex(p),
+                direct: true,
+            };
+            send.write_all(&shoal_wire::encode(&req)).await.unwrap();
+            let _ = send.finish();
+            let bytes = recv.read_to_end(1 << 20).await.unwrap();
+            let mut d = shoal_wire::Decoder::new();
+            d.feed(&bytes);
+            let reply = d.decode::<shoal_wire::offline::PieceReply>().unwrap();
+            assert!(
+                matches!(
+                    reply,
+                    Some(shoal_wire::offline::PieceReply::Response(
+                        shoal_wire::Response::Reject { .. }
+                    ))
+                ),
+                "a stranger got piece {p}: {reply:?}"
+            );
+        }
+    });
     for f in [fa, fb] {
         let o = f.wait_with_output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     assert_eq!(std::fs::read(&a).unwrap(), data);
     assert_eq!(std::fs::read(&b).unwrap(), data);
-    let peer_bytes = |d: &Daemon| {
-        let mut c = d.cmd();
-        c.args(["status", "--json"]);
-        json_of(c)["offline_peer_bytes"].as_u64().unwrap()
-    };
     let shared = peer_bytes(&laptop_node) + peer_bytes(&phone_node);
     assert!(shared > 0, "the devices served each other nothing");
     eprintln!("followers served each other {shared} of {} bytes", data.len());

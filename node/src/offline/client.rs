@@ -35,9 +35,21 @@ pub(crate) struct Storage {
     pub(crate) addr: PeerAddr,
     cert: Option<shoal_core::DeviceCert>,
     net: Arc<crate::net::Net>,
-    /// Connections to other followers of a task, by node (at most [`MAX_PEERS`]).
-    peers: Arc<tokio::sync::Mutex<HashMap<NodeId, Connection>>>,
+    /// Connections to other followers of a task, by node (at most [`MAX_PEERS`]). Held only
+    /// for map access.
+    peers: Arc<std::sync::Mutex<HashMap<NodeId, Peer>>>,
 }
+
+/// Another follower, as this one knows it.
+#[derive(Debug, Clone)]
+enum Peer {
+    Up(Connection),
+    /// Unreachable when last tried.
+    Failed(Instant),
+}
+
+/// How long an unreachable follower is left alone.
+const PEER_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long a piece from another follower may take before storage is asked instead.
 const PEER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -244,17 +256,42 @@ impl Storage {
             bail!("storage pointed to this node");
         }
         let conn = {
-            let mut peers = self.peers.lock().await;
-            match peers.get(&node).filter(|c| c.close_reason().is_none()) {
-                Some(c) => c.clone(),
-                None => {
-                    let peer = PeerAddr { node_id: Some(node), addr };
-                    let (c, _) = self.net.endpoint.connect(&peer, shoal_wire::ALPN).await?;
-                    if peers.len() >= MAX_PEERS {
-                        peers.clear();
+            let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            match peers.get(&node) {
+                Some(Peer::Up(c)) if c.close_reason().is_none() => Some(c.clone()),
+                // A node that could not be reached is not tried again for a while.
+                Some(Peer::Failed(at)) if at.elapsed() < PEER_RETRY => {
+                    bail!("the other follower was unreachable moments ago")
+                }
+                _ => None,
+            }
+        };
+        let conn = match conn {
+            Some(c) => c,
+            None => {
+                let peer = PeerAddr { node_id: Some(node), addr };
+                let dial = tokio::time::timeout(
+                    PEER_DEADLINE,
+                    self.net.endpoint.connect(&peer, shoal_wire::ALPN),
+                );
+                let dialed = match dial.await {
+                    Ok(Ok((c, _))) => Ok(c),
+                    Ok(Err(e)) => Err(anyhow!("cannot reach the other follower: {e}")),
+                    Err(_) => Err(anyhow!("the other follower did not answer in time")),
+                };
+                let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+                if peers.len() >= MAX_PEERS {
+                    peers.clear();
+                }
+                match dialed {
+                    Ok(c) => {
+                        peers.insert(node, Peer::Up(c.clone()));
+                        c
                     }
-                    peers.insert(node, c.clone());
-                    c
+                    Err(e) => {
+                        peers.insert(node, Peer::Failed(Instant::now()));
+                        return Err(e);
+                    }
                 }
             }
         };
@@ -282,8 +319,8 @@ impl Storage {
 
     pub(crate) fn close(&self) {
         self.conn.close(0u32.into(), b"done");
-        if let Ok(peers) = self.peers.try_lock() {
-            for c in peers.values() {
+        for p in self.peers.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            if let Peer::Up(c) = p {
                 c.close(0u32.into(), b"done");
             }
         }
@@ -396,9 +433,12 @@ pub(crate) async fn follow(
     mut on_event: impl FnMut(&TaskEvent),
 ) -> anyhow::Result<FollowReport> {
     let part = part_path(output, task);
-    let at = Following { follows, task, part: &part };
+    let user = storage.cert.as_ref().map_or(storage.net.node_id().into(), |c| c.user);
+    let at = Following { follows, task, part: &part, user, last: std::sync::Mutex::default() };
     let result = follow_into(storage, &at, instant, started, output, &mut on_event).await;
-    follows.forget(task);
+    if let Some(f) = at.last.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        follows.stop(task, &f);
+    }
     if result.is_err() {
         let _ = std::fs::remove_file(&part);
     }
@@ -410,6 +450,10 @@ struct Following<'a> {
     follows: &'a Follows,
     task: TaskId,
     part: &'a Path,
+    /// The user this device acts for: only its devices may take pieces from here.
+    user: shoal_core::UserId,
+    /// What this follow registered last (a restart registers anew).
+    last: std::sync::Mutex<Option<Arc<Followed>>>,
 }
 
 async fn follow_into(
@@ -456,7 +500,8 @@ async fn follow_into(
                         fetching.abort_all();
                         queue.clear();
                         file.set_len(size)?;
-                        let shared = at.follows.start(task, part.to_path_buf(), size);
+                        let shared = at.follows.start(task, at.user, part.to_path_buf(), size);
+                        *at.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(shared.clone());
                         pieces = Some(Pieces { shared: Some(shared), ..Pieces::new(size) });
                     }
                     TaskEvent::Segment(proof) => {

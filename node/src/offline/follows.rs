@@ -3,8 +3,8 @@
 //! others take it from there (storage points them with `Elsewhere`).
 //!
 //! A piece leaves only once it was checked against storage's signed hash, and is checked
-//! again, read back from the file, before it is sent. Who may ask: anyone naming the task,
-//! whose id only storage hands out, to the user's own devices.
+//! again, read back from the file, before it is sent. Who may ask: the user's own devices
+//! (the asker's node key, or a device certificate of the user that verifies for it).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use quinn::SendStream;
-use shoal_core::{NodeId, PieceHash, PieceIndex, TaskId};
+use shoal_core::{DeviceCert, NodeId, PieceHash, PieceIndex, TaskId, UserId};
+use shoal_net::RateLimiter;
 use shoal_wire::{RejectReason, Response};
 
 use crate::io::WRITE_STALL;
@@ -23,6 +24,8 @@ use crate::upload::Uploads;
 /// A followed task: its partial file and the pieces verified in it.
 #[derive(Debug)]
 pub(crate) struct Followed {
+    /// The user the following device acts for.
+    user: UserId,
     path: PathBuf,
     size: u64,
     piece: u64,
@@ -47,17 +50,27 @@ pub(crate) struct Follows(Mutex<HashMap<TaskId, Arc<Followed>>>, pub(crate) Atom
 
 impl Follows {
     /// Starts (or starts over) following `task` into `path`, of `size` bytes.
-    pub(crate) fn start(&self, task: TaskId, path: PathBuf, size: u64) -> Arc<Followed> {
+    pub(crate) fn start(
+        &self,
+        task: TaskId,
+        user: UserId,
+        path: PathBuf,
+        size: u64,
+    ) -> Arc<Followed> {
         let piece = 1u64 << shoal_core::piece::piece_log2_for(size);
         let n = shoal_core::offline::resource_pieces(size) as usize;
-        let f = Arc::new(Followed { path, size, piece, held: Mutex::new(vec![None; n]) });
+        let f = Arc::new(Followed { user, path, size, piece, held: Mutex::new(vec![None; n]) });
         self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(task, f.clone());
         f
     }
 
-    /// Stops following `task`.
-    pub(crate) fn forget(&self, task: TaskId) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&task);
+    /// Stops following `task`, if `f` is still what is followed (another follow of the same
+    /// task may have started since).
+    pub(crate) fn stop(&self, task: TaskId, f: &Arc<Followed>) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(&task).is_some_and(|g| Arc::ptr_eq(g, f)) {
+            map.remove(&task);
+        }
     }
 
     fn get(&self, task: TaskId) -> Option<Arc<Followed>> {
@@ -66,15 +79,27 @@ impl Follows {
 }
 
 /// Serves a piece of a followed task; `None` if this node follows no such task.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_piece(
     uploads: &Arc<Uploads>,
+    limit: &RateLimiter,
     follows: &Follows,
     peer: NodeId,
+    cert: Option<&DeviceCert>,
     task: TaskId,
     piece: PieceIndex,
     send: &mut SendStream,
 ) -> Option<anyhow::Result<()>> {
     let f = follows.get(task)?;
+    // Only the user's own devices: the asker is the user, or a device it certified.
+    let user = match cert {
+        Some(c) if c.verify(&peer).is_ok() => c.user,
+        Some(_) => return None,
+        None => UserId::from(peer),
+    };
+    if user != f.user {
+        return None;
+    }
     let hash =
         f.held.lock().unwrap_or_else(|e| e.into_inner()).get(piece.0 as usize).copied().flatten();
     Some(
@@ -108,6 +133,7 @@ pub(crate) async fn serve_piece(
             write_frame_within(send, &Response::Piece { len: data.len() as u32 }, WRITE_STALL)
                 .await?;
             let n = data.len() as u64;
+            limit.acquire(n).await;
             write_within(send, Bytes::from(data), WRITE_STALL).await?;
             slot.sent();
             follows.1.fetch_add(n, Ordering::Relaxed);

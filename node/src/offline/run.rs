@@ -86,6 +86,7 @@ pub(crate) async fn run(task: Arc<Task>, ctx: Arc<Ctx>) {
     };
     let _ = std::fs::remove_file(ctx.part_path(task.id));
     ctx.release(task.id);
+    task.served.lock().unwrap_or_else(|p| p.into_inner()).clear();
     let event = match &stage {
         Stage::Done { content } => TaskEvent::Done { content: *content },
         Stage::Failed { reason } => TaskEvent::Failed { reason: reason.clone() },
@@ -149,6 +150,8 @@ async fn fetch(task: &Arc<Task>, ctx: &Ctx) -> Result<(Resource, Layout, File), 
                     return Err(TaskError::KeepsChanging(restarts - 1));
                 }
                 warn!(task = %task.id.fmt_short(), %what, "resource changed at the origin; starting over");
+                // Who holds what of the old version no longer matters.
+                task.served.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 task.log(TaskEvent::Restarted {
                     reason: format!("the resource changed at the origin ({what})"),
                 });

@@ -79,11 +79,13 @@ pub(crate) async fn serve_offline(
     let Some(offline) = parts.offline else {
         let _ = recv.stop(VarInt::from_u32(0));
         // A device following a task serves the user's other followers.
-        if let OfflineRequest::Piece { task, piece, .. } = &req {
+        if let OfflineRequest::Piece { task, piece, cert, .. } = &req {
             let served = super::follows::serve_piece(
                 parts.uploads,
+                parts.limit,
                 parts.follows,
                 peer,
+                cert.as_ref(),
                 *task,
                 *piece,
                 &mut send,
@@ -209,19 +211,30 @@ async fn watch(
         Err(r) => return refuse(send, r).await,
     };
     // A watcher is a follower others may be pointed to, for as long as it watches.
+    // (Counted per node: the same node may watch on two streams.)
     struct Watching<'a>(&'a super::Task, NodeId);
     impl Drop for Watching<'_> {
         fn drop(&mut self) {
-            self.0.watchers.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
+            let mut w = self.0.watchers.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, n)) = w.get_mut(&self.1) {
+                *n -= 1;
+                if *n == 0 {
+                    w.remove(&self.1);
+                }
+            }
         }
     }
-    {
+    let _watching = {
         let mut w = task.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        // An IPv4 peer seen on an IPv6 socket is dialed at its IPv4 address.
+        let at = std::net::SocketAddr::new(at.ip().to_canonical(), at.port());
         if w.len() < MAX_WATCHERS || w.contains_key(&peer) {
-            w.insert(peer, at);
+            w.entry(peer).or_insert((at, 0)).1 += 1;
+            Some(Watching(&task, peer))
+        } else {
+            None
         }
-    }
-    let _watching = Watching(&task, peer);
+    };
     let mut changed = task.subscribe();
     let mut seen = 0;
     let mut last_progress = None;
@@ -264,7 +277,7 @@ async fn task_piece(
         if let Some((node, when)) = first.filter(|(n, t)| *n != peer && t.elapsed() >= POINT_AFTER)
         {
             let at = task.watchers.lock().unwrap_or_else(|p| p.into_inner()).get(&node).copied();
-            if let Some(addr) = at {
+            if let Some((addr, _)) = at {
                 let r = shoal_wire::offline::PieceReply::Elsewhere { node, addr };
                 let _ = when;
                 write_frame_within(&mut send, &r, WRITE_STALL).await?;
@@ -313,10 +326,12 @@ async fn task_piece(
     parts.limit.acquire(data.len() as u64).await;
     write_within(&mut send, data, WRITE_STALL).await?;
     slot.sent();
+    finish_within(&mut send, DRAIN_DEADLINE).await?;
+    // Delivered (acknowledged): others may be pointed to this follower for it.
     task.served
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .entry(piece.0)
         .or_insert((peer, std::time::Instant::now()));
-    finish_within(&mut send, DRAIN_DEADLINE).await
+    Ok(())
 }

@@ -56,7 +56,7 @@ pub(crate) struct Task {
     pub(crate) cancel: watch::Sender<bool>,
     /// Nodes watching the task now (the user's devices following it), with the address storage
     /// sees them at. Held only for access.
-    pub(crate) watchers: Mutex<HashMap<NodeId, SocketAddr>>,
+    pub(crate) watchers: Mutex<HashMap<NodeId, (SocketAddr, u32)>>,
     /// The first follower each piece was sent to, and when: later followers are pointed there.
     /// Held only for access; at most one entry per piece.
     pub(crate) served: Mutex<HashMap<u32, (NodeId, Instant)>>,
