@@ -5,7 +5,8 @@
 //! Every [`SYNC_EVERY`] the daemon lists the space on its storage node and fetches, one at a
 //! time, each permanent entry whose name is not in DIR yet (a fetch writes a partial file
 //! beside the output and renames it into place once every piece is verified, so DIR never
-//! holds half a file). A name already in DIR is left alone, whatever it holds. Failures are
+//! holds half a file). A name already in DIR is left alone, whatever it holds, and a name that
+//! is not a plain file name is never synced. Failures are
 //! logged and tried again at the next round. Removing an entry from the space does not
 //! delete the file.
 
@@ -46,6 +47,15 @@ async fn round(node: &Arc<Node>, dir: &Path) -> anyhow::Result<()> {
         .into_iter()
         .filter(|e| e.state == EntryState::Permanent)
         .filter_map(|e| Some((e.name, e.content?)))
+        // A name from storage becomes a path under DIR only if it is a plain file name (no
+        // `/`, no `..`): a hostile storage node cannot write elsewhere.
+        .filter(|(name, _)| {
+            let plain = plain_name(name);
+            if !plain {
+                warn!(name = %shoal_core::manifest::escape_name(name), "space entry name is not a plain file name; not synced");
+            }
+            plain
+        })
         .filter(|(name, _)| dir.join(name).symlink_metadata().is_err())
         .collect();
     for (name, content) in wanted {
@@ -69,4 +79,31 @@ async fn round(node: &Arc<Node>, dir: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// True if `name` is a plain file name (a manifest's: no `/`, no NUL, not `.` or `..`).
+fn plain_name(name: &str) -> bool {
+    shoal_core::Manifest::new(name, 0, Vec::new()).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_name;
+
+    #[test]
+    fn only_plain_file_names_become_paths() {
+        // Each row: a name from storage, and whether it may be written under the sync dir.
+        for (name, ok) in [
+            ("film.mkv", true),       // an ordinary name
+            ("é ü 漢字.txt", true),   // any UTF-8
+            ("../etc/passwd", false), // climbs out
+            ("a/b", false),           // a path
+            ("..", false),            // the parent
+            (".", false),             // the dir itself
+            ("", false),              // nothing
+            ("nul\0byte", false),     // NUL
+        ] {
+            assert_eq!(plain_name(name), ok, "{name:?}");
+        }
+    }
 }
