@@ -32,14 +32,63 @@ fn cluster_with(
     (tracker, storage)
 }
 
-fn json_of(c: std::process::Command) -> serde_json::Value {
+/// The directory nginx serves, made.
+fn www_dir(root: &Path) -> std::path::PathBuf {
+    let www = root.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    www
+}
+
+/// Makes a user key on `laptop` and links `phone` to it (`user new`, `link`, `use`).
+fn link_devices(laptop: &Path, phone: &Path) {
+    std::fs::create_dir_all(laptop).unwrap();
+    ok_in(laptop, &["user", "new"]);
+    let phone_id = json_in(phone, &["user", "--json"])["node_id"].as_str().unwrap().to_string();
+    let cert = ok_in(laptop, &["user", "link", &phone_id]).trim().to_string();
+    ok_in(phone, &["user", "use", &cert]);
+}
+
+/// The JSON a command prints.
+fn json_cmd(c: std::process::Command) -> serde_json::Value {
     serde_json::from_str(ok(c).trim()).unwrap()
 }
 
+/// `shoal ARGS` on a daemon's data dir: its JSON output (the command must succeed).
+fn json_of(d: &Daemon, args: &[&str]) -> serde_json::Value {
+    json_in(&d.dir, args)
+}
+
+/// `shoal ARGS` on a daemon's data dir: its output (the command must succeed).
+fn ok_of(d: &Daemon, args: &[&str]) -> String {
+    ok_in(&d.dir, args)
+}
+
+/// `shoal ARGS` on a daemon's data dir: its one error line (the command must fail).
+fn fails_of(d: &Daemon, args: &[&str]) -> String {
+    fails_in(&d.dir, args)
+}
+
+/// `shoal ARGS` on `dir`: its JSON output.
+fn json_in(dir: &Path, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(ok_in(dir, args).trim()).unwrap()
+}
+
+/// `shoal ARGS` on `dir`: its output (must succeed).
+fn ok_in(dir: &Path, args: &[&str]) -> String {
+    let mut c = shoal(dir);
+    c.args(args);
+    ok(c)
+}
+
+/// `shoal ARGS` on `dir`: its error line (must fail).
+fn fails_in(dir: &Path, args: &[&str]) -> String {
+    let mut c = shoal(dir);
+    c.args(args);
+    fails(c)
+}
+
 fn space(node: &Daemon) -> serde_json::Value {
-    let mut c = node.cmd();
-    c.args(["space", "ls", "--json"]);
-    json_of(c)
+    json_of(node, &["space", "ls", "--json"])
 }
 
 /// The content id `shoal add` gives `data` named `name`.
@@ -52,8 +101,7 @@ fn content_id(name: &str, data: &[u8]) -> String {
 #[test]
 fn a_followed_task_lands_verified_in_the_file_and_permanent_in_the_space() {
     let root = tempfile::tempdir().unwrap();
-    let www = root.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
+    let www = www_dir(root.path());
     // 10 MiB: three segments, so the follower starts before the origin is done.
     let data = write_file(&www.join("big.bin"), 10 << 20, 7);
     let Some(nginx) = Nginx::start(&www) else { return };
@@ -64,7 +112,7 @@ fn a_followed_task_lands_verified_in_the_file_and_permanent_in_the_space() {
     let out = root.path().join("out.bin");
     let mut c = node.cmd();
     c.args(["offline", "add", &nginx.url("big.bin"), "--follow", "--json", "-o"]).arg(&out);
-    let report = json_of(c);
+    let report = json_cmd(c);
     assert_eq!(std::fs::read(&out).unwrap(), data, "the followed file is the origin's bytes");
     let id = content_id("big.bin", &data);
     assert_eq!(report["content_id"], id);
@@ -87,16 +135,13 @@ fn a_followed_task_lands_verified_in_the_file_and_permanent_in_the_space() {
     assert_eq!(s[0]["size"], data.len() as u64);
 
     // The task is listed done.
-    let mut c = node.cmd();
-    c.args(["offline", "ls", "--json"]);
-    let tasks = json_of(c);
+    let tasks = json_of(&node, &["offline", "ls", "--json"]);
     assert_eq!(tasks[0]["state"], "done", "{tasks}");
     assert_eq!(tasks[0]["content_id"], id);
 
     // The same URL again is instant: storage has it and the origin reports the same resource.
-    let mut c = node.cmd();
-    c.args(["offline", "add", &nginx.url("big.bin"), "--name", "again.bin", "--json"]);
-    let again = json_of(c);
+    let again =
+        json_of(&node, &["offline", "add", &nginx.url("big.bin"), "--name", "again.bin", "--json"]);
     assert_eq!(again["instant"], true, "{again}");
     let s = space(&node);
     assert_eq!(s.as_array().unwrap().len(), 2, "{s}");
@@ -109,22 +154,16 @@ fn a_followed_task_lands_verified_in_the_file_and_permanent_in_the_space() {
     assert_eq!(std::fs::read(&copy).unwrap(), data);
 
     // `space rm` removes an entry; a second time it names the problem.
-    let mut c = node.cmd();
-    c.args(["space", "rm", "again.bin"]);
-    ok(c);
+    ok_of(&node, &["space", "rm", "again.bin"]);
     assert_eq!(space(&node).as_array().unwrap().len(), 1);
-    let mut c = node.cmd();
-    c.args(["space", "rm", "again.bin"]);
-    let e = fails(c);
+    let e = fails_of(&node, &["space", "rm", "again.bin"]);
     assert!(e.contains("no entry named"), "{e}");
 
     // Removing the last entry of a content nobody else owns deletes it from storage: the quota
     // bounds the disk, not only the listing.
     let held = |d: &Daemon| d.ls().to_string().contains(&id);
     assert!(held(&storage), "{}", storage.ls());
-    let mut c = node.cmd();
-    c.args(["space", "rm", "big.bin"]);
-    ok(c);
+    ok_of(&node, &["space", "rm", "big.bin"]);
     assert_eq!(space(&node), serde_json::json!([]));
     assert!(!held(&storage), "{}", storage.ls());
 }
@@ -132,16 +171,16 @@ fn a_followed_task_lands_verified_in_the_file_and_permanent_in_the_space() {
 #[test]
 fn watch_prints_accepted_segments_progress_and_done_as_json_lines() {
     let root = tempfile::tempdir().unwrap();
-    let www = root.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
+    let www = www_dir(root.path());
     let data = write_file(&www.join("w.bin"), 9 << 20, 3);
     let Some(nginx) = Nginx::start(&www) else { return };
     let user = root.path().join("user");
     let (tracker, _storage) = cluster(root.path(), &[&user], &["--offline-allow-private"]);
     let node = Daemon::start(&user, &["--tracker", &tracker.addr.to_string()]);
-    let mut c = node.cmd();
-    c.args(["offline", "add", &nginx.url("w.bin"), "--json"]);
-    let task = json_of(c)["task"].as_str().unwrap().to_string();
+    let task = json_of(&node, &["offline", "add", &nginx.url("w.bin"), "--json"])["task"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut c = node.cmd();
     c.args(["offline", "watch", &task, "--json"]);
     let events: Vec<serde_json::Value> =
@@ -168,8 +207,7 @@ fn watch_prints_accepted_segments_progress_and_done_as_json_lines() {
 #[test]
 fn private_targets_are_refused_without_the_operators_leave_and_leave_nothing() {
     let root = tempfile::tempdir().unwrap();
-    let www = root.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
+    let www = www_dir(root.path());
     write_file(&www.join("f.bin"), 100_000, 1);
     let Some(nginx) = Nginx::start(&www) else { return };
     let user = root.path().join("user");
@@ -183,39 +221,31 @@ fn private_targets_are_refused_without_the_operators_leave_and_leave_nothing() {
     assert!(e.contains("--offline-allow-private"), "{e}");
     assert!(!out.exists());
     assert_eq!(space(&node), serde_json::json!([]), "the temporary entry is gone");
-    let mut c = node.cmd();
-    c.args(["offline", "ls", "--json"]);
-    assert_eq!(json_of(c)[0]["state"], "failed");
+    assert_eq!(json_of(&node, &["offline", "ls", "--json"])[0]["state"], "failed");
 }
 
 #[test]
 fn a_missing_resource_fails_the_task_and_an_ungranted_user_is_refused() {
     let root = tempfile::tempdir().unwrap();
-    let www = root.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
+    let www = www_dir(root.path());
     let Some(nginx) = Nginx::start(&www) else { return };
     let user = root.path().join("user");
     let stranger = root.path().join("stranger");
     let (tracker, _storage) = cluster(root.path(), &[&user], &["--offline-allow-private"]);
     let node = Daemon::start(&user, &["--tracker", &tracker.addr.to_string()]);
-    let mut c = node.cmd();
-    c.args(["offline", "add", &nginx.url("nope.bin"), "--json"]);
-    let task = json_of(c)["task"].as_str().unwrap().to_string();
-    let mut c = node.cmd();
-    c.args(["offline", "watch", &task]);
-    let e = fails(c);
+    let task = json_of(&node, &["offline", "add", &nginx.url("nope.bin"), "--json"])["task"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let e = fails_of(&node, &["offline", "watch", &task]);
     assert!(e.contains("404"), "{e}");
     assert_eq!(space(&node), serde_json::json!([]));
 
     let other = Daemon::start(&stranger, &["--tracker", &tracker.addr.to_string()]);
-    let mut c = other.cmd();
-    c.args(["offline", "add", &nginx.url("x.bin")]);
-    let e = fails(c);
+    let e = fails_of(&other, &["offline", "add", &nginx.url("x.bin")]);
     assert!(e.contains("has no space here"), "{e}");
     // Nor can it see the user's task.
-    let mut c = other.cmd();
-    c.args(["offline", "watch", &task]);
-    let e = fails(c);
+    let e = fails_of(&other, &["offline", "watch", &task]);
     assert!(e.contains("no space here") || e.contains("no offline task"), "{e}");
 }
 
@@ -240,17 +270,17 @@ fn segment_offset(line: &str) -> Option<u64> {
 #[test]
 fn a_task_continues_after_storage_restarts_without_fetching_verified_segments_again() {
     let root = tempfile::tempdir().unwrap();
-    let www = root.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
+    let www = www_dir(root.path());
     // 32 MiB, 8 segments, at 1 MiB/s per connection: storage is killed mid-way.
     let data = write_file(&www.join("slow.bin"), 32 << 20, 11);
     let Some(nginx) = Nginx::start_with(&www, "limit_rate 1m;") else { return };
     let user = root.path().join("user");
     let (tracker, mut storage) = cluster(root.path(), &[&user], &["--offline-allow-private"]);
     let node = Daemon::start(&user, &["--tracker", &tracker.addr.to_string()]);
-    let mut c = node.cmd();
-    c.args(["offline", "add", &nginx.url("slow.bin"), "--json"]);
-    let task = json_of(c)["task"].as_str().unwrap().to_string();
+    let task = json_of(&node, &["offline", "add", &nginx.url("slow.bin"), "--json"])["task"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (mut watcher, rx) = watch_lines(&node, &task);
     let first = segment_offset(&wait_line(&rx, "a first segment", |l| segment_offset(l).is_some()))
         .unwrap();
@@ -292,8 +322,7 @@ fn a_task_continues_after_storage_restarts_without_fetching_verified_segments_ag
 #[test]
 fn a_resource_changing_mid_task_restarts_it_cleanly_with_the_new_version() {
     let root = tempfile::tempdir().unwrap();
-    let www = root.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
+    let www = www_dir(root.path());
     // 64 MiB, 16 segments fetched 4 at a time at 2 MiB/s each: the swap below lands while
     // most segments are still to be asked for.
     write_file(&www.join("moving.bin"), 64 << 20, 1);
@@ -310,11 +339,7 @@ fn a_resource_changing_mid_task_restarts_it_cleanly_with_the_new_version() {
         .spawn()
         .unwrap();
     let task = wait_until("the task listed", || {
-        let v = json_of({
-            let mut c = node.cmd();
-            c.args(["offline", "ls", "--json"]);
-            c
-        });
+        let v = json_of(&node, &["offline", "ls", "--json"]);
         v[0]["task"].as_str().map(str::to_string)
     });
     let (mut watcher, rx) = watch_lines(&node, &task);
@@ -340,8 +365,7 @@ fn a_resource_changing_mid_task_restarts_it_cleanly_with_the_new_version() {
 #[test]
 fn temporary_data_counts_against_the_quota_of_tasks_underway() {
     let root = tempfile::tempdir().unwrap();
-    let www = root.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
+    let www = www_dir(root.path());
     write_file(&www.join("a.bin"), 10 << 20, 1);
     write_file(&www.join("b.bin"), 10 << 20, 2);
     let Some(nginx) = Nginx::start_with(&www, "limit_rate 4m;") else { return };
@@ -353,9 +377,10 @@ fn temporary_data_counts_against_the_quota_of_tasks_underway() {
     let tasks: Vec<String> = ["a.bin", "b.bin"]
         .iter()
         .map(|f| {
-            let mut c = node.cmd();
-            c.args(["offline", "add", &nginx.url(f), "--json"]);
-            json_of(c)["task"].as_str().unwrap().to_string()
+            json_of(&node, &["offline", "add", &nginx.url(f), "--json"])["task"]
+                .as_str()
+                .unwrap()
+                .to_string()
         })
         .collect();
     let outcomes: Vec<std::process::Output> = tasks
@@ -381,34 +406,23 @@ fn temporary_data_counts_against_the_quota_of_tasks_underway() {
 #[test]
 fn a_linked_device_acts_for_the_user_and_sees_the_same_space() {
     let root = tempfile::tempdir().unwrap();
-    let www = root.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
+    let www = www_dir(root.path());
     let data = write_file(&www.join("shared.bin"), 300_000, 5);
     let Some(nginx) = Nginx::start(&www) else { return };
     let (laptop, phone) = (root.path().join("laptop"), root.path().join("phone"));
     std::fs::create_dir_all(&laptop).unwrap();
-    let mut c = shoal(&laptop);
-    c.args(["user", "new"]);
-    let user = ok(c).trim().to_string();
+    let user = ok_in(&laptop, &["user", "new"]).trim().to_string();
     let (tracker, _storage) = cluster(root.path(), &[&laptop], &["--offline-allow-private"]);
     let t = tracker.addr.to_string();
-    let mut c = shoal(&phone);
-    c.args(["user", "--json"]);
-    let phone_node = json_of(c)["node_id"].as_str().unwrap().to_string();
+    let phone_node = json_in(&phone, &["user", "--json"])["node_id"].as_str().unwrap().to_string();
     // A device without the user key cannot link anyone.
-    let mut c = shoal(&phone);
-    c.args(["user", "link", &phone_node]);
-    assert!(fails(c).contains("no user key"));
-    let mut c = shoal(&laptop);
-    c.args(["user", "link", &phone_node]);
-    let cert = ok(c).trim().to_string();
+    assert!(fails_in(&phone, &["user", "link", &phone_node]).contains("no user key"));
+    let cert = ok_in(&laptop, &["user", "link", &phone_node]).trim().to_string();
     // The certificate names the phone: another device cannot use it.
     let mut c = shoal(&root.path().join("thief"));
     c.args(["user", "use", &cert]);
     assert!(fails(c).contains("not this connection's node"));
-    let mut c = shoal(&phone);
-    c.args(["user", "use", &cert]);
-    assert_eq!(ok(c).trim(), user);
+    assert_eq!(ok_in(&phone, &["user", "use", &cert]).trim(), user);
     let mut c = shoal(&phone);
     c.arg("user");
     assert_eq!(ok(c).trim(), user, "the phone now acts for the laptop's user");
@@ -429,8 +443,7 @@ fn a_linked_device_acts_for_the_user_and_sees_the_same_space() {
 #[test]
 fn a_task_names_its_resource_by_an_id_the_tracker_maps_to_a_url() {
     let root = tempfile::tempdir().unwrap();
-    let www = root.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
+    let www = www_dir(root.path());
     let data = write_file(&www.join("release.tar"), 700_000, 9);
     let Some(nginx) = Nginx::start(&www) else { return };
     let user = root.path().join("user");
@@ -445,12 +458,10 @@ fn a_task_names_its_resource_by_an_id_the_tracker_maps_to_a_url() {
     let out = root.path().join("out.tar");
     let mut c = node.cmd();
     c.args(["offline", "add", "--id", "release-1.0", "--follow", "--json", "-o"]).arg(&out);
-    let report = json_of(c);
+    let report = json_cmd(c);
     assert_eq!(std::fs::read(&out).unwrap(), data);
     assert_eq!(report["content_id"], content_id("release.tar", &data));
-    let mut c = node.cmd();
-    c.args(["offline", "add", "--id", "release-2.0"]);
-    let e = fails(c);
+    let e = fails_of(&node, &["offline", "add", "--id", "release-2.0"]);
     assert!(e.contains("knows no resource"), "{e}");
 }
 
@@ -478,16 +489,13 @@ fn two_storage(root: &Path, user: &Path) -> (TrackerProc, Daemon, Daemon) {
 }
 
 fn origin_bytes(d: &Daemon) -> u64 {
-    let mut c = d.cmd();
-    c.args(["status", "--json"]);
-    json_of(c)["offline_origin_bytes"].as_u64().unwrap()
+    json_of(d, &["status", "--json"])["offline_origin_bytes"].as_u64().unwrap()
 }
 
 #[test]
 fn segments_are_split_between_storage_nodes_and_the_home_ends_with_all_of_them() {
     let root = tempfile::tempdir().unwrap();
-    let www = root.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
+    let www = www_dir(root.path());
     // 24 MiB: 6 segments, shared between the two storage nodes.
     let data = write_file(&www.join("split.bin"), 24 << 20, 21);
     let Some(nginx) = Nginx::start_with(&www, "limit_rate 8m;") else { return };
@@ -497,7 +505,7 @@ fn segments_are_split_between_storage_nodes_and_the_home_ends_with_all_of_them()
     let out = root.path().join("out.bin");
     let mut c = node.cmd();
     c.args(["offline", "add", &nginx.url("split.bin"), "--follow", "--json", "-o"]).arg(&out);
-    let report = json_of(c);
+    let report = json_cmd(c);
     assert_eq!(std::fs::read(&out).unwrap(), data);
     assert_eq!(report["content_id"], content_id("split.bin", &data));
     // Each fetched a share from the origin; together the file once.
@@ -512,17 +520,14 @@ fn segments_are_split_between_storage_nodes_and_the_home_ends_with_all_of_them()
 #[test]
 fn a_helper_that_dies_mid_share_leaves_its_segments_to_the_home() {
     let root = tempfile::tempdir().unwrap();
-    let www = root.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
+    let www = www_dir(root.path());
     // 32 MiB at 2 MiB/s per connection: the helper is killed while its share is underway.
     let data = write_file(&www.join("slow.bin"), 32 << 20, 22);
     let Some(nginx) = Nginx::start_with(&www, "limit_rate 2m;") else { return };
     let user = root.path().join("user");
     let (tracker, mut sa, mut sb) = two_storage(root.path(), &user);
     let node = Daemon::start(&user, &["--tracker", &tracker.addr.to_string()]);
-    let mut c = node.cmd();
-    c.args(["offline", "add", &nginx.url("slow.bin"), "--json"]);
-    let added = json_of(c);
+    let added = json_of(&node, &["offline", "add", &nginx.url("slow.bin"), "--json"]);
     let task = added["task"].as_str().unwrap().to_string();
     let home_is_a = added["storage"].as_str().unwrap().starts_with(&sa.node_id);
     let helper = if home_is_a { &sb } else { &sa };
@@ -532,9 +537,7 @@ fn a_helper_that_dies_mid_share_leaves_its_segments_to_the_home() {
     } else {
         sa.kill()
     }
-    let mut c = node.cmd();
-    c.args(["offline", "watch", &task]);
-    ok(c);
+    ok_of(&node, &["offline", "watch", &task]);
     let out = root.path().join("out.bin");
     let mut c = node.cmd();
     c.args(["space", "get", "slow.bin", "-o"]).arg(&out);
@@ -545,16 +548,16 @@ fn a_helper_that_dies_mid_share_leaves_its_segments_to_the_home() {
 #[test]
 fn a_cancelled_task_leaves_no_temporary_data_and_no_entry() {
     let root = tempfile::tempdir().unwrap();
-    let www = root.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
+    let www = www_dir(root.path());
     write_file(&www.join("slow.bin"), 16 << 20, 4);
     let Some(nginx) = Nginx::start_with(&www, "limit_rate 1m;") else { return };
     let user = root.path().join("user");
     let (tracker, _storage) = cluster(root.path(), &[&user], &["--offline-allow-private"]);
     let node = Daemon::start(&user, &["--tracker", &tracker.addr.to_string()]);
-    let mut c = node.cmd();
-    c.args(["offline", "add", &nginx.url("slow.bin"), "--json"]);
-    let task = json_of(c)["task"].as_str().unwrap().to_string();
+    let task = json_of(&node, &["offline", "add", &nginx.url("slow.bin"), "--json"])["task"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let parts = || -> usize {
         std::fs::read_dir(root.path().join("storage/offline"))
             .map(|d| {
@@ -564,55 +567,30 @@ fn a_cancelled_task_leaves_no_temporary_data_and_no_entry() {
     };
     wait_until("the temporary file", || (parts() == 1).then_some(()));
     // A temporary entry cannot be removed: the task is cancelled instead.
-    let mut c = node.cmd();
-    c.args(["space", "rm", "slow.bin"]);
-    assert!(fails(c).contains("still being fetched"));
-    let mut c = node.cmd();
-    c.args(["offline", "cancel", &task]);
-    ok(c);
-    let mut c = node.cmd();
-    c.args(["offline", "watch", &task]);
-    assert!(fails(c).contains("cancelled"));
+    assert!(fails_of(&node, &["space", "rm", "slow.bin"]).contains("still being fetched"));
+    ok_of(&node, &["offline", "cancel", &task]);
+    assert!(fails_of(&node, &["offline", "watch", &task]).contains("cancelled"));
     assert_eq!(parts(), 0, "the temporary file is gone");
     assert_eq!(space(&node), serde_json::json!([]));
-    let mut c = node.cmd();
-    c.args(["offline", "ls", "--json"]);
-    assert_eq!(json_of(c)[0]["state"], "cancelled");
+    assert_eq!(json_of(&node, &["offline", "ls", "--json"])[0]["state"], "cancelled");
 }
 
 #[test]
 fn a_device_with_a_sync_dir_receives_what_another_device_fetched_into_the_space() {
     let root = tempfile::tempdir().unwrap();
-    let www = root.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
+    let www = www_dir(root.path());
     let first = write_file(&www.join("first.bin"), 400_000, 31);
     let second = write_file(&www.join("second.bin"), 3 << 20, 32);
     let Some(nginx) = Nginx::start(&www) else { return };
     let (laptop, phone) = (root.path().join("laptop"), root.path().join("phone"));
-    std::fs::create_dir_all(&laptop).unwrap();
-    let mut c = shoal(&laptop);
-    c.args(["user", "new"]);
-    ok(c);
+    link_devices(&laptop, &phone);
     let (tracker, _storage) = cluster(root.path(), &[&laptop], &["--offline-allow-private"]);
     let t = tracker.addr.to_string();
-    let mut c = shoal(&phone);
-    c.args(["user", "--json"]);
-    let phone_id = json_of(c)["node_id"].as_str().unwrap().to_string();
-    let mut c = shoal(&laptop);
-    c.args(["user", "link", &phone_id]);
-    let cert = ok(c).trim().to_string();
-    let mut c = shoal(&phone);
-    c.args(["user", "use", &cert]);
-    ok(c);
 
     let laptop_node = Daemon::start(&laptop, &["--tracker", &t]);
     // In the space before the phone's daemon starts.
-    let mut c = laptop_node.cmd();
-    c.args(["offline", "add", &nginx.url("first.bin")]);
-    let task = ok(c).trim().to_string();
-    let mut c = laptop_node.cmd();
-    c.args(["offline", "watch", &task]);
-    ok(c);
+    let task = ok_of(&laptop_node, &["offline", "add", &nginx.url("first.bin")]).trim().to_string();
+    ok_of(&laptop_node, &["offline", "watch", &task]);
 
     let synced = root.path().join("synced");
     std::fs::create_dir_all(&synced).unwrap();
@@ -625,9 +603,7 @@ fn a_device_with_a_sync_dir_receives_what_another_device_fetched_into_the_space(
     };
     arrived("first.bin", &first);
     // And one added while it runs.
-    let mut c = laptop_node.cmd();
-    c.args(["offline", "add", &nginx.url("second.bin")]);
-    ok(c);
+    ok_of(&laptop_node, &["offline", "add", &nginx.url("second.bin")]);
     arrived("second.bin", &second);
     // Nothing half-written was ever left in the directory.
     let names: Vec<String> = std::fs::read_dir(&synced)
@@ -641,32 +617,21 @@ fn a_device_with_a_sync_dir_receives_what_another_device_fetched_into_the_space(
 #[test]
 fn two_devices_following_one_task_take_pieces_from_each_other() {
     let root = tempfile::tempdir().unwrap();
-    let www = root.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
+    let www = www_dir(root.path());
     // 32 MiB (512 pieces) at 4 MiB/s per connection: both devices follow for seconds.
     let data = write_file(&www.join("shared.bin"), 32 << 20, 41);
     let Some(nginx) = Nginx::start_with(&www, "limit_rate 4m;") else { return };
     let (laptop, phone) = (root.path().join("laptop"), root.path().join("phone"));
-    std::fs::create_dir_all(&laptop).unwrap();
-    let mut c = shoal(&laptop);
-    c.args(["user", "new"]);
-    ok(c);
+    link_devices(&laptop, &phone);
     let (tracker, _storage) = cluster(root.path(), &[&laptop], &["--offline-allow-private"]);
     let t = tracker.addr.to_string();
-    let mut c = shoal(&phone);
-    c.args(["user", "--json"]);
-    let phone_id = json_of(c)["node_id"].as_str().unwrap().to_string();
-    let mut c = shoal(&laptop);
-    c.args(["user", "link", &phone_id]);
-    let cert = ok(c).trim().to_string();
-    let mut c = shoal(&phone);
-    c.args(["user", "use", &cert]);
-    ok(c);
     let laptop_node = Daemon::start(&laptop, &["--tracker", &t]);
     let phone_node = Daemon::start(&phone, &["--tracker", &t]);
-    let mut c = laptop_node.cmd();
-    c.args(["offline", "add", &nginx.url("shared.bin"), "--json"]);
-    let task = json_of(c)["task"].as_str().unwrap().to_string();
+    let task = json_of(&laptop_node, &["offline", "add", &nginx.url("shared.bin"), "--json"])
+        ["task"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let follow = |d: &Daemon, out: &Path| {
         let mut c = d.cmd();
         c.args(["offline", "follow", &task, "--json", "-o"]).arg(out);
@@ -676,11 +641,8 @@ fn two_devices_following_one_task_take_pieces_from_each_other() {
     let (fa, fb) = (follow(&laptop_node, &a), follow(&phone_node, &b));
     // Once a device serves the other, it holds verified pieces: a stranger who learned the task
     // id still gets none of them.
-    let peer_bytes = |d: &Daemon| {
-        let mut c = d.cmd();
-        c.args(["status", "--json"]);
-        json_of(c)["offline_peer_bytes"].as_u64().unwrap()
-    };
+    let peer_bytes =
+        |d: &Daemon| json_of(d, &["status", "--json"])["offline_peer_bytes"].as_u64().unwrap();
     let server = wait_until("a device serving the other", || {
         [&laptop_node, &phone_node].into_iter().find(|d| peer_bytes(d) > 0)
     });

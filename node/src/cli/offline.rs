@@ -126,21 +126,34 @@ fn print_event(v: &serde_json::Value, json: bool) {
     }
 }
 
+/// The outcome of a follow: its JSON report, or the content id and where the file is.
+fn print_followed(
+    r: &shoal_control::FollowReport,
+    output: &Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(r)?);
+    } else {
+        println!("{} {}", r.content_id, output.display());
+    }
+    Ok(())
+}
+
 pub(crate) fn offline(data_dir: &Path, action: OfflineAction) -> anyhow::Result<()> {
     let c = client(data_dir)?;
     match action {
         OfflineAction::Add { url, id, name, follow: true, output: Some(output), json } => {
             let output = super::checked_output(&output)?;
-            let report = c.offline_follow(&source(&url, &id)?, name.as_deref(), &output, |v| {
+            // With --json the report is the one line on stdout.
+            let on_event = |v: &serde_json::Value| {
                 if !json {
-                    print_event(v, false);
+                    print_event(v, false)
                 }
-            })?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("{} {}", report.content_id, output.display());
-            }
+            };
+            let report =
+                c.offline_follow(&source(&url, &id)?, name.as_deref(), &output, on_event)?;
+            print_followed(&report, &output, json)?;
         }
         OfflineAction::Add { url, id, name, json, .. } => {
             let r = c.offline_add(&source(&url, &id)?, name.as_deref())?;
@@ -155,16 +168,13 @@ pub(crate) fn offline(data_dir: &Path, action: OfflineAction) -> anyhow::Result<
         }
         OfflineAction::Follow { task, output, json } => {
             let output = super::checked_output(&output)?;
-            let report = c.offline_follow_task(&task, &output, |v| {
+            let on_event = |v: &serde_json::Value| {
                 if !json {
-                    print_event(v, false);
+                    print_event(v, false)
                 }
-            })?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("{} {}", report.content_id, output.display());
-            }
+            };
+            let report = c.offline_follow_task(&task, &output, on_event)?;
+            print_followed(&report, &output, json)?;
         }
         OfflineAction::Ls { json } => {
             let tasks = c.offline_ls()?;
