@@ -120,6 +120,16 @@ impl Decoder {
     }
 }
 
+/// `text` cut to at most `max` bytes at a character boundary: what a frame carries of a text
+/// field (a cut in the middle of a character would not decode as UTF-8).
+pub(crate) fn truncated(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// A cursor over a frame body that turns short reads into [`DecodeError::Malformed`].
 pub(crate) struct Reader<'a> {
     ty: u8,
@@ -177,6 +187,26 @@ impl<'a> Reader<'a> {
             Ok(())
         } else {
             Err(self.malformed("trailing bytes"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncated;
+
+    #[test]
+    fn text_is_cut_at_a_character_boundary() {
+        // Each row: text, limit, what is kept.
+        for (text, max, kept) in [
+            ("abc", 5, "abc"), // shorter than the limit
+            ("abc", 3, "abc"), // exactly the limit
+            ("abc", 2, "ab"),  // one over
+            ("aé", 2, "a"),    // `é` is 2 bytes: not split
+            ("漢字", 4, "漢"), // 3-byte characters
+            ("", 0, ""),       // nothing
+        ] {
+            assert_eq!(truncated(text, max), kept, "{text:?} at {max}");
         }
     }
 }

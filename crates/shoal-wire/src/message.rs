@@ -261,11 +261,7 @@ fn read_push_tail(
 }
 
 pub(crate) fn put_text(out: &mut Vec<u8>, text: &str) {
-    let mut end = text.len().min(MAX_REASON_LEN);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    out.extend_from_slice(&text.as_bytes()[..end]);
+    out.extend_from_slice(crate::codec::truncated(text, MAX_REASON_LEN).as_bytes());
 }
 
 pub(crate) fn read_text(r: &mut Reader<'_>) -> Result<String, DecodeError> {

@@ -274,12 +274,9 @@ fn read_cert(r: &mut Reader<'_>) -> Result<Option<DeviceCert>, DecodeError> {
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str, max: usize) {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    out.extend_from_slice(&(end as u16).to_be_bytes());
-    out.extend_from_slice(&s.as_bytes()[..end]);
+    let s = crate::codec::truncated(s, max);
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
 }
 
 fn read_str(r: &mut Reader<'_>, max: usize) -> Result<String, DecodeError> {

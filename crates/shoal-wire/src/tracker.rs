@@ -440,12 +440,8 @@ pub(crate) fn read_bits(r: &mut Reader<'_>, len: u32) -> Result<Bitfield, Decode
     Bitfield::from_bytes(len, bytes).map_err(|_| r.malformed("bitfield has bits past the end"))
 }
 
-pub(crate) fn put_text(out: &mut Vec<u8>, text: &str) {
-    let mut end = text.len().min(MAX_ERROR_LEN);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    out.extend_from_slice(&text.as_bytes()[..end]);
+pub(crate) fn put_text(out: &mut Vec<u8>, text: &str, max: usize) {
+    out.extend_from_slice(crate::codec::truncated(text, max).as_bytes());
 }
 
 mod request;

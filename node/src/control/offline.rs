@@ -27,7 +27,8 @@ pub(crate) fn event_json(ev: &TaskEvent) -> Option<serde_json::Value> {
             let piece = 1u64 << shoal_core::piece::piece_log2_for(p.size);
             let offset = u64::from(p.first.0) * piece;
             let end = (offset + piece * p.hashes.len() as u64).min(p.size);
-            json!({ "event": "segment", "offset": offset, "len": end - offset })
+            // A proof is checked before it gets here; a forged one still cannot underflow.
+            json!({ "event": "segment", "offset": offset, "len": end.saturating_sub(offset) })
         }
         TaskEvent::Progress { bytes, size } => {
             json!({ "event": "progress", "bytes": bytes, "size": size })
@@ -230,4 +231,36 @@ pub(crate) async fn space_rm(
     storage.close();
     r?;
     Ok(Json(serde_json::json!({})))
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_core::offline::SegmentProof;
+    use shoal_core::{PieceHash, PieceIndex, TaskId};
+
+    use super::*;
+
+    #[test]
+    fn a_segment_past_the_end_of_its_resource_prints_no_negative_length() {
+        // A 1-byte resource has one piece: a proof starting at piece 1000 lies past it.
+        let p = SegmentProof {
+            task: TaskId([1; 16]),
+            size: 1,
+            first: PieceIndex(1000),
+            hashes: vec![PieceHash([0; 32])],
+            signature: [0; 64],
+        };
+        let v = event_json(&TaskEvent::Segment(p)).unwrap();
+        assert_eq!(v["len"], 0, "{v}");
+        // A real one: 10 MiB in 64 KiB pieces, the last segment of 32 pieces.
+        let p = SegmentProof {
+            task: TaskId([1; 16]),
+            size: 10 << 20,
+            first: PieceIndex(128),
+            hashes: vec![PieceHash([0; 32]); 32],
+            signature: [0; 64],
+        };
+        let v = event_json(&TaskEvent::Segment(p)).unwrap();
+        assert_eq!((v["offset"].as_u64(), v["len"].as_u64()), (Some(8 << 20), Some(2 << 20)));
+    }
 }

@@ -13,7 +13,6 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context};
 use quinn::Connection;
-use shoal_core::offline::SegmentProof;
 use shoal_core::{ContentId, Manifest, NodeId, PeerAddr, PieceHash, PieceIndex, TaskId};
 use shoal_wire::offline::{OfflineReply, OfflineRequest, PieceReply, TaskEvent, MAX_REPLY_LEN};
 use shoal_wire::{Decoder, Request, Response};
@@ -153,23 +152,12 @@ impl Storage {
         task: TaskId,
         mut on_event: impl FnMut(&TaskEvent),
     ) -> anyhow::Result<TaskEvent> {
-        let (mut send, mut recv) = self.conn.open_bi().await?;
-        write_frame(&mut send, &OfflineRequest::Watch { cert: self.cert.clone(), task }).await?;
-        send.finish()?;
-        let mut dec = Decoder::with_limit(MAX_REPLY_LEN);
+        let mut events = Events::open(self, task).await?;
         loop {
-            match read_frame::<OfflineReply>(&mut recv, &mut dec).await? {
-                Some(OfflineReply::Event(ev)) => {
-                    on_event(&ev);
-                    if matches!(ev, TaskEvent::Done { .. } | TaskEvent::Failed { .. }) {
-                        return Ok(ev);
-                    }
-                }
-                Some(OfflineReply::Reject { text, .. }) => {
-                    bail!("storage refused: {}", shoal_core::manifest::escape_name(&text))
-                }
-                Some(other) => bail!("unexpected answer {other:?}"),
-                None => bail!("storage ended the watch before the task ended"),
+            let ev = events.next().await?;
+            on_event(&ev);
+            if matches!(ev, TaskEvent::Done { .. } | TaskEvent::Failed { .. }) {
+                return Ok(ev);
             }
         }
     }
@@ -353,6 +341,43 @@ pub(crate) async fn resolve_source(p: &Pusher, id: &str) -> anyhow::Result<Strin
     }
 }
 
+/// A task's events from storage, each segment's proof checked before it is handed on.
+struct Events {
+    recv: quinn::RecvStream,
+    dec: Decoder,
+    task: TaskId,
+    storage: NodeId,
+}
+
+impl Events {
+    async fn open(storage: &Storage, task: TaskId) -> anyhow::Result<Self> {
+        let (mut send, recv) = storage.conn.open_bi().await?;
+        write_frame(&mut send, &OfflineRequest::Watch { cert: storage.cert.clone(), task }).await?;
+        send.finish()?;
+        Ok(Self { recv, dec: Decoder::with_limit(MAX_REPLY_LEN), task, storage: storage.node })
+    }
+
+    /// The next event; a segment only if storage signed it for this task and its pieces lie
+    /// within the resource. Cancel-safe (what was read stays in the decoder).
+    async fn next(&mut self) -> anyhow::Result<TaskEvent> {
+        match read_frame::<OfflineReply>(&mut self.recv, &mut self.dec).await? {
+            Some(OfflineReply::Event(TaskEvent::Segment(proof))) => {
+                if proof.task != self.task {
+                    bail!("storage sent a proof for another task");
+                }
+                proof.verify(&self.storage).map_err(|e| anyhow!("{e}"))?;
+                Ok(TaskEvent::Segment(proof))
+            }
+            Some(OfflineReply::Event(ev)) => Ok(ev),
+            Some(OfflineReply::Reject { text, .. }) => {
+                bail!("storage refused: {}", shoal_core::manifest::escape_name(&text))
+            }
+            Some(other) => bail!("unexpected answer {other:?}"),
+            None => bail!("storage ended the watch before the task ended"),
+        }
+    }
+}
+
 /// Reads a piece or manifest answer: the header, then exactly its bytes (at most `max`).
 pub(crate) async fn read_raw(
     recv: &mut quinn::RecvStream,
@@ -476,10 +501,7 @@ async fn follow_into(
     let mut fetching: JoinSet<anyhow::Result<(u32, PieceHash)>> = JoinSet::new();
     let mut queue: Vec<u32> = Vec::new();
     let mut first_segment_s = None;
-    let (mut send, mut recv) = storage.conn.open_bi().await?;
-    write_frame(&mut send, &OfflineRequest::Watch { cert: storage.cert.clone(), task }).await?;
-    send.finish()?;
-    let mut dec = Decoder::with_limit(MAX_REPLY_LEN);
+    let mut events = Events::open(storage, task).await?;
     let content = loop {
         // Keep pieces of proven segments coming while the task runs.
         while fetching.len() < FOLLOW_STREAMS {
@@ -487,13 +509,8 @@ async fn follow_into(
             spawn_piece(&mut fetching, storage, task, None, p, ps, &file)?;
         }
         tokio::select! {
-            frame = read_frame::<OfflineReply>(&mut recv, &mut dec) => {
-                let ev = match frame? {
-                    Some(OfflineReply::Event(ev)) => ev,
-                    Some(OfflineReply::Reject { text, .. }) => bail!("storage refused: {}", shoal_core::manifest::escape_name(&text)),
-                    Some(other) => bail!("unexpected answer {other:?}"),
-                    None => bail!("storage ended the watch before the task ended"),
-                };
+            ev = events.next() => {
+                let ev = ev?;
                 on_event(&ev);
                 match ev {
                     TaskEvent::Accepted { size } => {
@@ -506,7 +523,9 @@ async fn follow_into(
                     }
                     TaskEvent::Segment(proof) => {
                         let ps = pieces.as_mut().ok_or_else(|| anyhow!("storage proved a segment before the task's size"))?;
-                        check_proof(&proof, task, ps.size, storage.node)?;
+                        if proof.size != ps.size {
+                            bail!("storage proved a segment of a resource of another size");
+                        }
                         first_segment_s.get_or_insert(started.elapsed().as_secs_f64());
                         for (i, h) in proof.hashes.iter().enumerate() {
                             let p = (proof.first.0 + i as u32) as usize;
@@ -634,18 +653,6 @@ async fn check_file(file: &File, m: &Manifest) -> anyhow::Result<Vec<u32>> {
     })
     .await??;
     Ok(bad)
-}
-
-fn check_proof(
-    proof: &SegmentProof,
-    task: TaskId,
-    size: u64,
-    storage: NodeId,
-) -> anyhow::Result<()> {
-    if proof.task != task || proof.size != size {
-        bail!("storage sent a proof for another task or size");
-    }
-    proof.verify(&storage).map_err(|e| anyhow!("{e}"))
 }
 
 /// Fetches piece `p`, checks it against its proven hash and writes it at its offset.

@@ -78,7 +78,7 @@ impl Frame for TrackerRequest {
             }
             Self::ResolveSource { id } => {
                 out.push(0x69);
-                out.extend_from_slice(&id.as_bytes()[..id.len().min(super::MAX_SOURCE_ID_LEN)]);
+                super::put_text(out, id, super::MAX_SOURCE_ID_LEN);
             }
         }
     }

@@ -71,12 +71,12 @@ impl Frame for TrackerResponse {
             Self::Unknown => out.push(0x75),
             Self::Source { url } => {
                 out.push(0x7a);
-                out.extend_from_slice(&url.as_bytes()[..url.len().min(super::MAX_SOURCE_URL_LEN)]);
+                put_text(out, url, super::MAX_SOURCE_URL_LEN);
             }
             Self::Error { code, text } => {
                 out.push(0x76);
                 out.push(code.code());
-                put_text(out, text);
+                put_text(out, text, MAX_ERROR_LEN);
             }
             Self::StorageNodes { nodes } => {
                 out.push(0x77);
