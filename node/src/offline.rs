@@ -208,7 +208,7 @@ impl Offline {
     /// The content if storage holds what `url` gave before and the origin still reports the
     /// same resource; the entry is then committed at once.
     async fn instant(&self, user: UserId, url: &str, name: &str, id: TaskId) -> Option<ContentId> {
-        let raw = self.ctx.cloud.resource_record(&run::res_key(url)).ok()??;
+        let raw = self.ctx.cloud.resource_record(url).ok()??;
         let seen: Seen = serde_json::from_slice(&raw).ok()?;
         let held = self.ctx.cloud.content(seen.content).ok()??;
         if !held.is_complete() {

@@ -250,14 +250,36 @@ impl CloudStore {
 
     /// What storage fetched from a URL before (a record the caller wrote), for instant tasks.
     pub fn resource_record(&self, url: &str) -> Result<Option<Vec<u8>>, CloudError> {
-        Ok(self.resources.get(url.as_bytes())?.map(|v| v.to_vec()))
+        Ok(self.resources.get(resource_key(url))?.map(|v| v.to_vec()))
     }
 
-    /// Remembers what a URL gave.
+    /// Remembers what a URL gave. At most [`MAX_RESOURCES`] URLs are remembered: past that,
+    /// one other record is forgotten (its URL is then fetched again, not answered instantly).
     pub async fn put_resource_record(&self, url: &str, record: &[u8]) -> Result<(), CloudError> {
-        self.resources.insert(url.as_bytes(), record)?;
+        self.put_resource_capped(url, record, MAX_RESOURCES)?;
         self.flush().await
     }
+
+    fn put_resource_capped(&self, url: &str, record: &[u8], cap: usize) -> Result<(), CloudError> {
+        let key = resource_key(url);
+        if !self.resources.contains_key(key)? && self.resources.len() >= cap {
+            // Keys are hashes: the first is as good as a random one to forget.
+            if let Some((old, _)) = self.resources.first()? {
+                self.resources.remove(old)?;
+            }
+        }
+        self.resources.insert(key, record)?;
+        Ok(())
+    }
+}
+
+/// URLs remembered for instant tasks, at most (each record about 300 bytes: about 5 MiB).
+pub const MAX_RESOURCES: usize = 16 * 1024;
+
+/// A URL's key in the resource records: its BLAKE3 hash, so a record costs 32 bytes of key
+/// whatever the URL's length.
+fn resource_key(url: &str) -> [u8; 32] {
+    *blake3::hash(url.as_bytes()).as_bytes()
 }
 
 #[cfg(test)]

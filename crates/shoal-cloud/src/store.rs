@@ -119,7 +119,7 @@ pub struct CloudStore {
     pub(crate) spaces: sled::Tree,
     /// offline task id -> the task's record (JSON, the node's).
     pub(crate) tasks: sled::Tree,
-    /// URL -> what it gave last (JSON, the node's), for instant offline tasks.
+    /// BLAKE3(URL) -> what it gave last (JSON, the node's), for instant offline tasks.
     pub(crate) resources: sled::Tree,
 }
 

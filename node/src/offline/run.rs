@@ -364,15 +364,8 @@ async fn finish(
     }
     let seen = Seen { content: id, resource: res.clone() };
     let url = task.lock().record.url.clone();
-    ctx.cloud
-        .put_resource_record(&res_key(&url), &serde_json::to_vec(&seen).expect("serialises"))
-        .await?;
+    ctx.cloud.put_resource_record(&url, &serde_json::to_vec(&seen).expect("serialises")).await?;
     Ok(id)
-}
-
-/// The key a URL's last result is remembered under.
-pub(crate) fn res_key(url: &str) -> String {
-    url.to_string()
 }
 
 /// Writes the manifest and every piece (each checked against the manifest) into the store.

@@ -236,3 +236,20 @@ async fn the_reverse_owner_index_is_rebuilt_for_an_older_index() {
     let s = reopen(objects, dir.path());
     assert!(s.is_owned(c).unwrap());
 }
+
+#[tokio::test]
+async fn resource_records_stay_within_their_cap() {
+    let (_d, s) = store();
+    // Far more distinct URLs (long ones) than the cap: the tree stays at the cap.
+    let cap = 64;
+    for i in 0..1000 {
+        let url = format!("http://h/{}?n={i}", "x".repeat(2000));
+        s.put_resource_capped(&url, b"r", cap).unwrap();
+    }
+    assert_eq!(s.resources.len(), cap);
+    // Writing a remembered URL again forgets nothing.
+    let last = format!("http://h/{}?n=999", "x".repeat(2000));
+    s.put_resource_capped(&last, b"s", cap).unwrap();
+    assert_eq!(s.resources.len(), cap);
+    assert_eq!(s.resource_record(&last).unwrap(), Some(b"s".to_vec()));
+}
