@@ -689,3 +689,57 @@ fn two_devices_following_one_task_take_pieces_from_each_other() {
     assert!(shared > 0, "the devices served each other nothing");
     eprintln!("followers served each other {shared} of {} bytes", data.len());
 }
+
+#[test]
+fn assists_from_a_stranger_are_refused_and_cost_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let www = www_dir(root.path());
+    let data = write_file(&www.join("f.bin"), 9 << 20, 51);
+    let Some(nginx) = Nginx::start(&www) else { return };
+    let user = root.path().join("user");
+    let (tracker, storage) = cluster(root.path(), &[&user], &["--offline-allow-private"]);
+    let target = shoal_core::PeerAddr {
+        node_id: Some(storage.node_id.parse().unwrap()),
+        addr: storage.addr,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let id = shoal_net::Identity::generate();
+        let ep = shoal_net::Endpoint::bind(&id, "127.0.0.1:0".parse().unwrap(), &[]).unwrap();
+        let conn = ep.connect(&target, shoal_wire::ALPN).await.unwrap().0;
+        // 200 assists, each naming the whole of the largest resource storage would take.
+        for i in 0..200u32 {
+            let size = 64u64 << 30;
+            let layout_segments = shoal_core::offline::resource_pieces(size) as u32;
+            let req = shoal_wire::offline::OfflineRequest::Assist {
+                task: shoal_core::TaskId([i as u8; 16]),
+                size,
+                url: nginx.url("f.bin"),
+                etag: None,
+                last_modified: None,
+                segments: shoal_core::Bitfield::full(layout_segments),
+            };
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            send.write_all(&shoal_wire::encode(&req)).await.unwrap();
+            let _ = send.finish();
+            let bytes = recv.read_to_end(1 << 20).await.unwrap();
+            let mut d = shoal_wire::Decoder::with_limit(shoal_wire::offline::MAX_REPLY_LEN);
+            d.feed(&bytes);
+            match d.decode::<shoal_wire::offline::OfflineReply>().unwrap() {
+                Some(shoal_wire::offline::OfflineReply::Reject { reason, .. }) => {
+                    assert_eq!(reason, shoal_wire::RejectReason::Unauthorized, "assist {i}")
+                }
+                other => panic!("assist {i} from a stranger answered {other:?}"),
+            }
+        }
+    });
+    // Nothing was fetched for the stranger, and storage still serves its own user.
+    let origin = json_of(&storage, &["status", "--json"])["offline_origin_bytes"].as_u64();
+    assert_eq!(origin, Some(0));
+    let node = Daemon::start(&user, &["--tracker", &tracker.addr.to_string()]);
+    let out = root.path().join("out.bin");
+    let mut c = node.cmd();
+    c.args(["offline", "add", &nginx.url("f.bin"), "--follow", "-o"]).arg(&out);
+    ok(c);
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+}

@@ -97,6 +97,7 @@ impl Offline {
             slots,
             trackers,
             origin_max_size,
+            storage_list: Mutex::default(),
             origin_bytes: Arc::default(),
         });
         let mut tasks = HashMap::new();

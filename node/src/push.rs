@@ -19,7 +19,7 @@ use bytes::Bytes;
 use quinn::Connection;
 use shoal_core::{Bitfield, ContentId, DeviceCert, PeerAddr, PieceIndex};
 use shoal_net::RateLimiter;
-use shoal_wire::tracker::{Directive, TrackerRequest, TrackerResponse};
+use shoal_wire::tracker::Directive;
 use shoal_wire::{Decoder, RejectReason, Request, Response};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -150,23 +150,12 @@ async fn push_manifest(
 
 /// The storage node the tracker names.
 pub(crate) async fn find_storage(node: &Pusher) -> anyhow::Result<PeerAddr> {
-    let addr = node.trackers.default_addr().map(str::to_string).ok_or_else(|| {
-        anyhow!("push needs a tracker to find storage: start the daemon with --tracker HOST:PORT")
+    let nodes = node.trackers.storage_nodes("finding storage").await?;
+    let n = nodes.first().ok_or_else(|| {
+        let addr = node.trackers.default_addr().unwrap_or("HOST:PORT");
+        anyhow!("the tracker knows no storage node: start one with `shoal daemon --role storage --tracker {addr}`")
     })?;
-    let t = node.trackers.for_addr(&addr);
-    let conn = t
-        .connection(Duration::from_secs(5))
-        .await
-        .map_err(|e| anyhow!("tracker {addr} is unreachable: {e}"))?;
-    match crate::tracker::call(&conn, &TrackerRequest::FindStorage, None).await?.0 {
-        TrackerResponse::StorageNodes { nodes } => {
-            let n = nodes.into_iter().find(|n| !n.addrs.is_empty()).ok_or_else(|| {
-                anyhow!("the tracker knows no storage node: start one with `shoal daemon --role storage --tracker {addr}`")
-            })?;
-            Ok(PeerAddr { node_id: Some(n.node_id), addr: n.addrs[0] })
-        }
-        other => bail!("unexpected tracker answer {other:?}"),
-    }
+    Ok(PeerAddr { node_id: Some(n.node_id), addr: n.addrs[0] })
 }
 
 async fn holding(conn: &Connection, content: ContentId) -> anyhow::Result<Option<Bitfield>> {

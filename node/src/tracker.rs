@@ -130,6 +130,37 @@ impl Trackers {
         self.own.as_ref().map(|t| t.addr.as_str())
     }
 
+    /// One request to this node's own tracker; without one, an error saying `need` (what the
+    /// tracker is needed for) and how to name one. Cancel-safe.
+    pub(crate) async fn call_own(
+        &self,
+        req: &TrackerRequest,
+        need: &str,
+    ) -> anyhow::Result<TrackerResponse> {
+        let addr = self.default_addr().map(str::to_string).ok_or_else(|| {
+            anyhow!("{need} needs a tracker: start the daemon with --tracker HOST:PORT")
+        })?;
+        let conn = self
+            .for_addr(&addr)
+            .connection(Duration::from_secs(5))
+            .await
+            .map_err(|e| anyhow!("tracker {addr} is unreachable: {e}"))?;
+        Ok(call(&conn, req, None).await?.0)
+    }
+
+    /// The storage nodes the own tracker lists (least loaded first), each with an address.
+    pub(crate) async fn storage_nodes(
+        &self,
+        need: &str,
+    ) -> anyhow::Result<Vec<shoal_wire::tracker::StorageNode>> {
+        match self.call_own(&TrackerRequest::FindStorage, need).await? {
+            TrackerResponse::StorageNodes { nodes } => {
+                Ok(nodes.into_iter().filter(|n| !n.addrs.is_empty()).collect())
+            }
+            other => bail!("unexpected tracker answer {other:?}"),
+        }
+    }
+
     /// The client of this node's own `--tracker` (full session), started on first use.
     pub fn own(&self) -> Option<TrackerHandle> {
         let target = self.own.clone()?;

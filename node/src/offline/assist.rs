@@ -21,7 +21,7 @@ use quinn::{RecvStream, SendStream};
 use shoal_cloud::origin::{Resource, Validators};
 use shoal_core::{Bitfield, NodeId, PeerAddr, PieceHash, PieceIndex, TaskId};
 use shoal_wire::offline::{OfflineReply, OfflineRequest, TaskEvent, MAX_REPLY_LEN};
-use shoal_wire::tracker::{StorageNode, TrackerRequest, TrackerResponse};
+use shoal_wire::tracker::StorageNode;
 use shoal_wire::{Decoder, RejectReason, Response};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
@@ -34,6 +34,8 @@ use crate::net::Net;
 
 /// Other storage nodes a task's segments are split with, at most.
 pub(crate) const MAX_HELPERS: usize = 3;
+/// How long the tracker's list of storage nodes is reused for.
+const STORAGE_LIST_AGE: Duration = Duration::from_secs(30);
 /// Assists a storage node runs at once for others.
 pub(crate) const MAX_ASSISTS: usize = 8;
 /// How long a home waits for a helper's next proof (a slow origin's 4 MiB segment included).
@@ -63,21 +65,22 @@ pub(crate) fn fits_a_frame(res: &Resource) -> bool {
 
 /// The storage nodes this node's tracker lists, least loaded first, without this node.
 pub(crate) async fn storage_nodes(ctx: &Ctx) -> anyhow::Result<Vec<StorageNode>> {
-    let addr =
-        ctx.trackers.default_addr().map(str::to_string).ok_or_else(|| anyhow!("no tracker"))?;
-    let conn = ctx
-        .trackers
-        .for_addr(&addr)
-        .connection(std::time::Duration::from_secs(5))
-        .await
-        .map_err(|e| anyhow!("tracker {addr} is unreachable: {e}"))?;
-    match crate::tracker::call(&conn, &TrackerRequest::FindStorage, None).await?.0 {
-        TrackerResponse::StorageNodes { nodes } => {
-            let me = ctx.net.node_id();
-            Ok(nodes.into_iter().filter(|n| n.node_id != me && !n.addrs.is_empty()).collect())
-        }
-        other => bail!("unexpected tracker answer {other:?}"),
+    // A fresh enough list is reused: an assist from a stranger costs no tracker request.
+    let cached = ctx.storage_list.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some((_, nodes)) = cached.filter(|(at, _)| at.elapsed() < STORAGE_LIST_AGE) {
+        return Ok(nodes);
     }
+    let me = ctx.net.node_id();
+    let nodes: Vec<StorageNode> = ctx
+        .trackers
+        .storage_nodes("assisting")
+        .await?
+        .into_iter()
+        .filter(|n| n.node_id != me)
+        .collect();
+    *ctx.storage_list.lock().unwrap_or_else(|p| p.into_inner()) =
+        Some((std::time::Instant::now(), nodes.clone()));
+    Ok(nodes)
 }
 
 /// The helpers for a task: up to [`MAX_HELPERS`] storage nodes (none without a tracker).

@@ -321,17 +321,8 @@ pub(crate) async fn resolve_source(p: &Pusher, id: &str) -> anyhow::Result<Strin
     if id.is_empty() || id.len() > MAX_SOURCE_ID_LEN {
         bail!("a resource id is 1 to {MAX_SOURCE_ID_LEN} bytes");
     }
-    let addr = p.trackers.default_addr().map(str::to_string).ok_or_else(|| {
-        anyhow!("--id needs a tracker: start the daemon with --tracker HOST:PORT")
-    })?;
-    let conn = p
-        .trackers
-        .for_addr(&addr)
-        .connection(std::time::Duration::from_secs(5))
-        .await
-        .map_err(|e| anyhow!("tracker {addr} is unreachable: {e}"))?;
     let req = TrackerRequest::ResolveSource { id: id.to_string() };
-    match crate::tracker::call(&conn, &req, None).await?.0 {
+    match p.trackers.call_own(&req, "--id").await? {
         TrackerResponse::Source { url } => Ok(url),
         TrackerResponse::Unknown => bail!(
             "the tracker knows no resource {:?} (its operator names them with --offline-source ID=URL)",

@@ -14,6 +14,8 @@ use shoal_core::{ContentId, PieceHash, PieceIndex, TaskId, UserId};
 use tokio::sync::Semaphore;
 
 use super::task;
+use shoal_wire::tracker::StorageNode;
+
 use crate::config::Grants;
 use crate::net::Net;
 
@@ -53,6 +55,9 @@ pub(crate) struct Ctx {
     pub(crate) trackers: Arc<crate::tracker::Trackers>,
     /// The longest resource the origin fetcher accepts.
     pub(crate) origin_max_size: u64,
+    /// The other storage nodes the tracker listed last, and when (see `assist`). Held only for
+    /// access.
+    pub(crate) storage_list: Mutex<Option<(std::time::Instant, Vec<StorageNode>)>>,
     /// Bytes this node fetched from origins (its own tasks and assists).
     pub(crate) origin_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
