@@ -33,6 +33,7 @@ mod assist;
 pub(crate) mod client;
 mod ctx;
 pub(crate) mod follows;
+mod piece;
 mod run;
 mod segments;
 pub(crate) mod serve;

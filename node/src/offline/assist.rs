@@ -16,20 +16,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use bytes::Bytes;
 use quinn::{RecvStream, SendStream};
 use shoal_cloud::origin::{Resource, Validators};
 use shoal_core::{Bitfield, NodeId, PeerAddr, PieceHash, PieceIndex, TaskId};
 use shoal_wire::offline::{OfflineReply, OfflineRequest, TaskEvent, MAX_REPLY_LEN};
 use shoal_wire::tracker::StorageNode;
-use shoal_wire::{Decoder, RejectReason, Response};
+use shoal_wire::{Decoder, RejectReason};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use super::ctx::Ctx;
+use super::piece::{refuse, send_checked, FilePiece};
 use super::segments::{self, fetch_some, Hashed, Layout};
-use crate::io::{finish_within, read_frame, write_frame, write_frame_within, write_within};
-use crate::io::{DRAIN_DEADLINE, SLOT_WAIT, WRITE_STALL};
+use crate::io::{finish_within, read_frame, write_frame, write_frame_within};
+use crate::io::{DRAIN_DEADLINE, WRITE_STALL};
 use crate::net::Net;
 
 /// Other storage nodes a task's segments are split with, at most.
@@ -132,7 +132,7 @@ impl Job {
         write_frame(&mut send, &req).await?;
         let mut left: std::collections::HashSet<u32> = self.share.iter().copied().collect();
         let mut dec = Decoder::with_limit(MAX_REPLY_LEN);
-        let result = loop {
+        let result = 'proofs: loop {
             let next =
                 tokio::time::timeout(PROOF_IDLE, read_frame::<OfflineReply>(&mut recv, &mut dec));
             let Ok(next) = next.await else {
@@ -161,24 +161,13 @@ impl Job {
                                 anyhow!("helper took over {PULL_DEADLINE:?} for piece {p}")
                             })??;
                         if shoal_core::PieceHash::of(&data) != *hash {
-                            // Caught below: the segment's hashes will not match the proof.
-                            break;
+                            break 'proofs Err(anyhow!(
+                                "helper's piece {p} does not match its proof"
+                            ));
                         }
                         let part = self.part.try_clone()?;
                         tokio::task::spawn_blocking(move || part.write_all_at(&data, range.start))
                             .await??;
-                    }
-                    // Re-hashed by the home, so a piece that did not match (above) shows.
-                    let part = self.part.try_clone()?;
-                    let layout = self.layout;
-                    let hashed = tokio::task::spawn_blocking(move || {
-                        segments::hash_group(&part, layout, &[seg])
-                    })
-                    .await??;
-                    if hashed.first().map(|h| &h.1) != Some(&proof.hashes) {
-                        break Err(anyhow!(
-                            "helper's pieces of segment {seg} do not match its proof"
-                        ));
                     }
                     if done.send((pieces.start, proof.hashes)).await.is_err() {
                         break Ok(());
@@ -406,39 +395,11 @@ pub(crate) async fn serve_piece(
     Some(
         async {
             let Some(hash) = hash else {
-                let r = Response::Reject {
-                    reason: RejectReason::NotFound,
-                    text: "piece not proven yet".into(),
-                };
-                write_frame_within(send, &r, WRITE_STALL).await?;
-                return finish_within(send, DRAIN_DEADLINE).await;
+                return refuse(send, RejectReason::NotFound, "piece not proven yet").await;
             };
             let range = assist.layout.bytes(&(piece.0..piece.0 + 1));
-            let len = range.end - range.start;
-            let Ok(mut slot) = uploads.acquire(peer, None, len, SLOT_WAIT).await else {
-                let r = Response::Reject {
-                    reason: RejectReason::Busy,
-                    text: "upload slots busy; try later".into(),
-                };
-                write_frame_within(send, &r, WRITE_STALL).await?;
-                return finish_within(send, DRAIN_DEADLINE).await;
-            };
-            let path = assist.path.clone();
-            let data = tokio::task::spawn_blocking(move || {
-                let f = File::open(path)?;
-                let mut buf = vec![0u8; len as usize];
-                f.read_exact_at(&mut buf, range.start)?;
-                Ok::<_, std::io::Error>(buf)
-            })
-            .await??;
-            if PieceHash::of(&data) != hash {
-                bail!("assist piece {piece} changed on disk");
-            }
-            write_frame_within(send, &Response::Piece { len: data.len() as u32 }, WRITE_STALL)
-                .await?;
-            write_within(send, Bytes::from(data), WRITE_STALL).await?;
-            slot.sent();
-            finish_within(send, DRAIN_DEADLINE).await
+            let at = FilePiece { path: assist.path.clone(), range, hash };
+            send_checked(send, uploads, None, peer, at, "piece changed here").await.map(|_| ())
         }
         .await,
     )

@@ -11,14 +11,12 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use quinn::SendStream;
 use shoal_core::{DeviceCert, NodeId, PieceHash, PieceIndex, TaskId, UserId};
 use shoal_net::RateLimiter;
-use shoal_wire::{RejectReason, Response};
+use shoal_wire::RejectReason;
 
-use crate::io::WRITE_STALL;
-use crate::io::{finish_within, write_frame_within, write_within, DRAIN_DEADLINE, SLOT_WAIT};
+use super::piece::{refuse, send_checked, FilePiece};
 use crate::upload::Uploads;
 
 /// A followed task: its partial file and the pieces verified in it.
@@ -104,40 +102,16 @@ pub(crate) async fn serve_piece(
         f.held.lock().unwrap_or_else(|e| e.into_inner()).get(piece.0 as usize).copied().flatten();
     Some(
         async {
-            let reject =
-                |text: &str| Response::Reject { reason: RejectReason::NotFound, text: text.into() };
             let Some(hash) = hash else {
-                write_frame_within(send, &reject("piece not held here yet"), WRITE_STALL).await?;
-                return finish_within(send, DRAIN_DEADLINE).await;
+                return refuse(send, RejectReason::NotFound, "piece not held here yet").await;
             };
             let start = u64::from(piece.0) * f.piece;
-            let len = f.piece.min(f.size - start);
-            let Ok(mut slot) = uploads.acquire(peer, None, len, SLOT_WAIT).await else {
-                let busy = Response::Reject { reason: RejectReason::Busy, text: "busy".into() };
-                write_frame_within(send, &busy, WRITE_STALL).await?;
-                return finish_within(send, DRAIN_DEADLINE).await;
-            };
-            let path = f.path.clone();
-            let data = tokio::task::spawn_blocking(move || {
-                use std::os::unix::fs::FileExt;
-                let file = std::fs::File::open(path)?;
-                let mut buf = vec![0u8; len as usize];
-                file.read_exact_at(&mut buf, start)?;
-                Ok::<_, std::io::Error>(buf)
-            })
-            .await??;
-            if PieceHash::of(&data) != hash {
-                write_frame_within(send, &reject("piece changed here"), WRITE_STALL).await?;
-                return finish_within(send, DRAIN_DEADLINE).await;
-            }
-            write_frame_within(send, &Response::Piece { len: data.len() as u32 }, WRITE_STALL)
-                .await?;
-            let n = data.len() as u64;
-            limit.acquire(n).await;
-            write_within(send, Bytes::from(data), WRITE_STALL).await?;
-            slot.sent();
+            let range = start..(start + f.piece).min(f.size);
+            let at = FilePiece { path: f.path.clone(), range, hash };
+            let n =
+                send_checked(send, uploads, Some(limit), peer, at, "piece changed here").await?;
             follows.1.fetch_add(n, Ordering::Relaxed);
-            finish_within(send, DRAIN_DEADLINE).await
+            Ok(())
         }
         .await,
     )

@@ -150,8 +150,6 @@ async fn fetch(task: &Arc<Task>, ctx: &Ctx) -> Result<(Resource, Layout, File), 
                     return Err(TaskError::KeepsChanging(restarts - 1));
                 }
                 warn!(task = %task.id.fmt_short(), %what, "resource changed at the origin; starting over");
-                // Who holds what of the old version no longer matters.
-                task.served.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 task.log(TaskEvent::Restarted {
                     reason: format!("the resource changed at the origin ({what})"),
                 });
@@ -182,6 +180,8 @@ fn open_part(task: &Task, ctx: &Ctx, res: &Resource, layout: Layout) -> Result<F
     s.record.resource = Some(res.clone());
     s.record.hashes = vec![None; layout.pieces as usize];
     s.bytes = 0;
+    // Which follower holds what of an earlier version no longer matters.
+    task.served.lock().unwrap_or_else(|p| p.into_inner()).clear();
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -165,7 +165,7 @@ pub(crate) fn hash_range(
 
 /// Hashes the pieces of each segment in `group` from the temporary file, reading at most
 /// [`HASH_CHUNK`] at a time (a piece may be 64 MiB).
-pub(crate) fn hash_group(
+fn hash_group(
     part: &File,
     layout: Layout,
     group: &[u32],

@@ -9,16 +9,16 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use quinn::{RecvStream, SendStream, VarInt};
 use shoal_core::{DeviceCert, NodeId, PieceIndex, TaskId, UserId};
 use shoal_wire::offline::{EntryState, OfflineReply, OfflineRequest, SpaceEntry, TaskEvent};
-use shoal_wire::{RejectReason, Response};
+use shoal_wire::RejectReason;
 
+use super::piece::{send_checked, FilePiece};
 use super::segments::Layout;
 use super::{pending, Offline, Refusal};
-use crate::io::{finish_within, write_frame_within, write_within};
-use crate::io::{DRAIN_DEADLINE, SLOT_WAIT, WRITE_STALL};
+use crate::io::{finish_within, write_frame_within};
+use crate::io::{DRAIN_DEADLINE, WRITE_STALL};
 use crate::upload::Uploads;
 
 /// What serving offline requests uses of the node: its offline tasks (storage nodes only),
@@ -271,67 +271,42 @@ async fn task_piece(
         Ok(t) => t,
         Err(r) => return refuse(send, r).await,
     };
+    let found = {
+        let s = task.lock();
+        s.record.resource.as_ref().and_then(|res| {
+            // Only an index with a hash is in range, so `+ 1` cannot overflow.
+            let hash = s.record.hashes.get(piece.0 as usize).copied().flatten()?;
+            Some((hash, Layout::of(res.len).bytes(&(piece.0..piece.0 + 1))))
+        })
+    };
+    let Some((hash, range)) = found else {
+        let text = format!("piece {piece} of task {id} is not in storage yet (or the task ended)");
+        return refuse(send, (RejectReason::NotFound, text)).await;
+    };
     // Sent to another follower a moment ago, which still watches: take it from there.
     if !direct {
         let first = task.served.lock().unwrap_or_else(|p| p.into_inner()).get(&piece.0).copied();
-        if let Some((node, when)) = first.filter(|(n, t)| *n != peer && t.elapsed() >= POINT_AFTER)
-        {
+        if let Some((node, _)) = first.filter(|(n, t)| *n != peer && t.elapsed() >= POINT_AFTER) {
             let at = task.watchers.lock().unwrap_or_else(|p| p.into_inner()).get(&node).copied();
             if let Some((addr, _)) = at {
                 let r = shoal_wire::offline::PieceReply::Elsewhere { node, addr };
-                let _ = when;
                 write_frame_within(&mut send, &r, WRITE_STALL).await?;
                 return finish_within(&mut send, DRAIN_DEADLINE).await;
             }
         }
     }
-    let found = {
-        let s = task.lock();
-        s.record.resource.as_ref().map(|res| {
-            let layout = Layout::of(res.len);
-            let hash = s.record.hashes.get(piece.0 as usize).copied().flatten();
-            // Only an index with a hash is in range, so `+ 1` cannot overflow when it is used.
-            (hash, hash.map(|_| layout.bytes(&(piece.0..piece.0 + 1))))
-        })
-    };
-    let Some((hash, range)) = found else {
-        return refuse(send, (RejectReason::NotFound, "the task has no piece yet".into())).await;
-    };
-    let (Some(hash), Some(range)) = (hash, range) else {
-        let text = format!("piece {piece} of task {id} is not in storage yet (or the task ended)");
-        return refuse(send, (RejectReason::NotFound, text)).await;
-    };
-    let len = range.end - range.start;
-    let Ok(mut slot) = parts.uploads.acquire(peer, None, len, SLOT_WAIT).await else {
-        return refuse(send, (RejectReason::Busy, "upload slots busy; try later".into())).await;
-    };
     let path = offline.ctx().part_path(id);
-    let data = tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::File::open(path)?;
-        let mut buf = vec![0u8; len as usize];
-        f.read_exact_at(&mut buf, range.start)?;
-        Ok::<_, std::io::Error>(buf)
-    })
-    .await?;
-    let data = match data {
-        Ok(d) if shoal_core::PieceHash::of(&d) == hash => Bytes::from(d),
-        // Gone (the task ended and moved it) or changed (a restart): not served.
-        _ => {
-            let text = format!("piece {piece} of task {id} is no longer in the temporary area");
-            return refuse(send, (RejectReason::NotFound, text)).await;
-        }
-    };
-    write_frame_within(&mut send, &Response::Piece { len: data.len() as u32 }, WRITE_STALL).await?;
-    parts.limit.acquire(data.len() as u64).await;
-    write_within(&mut send, data, WRITE_STALL).await?;
-    slot.sent();
-    finish_within(&mut send, DRAIN_DEADLINE).await?;
-    // Delivered (acknowledged): others may be pointed to this follower for it.
-    task.served
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry(piece.0)
-        .or_insert((peer, std::time::Instant::now()));
+    let gone = format!("piece {piece} of task {id} is no longer in the temporary area");
+    let piece_at = FilePiece { path, range, hash };
+    let sent =
+        send_checked(&mut send, parts.uploads, Some(parts.limit), peer, piece_at, &gone).await?;
+    if sent > 0 {
+        // Delivered (acknowledged): others may be pointed to this follower for it.
+        task.served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(piece.0)
+            .or_insert((peer, std::time::Instant::now()));
+    }
     Ok(())
 }
