@@ -25,6 +25,26 @@ pub(crate) const RESET_STALLED: u32 = 1;
 // The read loop is shared with the tracker and the testnet's probes.
 pub(crate) use shoal_net::framed::{read_frame, read_frame_within, ReadError, Stalled};
 
+/// The `len` raw bytes that follow an answer's header on `recv`: those the decoder read past
+/// the header, then the rest from the stream. More than `len` already read means the sender
+/// sent more than it announced (`what` names it in the error). The caller bounds `len` before.
+/// Not cancel-safe.
+pub(crate) async fn read_body(
+    recv: &mut quinn::RecvStream,
+    dec: &mut shoal_wire::Decoder,
+    len: u64,
+    what: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let mut buf = dec.take_rest().to_vec();
+    if buf.len() as u64 > len {
+        anyhow::bail!("{what} longer than announced");
+    }
+    let have = buf.len();
+    buf.resize(len as usize, 0);
+    recv.read_exact(&mut buf[have..]).await?;
+    Ok(buf)
+}
+
 /// Why a write to a peer failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum WriteError {

@@ -372,13 +372,7 @@ async fn exchange(
         if len as usize > shoal_core::manifest::MAX_ENCODED_LEN {
             bail!("the tracker announced a {len}-byte manifest, longer than any manifest");
         }
-        extra = dec.take_rest().to_vec();
-        if extra.len() > len as usize {
-            bail!("manifest longer than announced");
-        }
-        let have = extra.len();
-        extra.resize(len as usize, 0);
-        recv.read_exact(&mut extra[have..]).await?;
+        extra = crate::io::read_body(&mut recv, &mut dec, u64::from(len), "manifest").await?;
     }
     Ok((resp, extra))
 }

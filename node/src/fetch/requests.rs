@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::links::{Counters, Waiting};
 use super::{Ctx, Done, Outcome, RequestError};
-use crate::io::{read_frame, write_frame};
+use crate::io::{read_body, read_frame, write_frame};
 use crate::node::Node;
 use crate::serve::{drive_control, PeerEvent, CONTROL_PRIORITY};
 
@@ -32,13 +32,7 @@ pub(super) async fn request_manifest(
     let mut dec = Decoder::new();
     match read_frame::<Response>(&mut recv, &mut dec).await?.context("no answer")? {
         Response::Manifest { len } => {
-            let mut buf = dec.take_rest().to_vec();
-            if buf.len() > len as usize {
-                bail!("manifest longer than announced");
-            }
-            let have = buf.len();
-            buf.resize(len as usize, 0);
-            recv.read_exact(&mut buf[have..]).await?;
+            let buf = read_body(&mut recv, &mut dec, u64::from(len), "manifest").await?;
             Ok((buf, u64::from(len)))
         }
         Response::Reject { text, .. } => bail!("refused: {text}"),

@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use super::follows::{Followed, Follows};
-use crate::io::{read_frame, write_frame};
+use crate::io::{read_body, read_frame, write_frame};
 use crate::push::Pusher;
 
 /// Pieces a follower fetches at once.
@@ -222,14 +222,7 @@ impl Storage {
         if n != len {
             bail!("piece {piece} announced as {n} bytes, not {len}");
         }
-        let mut buf = dec.take_rest().to_vec();
-        if buf.len() as u64 > len {
-            bail!("sent more than it announced");
-        }
-        let have = buf.len();
-        buf.resize(len as usize, 0);
-        recv.read_exact(&mut buf[have..]).await?;
-        Ok(Ok(buf))
+        Ok(Ok(read_body(&mut recv, &mut dec, len, "piece").await?))
     }
 
     /// A task piece from the follower storage pointed to.
@@ -386,14 +379,7 @@ pub(crate) async fn read_raw(
     if len > max {
         bail!("storage announced {len} bytes where at most {max} fit");
     }
-    let mut buf = dec.take_rest().to_vec();
-    if buf.len() as u64 > len {
-        bail!("storage sent more than it announced");
-    }
-    let have = buf.len();
-    buf.resize(len as usize, 0);
-    recv.read_exact(&mut buf[have..]).await?;
-    Ok(buf)
+    read_body(recv, dec, len, "answer").await
 }
 
 pub(crate) use shoal_control::FollowReport;
