@@ -11,10 +11,10 @@ use crate::world::{Kind, Transfer, Us, World};
 impl World {
     /// A client subscribes: its bitfield goes back, and its haves from now on.
     pub(crate) fn subscribe(&mut self, s: u32, c: u32) {
+        let now = self.at(self.now);
         let n = &mut self.nodes[s as usize];
         if n.clients.contains(&c) {
             n.subscribers.insert(c);
-            let now = self.t0 + std::time::Duration::from_micros(self.now);
             let view = n.reveal.as_mut().map(|r| r.subscribe(now, c));
             let b = Box::new(view.unwrap_or_else(|| n.have.clone()));
             self.after(self.latency, c, Kind::Bitfield(s, b));
@@ -56,7 +56,6 @@ impl World {
             }
         }
         self.pump_up(s);
-        self.pump_reveal(s);
     }
 
     /// A client cancels a request: a waiter leaves the queue, a transfer not yet on the wire
@@ -85,7 +84,6 @@ impl World {
             }
         }
         self.pump_up(s);
-        self.pump_reveal(s);
     }
 
     /// A client closed its connection: its waiters and queued transfers go.
@@ -115,7 +113,6 @@ impl World {
             }
         }
         self.pump_up(s);
-        self.pump_reveal(s);
     }
 
     /// The transfer on the wire is sent: it reaches its client one latency later, and the slot
@@ -137,7 +134,6 @@ impl World {
             self.after(self.latency, t.to, Kind::Piece(s, t.piece, PieceOutcome::Verified));
         }
         self.pump_up(s);
-        self.pump_reveal(s);
     }
 
     pub(crate) fn reveal_timer(&mut self, s: u32, t: Us) {
@@ -197,8 +193,10 @@ impl World {
         self.pump_up(s);
     }
 
-    /// Carries out the uploader's events, starts the next transfer, arms the timer.
+    /// Carries out the uploader's events, starts the next transfer, arms the timer, then the
+    /// reveal's events (what the uploader did may have shown pieces).
     pub(crate) fn pump_up(&mut self, s: u32) {
+        let now = self.at(self.now);
         let mut refused = Vec::new();
         let n = &mut self.nodes[s as usize];
         while let Some(ev) = n.up.poll_event() {
@@ -214,7 +212,6 @@ impl World {
                 Event::Refused(ticket) => {
                     if let Some((to, piece)) = n.waiting.remove(&ticket) {
                         if let Some(r) = n.reveal.as_mut() {
-                            let now = self.t0 + std::time::Duration::from_micros(self.now);
                             r.handle_abandoned(now, to, piece);
                         }
                         refused.push((to, piece));
