@@ -27,6 +27,9 @@ const MAX_CONNECTIONS: usize = 4096;
 const STREAMS_PER_CONNECTION: usize = 16;
 /// How long a node may take to send a whole request frame (and a manifest body).
 const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a request stream is read for, whatever it carries (then it is ended as after
+/// its last request).
+const STREAM_DEADLINE: Duration = Duration::from_secs(30);
 /// Manifest body bytes being read at once, over all connections: bounds the memory a crowd
 /// of slow uploaders can hold.
 const MANIFEST_BYTES_IN_FLIGHT: usize = 32 * 1024 * 1024;
@@ -196,7 +199,9 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, node: NodeId) {
 }
 
 /// Serves one request stream: requests one after another (pipelining, protocol version 3),
-/// each within [`REQUEST_DEADLINE`], answered in order; at most [`MAX_REQUESTS_PER_STREAM`].
+/// each within [`REQUEST_DEADLINE`], answered in order; at most [`MAX_REQUESTS_PER_STREAM`],
+/// and none read after [`STREAM_DEADLINE`] (a node dripping requests cannot hold one of its
+/// connection's streams for 256 request deadlines).
 /// Answers to requests that arrived together are written together: the buffer is flushed when
 /// the next request is not here yet, or when it holds [`FLUSH_AT`] bytes.
 async fn handle(
@@ -208,22 +213,26 @@ async fn handle(
 ) -> anyhow::Result<()> {
     let mut dec = Decoder::with_limit(MAX_TRACKER_REQUEST_LEN);
     let mut out = Vec::new();
+    let ends = tokio::time::Instant::now() + STREAM_DEADLINE;
     for _ in 0..MAX_REQUESTS_PER_STREAM {
         let req = match dec.decode::<TrackerRequest>() {
             Ok(Some(r)) => Some(r),
             // Not here yet: what is answered goes out before the tracker waits.
             Ok(None) => {
                 flush(&mut send, &mut out).await?;
-                let read = read_frame_within::<TrackerRequest>(
-                    &mut recv,
-                    &mut dec,
-                    REQUEST_DEADLINE,
-                    "request",
-                );
+                let left = ends.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let wait = left.min(REQUEST_DEADLINE);
+                let read =
+                    read_frame_within::<TrackerRequest>(&mut recv, &mut dec, wait, "request");
                 match read.await {
                     Ok(r) => r,
                     // An end of stream inside a frame is the node giving up: nothing to answer.
                     Err(ReadError::Truncated) => return Ok(()),
+                    // The stream's time is up: ended like a full one.
+                    Err(ReadError::Stalled(_)) if wait < REQUEST_DEADLINE => break,
                     Err(ReadError::Stalled(_)) => {
                         let _ = recv.stop(VarInt::from_u32(0));
                         anyhow::bail!("no whole request within {REQUEST_DEADLINE:?}");
@@ -253,8 +262,8 @@ async fn handle(
             break;
         }
     }
-    // The most a stream carries, or a manifest upload: further requests on it are not read
-    // (the node opens another stream).
+    // The most a stream carries, its deadline, or a manifest upload: further requests on it
+    // are not read (the node opens another stream).
     let _ = recv.stop(VarInt::from_u32(0));
     finish(&mut send, &mut out).await
 }

@@ -555,6 +555,40 @@ async fn a_stream_of_endless_requests_is_answered_up_to_the_limit_then_ended() {
 }
 
 #[tokio::test]
+async fn a_stream_dripping_requests_is_ended_at_the_stream_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_tracker, _node, _e, c) = registered(dir.path()).await;
+    let lookup = compact_lookup(8);
+    let (mut send, mut recv) = c.open_bi().await.unwrap();
+    let started = std::time::Instant::now();
+    let mut dec = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
+    let mut answered = 0;
+    // One request every 4 s, each within the request deadline: only the stream's own deadline
+    // (30 s) ends it, well before the 256 a stream may carry.
+    loop {
+        if send.write_all(&encode(&lookup)).await.is_err() {
+            break;
+        }
+        let read = shoal_net::framed::read_frame::<TrackerResponse>(&mut recv, &mut dec);
+        match tokio::time::timeout(std::time::Duration::from_secs(60), read).await {
+            Ok(Ok(Some(a))) => {
+                assert_eq!(a, TrackerResponse::Unknown);
+                answered += 1;
+            }
+            // The tracker finished the stream (or stopped reading it).
+            Ok(_) => break,
+            Err(_) => panic!("no answer and no end within 60 s"),
+        }
+        assert!(answered <= 12, "still answering after {answered} requests");
+        tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    }
+    let took = started.elapsed();
+    assert!((2..=9).contains(&answered), "{answered} answered in {took:?}");
+    // The connection still serves a new stream.
+    assert_eq!(call(&c, &lookup).await.unwrap(), TrackerResponse::Unknown);
+}
+
+#[tokio::test]
 async fn answered_requests_then_half_a_frame_get_their_answers_then_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let (_tracker, _node, _e, c) = registered(dir.path()).await;
