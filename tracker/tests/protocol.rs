@@ -670,3 +670,50 @@ async fn rate_limits_count_every_request_of_a_pipelined_stream() {
     assert!(limited > 0, "{served} served, none limited");
     assert!(served >= 512, "the burst is served: only {served}");
 }
+
+#[tokio::test]
+async fn resource_ids_resolve_to_the_operators_urls_and_bad_ids_close_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tracker, _) =
+        start_with(dir.path(), "127.0.0.1:0", &["--offline-source", "iso=http://mirror/x.iso"]);
+    let node = Identity::generate();
+    let (_e, c) = connect(&node, tracker.addr).await;
+    let resolve = |id: &str| TrackerRequest::ResolveSource { id: id.into() };
+    assert_eq!(
+        call(&c, &resolve("iso")).await.unwrap(),
+        TrackerResponse::Source { url: "http://mirror/x.iso".into() }
+    );
+    assert_eq!(call(&c, &resolve("nope")).await.unwrap(), TrackerResponse::Unknown);
+    // An empty id, and one a byte over the limit: malformed, so that connection is closed.
+    for body in [vec![], vec![b'a'; shoal_wire::tracker::MAX_SOURCE_ID_LEN + 1]] {
+        let (_e, bad) = connect(&Identity::generate(), tracker.addr).await;
+        let mut frame = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+        frame.push(0x69);
+        frame.extend_from_slice(&body);
+        let (mut send, _recv) = bad.open_bi().await.unwrap();
+        send.write_all(&frame).await.unwrap();
+        let _ = send.finish();
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(10), bad.closed()).await;
+        assert!(closed.is_ok(), "a {}-byte id left the connection open", body.len());
+    }
+    // The tracker still serves the well-behaved connection.
+    assert_eq!(
+        call(&c, &resolve("iso")).await.unwrap(),
+        TrackerResponse::Source { url: "http://mirror/x.iso".into() }
+    );
+}
+
+#[test]
+fn a_malformed_offline_source_is_one_line_of_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal-tracker"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(["--offline-source", "iso=ftp://mirror/x.iso"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--offline-source") && err.contains("ID=URL"), "{err}");
+}
