@@ -125,6 +125,7 @@ impl Node {
             data_dir: dir.clone(),
             reseeding: Arc::default(),
             reveals: reveals.clone(),
+            storage: Arc::default(),
         };
         let offline = match &contents.cloud {
             Some(cloud) => {

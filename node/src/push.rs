@@ -46,6 +46,9 @@ pub struct Pusher {
     pub(crate) reseeding: Arc<Mutex<HashSet<ContentId>>>,
     /// What this node reveals as an origin: a piece pushed into storage is a copy out.
     pub(crate) reveals: Arc<crate::reveal::Reveals>,
+    /// The connection to the storage node offline tasks and the space go to, kept between
+    /// calls (see `offline::client`). Held only for access.
+    pub(crate) storage: Arc<Mutex<Option<(PeerAddr, Connection, shoal_core::NodeId)>>>,
 }
 
 /// Pieces pushed at once.

@@ -58,18 +58,32 @@ const MAX_PEERS: usize = 16;
 impl Storage {
     /// Connects to the storage node the tracker names (or `addr`).
     pub(crate) async fn connect(p: &Pusher, addr: Option<PeerAddr>) -> anyhow::Result<Self> {
-        let addr = match addr {
-            Some(a) => a,
-            None => crate::push::find_storage(p).await?,
-        };
-        let (conn, node) = p
-            .net
-            .endpoint
-            .connect(&addr, shoal_wire::ALPN)
-            .await
-            .with_context(|| format!("cannot reach storage at {}", addr.addr))?;
         let cert = crate::push::device_cert(p)?;
-        let addr = PeerAddr { node_id: Some(node), addr: addr.addr };
+        // The daemon keeps one connection to its storage node: a control call or a sync round
+        // costs a request, not a tracker lookup and a handshake.
+        let kept = p.storage.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let kept = kept.filter(|(a, c, _)| {
+            c.close_reason().is_none() && addr.is_none_or(|want| want.addr == a.addr)
+        });
+        let (addr, conn, node) = match kept {
+            Some(k) => k,
+            None => {
+                let addr = match addr {
+                    Some(a) => a,
+                    None => crate::push::find_storage(p).await?,
+                };
+                let (conn, node) = p
+                    .net
+                    .endpoint
+                    .connect(&addr, shoal_wire::ALPN)
+                    .await
+                    .with_context(|| format!("cannot reach storage at {}", addr.addr))?;
+                let addr = PeerAddr { node_id: Some(node), addr: addr.addr };
+                *p.storage.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((addr, conn.clone(), node));
+                (addr, conn, node)
+            }
+        };
         Ok(Self { conn, node, addr, cert, net: p.net.clone(), peers: Arc::default() })
     }
 
@@ -298,8 +312,8 @@ impl Storage {
         Ok(Manifest::decode(&bytes)?)
     }
 
+    /// Closes the connections to other followers; the one to storage stays for the next call.
     pub(crate) fn close(&self) {
-        self.conn.close(0u32.into(), b"done");
         for p in self.peers.lock().unwrap_or_else(|p| p.into_inner()).values() {
             if let Peer::Up(c) = p {
                 c.close(0u32.into(), b"done");
