@@ -27,14 +27,19 @@ impl Index {
         );
         for &content in self.held.get(&node).into_iter().flatten() {
             let Some(swarm) = self.swarms.get_mut(&content) else { continue };
-            let Some(mine) = swarm.holders.get(&node) else { continue };
+            if !swarm.holders.contains(&node) {
+                continue;
+            }
             let storage_nodes: Vec<NodeId> = swarm.storage.keys().copied().collect();
             for s in storage_nodes {
-                let Some(held) = swarm.holders.get(&s) else { continue };
-                if held.is_complete() {
+                // Every heartbeat asks this of every content the node holds: no bitfield
+                // copies until a re-seed is planned.
+                let Some(view) = swarm.holders.entry(&s) else { continue };
+                if view.is_complete() {
                     out.stored.push(content);
                     continue;
                 }
+                let held = view.bitfield();
                 // Listed from this map just above, with no removal in between.
                 let Some(e) = swarm.storage.get_mut(&s) else { continue };
                 // Re-seed once the upload into storage has stalled; keep going until complete.
@@ -47,6 +52,7 @@ impl Index {
                 {
                     continue;
                 }
+                let Some(mine) = swarm.holders.get(&node) else { continue };
                 let pieces: Vec<PieceIndex> = mine
                     .iter_ones()
                     .filter(|&p| !held.get(p))

@@ -51,6 +51,11 @@ pub(crate) struct HolderView<'a> {
 }
 
 impl HolderView<'_> {
+    /// True if it holds every piece (no copy of its bitfield).
+    pub(crate) fn is_complete(&self) -> bool {
+        count_and_not(self.bits, None) == self.piece_count
+    }
+
     /// An owned copy of its bitfield.
     pub(crate) fn bitfield(&self) -> Bitfield {
         bitfield_of(self.piece_count, self.bits)
