@@ -5,8 +5,9 @@
 //! Every [`SYNC_EVERY`] the daemon lists the space on its storage node and fetches, one at a
 //! time, each permanent entry whose name is not in DIR yet (a fetch writes a partial file
 //! beside the output and renames it into place once every piece is verified, so DIR never
-//! holds half a file). A name already in DIR is left alone, whatever it holds, and a name that
-//! is not a plain file name is never synced. Failures are
+//! holds half a file). A name already in DIR is left alone, whatever it holds, a name that is
+//! not a plain file name is never synced, and an entry larger than the room left on DIR's
+//! filesystem is not started. Failures are
 //! logged and tried again at the next round. Removing an entry from the space does not
 //! delete the file.
 
@@ -43,22 +44,27 @@ async fn round(node: &Arc<Node>, dir: &Path) -> anyhow::Result<()> {
     let storage = Storage::connect(&node.pusher, None).await?;
     let entries = storage.space().await;
     storage.close();
-    let wanted: Vec<(String, ContentId)> = entries?
+    let wanted: Vec<(String, ContentId, u64)> = entries?
         .into_iter()
         .filter(|e| e.state == EntryState::Permanent)
-        .filter_map(|e| Some((e.name, e.content?)))
+        .filter_map(|e| Some((e.name, e.content?, e.size)))
         // A name from storage becomes a path under DIR only if it is a plain file name (no
         // `/`, no `..`): a hostile storage node cannot write elsewhere.
-        .filter(|(name, _)| {
+        .filter(|(name, _, _)| {
             let plain = plain_name(name);
             if !plain {
                 warn!(name = %shoal_core::manifest::escape_name(name), "space entry name is not a plain file name; not synced");
             }
             plain
         })
-        .filter(|(name, _)| dir.join(name).symlink_metadata().is_err())
+        .filter(|(name, _, _)| dir.join(name).symlink_metadata().is_err())
         .collect();
-    for (name, content) in wanted {
+    for (name, content, size) in wanted {
+        // What would not fit on DIR's filesystem is not started (and not allowed to fill it).
+        if !room_for(dir, size) {
+            warn!(name = %shoal_core::manifest::escape_name(&name), size, "no room for a space entry in the sync dir; skipped");
+            continue;
+        }
         let output = dir.join(&name);
         let ticket = Ticket {
             content,
@@ -81,6 +87,11 @@ async fn round(node: &Arc<Node>, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// True if DIR's filesystem has room for `size` more bytes (false if it cannot be told).
+fn room_for(dir: &Path, size: u64) -> bool {
+    rustix::fs::statvfs(dir).map(|s| s.f_bavail.saturating_mul(s.f_frsize) >= size).unwrap_or(false)
+}
+
 /// True if `name` is a plain file name (a manifest's: no `/`, no NUL, not `.` or `..`).
 fn plain_name(name: &str) -> bool {
     shoal_core::Manifest::new(name, 0, Vec::new()).is_ok()
@@ -88,7 +99,15 @@ fn plain_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::plain_name;
+    use super::{plain_name, room_for};
+
+    #[test]
+    fn an_entry_larger_than_the_free_space_is_not_started() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(room_for(dir.path(), 1));
+        assert!(!room_for(dir.path(), u64::MAX), "no filesystem has 16 EiB free");
+        assert!(!room_for(&dir.path().join("missing"), 1), "unknown: not started");
+    }
 
     #[test]
     fn only_plain_file_names_become_paths() {
