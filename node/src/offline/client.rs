@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use super::follows::{Followed, Follows};
+use super::segments::Layout;
 use crate::io::{read_body, read_frame, write_frame};
 use crate::push::Pusher;
 
@@ -406,8 +407,7 @@ fn part_path(output: &Path, task: TaskId) -> PathBuf {
 
 /// What a follower knows of the pieces.
 struct Pieces {
-    size: u64,
-    piece: u64,
+    layout: Layout,
     proven: Vec<Option<PieceHash>>,
     have: Vec<bool>,
     /// What the user's other followers may take from here.
@@ -416,9 +416,9 @@ struct Pieces {
 
 impl Pieces {
     fn new(size: u64) -> Self {
-        let piece = 1u64 << shoal_core::piece::piece_log2_for(size);
-        let n = shoal_core::offline::resource_pieces(size) as usize;
-        Self { size, piece, proven: vec![None; n], have: vec![false; n], shared: None }
+        let layout = Layout::of(size);
+        let n = layout.pieces as usize;
+        Self { layout, proven: vec![None; n], have: vec![false; n], shared: None }
     }
 
     /// Marks piece `p` held if `hash` is the one proven for it now.
@@ -432,8 +432,7 @@ impl Pieces {
     }
 
     fn range(&self, p: u32) -> std::ops::Range<u64> {
-        let start = u64::from(p) * self.piece;
-        start..(start + self.piece).min(self.size)
+        self.layout.bytes(&(p..p + 1))
     }
 }
 
@@ -514,7 +513,7 @@ async fn follow_into(
                     }
                     TaskEvent::Segment(proof) => {
                         let ps = pieces.as_mut().ok_or_else(|| anyhow!("storage proved a segment before the task's size"))?;
-                        if proof.size != ps.size {
+                        if proof.size != ps.layout.len {
                             bail!("storage proved a segment of a resource of another size");
                         }
                         first_segment_s.get_or_insert(started.elapsed().as_secs_f64());
@@ -567,8 +566,10 @@ async fn follow_into(
     // The content exists: its manifest must list exactly the hashes storage signed.
     let m = storage.manifest(content).await?;
     let mut ps = match pieces {
-        Some(ps) if ps.size == m.size() => ps,
-        Some(ps) => bail!("storage's manifest is of {} bytes, the task of {}", m.size(), ps.size),
+        Some(ps) if ps.layout.len == m.size() => ps,
+        Some(ps) => {
+            bail!("storage's manifest is of {} bytes, the task of {}", m.size(), ps.layout.len)
+        }
         None => {
             file.set_len(m.size())?;
             Pieces::new(m.size())

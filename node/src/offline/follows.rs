@@ -17,6 +17,7 @@ use shoal_net::RateLimiter;
 use shoal_wire::RejectReason;
 
 use super::piece::{refuse, send_checked, FilePiece};
+use super::segments::Layout;
 use crate::upload::Uploads;
 
 /// A followed task: its partial file and the pieces verified in it.
@@ -25,8 +26,7 @@ pub(crate) struct Followed {
     /// The user the following device acts for.
     user: UserId,
     path: PathBuf,
-    size: u64,
-    piece: u64,
+    layout: Layout,
     /// The hash of each piece held. Held only for access.
     held: Mutex<Vec<Option<PieceHash>>>,
 }
@@ -55,9 +55,9 @@ impl Follows {
         path: PathBuf,
         size: u64,
     ) -> Arc<Followed> {
-        let piece = 1u64 << shoal_core::piece::piece_log2_for(size);
-        let n = shoal_core::offline::resource_pieces(size) as usize;
-        let f = Arc::new(Followed { user, path, size, piece, held: Mutex::new(vec![None; n]) });
+        let layout = Layout::of(size);
+        let held = Mutex::new(vec![None; layout.pieces as usize]);
+        let f = Arc::new(Followed { user, path, layout, held });
         self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(task, f.clone());
         f
     }
@@ -105,8 +105,7 @@ pub(crate) async fn serve_piece(
             let Some(hash) = hash else {
                 return refuse(send, RejectReason::NotFound, "piece not held here yet").await;
             };
-            let start = u64::from(piece.0) * f.piece;
-            let range = start..(start + f.piece).min(f.size);
+            let range = f.layout.bytes(&(piece.0..piece.0 + 1));
             let at = FilePiece { path: f.path.clone(), range, hash };
             let n =
                 send_checked(send, uploads, Some(limit), peer, at, "piece changed here").await?;
