@@ -743,3 +743,26 @@ fn assists_from_a_stranger_are_refused_and_cost_nothing() {
     ok(c);
     assert_eq!(std::fs::read(&out).unwrap(), data);
 }
+
+#[test]
+fn bad_offline_input_is_one_line_naming_the_problem() {
+    let root = tempfile::tempdir().unwrap();
+    let user = root.path().join("user");
+    let (tracker, _storage) = cluster(root.path(), &[&user], &[]);
+    let node = Daemon::start(&user, &["--tracker", &tracker.addr.to_string()]);
+    // Each row: the command's arguments, and words its error must carry.
+    let rows: [(&[&str], &str); 7] = [
+        (&["offline", "add", "not-a-url"], "full http:// or https:// URL"),
+        (&["offline", "add", "ftp://host/file"], "only http and https"),
+        (&["offline", "add", "http://host/f", "--name", "a/b"], "bad file name"),
+        (&["offline", "watch", "nothex"], "is not a task id"),
+        (&["offline", "cancel", &"ab".repeat(16)], "no offline task"),
+        (&["space", "get", "missing", "-o", "/tmp/shoal-never-written"], "no entry named"),
+        (&["user", "use", "shoaldev1garbage"], "not a device certificate"),
+    ];
+    for (args, says) in rows {
+        let e = fails_of(&node, args);
+        assert!(e.contains(says), "{args:?}: {e}");
+    }
+    assert!(!Path::new("/tmp/shoal-never-written").exists());
+}
