@@ -246,6 +246,8 @@ impl Node {
                 .map_or(0, |o| o.ctx().origin_bytes.load(Ordering::Relaxed)),
             offline_peer_bytes: self.follows.1.load(Ordering::Relaxed),
             role: if storage { "storage" } else { "node" }.into(),
+            region: self.trackers.known().region.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            cross_region_bytes: s.cross_region_bytes.load(Ordering::Relaxed),
             contents,
         }
     }

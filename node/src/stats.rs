@@ -25,6 +25,8 @@ pub struct Stats {
     pub pushes_refused: AtomicU64,
     /// Piece bytes pushed into storage.
     pub pushed_bytes: AtomicU64,
+    /// Piece bytes received from peers the tracker placed in another region than this node.
+    pub cross_region_bytes: AtomicU64,
     /// Per-content counters. Held only for map updates.
     contents: Mutex<HashMap<ContentId, ContentStats>>,
     /// What the node holds, per content. Held only for map updates, never across store reads.

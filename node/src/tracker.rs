@@ -80,6 +80,8 @@ pub(crate) struct Known {
     pub(crate) tracker_ids: Mutex<std::collections::HashSet<NodeId>>,
     /// Contents the tracker reported complete in storage.
     pub(crate) stored: Mutex<std::collections::HashSet<ContentId>>,
+    /// The region the own tracker placed this node in (empty: the tracker has no regions).
+    pub(crate) region: Mutex<String>,
 }
 
 /// The parts of the node a tracker session reads (what it holds, its load) and reports to

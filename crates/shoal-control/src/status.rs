@@ -54,6 +54,13 @@ pub struct Status {
     /// `node` or `storage`.
     #[serde(default)]
     pub role: String,
+    /// The region the tracker placed this node in; empty if the tracker has no regions.
+    #[serde(default)]
+    pub region: String,
+    /// Piece bytes received from peers in another region (as the tracker's lookups named
+    /// their regions).
+    #[serde(default)]
+    pub cross_region_bytes: u64,
     /// Per content.
     #[serde(default)]
     pub contents: Vec<ContentStatus>,
