@@ -392,6 +392,23 @@ pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// [`wait_until`] for an async check, polled every 200 ms (each poll may cost the tracker a
+/// registration: its rate limits allow a burst, not a busy loop).
+pub async fn wait_until_async<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The user id of a data dir (`shoal user`), creating its node key as the daemon would.
 pub fn user_id(data_dir: &Path) -> String {
     let mut c = shoal(data_dir);
@@ -574,4 +591,31 @@ impl Drop for Nginx {
         self.child.kill().ok();
         self.child.wait().ok();
     }
+}
+
+/// A raw client of a tracker: its own key and endpoint.
+pub async fn tracker_client(
+    addr: SocketAddr,
+) -> (shoal_net::Identity, shoal_net::Endpoint, quinn::Connection) {
+    let id = shoal_net::Identity::generate();
+    let ep = shoal_net::Endpoint::bind(&id, "127.0.0.1:0".parse().unwrap(), &[]).unwrap();
+    let (conn, _) = ep
+        .connect(&shoal_core::PeerAddr { node_id: None, addr }, shoal_wire::tracker::TRACKER_ALPN)
+        .await
+        .unwrap();
+    (id, ep, conn)
+}
+
+/// One tracker request on its own stream; its answer.
+pub async fn tracker_call(
+    conn: &quinn::Connection,
+    req: &shoal_wire::tracker::TrackerRequest,
+) -> shoal_wire::tracker::TrackerResponse {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&shoal_wire::encode(req)).await.unwrap();
+    send.finish().unwrap();
+    let bytes = recv.read_to_end(shoal_wire::tracker::MAX_TRACKER_FRAME_LEN + 8).await.unwrap();
+    let mut d = shoal_wire::Decoder::with_limit(shoal_wire::tracker::MAX_TRACKER_FRAME_LEN);
+    d.feed(&bytes);
+    d.decode().unwrap().expect("a whole frame")
 }

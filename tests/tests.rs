@@ -10,6 +10,7 @@ mod faults;
 mod fetch_hostile;
 mod hostile_peer;
 mod limits;
+mod links;
 mod local;
 mod offline;
 mod regions;

@@ -27,24 +27,6 @@ impl Tracker {
     }
 }
 
-/// A raw client of a tracker: its own key and endpoint.
-async fn raw_client(addr: SocketAddr) -> (Identity, Endpoint, Connection) {
-    let id = Identity::generate();
-    let ep = Endpoint::bind(&id, "127.0.0.1:0".parse().unwrap(), &[]).unwrap();
-    let (conn, _) = ep.connect(&PeerAddr { node_id: None, addr }, TRACKER_ALPN).await.unwrap();
-    (id, ep, conn)
-}
-
-async fn call(conn: &Connection, req: &TrackerRequest) -> TrackerResponse {
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(&shoal_wire::encode(req)).await.unwrap();
-    send.finish().unwrap();
-    let bytes = recv.read_to_end(MAX_TRACKER_FRAME_LEN + 8).await.unwrap();
-    let mut d = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
-    d.feed(&bytes);
-    d.decode().unwrap().expect("a whole frame")
-}
-
 fn lookup(content: ContentId) -> TrackerRequest {
     TrackerRequest::Lookup { content, max_peers: 16, have: None, compact: false, regions: false }
 }
@@ -84,7 +66,7 @@ fn a_storage_claimant_not_admitted_gets_no_pushes_and_makes_nothing_stored() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     // Keep the liar's key, endpoint and connection alive while the heartbeats run.
     let _liar = rt.block_on(async {
-        let (id, ep, conn) = raw_client(tracker.addr).await;
+        let (id, ep, conn) = tracker_client(tracker.addr).await;
         let register = TrackerRequest::Register {
             node_id: id.node_id(),
             version: TRACKER_VERSION,
@@ -92,7 +74,7 @@ fn a_storage_claimant_not_admitted_gets_no_pushes_and_makes_nothing_stored() {
             addrs: vec![],
             region: None,
         };
-        match call(&conn, &register).await {
+        match tracker_call(&conn, &register).await {
             TrackerResponse::Registered { role: Role::Node, .. } => {}
             other => panic!("an unadmitted claim must register as a node: {other:?}"),
         }
@@ -104,10 +86,12 @@ fn a_storage_claimant_not_admitted_gets_no_pushes_and_makes_nothing_stored() {
         };
         // The uploader's announce (with its manifest) may still be on its way.
         wait_until_async("the liar's announce to be accepted", || {
-            let (conn, announce) = (conn.clone(), announce.clone());
-            async move { (call(&conn, &announce).await == TrackerResponse::Ok).then_some(()) }
-        })
-        .await;
+                let (conn, announce) = (conn.clone(), announce.clone());
+                async move {
+                    (tracker_call(&conn, &announce).await == TrackerResponse::Ok).then_some(())
+                }
+            })
+            .await;
         (id, ep, conn)
     });
     // Every node heartbeats once a second: after several more heartbeats, the uploader has
@@ -167,19 +151,21 @@ fn a_tickets_tracker_sees_only_that_content_and_only_during_the_fetch() {
     assert_eq!(std::fs::read(&out).unwrap(), x_data);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let (_i, _e, conn) = raw_client(other.addr).await;
+        let (_i, _e, conn) = tracker_client(other.addr).await;
         // The ticket's tracker never hears of Y.
         assert!(
-            holders(call(&conn, &lookup(y)).await).is_empty(),
+            holders(tracker_call(&conn, &lookup(y)).await).is_empty(),
             "Y leaked to a ticket's tracker"
         );
         // The own tracker hears of both (full session).
-        let (_i2, _e2, own_conn) = raw_client(own.addr).await;
+        let (_i2, _e2, own_conn) = tracker_client(own.addr).await;
         wait_until_async("the own tracker to learn of X and Y", || {
             let c = own_conn.clone();
             async move {
-                let (hx, hy) =
-                    (holders(call(&c, &lookup(x)).await), holders(call(&c, &lookup(y)).await));
+                let (hx, hy) = (
+                    holders(tracker_call(&c, &lookup(x)).await),
+                    holders(tracker_call(&c, &lookup(y)).await),
+                );
                 (hx.contains(&node_id) && hy.contains(&node_id)).then_some(())
             }
         })
@@ -211,7 +197,7 @@ fn a_sybil_burst_of_registrations_is_rate_limited_within_a_memory_ceiling() {
         let (mut granted, mut limited) = (0, 0);
         let mut keep = Vec::new();
         for _ in 0..SYBILS {
-            let (id, ep, conn) = raw_client(tracker.addr).await;
+            let (id, ep, conn) = tracker_client(tracker.addr).await;
             let req = TrackerRequest::Register {
                 node_id: id.node_id(),
                 version: TRACKER_VERSION,
@@ -219,7 +205,7 @@ fn a_sybil_burst_of_registrations_is_rate_limited_within_a_memory_ceiling() {
                 addrs: vec!["203.0.113.9:1".parse().unwrap()],
                 region: None,
             };
-            match call(&conn, &req).await {
+            match tracker_call(&conn, &req).await {
                 TrackerResponse::Registered { role, .. } => {
                     assert_eq!(role, Role::Node, "a sybil is never storage");
                     granted += 1;

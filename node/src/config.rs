@@ -112,6 +112,10 @@ pub struct NodeConfig {
     pub sync_dir: Option<PathBuf>,
     /// The region this node states to its trackers (default none: placed by address).
     pub region: Option<shoal_core::Region>,
+    /// The name of the `listen` link (multi-link nodes), if any.
+    pub listen_name: Option<String>,
+    /// Further addresses to listen on (links), each with an optional name (default none).
+    pub more_links: Vec<(SocketAddr, Option<String>)>,
     /// For a storage node: bytes of the pull-through cache, contents fetched on request from
     /// the swarm (other regions) and dropped least recently used first (default 4 GiB; 0
     /// turns pulling through off).
@@ -136,6 +140,8 @@ impl NodeConfig {
             sync_dir: None,
             region: None,
             pull_through_cache: 4 << 30,
+            listen_name: None,
+            more_links: Vec::new(),
         }
     }
 }

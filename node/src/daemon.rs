@@ -10,7 +10,9 @@ use crate::node::Node;
 /// Starts serving peers and carrying out the own tracker's re-seed directives, in the
 /// background.
 pub fn start(node: &Arc<Node>) {
-    tokio::spawn(crate::serve::accept_loop(node.clone()));
+    for link in 0..node.net.links.len() {
+        tokio::spawn(crate::serve::accept_loop(node.clone(), link));
+    }
     if let Some(directives) = node.take_directives() {
         crate::push::spawn_directives(node.pusher.clone(), directives);
     }

@@ -48,9 +48,11 @@ enum LogFormat {
 enum Command {
     /// Run a node: serve everything in its store to peers, and the local control API.
     Daemon {
-        /// UDP address for peers.
-        #[arg(long, env = "SHOAL_LISTEN", default_value = "0.0.0.0:0")]
-        listen: SocketAddr,
+        /// UDP address for peers, ADDR or ADDR=NAME. Repeat it for a node with several links
+        /// (uplinks): each address serves peers, the first also dials, and the tracker hands
+        /// each downloader the least loaded one (checking first that the node answers there).
+        #[arg(long, env = "SHOAL_LISTEN", default_value = "0.0.0.0:0", value_delimiter = ',')]
+        listen: Vec<String>,
         /// Cap on total upload, like 20MiB/s.
         #[arg(long, env = "SHOAL_UPLOAD_LIMIT")]
         upload_limit: Option<Rate>,
@@ -265,6 +267,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             danger_corrupt_uploads,
         } => {
             let sync_dir = sync_dir.map(|d| absolute(&d)).transpose()?;
+            let mut links =
+                listen.iter().map(|l| parse_link(l)).collect::<anyhow::Result<Vec<_>>>()?;
+            if links.len() > shoal_wire::tracker::MAX_ADDRS {
+                bail!("--listen: at most {} addresses", shoal_wire::tracker::MAX_ADDRS);
+            }
+            let (listen, listen_name) = links.remove(0);
             let region = region.map(|r| r.parse::<shoal_core::Region>()).transpose()?;
             if offline_allow_private && role != Role::Storage {
                 bail!("--offline-allow-private is for storage nodes: add --role storage");
@@ -305,6 +313,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 sync_dir,
                 region,
                 pull_through_cache: pull_through_cache.0,
+                listen_name,
+                more_links: links,
                 ..NodeConfig::new(data_dir)
             };
             if danger_corrupt_uploads > 0.0 {
@@ -719,4 +729,26 @@ fn status(data_dir: &Path, json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One `--listen` value: `ADDR` or `ADDR=NAME`.
+fn parse_link(s: &str) -> anyhow::Result<(SocketAddr, Option<String>)> {
+    let (addr, name) = match s.rsplit_once('=') {
+        Some((a, n)) => (a, Some(n)),
+        None => (s, None),
+    };
+    let addr = addr.trim().parse::<SocketAddr>().map_err(|_| {
+        anyhow::anyhow!("--listen {s:?}: write IP:PORT or IP:PORT=NAME, like 10.0.0.2:7401=fiber")
+    })?;
+    let name = match name.map(str::trim) {
+        Some(n)
+            if n.is_empty()
+                || n.len() > 32
+                || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            bail!("--listen {s:?}: a link name is 1 to 32 letters, digits, '-' or '_'")
+        }
+        n => n.map(str::to_string),
+    };
+    Ok((addr, name))
 }

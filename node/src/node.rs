@@ -97,8 +97,14 @@ impl Node {
         // A storage node receives pushed pieces on its serving side; an ordinary node only small
         // frames (see `Limits` for the windows and the memory ceiling they give).
         let limits = if config.storage.is_some() { Limits::storage() } else { Limits::node() };
-        let endpoint = Endpoint::bind_with(&identity, config.listen, &[shoal_wire::ALPN], limits)?;
-        let net = Arc::new(Net { identity, endpoint });
+        let mut links = Vec::with_capacity(1 + config.more_links.len());
+        let first = std::iter::once((config.listen, config.listen_name.clone()));
+        for (addr, name) in first.chain(config.more_links.iter().cloned()) {
+            let endpoint = Endpoint::bind_with(&identity, addr, &[shoal_wire::ALPN], limits)
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            links.push((endpoint, name));
+        }
+        let net = Arc::new(Net::new(identity, links));
         let contents = Arc::new(Contents { store, cloud, lie: config.danger_lie_bitfield });
         let stats = Arc::new(Stats::default());
         let events = Events::new(stats.clone());
@@ -268,6 +274,16 @@ impl Node {
             region: self.trackers.known().region.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             cross_region_bytes: s.cross_region_bytes.load(Ordering::Relaxed),
             pull_through_bytes: self.pulls.as_ref().map_or(0, |p| p.bytes()),
+            links: self
+                .net
+                .links
+                .iter()
+                .map(|l| shoal_control::LinkStatus {
+                    addr: l.endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                    name: l.name.clone().unwrap_or_default(),
+                    connections: l.connections.load(Ordering::Relaxed),
+                })
+                .collect(),
             contents,
         }
     }

@@ -51,11 +51,18 @@ pub(crate) const CLOSE_PROTOCOL: u32 = 1;
 /// Close code: the peer sent bad piece data and is banned.
 pub(crate) const CLOSE_BANNED: u32 = 2;
 
-/// Accepts peers until the endpoint closes. Cancel-safe.
-pub(crate) async fn accept_loop(node: Arc<Node>) {
-    let endpoint = node.net.endpoint.clone();
+/// Accepts peers on link number `link` until its endpoint closes. Cancel-safe.
+pub(crate) async fn accept_loop(node: Arc<Node>, link: usize) {
+    let Some(endpoint) = node.net.links.get(link).map(|l| l.endpoint.clone()) else { return };
     endpoint
-        .serve(MAX_CONNECTIONS, move |conn, peer| serve_connection(node.clone(), conn, peer))
+        .serve(MAX_CONNECTIONS, move |conn, peer| {
+            let node = node.clone();
+            async move {
+                // Counted on its link while it lives: heartbeats report each link's load.
+                let _on = crate::net::OnLink::new(&node.net.links[link]);
+                serve_connection(node.clone(), conn, peer).await
+            }
+        })
         .await;
 }
 

@@ -144,8 +144,13 @@ pub async fn run(
         ],
         shoal_net::Limits::tracker(),
     )?;
-    let shared =
-        Arc::new(Shared::new(index, state, identity.clone(), config.offline_sources.clone()));
+    let shared = Arc::new(Shared::new(
+        index,
+        state,
+        identity.clone(),
+        config.offline_sources.clone(),
+        endpoint.clone(),
+    ));
     let http = match config.http {
         Some(addr) => Some(http::serve(addr, shared.clone()).await?),
         None => None,

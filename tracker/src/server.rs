@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn, Instrument};
 
 mod dispatch;
+mod links;
 
 /// Connections the tracker serves at once.
 const MAX_CONNECTIONS: usize = 4096;
@@ -80,6 +81,8 @@ pub struct Shared {
     manifest_bytes: Arc<tokio::sync::Semaphore>,
     /// Offline download sources by id (the operator's `--offline-source ID=URL`).
     pub(crate) sources: std::collections::HashMap<String, String>,
+    /// Checks of nodes' links on other IPs.
+    links: links::Links,
 }
 
 impl Shared {
@@ -88,9 +91,11 @@ impl Shared {
         state: SledState,
         identity: shoal_net::Identity,
         sources: std::collections::HashMap<String, String>,
+        endpoint: shoal_net::Endpoint,
     ) -> Self {
         Self {
             sources,
+            links: links::Links::new(endpoint),
             index: Mutex::new(index),
             state,
             identity,
@@ -205,7 +210,7 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, node: NodeId) {
 /// Answers to requests that arrived together are written together: the buffer is flushed when
 /// the next request is not here yet, or when it holds [`FLUSH_AT`] bytes.
 async fn handle(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     conn: &Connection,
     proven: NodeId,
     mut send: SendStream,

@@ -48,5 +48,5 @@ pub use offline::{
     FollowBody, FollowReport, OfflineAddBody, OfflineAddReply, SpaceEntry, SpaceReply, SpaceRmBody,
     TaskBody, TaskStatus,
 };
-pub use status::{ContentStatus, Status};
+pub use status::{ContentStatus, LinkStatus, Status};
 pub use units::{human_bytes, ParseRateError, Rate};

@@ -24,6 +24,17 @@ pub struct ContentStatus {
     pub uploaded_bytes: u64,
 }
 
+/// One address a node listens on (`shoal daemon --listen ADDR[=NAME]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkStatus {
+    /// The address it is bound to.
+    pub addr: String,
+    /// The operator's name for it (empty if none).
+    pub name: String,
+    /// Peer connections it serves now.
+    pub connections: u32,
+}
+
 /// A node's counters and identity, as the control API reports them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
@@ -64,6 +75,9 @@ pub struct Status {
     /// Bytes in a storage node's pull-through cache (complete pulls).
     #[serde(default)]
     pub pull_through_bytes: u64,
+    /// The addresses it listens on, with their loads.
+    #[serde(default)]
+    pub links: Vec<LinkStatus>,
     /// Per content.
     #[serde(default)]
     pub contents: Vec<ContentStatus>,

@@ -329,6 +329,41 @@ impl Index {
         Ok(vec![Persist::PutNode(node, entry.clone())])
     }
 
+    /// A heartbeat's load per address (multi-link nodes): lookups hand each asker the least
+    /// loaded of the node's addresses. Addresses the node did not register are ignored; one
+    /// it registered but did not report counts as idle.
+    pub fn set_links(&mut self, node: NodeId, links: &[(SocketAddr, u32)]) {
+        let Some(entry) = self.nodes.get(&node) else { return };
+        let loads: Vec<u32> = entry
+            .addrs
+            .iter()
+            .map(|a| links.iter().find(|(l, _)| l == a).map_or(0, |&(_, n)| n))
+            .collect();
+        for c in self.held.get(&node).into_iter().flatten() {
+            if let Some(s) = self.swarms.get_mut(c) {
+                s.holders.set_link_loads(&node, &loads);
+            }
+        }
+    }
+
+    /// Adds an address the tracker checked the node answers at with its key (a link on
+    /// another IP than the one it registers from: see `vet_addrs`), up to
+    /// [`shoal_wire::tracker::MAX_ADDRS`].
+    pub fn add_verified_addr(&mut self, node: NodeId, addr: SocketAddr) -> Vec<Persist> {
+        let Some(entry) = self.nodes.get_mut(&node) else { return Vec::new() };
+        if entry.addrs.contains(&addr) || entry.addrs.len() >= MAX_ADDRS {
+            return Vec::new();
+        }
+        entry.addrs.push(addr);
+        let (addrs, ops) = (entry.addrs.clone(), vec![Persist::PutNode(node, entry.clone())]);
+        for c in self.held.get(&node).into_iter().flatten() {
+            if let Some(s) = self.swarms.get_mut(c) {
+                s.holders.set_addrs(&node, &addrs);
+            }
+        }
+        ops
+    }
+
     /// The registered admitted storage nodes: those in the asker's region first (with region
     /// routing), then the least loaded.
     pub fn storage_nodes(&self, asker: Option<NodeId>) -> Vec<(NodeId, Vec<SocketAddr>)> {

@@ -24,6 +24,18 @@ use crate::{Index, Lookup};
 /// a region whose holders are few or none still gets the rest of the answer from elsewhere.
 type Rank = (bool, bool, bool, u32, u32, Reverse<u32>);
 
+/// The address with the fewest connections (as last reported, plus lookups that handed it out
+/// since); the first on ties. `None` without addresses; the first without reported loads.
+fn least_loaded(addrs: &[std::net::SocketAddr], loads: &[u32]) -> Option<usize> {
+    if addrs.is_empty() {
+        return None;
+    }
+    if loads.len() != addrs.len() {
+        return Some(0);
+    }
+    (0..addrs.len()).min_by_key(|&i| (loads[i], i))
+}
+
 /// A stable per-(node, piece) tie-break, so equally good pieces are spread over askers.
 fn mix(node: &NodeId, p: PieceIndex) -> u64 {
     let k = node.public_key_bytes();
@@ -75,10 +87,10 @@ impl Index {
         have: Option<&Bitfield>,
         max_peers: usize,
     ) -> Option<Lookup> {
-        self.lookup_with(asker, content, have, max_peers, |h, region| PeerInfo {
+        self.lookup_with(asker, content, have, max_peers, |h, region, addrs| PeerInfo {
             node_id: *h.id,
             load: h.load,
-            addrs: h.addrs.to_vec(),
+            addrs,
             bitfield: h.bitfield(),
             region,
         })
@@ -93,10 +105,10 @@ impl Index {
         have: Option<&Bitfield>,
         max_peers: usize,
     ) -> Option<Lookup<PeerSummary>> {
-        self.lookup_with(asker, content, have, max_peers, |h, region| PeerSummary {
+        self.lookup_with(asker, content, have, max_peers, |h, region, addrs| PeerSummary {
             node_id: *h.id,
             load: h.load,
-            addrs: h.addrs.to_vec(),
+            addrs,
             region,
         })
     }
@@ -109,7 +121,7 @@ impl Index {
         content: ContentId,
         have: Option<&Bitfield>,
         max_peers: usize,
-        peer: impl Fn(&HolderView<'_>, Option<shoal_core::Region>) -> P,
+        peer: impl Fn(&HolderView<'_>, Option<shoal_core::Region>, Vec<std::net::SocketAddr>) -> P,
     ) -> Option<Lookup<P>> {
         let region = self.routing_region(asker).cloned();
         let region = match region {
@@ -197,16 +209,41 @@ impl Index {
             ranked.splice(at..at, pull);
             ranked.truncate(max_peers);
         }
-        let ids: Vec<NodeId> = ranked.iter().map(|(_, h)| *h.id).collect();
+        // Each peer's address: the one this asker was handed before (a fetch keeps its link),
+        // else the least loaded; it goes first in the answer.
         let regions = &self.regions;
-        let peers = ranked.iter().map(|(_, h)| peer(h, regions.name(h.region).cloned())).collect();
+        let mut links: Vec<(NodeId, Option<usize>)> = Vec::with_capacity(ranked.len());
+        let peers = ranked
+            .iter()
+            .map(|(_, h)| {
+                let kept = asker
+                    .and_then(|a| swarm.offered_addr(&a, h.id))
+                    .and_then(|was| h.addrs.iter().position(|&x| x == was));
+                let link = kept.or_else(|| least_loaded(h.addrs, h.link_loads));
+                links.push((*h.id, link));
+                let mut addrs = h.addrs.to_vec();
+                if let Some(i) = link {
+                    addrs[..=i].rotate_right(1);
+                }
+                peer(h, regions.name(h.region).cloned(), addrs)
+            })
+            .collect();
         let swarm = self.swarms.get_mut(&content)?;
-        for id in &ids {
-            swarm.holders.note_offered(id);
+        let mut offered = Vec::with_capacity(links.len());
+        for &(id, link) in &links {
+            swarm.holders.note_offered(&id);
+            if let Some(i) = link {
+                swarm.holders.note_link(&id, i);
+            }
+            let addr =
+                swarm.holders.entry(&id).and_then(|h| link.and_then(|i| h.addrs.get(i)).copied());
+            if let Some(addr) = addr {
+                offered.push((id, addr));
+            }
         }
         let hints = match asker {
             Some(a) => {
-                swarm.offer(a, ids);
+                swarm.offer(a, offered);
                 Self::hand_out(swarm, a, region, have, self.config.hints)
             }
             None => Vec::new(),

@@ -4,7 +4,7 @@
 //! Holders sit in a vector beside a map (index and bitfield), so a lookup can draw a uniform
 //! random sample of them in time proportional to the sample, not to the swarm.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
@@ -38,6 +38,9 @@ pub(crate) struct Holder {
     pub(crate) addrs: SmallVec<[SocketAddr; 2]>,
     /// Its region, from its last registration.
     pub(crate) region: RegionId,
+    /// Per address (in the order of `addrs`): connections it serves there, from its last
+    /// heartbeat, plus lookups that handed that address out since.
+    pub(crate) link_loads: SmallVec<[u32; 2]>,
 }
 
 /// A holder as a lookup ranks it: id, load and the bytes of its bitfield, borrowed.
@@ -49,6 +52,8 @@ pub(crate) struct HolderView<'a> {
     pub(crate) offered: u32,
     pub(crate) addrs: &'a [SocketAddr],
     pub(crate) region: RegionId,
+    /// Load per address (empty if it reported none).
+    pub(crate) link_loads: &'a [u32],
     /// Its bitfield's bytes (the swarm's piece count of bits, MSB first).
     pub(crate) bits: &'a [u8],
     piece_count: u32,
@@ -65,7 +70,7 @@ impl<'a> HolderView<'a> {
         piece_count: u32,
         zeros: &'a [u8],
     ) -> Self {
-        Self { id, load, offered: 0, addrs, region, bits: zeros, piece_count }
+        Self { id, load, offered: 0, addrs, region, link_loads: &[], bits: zeros, piece_count }
     }
 }
 
@@ -122,6 +127,7 @@ impl Holders {
             offered: h.offered,
             addrs: &h.addrs,
             region: h.region,
+            link_loads: &h.link_loads,
             bits: &self.bits[i * s..(i + 1) * s],
             piece_count: self.piece_count,
         }
@@ -169,6 +175,7 @@ impl Holders {
             offered: 0,
             addrs: SmallVec::new(),
             region: NO_REGION,
+            link_loads: SmallVec::new(),
         });
         let start = self.bits.len();
         self.bits.resize(start + s, 0);
@@ -195,6 +202,23 @@ impl Holders {
     pub(crate) fn set_addrs(&mut self, id: &NodeId, addrs: &[SocketAddr]) {
         if let Some(&i) = self.map.get(id) {
             self.order[i].addrs = SmallVec::from_slice(addrs);
+            self.order[i].link_loads.clear();
+        }
+    }
+
+    /// Records a holder's load per address (a heartbeat), in the order of its addresses.
+    pub(crate) fn set_link_loads(&mut self, id: &NodeId, loads: &[u32]) {
+        if let Some(&i) = self.map.get(id) {
+            self.order[i].link_loads = SmallVec::from_slice(loads);
+        }
+    }
+
+    /// A lookup handed out the holder's address number `link`.
+    pub(crate) fn note_link(&mut self, id: &NodeId, link: usize) {
+        if let Some(&i) = self.map.get(id) {
+            if let Some(l) = self.order[i].link_loads.get_mut(link) {
+                *l = l.saturating_add(1);
+            }
         }
     }
 
@@ -279,7 +303,9 @@ pub(crate) struct Swarm {
     pub(crate) reports: HashMap<NodeId, Vec<IpAddr>>,
     /// Holders offered to each asker by its lookups of this content (bounded by
     /// [`MAX_OFFERED`]): the only ones it may report.
-    pub(crate) offered: HashMap<NodeId, HashSet<NodeId>>,
+    /// With the address each was handed out with: later lookups of the same asker keep it
+    /// (a fetch stays on the link it was given).
+    pub(crate) offered: HashMap<NodeId, HashMap<NodeId, SocketAddr>>,
     /// The source address its manifest upload is charged to, until someone announces it.
     pub(crate) charged: Option<IpAddr>,
     /// Since when the swarm has had no holder (it is collected after a while), if it has none.
@@ -404,23 +430,33 @@ impl Swarm {
         self.offered.remove(&node);
     }
 
-    /// Remembers that a lookup offered `peers` to `asker`.
-    pub(crate) fn offer(&mut self, asker: NodeId, peers: impl IntoIterator<Item = NodeId>) {
+    /// Remembers that a lookup offered `peers` to `asker`, each with the address it was
+    /// handed first.
+    pub(crate) fn offer(
+        &mut self,
+        asker: NodeId,
+        peers: impl IntoIterator<Item = (NodeId, SocketAddr)>,
+    ) {
         let set = self.offered.entry(asker).or_default();
-        for p in peers {
-            if set.len() >= MAX_OFFERED && !set.contains(&p) {
+        for (p, addr) in peers {
+            if set.len() >= MAX_OFFERED && !set.contains_key(&p) {
                 // Forget an older one: a fetch reports the holders of its recent lookups.
-                if let Some(old) = set.iter().next().copied() {
+                if let Some(old) = set.keys().next().copied() {
                     set.remove(&old);
                 }
             }
-            set.insert(p);
+            set.insert(p, addr);
         }
     }
 
     /// Whether a lookup by `asker` offered `holder`.
     pub(crate) fn was_offered(&self, asker: &NodeId, holder: &NodeId) -> bool {
-        self.offered.get(asker).is_some_and(|s| s.contains(holder))
+        self.offered.get(asker).is_some_and(|s| s.contains_key(holder))
+    }
+
+    /// The address `holder` was handed to `asker` with, if it was.
+    pub(crate) fn offered_addr(&self, asker: &NodeId, holder: &NodeId) -> Option<SocketAddr> {
+        self.offered.get(asker)?.get(holder).copied()
     }
 
     /// Distinct sources that reported `holder`.

@@ -43,7 +43,7 @@
 //! | `0x61` | Announce | node key, content id, piece count u32, bits |
 //! | `0x62` | AnnounceDelta | node key, content id, count u16, pieces u32 each |
 //! | `0x63` | PutManifest | node key, content id, len u32; `len` raw bytes follow |
-//! | `0x64` | Heartbeat | node key, active uploads u32, upload rate u64, download rate u64 |
+//! | `0x64` | Heartbeat | node key, active uploads u32, upload rate u64, download rate u64, (version 4, optional) link count u8, then per link an address and its connections u32 |
 //! | `0x65` | Lookup | content id, max peers u8, flags u8 (bit 0: piece count u32 and bits follow; bit 1: compact answer, version 3; bit 2: peers' regions, version 4), then (bit 0) piece count u32 and bits |
 //! | `0x66` | GetManifest | content id |
 //! | `0x67` | FindStorage | |
@@ -268,6 +268,9 @@ pub enum TrackerRequest {
         node_id: NodeId,
         /// its load
         load: Load,
+        /// per address it listens on (version 4, at most [`MAX_ADDRS`]), the connections it
+        /// serves there: the tracker hands each asker the least loaded
+        links: Vec<(SocketAddr, u32)>,
     },
     /// Who holds pieces of a content the asker needs.
     Lookup {
@@ -436,7 +439,7 @@ impl Role {
     }
 }
 
-fn read_addr(r: &mut Reader<'_>) -> Result<SocketAddr, DecodeError> {
+pub(crate) fn read_addr(r: &mut Reader<'_>) -> Result<SocketAddr, DecodeError> {
     let family = *r.peek().ok_or_else(|| r.malformed("body too short"))?;
     let len = ticket::encoded_addr_len(family).ok_or_else(|| r.malformed("bad address family"))?;
     let bytes = r.bytes(len)?;

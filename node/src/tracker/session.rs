@@ -264,7 +264,9 @@ impl Session<'_> {
                         download_rate: (down.saturating_sub(last.2) as f64 / secs) as u64,
                     };
                     last = (Instant::now(), up, down);
-                    match call(&conn, &TrackerRequest::Heartbeat { node_id, load }, None).await?.0 {
+                    let links = node.net.link_loads();
+                    let hb = TrackerRequest::Heartbeat { node_id, load, links };
+                    match call(&conn, &hb, None).await?.0 {
                         TrackerResponse::HeartbeatReply { stored, directives } if scope == Scope::Own => {
                             node.known.stored.lock().unwrap_or_else(|p| p.into_inner()).extend(stored);
                             for d in directives {

@@ -89,7 +89,7 @@ async fn serve(ctx: &Ctx, tally: &mut Tally, as_storage: bool) -> anyhow::Result
                 });
             }
             _ = beat.tick() => {
-                let hb = TrackerRequest::Heartbeat { node_id, load: Load::default() };
+                let hb = TrackerRequest::Heartbeat { node_id, load: Load::default(), links: vec![] };
                 let r = client::tracker_call(&conn, &hb, None, ctx.wait()).await;
                 if let Err(e) = r {
                     tally.note(format!("heartbeat failed: {e}"));

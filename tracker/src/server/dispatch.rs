@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -52,7 +53,7 @@ fn ok_or(shared: &Shared, r: Result<Vec<shoal_index::Persist>, IndexError>) -> R
 /// Answers `req` from the node proven as `proven`, whose packets come from `remote`. Reads a
 /// manifest body only after the sender, its rate and the space for it are checked.
 pub(super) async fn dispatch(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     remote: SocketAddr,
     proven: NodeId,
     req: TrackerRequest,
@@ -117,6 +118,8 @@ pub(super) async fn dispatch(
                 (r, c.heartbeat_ms, c.region_routing)
             };
             shared.persist(&r.ops);
+            // Links on other IPs than the observed one join once the node proves its key there.
+            super::links::check(shared, proven, remote, &addrs, &r.addrs);
             if r.role != role {
                 m.unadmitted_storage.fetch_add(1, Ordering::Relaxed);
                 info!(node = %proven, "storage claim from a node not admitted; treated as a node");
@@ -139,9 +142,16 @@ pub(super) async fn dispatch(
         TrackerRequest::PutManifest { content, len, .. } => {
             put_manifest(shared, now, proven, content, len, dec, recv).await?
         }
-        TrackerRequest::Heartbeat { load, .. } => {
+        TrackerRequest::Heartbeat { load, links, .. } => {
             m.heartbeats.fetch_add(1, Ordering::Relaxed);
-            let r = shared.index().heartbeat_plan(now, proven, load);
+            let r = {
+                let mut ix = shared.index();
+                let r = ix.heartbeat_plan(now, proven, load);
+                if r.is_ok() && !links.is_empty() {
+                    ix.set_links(proven, &links);
+                }
+                r
+            };
             match r {
                 Ok((ops, plan)) => {
                     shared.persist(&ops);

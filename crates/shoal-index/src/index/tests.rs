@@ -783,3 +783,37 @@ fn a_node_that_moves_region_takes_its_holdings_along_and_counts_stay_right() {
     ix.expire(1_000_000);
     assert!(ix.region_counts().is_empty());
 }
+
+#[test]
+fn each_asker_is_handed_the_least_loaded_link_and_keeps_it() {
+    let (mut ix, c) = setup(Config::default(), 4, 8);
+    // Node 0 listens on two ports of its address: two links.
+    let (a, b): (SocketAddr, SocketAddr) =
+        ("127.0.0.1:7001".parse().unwrap(), "127.0.0.1:7002".parse().unwrap());
+    ix.register(0, node(0), Role::Node, a, &[a, b], None);
+    ix.announce(0, node(0), c, Bitfield::full(8)).unwrap();
+    ix.set_links(node(0), &[(a, 5), (b, 1)]);
+    let first = |ix: &mut Index, asker: usize| {
+        let l = ix.lookup(Some(node(asker)), c, None, 4).unwrap();
+        l.peers.iter().find(|p| p.node_id == node(0)).unwrap().addrs[0]
+    };
+    assert_eq!(first(&mut ix, 1), b, "the least loaded link");
+    // Handing b out counts on it: 5 against 2 still sends the next asker to b, and the
+    // heartbeat then reports b busy.
+    assert_eq!(first(&mut ix, 2), b);
+    ix.set_links(node(0), &[(a, 0), (b, 9)]);
+    assert_eq!(first(&mut ix, 3), a, "a new asker gets the now idle link");
+    assert_eq!(first(&mut ix, 1), b, "an asker keeps the link it was given");
+    // Both addresses are always in the answer, the chosen one first.
+    let l = ix.lookup(Some(node(1)), c, None, 4).unwrap();
+    let p = l.peers.iter().find(|p| p.node_id == node(0)).unwrap();
+    assert_eq!(p.addrs, vec![b, a]);
+    // A link the node did not register is ignored; one it did not report counts as idle.
+    ix.set_links(node(0), &[("10.9.9.9:1".parse().unwrap(), 0), (a, 3)]);
+    assert_eq!(first(&mut ix, 2), b, "asker 2 keeps b");
+    assert_eq!(ix.add_verified_addr(node(0), "10.0.0.7:7003".parse().unwrap()).len(), 1);
+    assert!(ix.add_verified_addr(node(0), "10.0.0.7:7003".parse().unwrap()).is_empty());
+    let l = ix.lookup(Some(node(3)), c, None, 4).unwrap();
+    let p = l.peers.iter().find(|p| p.node_id == node(0)).unwrap();
+    assert_eq!(p.addrs.len(), 3, "a verified address joins the answers: {:?}", p.addrs);
+}

@@ -3,8 +3,8 @@
 use shoal_core::{manifest, ContentId, PieceIndex};
 
 use super::{
-    put_addrs, put_region, read_addrs, read_bits, read_count, read_node, read_region, Load, Role,
-    TrackerRequest, MAX_DELTA,
+    put_addrs, put_region, read_addr, read_addrs, read_bits, read_count, read_node, read_region,
+    Load, Role, TrackerRequest, MAX_ADDRS, MAX_DELTA,
 };
 use crate::codec::{DecodeError, Frame, Reader};
 
@@ -51,12 +51,20 @@ impl Frame for TrackerRequest {
                 out.extend_from_slice(content.as_bytes());
                 out.extend_from_slice(&len.to_be_bytes());
             }
-            Self::Heartbeat { node_id, load } => {
+            Self::Heartbeat { node_id, load, links } => {
                 out.push(0x64);
                 out.extend_from_slice(node_id.public_key_bytes());
                 out.extend_from_slice(&load.active_uploads.to_be_bytes());
                 out.extend_from_slice(&load.upload_rate.to_be_bytes());
                 out.extend_from_slice(&load.download_rate.to_be_bytes());
+                if !links.is_empty() {
+                    let links = &links[..links.len().min(MAX_ADDRS)];
+                    out.push(links.len() as u8);
+                    for &(addr, n) in links {
+                        shoal_core::ticket::encode_addr(out, addr);
+                        out.extend_from_slice(&n.to_be_bytes());
+                    }
+                }
             }
             Self::Lookup { content, max_peers, have, compact, regions } => {
                 out.push(0x65);
@@ -134,7 +142,18 @@ impl Frame for TrackerRequest {
                     upload_rate: r.u64()?,
                     download_rate: r.u64()?,
                 };
-                Self::Heartbeat { node_id, load }
+                let mut links = Vec::new();
+                if r.peek().is_some() {
+                    let n = r.u8()? as usize;
+                    if n > MAX_ADDRS {
+                        return Err(r.malformed("too many links"));
+                    }
+                    for _ in 0..n {
+                        let addr = read_addr(&mut r)?;
+                        links.push((addr, r.u32()?));
+                    }
+                }
+                Self::Heartbeat { node_id, load, links }
             }
             0x65 => {
                 let content = ContentId(r.array()?);

@@ -58,12 +58,17 @@ fn request() -> impl Strategy<Value = TrackerRequest> {
         (cid.clone(), 0..=manifest::MAX_ENCODED_LEN as u32).prop_map(|(content, len)| {
             TrackerRequest::PutManifest { node_id: node_id(), content, len }
         }),
-        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(a, u, d)| {
-            TrackerRequest::Heartbeat {
+        (
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec((addr(), any::<u32>()), 0..=MAX_ADDRS)
+        )
+            .prop_map(|(a, u, d, links)| TrackerRequest::Heartbeat {
                 node_id: node_id(),
                 load: Load { active_uploads: a, upload_rate: u, download_rate: d },
-            }
-        }),
+                links,
+            }),
         (
             cid.clone(),
             any::<u8>(),
@@ -396,5 +401,22 @@ fn older_frames_decode_without_regions_and_bad_region_texts_are_malformed() {
     });
     *placed.last_mut().unwrap() = 0x80;
     let r = TrackerResponse::decode_body(0x70, &placed[5..]);
+    assert!(matches!(r, Err(DecodeError::Malformed { .. })), "{r:?}");
+}
+
+#[test]
+fn a_heartbeat_with_too_many_links_or_a_cut_link_is_malformed() {
+    let hb = |links: Vec<(SocketAddr, u32)>| {
+        encode(&TrackerRequest::Heartbeat { node_id: node_id(), load: Load::default(), links })
+    };
+    let one = hb(vec![("10.0.0.1:7".parse().unwrap(), 3)]);
+    let body = &one[5..];
+    // Cut inside the link's load.
+    let r = TrackerRequest::decode_body(0x64, &body[..body.len() - 2]);
+    assert!(matches!(r, Err(DecodeError::Malformed { .. })), "{r:?}");
+    // A count past MAX_ADDRS, refused before any link is read.
+    let mut over = hb(vec![])[5..].to_vec();
+    over.push(MAX_ADDRS as u8 + 1);
+    let r = TrackerRequest::decode_body(0x64, &over);
     assert!(matches!(r, Err(DecodeError::Malformed { .. })), "{r:?}");
 }
