@@ -162,24 +162,24 @@ impl Net {
         };
         net.make_ns(&router)?;
         in_ns(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-        in_ns(&router, &["ip", "link", "set", "lo", "up"])?;
+        in_ns(&router, &["ip", "link", "set", "dev", "lo", "up"])?;
         let regions = (0..regions as u32).map(|k| (k, format!("r{k}"), inter_limit));
         for (octet, seg, limit) in regions.chain([(CORE, "core".to_string(), None)]) {
             let switch = format!("{PREFIX}{run}-switch-{seg}");
             net.make_ns(&switch)?;
-            in_ns(&switch, &["ip", "link", "add", "br", "type", "bridge"])?;
-            in_ns(&switch, &["ip", "link", "set", "br", "up"])?;
+            in_ns(&switch, &["ip", "link", "add", "name", "bridge0", "type", "bridge"])?;
+            in_ns(&switch, &["ip", "link", "set", "dev", "bridge0", "up"])?;
             let gw = format!("seg{octet}");
             // The uplink: `uplink` on the switch's bridge, `seg<k>` in the router as the gateway.
             ip(&[
                 "link", "add", "name", &gw, "netns", &router, "type", "veth", "peer", "name",
                 "uplink", "netns", &switch,
             ])?;
-            in_ns(&switch, &["ip", "link", "set", "uplink", "master", "br"])?;
-            in_ns(&switch, &["ip", "link", "set", "uplink", "up"])?;
+            in_ns(&switch, &["ip", "link", "set", "dev", "uplink", "master", "bridge0"])?;
+            in_ns(&switch, &["ip", "link", "set", "dev", "uplink", "up"])?;
             let cidr = format!("{REGIONAL_NET}.{octet}.1/24");
             in_ns(&router, &["ip", "addr", "add", &cidr, "dev", &gw])?;
-            in_ns(&router, &["ip", "link", "set", &gw, "up"])?;
+            in_ns(&router, &["ip", "link", "set", "dev", &gw, "up"])?;
             if let Some(l) = limit {
                 tbf(&switch, "uplink", l)?; // leaving the region
                 tbf(&router, &gw, l)?; // entering it
@@ -252,15 +252,15 @@ impl Net {
                     "link", "add", "name", &port, "netns", &switch, "type", "veth", "peer", "name",
                     "eth0", "netns", &ns,
                 ])?;
-                in_ns(&switch, &["ip", "link", "set", &port, "master", "br"])?;
-                in_ns(&switch, &["ip", "link", "set", &port, "up"])?;
+                in_ns(&switch, &["ip", "link", "set", "dev", &port, "master", "bridge0"])?;
+                in_ns(&switch, &["ip", "link", "set", "dev", &port, "up"])?;
                 let subnet = format!("{REGIONAL_NET}.{octet}");
                 ("eth0".to_string(), format!("{subnet}.{k}"), format!("{subnet}.1"))
             }
         };
         in_ns(&ns, &["ip", "addr", "add", &format!("{addr}/24"), "dev", &dev])?;
-        in_ns(&ns, &["ip", "link", "set", &dev, "up"])?;
-        in_ns(&ns, &["ip", "link", "set", "lo", "up"])?;
+        in_ns(&ns, &["ip", "link", "set", "dev", &dev, "up"])?;
+        in_ns(&ns, &["ip", "link", "set", "dev", "lo", "up"])?;
         in_ns(&ns, &["ip", "route", "add", "default", "via", &gateway])?;
         if let Some(r) = rate {
             tbf(&ns, &dev, r)?;
