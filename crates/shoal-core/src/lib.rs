@@ -12,6 +12,7 @@
 //! - [`Ticket`]: the printable string people share (content id plus peer hints), with a
 //!   checksum so that a truncated or mistyped copy is detected.
 //! - [`offline`]: offline task ids and the signed growing manifest of a task's pieces.
+//! - [`Region`]: where a node is, as its tracker's operator names places.
 //! - [`UserId`], [`DeviceCert`]: users (ed25519 keys) and the nodes that act for them.
 //! - [`hash::hash_pieces`]: hashes every piece of a file on all cores without holding the
 //!   file in memory.
@@ -24,6 +25,7 @@ pub mod id;
 pub mod manifest;
 pub mod offline;
 pub mod piece;
+pub mod region;
 pub mod ticket;
 pub mod units;
 pub mod user;
@@ -32,5 +34,6 @@ pub use bitfield::Bitfield;
 pub use id::{ContentId, NodeId, PieceHash, PieceIndex};
 pub use manifest::Manifest;
 pub use offline::{SegmentProof, TaskId};
+pub use region::Region;
 pub use ticket::{PeerAddr, Ticket};
 pub use user::{DeviceCert, UserId};

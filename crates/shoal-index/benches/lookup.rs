@@ -35,7 +35,7 @@ fn main() {
     });
     let now = 1_000_000;
     let owner = node(u64::MAX);
-    ix.register(now, owner, Role::Node, addr(0), &[addr(0)]);
+    ix.register(now, owner, Role::Node, addr(0), &[addr(0)], None);
     let size = u64::from(pieces) * shoal_core::piece::MIN_PIECE_SIZE;
     let mut ids = Vec::new();
     let t = Instant::now();
@@ -61,7 +61,7 @@ fn main() {
     let mut rng = fastrand::Rng::with_seed(7);
     for i in 0..nodes {
         let id = node(i);
-        ix.register(now, id, Role::Node, addr(i), &[addr(i)]);
+        ix.register(now, id, Role::Node, addr(i), &[addr(i)], None);
         let (content, n) = ids[(i % contents) as usize];
         let complete = rng.u8(..3) == 0;
         let mut bf = Bitfield::new(n);
@@ -77,7 +77,7 @@ fn main() {
     );
     let askers: Vec<NodeId> = (0..64).map(|i| node(10_000_000 + i)).collect();
     for (i, a) in askers.iter().enumerate() {
-        ix.register(now, *a, Role::Node, addr(i as u64), &[addr(i as u64)]);
+        ix.register(now, *a, Role::Node, addr(i as u64), &[addr(i as u64)], None);
     }
     for (with_have, registered, compact) in
         [(false, true, false), (true, true, false), (false, false, false), (true, true, true)]

@@ -13,11 +13,12 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
-use shoal_core::{Bitfield, ContentId, Manifest, NodeId, PieceIndex};
+use shoal_core::{Bitfield, ContentId, Manifest, NodeId, PieceIndex, Region};
 use shoal_wire::tracker::{Load, Role, MAX_ADDRS};
 
 use crate::limits::{source_key, Action, RateLimiter};
 use crate::model::{Config, IndexError, NodeEntry, Persist, Registration, VerifiedManifest};
+use crate::region::{RegionId, Regions, NO_REGION};
 use crate::swarm::Swarm;
 
 /// The tracker's index.
@@ -41,6 +42,9 @@ pub struct Index {
     pub(crate) pending_manifests: HashMap<IpAddr, u64>,
     limiter: RateLimiter,
     pub(crate) rng: fastrand::Rng,
+    /// The regions numbered so far (bounded), and live nodes per region number.
+    pub(crate) regions: Regions,
+    region_nodes: HashMap<RegionId, usize>,
 }
 
 /// The most contents whose lookup state (hints, offered holders) is kept per node.
@@ -75,6 +79,8 @@ impl Index {
             idle: BTreeSet::new(),
             manifest_bytes: 0,
             pending_manifests: HashMap::new(),
+            regions: Regions::default(),
+            region_nodes: HashMap::new(),
         }
     }
 
@@ -91,6 +97,8 @@ impl Index {
         let mut ix = Self::new(config);
         for (id, mut e) in nodes {
             e.storage = e.storage && ix.config.admitted_storage.contains(&id);
+            let r = ix.regions.intern(e.region.as_ref());
+            *ix.region_nodes.entry(r).or_default() += 1;
             ix.nodes.insert(id, e);
         }
         for (id, bytes) in manifests {
@@ -184,11 +192,12 @@ impl Index {
         }
         // Announced: the manifest is the swarm's now, no longer its uploader's.
         Self::uncharge(&mut self.pending_manifests, swarm);
-        let (load, addrs) = match self.nodes.get(&node) {
-            Some(e) => (e.active_uploads, e.addrs.as_slice()),
-            None => (0, &[][..]),
+        let (load, addrs, region) = match self.nodes.get(&node) {
+            Some(e) => (e.active_uploads, e.addrs.as_slice(), e.region.as_ref()),
+            None => (0, &[][..], None),
         };
-        swarm.set_holding(node, bf, load, addrs);
+        let region = self.regions.intern(region);
+        swarm.set_holding(node, bf, load, addrs, region);
         self.held.entry(node).or_default().insert(content);
     }
 
@@ -209,8 +218,17 @@ impl Index {
         removed
     }
 
+    /// The region a node registering from `observed` and stating `stated` is placed in: the
+    /// stated one where the operator allows it, else the map's.
+    pub fn place(&self, observed: IpAddr, stated: Option<&Region>) -> Option<Region> {
+        match stated {
+            Some(r) if self.config.allow_stated_region => Some(r.clone()),
+            _ => self.config.regions.region_of(observed).cloned(),
+        }
+    }
+
     /// A node joins (or joins again, keeping what it announced). `observed` is the address
-    /// its connection comes from.
+    /// its connection comes from; `stated` the region it claims (see [`Index::place`]).
     pub fn register(
         &mut self,
         now: u64,
@@ -218,27 +236,77 @@ impl Index {
         role: Role,
         observed: SocketAddr,
         addrs: &[SocketAddr],
+        stated: Option<&Region>,
     ) -> Registration {
         let storage = role == Role::Storage && self.config.admitted_storage.contains(&node);
         let addrs = vet_addrs(observed, addrs);
+        let mut region = self.place(observed.ip(), stated);
+        // A region past the numbering's bound counts as none, here and in every swarm.
+        let id = self.regions.intern(region.as_ref());
+        if id == NO_REGION {
+            region = None;
+        }
+        let new = !self.nodes.contains_key(&node);
         let entry = self.nodes.entry(node).or_insert_with(|| NodeEntry {
             storage,
             addrs: Vec::new(),
             last_seen_ms: now,
             active_uploads: 0,
             upload_rate: 0,
+            region: None,
         });
+        let old = std::mem::replace(&mut entry.region, region.clone());
         entry.storage = storage;
         entry.addrs = addrs.clone();
         entry.last_seen_ms = now;
         let ops = vec![Persist::PutNode(node, entry.clone())];
-        // Lookups answer with the swarms' own copies of the addresses.
-        for c in self.held.get(&node).into_iter().flatten() {
-            if let Some(s) = self.swarms.get_mut(c) {
+        let old_id = if new { id } else { self.regions.intern(old.as_ref()) };
+        if new {
+            *self.region_nodes.entry(id).or_default() += 1;
+        } else if old_id != id {
+            self.uncount_region(old_id);
+            *self.region_nodes.entry(id).or_default() += 1;
+        }
+        // Lookups answer with the swarms' own copies of the addresses (and regions).
+        let held: Vec<ContentId> = self.held.get(&node).into_iter().flatten().copied().collect();
+        for c in held {
+            if old_id != id {
+                // Its holdings move to the new region's counts; its hints were counted in the
+                // old one and are dropped (the next lookup hands new ones).
+                if let Some(bf) = self.swarms.get(&c).and_then(|s| s.holders.get(&node)) {
+                    self.hold(c, node, bf);
+                }
+            }
+            if let Some(s) = self.swarms.get_mut(&c) {
                 s.holders.set_addrs(&node, &addrs);
             }
         }
-        Registration { role: if storage { Role::Storage } else { Role::Node }, addrs, ops }
+        if old_id != id {
+            for c in self.looked.get(&node).into_iter().flatten() {
+                if let Some(s) = self.swarms.get_mut(c) {
+                    s.forget_hints(node);
+                }
+            }
+        }
+        Registration { role: if storage { Role::Storage } else { Role::Node }, addrs, region, ops }
+    }
+
+    fn uncount_region(&mut self, id: RegionId) {
+        if let Some(n) = self.region_nodes.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                self.region_nodes.remove(&id);
+            }
+        }
+    }
+
+    /// Live nodes per region (`None`: nodes without one), for metrics: counted as nodes come
+    /// and go, never by a scan.
+    pub fn region_counts(&self) -> Vec<(Option<Region>, usize)> {
+        let mut out: Vec<(Option<Region>, usize)> =
+            self.region_nodes.iter().map(|(&id, &n)| (self.regions.name(id).cloned(), n)).collect();
+        out.sort();
+        out
     }
 
     /// A node is alive.
@@ -261,17 +329,35 @@ impl Index {
         Ok(vec![Persist::PutNode(node, entry.clone())])
     }
 
-    /// The registered admitted storage nodes.
-    pub fn storage_nodes(&self) -> Vec<(NodeId, Vec<SocketAddr>)> {
+    /// The registered admitted storage nodes: those in the asker's region first (with region
+    /// routing), then the least loaded.
+    pub fn storage_nodes(&self, asker: Option<NodeId>) -> Vec<(NodeId, Vec<SocketAddr>)> {
+        let region = self.routing_region(asker);
         // Least loaded first: an offline task's home and helpers are taken from the front.
-        let mut nodes: Vec<(u32, NodeId, Vec<SocketAddr>)> = self
+        let mut nodes: Vec<(bool, u32, NodeId, Vec<SocketAddr>)> = self
             .nodes
             .iter()
             .filter(|(_, e)| e.storage)
-            .map(|(id, e)| (e.active_uploads, *id, e.addrs.clone()))
+            .map(|(id, e)| {
+                let elsewhere = region.is_some() && e.region.as_ref() != region;
+                (elsewhere, e.active_uploads, *id, e.addrs.clone())
+            })
             .collect();
-        nodes.sort_by_key(|(load, id, _)| (*load, *id));
-        nodes.into_iter().map(|(_, id, addrs)| (id, addrs)).collect()
+        nodes.sort_by_key(|(elsewhere, load, id, _)| (*elsewhere, *load, *id));
+        nodes.into_iter().map(|(_, _, id, addrs)| (id, addrs)).collect()
+    }
+
+    /// The asker's region if the index routes by region and the asker has one.
+    pub(crate) fn routing_region(&self, asker: Option<NodeId>) -> Option<&Region> {
+        if !self.config.region_routing {
+            return None;
+        }
+        self.nodes.get(&asker?)?.region.as_ref()
+    }
+
+    /// The region a node is placed in.
+    pub fn region_of(&self, node: NodeId) -> Option<&Region> {
+        self.nodes.get(&node)?.region.as_ref()
     }
 
     /// Checks that `node` may add `content` to what it holds: registered, under its cap.
@@ -479,7 +565,10 @@ impl Index {
             .collect();
         let mut ops = Vec::new();
         for id in dead {
-            self.nodes.remove(&id);
+            if let Some(e) = self.nodes.remove(&id) {
+                let r = self.regions.intern(e.region.as_ref());
+                self.uncount_region(r);
+            }
             // What its lookups were handed, where it holds nothing (holdings: below).
             for content in self.looked.remove(&id).unwrap_or_default() {
                 if let Some(s) = self.swarms.get_mut(&content) {

@@ -15,7 +15,10 @@
 //! - differential distribution: with each lookup, pieces for the asker to fetch first, chosen
 //!   among those nobody else has or has been handed, then the rarest, so that a seed serving
 //!   many new downloaders sends each piece about once;
-//! - re-seed planning (`plan`): holders push what stalled admitted storage lacks.
+//! - re-seed planning (`plan`): holders push what stalled admitted storage lacks;
+//! - regions (`region`): the operator's CIDR map places each node in a region; lookups rank
+//!   the asker's region first and hints count what each region holds and was handed, so that
+//!   each piece crosses into a region about once and the region's nodes complete each other.
 
 #![warn(missing_docs)]
 
@@ -25,6 +28,7 @@ mod lookup;
 mod model;
 mod plan;
 mod rarity;
+mod region;
 mod state;
 mod swarm;
 
@@ -34,4 +38,5 @@ pub use model::{
     Config, HeartbeatOutcome, IndexError, Lookup, NodeEntry, Persist, Planned, Registration,
     VerifiedManifest,
 };
+pub use region::{BadRange, RegionMap, MAX_REGIONS};
 pub use state::{Loaded, SledState};

@@ -11,15 +11,18 @@ use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
 use shoal_wire::tracker::{PeerInfo, PeerSummary};
 
 use crate::rarity::Rarity;
+use crate::region::{RegionId, NO_REGION};
 use crate::swarm::{count_and_not, HolderView, Swarm};
 use crate::{Index, Lookup};
 
-/// (reported as never delivering, not storage, load, availability of its rarest wanted piece,
-/// more useful first); ties go to the lower node id. Load (its last heartbeat's, plus the
-/// lookups that handed it out since) before rarity: in a flash crowd every asker would
-/// otherwise be handed the same few early holders (they hold the rarest pieces), crowding
-/// their uplinks while later holders' uplinks idle with no client.
-type Rank = (bool, bool, u32, u32, Reverse<u32>);
+/// (reported as never delivering, in another region than the asker (with region routing), not
+/// storage, load, availability of its rarest wanted piece, more useful first); ties go to the
+/// lower node id. Load (its last heartbeat's, plus the lookups that handed it out since) before
+/// rarity: in a flash crowd every asker would otherwise be handed the same few early holders
+/// (they hold the rarest pieces), crowding their uplinks while later holders' uplinks idle
+/// with no client. Other regions' holders come after the asker's own, never instead of them:
+/// a region whose holders are few or none still gets the rest of the answer from elsewhere.
+type Rank = (bool, bool, bool, u32, u32, Reverse<u32>);
 
 /// A stable per-(node, piece) tie-break, so equally good pieces are spread over askers.
 fn mix(node: &NodeId, p: PieceIndex) -> u64 {
@@ -72,11 +75,12 @@ impl Index {
         have: Option<&Bitfield>,
         max_peers: usize,
     ) -> Option<Lookup> {
-        self.lookup_with(asker, content, have, max_peers, |h| PeerInfo {
+        self.lookup_with(asker, content, have, max_peers, |h, region| PeerInfo {
             node_id: *h.id,
             load: h.load,
             addrs: h.addrs.to_vec(),
             bitfield: h.bitfield(),
+            region,
         })
     }
 
@@ -89,23 +93,29 @@ impl Index {
         have: Option<&Bitfield>,
         max_peers: usize,
     ) -> Option<Lookup<PeerSummary>> {
-        self.lookup_with(asker, content, have, max_peers, |h| PeerSummary {
+        self.lookup_with(asker, content, have, max_peers, |h, region| PeerSummary {
             node_id: *h.id,
             load: h.load,
             addrs: h.addrs.to_vec(),
+            region,
         })
     }
 
-    /// The lookup itself; `peer` makes an answer's peer from its holder entry (a swarm's
-    /// holders are registered nodes: holdings go with their node).
+    /// The lookup itself; `peer` makes an answer's peer from its holder entry and region name
+    /// (a swarm's holders are registered nodes: holdings go with their node).
     fn lookup_with<P>(
         &mut self,
         asker: Option<NodeId>,
         content: ContentId,
         have: Option<&Bitfield>,
         max_peers: usize,
-        peer: impl Fn(&HolderView<'_>) -> P,
+        peer: impl Fn(&HolderView<'_>, Option<shoal_core::Region>) -> P,
     ) -> Option<Lookup<P>> {
+        let region = self.routing_region(asker).cloned();
+        let region = match region {
+            Some(r) => self.regions.intern(Some(&r)),
+            None => NO_REGION,
+        };
         let swarm = self.swarms.get_mut(&content)?;
         let n = swarm.piece_count;
         let have = have.filter(|h| h.len() == n);
@@ -148,6 +158,7 @@ impl Index {
                 .unwrap_or_else(|| rarest_useful(bf, have_bytes, &swarm.availability, floor));
             let rank = (
                 !swarm.reports.is_empty() && swarm.reported(h.id) >= self.config.demote_after,
+                region != NO_REGION && h.region != region,
                 // Admitted storage first where it has wanted pieces: a permanent seed.
                 !is_storage,
                 h.load.saturating_add(h.offered),
@@ -168,7 +179,8 @@ impl Index {
         // Never more than asked for (`max_peers` 0 included: the selection above skips it).
         ranked.truncate(max_peers);
         let ids: Vec<NodeId> = ranked.iter().map(|(_, h)| *h.id).collect();
-        let peers = ranked.iter().map(|(_, h)| peer(h)).collect::<Vec<P>>();
+        let regions = &self.regions;
+        let peers = ranked.iter().map(|(_, h)| peer(h, regions.name(h.region).cloned())).collect();
         let swarm = self.swarms.get_mut(&content)?;
         for id in &ids {
             swarm.holders.note_offered(id);
@@ -176,7 +188,7 @@ impl Index {
         let hints = match asker {
             Some(a) => {
                 swarm.offer(a, ids);
-                Self::hand_out(swarm, a, have, self.config.hints)
+                Self::hand_out(swarm, a, region, have, self.config.hints)
             }
             None => Vec::new(),
         };
@@ -189,9 +201,15 @@ impl Index {
     /// The `take` pieces the asker lacks (neither in `have` nor `announced`) and was not yet
     /// handed, that someone holds, which the fewest others hold or were handed; ties broken by
     /// a per-asker mix. One pass over the pieces with word-wide masks, then a selection.
+    ///
+    /// With a region, pieces are keyed first by how many of the region's nodes hold them or
+    /// were handed them, then as above, and a piece the region lacks is handed to one of its
+    /// nodes at a time: a region's askers are handed what the region lacks, each piece to one
+    /// of them, so each piece crosses into the region about once.
     fn least_handed(
         swarm: &Swarm,
         asker: &NodeId,
+        region: RegionId,
         have: Option<&Bitfield>,
         announced: Option<&Bitfield>,
         take: usize,
@@ -207,10 +225,17 @@ impl Index {
                 *b |= 0x80 >> (p.0 % 8);
             }
         }
-        let mut keyed: Vec<(u32, u32)> = Vec::with_capacity(n);
+        let regional = swarm.regional.get(&region).filter(|_| region != NO_REGION);
+        let mut keyed: Vec<(u64, u32)> = Vec::with_capacity(n);
         for (i, (&a, &h)) in swarm.availability.iter().zip(&swarm.handed_count).enumerate() {
             if a > 0 && skip[i / 8] & (0x80 >> (i % 8)) == 0 {
-                keyed.push((a + h, i as u32));
+                let (held, handed) = regional.map_or((0, 0), |r| (r.availability[i], r.handed[i]));
+                if held == 0 && handed > 0 {
+                    // Nobody in the region holds it and one of its nodes is fetching it
+                    // across: one crossing is enough, the region shares it once it is in.
+                    continue;
+                }
+                keyed.push(((u64::from(held + handed) << 32) | u64::from(a + h), i as u32));
             }
         }
         let take = take.min(keyed.len());
@@ -240,6 +265,7 @@ impl Index {
     fn hand_out(
         swarm: &mut Swarm,
         asker: NodeId,
+        region: RegionId,
         have: Option<&Bitfield>,
         k: usize,
     ) -> Vec<PieceIndex> {
@@ -259,12 +285,10 @@ impl Index {
         let handed = swarm.handed.get(&asker);
         let current = handed.map_or(0, |s| s.len());
         if current < k {
-            let picked = Self::least_handed(swarm, &asker, have, announced.as_ref(), k - current);
-            let set = swarm.handed.entry(asker).or_default();
+            let picked =
+                Self::least_handed(swarm, &asker, region, have, announced.as_ref(), k - current);
             for p in picked {
-                if set.insert(p) {
-                    swarm.handed_count[p.0 as usize] += 1;
-                }
+                swarm.hand(asker, region, p);
             }
         }
         let mut hints: Vec<PieceIndex> =

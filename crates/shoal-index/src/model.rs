@@ -5,10 +5,11 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
+use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex, Region};
 use shoal_wire::tracker::{PeerInfo, Role};
 
 use crate::limits::Limits;
+use crate::region::RegionMap;
 
 /// Tunables, with their defaults.
 #[derive(Debug, Clone)]
@@ -48,6 +49,16 @@ pub struct Config {
     pub limits: Limits,
     /// Seed of the sampling generator (the tracker passes a random one).
     pub seed: u64,
+    /// The operator's address ranges, each naming a region (default none).
+    pub regions: RegionMap,
+    /// Take the region a node states for itself over the map's (default false): for
+    /// deployments whose nodes know where they are better than their addresses say, and for
+    /// testnets on one machine.
+    pub allow_stated_region: bool,
+    /// Route by region (default true): lookups rank the asker's region first and hints make
+    /// each piece cross into a region about once. Off, regions are still assigned and
+    /// reported (to measure what routing saves).
+    pub region_routing: bool,
 }
 
 impl Default for Config {
@@ -68,6 +79,9 @@ impl Default for Config {
             drop_after: 5,
             limits: Limits::default(),
             seed: 0x5eed,
+            regions: RegionMap::default(),
+            allow_stated_region: false,
+            region_routing: true,
         }
     }
 }
@@ -109,6 +123,9 @@ pub struct NodeEntry {
     pub active_uploads: u32,
     /// Upload rate at its last heartbeat, bytes per second.
     pub upload_rate: u64,
+    /// Its region, from its last registration.
+    #[serde(default)]
+    pub region: Option<Region>,
 }
 
 /// A change the backend must make durable.
@@ -235,6 +252,8 @@ pub struct Registration {
     pub role: Role,
     /// The addresses kept.
     pub addrs: Vec<SocketAddr>,
+    /// The region the node is placed in.
+    pub region: Option<Region>,
     /// Changes to persist.
     pub ops: Vec<Persist>,
 }

@@ -12,6 +12,7 @@ use shoal_core::{Bitfield, NodeId, PieceIndex};
 use smallvec::SmallVec;
 
 use crate::rarity::Rarity;
+use crate::region::{RegionId, NO_REGION};
 
 /// The most holders a swarm keeps reports about. When full, entries of holders no longer
 /// registered go first, then one whose reports do not yet demote it; only a swarm full of
@@ -35,6 +36,8 @@ pub(crate) struct Holder {
     /// Where peers reach it, from its last registration: inline up to two (most nodes have
     /// one or two), so that reading them is no further cache miss.
     pub(crate) addrs: SmallVec<[SocketAddr; 2]>,
+    /// Its region, from its last registration.
+    pub(crate) region: RegionId,
 }
 
 /// A holder as a lookup ranks it: id, load and the bytes of its bitfield, borrowed.
@@ -45,6 +48,7 @@ pub(crate) struct HolderView<'a> {
     /// Lookups that handed it out since its last heartbeat.
     pub(crate) offered: u32,
     pub(crate) addrs: &'a [SocketAddr],
+    pub(crate) region: RegionId,
     /// Its bitfield's bytes (the swarm's piece count of bits, MSB first).
     pub(crate) bits: &'a [u8],
     piece_count: u32,
@@ -102,6 +106,7 @@ impl Holders {
             load: h.load,
             offered: h.offered,
             addrs: &h.addrs,
+            region: h.region,
             bits: &self.bits[i * s..(i + 1) * s],
             piece_count: self.piece_count,
         }
@@ -143,7 +148,13 @@ impl Holders {
             return Some(old);
         }
         self.map.insert(id, self.order.len());
-        self.order.push(Holder { id, load: 0, offered: 0, addrs: SmallVec::new() });
+        self.order.push(Holder {
+            id,
+            load: 0,
+            offered: 0,
+            addrs: SmallVec::new(),
+            region: NO_REGION,
+        });
         let start = self.bits.len();
         self.bits.resize(start + s, 0);
         self.bits[start..start + src.len()].copy_from_slice(src);
@@ -169,6 +180,12 @@ impl Holders {
     pub(crate) fn set_addrs(&mut self, id: &NodeId, addrs: &[SocketAddr]) {
         if let Some(&i) = self.map.get(id) {
             self.order[i].addrs = SmallVec::from_slice(addrs);
+        }
+    }
+
+    fn set_region(&mut self, id: &NodeId, region: RegionId) {
+        if let Some(&i) = self.map.get(id) {
+            self.order[i].region = region;
         }
     }
 
@@ -231,6 +248,11 @@ pub(crate) struct Swarm {
     pub(crate) handed: HashMap<NodeId, BTreeSet<PieceIndex>>,
     /// How many nodes each piece is handed to.
     pub(crate) handed_count: Vec<u32>,
+    /// Per region with holders or askers here: holders of each piece in the region, and how
+    /// many of its nodes each piece is handed to. At most one entry per numbered region.
+    pub(crate) regional: HashMap<RegionId, Regional>,
+    /// The region each node with hints here was in when handed them (to count them back).
+    pub(crate) hand_region: HashMap<NodeId, RegionId>,
     /// Per admitted storage node holding part of this content: (pieces held, when that last
     /// grew, re-seeding under way).
     pub(crate) storage: HashMap<NodeId, (u32, u64, bool)>,
@@ -260,6 +282,8 @@ impl Swarm {
             availability: vec![0; piece_count as usize],
             handed: HashMap::new(),
             handed_count: vec![0; piece_count as usize],
+            regional: HashMap::new(),
+            hand_region: HashMap::new(),
             storage: HashMap::new(),
             assigned: HashMap::new(),
             reports: HashMap::new(),
@@ -276,24 +300,54 @@ impl Swarm {
         bitfield: Bitfield,
         load: u32,
         addrs: &[SocketAddr],
+        region: RegionId,
     ) {
         self.remove_holding(node);
         self.rarity = None;
+        let n = self.piece_count;
         for p in bitfield.iter_ones() {
             self.availability[p.0 as usize] += 1;
             self.unhand(node, p);
         }
+        if region != NO_REGION {
+            let r = self.regional.entry(region).or_insert_with(|| Regional::new(n));
+            for p in bitfield.iter_ones() {
+                r.availability[p.0 as usize] += 1;
+            }
+        }
         self.holders.insert(node, &bitfield);
         self.holders.set_load(&node, load);
         self.holders.set_addrs(&node, addrs);
+        self.holders.set_region(&node, region);
     }
 
     /// Forgets a holder (the index starts the idle clock if it was the last).
     pub(crate) fn remove_holding(&mut self, node: NodeId) -> bool {
+        let region = self.holders.entry(&node).map_or(NO_REGION, |h| h.region);
         let Some(old) = self.holders.remove(&node) else { return false };
         self.rarity = None;
         for p in old.iter_ones() {
             self.availability[p.0 as usize] -= 1;
+        }
+        if let Some(r) = self.regional.get_mut(&region) {
+            for p in old.iter_ones() {
+                r.availability[p.0 as usize] -= 1;
+            }
+        }
+        true
+    }
+
+    /// Records that `p` is handed to `node` (in `region`); false if it already was.
+    pub(crate) fn hand(&mut self, node: NodeId, region: RegionId, p: PieceIndex) -> bool {
+        let n = self.piece_count;
+        if !self.handed.entry(node).or_default().insert(p) {
+            return false;
+        }
+        self.handed_count[p.0 as usize] += 1;
+        if region != NO_REGION {
+            self.hand_region.insert(node, region);
+            let r = self.regional.entry(region).or_insert_with(|| Regional::new(n));
+            r.handed[p.0 as usize] += 1;
         }
         true
     }
@@ -302,6 +356,10 @@ impl Swarm {
         if let Some(set) = self.handed.get_mut(&node) {
             if set.remove(&p) {
                 self.handed_count[p.0 as usize] -= 1;
+                let region = self.hand_region.get(&node).copied().unwrap_or(NO_REGION);
+                if let Some(r) = self.regional.get_mut(&region) {
+                    r.handed[p.0 as usize] -= 1;
+                }
             }
         }
     }
@@ -320,8 +378,13 @@ impl Swarm {
 
     /// Forgets what was handed to `node` as an asker: its hints and the holders it was offered.
     pub(crate) fn forget_hints(&mut self, node: NodeId) {
+        let region = self.hand_region.remove(&node).unwrap_or(NO_REGION);
+        let mut regional = self.regional.get_mut(&region);
         for p in self.handed.remove(&node).unwrap_or_default() {
             self.handed_count[p.0 as usize] -= 1;
+            if let Some(r) = regional.as_mut() {
+                r.handed[p.0 as usize] -= 1;
+            }
         }
         self.offered.remove(&node);
     }
@@ -384,6 +447,21 @@ impl Swarm {
             list.push(source);
         }
         list.len()
+    }
+}
+
+/// One region's view of a swarm: its holders of each piece, and how many of its nodes each
+/// piece is handed to as a hint. Hints rank pieces the region neither holds nor was handed
+/// first, so that each piece crosses into a region about once.
+#[derive(Debug)]
+pub(crate) struct Regional {
+    pub(crate) availability: Vec<u32>,
+    pub(crate) handed: Vec<u32>,
+}
+
+impl Regional {
+    fn new(piece_count: u32) -> Self {
+        Self { availability: vec![0; piece_count as usize], handed: vec![0; piece_count as usize] }
     }
 }
 

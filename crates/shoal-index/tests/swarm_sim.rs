@@ -49,7 +49,7 @@ fn simulate(downloaders: usize, pieces: u32, hints: usize) -> Outcome {
     let mut index = Index::new(Config { hints, ..Config::default() });
     let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
     for &id in &ids {
-        index.register(0, id, Role::Node, addr, &[]);
+        index.register(0, id, Role::Node, addr, &[], None);
     }
     index.put_manifest(0, ids[0], content, manifest.encode()).unwrap();
     index.announce(0, ids[0], content, Bitfield::full(pieces)).unwrap();

@@ -182,7 +182,7 @@ impl World {
         let mut nodes = Vec::with_capacity(n);
         for i in 0..n {
             let id = node_id(s.seed, i);
-            index.register(0, id, Role::Node, addr, &[]);
+            index.register(0, id, Role::Node, addr, &[], None);
             let churn = (i > 0 && churners.contains(&(i - 1))).then(|| {
                 let leave = bound_s * (0.2 + 0.4 * unit(&mut rng));
                 let away = bound_s * (0.25 + 0.25 * unit(&mut rng));

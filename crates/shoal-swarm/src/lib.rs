@@ -26,7 +26,9 @@ pub mod reveal;
 pub mod upload;
 
 pub use lookups::Lookups;
-pub use peers::{Action, Admit, Config, DropReason, ManifestReply, PeerSet, PieceOutcome};
+pub use peers::{
+    Action, Admit, Config, DropReason, ManifestReply, PeerSet, PieceOutcome, MAX_REMOTE,
+};
 pub use picker::{Picker, Request, Verdict, MAX_COPIES, MAX_STRIKES};
 pub use reveal::Reveal;
 pub use upload::Uploader;

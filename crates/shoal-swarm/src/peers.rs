@@ -26,7 +26,7 @@
 //! - a dropped peer is not dialed again for `retry_after`; a banned one never (the set
 //!   remembers at most `max_dropped` drops, bans last; the picker keeps every ban for good).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Debug;
 use std::time::Instant;
 
@@ -108,7 +108,14 @@ pub struct PeerSet<P, A> {
     next_rotation: Option<Instant>,
     rng: u64,
     max_window: usize,
+    /// Peers the tracker placed in another region (at most [`MAX_REMOTE`]), handed to the
+    /// picker when it starts.
+    remote: BTreeSet<P>,
 }
+
+/// The most peers a download remembers as being in another region. Past it further ones
+/// count as of our region: fetched from like any peer, never starved.
+pub const MAX_REMOTE: usize = 4096;
 
 impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
     /// An empty set looking for the manifest. `seed` drives the picker's shuffle and the
@@ -125,6 +132,23 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
             next_rotation: None,
             rng: seed | 1,
             max_window: 1,
+            remote: BTreeSet::new(),
+        }
+    }
+
+    /// Marks `peer` as being in another region than ours (`true`) or in ours: it is then asked
+    /// only for pieces no connected peer of our region holds (see [`Picker::set_remote`]).
+    pub fn set_remote(&mut self, peer: P, remote: bool) {
+        if remote {
+            if self.remote.len() >= MAX_REMOTE && !self.remote.contains(&peer) {
+                return;
+            }
+            self.remote.insert(peer);
+        } else {
+            self.remote.remove(&peer);
+        }
+        if let Phase::Pieces(picker) = &mut self.phase {
+            picker.set_remote(peer, remote);
         }
     }
 
@@ -222,6 +246,9 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
         // once `dropped` forgets them.
         for (&id, _) in self.dropped.iter().filter(|(_, d)| d.reason == DropReason::Banned) {
             picker.ban(id);
+        }
+        for &id in &self.remote {
+            picker.set_remote(id, true);
         }
         self.phase = Phase::Pieces(picker);
         self.max_window = max_window.max(1);

@@ -3,6 +3,14 @@
 //! The rule: among the pieces a peer holds that we lack and it may be asked for, hinted pieces
 //! first, then the rarest, ties broken by a per-picker shuffle; if none of them is free, the
 //! least duplicated piece in flight elsewhere (endgame, at most [`MAX_COPIES`] copies).
+//!
+//! Regions: a peer marked remote ([`Picker::set_remote`], a peer the tracker placed in another
+//! region) is asked only for pieces that no connected peer of our own region holds, and of
+//! those only the hinted ones (the tracker hands each piece a region lacks to one of its
+//! nodes) while our region's peers still have something for us. What the region has stays
+//! inside it, each missing piece crosses about once, and when the region has nothing left
+//! for us anything it lacks is fetched from outside at once: nothing waits for a border copy
+//! while an outside peer could send it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -88,6 +96,10 @@ pub struct Picker<P> {
     /// (piece, peer) pairs that delivered bad data: never asked again. At most
     /// [`MAX_STRIKES`] per peer.
     failed: BTreeSet<(PieceIndex, P)>,
+    /// Peers in another region than ours (connected or not; kept like strikes).
+    remote: BTreeSet<P>,
+    /// How many connected peers of our own region hold each piece.
+    local: Vec<u32>,
     /// The same pairs by peer.
     failed_by_peer: BTreeSet<(P, PieceIndex)>,
 }
@@ -97,13 +109,41 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
     /// `seed` shuffles the order among equally rare pieces.
     pub fn new(have: Bitfield, seed: u64) -> Self {
         Self {
-            pieces: Pieces::new(have, seed),
             peers: BTreeMap::new(),
             strikes: BTreeMap::new(),
             banned: BTreeSet::new(),
             failed: BTreeSet::new(),
             failed_by_peer: BTreeSet::new(),
+            remote: BTreeSet::new(),
+            local: vec![0; have.len() as usize],
+            pieces: Pieces::new(have, seed),
         }
+    }
+
+    /// Marks a peer as being in another region (`true`) or ours: a remote peer is asked only
+    /// for pieces no connected peer of our region holds. Call it before or after adding the
+    /// peer.
+    pub fn set_remote(&mut self, peer: P, remote: bool) {
+        let was = self.remote.contains(&peer);
+        if was == remote {
+            return;
+        }
+        if remote {
+            self.remote.insert(peer);
+        } else {
+            self.remote.remove(&peer);
+        }
+        if let Some(p) = self.peers.get(&peer) {
+            for i in p.bitfield.iter_ones() {
+                let l = &mut self.local[i.0 as usize];
+                *l = if remote { *l - 1 } else { *l + 1 };
+            }
+        }
+    }
+
+    /// True if the peer is marked as being in another region.
+    pub fn is_remote(&self, peer: P) -> bool {
+        self.remote.contains(&peer)
     }
 
     /// Replaces the pieces to fetch first (the tracker's differential-distribution hints).
@@ -142,7 +182,7 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
         let in_flight = match self.peers.remove(&peer) {
             Some(old) => {
                 for i in old.bitfield.iter_ones() {
-                    self.change_availability(i.0, false);
+                    self.change_availability(peer, i.0, false);
                 }
                 old.in_flight
             }
@@ -150,7 +190,7 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
         };
         let (mut missing, mut fresh) = (0, 0);
         for i in bitfield.iter_ones() {
-            self.change_availability(i.0, true);
+            self.change_availability(peer, i.0, true);
             missing += u32::from(self.pieces.missing(i.0));
             fresh += u32::from(self.pieces.is_fresh(i.0));
         }
@@ -168,7 +208,7 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
             self.change_requested(i.0, false);
         }
         for i in p.bitfield.iter_ones() {
-            self.change_availability(i.0, false);
+            self.change_availability(peer, i.0, false);
         }
         p.in_flight.into_iter().collect()
     }
@@ -180,7 +220,7 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
             return;
         }
         p.missing += u32::from(self.pieces.missing(piece.0));
-        self.change_availability(piece.0, true);
+        self.change_availability(peer, piece.0, true);
         let fresh = u32::from(self.pieces.is_fresh(piece.0));
         // Found above; `change_availability` touches no peer.
         if let Some(p) = self.peers.get_mut(&peer) {
@@ -234,7 +274,16 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
     pub fn next_request(&mut self, peer: P) -> Option<Request> {
         let p = self.peers.get(&peer)?;
         let failed = &self.failed;
-        let usable = |i: u32| !failed.contains(&(PieceIndex(i), peer));
+        // A remote peer: only what no peer of our region holds, and of that only what the
+        // tracker handed us (it hands each piece our region lacks to one of its nodes), unless
+        // our region's peers have nothing left for us.
+        let remote = self.remote.contains(&peer);
+        let starving = remote && self.is_starving();
+        let (local, pieces) = (&self.local, &self.pieces);
+        let usable = |i: u32| {
+            !failed.contains(&(PieceIndex(i), peer))
+                && !(remote && (local[i as usize] > 0 || !(starving || pieces.is_hinted(i))))
+        };
         let fresh =
             if p.fresh > 0 { self.pieces.best_fresh(&p.bitfield, p.missing, usable) } else { None };
         let (piece, endgame) = match fresh {
@@ -251,6 +300,18 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
         }
         self.change_requested(piece.0, true);
         Some(Request { piece, endgame })
+    }
+
+    /// True if neither a peer of our region has a piece for us nor a request of ours is in
+    /// flight to another region: only then may a remote peer be asked for unhinted pieces.
+    fn is_starving(&self) -> bool {
+        !self.peers.iter().any(|(id, q)| {
+            if self.remote.contains(id) {
+                !q.in_flight.is_empty()
+            } else {
+                q.fresh > 0
+            }
+        })
     }
 
     /// The piece from `peer` verified. Returns the other peers still fetching it, whose
@@ -331,10 +392,14 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
         false
     }
 
-    /// One more or one fewer connected peer holds piece `i` (in range). Only the availability
-    /// key changes: a piece turns fresh or stale here only with its first or last holder, whose
-    /// count the caller keeps.
-    fn change_availability(&mut self, i: u32, up: bool) {
+    /// One more or one fewer connected peer (`peer`) holds piece `i` (in range). Only the
+    /// availability key changes: a piece turns fresh or stale here only with its first or last
+    /// holder, whose count the caller keeps.
+    fn change_availability(&mut self, peer: P, i: u32, up: bool) {
+        if !self.remote.contains(&peer) {
+            let l = &mut self.local[i as usize];
+            *l = if up { *l + 1 } else { *l - 1 };
+        }
         self.pieces.detach(i);
         let a = &mut self.pieces.availability[i as usize];
         *a = if up { *a + 1 } else { *a - 1 };

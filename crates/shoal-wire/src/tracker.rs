@@ -17,10 +17,20 @@
 //! from when it starts waiting for it), each answer must be read within it, and every request
 //! counts against the rate limits on its own.
 //!
-//! Versions: the tracker accepts both [`TRACKER_ALPN`] (3) and [`TRACKER_ALPN_V2`]; version 3
-//! adds pipelined streams and compact lookups, and changes nothing a version 2 node sends or
-//! receives. A version 3 node dials [`TRACKER_ALPN`] only, so it meets an older tracker with a
-//! failed handshake (no common protocol) rather than with half-answered streams.
+//! Versions: the tracker accepts [`TRACKER_ALPN`] (4), [`TRACKER_ALPN_V3`] and
+//! [`TRACKER_ALPN_V2`]; version 3 adds pipelined streams and compact lookups, version 4 adds
+//! regions; neither changes anything an older node sends or receives. A node dials
+//! [`TRACKER_ALPN`] only, so it meets an older tracker with a failed handshake (no common
+//! protocol) rather than with half-answered streams.
+//!
+//! Regions (version 4) are trailing fields, absent from older frames: a Register may end with
+//! the region the node states (region text); a Registered answering a version 4 Register ends
+//! with the region the tracker placed the node in (region text, empty for none) and a flags
+//! byte (bit 0: the tracker routes by region, so the node should keep traffic in its region);
+//! a Lookup with flag bit 2 asks for the peers' regions, and its reply then ends with one
+//! region text per peer, in the order of the peers (empty for a peer without region), written
+//! only if some peer has one. A region text is a length u8 (0 to [`Region::MAX_LEN`]) and that
+//! many bytes of a valid region name.
 //!
 //! Authentication: every request that speaks for a node carries that node's id, and the tracker
 //! accepts it only if it is the id the connection proved in its TLS handshake, that is, a
@@ -29,27 +39,27 @@
 //!
 //! | type | frame | body |
 //! |---|---|---|
-//! | `0x60` | Register | node key, version u16, role u8, address count u8, addresses |
+//! | `0x60` | Register | node key, version u16, role u8, address count u8, addresses, (version 4, optional) stated region |
 //! | `0x61` | Announce | node key, content id, piece count u32, bits |
 //! | `0x62` | AnnounceDelta | node key, content id, count u16, pieces u32 each |
 //! | `0x63` | PutManifest | node key, content id, len u32; `len` raw bytes follow |
 //! | `0x64` | Heartbeat | node key, active uploads u32, upload rate u64, download rate u64 |
-//! | `0x65` | Lookup | content id, max peers u8, flags u8 (bit 0: piece count u32 and bits follow; bit 1: compact answer, version 3), then (bit 0) piece count u32 and bits |
+//! | `0x65` | Lookup | content id, max peers u8, flags u8 (bit 0: piece count u32 and bits follow; bit 1: compact answer, version 3; bit 2: peers' regions, version 4), then (bit 0) piece count u32 and bits |
 //! | `0x66` | GetManifest | content id |
 //! | `0x67` | FindStorage | |
 //! | `0x68` | Report | content id, node key of a holder that never delivered |
 //! | `0x69` | ResolveSource | id (the rest, 1 to [`MAX_SOURCE_ID_LEN`] bytes of UTF-8) |
-//! | `0x70` | Registered | heartbeat interval ms u32, granted role u8 |
+//! | `0x70` | Registered | heartbeat interval ms u32, granted role u8, (version 4) region, flags u8 |
 //! | `0x71` | Ok | |
 //! | `0x72` | NeedManifest | |
-//! | `0x73` | LookupReply | piece count u32, peer count u8, peers, hint count u16, hints u32 each |
+//! | `0x73` | LookupReply | piece count u32, peer count u8, peers, hint count u16, hints u32 each, (version 4, optional) a region per peer |
 //! | `0x74` | Manifest | len u32; `len` raw bytes follow |
 //! | `0x75` | Unknown | |
 //! | `0x76` | Error | code u8, text (codes: 1 forged, 2 not registered, 3 bad request, 4 internal, 5 rate limited, 6 over a limit) |
 //! | `0x77` | StorageNodes | count u8, then per node: node key, address count u8, addresses |
 //! | `0x78` | HeartbeatReply | stored count u16, content ids; directive count u8, directives |
 //! | `0x7a` | Source | URL (the rest, at most [`MAX_SOURCE_URL_LEN`] bytes of UTF-8) |
-//! | `0x79` | CompactLookupReply | piece count u32, peer count u8, peers without bits, hint count u16, hints u32 each (version 3) |
+//! | `0x79` | CompactLookupReply | piece count u32, peer count u8, peers without bits, hint count u16, hints u32 each (version 3), (version 4, optional) a region per peer |
 //!
 //! A directive: content id, storage node key, address count u8, addresses, token length u16,
 //! token. A [`ReseedToken`] is signed by the tracker's node key over
@@ -73,19 +83,23 @@
 use std::net::SocketAddr;
 
 use shoal_core::piece::MAX_PIECES;
-use shoal_core::{ticket, Bitfield, ContentId, NodeId, PieceIndex};
+use shoal_core::{ticket, Bitfield, ContentId, NodeId, PieceIndex, Region};
 
 use crate::codec::{DecodeError, Reader};
 
 mod token;
 pub use token::{ReseedToken, MAX_TOKEN_PIECES};
 
-/// The ALPN of the tracker protocol, version 3.
-pub const TRACKER_ALPN: &[u8] = b"shoal/tracker/3";
+/// The ALPN of the tracker protocol, version 4.
+pub const TRACKER_ALPN: &[u8] = b"shoal/tracker/4";
+/// The ALPN of version 3 (no regions), still served.
+pub const TRACKER_ALPN_V3: &[u8] = b"shoal/tracker/3";
 /// The ALPN of version 2 (one request per stream, no compact lookups), still served.
 pub const TRACKER_ALPN_V2: &[u8] = b"shoal/tracker/2";
 /// The tracker protocol version carried in [`TrackerRequest::Register`].
-pub const TRACKER_VERSION: u16 = 3;
+pub const TRACKER_VERSION: u16 = 4;
+/// The first version that carries regions.
+pub const REGIONS_VERSION: u16 = 4;
 /// The oldest version a tracker still registers.
 pub const MIN_TRACKER_VERSION: u16 = 2;
 /// The most requests one stream carries (version 3); the tracker answers no more on it.
@@ -140,6 +154,8 @@ pub struct PeerInfo {
     pub addrs: Vec<SocketAddr>,
     /// The pieces it holds.
     pub bitfield: Bitfield,
+    /// Its region, if the tracker has regions and the asker asked for them (version 4).
+    pub region: Option<Region>,
 }
 
 /// A peer in a compact lookup reply: where to reach it, without its pieces.
@@ -151,6 +167,8 @@ pub struct PeerSummary {
     pub load: u32,
     /// Where to reach it.
     pub addrs: Vec<SocketAddr>,
+    /// Its region, if the tracker has regions and the asker asked for them (version 4).
+    pub region: Option<Region>,
 }
 
 /// Why the tracker refused a request.
@@ -213,6 +231,9 @@ pub enum TrackerRequest {
         role: Role,
         /// where peers reach it
         addrs: Vec<SocketAddr>,
+        /// the region it states (version 4); the tracker takes it only where its operator
+        /// allows, and otherwise places the node by its address
+        region: Option<Region>,
     },
     /// Every piece the sender holds of a content.
     Announce {
@@ -259,6 +280,8 @@ pub enum TrackerRequest {
         /// answer with [`TrackerResponse::CompactLookupReply`] (peers without their bitfields);
         /// version 3
         compact: bool,
+        /// name each peer's region in the answer (version 4)
+        regions: bool,
     },
     /// Asks for the manifest of a content.
     GetManifest {
@@ -287,6 +310,17 @@ pub enum TrackerRequest {
 pub const MAX_SOURCE_ID_LEN: usize = 255;
 /// The longest URL in [`TrackerResponse::Source`].
 pub const MAX_SOURCE_URL_LEN: usize = 2048;
+
+/// Where the tracker placed a node (version 4).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Placement {
+    /// The node's region; `None` if the tracker has no region for it.
+    pub region: Option<Region>,
+    /// The tracker routes by region: lookups rank the asker's region first and hint pieces so
+    /// that each crosses into a region about once; the node should fetch from other regions
+    /// only what its own region's peers lack.
+    pub routing: bool,
+}
 
 /// A storage node in a [`TrackerResponse::StorageNodes`] answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,6 +353,9 @@ pub enum TrackerResponse {
         /// the role the tracker granted: [`Role::Node`] for a storage claim its operator did not
         /// admit
         role: Role,
+        /// where the tracker placed the node (version 4; `None` to older nodes, and then
+        /// nothing is written)
+        placement: Option<Placement>,
     },
     /// Done.
     Ok,
@@ -438,6 +475,25 @@ pub(crate) fn read_count(r: &mut Reader<'_>) -> Result<u32, DecodeError> {
 pub(crate) fn read_bits(r: &mut Reader<'_>, len: u32) -> Result<Bitfield, DecodeError> {
     let bytes = r.bytes((len as usize).div_ceil(8))?;
     Bitfield::from_bytes(len, bytes).map_err(|_| r.malformed("bitfield has bits past the end"))
+}
+
+/// A region text: length u8, then the name (0 for none).
+pub(crate) fn put_region(out: &mut Vec<u8>, region: Option<&Region>) {
+    let name = region.map_or("", Region::as_str);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name.as_bytes());
+}
+
+pub(crate) fn read_region(r: &mut Reader<'_>) -> Result<Option<Region>, DecodeError> {
+    let n = r.u8()? as usize;
+    if n > Region::MAX_LEN {
+        return Err(r.malformed("region name too long"));
+    }
+    if n == 0 {
+        return Ok(None);
+    }
+    let bytes = r.bytes(n)?;
+    Region::try_from(bytes).map(Some).map_err(|_| r.malformed("bad region name"))
 }
 
 pub(crate) fn put_text(out: &mut Vec<u8>, text: &str, max: usize) {

@@ -49,13 +49,13 @@ fn content(n: u32, seed: u8) -> (ContentId, Vec<u8>) {
 }
 
 fn reg(ix: &mut Index, i: usize, role: Role) -> Role {
-    ix.register(0, node(i), role, observed(), &[]).role
+    ix.register(0, node(i), role, observed(), &[], None).role
 }
 
 /// Registers node `i` again, from its own address 10.0.0.`i`.
 fn reg_apart(ix: &mut Index, i: usize) {
     let at = SocketAddr::new(IpAddr::from([10, 0, 0, i as u8]), 7000);
-    ix.register(0, node(i), Role::Node, at, &[]);
+    ix.register(0, node(i), Role::Node, at, &[], None);
 }
 
 /// An index with nodes `0..nodes` registered and a content of `n` pieces with its manifest.
@@ -210,7 +210,7 @@ fn unadmitted_storage_claims_are_ordinary_nodes() {
     let liar = node(8);
     assert_eq!(reg(&mut ix, 8, Role::Storage), Role::Node, "claimed, not admitted");
     assert_eq!(reg(&mut ix, 9, Role::Storage), Role::Storage);
-    assert_eq!(ix.storage_nodes().iter().map(|s| s.0).collect::<Vec<_>>(), vec![admitted]);
+    assert_eq!(ix.storage_nodes(None).iter().map(|s| s.0).collect::<Vec<_>>(), vec![admitted]);
     ix.announce(0, node(1), c, Bitfield::full(4)).unwrap();
     // The liar's complete bitfield produces no "stored" notice and no re-seed orders to it.
     ix.announce(0, liar, c, Bitfield::full(4)).unwrap();
@@ -236,7 +236,7 @@ fn unadmitted_storage_claims_are_ordinary_nodes() {
         vec![],
         vec![],
     );
-    assert!(ix.storage_nodes().is_empty());
+    assert!(ix.storage_nodes(None).is_empty());
 }
 
 #[test]
@@ -261,7 +261,7 @@ fn registered_addresses_are_vetted_against_the_observed_address() {
     let many: Vec<SocketAddr> = (1..100).map(|p| SocketAddr::new(seen.ip(), p)).collect();
     assert_eq!(vet_addrs(seen, &many).len(), MAX_ADDRS, "bounded");
     let mut ix = Index::new(Config::default());
-    let r = ix.register(0, node(0), Role::Node, seen, &claimed);
+    let r = ix.register(0, node(0), Role::Node, seen, &claimed, None);
     assert_eq!(r.addrs, want);
     assert_eq!(ix.nodes[&node(0)].addrs, want);
 }
@@ -346,7 +346,7 @@ fn one_address_fills_only_its_share_of_manifest_space_until_its_manifests_are_an
     // The hog's ids all sit at one address; the honest uploader at another.
     reg_apart(&mut ix, 1);
     let hog2 = fresh_id();
-    ix.register(0, hog2, Role::Node, SocketAddr::from(([10, 0, 0, 1], 9)), &[]);
+    ix.register(0, hog2, Role::Node, SocketAddr::from(([10, 0, 0, 1], 9)), &[], None);
     reg_apart(&mut ix, 2);
     ix.put_manifest(0, node(1), c1, m1.clone()).unwrap();
     ix.put_manifest(0, hog2, c2, m2).unwrap();
@@ -414,7 +414,7 @@ fn sybil_ids_behind_one_address_neither_drop_nor_demote_an_honest_holder() {
     let sybil_ip: SocketAddr = "198.51.100.66:4000".parse().unwrap();
     for _ in 0..50 {
         let id = fresh_id();
-        ix.register(0, id, Role::Node, sybil_ip, &[]);
+        ix.register(0, id, Role::Node, sybil_ip, &[], None);
         ix.lookup(Some(id), c, None, 10).unwrap();
         assert!(ix.report(0, id, c, honest).unwrap().is_empty(), "never dropped");
     }
@@ -424,7 +424,7 @@ fn sybil_ids_behind_one_address_neither_drop_nor_demote_an_honest_holder() {
     // Reporters at distinct addresses still demote, then drop, a real non-deliverer.
     for i in 3..8 {
         let at = SocketAddr::new(IpAddr::from([10, 0, 1, i as u8]), 7000);
-        ix.register(0, node(i), Role::Node, at, &[]);
+        ix.register(0, node(i), Role::Node, at, &[], None);
     }
     // A report about a holder the reporter was never offered is ignored.
     ix.report(0, node(3), c, honest).unwrap();
@@ -508,11 +508,11 @@ fn a_lookup_ranks_a_bounded_sample_and_always_offers_admitted_storage() {
         ..Config::default()
     };
     let (mut ix, c) = setup(cfg, 1, 64);
-    ix.register(0, storage, Role::Storage, observed(), &[]);
+    ix.register(0, storage, Role::Storage, observed(), &[], None);
     ix.announce(0, storage, c, bf(64, &[0])).unwrap();
     let holders: Vec<NodeId> = (0..500).map(|_| fresh_id()).collect();
     for &h in &holders {
-        ix.register(0, h, Role::Node, observed(), &[]);
+        ix.register(0, h, Role::Node, observed(), &[], None);
         ix.announce(0, h, c, Bitfield::full(64)).unwrap();
     }
     let mut seen = BTreeSet::new();
@@ -611,7 +611,7 @@ fn restores_from_sled() {
     {
         let state = crate::SledState::open(dir.path()).unwrap();
         let mut ix = Index::new(Config { node_ttl_ms: 10, ..Config::default() });
-        state.apply(&ix.register(5, node(0), Role::Node, observed(), &[]).ops).unwrap();
+        state.apply(&ix.register(5, node(0), Role::Node, observed(), &[], None).ops).unwrap();
         assert_eq!(ix.announce(5, node(0), c, Bitfield::full(1)), Err(IndexError::NeedManifest(c)));
         state.apply(&ix.put_manifest(5, node(0), c, m).unwrap()).unwrap();
         state.apply(&ix.announce(5, node(0), c, Bitfield::full(1)).unwrap()).unwrap();
@@ -656,7 +656,12 @@ fn a_compact_lookup_offers_the_same_peers_and_hints_without_bitfields() {
         let brief: Vec<PeerSummary> = f
             .peers
             .iter()
-            .map(|p| PeerSummary { node_id: p.node_id, load: p.load, addrs: p.addrs.clone() })
+            .map(|p| PeerSummary {
+                node_id: p.node_id,
+                load: p.load,
+                addrs: p.addrs.clone(),
+                region: p.region.clone(),
+            })
             .collect();
         assert_eq!(brief, k.peers);
         assert_eq!(k.peers.len(), 8);
@@ -668,7 +673,7 @@ fn a_registration_with_new_addresses_reaches_the_lookups_of_what_the_node_holds(
     let (mut ix, c) = setup(Config::default(), 2, 8);
     ix.announce(0, node(1), c, Bitfield::full(8)).unwrap();
     let moved: SocketAddr = "203.0.113.9:4000".parse().unwrap();
-    ix.register(1, node(1), Role::Node, moved, &[moved]);
+    ix.register(1, node(1), Role::Node, moved, &[moved], None);
     let l = ix.lookup(None, c, None, 4).unwrap();
     let want = ix.nodes[&node(1)].addrs.clone();
     assert!(want.contains(&moved), "{want:?}");

@@ -40,7 +40,7 @@ impl World {
         let ms = self.now / 1000;
         let n = &self.nodes[i as usize];
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], 1).into();
-        self.index.register(ms, n.id, Role::Node, addr, &[]);
+        self.index.register(ms, n.id, Role::Node, addr, &[], None);
         let _ = self.index.announce(ms, n.id, self.content, n.have.clone());
     }
 

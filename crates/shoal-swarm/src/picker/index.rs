@@ -89,6 +89,10 @@ impl Pieces {
         self.missing(i) && self.requested[u] == 0 && self.availability[u] > 0
     }
 
+    pub(super) fn is_hinted(&self, i: u32) -> bool {
+        self.hinted[i as usize]
+    }
+
     fn in_endgame(&self, i: u32) -> bool {
         let r = self.requested[i as usize];
         self.missing(i) && r > 0 && r < MAX_COPIES

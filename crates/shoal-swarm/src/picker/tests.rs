@@ -226,3 +226,54 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_remote_peer_is_asked_only_for_what_no_local_peer_holds() {
+    // 8 pieces. Peer 1 (ours) holds 0..4, peer 2 (remote) holds everything; hinted: 4 and 5.
+    let mut p: Picker<u32> = Picker::new(Bitfield::new(8), 3);
+    let mut local = Bitfield::new(8);
+    (0..4).for_each(|i| {
+        local.set(PieceIndex(i));
+    });
+    p.set_remote(2, true);
+    assert!(p.add_peer(1, local));
+    assert!(p.add_peer(2, Bitfield::full(8)));
+    p.set_hints(&[PieceIndex(4), PieceIndex(5)]);
+    let mut asked = Vec::new();
+    while let Some(r) = p.next_request(2) {
+        asked.push(r.piece.0);
+    }
+    asked.sort_unstable();
+    assert_eq!(asked, vec![4, 5], "while our region has pieces for us, only hinted ones cross");
+    // Our region's peer has nothing left for us (its pieces in flight) and nothing is in
+    // flight across: starving, so the remote peer may be asked for any piece the region lacks.
+    while p.next_request(1).is_some() {}
+    p.request_failed(2, PieceIndex(4));
+    p.request_failed(2, PieceIndex(5));
+    p.set_hints(&[]);
+    let r = p.next_request(2).expect("a starving download fetches across at once");
+    assert!(r.piece.0 >= 4, "{r:?}");
+    assert_eq!(p.next_request(2), None, "one unhinted request across at a time");
+    // The local peer leaves: what it held may now come from the remote peer.
+    p.request_failed(2, r.piece);
+    p.remove_peer(1);
+    let mut asked = Vec::new();
+    while let Some(r) = p.next_request(2) {
+        asked.push(r.piece.0);
+        p.request_failed(2, r.piece);
+        p.piece_verified(2, r.piece);
+    }
+    asked.sort_unstable();
+    assert_eq!(asked, (0..8).collect::<Vec<_>>(), "nothing is withheld once no local peer has it");
+    p.pieces.check();
+    // Marking the peer as ours again lifts the rule; marking after adding counts the same.
+    let mut q: Picker<u32> = Picker::new(Bitfield::new(2), 1);
+    let mut one = Bitfield::new(2);
+    one.set(PieceIndex(0));
+    q.add_peer(1, one);
+    q.add_peer(2, Bitfield::full(2));
+    q.set_remote(2, true);
+    assert_eq!(q.next_request(2), None, "piece 0 is ours to share, piece 1 unhinted");
+    q.set_remote(2, false);
+    assert!(q.next_request(2).is_some());
+}

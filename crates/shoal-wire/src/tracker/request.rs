@@ -3,7 +3,8 @@
 use shoal_core::{manifest, ContentId, PieceIndex};
 
 use super::{
-    put_addrs, read_addrs, read_bits, read_count, read_node, Load, Role, TrackerRequest, MAX_DELTA,
+    put_addrs, put_region, read_addrs, read_bits, read_count, read_node, read_region, Load, Role,
+    TrackerRequest, MAX_DELTA,
 };
 use crate::codec::{DecodeError, Frame, Reader};
 
@@ -11,16 +12,21 @@ use crate::codec::{DecodeError, Frame, Reader};
 const LOOKUP_HAVE: u8 = 0x01;
 /// Lookup flag: answer without the holders' bitfields (version 3).
 const LOOKUP_COMPACT: u8 = 0x02;
+/// Lookup flag: name each peer's region (version 4).
+const LOOKUP_REGIONS: u8 = 0x04;
 
 impl Frame for TrackerRequest {
     fn encode_body(&self, out: &mut Vec<u8>) {
         match self {
-            Self::Register { node_id, version, role, addrs } => {
+            Self::Register { node_id, version, role, addrs, region } => {
                 out.push(0x60);
                 out.extend_from_slice(node_id.public_key_bytes());
                 out.extend_from_slice(&version.to_be_bytes());
                 out.push(role.code());
                 put_addrs(out, addrs);
+                if let Some(region) = region {
+                    put_region(out, Some(region));
+                }
             }
             Self::Announce { node_id, content, bitfield } => {
                 out.push(0x61);
@@ -52,11 +58,12 @@ impl Frame for TrackerRequest {
                 out.extend_from_slice(&load.upload_rate.to_be_bytes());
                 out.extend_from_slice(&load.download_rate.to_be_bytes());
             }
-            Self::Lookup { content, max_peers, have, compact } => {
+            Self::Lookup { content, max_peers, have, compact, regions } => {
                 out.push(0x65);
                 out.extend_from_slice(content.as_bytes());
                 out.push(*max_peers);
-                let compact = if *compact { LOOKUP_COMPACT } else { 0 };
+                let compact = if *compact { LOOKUP_COMPACT } else { 0 }
+                    | if *regions { LOOKUP_REGIONS } else { 0 };
                 match have {
                     Some(b) => {
                         out.push(LOOKUP_HAVE | compact);
@@ -90,7 +97,10 @@ impl Frame for TrackerRequest {
                 let node_id = read_node(&mut r)?;
                 let version = r.u16()?;
                 let role = Role::read(&mut r)?;
-                Self::Register { node_id, version, role, addrs: read_addrs(&mut r)? }
+                let addrs = read_addrs(&mut r)?;
+                // Version 4 may state a region; older nodes end here.
+                let region = if r.peek().is_some() { read_region(&mut r)? } else { None };
+                Self::Register { node_id, version, role, addrs, region }
             }
             0x61 => {
                 let node_id = read_node(&mut r)?;
@@ -130,7 +140,7 @@ impl Frame for TrackerRequest {
                 let content = ContentId(r.array()?);
                 let max_peers = r.u8()?;
                 let flags = r.u8()?;
-                if flags & !(LOOKUP_HAVE | LOOKUP_COMPACT) != 0 {
+                if flags & !(LOOKUP_HAVE | LOOKUP_COMPACT | LOOKUP_REGIONS) != 0 {
                     return Err(r.malformed("unknown lookup flags"));
                 }
                 let have = if flags & LOOKUP_HAVE != 0 {
@@ -139,7 +149,13 @@ impl Frame for TrackerRequest {
                 } else {
                     None
                 };
-                Self::Lookup { content, max_peers, have, compact: flags & LOOKUP_COMPACT != 0 }
+                Self::Lookup {
+                    content,
+                    max_peers,
+                    have,
+                    compact: flags & LOOKUP_COMPACT != 0,
+                    regions: flags & LOOKUP_REGIONS != 0,
+                }
             }
             0x66 => Self::GetManifest { content: ContentId(r.array()?) },
             0x67 => Self::FindStorage,

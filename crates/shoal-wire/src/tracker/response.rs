@@ -3,9 +3,9 @@
 use shoal_core::{manifest, ContentId, PieceIndex};
 
 use super::{
-    put_addrs, put_text, read_addrs, read_bits, read_count, read_node, Directive, ErrorCode,
-    PeerInfo, PeerSummary, Role, StorageNode, TrackerResponse, MAX_DIRECTIVES, MAX_ERROR_LEN,
-    MAX_HINTS, MAX_LOOKUP_PEERS, MAX_STORED,
+    put_addrs, put_region, put_text, read_addrs, read_bits, read_count, read_node, read_region,
+    Directive, ErrorCode, PeerInfo, PeerSummary, Placement, Role, StorageNode, TrackerResponse,
+    MAX_DIRECTIVES, MAX_ERROR_LEN, MAX_HINTS, MAX_LOOKUP_PEERS, MAX_STORED,
 };
 use crate::codec::{DecodeError, Frame, Reader};
 
@@ -16,6 +16,36 @@ fn put_hints(out: &mut Vec<u8>, hints: &[PieceIndex]) {
         out.extend_from_slice(&h.0.to_be_bytes());
     }
 }
+
+/// The peers' regions after a lookup reply's hints: written only if some peer has one.
+fn put_peer_regions<'a>(
+    out: &mut Vec<u8>,
+    regions: impl Iterator<Item = Option<&'a shoal_core::Region>> + Clone,
+) {
+    if regions.clone().any(|r| r.is_some()) {
+        for r in regions {
+            put_region(out, r);
+        }
+    }
+}
+
+/// Reads the peers' regions if the reply carries them (nothing left: none).
+fn read_peer_regions(
+    r: &mut Reader<'_>,
+    mut set: impl FnMut(usize, Option<shoal_core::Region>),
+    n: usize,
+) -> Result<(), DecodeError> {
+    if r.peek().is_none() {
+        return Ok(());
+    }
+    for i in 0..n {
+        set(i, read_region(r)?);
+    }
+    Ok(())
+}
+
+/// The flags byte of a [`Placement`].
+const PLACED_ROUTING: u8 = 0x01;
 
 fn read_hints(r: &mut Reader<'_>) -> Result<Vec<PieceIndex>, DecodeError> {
     let h = r.u16()? as usize;
@@ -28,10 +58,14 @@ fn read_hints(r: &mut Reader<'_>) -> Result<Vec<PieceIndex>, DecodeError> {
 impl Frame for TrackerResponse {
     fn encode_body(&self, out: &mut Vec<u8>) {
         match self {
-            Self::Registered { heartbeat_ms, role } => {
+            Self::Registered { heartbeat_ms, role, placement } => {
                 out.push(0x70);
                 out.extend_from_slice(&heartbeat_ms.to_be_bytes());
                 out.push(role.code());
+                if let Some(p) = placement {
+                    put_region(out, p.region.as_ref());
+                    out.push(if p.routing { PLACED_ROUTING } else { 0 });
+                }
             }
             Self::Ok => out.push(0x71),
             Self::NeedManifest => out.push(0x72),
@@ -44,13 +78,14 @@ impl Frame for TrackerResponse {
                     .take(MAX_LOOKUP_PEERS)
                     .collect();
                 out.push(peers.len() as u8);
-                for p in peers {
+                for p in &peers {
                     out.extend_from_slice(p.node_id.public_key_bytes());
                     out.extend_from_slice(&p.load.to_be_bytes());
                     put_addrs(out, &p.addrs);
                     out.extend_from_slice(p.bitfield.as_bytes());
                 }
                 put_hints(out, hints);
+                put_peer_regions(out, peers.iter().map(|p| p.region.as_ref()));
             }
             Self::CompactLookupReply { piece_count, peers, hints } => {
                 out.push(0x79);
@@ -63,6 +98,7 @@ impl Frame for TrackerResponse {
                     put_addrs(out, &p.addrs);
                 }
                 put_hints(out, hints);
+                put_peer_regions(out, peers.iter().map(|p| p.region.as_ref()));
             }
             Self::Manifest { len } => {
                 out.push(0x74);
@@ -114,22 +150,41 @@ impl Frame for TrackerResponse {
     fn decode_body(ty: u8, body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(ty, body);
         let resp = match ty {
-            0x70 => Self::Registered { heartbeat_ms: r.u32()?, role: Role::read(&mut r)? },
+            0x70 => {
+                let (heartbeat_ms, role) = (r.u32()?, Role::read(&mut r)?);
+                let placement = if r.peek().is_some() {
+                    let region = read_region(&mut r)?;
+                    let flags = r.u8()?;
+                    if flags & !PLACED_ROUTING != 0 {
+                        return Err(r.malformed("unknown placement flags"));
+                    }
+                    Some(Placement { region, routing: flags & PLACED_ROUTING != 0 })
+                } else {
+                    None
+                };
+                Self::Registered { heartbeat_ms, role, placement }
+            }
             0x71 => Self::Ok,
             0x72 => Self::NeedManifest,
             0x73 => {
                 let piece_count = read_count(&mut r)?;
-                let peers = read_peers(&mut r, |r, head| {
+                let mut peers = read_peers(&mut r, |r, head| {
                     let bitfield = read_bits(r, piece_count)?;
-                    let PeerSummary { node_id, load, addrs } = head;
-                    Ok(PeerInfo { node_id, load, addrs, bitfield })
+                    let PeerSummary { node_id, load, addrs, region } = head;
+                    Ok(PeerInfo { node_id, load, addrs, bitfield, region })
                 })?;
-                Self::LookupReply { piece_count, peers, hints: read_hints(&mut r)? }
+                let hints = read_hints(&mut r)?;
+                let n = peers.len();
+                read_peer_regions(&mut r, |i, g| peers[i].region = g, n)?;
+                Self::LookupReply { piece_count, peers, hints }
             }
             0x79 => {
                 let piece_count = read_count(&mut r)?;
-                let peers = read_peers(&mut r, |_, head| Ok(head))?;
-                Self::CompactLookupReply { piece_count, peers, hints: read_hints(&mut r)? }
+                let mut peers = read_peers(&mut r, |_, head| Ok(head))?;
+                let hints = read_hints(&mut r)?;
+                let n = peers.len();
+                read_peer_regions(&mut r, |i, g| peers[i].region = g, n)?;
+                Self::CompactLookupReply { piece_count, peers, hints }
             }
             0x74 => {
                 let len = r.u32()?;
@@ -219,7 +274,7 @@ fn read_peers<T>(
     for _ in 0..n {
         let node_id = read_node(r)?;
         let load = r.u32()?;
-        let head = PeerSummary { node_id, load, addrs: read_addrs(r)? };
+        let head = PeerSummary { node_id, load, addrs: read_addrs(r)?, region: None };
         peers.push(rest(r, head)?);
     }
     Ok(peers)

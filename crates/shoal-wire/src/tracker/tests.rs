@@ -30,17 +30,21 @@ fn bitfield(len: u32) -> impl Strategy<Value = Bitfield> {
     })
 }
 
+fn region() -> impl Strategy<Value = Option<Region>> {
+    proptest::option::of("[a-z0-9_-]{1,32}".prop_map(|s| s.parse::<Region>().unwrap()))
+}
+
 fn request() -> impl Strategy<Value = TrackerRequest> {
     let cid = any::<[u8; 32]>().prop_map(ContentId);
     prop_oneof![
-        (any::<u16>(), any::<bool>(), proptest::collection::vec(addr(), 0..=MAX_ADDRS)).prop_map(
-            |(version, storage, addrs)| TrackerRequest::Register {
+        (any::<u16>(), any::<bool>(), proptest::collection::vec(addr(), 0..=MAX_ADDRS), region())
+            .prop_map(|(version, storage, addrs, region)| TrackerRequest::Register {
                 node_id: node_id(),
                 version,
                 role: if storage { Role::Storage } else { Role::Node },
-                addrs
-            }
-        ),
+                addrs,
+                region,
+            }),
         (cid.clone(), (0u32..300).prop_flat_map(bitfield)).prop_map(|(content, bitfield)| {
             TrackerRequest::Announce { node_id: node_id(), content, bitfield }
         }),
@@ -64,13 +68,11 @@ fn request() -> impl Strategy<Value = TrackerRequest> {
             cid.clone(),
             any::<u8>(),
             proptest::option::of((0u32..300).prop_flat_map(bitfield)),
+            any::<bool>(),
             any::<bool>()
         )
-            .prop_map(|(content, max_peers, have, compact)| TrackerRequest::Lookup {
-                content,
-                max_peers,
-                have,
-                compact
+            .prop_map(|(content, max_peers, have, compact, regions)| {
+                TrackerRequest::Lookup { content, max_peers, have, compact, regions }
             }),
         cid.clone().prop_map(|content| TrackerRequest::GetManifest { content }),
         Just(TrackerRequest::FindStorage),
@@ -81,17 +83,24 @@ fn request() -> impl Strategy<Value = TrackerRequest> {
 
 fn response() -> impl Strategy<Value = TrackerResponse> {
     let peer = |n: u32| {
-        (any::<u32>(), proptest::collection::vec(addr(), 0..3), bitfield(n)).prop_map(
-            |(load, addrs, bitfield)| PeerInfo { node_id: node_id(), load, addrs, bitfield },
+        (any::<u32>(), proptest::collection::vec(addr(), 0..3), bitfield(n), region()).prop_map(
+            |(load, addrs, bitfield, region)| PeerInfo {
+                node_id: node_id(),
+                load,
+                addrs,
+                bitfield,
+                region,
+            },
         )
     };
     prop_oneof![
-        (any::<u32>(), any::<bool>()).prop_map(|(heartbeat_ms, storage)| {
-            TrackerResponse::Registered {
+        (any::<u32>(), any::<bool>(), proptest::option::of((region(), any::<bool>()))).prop_map(
+            |(heartbeat_ms, storage, placed)| TrackerResponse::Registered {
                 heartbeat_ms,
                 role: if storage { Role::Storage } else { Role::Node },
+                placement: placed.map(|(region, routing)| Placement { region, routing }),
             }
-        }),
+        ),
         Just(TrackerResponse::Ok),
         Just(TrackerResponse::NeedManifest),
         (0u32..200)
@@ -108,7 +117,7 @@ fn response() -> impl Strategy<Value = TrackerResponse> {
         (
             0u32..200,
             proptest::collection::vec(
-                (any::<u32>(), proptest::collection::vec(addr(), 0..3)),
+                (any::<u32>(), proptest::collection::vec(addr(), 0..3), region()),
                 0..=MAX_LOOKUP_PEERS
             ),
             proptest::collection::vec(any::<u32>(), 0..20)
@@ -117,7 +126,12 @@ fn response() -> impl Strategy<Value = TrackerResponse> {
                 piece_count,
                 peers: peers
                     .into_iter()
-                    .map(|(load, addrs)| PeerSummary { node_id: node_id(), load, addrs })
+                    .map(|(load, addrs, region)| PeerSummary {
+                        node_id: node_id(),
+                        load,
+                        addrs,
+                        region
+                    })
                     .collect(),
                 hints: hints.into_iter().map(PieceIndex).collect()
             }),
@@ -230,7 +244,8 @@ fn a_version_2_lookup_decodes_as_a_full_lookup() {
     let v2_none = [&[0x65][..], &content.0, &[7, 0]].concat();
     let v2_have = [&[0x65][..], &content.0, &[7, 1], &9u32.to_be_bytes(), have.as_bytes()].concat();
     for (body, have) in [(v2_none, None), (v2_have, Some(have))] {
-        let want = TrackerRequest::Lookup { content, max_peers: 7, have, compact: false };
+        let want =
+            TrackerRequest::Lookup { content, max_peers: 7, have, compact: false, regions: false };
         assert_eq!(TrackerRequest::decode_body(body[0], &body[1..]).unwrap(), want);
         assert_eq!(&encode(&want)[4..], &body[..]);
     }
@@ -238,8 +253,8 @@ fn a_version_2_lookup_decodes_as_a_full_lookup() {
 
 #[test]
 fn unknown_lookup_flags_are_malformed() {
-    // Bits 2 to 7 are not defined: a frame with any of them set is refused, not guessed at.
-    for flags in [0x04u8, 0x08, 0x80, 0xff, 0x06] {
+    // Bits 3 to 7 are not defined: a frame with any of them set is refused, not guessed at.
+    for flags in [0x08u8, 0x80, 0xff, 0x0e] {
         let body = [&[0x65][..], &[0; 32], &[7, flags]].concat();
         let r = TrackerRequest::decode_body(body[0], &body[1..]);
         assert!(matches!(r, Err(DecodeError::Malformed { .. })), "flags {flags:#x}: {r:?}");
@@ -262,6 +277,7 @@ fn pipelined_frames_decode_in_order_and_raw_bytes_between_them_are_taken_exactly
         content: ContentId([1; 32]),
         max_peers: 8,
         have: None,
+        regions: false,
         compact: true,
     };
     let put =
@@ -285,13 +301,15 @@ fn pipelined_frames_decode_in_order_and_raw_bytes_between_them_are_taken_exactly
 fn registered_without_a_role_byte_or_an_unknown_role_is_malformed() {
     // 0x70 with only the heartbeat interval is a version 1 reply.
     let mut d = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
-    let mut v1 = encode(&TrackerResponse::Registered { heartbeat_ms: 7, role: Role::Node });
+    let mut v1 =
+        encode(&TrackerResponse::Registered { heartbeat_ms: 7, role: Role::Node, placement: None });
     v1.pop();
     let len = (v1.len() - 4) as u32;
     v1[..4].copy_from_slice(&len.to_be_bytes());
     d.feed(&v1);
     assert!(d.decode::<TrackerResponse>().is_err());
-    let mut bad = encode(&TrackerResponse::Registered { heartbeat_ms: 7, role: Role::Node });
+    let mut bad =
+        encode(&TrackerResponse::Registered { heartbeat_ms: 7, role: Role::Node, placement: None });
     *bad.last_mut().unwrap() = 9;
     let mut d = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
     d.feed(&bad);
@@ -317,9 +335,66 @@ fn the_largest_requests_fit_the_request_limit() {
             max_peers: 255,
             have: Some(Bitfield::full(pieces)),
             compact: true,
+            regions: true,
         },
     ];
     for r in big {
         assert!(encode(&r).len() <= MAX_TRACKER_REQUEST_LEN, "{} bytes", encode(&r).len());
     }
+}
+
+#[test]
+fn older_frames_decode_without_regions_and_bad_region_texts_are_malformed() {
+    // A version 3 Register (no trailing region) decodes with none.
+    let v3 = TrackerRequest::Register {
+        node_id: node_id(),
+        version: 3,
+        role: Role::Node,
+        addrs: vec![],
+        region: None,
+    };
+    let body = encode(&v3);
+    assert_eq!(TrackerRequest::decode_body(body[4], &body[5..]).unwrap(), v3);
+    // A Register whose region text is too long, not a region name, or cut short.
+    let good = encode(&TrackerRequest::Register {
+        node_id: node_id(),
+        version: 4,
+        role: Role::Node,
+        addrs: vec![],
+        region: Some("r0".parse().unwrap()),
+    });
+    let base = &good[5..good.len() - 3];
+    for tail in [&[33u8][..], &[2, b'R', b'0'], &[2, b'r'], &[1, 0xff]] {
+        let body = [base, tail].concat();
+        let r = TrackerRequest::decode_body(0x60, &body);
+        assert!(matches!(r, Err(DecodeError::Malformed { .. })), "{tail:?}: {r:?}");
+    }
+    // A lookup reply whose regions stop short of its peers is malformed.
+    let reply = TrackerResponse::CompactLookupReply {
+        piece_count: 8,
+        peers: vec![
+            PeerSummary { node_id: node_id(), load: 0, addrs: vec![], region: None },
+            PeerSummary {
+                node_id: node_id(),
+                load: 0,
+                addrs: vec![],
+                region: Some("r1".parse().unwrap()),
+            },
+        ],
+        hints: vec![],
+    };
+    let full = encode(&reply);
+    assert_eq!(TrackerResponse::decode_body(full[4], &full[5..]).unwrap(), reply);
+    let cut = &full[5..full.len() - 3];
+    let r = TrackerResponse::decode_body(0x79, cut);
+    assert!(matches!(r, Err(DecodeError::Malformed { .. })), "{r:?}");
+    // Unknown placement flags are refused.
+    let mut placed = encode(&TrackerResponse::Registered {
+        heartbeat_ms: 1,
+        role: Role::Node,
+        placement: Some(Placement { region: None, routing: true }),
+    });
+    *placed.last_mut().unwrap() = 0x80;
+    let r = TrackerResponse::decode_body(0x70, &placed[5..]);
+    assert!(matches!(r, Err(DecodeError::Malformed { .. })), "{r:?}");
 }
