@@ -442,6 +442,13 @@ fn up(opts: &Up, limit: &str) -> anyhow::Result<()> {
         println!("\nthe testnet stays up; join it from another terminal:");
         println!("  shoal --data-dir /tmp/my-node daemon --testnet {}", dir.display());
         println!("  shoal --data-dir /tmp/my-node get {ticket} -o /tmp/copy.bin");
+        if use_netns && !regions.is_single() {
+            println!(
+                "  (regions in namespaces are closed to the host's own network: run these inside \
+                 a namespace of the run, `ip netns exec shoaltn-{}-node0 ...`)",
+                std::process::id()
+            );
+        }
         println!("press Ctrl-C to stop it");
         wait_for_signal()?;
     }

@@ -61,6 +61,10 @@ pub(crate) struct Report {
     pub(crate) regions_ignored: bool,
     /// Per region, `r0` first, with two regions or more (empty with one).
     pub(crate) regions: Vec<RegionFigures>,
+    /// The largest region's bound: the region-aware bound on the last finish of the run.
+    pub(crate) region_bound_s: Option<f64>,
+    /// The last finish over [`Self::region_bound_s`].
+    pub(crate) ratio_to_region_bound: Option<f64>,
 }
 
 /// One region's downloaders against the region-aware bound.
@@ -132,6 +136,8 @@ impl Report {
             inter_region_limit: None,
             regions_ignored: false,
             regions: Vec::new(),
+            region_bound_s: None,
+            ratio_to_region_bound: None,
         }
     }
 
@@ -165,6 +171,14 @@ impl Report {
                 }
             })
             .collect();
+        // Only if every region has a bound: a region without one could be the slowest.
+        self.region_bound_s = self
+            .regions
+            .iter()
+            .map(|r| r.bound_s)
+            .try_fold(0.0, |m: f64, b| b.map(|b| m.max(b)))
+            .filter(|&b| b > 0.0);
+        self.ratio_to_region_bound = self.region_bound_s.map(|b| self.last_finish_s / b);
     }
 
     /// Writes `report.json`, `report.svg` and `report.png` into `dir`; returns a note if the
@@ -292,6 +306,9 @@ impl Report {
                     }
                 );
             }
+            if let (Some(b), Some(q)) = (self.region_bound_s, self.ratio_to_region_bound) {
+                s += &format!("\nregion-aware bound {b:.2} s; last finish / bound = {q:.2}");
+            }
             s += &format!(
                 "\nbytes across regions: {:.1} MiB ({:.2} × the file){}",
                 mib(self.cross_region_bytes),
@@ -352,6 +369,35 @@ mod tests {
             bad_pieces: 0,
             uploaded_bytes: 0,
         }
+    }
+
+    #[test]
+    fn figures_per_region() {
+        let at = |name: &str, s: f64, r: usize| Finish {
+            name: name.into(),
+            region: Some(Region(r)),
+            ..finish(s)
+        };
+        let finishes = vec![at("node1", 9.0, 1), at("node2", 3.0, 0), at("node3", 20.0, 1)];
+        let mut r = Report::new(64 << 20, Some(16 << 20), 2, finishes, Uploaded::default(), None);
+        r.set_regions(&Regions::new(2, Some(4 << 20), false, 4, true).unwrap());
+        let got: Vec<_> = r
+            .regions
+            .iter()
+            .map(|g| (g.name.to_string(), g.downloaders, g.last_finish_s, g.bound_s))
+            .collect();
+        // r0 holds the seed: F/U = 4 s; r1 gets the file across 4 MiB/s: F/L = 16 s.
+        assert_eq!(got, [("r0".into(), 1, 3.0, Some(4.0)), ("r1".into(), 2, 20.0, Some(16.0))]);
+        assert_eq!(r.regions[1].ratio_to_bound, Some(1.25));
+        assert_eq!((r.region_bound_s, r.ratio_to_region_bound), (Some(16.0), Some(1.25)));
+        assert_eq!(r.inter_region_limit, Some(4 << 20));
+        let text = r.summary();
+        assert!(text.contains("  r1: 2 downloaders, last 20.00 s, bound 16.00 s"), "{text}");
+        // One region: no per-region figures.
+        let mut one = Report::new(1 << 20, None, 0, vec![finish(1.0)], Uploaded::default(), None);
+        one.set_regions(&Regions::single());
+        assert!(one.regions.is_empty() && one.region_bound_s.is_none());
+        assert!(!one.summary().contains("per region"));
     }
 
     #[test]
