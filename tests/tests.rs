@@ -12,6 +12,7 @@ mod hostile_peer;
 mod limits;
 mod local;
 mod offline;
+mod regions;
 mod storage;
 mod storage_auth;
 mod swarm;

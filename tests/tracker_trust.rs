@@ -46,7 +46,7 @@ async fn call(conn: &Connection, req: &TrackerRequest) -> TrackerResponse {
 }
 
 fn lookup(content: ContentId) -> TrackerRequest {
-    TrackerRequest::Lookup { content, max_peers: 16, have: None, compact: false }
+    TrackerRequest::Lookup { content, max_peers: 16, have: None, compact: false, regions: false }
 }
 
 fn holders(r: TrackerResponse) -> Vec<NodeId> {
@@ -90,6 +90,7 @@ fn a_storage_claimant_not_admitted_gets_no_pushes_and_makes_nothing_stored() {
             version: TRACKER_VERSION,
             role: Role::Storage,
             addrs: vec![],
+            region: None,
         };
         match call(&conn, &register).await {
             TrackerResponse::Registered { role: Role::Node, .. } => {}
@@ -213,6 +214,7 @@ fn a_sybil_burst_of_registrations_is_rate_limited_within_a_memory_ceiling() {
                 version: TRACKER_VERSION,
                 role: Role::Storage,
                 addrs: vec!["203.0.113.9:1".parse().unwrap()],
+                region: None,
             };
             match call(&conn, &req).await {
                 TrackerResponse::Registered { role, .. } => {
@@ -371,9 +373,11 @@ fn silent_lookup_tracker() -> (Endpoint, SocketAddr, NodeId) {
                             }
                         };
                         let resp = match req {
-                            TrackerRequest::Register { .. } => {
-                                TrackerResponse::Registered { heartbeat_ms: 1000, role: Role::Node }
-                            }
+                            TrackerRequest::Register { .. } => TrackerResponse::Registered {
+                                heartbeat_ms: 1000,
+                                role: Role::Node,
+                                placement: None,
+                            },
                             TrackerRequest::Heartbeat { .. } => TrackerResponse::HeartbeatReply {
                                 stored: vec![],
                                 directives: vec![],

@@ -41,7 +41,13 @@ fn manifests() -> &'static [Manifest; 2] {
 fuzz_target!(|data: &[u8]| {
     let ids = ids();
     let ms = manifests();
-    let mut config = Config { max_contents_per_node: 2, lookup_sample: 3, ..Config::default() };
+    let mut config = Config {
+        max_contents_per_node: 2,
+        lookup_sample: 3,
+        allow_stated_region: true,
+        ..Config::default()
+    };
+    let regions: [shoal_core::Region; 2] = ["r0".parse().unwrap(), "r1".parse().unwrap()];
     config.admitted_storage.insert(ids[0]);
     let mut ix = Index::new(config);
     let mut now = 0u64;
@@ -57,7 +63,9 @@ fuzz_target!(|data: &[u8]| {
         match a >> 4 {
             0 => {
                 let role = if c & 1 == 1 { Role::Storage } else { Role::Node };
-                let _ = ix.register(now, node, role, observed, &[observed]);
+                // Nodes move between two regions and none: holdings and hints follow.
+                let region = regions.get(usize::from(c >> 1) % 3);
+                let _ = ix.register(now, node, role, observed, &[observed], region);
             }
             1 | 2 => {
                 let mut bf = Bitfield::new(pieces);
@@ -99,7 +107,9 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
-        for (id, addrs) in ix.storage_nodes() {
+        let per_region: usize = ix.region_counts().iter().map(|(_, n)| n).sum();
+        assert_eq!(per_region, ix.counts().0, "nodes per region add up to the nodes");
+        for (id, addrs) in ix.storage_nodes(Some(node)) {
             assert_eq!(id, ids[0], "only the admitted node is storage");
             assert!(addrs.len() <= shoal_wire::tracker::MAX_ADDRS);
         }

@@ -110,6 +110,8 @@ pub struct NodeConfig {
     pub offline_allow_private: bool,
     /// Keep this directory in step with the user's space on storage (see `sync`).
     pub sync_dir: Option<PathBuf>,
+    /// The region this node states to its trackers (default none: placed by address).
+    pub region: Option<shoal_core::Region>,
 }
 
 impl NodeConfig {
@@ -128,6 +130,7 @@ impl NodeConfig {
             grants: Grants::default(),
             offline_allow_private: false,
             sync_dir: None,
+            region: None,
         }
     }
 }

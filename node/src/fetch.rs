@@ -147,6 +147,7 @@ pub async fn fetch(
     let mut warning = None;
     let mut hints = Vec::new();
     let mut tracker_conn = None;
+    let mut found_first = Vec::new();
     if let Some(t) = &tracker {
         match t.connection(TRACKER_WAIT).await {
             Ok(c) => tracker_conn = Some(c),
@@ -163,6 +164,7 @@ pub async fn fetch(
             Ok(Some((found, h))) => {
                 candidates.extend(holders(&found));
                 hints = h;
+                found_first = found;
             }
             Ok(None) => {
                 debug!(content = %content.fmt_short(), "the tracker does not know this content")
@@ -172,6 +174,7 @@ pub async fn fetch(
     }
     let set = PeerSet::new(shoal_swarm::Config::default(), fastrand::u64(..));
     let mut links = Links::new(node.net.clone(), set);
+    links.learn_regions(&found_first, &tracker.as_ref().map(|t| t.placement()).unwrap_or_default());
     if links.offer(Instant::now(), candidates) == 0 {
         if tracker.is_some() {
             bail!(

@@ -95,6 +95,12 @@ enum Command {
         /// devices) makes permanent is fetched into DIR, verified. Needs --tracker.
         #[arg(long, env = "SHOAL_SYNC_DIR", value_name = "DIR")]
         sync_dir: Option<PathBuf>,
+        /// The region this node states to its tracker, like eu-west (lowercase letters,
+        /// digits, - and _). The tracker takes it only if its operator allows stated regions
+        /// (`shoal-tracker serve --allow-stated-region`); otherwise it places the node by its
+        /// address. `shoal status` shows the region the tracker chose.
+        #[arg(long, env = "SHOAL_REGION", value_name = "NAME")]
+        region: Option<String>,
         /// TESTING ONLY: advertise every piece of any content held in part (a lying bitfield).
         #[arg(long, env = "SHOAL_DANGER_LIE_BITFIELD")]
         danger_lie_bitfield: bool,
@@ -247,10 +253,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             danger_s3_allow_http,
             offline_allow_private,
             sync_dir,
+            region,
             danger_lie_bitfield,
             danger_corrupt_uploads,
         } => {
             let sync_dir = sync_dir.map(|d| absolute(&d)).transpose()?;
+            let region = region.map(|r| r.parse::<shoal_core::Region>()).transpose()?;
             if offline_allow_private && role != Role::Storage {
                 bail!("--offline-allow-private is for storage nodes: add --role storage");
             }
@@ -288,6 +296,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 grants,
                 offline_allow_private,
                 sync_dir,
+                region,
                 ..NodeConfig::new(data_dir)
             };
             if danger_corrupt_uploads > 0.0 {

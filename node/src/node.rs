@@ -99,7 +99,7 @@ impl Node {
         let stats = Arc::new(Stats::default());
         let events = Events::new(stats.clone());
         let uploads = Uploads::new(UPLOAD_SLOTS, UPLOAD_BYTES, UPLOAD_WAITERS);
-        let known = Arc::new(Known::default());
+        let known = Arc::new(Known { stated_region: config.region.clone(), ..Known::default() });
         let reveals = Arc::new(Reveals::default());
         Reveals::spawn_clock(&reveals);
         let (trackers, directives) = Trackers::new(

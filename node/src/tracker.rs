@@ -23,8 +23,9 @@ use anyhow::{anyhow, bail, Context};
 use quinn::Connection;
 use shoal_core::ticket::TrackerAddr;
 use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
-use shoal_wire::tracker::Directive;
-use shoal_wire::tracker::{TrackerRequest, TrackerResponse, MAX_TRACKER_FRAME_LEN};
+use shoal_wire::tracker::{
+    Directive, Placement, TrackerRequest, TrackerResponse, MAX_TRACKER_FRAME_LEN,
+};
 use shoal_wire::{encode, Decoder};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
@@ -82,6 +83,8 @@ pub(crate) struct Known {
     pub(crate) stored: Mutex<std::collections::HashSet<ContentId>>,
     /// The region the own tracker placed this node in (empty: the tracker has no regions).
     pub(crate) region: Mutex<String>,
+    /// The region this node states to its trackers (`shoal daemon --region`).
+    pub(crate) stated_region: Option<shoal_core::Region>,
 }
 
 /// The parts of the node a tracker session reads (what it holds, its load) and reports to
@@ -251,6 +254,8 @@ pub struct TrackerHandle {
     error: Arc<Mutex<Option<String>>>,
     /// The tracker's node id once pinned. Held only to read or set.
     pinned: Arc<Mutex<Option<NodeId>>>,
+    /// Where the tracker placed this node at the last registration. Held only to read or set.
+    placement: Arc<Mutex<Placement>>,
 }
 
 impl TrackerHandle {
@@ -279,6 +284,12 @@ impl TrackerHandle {
     pub fn node_id(&self) -> Option<NodeId> {
         *self.pinned.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Where the tracker placed this node (no region until it registered, or if the tracker
+    /// has none).
+    pub fn placement(&self) -> Placement {
+        self.placement.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// Starts a client of the tracker at `target` for `node`.
@@ -286,17 +297,25 @@ fn spawn(node: Parts, target: TrackerAddr, scope: Scope) -> TrackerHandle {
     let (tx, rx) = watch::channel(None);
     let error = Arc::new(Mutex::new(None));
     let pinned = Arc::new(Mutex::new(target.node_id));
+    let placement = Arc::new(Mutex::new(Placement::default()));
     let handle = TrackerHandle {
         addr: target.addr.clone(),
         conn: rx,
         error: error.clone(),
         pinned: pinned.clone(),
+        placement: placement.clone(),
     };
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(250);
         let warned = AtomicBool::new(false);
-        let ctx =
-            Session { node: &node, addr: &target.addr, scope, pinned: &pinned, warned: &warned };
+        let ctx = Session {
+            node: &node,
+            addr: &target.addr,
+            scope,
+            pinned: &pinned,
+            placement: &placement,
+            warned: &warned,
+        };
         loop {
             let started = Instant::now();
             let err = tokio::select! {
@@ -401,9 +420,13 @@ pub(crate) async fn lookup(
     have: Option<Bitfield>,
     max_peers: u8,
 ) -> anyhow::Result<Option<(Vec<shoal_wire::tracker::PeerInfo>, Vec<PieceIndex>)>> {
-    match call(conn, &TrackerRequest::Lookup { content, max_peers, have, compact: false }, None)
-        .await?
-        .0
+    match call(
+        conn,
+        &TrackerRequest::Lookup { content, max_peers, have, compact: false, regions: true },
+        None,
+    )
+    .await?
+    .0
     {
         TrackerResponse::LookupReply { peers, hints, .. } => Ok(Some((peers, hints))),
         TrackerResponse::Unknown => Ok(None),
@@ -435,6 +458,7 @@ mod tests {
             conn: rx,
             error: Arc::new(Mutex::new(error.map(str::to_string))),
             pinned: Arc::new(Mutex::new(None)),
+            placement: Arc::new(Mutex::new(Placement::default())),
         };
         (h, tx)
     }

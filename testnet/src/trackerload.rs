@@ -124,7 +124,7 @@ fn populate(path: &Path, load: &Load) -> anyhow::Result<Vec<ContentId>> {
     let mut rng = fastrand::Rng::with_seed(0x7ac4);
     let mut contents = Vec::with_capacity(load.contents);
     let owner = Identity::generate().node_id();
-    index.register(now, owner, Role::Node, addr_of(u32::MAX), &[addr_of(u32::MAX)]);
+    index.register(now, owner, Role::Node, addr_of(u32::MAX), &[addr_of(u32::MAX)], None);
     for c in 0..load.contents {
         let hashes = (0..pieces)
             .map(|i| {
@@ -139,7 +139,7 @@ fn populate(path: &Path, load: &Load) -> anyhow::Result<Vec<ContentId>> {
     for n in 0..load.nodes {
         let node = Identity::generate().node_id();
         let addr = addr_of(n as u32);
-        let reg = index.register(now, node, Role::Node, addr, &[addr]);
+        let reg = index.register(now, node, Role::Node, addr, &[addr], None);
         state.apply(&reg.ops)?;
         let content = contents[n % contents.len()];
         let mut bf = Bitfield::new(pieces);
@@ -220,6 +220,7 @@ async fn drive(
             version: TRACKER_VERSION,
             role: Role::Node,
             addrs: vec![ep.local_addr()?],
+            region: None,
         };
         match call(&conn, &register).await? {
             TrackerResponse::Registered { .. } => {}
@@ -297,7 +298,9 @@ async fn lookup(
     have: Option<Bitfield>,
     compact: bool,
 ) -> anyhow::Result<()> {
-    match call(conn, &TrackerRequest::Lookup { content, max_peers, have, compact }).await? {
+    match call(conn, &TrackerRequest::Lookup { content, max_peers, have, compact, regions: false })
+        .await?
+    {
         TrackerResponse::LookupReply { .. } | TrackerResponse::CompactLookupReply { .. } => Ok(()),
         other => bail!("unexpected answer to a lookup: {other:?}"),
     }
@@ -326,6 +329,7 @@ fn requests(
                 max_peers: load.max_peers,
                 have,
                 compact: load.compact,
+                regions: false,
             };
             let mut bytes = Vec::new();
             encode_into(&req, &mut bytes);

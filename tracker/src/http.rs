@@ -30,9 +30,9 @@ pub(crate) async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> anyhow::Resu
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> String {
-    let ((nodes, swarms), (manifest_bytes, rate_keys)) = {
+    let ((nodes, swarms), (manifest_bytes, rate_keys), regions) = {
         let ix = shared.index.lock().unwrap_or_else(|p| p.into_inner());
-        (ix.counts(), ix.footprint())
+        (ix.counts(), ix.footprint(), ix.region_counts())
     };
     let m = &shared.metrics;
     let (announce_rate, lookup_rate) = *m.rates.lock().unwrap_or_else(|p| p.into_inner());
@@ -87,5 +87,14 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> String {
         "Lookups per second over the last 10 s.",
         format!("{lookup_rate:.2}"),
     );
+    // Region names are checked ([a-z0-9_-]): safe inside a label without escaping.
+    out.push_str(
+        "# HELP shoal_tracker_region_nodes Registered nodes per region (\"\" for none).\n\
+         # TYPE shoal_tracker_region_nodes gauge\n",
+    );
+    for (region, n) in regions {
+        let name = region.as_ref().map_or("", |r| r.as_str());
+        out.push_str(&format!("shoal_tracker_region_nodes{{region=\"{name}\"}} {n}\n"));
+    }
     out
 }

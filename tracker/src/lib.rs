@@ -51,6 +51,12 @@ pub struct Config {
     pub limits: Limits,
     /// Resources an offline task may name by id: id → URL (`--offline-source ID=URL`).
     pub offline_sources: std::collections::HashMap<String, String>,
+    /// Address ranges naming regions (`--region CIDR=NAME`).
+    pub regions: shoal_index::RegionMap,
+    /// Take a node's stated region over the map's (`--allow-stated-region`).
+    pub allow_stated_region: bool,
+    /// Route by region (off with `--ignore-regions`).
+    pub region_routing: bool,
 }
 
 impl Config {
@@ -70,6 +76,9 @@ impl Config {
             max_pending_manifest_bytes: index.max_pending_manifest_bytes,
             limits: index.limits,
             offline_sources: std::collections::HashMap::new(),
+            regions: index.regions,
+            allow_stated_region: index.allow_stated_region,
+            region_routing: index.region_routing,
         }
     }
 }
@@ -111,6 +120,9 @@ pub async fn run(
         max_manifest_bytes: config.max_manifest_bytes,
         max_pending_manifest_bytes: config.max_pending_manifest_bytes,
         limits: config.limits.clone(),
+        regions: config.regions.clone(),
+        allow_stated_region: config.allow_stated_region,
+        region_routing: config.region_routing,
         // Unpredictable lookup samples: a sybil cannot arrange to be the one drawn.
         seed: fastrand::u64(..),
         ..IndexConfig::default()
@@ -125,7 +137,11 @@ pub async fn run(
     let endpoint = Endpoint::bind_with(
         &identity,
         config.listen,
-        &[shoal_wire::tracker::TRACKER_ALPN, shoal_wire::tracker::TRACKER_ALPN_V2],
+        &[
+            shoal_wire::tracker::TRACKER_ALPN,
+            shoal_wire::tracker::TRACKER_ALPN_V3,
+            shoal_wire::tracker::TRACKER_ALPN_V2,
+        ],
         shoal_net::Limits::tracker(),
     )?;
     let shared =

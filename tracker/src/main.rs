@@ -56,6 +56,25 @@ enum Command {
             value_delimiter = ','
         )]
         offline_source: Vec<String>,
+        /// Place nodes whose address is in CIDR in region NAME: CIDR=NAME (repeatable; the
+        /// longest range holding an address wins), like 10.1.0.0/16=eu-west.
+        #[arg(
+            long = "region",
+            value_name = "CIDR=NAME",
+            env = "SHOAL_TRACKER_REGION",
+            value_delimiter = ','
+        )]
+        region: Vec<String>,
+        /// A file of CIDR=NAME lines (blank lines and # comments allowed), read with --region.
+        #[arg(long, value_name = "FILE", env = "SHOAL_TRACKER_REGION_FILE")]
+        region_file: Option<PathBuf>,
+        /// Take the region a node states (`shoal daemon --region NAME`) over the map's.
+        #[arg(long, env = "SHOAL_TRACKER_ALLOW_STATED_REGION")]
+        allow_stated_region: bool,
+        /// Assign and report regions but route as if there were none (to measure what routing
+        /// by region saves).
+        #[arg(long, env = "SHOAL_TRACKER_IGNORE_REGIONS")]
+        ignore_regions: bool,
         /// The most contents one node may announce.
         #[arg(long, env = "SHOAL_TRACKER_MAX_CONTENTS_PER_NODE", default_value_t = 4096)]
         max_contents_per_node: usize,
@@ -101,6 +120,10 @@ fn main() -> ExitCode {
         reseed_after,
         admit_storage,
         offline_source,
+        region,
+        region_file,
+        allow_stated_region,
+        ignore_regions,
         max_contents_per_node,
         max_manifest_bytes,
         max_pending_manifest_bytes,
@@ -141,6 +164,25 @@ fn main() -> ExitCode {
             }
         }
     }
+    let file_lines = match &region_file {
+        Some(f) => match std::fs::read_to_string(f) {
+            Ok(text) => text,
+            Err(e) => {
+                eprintln!("error: cannot read --region-file {}: {e}", f.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => String::new(),
+    };
+    let regions = match shoal_index::RegionMap::parse(
+        region.iter().map(String::as_str).chain(file_lines.lines()),
+    ) {
+        Ok(map) => map,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     for (flag, value) in [
         ("--register-burst", register_burst),
         ("--query-burst", query_burst),
@@ -175,6 +217,9 @@ fn main() -> ExitCode {
         max_pending_manifest_bytes,
         limits,
         offline_sources,
+        regions,
+        allow_stated_region,
+        region_routing: !ignore_regions,
         ..shoal_tracker::Config::new(listen, data_dir)
     };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -75,6 +75,7 @@ async fn http_health_and_metrics() {
             max_peers: 1,
             have: None,
             compact: false,
+            regions: false,
         },
     )
     .await
@@ -146,7 +147,13 @@ async fn registered(dir: &Path) -> (Tracker, Identity, Endpoint, Connection) {
 
 /// A compact lookup of content `[b; 32]` for four peers.
 fn compact_lookup(b: u8) -> TrackerRequest {
-    TrackerRequest::Lookup { content: ContentId([b; 32]), max_peers: 4, have: None, compact: true }
+    TrackerRequest::Lookup {
+        content: ContentId([b; 32]),
+        max_peers: 4,
+        have: None,
+        compact: true,
+        regions: false,
+    }
 }
 
 fn register(id: &Identity) -> TrackerRequest {
@@ -155,6 +162,7 @@ fn register(id: &Identity) -> TrackerRequest {
         version: TRACKER_VERSION,
         role: Role::Node,
         addrs: vec!["127.0.0.1:9".parse().unwrap()],
+        region: None,
     }
 }
 
@@ -185,7 +193,13 @@ async fn forged_and_malformed_requests_are_refused_and_others_are_served() {
         TrackerResponse::Error { code: ErrorCode::Forged, .. } => {}
         other => panic!("forged announce accepted: {other:?}"),
     }
-    let lookup = TrackerRequest::Lookup { content, max_peers: 8, have: None, compact: false };
+    let lookup = TrackerRequest::Lookup {
+        content,
+        max_peers: 8,
+        have: None,
+        compact: false,
+        regions: false,
+    };
     assert_eq!(call(&h, &lookup).await.unwrap(), TrackerResponse::Unknown, "nothing was recorded");
 
     // An unknown content answers "unknown" quickly.
@@ -240,9 +254,18 @@ async fn state_survives_kill_9() {
     let other = Identity::generate();
     let (_e2, c2) = connect(&other, tracker.addr).await;
     let t = Instant::now();
-    match call(&c2, &TrackerRequest::Lookup { content, max_peers: 8, have: None, compact: false })
-        .await
-        .unwrap()
+    match call(
+        &c2,
+        &TrackerRequest::Lookup {
+            content,
+            max_peers: 8,
+            have: None,
+            compact: false,
+            regions: false,
+        },
+    )
+    .await
+    .unwrap()
     {
         TrackerResponse::LookupReply { peers, .. } => assert_eq!(peers[0].node_id, node.node_id()),
         other => panic!("state lost: {other:?}"),
@@ -261,6 +284,7 @@ async fn storage_is_granted_only_to_admitted_node_ids() {
         version: TRACKER_VERSION,
         role: Role::Storage,
         addrs: vec![],
+        region: None,
     };
     let (_e1, a) = connect(&admitted, tracker.addr).await;
     let (_e2, c) = connect(&claimant, tracker.addr).await;
@@ -343,6 +367,7 @@ async fn addresses_are_the_observed_ones_and_manifests_need_a_registered_sender(
         version: TRACKER_VERSION,
         role: Role::Node,
         addrs: vec!["198.51.100.1:80".parse().unwrap(), "0.0.0.0:7777".parse().unwrap()],
+        region: None,
     };
     call(&c, &req).await.unwrap();
     put_manifest(&c, &node, content, &m).await;
@@ -350,9 +375,18 @@ async fn addresses_are_the_observed_ones_and_manifests_need_a_registered_sender(
         TrackerRequest::Announce { node_id: node.node_id(), content, bitfield: Bitfield::full(2) };
     assert_eq!(call(&c, &announce).await.unwrap(), TrackerResponse::Ok);
     let (_e2, a) = connect(&asker, tracker.addr).await;
-    match call(&a, &TrackerRequest::Lookup { content, max_peers: 8, have: None, compact: false })
-        .await
-        .unwrap()
+    match call(
+        &a,
+        &TrackerRequest::Lookup {
+            content,
+            max_peers: 8,
+            have: None,
+            compact: false,
+            regions: false,
+        },
+    )
+    .await
+    .unwrap()
     {
         TrackerResponse::LookupReply { peers, .. } => {
             let want: Vec<SocketAddr> = vec![observed, "127.0.0.1:7777".parse().unwrap()];
@@ -381,6 +415,7 @@ async fn silent_request_streams_are_dropped_at_the_deadline_and_others_then_serv
         max_peers: 1,
         have: None,
         compact: false,
+        regions: false,
     };
     assert_eq!(call(&c, &lookup).await.unwrap(), TrackerResponse::Unknown);
     for (send, _) in silent {
@@ -412,7 +447,13 @@ async fn a_flood_of_queries_from_one_node_is_rate_limited_and_manifests_are_serv
     let (mut served, mut limited) = (0, 0);
     for i in 0..1_000 {
         let req = if i % 2 == 0 {
-            TrackerRequest::Lookup { content, max_peers: 8, have: None, compact: false }
+            TrackerRequest::Lookup {
+                content,
+                max_peers: 8,
+                have: None,
+                compact: false,
+                regions: false,
+            }
         } else {
             TrackerRequest::GetManifest { content }
         };
@@ -470,12 +511,19 @@ async fn pipelined_requests_are_answered_in_order_in_full_or_compact_form() {
     assert_eq!(call(&h, &announce).await.unwrap(), TrackerResponse::Ok);
     // Register, full lookup, compact lookup, unknown content, storage: one stream.
     let (_e2, a) = connect(&asker, tracker.addr).await;
-    let lookup = |compact| TrackerRequest::Lookup { content, max_peers: 8, have: None, compact };
+    let lookup = |compact| TrackerRequest::Lookup {
+        content,
+        max_peers: 8,
+        have: None,
+        compact,
+        regions: false,
+    };
     let unknown = TrackerRequest::Lookup {
         content: ContentId([9; 32]),
         max_peers: 8,
         have: None,
         compact: true,
+        regions: false,
     };
     let reqs =
         [register(&asker), lookup(false), lookup(true), unknown, TrackerRequest::FindStorage];
@@ -513,6 +561,7 @@ async fn a_version_2_node_is_served_one_request_per_stream() {
         version: 2,
         role: Role::Node,
         addrs: vec!["127.0.0.1:9".parse().unwrap()],
+        region: None,
     };
     assert!(matches!(call(&c, &v2).await.unwrap(), TrackerResponse::Registered { .. }));
     let lookup = TrackerRequest::Lookup {
@@ -520,6 +569,7 @@ async fn a_version_2_node_is_served_one_request_per_stream() {
         max_peers: 4,
         have: None,
         compact: false,
+        regions: false,
     };
     assert_eq!(call(&c, &lookup).await.unwrap(), TrackerResponse::Unknown);
     // Version 1 is refused with a reason, not served.
@@ -528,6 +578,7 @@ async fn a_version_2_node_is_served_one_request_per_stream() {
         version: 1,
         role: Role::Node,
         addrs: vec!["127.0.0.1:9".parse().unwrap()],
+        region: None,
     };
     match call(&c, &v1).await.unwrap() {
         TrackerResponse::Error { code: ErrorCode::BadRequest, text } => {
@@ -597,6 +648,7 @@ async fn answered_requests_then_half_a_frame_get_their_answers_then_the_deadline
         max_peers: 4,
         have: None,
         compact: false,
+        regions: false,
     };
     let (mut send, mut recv) = pipeline(&c, &[lookup.clone(), lookup.clone()], false).await;
     // Half of a third request's frame, then silence.
@@ -638,7 +690,13 @@ async fn a_manifest_upload_ends_its_stream_and_what_follows_is_not_read() {
     // Known already: the tracker answers without reading the body, so the bytes after the
     // frame (the body, then a lookup) are never taken for a request.
     let put = TrackerRequest::PutManifest { node_id: node.node_id(), content, len: m.len() as u32 };
-    let lookup = TrackerRequest::Lookup { content, max_peers: 4, have: None, compact: false };
+    let lookup = TrackerRequest::Lookup {
+        content,
+        max_peers: 4,
+        have: None,
+        compact: false,
+        regions: false,
+    };
     let (mut send, mut recv) = c.open_bi().await.unwrap();
     let mut bytes = encode(&put);
     bytes.extend_from_slice(&m);

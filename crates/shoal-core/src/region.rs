@@ -101,6 +101,6 @@ mod tests {
         }
         let err = "Bad Name".parse::<Region>().unwrap_err().to_string();
         assert!(err.contains("lowercase"), "{err}");
-        assert_eq!(Region::try_from(&b"\xff"[..]).is_err(), true);
+        assert!(Region::try_from(&b"\xff"[..]).is_err());
     }
 }

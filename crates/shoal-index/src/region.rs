@@ -40,7 +40,7 @@ impl RegionMap {
         let mut ranges: Vec<(IpNet, Region)> =
             ranges.into_iter().map(|(net, r)| (net.trunc(), r)).collect();
         // Longest prefix first: the first range holding an address is the most specific.
-        ranges.sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()));
+        ranges.sort_by_key(|r| std::cmp::Reverse(r.0.prefix_len()));
         Self { ranges }
     }
 

@@ -1,7 +1,7 @@
 //! The connections of one fetch and what the report says of each peer. The policy (whom to
 //! dial, when to drop) is `shoal_swarm::PeerSet`'s; this only carries it out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use quinn::{Connection, VarInt};
 use shoal_core::manifest::escape_name;
 use shoal_core::{NodeId, PeerAddr};
 use shoal_swarm::{Admit, DropReason, PeerSet};
+use shoal_wire::tracker::{PeerInfo, Placement};
 use tokio::task::JoinSet;
 use tracing::debug;
 
@@ -72,11 +73,43 @@ pub(super) struct Links {
     pub(super) links: BTreeMap<NodeId, Link>,
     pub(super) dials: JoinSet<DialResult>,
     pub(super) dial_errors: Vec<String>,
+    /// Peers the tracker placed in another region than this node (at most
+    /// [`shoal_swarm::MAX_REMOTE`]): what they send counts as crossing regions.
+    pub(super) elsewhere: BTreeSet<NodeId>,
 }
 
 impl Links {
     pub(super) fn new(net: Arc<Net>, set: PeerSet<NodeId, SocketAddr>) -> Self {
-        Self { net, set, links: BTreeMap::new(), dials: JoinSet::new(), dial_errors: Vec::new() }
+        Self {
+            net,
+            set,
+            links: BTreeMap::new(),
+            dials: JoinSet::new(),
+            dial_errors: Vec::new(),
+            elsewhere: BTreeSet::new(),
+        }
+    }
+
+    /// Learns the regions of peers a lookup named. With the tracker routing by region, peers
+    /// of other regions are asked only for what this node's region lacks (see
+    /// [`shoal_swarm::Picker::set_remote`]); either way their bytes count as crossing.
+    pub(super) fn learn_regions(&mut self, found: &[PeerInfo], placement: &Placement) {
+        let Some(mine) = &placement.region else { return };
+        for p in found {
+            let Some(theirs) = &p.region else { continue };
+            let elsewhere = theirs != mine;
+            if elsewhere {
+                if self.elsewhere.len() >= shoal_swarm::MAX_REMOTE {
+                    continue;
+                }
+                self.elsewhere.insert(p.node_id);
+            } else {
+                self.elsewhere.remove(&p.node_id);
+            }
+            if placement.routing {
+                self.set.set_remote(p.node_id, elsewhere);
+            }
+        }
     }
 
     /// Offers candidates to the set, never this node itself (the one place it is filtered

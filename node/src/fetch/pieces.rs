@@ -131,6 +131,9 @@ pub(super) async fn run(
                 aborts.remove(&(done.peer, done.piece));
                 totals.downloaded += done.bytes;
                 node.stats.downloaded_bytes.fetch_add(done.bytes, Ordering::Relaxed);
+                if links.elsewhere.contains(&done.peer) {
+                    node.stats.cross_region_bytes.fetch_add(done.bytes, Ordering::Relaxed);
+                }
                 rate.add(done.bytes);
                 if let Some(l) = links.links.get_mut(&done.peer) {
                     l.bytes += done.bytes;
@@ -184,6 +187,9 @@ pub(super) async fn run(
             }
             Some(joined) = lookups.join_next() => match joined {
                 Ok(Ok(Some((found, hints)))) => {
+                    if let Some(t) = tracker {
+                        links.learn_regions(&found, &t.placement());
+                    }
                     links.set.set_hints(&hints);
                     links.offer(Instant::now(), holders(&found));
                 }

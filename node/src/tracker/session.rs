@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use quinn::Connection;
 use shoal_core::{ContentId, NodeId, PeerAddr, PieceIndex};
 use shoal_wire::tracker::{
-    ErrorCode, Load, Role, TrackerRequest, TrackerResponse, MAX_DELTA, TRACKER_ALPN,
+    ErrorCode, Load, Placement, Role, TrackerRequest, TrackerResponse, MAX_DELTA, TRACKER_ALPN,
     TRACKER_VERSION,
 };
 use tokio::sync::{broadcast, watch};
@@ -141,6 +141,8 @@ pub(super) struct Session<'a> {
     pub(super) addr: &'a str,
     pub(super) scope: Scope,
     pub(super) pinned: &'a Mutex<Option<NodeId>>,
+    /// Where the tracker placed this node, for the fetches that use this session.
+    pub(super) placement: &'a Mutex<Placement>,
     /// Whether the "not admitted as storage" warning was given.
     pub(super) warned: &'a AtomicBool,
 }
@@ -177,9 +179,20 @@ impl Session<'_> {
             version: TRACKER_VERSION,
             role,
             addrs: node.net.addrs(),
+            region: node.known.stated_region.clone(),
         };
         let heartbeat_ms = match call_patient(&conn, &register, None).await? {
-            TrackerResponse::Registered { heartbeat_ms, role: granted } => {
+            TrackerResponse::Registered { heartbeat_ms, role: granted, placement } => {
+                let placement = placement.unwrap_or_default();
+                if self.scope == Scope::Own {
+                    let name = placement.region.as_ref().map_or("", |r| r.as_str());
+                    let mut region = node.known.region.lock().unwrap_or_else(|p| p.into_inner());
+                    if *region != name {
+                        info!(tracker = %addr, region = name, routing = placement.routing, "placed in a region");
+                        *region = name.to_string();
+                    }
+                }
+                *self.placement.lock().unwrap_or_else(|p| p.into_inner()) = placement;
                 if granted != role && !self.warned.swap(true, Ordering::Relaxed) {
                     warn!(
                         tracker = %addr,

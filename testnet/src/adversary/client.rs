@@ -141,7 +141,8 @@ pub(super) async fn register(
     addrs: Vec<SocketAddr>,
     until: Instant,
 ) -> anyhow::Result<bool> {
-    let register = TrackerRequest::Register { node_id, version: TRACKER_VERSION, role, addrs };
+    let register =
+        TrackerRequest::Register { node_id, version: TRACKER_VERSION, role, addrs, region: None };
     tracker_call(conn, &register, None, wait_until(until)).await.map(|r| recorded(&r))
 }
 

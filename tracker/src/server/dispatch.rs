@@ -9,8 +9,8 @@ use quinn::RecvStream;
 use shoal_core::NodeId;
 use shoal_index::{Action, IndexError, VerifiedManifest};
 use shoal_wire::tracker::{
-    ErrorCode, StorageNode, TrackerRequest, TrackerResponse, MAX_LOOKUP_PEERS, MIN_TRACKER_VERSION,
-    TRACKER_VERSION,
+    ErrorCode, Placement, StorageNode, TrackerRequest, TrackerResponse, MAX_LOOKUP_PEERS,
+    MIN_TRACKER_VERSION, REGIONS_VERSION, TRACKER_VERSION,
 };
 use shoal_wire::Decoder;
 use tracing::{debug, info};
@@ -99,7 +99,7 @@ pub(super) async fn dispatch(
         }
     }
     let reply = match req {
-        TrackerRequest::Register { version, role, addrs, .. } => {
+        TrackerRequest::Register { version, role, addrs, region, .. } => {
             m.registers.fetch_add(1, Ordering::Relaxed);
             if !(MIN_TRACKER_VERSION..=TRACKER_VERSION).contains(&version) {
                 return Ok(refuse(
@@ -110,16 +110,21 @@ pub(super) async fn dispatch(
                     ),
                 ));
             }
-            let (r, heartbeat_ms) = {
+            let (r, heartbeat_ms, routing) = {
                 let mut ix = shared.index();
-                (ix.register(now, proven, role, remote, &addrs), ix.config().heartbeat_ms)
+                let r = ix.register(now, proven, role, remote, &addrs, region.as_ref());
+                let c = ix.config();
+                (r, c.heartbeat_ms, c.region_routing)
             };
             shared.persist(&r.ops);
             if r.role != role {
                 m.unadmitted_storage.fetch_add(1, Ordering::Relaxed);
                 info!(node = %proven, "storage claim from a node not admitted; treated as a node");
             }
-            (TrackerResponse::Registered { heartbeat_ms, role: r.role }, None)
+            // Older nodes get the reply they know; version 4 learns where it was placed.
+            let placement = (version >= REGIONS_VERSION)
+                .then(|| Placement { routing: routing && r.region.is_some(), region: r.region });
+            (TrackerResponse::Registered { heartbeat_ms, role: r.role, placement }, None)
         }
         TrackerRequest::Announce { content, bitfield, .. } => {
             m.announces.fetch_add(1, Ordering::Relaxed);
@@ -156,19 +161,22 @@ pub(super) async fn dispatch(
         TrackerRequest::FindStorage => {
             let nodes = shared
                 .index()
-                .storage_nodes()
+                .storage_nodes(Some(proven))
                 .into_iter()
                 .map(|(node_id, addrs)| StorageNode { node_id, addrs })
                 .collect();
             (TrackerResponse::StorageNodes { nodes }, None)
         }
-        TrackerRequest::Lookup { content, max_peers, have, compact } => {
+        TrackerRequest::Lookup { content, max_peers, have, compact, regions } => {
             m.lookups.fetch_add(1, Ordering::Relaxed);
             let max = (max_peers as usize).min(MAX_LOOKUP_PEERS);
             let mut ix = shared.index();
             let asker = ix.is_registered(proven).then_some(proven);
             let reply = if compact {
-                ix.lookup_compact(asker, content, have.as_ref(), max).map(|l| {
+                ix.lookup_compact(asker, content, have.as_ref(), max).map(|mut l| {
+                    if !regions {
+                        l.peers.iter_mut().for_each(|p| p.region = None);
+                    }
                     TrackerResponse::CompactLookupReply {
                         piece_count: l.piece_count,
                         peers: l.peers,
@@ -176,7 +184,11 @@ pub(super) async fn dispatch(
                     }
                 })
             } else {
-                ix.lookup(asker, content, have.as_ref(), max).map(|l| {
+                ix.lookup(asker, content, have.as_ref(), max).map(|mut l| {
+                    // Only askers that asked for regions get them (older ones cannot read them).
+                    if !regions {
+                        l.peers.iter_mut().for_each(|p| p.region = None);
+                    }
                     TrackerResponse::LookupReply {
                         piece_count: l.piece_count,
                         peers: l.peers,
