@@ -430,6 +430,8 @@ fn up(opts: &Up, limit: &str) -> anyhow::Result<()> {
     let mut report = Report::new(size, limit, storage, finish, uploaded, storage_pieces);
     report.cpu = report::Cpu::new(cpu, nodes - 1, size);
     report.cross_region_bytes = cross_region_bytes;
+    report.border_wire_bytes =
+        net.as_ref().and_then(netns::Net::bytes_into_regions).map(|b| b.iter().sum());
     report.set_regions(&regions);
     let note = report.write(&dir)?;
     println!("\n{}", report.summary());

@@ -199,6 +199,24 @@ impl Net {
         }
     }
 
+    /// Bytes the router sent into each region so far (every packet entering a region, IP
+    /// headers and tracker traffic included), read from its `seg<k>` counters; `None` in the
+    /// single-region layout or if a counter cannot be read.
+    pub(crate) fn bytes_into_regions(&self) -> Option<Vec<u64>> {
+        let Layout::Regional { hosts } = &self.layout else { return None };
+        let router = format!("{PREFIX}{}-router", self.run);
+        (0..hosts.len() - 1)
+            .map(|k| {
+                let out = Command::new("ip")
+                    .args(["-n", &router, "-j", "-s", "link", "show", "dev", &format!("seg{k}")])
+                    .output()
+                    .ok()?;
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                v[0]["stats64"]["tx"]["bytes"].as_u64()
+            })
+            .collect()
+    }
+
     fn flat_subnet(&self) -> String {
         format!("10.199.{}", self.run % 250)
     }
@@ -421,6 +439,8 @@ c.close()";
             assert!(a.addr.starts_with("10.198.0.") && c.addr.starts_with("10.198.0."));
             assert!(b.addr.starts_with("10.198.1.") && t.addr.starts_with("10.198.255."));
             let across = transfer(&a, &b, 3 * limit);
+            let into = net.bytes_into_regions().unwrap();
+            assert!(into[1] >= 3 * limit, "the router counted what entered r1: {into:?}");
             let back = transfer(&b, &a, 3 * limit);
             let inside = transfer(&a, &c, 3 * limit);
             transfer(&b, &t, 1 << 20);

@@ -55,6 +55,10 @@ pub(crate) struct Report {
     /// Piece bytes that crossed between regions: the sum of every node's and storage node's
     /// own `cross_region_bytes` counter, read from its status at the end.
     pub(crate) cross_region_bytes: u64,
+    /// Bytes the router sent into the regions (with `--netns`): every packet that crossed a
+    /// border, IP and QUIC headers and tracker traffic included; a wire-level check on
+    /// [`Self::cross_region_bytes`].
+    pub(crate) border_wire_bytes: Option<u64>,
     /// The rate each way between regions, bytes per second, if shaped.
     pub(crate) inter_region_limit: Option<u64>,
     /// Whether the tracker was told to ignore regions in lookups and hints.
@@ -133,6 +137,7 @@ impl Report {
             storage_pieces,
             cpu: None,
             cross_region_bytes: 0,
+            border_wire_bytes: None,
             inter_region_limit: None,
             regions_ignored: false,
             regions: Vec::new(),
@@ -315,6 +320,14 @@ impl Report {
                 self.cross_region_bytes as f64 / self.file_size.max(1) as f64,
                 if self.regions_ignored { "; the tracker ignored regions" } else { "" }
             );
+            if let Some(w) = self.border_wire_bytes {
+                s += &format!(
+                    "\non the wire into regions (headers, tracker traffic included): {:.1} MiB \
+                     ({:.2} × the file)",
+                    mib(w),
+                    w as f64 / self.file_size.max(1) as f64
+                );
+            }
         }
         if let Some((have, total)) = self.storage_pieces {
             s += &format!("\nstorage holds {have}/{total} pieces");
