@@ -235,7 +235,7 @@ impl Report {
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
         // Each region: its own finishes, and its bound dashed in the same colour.
         for r in &self.regions {
-            let colour = Palette99::pick(r.name.0 + 1).stroke_width(2);
+            let colour = region_colour(r.name).stroke_width(2);
             let mine = self.finish.iter().filter(|f| f.region == Some(r.name));
             chart
                 .draw_series(LineSeries::new(steps(mine, x_max), colour))
@@ -247,10 +247,15 @@ impl Report {
                     .draw_series(DashedLineSeries::new(vec![(b, 0.0), (b, y_max)], 6, 4, colour))
                     .map_err(err)?
                     .label(format!("{} bound {b:.1} s", r.name))
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+                    .legend(move |(x, y)| {
+                        // Two dashes, placed relative to the anchor.
+                        let dash = |a: i32| PathElement::new(vec![(a, 0), (a + 6, 0)], colour);
+                        EmptyElement::at((x, y)) + dash(0) + dash(14)
+                    });
             }
         }
-        if let Some(b) = self.bound_s {
+        // With regions, the seed's region's bound is T* itself (drawn there, dashed).
+        if let Some(b) = self.bound_s.filter(|_| self.regions.is_empty()) {
             chart
                 .draw_series(LineSeries::new(vec![(b, 0.0), (b, y_max)], RED.stroke_width(2)))
                 .map_err(err)?
@@ -340,6 +345,22 @@ impl Report {
         }
         s
     }
+}
+
+/// A region's colour in the plot: distinct and readable on white for the first few.
+fn region_colour(r: Region) -> RGBColor {
+    const FIRST: [RGBColor; 6] = [
+        RGBColor(0, 150, 60),
+        RGBColor(230, 110, 0),
+        RGBColor(140, 40, 190),
+        RGBColor(0, 150, 190),
+        RGBColor(200, 30, 90),
+        RGBColor(120, 100, 0),
+    ];
+    FIRST.get(r.0).copied().unwrap_or_else(|| {
+        let c = Palette99::pick(r.0).to_rgba();
+        RGBColor(c.0, c.1, c.2)
+    })
 }
 
 /// A step line of finishes: 0 until the first, one more at each, flat to `x_max`.
