@@ -93,3 +93,131 @@ fn bad_region_flags_are_one_clear_line() {
     let err = fails(c);
     assert!(err.contains("bad region name") && err.contains("lowercase"), "{err}");
 }
+
+/// A tracker that admits storage `st` and allows stated regions; the seed in r0 adds a file of
+/// `len` bytes; storage in r1 with a cache of `cache`.
+fn two_regions_with_storage(
+    tmp: &std::path::Path,
+    cache: &str,
+) -> (TrackerProc, Daemon, Daemon, String) {
+    let st = tmp.join("storage");
+    let tracker = TrackerProc::start_admitting(
+        &tmp.join("tracker"),
+        "127.0.0.1:0",
+        &[&st],
+        &["--allow-stated-region", "--http", "127.0.0.1:0"],
+    );
+    let t = tracker.addr.to_string();
+    // The seed's uplink is the border: what crosses is what it sends to r1.
+    let seed = Daemon::start(
+        &tmp.join("seed"),
+        &["--tracker", &t, "--region", "r0", "--upload-limit", "4MiB/s"],
+    );
+    let storage = Daemon::start(
+        &st,
+        &["--tracker", &t, "--region", "r1", "--role", "storage", "--pull-through-cache", cache],
+    );
+    assert_eq!(region_of(&storage), "r1");
+    (tracker, seed, storage, t)
+}
+
+#[test]
+fn storage_pulls_through_once_for_its_region_and_serves_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tracker, seed, storage, t) = two_regions_with_storage(tmp.path(), "64MiB");
+    let src = tmp.path().join("f.bin");
+    let data = write_file(&src, 6 * 1024 * 1024, 5);
+    let ticket = seed.add(&src);
+    wait_until("the tracker knows the content", || {
+        (tracker.metric("shoal_tracker_swarms") == 1).then_some(())
+    });
+    // Two downloaders of r1 at once: their lookups offer r1's storage, which pulls the
+    // content through once and serves it to both.
+    let nodes: Vec<Daemon> = (0..2)
+        .map(|i| {
+            let d = Daemon::start(
+                &tmp.path().join(format!("n{i}")),
+                &["--tracker", &t, "--region", "r1"],
+            );
+            assert_eq!(region_of(&d), "r1");
+            d
+        })
+        .collect();
+    let fetches: Vec<Fetch> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, d)| Fetch::start(&d.dir, &ticket, &tmp.path().join(format!("out{i}.bin")), &[]))
+        .collect();
+    for (i, f) in fetches.into_iter().enumerate() {
+        f.finish();
+        assert_eq!(std::fs::read(tmp.path().join(format!("out{i}.bin"))).unwrap(), data);
+    }
+    let pulled = wait_until("the pull completes", || {
+        let n = status(&storage)["pull_through_bytes"].as_u64().unwrap();
+        (n > 0).then_some(n)
+    });
+    assert_eq!(pulled, data.len() as u64, "one pull, of the whole content");
+    let crossed: Vec<u64> = std::iter::once(&storage)
+        .chain(&nodes)
+        .map(|d| status(d)["cross_region_bytes"].as_u64().unwrap())
+        .collect();
+    let total: u64 = crossed.iter().sum();
+    println!(
+        "crossed into r1 (storage, n0, n1): {crossed:?}, {total} for a file of {}",
+        data.len()
+    );
+    assert!(
+        total <= data.len() as u64 * 3 / 2,
+        "r1 took {total} bytes across for a file of {} ({crossed:?})",
+        data.len()
+    );
+    // Storage lists the pulled content and serves it on its own: with the seed gone, a third
+    // node of r1 still gets it.
+    drop(seed);
+    let third = Daemon::start(&tmp.path().join("n2"), &["--tracker", &t, "--region", "r1"]);
+    let out = tmp.path().join("out2.bin");
+    get_json(&third.dir, &ticket, &out, &["--peer", &storage.peer()]);
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+}
+
+#[test]
+fn a_full_pull_through_cache_drops_the_least_recently_used_content() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tracker, seed, storage, t) = two_regions_with_storage(tmp.path(), "3MiB");
+    let asker = Daemon::start(&tmp.path().join("asker"), &["--tracker", &t, "--region", "r1"]);
+    let mut tickets = Vec::new();
+    for i in 0..2u64 {
+        let src = tmp.path().join(format!("f{i}.bin"));
+        write_file(&src, 2 * 1024 * 1024, 20 + i);
+        tickets.push(seed.add(&src));
+    }
+    wait_until("the tracker knows both contents", || {
+        (tracker.metric("shoal_tracker_swarms") == 2).then_some(())
+    });
+    let ids: Vec<String> = tickets
+        .iter()
+        .map(|t| t.parse::<shoal_core::Ticket>().unwrap().content.to_string())
+        .collect();
+    let listed = |d: &Daemon| -> Vec<String> {
+        d.ls()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["content_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (i, ticket) in tickets.iter().enumerate() {
+        let out = tmp.path().join(format!("out{i}.bin"));
+        get_json(&asker.dir, ticket, &out, &["--peer", &storage.peer()]);
+        // Each pull ends after the asker's fetch: wait for it to join the cache.
+        wait_until("the pull joins the cache", || listed(&storage).contains(&ids[i]).then_some(()));
+        wait_until("the cache settles", || {
+            let n = status(&storage)["pull_through_bytes"].as_u64().unwrap();
+            (n == 2 * 1024 * 1024).then_some(())
+        });
+    }
+    // 3 MiB hold one of the two 2 MiB contents: the first, least recently used, went.
+    let held = listed(&storage);
+    assert!(held.contains(&ids[1]) && !held.contains(&ids[0]), "{held:?}");
+    assert!(!tmp.path().join("storage/pull-through").join(&ids[0]).exists(), "its file is gone");
+}

@@ -112,6 +112,10 @@ pub struct NodeConfig {
     pub sync_dir: Option<PathBuf>,
     /// The region this node states to its trackers (default none: placed by address).
     pub region: Option<shoal_core::Region>,
+    /// For a storage node: bytes of the pull-through cache, contents fetched on request from
+    /// the swarm (other regions) and dropped least recently used first (default 4 GiB; 0
+    /// turns pulling through off).
+    pub pull_through_cache: u64,
 }
 
 impl NodeConfig {
@@ -131,6 +135,7 @@ impl NodeConfig {
             offline_allow_private: false,
             sync_dir: None,
             region: None,
+            pull_through_cache: 4 << 30,
         }
     }
 }

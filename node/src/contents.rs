@@ -64,9 +64,18 @@ impl Contents {
         self.cloud.is_some()
     }
 
+    /// The object store holds `c` (a storage node's own copy); otherwise the piece store is
+    /// asked (an ordinary node's contents, or a storage node's pull-through cache).
+    fn in_cloud(&self, c: ContentId) -> anyhow::Result<Option<&CloudStore>> {
+        Ok(match &self.cloud {
+            Some(cloud) if cloud.content(c)?.is_some() => Some(cloud),
+            _ => None,
+        })
+    }
+
     /// The pieces this node can serve of a content; `None` if it holds nothing of it.
     pub(crate) fn holding(&self, c: ContentId) -> anyhow::Result<Option<Bitfield>> {
-        let held = match &self.cloud {
+        let held = match self.in_cloud(c)? {
             Some(cloud) => cloud.bitfield(c)?,
             None => self.store.bitfield(c)?,
         };
@@ -76,7 +85,7 @@ impl Contents {
 
     /// The encoded manifest of a content it holds.
     pub(crate) fn manifest_bytes(&self, c: ContentId) -> anyhow::Result<Option<Vec<u8>>> {
-        Ok(match &self.cloud {
+        Ok(match self.in_cloud(c)? {
             Some(cloud) => cloud.manifest(c)?.map(|m| m.encode()),
             None => self.store.manifest(c)?.map(|m| m.encode()),
         })
@@ -84,28 +93,38 @@ impl Contents {
 
     /// Every content it holds (part of).
     pub(crate) fn content_ids(&self) -> anyhow::Result<Vec<ContentId>> {
-        Ok(match &self.cloud {
+        let mut ids: Vec<ContentId> = match &self.cloud {
             Some(cloud) => cloud.contents()?.into_iter().map(|(c, _)| c).collect(),
-            None => self.store.list()?.into_iter().map(|e| e.content).collect(),
-        })
+            None => Vec::new(),
+        };
+        // A storage node's piece store holds its pull-through cache.
+        ids.extend(self.store.list()?.into_iter().map(|e| e.content));
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
     }
 
     /// What `shoal ls` shows. Blocking.
     pub fn list(&self) -> anyhow::Result<Vec<LsEntry>> {
         match &self.cloud {
-            Some(cloud) => Ok(cloud
-                .contents()?
-                .into_iter()
-                .map(|(id, c)| LsEntry {
-                    content_id: id.to_string(),
-                    state: if c.is_complete() { "complete" } else { "partial" }.into(),
-                    name: c.name,
-                    size: c.size,
-                    pieces_have: c.stored,
-                    pieces_total: c.pieces,
-                    path: "(object store)".into(),
-                })
-                .collect()),
+            Some(cloud) => {
+                let mut rows: Vec<LsEntry> = cloud
+                    .contents()?
+                    .into_iter()
+                    .map(|(id, c)| LsEntry {
+                        content_id: id.to_string(),
+                        state: if c.is_complete() { "complete" } else { "partial" }.into(),
+                        name: c.name,
+                        size: c.size,
+                        pieces_have: c.stored,
+                        pieces_total: c.pieces,
+                        path: "(object store)".into(),
+                    })
+                    .collect();
+                // The pull-through cache, beside the object store's own copies.
+                rows.extend(list(&self.store)?);
+                Ok(rows)
+            }
             None => list(&self.store),
         }
     }
@@ -114,7 +133,7 @@ impl Contents {
     /// holds nothing of it. Reads no piece data: the store keeps manifests in memory, the
     /// object store's index keeps size and piece count.
     pub(crate) fn shape(&self, c: ContentId) -> anyhow::Result<Option<Shape>> {
-        Ok(match &self.cloud {
+        Ok(match self.in_cloud(c)? {
             Some(cloud) => cloud.content(c)?.map(|rec| Shape {
                 size: rec.size,
                 // The piece size is fixed by the file size (part of the canonical manifest).
@@ -131,7 +150,8 @@ impl Contents {
 
     /// One piece for upload, checked against its hash.
     pub(crate) async fn piece(&self, c: ContentId, p: PieceIndex) -> Result<Bytes, ServeError> {
-        if let Some(cloud) = &self.cloud {
+        let cloud = self.in_cloud(c).map_err(|e| ServeError::Internal(e.to_string()))?;
+        if let Some(cloud) = cloud {
             return cloud.read_piece(c, p).await.map_err(|e| match e {
                 CloudError::UnknownContent(_) | CloudError::PieceOutOfRange(_) => {
                     ServeError::NotFound

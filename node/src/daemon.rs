@@ -14,6 +14,9 @@ pub fn start(node: &Arc<Node>) {
     if let Some(directives) = node.take_directives() {
         crate::push::spawn_directives(node.pusher.clone(), directives);
     }
+    if let Some(requests) = node.take_pull_requests() {
+        tokio::spawn(crate::pulling::run(node.clone(), requests));
+    }
 }
 
 /// Runs the daemon until `shutdown` completes: serves peers and the control API.

@@ -16,6 +16,8 @@
 //!   its types and client are in `shoal-control`.
 //! - [`tracker`]: the tracker client: registration, announces, heartbeats, lookups.
 //! - [`push`]: pushing contents into storage, and carrying out re-seed directives.
+//! - `pull`, `pulling`: a storage node's pull-through cache (what other regions hold, fetched
+//!   on request and kept least recently used first), and the driver that fills it.
 //! - `offline`: offline download: a storage node fetches URLs into users' spaces; a user's
 //!   node adds, watches and follows those tasks.
 //! - [`sync`]: keeps a directory in step with the user's space on storage.
@@ -33,6 +35,8 @@ mod io;
 pub mod net;
 pub mod node;
 mod offline;
+mod pull;
+mod pulling;
 pub mod push;
 mod push_gate;
 mod reveal;

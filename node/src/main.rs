@@ -101,6 +101,12 @@ enum Command {
         /// address. `shoal status` shows the region the tracker chose.
         #[arg(long, env = "SHOAL_REGION", value_name = "NAME")]
         region: Option<String>,
+        /// For a storage node: the size of its pull-through cache, like 4GiB (0: off). Asked
+        /// for a content it lacks, storage fetches it from the swarm (from other regions where
+        /// its own has none) and serves it while it arrives; the least recently used pulled
+        /// contents go when the cache is full. What storage keeps for good is not counted.
+        #[arg(long, env = "SHOAL_PULL_THROUGH_CACHE", value_name = "SIZE", default_value = "4GiB")]
+        pull_through_cache: Rate,
         /// TESTING ONLY: advertise every piece of any content held in part (a lying bitfield).
         #[arg(long, env = "SHOAL_DANGER_LIE_BITFIELD")]
         danger_lie_bitfield: bool,
@@ -254,6 +260,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             offline_allow_private,
             sync_dir,
             region,
+            pull_through_cache,
             danger_lie_bitfield,
             danger_corrupt_uploads,
         } => {
@@ -297,6 +304,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 offline_allow_private,
                 sync_dir,
                 region,
+                pull_through_cache: pull_through_cache.0,
                 ..NodeConfig::new(data_dir)
             };
             if danger_corrupt_uploads > 0.0 {

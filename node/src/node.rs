@@ -58,6 +58,10 @@ pub struct Node {
     pub(crate) offline: Option<Arc<crate::offline::Offline>>,
     /// The offline tasks this node follows, whose pieces it serves to the user's devices.
     pub(crate) follows: Arc<crate::offline::follows::Follows>,
+    /// A storage node's pull-through cache (`None`: not storage, or turned off).
+    pub(crate) pulls: Option<Arc<crate::pull::Pulls>>,
+    /// Its requests, until the daemon hands them to the driver.
+    pull_requests: Mutex<Option<crate::pull::PullRequests>>,
     pub(crate) upload: RateLimiter,
     pub(crate) download: RateLimiter,
     /// Testing only: the share of uploaded pieces to corrupt.
@@ -139,6 +143,14 @@ impl Node {
             }
             None => None,
         };
+        let (pulls, pull_requests) = match (&contents.cloud, config.pull_through_cache) {
+            (Some(_), limit) if limit > 0 => {
+                let (p, rx) =
+                    crate::pull::Pulls::open(contents.store(), dir.join("pull-through"), limit)?;
+                (Some(p), Some(rx))
+            }
+            _ => (None, None),
+        };
         let storage = Storage {
             net: net.clone(),
             contents: contents.clone(),
@@ -159,6 +171,8 @@ impl Node {
             storage,
             offline,
             follows: Arc::default(),
+            pulls,
+            pull_requests: Mutex::new(pull_requests),
             upload,
             download: RateLimiter::new(config.download_limit.map(|r| r.0)),
             corrupt: config.danger_corrupt_uploads,
@@ -185,6 +199,11 @@ impl Node {
     /// The tracker client.
     pub fn trackers(&self) -> &Trackers {
         &self.trackers
+    }
+
+    /// The pull-through requests, once (for the daemon's driver).
+    pub(crate) fn take_pull_requests(&self) -> Option<crate::pull::PullRequests> {
+        self.pull_requests.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// The own tracker's re-seed directives; `None` once taken.
@@ -248,6 +267,7 @@ impl Node {
             role: if storage { "storage" } else { "node" }.into(),
             region: self.trackers.known().region.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             cross_region_bytes: s.cross_region_bytes.load(Ordering::Relaxed),
+            pull_through_bytes: self.pulls.as_ref().map_or(0, |p| p.bytes()),
             contents,
         }
     }

@@ -204,7 +204,19 @@ async fn serve_manifest(
     mut send: SendStream,
     content: ContentId,
 ) -> anyhow::Result<()> {
-    let Some(shape) = node.contents.shape(content)? else {
+    let mut shape = node.contents.shape(content)?;
+    if shape.is_none() {
+        // A storage node pulls through what it lacks; the asker gets the manifest as soon as
+        // the pull has it, then the pieces as they arrive.
+        if let Some(pulls) = &node.pulls {
+            if !pulls.request(content) {
+                return reject(send, RejectReason::Busy, "pulls busy; try later").await;
+            }
+            pulls.wait_manifest(node, content).await;
+            shape = node.contents.shape(content)?;
+        }
+    }
+    let Some(shape) = shape else {
         return reject(send, RejectReason::NotFound, "content not held here").await;
     };
     let Ok(mut slot) = node.uploads.acquire(peer, None, shape.manifest_bound(), SLOT_WAIT).await
@@ -229,7 +241,19 @@ async fn serve_piece(
     piece: PieceIndex,
 ) -> anyhow::Result<()> {
     // Checked against the manifest before a slot or any bookkeeping is spent on it.
-    let Some(shape) = node.contents.shape(content)? else {
+    let mut shape = node.contents.shape(content)?;
+    if shape.is_none() {
+        // A storage node pulls through what it lacks; the asker gets the manifest as soon as
+        // the pull has it, then the pieces as they arrive.
+        if let Some(pulls) = &node.pulls {
+            if !pulls.request(content) {
+                return reject(send, RejectReason::Busy, "pulls busy; try later").await;
+            }
+            pulls.wait_manifest(node, content).await;
+            shape = node.contents.shape(content)?;
+        }
+    }
+    let Some(shape) = shape else {
         return reject(send, RejectReason::NotFound, "content not held here").await;
     };
     let Some(len) = shape.piece_len(piece) else {

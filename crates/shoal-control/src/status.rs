@@ -61,6 +61,9 @@ pub struct Status {
     /// their regions).
     #[serde(default)]
     pub cross_region_bytes: u64,
+    /// Bytes in a storage node's pull-through cache (complete pulls).
+    #[serde(default)]
+    pub pull_through_bytes: u64,
     /// Per content.
     #[serde(default)]
     pub contents: Vec<ContentStatus>,

@@ -395,6 +395,16 @@ impl Index {
             // Dropped for never delivering: a re-announce does not bring it back.
             return Ok(Vec::new());
         }
+        if storage && bitfield.count() == 0 && swarm.storage.get(&node).is_some_and(|e| e.0 > 0) {
+            // Storage that held pieces holds none now (its pull-through cache dropped them): no
+            // holding, so no re-seeding into it either. (An empty first announce, a push that
+            // has sent only its manifest, stays a holding to re-seed into.)
+            return Ok(if self.unhold(now, content, node) {
+                vec![Persist::RemoveHolding(content, node)]
+            } else {
+                Vec::new()
+            });
+        }
         if storage {
             swarm.storage_progress(node, bitfield.count(), now);
             swarm.assigned.retain(|p, _| !bitfield.get(*p));

@@ -178,6 +178,25 @@ impl Index {
         ranked.sort_unstable_by(order);
         // Never more than asked for (`max_peers` 0 included: the selection above skips it).
         ranked.truncate(max_peers);
+        // Then the asker's region's admitted storage that lacks the content: asked for it, it
+        // pulls the content through from other regions once, for the whole region.
+        let zeros = vec![0u8; (n as usize).div_ceil(8)];
+        if region != NO_REGION {
+            let at = ranked.iter().take_while(|(r, _)| !r.0 && !r.1).count();
+            let mut pull: Vec<(Rank, HolderView<'_>)> = Vec::new();
+            for id in &self.config.admitted_storage {
+                let Some(e) = self.nodes.get(id) else { continue };
+                let here = e.region.as_ref().is_some_and(|r| self.regions.id(r) == Some(region));
+                if !e.storage || !here || asker.as_ref() == Some(id) || swarm.holders.contains(id) {
+                    continue;
+                }
+                let h = HolderView::empty(id, e.active_uploads, &e.addrs, region, n, &zeros);
+                pull.push(((false, false, false, e.active_uploads, 0, Reverse(0)), h));
+            }
+            pull.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(b.1.id)));
+            ranked.splice(at..at, pull);
+            ranked.truncate(max_peers);
+        }
         let ids: Vec<NodeId> = ranked.iter().map(|(_, h)| *h.id).collect();
         let regions = &self.regions;
         let peers = ranked.iter().map(|(_, h)| peer(h, regions.name(h.region).cloned())).collect();

@@ -106,6 +106,11 @@ impl Regions {
         id
     }
 
+    /// The number of `region`, if numbered.
+    pub(crate) fn id(&self, region: &Region) -> Option<RegionId> {
+        self.ids.get(region).copied()
+    }
+
     /// The region numbered `id`.
     pub(crate) fn name(&self, id: RegionId) -> Option<&Region> {
         (id as usize).checked_sub(1).and_then(|i| self.names.get(i))

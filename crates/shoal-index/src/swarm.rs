@@ -54,6 +54,21 @@ pub(crate) struct HolderView<'a> {
     piece_count: u32,
 }
 
+impl<'a> HolderView<'a> {
+    /// A node holding nothing of the content yet (storage offered to pull it through):
+    /// `zeros` is a bitfield's worth of zero bytes.
+    pub(crate) fn empty(
+        id: &'a NodeId,
+        load: u32,
+        addrs: &'a [SocketAddr],
+        region: RegionId,
+        piece_count: u32,
+        zeros: &'a [u8],
+    ) -> Self {
+        Self { id, load, offered: 0, addrs, region, bits: zeros, piece_count }
+    }
+}
+
 impl HolderView<'_> {
     /// True if it holds every piece (no copy of its bitfield).
     pub(crate) fn is_complete(&self) -> bool {

@@ -74,6 +74,8 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     fn clear_verified(&self, id: ContentId) -> Result<(), StoreError>;
     /// Makes everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Forgets a content: its record, manifest and verified pieces.
+    fn remove_content(&self, id: ContentId) -> Result<(), StoreError>;
 }
 
 /// The sled backend: trees `records` and `manifests` keyed by content id, and `verified`
@@ -192,6 +194,14 @@ impl MetaStore for SledMeta {
         self.db.flush()?;
         Ok(())
     }
+
+    fn remove_content(&self, id: ContentId) -> Result<(), StoreError> {
+        // The record first: a content without a record is not listed, whatever is left.
+        self.records.remove(id.as_bytes())?;
+        self.clear_verified(id)?;
+        self.manifests.remove(id.as_bytes())?;
+        Ok(())
+    }
 }
 
 /// An in-memory backend, for tests and throwaway nodes.
@@ -259,6 +269,14 @@ impl MetaStore for MemMeta {
 
     fn clear_verified(&self, id: ContentId) -> Result<(), StoreError> {
         self.lock().verified.remove(&id);
+        Ok(())
+    }
+
+    fn remove_content(&self, id: ContentId) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        g.records.remove(&id);
+        g.manifests.remove(&id);
+        g.verified.remove(&id);
         Ok(())
     }
 

@@ -366,6 +366,16 @@ impl Store {
         Download::begin(self.clone(), manifest, output)
     }
 
+    /// Forgets a content: its record, manifest and verified pieces, and what is cached of
+    /// them in memory. The file itself is the caller's (it may be a user's seeded file).
+    /// Blocking.
+    pub fn remove(&self, id: ContentId) -> Result<(), StoreError> {
+        self.inner.meta.remove_content(id)?;
+        lock(&self.inner.manifests).remove(&id);
+        self.forget_file(id);
+        Ok(())
+    }
+
     pub(crate) fn cache_manifest(&self, m: Arc<Manifest>) {
         lock(&self.inner.manifests).insert(m.content_id(), m);
     }

@@ -681,3 +681,105 @@ fn a_registration_with_new_addresses_reaches_the_lookups_of_what_the_node_holds(
     let k = ix.lookup_compact(None, c, None, 4).unwrap();
     assert_eq!(k.peers[0].addrs, want);
 }
+
+/// Registers node `i` in region `name` (stated; the config must allow it).
+fn reg_in(ix: &mut Index, i: usize, role: Role, name: &str) {
+    let r: Region = name.parse().unwrap();
+    let got = ix.register(0, node(i), role, observed(), &[], Some(&r));
+    assert_eq!(got.region, Some(r));
+}
+
+#[test]
+fn lookups_rank_the_askers_region_then_its_storage_lacking_the_content_then_the_rest() {
+    let mut config = Config { allow_stated_region: true, ..Config::default() };
+    config.admitted_storage.insert(node(9));
+    let mut ix = Index::new(config);
+    reg_in(&mut ix, 0, Role::Node, "r0"); // the seed
+    reg_in(&mut ix, 1, Role::Node, "r0");
+    reg_in(&mut ix, 2, Role::Node, "r1"); // a holder in the asker's region
+    reg_in(&mut ix, 3, Role::Node, "r1"); // the asker
+    reg_in(&mut ix, 9, Role::Storage, "r1"); // r1's storage, lacking the content
+    let (c, m) = content(16, 7);
+    ix.put_manifest(0, node(0), c, m).unwrap();
+    ix.announce(0, node(0), c, Bitfield::full(16)).unwrap();
+    ix.announce(0, node(1), c, bf(16, &[0, 1, 2])).unwrap();
+    ix.announce(0, node(2), c, bf(16, &[3])).unwrap();
+    let l = ix.lookup(Some(node(3)), c, None, 8).unwrap();
+    let order: Vec<NodeId> = l.peers.iter().map(|p| p.node_id).collect();
+    assert_eq!(order[0], node(2), "the asker's region first");
+    assert_eq!(order[1], node(9), "then its storage, to pull the content through");
+    assert!(l.peers[1].bitfield.count() == 0);
+    assert_eq!(order.len(), 4, "then everyone else, never fewer: {order:?}");
+    assert_eq!(l.peers[0].region.as_ref().map(Region::as_str), Some("r1"));
+    assert_eq!(l.peers[2].region.as_ref().map(Region::as_str), Some("r0"));
+    // Regions ignored: no storage lacking the content, ranks as before (no region first).
+    let mut config =
+        Config { allow_stated_region: true, region_routing: false, ..Config::default() };
+    config.admitted_storage.insert(node(9));
+    let mut off = Index::new(config);
+    for (i, r) in [(0, "r0"), (1, "r0"), (2, "r1"), (3, "r1")] {
+        reg_in(&mut off, i, Role::Node, r);
+    }
+    reg_in(&mut off, 9, Role::Storage, "r1");
+    let (c, m) = content(16, 7);
+    off.put_manifest(0, node(0), c, m).unwrap();
+    off.announce(0, node(0), c, Bitfield::full(16)).unwrap();
+    off.announce(0, node(2), c, bf(16, &[3])).unwrap();
+    let l = off.lookup(Some(node(3)), c, None, 8).unwrap();
+    assert!(l.peers.iter().all(|p| p.node_id != node(9)), "storage without it is not offered");
+    assert_eq!(l.peers.len(), 2);
+}
+
+#[test]
+fn storage_that_drops_a_pulled_content_stops_holding_it_and_is_not_reseeded() {
+    let mut config = Config { reseed_after_ms: 10, ..Config::default() };
+    config.admitted_storage.insert(node(9));
+    let (mut ix, c) = setup(config, 2, 8);
+    reg(&mut ix, 9, Role::Storage);
+    ix.announce(0, node(0), c, Bitfield::full(8)).unwrap();
+    // An empty first announce (a push that sent only its manifest) is a holding to re-seed.
+    ix.announce(0, node(9), c, Bitfield::new(8)).unwrap();
+    assert!(ix.swarms[&c].holders.contains(&node(9)));
+    ix.announce(0, node(9), c, Bitfield::full(8)).unwrap();
+    // The cache drops it: an empty announce after pieces removes the holding.
+    let ops = ix.announce(1, node(9), c, Bitfield::new(8)).unwrap();
+    assert_eq!(ops, vec![Persist::RemoveHolding(c, node(9))]);
+    assert!(!ix.swarms[&c].holders.contains(&node(9)));
+    assert!(!ix.swarms[&c].storage.contains_key(&node(9)), "nothing to re-seed into");
+    let (_, plan) = ix.heartbeat_plan(1_000, node(0), Load::default()).unwrap();
+    assert!(plan.directives.is_empty(), "{plan:?}");
+}
+
+#[test]
+fn a_node_that_moves_region_takes_its_holdings_along_and_counts_stay_right() {
+    let config = Config { allow_stated_region: true, ..Config::default() };
+    let mut ix = Index::new(config);
+    reg_in(&mut ix, 0, Role::Node, "r0");
+    reg_in(&mut ix, 1, Role::Node, "r1");
+    let (c, m) = content(8, 3);
+    ix.put_manifest(0, node(0), c, m).unwrap();
+    ix.announce(0, node(0), c, Bitfield::full(8)).unwrap();
+    let r0 = ix.regions.id(&"r0".parse().unwrap()).unwrap();
+    let r1 = ix.regions.id(&"r1".parse().unwrap()).unwrap();
+    assert_eq!(ix.swarms[&c].regional[&r0].availability, vec![1; 8]);
+    // The asker of r1 is handed pieces: each counted in r1.
+    let l = ix.lookup(Some(node(1)), c, None, 8).unwrap();
+    assert!(!l.hints.is_empty());
+    let handed: u32 = ix.swarms[&c].regional[&r1].handed.iter().sum();
+    assert_eq!(handed as usize, l.hints.len());
+    // Node 0 moves to r1: its pieces count there now; node 1's hints are unaffected.
+    ix.register(5, node(0), Role::Node, observed(), &[], Some(&"r1".parse().unwrap()));
+    assert_eq!(ix.swarms[&c].regional[&r0].availability, vec![0; 8]);
+    assert_eq!(ix.swarms[&c].regional[&r1].availability, vec![1; 8]);
+    let counts: Vec<(String, usize)> = ix
+        .region_counts()
+        .into_iter()
+        .map(|(r, n)| (r.map(|r| r.to_string()).unwrap_or_default(), n))
+        .collect();
+    assert_eq!(counts, vec![("r1".to_string(), 2)]);
+    // Node 1 moves too: its hints, counted in r1, go; expiry forgets everyone.
+    ix.register(6, node(1), Role::Node, observed(), &[], Some(&"r0".parse().unwrap()));
+    assert_eq!(ix.swarms[&c].regional[&r1].handed.iter().sum::<u32>(), 0);
+    ix.expire(1_000_000);
+    assert!(ix.region_counts().is_empty());
+}
