@@ -5,6 +5,7 @@ mod bench;
 mod launch;
 mod memory;
 mod netns;
+mod regions;
 mod report;
 mod scenario;
 mod sim;
@@ -58,6 +59,18 @@ enum Cmd {
         /// `tc tbf` to the upload limit (needs root and iproute2).
         #[arg(long)]
         netns: bool,
+        /// Spread the nodes and storage over this many regions, r0, r1, ... round robin (the
+        /// seed in r0); with --netns each region is its own subnet behind a router.
+        #[arg(long, env = "SHOAL_TESTNET_REGIONS", default_value_t = 1)]
+        regions: usize,
+        /// The rate each way between regions, like 4MiB/s, shaped with `tc tbf` (needs
+        /// --netns; default `none`).
+        #[arg(long, env = "SHOAL_TESTNET_INTER_REGION_LIMIT", default_value = "none")]
+        inter_region_limit: String,
+        /// Tell the tracker to ignore regions in lookups and hints (it still assigns them):
+        /// the region-blind run to compare with.
+        #[arg(long)]
+        ignore_regions: bool,
     },
     /// Run the benchmark suite of BENCHMARKS.md and print its tables (long; --quick is small).
     Bench {
@@ -121,9 +134,26 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
-        Cmd::Up { nodes, storage, file_size, upload_limit, dir, keep, netns } => {
-            up(nodes, storage, file_size.0, &upload_limit, dir, keep, netns).map(|()| true)
-        }
+        Cmd::Up {
+            nodes,
+            storage,
+            file_size,
+            upload_limit,
+            dir,
+            keep,
+            netns,
+            regions,
+            inter_region_limit,
+            ignore_regions,
+        } => optional_rate(&inter_region_limit)
+            .and_then(|l| regions::Regions::new(regions, l, ignore_regions, nodes, netns))
+            .and_then(|regions| {
+                up(
+                    &Up { nodes, storage, size: file_size.0, dir, keep, netns, regions },
+                    &upload_limit,
+                )
+            })
+            .map(|()| true),
         Cmd::Run { file, dir, netns } => scenario::run(&file, dir, netns),
         Cmd::Sim(args) => sim::run(&args).map(|()| true),
         Cmd::Bench { quick, dir } => {
@@ -186,23 +216,33 @@ struct Row {
     up: f64,
 }
 
-fn up(
+/// A rate flag that may be `none` (or empty): bytes per second, or no limit.
+fn optional_rate(flag: &str) -> anyhow::Result<Option<u64>> {
+    Ok(match flag {
+        "none" | "" => None,
+        l => Some(l.parse::<Rate>()?.0),
+    })
+}
+
+/// What `shoal-testnet up` starts.
+#[derive(Debug)]
+struct Up {
     nodes: usize,
     storage: usize,
     size: u64,
-    limit: &str,
     dir: Option<PathBuf>,
     keep: bool,
-    use_netns: bool,
-) -> anyhow::Result<()> {
+    netns: bool,
+    regions: regions::Regions,
+}
+
+fn up(opts: &Up, limit: &str) -> anyhow::Result<()> {
+    let Up { nodes, storage, size, keep, netns: use_netns, regions, .. } = *opts;
     if nodes < 2 {
         bail!("--nodes must be at least 2 (one seed and one downloader)");
     }
-    let limit: Option<u64> = match limit {
-        "none" | "" => None,
-        l => Some(l.parse::<Rate>()?.0),
-    };
-    let dir = match dir {
+    let limit = optional_rate(limit)?;
+    let dir = match opts.dir.clone() {
         Some(d) => d,
         None => {
             let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
@@ -214,10 +254,13 @@ fn up(
     println!("testnet in {}", dir.display());
 
     // Declared first, dropped last: namespaces go after the processes in them.
-    let mut net = if use_netns { Some(netns::Net::new()?) } else { None };
+    let mut net = if use_netns { Some(netns::Net::for_regions(&regions)?) } else { None };
+    let subnets = net.as_ref().and_then(netns::Net::region_subnets);
     let mut slot = |name: &str, shaped: bool| -> anyhow::Result<Option<netns::Slot>> {
         match net.as_mut() {
-            Some(n) => Ok(Some(n.add(name, if shaped { limit } else { None })?)),
+            Some(n) => {
+                Ok(Some(n.add(name, regions.of(name), if shaped { limit } else { None })?))
+            }
             None => Ok(None),
         }
     };
@@ -231,7 +274,8 @@ fn up(
             .map(|i| launch::node_id_in(&dir.join(format!("node{i}"))))
             .collect::<anyhow::Result<_>>()?,
     };
-    let admit = launch::trust_args(launch::Role::Tracker, &trust);
+    let mut admit = launch::trust_args(launch::Role::Tracker, &trust);
+    admit.extend(regions.tracker_args(subnets.as_deref()));
     let tracker = match slot("tracker", false)? {
         Some(s) => {
             launch::tracker_at(&dir.join("tracker"), &format!("{}:0", s.addr), Some(&s.ns), &admit)?
@@ -248,6 +292,7 @@ fn up(
         args.extend(["--role".to_string(), "storage".to_string()]);
         args.extend(launch::trust_args(launch::Role::Storage, &trust));
         let name = format!("storage{i}");
+        args.extend(regions.daemon_args(&name));
         let sl = slot(&name, true)?;
         stores.push(launch::daemon_in(&name, &dir.join(&name), &args, sl.as_ref())?);
     }
@@ -255,7 +300,9 @@ fn up(
     for i in 0..nodes {
         let name = format!("node{i}");
         let sl = slot(&name, true)?;
-        peers.push(launch::daemon_in(&name, &dir.join(&name), &common, sl.as_ref())?);
+        let mut args = common.clone();
+        args.extend(regions.daemon_args(&name));
+        peers.push(launch::daemon_in(&name, &dir.join(&name), &args, sl.as_ref())?);
     }
     let seed = &peers[0];
     let file = dir.join("file.bin");
@@ -267,7 +314,7 @@ fn up(
     )?
     .trim()
     .to_string();
-    write_testnet_json(&dir, &tracker, &stores, &peers, &ticket)?;
+    write_testnet_json(&dir, &tracker, &stores, &peers, &ticket, &regions)?;
     println!(
         "tracker {}, {} storage, {} nodes; {} seeded by node0",
         tracker.addr,
@@ -275,6 +322,9 @@ fn up(
         nodes,
         human_bytes(size as f64)
     );
+    if !regions.is_single() {
+        println!("{}", regions.describe());
+    }
 
     let _push = if storage > 0 {
         Some(launch::spawn_push(&seed.dir, seed.ns.as_deref(), &file)?)
@@ -321,6 +371,7 @@ fn up(
                 let v: serde_json::Value =
                     serde_json::from_str(out.trim()).context("reading a fetch report")?;
                 finish.push(Finish {
+                    region: regions.of(&peers[n].name).filter(|_| !regions.is_single()),
                     name: peers[n].name.clone(),
                     node_id: peers[n].node_id.clone(),
                     seconds: t0.elapsed().as_secs_f64(),
@@ -349,18 +400,25 @@ fn up(
             p.ns.as_deref(),
         )?)?)
     };
+    // Piece bytes that crossed between regions: each receiver's own count, summed.
+    let mut cross_region_bytes = 0;
+    let mut counters = |p: &Proc| -> anyhow::Result<serde_json::Value> {
+        let st = status(p)?;
+        cross_region_bytes += st["cross_region_bytes"].as_u64().unwrap_or(0);
+        Ok(st)
+    };
     let mut uploaded = Uploaded {
-        seed: status(seed)?["uploaded_bytes"].as_u64().unwrap_or(0),
+        seed: counters(seed)?["uploaded_bytes"].as_u64().unwrap_or(0),
         ..Uploaded::default()
     };
     for f in &mut finish {
         let p = peers.iter().find(|p| p.name == f.name).expect("known node");
-        f.uploaded_bytes = status(p)?["uploaded_bytes"].as_u64().unwrap_or(0);
+        f.uploaded_bytes = counters(p)?["uploaded_bytes"].as_u64().unwrap_or(0);
         uploaded.nodes += f.uploaded_bytes;
     }
     let mut storage_pieces = None;
     for s in &stores {
-        let st = status(s)?;
+        let st = counters(s)?;
         uploaded.storage += st["uploaded_bytes"].as_u64().unwrap_or(0);
         if let Some(c) = st["contents"].as_array().and_then(|a| a.first()) {
             storage_pieces = Some((
@@ -371,6 +429,10 @@ fn up(
     }
     let mut report = Report::new(size, limit, storage, finish, uploaded, storage_pieces);
     report.cpu = report::Cpu::new(cpu, nodes - 1, size);
+    report.cross_region_bytes = cross_region_bytes;
+    report.border_wire_bytes =
+        net.as_ref().and_then(netns::Net::bytes_into_regions).map(|b| b.iter().sum());
+    report.set_regions(&regions);
     let note = report.write(&dir)?;
     println!("\n{}", report.summary());
     println!("report: {}", dir.join("report.json").display());
@@ -382,6 +444,13 @@ fn up(
         println!("\nthe testnet stays up; join it from another terminal:");
         println!("  shoal --data-dir /tmp/my-node daemon --testnet {}", dir.display());
         println!("  shoal --data-dir /tmp/my-node get {ticket} -o /tmp/copy.bin");
+        if use_netns && !regions.is_single() {
+            println!(
+                "  (regions in namespaces are closed to the host's own network: run these inside \
+                 a namespace of the run, `ip netns exec shoaltn-{}-node0 ...`)",
+                std::process::id()
+            );
+        }
         println!("press Ctrl-C to stop it");
         wait_for_signal()?;
     }
@@ -395,8 +464,15 @@ fn write_testnet_json(
     stores: &[Proc],
     nodes: &[Proc],
     ticket: &str,
+    regions: &regions::Regions,
 ) -> anyhow::Result<()> {
-    let entry = |p: &Proc| serde_json::json!({ "name": p.name, "node_id": p.node_id, "addr": p.addr, "data_dir": p.dir });
+    let entry = |p: &Proc| {
+        let mut e = serde_json::json!({ "name": p.name, "node_id": p.node_id, "addr": p.addr, "data_dir": p.dir });
+        if let Some(r) = regions.of(&p.name).filter(|_| !regions.is_single()) {
+            e["region"] = r.to_string().into();
+        }
+        e
+    };
     let v = serde_json::json!({
         "tracker": tracker.addr,
         "tracker_node_id": tracker.node_id,

@@ -6,10 +6,15 @@ use anyhow::Context;
 use plotters::prelude::*;
 use serde::Serialize;
 
+use crate::regions::{self, Region, Regions};
+
 /// One downloader's outcome.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Finish {
     pub(crate) name: String,
+    /// Its region, with two regions or more.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) region: Option<Region>,
     pub(crate) node_id: String,
     /// Seconds from the common start to the fetch's end.
     pub(crate) seconds: f64,
@@ -47,6 +52,36 @@ pub(crate) struct Report {
     pub(crate) storage_pieces: Option<(u64, u64)>,
     /// CPU the testnet's processes (tracker, storage, nodes) spent during the run.
     pub(crate) cpu: Option<Cpu>,
+    /// Piece bytes that crossed between regions: the sum of every node's and storage node's
+    /// own `cross_region_bytes` counter, read from its status at the end.
+    pub(crate) cross_region_bytes: u64,
+    /// Bytes the router sent into the regions (with `--netns`): every packet that crossed a
+    /// border, IP and QUIC headers and tracker traffic included; a wire-level check on
+    /// [`Self::cross_region_bytes`].
+    pub(crate) border_wire_bytes: Option<u64>,
+    /// The rate each way between regions, bytes per second, if shaped.
+    pub(crate) inter_region_limit: Option<u64>,
+    /// Whether the tracker was told to ignore regions in lookups and hints.
+    pub(crate) regions_ignored: bool,
+    /// Per region, `r0` first, with two regions or more (empty with one).
+    pub(crate) regions: Vec<RegionFigures>,
+    /// The largest region's bound: the region-aware bound on the last finish of the run.
+    pub(crate) region_bound_s: Option<f64>,
+    /// The last finish over [`Self::region_bound_s`].
+    pub(crate) ratio_to_region_bound: Option<f64>,
+}
+
+/// One region's downloaders against the region-aware bound.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RegionFigures {
+    pub(crate) name: Region,
+    pub(crate) downloaders: usize,
+    /// Seconds from the common start to the region's last fetch's end.
+    pub(crate) last_finish_s: f64,
+    /// The region-aware fluid bound ([`crate::regions`]): T* over the region for the seed's
+    /// region; for another, max(F/U, (n−1)·F/(n·U), F/L). Absent when no limit makes it finite.
+    pub(crate) bound_s: Option<f64>,
+    pub(crate) ratio_to_bound: Option<f64>,
 }
 
 /// CPU time of a run against the bytes it delivered.
@@ -83,10 +118,9 @@ impl Report {
         let mean = if n == 0 { 0.0 } else { times.iter().sum::<f64>() / n as f64 };
         let p99 =
             if n == 0 { 0.0 } else { times[((n as f64 * 0.99).ceil() as usize).clamp(1, n) - 1] };
-        let bound = upload_limit.filter(|_| n > 0).map(|u| {
-            let (s, u, n) = (file_size as f64, u as f64, n as f64);
-            (s / u).max(n * s / (u + n * u))
-        });
+        let bound = upload_limit
+            .filter(|&u| n > 0 && u > 0)
+            .map(|u| regions::fluid_bound(file_size, u, u, n));
         Self {
             file_size,
             upload_limit,
@@ -102,7 +136,54 @@ impl Report {
             uploaded,
             storage_pieces,
             cpu: None,
+            cross_region_bytes: 0,
+            border_wire_bytes: None,
+            inter_region_limit: None,
+            regions_ignored: false,
+            regions: Vec::new(),
+            region_bound_s: None,
+            ratio_to_region_bound: None,
         }
+    }
+
+    /// Fills the per-region figures from the downloaders' regions (nothing with one region).
+    /// The seed, node0, is in `r0`.
+    pub(crate) fn set_regions(&mut self, regions: &Regions) {
+        self.inter_region_limit = regions.inter_limit();
+        self.regions_ignored = regions.ignored();
+        if regions.is_single() {
+            return;
+        }
+        self.regions = regions
+            .all()
+            .map(|r| {
+                let times: Vec<f64> =
+                    self.finish.iter().filter(|f| f.region == Some(r)).map(|f| f.seconds).collect();
+                let last = times.iter().copied().fold(0.0, f64::max);
+                let bound = regions::region_bound(
+                    self.file_size,
+                    self.upload_limit,
+                    regions.inter_limit(),
+                    times.len(),
+                    r == Region(0),
+                );
+                RegionFigures {
+                    name: r,
+                    downloaders: times.len(),
+                    last_finish_s: last,
+                    bound_s: bound,
+                    ratio_to_bound: bound.filter(|&b| b > 0.0).map(|b| last / b),
+                }
+            })
+            .collect();
+        // Only if every region has a bound: a region without one could be the slowest.
+        self.region_bound_s = self
+            .regions
+            .iter()
+            .map(|r| r.bound_s)
+            .try_fold(0.0, |m: f64, b| b.map(|b| m.max(b)))
+            .filter(|&b| b > 0.0);
+        self.ratio_to_region_bound = self.region_bound_s.map(|b| self.last_finish_s / b);
     }
 
     /// Writes `report.json`, `report.svg` and `report.png` into `dir`; returns a note if the
@@ -128,7 +209,9 @@ impl Report {
         let err =
             |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("drawing the plot: {e:?}");
         root.fill(&WHITE).map_err(err)?;
-        let x_max = self.last_finish_s.max(self.bound_s.unwrap_or(0.0)) * 1.1 + 0.1;
+        let bounds = self.regions.iter().filter_map(|r| r.bound_s);
+        let x_max =
+            bounds.fold(self.last_finish_s.max(self.bound_s.unwrap_or(0.0)), f64::max) * 1.1 + 0.1;
         let y_max = self.downloaders.max(1) as f64;
         let mut chart = ChartBuilder::on(&root)
             .caption("Shoal testnet: nodes finished over time", ("sans-serif", 22))
@@ -145,19 +228,34 @@ impl Report {
             .y_label_formatter(&|v| format!("{v:.0}"))
             .draw()
             .map_err(err)?;
-        // A step line: 0 until the first finish, one more at each.
-        let mut steps = vec![(0.0, 0.0)];
-        for (i, f) in self.finish.iter().enumerate() {
-            steps.push((f.seconds, i as f64));
-            steps.push((f.seconds, (i + 1) as f64));
-        }
-        steps.push((x_max, self.finish.len() as f64));
         chart
-            .draw_series(LineSeries::new(steps, BLUE.stroke_width(2)))
+            .draw_series(LineSeries::new(steps(self.finish.iter(), x_max), BLUE.stroke_width(2)))
             .map_err(err)?
             .label("finished nodes")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
-        if let Some(b) = self.bound_s {
+        // Each region: its own finishes, and its bound dashed in the same colour.
+        for r in &self.regions {
+            let colour = region_colour(r.name).stroke_width(2);
+            let mine = self.finish.iter().filter(|f| f.region == Some(r.name));
+            chart
+                .draw_series(LineSeries::new(steps(mine, x_max), colour))
+                .map_err(err)?
+                .label(format!("{} finished", r.name))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+            if let Some(b) = r.bound_s {
+                chart
+                    .draw_series(DashedLineSeries::new(vec![(b, 0.0), (b, y_max)], 6, 4, colour))
+                    .map_err(err)?
+                    .label(format!("{} bound {b:.1} s", r.name))
+                    .legend(move |(x, y)| {
+                        // Two dashes, placed relative to the anchor.
+                        let dash = |a: i32| PathElement::new(vec![(a, 0), (a + 6, 0)], colour);
+                        EmptyElement::at((x, y)) + dash(0) + dash(14)
+                    });
+            }
+        }
+        // With regions, the seed's region's bound is T* itself (drawn there, dashed).
+        if let Some(b) = self.bound_s.filter(|_| self.regions.is_empty()) {
             chart
                 .draw_series(LineSeries::new(vec![(b, 0.0), (b, y_max)], RED.stroke_width(2)))
                 .map_err(err)?
@@ -197,6 +295,45 @@ impl Report {
             mib(self.uploaded.storage),
             self.bad_pieces
         );
+        if !self.regions.is_empty() {
+            s += &format!(
+                "\nper region (bound: T* over the seed's region; elsewhere max(F/U, (n-1)·F/(n·U), \
+                 F/L), the file crossing the {} border once):",
+                self.inter_region_limit.map_or("unshaped".to_string(), |l| format!(
+                    "{}/s",
+                    shoal_control::human_bytes(l as f64)
+                ))
+            );
+            for r in &self.regions {
+                s += &format!(
+                    "\n  {}: {} downloaders, last {:.2} s, bound {}",
+                    r.name,
+                    r.downloaders,
+                    r.last_finish_s,
+                    match (r.bound_s, r.ratio_to_bound) {
+                        (Some(b), Some(q)) => format!("{b:.2} s, last / bound = {q:.2}"),
+                        _ => "none (no limit)".to_string(),
+                    }
+                );
+            }
+            if let (Some(b), Some(q)) = (self.region_bound_s, self.ratio_to_region_bound) {
+                s += &format!("\nregion-aware bound {b:.2} s; last finish / bound = {q:.2}");
+            }
+            s += &format!(
+                "\nbytes across regions: {:.1} MiB ({:.2} × the file){}",
+                mib(self.cross_region_bytes),
+                self.cross_region_bytes as f64 / self.file_size.max(1) as f64,
+                if self.regions_ignored { "; the tracker ignored regions" } else { "" }
+            );
+            if let Some(w) = self.border_wire_bytes {
+                s += &format!(
+                    "\non the wire into regions (headers, tracker traffic included): {:.1} MiB \
+                     ({:.2} × the file)",
+                    mib(w),
+                    w as f64 / self.file_size.max(1) as f64
+                );
+            }
+        }
         if let Some((have, total)) = self.storage_pieces {
             s += &format!("\nstorage holds {have}/{total} pieces");
         }
@@ -208,6 +345,35 @@ impl Report {
         }
         s
     }
+}
+
+/// A region's colour in the plot: distinct and readable on white for the first few.
+fn region_colour(r: Region) -> RGBColor {
+    const FIRST: [RGBColor; 6] = [
+        RGBColor(0, 150, 60),
+        RGBColor(230, 110, 0),
+        RGBColor(140, 40, 190),
+        RGBColor(0, 150, 190),
+        RGBColor(200, 30, 90),
+        RGBColor(120, 100, 0),
+    ];
+    FIRST.get(r.0).copied().unwrap_or_else(|| {
+        let c = Palette99::pick(r.0).to_rgba();
+        RGBColor(c.0, c.1, c.2)
+    })
+}
+
+/// A step line of finishes: 0 until the first, one more at each, flat to `x_max`.
+fn steps<'a>(finish: impl Iterator<Item = &'a Finish>, x_max: f64) -> Vec<(f64, f64)> {
+    let mut out = vec![(0.0, 0.0)];
+    let mut n = 0.0;
+    for f in finish {
+        out.push((f.seconds, n));
+        n += 1.0;
+        out.push((f.seconds, n));
+    }
+    out.push((x_max, n));
+    out
 }
 
 /// Makes a system TTF font available to plotters; false if none is found.
@@ -231,11 +397,41 @@ mod tests {
     fn finish(s: f64) -> Finish {
         Finish {
             name: "n".into(),
+            region: None,
             node_id: "x".into(),
             seconds: s,
             bad_pieces: 0,
             uploaded_bytes: 0,
         }
+    }
+
+    #[test]
+    fn figures_per_region() {
+        let at = |name: &str, s: f64, r: usize| Finish {
+            name: name.into(),
+            region: Some(Region(r)),
+            ..finish(s)
+        };
+        let finishes = vec![at("node1", 9.0, 1), at("node2", 3.0, 0), at("node3", 20.0, 1)];
+        let mut r = Report::new(64 << 20, Some(16 << 20), 2, finishes, Uploaded::default(), None);
+        r.set_regions(&Regions::new(2, Some(4 << 20), false, 4, true).unwrap());
+        let got: Vec<_> = r
+            .regions
+            .iter()
+            .map(|g| (g.name.to_string(), g.downloaders, g.last_finish_s, g.bound_s))
+            .collect();
+        // r0 holds the seed: F/U = 4 s; r1 gets the file across 4 MiB/s: F/L = 16 s.
+        assert_eq!(got, [("r0".into(), 1, 3.0, Some(4.0)), ("r1".into(), 2, 20.0, Some(16.0))]);
+        assert_eq!(r.regions[1].ratio_to_bound, Some(1.25));
+        assert_eq!((r.region_bound_s, r.ratio_to_region_bound), (Some(16.0), Some(1.25)));
+        assert_eq!(r.inter_region_limit, Some(4 << 20));
+        let text = r.summary();
+        assert!(text.contains("  r1: 2 downloaders, last 20.00 s, bound 16.00 s"), "{text}");
+        // One region: no per-region figures.
+        let mut one = Report::new(1 << 20, None, 0, vec![finish(1.0)], Uploaded::default(), None);
+        one.set_regions(&Regions::single());
+        assert!(one.regions.is_empty() && one.region_bound_s.is_none());
+        assert!(!one.summary().contains("per region"));
     }
 
     #[test]

@@ -14,6 +14,9 @@
 //! baseline = false       # first run the same scenario without its adversaries, then compare
 //! memory_ceiling = "256MiB"  # no honest process may exceed this resident memory (default)
 //! slowdown = 2.0         # with `baseline`: honest nodes finish within this × the baseline
+//! regions = 1            # spread processes over r0, r1, ... round robin (see regions.rs)
+//! inter_region_limit = "4MiB/s"  # each way between regions (needs --netns; default none)
+//! ignore_regions = false # the tracker assigns regions but its lookups ignore them
 //!
 //! [[events]]
 //! target = "node2"       # nodeN, seed, tracker, storageN
@@ -54,6 +57,7 @@ use serde::{Deserialize, Serialize};
 use shoal_control::{human_bytes, Rate};
 
 use crate::adversary;
+use crate::regions::Regions;
 
 /// The memory ceiling of an honest process unless the scenario says otherwise.
 const DEFAULT_CEILING: &str = "256MiB";
@@ -81,6 +85,11 @@ struct Scenario {
     baseline: bool,
     memory_ceiling: Option<String>,
     slowdown: Option<f64>,
+    /// Regions to spread over (1 when absent).
+    regions: Option<usize>,
+    inter_region_limit: Option<String>,
+    #[serde(default)]
+    ignore_regions: bool,
     #[serde(default)]
     events: Vec<Event>,
     #[serde(default)]
@@ -146,6 +155,8 @@ pub(crate) fn run(file: &Path, dir: Option<PathBuf>, netns: bool) -> anyhow::Res
     if sc.baseline && (slowdown.is_nan() || slowdown < 1.0) {
         bail!("slowdown must be at least 1.0");
     }
+    let regions =
+        sc.regions(netns).with_context(|| format!("{} is not a valid scenario", file.display()))?;
     let dir = dir.unwrap_or_else(|| PathBuf::from("testnet-runs").join(&sc.name));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -156,10 +167,10 @@ pub(crate) fn run(file: &Path, dir: Option<PathBuf>, netns: bool) -> anyhow::Res
     let mut passes = Vec::new();
     if sc.baseline && sc.adversaries.any() {
         println!("baseline: the same scenario without its adversaries");
-        passes.push(pass::run(&sc, &dir.join("baseline"), netns, false)?);
+        passes.push(pass::run(&sc, &regions, &dir.join("baseline"), netns, false)?);
         println!("with the adversaries");
     }
-    passes.push(pass::run(&sc, &dir, netns, true)?);
+    passes.push(pass::run(&sc, &regions, &dir, netns, true)?);
 
     let mut checks: Vec<Check> = passes.iter().flat_map(|p| p.checks.clone()).collect();
     for p in &passes {
@@ -201,6 +212,17 @@ pub(crate) fn run(file: &Path, dir: Option<PathBuf>, netns: bool) -> anyhow::Res
     );
     println!("report: {}", dir.join("report.json").display());
     Ok(ok)
+}
+
+impl Scenario {
+    /// The scenario's regions, validated (`netns`: whether the run has namespaces to shape).
+    fn regions(&self, netns: bool) -> anyhow::Result<Regions> {
+        let limit = match self.inter_region_limit.as_deref() {
+            None | Some("none") => None,
+            Some(l) => Some(l.parse::<Rate>()?.0),
+        };
+        Regions::new(self.regions.unwrap_or(1), limit, self.ignore_regions, self.nodes, netns)
+    }
 }
 
 /// One check per honest process: its peak resident memory stayed under `ceiling`.

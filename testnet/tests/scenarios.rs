@@ -82,6 +82,11 @@ fn squatter() {
 }
 
 #[test]
+fn regions() {
+    run("regions");
+}
+
+#[test]
 fn flood() {
     run("flood");
 }

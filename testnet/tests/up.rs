@@ -85,6 +85,97 @@ fn a_small_testnet_runs_and_reports() {
     assert!(stdout.contains("fluid lower bound"), "{stdout}");
 }
 
+/// Runs `shoal-testnet up ARGS --dir DIR` to success; its report.json, testnet.json and stdout.
+fn up_ok(args: &[&str], dir: &Path) -> (serde_json::Value, serde_json::Value, String) {
+    let out = Command::new(BIN).arg("up").args(args).arg("--dir").arg(dir).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let read = |f: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join(f)).unwrap()).unwrap()
+    };
+    (read("report.json"), read("testnet.json"), stdout)
+}
+
+/// The regions of a report: name, downloaders, last finish and bound (`None`: no limit).
+fn regions_of(report: &serde_json::Value) -> Vec<(String, u64, f64, Option<f64>)> {
+    report["regions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a regions list: {report}"))
+        .iter()
+        .map(|r| {
+            assert!(r.get("bound_s").is_some(), "every region has a bound_s key: {r}");
+            (
+                r["name"].as_str().unwrap().to_string(),
+                r["downloaders"].as_u64().unwrap(),
+                r["last_finish_s"].as_f64().unwrap(),
+                r["bound_s"].as_f64(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn two_regions_on_loopback_report_each_region() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let args = ["--nodes", "4", "--regions", "2", "--file-size", "2MiB", "--upload-limit", "none"];
+    let (report, testnet, stdout) = up_ok(&args, &dir);
+    // node0 (the seed) and node2 in r0, node1 and node3 in r1; storage0 in r0.
+    let regions = regions_of(&report);
+    assert_eq!(regions.len(), 2, "{report}");
+    assert_eq!((regions[0].0.as_str(), regions[0].1), ("r0", 1), "{report}");
+    assert_eq!((regions[1].0.as_str(), regions[1].1), ("r1", 2), "{report}");
+    for (name, _, last, bound) in &regions {
+        assert!(*last > 0.0, "{name} finished: {report}");
+        // No upload limit and no border limit: nothing makes a bound finite.
+        assert_eq!(*bound, None, "{name}: {report}");
+    }
+    assert!(report["cross_region_bytes"].is_u64(), "{report}");
+    for f in report["finish"].as_array().unwrap() {
+        let n: usize = f["name"].as_str().unwrap()["node".len()..].parse().unwrap();
+        assert_eq!(f["region"], format!("r{}", n % 2), "{f}");
+    }
+    assert_eq!(testnet["storage"][0]["region"], "r0", "{testnet}");
+    assert_eq!(testnet["nodes"][3]["region"], "r1", "{testnet}");
+    let original = std::fs::read(dir.join("file.bin")).unwrap();
+    for n in ["node1", "node2", "node3"] {
+        assert_eq!(std::fs::read(dir.join(n).join("file.bin")).unwrap(), original, "{n}");
+    }
+    for want in ["per region", "  r0: 1 downloaders", "  r1: 2 downloaders", "bytes across"] {
+        assert!(stdout.contains(want), "{want:?} missing:\n{stdout}");
+    }
+    assert_eq!(&std::fs::read(dir.join("report.png")).unwrap()[..4], b"\x89PNG");
+
+    // With an upload limit every region has a finite bound: F/U = 2 MiB / 8 MiB/s.
+    let (report, _, _) =
+        up_ok(&["--nodes", "3", "--regions", "2", "--file-size", "2MiB"], &tmp.path().join("b"));
+    for (name, _, _, bound) in regions_of(&report) {
+        assert_eq!(bound, Some(0.25), "{name}: {report}");
+    }
+}
+
+#[test]
+fn region_flags_that_cannot_hold_are_refused_before_anything_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (args, says) in [
+        (&["--regions", "0"][..], "--regions"),
+        (&["--nodes", "2", "--regions", "3"], "every region needs a node"),
+        (&["--regions", "2", "--inter-region-limit", "4MiB/s"], "--netns"),
+        (&["--ignore-regions"], "--regions 2 or more"),
+    ] {
+        let out = Command::new(BIN)
+            .arg("up")
+            .args(args)
+            .arg("--dir")
+            .arg(tmp.path().join("never"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{args:?}: {err}");
+        assert!(!tmp.path().join("never").exists(), "{args:?} started nothing");
+    }
+}
+
 #[test]
 fn a_node_joins_a_kept_testnet() {
     let tmp = tempfile::tempdir().unwrap();
@@ -200,6 +291,48 @@ fn network_namespaces_with_shaped_links_and_nothing_left_behind() {
 }
 
 #[test]
+fn regions_in_namespaces_behind_a_shaped_border() {
+    if !is_root() {
+        eprintln!("skipping: --netns needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let child = Command::new(BIN)
+        .args(["up", "--netns", "--nodes", "4", "--storage", "2", "--regions", "2"])
+        .args(["--inter-region-limit", "8MiB/s", "--upload-limit", "8MiB/s"])
+        .args(["--file-size", "2MiB", "--dir"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let tn: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("testnet.json")).unwrap()).unwrap();
+    // Each region its own subnet; the tracker on the core behind the router.
+    let addr = |v: &serde_json::Value| v["addr"].as_str().unwrap().to_string();
+    assert!(tn["tracker"].as_str().unwrap().starts_with("10.198.255."), "{tn}");
+    assert!(addr(&tn["nodes"][0]).starts_with("10.198.0."), "{tn}");
+    assert!(addr(&tn["nodes"][1]).starts_with("10.198.1."), "{tn}");
+    assert!(addr(&tn["storage"][1]).starts_with("10.198.1."), "{tn}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+    let regions = regions_of(&report);
+    // r1 gets the file across the 8 MiB/s border once: F/L = 0.25 s (= F/U here).
+    assert_eq!(regions[1].3, Some(0.25), "{report}");
+    assert_eq!(report["inter_region_limit"], 8 << 20, "{report}");
+    let original = std::fs::read(dir.join("file.bin")).unwrap();
+    for n in ["node1", "node2", "node3"] {
+        assert_eq!(std::fs::read(dir.join(n).join("file.bin")).unwrap(), original, "{n}");
+    }
+    assert_eq!(leftovers(pid), 0, "namespaces, switches and router removed on exit");
+}
+
+#[test]
 fn sigterm_mid_run_stops_and_cleans_up() {
     if !is_root() {
         eprintln!("skipping: --netns needs root");
@@ -253,6 +386,8 @@ fn a_crashed_runs_namespaces_and_processes_are_cleaned_up_by_the_next() {
             "0",
             "--file-size",
             "1MiB",
+            "--regions",
+            "2",
             "--keep",
             "--dir",
         ])
@@ -265,7 +400,8 @@ fn a_crashed_runs_namespaces_and_processes_are_cleaned_up_by_the_next() {
     let pid = crashed.id();
     crashed.kill().unwrap(); // SIGKILL: no cleanup of its own
     crashed.wait().unwrap();
-    assert!(leftovers(pid) > 0, "a crash leaves namespaces behind");
+    // Two regions: the processes' namespaces, two switches, the core's and the router.
+    assert!(leftovers(pid) >= 6, "a crash leaves namespaces behind");
     // The next run removes them, and ends the processes that were running inside.
     let out = Command::new(BIN)
         .args(["up", "--netns", "--nodes", "2", "--storage", "0", "--file-size", "1MiB", "--dir"])

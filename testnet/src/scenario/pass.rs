@@ -16,6 +16,7 @@ use super::{check, Check, Scenario};
 use crate::adversary::{self, Adversaries, Tally};
 use crate::launch::{self, Proc, Role, Trust};
 use crate::memory::Sampler;
+use crate::regions::Regions;
 
 /// What one pass measured.
 #[derive(Debug, Serialize)]
@@ -44,6 +45,7 @@ struct Place {
     net: Option<crate::netns::Net>,
     slots: HashMap<String, crate::netns::Slot>,
     rate: Option<u64>,
+    regions: Regions,
 }
 
 impl Place {
@@ -52,14 +54,16 @@ impl Place {
         if let Some(s) = self.slots.get(name) {
             return Ok(Some(s.clone()));
         }
-        let s = net.add(name, if shaped { self.rate } else { None })?;
+        let s = net.add(name, self.regions.of(name), if shaped { self.rate } else { None })?;
         self.slots.insert(name.to_string(), s.clone());
         Ok(Some(s))
     }
 
     fn daemon(&mut self, name: &str, dir: &Path, args: &[String]) -> anyhow::Result<Proc> {
         let slot = self.slot(name, true)?;
-        launch::daemon_in(name, dir, args, slot.as_ref())
+        let mut args = args.to_vec();
+        args.extend(self.regions.daemon_args(name));
+        launch::daemon_in(name, dir, &args, slot.as_ref())
     }
 
     /// The tracker, on `listen` when restarting (to keep its address).
@@ -69,6 +73,10 @@ impl Place {
         listen: Option<&str>,
         extra: &[String],
     ) -> anyhow::Result<Proc> {
+        let subnets = self.net.as_ref().and_then(crate::netns::Net::region_subnets);
+        let mut extra = extra.to_vec();
+        extra.extend(self.regions.tracker_args(subnets.as_deref()));
+        let extra = &extra;
         match self.slot("tracker", false)? {
             Some(s) => {
                 let l = listen.map_or_else(|| format!("{}:0", s.addr), str::to_string);
@@ -89,6 +97,7 @@ fn peer_of(p: &Proc) -> anyhow::Result<PeerAddr> {
 /// Runs the scenario once in `dir`, with its adversaries if `adversarial`.
 pub(super) fn run(
     sc: &Scenario,
+    regions: &Regions,
     dir: &Path,
     netns: bool,
     adversarial: bool,
@@ -100,11 +109,8 @@ pub(super) fn run(
     let adv = if adversarial { sc.adversaries.clone() } else { adversary::Config::default() };
     let sampler = Sampler::start();
     // Declared before every process, so dropped after them.
-    let mut place = Place {
-        net: if netns { Some(crate::netns::Net::new()?) } else { None },
-        slots: HashMap::new(),
-        rate,
-    };
+    let net = if netns { Some(crate::netns::Net::for_regions(regions)?) } else { None };
+    let mut place = Place { net, slots: HashMap::new(), rate, regions: *regions };
     let trust = Trust {
         storage: (0..sc.storage)
             .map(|i| launch::node_id_in(&dir.join(format!("storage{i}"))))
