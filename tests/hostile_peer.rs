@@ -134,7 +134,8 @@ async fn subscribe_flood(addr: SocketAddr, n: usize) -> anyhow::Result<(usize, C
     let ep = Endpoint::bind_with(&id, "127.0.0.1:0".parse()?, &[], Limits::node())?;
     let (conn, _) = ep.connect(&PeerAddr { node_id: None, addr }, shoal_wire::ALPN).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
-    let mut out = encode(&Message::Hello { version: PROTOCOL_VERSION, node_id: id.node_id() });
+    let mut out =
+        encode(&Message::Hello { version: PROTOCOL_VERSION, node_id: id.node_id(), region: None });
     for _ in 0..n {
         out.extend_from_slice(&encode(&Message::Subscribe { content: random_content() }));
     }

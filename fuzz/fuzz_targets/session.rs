@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
     let mut s = Session::new(local, remote);
     // Start with a valid hello so the fuzzer reaches the interesting states quickly.
     if data.first().is_some_and(|b| b & 1 == 1) {
-        let _ = s.handle_message(Message::Hello { version: shoal_wire::PROTOCOL_VERSION, node_id: remote });
+        let _ = s.handle_message(Message::Hello { version: shoal_wire::PROTOCOL_VERSION, node_id: remote, region: None });
     }
     let mut dec = Decoder::new();
     let mut i = 1;

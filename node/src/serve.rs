@@ -147,7 +147,7 @@ async fn handle_stream(
             }
             // Haves and bitfields go ahead of the piece data queued on this connection.
             let _ = send.set_priority(CONTROL_PRIORITY);
-            let session = Session::new(node.node_id(), peer);
+            let session = Session::in_region(node.node_id(), peer, node.trackers.known().region());
             drive_control(node, conn, peer, session, Some(first), send, recv, dec, None).await;
             Ok(())
         }

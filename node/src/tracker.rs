@@ -14,6 +14,7 @@
 //! named only in a ticket ([`Scope::Content`]) registers the node and sees the announces of
 //! that one content, for as long as the fetch holds the handle; its directives are ignored.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -85,6 +86,39 @@ pub(crate) struct Known {
     pub(crate) region: Mutex<String>,
     /// The region this node states to its trackers (`shoal daemon --region`).
     pub(crate) stated_region: Option<shoal_core::Region>,
+    /// The regions peers said (in their hellos) their trackers placed them in, at most
+    /// [`MAX_PEER_REGIONS`]: which received bytes crossed regions.
+    pub(crate) peer_regions: Mutex<HashMap<NodeId, shoal_core::Region>>,
+}
+
+/// The most peers whose region a node remembers; past it the table starts afresh.
+pub(crate) const MAX_PEER_REGIONS: usize = 4096;
+
+impl Known {
+    /// This node's region, as its own tracker placed it.
+    pub(crate) fn region(&self) -> Option<shoal_core::Region> {
+        self.region.lock().unwrap_or_else(|p| p.into_inner()).parse().ok()
+    }
+
+    /// Remembers the region `peer` said it is in.
+    pub(crate) fn note_peer_region(&self, peer: NodeId, region: Option<&shoal_core::Region>) {
+        let Some(region) = region else { return };
+        let mut map = self.peer_regions.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_PEER_REGIONS && !map.contains_key(&peer) {
+            map.clear();
+        }
+        map.insert(peer, region.clone());
+    }
+
+    /// True if `peer` said it is in another region than this node's.
+    pub(crate) fn is_elsewhere(&self, peer: &NodeId) -> bool {
+        let mine = self.region.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if mine.is_empty() {
+            return false;
+        }
+        let map = self.peer_regions.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(peer).is_some_and(|r| r.as_str() != mine)
+    }
 }
 
 /// The parts of the node a tracker session reads (what it holds, its load) and reports to

@@ -2,7 +2,7 @@
 //!
 //! | type | frame | body |
 //! |---|---|---|
-//! | `0x01` | [`Message::Hello`] | version u16, node key 32 bytes |
+//! | `0x01` | [`Message::Hello`] | version u16, node key 32 bytes, (optional) region text: the region the sender's tracker placed it in (see the tracker protocol) |
 //! | `0x02` | [`Message::Subscribe`] | content id |
 //! | `0x03` | [`Message::Bitfield`] | content id, piece count u32, bits |
 //! | `0x04` | [`Message::Have`] | content id, piece u32 |
@@ -100,6 +100,9 @@ pub enum Message {
         version: u16,
         /// the sender's node id; must match the key it proved in the TLS handshake
         node_id: NodeId,
+        /// the region the sender's tracker placed it in, as the sender says (used to count
+        /// bytes that crossed regions, never to route)
+        region: Option<shoal_core::Region>,
     },
     /// Asks for the remote's bitfield of a content and its haves from now on.
     Subscribe {
@@ -275,10 +278,13 @@ pub(crate) fn read_text(r: &mut Reader<'_>) -> Result<String, DecodeError> {
 impl Frame for Message {
     fn encode_body(&self, out: &mut Vec<u8>) {
         match self {
-            Self::Hello { version, node_id } => {
+            Self::Hello { version, node_id, region } => {
                 out.push(0x01);
                 out.extend_from_slice(&version.to_be_bytes());
                 out.extend_from_slice(node_id.public_key_bytes());
+                if region.is_some() {
+                    crate::tracker::put_region(out, region.as_ref());
+                }
             }
             Self::Subscribe { content } => {
                 out.push(0x02);
@@ -312,7 +318,9 @@ impl Frame for Message {
                 let key = r.array()?;
                 let node_id = NodeId::from_public_key_bytes(key)
                     .map_err(|_| r.malformed("node key is not an ed25519 key"))?;
-                Self::Hello { version, node_id }
+                let region =
+                    if r.peek().is_some() { crate::tracker::read_region(&mut r)? } else { None };
+                Self::Hello { version, node_id, region }
             }
             0x02 => Self::Subscribe { content: ContentId(r.array()?) },
             0x03 => {
@@ -495,7 +503,13 @@ mod tests {
     fn message() -> impl Strategy<Value = Message> {
         let cid = any::<[u8; 32]>().prop_map(ContentId);
         prop_oneof![
-            any::<u16>().prop_map(|version| Message::Hello { version, node_id: node_id() }),
+            (any::<u16>(), proptest::option::of("[a-z0-9_-]{1,32}")).prop_map(|(version, r)| {
+                Message::Hello {
+                    version,
+                    node_id: node_id(),
+                    region: r.map(|r| r.parse().unwrap()),
+                }
+            }),
             cid.clone().prop_map(|content| Message::Subscribe { content }),
             (cid.clone(), 0u32..5000, any::<u64>()).prop_map(|(content, len, seed)| {
                 let mut bitfield = Bitfield::new(len);

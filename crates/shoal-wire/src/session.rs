@@ -109,11 +109,18 @@ pub struct Session {
     pending: HashSet<ContentId>,
     /// `Subscribe` messages received, whatever became of them.
     subscribes: usize,
+    /// The region the remote said its tracker placed it in.
+    remote_region: Option<shoal_core::Region>,
 }
 
 impl Session {
     /// A session between `local` and the TLS-authenticated `remote`; queues our hello.
     pub fn new(local: NodeId, remote: NodeId) -> Self {
+        Self::in_region(local, remote, None)
+    }
+
+    /// [`Session::new`], our hello naming the region our tracker placed us in.
+    pub fn in_region(local: NodeId, remote: NodeId, region: Option<shoal_core::Region>) -> Self {
         let mut s = Self {
             remote,
             state: State::AwaitHello,
@@ -123,9 +130,15 @@ impl Session {
             theirs: HashSet::new(),
             pending: HashSet::new(),
             subscribes: 0,
+            remote_region: None,
         };
-        s.transmit.push_back(Message::Hello { version: PROTOCOL_VERSION, node_id: local });
+        s.transmit.push_back(Message::Hello { version: PROTOCOL_VERSION, node_id: local, region });
         s
+    }
+
+    /// The region the remote said (in its hello) its tracker placed it in.
+    pub fn remote_region(&self) -> Option<&shoal_core::Region> {
+        self.remote_region.as_ref()
     }
 
     /// True once hellos are exchanged.
@@ -136,7 +149,7 @@ impl Session {
     /// Feeds one message from the remote. An error means the connection must be closed.
     pub fn handle_message(&mut self, msg: Message) -> Result<(), ProtocolError> {
         match (self.state, msg) {
-            (State::AwaitHello, Message::Hello { version, node_id }) => {
+            (State::AwaitHello, Message::Hello { version, node_id, region }) => {
                 if version != PROTOCOL_VERSION {
                     return Err(ProtocolError::Version { ours: PROTOCOL_VERSION, theirs: version });
                 }
@@ -147,6 +160,7 @@ impl Session {
                     });
                 }
                 self.state = State::Ready;
+                self.remote_region = region;
                 self.events.push_back(Event::Ready);
             }
             (State::AwaitHello, _) => return Err(ProtocolError::HelloExpected),
@@ -291,10 +305,11 @@ mod tests {
     /// A ready session of `ia` facing `ib`.
     fn ready(ia: NodeId, ib: NodeId) -> Session {
         let mut a = Session::new(ia, ib);
-        a.handle_message(Message::Hello { version: PROTOCOL_VERSION, node_id: ib }).unwrap();
+        a.handle_message(Message::Hello { version: PROTOCOL_VERSION, node_id: ib, region: None })
+            .unwrap();
         assert_eq!(
             a.poll_transmit(),
-            Some(Message::Hello { version: PROTOCOL_VERSION, node_id: ia })
+            Some(Message::Hello { version: PROTOCOL_VERSION, node_id: ia, region: None })
         );
         assert_eq!(a.poll_event(), Some(Event::Ready));
         a
@@ -350,15 +365,20 @@ mod tests {
         );
 
         let mut a = Session::new(ia, ib);
-        let err = a.handle_message(Message::Hello { version: PROTOCOL_VERSION, node_id: ia });
+        let err = a.handle_message(Message::Hello {
+            version: PROTOCOL_VERSION,
+            node_id: ia,
+            region: None,
+        });
         assert!(matches!(err, Err(ProtocolError::NodeIdMismatch { .. })));
 
         let mut a = Session::new(ia, ib);
-        let err = a.handle_message(Message::Hello { version: 9, node_id: ib });
+        let err = a.handle_message(Message::Hello { version: 9, node_id: ib, region: None });
         assert!(matches!(err, Err(ProtocolError::Version { .. })));
 
         let mut a = Session::new(ia, ib);
-        a.handle_message(Message::Hello { version: PROTOCOL_VERSION, node_id: ib }).unwrap();
+        a.handle_message(Message::Hello { version: PROTOCOL_VERSION, node_id: ib, region: None })
+            .unwrap();
         assert_eq!(
             a.handle_message(Message::Have { content: c, piece: PieceIndex(0) }),
             Err(ProtocolError::Unsolicited(c))

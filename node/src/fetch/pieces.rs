@@ -131,7 +131,9 @@ pub(super) async fn run(
                 aborts.remove(&(done.peer, done.piece));
                 totals.downloaded += done.bytes;
                 node.stats.downloaded_bytes.fetch_add(done.bytes, Ordering::Relaxed);
-                if links.elsewhere.contains(&done.peer) {
+                if links.elsewhere.contains(&done.peer)
+                    || node.trackers.known().is_elsewhere(&done.peer)
+                {
                     node.stats.cross_region_bytes.fetch_add(done.bytes, Ordering::Relaxed);
                 }
                 rate.add(done.bytes);

@@ -58,7 +58,7 @@ pub(super) async fn open_control(
     // Ahead of piece data: QUIC sends streams in order (see `shoal_net`'s transport), and a
     // have or bitfield must not wait behind megabytes of queued pieces.
     let _ = send.set_priority(CONTROL_PRIORITY);
-    let mut session = Session::new(node.node_id(), peer);
+    let mut session = Session::in_region(node.node_id(), peer, node.trackers.known().region());
     session.subscribe(content, pieces);
     drive_control(node, &conn, peer, session, None, send, recv, Decoder::new(), Some(events)).await;
 }

@@ -131,6 +131,9 @@ pub(crate) async fn drive_control(
                     Event::Rejected(_, r, t) => {
                         forward(&events, PeerEvent::Rejected(peer, r, t)).await
                     }
+                    Event::Ready => {
+                        node.trackers.known().note_peer_region(peer, session.remote_region())
+                    }
                     _ => {}
                 }
             }

@@ -215,6 +215,9 @@ async fn push_piece(
     match cloud.put_piece(content, piece, data).await {
         Ok(PutPiece::Stored { complete }) => {
             node.events.piece_verified(content, piece);
+            if node.known.is_elsewhere(&peer) {
+                node.stats.cross_region_bytes.fetch_add(u64::from(len), Ordering::Relaxed);
+            }
             Ok(Response::Pushed { already: false, complete })
         }
         Ok(PutPiece::AlreadyStored) => {

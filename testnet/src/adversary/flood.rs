@@ -167,7 +167,8 @@ async fn subscribe(ctx: Ctx, conn: Connection, node_id: shoal_core::NodeId) -> S
         Ok(s) => s,
         Err(e) => return format!("no control stream: {e}"),
     };
-    let hello = Opening::Control(Message::Hello { version: PROTOCOL_VERSION, node_id });
+    let hello =
+        Opening::Control(Message::Hello { version: PROTOCOL_VERSION, node_id, region: None });
     let rejects = tokio::spawn(async move {
         let mut dec = Decoder::new();
         let mut n = 0u64;
