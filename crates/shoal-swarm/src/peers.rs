@@ -363,6 +363,8 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
                     p.last_progress = now;
                     let delay = backoff(&self.config, p.busy, xorshift(&mut self.rng));
                     p.busy_until = Some(now + delay);
+                    // Backing off: what it holds must not hold other regions' peers back.
+                    picker.set_benched(peer, true);
                 }
                 None
             }
@@ -518,7 +520,10 @@ impl<P: Copy + Ord + Debug, A: Copy + Ord + Debug> PeerSet<P, A> {
                     }
                     match p.busy_until {
                         Some(t) if t > now => continue,
-                        Some(_) => p.busy_until = None,
+                        Some(_) => {
+                            p.busy_until = None;
+                            picker.set_benched(id, false);
+                        }
                         None => {}
                     }
                     let window = p.window.min(self.max_window);

@@ -98,7 +98,11 @@ pub struct Picker<P> {
     failed: BTreeSet<(PieceIndex, P)>,
     /// Peers in another region than ours (connected or not; kept like strikes).
     remote: BTreeSet<P>,
-    /// How many connected peers of our own region hold each piece.
+    /// Peers of our region that cannot be asked now (in a `Busy` backoff): while benched they
+    /// do not hold pieces back from other regions' peers.
+    benched: BTreeSet<P>,
+    /// How many connected peers of our own region, not benched, hold each piece and may be
+    /// asked for it (a pair that failed does not count).
     local: Vec<u32>,
     /// The same pairs by peer.
     failed_by_peer: BTreeSet<(P, PieceIndex)>,
@@ -115,6 +119,7 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
             failed: BTreeSet::new(),
             failed_by_peer: BTreeSet::new(),
             remote: BTreeSet::new(),
+            benched: BTreeSet::new(),
             local: vec![0; have.len() as usize],
             pieces: Pieces::new(have, seed),
         }
@@ -124,19 +129,49 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
     /// for pieces no connected peer of our region holds. Call it before or after adding the
     /// peer.
     pub fn set_remote(&mut self, peer: P, remote: bool) {
-        let was = self.remote.contains(&peer);
-        if was == remote {
+        if self.remote.contains(&peer) == remote {
             return;
         }
+        self.count_local(peer, false);
         if remote {
             self.remote.insert(peer);
         } else {
             self.remote.remove(&peer);
         }
-        if let Some(p) = self.peers.get(&peer) {
-            for i in p.bitfield.iter_ones() {
-                let l = &mut self.local[i.0 as usize];
-                *l = if remote { *l - 1 } else { *l + 1 };
+        self.count_local(peer, true);
+    }
+
+    /// Benches a peer of our region (it answered `Busy` and is backing off) or brings it
+    /// back: while benched, what it holds does not keep other regions' peers from being asked,
+    /// so one busy (or lying) local peer cannot stall the download.
+    pub fn set_benched(&mut self, peer: P, benched: bool) {
+        if self.benched.contains(&peer) == benched {
+            return;
+        }
+        self.count_local(peer, false);
+        if benched {
+            self.benched.insert(peer);
+        } else {
+            self.benched.remove(&peer);
+        }
+        self.count_local(peer, true);
+    }
+
+    /// True if `peer` holding piece `i` keeps other regions' peers from being asked for it.
+    fn counts_local(&self, peer: P, i: u32) -> bool {
+        !self.remote.contains(&peer)
+            && !self.benched.contains(&peer)
+            && !self.failed.contains(&(PieceIndex(i), peer))
+    }
+
+    /// Adds (`up`) or takes away what a connected `peer` contributes to `local`.
+    fn count_local(&mut self, peer: P, up: bool) {
+        let Some(p) = self.peers.get(&peer) else { return };
+        let held: Vec<u32> = p.bitfield.iter_ones().map(|i| i.0).collect();
+        for i in held {
+            if self.counts_local(peer, i) {
+                let l = &mut self.local[i as usize];
+                *l = if up { *l + 1 } else { *l - 1 };
             }
         }
     }
@@ -309,7 +344,7 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
             if self.remote.contains(id) {
                 !q.in_flight.is_empty()
             } else {
-                q.fresh > 0
+                q.fresh > 0 && !self.benched.contains(id)
             }
         })
     }
@@ -352,6 +387,11 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
         self.release(peer, piece);
         if self.banned.contains(&peer) {
             return Verdict::Banned;
+        }
+        // The pair no longer counts as a local source of the piece.
+        let held = self.peers.get(&peer).is_some_and(|p| p.bitfield.get(piece));
+        if held && self.counts_local(peer, piece.0) {
+            self.local[piece.0 as usize] -= 1;
         }
         self.failed.insert((piece, peer));
         self.failed_by_peer.insert((peer, piece));
@@ -396,7 +436,7 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
     /// availability key changes: a piece turns fresh or stale here only with its first or last
     /// holder, whose count the caller keeps.
     fn change_availability(&mut self, peer: P, i: u32, up: bool) {
-        if !self.remote.contains(&peer) {
+        if self.counts_local(peer, i) {
             let l = &mut self.local[i as usize];
             *l = if up { *l + 1 } else { *l - 1 };
         }

@@ -277,3 +277,41 @@ fn a_remote_peer_is_asked_only_for_what_no_local_peer_holds() {
     q.set_remote(2, false);
     assert!(q.next_request(2).is_some());
 }
+
+#[test]
+fn a_local_peer_that_fails_a_piece_or_backs_off_no_longer_holds_remote_peers_back() {
+    // Peer 1 (ours) claims everything; peer 2 (remote) holds everything; piece 0 hinted.
+    let mut p: Picker<u32> = Picker::new(Bitfield::new(4), 9);
+    p.set_remote(2, true);
+    p.add_peer(1, Bitfield::full(4));
+    p.add_peer(2, Bitfield::full(4));
+    p.set_hints(&[PieceIndex(0), PieceIndex(1)]);
+    assert_eq!(p.next_request(2), None, "everything is held in our region");
+    // Peer 1 fails piece 0 (it lied about holding it): piece 0 may now cross.
+    let r = p.next_request(1).unwrap();
+    assert_eq!(p.piece_failed(1, r.piece), Verdict::Strike(1));
+    let got = p.next_request(2).map(|r| r.piece);
+    assert_eq!(got, Some(r.piece), "the piece a local peer failed comes from outside");
+    // Peer 1 answers Busy and backs off: while benched, hinted pieces cross too.
+    while p.next_request(1).is_some() {}
+    for i in 0..4 {
+        p.request_failed(1, PieceIndex(i));
+    }
+    p.set_benched(1, true);
+    let other = if r.piece.0 == 0 { 1 } else { 0 };
+    assert_eq!(p.next_request(2).map(|r| r.piece.0), Some(other), "the other hinted piece");
+    assert_eq!(p.next_request(2), None, "unhinted ones wait while requests cross");
+    // Nothing in flight across and our region's only peer benched: starving, so an unhinted
+    // piece crosses at once.
+    p.request_failed(2, PieceIndex(other));
+    p.request_failed(2, got.unwrap());
+    p.set_hints(&[]);
+    assert!(p.next_request(2).is_some(), "a starving download fetches an unhinted piece across");
+    assert_eq!(p.next_request(2), None, "one at a time");
+    // Back from its backoff, it counts again; the counts survive a full cycle.
+    p.set_benched(1, false);
+    p.remove_peer(1);
+    p.remove_peer(2);
+    assert!(p.local.iter().all(|&l| l == 0), "{:?}", p.local);
+    p.pieces.check();
+}
