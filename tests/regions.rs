@@ -183,41 +183,59 @@ fn storage_pulls_through_once_for_its_region_and_serves_it() {
 #[test]
 fn a_full_pull_through_cache_drops_the_least_recently_used_content() {
     let tmp = tempfile::tempdir().unwrap();
-    let (tracker, seed, storage, t) = two_regions_with_storage(tmp.path(), "3MiB");
-    let asker = Daemon::start(&tmp.path().join("asker"), &["--tracker", &t, "--region", "r1"]);
+    // 5 MiB: two 2 MiB contents fit, a third makes one go; a content over half the cache is
+    // refused outright.
+    let (tracker, seed, storage, t) = two_regions_with_storage(tmp.path(), "5MiB");
     let mut tickets = Vec::new();
-    for i in 0..2u64 {
+    for (i, len) in [2, 2, 2, 3].into_iter().enumerate() {
         let src = tmp.path().join(format!("f{i}.bin"));
-        write_file(&src, 2 * 1024 * 1024, 20 + i);
+        write_file(&src, len * 1024 * 1024, 20 + i as u64);
         tickets.push(seed.add(&src));
     }
-    wait_until("the tracker knows both contents", || {
-        (tracker.metric("shoal_tracker_swarms") == 2).then_some(())
+    wait_until("the tracker knows every content", || {
+        (tracker.metric("shoal_tracker_swarms") == 4).then_some(())
     });
     let ids: Vec<String> = tickets
         .iter()
         .map(|t| t.parse::<shoal_core::Ticket>().unwrap().content.to_string())
         .collect();
     let listed = |d: &Daemon| -> Vec<String> {
-        d.ls()
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["content_id"].as_str().unwrap().to_string())
-            .collect()
+        let ls = d.ls();
+        ls.as_array().unwrap().iter().map(|e| e["content_id"].as_str().unwrap().into()).collect()
     };
-    for (i, ticket) in tickets.iter().enumerate() {
-        let out = tmp.path().join(format!("out{i}.bin"));
-        get_json(&asker.dir, ticket, &out, &["--peer", &storage.peer()]);
-        // Each pull ends after the asker's fetch: wait for it to join the cache.
-        wait_until("the pull joins the cache", || listed(&storage).contains(&ids[i]).then_some(()));
+    // Each fetch by a fresh node of r1, from storage only: a pull, or a use of a cached one.
+    let fetch_from_storage = |n: usize, i: usize| {
+        let d =
+            Daemon::start(&tmp.path().join(format!("a{n}")), &["--tracker", &t, "--region", "r1"]);
+        let out = tmp.path().join(format!("out{n}.bin"));
+        get_json(&d.dir, &tickets[i], &out, &["--peer", &storage.peer()]);
+    };
+    let cached = |want: u64| {
         wait_until("the cache settles", || {
             let n = status(&storage)["pull_through_bytes"].as_u64().unwrap();
-            (n == 2 * 1024 * 1024).then_some(())
-        });
-    }
-    // 3 MiB hold one of the two 2 MiB contents: the first, least recently used, went.
+            (n == want * 1024 * 1024).then_some(())
+        })
+    };
+    fetch_from_storage(0, 0);
+    cached(2);
+    fetch_from_storage(1, 1);
+    cached(4);
+    // Content 0 is used again (served from the cache), so content 1 is now the least recent.
+    fetch_from_storage(2, 0);
+    fetch_from_storage(3, 2);
+    cached(4);
     let held = listed(&storage);
-    assert!(held.contains(&ids[1]) && !held.contains(&ids[0]), "{held:?}");
-    assert!(!tmp.path().join("storage/pull-through").join(&ids[0]).exists(), "its file is gone");
+    assert!(held.contains(&ids[0]) && held.contains(&ids[2]), "{held:?}");
+    assert!(!held.contains(&ids[1]), "the least recently used went: {held:?}");
+    assert!(!tmp.path().join("storage/pull-through").join(&ids[1]).exists(), "its file is gone");
+    // 3 MiB is more than half the cache: not pulled, so a fetch from storage alone fails.
+    let d = Daemon::start(&tmp.path().join("a4"), &["--tracker", &t, "--region", "r1"]);
+    let full: shoal_core::Ticket = tickets[3].parse().unwrap();
+    let bare = shoal_core::Ticket { peers: vec![], tracker: None, tracker_id: None, ..full };
+    let mut c = d.cmd();
+    c.args(["get", &bare.to_string(), "-o"]).arg(tmp.path().join("big.bin"));
+    c.args(["--peer", &storage.peer()]);
+    let o = run(c);
+    assert!(!o.status.success(), "a content over half the cache is not pulled");
+    assert!(!listed(&storage).contains(&ids[3]));
 }

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use shoal_core::ContentId;
@@ -96,7 +96,17 @@ struct State {
     /// Pulls under way; the flag turns true when one ends.
     active: HashMap<ContentId, watch::Receiver<bool>>,
     lru: Lru,
+    /// Contents evicted and being removed: not pulled again until that is done.
+    dropping: HashSet<ContentId>,
+    /// Contents a pull failed for (unknown, too large, stalled), with when: not tried again
+    /// for [`RETRY_AFTER`]. At most [`MAX_REFUSED`].
+    refused: HashMap<ContentId, Instant>,
 }
+
+/// How long a content whose pull failed is refused.
+pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Failed pulls remembered at most.
+const MAX_REFUSED: usize = 1024;
 
 /// A storage node's pull-through cache.
 #[derive(Debug)]
@@ -156,7 +166,8 @@ impl Pulls {
         if s.active.contains_key(&content) {
             return true;
         }
-        if s.active.len() >= MAX_PULLS {
+        let refused = s.refused.get(&content).is_some_and(|t| t.elapsed() < RETRY_AFTER);
+        if s.active.len() >= MAX_PULLS || s.dropping.contains(&content) || refused {
             return false;
         }
         let (tx, rx) = watch::channel(false);
@@ -173,11 +184,40 @@ impl Pulls {
     pub(crate) fn finished(&self, content: ContentId, size: Option<u64>) -> Vec<ContentId> {
         let mut s = self.lock();
         s.active.remove(&content);
-        if let Some(size) = size {
-            s.lru.touch(content, size);
+        match size {
+            Some(size) => s.lru.touch(content, size),
+            None => {
+                if s.refused.len() >= MAX_REFUSED {
+                    s.refused.retain(|_, t| t.elapsed() < RETRY_AFTER);
+                }
+                if s.refused.len() < MAX_REFUSED {
+                    s.refused.insert(content, Instant::now());
+                }
+            }
         }
         let busy: HashSet<ContentId> = s.active.keys().copied().collect();
-        s.lru.evict(self.limit, &busy)
+        let evicted = s.lru.evict(self.limit, &busy);
+        // Not pulled again (nor reported cached) until their removal is done: see `dropped`.
+        s.dropping.extend(evicted.iter().copied());
+        evicted
+    }
+
+    /// An evicted content's removal is done.
+    pub(crate) fn dropped(&self, content: ContentId) {
+        self.lock().dropping.remove(&content);
+    }
+
+    /// A cached content was served: it is used.
+    pub(crate) fn touch(&self, content: ContentId) {
+        let mut s = self.lock();
+        if s.lru.contains(&content) {
+            s.lru.touch(content, 0);
+        }
+    }
+
+    /// The largest content a pull may fetch: half the cache, so one pull never empties it.
+    pub(crate) fn max_content(&self) -> u64 {
+        self.limit / 2
     }
 
     /// Where pulled contents are written.
@@ -200,7 +240,8 @@ impl Pulls {
                     Some(rx) if !*rx.borrow() => {
                         tokio::select! {
                             _ = changed.recv() => {}
-                            _ = rx.changed() => {}
+                            // The pull ended (or its driver is gone): nothing more to wait for.
+                            r = rx.changed() => if r.is_err() { return },
                         }
                     }
                     _ => return,

@@ -2,62 +2,111 @@
 //! cache, and drops what the cache evicts (store entry, file, and the tracker's record).
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use shoal_core::{Bitfield, ContentId, Ticket};
+use anyhow::{anyhow, bail, Context};
+use shoal_core::{Bitfield, ContentId, Manifest, Ticket};
 use shoal_wire::tracker::TrackerRequest;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::fetch::FetchRequest;
 use crate::node::Node;
-use crate::pull::PullRequests;
+use crate::pull::{PullRequests, Pulls};
 
 /// Runs until the node's pull requests end (the node is dropped). Each pull is its own task;
 /// [`crate::pull::MAX_PULLS`] bounds how many there are.
 pub(crate) async fn run(node: Arc<Node>, mut requests: PullRequests) {
     while let Some((content, done)) = requests.recv().await {
+        let Some(pulls) = node.pulls.clone() else { return };
         let node = node.clone();
         tokio::spawn(async move {
-            let Some(pulls) = node.pulls.clone() else { return };
-            let size = match pull(&node, pulls.dir().to_path_buf(), content).await {
-                Ok(size) => Some(size),
+            // Ends the pull whatever happens to the task (a panic included): its slot is given
+            // back and its waiters woken.
+            let mut ended = Ended { pulls: pulls.clone(), content, done: Some(done), size: None };
+            match pull(&node, &pulls, content).await {
+                Ok(size) => ended.size = Some(size),
                 Err(e) => {
                     warn!(content = %content.fmt_short(), error = %format!("{e:#}"), "pull-through failed");
-                    forget(&node, pulls.dir(), content).await;
-                    None
+                    forget(&node, &pulls, content).await;
                 }
-            };
-            for old in pulls.finished(content, size) {
-                info!(content = %old.fmt_short(), "dropping a pulled content (cache full)");
-                forget(&node, pulls.dir(), old).await;
             }
-            let _ = done.send(true);
+            for old in ended.end() {
+                info!(content = %old.fmt_short(), "dropping a pulled content (cache full)");
+                forget(&node, &pulls, old).await;
+                pulls.dropped(old);
+            }
         });
     }
 }
 
-/// Fetches `content` into `dir` through the own tracker; its size when complete.
-async fn pull(
-    node: &Arc<Node>,
-    dir: std::path::PathBuf,
+/// Reports a pull's end to [`Pulls`] once, on [`Ended::end`] or when dropped.
+struct Ended {
+    pulls: Arc<Pulls>,
     content: ContentId,
-) -> anyhow::Result<u64> {
+    done: Option<watch::Sender<bool>>,
+    size: Option<u64>,
+}
+
+impl Ended {
+    /// Ends the pull; the contents evicted to make room, for the caller to remove.
+    fn end(&mut self) -> Vec<ContentId> {
+        let Some(done) = self.done.take() else { return Vec::new() };
+        let evicted = self.pulls.finished(self.content, self.size);
+        let _ = done.send(true);
+        evicted
+    }
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        // Only after a panic: contents evicted then stay marked as being dropped (never served
+        // half-removed) and their files are left for the next start to find.
+        let _ = self.end();
+    }
+}
+
+/// Fetches `content` into the cache through the own tracker; its size when complete. A content
+/// the tracker does not know, larger than half the cache, or whose pull outlasts its deadline
+/// (a minute, plus a second per quarter MiB) fails.
+async fn pull(node: &Arc<Node>, pulls: &Pulls, content: ContentId) -> anyhow::Result<u64> {
+    let own = node.trackers.own().context("pulling through needs a tracker")?;
+    let conn = own
+        .connection(Duration::from_secs(5))
+        .await
+        .map_err(|e| anyhow!("the tracker is unreachable: {e}"))?;
+    let Some(bytes) = crate::tracker::manifest(&conn, content).await? else {
+        bail!("the tracker does not know this content");
+    };
+    let m = Manifest::decode(&bytes).context("the tracker's manifest does not decode")?;
+    if m.content_id() != content {
+        bail!("the tracker's manifest is not this content's");
+    }
+    let size = m.size();
+    if size > pulls.max_content() {
+        let cache = 2 * pulls.max_content();
+        bail!("{size} bytes is more than half the pull-through cache ({cache} bytes)");
+    }
     let tracker = node.trackers.default_addr().map(str::to_string);
-    let tracker_id = node.trackers.own().and_then(|h| h.node_id());
-    let ticket = Ticket { content, peers: Vec::new(), tracker, tracker_id };
-    let output = dir.join(content.to_string());
-    info!(content = %content.fmt_short(), "pulling through");
+    let ticket = Ticket { content, peers: Vec::new(), tracker, tracker_id: own.node_id() };
+    let output = pulls.dir().join(content.to_string());
+    info!(content = %content.fmt_short(), size, "pulling through");
     let req = FetchRequest { ticket, extra_peers: Vec::new(), output, limit: None, tracker: None };
     let (progress, _) = watch::channel(Default::default());
-    let report = crate::fetch::fetch(node.clone(), req, progress).await?;
+    let deadline = Duration::from_secs(60 + size / (256 * 1024));
+    let fetch = crate::fetch::fetch(node.clone(), req, progress);
+    let report = tokio::time::timeout(deadline, fetch)
+        .await
+        .map_err(|_| anyhow!("the pull outlasted its deadline of {}s", deadline.as_secs()))??;
     Ok(report.size)
 }
 
 /// Forgets a pulled content: its store entry, its file, and the tracker's record of it here
-/// (an empty announce, which makes the tracker drop a storage node's holding).
-async fn forget(node: &Arc<Node>, dir: &std::path::Path, content: ContentId) {
+/// (an empty announce, which makes the tracker drop a storage node's holding) unless the
+/// object store holds it too.
+async fn forget(node: &Arc<Node>, pulls: &Pulls, content: ContentId) {
     let store = node.contents.store().clone();
-    let path = dir.join(content.to_string());
+    let path = pulls.dir().join(content.to_string());
     let pieces = store.manifest(content).ok().flatten().map(|m| m.piece_count());
     let removed = tokio::task::spawn_blocking(move || {
         store.remove(content)?;
@@ -71,7 +120,8 @@ async fn forget(node: &Arc<Node>, dir: &std::path::Path, content: ContentId) {
         warn!(content = %content.fmt_short(), "cannot remove a pulled content");
     }
     node.stats.content_changed();
-    if let Some(pieces) = pieces {
+    let kept = node.contents.holding(content).ok().flatten();
+    if let (Some(pieces), None) = (pieces, kept) {
         let req = TrackerRequest::Announce {
             node_id: node.net.node_id(),
             content,

@@ -226,6 +226,10 @@ async fn serve_manifest(
     let Some(shape) = shape else {
         return reject(send, RejectReason::NotFound, "content not held here").await;
     };
+    if let Some(pulls) = &node.pulls {
+        // A cached pulled content is used: a new downloader asks for its manifest.
+        pulls.touch(content);
+    }
     let Ok(mut slot) = node.uploads.acquire(peer, None, shape.manifest_bound(), SLOT_WAIT).await
     else {
         return reject(send, RejectReason::Busy, "upload slots busy; try later").await;
@@ -263,6 +267,10 @@ async fn serve_piece(
     let Some(shape) = shape else {
         return reject(send, RejectReason::NotFound, "content not held here").await;
     };
+    if let Some(pulls) = &node.pulls {
+        // A cached pulled content is used: a new downloader asks for its manifest.
+        pulls.touch(content);
+    }
     let Some(len) = shape.piece_len(piece) else {
         let text = format!("no piece {piece}: the content has {} pieces", shape.pieces);
         return reject(send, RejectReason::BadRequest, &text).await;

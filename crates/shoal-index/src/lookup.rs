@@ -193,21 +193,30 @@ impl Index {
         // Then the asker's region's admitted storage that lacks the content: asked for it, it
         // pulls the content through from other regions once, for the whole region.
         let zeros = vec![0u8; (n as usize).div_ceil(8)];
-        if region != NO_REGION {
-            let at = ranked.iter().take_while(|(r, _)| !r.0 && !r.1).count();
-            let mut pull: Vec<(Rank, HolderView<'_>)> = Vec::new();
-            for id in &self.config.admitted_storage {
-                let Some(e) = self.nodes.get(id) else { continue };
-                let here = e.region.as_ref().is_some_and(|r| self.regions.id(r) == Some(region));
-                if !e.storage || !here || asker.as_ref() == Some(id) || swarm.holders.contains(id) {
-                    continue;
-                }
+        // One per region and content, the same for every asker (so they all meet at one pull),
+        // and never to storage itself (whose own pull would otherwise start its neighbours').
+        let asker_is_storage = asker.is_some_and(|a| self.nodes.get(&a).is_some_and(|e| e.storage));
+        if region != NO_REGION && !asker_is_storage && max_peers > 0 {
+            let pick = self
+                .config
+                .admitted_storage
+                .iter()
+                .filter_map(|id| Some((id, self.nodes.get(id)?)))
+                .filter(|(id, e)| {
+                    e.storage
+                        && !swarm.holders.contains(id)
+                        && e.region.as_ref().is_some_and(|r| self.regions.id(r) == Some(region))
+                })
+                .min_by_key(|(id, _)| {
+                    let c = content.as_bytes();
+                    mix(id, PieceIndex(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                });
+            if let Some((id, e)) = pick {
+                let at = ranked.iter().take_while(|(r, _)| !r.0 && !r.1).count();
                 let h = HolderView::empty(id, e.active_uploads, &e.addrs, region, n, &zeros);
-                pull.push(((false, false, false, e.active_uploads, 0, Reverse(0)), h));
+                ranked.insert(at, ((false, false, false, e.active_uploads, 0, Reverse(0)), h));
+                ranked.truncate(max_peers);
             }
-            pull.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(b.1.id)));
-            ranked.splice(at..at, pull);
-            ranked.truncate(max_peers);
         }
         // Each peer's address: the one this asker was handed before (a fetch keeps its link),
         // else the least loaded; it goes first in the answer.

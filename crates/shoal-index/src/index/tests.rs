@@ -712,6 +712,28 @@ fn lookups_rank_the_askers_region_then_its_storage_lacking_the_content_then_the_
     assert_eq!(order.len(), 4, "then everyone else, never fewer: {order:?}");
     assert_eq!(l.peers[0].region.as_ref().map(Region::as_str), Some("r1"));
     assert_eq!(l.peers[2].region.as_ref().map(Region::as_str), Some("r0"));
+    // Storage asking (its own pull) is offered no storage; with two storage nodes in r1, every
+    // asker is offered the same one, once.
+    let l = ix.lookup(Some(node(9)), c, None, 8).unwrap();
+    assert!(l.peers.iter().all(|p| p.node_id != node(9) && p.bitfield.count() > 0));
+    let mut config = Config { allow_stated_region: true, ..Config::default() };
+    config.admitted_storage.extend([node(9), node(10)]);
+    let mut two = Index::new(config);
+    for (i, r) in [(0, "r0"), (3, "r1"), (4, "r1")] {
+        reg_in(&mut two, i, Role::Node, r);
+    }
+    reg_in(&mut two, 9, Role::Storage, "r1");
+    reg_in(&mut two, 10, Role::Storage, "r1");
+    let (c2, m2) = content(16, 8);
+    two.put_manifest(0, node(0), c2, m2).unwrap();
+    two.announce(0, node(0), c2, Bitfield::full(16)).unwrap();
+    let empty = |l: &crate::Lookup| -> Vec<NodeId> {
+        l.peers.iter().filter(|p| p.bitfield.count() == 0).map(|p| p.node_id).collect()
+    };
+    let a = empty(&two.lookup(Some(node(3)), c2, None, 8).unwrap());
+    let b = empty(&two.lookup(Some(node(4)), c2, None, 8).unwrap());
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(a, b, "every asker meets at the same pull");
     // Regions ignored: no storage lacking the content, ranks as before (no region first).
     let mut config =
         Config { allow_stated_region: true, region_routing: false, ..Config::default() };
