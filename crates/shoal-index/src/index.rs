@@ -45,7 +45,15 @@ pub struct Index {
     /// The regions numbered so far (bounded), and live nodes per region number.
     pub(crate) regions: Regions,
     region_nodes: HashMap<RegionId, usize>,
+    /// The latest time any call passed in (ms): what lookups, which take no time, count from.
+    pub(crate) clock: u64,
+    /// When each node last changed region (ms): at most once a minute (a change recounts
+    /// everything it holds, under the index's lock).
+    region_changed: HashMap<NodeId, u64>,
 }
+
+/// How long after a region change another is refused (the node keeps its region).
+const REGION_CHANGE_EVERY_MS: u64 = 60_000;
 
 /// The most contents whose lookup state (hints, offered holders) is kept per node.
 pub(crate) const MAX_LOOKED_UP: usize = 256;
@@ -67,7 +75,7 @@ pub fn vet_addrs(observed: SocketAddr, claimed: &[SocketAddr]) -> Vec<SocketAddr
 impl Index {
     /// An empty index.
     pub fn new(config: Config) -> Self {
-        Self {
+        let mut ix = Self {
             limiter: RateLimiter::new(&config.limits),
             rng: fastrand::Rng::with_seed(config.seed),
             config,
@@ -81,7 +89,21 @@ impl Index {
             pending_manifests: HashMap::new(),
             regions: Regions::default(),
             region_nodes: HashMap::new(),
+            clock: 0,
+            region_changed: HashMap::new(),
+        };
+        // The operator's regions are numbered first: stated names can never take their place.
+        let names: Vec<Region> =
+            ix.config.regions.ranges().iter().map(|(_, r)| r.clone()).collect();
+        for r in &names {
+            ix.regions.intern(Some(r));
         }
+        ix
+    }
+
+    /// Moves the clock on to `now` (never back).
+    fn tick(&mut self, now: u64) {
+        self.clock = self.clock.max(now);
     }
 
     /// Rebuilds an index from persisted state. Manifests that do not verify, holdings of
@@ -238,9 +260,25 @@ impl Index {
         addrs: &[SocketAddr],
         stated: Option<&Region>,
     ) -> Registration {
+        self.tick(now);
         let storage = role == Role::Storage && self.config.admitted_storage.contains(&node);
         let addrs = vet_addrs(observed, addrs);
         let mut region = self.place(observed.ip(), stated);
+        // A node changes region at most once a minute; until then it keeps the one it has.
+        let current = self.nodes.get(&node).map(|e| e.region.clone());
+        if let Some(old) = current {
+            let recent = self
+                .region_changed
+                .get(&node)
+                .is_some_and(|&t| now.saturating_sub(t) < REGION_CHANGE_EVERY_MS);
+            if old != region {
+                if recent {
+                    region = old;
+                } else {
+                    self.region_changed.insert(node, now);
+                }
+            }
+        }
         // A region past the numbering's bound counts as none, here and in every swarm.
         let id = self.regions.intern(region.as_ref());
         if id == NO_REGION {
@@ -316,6 +354,7 @@ impl Index {
         node: NodeId,
         load: Load,
     ) -> Result<Vec<Persist>, IndexError> {
+        self.tick(now);
         let entry = self.nodes.get_mut(&node).ok_or(IndexError::NotRegistered)?;
         entry.last_seen_ms = now;
         entry.active_uploads = load.active_uploads;
@@ -397,6 +436,7 @@ impl Index {
 
     /// Checks that `node` may add `content` to what it holds: registered, under its cap.
     fn may_hold(&mut self, now: u64, node: NodeId, content: ContentId) -> Result<bool, IndexError> {
+        self.tick(now);
         let entry = self.nodes.get_mut(&node).ok_or(IndexError::NotRegistered)?;
         entry.last_seen_ms = now;
         let storage = entry.storage;
@@ -601,6 +641,7 @@ impl Index {
     /// Removes nodes not heard from within the TTL, with everything they held, then swarms
     /// nobody has held for the TTL, with their manifests; prunes idle rate-limit buckets.
     pub fn expire(&mut self, now: u64) -> Vec<Persist> {
+        self.tick(now);
         let ttl = self.config.node_ttl_ms;
         let dead: Vec<NodeId> = self
             .nodes
@@ -614,6 +655,7 @@ impl Index {
                 let r = self.regions.intern(e.region.as_ref());
                 self.uncount_region(r);
             }
+            self.region_changed.remove(&id);
             // What its lookups were handed, where it holds nothing (holdings: below).
             for content in self.looked.remove(&id).unwrap_or_default() {
                 if let Some(s) = self.swarms.get_mut(&content) {

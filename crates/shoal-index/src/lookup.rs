@@ -24,6 +24,9 @@ use crate::{Index, Lookup};
 /// a region whose holders are few or none still gets the rest of the answer from elsewhere.
 type Rank = (bool, bool, bool, u32, u32, Reverse<u32>);
 
+/// How long a piece a region lacks is handed to one of its nodes only (ms).
+const EXCLUSIVE_HINT_MS: u64 = 10_000;
+
 /// The address with the fewest connections (as last reported, plus lookups that handed it out
 /// since); the first on ties. `None` without addresses; the first without reported loads.
 fn least_loaded(addrs: &[std::net::SocketAddr], loads: &[u32]) -> Option<usize> {
@@ -221,7 +224,7 @@ impl Index {
         // Each peer's address: the one this asker was handed before (a fetch keeps its link),
         // else the least loaded; it goes first in the answer.
         let regions = &self.regions;
-        let mut links: Vec<(NodeId, Option<usize>)> = Vec::with_capacity(ranked.len());
+        let mut links: Vec<(NodeId, Option<usize>, bool)> = Vec::with_capacity(ranked.len());
         let peers = ranked
             .iter()
             .map(|(_, h)| {
@@ -229,7 +232,7 @@ impl Index {
                     .and_then(|a| swarm.offered_addr(&a, h.id))
                     .and_then(|was| h.addrs.iter().position(|&x| x == was));
                 let link = kept.or_else(|| least_loaded(h.addrs, h.link_loads));
-                links.push((*h.id, link));
+                links.push((*h.id, link, kept.is_none()));
                 let mut addrs = h.addrs.to_vec();
                 if let Some(i) = link {
                     addrs[..=i].rotate_right(1);
@@ -239,9 +242,10 @@ impl Index {
             .collect();
         let swarm = self.swarms.get_mut(&content)?;
         let mut offered = Vec::with_capacity(links.len());
-        for &(id, link) in &links {
+        for &(id, link, new) in &links {
             swarm.holders.note_offered(&id);
-            if let Some(i) = link {
+            // A new client of that link; an asker that keeps its link was counted already.
+            if let (Some(i), true) = (link, new) {
                 swarm.holders.note_link(&id, i);
             }
             let addr =
@@ -253,7 +257,7 @@ impl Index {
         let hints = match asker {
             Some(a) => {
                 swarm.offer(a, offered);
-                Self::hand_out(swarm, a, region, have, self.config.hints)
+                Self::hand_out(swarm, a, region, have, self.config.hints, self.clock)
             }
             None => Vec::new(),
         };
@@ -278,6 +282,7 @@ impl Index {
         have: Option<&Bitfield>,
         announced: Option<&Bitfield>,
         take: usize,
+        now: u64,
     ) -> Vec<PieceIndex> {
         let n = swarm.piece_count as usize;
         // Bit set: the asker holds it or was handed it already.
@@ -294,10 +299,13 @@ impl Index {
         let mut keyed: Vec<(u64, u32)> = Vec::with_capacity(n);
         for (i, (&a, &h)) in swarm.availability.iter().zip(&swarm.handed_count).enumerate() {
             if a > 0 && skip[i / 8] & (0x80 >> (i % 8)) == 0 {
-                let (held, handed) = regional.map_or((0, 0), |r| (r.availability[i], r.handed[i]));
-                if held == 0 && handed > 0 {
+                let (held, handed, at) = regional
+                    .map_or((0, 0, 0), |r| (r.availability[i], r.handed[i], r.handed_at[i]));
+                if held == 0 && handed > 0 && now.saturating_sub(at) < EXCLUSIVE_HINT_MS {
                     // Nobody in the region holds it and one of its nodes is fetching it
-                    // across: one crossing is enough, the region shares it once it is in.
+                    // across: one crossing is enough, the region shares it once it is in. For
+                    // a while: an asker that hoards hints and never fetches cannot keep the
+                    // piece from the rest of its region.
                     continue;
                 }
                 keyed.push(((u64::from(held + handed) << 32) | u64::from(a + h), i as u32));
@@ -333,6 +341,7 @@ impl Index {
         region: RegionId,
         have: Option<&Bitfield>,
         k: usize,
+        now: u64,
     ) -> Vec<PieceIndex> {
         let announced = swarm.holders.get(&asker);
         let held_by_asker = |p: PieceIndex| {
@@ -350,10 +359,11 @@ impl Index {
         let handed = swarm.handed.get(&asker);
         let current = handed.map_or(0, |s| s.len());
         if current < k {
+            let take = k - current;
             let picked =
-                Self::least_handed(swarm, &asker, region, have, announced.as_ref(), k - current);
+                Self::least_handed(swarm, &asker, region, have, announced.as_ref(), take, now);
             for p in picked {
-                swarm.hand(asker, region, p);
+                swarm.hand(asker, region, p, now);
             }
         }
         let mut hints: Vec<PieceIndex> =

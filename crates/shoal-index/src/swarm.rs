@@ -343,6 +343,7 @@ impl Swarm {
         addrs: &[SocketAddr],
         region: RegionId,
     ) {
+        let links = self.holders.entry(&node).map(|h| (h.addrs.to_vec(), h.link_loads.to_vec()));
         self.remove_holding(node);
         self.rarity = None;
         let n = self.piece_count;
@@ -350,16 +351,30 @@ impl Swarm {
             self.availability[p.0 as usize] += 1;
             self.unhand(node, p);
         }
-        if region != NO_REGION {
+        if region != NO_REGION && bitfield.count() > 0 {
             let r = self.regional.entry(region).or_insert_with(|| Regional::new(n));
             for p in bitfield.iter_ones() {
                 r.availability[p.0 as usize] += 1;
             }
+            r.total += u64::from(bitfield.count());
         }
         self.holders.insert(node, &bitfield);
         self.holders.set_load(&node, load);
         self.holders.set_addrs(&node, addrs);
         self.holders.set_region(&node, region);
+        if let Some((old_addrs, loads)) = links {
+            // The same addresses: what its last heartbeat said of them still holds.
+            if old_addrs == addrs {
+                self.holders.set_link_loads(&node, &loads);
+            }
+        }
+    }
+
+    /// Frees a region's view once nothing is counted in it.
+    fn release(&mut self, region: RegionId) {
+        if self.regional.get(&region).is_some_and(|r| r.total == 0) {
+            self.regional.remove(&region);
+        }
     }
 
     /// Forgets a holder (the index starts the idle clock if it was the last).
@@ -374,12 +389,15 @@ impl Swarm {
             for p in old.iter_ones() {
                 r.availability[p.0 as usize] -= 1;
             }
+            r.total -= u64::from(old.count());
+            self.release(region);
         }
         true
     }
 
-    /// Records that `p` is handed to `node` (in `region`); false if it already was.
-    pub(crate) fn hand(&mut self, node: NodeId, region: RegionId, p: PieceIndex) -> bool {
+    /// Records that `p` is handed to `node` (in `region`) at `now` (ms); false if it already
+    /// was.
+    pub(crate) fn hand(&mut self, node: NodeId, region: RegionId, p: PieceIndex, now: u64) -> bool {
         let n = self.piece_count;
         if !self.handed.entry(node).or_default().insert(p) {
             return false;
@@ -389,6 +407,8 @@ impl Swarm {
             self.hand_region.insert(node, region);
             let r = self.regional.entry(region).or_insert_with(|| Regional::new(n));
             r.handed[p.0 as usize] += 1;
+            r.handed_at[p.0 as usize] = now;
+            r.total += 1;
         }
         true
     }
@@ -400,6 +420,8 @@ impl Swarm {
                 let region = self.hand_region.get(&node).copied().unwrap_or(NO_REGION);
                 if let Some(r) = self.regional.get_mut(&region) {
                     r.handed[p.0 as usize] -= 1;
+                    r.total -= 1;
+                    self.release(region);
                 }
             }
         }
@@ -425,8 +447,10 @@ impl Swarm {
             self.handed_count[p.0 as usize] -= 1;
             if let Some(r) = regional.as_mut() {
                 r.handed[p.0 as usize] -= 1;
+                r.total -= 1;
             }
         }
+        self.release(region);
         self.offered.remove(&node);
     }
 
@@ -508,11 +532,18 @@ impl Swarm {
 pub(crate) struct Regional {
     pub(crate) availability: Vec<u32>,
     pub(crate) handed: Vec<u32>,
+    /// When each piece was last handed to a node of the region (ms): a piece the region lacks
+    /// is handed to one node at a time only for a while after (see `lookup::least_handed`), so
+    /// askers that hoard hints and never fetch cannot keep it from the rest of the region.
+    pub(crate) handed_at: Vec<u64>,
+    /// The sum of both counts: at zero the view is freed.
+    pub(crate) total: u64,
 }
 
 impl Regional {
     fn new(piece_count: u32) -> Self {
-        Self { availability: vec![0; piece_count as usize], handed: vec![0; piece_count as usize] }
+        let n = piece_count as usize;
+        Self { availability: vec![0; n], handed: vec![0; n], handed_at: vec![0; n], total: 0 }
     }
 }
 

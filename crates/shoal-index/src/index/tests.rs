@@ -791,7 +791,7 @@ fn a_node_that_moves_region_takes_its_holdings_along_and_counts_stay_right() {
     assert_eq!(handed as usize, l.hints.len());
     // Node 0 moves to r1: its pieces count there now; node 1's hints are unaffected.
     ix.register(5, node(0), Role::Node, observed(), &[], Some(&"r1".parse().unwrap()));
-    assert_eq!(ix.swarms[&c].regional[&r0].availability, vec![0; 8]);
+    assert!(!ix.swarms[&c].regional.contains_key(&r0), "an empty region's view is freed");
     assert_eq!(ix.swarms[&c].regional[&r1].availability, vec![1; 8]);
     let counts: Vec<(String, usize)> = ix
         .region_counts()
@@ -802,8 +802,12 @@ fn a_node_that_moves_region_takes_its_holdings_along_and_counts_stay_right() {
     // Node 1 moves too: its hints, counted in r1, go; expiry forgets everyone.
     ix.register(6, node(1), Role::Node, observed(), &[], Some(&"r0".parse().unwrap()));
     assert_eq!(ix.swarms[&c].regional[&r1].handed.iter().sum::<u32>(), 0);
+    // It may not move back within the minute: it keeps r0.
+    let again = ix.register(7, node(1), Role::Node, observed(), &[], Some(&"r1".parse().unwrap()));
+    assert_eq!(again.region.map(|r| r.to_string()), Some("r0".to_string()));
     ix.expire(1_000_000);
     assert!(ix.region_counts().is_empty());
+    assert!(ix.swarms.values().all(|s| s.regional.is_empty()), "every region's view freed");
 }
 
 #[test]
