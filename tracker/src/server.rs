@@ -40,6 +40,12 @@ const FLUSH_AT: usize = 64 * 1024;
 /// Close code for a connection that sent a malformed frame.
 const CLOSE_PROTOCOL: u32 = 1;
 
+/// The source a request counts as: its address, an IPv6 one by its /64 (as the index's rate
+/// limits count it).
+pub(crate) fn source_of(ip: std::net::IpAddr) -> std::net::IpAddr {
+    shoal_index::source_key(ip)
+}
+
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

@@ -33,7 +33,7 @@ mod state;
 mod swarm;
 
 pub use index::{vet_addrs, Index};
-pub use limits::{Action, Limits, Rate};
+pub use limits::{source_key, Action, Limits, Rate};
 pub use model::{
     Config, HeartbeatOutcome, IndexError, Lookup, NodeEntry, Persist, Planned, Registration,
     VerifiedManifest,

@@ -24,7 +24,7 @@ pub(crate) const PRUNE_EVERY_MS: u64 = 1000;
 
 /// The source an address counts as: an IPv4 address itself (an IPv4-mapped IPv6 address as
 /// IPv4), an IPv6 address as its /64.
-pub(crate) fn source_key(ip: IpAddr) -> IpAddr {
+pub fn source_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let s = v6.segments();

@@ -7,7 +7,8 @@
 //! nodes (so the tracker cannot be made to send handshakes at a victim faster than that),
 //! answers remembered for [`REMEMBER`] in a table of at most [`MAX_REMEMBERED`] entries (a
 //! node registering again costs no dial), and only addresses of the same kind as the observed
-//! one (loopback, private or public).
+//! one (loopback, private or public), at most [`DIALS_PER_SOURCE`] at once for the nodes of
+//! one source address.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -25,8 +26,13 @@ use super::{now_ms, Shared};
 const MAX_DIALS: usize = 8;
 /// Checks started per second, over all nodes.
 const DIALS_PER_SEC: f64 = 16.0;
-/// How long an answer (verified or not) is remembered.
+/// How long a verified link is remembered.
 const REMEMBER: Duration = Duration::from_secs(600);
+/// How long a failed check is remembered (the link may just not have been up yet).
+const REMEMBER_FAILED: Duration = Duration::from_secs(60);
+/// Checks under way at once for the nodes of one source address: one address cannot take
+/// every slot.
+const DIALS_PER_SOURCE: usize = 2;
 /// Answers remembered at most.
 const MAX_REMEMBERED: usize = 4096;
 /// How long a check may take.
@@ -41,6 +47,8 @@ pub(crate) struct Links {
     seen: Mutex<HashMap<(NodeId, SocketAddr), (bool, u64)>>,
     /// Token bucket: (tokens, last refill ms). Held only for arithmetic.
     bucket: Mutex<(f64, u64)>,
+    /// Checks under way per source address. Held only for map access.
+    per_source: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// The kind of an address, for "same kind as the observed one".
@@ -64,6 +72,28 @@ impl Links {
             permits: Arc::new(Semaphore::new(MAX_DIALS)),
             seen: Mutex::new(HashMap::new()),
             bucket: Mutex::new((DIALS_PER_SEC, now_ms())),
+            per_source: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one of `source`'s check slots; false if it has all of its share.
+    fn take_source(&self, source: IpAddr) -> bool {
+        let mut m = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(source).or_insert(0);
+        if *n >= DIALS_PER_SOURCE {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn give_source(&self, source: IpAddr) {
+        let mut m = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&source);
+            }
         }
     }
 
@@ -82,7 +112,8 @@ impl Links {
     fn remembered(&self, key: &(NodeId, SocketAddr), now: u64) -> Option<bool> {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let &(ok, at) = seen.get(key)?;
-        (now.saturating_sub(at) < REMEMBER.as_millis() as u64).then_some(ok)
+        let ttl = if ok { REMEMBER } else { REMEMBER_FAILED };
+        (now.saturating_sub(at) < ttl.as_millis() as u64).then_some(ok)
     }
 
     fn remember(&self, key: (NodeId, SocketAddr), ok: bool, now: u64) {
@@ -129,7 +160,12 @@ pub(crate) fn check(
             None => {}
         }
         let Ok(permit) = links.permits.clone().try_acquire_owned() else { continue };
+        let source = crate::server::source_of(observed.ip());
+        if !links.take_source(source) {
+            continue;
+        }
         if !links.take_token(now) {
+            links.give_source(source);
             continue;
         }
         let shared = shared.clone();
@@ -145,6 +181,7 @@ pub(crate) fn check(
                 _ => false,
             };
             shared.links.remember(key, ok, now_ms());
+            shared.links.give_source(source);
             debug!(%node, %addr, ok, "link checked");
             if ok {
                 let ops = shared.index().add_verified_addr(node, addr);
