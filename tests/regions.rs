@@ -30,7 +30,12 @@ fn stated_regions_route_a_second_downloader_to_its_own_region() {
     let start = |name: &str, region: &str| {
         Daemon::start(&tmp.path().join(name), &["--tracker", &t, "--region", region])
     };
-    let seed = start("seed", "r0");
+    // The seed's uplink stands for the border: slower than a neighbour in the same region (on
+    // unshaped loopback a fetch from anywhere ends before a second connection is up).
+    let seed = Daemon::start(
+        &tmp.path().join("seed"),
+        &["--tracker", &t, "--region", "r0", "--upload-limit", "4MiB/s"],
+    );
     let first = start("first", "r1");
     let second = start("second", "r1");
     assert_eq!(region_of(&seed), "r0");
@@ -88,6 +93,23 @@ fn bad_region_flags_are_one_clear_line() {
         .args(["--region", "10.0.0.0/8"]);
     let err = fails(c);
     assert!(err.contains("CIDR=NAME"), "{err}");
+    for (flags, says) in [
+        (&["--region-db", "/nonexistent.mmdb"][..], "cannot read --region-db"),
+        (&["--region-country", "DE=eu"][..], "needs --region-db"),
+    ] {
+        let mut c = std::process::Command::new(tracker_bin());
+        c.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(tmp.path().join("t"));
+        c.args(flags);
+        let err = fails(c);
+        assert!(err.contains(says), "{err}");
+    }
+    let not_a_db = tmp.path().join("x.mmdb");
+    std::fs::write(&not_a_db, b"not a database").unwrap();
+    let mut c = std::process::Command::new(tracker_bin());
+    c.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(tmp.path().join("t"));
+    c.arg("--region-db").arg(&not_a_db);
+    let err = fails(c);
+    assert!(err.contains("MaxMind-format"), "{err}");
     let mut c = shoal(&tmp.path().join("d"));
     c.args(["daemon", "--listen", "127.0.0.1:0", "--region", "Bad Name"]);
     let err = fails(c);

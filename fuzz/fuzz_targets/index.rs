@@ -95,6 +95,9 @@ fuzz_target!(|data: &[u8]| {
             7 => {
                 let _ = ix.expire(now);
             }
+            8 => {
+                let _ = ix.forget(now, node, content);
+            }
             _ => {
                 let max = usize::from(c % 5);
                 let have = (b & 1 == 1).then(|| Bitfield::new(pieces));

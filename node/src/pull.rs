@@ -23,7 +23,7 @@ use shoal_store::{EntryState, Store};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
-use crate::node::Node;
+use crate::events::Events;
 
 /// Pulls that may run at once.
 pub(crate) const MAX_PULLS: usize = 4;
@@ -227,13 +227,13 @@ impl Pulls {
 
     /// Waits (cancel-safe) until the store has `content`'s manifest, the pull ends, or
     /// [`MANIFEST_WAIT`] passes.
-    pub(crate) async fn wait_manifest(&self, node: &Node, content: ContentId) {
-        let mut changed = node.events.contents_changed.subscribe();
+    pub(crate) async fn wait_manifest(&self, events: &Events, store: &Store, content: ContentId) {
+        let mut changed = events.contents_changed.subscribe();
         let done = self.lock().active.get(&content).cloned();
         let wait = async {
             let mut done = done;
             loop {
-                if node.contents.store().manifest(content).ok().flatten().is_some() {
+                if store.manifest(content).ok().flatten().is_some() {
                     return;
                 }
                 match &mut done {

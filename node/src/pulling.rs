@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use shoal_core::{Bitfield, ContentId, Manifest, Ticket};
+use shoal_core::{ContentId, Manifest, Ticket};
 use shoal_wire::tracker::TrackerRequest;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -102,8 +102,8 @@ async fn pull(node: &Arc<Node>, pulls: &Pulls, content: ContentId) -> anyhow::Re
 }
 
 /// Forgets a pulled content: its store entry, its file, and the tracker's record of it here
-/// (an empty announce, which makes the tracker drop a storage node's holding) unless the
-/// object store holds it too.
+/// (a `Forget`, so it is neither offered nor re-seeded into) unless the object store holds it
+/// too.
 async fn forget(node: &Arc<Node>, pulls: &Pulls, content: ContentId) {
     let store = node.contents.store().clone();
     let path = pulls.dir().join(content.to_string());
@@ -121,12 +121,8 @@ async fn forget(node: &Arc<Node>, pulls: &Pulls, content: ContentId) {
     }
     node.stats.content_changed();
     let kept = node.contents.holding(content).ok().flatten();
-    if let (Some(pieces), None) = (pieces, kept) {
-        let req = TrackerRequest::Announce {
-            node_id: node.net.node_id(),
-            content,
-            bitfield: Bitfield::new(pieces),
-        };
+    if let (Some(_), None) = (pieces, kept) {
+        let req = TrackerRequest::Forget { node_id: node.net.node_id(), content };
         if let Err(e) = node.trackers.call_own(&req, "forgetting a pulled content").await {
             debug!(error = %format!("{e:#}"), "cannot tell the tracker");
         }

@@ -23,7 +23,7 @@ use shoal_net::framed::ReadError;
 use shoal_wire::{Decoder, Opening, RejectReason, Request, Response, Session};
 use tracing::{debug, warn, Instrument};
 
-use crate::contents::ServeError;
+use crate::contents::{ServeError, Shape};
 use crate::io::{finish_within, read_frame_within, write_frame_within, write_within};
 use crate::node::Node;
 use crate::reveal::PieceRequest;
@@ -205,31 +205,37 @@ async fn serve_request(
     }
 }
 
+/// The shape of `content` if this node holds it. A storage node pulls through what it lacks
+/// (the asker is answered as soon as the pull has the manifest, then the pieces as they
+/// arrive) and marks a cached pulled content as used. `Err`: the rejection to send.
+async fn held_or_pulled(
+    node: &Node,
+    content: ContentId,
+) -> anyhow::Result<Result<Shape, (RejectReason, &'static str)>> {
+    let mut shape = node.contents.shape(content)?;
+    if let Some(pulls) = &node.pulls {
+        if shape.is_none() {
+            if !pulls.request(content) {
+                return Ok(Err((RejectReason::Busy, "pulls busy; try later")));
+            }
+            pulls.wait_manifest(&node.events, node.contents.store(), content).await;
+            shape = node.contents.shape(content)?;
+        }
+        pulls.touch(content);
+    }
+    Ok(shape.ok_or((RejectReason::NotFound, "content not held here")))
+}
+
 async fn serve_manifest(
     node: &Node,
     peer: NodeId,
     mut send: SendStream,
     content: ContentId,
 ) -> anyhow::Result<()> {
-    let mut shape = node.contents.shape(content)?;
-    if shape.is_none() {
-        // A storage node pulls through what it lacks; the asker gets the manifest as soon as
-        // the pull has it, then the pieces as they arrive.
-        if let Some(pulls) = &node.pulls {
-            if !pulls.request(content) {
-                return reject(send, RejectReason::Busy, "pulls busy; try later").await;
-            }
-            pulls.wait_manifest(node, content).await;
-            shape = node.contents.shape(content)?;
-        }
-    }
-    let Some(shape) = shape else {
-        return reject(send, RejectReason::NotFound, "content not held here").await;
+    let shape = match held_or_pulled(node, content).await? {
+        Ok(shape) => shape,
+        Err((reason, text)) => return reject(send, reason, text).await,
     };
-    if let Some(pulls) = &node.pulls {
-        // A cached pulled content is used: a new downloader asks for its manifest.
-        pulls.touch(content);
-    }
     let Ok(mut slot) = node.uploads.acquire(peer, None, shape.manifest_bound(), SLOT_WAIT).await
     else {
         return reject(send, RejectReason::Busy, "upload slots busy; try later").await;
@@ -252,25 +258,10 @@ async fn serve_piece(
     piece: PieceIndex,
 ) -> anyhow::Result<()> {
     // Checked against the manifest before a slot or any bookkeeping is spent on it.
-    let mut shape = node.contents.shape(content)?;
-    if shape.is_none() {
-        // A storage node pulls through what it lacks; the asker gets the manifest as soon as
-        // the pull has it, then the pieces as they arrive.
-        if let Some(pulls) = &node.pulls {
-            if !pulls.request(content) {
-                return reject(send, RejectReason::Busy, "pulls busy; try later").await;
-            }
-            pulls.wait_manifest(node, content).await;
-            shape = node.contents.shape(content)?;
-        }
-    }
-    let Some(shape) = shape else {
-        return reject(send, RejectReason::NotFound, "content not held here").await;
+    let shape = match held_or_pulled(node, content).await? {
+        Ok(shape) => shape,
+        Err((reason, text)) => return reject(send, reason, text).await,
     };
-    if let Some(pulls) = &node.pulls {
-        // A cached pulled content is used: a new downloader asks for its manifest.
-        pulls.touch(content);
-    }
     let Some(len) = shape.piece_len(piece) else {
         let text = format!("no piece {piece}: the content has {} pieces", shape.pieces);
         return reject(send, RejectReason::BadRequest, &text).await;

@@ -68,6 +68,19 @@ enum Command {
         /// A file of CIDR=NAME lines (blank lines and # comments allowed), read with --region.
         #[arg(long, value_name = "FILE", env = "SHOAL_TRACKER_REGION_FILE")]
         region_file: Option<PathBuf>,
+        /// A MaxMind-format database (GeoIP2 or GeoLite2 Country or City .mmdb) placing
+        /// addresses no --region range holds: in their country's region (--region-country),
+        /// else in their continent's (eu, na, as, ...).
+        #[arg(long, value_name = "FILE", env = "SHOAL_TRACKER_REGION_DB")]
+        region_db: Option<PathBuf>,
+        /// With --region-db: the region of a country, CC=NAME (repeatable), like DE=eu-central.
+        #[arg(
+            long,
+            value_name = "CC=NAME",
+            env = "SHOAL_TRACKER_REGION_COUNTRY",
+            value_delimiter = ','
+        )]
+        region_country: Vec<String>,
         /// Take the region a node states (`shoal daemon --region NAME`) over the map's.
         #[arg(long, env = "SHOAL_TRACKER_ALLOW_STATED_REGION")]
         allow_stated_region: bool,
@@ -122,6 +135,8 @@ fn main() -> ExitCode {
         offline_source,
         region,
         region_file,
+        region_db,
+        region_country,
         allow_stated_region,
         ignore_regions,
         max_contents_per_node,
@@ -174,7 +189,7 @@ fn main() -> ExitCode {
         },
         None => String::new(),
     };
-    let regions = match shoal_index::RegionMap::parse(
+    let mut regions = match shoal_index::RegionMap::parse(
         region.iter().map(String::as_str).chain(file_lines.lines()),
     ) {
         Ok(map) => map,
@@ -183,6 +198,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if !region_country.is_empty() && region_db.is_none() {
+        eprintln!("error: --region-country needs --region-db FILE (a MaxMind-format database)");
+        return ExitCode::FAILURE;
+    }
+    if let Some(path) = &region_db {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("error: cannot read --region-db {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        match shoal_index::GeoRegions::new(bytes, region_country.iter().map(String::as_str)) {
+            Ok(geo) => regions = regions.with_geo(geo),
+            Err(e) => {
+                eprintln!("error: --region-db {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     for (flag, value) in [
         ("--register-burst", register_burst),
         ("--query-burst", query_burst),

@@ -245,7 +245,7 @@ impl Index {
     pub fn place(&self, observed: IpAddr, stated: Option<&Region>) -> Option<Region> {
         match stated {
             Some(r) if self.config.allow_stated_region => Some(r.clone()),
-            _ => self.config.regions.region_of(observed).cloned(),
+            _ => self.config.regions.place(observed),
         }
     }
 
@@ -470,22 +470,31 @@ impl Index {
             // Dropped for never delivering: a re-announce does not bring it back.
             return Ok(Vec::new());
         }
-        if storage && bitfield.count() == 0 && swarm.storage.get(&node).is_some_and(|e| e.0 > 0) {
-            // Storage that held pieces holds none now (its pull-through cache dropped them): no
-            // holding, so no re-seeding into it either. (An empty first announce, a push that
-            // has sent only its manifest, stays a holding to re-seed into.)
-            return Ok(if self.unhold(now, content, node) {
-                vec![Persist::RemoveHolding(content, node)]
-            } else {
-                Vec::new()
-            });
-        }
         if storage {
             swarm.storage_progress(node, bitfield.count(), now);
             swarm.assigned.retain(|p, _| !bitfield.get(*p));
         }
         self.hold(content, node, bitfield.clone());
         Ok(vec![Persist::PutHolding(content, node, bitfield)])
+    }
+
+    /// A node holds none of a content any more (it deleted it, or a cache dropped it): its
+    /// holding goes, and with it any re-seeding into it. Unknown contents are ignored.
+    pub fn forget(
+        &mut self,
+        now: u64,
+        node: NodeId,
+        content: ContentId,
+    ) -> Result<Vec<Persist>, IndexError> {
+        self.tick(now);
+        if !self.nodes.contains_key(&node) {
+            return Err(IndexError::NotRegistered);
+        }
+        Ok(if self.unhold(now, content, node) {
+            vec![Persist::RemoveHolding(content, node)]
+        } else {
+            Vec::new()
+        })
     }
 
     /// A node gained pieces of a content.

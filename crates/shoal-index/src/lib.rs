@@ -38,5 +38,5 @@ pub use model::{
     Config, HeartbeatOutcome, IndexError, Lookup, NodeEntry, Persist, Planned, Registration,
     VerifiedManifest,
 };
-pub use region::{BadRange, RegionMap, MAX_REGIONS};
+pub use region::{BadRange, GeoError, GeoRegions, RegionMap, MAX_REGIONS};
 pub use state::{Loaded, SledState};

@@ -15,6 +15,9 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use shoal_core::Region;
 
+mod geo;
+pub use geo::{GeoError, GeoRegions};
+
 /// A region's number inside the index; [`NO_REGION`] for none.
 pub(crate) type RegionId = u16;
 /// No region: the tracker has no map, or no range holds the address.
@@ -22,11 +25,13 @@ pub(crate) const NO_REGION: RegionId = 0;
 /// The most distinct regions the index numbers. Stated regions past it count as none.
 pub const MAX_REGIONS: usize = 256;
 
-/// The operator's CIDR ranges, each naming a region.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The operator's CIDR ranges, each naming a region, and optionally a MaxMind-format database
+/// for addresses no range holds.
+#[derive(Debug, Clone, Default)]
 pub struct RegionMap {
     /// (range, region), the longest prefixes first.
     ranges: Vec<(IpNet, Region)>,
+    geo: Option<std::sync::Arc<GeoRegions>>,
 }
 
 /// A line of a region map that does not read as `CIDR=NAME`.
@@ -41,7 +46,13 @@ impl RegionMap {
             ranges.into_iter().map(|(net, r)| (net.trunc(), r)).collect();
         // Longest prefix first: the first range holding an address is the most specific.
         ranges.sort_by_key(|r| std::cmp::Reverse(r.0.prefix_len()));
-        Self { ranges }
+        Self { ranges, geo: None }
+    }
+
+    /// The same map, asking `geo` for addresses no range holds.
+    pub fn with_geo(mut self, geo: GeoRegions) -> Self {
+        self.geo = Some(std::sync::Arc::new(geo));
+        self
     }
 
     /// Reads `CIDR=NAME` lines (as `--region` flags or a file's lines give them).
@@ -70,9 +81,21 @@ impl RegionMap {
         self.ranges.iter().find(|(net, _)| net.contains(&ip)).map(|(_, r)| r)
     }
 
-    /// True if it names no range.
+    /// The region of `ip`: the longest range holding it, else the database's answer.
+    pub fn place(&self, ip: IpAddr) -> Option<Region> {
+        if let Some(r) = self.region_of(ip) {
+            return Some(r.clone());
+        }
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.geo.as_ref()?.region_of(ip)
+    }
+
+    /// True if it names no range and has no database.
     pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
+        self.ranges.is_empty() && self.geo.is_none()
     }
 
     /// The ranges, the longest first.
@@ -141,6 +164,18 @@ mod tests {
             let err = RegionMap::parse([bad]).unwrap_err();
             assert!(err.to_string().contains("CIDR=NAME"), "{err}");
         }
+    }
+
+    #[test]
+    fn ranges_come_first_then_the_database() {
+        let db = geo::tests::mmdb([10, 0, 0, 0], 8, "DE", "EU");
+        let geo = GeoRegions::new(db, ["DE=eu-central"]).unwrap();
+        let map = RegionMap::parse(["10.1.0.0/16=dc1"]).unwrap().with_geo(geo);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(map.place(ip("10.1.2.3")).unwrap().as_str(), "dc1", "the operator's range");
+        assert_eq!(map.place(ip("10.2.0.1")).unwrap().as_str(), "eu-central", "the database");
+        assert_eq!(map.place(ip("::ffff:10.2.0.1")).unwrap().as_str(), "eu-central");
+        assert_eq!(map.place(ip("192.0.2.1")), None);
     }
 
     #[test]

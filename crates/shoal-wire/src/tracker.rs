@@ -48,6 +48,7 @@
 //! | `0x66` | GetManifest | content id |
 //! | `0x67` | FindStorage | |
 //! | `0x68` | Report | content id, node key of a holder that never delivered |
+//! | `0x6a` | Forget | node key, content id (version 4: the sender holds none of it any more) |
 //! | `0x69` | ResolveSource | id (the rest, 1 to [`MAX_SOURCE_ID_LEN`] bytes of UTF-8) |
 //! | `0x70` | Registered | heartbeat interval ms u32, granted role u8, (version 4) region, flags u8 |
 //! | `0x71` | Ok | |
@@ -300,6 +301,13 @@ pub enum TrackerRequest {
         content: ContentId,
         /// the holder that never delivered
         peer: NodeId,
+    },
+    /// The sender holds none of a content any more (version 4): the tracker drops its holding.
+    Forget {
+        /// the sender
+        node_id: NodeId,
+        /// the content
+        content: ContentId,
     },
     /// Asks for the URL of a resource the tracker's operator named (offline download by id);
     /// answered [`TrackerResponse::Source`] or [`TrackerResponse::Unknown`].

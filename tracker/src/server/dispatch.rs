@@ -64,6 +64,7 @@ pub(super) async fn dispatch(
         TrackerRequest::Register { node_id, .. }
         | TrackerRequest::Announce { node_id, .. }
         | TrackerRequest::AnnounceDelta { node_id, .. }
+        | TrackerRequest::Forget { node_id, .. }
         | TrackerRequest::PutManifest { node_id, .. }
         | TrackerRequest::Heartbeat { node_id, .. } => Some(*node_id),
         _ => None,
@@ -84,6 +85,7 @@ pub(super) async fn dispatch(
         TrackerRequest::Register { .. } => Some(Action::Register),
         TrackerRequest::Announce { .. }
         | TrackerRequest::AnnounceDelta { .. }
+        | TrackerRequest::Forget { .. }
         | TrackerRequest::PutManifest { .. }
         | TrackerRequest::Report { .. } => Some(Action::Announce),
         TrackerRequest::Lookup { .. }
@@ -132,6 +134,11 @@ pub(super) async fn dispatch(
         TrackerRequest::Announce { content, bitfield, .. } => {
             m.announces.fetch_add(1, Ordering::Relaxed);
             let r = shared.index().announce(now, proven, content, bitfield);
+            ok_or(shared, r)
+        }
+        TrackerRequest::Forget { content, .. } => {
+            m.announces.fetch_add(1, Ordering::Relaxed);
+            let r = shared.index().forget(now, proven, content);
             ok_or(shared, r)
         }
         TrackerRequest::AnnounceDelta { content, pieces, .. } => {

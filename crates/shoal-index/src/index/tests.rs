@@ -753,23 +753,26 @@ fn lookups_rank_the_askers_region_then_its_storage_lacking_the_content_then_the_
 }
 
 #[test]
-fn storage_that_drops_a_pulled_content_stops_holding_it_and_is_not_reseeded() {
+fn storage_that_forgets_a_pulled_content_stops_holding_it_and_is_not_reseeded() {
     let mut config = Config { reseed_after_ms: 10, ..Config::default() };
     config.admitted_storage.insert(node(9));
     let (mut ix, c) = setup(config, 2, 8);
     reg(&mut ix, 9, Role::Storage);
     ix.announce(0, node(0), c, Bitfield::full(8)).unwrap();
-    // An empty first announce (a push that sent only its manifest) is a holding to re-seed.
-    ix.announce(0, node(9), c, Bitfield::new(8)).unwrap();
-    assert!(ix.swarms[&c].holders.contains(&node(9)));
-    ix.announce(0, node(9), c, Bitfield::full(8)).unwrap();
-    // The cache drops it: an empty announce after pieces removes the holding.
-    let ops = ix.announce(1, node(9), c, Bitfield::new(8)).unwrap();
+    ix.announce(0, node(9), c, bf(8, &[0, 1])).unwrap();
+    // An empty announce (a storage node back from a crash with nothing flushed) stays a
+    // holding to re-seed into.
+    ix.announce(1, node(9), c, Bitfield::new(8)).unwrap();
+    assert!(ix.swarms[&c].storage.contains_key(&node(9)));
+    // Forgetting it (its cache dropped it) removes the holding: nothing to re-seed into.
+    let ops = ix.forget(2, node(9), c).unwrap();
     assert_eq!(ops, vec![Persist::RemoveHolding(c, node(9))]);
     assert!(!ix.swarms[&c].holders.contains(&node(9)));
-    assert!(!ix.swarms[&c].storage.contains_key(&node(9)), "nothing to re-seed into");
+    assert!(!ix.swarms[&c].storage.contains_key(&node(9)));
     let (_, plan) = ix.heartbeat_plan(1_000, node(0), Load::default()).unwrap();
     assert!(plan.directives.is_empty(), "{plan:?}");
+    assert!(ix.forget(3, node(9), c).unwrap().is_empty(), "forgetting twice changes nothing");
+    assert_eq!(ix.forget(3, fresh_id(), c), Err(IndexError::NotRegistered));
 }
 
 #[test]

@@ -91,6 +91,11 @@ impl Frame for TrackerRequest {
                 out.extend_from_slice(content.as_bytes());
                 out.extend_from_slice(peer.public_key_bytes());
             }
+            Self::Forget { node_id, content } => {
+                out.push(0x6a);
+                out.extend_from_slice(node_id.public_key_bytes());
+                out.extend_from_slice(content.as_bytes());
+            }
             Self::ResolveSource { id } => {
                 out.push(0x69);
                 super::put_text(out, id, super::MAX_SOURCE_ID_LEN);
@@ -179,6 +184,10 @@ impl Frame for TrackerRequest {
             0x66 => Self::GetManifest { content: ContentId(r.array()?) },
             0x67 => Self::FindStorage,
             0x68 => Self::Report { content: ContentId(r.array()?), peer: read_node(&mut r)? },
+            0x6a => {
+                let node_id = read_node(&mut r)?;
+                Self::Forget { node_id, content: ContentId(r.array()?) }
+            }
             0x69 => {
                 let raw = r.rest();
                 if raw.is_empty() || raw.len() > super::MAX_SOURCE_ID_LEN {

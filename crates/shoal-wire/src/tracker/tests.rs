@@ -83,6 +83,7 @@ fn request() -> impl Strategy<Value = TrackerRequest> {
         Just(TrackerRequest::FindStorage),
         cid.clone().prop_map(|content| TrackerRequest::Report { content, peer: node_id() }),
         "\\PC{1,60}".prop_map(|id| TrackerRequest::ResolveSource { id }),
+        cid.clone().prop_map(|content| TrackerRequest::Forget { node_id: node_id(), content }),
     ]
 }
 
