@@ -158,6 +158,19 @@ impl Index {
                 candidates.push((h, false));
             }
         }
+        if region != NO_REGION {
+            // The asker's region sampled apart: in a swarm far larger than the sample its few
+            // holders would otherwise rarely be drawn.
+            let drawn: std::collections::HashSet<&NodeId> =
+                candidates.iter().map(|(h, _)| h.id).collect();
+            let extra: Vec<HolderView<'_>> = swarm
+                .holders
+                .sample_region(&mut self.rng, region, sample)
+                .into_iter()
+                .filter(|h| !drawn.contains(h.id) && !swarm.storage.contains_key(h.id))
+                .collect();
+            candidates.extend(extra.into_iter().map(|h| (h, false)));
+        }
         let mut ranked: Vec<(Rank, HolderView<'_>)> = Vec::with_capacity(candidates.len());
         for (h, is_storage) in candidates {
             if asker.as_ref() == Some(h.id) {

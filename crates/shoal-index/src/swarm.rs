@@ -38,6 +38,8 @@ pub(crate) struct Holder {
     pub(crate) addrs: SmallVec<[SocketAddr; 2]>,
     /// Its region, from its last registration.
     pub(crate) region: RegionId,
+    /// Its place in its region's list (see `Holders::by_region`).
+    region_pos: usize,
     /// Per address (in the order of `addrs`): connections it serves there, from its last
     /// heartbeat, plus lookups that handed that address out since.
     pub(crate) link_loads: SmallVec<[u32; 2]>,
@@ -106,12 +108,49 @@ pub(crate) struct Holders {
     bits: Vec<u8>,
     piece_count: u32,
     map: HashMap<NodeId, usize>,
+    /// Per region (holders with one): their places in `order`, so a lookup can sample the
+    /// asker's region apart from the whole swarm. A holder's place in its region's list is in
+    /// `Holder::region_pos`. Lists are dropped when they empty.
+    by_region: HashMap<RegionId, Vec<usize>>,
 }
 
 impl Holders {
     /// No holders, of a content of `piece_count` pieces.
     pub(crate) fn new(piece_count: u32) -> Self {
-        Self { order: Vec::new(), bits: Vec::new(), piece_count, map: HashMap::new() }
+        Self {
+            order: Vec::new(),
+            bits: Vec::new(),
+            piece_count,
+            map: HashMap::new(),
+            by_region: HashMap::new(),
+        }
+    }
+
+    /// Takes holder `i` out of its region's list.
+    fn unlist(&mut self, i: usize) {
+        let (region, pos) = (self.order[i].region, self.order[i].region_pos);
+        if region == NO_REGION {
+            return;
+        }
+        let Some(list) = self.by_region.get_mut(&region) else { return };
+        list.swap_remove(pos);
+        if let Some(&moved) = list.get(pos) {
+            self.order[moved].region_pos = pos;
+        }
+        if list.is_empty() {
+            self.by_region.remove(&region);
+        }
+    }
+
+    /// Puts holder `i` in its region's list.
+    fn list(&mut self, i: usize) {
+        let region = self.order[i].region;
+        if region == NO_REGION {
+            return;
+        }
+        let list = self.by_region.entry(region).or_default();
+        self.order[i].region_pos = list.len();
+        list.push(i);
     }
 
     fn stride(&self) -> usize {
@@ -175,6 +214,7 @@ impl Holders {
             offered: 0,
             addrs: SmallVec::new(),
             region: NO_REGION,
+            region_pos: 0,
             link_loads: SmallVec::new(),
         });
         let start = self.bits.len();
@@ -224,7 +264,11 @@ impl Holders {
 
     fn set_region(&mut self, id: &NodeId, region: RegionId) {
         if let Some(&i) = self.map.get(id) {
-            self.order[i].region = region;
+            if self.order[i].region != region {
+                self.unlist(i);
+                self.order[i].region = region;
+                self.list(i);
+            }
         }
     }
 
@@ -232,7 +276,18 @@ impl Holders {
         let i = *self.map.get(id)?;
         let old = self.view(i).bitfield();
         self.map.remove(id);
+        self.unlist(i);
         self.order.swap_remove(i);
+        // The holder moved into place `i` keeps its region list pointing at it.
+        if let Some(moved) = self.order.get(i) {
+            if moved.region != NO_REGION {
+                if let Some(slot) =
+                    self.by_region.get_mut(&moved.region).and_then(|l| l.get_mut(moved.region_pos))
+                {
+                    *slot = i;
+                }
+            }
+        }
         // The same swap in the arena: the last block moves into the freed one.
         let s = self.stride();
         let last = self.bits.len() - s;
@@ -253,6 +308,28 @@ impl Holders {
     /// read of its bitfield from memory, the bulk of a lookup in a large index); tried, it
     /// made the index's swarm simulation do better without hints than with them, so it waits
     /// for a look at how hints and sampling interact (see BENCHMARKS.md, tracker lookups).
+    /// Up to `k` distinct holders of `region` drawn at random (all of them if there are at
+    /// most `2k`), so that a small region's holders are found in a large swarm.
+    pub(crate) fn sample_region(
+        &self,
+        rng: &mut fastrand::Rng,
+        region: RegionId,
+        k: usize,
+    ) -> Vec<HolderView<'_>> {
+        let Some(list) = self.by_region.get(&region) else { return Vec::new() };
+        if list.len() <= 2 * k {
+            return list.iter().map(|&i| self.view(i)).collect();
+        }
+        let mut picked: Vec<usize> = Vec::with_capacity(k);
+        while picked.len() < k {
+            let i = list[rng.usize(..list.len())];
+            if !picked.contains(&i) {
+                picked.push(i);
+            }
+        }
+        picked.into_iter().map(|i| self.view(i)).collect()
+    }
+
     pub(crate) fn sample(&self, rng: &mut fastrand::Rng, k: usize) -> Vec<HolderView<'_>> {
         let n = self.order.len();
         if n <= 2 * k {
@@ -620,6 +697,46 @@ mod tests {
             assert_eq!(s.iter().map(|h| h.id).collect::<BTreeSet<_>>().len(), expect);
             assert!(s.iter().all(|x| h.contains(x.id) && h.get(x.id) == Some(x.bitfield())));
         }
+    }
+
+    #[test]
+    fn region_lists_follow_holders_through_inserts_moves_and_swap_removes() {
+        let all = ids(60);
+        let mut h = Holders::new(8);
+        let mut rng = fastrand::Rng::with_seed(3);
+        let check = |h: &Holders| {
+            let mut seen = 0;
+            for (&region, list) in &h.by_region {
+                assert!(!list.is_empty(), "empty lists are dropped");
+                for (pos, &i) in list.iter().enumerate() {
+                    assert_eq!(h.order[i].region, region);
+                    assert_eq!(h.order[i].region_pos, pos);
+                    seen += 1;
+                }
+            }
+            assert_eq!(seen, h.order.iter().filter(|x| x.region != NO_REGION).count());
+        };
+        for step in 0..2000 {
+            let id = all[rng.usize(..all.len())];
+            match rng.u8(..3) {
+                0 => {
+                    h.insert(id, &Bitfield::new(8));
+                    h.set_region(&id, rng.u16(..4));
+                }
+                1 => {
+                    h.remove(&id);
+                }
+                _ => h.set_region(&id, rng.u16(..4)),
+            }
+            if step % 50 == 0 {
+                check(&h);
+            }
+        }
+        check(&h);
+        // A region's sample holds only its holders, distinct.
+        let got = h.sample_region(&mut rng, 2, 3);
+        assert!(got.iter().all(|v| v.region == 2));
+        assert_eq!(got.iter().map(|v| v.id).collect::<BTreeSet<_>>().len(), got.len());
     }
 
     #[test]

@@ -846,3 +846,33 @@ fn each_asker_is_handed_the_least_loaded_link_and_keeps_it() {
     let p = l.peers.iter().find(|p| p.node_id == node(0)).unwrap();
     assert_eq!(p.addrs.len(), 3, "a verified address joins the answers: {:?}", p.addrs);
 }
+
+#[test]
+fn a_small_regions_holders_are_found_in_a_large_swarm() {
+    // 1,000 holders in r0, 3 in r1: a lookup samples 64 of the swarm, and the asker's region
+    // apart, so r1's asker is offered its own region's holders first.
+    let config = Config { allow_stated_region: true, ..Config::default() };
+    let mut ix = Index::new(config);
+    let (c, m) = content(8, 4);
+    let r0: Region = "r0".parse().unwrap();
+    let r1: Region = "r1".parse().unwrap();
+    let many: Vec<NodeId> = (0..1000).map(|_| fresh_id()).collect();
+    for id in &many {
+        ix.register(0, *id, Role::Node, observed(), &[], Some(&r0));
+    }
+    ix.put_manifest(0, many[0], c, m).unwrap();
+    for id in &many {
+        ix.announce(0, *id, c, Bitfield::full(8)).unwrap();
+    }
+    let near: Vec<NodeId> = (0..3).map(|_| fresh_id()).collect();
+    for id in &near {
+        ix.register(0, *id, Role::Node, observed(), &[], Some(&r1));
+        ix.announce(0, *id, c, Bitfield::full(8)).unwrap();
+    }
+    let asker = fresh_id();
+    ix.register(0, asker, Role::Node, observed(), &[], Some(&r1));
+    let l = ix.lookup(Some(asker), c, None, 16).unwrap();
+    let first: BTreeSet<NodeId> = l.peers.iter().take(3).map(|p| p.node_id).collect();
+    assert_eq!(first, near.iter().copied().collect(), "r1's holders first");
+    assert_eq!(l.peers.len(), 16, "then the rest of the swarm");
+}
