@@ -64,19 +64,19 @@ impl Contents {
         self.cloud.is_some()
     }
 
-    /// The object store holds `c` (a storage node's own copy); otherwise the piece store is
-    /// asked (an ordinary node's contents, or a storage node's pull-through cache).
-    fn in_cloud(&self, c: ContentId) -> anyhow::Result<Option<&CloudStore>> {
-        Ok(match &self.cloud {
-            Some(cloud) if cloud.content(c)?.is_some() => Some(cloud),
-            _ => None,
-        })
-    }
+    // Each call below asks the object store first (a storage node's own copy) and the piece
+    // store only if it has nothing (an ordinary node's contents, or a storage node's
+    // pull-through cache): one object-store lookup, not a "does it hold it" check and then
+    // the read.
 
     /// The pieces this node can serve of a content; `None` if it holds nothing of it.
     pub(crate) fn holding(&self, c: ContentId) -> anyhow::Result<Option<Bitfield>> {
-        let held = match self.in_cloud(c)? {
+        let cloud = match &self.cloud {
             Some(cloud) => cloud.bitfield(c)?,
+            None => None,
+        };
+        let held = match cloud {
+            Some(b) => Some(b),
             None => self.store.bitfield(c)?,
         };
         // A lying node (testing only) claims all of whatever it holds any of.
@@ -85,10 +85,10 @@ impl Contents {
 
     /// The encoded manifest of a content it holds.
     pub(crate) fn manifest_bytes(&self, c: ContentId) -> anyhow::Result<Option<Vec<u8>>> {
-        Ok(match self.in_cloud(c)? {
-            Some(cloud) => cloud.manifest(c)?.map(|m| m.encode()),
-            None => self.store.manifest(c)?.map(|m| m.encode()),
-        })
+        if let Some(m) = self.cloud.as_ref().map(|cloud| cloud.manifest(c)).transpose()?.flatten() {
+            return Ok(Some(m.encode()));
+        }
+        Ok(self.store.manifest(c)?.map(|m| m.encode()))
     }
 
     /// Every content it holds (part of).
@@ -133,31 +133,32 @@ impl Contents {
     /// holds nothing of it. Reads no piece data: the store keeps manifests in memory, the
     /// object store's index keeps size and piece count.
     pub(crate) fn shape(&self, c: ContentId) -> anyhow::Result<Option<Shape>> {
-        Ok(match self.in_cloud(c)? {
-            Some(cloud) => cloud.content(c)?.map(|rec| Shape {
+        if let Some(rec) = self.cloud.as_ref().map(|cloud| cloud.content(c)).transpose()?.flatten()
+        {
+            return Ok(Some(Shape {
                 size: rec.size,
                 // The piece size is fixed by the file size (part of the canonical manifest).
                 piece_size: 1 << shoal_core::piece::piece_log2_for(rec.size),
                 pieces: rec.pieces,
-            }),
-            None => self.store.manifest(c)?.map(|m| Shape {
-                size: m.size(),
-                piece_size: m.piece_size(),
-                pieces: m.piece_count(),
-            }),
-        })
+            }));
+        }
+        Ok(self.store.manifest(c)?.map(|m| Shape {
+            size: m.size(),
+            piece_size: m.piece_size(),
+            pieces: m.piece_count(),
+        }))
     }
 
     /// One piece for upload, checked against its hash.
     pub(crate) async fn piece(&self, c: ContentId, p: PieceIndex) -> Result<Bytes, ServeError> {
-        let cloud = self.in_cloud(c).map_err(|e| ServeError::Internal(e.to_string()))?;
-        if let Some(cloud) = cloud {
-            return cloud.read_piece(c, p).await.map_err(|e| match e {
-                CloudError::UnknownContent(_) | CloudError::PieceOutOfRange(_) => {
-                    ServeError::NotFound
-                }
-                e => ServeError::Internal(e.to_string()),
-            });
+        if let Some(cloud) = &self.cloud {
+            match cloud.read_piece(c, p).await {
+                Ok(d) => return Ok(d),
+                // Not the object store's: the pull-through cache may hold it.
+                Err(CloudError::UnknownContent(_)) => {}
+                Err(CloudError::PieceOutOfRange(_)) => return Err(ServeError::NotFound),
+                Err(e) => return Err(ServeError::Internal(e.to_string())),
+            }
         }
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.read_piece(c, p)).await {
