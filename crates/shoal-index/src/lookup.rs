@@ -24,6 +24,11 @@ use crate::{Index, Lookup};
 /// a region whose holders are few or none still gets the rest of the answer from elsewhere.
 type Rank = (bool, bool, bool, u32, u32, Reverse<u32>);
 
+/// The bitfield bytes of a holder of nothing, for the largest manifest: a storage node offered
+/// to pull a content through is answered with a slice of it (no allocation per lookup).
+static NO_PIECES: [u8; (shoal_core::piece::MAX_PIECES / 8) as usize] =
+    [0; (shoal_core::piece::MAX_PIECES / 8) as usize];
+
 /// How long a piece a region lacks is handed to one of its nodes only (ms).
 const EXCLUSIVE_HINT_MS: u64 = 10_000;
 
@@ -208,7 +213,7 @@ impl Index {
         ranked.truncate(max_peers);
         // Then the asker's region's admitted storage that lacks the content: asked for it, it
         // pulls the content through from other regions once, for the whole region.
-        let zeros = vec![0u8; (n as usize).div_ceil(8)];
+        let zeros = &NO_PIECES[..(n as usize).div_ceil(8)];
         // One per region and content, the same for every asker (so they all meet at one pull),
         // and never to storage itself (whose own pull would otherwise start its neighbours').
         let asker_is_storage = asker.is_some_and(|a| self.nodes.get(&a).is_some_and(|e| e.storage));
@@ -229,7 +234,7 @@ impl Index {
                 });
             if let Some((id, e)) = pick {
                 let at = ranked.iter().take_while(|(r, _)| !r.0 && !r.1).count();
-                let h = HolderView::empty(id, e.active_uploads, &e.addrs, region, n, &zeros);
+                let h = HolderView::empty(id, e.active_uploads, &e.addrs, region, n, zeros);
                 ranked.insert(at, ((false, false, false, e.active_uploads, 0, Reverse(0)), h));
                 ranked.truncate(max_peers);
             }
