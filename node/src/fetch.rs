@@ -174,7 +174,8 @@ pub async fn fetch(
     }
     let set = PeerSet::new(shoal_swarm::Config::default(), fastrand::u64(..));
     let mut links = Links::new(node.net.clone(), set);
-    links.learn_regions(&found_first, &tracker.as_ref().map(|t| t.placement()).unwrap_or_default());
+    let placement = tracker.as_ref().map(|t| t.placement()).unwrap_or_default();
+    links.learn_regions(&found_first, &placement, node.trackers.known());
     if links.offer(Instant::now(), candidates) == 0 {
         if tracker.is_some() {
             bail!(

@@ -271,7 +271,7 @@ impl Node {
                 .map_or(0, |o| o.ctx().origin_bytes.load(Ordering::Relaxed)),
             offline_peer_bytes: self.follows.1.load(Ordering::Relaxed),
             role: if storage { "storage" } else { "node" }.into(),
-            region: self.trackers.known().region.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            region: self.trackers.known().region().map(|r| r.to_string()).unwrap_or_default(),
             cross_region_bytes: s.cross_region_bytes.load(Ordering::Relaxed),
             pull_through_bytes: self.pulls.as_ref().map_or(0, |p| p.bytes()),
             links: self

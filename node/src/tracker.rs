@@ -82,12 +82,13 @@ pub(crate) struct Known {
     pub(crate) tracker_ids: Mutex<std::collections::HashSet<NodeId>>,
     /// Contents the tracker reported complete in storage.
     pub(crate) stored: Mutex<std::collections::HashSet<ContentId>>,
-    /// The region the own tracker placed this node in (empty: the tracker has no regions).
-    pub(crate) region: Mutex<String>,
+    /// The region the own tracker placed this node in (`None`: the tracker has no regions).
+    pub(crate) region: Mutex<Option<shoal_core::Region>>,
     /// The region this node states to its trackers (`shoal daemon --region`).
     pub(crate) stated_region: Option<shoal_core::Region>,
-    /// The regions peers said (in their hellos) their trackers placed them in, at most
-    /// [`MAX_PEER_REGIONS`]: which received bytes crossed regions.
+    /// The regions of peers, as lookups named them or (for peers no lookup named) as they
+    /// said in their hellos, at most [`MAX_PEER_REGIONS`]: which received bytes crossed
+    /// regions.
     pub(crate) peer_regions: Mutex<HashMap<NodeId, shoal_core::Region>>,
 }
 
@@ -97,10 +98,10 @@ pub(crate) const MAX_PEER_REGIONS: usize = 4096;
 impl Known {
     /// This node's region, as its own tracker placed it.
     pub(crate) fn region(&self) -> Option<shoal_core::Region> {
-        self.region.lock().unwrap_or_else(|p| p.into_inner()).parse().ok()
+        self.region.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Remembers the region `peer` said it is in.
+    /// Remembers the region `peer` is in.
     pub(crate) fn note_peer_region(&self, peer: NodeId, region: Option<&shoal_core::Region>) {
         let Some(region) = region else { return };
         let mut map = self.peer_regions.lock().unwrap_or_else(|p| p.into_inner());
@@ -110,14 +111,21 @@ impl Known {
         map.insert(peer, region.clone());
     }
 
-    /// True if `peer` said it is in another region than this node's.
-    pub(crate) fn is_elsewhere(&self, peer: &NodeId) -> bool {
-        let mine = self.region.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if mine.is_empty() {
-            return false;
+    /// Remembers the region `peer` stated in its hello, unless a lookup named one already
+    /// (the tracker's word counts over the peer's).
+    pub(crate) fn note_stated_region(&self, peer: NodeId, region: Option<&shoal_core::Region>) {
+        let known = self.peer_regions.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&peer);
+        if !known {
+            self.note_peer_region(peer, region);
         }
+    }
+
+    /// True if `peer` is in another region than this node's.
+    pub(crate) fn is_elsewhere(&self, peer: &NodeId) -> bool {
+        let mine = self.region.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(mine) = mine.as_ref() else { return false };
         let map = self.peer_regions.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(peer).is_some_and(|r| r.as_str() != mine)
+        map.get(peer).is_some_and(|r| r != mine)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The connections of one fetch and what the report says of each peer. The policy (whom to
 //! dial, when to drop) is `shoal_swarm::PeerSet`'s; this only carries it out.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use tracing::debug;
 use super::PeerReport;
 use crate::net::Net;
 use crate::serve::CLOSE_BANNED;
+use crate::tracker::Known;
 
 /// Peers remembered for the report; beyond this, closed peers that delivered nothing are
 /// forgotten first, so a fetch that meets thousands of useless peers stays bounded.
@@ -73,41 +74,28 @@ pub(super) struct Links {
     pub(super) links: BTreeMap<NodeId, Link>,
     pub(super) dials: JoinSet<DialResult>,
     pub(super) dial_errors: Vec<String>,
-    /// Peers the tracker placed in another region than this node (at most
-    /// [`shoal_swarm::MAX_REMOTE`]): what they send counts as crossing regions.
-    pub(super) elsewhere: BTreeSet<NodeId>,
 }
 
 impl Links {
     pub(super) fn new(net: Arc<Net>, set: PeerSet<NodeId, SocketAddr>) -> Self {
-        Self {
-            net,
-            set,
-            links: BTreeMap::new(),
-            dials: JoinSet::new(),
-            dial_errors: Vec::new(),
-            elsewhere: BTreeSet::new(),
-        }
+        Self { net, set, links: BTreeMap::new(), dials: JoinSet::new(), dial_errors: Vec::new() }
     }
 
-    /// Learns the regions of peers a lookup named. With the tracker routing by region, peers
-    /// of other regions are asked only for what this node's region lacks (see
-    /// [`shoal_swarm::Picker::set_remote`]); either way their bytes count as crossing.
-    pub(super) fn learn_regions(&mut self, found: &[PeerInfo], placement: &Placement) {
-        let Some(mine) = &placement.region else { return };
+    /// Learns the regions of peers a lookup named: `known` remembers them (their bytes count
+    /// as crossing regions, see `Known::is_elsewhere`), and with the tracker routing by
+    /// region, peers of other regions are asked only for what this node's region lacks (see
+    /// [`shoal_swarm::Picker::set_remote`]).
+    pub(super) fn learn_regions(
+        &mut self,
+        found: &[PeerInfo],
+        placement: &Placement,
+        known: &Known,
+    ) {
         for p in found {
             let Some(theirs) = &p.region else { continue };
-            let elsewhere = theirs != mine;
-            if elsewhere {
-                if self.elsewhere.len() >= shoal_swarm::MAX_REMOTE {
-                    continue;
-                }
-                self.elsewhere.insert(p.node_id);
-            } else {
-                self.elsewhere.remove(&p.node_id);
-            }
-            if placement.routing {
-                self.set.set_remote(p.node_id, elsewhere);
+            known.note_peer_region(p.node_id, Some(theirs));
+            if let (Some(mine), true) = (&placement.region, placement.routing) {
+                self.set.set_remote(p.node_id, theirs != mine);
             }
         }
     }

@@ -131,9 +131,7 @@ pub(super) async fn run(
                 aborts.remove(&(done.peer, done.piece));
                 totals.downloaded += done.bytes;
                 node.stats.downloaded_bytes.fetch_add(done.bytes, Ordering::Relaxed);
-                if links.elsewhere.contains(&done.peer)
-                    || node.trackers.known().is_elsewhere(&done.peer)
-                {
+                if node.trackers.known().is_elsewhere(&done.peer) {
                     node.stats.cross_region_bytes.fetch_add(done.bytes, Ordering::Relaxed);
                 }
                 rate.add(done.bytes);
@@ -190,7 +188,7 @@ pub(super) async fn run(
             Some(joined) = lookups.join_next() => match joined {
                 Ok(Ok(Some((found, hints)))) => {
                     if let Some(t) = tracker {
-                        links.learn_regions(&found, &t.placement());
+                        links.learn_regions(&found, &t.placement(), node.trackers.known());
                     }
                     links.set.set_hints(&hints);
                     links.offer(Instant::now(), holders(&found));

@@ -185,11 +185,11 @@ impl Session<'_> {
             TrackerResponse::Registered { heartbeat_ms, role: granted, placement } => {
                 let placement = placement.unwrap_or_default();
                 if self.scope == Scope::Own {
-                    let name = placement.region.as_ref().map_or("", |r| r.as_str());
                     let mut region = node.known.region.lock().unwrap_or_else(|p| p.into_inner());
-                    if *region != name {
+                    if *region != placement.region {
+                        let name = placement.region.as_ref().map_or("", |r| r.as_str());
                         info!(tracker = %addr, region = name, routing = placement.routing, "placed in a region");
-                        *region = name.to_string();
+                        region.clone_from(&placement.region);
                     }
                 }
                 *self.placement.lock().unwrap_or_else(|p| p.into_inner()) = placement;
