@@ -226,11 +226,17 @@ fn a_full_pull_through_cache_drops_the_least_recently_used_content() {
         ls.as_array().unwrap().iter().map(|e| e["content_id"].as_str().unwrap().into()).collect()
     };
     // Each fetch by a fresh node of r1, from storage only: a pull, or a use of a cached one.
+    // A ticket with neither peers nor tracker: the fetch can only be served by storage (a
+    // pull, or its cache), never by the seed behind storage's back.
+    let bare = |i: usize| {
+        let full: shoal_core::Ticket = tickets[i].parse().unwrap();
+        shoal_core::Ticket { peers: vec![], tracker: None, tracker_id: None, ..full }.to_string()
+    };
     let fetch_from_storage = |n: usize, i: usize| {
         let d =
             Daemon::start(&tmp.path().join(format!("a{n}")), &["--tracker", &t, "--region", "r1"]);
         let out = tmp.path().join(format!("out{n}.bin"));
-        get_json(&d.dir, &tickets[i], &out, &["--peer", &storage.peer()]);
+        get_json(&d.dir, &bare(i), &out, &["--peer", &storage.peer()]);
     };
     let cached = |want: u64| {
         wait_until("the cache settles", || {
@@ -252,10 +258,8 @@ fn a_full_pull_through_cache_drops_the_least_recently_used_content() {
     assert!(!tmp.path().join("storage/pull-through").join(&ids[1]).exists(), "its file is gone");
     // 3 MiB is more than half the cache: not pulled, so a fetch from storage alone fails.
     let d = Daemon::start(&tmp.path().join("a4"), &["--tracker", &t, "--region", "r1"]);
-    let full: shoal_core::Ticket = tickets[3].parse().unwrap();
-    let bare = shoal_core::Ticket { peers: vec![], tracker: None, tracker_id: None, ..full };
     let mut c = d.cmd();
-    c.args(["get", &bare.to_string(), "-o"]).arg(tmp.path().join("big.bin"));
+    c.args(["get", &bare(3), "-o"]).arg(tmp.path().join("big.bin"));
     c.args(["--peer", &storage.peer()]);
     let o = run(c);
     assert!(!o.status.success(), "a content over half the cache is not pulled");

@@ -132,7 +132,7 @@ pub(crate) async fn drive_control(
                         forward(&events, PeerEvent::Rejected(peer, r, t)).await
                     }
                     Event::Ready => {
-                        node.trackers.known().note_peer_region(peer, session.remote_region())
+                        node.trackers.known().note_stated_region(peer, session.remote_region())
                     }
                     _ => {}
                 }
@@ -250,6 +250,12 @@ fn answer_subscription(
             true
         }
         Ok(None) => {
+            // A storage node asked for what it lacks starts pulling it through (the asker may
+            // have taken the manifest from another peer and never ask this one for it): it is
+            // a holder at the asker's next lookup.
+            if let Some(pulls) = &node.pulls {
+                pulls.request(content);
+            }
             session.reject_subscription(content, RejectReason::NotFound, "content not held here");
             false
         }
