@@ -389,3 +389,39 @@ fn connections_are_capped_per_node_id_and_per_address() {
     assert_rss_bounded(&d, before, "connection caps");
     honest_get_works(tmp.path(), &ticket, &data, "after-connections");
 }
+
+#[test]
+fn requests_for_unknown_contents_cost_a_pull_through_storage_nothing_lasting() {
+    // A storage node with pull-through on: 200 manifest and piece requests
+    // for contents its tracker does not know are refused; nothing is pulled, cached or kept.
+    let tmp = tempfile::tempdir().unwrap();
+    let st = tmp.path().join("storage");
+    let tracker = TrackerProc::start_admitting(&tmp.path().join("t"), "127.0.0.1:0", &[&st], &[]);
+    let t = tracker.addr.to_string();
+    let d = Daemon::start(
+        &st,
+        &["--tracker", &t, "--role", "storage", "--pull-through-cache", "64MiB"],
+    );
+    let before = rss_kib(d.child.id());
+    rt().block_on(async {
+        let (_ep, conn) = dial(d.addr, Limits::node()).await.unwrap();
+        for i in 0..200 {
+            let req = if i % 2 == 0 {
+                Request::Manifest { content: random_content() }
+            } else {
+                Request::Piece { content: random_content(), piece: PieceIndex(0) }
+            };
+            let r = ask(&conn, &req).await.unwrap();
+            assert!(
+                is_reject(&r, RejectReason::NotFound) || is_reject(&r, RejectReason::Busy),
+                "{r:?}"
+            );
+        }
+    });
+    assert_rss_bounded(&d, before, "unknown contents at a pull-through storage node");
+    let mut c = d.cmd();
+    c.args(["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(ok(c).trim()).unwrap();
+    assert_eq!(status["pull_through_bytes"], 0);
+    assert!(d.ls().as_array().unwrap().is_empty(), "nothing kept: {}", d.ls());
+}

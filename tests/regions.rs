@@ -110,6 +110,17 @@ fn bad_region_flags_are_one_clear_line() {
     c.arg("--region-db").arg(&not_a_db);
     let err = fails(c);
     assert!(err.contains("MaxMind-format"), "{err}");
+    for (listen, says) in [("nonsense", "IP:PORT"), ("127.0.0.1:0=bad name", "link name")] {
+        let mut c = shoal(&tmp.path().join("d"));
+        c.args(["daemon", "--listen", listen]);
+        let err = fails(c);
+        assert!(err.contains(says), "{err}");
+    }
+    let mut c = std::process::Command::new(tracker_bin());
+    c.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(tmp.path().join("t"));
+    c.args(["--region-file", "/nonexistent-regions.txt"]);
+    let err = fails(c);
+    assert!(err.contains("cannot read --region-file"), "{err}");
     let mut c = shoal(&tmp.path().join("d"));
     c.args(["daemon", "--listen", "127.0.0.1:0", "--region", "Bad Name"]);
     let err = fails(c);

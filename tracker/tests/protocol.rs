@@ -193,6 +193,12 @@ async fn forged_and_malformed_requests_are_refused_and_others_are_served() {
         TrackerResponse::Error { code: ErrorCode::Forged, .. } => {}
         other => panic!("forged announce accepted: {other:?}"),
     }
+    // Nor may she make the tracker forget what the honest node holds.
+    let forget = TrackerRequest::Forget { node_id: honest.node_id(), content };
+    match call(&m, &forget).await.unwrap() {
+        TrackerResponse::Error { code: ErrorCode::Forged, .. } => {}
+        other => panic!("forged forget accepted: {other:?}"),
+    }
     let lookup = TrackerRequest::Lookup {
         content,
         max_peers: 8,
