@@ -13,6 +13,7 @@ mod limits;
 mod links;
 mod local;
 mod offline;
+mod readme;
 mod regions;
 mod storage;
 mod storage_auth;
