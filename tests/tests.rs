@@ -6,6 +6,7 @@
 mod support;
 
 mod bad_input;
+mod config_file;
 mod faults;
 mod fetch_hostile;
 mod hostile_peer;
@@ -14,6 +15,7 @@ mod links;
 mod local;
 mod offline;
 mod regions;
+mod service;
 mod storage;
 mod storage_auth;
 mod swarm;

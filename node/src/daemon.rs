@@ -56,7 +56,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
 
 /// Tells the service manager the daemon's state, if one started it; a failure is only logged.
 fn notify(state: sd_notify::NotifyState<'_>) {
-    if let Err(e) = sd_notify::notify(&[state.clone()]) {
+    if let Err(e) = sd_notify::notify(std::slice::from_ref(&state)) {
         tracing::warn!(error = %e, %state, "cannot notify the service manager");
     }
 }

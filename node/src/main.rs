@@ -229,7 +229,8 @@ fn init_logging(format: LogFormat, default: &str) {
 }
 
 /// `shoal daemon --config FILE` (or `SHOAL_CONFIG`), `--print-config`, completions and man.
-const CLI_SPEC: shoal_cli::Spec = shoal_cli::Spec { subcommand: "daemon", config_env: "SHOAL_CONFIG" };
+const CLI_SPEC: shoal_cli::Spec =
+    shoal_cli::Spec { subcommand: "daemon", config_env: "SHOAL_CONFIG" };
 
 fn main() -> ExitCode {
     let cli: Cli = shoal_cli::parse(&CLI_SPEC);

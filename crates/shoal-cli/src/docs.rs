@@ -59,7 +59,8 @@ pub(crate) fn man(cmd: Command, m: &ArgMatches) -> Result<String, Error> {
         return Ok(String::from_utf8_lossy(&out).into_owned());
     };
     let mut written = Vec::new();
-    write_pages(&cmd, dir, &mut written).map_err(|source| Error::Man { dir: dir.clone(), source })?;
+    write_pages(&cmd, dir, &mut written)
+        .map_err(|source| Error::Man { dir: dir.clone(), source })?;
     Ok(written.iter().map(|p| format!("{}\n", p.display())).collect())
 }
 

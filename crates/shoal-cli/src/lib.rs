@@ -106,13 +106,10 @@ pub fn command<P: Parser>(spec: &Spec) -> Command {
             // No environment variable on purpose: one left in a service's environment would
             // make the daemon print and exit instead of running.
             .arg(
-                Arg::new(PRINT_CONFIG_ID)
-                    .long(PRINT_CONFIG)
-                    .action(ArgAction::SetTrue)
-                    .help(
-                        "Print the effective settings (flags, environment, config file and \
+                Arg::new(PRINT_CONFIG_ID).long(PRINT_CONFIG).action(ArgAction::SetTrue).help(
+                    "Print the effective settings (flags, environment, config file and \
                          defaults merged) as TOML that --config accepts, then exit.",
-                    ),
+                ),
             )
         })
         .subcommand(docs::completions_command())

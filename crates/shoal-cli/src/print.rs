@@ -58,11 +58,9 @@ fn value(
         Kind::Switch(_) => {
             Ok(matches.try_get_one::<bool>(id).ok().flatten().map(|b| Value::Boolean(*b)))
         }
-        Kind::Count => Ok(matches
-            .try_get_one::<u8>(id)
-            .ok()
-            .flatten()
-            .map(|n| Value::Integer(i64::from(*n)))),
+        Kind::Count => {
+            Ok(matches.try_get_one::<u8>(id).ok().flatten().map(|n| Value::Integer(i64::from(*n))))
+        }
         Kind::One(s) | Kind::Many(s) => {
             let Some(raw) = matches.get_raw(id) else { return Ok(None) };
             let items = raw.map(|v| scalar(key, s, v)).collect::<Result<Vec<_>, _>>()?;

@@ -303,7 +303,10 @@ fn setting() -> impl Strategy<Value = (String, String, Vec<String>)> {
     let word = "[a-z0-9:./ _-]{0,12}";
     prop_oneof![
         prop::collection::vec(word, 1..4).prop_map(|v| {
-            let toml = format!("listen = {}", Value::Array(v.iter().cloned().map(Value::String).collect::<Vec<_>>().into()));
+            let toml = format!(
+                "listen = {}",
+                Value::Array(v.iter().cloned().map(Value::String).collect::<Vec<_>>())
+            );
             ("listen".into(), toml, v.iter().map(|s| format!("--listen={s}")).collect())
         }),
         (0u64..1_000_000).prop_map(|n| (

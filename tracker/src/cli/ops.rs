@@ -24,7 +24,7 @@ pub(crate) fn init_logging(format: LogFormat) {
 /// Tells the service manager the tracker's state, if one started it (a no-op without
 /// NOTIFY_SOCKET); a failure is only logged.
 pub(crate) fn notify(state: sd_notify::NotifyState<'_>) {
-    if let Err(e) = sd_notify::notify(&[state.clone()]) {
+    if let Err(e) = sd_notify::notify(std::slice::from_ref(&state)) {
         tracing::warn!(error = %e, %state, "cannot notify the service manager");
     }
 }
