@@ -59,6 +59,39 @@ fn daemon_precedence_is_flag_then_env_then_file_then_default() {
 }
 
 #[test]
+fn global_flags_before_the_subcommand_beat_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "node.toml", "data-dir = \"/from-file\"\nlog-format = \"json\"\n");
+    let mut c = clean(bin(), dir.path());
+    c.args(["--data-dir", "/from-flag", "daemon", "--config"]).arg(&file).arg("--print-config");
+    let printed = ok(c);
+    assert!(settings(&printed).contains(&"data-dir = \"/from-flag\""), "{printed}");
+    assert!(settings(&printed).contains(&"log-format = \"json\""), "{printed}");
+}
+
+#[test]
+fn tracker_runs_with_the_settings_of_its_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("tracker");
+    let file = write(
+        dir.path(),
+        "tracker.toml",
+        &format!(
+            "listen = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\ndata-dir = {:?}\n",
+            data.to_str().unwrap()
+        ),
+    );
+    let mut c = clean(tracker_bin(), dir.path());
+    c.args(["serve", "--config"]).arg(&file).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = KillOnDrop(c.spawn().unwrap());
+    let rx = lines(child.0.stdout.take().unwrap());
+    let line = wait_line(&rx, "tracker start", |l| l.starts_with("shoal-tracker: node "));
+    assert!(line.contains(" listening on 127.0.0.1:"), "{line}");
+    assert!(line.contains("http http://127.0.0.1:"), "the file's http address: {line}");
+    assert!(data.join("index").exists(), "the file's data dir is not used");
+}
+
+#[test]
 fn daemon_runs_with_the_settings_of_its_config_file() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("storage");

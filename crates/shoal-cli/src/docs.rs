@@ -15,9 +15,10 @@ pub(crate) const MAN: &str = "man";
 const SHELL_ID: &str = "shoal-cli.shell";
 const DIR_ID: &str = "shoal-cli.dir";
 
-pub(crate) fn completions_command() -> Command {
+/// The completions subcommand of the program `name`.
+pub(crate) fn completions_command(name: &str) -> Command {
     Command::new(COMPLETIONS)
-        .about("Print a shell completion script, like: source <(shoal completions bash)")
+        .about(format!("Print a shell completion script, like: source <({name} completions bash)"))
         .arg(
             Arg::new(SHELL_ID)
                 .required(true)

@@ -89,31 +89,30 @@ const PRINT_CONFIG_ID: &str = "shoal-cli.print-config";
 /// by its first run in any test.
 pub fn command<P: Parser>(spec: &Spec) -> Command {
     let name = spec.subcommand;
-    P::command()
-        .mut_subcommand(name, |c| {
-            c.arg(
-                Arg::new(CONFIG_ID)
-                    .long(CONFIG)
-                    .env(spec.config_env)
-                    .value_name("FILE")
-                    .value_parser(clap::value_parser!(PathBuf))
-                    .help(format!(
-                        "Read settings from this TOML file: every flag of `{name}` is a key \
+    let cmd = P::command();
+    let program = cmd.get_name().to_string();
+    cmd.mut_subcommand(name, |c| {
+        c.arg(
+            Arg::new(CONFIG_ID)
+                .long(CONFIG)
+                .env(spec.config_env)
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help(format!(
+                    "Read settings from this TOML file: every flag of `{name}` is a key \
                          (like upload-limit = \"20MiB/s\"); flags and environment variables \
                          override it."
-                    )),
-            )
-            // No environment variable on purpose: one left in a service's environment would
-            // make the daemon print and exit instead of running.
-            .arg(
-                Arg::new(PRINT_CONFIG_ID).long(PRINT_CONFIG).action(ArgAction::SetTrue).help(
-                    "Print the effective settings (flags, environment, config file and \
+                )),
+        )
+        // No environment variable on purpose: one left in a service's environment would
+        // make the daemon print and exit instead of running.
+        .arg(Arg::new(PRINT_CONFIG_ID).long(PRINT_CONFIG).action(ArgAction::SetTrue).help(
+            "Print the effective settings (flags, environment, config file and \
                          defaults merged) as TOML that --config accepts, then exit.",
-                ),
-            )
-        })
-        .subcommand(docs::completions_command())
-        .subcommand(docs::man_command())
+        ))
+    })
+    .subcommand(docs::completions_command(&program))
+    .subcommand(docs::man_command())
 }
 
 /// Parses the process's command line like `P::parse()`, with the config file and the added
