@@ -6,6 +6,7 @@
 mod support;
 
 mod bad_input;
+mod config_file;
 mod faults;
 mod fetch_hostile;
 mod hostile_peer;
@@ -15,6 +16,7 @@ mod local;
 mod offline;
 mod readme;
 mod regions;
+mod service;
 mod storage;
 mod storage_auth;
 mod swarm;

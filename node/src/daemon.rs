@@ -43,9 +43,20 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         node.node_id(),
         control.addr
     );
+    // Peers and the control API answer from here on: tell systemd (Type=notify), if it
+    // started us (a no-op without NOTIFY_SOCKET).
+    notify(sd_notify::NotifyState::Ready);
     shutdown.await;
+    notify(sd_notify::NotifyState::Stopping);
     tracing::info!("shutting down");
     control.stop();
     node.close().await;
     Ok(())
+}
+
+/// Tells the service manager the daemon's state, if one started it; a failure is only logged.
+fn notify(state: sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(std::slice::from_ref(&state)) {
+        tracing::warn!(error = %e, %state, "cannot notify the service manager");
+    }
 }

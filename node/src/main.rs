@@ -228,8 +228,12 @@ fn init_logging(format: LogFormat, default: &str) {
     }
 }
 
+/// `shoal daemon --config FILE` (or `SHOAL_CONFIG`), `--print-config`, completions and man.
+const CLI_SPEC: shoal_cli::Spec =
+    shoal_cli::Spec { subcommand: "daemon", config_env: "SHOAL_CONFIG" };
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = shoal_cli::parse(&CLI_SPEC);
     let default_level = if matches!(cli.command, Command::Daemon { .. }) { "info" } else { "warn" };
     init_logging(cli.log_format, default_level);
     match run(cli) {

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+#[path = "cli/ops.rs"]
+mod ops;
+
 /// The Shoal tracker: knows which node holds which pieces, answers lookups.
 #[derive(Debug, Parser)]
 #[command(name = "shoal-tracker", version)]
@@ -117,13 +120,21 @@ enum Command {
         /// Queries one node id may make at once.
         #[arg(long, env = "SHOAL_TRACKER_QUERY_BURST_PER_NODE", default_value_t = 512)]
         query_burst_per_node: u32,
+        /// Log format on stderr.
+        #[arg(long, env = "SHOAL_LOG_FORMAT", value_enum, default_value = "text")]
+        log_format: ops::LogFormat,
     },
 }
 
+/// `shoal-tracker serve --config FILE` (or `SHOAL_TRACKER_CONFIG`), `--print-config`,
+/// completions and man.
+const CLI_SPEC: shoal_cli::Spec =
+    shoal_cli::Spec { subcommand: "serve", config_env: "SHOAL_TRACKER_CONFIG" };
+
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let cli: Cli = shoal_cli::parse(&CLI_SPEC);
+    let Command::Serve { log_format, .. } = &cli.command;
+    ops::init_logging(*log_format);
     let Command::Serve {
         listen,
         http,
@@ -148,7 +159,8 @@ fn main() -> ExitCode {
         query_burst,
         query_rate_per_node,
         query_burst_per_node,
-    } = Cli::parse().command;
+        log_format: _,
+    } = cli.command;
     let mut admitted_storage = std::collections::HashSet::new();
     for id in admit_storage.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
         match id.parse::<shoal_core::NodeId>() {
@@ -269,6 +281,7 @@ fn main() -> ExitCode {
         |r| {
             let http = r.http.map_or_else(|| "off".to_string(), |h| format!("http://{h}"));
             println!("shoal-tracker: node {} listening on {}, http {http}", r.node_id, r.addr);
+            ops::notify(sd_notify::NotifyState::Ready);
         },
         async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -276,6 +289,7 @@ fn main() -> ExitCode {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
+            ops::notify(sd_notify::NotifyState::Stopping);
         },
     ));
     match result {
