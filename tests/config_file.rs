@@ -38,6 +38,24 @@ fn daemon_config(home: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
 }
 
 #[test]
+fn a_pull_through_cache_of_zero_is_accepted() {
+    // `0` turns the cache off, as the flag's help says; a size parser for rates refused it.
+    let dir = tempfile::tempdir().unwrap();
+    for zero in ["0", "0B"] {
+        let printed = daemon_config(dir.path(), &["--pull-through-cache", zero], &[]);
+        assert!(
+            settings(&printed).contains(&&*format!("pull-through-cache = \"{zero}\"")),
+            "{printed}"
+        );
+    }
+    let mut c = clean(bin(), dir.path());
+    c.args(["daemon", "--pull-through-cache", "lots", "--print-config"]);
+    let out = run(c);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("bad size") && err.contains("4GiB"), "{err}");
+}
+
+#[test]
 fn daemon_precedence_is_flag_then_env_then_file_then_default() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "node.toml", "upload-limit = \"1MiB/s\"\n");

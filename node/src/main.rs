@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
-use shoal_control::{human_bytes, Client, FetchReport, GetBody, LsEntry, Progress, Rate};
+use shoal_control::{human_bytes, Client, FetchReport, GetBody, LsEntry, Progress, Rate, Size};
 use shoal_core::{PeerAddr, Ticket};
 use shoal_node::config::{Grants, NodeConfig};
 use shoal_node::fetch::FetchRequest;
@@ -108,7 +108,7 @@ enum Command {
         /// its own has none) and serves it while it arrives; the least recently used pulled
         /// contents go when the cache is full. What storage keeps for good is not counted.
         #[arg(long, env = "SHOAL_PULL_THROUGH_CACHE", value_name = "SIZE", default_value = "4GiB")]
-        pull_through_cache: Rate,
+        pull_through_cache: Size,
         /// TESTING ONLY: advertise every piece of any content held in part (a lying bitfield).
         #[arg(long, env = "SHOAL_DANGER_LIE_BITFIELD")]
         danger_lie_bitfield: bool,

@@ -49,4 +49,4 @@ pub use offline::{
     TaskBody, TaskStatus,
 };
 pub use status::{ContentStatus, LinkStatus, Status};
-pub use units::{human_bytes, ParseRateError, Rate};
+pub use units::{human_bytes, ParseRateError, ParseSizeError, Rate, Size};

@@ -30,6 +30,33 @@ impl fmt::Display for Rate {
     }
 }
 
+/// A size in bytes such as `4GiB`, `500MB` or `0` (nothing: a cache of size 0 is off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+/// Error parsing a [`Size`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad size {0:?}: expected 0 or a number with an optional unit, like 500MB or 4GiB")]
+pub struct ParseSizeError(String);
+
+impl FromStr for Size {
+    type Err = ParseSizeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        if t.strip_suffix('B').unwrap_or(t).trim() == "0" {
+            return Ok(Size(0));
+        }
+        byte_count(t).map(Size).ok_or_else(|| ParseSizeError(s.to_string()))
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", human_bytes(self.0 as f64))
+    }
+}
+
 /// A byte count with an optional unit (`10GiB`, `500KB`, `1000`), from 1 byte to 1 PB; `None`
 /// for anything else.
 pub fn byte_count(t: &str) -> Option<u64> {
@@ -72,6 +99,17 @@ mod tests {
         }
         for bad in ["", "fast", "10XB/s", "-5", "0", "1e400"] {
             assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn size_forms() {
+        let table = [("0", 0), ("0B", 0), (" 0 ", 0), ("4GiB", 4 << 30), ("500MB", 500_000_000)];
+        for (s, v) in table {
+            assert_eq!(s.parse::<Size>().unwrap(), Size(v), "{s}");
+        }
+        for bad in ["", "none", "-1", "0.5", "4XB", "1e400", "00x"] {
+            assert!(bad.parse::<Size>().is_err(), "{bad}");
         }
     }
 
