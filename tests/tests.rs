@@ -12,6 +12,7 @@ mod hostile_peer;
 mod limits;
 mod links;
 mod local;
+mod manage;
 mod offline;
 mod regions;
 mod storage;

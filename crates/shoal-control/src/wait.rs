@@ -148,8 +148,8 @@ mod tests {
         let _lock = DaemonLock::acquire(dir.path()).unwrap();
         let mut told = Vec::new();
         let bound = Duration::from_millis(300);
-        let e = Client::find_waiting(dir.path(), Need::Optional, bound, |p| told.push(p))
-            .unwrap_err();
+        let e =
+            Client::find_waiting(dir.path(), Need::Optional, bound, |p| told.push(p)).unwrap_err();
         assert_eq!(told, vec![Some(std::process::id())], "one message, with the pid");
         assert!(matches!(e, WaitError::NotStarted { .. }), "{e:?}");
         assert!(e.to_string().contains("did not start within 0s"), "{e}");

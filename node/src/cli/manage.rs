@@ -122,9 +122,15 @@ pub(crate) fn cancel(data_dir: &Path, job: &str, json: bool) -> anyhow::Result<(
     if json {
         println!("{}", serde_json::to_string(&j)?);
     } else if j.state == "done" {
-        println!("job {} had finished before it could be cancelled: {} is complete", j.job, j.output);
+        println!(
+            "job {} had finished before it could be cancelled: {} is complete",
+            j.job, j.output
+        );
     } else {
-        println!("cancelled job {}: its partial file is deleted, {} was not written", j.job, j.output);
+        println!(
+            "cancelled job {}: its partial file is deleted, {} was not written",
+            j.job, j.output
+        );
     }
     Ok(())
 }

@@ -87,9 +87,12 @@ impl Jobs {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Drops finished jobs past their time, and the oldest past the count.
-    fn prune(jobs: &mut HashMap<String, Job>) {
-        jobs.retain(|_, j| j.ended.is_none_or(|t| t.elapsed() < KEEP_FINISHED));
+    /// Drops the jobs that finished [`KEEP_FINISHED`] before `now`, and the oldest finished
+    /// ones past [`MAX_FINISHED`].
+    fn prune(jobs: &mut HashMap<String, Job>, now: Instant) {
+        jobs.retain(|_, j| {
+            j.ended.is_none_or(|t| now.saturating_duration_since(t) < KEEP_FINISHED)
+        });
         let mut ended: Vec<(Instant, String)> =
             jobs.iter().filter_map(|(id, j)| Some((j.ended?, id.clone()))).collect();
         if ended.len() > MAX_FINISHED {
@@ -115,7 +118,7 @@ impl Jobs {
     ) -> Result<JobStarted, ApiError> {
         let content = req.ticket.content;
         let mut jobs = self.lock();
-        Self::prune(&mut jobs);
+        Self::prune(&mut jobs, Instant::now());
         let running = jobs.values().filter(|j| j.state == JobState::Running).count();
         if running >= MAX_RUNNING {
             return Err(refuse(
@@ -170,7 +173,7 @@ impl Jobs {
 
     fn list(&self) -> Vec<JobStatus> {
         let mut jobs = self.lock();
-        Self::prune(&mut jobs);
+        Self::prune(&mut jobs, Instant::now());
         let mut out: Vec<(Instant, JobStatus)> =
             jobs.iter().map(|(id, j)| (j.started, status(id, j))).collect();
         out.sort_by_key(|(t, _)| *t);
@@ -185,7 +188,7 @@ impl Jobs {
     async fn cancel(&self, node: &Arc<Node>, id: &str) -> Result<JobStatus, ApiError> {
         let (task, content, output) = {
             let mut jobs = self.lock();
-            Self::prune(&mut jobs);
+            Self::prune(&mut jobs, Instant::now());
             let Some(j) = jobs.get_mut(id) else {
                 return Err(refuse(
                     StatusCode::NOT_FOUND,
@@ -216,10 +219,11 @@ impl Jobs {
         while store.is_downloading(content) && Instant::now() < end {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let finished = tokio::task::spawn_blocking(move || forget_partial(&store, content, &output))
-            .await
-            .map_err(|e| internal(e.into()))?
-            .map_err(internal)?;
+        let finished =
+            tokio::task::spawn_blocking(move || forget_partial(&store, content, &output))
+                .await
+                .map_err(|e| internal(e.into()))?
+                .map_err(internal)?;
         node.stats.content_changed();
         if !finished {
             super::rm::tell_tracker_forgotten(node, content).await;
@@ -249,8 +253,10 @@ fn forget_partial(
         Some(Source::Download { partial, output: o }) if o == output => {
             store.remove(content)?;
             match std::fs::remove_file(&partial) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(anyhow::Error::new(e)
-                    .context(format!("cannot delete {}", partial.display()))),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(anyhow::Error::new(e)
+                        .context(format!("cannot delete {}", partial.display())))
+                }
                 _ => Ok(false),
             }
         }
@@ -300,4 +306,43 @@ pub(super) async fn cancel(
     Json(body): Json<JobBody>,
 ) -> Result<Json<JobStatus>, ApiError> {
     Ok(Json(api.jobs.cancel(&api.node, body.job.trim()).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(ended: Option<Instant>) -> Job {
+        let state = if ended.is_some() { JobState::Done } else { JobState::Running };
+        Job {
+            content: ContentId([7; 32]),
+            output: PathBuf::from("/tmp/out"),
+            started: Instant::now(),
+            ended,
+            state,
+            progress: watch::channel(Progress::default()).1,
+            task: None,
+        }
+    }
+
+    #[test]
+    fn finished_jobs_are_kept_for_a_while_and_bounded_in_number() {
+        let t0 = Instant::now();
+        let mut jobs = HashMap::new();
+        jobs.insert("running".to_string(), job(None));
+        jobs.insert("fresh".to_string(), job(Some(t0)));
+        Jobs::prune(&mut jobs, t0 + KEEP_FINISHED - Duration::from_secs(1));
+        assert_eq!(jobs.len(), 2, "nothing is past its time yet");
+        Jobs::prune(&mut jobs, t0 + KEEP_FINISHED);
+        assert!(jobs.contains_key("running") && !jobs.contains_key("fresh"), "{jobs:?}");
+        // Past the count, the oldest finished go; a running job never does.
+        for i in 0..MAX_FINISHED + 5 {
+            jobs.insert(format!("j{i}"), job(Some(t0 + Duration::from_millis(i as u64))));
+        }
+        Jobs::prune(&mut jobs, t0);
+        assert_eq!(jobs.len(), MAX_FINISHED + 1);
+        assert!(jobs.contains_key("running"));
+        assert!((0..5).all(|i| !jobs.contains_key(&format!("j{i}"))), "the oldest went first");
+        assert!(jobs.contains_key(&format!("j{}", MAX_FINISHED + 4)));
+    }
 }

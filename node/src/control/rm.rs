@@ -126,7 +126,8 @@ fn remove(store: &Store, id: ContentId, delete: bool) -> Result<RmReply, ApiErro
 /// Tells the node's own tracker, if it has one, that it no longer holds `content` (unless it
 /// still holds some of it); true once the tracker took it.
 pub(super) async fn tell_tracker_forgotten(node: &Arc<Node>, content: ContentId) -> bool {
-    if node.trackers.default_addr().is_none() || node.contents.holding(content).ok().flatten().is_some()
+    if node.trackers.default_addr().is_none()
+        || node.contents.holding(content).ok().flatten().is_some()
     {
         return false;
     }
