@@ -69,7 +69,9 @@ async fn open_waiting(config: &NodeConfig) -> anyhow::Result<Arc<Node>> {
     loop {
         match Node::open(config) {
             Err(e) if in_use(&e) && start.elapsed() < bound => {
-                if !told {
+                // A command holds the store for an instant while it looks for a daemon: say
+                // something only if the wait lasts.
+                if !told && start.elapsed() >= Duration::from_secs(1) {
                     told = true;
                     tracing::warn!(
                         data_dir = %config.data_dir.display(),

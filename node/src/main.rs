@@ -609,18 +609,21 @@ fn get(
         ticket.parse().map_err(|e| anyhow::anyhow!("cannot read ticket \"{shown}..\": {e}"))?;
     let output = checked_output(output)?;
     let mut view = ProgressView::new();
+    let body = GetBody {
+        ticket: ticket.trim().to_string(),
+        output: output.clone(),
+        peers: peers.iter().map(|p| p.to_string()).collect(),
+        limit: limit.map(|r| r.0),
+        tracker: tracker.clone(),
+    };
     let report = match manage_cli::daemon_if_running(data_dir)? {
-        Some(client) => {
-            let body = GetBody {
-                ticket: ticket.trim().to_string(),
-                output: output.clone(),
-                peers: peers.iter().map(|p| p.to_string()).collect(),
-                limit: limit.map(|r| r.0),
-                tracker,
-            };
-            client.get(&body, |p| view.update(p)).map_err(anyhow::Error::from)
-        }
-        None => get_standalone(data_dir, parsed, output, peers, limit, tracker, &mut view),
+        Some(client) => client.get(&body, |p| view.update(p)).map_err(anyhow::Error::from),
+        None => match get_standalone(data_dir, parsed, output, peers, limit, tracker, &mut view) {
+            // A daemon took the data dir in the instant between looking and opening it.
+            Err(e) if manage_cli::in_use(&e) => manage_cli::after_in_use(data_dir, e)
+                .and_then(|c| Ok(c.get(&body, |p| view.update(p))?)),
+            r => r,
+        },
     };
     view.finish();
     let report = report?;

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::bail;
+use shoal_control::lock::{probe, Probe};
 use shoal_control::wait::{wait_bound, Need};
 use shoal_control::{human_bytes, Client, GetBody, JobStatus, Rate, RmBody};
 use shoal_core::PeerAddr;
@@ -26,8 +27,49 @@ pub(crate) fn daemon(data_dir: &Path) -> anyhow::Result<Client> {
 
 /// The daemon of `data_dir` if one runs or is starting (waited for); `None` if none does, for
 /// commands that then work on the data dir themselves.
+///
+/// A daemon takes its lock first, then the store, and waits while a command holds the store.
+/// So, with no daemon in sight, the store is opened and the lock looked at once more: held
+/// means a daemon started meanwhile and waits for the store (let go of it and wait for the
+/// daemon); free means a daemon started from now on waits for this command instead.
 pub(crate) fn daemon_if_running(data_dir: &Path) -> anyhow::Result<Option<Client>> {
-    find(data_dir, Need::Optional)
+    if let Some(c) = find(data_dir, Need::Optional)? {
+        return Ok(Some(c));
+    }
+    shoal_node::node::create_data_dir(data_dir)?;
+    match shoal_store::Store::open(data_dir) {
+        Ok(store) => {
+            let lock = probe(data_dir)?;
+            // sled lets go of the data dir when the store is dropped (not later).
+            drop(store);
+            match lock {
+                Probe::Held { .. } => find(data_dir, Need::Optional),
+                Probe::Free => Ok(None),
+            }
+        }
+        Err(e @ shoal_store::StoreError::InUse { .. }) => match find(data_dir, Need::Optional)? {
+            Some(c) => Ok(Some(c)),
+            None => Err(e.into()),
+        },
+        // The command's own open says what is wrong.
+        Err(_) => Ok(None),
+    }
+}
+
+/// True if `e` says another process holds the data dir's store.
+pub(crate) fn in_use(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<shoal_store::StoreError>(),
+            Some(shoal_store::StoreError::InUse { .. })
+        )
+    })
+}
+
+/// After a command found the store held (`e`): the daemon that holds it (waited for while it
+/// starts), or `e` if no daemon does (another standalone command holds it).
+pub(crate) fn after_in_use(data_dir: &Path, e: anyhow::Error) -> anyhow::Result<Client> {
+    daemon_if_running(data_dir)?.ok_or(e)
 }
 
 /// `shoal ls` without a daemon: the store read directly, or, if a daemon took the data dir
