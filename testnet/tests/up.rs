@@ -187,6 +187,7 @@ fn a_node_joins_a_kept_testnet() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let stop = StopOnDrop(up.id());
     let lines = wait_for_line(&mut up, "press Ctrl-C");
     // The join instructions, pasted into a shell as printed (with our own paths): the daemon
     // in the background, a `get` at once (it waits for the daemon), and the daemon stopped.
@@ -224,11 +225,21 @@ fn a_node_joins_a_kept_testnet() {
     assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
     assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(dir.join("file.bin")).unwrap());
     // SIGTERM stops the testnet and everything it started.
+    std::mem::forget(stop);
     Command::new("kill").args(["-TERM", &up.id().to_string()]).status().unwrap();
     let end = Instant::now() + Duration::from_secs(30);
     while up.try_wait().unwrap().is_none() {
         assert!(Instant::now() < end, "the testnet did not stop on SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends SIGTERM to a testnet that a failed assertion left running (it stops what it started).
+struct StopOnDrop(u32);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.to_string()]).status();
     }
 }
 
