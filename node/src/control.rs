@@ -1,4 +1,6 @@
-//! The local control API: HTTP/JSON on 127.0.0.1, used by `shoal add/get/ls/status`.
+//! The local control API: HTTP/JSON on 127.0.0.1, used by `shoal add/get/ls/status` and the
+//! other commands that talk to the daemon; jobs (`shoal get --detach`, `jobs`, `cancel`) are
+//! in `jobs`, removing a content (`shoal rm`) in `rm`.
 //!
 //! The daemon writes `control.json` (address, a random token, pid; mode 0600) into its data dir;
 //! clients send the token (256 bits from the OS random source, compared in constant time) as a
