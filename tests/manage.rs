@@ -92,7 +92,7 @@ fn commands_wait_for_a_starting_daemon_and_never_for_a_dead_one() {
     let o = run(c);
     let err = stderr_of(&o);
     assert!(!o.status.success());
-    assert!(err.contains(WAITING) && err.contains("stopped while starting"), "{err}");
+    assert!(err.contains(WAITING) && err.contains("stopped before it answered"), "{err}");
     assert!(!failing.0.wait().unwrap().success());
 
     // One that never answers within the bound is named, with the variable that raises it.

@@ -55,7 +55,7 @@ pub enum WaitError {
         waited: Duration,
     },
     /// The daemon let go of its lock before it answered: it failed to start.
-    #[error("the shoal daemon of data dir {} stopped while starting: its output says why", .0.display())]
+    #[error("the shoal daemon of data dir {} stopped before it answered (it failed to start, or was stopped): its output says why", .0.display())]
     Stopped(PathBuf),
     /// The lock file cannot be read.
     #[error("cannot read the daemon lock of data dir {}: {source}", dir.display())]
