@@ -36,6 +36,14 @@ fn spawn_daemon(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Spawned {
 
 const WAITING: &str = "waiting for the shoal daemon to start";
 
+/// Waits until the daemon of `dir` holds its lock (it is starting: a command now must wait).
+fn starting(dir: &Path) {
+    use shoal_control::lock::{probe, Probe};
+    wait_until("the daemon takes its lock", || {
+        matches!(probe(dir), Ok(Probe::Held { .. })).then_some(())
+    });
+}
+
 fn stderr_of(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -49,6 +57,7 @@ fn commands_wait_for_a_starting_daemon_and_never_for_a_dead_one() {
     let slow = [("SHOAL_DANGER_START_DELAY_MS", "1500")];
     let seed_dir = tmp.path().join("seed");
     let _seed = spawn_daemon(&seed_dir, &["--listen", "127.0.0.1:0"], &slow);
+    starting(&seed_dir);
     let mut c = shoal(&seed_dir);
     c.arg("add").arg(&src);
     let o = run(c);
@@ -59,6 +68,7 @@ fn commands_wait_for_a_starting_daemon_and_never_for_a_dead_one() {
     // answers (before, it failed on the store the daemon holds).
     let b_dir = tmp.path().join("b");
     let _b = spawn_daemon(&b_dir, &["--listen", "127.0.0.1:0"], &slow);
+    starting(&b_dir);
     let out = tmp.path().join("copy.bin");
     let mut c = shoal(&b_dir);
     c.args(["get", &ticket, "-o"]).arg(&out);
@@ -87,6 +97,7 @@ fn commands_wait_for_a_starting_daemon_and_never_for_a_dead_one() {
     let port = taken.local_addr().unwrap().to_string();
     let fail_dir = tmp.path().join("fail");
     let mut failing = spawn_daemon(&fail_dir, &["--listen", &port], &slow);
+    starting(&fail_dir);
     let mut c = shoal(&fail_dir);
     c.arg("status");
     let o = run(c);
@@ -102,6 +113,7 @@ fn commands_wait_for_a_starting_daemon_and_never_for_a_dead_one() {
         &["--listen", "127.0.0.1:0"],
         &[("SHOAL_DANGER_START_DELAY_MS", "60000")],
     );
+    starting(&late_dir);
     let mut c = shoal(&late_dir);
     c.arg("status").env("SHOAL_DAEMON_WAIT", "1");
     let o = run(c);
