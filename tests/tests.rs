@@ -13,6 +13,7 @@ mod hostile_peer;
 mod limits;
 mod links;
 mod local;
+mod manage;
 mod offline;
 mod readme;
 mod regions;

@@ -116,6 +116,10 @@ pub struct NodeConfig {
     pub listen_name: Option<String>,
     /// Further addresses to listen on (links), each with an optional name (default none).
     pub more_links: Vec<(SocketAddr, Option<String>)>,
+    /// Addresses the node registers with its tracker and puts in its tickets besides (and
+    /// before) those it listens on: for a node behind a port forward (default none). The
+    /// tracker checks them like any registered address.
+    pub advertise: Vec<SocketAddr>,
     /// For a storage node: bytes of the pull-through cache, contents fetched on request from
     /// the swarm (other regions) and dropped least recently used first (default 4 GiB; 0
     /// turns pulling through off).
@@ -142,6 +146,7 @@ impl NodeConfig {
             pull_through_cache: 4 << 30,
             listen_name: None,
             more_links: Vec::new(),
+            advertise: Vec::new(),
         }
     }
 }

@@ -1,4 +1,6 @@
-//! The local control API: HTTP/JSON on 127.0.0.1, used by `shoal add/get/ls/status`.
+//! The local control API: HTTP/JSON on 127.0.0.1, used by `shoal add/get/ls/status` and the
+//! other commands that talk to the daemon; jobs (`shoal get --detach`, `jobs`, `cancel`) are
+//! in `jobs`, removing a content (`shoal rm`) in `rm`.
 //!
 //! The daemon writes `control.json` (address, a random token, pid; mode 0600) into its data dir;
 //! clients send the token (256 bits from the OS random source, compared in constant time) as a
@@ -28,7 +30,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::fetch::{fetch, FetchRequest, Progress};
 
+mod jobs;
 mod offline;
+mod rm;
 use crate::node::Node;
 
 pub use shoal_control::api::{
@@ -72,6 +76,8 @@ fn internal(e: anyhow::Error) -> ApiError {
 struct Api {
     node: Arc<Node>,
     token: Arc<str>,
+    /// Downloads the daemon runs on its own (`shoal get --detach`).
+    jobs: Arc<jobs::Jobs>,
 }
 
 impl Api {
@@ -112,7 +118,7 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<ControlHandle> {
         &file,
         &serde_json::to_vec(&ControlInfo { addr, token: token.clone(), pid: std::process::id() })?,
     )?;
-    let api = Api { node, token: token.into() };
+    let api = Api { node, token: token.into(), jobs: Arc::default() };
     // Every /v1 route checks the token before anything else runs, body parsing included.
     let v1 = Router::new()
         .route("/v1/status", get(status))
@@ -120,6 +126,9 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<ControlHandle> {
         .route("/v1/add", post(add))
         .route("/v1/get", post(get_content))
         .route("/v1/push", post(push))
+        .route("/v1/jobs", post(jobs::start).get(jobs::list))
+        .route("/v1/jobs/cancel", post(jobs::cancel))
+        .route("/v1/rm", post(rm::rm))
         .route("/v1/offline/add", post(offline::add))
         .route("/v1/offline/watch", post(offline::watch))
         .route("/v1/offline/follow", post(offline::follow_existing))
@@ -227,10 +236,8 @@ fn line(v: serde_json::Value) -> Result<Bytes, Infallible> {
     Ok(Bytes::from(s))
 }
 
-async fn get_content(
-    State(api): State<Api>,
-    Json(body): Json<GetBody>,
-) -> Result<Response, ApiError> {
+/// The fetch a `GET /v1/get` or `POST /v1/jobs` body asks for, checked.
+fn fetch_request(body: GetBody) -> Result<FetchRequest, ApiError> {
     let ticket: Ticket =
         body.ticket.parse().map_err(|e| bad_request(format!("cannot read ticket: {e}")))?;
     let extra_peers = body
@@ -243,13 +250,20 @@ async fn get_content(
         t.parse::<shoal_core::ticket::TrackerAddr>()
             .map_err(|e| bad_request(format!("cannot read tracker {t:?}: {e}")))?;
     }
-    let req = FetchRequest {
+    Ok(FetchRequest {
         ticket,
         extra_peers,
         output: body.output,
         limit: body.limit,
         tracker: body.tracker,
-    };
+    })
+}
+
+async fn get_content(
+    State(api): State<Api>,
+    Json(body): Json<GetBody>,
+) -> Result<Response, ApiError> {
+    let req = fetch_request(body)?;
     let (tx, rx) = mpsc::channel(16);
     let node = api.node.clone();
     tokio::spawn(async move {

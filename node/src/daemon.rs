@@ -3,6 +3,9 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_store::StoreError;
 
 use crate::config::NodeConfig;
 use crate::node::Node;
@@ -22,8 +25,14 @@ pub fn start(node: &Arc<Node>) {
 }
 
 /// Runs the daemon until `shutdown` completes: serves peers and the control API.
+///
+/// First it takes the data dir's daemon lock (see `shoal_control::lock`), so that commands
+/// run meanwhile wait for it instead of failing; `control.json` appears once the API answers.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let node = Node::open(&config)?;
+    crate::node::create_data_dir(&config.data_dir)?;
+    let _lock = shoal_control::DaemonLock::acquire(&config.data_dir)?;
+    slow_start_for_tests().await;
+    let node = open_waiting(&config).await?;
     start(&node);
     if let Some(dir) = &config.sync_dir {
         if !dir.is_dir() {
@@ -58,5 +67,46 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
 fn notify(state: sd_notify::NotifyState<'_>) {
     if let Err(e) = sd_notify::notify(std::slice::from_ref(&state)) {
         tracing::warn!(error = %e, %state, "cannot notify the service manager");
+    }
+}
+
+/// Opens the node; while a standalone command (`shoal ls`, `shoal get` without a daemon) holds
+/// the store, waits for it to let go, up to the commands' own bound (`SHOAL_DAEMON_WAIT`):
+/// `shoal daemon & shoal ls` must not fail because `ls` looked a moment before the daemon.
+async fn open_waiting(config: &NodeConfig) -> anyhow::Result<Arc<Node>> {
+    let bound = shoal_control::wait::wait_bound()?;
+    let start = Instant::now();
+    let mut told = false;
+    loop {
+        match Node::open(config) {
+            Err(e) if in_use(&e) && start.elapsed() < bound => {
+                // A command holds the store for an instant while it looks for a daemon: say
+                // something only if the wait lasts.
+                if !told && start.elapsed() >= Duration::from_secs(1) {
+                    told = true;
+                    tracing::warn!(
+                        data_dir = %config.data_dir.display(),
+                        "another shoal process holds the data dir; waiting for it to finish"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn in_use(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| matches!(c.downcast_ref::<StoreError>(), Some(StoreError::InUse { .. })))
+}
+
+/// TESTING ONLY: `SHOAL_DANGER_START_DELAY_MS` holds the daemon this long after it took its
+/// lock, as a daemon with a large store or a slow object store would be, so that tests can
+/// run commands against a daemon that is starting.
+async fn slow_start_for_tests() {
+    let ms = std::env::var("SHOAL_DANGER_START_DELAY_MS").ok().and_then(|v| v.parse().ok());
+    if let Some(ms) = ms.filter(|&ms: &u64| ms > 0) {
+        tracing::warn!(ms, "delaying the start on purpose (SHOAL_DANGER_START_DELAY_MS)");
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 }

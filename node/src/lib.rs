@@ -1,7 +1,8 @@
 //! The Shoal node: the seeding daemon, the download driver and the local control API behind
 //! the `shoal` command.
 //!
-//! - [`daemon::run`]: serves peers and the control API until shutdown.
+//! - [`daemon::run`]: takes the data dir's daemon lock, then serves peers and the control API
+//!   until shutdown.
 //! - [`node::Node`]: a running node, a bundle of parts that each own their state: [`net`]
 //!   (identity, endpoint), [`contents`] (what it holds), [`stats`] (counters that answer
 //!   status without a store scan), the event bus (verified pieces, changed contents),

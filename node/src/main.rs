@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
-use shoal_control::{human_bytes, Client, FetchReport, GetBody, LsEntry, Progress, Rate, Size};
+use shoal_control::{human_bytes, FetchReport, GetBody, LsEntry, Progress, Rate, Size};
 use shoal_core::{PeerAddr, Ticket};
 use shoal_node::config::{Grants, NodeConfig};
 use shoal_node::fetch::FetchRequest;
@@ -16,6 +16,9 @@ use shoal_node::node::Node;
 
 #[path = "cli/offline.rs"]
 mod offline_cli;
+
+#[path = "cli/manage.rs"]
+mod manage_cli;
 
 /// Peer-assisted file swarm: share a file, fetch it from many peers at once over QUIC, every
 /// piece verified by its BLAKE3 hash.
@@ -48,11 +51,17 @@ enum LogFormat {
 enum Command {
     /// Run a node: serve everything in its store to peers, and the local control API.
     Daemon {
-        /// UDP address for peers, ADDR or ADDR=NAME. Repeat it for a node with several links
-        /// (uplinks): each address serves peers, the first also dials, and the tracker hands
-        /// each downloader the least loaded one (checking first that the node answers there).
-        #[arg(long, env = "SHOAL_LISTEN", default_value = "0.0.0.0:0", value_delimiter = ',')]
+        /// UDP address for peers, ADDR or ADDR=NAME (default port 7401; 0.0.0.0:0 takes any
+        /// free port). Repeat it for a node with several links (uplinks): each address serves
+        /// peers, the first also dials, and the tracker hands each downloader the least loaded
+        /// one (checking first that the node answers there).
+        #[arg(long, env = "SHOAL_LISTEN", default_value = "0.0.0.0:7401", value_delimiter = ',')]
         listen: Vec<String>,
+        /// An address others reach this node at, IP:PORT, for a node behind a port forward:
+        /// registered with the tracker and put in tickets before the listen addresses
+        /// (repeatable). The tracker lists it only after the node proved its key there.
+        #[arg(long, env = "SHOAL_ADVERTISE", value_delimiter = ',', value_name = "ADDR")]
+        advertise: Vec<String>,
         /// Cap on total upload, like 20MiB/s.
         #[arg(long, env = "SHOAL_UPLOAD_LIMIT")]
         upload_limit: Option<Rate>,
@@ -141,6 +150,36 @@ enum Command {
         #[arg(long, env = "SHOAL_TRACKER")]
         tracker: Option<String>,
         /// Print one JSON object with the outcome on stdout.
+        #[arg(long, env = "SHOAL_JSON")]
+        json: bool,
+        /// Hand the download to the daemon as a job and return at once, printing the job id
+        /// (`shoal jobs` shows it, `shoal cancel JOB` stops it).
+        #[arg(long, env = "SHOAL_DETACH")]
+        detach: bool,
+    },
+    /// List the daemon's jobs (`shoal get --detach`), running and recently finished.
+    Jobs {
+        /// Print JSON.
+        #[arg(long, env = "SHOAL_JSON")]
+        json: bool,
+    },
+    /// Stop a running job: its partial file is deleted, its output never written.
+    Cancel {
+        /// The job id (`shoal jobs`).
+        job: String,
+        /// Print the cancelled job as JSON.
+        #[arg(long, env = "SHOAL_JSON")]
+        json: bool,
+    },
+    /// Stop holding and seeding a content (the tracker is told). Files stay where they are.
+    Rm {
+        /// The content id (`shoal ls`), or its first 8 characters or more.
+        content: String,
+        /// Also delete what this node wrote for it (a partial download, or a fetched file
+        /// unchanged since); a file added in place is yours and is never deleted.
+        #[arg(long, env = "SHOAL_DELETE")]
+        delete: bool,
+        /// Print JSON.
         #[arg(long, env = "SHOAL_JSON")]
         json: bool,
     },
@@ -254,6 +293,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Daemon {
             listen,
+            advertise,
             upload_limit,
             download_limit,
             tracker,
@@ -277,6 +317,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("--listen: at most {} addresses", shoal_wire::tracker::MAX_ADDRS);
             }
             let (listen, listen_name) = links.remove(0);
+            let advertise = manage_cli::parse_advertise(&advertise)?;
             let region = region.map(|r| r.parse::<shoal_core::Region>()).transpose()?;
             if offline_allow_private && role != Role::Storage {
                 bail!("--offline-allow-private is for storage nodes: add --role storage");
@@ -319,6 +360,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 pull_through_cache: pull_through_cache.0,
                 listen_name,
                 more_links: links,
+                advertise,
                 ..NodeConfig::new(data_dir)
             };
             if danger_corrupt_uploads > 0.0 {
@@ -330,9 +372,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(shoal_node::daemon::run(config, shutdown_signal()))
         }
         Command::Add { path, qr } => add(&data_dir, &path, qr),
-        Command::Get { ticket, output, peers, download_limit, tracker, json } => {
+        Command::Get { ticket, output, peers, download_limit, tracker, json, detach } => {
             if let Some(t) = &tracker {
                 t.parse::<shoal_core::ticket::TrackerAddr>()?;
+            }
+            if detach {
+                let limit = download_limit;
+                return manage_cli::get_detached(
+                    &data_dir, &ticket, &output, peers, limit, tracker, json,
+                );
             }
             get(&data_dir, &ticket, &output, peers, download_limit, tracker, json)
         }
@@ -342,6 +390,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User { json, action } => user(&data_dir, json, action),
         Command::Offline { action } => offline_cli::offline(&data_dir, action),
         Command::Space { action } => offline_cli::space(&data_dir, action),
+        Command::Jobs { json } => manage_cli::jobs(&data_dir, json),
+        Command::Cancel { job, json } => manage_cli::cancel(&data_dir, &job, json),
+        Command::Rm { content, delete, json } => manage_cli::rm(&data_dir, &content, delete, json),
     }
 }
 
@@ -447,7 +498,7 @@ fn add(data_dir: &Path, path: &Path, qr: bool) -> anyhow::Result<()> {
         bail!("{} is not a regular file: shoal shares single files", path.display());
     }
     std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let client = Client::find(data_dir)?.ok_or_else(|| no_daemon(data_dir))?;
+    let client = manage_cli::daemon(data_dir)?;
     let reply = client.add(&path)?;
     println!("{}", reply.ticket);
     if qr {
@@ -562,18 +613,21 @@ fn get(
         ticket.parse().map_err(|e| anyhow::anyhow!("cannot read ticket \"{shown}..\": {e}"))?;
     let output = checked_output(output)?;
     let mut view = ProgressView::new();
-    let report = match Client::find(data_dir)? {
-        Some(client) => {
-            let body = GetBody {
-                ticket: ticket.trim().to_string(),
-                output: output.clone(),
-                peers: peers.iter().map(|p| p.to_string()).collect(),
-                limit: limit.map(|r| r.0),
-                tracker,
-            };
-            client.get(&body, |p| view.update(p)).map_err(anyhow::Error::from)
-        }
-        None => get_standalone(data_dir, parsed, output, peers, limit, tracker, &mut view),
+    let body = GetBody {
+        ticket: ticket.trim().to_string(),
+        output: output.clone(),
+        peers: peers.iter().map(|p| p.to_string()).collect(),
+        limit: limit.map(|r| r.0),
+        tracker: tracker.clone(),
+    };
+    let report = match manage_cli::daemon_if_running(data_dir)? {
+        Some(client) => client.get(&body, |p| view.update(p)).map_err(anyhow::Error::from),
+        None => match get_standalone(data_dir, parsed, output, peers, limit, tracker, &mut view) {
+            // A daemon took the data dir in the instant between looking and opening it.
+            Err(e) if manage_cli::in_use(&e) => manage_cli::after_in_use(data_dir, e)
+                .and_then(|c| Ok(c.get(&body, |p| view.update(p))?)),
+            r => r,
+        },
     };
     view.finish();
     let report = report?;
@@ -642,7 +696,7 @@ fn push(data_dir: &Path, target: &str, json: bool) -> anyhow::Result<()> {
         let p = std::fs::canonicalize(target).with_context(|| format!("cannot read {target}"))?;
         p.display().to_string()
     };
-    let client = Client::find(data_dir)?.ok_or_else(|| no_daemon(data_dir))?;
+    let client = manage_cli::daemon(data_dir)?;
     let r = client.push(&target)?;
     if json {
         println!("{}", serde_json::to_string(&r)?);
@@ -666,9 +720,9 @@ fn push(data_dir: &Path, target: &str, json: bool) -> anyhow::Result<()> {
 }
 
 fn ls(data_dir: &Path, json: bool) -> anyhow::Result<()> {
-    let entries: Vec<LsEntry> = match Client::find(data_dir)? {
+    let entries: Vec<LsEntry> = match manage_cli::daemon_if_running(data_dir)? {
         Some(c) => c.ls()?,
-        None => shoal_node::contents::list(&shoal_store::Store::open(data_dir)?)?,
+        None => manage_cli::ls_standalone(data_dir)?,
     };
     if json {
         println!("{}", serde_json::to_string(&entries)?);
@@ -696,7 +750,7 @@ fn ls(data_dir: &Path, json: bool) -> anyhow::Result<()> {
 }
 
 fn status(data_dir: &Path, json: bool) -> anyhow::Result<()> {
-    let client = Client::find(data_dir)?.ok_or_else(|| no_daemon(data_dir))?;
+    let client = manage_cli::daemon(data_dir)?;
     let s = client.status()?;
     if json {
         println!("{}", serde_json::to_string(&s)?);

@@ -47,17 +47,23 @@ pub struct Net {
     pub(crate) endpoint: Endpoint,
     /// Every link, the first one included.
     pub(crate) links: Vec<Link>,
+    /// Addresses given with `--advertise` (a port forward to a link): listed first.
+    advertised: Vec<SocketAddr>,
 }
 
 impl Net {
-    /// The node on `links` (at least one; the first dials).
-    pub(crate) fn new(identity: Identity, links: Vec<(Endpoint, Option<String>)>) -> Self {
+    /// The node on `links` (at least one; the first dials), also reached at `advertised`.
+    pub(crate) fn new(
+        identity: Identity,
+        links: Vec<(Endpoint, Option<String>)>,
+        advertised: Vec<SocketAddr>,
+    ) -> Self {
         let links: Vec<Link> = links
             .into_iter()
             .map(|(endpoint, name)| Link { endpoint, name, connections: AtomicU32::new(0) })
             .collect();
         let endpoint = links[0].endpoint.clone();
-        Self { identity, endpoint, links }
+        Self { identity, endpoint, links, advertised }
     }
 
     /// This node's id.
@@ -65,15 +71,15 @@ impl Net {
         self.identity.node_id()
     }
 
-    /// Addresses peers can reach this node at, every link's: the bound address, or, if bound
-    /// to every interface, the address of the default route and loopback.
+    /// Addresses peers can reach this node at: the advertised ones first, then every link's
+    /// (the bound address, or, if bound to every interface, the address of the default route
+    /// and loopback); at most what a registration carries.
     pub fn addrs(&self) -> Vec<SocketAddr> {
         let mut out = Vec::new();
-        for link in &self.links {
-            for a in link_addrs(&link.endpoint) {
-                if !out.contains(&a) {
-                    out.push(a);
-                }
+        let links = self.links.iter().flat_map(|l| link_addrs(&l.endpoint));
+        for a in self.advertised.iter().copied().chain(links) {
+            if !out.contains(&a) && out.len() < shoal_wire::tracker::MAX_ADDRS {
+                out.push(a);
             }
         }
         out

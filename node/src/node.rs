@@ -101,10 +101,10 @@ impl Node {
         let first = std::iter::once((config.listen, config.listen_name.clone()));
         for (addr, name) in first.chain(config.more_links.iter().cloned()) {
             let endpoint = Endpoint::bind_with(&identity, addr, &[shoal_wire::ALPN], limits)
-                .with_context(|| format!("cannot listen on {addr}"))?;
+                .map_err(|e| bind_error(e, addr))?;
             links.push((endpoint, name));
         }
-        let net = Arc::new(Net::new(identity, links));
+        let net = Arc::new(Net::new(identity, links, config.advertise.clone()));
         let contents = Arc::new(Contents { store, cloud, lie: config.danger_lie_bitfield });
         let stats = Arc::new(Stats::default());
         let events = Events::new(stats.clone());
@@ -291,6 +291,22 @@ impl Node {
     /// Closes all connections, waiting briefly for them to close cleanly.
     pub async fn close(&self) {
         self.net.close().await;
+    }
+}
+
+/// A listen address that cannot be bound, in one line; a port in use says what to pass.
+fn bind_error(e: shoal_net::endpoint::EndpointError, addr: std::net::SocketAddr) -> anyhow::Error {
+    match &e {
+        shoal_net::endpoint::EndpointError::Bind { source, .. }
+            if source.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            anyhow::anyhow!(
+                "port {} is in use: pass --listen ADDR (another shoal daemon may hold it; \
+                 --listen 0.0.0.0:0 takes any free port)",
+                addr.port()
+            )
+        }
+        _ => anyhow::Error::new(e).context(format!("cannot listen on {addr}")),
     }
 }
 

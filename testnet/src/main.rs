@@ -442,8 +442,14 @@ fn up(opts: &Up, limit: &str) -> anyhow::Result<()> {
     }
     if keep {
         println!("\nthe testnet stays up; join it from another terminal:");
-        println!("  shoal --data-dir /tmp/my-node daemon --testnet {}", dir.display());
+        // The daemon goes to the background; `get` waits for it to start, then fetches
+        // through it. Any free port: several nodes may join from this machine.
+        println!(
+            "  shoal --data-dir /tmp/my-node daemon --testnet {} --listen 0.0.0.0:0 &",
+            dir.display()
+        );
         println!("  shoal --data-dir /tmp/my-node get {ticket} -o /tmp/copy.bin");
+        println!("  kill $!");
         if use_netns && !regions.is_single() {
             println!(
                 "  (regions in namespaces are closed to the host's own network: run these inside \

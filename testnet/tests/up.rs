@@ -187,44 +187,59 @@ fn a_node_joins_a_kept_testnet() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let ticket = wait_for_line(&mut up, "press Ctrl-C")
-        .iter()
-        .find_map(|l| {
-            l.trim().strip_prefix("shoal --data-dir /tmp/my-node get ").map(str::to_string)
-        })
-        .and_then(|t| t.split_whitespace().next().map(str::to_string))
-        .expect("join instructions with the ticket");
-    // Join with a daemon of our own, then fetch through it.
+    let stop = StopOnDrop(up.id());
+    let lines = wait_for_line(&mut up, "press Ctrl-C");
+    // The join instructions, pasted into a shell as printed (with our own paths): the daemon
+    // in the background, a `get` at once (it waits for the daemon), and the daemon stopped.
     let me = tmp.path().join("me");
-    let mut daemon = Command::new(shoal())
-        .arg("--data-dir")
-        .arg(&me)
-        .args(["daemon", "--listen", "127.0.0.1:0", "--testnet"])
-        .arg(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(daemon.stdout.take().unwrap()).read_line(&mut first).unwrap();
     let copy = tmp.path().join("copy.bin");
-    let got = Command::new(shoal())
-        .arg("--data-dir")
-        .arg(&me)
-        .args(["get", &ticket, "-o"])
-        .arg(&copy)
+    let script: Vec<String> = lines
+        .iter()
+        .skip_while(|l| !l.contains("join it from another terminal"))
+        .map(|l| l.trim())
+        .filter(|l| l.starts_with("shoal ") || l.starts_with("kill "))
+        .map(|l| {
+            l.replace("/tmp/my-node", &me.display().to_string())
+                .replace("/tmp/copy.bin", &copy.display().to_string())
+        })
+        .collect();
+    assert_eq!(script.len(), 3, "daemon, get, kill: {lines:?}");
+    assert!(script[0].ends_with(" &"), "the daemon goes to the background: {}", script[0]);
+    let path = format!(
+        "{}:{}",
+        shoal().parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let got = Command::new("bash")
+        // The trap only makes sure no daemon outlives a failed run (it would hold the pipe).
+        .args([
+            "-e",
+            "-c",
+            &format!("trap 'kill $(jobs -p) 2>/dev/null' EXIT\n{}", script.join("\n")),
+        ])
+        .env("PATH", path)
+        .env("SHOAL_LOG", "warn")
+        .stdout(Stdio::null())
         .output()
         .unwrap();
     assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
     assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(dir.join("file.bin")).unwrap());
-    let _ = daemon.kill();
-    let _ = daemon.wait();
     // SIGTERM stops the testnet and everything it started.
+    std::mem::forget(stop);
     Command::new("kill").args(["-TERM", &up.id().to_string()]).status().unwrap();
     let end = Instant::now() + Duration::from_secs(30);
     while up.try_wait().unwrap().is_none() {
         assert!(Instant::now() < end, "the testnet did not stop on SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends SIGTERM to a testnet that a failed assertion left running (it stops what it started).
+struct StopOnDrop(u32);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.to_string()]).status();
     }
 }
 

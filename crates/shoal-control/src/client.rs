@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api::{AddBody, AddReply, ControlInfo, GetBody, LsEntry, PushBody, PushReport};
 use crate::fetch::{FetchReport, Progress};
+use crate::jobs::{JobBody, JobStarted, JobStatus, RmBody, RmReply};
 use crate::offline::{
     FollowBody, FollowReport, OfflineAddBody, OfflineAddReply, SpaceReply, SpaceRmBody, TaskBody,
     TaskStatus,
@@ -176,6 +177,28 @@ impl Client {
             }
         }
         Err(Error::Stopped)
+    }
+
+    /// Hands a download to the daemon as a job and returns at once (`POST /v1/jobs`).
+    pub fn start_job(&self, body: &GetBody) -> Result<JobStarted, Error> {
+        self.call(self.request("POST", "/v1/jobs"), Some(serde_json::to_value(body)?))
+    }
+
+    /// The daemon's jobs, running and recently finished (`GET /v1/jobs`).
+    pub fn jobs(&self) -> Result<Vec<JobStatus>, Error> {
+        self.call(self.request("GET", "/v1/jobs"), None)
+    }
+
+    /// Cancels a running job (`POST /v1/jobs/cancel`): its partial file is deleted.
+    pub fn cancel_job(&self, job: &str) -> Result<JobStatus, Error> {
+        let body = serde_json::to_value(JobBody { job: job.into() })?;
+        self.call(self.request("POST", "/v1/jobs/cancel"), Some(body))
+    }
+
+    /// Stops holding and seeding a content, deleting what the node stored for it with
+    /// `delete` (`POST /v1/rm`).
+    pub fn rm(&self, body: &RmBody) -> Result<RmReply, Error> {
+        self.call(self.request("POST", "/v1/rm"), Some(serde_json::to_value(body)?))
     }
 
     /// Reads NDJSON lines: each `{"event": ..}` goes to `on_event`; returns the value under

@@ -19,6 +19,10 @@
 //! | `POST /v1/offline/cancel` | [`TaskBody`] | `{}` |
 //! | `GET /v1/space/ls` | | [`SpaceReply`] |
 //! | `POST /v1/space/rm` | [`SpaceRmBody`] | `{}` |
+//! | `POST /v1/jobs` | [`GetBody`] | [`JobStarted`]: the download runs on in the daemon |
+//! | `GET /v1/jobs` | | `[`[`JobStatus`]`]` |
+//! | `POST /v1/jobs/cancel` | [`JobBody`] | [`JobStatus`] |
+//! | `POST /v1/rm` | [`RmBody`] | [`RmReply`] |
 //! | `GET /metrics` | | Prometheus text: four node-wide counters |
 //!
 //! A refused request is answered with a 4xx or 5xx status and `{"error": ".."}`.
@@ -28,25 +32,34 @@
 //! - [`fetch`]: [`Progress`] and [`FetchReport`] of a download.
 //! - [`offline`]: offline tasks, their events, and the user's space.
 //! - [`units`]: [`Rate`] (`20MiB/s`) and [`human_bytes`].
+//! - [`jobs`]: downloads the daemon runs on its own, and removing a content.
 //! - [`client`]: [`Client`], a blocking client that finds the daemon of a data dir.
+//! - [`lock`]: the daemon lock, which tells a starting daemon from none; [`wait`]: finding
+//!   the daemon of a data dir, waiting briefly for one that is starting.
 
 #![warn(missing_docs)]
 
 pub mod api;
 pub mod client;
 pub mod fetch;
+pub mod jobs;
+pub mod lock;
 pub mod offline;
 pub mod status;
 pub mod units;
+pub mod wait;
 
 pub use api::{
     AddBody, AddReply, ControlInfo, GetBody, LsEntry, PushBody, PushReport, CONTROL_FILE,
 };
 pub use client::{Client, Source};
 pub use fetch::{FetchReport, PeerReport, Progress};
+pub use jobs::{JobBody, JobStarted, JobStatus, KeptFile, RmBody, RmReply};
+pub use lock::{DaemonLock, LockError};
 pub use offline::{
     FollowBody, FollowReport, OfflineAddBody, OfflineAddReply, SpaceEntry, SpaceReply, SpaceRmBody,
     TaskBody, TaskStatus,
 };
 pub use status::{ContentStatus, LinkStatus, Status};
 pub use units::{human_bytes, ParseRateError, ParseSizeError, Rate, Size};
+pub use wait::{Need, WaitError};

@@ -311,6 +311,7 @@ impl Download {
                 len: md.len(),
                 mtime_ns,
                 changed: false,
+                fetched: true,
             },
         };
         let meta = &self.store.inner().meta;

@@ -27,6 +27,14 @@ pub enum StoreError {
         /// bytes the file needs
         needed: u64,
     },
+    /// Another process holds the data dir's metadata (a daemon, or a standalone command).
+    #[error("data dir {} is in use by another shoal process ({detail})", dir.display())]
+    InUse {
+        /// The data dir.
+        dir: PathBuf,
+        /// What the database said.
+        detail: String,
+    },
     /// The metadata database failed.
     #[error("metadata store: {0}")]
     Meta(String),

@@ -25,6 +25,10 @@ pub enum Source {
         /// set when the file no longer matches its manifest; it is not served then
         #[serde(default)]
         changed: bool,
+        /// set when this node wrote the file (a finished download), unset for a file added
+        /// in place (the user's own): only the former is the node's to delete
+        #[serde(default)]
+        fetched: bool,
     },
     /// A download in progress: verified pieces are in `partial`, the finished file goes to
     /// `output`.

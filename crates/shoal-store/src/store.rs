@@ -103,10 +103,7 @@ impl Store {
         fs::create_dir_all(dir).map_err(StoreError::io("creating data dir", dir))?;
         let meta = SledMeta::open(&dir.join("meta")).map_err(|e| match e {
             StoreError::Meta(m) if m.contains("lock") || m.contains("WouldBlock") => {
-                StoreError::Meta(format!(
-                    "data dir {} is in use by another shoal process ({m})",
-                    dir.display()
-                ))
+                StoreError::InUse { dir: dir.to_path_buf(), detail: m }
             }
             e => e,
         })?;
@@ -165,7 +162,13 @@ impl Store {
         let rec = ContentRecord {
             name,
             size: md.len(),
-            source: Source::Seeded { path, len: md.len(), mtime_ns: mtime_ns(&md), changed: false },
+            source: Source::Seeded {
+                path,
+                len: md.len(),
+                mtime_ns: mtime_ns(&md),
+                changed: false,
+                fetched: false,
+            },
         };
         let id = manifest.content_id();
         self.inner.meta.put_content(id, &rec, &manifest.encode())?;
@@ -374,6 +377,12 @@ impl Store {
         lock(&self.inner.manifests).remove(&id);
         self.forget_file(id);
         Ok(())
+    }
+
+    /// True while a download of `id` runs in this process (its partial file is being
+    /// written).
+    pub fn is_downloading(&self, id: ContentId) -> bool {
+        lock(&self.inner.active).contains_key(&id)
     }
 
     pub(crate) fn cache_manifest(&self, m: Arc<Manifest>) {

@@ -101,7 +101,7 @@ fn source<'a>(url: &'a Option<String>, id: &'a Option<String>) -> anyhow::Result
 }
 
 fn client(data_dir: &Path) -> anyhow::Result<Client> {
-    Client::find(data_dir)?.ok_or_else(|| super::no_daemon(data_dir))
+    super::manage_cli::daemon(data_dir)
 }
 
 /// Text from storage or an origin, printable (no terminal escapes).
