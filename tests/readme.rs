@@ -89,3 +89,9 @@ fn offline_download_as_pasted() {
     assert!(out.contains("identical"), "the copy differs:\n{out}");
     assert!(out.contains("permanent"), "the space does not list the entry:\n{out}");
 }
+
+#[test]
+fn swarm_in_four_commands_as_pasted() {
+    let out = run_snippet("swarm", Duration::from_secs(180));
+    assert!(out.contains("identical"), "a copy differs:\n{out}");
+}
