@@ -95,3 +95,14 @@ fn swarm_in_four_commands_as_pasted() {
     let out = run_snippet("swarm", Duration::from_secs(180));
     assert!(out.contains("identical"), "a copy differs:\n{out}");
 }
+
+#[test]
+fn operator_walkthrough_as_pasted() {
+    let out = run_snippet("operator", Duration::from_secs(180));
+    assert!(out.contains("admit-storage = ["), "--print-config shows no admitted storage:\n{out}");
+    assert!(out.contains("identical"), "the copy differs:\n{out}");
+    let nodes = out.lines().find_map(|l| l.strip_prefix("shoal_tracker_nodes "));
+    assert_eq!(nodes.map(str::trim), Some("3"), "the tracker does not count 3 nodes:\n{out}");
+    let swarms = out.lines().find_map(|l| l.strip_prefix("shoal_tracker_swarms "));
+    assert_eq!(swarms.map(str::trim), Some("1"), "the tracker does not count 1 swarm:\n{out}");
+}
