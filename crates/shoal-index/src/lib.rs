@@ -43,5 +43,6 @@ pub use model::{
 pub use region::{BadRange, GeoError, GeoRegions, RegionMap, MAX_REGIONS};
 pub use state::{Loaded, SledState};
 pub use view::{
-    Heatmap, HolderRow, NodeRow, RegionLoad, SwarmDetail, SwarmSummary, Totals, MAX_CELLS, MAX_PAGE,
+    Heatmap, HolderRow, NodeRow, RegionLoad, SwarmDetail, SwarmSummary, Totals, MAX_CELLS,
+    MAX_PAGE, MAX_SWARM_PAGE,
 };

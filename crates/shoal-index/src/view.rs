@@ -1,7 +1,7 @@
 //! Read-only views of the index for operators (the tracker's admin API and dashboard).
 //!
 //! Every view is bounded whatever the index holds: lists come a page at a time (at most
-//! [`MAX_PAGE`] rows, ordered by id, continued after the last id of the previous page), a
+//! [`MAX_PAGE`] nodes or [`MAX_SWARM_PAGE`] swarms, ordered by id, continued after the last id of the previous page), a
 //! swarm's availability is aggregated into at most [`MAX_CELLS`] cells, and a node's stored
 //! bytes are summed only for admitted storage (whose per-content progress the index keeps).
 //! A page costs one pass over the ids (no sort of the whole registry) and the rows it returns;
@@ -15,8 +15,11 @@ use shoal_core::{ContentId, NodeId, Region};
 use crate::index::Index;
 use crate::swarm::{count_and_not, Swarm};
 
-/// The most rows one page holds.
+/// The most rows one page of nodes or holders holds.
 pub const MAX_PAGE: usize = 200;
+/// The most swarms one page holds: a summary passes over the swarm's availability (up to
+/// 65,536 pieces), so a page costs at most a few million counter reads under the lock.
+pub const MAX_SWARM_PAGE: usize = 50;
 /// The most cells a swarm's availability heatmap is aggregated into.
 pub const MAX_CELLS: usize = 512;
 
@@ -130,8 +133,13 @@ pub struct Totals {
 }
 
 /// The `limit` smallest keys above `after`, in order: one pass, a heap of `limit`.
-fn page<K: Ord + Copy>(keys: impl Iterator<Item = K>, after: Option<K>, limit: usize) -> Vec<K> {
-    let limit = limit.min(MAX_PAGE);
+fn page<K: Ord + Copy>(
+    keys: impl Iterator<Item = K>,
+    after: Option<K>,
+    limit: usize,
+    max: usize,
+) -> Vec<K> {
+    let limit = limit.min(max);
     if limit == 0 {
         return Vec::new();
     }
@@ -155,7 +163,11 @@ impl Index {
             Err(_) => (String::new(), 0),
         };
         let (holders, complete_holders) = s.holders.counts();
-        let available_pieces = s.availability.iter().filter(|&&a| a > 0).count() as u32;
+        // One pass: pieces held by anyone, and the fewest holders of a piece.
+        let (available_pieces, min) = s
+            .availability
+            .iter()
+            .fold((0u32, u32::MAX), |(n, m), &a| (n + u32::from(a > 0), m.min(a)));
         SwarmSummary {
             content,
             name,
@@ -164,15 +176,16 @@ impl Index {
             holders,
             complete_holders,
             available_pieces,
-            min_availability: s.availability.iter().copied().min().unwrap_or(0),
+            min_availability: if s.availability.is_empty() { 0 } else { min },
             storage_holders: s.storage.len(),
             storage_pieces: s.storage.values().map(|&(n, _, _)| n).max().unwrap_or(0),
         }
     }
 
-    /// Swarms ordered by content id, the first `limit` (at most [`MAX_PAGE`]) after `after`.
+    /// Swarms ordered by content id, the first `limit` (at most [`MAX_SWARM_PAGE`]) after
+    /// `after`.
     pub fn swarms_page(&self, after: Option<ContentId>, limit: usize) -> Vec<SwarmSummary> {
-        page(self.swarms.keys().copied(), after, limit)
+        page(self.swarms.keys().copied(), after, limit, MAX_SWARM_PAGE)
             .into_iter()
             .filter_map(|c| self.swarms.get(&c).map(|s| self.summary(c, s)))
             .collect()
@@ -226,7 +239,7 @@ impl Index {
         storage_only: bool,
     ) -> Vec<NodeRow> {
         let ids = self.nodes.iter().filter(|(_, e)| e.storage || !storage_only).map(|(id, _)| *id);
-        page(ids, after, limit)
+        page(ids, after, limit, MAX_PAGE)
             .into_iter()
             .filter_map(|id| {
                 let e = self.nodes.get(&id)?;
@@ -288,13 +301,13 @@ mod tests {
     #[test]
     fn pages_are_the_smallest_keys_after_the_cursor() {
         let keys = [9u32, 3, 7, 1, 5, 8, 2];
-        assert_eq!(page(keys.iter().copied(), None, 3), vec![1, 2, 3]);
-        assert_eq!(page(keys.iter().copied(), Some(3), 3), vec![5, 7, 8]);
-        assert_eq!(page(keys.iter().copied(), Some(8), 3), vec![9]);
-        assert_eq!(page(keys.iter().copied(), Some(9), 3), Vec::<u32>::new());
-        assert_eq!(page(keys.iter().copied(), None, 0), Vec::<u32>::new());
+        assert_eq!(page(keys.iter().copied(), None, 3, MAX_PAGE), vec![1, 2, 3]);
+        assert_eq!(page(keys.iter().copied(), Some(3), 3, MAX_PAGE), vec![5, 7, 8]);
+        assert_eq!(page(keys.iter().copied(), Some(8), 3, MAX_PAGE), vec![9]);
+        assert_eq!(page(keys.iter().copied(), Some(9), 3, MAX_PAGE), Vec::<u32>::new());
+        assert_eq!(page(keys.iter().copied(), None, 0, MAX_PAGE), Vec::<u32>::new());
         // A huge limit is cut to the page size.
-        assert_eq!(page(0..10_000u32, None, usize::MAX).len(), MAX_PAGE);
+        assert_eq!(page(0..10_000u32, None, usize::MAX, MAX_PAGE).len(), MAX_PAGE);
     }
 
     fn id() -> NodeId {
