@@ -79,12 +79,13 @@ fn param<'a>(q: &[(&str, &'a str)], key: &str) -> Option<&'a str> {
 fn number(q: &[(&str, &str)], key: &str, default: usize, max: usize) -> Result<usize, Refusal> {
     match param(q, key) {
         None => Ok(default),
-        Some(v) => v
-            .parse::<u64>()
-            .map(|n| usize::try_from(n).unwrap_or(usize::MAX).min(max))
-            .map_err(|_| {
-                bad(format!("{key}={v:?} is not a number (use a whole number from 0 to {max})"))
-            }),
+        // Digits only; any count of them (a number past u64 is just large: cut to `max`).
+        Some(v) if !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(v.parse::<u64>().map_or(max, |n| usize::try_from(n).unwrap_or(max).min(max)))
+        }
+        Some(v) => {
+            Err(bad(format!("{key}={v:?} is not a number (use a whole number from 0 to {max})")))
+        }
     }
 }
 
