@@ -6,12 +6,14 @@
 mod support;
 
 mod bad_input;
+mod exposition;
 mod faults;
 mod fetch_hostile;
 mod hostile_peer;
 mod limits;
 mod links;
 mod local;
+mod metrics;
 mod offline;
 mod regions;
 mod storage;

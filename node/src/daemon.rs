@@ -24,6 +24,11 @@ pub fn start(node: &Arc<Node>) {
 /// Runs the daemon until `shutdown` completes: serves peers and the control API.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let node = Node::open(&config)?;
+    // Bound first: an address in use fails the start before anything else is up.
+    let metrics = match config.metrics {
+        Some(addr) => Some(crate::metrics::serve(node.clone(), addr).await?),
+        None => None,
+    };
     start(&node);
     if let Some(dir) = &config.sync_dir {
         if !dir.is_dir() {
@@ -36,6 +41,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     }
     node.trackers().own();
     let control = crate::control::serve(node.clone()).await?;
+    crate::metrics::spawn_refresh(node.clone());
     let listen = node.net.endpoint.local_addr()?;
     tracing::info!(node_id = %node.node_id(), %listen, control = %control.addr, "node running");
     println!(
@@ -43,6 +49,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         node.node_id(),
         control.addr
     );
+    if let Some(addr) = metrics {
+        println!("shoal daemon: metrics http://{addr}/metrics");
+    }
     shutdown.await;
     tracing::info!("shutting down");
     control.stop();

@@ -80,7 +80,7 @@ fn number(q: &[(&str, &str)], key: &str, default: usize, max: usize) -> Result<u
     match param(q, key) {
         None => Ok(default),
         // Digits only; any count of them (a number past u64 is just large: cut to `max`).
-        Some(v) if !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_digit()) => {
+        Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
             Ok(v.parse::<u64>().map_or(max, |n| usize::try_from(n).unwrap_or(max).min(max)))
         }
         Some(v) => {
