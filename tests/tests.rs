@@ -6,6 +6,7 @@
 mod support;
 
 mod bad_input;
+mod dashboard;
 mod exposition;
 mod faults;
 mod fetch_hostile;
@@ -21,3 +22,4 @@ mod storage_auth;
 mod swarm;
 mod tracker_trust;
 mod transfer;
+mod webdriver;

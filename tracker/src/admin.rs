@@ -214,8 +214,9 @@ async fn swarm(
             format!("this tracker knows no content {content}"),
         ));
     };
-    let next = (limit > 0 && d.holders.len() == limit && d.summary.holders > from + limit)
-        .then_some(from + limit);
+    // Saturating: `from` is the asker's number, up to usize::MAX.
+    let end = from.saturating_add(limit);
+    let next = (limit > 0 && d.holders.len() == limit && d.summary.holders > end).then_some(end);
     let holders: Vec<serde_json::Value> = d
         .holders
         .iter()

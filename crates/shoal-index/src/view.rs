@@ -252,7 +252,9 @@ impl Index {
                         let Ok(h) = Header::read(&s.manifest) else { continue };
                         complete += usize::from(have == s.piece_count);
                         // The last piece may be short: never more than the file.
-                        bytes += (u64::from(have) * h.piece_size).min(h.size);
+                        bytes = bytes.saturating_add(
+                            u64::from(have).saturating_mul(h.piece_size).min(h.size),
+                        );
                     }
                     (Some(complete), Some(bytes))
                 } else {
