@@ -64,7 +64,7 @@ fn the_admin_api_pages_swarms_and_nodes_and_refuses_bad_requests_in_one_line() {
     assert_eq!(code, 200);
     let cells = d["heatmap"]["cells"].as_u64().unwrap();
     let pieces = d["swarm"]["pieces"].as_u64().unwrap();
-    assert!(cells >= 1 && cells <= 512 && cells <= pieces, "{cells} cells for {pieces} pieces");
+    assert!((1..=512).contains(&cells) && cells <= pieces, "{cells} cells for {pieces} pieces");
     assert_eq!(d["heatmap"]["min"].as_array().unwrap().len() as u64, cells);
     assert!(d["heatmap"]["min"].as_array().unwrap().iter().all(|v| v == 1));
     let h = &d["holders"][0];

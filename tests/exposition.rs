@@ -132,14 +132,15 @@ pub fn parse(text: &str) -> Scrape {
     s
 }
 
+/// Per label set (without `le`): its buckets (bound, count) in order, and its `_count`.
+type Series = BTreeMap<Vec<(String, String)>, (Vec<(f64, f64)>, Option<f64>)>;
+
 fn check_histograms(s: &Scrape) {
     for (fam, t) in &s.types {
         if t != "histogram" {
             continue;
         }
-        // Per label set (without `le`): buckets in order, then the count.
-        let mut series: BTreeMap<Vec<(String, String)>, (Vec<(f64, f64)>, Option<f64>)> =
-            BTreeMap::new();
+        let mut series = Series::new();
         for x in &s.samples {
             let mut key: Vec<(String, String)> = x
                 .labels
