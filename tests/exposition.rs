@@ -202,6 +202,13 @@ pub fn scrape(addr: &str) -> Scrape {
     parse(&body)
 }
 
+/// Scrapes the control API's `/metrics` of the daemon running on `data_dir`.
+pub fn control_scrape(data_dir: &std::path::Path) -> Scrape {
+    let info = std::fs::read(data_dir.join("control.json")).expect("a running daemon");
+    let info: serde_json::Value = serde_json::from_slice(&info).unwrap();
+    scrape(info["addr"].as_str().unwrap())
+}
+
 #[test]
 fn the_reader_refuses_what_the_format_does_not_allow() {
     let ok = "# HELP a_total A.\n# TYPE a_total counter\na_total{k=\"v\\\"x\"} 3\n\
