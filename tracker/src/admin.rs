@@ -286,3 +286,43 @@ async fn nodes(
         .collect();
     Ok(Json(serde_json::json!({ "nodes": rows, "next": next })))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(s: &str) -> Uri {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn numbers_are_digits_cut_to_their_maximum() {
+        let uri = q("/x?limit=7&big=99999999999999999999999999999999&neg=-1&exp=1e3&empty=");
+        let p = query(&uri).unwrap();
+        assert_eq!(number(&p, "limit", 50, 200).unwrap(), 7);
+        assert_eq!(number(&p, "absent", 50, 200).unwrap(), 50);
+        // Past u64: still a number, cut to the maximum.
+        assert_eq!(number(&p, "big", 50, 200).unwrap(), 200);
+        for bad in ["neg", "exp", "empty"] {
+            let e = number(&p, bad, 50, 200).unwrap_err();
+            assert_eq!(e.0, StatusCode::BAD_REQUEST);
+            assert!(e.1.contains("not a number"), "{}", e.1);
+        }
+        // The last of a repeated key counts; a key without `=` has an empty value.
+        let uri = q("/x?limit=1&limit=2&flag");
+        let p = query(&uri).unwrap();
+        assert_eq!(number(&p, "limit", 50, 200).unwrap(), 2);
+        assert_eq!(param(&p, "flag"), Some(""));
+    }
+
+    #[test]
+    fn long_queries_and_bad_ids_are_refused() {
+        let long = format!("/x?a={}", "b".repeat(MAX_QUERY));
+        assert_eq!(query(&q(&long)).unwrap_err().0, StatusCode::BAD_REQUEST);
+        for bad in ["", "zz", "../../etc/passwd", &"a".repeat(63), &"a".repeat(65)] {
+            let e = content_id(bad, "content").unwrap_err();
+            assert!(e.1.contains("not a content id"), "{}", e.1);
+        }
+        assert!(content_id(&"ab".repeat(32), "content").is_ok());
+    }
+}
