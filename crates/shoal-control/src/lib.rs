@@ -19,7 +19,7 @@
 //! | `POST /v1/offline/cancel` | [`TaskBody`] | `{}` |
 //! | `GET /v1/space/ls` | | [`SpaceReply`] |
 //! | `POST /v1/space/rm` | [`SpaceRmBody`] | `{}` |
-//! | `GET /metrics` | | Prometheus text: four node-wide counters |
+//! | `GET /metrics` | | Prometheus text (format 0.0.4): the node's metrics, listed in the README ("Metrics"); no label names a content, file or peer |
 //!
 //! A refused request is answered with a 4xx or 5xx status and `{"error": ".."}`.
 //!

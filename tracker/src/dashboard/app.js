@@ -28,6 +28,14 @@ function td(text, cls) {
   return el("td", { text: text, cls: cls });
 }
 
+// A table body's single row when there is nothing to list.
+function none(table, text) {
+  const cols = document.querySelectorAll("#" + table + " thead th").length;
+  const cell = el("td", { cls: "empty", text: text });
+  cell.colSpan = cols;
+  return [el("tr", {}, [cell])];
+}
+
 function bytes(n) {
   if (n === null || n === undefined) return "–";
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -98,7 +106,9 @@ function renderOverview(o) {
       td(bytes(r.upload_bytes_per_second) + "/s"),
     ]),
   );
-  document.querySelector("#regions tbody").replaceChildren(...rows);
+  document
+    .querySelector("#regions tbody")
+    .replaceChildren(...(rows.length ? rows : none("regions", "No nodes registered.")));
 }
 
 function renderSwarms(page) {
@@ -123,7 +133,9 @@ function renderSwarms(page) {
     });
     return tr;
   });
-  document.querySelector("#swarms tbody").replaceChildren(...rows);
+  document
+    .querySelector("#swarms tbody")
+    .replaceChildren(...(rows.length ? rows : none("swarms", "No swarms on this page.")));
 }
 
 // Cells from white (nobody) through blue, darker with more copies (relative to the most).
@@ -204,8 +216,13 @@ async function refresh() {
       api("/api/v1/nodes?limit=50" + q(state.nodesAfter)),
     ]);
     renderOverview(overview);
+    // With nothing chosen, the first swarm's heatmap is shown.
+    if (!state.selected && swarms.swarms.length > 0) state.selected = swarms.swarms[0].content;
     renderSwarms(swarms);
-    document.querySelector("#storage tbody").replaceChildren(...storage.nodes.map((r) => nodeRow(r, true)));
+    const stores = storage.nodes.map((r) => nodeRow(r, true));
+    document
+      .querySelector("#storage tbody")
+      .replaceChildren(...(stores.length ? stores : none("storage", "No admitted storage node registered.")));
     state.nodesNext = nodes.next;
     document.getElementById("nodes-next").disabled = !nodes.next;
     document.querySelector("#nodes tbody").replaceChildren(...nodes.nodes.map((r) => nodeRow(r, false)));
