@@ -30,6 +30,15 @@ fn metrics_follow_a_real_transfer_and_read_back_as_prometheus_text() {
     let seed = start("seed", "r0");
     let leech = start("leech", "r1");
     let (seed_m, leech_m) = (metrics_addr(&seed), metrics_addr(&leech));
+    // Bytes are labelled by region once a node knows its own: wait for both placements.
+    for d in [&seed, &leech] {
+        wait_until("the tracker to place the node", || {
+            let mut c = d.cmd();
+            c.args(["status", "--json"]);
+            let st: serde_json::Value = serde_json::from_str(ok(c).trim()).unwrap();
+            st["region"].as_str().is_some_and(|r| !r.is_empty()).then_some(())
+        });
+    }
     // Nothing moved yet.
     let before = scrape(&leech_m);
     assert_eq!(before.sum("shoal_pieces_verified_total", &[]), 0.0);
