@@ -3,7 +3,8 @@
 //!
 //! Bounded by construction: lists come a page at a time, continued after the last id of the
 //! previous page (never an offset into the whole registry); a heatmap has at most
-//! [`shoal_index::MAX_CELLS`] cells; each request takes the index lock for one view call.
+//! [`shoal_index::MAX_CELLS`] cells; each request takes the index lock for one view call, and
+//! at most `metrics::VIEWS_AT_ONCE` views are computed at once (others wait their turn).
 //! Bad input (a malformed id, a number that is not one) is a 400 with one line saying what
 //! was wrong; a content the tracker does not know is a 404.
 
@@ -87,6 +88,12 @@ fn number(q: &[(&str, &str)], key: &str, default: usize, max: usize) -> Result<u
             Err(bad(format!("{key}={v:?} is not a number (use a whole number from 0 to {max})")))
         }
     }
+}
+
+/// A turn to compute a view (see `metrics::VIEWS_AT_ONCE`).
+async fn turn(shared: &Shared) -> Result<tokio::sync::SemaphorePermit<'_>, Refusal> {
+    // The semaphore is never closed; answer "busy" rather than panic if it were.
+    shared.obs.views.acquire().await.map_err(|_| refuse(StatusCode::SERVICE_UNAVAILABLE, "busy"))
 }
 
 fn content_id(s: &str, what: &str) -> Result<ContentId, Refusal> {
@@ -189,7 +196,9 @@ async fn swarms(
     let after =
         param(&q, "after").filter(|s| !s.is_empty()).map(|s| content_id(s, "after")).transpose()?;
     let limit = number(&q, "limit", DEFAULT_LIMIT.min(MAX_SWARM_PAGE), MAX_SWARM_PAGE)?;
+    let turn = turn(&shared).await?;
     let page = shared.index().swarms_page(after, limit);
+    drop(turn);
     let next = (limit > 0 && page.len() == limit)
         .then(|| page.last().map(|s| s.content.to_string()))
         .flatten();
@@ -207,7 +216,9 @@ async fn swarm(
     let cells = number(&q, "cells", DEFAULT_CELLS, MAX_CELLS)?;
     let from = number(&q, "from", 0, usize::MAX)?;
     let limit = number(&q, "limit", DEFAULT_LIMIT, MAX_PAGE)?;
+    let turn = turn(&shared).await?;
     let detail = shared.index().swarm_detail(content, cells, from, limit);
+    drop(turn);
     let Some(d) = detail else {
         return Err(refuse(
             StatusCode::NOT_FOUND,
@@ -264,7 +275,9 @@ async fn nodes(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
+    let turn = turn(&shared).await?;
     let page = shared.index().nodes_page(after, limit, storage_only);
+    drop(turn);
     let next = (limit > 0 && page.len() == limit)
         .then(|| page.last().map(|r| r.node.to_string()))
         .flatten();

@@ -47,7 +47,13 @@ pub(crate) struct Observed {
     pub(crate) endpoint: shoal_net::Endpoint,
     /// Refreshed once a second by housekeeping. Held only to read or replace.
     pub(crate) snapshot: Mutex<Arc<Snapshot>>,
+    /// Admin views computed at once (see `admin`): a busy poller cannot keep the index lock
+    /// from the nodes' requests more than this many views' worth.
+    pub(crate) views: tokio::sync::Semaphore,
 }
+
+/// Admin views computed at once; further requests wait their turn.
+pub(crate) const VIEWS_AT_ONCE: usize = 2;
 
 /// What needs a pass over the registry, taken once a second.
 #[derive(Debug, Default)]
@@ -72,6 +78,7 @@ impl Observed {
             node_id,
             endpoint,
             snapshot: Mutex::default(),
+            views: tokio::sync::Semaphore::new(VIEWS_AT_ONCE),
         }
     }
 
