@@ -448,11 +448,11 @@ fn a_task_names_its_resource_by_an_id_the_tracker_maps_to_a_url() {
     let Some(nginx) = Nginx::start(&www) else { return };
     let user = root.path().join("user");
     let source = format!("release-1.0={}", nginx.url("release.tar"));
-    let (tracker, _storage) = cluster_with(
+    let (tracker, storage) = cluster_with(
         root.path(),
         &[&user],
         &["--offline-allow-private"],
-        &["--offline-source", &source],
+        &["--offline-source", &source, "--http", "127.0.0.1:0"],
     );
     let node = Daemon::start(&user, &["--tracker", &tracker.addr.to_string()]);
     let out = root.path().join("out.tar");
@@ -463,6 +463,13 @@ fn a_task_names_its_resource_by_an_id_the_tracker_maps_to_a_url() {
     assert_eq!(report["content_id"], content_id("release.tar", &data));
     let e = fails_of(&node, &["offline", "add", "--id", "release-2.0"]);
     assert!(e.contains("knows no resource"), "{e}");
+    // The tracker counted both resolutions, the storage node its finished task.
+    let t = crate::exposition::scrape(tracker.http.as_deref().unwrap());
+    assert_eq!(t.sum("shoal_tracker_offline_sources_total", &[("found", "true")]), 1.0);
+    assert_eq!(t.sum("shoal_tracker_offline_sources_total", &[("found", "false")]), 1.0);
+    let m = crate::exposition::control_scrape(&storage.dir);
+    assert_eq!(m.sum("shoal_offline_tasks", &[("state", "done")]), 1.0);
+    assert_eq!(m.sum("shoal_offline_tasks", &[("state", "fetching")]), 0.0);
 }
 
 /// A tracker admitting two storage nodes, both granting `user` and fetching from loopback,

@@ -17,7 +17,7 @@ fn cluster(root: &std::path::Path, backend: &str, pushers: &[&str]) -> Option<Cl
         &root.join("tracker"),
         "127.0.0.1:0",
         &[&root.join("storage")],
-        &["--heartbeat", "1", "--node-ttl", "3", "--reseed-after", "2"],
+        &["--heartbeat", "1", "--node-ttl", "3", "--reseed-after", "2", "--http", "127.0.0.1:0"],
     );
     let t = tracker.addr.to_string();
     let mut args = vec!["--tracker".to_string(), t, "--role".into(), "storage".into()];
@@ -148,6 +148,28 @@ fn the_file_is_completed_in_storage_from_its_downloaders() {
         })
         .sum();
     assert!(pushed > 0, "downloaders re-seeded storage");
+    // Their metrics say the same: directives obeyed, bytes up to a storage peer.
+    let obeyed = [("outcome", "obeyed")];
+    wait_until("the directives counted as obeyed", || {
+        let n: f64 = downloaders
+            .iter()
+            .map(|d| {
+                crate::exposition::control_scrape(&d.dir)
+                    .sum("shoal_reseed_directives_total", &obeyed)
+            })
+            .sum();
+        (n >= 1.0).then_some(())
+    });
+    let to_storage: f64 = downloaders
+        .iter()
+        .map(|d| {
+            let up = [("direction", "up"), ("peer", "storage")];
+            crate::exposition::control_scrape(&d.dir).sum("shoal_peer_bytes_total", &up)
+        })
+        .sum();
+    assert_eq!(to_storage, pushed as f64);
+    assert!(c.tracker.metric("shoal_tracker_reseed_directives_total") >= 1);
+    assert!(c.tracker.metric("shoal_tracker_reseed_pieces_total") >= 1);
     drop(downloaders);
     // A fresh node, knowing only the content id and the tracker, gets it from storage alone.
     let parsed: shoal_core::Ticket = ticket.parse().unwrap();

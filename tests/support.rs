@@ -155,6 +155,11 @@ impl Daemon {
         format!("{}@{}", self.node_id, self.addr)
     }
 
+    /// Waits for a further line on its stdout (after the start line) matching `pred`.
+    pub fn wait_stdout(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        wait_line(&self._stdout, what, pred)
+    }
+
     pub fn ls(&self) -> serde_json::Value {
         let mut c = self.cmd();
         c.args(["ls", "--json"]);

@@ -124,6 +124,9 @@ pub struct NodeConfig {
     /// the swarm (other regions) and dropped least recently used first (default 4 GiB; 0
     /// turns pulling through off).
     pub pull_through_cache: u64,
+    /// Where to serve Prometheus `/metrics` besides the control API (`--metrics ADDR`;
+    /// default: nowhere else).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -147,6 +150,7 @@ impl NodeConfig {
             listen_name: None,
             more_links: Vec::new(),
             advertise: Vec::new(),
+            metrics: None,
         }
     }
 }

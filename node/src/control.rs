@@ -5,8 +5,8 @@
 //! The daemon writes `control.json` (address, a random token, pid; mode 0600) into its data dir;
 //! clients send the token (256 bits from the OS random source, compared in constant time) as a
 //! bearer token, so only users who can read the data dir control the node. Every route but
-//! `GET /metrics` needs it; `/metrics` serves four node-wide counters read from atomics, which
-//! name no content and cost nothing to compute.
+//! `GET /metrics` needs it; `/metrics` serves the node's Prometheus metrics (see `metrics`),
+//! whose labels name no content, file or peer, and which read no store.
 //!
 //! The routes, their bodies and answers are documented in `shoal-control`, which holds the
 //! types and the client.
@@ -137,7 +137,8 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<ControlHandle> {
         .route("/v1/space/ls", get(offline::space_ls))
         .route("/v1/space/rm", post(offline::space_rm))
         .route_layer(axum::middleware::from_fn_with_state(api.clone(), require_token));
-    let app = Router::new().merge(v1).route("/metrics", get(metrics)).with_state(api);
+    let metrics = crate::metrics::route(api.node.clone());
+    let app = Router::new().merge(v1).with_state(api).merge(metrics);
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(async move {
         let server = axum::serve(listener, app).with_graceful_shutdown(async {
@@ -295,21 +296,4 @@ async fn get_content(
         .header("content-type", "application/x-ndjson")
         .body(Body::from_stream(stream))
         .map_err(|e| internal(e.into()))
-}
-
-/// Unauthenticated, and harmless by construction: four counters read from atomics (no content
-/// ids, no store scan, nothing that grows with what the node holds).
-async fn metrics(State(api): State<Api>) -> String {
-    use std::sync::atomic::Ordering::Relaxed;
-    let s = &api.node.stats;
-    format!(
-        "# TYPE shoal_uploaded_bytes_total counter\nshoal_uploaded_bytes_total {}\n\
-         # TYPE shoal_downloaded_bytes_total counter\nshoal_downloaded_bytes_total {}\n\
-         # TYPE shoal_pieces_uploaded_total counter\nshoal_pieces_uploaded_total {}\n\
-         # TYPE shoal_bad_pieces_total counter\nshoal_bad_pieces_total {}\n",
-        s.uploaded_bytes.load(Relaxed),
-        s.downloaded_bytes.load(Relaxed),
-        s.pieces_uploaded.load(Relaxed),
-        s.bad_pieces.load(Relaxed)
-    )
 }

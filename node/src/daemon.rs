@@ -33,6 +33,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let _lock = shoal_control::DaemonLock::acquire(&config.data_dir)?;
     slow_start_for_tests().await;
     let node = open_waiting(&config).await?;
+    // Bound first: an address in use fails the start before anything else is up.
+    let metrics = match config.metrics {
+        Some(addr) => Some(crate::metrics::serve(node.clone(), addr).await?),
+        None => None,
+    };
     start(&node);
     if let Some(dir) = &config.sync_dir {
         if !dir.is_dir() {
@@ -45,6 +50,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     }
     node.trackers().own();
     let control = crate::control::serve(node.clone()).await?;
+    crate::metrics::spawn_refresh(node.clone());
     let listen = node.net.endpoint.local_addr()?;
     tracing::info!(node_id = %node.node_id(), %listen, control = %control.addr, "node running");
     println!(
@@ -52,6 +58,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         node.node_id(),
         control.addr
     );
+    if let Some(addr) = metrics {
+        println!("shoal daemon: metrics http://{addr}/metrics");
+    }
     // Peers and the control API answer from here on: tell systemd (Type=notify), if it
     // started us (a no-op without NOTIFY_SOCKET).
     notify(sd_notify::NotifyState::Ready);

@@ -23,6 +23,7 @@
 //!   node adds, watches and follows those tasks.
 //! - [`sync`]: keeps a directory in step with the user's space on storage.
 //! - [`config`]: validated settings and the `RATE` syntax.
+//! - `metrics`: Prometheus metrics (`/metrics` on the control API and `--metrics ADDR`).
 
 #![warn(missing_docs)]
 
@@ -33,6 +34,7 @@ pub mod daemon;
 mod events;
 pub mod fetch;
 mod io;
+mod metrics;
 pub mod net;
 pub mod node;
 mod offline;

@@ -124,6 +124,10 @@ enum Command {
         /// TESTING ONLY: flip a byte in each uploaded piece with this probability.
         #[arg(long, env = "SHOAL_DANGER_CORRUPT_UPLOADS", default_value_t = 0.0, value_parser = probability)]
         danger_corrupt_uploads: f64,
+        /// Also serve Prometheus /metrics on this address, like 127.0.0.1:9464 (off by default;
+        /// the control API on 127.0.0.1 serves /metrics either way).
+        #[arg(long, env = "SHOAL_METRICS", value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Share a file through the running daemon and print its ticket.
     Add {
@@ -309,6 +313,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pull_through_cache,
             danger_lie_bitfield,
             danger_corrupt_uploads,
+            metrics,
         } => {
             let sync_dir = sync_dir.map(|d| absolute(&d)).transpose()?;
             let mut links =
@@ -361,6 +366,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 listen_name,
                 more_links: links,
                 advertise,
+                metrics,
                 ..NodeConfig::new(data_dir)
             };
             if danger_corrupt_uploads > 0.0 {

@@ -117,6 +117,23 @@ impl Offline {
         Ok(Arc::new(Self { ctx, tasks: Mutex::new(tasks), assists: Mutex::default() }))
     }
 
+    /// Tasks per state, for metrics: a pass over the in-memory table (bounded per user by
+    /// [`MAX_ACTIVE_PER_USER`] and [`MAX_KEPT_PER_USER`]), never the cloud index.
+    pub(crate) fn state_counts(&self) -> [(&'static str, usize); 4] {
+        let mut counts = [("fetching", 0), ("done", 0), ("failed", 0), ("cancelled", 0)];
+        let tasks: Vec<Arc<Task>> = self.tasks().values().cloned().collect();
+        for t in tasks {
+            let i = match t.lock().record.stage {
+                task::Stage::Fetching => 0,
+                task::Stage::Done { .. } => 1,
+                task::Stage::Failed { .. } => 2,
+                task::Stage::Cancelled => 3,
+            };
+            counts[i].1 += 1;
+        }
+        counts
+    }
+
     fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Arc<Task>>> {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }

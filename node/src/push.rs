@@ -196,6 +196,10 @@ async fn push_one(
     // Storage holds it now and serves it: a copy this node need not send a downloader.
     node.reveals.copied(content, piece);
     node.stats.pushed_bytes.fetch_add(sent, Ordering::Relaxed);
+    if let Some(storage) = shoal_net::endpoint::remote_node_id(conn) {
+        let (known, up) = (node.trackers.known(), crate::metrics::Direction::Up);
+        node.stats.metrics.bytes(known, up, &storage, Some("storage"), sent);
+    }
     Ok((sent, complete))
 }
 
@@ -307,9 +311,11 @@ fn run_directive(node: Pusher, d: Directive) {
         .await;
         match result {
             Ok((sent, complete)) => {
+                node.stats.metrics.directive("obeyed");
                 info!(content = %content.fmt_short(), sent, complete, "re-seeded pieces into storage")
             }
             Err(e) => {
+                node.stats.metrics.directive("failed");
                 warn!(content = %content.fmt_short(), error = %format!("{e:#}"), "re-seed push failed")
             }
         }

@@ -27,6 +27,8 @@ pub struct Stats {
     pub pushed_bytes: AtomicU64,
     /// Piece bytes received from peers the tracker placed in another region than this node.
     pub cross_region_bytes: AtomicU64,
+    /// The Prometheus instruments (labelled counters, histograms, gauges kept as things change).
+    pub(crate) metrics: crate::metrics::NodeMetrics,
     /// Per-content counters. Held only for map updates.
     contents: Mutex<HashMap<ContentId, ContentStats>>,
     /// What the node holds, per content. Held only for map updates, never across store reads.
@@ -61,6 +63,7 @@ impl Stats {
 
     /// A piece of `content` was verified: one more held.
     pub(crate) fn piece_verified(&self, content: ContentId) {
+        self.metrics.pieces_verified.inc();
         let mut held = self.held();
         if held.reading {
             held.stale = true;
@@ -69,7 +72,9 @@ impl Stats {
         let Some(rows) = &mut held.rows else { return };
         let stale = match rows.get_mut(&content) {
             Some(row) if row.state == "partial" => {
+                let before = held_bytes(row);
                 row.pieces_have = (row.pieces_have + 1).min(row.pieces_total);
+                self.metrics.held_bytes.inc_by(held_bytes(row).saturating_sub(before) as i64);
                 // The last piece: the content's state changes with it (a storage node's
                 // object turns complete).
                 row.pieces_have == row.pieces_total
@@ -84,6 +89,32 @@ impl Stats {
     /// A content was added, replaced or finished: its row is read again before it is shown.
     pub(crate) fn content_changed(&self) {
         self.held().stale = true;
+    }
+
+    /// True if what the node holds changed since it was last read (or was never read).
+    pub(crate) fn is_stale(&self) -> bool {
+        let held = self.held();
+        held.rows.is_none() || held.stale
+    }
+
+    /// Sets the held-content gauges from freshly read rows.
+    fn set_held_gauges<'a>(&self, rows: impl Iterator<Item = &'a LsEntry>) {
+        let mut by_state: BTreeMap<&'static str, i64> =
+            [("complete", 0), ("partial", 0), ("source changed", 0)].into_iter().collect();
+        let mut bytes = 0u64;
+        for row in rows {
+            let state = match row.state.as_str() {
+                "complete" => "complete",
+                "partial" => "partial",
+                _ => "source changed",
+            };
+            *by_state.entry(state).or_default() += 1;
+            bytes = bytes.saturating_add(held_bytes(row));
+        }
+        for (state, n) in by_state {
+            self.metrics.contents.get_or_create(&[("state", state)]).set(n);
+        }
+        self.metrics.held_bytes.set(bytes.min(i64::MAX as u64) as i64);
     }
 
     /// What the node holds, per content. Blocking: reads `contents` the first time and after
@@ -112,6 +143,7 @@ impl Stats {
             .filter_map(|row| Some((row.content_id.parse().ok()?, row)))
             .collect();
         let out = rows.values().cloned().collect();
+        self.set_held_gauges(rows.values());
         held.rows = Some(rows);
         Ok(out)
     }
@@ -132,7 +164,11 @@ impl Stats {
     pub(crate) fn peer_session(&self, content: ContentId, peer: NodeId, up: bool) {
         let mut stats = self.contents();
         if up {
-            *stats.entry(content).or_default().peers.entry(peer).or_default() += 1;
+            let entry = stats.entry(content).or_default();
+            if entry.peers.is_empty() {
+                self.metrics.swarms.inc();
+            }
+            *entry.peers.entry(peer).or_default() += 1;
             return;
         }
         let Some(entry) = stats.get_mut(&content) else { return };
@@ -140,12 +176,23 @@ impl Stats {
             *n -= 1;
             if *n == 0 {
                 entry.peers.remove(&peer);
+                if entry.peers.is_empty() {
+                    self.metrics.swarms.dec();
+                }
             }
         }
         if entry.peers.is_empty() && entry.uploaded_bytes == 0 {
             stats.remove(&content);
         }
     }
+}
+
+/// Bytes of verified pieces a row stands for: the size when complete, else pro rata.
+fn held_bytes(row: &LsEntry) -> u64 {
+    if row.state == "complete" || row.pieces_total == 0 {
+        return row.size;
+    }
+    (u128::from(row.size) * u128::from(row.pieces_have) / u128::from(row.pieces_total)) as u64
 }
 
 #[cfg(test)]

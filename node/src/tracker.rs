@@ -90,6 +90,9 @@ pub(crate) struct Known {
     /// said in their hellos, at most [`MAX_PEER_REGIONS`]: which received bytes crossed
     /// regions.
     pub(crate) peer_regions: Mutex<HashMap<NodeId, shoal_core::Region>>,
+    /// Peers a tracker named as admitted storage (its storage list, re-seed directives), at
+    /// most [`MAX_PEER_REGIONS`]: the `storage` peer kind of the byte metrics.
+    pub(crate) storage_peers: Mutex<std::collections::HashSet<NodeId>>,
 }
 
 /// The most peers whose region a node remembers; past it the table starts afresh.
@@ -118,6 +121,20 @@ impl Known {
         if !known {
             self.note_peer_region(peer, region);
         }
+    }
+
+    /// Remembers that a tracker named `peer` as admitted storage.
+    pub(crate) fn note_storage(&self, peer: NodeId) {
+        let mut set = self.storage_peers.lock().unwrap_or_else(|p| p.into_inner());
+        if set.len() >= MAX_PEER_REGIONS && !set.contains(&peer) {
+            set.clear();
+        }
+        set.insert(peer);
+    }
+
+    /// True if a tracker named `peer` as admitted storage.
+    pub(crate) fn is_storage(&self, peer: &NodeId) -> bool {
+        self.storage_peers.lock().unwrap_or_else(|p| p.into_inner()).contains(peer)
     }
 
     /// True if `peer` is in another region than this node's.
@@ -202,6 +219,7 @@ impl Trackers {
     ) -> anyhow::Result<Vec<shoal_wire::tracker::StorageNode>> {
         match self.call_own(&TrackerRequest::FindStorage, need).await? {
             TrackerResponse::StorageNodes { nodes } => {
+                nodes.iter().for_each(|n| self.known().note_storage(n.node_id));
                 Ok(nodes.into_iter().filter(|n| !n.addrs.is_empty()).collect())
             }
             other => bail!("unexpected tracker answer {other:?}"),

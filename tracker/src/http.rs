@@ -1,13 +1,17 @@
-//! `/health` and Prometheus `/metrics`.
+//! The tracker's HTTP address: `/health`, Prometheus `/metrics`, the dashboard at `/` and the
+//! read-only admin API under `/api/v1` (see `docs/admin-api.md`). Nothing here changes the
+//! tracker's state.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::Context;
 use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use prometheus_client::registry::Registry;
 
 use crate::Shared;
 
@@ -17,10 +21,14 @@ pub(crate) async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> anyhow::Resu
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let bound = listener.local_addr()?;
+    let registry = Arc::new(crate::metrics::registry(shared.clone()));
+    let metrics = Router::new().route("/metrics", get(metrics)).with_state(registry);
     let app = Router::new()
         .route("/health", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
-        .with_state(shared);
+        .merge(crate::dashboard::routes())
+        .merge(crate::admin::routes())
+        .with_state(shared)
+        .merge(metrics);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(error = %e, "http server stopped");
@@ -29,72 +37,7 @@ pub(crate) async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> anyhow::Resu
     Ok(bound)
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> String {
-    let ((nodes, swarms), (manifest_bytes, rate_keys), regions) = {
-        let ix = shared.index.lock().unwrap_or_else(|p| p.into_inner());
-        (ix.counts(), ix.footprint(), ix.region_counts())
-    };
-    let m = &shared.metrics;
-    let (announce_rate, lookup_rate) = *m.rates.lock().unwrap_or_else(|p| p.into_inner());
-    let mut out = String::new();
-    let mut line = |name: &str, kind: &str, help: &str, value: String| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
-    };
-    line("shoal_tracker_nodes", "gauge", "Registered nodes.", nodes.to_string());
-    line("shoal_tracker_swarms", "gauge", "Contents with at least one holder.", swarms.to_string());
-    let counters = [
-        ("shoal_tracker_announces_total", "Announces and deltas.", &m.announces),
-        ("shoal_tracker_lookups_total", "Lookups.", &m.lookups),
-        ("shoal_tracker_registers_total", "Registrations.", &m.registers),
-        ("shoal_tracker_heartbeats_total", "Heartbeats.", &m.heartbeats),
-        (
-            "shoal_tracker_forged_total",
-            "Requests refused for speaking for another node.",
-            &m.forged,
-        ),
-        ("shoal_tracker_rate_limited_total", "Requests refused by a rate limit.", &m.rate_limited),
-        (
-            "shoal_tracker_unadmitted_storage_total",
-            "Registrations claiming storage from nodes not admitted.",
-            &m.unadmitted_storage,
-        ),
-        ("shoal_tracker_reports_total", "Reports of holders that never delivered.", &m.reports),
-    ];
-    for (name, help, value) in counters {
-        line(name, "counter", help, value.load(Ordering::Relaxed).to_string());
-    }
-    line(
-        "shoal_tracker_manifest_bytes",
-        "gauge",
-        "Manifest bytes kept.",
-        manifest_bytes.to_string(),
-    );
-    line(
-        "shoal_tracker_rate_limit_keys",
-        "gauge",
-        "Addresses and node ids tracked by the rate limiter.",
-        rate_keys.to_string(),
-    );
-    line(
-        "shoal_tracker_announces_per_second",
-        "gauge",
-        "Announces per second over the last 10 s.",
-        format!("{announce_rate:.2}"),
-    );
-    line(
-        "shoal_tracker_lookups_per_second",
-        "gauge",
-        "Lookups per second over the last 10 s.",
-        format!("{lookup_rate:.2}"),
-    );
-    // Region names are checked ([a-z0-9_-]): safe inside a label without escaping.
-    out.push_str(
-        "# HELP shoal_tracker_region_nodes Registered nodes per region (\"\" for none).\n\
-         # TYPE shoal_tracker_region_nodes gauge\n",
-    );
-    for (region, n) in regions {
-        let name = region.as_ref().map_or("", |r| r.as_str());
-        out.push_str(&format!("shoal_tracker_region_nodes{{region=\"{name}\"}} {n}\n"));
-    }
-    out
+async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
+    let body = crate::metrics::encode(&registry);
+    ([(header::CONTENT_TYPE, prometheus_client::encoding::prometheus_text::CONTENT_TYPE)], body)
 }

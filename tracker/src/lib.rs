@@ -1,11 +1,16 @@
 //! The Shoal tracker: the QUIC API over [`shoal_index::Index`], its persistence in sled, and
-//! an HTTP endpoint with `/health` and Prometheus `/metrics`.
+//! an HTTP endpoint with `/health`, Prometheus `/metrics` (`metrics`), a dashboard at `/`
+//! (`dashboard`) and its read-only JSON admin API (`admin`, documented in
+//! `docs/admin-api.md`).
 //!
 //! [`run`] serves until its shutdown future completes; tests start it on port 0.
 
 #![warn(missing_docs)]
 
+mod admin;
+mod dashboard;
 mod http;
+mod metrics;
 mod server;
 
 use std::collections::HashSet;
@@ -28,7 +33,7 @@ pub use shoal_index::{Limits, Rate};
 pub struct Config {
     /// The UDP address for nodes.
     pub listen: SocketAddr,
-    /// The HTTP address for `/health` and `/metrics`, if any.
+    /// The HTTP address for `/health`, `/metrics`, the dashboard and the admin API, if any.
     pub http: Option<SocketAddr>,
     /// Key and state.
     pub data_dir: PathBuf,

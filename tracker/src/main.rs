@@ -25,7 +25,9 @@ enum Command {
         /// UDP address for nodes.
         #[arg(long, env = "SHOAL_TRACKER_LISTEN", default_value = "0.0.0.0:7400")]
         listen: SocketAddr,
-        /// HTTP address for /health and /metrics.
+        /// HTTP address for /health, /metrics, the dashboard (/) and its read-only admin API
+        /// (/api/v1, see docs/admin-api.md); off unless given. Unauthenticated: bind it where
+        /// only operators reach it, like 127.0.0.1:7480.
         #[arg(long, env = "SHOAL_TRACKER_HTTP")]
         http: Option<SocketAddr>,
         /// Key and state (survives restarts).

@@ -89,6 +89,8 @@ pub struct Shared {
     pub(crate) sources: std::collections::HashMap<String, String>,
     /// Checks of nodes' links on other IPs.
     links: links::Links,
+    /// Latencies, directive counts and the snapshot behind the metrics and admin views.
+    pub(crate) obs: crate::metrics::Observed,
 }
 
 impl Shared {
@@ -101,6 +103,7 @@ impl Shared {
     ) -> Self {
         Self {
             sources,
+            obs: crate::metrics::Observed::new(identity.node_id(), endpoint.clone()),
             links: links::Links::new(endpoint),
             index: Mutex::new(index),
             state,
@@ -165,6 +168,7 @@ pub(crate) async fn housekeeping(shared: Arc<Shared>) {
             debug!(changes = ops.len(), "expired silent nodes and idle swarms");
             shared.persist(&ops);
         }
+        crate::metrics::refresh(&shared, now_ms());
         let s = shared.clone();
         let _ = tokio::task::spawn_blocking(move || s.flush()).await;
         let m = &shared.metrics;

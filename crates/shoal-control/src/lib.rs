@@ -23,7 +23,7 @@
 //! | `GET /v1/jobs` | | `[`[`JobStatus`]`]` |
 //! | `POST /v1/jobs/cancel` | [`JobBody`] | [`JobStatus`] |
 //! | `POST /v1/rm` | [`RmBody`] | [`RmReply`] |
-//! | `GET /metrics` | | Prometheus text: four node-wide counters |
+//! | `GET /metrics` | | Prometheus text (format 0.0.4): the node's metrics, listed in the README ("Metrics"); no label names a content, file or peer |
 //!
 //! A refused request is answered with a 4xx or 5xx status and `{"error": ".."}`.
 //!

@@ -213,6 +213,53 @@ impl Manifest {
     }
 }
 
+/// A manifest's header fields, read without decoding its piece hashes or hashing it: for
+/// callers that hold manifests already verified against their content id (the tracker's admin
+/// views), where a full [`Manifest::decode`] per row would cost a hash of the whole manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header<'a> {
+    /// The file name.
+    pub name: &'a str,
+    /// The file size in bytes.
+    pub size: u64,
+    /// The piece size in bytes.
+    pub piece_size: u64,
+}
+
+impl<'a> Header<'a> {
+    /// Reads the header of encoded manifest `bytes`: magic, version, size, piece size and a
+    /// UTF-8 name inside the bytes. The pieces are not checked (see [`Manifest::decode`]).
+    pub fn read(bytes: &'a [u8]) -> Result<Self, ManifestError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(ManifestError::Length { got: bytes.len(), expected: HEADER_LEN });
+        }
+        if bytes[..3] != MAGIC {
+            return Err(ManifestError::Magic);
+        }
+        if bytes[3] != VERSION {
+            return Err(ManifestError::Version(bytes[3]));
+        }
+        let mut size = [0u8; 8];
+        size.copy_from_slice(&bytes[4..12]);
+        let size = u64::from_be_bytes(size);
+        let piece_log2 = bytes[12];
+        if piece_log2 >= 64 {
+            return Err(ManifestError::PieceSize {
+                got: piece_log2,
+                expected: piece::piece_log2_for(size),
+                size,
+            });
+        }
+        let name_len = u16::from_be_bytes([bytes[13], bytes[14]]) as usize;
+        let name_bytes = bytes
+            .get(HEADER_LEN..HEADER_LEN + name_len)
+            .ok_or(ManifestError::Length { got: bytes.len(), expected: HEADER_LEN + name_len })?;
+        let name = std::str::from_utf8(name_bytes)
+            .map_err(|_| ManifestError::Name(String::from_utf8_lossy(name_bytes).into_owned()))?;
+        Ok(Self { name, size, piece_size: 1 << piece_log2 })
+    }
+}
+
 impl std::fmt::Debug for Manifest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Manifest")
@@ -273,6 +320,23 @@ mod tests {
         let n = piece::piece_count(size, piece::piece_log2_for(size));
         let pieces = (0..n).map(|i| PieceHash::of(&i.to_be_bytes())).collect();
         Manifest::new(name, size, pieces).unwrap()
+    }
+
+    #[test]
+    fn headers_read_without_decoding_the_pieces() {
+        let m = manifest(3 * piece::MIN_PIECE_SIZE + 5, "été.bin");
+        let bytes = m.encode();
+        let h = Header::read(&bytes).unwrap();
+        assert_eq!((h.name, h.size, h.piece_size), ("été.bin", m.size(), m.piece_size()));
+        // Cut inside the header, inside the name, or with a bad magic: errors, no panic.
+        assert!(Header::read(&bytes[..10]).is_err());
+        assert!(Header::read(&bytes[..HEADER_LEN + 2]).is_err());
+        let mut bad = bytes.clone();
+        bad[0] = b'X';
+        assert_eq!(Header::read(&bad), Err(ManifestError::Magic));
+        let mut huge = bytes;
+        huge[12] = 200;
+        assert!(Header::read(&huge).is_err());
     }
 
     #[test]

@@ -18,7 +18,8 @@
 //! - re-seed planning (`plan`): holders push what stalled admitted storage lacks;
 //! - regions (`region`): the operator's CIDR map places each node in a region; lookups rank
 //!   the asker's region first and hints count what each region holds and was handed, so that
-//!   each piece crosses into a region about once and the region's nodes complete each other.
+//!   each piece crosses into a region about once and the region's nodes complete each other;
+//! - views (`view`): bounded, read-only pages of swarms and nodes for operators.
 
 #![warn(missing_docs)]
 
@@ -31,6 +32,7 @@ mod rarity;
 mod region;
 mod state;
 mod swarm;
+mod view;
 
 pub use index::{vet_addrs, Index};
 pub use limits::{source_key, Action, Limits, Rate};
@@ -40,3 +42,7 @@ pub use model::{
 };
 pub use region::{BadRange, GeoError, GeoRegions, RegionMap, MAX_REGIONS};
 pub use state::{Loaded, SledState};
+pub use view::{
+    Heatmap, HolderRow, NodeRow, RegionLoad, SwarmDetail, SwarmSummary, Totals, MAX_CELLS,
+    MAX_PAGE, MAX_SWARM_PAGE,
+};

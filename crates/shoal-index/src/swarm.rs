@@ -112,6 +112,8 @@ pub(crate) struct Holders {
     /// asker's region apart from the whole swarm. A holder's place in its region's list is in
     /// `Holder::region_pos`. Lists are dropped when they empty.
     by_region: HashMap<RegionId, Vec<usize>>,
+    /// Holders whose bitfield is full, kept as bitfields change (for the admin views).
+    complete: usize,
 }
 
 impl Holders {
@@ -123,6 +125,7 @@ impl Holders {
             piece_count,
             map: HashMap::new(),
             by_region: HashMap::new(),
+            complete: 0,
         }
     }
 
@@ -195,6 +198,16 @@ impl Holders {
         self.order.is_empty()
     }
 
+    /// Holders, and how many of them hold every piece.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        (self.order.len(), self.complete)
+    }
+
+    /// The holder at place `i` (places run from 0 to the count; removals reorder them).
+    pub(crate) fn at(&self, i: usize) -> Option<HolderView<'_>> {
+        (i < self.order.len()).then(|| self.view(i))
+    }
+
     /// Inserts or replaces (keeping the load); returns the old bitfield. A bitfield of another
     /// length than the swarm's (the index refuses those before) is cut or padded to it.
     pub(crate) fn insert(&mut self, id: NodeId, bf: &Bitfield) -> Option<Bitfield> {
@@ -202,9 +215,12 @@ impl Holders {
         let src = &bf.as_bytes()[..bf.as_bytes().len().min(s)];
         if let Some(&i) = self.map.get(&id) {
             let old = self.view(i).bitfield();
+            let was = self.view(i).is_complete();
             let dst = &mut self.bits[i * s..(i + 1) * s];
             dst.fill(0);
             dst[..src.len()].copy_from_slice(src);
+            self.complete =
+                self.complete - usize::from(was) + usize::from(self.view(i).is_complete());
             return Some(old);
         }
         self.map.insert(id, self.order.len());
@@ -220,6 +236,7 @@ impl Holders {
         let start = self.bits.len();
         self.bits.resize(start + s, 0);
         self.bits[start..start + src.len()].copy_from_slice(src);
+        self.complete += usize::from(self.view(self.order.len() - 1).is_complete());
         None
     }
 
@@ -275,6 +292,7 @@ impl Holders {
     pub(crate) fn remove(&mut self, id: &NodeId) -> Option<Bitfield> {
         let i = *self.map.get(id)?;
         let old = self.view(i).bitfield();
+        self.complete -= usize::from(self.view(i).is_complete());
         self.map.remove(id);
         self.unlist(i);
         self.order.swap_remove(i);

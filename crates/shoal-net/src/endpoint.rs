@@ -201,6 +201,11 @@ impl Endpoint {
         self.inner.local_addr()
     }
 
+    /// Connections open on this endpoint, both ways (a counter quinn keeps: no scan).
+    pub fn open_connections(&self) -> usize {
+        self.inner.open_connections()
+    }
+
     /// The next incoming connection attempt; `None` once the endpoint is closed.
     /// Cancel-safe.
     pub async fn accept(&self) -> Option<quinn::Incoming> {

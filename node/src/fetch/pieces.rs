@@ -19,6 +19,7 @@ use super::links::sleep_until;
 use super::links::Links;
 use super::requests::{open_control, request_piece};
 use super::{holders, snapshot, Ctx, Done, Outcome, Progress, RateMeter};
+use crate::metrics::Direction;
 use crate::serve::PeerEvent;
 use crate::tracker::{self, TrackerHandle};
 
@@ -131,6 +132,8 @@ pub(super) async fn run(
                 aborts.remove(&(done.peer, done.piece));
                 totals.downloaded += done.bytes;
                 node.stats.downloaded_bytes.fetch_add(done.bytes, Ordering::Relaxed);
+                let known = node.trackers.known();
+                node.stats.metrics.bytes(known, Direction::Down, &done.peer, None, done.bytes);
                 if node.trackers.known().is_elsewhere(&done.peer) {
                     node.stats.cross_region_bytes.fetch_add(done.bytes, Ordering::Relaxed);
                 }

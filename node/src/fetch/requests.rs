@@ -72,6 +72,7 @@ pub(super) async fn request_piece(
     counters: Arc<Counters>,
 ) -> Done {
     let len = ctx.manifest.piece_len(piece);
+    let started = std::time::Instant::now();
     let mut bytes = 0u64;
     let outcome = match receive_piece(&ctx, &conn, piece, len, &counters, &mut bytes).await {
         Ok(Ok(data)) => {
@@ -82,7 +83,11 @@ pub(super) async fn request_piece(
                 written
             };
             match tokio::task::spawn_blocking(write).await {
-                Ok(Ok(true)) => Outcome::Verified,
+                Ok(Ok(true)) => {
+                    let known = ctx.node.trackers.known();
+                    ctx.node.stats.metrics.fetched(known, &peer, started.elapsed());
+                    Outcome::Verified
+                }
                 Ok(Ok(false)) => Outcome::Bad,
                 Ok(Err(e)) => Outcome::Fatal(e),
                 Err(e) => Outcome::Failed(e.into()),

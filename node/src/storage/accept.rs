@@ -215,6 +215,8 @@ async fn push_piece(
     match cloud.put_piece(content, piece, data).await {
         Ok(PutPiece::Stored { complete }) => {
             node.events.piece_verified(content, piece);
+            let down = crate::metrics::Direction::Down;
+            node.stats.metrics.bytes(&node.known, down, &peer, None, u64::from(len));
             if node.known.is_elsewhere(&peer) {
                 node.stats.cross_region_bytes.fetch_add(u64::from(len), Ordering::Relaxed);
             }

@@ -271,6 +271,8 @@ impl Session<'_> {
                             node.known.stored.lock().unwrap_or_else(|p| p.into_inner()).extend(stored);
                             for d in directives {
                                 debug!(content = %d.content.fmt_short(), storage = %d.storage.node_id, "re-seed directive");
+                                node.known.note_storage(d.storage.node_id);
+                                node.stats.metrics.directive("received");
                                 // Bounded: a full backlog drops this one; the tracker repeats it.
                                 if node.directives.try_send(d).is_err() {
                                     debug!("re-seed directives backlog full");

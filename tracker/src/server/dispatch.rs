@@ -164,6 +164,9 @@ pub(super) async fn dispatch(
                     shared.persist(&ops);
                     if !plan.directives.is_empty() {
                         debug!(directives = plan.directives.len(), "re-seed orders issued");
+                        let pieces: usize = plan.directives.iter().map(|d| d.pieces.len()).sum();
+                        shared.obs.directives.inc_by(plan.directives.len() as u64);
+                        shared.obs.directive_pieces.inc_by(pieces as u64);
                     }
                     let directives = shared.sign(proven, plan.directives);
                     (TrackerResponse::HeartbeatReply { stored: plan.stored, directives }, None)
@@ -171,10 +174,15 @@ pub(super) async fn dispatch(
                 Err(e) => index_error(shared, e),
             }
         }
-        TrackerRequest::ResolveSource { id } => match shared.sources.get(&id) {
-            Some(url) => (TrackerResponse::Source { url: url.clone() }, None),
-            None => (TrackerResponse::Unknown, None),
-        },
+        TrackerRequest::ResolveSource { id } => {
+            let found = shared.sources.get(&id);
+            let label = if found.is_some() { "true" } else { "false" };
+            shared.obs.sources.get_or_create(&[("found", label)]).inc();
+            match found {
+                Some(url) => (TrackerResponse::Source { url: url.clone() }, None),
+                None => (TrackerResponse::Unknown, None),
+            }
+        }
         TrackerRequest::FindStorage => {
             let nodes = shared
                 .index()
@@ -186,6 +194,7 @@ pub(super) async fn dispatch(
         }
         TrackerRequest::Lookup { content, max_peers, have, compact, regions } => {
             m.lookups.fetch_add(1, Ordering::Relaxed);
+            let started = std::time::Instant::now();
             let max = (max_peers as usize).min(MAX_LOOKUP_PEERS);
             let mut ix = shared.index();
             let asker = ix.is_registered(proven).then_some(proven);
@@ -213,6 +222,8 @@ pub(super) async fn dispatch(
                     }
                 })
             };
+            drop(ix);
+            shared.obs.lookup_took(started.elapsed());
             (reply.unwrap_or(TrackerResponse::Unknown), None)
         }
         TrackerRequest::GetManifest { content } => match shared.index().manifest(content) {
