@@ -105,4 +105,9 @@ fn operator_walkthrough_as_pasted() {
     assert_eq!(nodes.map(str::trim), Some("3"), "the tracker does not count 3 nodes:\n{out}");
     let swarms = out.lines().find_map(|l| l.strip_prefix("shoal_tracker_swarms "));
     assert_eq!(swarms.map(str::trim), Some("1"), "the tracker does not count 1 swarm:\n{out}");
+    assert!(out.contains("nodes 3 swarms 1"), "the admin API disagrees:\n{out}");
+    // Storage verified every pushed piece before keeping it.
+    let verified = out.lines().find_map(|l| l.strip_prefix("shoal_pieces_verified_total "));
+    let verified: u64 = verified.and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    assert!(verified > 0, "storage counts no verified piece:\n{out}");
 }
