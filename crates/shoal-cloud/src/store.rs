@@ -138,10 +138,28 @@ fn piece_path(c: ContentId, p: PieceIndex) -> Path {
     Path::from(format!("pieces/{c}/{:08}", p.0))
 }
 
+/// Opens the sled index. sled lets go of its file lock when its last handle drops, which its
+/// flusher thread may do a moment after the store itself was dropped: a store reopened at
+/// once (a restart in the same process) waits for that, up to 2 s, before it gives up.
+fn open_index(index_dir: &FsPath) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match sled::Config::new().path(index_dir).cache_capacity(8 * 1024 * 1024).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl CloudStore {
     /// A store over `objects`, with its index in `index_dir`.
     pub fn open(objects: Arc<dyn ObjectStore>, index_dir: &FsPath) -> Result<Self, CloudError> {
-        let db = sled::Config::new().path(index_dir).cache_capacity(8 * 1024 * 1024).open()?;
+        let db = open_index(index_dir)?;
         let store = Self {
             objects,
             contents: db.open_tree("contents")?,
