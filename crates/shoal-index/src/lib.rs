@@ -32,7 +32,7 @@ mod region;
 mod state;
 mod swarm;
 
-pub use index::{vet_addrs, Index};
+pub use index::{vet_addrs, Index, RemoteSkip};
 pub use limits::{source_key, Action, Limits, Rate};
 pub use model::{
     Config, HeartbeatOutcome, IndexError, Lookup, NodeEntry, Persist, Planned, Registration,
