@@ -29,6 +29,7 @@ mod model;
 mod plan;
 mod rarity;
 mod region;
+mod replicated;
 mod state;
 mod swarm;
 
@@ -39,4 +40,7 @@ pub use model::{
     VerifiedManifest,
 };
 pub use region::{BadRange, GeoError, GeoRegions, RegionMap, MAX_REGIONS};
+pub use replicated::{
+    Batch, Change, Read, RedisState, RedisStateError, MAX_CHANGES, MAX_LOADED, STREAM_START,
+};
 pub use state::{Loaded, SledState};

@@ -70,7 +70,9 @@ impl Index {
                 }
                 Ok(())
             }
-            Persist::PutHolding(content, node, bf) => self.put_remote_holding(now, content, node, bf),
+            Persist::PutHolding(content, node, bf) => {
+                self.put_remote_holding(now, content, node, bf)
+            }
             Persist::RemoveHolding(content, node) => {
                 self.unhold(now, content, node);
                 Ok(())

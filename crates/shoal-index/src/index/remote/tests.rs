@@ -126,10 +126,8 @@ fn a_heartbeat_time_from_the_future_counts_as_now() {
 #[test]
 fn storage_is_only_what_this_replica_admitted() {
     let storage = id();
-    let admitted = Config {
-        admitted_storage: std::iter::once(storage).collect(),
-        ..Config::default()
-    };
+    let admitted =
+        Config { admitted_storage: std::iter::once(storage).collect(), ..Config::default() };
     let mut a = Index::new(admitted.clone());
     let mut b_admits = Index::new(admitted);
     let mut b_does_not = Index::new(Config::default());
