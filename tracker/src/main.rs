@@ -117,6 +117,10 @@ enum Command {
         /// Queries one node id may make at once.
         #[arg(long, env = "SHOAL_TRACKER_QUERY_BURST_PER_NODE", default_value_t = 512)]
         query_burst_per_node: u32,
+        /// Where state is kept: sled (under --data-dir, one tracker), or Redis shared by
+        /// several tracker replicas: redis://HOST:PORT[/DB] or redis+unix:///PATH/TO/SOCKET.
+        #[arg(long, value_name = "BACKEND", env = "SHOAL_TRACKER_BACKEND", default_value = "sled")]
+        backend: shoal_tracker::Backend,
     },
 }
 
@@ -148,6 +152,7 @@ fn main() -> ExitCode {
         query_burst,
         query_rate_per_node,
         query_burst_per_node,
+        backend,
     } = Cli::parse().command;
     let mut admitted_storage = std::collections::HashSet::new();
     for id in admit_storage.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
@@ -255,6 +260,7 @@ fn main() -> ExitCode {
         regions,
         allow_stated_region,
         region_routing: !ignore_regions,
+        backend,
         ..shoal_tracker::Config::new(listen, data_dir)
     };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

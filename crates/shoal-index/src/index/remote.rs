@@ -108,6 +108,24 @@ impl Index {
         }
     }
 
+    /// Everything a backend holds for this index, as changes: nodes, then manifests, then
+    /// holdings. For writing a replica's state back into a shared store that lost it.
+    pub fn persisted(&self) -> Vec<Persist> {
+        let mut ops: Vec<Persist> =
+            self.nodes.iter().map(|(id, e)| Persist::PutNode(*id, e.clone())).collect();
+        for (c, s) in &self.swarms {
+            ops.push(Persist::PutManifest(*c, s.manifest.clone()));
+        }
+        for (node, contents) in &self.held {
+            for c in contents {
+                if let Some(bf) = self.swarms.get(c).and_then(|s| s.holders.get(node)) {
+                    ops.push(Persist::PutHolding(*c, *node, bf));
+                }
+            }
+        }
+        ops
+    }
+
     /// A node registered or heartbeated at another replica: its entry here, and the copies of
     /// its load, addresses and region in the swarms it holds.
     fn put_remote_node(&mut self, now: u64, id: NodeId, mut entry: NodeEntry) {

@@ -258,3 +258,21 @@ fn a_region_change_at_one_replica_moves_the_holdings_at_the_other() {
     let l = b.lookup(None, c, None, 8).unwrap();
     assert_eq!(l.peers[0].region.as_ref(), Some(&us));
 }
+
+#[test]
+fn a_replica_rebuilt_from_another_ones_state_answers_the_same() {
+    let (mut a, mut b) = (Index::new(Config::default()), Index::new(Config::default()));
+    let (seed, d) = (id(), id());
+    let c = swarm_on_a(&mut a, &mut b, seed, &[0, 1, 2, 3, 4, 5, 6, 7]);
+    a.register(0, d, Role::Node, at(2), &[], None);
+    a.announce(0, d, c, bf(8, &[3])).unwrap();
+    let mut fresh = Index::new(Config::default());
+    replay(&mut fresh, 0, a.persisted());
+    assert_eq!(fresh.counts(), a.counts());
+    assert_eq!(fresh.footprint().0, a.footprint().0);
+    let mut peers: Vec<_> = fresh.lookup(None, c, None, 8).unwrap().peers;
+    peers.sort_by_key(|p| p.node_id);
+    let mut expected: Vec<_> = a.lookup(None, c, None, 8).unwrap().peers;
+    expected.sort_by_key(|p| p.node_id);
+    assert_eq!(peers, expected);
+}
