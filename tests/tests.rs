@@ -14,6 +14,7 @@ mod links;
 mod local;
 mod offline;
 mod regions;
+mod replicas;
 mod storage;
 mod storage_auth;
 mod swarm;

@@ -17,7 +17,8 @@ use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn};
 
 use super::{
-    call, resolve, Parts, Scope, DELTA_EVERY, FIRST_PAUSE, MAX_PAUSE, RATE_LIMITED_ATTEMPTS,
+    call, call_within, heartbeat_deadline, resolve, Parts, Scope, DELTA_EVERY, FIRST_PAUSE,
+    MAX_PAUSE, RATE_LIMITED_ATTEMPTS,
 };
 
 /// Like [`call`], but a "slow down" answer is retried after a growing pause (a bounded number
@@ -145,6 +146,8 @@ pub(super) struct Session<'a> {
     pub(super) placement: &'a Mutex<Placement>,
     /// Whether the "not admitted as storage" warning was given.
     pub(super) warned: &'a AtomicBool,
+    /// Whether there are other trackers to fail over to (heartbeats then wait less).
+    pub(super) failover: bool,
 }
 
 impl Session<'_> {
@@ -243,6 +246,7 @@ impl Session<'_> {
         info!(tracker = %addr, contents = announced.len(), ?scope, "registered with tracker");
         let _ = tx.send(Some(conn.clone()));
         let mut heartbeat = tokio::time::interval(Duration::from_millis(u64::from(heartbeat_ms)));
+        let hb_deadline = heartbeat_deadline(heartbeat_ms, self.failover);
         let mut flush = tokio::time::interval(DELTA_EVERY);
         let mut pending: HashMap<ContentId, Vec<PieceIndex>> = HashMap::new();
         let mut last = (
@@ -266,7 +270,7 @@ impl Session<'_> {
                     last = (Instant::now(), up, down);
                     let links = node.net.link_loads();
                     let hb = TrackerRequest::Heartbeat { node_id, load, links };
-                    match call(&conn, &hb, None).await?.0 {
+                    match call_within(&conn, &hb, None, hb_deadline).await?.0 {
                         TrackerResponse::HeartbeatReply { stored, directives } if scope == Scope::Own => {
                             node.known.stored.lock().unwrap_or_else(|p| p.into_inner()).extend(stored);
                             for d in directives {
