@@ -365,6 +365,16 @@ impl TrackerHandle {
         self.node_ids().into_iter().next().flatten()
     }
 
+    /// Resolves once `conn` is no longer the session's connection: it failed, and the session
+    /// moves on (to the next tracker, with several). A call on it then is abandoned rather
+    /// than waited out. Cancel-safe.
+    pub(crate) async fn replaced(&self, conn: &Connection) {
+        let id = conn.stable_id();
+        let mut rx = self.conn.clone();
+        // An ended session (the sender gone) counts as replaced too.
+        let _ = rx.wait_for(|c| c.as_ref().map(Connection::stable_id) != Some(id)).await;
+    }
+
     /// How many trackers the session may use (replicas, in order).
     pub fn targets(&self) -> usize {
         self.pinned.len()
