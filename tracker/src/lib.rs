@@ -44,7 +44,8 @@ impl std::str::FromStr for Backend {
         if s == "sled" {
             return Ok(Self::Sled);
         }
-        let schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
+        // No TLS (rediss://) in this build: Redis is reached on a trusted network or socket.
+        let schemes = ["redis://", "redis+unix://", "unix://"];
         if schemes.iter().any(|p| s.starts_with(p)) && redis_url_ok(s) {
             return Ok(Self::Redis(s.to_string()));
         }
@@ -262,6 +263,23 @@ fn open_state(config: &Config, local: Identity) -> anyhow::Result<(Identity, Ope
             let position = redis.tail().context("reading the change stream in Redis")?;
             let loaded = redis.load().context("reading tracker state from Redis")?;
             Ok((identity, Opened { loaded, sled: None, redis: Some((url.clone(), position)) }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_parse() {
+        assert_eq!("sled".parse::<Backend>(), Ok(Backend::Sled));
+        for url in ["redis://127.0.0.1:6379", "redis://h:1/2", "redis+unix:///run/redis.sock"] {
+            assert_eq!(url.parse::<Backend>(), Ok(Backend::Redis(url.into())), "{url}");
+        }
+        for bad in ["", "redis", "rediss://h:1", "http://h:1", "redis://h:notaport", "Sled"] {
+            let e = bad.parse::<Backend>().unwrap_err();
+            assert!(e.contains("redis+unix:///"), "{bad}: {e}");
         }
     }
 }

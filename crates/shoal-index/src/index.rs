@@ -119,6 +119,10 @@ impl Index {
         let mut ix = Self::new(config);
         for (id, mut e) in nodes {
             e.storage = e.storage && ix.config.admitted_storage.contains(&id);
+            // A shared backend (Redis) is written by other processes: the same bounds as a
+            // node's own registration, and no heartbeat from the future.
+            e.addrs.truncate(MAX_ADDRS);
+            e.last_seen_ms = e.last_seen_ms.min(now);
             let r = ix.regions.intern(e.region.as_ref());
             *ix.region_nodes.entry(r).or_default() += 1;
             ix.nodes.insert(id, e);

@@ -276,3 +276,27 @@ fn a_replica_rebuilt_from_another_ones_state_answers_the_same() {
     expected.sort_by_key(|p| p.node_id);
     assert_eq!(peers, expected);
 }
+
+#[test]
+fn a_snapshot_from_a_shared_store_is_bounded_like_a_registration() {
+    let (c, bytes) = content(8, 7);
+    let node = id();
+    let entry = NodeEntry {
+        storage: false,
+        addrs: (1..=20).map(at).collect(),
+        last_seen_ms: u64::MAX,
+        active_uploads: 0,
+        upload_rate: 0,
+        region: None,
+    };
+    let config = Config { node_ttl_ms: 10_000, ..Config::default() };
+    let mut ix = Index::restore(
+        config,
+        1_000,
+        vec![(node, entry)],
+        vec![(c, node, bf(8, &[0]))],
+        vec![(c, bytes)],
+    );
+    assert_eq!(ix.lookup(None, c, None, 8).unwrap().peers[0].addrs.len(), MAX_ADDRS);
+    assert!(ix.expire(11_001).contains(&Persist::RemoveNode(node)), "no heartbeat from the future");
+}
