@@ -593,7 +593,7 @@ mod tests {
             ]
         );
         assert!(parse_trackers("a:1,b").is_err());
-        assert!(parse_trackers(&vec!["a:1"; MAX_TRACKERS + 1].join(",")).is_err());
+        assert!(parse_trackers(&["a:1"; MAX_TRACKERS + 1].join(",")).is_err());
         assert_eq!(parse_trackers("").unwrap(), vec![]);
     }
 

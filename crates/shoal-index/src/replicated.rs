@@ -120,6 +120,9 @@ const HOLDINGS: &str = "shoal:tracker:holdings";
 const MANIFESTS: &str = "shoal:tracker:manifests";
 const CHANGES: &str = "shoal:tracker:changes";
 
+/// A hash entry: key and value bytes.
+type Pair = (Vec<u8>, Vec<u8>);
+
 fn bulk(v: &Value) -> Option<&[u8]> {
     match v {
         Value::BulkString(b) => Some(b),
@@ -183,7 +186,7 @@ impl RedisState {
     }
 
     /// Every entry of a hash, `COUNT` at a time, at most [`MAX_LOADED`].
-    fn scan(&mut self, hash: &'static str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RedisStateError> {
+    fn scan(&mut self, hash: &'static str) -> Result<Vec<Pair>, RedisStateError> {
         let mut out = Vec::new();
         let mut cursor = "0".to_string();
         loop {
