@@ -65,8 +65,10 @@ fn entity(op: &Persist, seq: u64) -> Entity {
 }
 
 /// Changes waiting for Redis: the latest per entity, in the order each entity first waited.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Pending {
+    /// The most entities waiting ([`MAX_PENDING`]).
+    cap: usize,
     latest: HashMap<Entity, Change>,
     order: VecDeque<Entity>,
     dropped: u64,
@@ -76,13 +78,31 @@ struct Pending {
     closed: bool,
 }
 
+impl Default for Pending {
+    fn default() -> Self {
+        Self::with_cap(MAX_PENDING)
+    }
+}
+
 impl Pending {
+    fn with_cap(cap: usize) -> Self {
+        Self {
+            cap,
+            latest: HashMap::new(),
+            order: VecDeque::new(),
+            dropped: 0,
+            inflight: 0,
+            seq: 0,
+            closed: false,
+        }
+    }
+
     fn push(&mut self, change: Change) {
         self.seq += 1;
         let e = entity(&change.op, self.seq);
         if let Some(slot) = self.latest.get_mut(&e) {
             *slot = change;
-        } else if self.latest.len() < MAX_PENDING {
+        } else if self.latest.len() < self.cap {
             self.latest.insert(e, change);
             self.order.push_back(e);
         } else {
@@ -377,14 +397,19 @@ mod tests {
 
     #[test]
     fn waiting_changes_are_bounded() {
-        let mut p = Pending::default();
-        for i in 0..(MAX_PENDING + 10) {
+        let mut p = Pending::with_cap(100);
+        for i in 0..110u64 {
             let mut c = [0u8; 32];
-            c[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            c[..8].copy_from_slice(&i.to_be_bytes());
             p.push(Change { op: Persist::RemoveManifest(ContentId(c)), expiry: false });
         }
-        assert_eq!(p.latest.len(), MAX_PENDING);
+        assert_eq!(p.latest.len(), 100);
         assert_eq!(p.dropped, 10);
-        assert_eq!(p.take(CHUNK).len(), CHUNK);
+        // A later change of a waiting entity still replaces it at the cap.
+        p.push(Change { op: Persist::RemoveManifest(ContentId([0; 32])), expiry: true });
+        assert_eq!(p.dropped, 10);
+        assert_eq!(p.take(60).len(), 60);
+        assert_eq!(p.take(60).len(), 40);
+        assert_eq!(Pending::default().cap, MAX_PENDING);
     }
 }
