@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 
 use shoal_wire::tracker::{TrackerRequest, TrackerResponse};
 
@@ -70,9 +71,14 @@ fn replica(dir: &Path, redis: &Redis, storage: &Path) -> TrackerProc {
 
 /// The holders replica `tracker` names for `content`, asked as a stranger.
 fn holders_at(tracker: &TrackerProc, content: shoal_core::ContentId) -> Vec<String> {
+    lookup_holders(tracker.addr, content)
+}
+
+/// The holders the tracker at `addr` names for `content`, asked as a stranger.
+fn lookup_holders(addr: std::net::SocketAddr, content: shoal_core::ContentId) -> Vec<String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let (_id, _ep, conn) = tracker_client(tracker.addr).await;
+        let (_id, _ep, conn) = tracker_client(addr).await;
         let req = TrackerRequest::Lookup {
             content,
             max_peers: 32,
@@ -165,4 +171,71 @@ fn a_replica_killed_mid_swarm_leaves_the_other_serving_it() {
     let out = root.join("fresh.bin");
     get_json(&root.join("fresh"), &bare.to_string(), &out, &[]);
     assert!(std::fs::read(&out).unwrap() == data, "byte-identical from storage");
+}
+
+/// A replica whose warnings the test reads, killed on drop.
+struct Watched {
+    child: Child,
+    addr: std::net::SocketAddr,
+    node_id: String,
+    stderr: mpsc::Receiver<String>,
+    _stdout: mpsc::Receiver<String>,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+impl Watched {
+    fn start(dir: &Path, redis: &Redis) -> Watched {
+        let mut child = Command::new(tracker_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .args(["--backend", &redis.url(), "--heartbeat", "1", "--node-ttl", "30"])
+            .env("SHOAL_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = lines(child.stdout.take().unwrap());
+        let stderr = lines(child.stderr.take().unwrap());
+        let line = wait_line(&stdout, "tracker start", |l| l.starts_with("shoal-tracker: node "));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let node_id = words[2].to_string();
+        let addr = words[5].trim_end_matches(',').parse().unwrap();
+        Watched { child, addr, node_id, stderr, _stdout: stdout }
+    }
+}
+
+#[test]
+fn a_replica_serves_through_a_redis_outage_and_writes_the_state_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let redis_dir = root.join("redis");
+    let Some(redis) = Redis::start(&redis_dir) else { return };
+    let a = Watched::start(&root.join("a"), &redis);
+    let node =
+        Daemon::start(&root.join("node"), &["--tracker", &format!("{}@{}", a.node_id, a.addr)]);
+    let src = root.join("f.bin");
+    write_file(&src, 200_000, 62);
+    let content = node.add(&src).parse::<shoal_core::Ticket>().unwrap().content;
+    wait_until("a to know the node", || {
+        lookup_holders(a.addr, content).contains(&node.node_id).then_some(())
+    });
+    // Redis goes away: a says so, and keeps answering from memory.
+    drop(redis);
+    wait_line(&a.stderr, "the outage warning", |l| l.contains("Redis unreachable"));
+    assert!(lookup_holders(a.addr, content).contains(&node.node_id));
+    // Back, but empty: a writes its state (and key) back, and a new replica loads it.
+    let redis = Redis::start(&redis_dir).unwrap();
+    wait_line(&a.stderr, "the state written back", |l| l.contains("Redis lost the shared state"));
+    let c = wait_until("a new replica to load the state written back", || {
+        let c = replica(&root.join("c"), &redis, &root.join("no-storage"));
+        let known = lookup_holders(c.addr, content).contains(&node.node_id);
+        known.then_some(c)
+    });
+    assert_eq!(c.node_id, a.node_id, "the key written back is the one every replica uses");
 }

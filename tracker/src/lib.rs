@@ -226,8 +226,8 @@ pub async fn run(
 struct Opened {
     loaded: Loaded,
     sled: Option<SledState>,
-    /// With Redis: its URL and the stream position the snapshot was loaded at.
-    redis: Option<(String, String)>,
+    /// With Redis: its URL and the position the snapshot was loaded at.
+    redis: Option<(String, replicas::Position)>,
 }
 
 /// Opens the backend and loads its state; with Redis, the tracker key is the one the first
@@ -260,9 +260,18 @@ fn open_state(config: &Config, local: Identity) -> anyhow::Result<(Identity, Ope
                 tracing::info!(tracker = %identity.node_id(), "using the tracker key another replica stored in Redis");
             }
             // The stream's end first: whatever is written while the snapshot loads is read again.
+            let epoch = redis.epoch().context("reading the state's epoch in Redis")?;
             let position = redis.tail().context("reading the change stream in Redis")?;
             let loaded = redis.load().context("reading tracker state from Redis")?;
-            Ok((identity, Opened { loaded, sled: None, redis: Some((url.clone(), position)) }))
+            let key = identity.key_bytes();
+            Ok((
+                identity,
+                Opened {
+                    loaded,
+                    sled: None,
+                    redis: Some((url.clone(), replicas::Position { entry: position, epoch, key })),
+                },
+            ))
         }
     }
 }

@@ -12,8 +12,8 @@
 //! When Redis is unreachable, both retry with backoff (250 ms doubling to 8 s) and the replica
 //! keeps serving from memory, saying so once per outage in a warning; the changes made
 //! meanwhile are written when Redis is back. A reader that fell behind the stream's trimming
-//! loads the snapshot again; if Redis lost everything (restarted empty), each replica writes
-//! its whole state back.
+//! loads the snapshot again; if Redis lost everything (restarted empty: a new epoch mark),
+//! each replica offers the tracker key again and writes its whole state back.
 //!
 //! Per-replica soft state, not shared: rate limits (a client spreading over N replicas gets N
 //! times the rate), differential hints and offered holders, reports of holders that never
@@ -234,12 +234,15 @@ impl Link {
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 
-    fn ok(&mut self) {
-        if self.down {
+    /// A command succeeded; true if Redis was unreachable before.
+    fn ok(&mut self) -> bool {
+        let was_down = self.down;
+        if was_down {
             info!(role = self.role, "Redis reachable again");
             self.down = false;
         }
         self.backoff = FIRST_BACKOFF;
+        was_down
     }
 }
 
@@ -272,16 +275,27 @@ pub(crate) fn write_loop(url: String, replica: String, writer: Arc<Writer>) {
     }
 }
 
-/// Applies the other replicas' changes to `index` until `stop` is set, from `position` (the
-/// stream's end when the snapshot was loaded).
+/// Where the reader is: the last stream entry read and the epoch of the state it read from.
+#[derive(Debug)]
+pub(crate) struct Position {
+    /// The id of the last entry read (the stream's end when the snapshot was loaded).
+    pub(crate) entry: String,
+    /// [`RedisState::epoch`] when the snapshot was loaded.
+    pub(crate) epoch: String,
+    /// The tracker key (stored form), offered again if Redis lost it.
+    pub(crate) key: Vec<u8>,
+}
+
+/// Applies the other replicas' changes to `index` until `stop` is set, from `at`.
 pub(crate) fn read_loop(
     url: String,
     replica: String,
-    mut position: String,
+    at: Position,
     index: Arc<Mutex<Index>>,
     writer: Arc<Writer>,
     stop: Arc<AtomicBool>,
 ) {
+    let Position { entry: mut position, mut epoch, key } = at;
     let mut link = Link::new(&url, "reader");
     while !stop.load(Ordering::Relaxed) {
         let Some(conn) = link.get() else { continue };
@@ -293,7 +307,36 @@ pub(crate) fn read_loop(
                 continue;
             }
         };
-        link.ok();
+        // Back after an outage, or behind the stream: did Redis lose the state meanwhile?
+        if link.ok() || read == Read::Gap {
+            let Some(conn) = link.get() else { continue };
+            let now = match conn.epoch() {
+                Ok(e) => e,
+                Err(e) => {
+                    link.failed(&e);
+                    continue;
+                }
+            };
+            let lost = now != epoch;
+            if lost {
+                // The key first: a replica starting now must take this one, not its own.
+                match conn.offer_key(&key) {
+                    Ok(Some(k)) if k == key => {}
+                    Ok(_) => warn!("another tracker key is in Redis now: replicas started since present another tracker id"),
+                    Err(e) => {
+                        link.failed(&e);
+                        continue;
+                    }
+                }
+            }
+            if lost || read == Read::Gap {
+                match resync(conn, &index, &writer, lost) {
+                    Ok(p) => (position, epoch) = (p, now),
+                    Err(e) => link.failed(&e),
+                }
+                continue;
+            }
+        }
         match read {
             Read::Batches { batches, position: next, skipped } => {
                 if skipped > 0 {
@@ -308,13 +351,8 @@ pub(crate) fn read_loop(
                     apply(&mut ix, b.ops);
                 }
             }
-            Read::Gap => {
-                let Some(conn) = link.get() else { continue };
-                match resync(conn, &index, &writer) {
-                    Ok(p) => position = p,
-                    Err(e) => link.failed(&e),
-                }
-            }
+            // Handled above.
+            Read::Gap => {}
         }
     }
 }
@@ -329,20 +367,21 @@ fn apply(ix: &mut Index, ops: Vec<Persist>) {
     }
 }
 
-/// After a gap in the stream: the snapshot again, applied over this index. If Redis lost
-/// everything, this replica's state is written back. Returns the new position.
+/// After a gap in the stream: the snapshot again, applied over this index; if Redis `lost`
+/// the state (a new epoch), this replica's state is written back. Returns the new position.
 fn resync(
     conn: &mut RedisState,
     index: &Mutex<Index>,
     writer: &Writer,
+    lost: bool,
 ) -> Result<String, shoal_index::RedisStateError> {
     let position = conn.tail()?;
     let (nodes, holdings, manifests) = conn.load()?;
-    let lost = nodes.is_empty();
-    warn!(
-        nodes = nodes.len(),
-        lost, "behind the change stream in Redis: loading its snapshot again"
-    );
+    if lost {
+        warn!("Redis lost the shared state: writing this replica's back");
+    } else {
+        warn!("behind the change stream in Redis: loading its snapshot again");
+    }
     let mut ix = index.lock().unwrap_or_else(|p| p.into_inner());
     let ops = nodes
         .into_iter()

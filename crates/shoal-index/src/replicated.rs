@@ -7,7 +7,9 @@
 //!   id, `x`: `1` for changes made by expiry, `o`: the changes), trimmed to about
 //!   [`MAX_CHANGES`] entries; each replica tails it ([`RedisState::read`]) and applies the
 //!   others' changes to its index ([`crate::Index::apply_remote`]);
-//! - `key`: the tracker's node key, offered by the first replica ([`RedisState::offer_key`]).
+//! - `key`: the tracker's node key, offered by the first replica ([`RedisState::offer_key`]);
+//! - `epoch`: a random mark set by the first replica ([`RedisState::epoch`]): a replica that
+//!   finds another mark (or none) knows Redis lost the state and writes its own back.
 //!
 //! A batch's hash writes and its stream entry go in one `MULTI`, so the snapshot and the
 //! stream agree on the order of changes. A replica that starts notes the stream's end
@@ -115,6 +117,7 @@ impl std::fmt::Debug for RedisState {
 }
 
 const KEY: &str = "shoal:tracker:key";
+const EPOCH: &str = "shoal:tracker:epoch";
 const NODES: &str = "shoal:tracker:nodes";
 const HOLDINGS: &str = "shoal:tracker:holdings";
 const MANIFESTS: &str = "shoal:tracker:manifests";
@@ -167,6 +170,15 @@ impl RedisState {
         redis::cmd("SET").arg(KEY).arg(candidate).arg("NX").exec(&mut self.conn)?;
         let v: Value = redis::cmd("GET").arg(KEY).query(&mut self.conn)?;
         Ok(bulk(&v).filter(|k| k.len() <= MAX_KEY).map(<[u8]>::to_vec))
+    }
+
+    /// The mark of this generation of the shared state: set (to a random value) by the first
+    /// replica to ask, the same for every replica until Redis loses its data.
+    pub fn epoch(&mut self) -> Result<String, RedisStateError> {
+        let fresh = format!("{:016x}", fastrand::u64(..));
+        redis::cmd("SET").arg(EPOCH).arg(&fresh).arg("NX").exec(&mut self.conn)?;
+        let v: Value = redis::cmd("GET").arg(EPOCH).query(&mut self.conn)?;
+        text(&v).ok_or(RedisStateError::Reply("GET"))
     }
 
     /// The id of the stream's last entry ([`STREAM_START`] if it has none): read from here on,

@@ -229,6 +229,18 @@ fn a_reader_whose_position_was_trimmed_is_told_to_reload() {
 }
 
 #[test]
+fn the_epoch_is_everyones_until_redis_loses_it() {
+    let Some(server) = Server::start() else { return };
+    let (mut a, mut b) = (server.connect(), server.connect());
+    let e = a.epoch().unwrap();
+    assert_eq!(b.epoch().unwrap(), e);
+    redis::cmd("FLUSHALL").exec(&mut server.raw()).unwrap();
+    let again = b.epoch().unwrap();
+    assert_ne!(again, e, "a Redis that lost its data has a new epoch");
+    assert_eq!(a.epoch().unwrap(), again);
+}
+
+#[test]
 fn the_first_key_offered_is_everyones() {
     let Some(server) = Server::start() else { return };
     let (mut a, mut b) = (server.connect(), server.connect());
