@@ -239,3 +239,30 @@ fn a_replica_serves_through_a_redis_outage_and_writes_the_state_back() {
     });
     assert_eq!(c.node_id, a.node_id, "the key written back is the one every replica uses");
 }
+
+#[test]
+fn a_bad_backend_or_an_unreachable_redis_is_one_clear_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let serve = |backend: &str| {
+        let mut c = Command::new(tracker_bin());
+        c.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(tmp.path().join("t"));
+        c.args(["--backend", backend]).env("SHOAL_LOG", "warn");
+        c
+    };
+    let e = fails(serve("mysql://h:1"));
+    assert!(e.contains("redis://HOST:PORT") && e.contains("sled"), "{e}");
+    // A unix socket nobody listens on: refused at once, naming what to check.
+    let gone = format!("redis+unix://{}", tmp.path().join("none.sock").display());
+    let e = fails(serve(&gone));
+    assert!(e.contains("cannot reach Redis at") && e.contains("redis-server running"), "{e}");
+    // A value that is not a tracker key where the key should be.
+    let Some(redis) = Redis::start(&tmp.path().join("redis")) else { return };
+    let mut raw = std::os::unix::net::UnixStream::connect(&redis.socket).unwrap();
+    use std::io::{Read, Write};
+    raw.write_all(b"*3\r\n$3\r\nSET\r\n$17\r\nshoal:tracker:key\r\n$4\r\njunk\r\n").unwrap();
+    let mut ok = [0u8; 5];
+    raw.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"+OK\r\n");
+    let e = fails(serve(&redis.url()));
+    assert!(e.contains("is not a key") && e.contains("shoal:tracker:key"), "{e}");
+}

@@ -246,10 +246,10 @@ fn open_state(config: &Config, local: Identity) -> anyhow::Result<(Identity, Ope
             Ok((local, Opened { loaded, sled: Some(state), redis: None }))
         }
         Backend::Redis(url) => {
-            let mut redis =
-                RedisState::connect(url, replicas::COMMAND_TIMEOUT).with_context(|| {
-                    format!("cannot reach Redis at {url} (is redis-server running there?)")
-                })?;
+            // One line: the client's error repeats its cause in its source chain.
+            let mut redis = RedisState::connect(url, replicas::COMMAND_TIMEOUT).map_err(|e| {
+                anyhow::anyhow!("cannot reach Redis at {url}: {e} (is redis-server running there?)")
+            })?;
             let key = redis
                 .offer_key(&local.key_bytes())
                 .context("reading the tracker key from Redis")?;

@@ -120,7 +120,7 @@ enum Command {
         /// Where state is kept: sled (under --data-dir, one tracker), or Redis shared by
         /// several tracker replicas: redis://HOST:PORT[/DB] or redis+unix:///PATH/TO/SOCKET.
         #[arg(long, value_name = "BACKEND", env = "SHOAL_TRACKER_BACKEND", default_value = "sled")]
-        backend: shoal_tracker::Backend,
+        backend: String,
     },
 }
 
@@ -245,6 +245,13 @@ fn main() -> ExitCode {
             burst: query_burst_per_node,
         },
         ..shoal_tracker::Limits::default()
+    };
+    let backend = match backend.parse::<shoal_tracker::Backend>() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let config = shoal_tracker::Config {
         http,
