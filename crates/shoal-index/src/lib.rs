@@ -41,6 +41,7 @@ pub use model::{
 };
 pub use region::{BadRange, GeoError, GeoRegions, RegionMap, MAX_REGIONS};
 pub use replicated::{
-    Batch, Change, Read, RedisState, RedisStateError, MAX_CHANGES, MAX_LOADED, STREAM_START,
+    Batch, Change, Read, RedisState, RedisStateError, ENTRY_TARGET, MAX_CHANGES, MAX_LOADED,
+    STREAM_START,
 };
 pub use state::{Loaded, SledState};

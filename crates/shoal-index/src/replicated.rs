@@ -29,14 +29,16 @@ use crate::{Loaded, Persist};
 mod codec;
 
 /// Stream entries kept (about: trimmed with `MAXLEN ~`): a replica more than this many
-/// batches behind loads the snapshot again.
-pub const MAX_CHANGES: usize = 100_000;
+/// batches behind loads the snapshot again. With entries of at most about [`ENTRY_TARGET`]
+/// bytes (a manifest can make one larger, once per swarm), the stream holds at most about
+/// 1.25 GiB in Redis; entries of ordinary requests are a few hundred bytes.
+pub const MAX_CHANGES: usize = 20_000;
 /// The most entries loaded from each hash.
 pub const MAX_LOADED: usize = 1 << 24;
-/// Entries read from the stream at once.
-const READ_COUNT: usize = 256;
+/// Entries read from the stream at once (a few MiB as replicas write them).
+const READ_COUNT: usize = 64;
 /// A batch is split into stream entries of about this many bytes.
-const ENTRY_TARGET: usize = 1024 * 1024;
+pub const ENTRY_TARGET: usize = 64 * 1024;
 /// The longest tracker key accepted from Redis (an ed25519 key in protobuf form is 68 bytes).
 const MAX_KEY: usize = 1024;
 /// The longest replica id or stream entry id accepted.

@@ -13,9 +13,9 @@ pub(crate) const MAX_NODE_VALUE: usize = 16 * 1024;
 pub(crate) const MAX_HOLDING_VALUE: usize = 4 + (shoal_core::piece::MAX_PIECES as usize) / 8;
 /// The longest manifest.
 pub(crate) const MAX_MANIFEST_VALUE: usize = shoal_core::manifest::MAX_ENCODED_LEN;
-/// The most bytes one stream entry carries (a batch is split before it grows past a megabyte,
-/// so only a single manifest makes one larger).
-pub(crate) const MAX_ENTRY: usize = 4 * 1024 * 1024;
+/// The most bytes one stream entry carries: a batch is split once it reaches
+/// [`super::ENTRY_TARGET`], so an entry is below it plus one change (a manifest at most).
+pub(crate) const MAX_ENTRY: usize = super::ENTRY_TARGET + MAX_MANIFEST_VALUE + 64;
 /// The most changes one stream entry carries.
 pub(crate) const MAX_OPS_PER_ENTRY: usize = 4096;
 
