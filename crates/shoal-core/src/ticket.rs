@@ -123,7 +123,7 @@ impl FromStr for TrackerAddr {
 }
 
 /// Parses a comma-separated list of trackers (`--tracker A,B`), in order, each `HOST:PORT` or
-/// `NODE_ID@HOST:PORT`; empty items are ignored; at most [`MAX_TRACKERS`].
+/// `NODE_ID@HOST:PORT`; empty items are ignored; at least one, at most [`MAX_TRACKERS`].
 pub fn parse_trackers(s: &str) -> Result<Vec<TrackerAddr>, ParseTrackerError> {
     let list = s
         .split(',')
@@ -131,6 +131,9 @@ pub fn parse_trackers(s: &str) -> Result<Vec<TrackerAddr>, ParseTrackerError> {
         .filter(|t| !t.is_empty())
         .map(str::parse)
         .collect::<Result<Vec<TrackerAddr>, _>>()?;
+    if list.is_empty() {
+        return Err(ParseTrackerError(s.to_string()));
+    }
     if list.len() > MAX_TRACKERS {
         return Err(ParseTrackerError(format!("{s} (at most {MAX_TRACKERS} trackers)")));
     }
@@ -594,7 +597,8 @@ mod tests {
         );
         assert!(parse_trackers("a:1,b").is_err());
         assert!(parse_trackers(&["a:1"; MAX_TRACKERS + 1].join(",")).is_err());
-        assert_eq!(parse_trackers("").unwrap(), vec![]);
+        assert!(parse_trackers("").is_err());
+        assert!(parse_trackers(" , ").is_err());
     }
 
     proptest! {
