@@ -320,13 +320,11 @@ fn a_storage_node_killed_mid_write_comes_back_consistent() {
     drop(node);
     // A ticket naming only the storage node: the content is fetched from storage alone.
     let ticket = shoal_core::Ticket {
-        content: again["content_id"].as_str().unwrap().parse().unwrap(),
         peers: vec![shoal_core::PeerAddr {
             node_id: Some(c.storage.node_id.parse().unwrap()),
             addr: c.storage.addr,
         }],
-        tracker: None,
-        tracker_id: None,
+        ..shoal_core::Ticket::new(again["content_id"].as_str().unwrap().parse().unwrap())
     };
     let out = tmp.path().join("out.bin");
     get_json(&tmp.path().join("fresh"), &ticket.to_string(), &out, &[]);

@@ -20,6 +20,7 @@ mod metrics;
 mod offline;
 mod readme;
 mod regions;
+mod replicas;
 mod service;
 mod storage;
 mod storage_auth;

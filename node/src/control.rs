@@ -248,7 +248,7 @@ fn fetch_request(body: GetBody) -> Result<FetchRequest, ApiError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(bad_request)?;
     if let Some(t) = &body.tracker {
-        t.parse::<shoal_core::ticket::TrackerAddr>()
+        shoal_core::ticket::parse_trackers(t)
             .map_err(|e| bad_request(format!("cannot read tracker {t:?}: {e}")))?;
     }
     Ok(FetchRequest {

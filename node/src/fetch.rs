@@ -33,7 +33,9 @@ mod requests;
 use links::Links;
 use pieces::{Totals, LOOKUP_PEERS};
 
-/// How long a fetch waits for a tracker connection at start.
+/// How long a fetch waits for a tracker connection at start; with several trackers, each
+/// one before the last may also take a whole connect attempt
+/// ([`shoal_net::endpoint::CONNECT_TIMEOUT`]) to be found dead.
 const TRACKER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Bytes in flight per peer that the pipeline aims for.
 const PIPELINE_BYTES: u64 = 16 * 1024 * 1024;
@@ -149,7 +151,9 @@ pub async fn fetch(
     let mut tracker_conn = None;
     let mut found_first = Vec::new();
     if let Some(t) = &tracker {
-        match t.connection(TRACKER_WAIT).await {
+        let others = t.targets().saturating_sub(1) as u32;
+        let wait = TRACKER_WAIT + shoal_net::endpoint::CONNECT_TIMEOUT * others;
+        match t.connection(wait).await {
             Ok(c) => tracker_conn = Some(c),
             Err(e) => {
                 let w =

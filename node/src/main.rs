@@ -69,7 +69,8 @@ enum Command {
         #[arg(long, env = "SHOAL_DOWNLOAD_LIMIT")]
         download_limit: Option<Rate>,
         /// Tracker to register with (HOST:PORT, or NODE_ID@HOST:PORT to pin its key); tickets
-        /// of added files carry it and its node id.
+        /// of added files carry it and its node id. Several, comma-separated (A,B), are
+        /// replicas of one tracker: the node uses one and fails over to the next.
         #[arg(long, env = "SHOAL_TRACKER", conflicts_with = "testnet")]
         tracker: Option<String>,
         /// Join the local testnet whose run directory this is (started by `shoal-testnet up`).
@@ -150,7 +151,8 @@ enum Command {
         /// Cap on download rate, like 20MiB/s.
         #[arg(long, env = "SHOAL_DOWNLOAD_LIMIT")]
         download_limit: Option<Rate>,
-        /// Tracker to find peers with (HOST:PORT or NODE_ID@HOST:PORT), instead of the ticket's.
+        /// Tracker to find peers with (HOST:PORT or NODE_ID@HOST:PORT; several comma-separated,
+        /// tried in order), instead of the ticket's.
         #[arg(long, env = "SHOAL_TRACKER")]
         tracker: Option<String>,
         /// Print one JSON object with the outcome on stdout.
@@ -336,7 +338,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => tracker,
             };
             if let Some(t) = &tracker {
-                t.parse::<shoal_core::ticket::TrackerAddr>()?;
+                shoal_core::ticket::parse_trackers(t)?;
             }
             if store.is_some() && role != Role::Storage {
                 bail!("--store is for storage nodes: add --role storage");
@@ -380,7 +382,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Add { path, qr } => add(&data_dir, &path, qr),
         Command::Get { ticket, output, peers, download_limit, tracker, json, detach } => {
             if let Some(t) = &tracker {
-                t.parse::<shoal_core::ticket::TrackerAddr>()?;
+                shoal_core::ticket::parse_trackers(t)?;
             }
             if detach {
                 let limit = download_limit;

@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use shoal_core::ticket::TrackerAddr;
 use shoal_core::{ContentId, NodeId, PeerAddr, Ticket};
 use shoal_net::{Endpoint, Identity, Limits, RateLimiter};
 use shoal_store::Store;
@@ -91,9 +90,10 @@ impl Node {
         let own_tracker = config
             .tracker
             .as_deref()
-            .map(str::parse::<TrackerAddr>)
+            .map(shoal_core::ticket::parse_trackers)
             .transpose()
-            .context("reading --tracker")?;
+            .context("reading --tracker")?
+            .unwrap_or_default();
         // A storage node receives pushed pieces on its serving side; an ordinary node only small
         // frames (see `Limits` for the windows and the memory ceiling they give).
         let limits = if config.storage.is_some() { Limits::storage() } else { Limits::node() };
@@ -223,9 +223,7 @@ impl Node {
     pub fn ticket(&self, content: ContentId) -> Ticket {
         let node_id = Some(self.node_id());
         let peers = self.net.addrs().into_iter().map(|addr| PeerAddr { node_id, addr }).collect();
-        let tracker_id = self.trackers.own().and_then(|h| h.node_id());
-        let tracker = self.trackers.default_addr().map(str::to_string);
-        Ticket { content, peers, tracker, tracker_id }
+        Ticket { peers, ..self.trackers.ticket(content) }
     }
 
     /// Counters and identity, with the state of every content, from counters (blocking only

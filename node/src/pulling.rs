@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use shoal_core::{ContentId, Manifest, Ticket};
+use shoal_core::{ContentId, Manifest};
 use shoal_wire::tracker::TrackerRequest;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -87,8 +87,7 @@ async fn pull(node: &Arc<Node>, pulls: &Pulls, content: ContentId) -> anyhow::Re
         let cache = 2 * pulls.max_content();
         bail!("{size} bytes is more than half the pull-through cache ({cache} bytes)");
     }
-    let tracker = node.trackers.default_addr().map(str::to_string);
-    let ticket = Ticket { content, peers: Vec::new(), tracker, tracker_id: own.node_id() };
+    let ticket = node.trackers.ticket(content);
     let output = pulls.dir().join(content.to_string());
     info!(content = %content.fmt_short(), size, "pulling through");
     let req = FetchRequest { ticket, extra_peers: Vec::new(), output, limit: None, tracker: None };

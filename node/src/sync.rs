@@ -66,12 +66,16 @@ async fn round(node: &Arc<Node>, dir: &Path) -> anyhow::Result<()> {
             continue;
         }
         let output = dir.join(&name);
-        let ticket = Ticket {
-            content,
-            peers: vec![storage.addr],
-            tracker: node.trackers.default_addr().map(str::to_string),
-            tracker_id: None,
-        };
+        // The own trackers, unpinned as before: the storage peer is what this fetch needs.
+        let trackers: Vec<_> = node
+            .trackers
+            .ticket(content)
+            .trackers()
+            .into_iter()
+            .map(|t| shoal_core::ticket::TrackerAddr { node_id: None, ..t })
+            .collect();
+        let ticket =
+            Ticket { peers: vec![storage.addr], ..Ticket::new(content) }.with_trackers(&trackers);
         let req =
             FetchRequest { ticket, extra_peers: Vec::new(), output, limit: None, tracker: None };
         let (progress, _) = watch::channel(Default::default());

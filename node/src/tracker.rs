@@ -6,6 +6,11 @@
 //! the node, it reconnects with backoff and does it all again; a tracker that says "slow down"
 //! is retried later. The current connection is published for lookups.
 //!
+//! Several trackers (`--tracker A,B`, or a ticket naming several) are replicas of one: the
+//! session talks to one at a time and, when a call to it times out or its connection fails,
+//! fails over to the next in order, registering and announcing everything there; lookups use
+//! whichever connection is current. Each entry is pinned on its own.
+//!
 //! Trust: the tracker's key is pinned. A tracker given as `NODE_ID@HOST:PORT` must prove that
 //! id in the TLS handshake; one given as `HOST:PORT` is trusted on first connect and pinned for
 //! the life of the process. Only the node's own `--tracker` ([`Scope::Own`]) gets a full
@@ -15,30 +20,31 @@
 //! that one content, for as long as the fetch holds the handle; its directives are ignored.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use quinn::Connection;
-use shoal_core::ticket::TrackerAddr;
-use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
-use shoal_wire::tracker::{
-    Directive, Placement, TrackerRequest, TrackerResponse, MAX_TRACKER_FRAME_LEN,
-};
-use shoal_wire::{encode, Decoder};
+use shoal_core::ticket::{parse_trackers, TrackerAddr};
+use shoal_core::{ContentId, NodeId, Ticket};
+use shoal_wire::tracker::{Directive, Placement, TrackerRequest, TrackerResponse};
 use tokio::sync::{mpsc, watch};
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::contents::Contents;
 use crate::events::Events;
-use crate::io::read_frame;
 use crate::net::Net;
 use crate::stats::Stats;
 use crate::upload::Uploads;
 
+mod calls;
 mod session;
+#[cfg(test)]
+use calls::CALL_DEADLINE;
+pub(crate) use calls::{
+    call, call_within, heartbeat_deadline, lookup, manifest, report_undelivered, resolve,
+};
 use session::Session;
 
 /// How often batched deltas go out.
@@ -48,9 +54,6 @@ const DELTA_EVERY: Duration = Duration::from_millis(250);
 const RATE_LIMITED_ATTEMPTS: u32 = 8;
 const FIRST_PAUSE: Duration = Duration::from_millis(250);
 const MAX_PAUSE: Duration = Duration::from_secs(8);
-/// The longest one request to a tracker may take, answer included: a ticket's tracker is
-/// untrusted, and one that accepts a stream and never answers must not hang a fetch.
-const CALL_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What a tracker session may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,19 +168,19 @@ pub(crate) struct Parts {
 #[derive(Debug)]
 pub struct Trackers {
     parts: Parts,
-    /// The tracker named at start (`--tracker`), parsed: its address and the node id it must
-    /// prove, if given.
-    own: Option<TrackerAddr>,
+    /// The trackers named at start (`--tracker A,B`), parsed: each address and the node id it
+    /// must prove, if given; empty without a tracker.
+    own: Vec<TrackerAddr>,
     /// The client of the own tracker, started on first use. Held only to read or set.
     own_handle: Mutex<Option<TrackerHandle>>,
 }
 
 impl Trackers {
-    /// A client for `own` (the `--tracker`, if any); directives of the own tracker go to the
-    /// returned receiver.
+    /// A client for `own` (the `--tracker` list, if any); directives of the own tracker go to
+    /// the returned receiver.
     pub(crate) fn new(
         parts_without_directives: impl FnOnce(mpsc::Sender<Directive>) -> Parts,
-        own: Option<TrackerAddr>,
+        own: Vec<TrackerAddr>,
     ) -> (Self, mpsc::Receiver<Directive>) {
         let (tx, rx) = mpsc::channel(DIRECTIVES_BACKLOG);
         let parts = parts_without_directives(tx);
@@ -189,9 +192,25 @@ impl Trackers {
         &self.parts.known
     }
 
-    /// The tracker named at start (`--tracker`, as given), if any; tickets carry it.
+    /// The (first) tracker named at start (`--tracker`), if any.
     pub fn default_addr(&self) -> Option<&str> {
-        self.own.as_ref().map(|t| t.addr.as_str())
+        self.own.first().map(|t| t.addr.as_str())
+    }
+
+    /// A ticket for `content` without peers, naming this node's own trackers in order, each
+    /// pinned to the node id it was given with or proved.
+    pub(crate) fn ticket(&self, content: ContentId) -> Ticket {
+        let ids = self.own().map(|h| h.node_ids()).unwrap_or_default();
+        let list: Vec<TrackerAddr> = self
+            .own
+            .iter()
+            .enumerate()
+            .map(|(i, t)| TrackerAddr {
+                node_id: ids.get(i).copied().flatten().or(t.node_id),
+                addr: t.addr.clone(),
+            })
+            .collect();
+        Ticket::new(content).with_trackers(&list)
     }
 
     /// One request to this node's own tracker; without one, an error saying `need` (what the
@@ -201,14 +220,13 @@ impl Trackers {
         req: &TrackerRequest,
         need: &str,
     ) -> anyhow::Result<TrackerResponse> {
-        let addr = self.default_addr().map(str::to_string).ok_or_else(|| {
+        let own = self.own().ok_or_else(|| {
             anyhow!("{need} needs a tracker: start the daemon with --tracker HOST:PORT")
         })?;
-        let conn = self
-            .for_addr(&addr)
+        let conn = own
             .connection(Duration::from_secs(5))
             .await
-            .map_err(|e| anyhow!("tracker {addr} is unreachable: {e}"))?;
+            .map_err(|e| anyhow!("tracker {} is unreachable: {e}", own.addr))?;
         Ok(call(&conn, req, None).await?.0)
     }
 
@@ -228,35 +246,41 @@ impl Trackers {
 
     /// The client of this node's own `--tracker` (full session), started on first use.
     pub fn own(&self) -> Option<TrackerHandle> {
-        let target = self.own.clone()?;
+        if self.own.is_empty() {
+            return None;
+        }
+        let target = self.own.clone();
         let mut own = self.own_handle.lock().unwrap_or_else(|p| p.into_inner());
         let h = own.get_or_insert_with(|| spawn(self.parts.clone(), target, Scope::Own));
         Some(h.clone())
     }
 
-    /// True if `target` is this node's own tracker: the same address, and no other id.
-    fn is_own(&self, target: &TrackerAddr) -> bool {
-        let Some(own) = &self.own else { return false };
-        let pinned = self
+    /// True if `targets` name one of this node's own trackers: the same address, and no other
+    /// id than the one it was given with or proved.
+    fn is_own(&self, targets: &[TrackerAddr]) -> bool {
+        let ids = self
             .own_handle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .and_then(|h| h.node_id())
-            .or(own.node_id);
-        own.addr == target.addr && (target.node_id.is_none() || target.node_id == pinned)
+            .map(|h| h.node_ids())
+            .unwrap_or_default();
+        self.own.iter().enumerate().any(|(i, own)| {
+            let pinned = ids.get(i).copied().flatten().or(own.node_id);
+            targets
+                .iter()
+                .any(|t| own.addr == t.addr && (t.node_id.is_none() || t.node_id == pinned))
+        })
     }
 
-    /// The client of the tracker at `addr` (`HOST:PORT` or `NODE_ID@HOST:PORT`): the own
-    /// tracker's full session if it names it, otherwise a new session scoped to lookups.
+    /// The client of the tracker(s) at `addr` (`HOST:PORT` or `NODE_ID@HOST:PORT`, or several
+    /// comma-separated): the own tracker's full session if it names it, otherwise a new
+    /// session scoped to lookups.
     pub fn for_addr(&self, addr: &str) -> TrackerHandle {
-        let target = addr
-            .parse::<TrackerAddr>()
-            .unwrap_or_else(|_| TrackerAddr { node_id: None, addr: addr.to_string() });
-        self.session(target, Scope::Content(None))
+        self.session(targets_of(addr), Scope::Content(None))
     }
 
-    fn session(&self, target: TrackerAddr, scope: Scope) -> TrackerHandle {
+    fn session(&self, target: Vec<TrackerAddr>, scope: Scope) -> TrackerHandle {
         if self.is_own(&target) {
             if let Some(h) = self.own() {
                 return h;
@@ -265,8 +289,8 @@ impl Trackers {
         spawn(self.parts.clone(), target, scope)
     }
 
-    /// The tracker a fetch of `ticket` should use: `override_addr` (`get --tracker`) or the
-    /// ticket's, pinned to the ticket's tracker id. The own tracker's full session if it is
+    /// The tracker a fetch of `ticket` should use: `override_addr` (`get --tracker`, one or
+    /// several) or the ticket's (in order, each pinned to the id the ticket gives). The own tracker's full session if it is
     /// the same tracker; otherwise a session scoped to this one content that ends when the
     /// returned handle's last clone is dropped. `None` without any tracker.
     pub fn for_fetch(
@@ -275,15 +299,23 @@ impl Trackers {
         override_addr: Option<&str>,
     ) -> Option<TrackerHandle> {
         let target = match override_addr {
-            // Both entry points (`shoal get --tracker` and the control API) refuse a malformed
-            // address with its reason first; the fallback only keeps this total.
-            Some(a) => a
-                .parse::<TrackerAddr>()
-                .unwrap_or_else(|_| TrackerAddr { node_id: None, addr: a.to_string() }),
-            None => TrackerAddr { node_id: ticket.tracker_id, addr: ticket.tracker.clone()? },
+            Some(a) => targets_of(a),
+            None => ticket.trackers(),
         };
+        if target.is_empty() {
+            return None;
+        }
         Some(self.session(target, Scope::Content(Some(ticket.content))))
     }
+}
+
+/// The trackers `addr` names. Both entry points (`shoal get --tracker` and the control API)
+/// refuse a malformed list with its reason first; the fallback only keeps this total.
+fn targets_of(addr: &str) -> Vec<TrackerAddr> {
+    parse_trackers(addr)
+        .ok()
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| vec![TrackerAddr { node_id: None, addr: addr.to_string() }])
 }
 
 /// Why no tracker connection is at hand.
@@ -307,13 +339,13 @@ pub enum ConnectError {
 /// the last clone ends the session and closes its connection.
 #[derive(Debug, Clone)]
 pub struct TrackerHandle {
-    /// The tracker's address as given (`host:port`).
+    /// The tracker's address as given (`host:port`; several comma-separated).
     pub addr: String,
     conn: watch::Receiver<Option<Connection>>,
     // Held only to read or replace.
     error: Arc<Mutex<Option<String>>>,
-    /// The tracker's node id once pinned. Held only to read or set.
-    pinned: Arc<Mutex<Option<NodeId>>>,
+    /// Each tracker's node id once pinned. Each held only to read or set.
+    pinned: Arc<[Mutex<Option<NodeId>>]>,
     /// Where the tracker placed this node at the last registration. Held only to read or set.
     placement: Arc<Mutex<Placement>>,
 }
@@ -340,9 +372,29 @@ impl TrackerHandle {
         self.conn.borrow().clone()
     }
 
-    /// The tracker's node id: the one given, or the one it proved first.
+    /// The (first) tracker's node id: the one given, or the one it proved first.
     pub fn node_id(&self) -> Option<NodeId> {
-        *self.pinned.lock().unwrap_or_else(|p| p.into_inner())
+        self.node_ids().into_iter().next().flatten()
+    }
+
+    /// Resolves once `conn` is no longer the session's connection: it failed, and the session
+    /// moves on (to the next tracker, with several). A call on it then is abandoned rather
+    /// than waited out. Cancel-safe.
+    pub(crate) async fn replaced(&self, conn: &Connection) {
+        let id = conn.stable_id();
+        let mut rx = self.conn.clone();
+        // An ended session (the sender gone) counts as replaced too.
+        let _ = rx.wait_for(|c| c.as_ref().map(Connection::stable_id) != Some(id)).await;
+    }
+
+    /// How many trackers the session may use (replicas, in order).
+    pub fn targets(&self) -> usize {
+        self.pinned.len()
+    }
+
+    /// Each tracker's node id, in order: the one given, or the one it proved first.
+    pub fn node_ids(&self) -> Vec<Option<NodeId>> {
+        self.pinned.iter().map(|p| *p.lock().unwrap_or_else(|p| p.into_inner())).collect()
     }
 
     /// Where the tracker placed this node (no region until it registered, or if the tracker
@@ -352,14 +404,17 @@ impl TrackerHandle {
     }
 }
 
-/// Starts a client of the tracker at `target` for `node`.
-fn spawn(node: Parts, target: TrackerAddr, scope: Scope) -> TrackerHandle {
+/// Starts a client of the trackers at `targets` (at least one; replicas, tried in order) for
+/// `node`.
+fn spawn(node: Parts, targets: Vec<TrackerAddr>, scope: Scope) -> TrackerHandle {
     let (tx, rx) = watch::channel(None);
     let error = Arc::new(Mutex::new(None));
-    let pinned = Arc::new(Mutex::new(target.node_id));
+    let pinned: Arc<[Mutex<Option<NodeId>>]> =
+        targets.iter().map(|t| Mutex::new(t.node_id)).collect();
     let placement = Arc::new(Mutex::new(Placement::default()));
+    let all = targets.iter().map(|t| t.addr.as_str()).collect::<Vec<_>>().join(",");
     let handle = TrackerHandle {
-        addr: target.addr.clone(),
+        addr: all,
         conn: rx,
         error: error.clone(),
         pinned: pinned.clone(),
@@ -368,15 +423,19 @@ fn spawn(node: Parts, target: TrackerAddr, scope: Scope) -> TrackerHandle {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(250);
         let warned = AtomicBool::new(false);
-        let ctx = Session {
-            node: &node,
-            addr: &target.addr,
-            scope,
-            pinned: &pinned,
-            placement: &placement,
-            warned: &warned,
-        };
+        // The tracker in use; the next one after a failure, the first again after the last.
+        let mut at = 0;
         loop {
+            let target = &targets[at];
+            let ctx = Session {
+                node: &node,
+                addr: &target.addr,
+                scope,
+                pinned: &pinned[at],
+                placement: &placement,
+                warned: &warned,
+                failover: targets.len() > 1,
+            };
             let started = Instant::now();
             let err = tokio::select! {
                 biased;
@@ -389,9 +448,17 @@ fn spawn(node: Parts, target: TrackerAddr, scope: Scope) -> TrackerHandle {
             let _ = tx.send(None);
             let msg = format!("{err:#}");
             debug!(tracker = %target.addr, error = %msg, "tracker session ended");
-            *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
+            *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg.clone());
             if started.elapsed() > Duration::from_secs(10) {
                 backoff = Duration::from_millis(250);
+            }
+            if targets.len() > 1 {
+                at = (at + 1) % targets.len();
+                info!(from = %target.addr, to = %targets[at].addr, error = %msg, "failing over to the next tracker");
+                // Straight to the next one; a pause only after trying them all.
+                if at != 0 {
+                    continue;
+                }
             }
             tokio::select! {
                 _ = tx.closed() => break,
@@ -403,108 +470,9 @@ fn spawn(node: Parts, target: TrackerAddr, scope: Scope) -> TrackerHandle {
         if let Some(c) = tx.send_replace(None) {
             c.close(0u32.into(), b"done");
         }
-        debug!(tracker = %target.addr, "tracker session closed");
+        debug!(tracker = %targets.iter().map(|t| t.addr.as_str()).collect::<Vec<_>>().join(","), "tracker session closed");
     });
     handle
-}
-
-async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
-    tokio::net::lookup_host(addr)
-        .await
-        .with_context(|| format!("cannot resolve tracker address {addr:?} (expected HOST:PORT)"))?
-        .next()
-        .ok_or_else(|| anyhow!("tracker address {addr:?} resolves to nothing"))
-}
-
-/// One request on its own stream; `raw` bytes follow the frame. The whole exchange must end
-/// within [`CALL_DEADLINE`]. Cancel-safe.
-pub(crate) async fn call(
-    conn: &Connection,
-    req: &TrackerRequest,
-    raw: Option<&[u8]>,
-) -> anyhow::Result<(TrackerResponse, Vec<u8>)> {
-    tokio::time::timeout(CALL_DEADLINE, exchange(conn, req, raw))
-        .await
-        .map_err(|_| anyhow!("the tracker did not answer within {CALL_DEADLINE:?}"))?
-}
-
-async fn exchange(
-    conn: &Connection,
-    req: &TrackerRequest,
-    raw: Option<&[u8]>,
-) -> anyhow::Result<(TrackerResponse, Vec<u8>)> {
-    let (mut send, mut recv) = conn.open_bi().await?;
-    send.write_all(&encode(req)).await?;
-    if let Some(raw) = raw {
-        // The tracker may answer without reading the body (it has the manifest already, or
-        // refuses): its answer says which, so a stopped stream is not an error here.
-        if let Err(e) = send.write_all(raw).await {
-            debug!(error = %e, "tracker did not read the body");
-        }
-    }
-    let _ = send.finish();
-    let mut dec = Decoder::with_limit(MAX_TRACKER_FRAME_LEN);
-    let Some(resp) = read_frame::<TrackerResponse>(&mut recv, &mut dec).await? else {
-        bail!("tracker closed the stream without answering");
-    };
-    let mut extra = Vec::new();
-    if let TrackerResponse::Manifest { len } = resp {
-        // The length is the tracker's word: no bigger than any manifest can be.
-        if len as usize > shoal_core::manifest::MAX_ENCODED_LEN {
-            bail!("the tracker announced a {len}-byte manifest, longer than any manifest");
-        }
-        extra = crate::io::read_body(&mut recv, &mut dec, u64::from(len), "manifest").await?;
-    }
-    Ok((resp, extra))
-}
-
-/// Tells the tracker that `peer` was asked for pieces of `content` and delivered none: the
-/// tracker demotes holders that several downloaders report. Cancel-safe.
-// Called by the fetch driver when a fetch ends, for the holders it dropped undelivered.
-pub(crate) async fn report_undelivered(
-    conn: &Connection,
-    content: ContentId,
-    peer: NodeId,
-) -> anyhow::Result<()> {
-    match call(conn, &TrackerRequest::Report { content, peer }, None).await?.0 {
-        TrackerResponse::Ok => Ok(()),
-        TrackerResponse::Error { text, .. } => bail!("tracker refused the report: {text}"),
-        other => bail!("unexpected tracker answer {other:?}"),
-    }
-}
-
-/// Looks up `content` at the tracker: peers and hints, or `None` if it is unknown there.
-pub(crate) async fn lookup(
-    conn: &Connection,
-    content: ContentId,
-    have: Option<Bitfield>,
-    max_peers: u8,
-) -> anyhow::Result<Option<(Vec<shoal_wire::tracker::PeerInfo>, Vec<PieceIndex>)>> {
-    match call(
-        conn,
-        &TrackerRequest::Lookup { content, max_peers, have, compact: false, regions: true },
-        None,
-    )
-    .await?
-    .0
-    {
-        TrackerResponse::LookupReply { peers, hints, .. } => Ok(Some((peers, hints))),
-        TrackerResponse::Unknown => Ok(None),
-        TrackerResponse::Error { text, .. } => bail!("tracker refused the lookup: {text}"),
-        other => bail!("unexpected tracker answer {other:?}"),
-    }
-}
-
-/// The manifest of `content` from the tracker, if it has one.
-pub(crate) async fn manifest(
-    conn: &Connection,
-    content: ContentId,
-) -> anyhow::Result<Option<Vec<u8>>> {
-    match call(conn, &TrackerRequest::GetManifest { content }, None).await? {
-        (TrackerResponse::Manifest { .. }, bytes) => Ok(Some(bytes)),
-        (TrackerResponse::Unknown, _) => Ok(None),
-        (other, _) => bail!("unexpected tracker answer {other:?}"),
-    }
 }
 
 #[cfg(test)]
@@ -517,7 +485,7 @@ mod tests {
             addr: "127.0.0.1:1".into(),
             conn: rx,
             error: Arc::new(Mutex::new(error.map(str::to_string))),
-            pinned: Arc::new(Mutex::new(None)),
+            pinned: Arc::from([Mutex::new(None)]),
             placement: Arc::new(Mutex::new(Placement::default())),
         };
         (h, tx)
@@ -536,6 +504,23 @@ mod tests {
         let (h, _tx) = handle(None);
         let e = h.connection(wait).await.unwrap_err();
         assert!(matches!(e, ConnectError::Unanswered { last: None, .. }), "{e:?}");
+    }
+
+    #[test]
+    fn heartbeats_fail_over_sooner_than_other_calls_time_out() {
+        assert_eq!(heartbeat_deadline(2_000, false), CALL_DEADLINE);
+        // Boundary table: two intervals, at least 2 s, at most the call deadline.
+        for (ms, secs) in [(200, 2), (1_000, 2), (2_000, 4), (4_500, 9), (60_000, 10)] {
+            assert_eq!(heartbeat_deadline(ms, true), Duration::from_secs(secs), "{ms} ms");
+        }
+    }
+
+    #[test]
+    fn tracker_lists_name_every_tracker_in_order() {
+        let l = targets_of("a:1,b:2");
+        assert_eq!(l.iter().map(|t| t.addr.as_str()).collect::<Vec<_>>(), ["a:1", "b:2"]);
+        // Unparsable: kept whole, so the session says why it cannot connect.
+        assert_eq!(targets_of("nope")[0].addr, "nope");
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
-//! The Shoal tracker: the QUIC API over [`shoal_index::Index`], its persistence in sled, and
-//! an HTTP endpoint with `/health`, Prometheus `/metrics` (`metrics`), a dashboard at `/`
-//! (`dashboard`) and its read-only JSON admin API (`admin`, documented in
-//! `docs/admin-api.md`).
+//! The Shoal tracker: the QUIC API over [`shoal_index::Index`], its persistence in sled (or in
+//! Redis, shared by several replicas: see `replicas`), and an HTTP endpoint with `/health`,
+//! Prometheus `/metrics` (`metrics`), a dashboard at `/` (`dashboard`) and its read-only JSON
+//! admin API (`admin`, documented in `docs/admin-api.md`).
 //!
 //! [`run`] serves until its shutdown future completes; tests start it on port 0.
 
@@ -11,22 +11,59 @@ mod admin;
 mod dashboard;
 mod http;
 mod metrics;
+mod replicas;
 mod server;
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use shoal_core::NodeId;
-use shoal_index::{Config as IndexConfig, Index, SledState};
+use shoal_index::{Config as IndexConfig, Index, Loaded, RedisState, SledState};
 use shoal_net::{Endpoint, Identity};
 
 pub use server::Shared;
 pub use shoal_index::{Limits, Rate};
+
+/// Where the tracker keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// sled under the data dir (the default): one tracker process.
+    #[default]
+    Sled,
+    /// Redis at this URL (`redis://HOST:PORT[/DB]` or `redis+unix:///PATH`), shared by every
+    /// tracker replica given the same URL.
+    Redis(String),
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "sled" {
+            return Ok(Self::Sled);
+        }
+        // No TLS (rediss://) in this build: Redis is reached on a trusted network or socket.
+        let schemes = ["redis://", "redis+unix://", "unix://"];
+        if schemes.iter().any(|p| s.starts_with(p)) && redis_url_ok(s) {
+            return Ok(Self::Redis(s.to_string()));
+        }
+        Err(format!(
+            "--backend {s:?} is not sled, redis://HOST:PORT[/DB] or redis+unix:///PATH/TO/SOCKET"
+        ))
+    }
+}
+
+/// Whether the Redis client takes `url` (checked before anything starts).
+fn redis_url_ok(url: &str) -> bool {
+    use redis::IntoConnectionInfo;
+    url.into_connection_info().is_ok()
+}
 
 /// Tracker settings.
 #[derive(Debug, Clone)]
@@ -37,6 +74,8 @@ pub struct Config {
     pub http: Option<SocketAddr>,
     /// Key and state.
     pub data_dir: PathBuf,
+    /// Where state is kept: sled under `data_dir` (default), or Redis shared by replicas.
+    pub backend: Backend,
     /// Nodes silent for this long expire.
     pub node_ttl: Duration,
     /// The heartbeat interval nodes are told to keep.
@@ -72,6 +111,7 @@ impl Config {
             listen,
             http: None,
             data_dir,
+            backend: Backend::Sled,
             node_ttl: Duration::from_millis(index.node_ttl_ms),
             heartbeat: Duration::from_millis(u64::from(index.heartbeat_ms)),
             reseed_after: Duration::from_millis(index.reseed_after_ms),
@@ -109,13 +149,7 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let identity = Identity::load_or_create(&config.data_dir)?;
-    let state = SledState::open(&config.data_dir.join("index")).with_context(|| {
-        format!(
-            "cannot open tracker state in {} (is another tracker using it?)",
-            config.data_dir.display()
-        )
-    })?;
-    let (nodes, holdings, manifests) = state.load().context("reading tracker state")?;
+    let (identity, opened) = open_state(&config, identity)?;
     let index_config = IndexConfig {
         node_ttl_ms: config.node_ttl.as_millis() as u64,
         heartbeat_ms: config.heartbeat.as_millis() as u32,
@@ -132,11 +166,12 @@ pub async fn run(
         seed: fastrand::u64(..),
         ..IndexConfig::default()
     };
+    let (nodes, holdings, manifests) = opened.loaded;
     let restored = (nodes.len(), holdings.len());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let index = Index::restore(index_config, now, nodes, holdings, manifests);
+    let index = Arc::new(Mutex::new(Index::restore(index_config, now, nodes, holdings, manifests)));
     tracing::info!(nodes = restored.0, holdings = restored.1, "state restored");
     tracing::info!(admitted = config.admitted_storage.len(), "storage nodes admitted");
     let endpoint = Endpoint::bind_with(
@@ -149,6 +184,26 @@ pub async fn run(
         ],
         shoal_net::Limits::tracker(),
     )?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let state = match opened.redis {
+        None => server::Backend::Sled(opened.sled.context("sled state")?),
+        Some((url, position)) => {
+            let writer = Arc::new(replicas::Writer::default());
+            let replica = replicas::replica_id();
+            tracing::info!(%replica, "tracker replica sharing state through Redis");
+            let (u, r, w) = (url.clone(), replica.clone(), writer.clone());
+            std::thread::Builder::new()
+                .name("redis-writer".into())
+                .spawn(move || replicas::write_loop(u, r, w))
+                .context("starting the Redis writer")?;
+            let (ix, w, st) = (index.clone(), writer.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("redis-reader".into())
+                .spawn(move || replicas::read_loop(url, replica, position, ix, w, st))
+                .context("starting the Redis reader")?;
+            server::Backend::Redis(writer)
+        }
+    };
     let shared = Arc::new(Shared::new(
         index,
         state,
@@ -166,6 +221,78 @@ pub async fn run(
     started(&running);
     shutdown.await;
     endpoint.close();
-    shared.flush();
+    stop.store(true, Ordering::Relaxed);
+    shared.close();
     Ok(())
+}
+
+/// The state a tracker starts from, and where it keeps it.
+struct Opened {
+    loaded: Loaded,
+    sled: Option<SledState>,
+    /// With Redis: its URL and the position the snapshot was loaded at.
+    redis: Option<(String, replicas::Position)>,
+}
+
+/// Opens the backend and loads its state; with Redis, the tracker key is the one the first
+/// replica offered (this replica offers its own, so a tracker moving from sled to Redis keeps
+/// its node id).
+fn open_state(config: &Config, local: Identity) -> anyhow::Result<(Identity, Opened)> {
+    match &config.backend {
+        Backend::Sled => {
+            let state = SledState::open(&config.data_dir.join("index")).with_context(|| {
+                format!(
+                    "cannot open tracker state in {} (is another tracker using it?)",
+                    config.data_dir.display()
+                )
+            })?;
+            let loaded = state.load().context("reading tracker state")?;
+            Ok((local, Opened { loaded, sled: Some(state), redis: None }))
+        }
+        Backend::Redis(url) => {
+            // One line: the client's error repeats its cause in its source chain.
+            let mut redis = RedisState::connect(url, replicas::COMMAND_TIMEOUT).map_err(|e| {
+                anyhow::anyhow!("cannot reach Redis at {url}: {e} (is redis-server running there?)")
+            })?;
+            let key = redis
+                .offer_key(&local.key_bytes())
+                .context("reading the tracker key from Redis")?;
+            let identity = key.as_deref().and_then(Identity::from_key_bytes).with_context(|| {
+                format!("the tracker key in Redis at {url} is not a key (delete shoal:tracker:key to start afresh)")
+            })?;
+            if identity.node_id() != local.node_id() {
+                tracing::info!(tracker = %identity.node_id(), "using the tracker key another replica stored in Redis");
+            }
+            // The stream's end first: whatever is written while the snapshot loads is read again.
+            let epoch = redis.epoch().context("reading the state's epoch in Redis")?;
+            let position = redis.tail().context("reading the change stream in Redis")?;
+            let loaded = redis.load().context("reading tracker state from Redis")?;
+            let key = identity.key_bytes();
+            Ok((
+                identity,
+                Opened {
+                    loaded,
+                    sled: None,
+                    redis: Some((url.clone(), replicas::Position { entry: position, epoch, key })),
+                },
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_parse() {
+        assert_eq!("sled".parse::<Backend>(), Ok(Backend::Sled));
+        for url in ["redis://127.0.0.1:6379", "redis://h:1/2", "redis+unix:///run/redis.sock"] {
+            assert_eq!(url.parse::<Backend>(), Ok(Backend::Redis(url.into())), "{url}");
+        }
+        for bad in ["", "redis", "rediss://h:1", "http://h:1", "redis://h:notaport", "Sled"] {
+            let e = bad.parse::<Backend>().unwrap_err();
+            assert!(e.contains("redis+unix:///"), "{bad}: {e}");
+        }
+    }
 }

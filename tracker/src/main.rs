@@ -125,6 +125,10 @@ enum Command {
         /// Log format on stderr.
         #[arg(long, env = "SHOAL_LOG_FORMAT", value_enum, default_value = "text")]
         log_format: ops::LogFormat,
+        /// Where state is kept: sled (under --data-dir, one tracker), or Redis shared by
+        /// several tracker replicas: redis://HOST:PORT[/DB] or redis+unix:///PATH/TO/SOCKET.
+        #[arg(long, value_name = "BACKEND", env = "SHOAL_TRACKER_BACKEND", default_value = "sled")]
+        backend: String,
     },
 }
 
@@ -162,6 +166,7 @@ fn main() -> ExitCode {
         query_rate_per_node,
         query_burst_per_node,
         log_format: _,
+        backend,
     } = cli.command;
     let mut admitted_storage = std::collections::HashSet::new();
     for id in admit_storage.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
@@ -255,6 +260,13 @@ fn main() -> ExitCode {
         },
         ..shoal_tracker::Limits::default()
     };
+    let backend = match backend.parse::<shoal_tracker::Backend>() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = shoal_tracker::Config {
         http,
         node_ttl: Duration::from_secs(node_ttl),
@@ -269,6 +281,7 @@ fn main() -> ExitCode {
         regions,
         allow_stated_region,
         region_routing: !ignore_regions,
+        backend,
         ..shoal_tracker::Config::new(listen, data_dir)
     };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -46,7 +46,7 @@ pub(crate) fn source_of(ip: std::net::IpAddr) -> std::net::IpAddr {
     shoal_index::source_key(ip)
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -73,12 +73,21 @@ pub struct Metrics {
     pub rates: Mutex<(f64, f64)>,
 }
 
+/// Where the index's changes go.
+#[derive(Debug)]
+pub(crate) enum Backend {
+    /// The embedded store (`--backend sled`, the default).
+    Sled(SledState),
+    /// Redis, shared with other replicas: changes queue for the writer thread.
+    Redis(Arc<crate::replicas::Writer>),
+}
+
 /// State shared by every connection.
 #[derive(Debug)]
 pub struct Shared {
     /// The index. Held only for one index call, never across an await.
-    pub index: Mutex<Index>,
-    state: SledState,
+    pub index: Arc<Mutex<Index>>,
+    state: Backend,
     /// The tracker's key, which signs re-seed tokens.
     identity: shoal_net::Identity,
     /// Counters.
@@ -95,8 +104,8 @@ pub struct Shared {
 
 impl Shared {
     pub(crate) fn new(
-        index: Index,
-        state: SledState,
+        index: Arc<Mutex<Index>>,
+        state: Backend,
         identity: shoal_net::Identity,
         sources: std::collections::HashMap<String, String>,
         endpoint: shoal_net::Endpoint,
@@ -105,7 +114,7 @@ impl Shared {
             sources,
             obs: crate::metrics::Observed::new(identity.node_id(), endpoint.clone()),
             links: links::Links::new(endpoint),
-            index: Mutex::new(index),
+            index,
             state,
             identity,
             metrics: Metrics::default(),
@@ -145,14 +154,35 @@ impl Shared {
     }
 
     pub(crate) fn persist(&self, ops: &[Persist]) {
-        if let Err(e) = self.state.apply(ops) {
-            warn!(error = %e, "cannot persist tracker state");
+        self.persist_from(ops, false);
+    }
+
+    /// Persists changes; `expiry`: made by expiry (other replicas expire on their own).
+    fn persist_from(&self, ops: &[Persist], expiry: bool) {
+        match &self.state {
+            Backend::Sled(state) => {
+                if let Err(e) = state.apply(ops) {
+                    warn!(error = %e, "cannot persist tracker state");
+                }
+            }
+            Backend::Redis(writer) => writer.push(ops, expiry),
         }
     }
 
+    /// Makes what was persisted durable (sled); Redis is written as changes come.
     pub(crate) fn flush(&self) {
-        if let Err(e) = self.state.flush() {
-            warn!(error = %e, "cannot flush tracker state");
+        if let Backend::Sled(state) = &self.state {
+            if let Err(e) = state.flush() {
+                warn!(error = %e, "cannot flush tracker state");
+            }
+        }
+    }
+
+    /// At shutdown: what waits for Redis is written (for a few seconds at most).
+    pub(crate) fn close(&self) {
+        match &self.state {
+            Backend::Sled(_) => self.flush(),
+            Backend::Redis(writer) => writer.close(Duration::from_secs(3)),
         }
     }
 }
@@ -166,7 +196,7 @@ pub(crate) async fn housekeeping(shared: Arc<Shared>) {
         let ops = shared.index().expire(now_ms());
         if !ops.is_empty() {
             debug!(changes = ops.len(), "expired silent nodes and idle swarms");
-            shared.persist(&ops);
+            shared.persist_from(&ops, true);
         }
         crate::metrics::refresh(&shared, now_ms());
         let s = shared.clone();

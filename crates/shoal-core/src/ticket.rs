@@ -14,9 +14,12 @@
 //! | `0x02` | peer address without a node id (its key is learned at connect) |
 //! | `0x03` | tracker address, as UTF-8 `host:port` |
 //! | `0x04` | the tracker's 32-byte ed25519 node key: the tracker must prove it (pinned) |
+//! | `0x05` | another tracker to fail over to, in order: a flags byte (`0x01`: a 32-byte node key follows, pinned), then UTF-8 `host:port` |
 //!
 //! Tickets written before `0x04` existed decode with no tracker id (the tracker is trusted on
-//! first connect); older readers skip `0x04` and keep working.
+//! first connect); older readers skip `0x04` and keep working. The same holds for `0x05`: a
+//! reader that predates it uses the first tracker (`0x03`/`0x04`) alone. New fields are new
+//! tags; the version byte changes only for a payload older readers could not skip through.
 //!
 //! An address is `0x04` + 4 bytes + port, or `0x06` + 16 bytes + port (big-endian).
 
@@ -33,6 +36,9 @@ const TAG_PEER: u8 = 0x01;
 const TAG_ADDR: u8 = 0x02;
 const TAG_TRACKER: u8 = 0x03;
 const TAG_TRACKER_ID: u8 = 0x04;
+const TAG_MORE_TRACKER: u8 = 0x05;
+/// The most trackers a ticket carries (the first and its fallbacks).
+pub const MAX_TRACKERS: usize = 8;
 /// The most peers a ticket carries.
 pub const MAX_PEERS: usize = 16;
 /// The longest ticket string accepted.
@@ -116,6 +122,24 @@ impl FromStr for TrackerAddr {
     }
 }
 
+/// Parses a comma-separated list of trackers (`--tracker A,B`), in order, each `HOST:PORT` or
+/// `NODE_ID@HOST:PORT`; empty items are ignored; at least one, at most [`MAX_TRACKERS`].
+pub fn parse_trackers(s: &str) -> Result<Vec<TrackerAddr>, ParseTrackerError> {
+    let list = s
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::parse)
+        .collect::<Result<Vec<TrackerAddr>, _>>()?;
+    if list.is_empty() {
+        return Err(ParseTrackerError(s.to_string()));
+    }
+    if list.len() > MAX_TRACKERS {
+        return Err(ParseTrackerError(format!("{s} (at most {MAX_TRACKERS} trackers)")));
+    }
+    Ok(list)
+}
+
 /// What a ticket carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ticket {
@@ -127,6 +151,9 @@ pub struct Ticket {
     pub tracker: Option<String>,
     /// The node id that tracker must prove, if the ticket's maker pinned it.
     pub tracker_id: Option<NodeId>,
+    /// Further trackers of the same swarm (replicas), tried in order when the first fails; at
+    /// most [`MAX_TRACKERS`] - 1.
+    pub more_trackers: Vec<TrackerAddr>,
 }
 
 /// Error reading a ticket. Each message says what to check.
@@ -162,7 +189,30 @@ pub enum TicketError {
 impl Ticket {
     /// A ticket for `content` with no hints.
     pub fn new(content: ContentId) -> Self {
-        Self { content, peers: Vec::new(), tracker: None, tracker_id: None }
+        Self {
+            content,
+            peers: Vec::new(),
+            tracker: None,
+            tracker_id: None,
+            more_trackers: Vec::new(),
+        }
+    }
+
+    /// Every tracker the ticket names, in the order to try them.
+    pub fn trackers(&self) -> Vec<TrackerAddr> {
+        let first = self.tracker.clone().map(|addr| TrackerAddr { node_id: self.tracker_id, addr });
+        first.into_iter().chain(self.more_trackers.iter().cloned()).collect()
+    }
+
+    /// Sets the trackers: the first in `tracker`/`tracker_id`, the others (up to
+    /// [`MAX_TRACKERS`] in all) in `more_trackers`.
+    pub fn with_trackers(mut self, trackers: &[TrackerAddr]) -> Self {
+        let mut it = trackers.iter().take(MAX_TRACKERS);
+        let first = it.next();
+        self.tracker = first.map(|t| t.addr.clone());
+        self.tracker_id = first.and_then(|t| t.node_id);
+        self.more_trackers = it.cloned().collect();
+        self
     }
 
     fn payload(&self) -> Vec<u8> {
@@ -192,6 +242,22 @@ impl Ticket {
             out.push(TAG_TRACKER_ID);
             out.push(32);
             out.extend_from_slice(id.public_key_bytes());
+        }
+        for t in self.more_trackers.iter().take(MAX_TRACKERS - 1) {
+            let mut v = Vec::new();
+            match t.node_id {
+                Some(id) => {
+                    v.push(0x01);
+                    v.extend_from_slice(id.public_key_bytes());
+                }
+                None => v.push(0x00),
+            }
+            // An address longer than the field holds is cut (parsed ones are at most 255).
+            let room = 255 - v.len();
+            v.extend_from_slice(&t.addr.as_bytes()[..t.addr.len().min(room)]);
+            out.push(TAG_MORE_TRACKER);
+            out.push(v.len() as u8);
+            out.extend_from_slice(&v);
         }
         out
     }
@@ -230,6 +296,27 @@ impl Ticket {
                 TAG_TRACKER_ID => {
                     let key: [u8; 32] = v.try_into().map_err(|_| bad.clone())?;
                     t.tracker_id = Some(NodeId::from_public_key_bytes(key).map_err(|_| bad)?);
+                }
+                TAG_MORE_TRACKER => {
+                    let (node_id, addr) = match v.split_first() {
+                        Some((0x00, addr)) => (None, addr),
+                        Some((0x01, rest)) if rest.len() >= 32 => {
+                            let key: [u8; 32] = rest[..32].try_into().expect("32");
+                            let id = NodeId::from_public_key_bytes(key).map_err(|_| bad.clone())?;
+                            (Some(id), &rest[32..])
+                        }
+                        _ => return Err(bad),
+                    };
+                    let addr = std::str::from_utf8(addr).map_err(|_| bad.clone())?;
+                    if addr.contains('@') {
+                        return Err(bad);
+                    }
+                    let mut parsed: TrackerAddr = addr.parse().map_err(|_| bad.clone())?;
+                    parsed.node_id = node_id;
+                    t.more_trackers.push(parsed);
+                    if t.more_trackers.len() >= MAX_TRACKERS {
+                        return Err(bad);
+                    }
                 }
                 _ => {} // a field from a newer shoal: skip it
             }
@@ -345,6 +432,10 @@ mod tests {
             ],
             tracker: Some("tracker.example:7000".into()),
             tracker_id: Some(id),
+            more_trackers: vec![
+                TrackerAddr { node_id: Some(id), addr: "replica.example:7000".into() },
+                TrackerAddr { node_id: None, addr: "[::1]:7400".into() },
+            ],
         }
     }
 
@@ -438,18 +529,96 @@ mod tests {
         }
     }
 
+    #[test]
+    fn more_trackers_are_backward_compatible() {
+        let t = sample();
+        let id = t.tracker_id.unwrap();
+        // An older reader's view: skipping 0x05 leaves the first tracker.
+        let s = t.to_string();
+        let parsed: Ticket = s.parse().unwrap();
+        assert_eq!(parsed.trackers().len(), 3);
+        assert_eq!(
+            parsed.trackers()[0],
+            TrackerAddr { node_id: Some(id), addr: "tracker.example:7000".into() }
+        );
+        // A ticket from before 0x05 reads as one tracker.
+        let old = Ticket { more_trackers: Vec::new(), ..t.clone() };
+        assert_eq!(old.to_string().parse::<Ticket>().unwrap().trackers().len(), 1);
+        // Boundary table for the 0x05 field.
+        let base = Ticket::new(t.content).payload();
+        let key = id.public_key_bytes();
+        let with_key = |addr: &[u8]| [&[0x01][..], key, addr].concat();
+        for (value, ok) in [
+            (vec![], false),                                      // no flags byte
+            ([&[0x00][..], b"h:1"].concat(), true),               // no key
+            ([&[0x00][..], b"h"].concat(), false),                // no port
+            ([&[0x02][..], b"h:1"].concat(), false),              // unknown flags
+            (with_key(b"h:1"), true),                             // pinned
+            (with_key(b""), false),                               // pinned, no address
+            ([&[0x01][..], &key[..31]].concat(), false),          // key one short
+            ([&[0x00][..], b"id@h:1"].concat(), false),           // an id inside the address
+            ([&[0x00][..], &[0xff, b':', b'1']].concat(), false), // not UTF-8
+        ] {
+            let mut p = base.clone();
+            p.push(TAG_MORE_TRACKER);
+            p.push(value.len() as u8);
+            p.extend_from_slice(&value);
+            let r = raw_ticket(&p).parse::<Ticket>();
+            assert_eq!(r.is_ok(), ok, "{value:?}: {r:?}");
+            if !ok {
+                assert_eq!(r, Err(TicketError::Field { tag: TAG_MORE_TRACKER }));
+            }
+        }
+        // At most MAX_TRACKERS in all: the first and MAX_TRACKERS - 1 more.
+        let many: Vec<TrackerAddr> =
+            (0..MAX_TRACKERS + 2).map(|i| format!("t{i}:1").parse().unwrap()).collect();
+        let t = Ticket::new(t.content).with_trackers(&many);
+        assert_eq!(t.to_string().parse::<Ticket>().unwrap().trackers(), many[..MAX_TRACKERS]);
+        let mut p = Ticket::new(t.content).payload();
+        for _ in 0..MAX_TRACKERS {
+            p.extend_from_slice(&[TAG_MORE_TRACKER, 4, 0x00, b'h', b':', b'1']);
+        }
+        assert_eq!(
+            raw_ticket(&p).parse::<Ticket>(),
+            Err(TicketError::Field { tag: TAG_MORE_TRACKER })
+        );
+    }
+
+    #[test]
+    fn tracker_lists() {
+        let id = sample().tracker_id.unwrap();
+        let list = parse_trackers(&format!("a:1, {id}@b:2,,")).unwrap();
+        assert_eq!(
+            list,
+            vec![
+                TrackerAddr { node_id: None, addr: "a:1".into() },
+                TrackerAddr { node_id: Some(id), addr: "b:2".into() },
+            ]
+        );
+        assert!(parse_trackers("a:1,b").is_err());
+        assert!(parse_trackers(&["a:1"; MAX_TRACKERS + 1].join(",")).is_err());
+        assert!(parse_trackers("").is_err());
+        assert!(parse_trackers(" , ").is_err());
+    }
+
     proptest! {
         #[test]
         fn roundtrip_any(cid in any::<[u8; 32]>(), ports in proptest::collection::vec(any::<(u32, u16)>(), 0..8),
-                         tracker in proptest::option::of("[a-z0-9.:]{1,40}"), pinned in any::<bool>()) {
+                         tracker in proptest::option::of("[a-z0-9.:]{1,40}"), pinned in any::<bool>(),
+                         more in proptest::collection::vec(("[a-z0-9.-]{1,40}", any::<u16>(), any::<bool>()), 0..MAX_TRACKERS)) {
+            let id = || {
+                let kp = libp2p_identity::Keypair::generate_ed25519();
+                NodeId::from_public_key(&kp.public()).unwrap()
+            };
             let t = Ticket {
                 content: ContentId(cid),
                 peers: ports.iter().map(|&(ip, port)| PeerAddr { node_id: None, addr: SocketAddr::new(Ipv4Addr::from(ip).into(), port) }).collect(),
                 tracker,
-                tracker_id: pinned.then(|| {
-                    let kp = libp2p_identity::Keypair::generate_ed25519();
-                    NodeId::from_public_key(&kp.public()).unwrap()
-                }),
+                tracker_id: pinned.then(id),
+                more_trackers: more.iter().map(|(host, port, pin)| TrackerAddr {
+                    node_id: pin.then(id),
+                    addr: format!("{host}:{port}"),
+                }).collect(),
             };
             prop_assert_eq!(t.to_string().parse::<Ticket>().unwrap(), t);
         }

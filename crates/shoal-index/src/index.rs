@@ -119,6 +119,10 @@ impl Index {
         let mut ix = Self::new(config);
         for (id, mut e) in nodes {
             e.storage = e.storage && ix.config.admitted_storage.contains(&id);
+            // A shared backend (Redis) is written by other processes: the same bounds as a
+            // node's own registration, and no heartbeat from the future.
+            e.addrs.truncate(MAX_ADDRS);
+            e.last_seen_ms = e.last_seen_ms.min(now);
             let r = ix.regions.intern(e.region.as_ref());
             *ix.region_nodes.entry(r).or_default() += 1;
             ix.nodes.insert(id, e);
@@ -660,29 +664,7 @@ impl Index {
             .collect();
         let mut ops = Vec::new();
         for id in dead {
-            if let Some(e) = self.nodes.remove(&id) {
-                let r = self.regions.intern(e.region.as_ref());
-                self.uncount_region(r);
-            }
-            self.region_changed.remove(&id);
-            // What its lookups were handed, where it holds nothing (holdings: below).
-            for content in self.looked.remove(&id).unwrap_or_default() {
-                if let Some(s) = self.swarms.get_mut(&content) {
-                    s.forget_hints(id);
-                }
-            }
-            // Reports about it go with it (a returning id starts afresh, holding nothing).
-            for content in self.reported_in.remove(&id).unwrap_or_default() {
-                if let Some(s) = self.swarms.get_mut(&content) {
-                    s.reports.remove(&id);
-                }
-            }
-            for content in self.held.remove(&id).unwrap_or_default() {
-                if self.unhold(now, content, id) {
-                    ops.push(Persist::RemoveHolding(content, id));
-                }
-            }
-            ops.push(Persist::RemoveNode(id));
+            ops.extend(self.remove_node(now, id));
         }
         while let Some(&(since, content)) = self.idle.first() {
             if since.saturating_add(ttl) >= now {
@@ -699,11 +681,44 @@ impl Index {
         ops
     }
 
+    /// Forgets a node with everything it held, was handed and was reported for; the changes
+    /// to persist (its holdings, then the node).
+    fn remove_node(&mut self, now: u64, id: NodeId) -> Vec<Persist> {
+        let mut ops = Vec::new();
+        if let Some(e) = self.nodes.remove(&id) {
+            let r = self.regions.intern(e.region.as_ref());
+            self.uncount_region(r);
+        }
+        self.region_changed.remove(&id);
+        // What its lookups were handed, where it holds nothing (holdings: below).
+        for content in self.looked.remove(&id).unwrap_or_default() {
+            if let Some(s) = self.swarms.get_mut(&content) {
+                s.forget_hints(id);
+            }
+        }
+        // Reports about it go with it (a returning id starts afresh, holding nothing).
+        for content in self.reported_in.remove(&id).unwrap_or_default() {
+            if let Some(s) = self.swarms.get_mut(&content) {
+                s.reports.remove(&id);
+            }
+        }
+        for content in self.held.remove(&id).unwrap_or_default() {
+            if self.unhold(now, content, id) {
+                ops.push(Persist::RemoveHolding(content, id));
+            }
+        }
+        ops.push(Persist::RemoveNode(id));
+        ops
+    }
+
     /// True if the node is registered and not expired.
     pub fn is_registered(&self, node: NodeId) -> bool {
         self.nodes.contains_key(&node)
     }
 }
+
+mod remote;
+pub use remote::RemoteSkip;
 
 #[cfg(test)]
 mod tests;

@@ -30,17 +30,22 @@ mod model;
 mod plan;
 mod rarity;
 mod region;
+mod replicated;
 mod state;
 mod swarm;
 mod view;
 
-pub use index::{vet_addrs, Index};
+pub use index::{vet_addrs, Index, RemoteSkip};
 pub use limits::{source_key, Action, Limits, Rate};
 pub use model::{
     Config, HeartbeatOutcome, IndexError, Lookup, NodeEntry, Persist, Planned, Registration,
     VerifiedManifest,
 };
 pub use region::{BadRange, GeoError, GeoRegions, RegionMap, MAX_REGIONS};
+pub use replicated::{
+    Batch, Change, Read, RedisState, RedisStateError, ENTRY_TARGET, MAX_CHANGES, MAX_LOADED,
+    STREAM_START,
+};
 pub use state::{Loaded, SledState};
 pub use view::{
     Heatmap, HolderRow, NodeRow, RegionLoad, SwarmDetail, SwarmSummary, Totals, MAX_CELLS,

@@ -204,6 +204,18 @@ impl Identity {
         }
     }
 
+    /// The key in its stored form (libp2p protobuf encoding): for an operator's shared store
+    /// of a key several processes present (tracker replicas). Secret: handle like the key file.
+    pub fn key_bytes(&self) -> Vec<u8> {
+        // Invariant: an ed25519 keypair always encodes.
+        self.keypair.to_protobuf_encoding().expect("ed25519 encodes")
+    }
+
+    /// A key from [`Identity::key_bytes`]; `None` if the bytes are not an ed25519 key.
+    pub fn from_key_bytes(bytes: &[u8]) -> Option<Self> {
+        Keypair::from_protobuf_encoding(bytes).ok().and_then(Self::from_keypair)
+    }
+
     /// The node id.
     pub fn node_id(&self) -> NodeId {
         self.node_id

@@ -233,10 +233,8 @@ pub(crate) fn space(data_dir: &Path, action: SpaceAction) -> anyhow::Result<()> 
             };
             let storage: shoal_core::PeerAddr = s.storage.parse()?;
             let ticket = shoal_core::Ticket {
-                content: content.parse()?,
                 peers: vec![storage],
-                tracker: None,
-                tracker_id: None,
+                ..shoal_core::Ticket::new(content.parse()?)
             };
             super::get(data_dir, &ticket.to_string(), &output, Vec::new(), None, None, json)?;
         }

@@ -202,10 +202,17 @@ pub(super) async fn run(
             () = tokio::time::sleep_until(lookup_at.poll_timeout().into()), if tracker.is_some() && lookups.is_empty() => {
                 lookup_at.handle_lookup(Instant::now());
                 let have = links.set.picker().map(|p| p.have().clone());
-                if let (Some(c), Some(have)) = (tracker.and_then(|t| t.current()), have) {
-                    lookups.spawn(async move {
-                        tracker::lookup(&c, content, Some(have), LOOKUP_PEERS).await
-                    });
+                if let (Some(t), Some(have)) = (tracker, have) {
+                    if let Some(c) = t.current() {
+                        let t = t.clone();
+                        // A tracker that fails meanwhile: the next lookup goes to the next one.
+                        lookups.spawn(async move {
+                            tokio::select! {
+                                r = tracker::lookup(&c, content, Some(have), LOOKUP_PEERS) => r,
+                                () = t.replaced(&c) => anyhow::bail!("the tracker connection failed"),
+                            }
+                        });
+                    }
                 }
             }
             _ = checkpoint.tick() => {

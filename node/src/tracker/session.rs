@@ -17,7 +17,8 @@ use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn};
 
 use super::{
-    call, resolve, Parts, Scope, DELTA_EVERY, FIRST_PAUSE, MAX_PAUSE, RATE_LIMITED_ATTEMPTS,
+    call, call_within, heartbeat_deadline, resolve, Parts, Scope, DELTA_EVERY, FIRST_PAUSE,
+    MAX_PAUSE, RATE_LIMITED_ATTEMPTS,
 };
 
 /// Like [`call`], but a "slow down" answer is retried after a growing pause (a bounded number
@@ -71,17 +72,23 @@ fn slow_down(resp: &TrackerResponse) -> bool {
 /// and announces again. A refusal of this one content is logged, not fatal, unless the tracker
 /// forgot the node. Never waits out a "slow down" inline (the session's heartbeats must go
 /// on): it answers [`Sent::SlowDown`] and the caller retries later.
-async fn announce(node: &Parts, conn: &Connection, content: ContentId) -> anyhow::Result<Sent> {
+/// `deadline`: how long an announce may take (a manifest upload gets the whole call deadline).
+async fn announce(
+    node: &Parts,
+    conn: &Connection,
+    content: ContentId,
+    deadline: Duration,
+) -> anyhow::Result<Sent> {
     let Some(bitfield) = node.contents.holding(content)? else { return Ok(Sent::Done) };
     let node_id = node.net.node_id();
     let req = TrackerRequest::Announce { node_id, content, bitfield };
-    let mut resp = call(conn, &req, None).await?.0;
+    let mut resp = call_within(conn, &req, None, deadline).await?.0;
     if resp == TrackerResponse::NeedManifest {
         let Some(bytes) = node.contents.manifest_bytes(content)? else { return Ok(Sent::Done) };
         let put = TrackerRequest::PutManifest { node_id, content, len: bytes.len() as u32 };
         resp = call(conn, &put, Some(&bytes)).await?.0;
         if resp == TrackerResponse::Ok {
-            resp = call(conn, &req, None).await?.0;
+            resp = call_within(conn, &req, None, deadline).await?.0;
         }
     }
     if slow_down(&resp) {
@@ -145,6 +152,8 @@ pub(super) struct Session<'a> {
     pub(super) placement: &'a Mutex<Placement>,
     /// Whether the "not admitted as storage" warning was given.
     pub(super) warned: &'a AtomicBool,
+    /// Whether there are other trackers to fail over to (heartbeats then wait less).
+    pub(super) failover: bool,
 }
 
 impl Session<'_> {
@@ -216,6 +225,8 @@ impl Session<'_> {
     ) -> anyhow::Result<std::convert::Infallible> {
         let (node, addr, scope) = (self.node, self.addr, self.scope);
         let (conn, heartbeat_ms) = self.open().await?;
+        // With trackers to fail over to, a call unanswered for two heartbeats ends the session.
+        let deadline = heartbeat_deadline(heartbeat_ms, self.failover);
         let node_id = node.net.node_id();
         // Listen for changes before announcing, so nothing verified meanwhile is missed.
         let mut haves = node.events.haves.subscribe();
@@ -232,7 +243,7 @@ impl Session<'_> {
         for c in contents {
             if limited {
                 full.insert(c);
-            } else if announce(node, &conn, c).await? == Sent::SlowDown {
+            } else if announce(node, &conn, c, deadline).await? == Sent::SlowDown {
                 limited = true;
                 full.insert(c);
             } else {
@@ -266,7 +277,7 @@ impl Session<'_> {
                     last = (Instant::now(), up, down);
                     let links = node.net.link_loads();
                     let hb = TrackerRequest::Heartbeat { node_id, load, links };
-                    match call(&conn, &hb, None).await?.0 {
+                    match call_within(&conn, &hb, None, deadline).await?.0 {
                         TrackerResponse::HeartbeatReply { stored, directives } if scope == Scope::Own => {
                             node.known.stored.lock().unwrap_or_else(|p| p.into_inner()).extend(stored);
                             for d in directives {
@@ -313,8 +324,8 @@ impl Session<'_> {
                     if backoff.waiting() {
                         continue;
                     }
-                    let limited =
-                        flush_once(node, &conn, &mut full, &mut pending, &mut announced).await?;
+                    let queued = (&mut full, &mut pending, &mut announced);
+                    let limited = flush_once(node, &conn, queued, deadline).await?;
                     backoff.update(limited);
                 }
             }
@@ -324,12 +335,16 @@ impl Session<'_> {
 
 /// Sends what is queued: full announces, then deltas. Returns whether the tracker said "slow
 /// down"; what it refused then, and everything after it, stays queued for the next flush.
+/// `queued`: contents to announce in full, pieces to announce as deltas, contents announced.
 async fn flush_once(
     node: &Parts,
     conn: &Connection,
-    full: &mut HashSet<ContentId>,
-    pending: &mut HashMap<ContentId, Vec<PieceIndex>>,
-    announced: &mut HashSet<ContentId>,
+    (full, pending, announced): (
+        &mut HashSet<ContentId>,
+        &mut HashMap<ContentId, Vec<PieceIndex>>,
+        &mut HashSet<ContentId>,
+    ),
+    deadline: Duration,
 ) -> anyhow::Result<bool> {
     let node_id = node.net.node_id();
     let mut limited = false;
@@ -338,7 +353,7 @@ async fn flush_once(
             full.insert(c);
             continue;
         }
-        match announce(node, conn, c).await? {
+        match announce(node, conn, c, deadline).await? {
             Sent::Done => {
                 pending.remove(&c);
                 announced.insert(c);
@@ -355,7 +370,7 @@ async fn flush_once(
             continue;
         }
         if !announced.contains(&c) {
-            match announce(node, conn, c).await? {
+            match announce(node, conn, c, deadline).await? {
                 Sent::Done => {
                     announced.insert(c);
                 }
@@ -368,7 +383,7 @@ async fn flush_once(
         }
         for (i, chunk) in pieces.chunks(MAX_DELTA).enumerate() {
             let req = TrackerRequest::AnnounceDelta { node_id, content: c, pieces: chunk.to_vec() };
-            let resp = call(conn, &req, None).await?.0;
+            let resp = call_within(conn, &req, None, deadline).await?.0;
             if slow_down(&resp) {
                 limited = true;
                 pending.entry(c).or_default().extend(&pieces[i * MAX_DELTA..]);
@@ -376,7 +391,7 @@ async fn flush_once(
             }
             if resp != TrackerResponse::Ok {
                 debug!(content = %c.fmt_short(), "tracker refused a delta; announcing in full");
-                if announce(node, conn, c).await? == Sent::SlowDown {
+                if announce(node, conn, c, deadline).await? == Sent::SlowDown {
                     limited = true;
                     full.insert(c);
                 }
