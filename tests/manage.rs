@@ -475,6 +475,7 @@ fn an_advertised_address_is_listed_only_where_the_node_proves_its_key() {
         peers: vec![PeerAddr { node_id: Some(node_id), addr: fwd.addr }],
         tracker: None,
         tracker_id: None,
+        more_trackers: Vec::new(),
     };
     let out = tmp.path().join("copy.bin");
     let report = get_json(&tmp.path().join("d"), &through.to_string(), &out, &[]);
