@@ -137,7 +137,7 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<ControlHandle> {
         .route("/v1/space/ls", get(offline::space_ls))
         .route("/v1/space/rm", post(offline::space_rm))
         .route_layer(axum::middleware::from_fn_with_state(api.clone(), require_token));
-    let metrics = crate::metrics::route(api.node.clone());
+    let metrics = crate::scrape::route(api.node.clone());
     let app = Router::new().merge(v1).with_state(api).merge(metrics);
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(async move {

@@ -35,7 +35,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let node = open_waiting(&config).await?;
     // Bound first: an address in use fails the start before anything else is up.
     let metrics = match config.metrics {
-        Some(addr) => Some(crate::metrics::serve(node.clone(), addr).await?),
+        Some(addr) => Some(crate::scrape::serve(node.clone(), addr).await?),
         None => None,
     };
     start(&node);
@@ -50,7 +50,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     }
     node.trackers().own();
     let control = crate::control::serve(node.clone()).await?;
-    crate::metrics::spawn_refresh(node.clone());
+    crate::scrape::spawn_refresh(node.clone());
     let listen = node.net.endpoint.local_addr()?;
     tracing::info!(node_id = %node.node_id(), %listen, control = %control.addr, "node running");
     println!(

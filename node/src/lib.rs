@@ -43,6 +43,7 @@ mod pulling;
 pub mod push;
 mod push_gate;
 mod reveal;
+mod scrape;
 pub mod serve;
 pub mod stats;
 mod storage;

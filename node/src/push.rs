@@ -198,7 +198,7 @@ async fn push_one(
     node.stats.pushed_bytes.fetch_add(sent, Ordering::Relaxed);
     if let Some(storage) = shoal_net::endpoint::remote_node_id(conn) {
         let (known, up) = (node.trackers.known(), crate::metrics::Direction::Up);
-        node.stats.metrics.bytes(known, up, &storage, Some("storage"), sent);
+        node.stats.metrics.bytes(up, "storage", known.region_label(&storage), sent);
     }
     Ok((sent, complete))
 }

@@ -304,7 +304,7 @@ async fn serve_piece(
         write_within(&mut send, chunk, WRITE_STALL).await.context("sending piece")?;
         node.stats.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
         let (known, up) = (node.trackers.known(), crate::metrics::Direction::Up);
-        node.stats.metrics.bytes(known, up, &peer, None, n);
+        node.stats.metrics.bytes(up, known.peer_kind(&peer), known.region_label(&peer), n);
         node.stats.count_upload(content, n);
     }
     node.stats.pieces_uploaded.fetch_add(1, Ordering::Relaxed);

@@ -147,6 +147,29 @@ impl Known {
         let map = self.peer_regions.lock().unwrap_or_else(|p| p.into_inner());
         map.get(peer).is_some_and(|r| r != mine)
     }
+
+    /// A peer's kind as far as this node knows, a metrics label: `storage` if a tracker named
+    /// it as storage, else `node`.
+    pub(crate) fn peer_kind(&self, peer: &NodeId) -> &'static str {
+        if self.is_storage(peer) {
+            "storage"
+        } else {
+            "node"
+        }
+    }
+
+    /// Whether a peer is in this node's region, a metrics label: `same`, `other`, or
+    /// `unknown` unless both regions are known.
+    pub(crate) fn region_label(&self, peer: &NodeId) -> &'static str {
+        let mine = self.region.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(mine) = mine.as_ref() else { return "unknown" };
+        let map = self.peer_regions.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(peer) {
+            Some(r) if r == mine => "same",
+            Some(_) => "other",
+            None => "unknown",
+        }
+    }
 }
 
 /// The parts of the node a tracker session reads (what it holds, its load) and reports to

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod clock;
 mod dashboard;
 mod http;
 mod metrics;

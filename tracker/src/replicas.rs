@@ -29,7 +29,7 @@ use shoal_core::{ContentId, NodeId};
 use shoal_index::{Change, Index, Persist, Read, RedisState};
 use tracing::{debug, info, warn};
 
-use crate::server::now_ms;
+use crate::clock::now_ms;
 
 /// Entities (nodes, holdings, manifests) with a change waiting for Redis; changes past it are
 /// dropped (and counted) until Redis takes some.

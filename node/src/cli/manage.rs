@@ -99,7 +99,7 @@ pub(crate) fn get_detached(
     ticket
         .parse::<shoal_core::Ticket>()
         .map_err(|e| anyhow::anyhow!("cannot read ticket \"{shown}..\": {e}"))?;
-    let output = super::checked_output(output)?;
+    let output = super::transfer::checked_output(output)?;
     let client = daemon(data_dir)?;
     let body = GetBody {
         ticket: ticket.trim().to_string(),

@@ -144,7 +144,7 @@ pub(crate) fn offline(data_dir: &Path, action: OfflineAction) -> anyhow::Result<
     let c = client(data_dir)?;
     match action {
         OfflineAction::Add { url, id, name, follow: true, output: Some(output), json } => {
-            let output = super::checked_output(&output)?;
+            let output = super::transfer::checked_output(&output)?;
             // With --json the report is the one line on stdout.
             let on_event = |v: &serde_json::Value| {
                 if !json {
@@ -167,7 +167,7 @@ pub(crate) fn offline(data_dir: &Path, action: OfflineAction) -> anyhow::Result<
             }
         }
         OfflineAction::Follow { task, output, json } => {
-            let output = super::checked_output(&output)?;
+            let output = super::transfer::checked_output(&output)?;
             let on_event = |v: &serde_json::Value| {
                 if !json {
                     print_event(v, false)
@@ -236,7 +236,15 @@ pub(crate) fn space(data_dir: &Path, action: SpaceAction) -> anyhow::Result<()> 
                 peers: vec![storage],
                 ..shoal_core::Ticket::new(content.parse()?)
             };
-            super::get(data_dir, &ticket.to_string(), &output, Vec::new(), None, None, json)?;
+            super::transfer::get(
+                data_dir,
+                &ticket.to_string(),
+                &output,
+                Vec::new(),
+                None,
+                None,
+                json,
+            )?;
         }
     }
     Ok(())

@@ -133,7 +133,12 @@ pub(super) async fn run(
                 totals.downloaded += done.bytes;
                 node.stats.downloaded_bytes.fetch_add(done.bytes, Ordering::Relaxed);
                 let known = node.trackers.known();
-                node.stats.metrics.bytes(known, Direction::Down, &done.peer, None, done.bytes);
+                node.stats.metrics.bytes(
+                    Direction::Down,
+                    known.peer_kind(&done.peer),
+                    known.region_label(&done.peer),
+                    done.bytes,
+                );
                 if node.trackers.known().is_elsewhere(&done.peer) {
                     node.stats.cross_region_bytes.fetch_add(done.bytes, Ordering::Relaxed);
                 }

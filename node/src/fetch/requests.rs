@@ -85,7 +85,7 @@ pub(super) async fn request_piece(
             match tokio::task::spawn_blocking(write).await {
                 Ok(Ok(true)) => {
                     let known = ctx.node.trackers.known();
-                    ctx.node.stats.metrics.fetched(known, &peer, started.elapsed());
+                    ctx.node.stats.metrics.fetched(known.peer_kind(&peer), started.elapsed());
                     Outcome::Verified
                 }
                 Ok(Ok(false)) => Outcome::Bad,

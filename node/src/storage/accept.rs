@@ -216,7 +216,8 @@ async fn push_piece(
         Ok(PutPiece::Stored { complete }) => {
             node.events.piece_verified(content, piece);
             let down = crate::metrics::Direction::Down;
-            node.stats.metrics.bytes(&node.known, down, &peer, None, u64::from(len));
+            let region = node.known.region_label(&peer);
+            node.stats.metrics.bytes(down, node.known.peer_kind(&peer), region, u64::from(len));
             if node.known.is_elsewhere(&peer) {
                 node.stats.cross_region_bytes.fetch_add(u64::from(len), Ordering::Relaxed);
             }
