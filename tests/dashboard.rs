@@ -114,6 +114,24 @@ fn the_admin_api_pages_swarms_and_nodes_and_refuses_bad_requests_in_one_line() {
     let r = ureq::post(&format!("http://{http}/api/v1/swarms")).call();
     assert!(matches!(r, Err(ureq::Error::Status(405 | 404, _))), "{r:?}");
     assert_eq!(http_get(&http, "/health"), (200, "ok\n".to_string()));
+    // A page whose own name was rebound to this address (DNS rebinding) gets nothing; the
+    // address itself and localhost do.
+    let port = http.rsplit_once(':').map(|(_, p)| p).unwrap_or_default();
+    for (host, want) in [("evil.example.com", 421), ("localhost", 200), ("127.0.0.1", 200)] {
+        let r = ureq::get(&format!("http://{http}/api/v1/overview"))
+            .set("Host", &format!("{host}:{port}"))
+            .call();
+        let code = match r {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(c, r)) => {
+                let body = r.into_string().unwrap_or_default();
+                assert!(body.contains("--http-host"), "{host}: {body}");
+                c
+            }
+            Err(e) => panic!("{host}: {e}"),
+        };
+        assert_eq!(code, want, "{host}");
+    }
 }
 
 #[test]

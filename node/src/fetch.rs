@@ -192,6 +192,9 @@ pub async fn fetch(
         run(&node, &mut links, &req, &tracker, tracker_conn, hints, limit, warning, &progress)
             .await;
     links.close_all();
+    let known = node.trackers.known();
+    let wasted = links.cross_region_waste(|peer| known.is_elsewhere(peer));
+    node.stats.cross_region_wasted_bytes.fetch_add(wasted, Ordering::Relaxed);
     report_undelivered(tracker.as_ref(), content, &links.set.undelivered());
     let (manifest, path, totals, resumed) = result?;
     let report = FetchReport {

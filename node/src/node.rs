@@ -271,6 +271,7 @@ impl Node {
             role: if storage { "storage" } else { "node" }.into(),
             region: self.trackers.known().region().map(|r| r.to_string()).unwrap_or_default(),
             cross_region_bytes: s.cross_region_bytes.load(Ordering::Relaxed),
+            cross_region_wasted_bytes: s.cross_region_wasted_bytes.load(Ordering::Relaxed),
             pull_through_bytes: self.pulls.as_ref().map_or(0, |p| p.bytes()),
             links: self
                 .net

@@ -27,6 +27,8 @@ pub struct Stats {
     pub pushed_bytes: AtomicU64,
     /// Piece bytes received from peers the tracker placed in another region than this node.
     pub cross_region_bytes: AtomicU64,
+    /// Piece bytes received from other regions for requests that ended without their piece.
+    pub cross_region_wasted_bytes: AtomicU64,
     /// The Prometheus instruments (labelled counters, histograms, gauges kept as things change).
     pub(crate) metrics: crate::metrics::NodeMetrics,
     /// Per-content counters. Held only for map updates.

@@ -401,10 +401,11 @@ fn up(opts: &Up, limit: &str) -> anyhow::Result<()> {
         )?)?)
     };
     // Piece bytes that crossed between regions: each receiver's own count, summed.
-    let mut cross_region_bytes = 0;
+    let (mut cross_region_bytes, mut cross_region_wasted_bytes) = (0, 0);
     let mut counters = |p: &Proc| -> anyhow::Result<serde_json::Value> {
         let st = status(p)?;
         cross_region_bytes += st["cross_region_bytes"].as_u64().unwrap_or(0);
+        cross_region_wasted_bytes += st["cross_region_wasted_bytes"].as_u64().unwrap_or(0);
         Ok(st)
     };
     let mut uploaded = Uploaded {
@@ -430,6 +431,7 @@ fn up(opts: &Up, limit: &str) -> anyhow::Result<()> {
     let mut report = Report::new(size, limit, storage, finish, uploaded, storage_pieces);
     report.cpu = report::Cpu::new(cpu, nodes - 1, size);
     report.cross_region_bytes = cross_region_bytes;
+    report.cross_region_wasted_bytes = cross_region_wasted_bytes;
     report.border_wire_bytes =
         net.as_ref().and_then(netns::Net::bytes_into_regions).map(|b| b.iter().sum());
     report.set_regions(&regions);

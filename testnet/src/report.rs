@@ -55,6 +55,9 @@ pub(crate) struct Report {
     /// Piece bytes that crossed between regions: the sum of every node's and storage node's
     /// own `cross_region_bytes` counter, read from its status at the end.
     pub(crate) cross_region_bytes: u64,
+    /// Piece bytes that crossed between regions for requests that ended without their piece
+    /// (cancelled, failed): every node's `cross_region_wasted_bytes`, summed.
+    pub(crate) cross_region_wasted_bytes: u64,
     /// Bytes the router sent into the regions (with `--netns`): every packet that crossed a
     /// border, IP and QUIC headers and tracker traffic included; a wire-level check on
     /// [`Self::cross_region_bytes`].
@@ -137,6 +140,7 @@ impl Report {
             storage_pieces,
             cpu: None,
             cross_region_bytes: 0,
+            cross_region_wasted_bytes: 0,
             border_wire_bytes: None,
             inter_region_limit: None,
             regions_ignored: false,
@@ -324,6 +328,12 @@ impl Report {
                 mib(self.cross_region_bytes),
                 self.cross_region_bytes as f64 / self.file_size.max(1) as f64,
                 if self.regions_ignored { "; the tracker ignored regions" } else { "" }
+            );
+            s += &format!(
+                "\npiece bytes across regions for requests that ended without their piece: \
+                 {:.1} MiB ({:.2} × the file)",
+                mib(self.cross_region_wasted_bytes),
+                self.cross_region_wasted_bytes as f64 / self.file_size.max(1) as f64
             );
             if let Some(w) = self.border_wire_bytes {
                 s += &format!(

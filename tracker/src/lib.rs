@@ -60,6 +60,20 @@ impl std::str::FromStr for Backend {
     }
 }
 
+/// `url` with its password (user info) hidden, for messages and logs.
+fn redacted(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            match authority.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}{path}"),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
 /// Whether the Redis client takes `url` (checked before anything starts).
 fn redis_url_ok(url: &str) -> bool {
     use redis::IntoConnectionInfo;
@@ -73,6 +87,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The HTTP address for `/health`, `/metrics`, the dashboard and the admin API, if any.
     pub http: Option<SocketAddr>,
+    /// Host names the HTTP address answers to besides IP addresses and `localhost` (a name a
+    /// reverse proxy passes on): a page from any other name (DNS rebinding) is refused.
+    pub http_hosts: Vec<String>,
     /// Key and state.
     pub data_dir: PathBuf,
     /// Where state is kept: sled under `data_dir` (default), or Redis shared by replicas.
@@ -111,6 +128,7 @@ impl Config {
         Self {
             listen,
             http: None,
+            http_hosts: Vec::new(),
             data_dir,
             backend: Backend::Sled,
             node_ttl: Duration::from_millis(index.node_ttl_ms),
@@ -213,7 +231,7 @@ pub async fn run(
         endpoint.clone(),
     ));
     let http = match config.http {
-        Some(addr) => Some(http::serve(addr, shared.clone()).await?),
+        Some(addr) => Some(http::serve(addr, shared.clone(), config.http_hosts.clone()).await?),
         None => None,
     };
     let running = Running { addr: endpoint.local_addr()?, http, node_id: identity.node_id() };
@@ -253,13 +271,14 @@ fn open_state(config: &Config, local: Identity) -> anyhow::Result<(Identity, Ope
         Backend::Redis(url) => {
             // One line: the client's error repeats its cause in its source chain.
             let mut redis = RedisState::connect(url, replicas::COMMAND_TIMEOUT).map_err(|e| {
+                let url = redacted(url);
                 anyhow::anyhow!("cannot reach Redis at {url}: {e} (is redis-server running there?)")
             })?;
             let key = redis
                 .offer_key(&local.key_bytes())
                 .context("reading the tracker key from Redis")?;
             let identity = key.as_deref().and_then(Identity::from_key_bytes).with_context(|| {
-                format!("the tracker key in Redis at {url} is not a key (delete shoal:tracker:key to start afresh)")
+                format!("the tracker key in Redis at {} is not a key (delete shoal:tracker:key to start afresh)", redacted(url))
             })?;
             if identity.node_id() != local.node_id() {
                 tracing::info!(tracker = %identity.node_id(), "using the tracker key another replica stored in Redis");
@@ -288,6 +307,14 @@ mod tests {
     #[test]
     fn backends_parse() {
         assert_eq!("sled".parse::<Backend>(), Ok(Backend::Sled));
+        for (url, shown) in [
+            ("redis://:secret@10.0.0.5:6379/1", "redis://***@10.0.0.5:6379/1"),
+            ("redis://user:p@ss@h:1", "redis://***@h:1"),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("redis+unix:///run/redis.sock", "redis+unix:///run/redis.sock"),
+        ] {
+            assert_eq!(redacted(url), shown);
+        }
         for url in ["redis://127.0.0.1:6379", "redis://h:1/2", "redis+unix:///run/redis.sock"] {
             assert_eq!(url.parse::<Backend>(), Ok(Backend::Redis(url.into())), "{url}");
         }

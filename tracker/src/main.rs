@@ -30,6 +30,16 @@ enum Command {
         /// only operators reach it, like 127.0.0.1:7480.
         #[arg(long, env = "SHOAL_TRACKER_HTTP")]
         http: Option<SocketAddr>,
+        /// A host name the HTTP address answers to besides IP addresses and localhost, like
+        /// the name a reverse proxy passes on (repeatable); pages from other names are refused
+        /// (a hostile page rebinding its name to this address).
+        #[arg(
+            long = "http-host",
+            value_name = "NAME",
+            env = "SHOAL_TRACKER_HTTP_HOST",
+            value_delimiter = ','
+        )]
+        http_host: Vec<String>,
         /// Key and state (survives restarts).
         #[arg(long, env = "SHOAL_TRACKER_DATA_DIR", default_value = "shoal-tracker-data")]
         data_dir: PathBuf,
@@ -144,6 +154,7 @@ fn main() -> ExitCode {
     let Command::Serve {
         listen,
         http,
+        http_host,
         data_dir,
         node_ttl,
         heartbeat,
@@ -269,6 +280,11 @@ fn main() -> ExitCode {
     };
     let config = shoal_tracker::Config {
         http,
+        http_hosts: http_host
+            .into_iter()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .collect(),
         node_ttl: Duration::from_secs(node_ttl),
         heartbeat: Duration::from_secs(heartbeat),
         reseed_after: Duration::from_secs(reseed_after),

@@ -64,6 +64,20 @@ fn entity(op: &Persist, seq: u64) -> Entity {
     }
 }
 
+/// The order of changes within a batch: nodes and manifests before the holdings that name
+/// them, removals of holdings before those of their manifests and nodes.
+fn rank(op: &Persist) -> u8 {
+    match op {
+        Persist::PutNode(..) => 0,
+        Persist::PutManifest(..) => 1,
+        Persist::PutHolding(..) | Persist::RemoveHolding(..) => 2,
+        Persist::RemoveManifest(..) => 3,
+        Persist::RemoveNode(..) => 4,
+        #[allow(unreachable_patterns)]
+        _ => 5,
+    }
+}
+
 /// Changes waiting for Redis: the latest per entity, in the order each entity first waited.
 #[derive(Debug)]
 struct Pending {
@@ -118,6 +132,10 @@ impl Pending {
                 out.push(c);
             }
         }
+        // Coalescing keeps an entity where it first waited, so a holding can come before the
+        // node or manifest it needs (a node that expired and registered again): within a
+        // batch, what others depend on goes first, and removals after what they remove.
+        out.sort_by_key(|c| rank(&c.op));
         out
     }
 }
@@ -403,6 +421,9 @@ pub(crate) fn replica_id() -> String {
 
 #[cfg(test)]
 mod tests {
+    use shoal_core::Bitfield;
+    use shoal_index::NodeEntry;
+
     use super::*;
 
     fn node() -> NodeId {
@@ -424,14 +445,38 @@ mod tests {
         let all = p.take(10);
         assert_eq!(
             all.iter().map(|c| (c.op.clone(), c.expiry)).collect::<Vec<_>>(),
+            // Within a batch: removals of holdings, then of manifests, then of nodes (in the
+            // order they first waited).
             vec![
-                (Persist::RemoveNode(a), false),
-                (Persist::RemoveManifest(c), false),
-                (Persist::RemoveNode(b), false),
                 (Persist::RemoveHolding(c, a), false),
+                (Persist::RemoveManifest(c), false),
+                (Persist::RemoveNode(a), false),
+                (Persist::RemoveNode(b), false),
             ]
         );
         assert!(p.take(10).is_empty());
+    }
+
+    #[test]
+    fn a_holding_never_goes_before_its_node() {
+        // While Redis was away: a holding was recorded, its node expired and registered again.
+        // The node waits where it first waited (after the holding) but is written first.
+        let a = node();
+        let c = ContentId([2; 32]);
+        let mut p = Pending::default();
+        p.push(Change { op: Persist::PutHolding(c, a, Bitfield::new(8)), expiry: false });
+        p.push(Change { op: Persist::RemoveNode(a), expiry: true });
+        let entry = NodeEntry {
+            storage: false,
+            addrs: Vec::new(),
+            last_seen_ms: 1,
+            active_uploads: 0,
+            upload_rate: 0,
+            region: None,
+        };
+        p.push(Change { op: Persist::PutNode(a, entry), expiry: false });
+        let kinds: Vec<u8> = p.take(10).iter().map(|c| rank(&c.op)).collect();
+        assert_eq!(kinds, vec![0, 2]);
     }
 
     #[test]

@@ -56,6 +56,32 @@ pub struct DaemonLock {
     _file: File,
 }
 
+const NO_FOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+
+/// `O_NOFOLLOW` on a symlink fails with `ELOOP`: say what it means.
+fn refused_link(e: std::io::Error) -> std::io::Error {
+    if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+        return std::io::Error::other(
+            "it is a symlink, which a lock file never is: remove it (and check who can write the data dir)",
+        );
+    }
+    e
+}
+
+/// The lock file must be a regular file with one name: not a FIFO or device, nor a hard link
+/// to a file elsewhere.
+fn plain_file(f: &File) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = f.metadata()?;
+    if !m.file_type().is_file() || m.nlink() != 1 {
+        return Err(std::io::Error::other(
+            "it is not a plain file (a FIFO, device or hard link was put there): remove it \
+             (and check who can write the data dir)",
+        ));
+    }
+    Ok(())
+}
+
 fn read_pid(f: &File) -> Option<u32> {
     let mut s = String::new();
     // The pid is a few digits; anything longer is not ours to read.
@@ -69,14 +95,18 @@ impl DaemonLock {
     pub fn acquire(dir: &Path) -> Result<Self, LockError> {
         let path = dir.join(LOCK_FILE);
         let io = |source| LockError::Io { path: path.clone(), source };
+        // Never through a symlink, and only a file of ours alone: one planted in a data dir
+        // others can write must not make the daemon truncate what it points to.
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(NO_FOLLOW)
             .open(&path)
-            .map_err(io)?;
+            .map_err(|e| io(refused_link(e)))?;
+        plain_file(&file).map_err(io)?;
         let end = Instant::now() + ACQUIRE_FOR;
         loop {
             match flock(&file, FlockOperation::NonBlockingLockExclusive) {
@@ -110,11 +140,17 @@ pub enum Probe {
 
 /// Probes the daemon lock of `dir` without keeping it.
 pub fn probe(dir: &Path) -> std::io::Result<Probe> {
-    let file = match File::open(dir.join(LOCK_FILE)) {
+    // Not through a symlink, and without blocking on a FIFO put there instead of the file.
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(NO_FOLLOW | rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(dir.join(LOCK_FILE));
+    let file = match opened {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Probe::Free),
-        Err(e) => return Err(e),
+        Err(e) => return Err(refused_link(e)),
     };
+    plain_file(&file)?;
     match flock(&file, FlockOperation::NonBlockingLockShared) {
         // Closing the file drops the shared lock at once.
         Ok(()) => Ok(Probe::Free),
@@ -126,6 +162,38 @@ pub fn probe(dir: &Path) -> std::io::Result<Probe> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_planted_symlink_or_fifo_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(LOCK_FILE)).unwrap();
+        let err = DaemonLock::acquire(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("symlink"), "{err}");
+        assert!(probe(dir.path()).unwrap_err().to_string().contains("symlink"));
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "the target was written");
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::hard_link(&victim, dir.path().join(LOCK_FILE)).unwrap();
+        let err = DaemonLock::acquire(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("not a plain file"), "{err}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "the target was written");
+
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join(LOCK_FILE);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        // Neither blocks on the FIFO; both refuse it.
+        assert!(probe(dir.path()).unwrap_err().to_string().contains("not a plain file"));
+        assert!(DaemonLock::acquire(dir.path()).is_err());
+    }
 
     #[test]
     fn a_held_lock_is_seen_and_a_dropped_one_is_free() {

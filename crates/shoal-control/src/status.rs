@@ -72,6 +72,11 @@ pub struct Status {
     /// their regions).
     #[serde(default)]
     pub cross_region_bytes: u64,
+    /// Piece bytes received from peers in another region for requests that ended without
+    /// their piece (cancelled when a copy came first from elsewhere, failed, or cut off): what
+    /// the border carried for nothing.
+    #[serde(default)]
+    pub cross_region_wasted_bytes: u64,
     /// Bytes in a storage node's pull-through cache (complete pulls).
     #[serde(default)]
     pub pull_through_bytes: u64,

@@ -226,6 +226,16 @@ impl Links {
         self.dials.abort_all();
     }
 
+    /// Piece bytes received from peers `elsewhere` says are in another region for requests
+    /// that ended without their piece: each link's bytes received, less those of requests
+    /// that ran to their end.
+    pub(super) fn cross_region_waste(&self, elsewhere: impl Fn(&NodeId) -> bool) -> u64 {
+        let links = self.links.iter().filter(|(id, _)| elsewhere(id));
+        links
+            .map(|(_, l)| l.counters.received.load(Ordering::Relaxed).saturating_sub(l.bytes))
+            .sum()
+    }
+
     /// Reasons peers stopped serving us, for an error message.
     pub(super) fn reasons(&self) -> Vec<String> {
         self.links
