@@ -257,7 +257,7 @@ impl TrackerProc {
         use std::io::{Read, Write};
         let http = self.http.as_deref().expect("tracker started with --http");
         let mut s = std::net::TcpStream::connect(http).unwrap();
-        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n").unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         let line = out.lines().find(|l| l.starts_with(&format!("{name} "))).expect(name);
