@@ -95,10 +95,7 @@ pub(crate) fn get_detached(
     tracker: Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let shown: String = ticket.chars().take(12).collect();
-    ticket
-        .parse::<shoal_core::Ticket>()
-        .map_err(|e| anyhow::anyhow!("cannot read ticket \"{shown}..\": {e}"))?;
+    super::transfer::parse_ticket(ticket)?;
     let output = super::transfer::checked_output(output)?;
     let client = daemon(data_dir)?;
     let body = GetBody {

@@ -123,6 +123,12 @@ pub(crate) fn checked_output(output: &Path) -> anyhow::Result<PathBuf> {
     Ok(output)
 }
 
+/// A ticket as typed, or one line naming what is wrong with it (showing only its start).
+pub(crate) fn parse_ticket(ticket: &str) -> anyhow::Result<Ticket> {
+    let shown: String = ticket.chars().take(12).collect();
+    ticket.parse().map_err(|e| anyhow::anyhow!("cannot read ticket \"{shown}..\": {e}"))
+}
+
 pub(crate) fn get(
     data_dir: &Path,
     ticket: &str,
@@ -132,9 +138,7 @@ pub(crate) fn get(
     tracker: Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let shown: String = ticket.chars().take(12).collect();
-    let parsed: Ticket =
-        ticket.parse().map_err(|e| anyhow::anyhow!("cannot read ticket \"{shown}..\": {e}"))?;
+    let parsed = parse_ticket(ticket)?;
     let output = checked_output(output)?;
     let mut view = ProgressView::new();
     let body = GetBody {
