@@ -16,10 +16,41 @@ fn run(name: &str) -> serde_json::Value {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{name}:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        let logs = log_tails(&tmp.path().join(name));
+        panic!("{name}:\n{stdout}\n{}\n{logs}", String::from_utf8_lossy(&out.stderr));
+    }
     assert!(stdout.contains("all invariants hold"), "{stdout}");
     let report = std::fs::read(tmp.path().join(name).join("report.json")).unwrap();
     serde_json::from_slice(&report).unwrap()
+}
+
+/// The last lines of every log in a failed run's directory (the directory goes with the test).
+fn log_tails(dir: &Path) -> String {
+    let mut out = String::new();
+    let mut logs: Vec<_> =
+        walk(dir).into_iter().filter(|p| p.file_name().is_some_and(|n| n == "log.txt")).collect();
+    logs.sort();
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+        out += &format!("--- {} (last 30 lines)\n{tail}\n", log.display());
+    }
+    out
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
 }
 
 #[test]
