@@ -40,7 +40,7 @@ pub(crate) fn daemon_if_running(data_dir: &Path) -> anyhow::Result<Option<Client
     match shoal_store::Store::open(data_dir) {
         Ok(store) => {
             let lock = probe(data_dir)?;
-            // sled lets go of the data dir when the store is dropped (not later).
+            // Dropped before the fetch opens it again (which waits for sled to let go).
             drop(store);
             match lock {
                 Probe::Held { .. } => find(data_dir, Need::Optional),
