@@ -432,9 +432,12 @@ fn up(opts: &Up, limit: &str) -> anyhow::Result<()> {
     report.cpu = report::Cpu::new(cpu, nodes - 1, size);
     report.cross_region_bytes = cross_region_bytes;
     report.cross_region_wasted_bytes = cross_region_wasted_bytes;
-    report.border_wire_bytes =
-        net.as_ref().and_then(netns::Net::bytes_into_regions).map(|b| b.iter().sum());
+    let into_regions = net.as_ref().and_then(netns::Net::bytes_into_regions);
+    report.border_wire_bytes = into_regions.as_ref().map(|b| b.iter().sum());
     report.set_regions(&regions);
+    for (figures, bytes) in report.regions.iter_mut().zip(into_regions.unwrap_or_default()) {
+        figures.wire_bytes_in = Some(bytes);
+    }
     let note = report.write(&dir)?;
     println!("\n{}", report.summary());
     println!("report: {}", dir.join("report.json").display());

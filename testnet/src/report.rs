@@ -85,6 +85,10 @@ pub(crate) struct RegionFigures {
     /// region; for another, max(F/U, (n−1)·F/(n·U), F/L). Absent when no limit makes it finite.
     pub(crate) bound_s: Option<f64>,
     pub(crate) ratio_to_bound: Option<f64>,
+    /// Bytes the router sent into the region (with `--netns`): everything that crossed its
+    /// border inwards, headers and tracker traffic included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) wire_bytes_in: Option<u64>,
 }
 
 /// CPU time of a run against the bytes it delivered.
@@ -177,6 +181,7 @@ impl Report {
                     last_finish_s: last,
                     bound_s: bound,
                     ratio_to_bound: bound.filter(|&b| b > 0.0).map(|b| last / b),
+                    wire_bytes_in: None,
                 }
             })
             .collect();
@@ -319,6 +324,13 @@ impl Report {
                         _ => "none (no limit)".to_string(),
                     }
                 );
+                if let Some(w) = r.wire_bytes_in {
+                    s += &format!(
+                        "; {:.1} MiB on the wire into it ({:.2} × the file)",
+                        mib(w),
+                        w as f64 / self.file_size.max(1) as f64
+                    );
+                }
             }
             if let (Some(b), Some(q)) = (self.region_bound_s, self.ratio_to_region_bound) {
                 s += &format!("\nregion-aware bound {b:.2} s; last finish / bound = {q:.2}");
