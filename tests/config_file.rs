@@ -125,9 +125,7 @@ fn daemon_runs_with_the_settings_of_its_config_file() {
     // Started as the support code starts daemons (its --data-dir wins over the file's, to the
     // same directory), with the role from the file alone.
     let d = Daemon::start(&data, &["--config", file.to_str().unwrap()]);
-    let mut status = d.cmd();
-    status.args(["status", "--json"]);
-    let status: serde_json::Value = serde_json::from_str(&ok(status)).unwrap();
+    let status = d.status();
     assert_eq!(status["role"], "storage", "{status}");
 }
 

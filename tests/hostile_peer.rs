@@ -419,9 +419,7 @@ fn requests_for_unknown_contents_cost_a_pull_through_storage_nothing_lasting() {
         }
     });
     assert_rss_bounded(&d, before, "unknown contents at a pull-through storage node");
-    let mut c = d.cmd();
-    c.args(["status", "--json"]);
-    let status: serde_json::Value = serde_json::from_str(ok(c).trim()).unwrap();
+    let status = d.status();
     assert_eq!(status["pull_through_bytes"], 0);
     assert!(d.ls().as_array().unwrap().is_empty(), "nothing kept: {}", d.ls());
 }

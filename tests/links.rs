@@ -66,9 +66,7 @@ fn the_least_loaded_checked_link_is_handed_out_and_kept() {
     let (content, holder) = (ticket.content, seed.node_id.parse::<NodeId>().unwrap());
     let log2 = shoal_core::piece::piece_log2_for(100_000);
     let pieces = shoal_core::piece::piece_count(100_000, log2) as u32;
-    let mut c = seed.cmd();
-    c.args(["status", "--json"]);
-    let status: serde_json::Value = serde_json::from_str(ok(c).trim()).unwrap();
+    let status = seed.status();
     let links = status["links"].as_array().unwrap();
     assert_eq!(links.len(), 2);
     assert_eq!((links[0]["name"].as_str(), links[1]["name"].as_str()), (Some(""), Some("b")));

@@ -445,9 +445,7 @@ fn an_advertised_address_is_listed_only_where_the_node_proves_its_key() {
     // dials it), and a bogus address: another node's, where another key answers.
     let fwd = Forward::start("127.0.0.2");
     let other = Daemon::start(&tmp.path().join("other"), &["--listen", "127.0.0.3:0"]);
-    let mut c = other.cmd();
-    c.args(["status", "--json"]);
-    let status: serde_json::Value = serde_json::from_str(&ok(c)).unwrap();
+    let status = other.status();
     let bogus = status["links"][1]["addr"].as_str().unwrap().to_string();
     let bogus_addr: SocketAddr = bogus.parse().unwrap();
     let good = fwd.addr.to_string();

@@ -33,9 +33,7 @@ fn metrics_follow_a_real_transfer_and_read_back_as_prometheus_text() {
     // Bytes are labelled by region once a node knows its own: wait for both placements.
     for d in [&seed, &leech] {
         wait_until("the tracker to place the node", || {
-            let mut c = d.cmd();
-            c.args(["status", "--json"]);
-            let st: serde_json::Value = serde_json::from_str(ok(c).trim()).unwrap();
+            let st = d.status();
             st["region"].as_str().is_some_and(|r| !r.is_empty()).then_some(())
         });
     }

@@ -127,12 +127,7 @@ fn operator_walkthrough_as_pasted() {
 
 #[test]
 fn tracker_replicas_as_pasted() {
-    if !Path::new("/usr/bin/redis-server").exists() {
-        assert!(
-            std::env::var_os("SHOAL_REQUIRE_REDIS").is_none(),
-            "SHOAL_REQUIRE_REDIS is set but redis-server is not installed (apt-get install redis-server)"
-        );
-        eprintln!("redis-server is not installed: the replicas snippet is not run");
+    if !crate::support::redis_installed() {
         return;
     }
     let out = run_snippet("replicas", Duration::from_secs(180));

@@ -4,16 +4,10 @@
 
 use crate::support::*;
 
-fn status(d: &Daemon) -> serde_json::Value {
-    let mut c = d.cmd();
-    c.args(["status", "--json"]);
-    serde_json::from_str(ok(c).trim()).unwrap()
-}
-
 fn region_of(d: &Daemon) -> String {
     // The placement comes with the registration, which a daemon makes as it starts.
     wait_until("the tracker places the node", || {
-        let r = status(d)["region"].as_str().unwrap_or_default().to_string();
+        let r = d.status()["region"].as_str().unwrap_or_default().to_string();
         (!r.is_empty()).then_some(r)
     })
 }
@@ -52,14 +46,14 @@ fn stated_regions_route_a_second_downloader_to_its_own_region() {
     let out1 = tmp.path().join("out1.bin");
     get_json(&first.dir, &ticket, &out1, &[]);
     assert_eq!(std::fs::read(&out1).unwrap(), data);
-    let crossed1 = status(&first)["cross_region_bytes"].as_u64().unwrap();
+    let crossed1 = first.status()["cross_region_bytes"].as_u64().unwrap();
     assert_eq!(crossed1, data.len() as u64, "everything the first of r1 got came from r0");
     // The second of r1 finds its region holding everything: the seed (another region) is
     // asked only for what r1 lacks, which is nothing, once the first's bitfield is in.
     let out2 = tmp.path().join("out2.bin");
     get_json(&second.dir, &ticket, &out2, &[]);
     assert_eq!(std::fs::read(&out2).unwrap(), data);
-    let crossed2 = status(&second)["cross_region_bytes"].as_u64().unwrap();
+    let crossed2 = second.status()["cross_region_bytes"].as_u64().unwrap();
     println!("second of r1: {crossed2} of {} bytes crossed", data.len());
     assert!(
         crossed2 <= data.len() as u64 / 4,
@@ -186,13 +180,13 @@ fn storage_pulls_through_once_for_its_region_and_serves_it() {
         assert_eq!(std::fs::read(tmp.path().join(format!("out{i}.bin"))).unwrap(), data);
     }
     let pulled = wait_until("the pull completes", || {
-        let n = status(&storage)["pull_through_bytes"].as_u64().unwrap();
+        let n = storage.status()["pull_through_bytes"].as_u64().unwrap();
         (n > 0).then_some(n)
     });
     assert_eq!(pulled, data.len() as u64, "one pull, of the whole content");
     let crossed: Vec<u64> = std::iter::once(&storage)
         .chain(&nodes)
-        .map(|d| status(d)["cross_region_bytes"].as_u64().unwrap())
+        .map(|d| d.status()["cross_region_bytes"].as_u64().unwrap())
         .collect();
     let total: u64 = crossed.iter().sum();
     println!(
@@ -251,7 +245,7 @@ fn a_full_pull_through_cache_drops_the_least_recently_used_content() {
     };
     let cached = |want: u64| {
         wait_until("the cache settles", || {
-            let n = status(&storage)["pull_through_bytes"].as_u64().unwrap();
+            let n = storage.status()["pull_through_bytes"].as_u64().unwrap();
             (n == want * 1024 * 1024).then_some(())
         })
     };

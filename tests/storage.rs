@@ -60,9 +60,7 @@ fn pushing_twice_sends_nothing_the_second_time() {
         assert_eq!(second["already_stored"], true);
         let (have, total) = first_holding(&c.storage);
         assert_eq!((have, total), (62, 62), "{backend}");
-        let mut s = node.cmd();
-        s.args(["status", "--json"]);
-        let status: serde_json::Value = serde_json::from_str(&ok(s)).unwrap();
+        let status = node.status();
         assert_eq!(status["contents"][0]["stored"], true, "{backend}: {status}");
     }
 }
@@ -141,9 +139,7 @@ fn the_file_is_completed_in_storage_from_its_downloaders() {
     let pushed: u64 = downloaders
         .iter()
         .map(|d| {
-            let mut s = d.cmd();
-            s.args(["status", "--json"]);
-            let st: serde_json::Value = serde_json::from_str(&ok(s)).unwrap();
+            let st = d.status();
             st["pushed_bytes"].as_u64().unwrap()
         })
         .sum();

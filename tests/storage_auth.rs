@@ -45,12 +45,6 @@ fn push_fails(node: &Daemon, target: &Path) -> String {
     fails(c)
 }
 
-fn status(d: &Daemon) -> serde_json::Value {
-    let mut c = d.cmd();
-    c.args(["status", "--json"]);
-    serde_json::from_str(&ok(c)).unwrap()
-}
-
 /// The manifest `shoal add` makes of `data` named `name`.
 fn manifest_of(name: &str, data: &[u8]) -> Manifest {
     let piece = 1usize << shoal_core::piece::piece_log2_for(data.len() as u64);
@@ -102,7 +96,7 @@ fn an_ungranted_user_is_refused_and_nothing_is_stored() {
     let me = user_id(&n.dir);
     assert!(err.contains(&format!("--grant {me}")), "names what to ask for: {err}");
     assert_eq!(storage.ls(), serde_json::json!([]), "storage holds nothing");
-    assert_eq!(status(&storage)["pushes_refused"], 1);
+    assert_eq!(storage.status()["pushes_refused"], 1);
 }
 
 #[test]

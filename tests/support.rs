@@ -160,6 +160,13 @@ impl Daemon {
         wait_line(&self._stdout, what, pred)
     }
 
+    /// `shoal status --json` of this daemon.
+    pub fn status(&self) -> serde_json::Value {
+        let mut c = self.cmd();
+        c.args(["status", "--json"]);
+        serde_json::from_str(ok(c).trim()).unwrap()
+    }
+
     pub fn ls(&self) -> serde_json::Value {
         let mut c = self.cmd();
         c.args(["ls", "--json"]);
@@ -623,4 +630,22 @@ pub async fn tracker_call(
     let mut d = shoal_wire::Decoder::with_limit(shoal_wire::tracker::MAX_TRACKER_FRAME_LEN);
     d.feed(&bytes);
     d.decode().unwrap().expect("a whole frame")
+}
+
+/// Whether `redis-server` is installed; without it a test says so and passes, unless
+/// `SHOAL_REQUIRE_REDIS` is set (CI sets it): then its absence fails the test.
+pub fn redis_installed() -> bool {
+    let installed = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        assert!(
+            std::env::var_os("SHOAL_REQUIRE_REDIS").is_none(),
+            "SHOAL_REQUIRE_REDIS is set but redis-server is not installed"
+        );
+        eprintln!("redis-server is not installed: skipping (apt-get install redis-server)");
+    }
+    installed
 }

@@ -57,9 +57,7 @@ fn six_downloaders_started_together_serve_each_other() {
     // 6 copies of every piece were needed; the seed sent far fewer than all of them.
     assert!(seed_pieces < 6 * pieces / 2, "the seed sent {seed_pieces} of {pieces} pieces");
     // The seed's own counters agree with what the downloaders report.
-    let mut c = seed.cmd();
-    c.args(["status", "--json"]);
-    let status: serde_json::Value = serde_json::from_str(&ok(c)).unwrap();
+    let status = seed.status();
     let content = &status["contents"][0];
     assert_eq!(content["state"], "complete");
     assert_eq!(content["uploaded_bytes"], status["uploaded_bytes"]);

@@ -100,9 +100,7 @@ fn a_storage_claimant_not_admitted_gets_no_pushes_and_makes_nothing_stored() {
     wait_until("more heartbeats", || {
         (tracker.metric("shoal_tracker_heartbeats_total") >= beats + 6).then_some(())
     });
-    let mut status = uploader.cmd();
-    status.args(["status", "--json"]);
-    let status: serde_json::Value = serde_json::from_str(&ok(status)).unwrap();
+    let status = uploader.status();
     assert_eq!(status["contents"][0]["stored"], false, "{status}");
 }
 

@@ -79,8 +79,6 @@ fn fetched_file_is_then_seeded_and_listed() {
         .unwrap();
     assert!(served["pieces"].as_u64().unwrap() > 0);
     // The daemon's own counters agree.
-    let mut c = middle.cmd();
-    c.args(["status", "--json"]);
-    let status: serde_json::Value = serde_json::from_str(&ok(c)).unwrap();
+    let status = middle.status();
     assert_eq!(status["uploaded_bytes"], 300_000);
 }
