@@ -41,8 +41,11 @@ const TAG_MORE_TRACKER: u8 = 0x05;
 pub const MAX_TRACKERS: usize = 8;
 /// The most peers a ticket carries.
 pub const MAX_PEERS: usize = 16;
-/// The longest ticket string accepted.
-pub const MAX_TICKET_LEN: usize = 4096;
+/// The longest ticket string accepted: room for the largest ticket this code writes (16
+/// pinned IPv6 peers, 8 pinned trackers of the longest addresses: about 4,800 characters).
+pub const MAX_TICKET_LEN: usize = 8192;
+/// The longest tracker address (`host:port`): what a ticket field holds beside a pinned key.
+pub const MAX_TRACKER_ADDR_LEN: usize = 255 - 33;
 
 /// A peer to contact: an address and, if known, the node id expected there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -115,7 +118,7 @@ impl FromStr for TrackerAddr {
         };
         // host:port with a numeric port; the host is resolved at connect.
         let (host, port) = addr.rsplit_once(':').ok_or_else(err)?;
-        if host.is_empty() || port.parse::<u16>().is_err() || addr.len() > 255 {
+        if host.is_empty() || port.parse::<u16>().is_err() || addr.len() > MAX_TRACKER_ADDR_LEN {
             return Err(err());
         }
         Ok(Self { node_id, addr: addr.to_string() })
@@ -125,10 +128,12 @@ impl FromStr for TrackerAddr {
 /// Parses a comma-separated list of trackers (`--tracker A,B`), in order, each `HOST:PORT` or
 /// `NODE_ID@HOST:PORT`; empty items are ignored; at least one, at most [`MAX_TRACKERS`].
 pub fn parse_trackers(s: &str) -> Result<Vec<TrackerAddr>, ParseTrackerError> {
+    // One past the most, so that a longer list is refused without parsing all of it.
     let list = s
         .split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
+        .take(MAX_TRACKERS + 1)
         .map(str::parse)
         .collect::<Result<Vec<TrackerAddr>, _>>()?;
     if list.is_empty() {
@@ -252,9 +257,12 @@ impl Ticket {
                 }
                 None => v.push(0x00),
             }
-            // An address longer than the field holds is cut (parsed ones are at most 255).
-            let room = 255 - v.len();
-            v.extend_from_slice(&t.addr.as_bytes()[..t.addr.len().min(room)]);
+            // An address the field cannot hold is left out, never cut (a cut one could name
+            // another port); parsed ones always fit.
+            if v.len() + t.addr.len() > 255 {
+                continue;
+            }
+            v.extend_from_slice(t.addr.as_bytes());
             out.push(TAG_MORE_TRACKER);
             out.push(v.len() as u8);
             out.extend_from_slice(&v);
@@ -582,6 +590,31 @@ mod tests {
             raw_ticket(&p).parse::<Ticket>(),
             Err(TicketError::Field { tag: TAG_MORE_TRACKER })
         );
+    }
+
+    #[test]
+    fn the_largest_ticket_reads_back_and_no_address_is_cut() {
+        let kp = libp2p_identity::Keypair::generate_ed25519();
+        let id = NodeId::from_public_key(&kp.public()).unwrap();
+        let host = |c: char| format!("{}:65535", c.to_string().repeat(MAX_TRACKER_ADDR_LEN - 6));
+        let trackers: Vec<TrackerAddr> =
+            "abcdefgh".chars().map(|c| TrackerAddr { node_id: Some(id), addr: host(c) }).collect();
+        assert!(trackers.iter().all(|t| t.to_string().parse::<TrackerAddr>().is_ok()));
+        let peer = PeerAddr {
+            node_id: Some(id),
+            addr: "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535".parse().unwrap(),
+        };
+        let t = Ticket { peers: vec![peer; MAX_PEERS], ..Ticket::new(sample().content) }
+            .with_trackers(&trackers);
+        let text = t.to_string();
+        assert!(text.len() <= MAX_TICKET_LEN, "{}", text.len());
+        assert_eq!(text.parse::<Ticket>().unwrap(), t);
+        // One character more does not parse as a tracker; one built by code is left out of the
+        // ticket rather than cut (a cut address could name another port).
+        assert!(format!("{id}@{}0", host('x')).parse::<TrackerAddr>().is_err());
+        let long = TrackerAddr { node_id: Some(id), addr: format!("{}0", host('x')) };
+        let t2 = Ticket::new(sample().content).with_trackers(&[trackers[0].clone(), long]);
+        assert_eq!(t2.to_string().parse::<Ticket>().unwrap().trackers(), vec![trackers[0].clone()]);
     }
 
     #[test]
