@@ -132,6 +132,9 @@ fn the_admin_api_pages_swarms_and_nodes_and_refuses_bad_requests_in_one_line() {
         };
         assert_eq!(code, want, "{host}");
     }
+    // A scraper by DNS name still gets the metrics.
+    let r = ureq::get(&format!("http://{http}/metrics")).set("Host", "metrics.example.net").call();
+    assert_eq!(r.map(|r| r.status()).ok(), Some(200));
 }
 
 #[test]

@@ -179,7 +179,8 @@ pub async fn fetch(
     let set = PeerSet::new(shoal_swarm::Config::default(), fastrand::u64(..));
     let mut links = Links::new(node.net.clone(), set);
     let placement = tracker.as_ref().map(|t| t.placement()).unwrap_or_default();
-    links.learn_regions(&found_first, &placement, node.trackers.known());
+    let known = tracker.as_ref().filter(|t| t.is_own()).map(|_| node.trackers.known());
+    links.learn_regions(&found_first, &placement, known);
     if links.offer(Instant::now(), candidates) == 0 {
         if tracker.is_some() {
             bail!(

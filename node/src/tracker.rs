@@ -109,21 +109,27 @@ impl Known {
 
     /// Remembers the region `peer` is in.
     pub(crate) fn note_peer_region(&self, peer: NodeId, region: Option<&shoal_core::Region>) {
-        let Some(region) = region else { return };
-        let mut map = self.peer_regions.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_PEER_REGIONS && !map.contains_key(&peer) {
-            map.clear();
-        }
-        map.insert(peer, region.clone());
+        self.remember_region(peer, region, true);
     }
 
     /// Remembers the region `peer` stated in its hello, unless a lookup named one already
     /// (the tracker's word counts over the peer's).
     pub(crate) fn note_stated_region(&self, peer: NodeId, region: Option<&shoal_core::Region>) {
-        let known = self.peer_regions.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&peer);
-        if !known {
-            self.note_peer_region(peer, region);
+        self.remember_region(peer, region, false);
+    }
+
+    /// `note_peer_region` (`replace`) and `note_stated_region` (only where none is known), under
+    /// one lock: a lookup's answer landing meanwhile is never overwritten by a peer's claim.
+    fn remember_region(&self, peer: NodeId, region: Option<&shoal_core::Region>, replace: bool) {
+        let Some(region) = region else { return };
+        let mut map = self.peer_regions.lock().unwrap_or_else(|p| p.into_inner());
+        if !replace && map.contains_key(&peer) {
+            return;
         }
+        if map.len() >= MAX_PEER_REGIONS && !map.contains_key(&peer) {
+            map.clear();
+        }
+        map.insert(peer, region.clone());
     }
 
     /// Remembers that a tracker named `peer` as admitted storage.
@@ -223,17 +229,25 @@ impl Trackers {
     /// A ticket for `content` without peers, naming this node's own trackers in order, each
     /// pinned to the node id it was given with or proved.
     pub(crate) fn ticket(&self, content: ContentId) -> Ticket {
-        let ids = self.own().map(|h| h.node_ids()).unwrap_or_default();
-        let list: Vec<TrackerAddr> = self
-            .own
-            .iter()
-            .enumerate()
-            .map(|(i, t)| TrackerAddr {
-                node_id: ids.get(i).copied().flatten().or(t.node_id),
-                addr: t.addr.clone(),
-            })
-            .collect();
-        Ticket::new(content).with_trackers(&list)
+        // Started first, so that ids proved by now are in it.
+        let _ = self.own();
+        Ticket::new(content).with_trackers(&self.own_pinned())
+    }
+
+    /// This node's own trackers in order, each with the node id it was given with or proved.
+    fn own_pinned(&self) -> Vec<TrackerAddr> {
+        let ids = self
+            .own_handle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|h| h.node_ids())
+            .unwrap_or_default();
+        let pinned = |(i, t): (usize, &TrackerAddr)| TrackerAddr {
+            node_id: ids.get(i).copied().flatten().or(t.node_id),
+            addr: t.addr.clone(),
+        };
+        self.own.iter().enumerate().map(pinned).collect()
     }
 
     /// One request to this node's own tracker; without one, an error saying `need` (what the
@@ -281,18 +295,10 @@ impl Trackers {
     /// True if `targets` name one of this node's own trackers: the same address, and no other
     /// id than the one it was given with or proved.
     fn is_own(&self, targets: &[TrackerAddr]) -> bool {
-        let ids = self
-            .own_handle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|h| h.node_ids())
-            .unwrap_or_default();
-        self.own.iter().enumerate().any(|(i, own)| {
-            let pinned = ids.get(i).copied().flatten().or(own.node_id);
+        self.own_pinned().iter().any(|own| {
             targets
                 .iter()
-                .any(|t| own.addr == t.addr && (t.node_id.is_none() || t.node_id == pinned))
+                .any(|t| own.addr == t.addr && (t.node_id.is_none() || t.node_id == own.node_id))
         })
     }
 
@@ -371,6 +377,7 @@ pub struct TrackerHandle {
     pinned: Arc<[Mutex<Option<NodeId>>]>,
     /// Where the tracker placed this node at the last registration. Held only to read or set.
     placement: Arc<Mutex<Placement>>,
+    scope: Scope,
 }
 
 impl TrackerHandle {
@@ -420,6 +427,12 @@ impl TrackerHandle {
         self.pinned.iter().map(|p| *p.lock().unwrap_or_else(|p| p.into_inner())).collect()
     }
 
+    /// True for the node's own `--tracker` session: only its word about peers (their regions)
+    /// is kept node-wide; a ticket's tracker informs one fetch.
+    pub(crate) fn is_own(&self) -> bool {
+        self.scope == Scope::Own
+    }
+
     /// Where the tracker placed this node (no region until it registered, or if the tracker
     /// has none).
     pub fn placement(&self) -> Placement {
@@ -442,6 +455,7 @@ fn spawn(node: Parts, targets: Vec<TrackerAddr>, scope: Scope) -> TrackerHandle 
         error: error.clone(),
         pinned: pinned.clone(),
         placement: placement.clone(),
+        scope,
     };
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(250);

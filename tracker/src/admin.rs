@@ -272,9 +272,7 @@ async fn nodes(
         Some(other) => return Err(bad(format!("role={other:?}: use role=storage or role=all"))),
     };
     let limit = number(&q, "limit", DEFAULT_LIMIT, MAX_PAGE)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now = crate::clock::now_ms();
     let turn = turn(&shared).await?;
     let page = shared.index().nodes_page(after, limit, storage_only);
     drop(turn);

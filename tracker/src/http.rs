@@ -28,13 +28,17 @@ pub(crate) async fn serve(
     let bound = listener.local_addr()?;
     let registry = Arc::new(crate::metrics::registry(shared.clone()));
     let metrics = Router::new().route("/metrics", get(metrics)).with_state(registry);
-    let app = Router::new()
-        .route("/health", get(|| async { "ok\n" }))
+    // What names nodes and contents (the page and its API) answers only its own names; the
+    // health check and the metrics (counts and region names) answer a scraper by any name.
+    let operators = Router::new()
         .merge(crate::dashboard::routes())
         .merge(crate::admin::routes())
-        .with_state(shared)
-        .merge(metrics)
         .layer(axum::middleware::from_fn_with_state(Arc::new(hosts), check_host));
+    let app = Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .merge(operators)
+        .with_state(shared)
+        .merge(metrics);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(error = %e, "http server stopped");

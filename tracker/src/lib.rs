@@ -187,9 +187,7 @@ pub async fn run(
     };
     let (nodes, holdings, manifests) = opened.loaded;
     let restored = (nodes.len(), holdings.len());
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now = crate::clock::now_ms();
     let index = Arc::new(Mutex::new(Index::restore(index_config, now, nodes, holdings, manifests)));
     tracing::info!(nodes = restored.0, holdings = restored.1, "state restored");
     tracing::info!(admitted = config.admitted_storage.len(), "storage nodes admitted");

@@ -81,19 +81,22 @@ impl Links {
         Self { net, set, links: BTreeMap::new(), dials: JoinSet::new(), dial_errors: Vec::new() }
     }
 
-    /// Learns the regions of peers a lookup named: `known` remembers them (their bytes count
-    /// as crossing regions, see `Known::is_elsewhere`), and with the tracker routing by
-    /// region, peers of other regions are asked only for what this node's region lacks (see
-    /// [`shoal_swarm::Picker::set_remote`]).
+    /// Learns the regions of peers a lookup named: with the tracker routing by region, peers
+    /// of other regions are asked only for what this node's region lacks (see
+    /// [`shoal_swarm::Picker::set_remote`]). `known` (node-wide: whose bytes count as crossing
+    /// regions, see `Known::is_elsewhere`) is told only what the node's own tracker says
+    /// (`known` is `None` for a ticket's tracker, whose word must not outlive the fetch).
     pub(super) fn learn_regions(
         &mut self,
         found: &[PeerInfo],
         placement: &Placement,
-        known: &Known,
+        known: Option<&Known>,
     ) {
         for p in found {
             let Some(theirs) = &p.region else { continue };
-            known.note_peer_region(p.node_id, Some(theirs));
+            if let Some(known) = known {
+                known.note_peer_region(p.node_id, Some(theirs));
+            }
             if let (Some(mine), true) = (&placement.region, placement.routing) {
                 self.set.set_remote(p.node_id, theirs != mine);
             }

@@ -196,7 +196,8 @@ pub(super) async fn run(
             Some(joined) = lookups.join_next() => match joined {
                 Ok(Ok(Some((found, hints)))) => {
                     if let Some(t) = tracker {
-                        links.learn_regions(&found, &t.placement(), node.trackers.known());
+                        let known = t.is_own().then(|| node.trackers.known());
+                        links.learn_regions(&found, &t.placement(), known);
                     }
                     links.set.set_hints(&hints);
                     links.offer(Instant::now(), holders(&found));
