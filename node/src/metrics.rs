@@ -74,12 +74,23 @@ impl NodeMetrics {
     /// `storage`) and `region` (`same`, `other`, `unknown`): see `Known::peer_kind` and
     /// `Known::region_label`.
     pub(crate) fn bytes(&self, dir: Direction, kind: &'static str, region: &'static str, n: u64) {
+        self.bytes_to(dir, kind, region).inc_by(n);
+    }
+
+    /// The counter [`Self::bytes`] adds to, for a loop that counts as it sends (looked up
+    /// once, not per chunk).
+    pub(crate) fn bytes_to(
+        &self,
+        dir: Direction,
+        kind: &'static str,
+        region: &'static str,
+    ) -> Counter {
         let direction = match dir {
             Direction::Up => "up",
             Direction::Down => "down",
         };
         let labels = [("direction", direction), ("peer", kind), ("region", region)];
-        self.bytes.get_or_create(&labels).inc_by(n);
+        self.bytes.get_or_create(&labels).clone()
     }
 
     /// A piece from a peer of `kind` was verified `took` after it was asked for.

@@ -294,6 +294,8 @@ async fn serve_piece(
         data
     };
     write_frame_within(&mut send, &Response::Piece { len: data.len() as u32 }, WRITE_STALL).await?;
+    let (kind, region) = node.trackers.known().labels(&peer);
+    let sent_to = node.stats.metrics.bytes_to(crate::metrics::Direction::Up, kind, region);
     // Hand quinn slices of the piece itself: no copy into its send buffer.
     let mut off = 0;
     while off < data.len() {
@@ -303,8 +305,7 @@ async fn serve_piece(
         node.upload.acquire(n).await;
         write_within(&mut send, chunk, WRITE_STALL).await.context("sending piece")?;
         node.stats.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
-        let (known, up) = (node.trackers.known(), crate::metrics::Direction::Up);
-        node.stats.metrics.bytes(up, known.peer_kind(&peer), known.region_label(&peer), n);
+        sent_to.inc_by(n);
         node.stats.count_upload(content, n);
     }
     node.stats.pieces_uploaded.fetch_add(1, Ordering::Relaxed);

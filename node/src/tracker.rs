@@ -148,10 +148,13 @@ impl Known {
 
     /// True if `peer` is in another region than this node's.
     pub(crate) fn is_elsewhere(&self, peer: &NodeId) -> bool {
-        let mine = self.region.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(mine) = mine.as_ref() else { return false };
-        let map = self.peer_regions.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(peer).is_some_and(|r| r != mine)
+        self.region_label(peer) == "other"
+    }
+
+    /// Both metrics labels of a peer, [`Self::peer_kind`] and [`Self::region_label`]: what a
+    /// piece's bytes are counted under (once per piece, not per chunk).
+    pub(crate) fn labels(&self, peer: &NodeId) -> (&'static str, &'static str) {
+        (self.peer_kind(peer), self.region_label(peer))
     }
 
     /// A peer's kind as far as this node knows, a metrics label: `storage` if a tracker named
@@ -524,6 +527,7 @@ mod tests {
             error: Arc::new(Mutex::new(error.map(str::to_string))),
             pinned: Arc::from([Mutex::new(None)]),
             placement: Arc::new(Mutex::new(Placement::default())),
+            scope: Scope::Content(None),
         };
         (h, tx)
     }

@@ -132,14 +132,9 @@ pub(super) async fn run(
                 aborts.remove(&(done.peer, done.piece));
                 totals.downloaded += done.bytes;
                 node.stats.downloaded_bytes.fetch_add(done.bytes, Ordering::Relaxed);
-                let known = node.trackers.known();
-                node.stats.metrics.bytes(
-                    Direction::Down,
-                    known.peer_kind(&done.peer),
-                    known.region_label(&done.peer),
-                    done.bytes,
-                );
-                if node.trackers.known().is_elsewhere(&done.peer) {
+                let (kind, region) = node.trackers.known().labels(&done.peer);
+                node.stats.metrics.bytes(Direction::Down, kind, region, done.bytes);
+                if region == "other" {
                     node.stats.cross_region_bytes.fetch_add(done.bytes, Ordering::Relaxed);
                 }
                 rate.add(done.bytes);
