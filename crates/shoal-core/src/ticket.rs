@@ -203,10 +203,17 @@ impl Ticket {
         }
     }
 
-    /// Every tracker the ticket names, in the order to try them.
+    /// Every tracker the ticket names, in the order to try them, each once (a ticket naming
+    /// one dead tracker eight times must not cost eight connect timeouts).
     pub fn trackers(&self) -> Vec<TrackerAddr> {
         let first = self.tracker.clone().map(|addr| TrackerAddr { node_id: self.tracker_id, addr });
-        first.into_iter().chain(self.more_trackers.iter().cloned()).collect()
+        let mut list: Vec<TrackerAddr> = Vec::new();
+        for t in first.into_iter().chain(self.more_trackers.iter().cloned()) {
+            if !list.contains(&t) {
+                list.push(t);
+            }
+        }
+        list
     }
 
     /// Sets the trackers: the first in `tracker`/`tracker_id`, the others (up to
@@ -615,6 +622,19 @@ mod tests {
         let long = TrackerAddr { node_id: Some(id), addr: format!("{}0", host('x')) };
         let t2 = Ticket::new(sample().content).with_trackers(&[trackers[0].clone(), long]);
         assert_eq!(t2.to_string().parse::<Ticket>().unwrap().trackers(), vec![trackers[0].clone()]);
+    }
+
+    #[test]
+    fn a_tracker_named_twice_is_tried_once() {
+        let a = TrackerAddr { node_id: None, addr: "a:1".into() };
+        let b = TrackerAddr { node_id: None, addr: "b:2".into() };
+        let t = Ticket::new(sample().content).with_trackers(&[
+            a.clone(),
+            a.clone(),
+            b.clone(),
+            a.clone(),
+        ]);
+        assert_eq!(t.to_string().parse::<Ticket>().unwrap().trackers(), vec![a, b]);
     }
 
     #[test]
