@@ -66,6 +66,41 @@ fn pushing_twice_sends_nothing_the_second_time() {
 }
 
 #[test]
+fn a_push_started_before_any_storage_node_waits_for_one_to_register() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let tracker = TrackerProc::start_admitting(
+        &root.join("tracker"),
+        "127.0.0.1:0",
+        &[&root.join("storage")],
+        &["--heartbeat", "1", "--http", "127.0.0.1:0"],
+    );
+    let t = tracker.addr.to_string();
+    let node = Daemon::start(&root.join("node"), &["--tracker", &t]);
+    let src = root.join("f.bin");
+    write_file(&src, 500_000, 23);
+    // The push asks the tracker while it knows no storage node at all...
+    let mut c = node.cmd();
+    c.args(["push", src.to_str().unwrap(), "--json"]).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let pushing = c.spawn().unwrap();
+    wait_until("the push to ask for storage in vain", || {
+        let asked = tracker.metric_line("shoal_tracker_storage_queries_total{found=\"none\"}");
+        asked.filter(|&n| n >= 1)
+    });
+    // ...and the storage node its operator starts a moment later takes it.
+    let mut args = vec!["--tracker".to_string(), t, "--role".into(), "storage".into()];
+    args.extend(grant_args(&[&root.join("node")]));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let storage = Daemon::start(&root.join("storage"), &args);
+    let out = pushing.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["stored"], true, "{report}");
+    assert_eq!(first_holding(&storage), (31, 31));
+}
+
+#[test]
 fn a_killed_push_resumes_with_only_the_rest() {
     let tmp = tempfile::tempdir().unwrap();
     let c = cluster(tmp.path(), "local", &["node"]).unwrap();

@@ -261,14 +261,19 @@ impl TrackerProc {
 
     /// A gauge or counter from its `/metrics` (needs `--http`).
     pub fn metric(&self, name: &str) -> u64 {
+        self.metric_line(name).expect(name)
+    }
+
+    /// The value of the sample `name` (with its labels, as exposed), if the tracker shows it.
+    pub fn metric_line(&self, name: &str) -> Option<u64> {
         use std::io::{Read, Write};
         let http = self.http.as_deref().expect("tracker started with --http");
         let mut s = std::net::TcpStream::connect(http).unwrap();
         write!(s, "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n").unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
-        let line = out.lines().find(|l| l.starts_with(&format!("{name} "))).expect(name);
-        line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() as u64
+        let line = out.lines().find(|l| l.starts_with(&format!("{name} ")))?;
+        Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? as u64)
     }
 
     pub fn kill(&mut self) {

@@ -151,14 +151,35 @@ async fn push_manifest(
     Ok(complete)
 }
 
-/// The storage node the tracker names.
+/// How long a push waits for a storage node to register when the tracker knows none yet: a
+/// storage node started a moment before (or before its tracker) registers within its
+/// reconnect backoff, at most 4 s.
+const STORAGE_WAIT: Duration = Duration::from_secs(10);
+/// How often the tracker is asked again meanwhile.
+const STORAGE_POLL: Duration = Duration::from_millis(500);
+
+/// The storage node the tracker names, waiting up to [`STORAGE_WAIT`] for one to register.
 pub(crate) async fn find_storage(node: &Pusher) -> anyhow::Result<PeerAddr> {
-    let nodes = node.trackers.storage_nodes("finding storage").await?;
-    let n = nodes.first().ok_or_else(|| {
-        let addr = node.trackers.default_addr().unwrap_or("HOST:PORT");
-        anyhow!("the tracker knows no storage node: start one with `shoal daemon --role storage --tracker {addr}`")
-    })?;
-    Ok(PeerAddr { node_id: Some(n.node_id), addr: n.addrs[0] })
+    let deadline = Instant::now() + STORAGE_WAIT;
+    let mut told = false;
+    loop {
+        let nodes = node.trackers.storage_nodes("finding storage").await?;
+        if let Some(n) = nodes.first() {
+            return Ok(PeerAddr { node_id: Some(n.node_id), addr: n.addrs[0] });
+        }
+        if Instant::now() + STORAGE_POLL > deadline {
+            let addr = node.trackers.default_addr().unwrap_or("HOST:PORT");
+            bail!(
+                "the tracker knows no storage node (waited {} s for one to register): start one with `shoal daemon --role storage --tracker {addr}`",
+                STORAGE_WAIT.as_secs()
+            );
+        }
+        if !told {
+            info!("the tracker knows no storage node yet; waiting for one to register");
+            told = true;
+        }
+        tokio::time::sleep(STORAGE_POLL).await;
+    }
 }
 
 async fn holding(conn: &Connection, content: ContentId) -> anyhow::Result<Option<Bitfield>> {

@@ -39,6 +39,8 @@ pub(crate) struct Observed {
     pub(crate) directive_pieces: Counter,
     /// Offline-source resolutions, by `found` (`true`: the id named an operator's source).
     pub(crate) sources: Family<Labels, Counter>,
+    /// Storage-node queries, by `found` (`some` or `none`).
+    pub(crate) storage_queries: Family<Labels, Counter>,
     /// When the tracker started.
     pub(crate) started: Instant,
     /// The tracker's node id.
@@ -74,6 +76,7 @@ impl Observed {
             directives: Counter::default(),
             directive_pieces: Counter::default(),
             sources: Family::default(),
+            storage_queries: Family::default(),
             started: Instant::now(),
             node_id,
             endpoint,
@@ -134,6 +137,11 @@ pub(crate) fn registry(shared: Arc<Shared>) -> Registry {
         "shoal_tracker_offline_sources",
         "Offline-source ids resolved, by whether the id named a source",
         o.sources.clone(),
+    );
+    r.register(
+        "shoal_tracker_storage_queries",
+        "Requests for the storage nodes (pushes, offline downloads), by whether one was named",
+        o.storage_queries.clone(),
     );
     r.register_collector(Box::new(Gauges(shared)));
     r

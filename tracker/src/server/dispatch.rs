@@ -189,7 +189,9 @@ pub(super) async fn dispatch(
                 .storage_nodes(Some(proven))
                 .into_iter()
                 .map(|(node_id, addrs)| StorageNode { node_id, addrs })
-                .collect();
+                .collect::<Vec<_>>();
+            let found = if nodes.is_empty() { "none" } else { "some" };
+            shared.obs.storage_queries.get_or_create(&[("found", found)]).inc();
             (TrackerResponse::StorageNodes { nodes }, None)
         }
         TrackerRequest::Lookup { content, max_peers, have, compact, regions } => {
