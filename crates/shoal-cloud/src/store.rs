@@ -138,22 +138,12 @@ fn piece_path(c: ContentId, p: PieceIndex) -> Path {
     Path::from(format!("pieces/{c}/{:08}", p.0))
 }
 
-/// Opens the sled index. sled lets go of its file lock when its last handle drops, which its
-/// flusher thread may do a moment after the store itself was dropped: a store reopened at
-/// once (a restart in the same process) waits for that, up to 2 s, before it gives up.
+/// Opens the sled index, retrying a lock this process let go of a moment ago (a restart in
+/// the same process; see [`shoal_core::reopen`]).
 fn open_index(index_dir: &FsPath) -> Result<sled::Db, sled::Error> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    loop {
-        match sled::Config::new().path(index_dir).cache_capacity(8 * 1024 * 1024).open() {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return other,
-        }
-    }
+    shoal_core::reopen::retry_held_lock(|| {
+        sled::Config::new().path(index_dir).cache_capacity(8 * 1024 * 1024).open()
+    })
 }
 
 impl CloudStore {

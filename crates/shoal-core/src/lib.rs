@@ -14,6 +14,8 @@
 //! - [`offline`]: offline task ids and the signed growing manifest of a task's pieces.
 //! - [`Region`]: where a node is, as its tracker's operator names places.
 //! - [`UserId`], [`DeviceCert`]: users (ed25519 keys) and the nodes that act for them.
+//! - [`reopen`]: retrying an embedded database's lock that this process let go a moment ago
+//!   (the one part that waits).
 //! - [`hash::hash_pieces`]: hashes every piece of a file on all cores without holding the
 //!   file in memory.
 
@@ -26,6 +28,7 @@ pub mod manifest;
 pub mod offline;
 pub mod piece;
 pub mod region;
+pub mod reopen;
 pub mod ticket;
 pub mod units;
 pub mod user;

@@ -30,9 +30,12 @@ fn holding_key(c: ContentId, n: NodeId) -> [u8; 64] {
 }
 
 impl SledState {
-    /// Opens (or creates) the state in `dir`. Fails if another process holds it.
+    /// Opens (or creates) the state in `dir`. Fails if another process holds it (a lock this
+    /// process let go of a moment ago is retried: see [`shoal_core::reopen`]).
     pub fn open(dir: &Path) -> Result<Self, sled::Error> {
-        let db = sled::Config::new().path(dir).cache_capacity(16 * 1024 * 1024).open()?;
+        let db = shoal_core::reopen::retry_held_lock(|| {
+            sled::Config::new().path(dir).cache_capacity(16 * 1024 * 1024).open()
+        })?;
         Ok(Self {
             nodes: db.open_tree("nodes")?,
             holdings: db.open_tree("holdings")?,

@@ -93,34 +93,23 @@ pub(crate) fn read_at(
     Ok(buf)
 }
 
-/// How long [`Store::open`] retries a held lock (see there).
-pub const REOPEN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Store {
-    /// Opens the store of the data dir `dir` (sled in `dir/meta`).
-    ///
-    /// sled lets go of its lock file when its last handle drops, which its flusher thread may
-    /// do a moment after the store was dropped: a store opened again at once by the same
-    /// process (`shoal get` looks at the store, then fetches) would find it held by itself.
-    /// So a held lock is retried for [`REOPEN_GRACE`] before it counts as another process's.
+    /// Opens the store of the data dir `dir` (sled in `dir/meta`). A lock this process let go
+    /// of a moment ago is retried (see [`shoal_core::reopen`]) before it counts as another
+    /// process's.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         fs::create_dir_all(dir).map_err(StoreError::io("creating data dir", dir))?;
-        let end = std::time::Instant::now() + REOPEN_GRACE;
-        let meta = loop {
-            match SledMeta::open(&dir.join("meta")) {
-                Err(StoreError::Meta(m)) if m.contains("lock") || m.contains("WouldBlock") => {
-                    if std::time::Instant::now() >= end {
-                        return Err(StoreError::InUse { dir: dir.to_path_buf(), detail: m });
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(20));
+        let meta = shoal_core::reopen::retry_held_lock(|| SledMeta::open(&dir.join("meta")))
+            .map_err(|e| match e {
+                StoreError::Meta(m) if shoal_core::reopen::is_lock_held(&m) => {
+                    StoreError::InUse { dir: dir.to_path_buf(), detail: m }
                 }
-                other => break other?,
-            }
-        };
+                other => other,
+            })?;
         Ok(Self::with_meta(Arc::new(meta)))
     }
 
