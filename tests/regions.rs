@@ -208,6 +208,67 @@ fn storage_pulls_through_once_for_its_region_and_serves_it() {
 }
 
 #[test]
+fn storage_serves_a_content_it_holds_partly_pushed_and_wholly_pulled_through() {
+    // Storage of r1 pulls a content through into its cache; then the seed starts pushing the
+    // same content into its object store. Meanwhile storage holds the content in both places:
+    // each piece it advertises must be served, whichever place holds it (it used to refuse
+    // the pieces not pushed yet, and was banned by every node that asked).
+    let tmp = tempfile::tempdir().unwrap();
+    let (st, seed_dir) = (tmp.path().join("storage"), tmp.path().join("seed"));
+    let tracker = TrackerProc::start_admitting(
+        &tmp.path().join("tracker"),
+        "127.0.0.1:0",
+        &[&st],
+        &["--allow-stated-region"],
+    );
+    let t = tracker.addr.to_string();
+    let seed =
+        Daemon::start(&seed_dir, &["--tracker", &t, "--region", "r0", "--upload-limit", "1MiB/s"]);
+    let mut args: Vec<String> = ["--tracker", &t, "--region", "r1", "--role", "storage"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(grant_args(&[&seed_dir]));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let storage = Daemon::start(&st, &args);
+    assert_eq!(region_of(&storage), "r1");
+    let src = tmp.path().join("f.bin");
+    let data = write_file(&src, 4 * 1024 * 1024, 9);
+    let ticket = seed.add(&src);
+    // A node of r1 fetches: storage pulls the whole content through.
+    let n0 = Daemon::start(&tmp.path().join("n0"), &["--tracker", &t, "--region", "r1"]);
+    get_json(&n0.dir, &ticket, &tmp.path().join("out0.bin"), &[]);
+    wait_until("the pull completes", || {
+        let n = storage.status()["pull_through_bytes"].as_u64().unwrap();
+        (n == data.len() as u64).then_some(())
+    });
+    // A node of r1 starts fetching it slowly, from storage and the seed: storage shows it
+    // every piece (its cache holds them all) ...
+    drop(n0);
+    let n1 = Daemon::start(&tmp.path().join("n1"), &["--tracker", &t, "--region", "r1"]);
+    let out = tmp.path().join("out1.bin");
+    let limit = ["--peer", &storage.peer(), "--download-limit", "512KiB/s"];
+    let fetch = Fetch::start(&n1.dir, &ticket, &out, &limit);
+    wait_until("the fetch under way", || {
+        let ls = n1.ls();
+        let have = ls.as_array()?.first()?["pieces_have"].as_u64()?;
+        (have > 0).then_some(())
+    });
+    // ... and then the seed pushes the content (at 1 MiB/s: about 4 s): storage holds some
+    // pieces in its object store and all in its cache, and is still asked for the others.
+    let mut push = seed.cmd();
+    push.args(["push"]).arg(&src).stdout(std::process::Stdio::null());
+    let mut pushing = push.spawn().unwrap();
+    let report = fetch.finish();
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    let peers = report["peers"].as_array().unwrap();
+    let from_storage = peers.iter().find(|p| p["node_id"] == storage.node_id.as_str()).unwrap();
+    assert_eq!(from_storage["banned"], false, "{report}");
+    assert!(from_storage["pieces"].as_u64().unwrap() > 0, "{report}");
+    assert!(pushing.wait().unwrap().success());
+}
+
+#[test]
 fn a_full_pull_through_cache_drops_the_least_recently_used_content() {
     let tmp = tempfile::tempdir().unwrap();
     // 5 MiB: two 2 MiB contents fit, a third makes one go; a content over half the cache is

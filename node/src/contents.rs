@@ -65,9 +65,9 @@ impl Contents {
     }
 
     // Each call below asks the object store first (a storage node's own copy) and the piece
-    // store only if it has nothing (an ordinary node's contents, or a storage node's
-    // pull-through cache): one object-store lookup, not a "does it hold it" check and then
-    // the read.
+    // store after it (an ordinary node's contents, or a storage node's pull-through cache):
+    // a storage node may hold one content in both at once, pushed pieces in the object store
+    // and pulled ones in the cache, and serves (so advertises) either.
 
     /// The pieces this node can serve of a content; `None` if it holds nothing of it.
     pub(crate) fn holding(&self, c: ContentId) -> anyhow::Result<Option<Bitfield>> {
@@ -75,12 +75,30 @@ impl Contents {
             Some(cloud) => cloud.bitfield(c)?,
             None => None,
         };
-        let held = match cloud {
-            Some(b) => Some(b),
-            None => self.store.bitfield(c)?,
+        let cached = self.store.bitfield(c)?;
+        let held = match (cloud, cached) {
+            (Some(mut b), Some(cached)) if cached.len() == b.len() => {
+                cached.iter_ones().for_each(|p| {
+                    b.set(p);
+                });
+                Some(b)
+            }
+            (Some(b), _) => Some(b),
+            (None, cached) => cached,
         };
         // A lying node (testing only) claims all of whatever it holds any of.
         Ok(if self.lie { held.map(|b| Bitfield::full(b.len())) } else { held })
+    }
+
+    /// What this node tells its tracker it holds of a content: [`Contents::holding`], except
+    /// that a storage node holding the content in its object store names only what is kept
+    /// there for good, not pieces it has in its pull-through cache meanwhile (which may be
+    /// evicted), so that the tracker still asks for them to be pushed.
+    pub(crate) fn announced(&self, c: ContentId) -> anyhow::Result<Option<Bitfield>> {
+        match self.cloud.as_ref().map(|cloud| cloud.bitfield(c)).transpose()?.flatten() {
+            Some(kept) => Ok(Some(if self.lie { Bitfield::full(kept.len()) } else { kept })),
+            None => self.holding(c),
+        }
     }
 
     /// The encoded manifest of a content it holds.
@@ -154,9 +172,9 @@ impl Contents {
         if let Some(cloud) = &self.cloud {
             match cloud.read_piece(c, p).await {
                 Ok(d) => return Ok(d),
-                // Not the object store's: the pull-through cache may hold it.
-                Err(CloudError::UnknownContent(_)) => {}
-                Err(CloudError::PieceOutOfRange(_)) => return Err(ServeError::NotFound),
+                // Not in the object store: the pull-through cache may hold it (a content
+                // pulled through and pushed at once has pieces in both).
+                Err(CloudError::UnknownContent(_) | CloudError::PieceOutOfRange(_)) => {}
                 Err(e) => return Err(ServeError::Internal(e.to_string())),
             }
         }

@@ -79,7 +79,7 @@ async fn announce(
     content: ContentId,
     deadline: Duration,
 ) -> anyhow::Result<Sent> {
-    let Some(bitfield) = node.contents.holding(content)? else { return Ok(Sent::Done) };
+    let Some(bitfield) = node.contents.announced(content)? else { return Ok(Sent::Done) };
     let node_id = node.net.node_id();
     let req = TrackerRequest::Announce { node_id, content, bitfield };
     let mut resp = call_within(conn, &req, None, deadline).await?.0;
