@@ -233,15 +233,25 @@ fn with_routing_each_piece_crosses_into_a_region_about_once() {
 
 #[test]
 fn a_region_without_a_local_holder_gets_the_border_at_full_speed() {
-    // Four r1 nodes, every source in r0, a border of two pieces a tick: the border never
-    // idles while r1 lacks something an idle r0 uplink could send.
+    // Four r1 nodes, every source in r0, a border of two pieces a tick: r1 is fed across the
+    // border all along, each piece crossing about once.
+    //
+    // In this model r0's uplinks, not the border, are the narrow part (four uplinks of one
+    // piece a tick serve seven downloaders), and a request waits in its uploader's queue
+    // behind the others (a fixed two per peer; a node's windows shrink instead). Endgame copies
+    // across hedged that wait; since a second copy crosses only once nothing is left
+    // unrequested (in the testnet, where the border is the narrow part, parallel copies
+    // crossed it side by side and wasted 7 to 10% of it), the border sits unused in about a
+    // quarter of the ticks r1 could have used it (7% before), and r1 finishes at 95 ticks
+    // against 91, with 68 crossings against 76.
     let run =
         Run { near: 3, far: 4, pieces: 64, border: 2, routing: true, border_node_leaves: None };
     let o = simulate(&run);
     println!("{o:?}");
     let idle = o.border_idle as f64 / (o.border_idle + o.border_busy) as f64;
-    assert!(idle <= 0.1, "border idle in {:.0}% of the ticks r1 needed it: {o:?}", idle * 100.0);
-    assert!(o.crossed as f64 <= 1.2 * 64.0, "{o:?}");
+    assert!(idle <= 0.3, "border idle in {:.0}% of the ticks r1 needed it: {o:?}", idle * 100.0);
+    assert!(o.finish[1] <= 100, "r1 held back: {o:?}");
+    assert!(o.crossed as f64 <= 1.1 * 64.0, "{o:?}");
 }
 
 #[test]

@@ -7,7 +7,8 @@
 //! Regions: a peer marked remote ([`Picker::set_remote`], a peer the tracker placed in another
 //! region) is asked only for pieces that no connected peer of our own region holds, and of
 //! those only the hinted ones (the tracker hands each piece a region lacks to one of its
-//! nodes) while our region's peers still have something for us. What the region has stays
+//! nodes) while our region's peers still have something for us; a second copy of a piece in
+//! flight (endgame) only once no piece any peer holds is unrequested. What the region has stays
 //! inside it, each missing piece crosses about once, and when the region has nothing left
 //! for us anything it lacks is fetched from outside at once: nothing waits for a border copy
 //! while an outside peer could send it.
@@ -323,6 +324,10 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
             if p.fresh > 0 { self.pieces.best_fresh(&p.bitfield, p.missing, usable) } else { None };
         let (piece, endgame) = match fresh {
             Some(i) => (i, false),
+            // A second copy across a border only in the fetch's endgame proper, once every
+            // piece any peer holds is requested: before that the copy in flight is not the
+            // last thing this fetch waits for, and the border is what the region lacks most.
+            None if remote && !self.pieces.no_fresh() => return None,
             None => {
                 let usable = |i: u32| !p.in_flight.contains(&PieceIndex(i)) && usable(i);
                 (self.pieces.best_endgame(&p.bitfield, p.missing, usable)?, true)

@@ -89,6 +89,11 @@ impl Pieces {
         self.missing(i) && self.requested[u] == 0 && self.availability[u] > 0
     }
 
+    /// True if no piece is fresh: every missing piece some peer holds is requested.
+    pub(super) fn no_fresh(&self) -> bool {
+        self.fresh.is_empty()
+    }
+
     pub(super) fn is_hinted(&self, i: u32) -> bool {
         self.hinted[i as usize]
     }
