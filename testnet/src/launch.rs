@@ -250,6 +250,35 @@ pub(crate) fn spawn_get(node: &Proc, ticket: &str) -> anyhow::Result<Child> {
         .spawn()?)
 }
 
+/// A `shoal get` that ended: the node's index, when (since the clock passed to
+/// [`watch_gets`]), whether it succeeded, and its stdout (the JSON report).
+pub(crate) struct GetEnded {
+    pub(crate) node: usize,
+    pub(crate) at: Duration,
+    pub(crate) ok: bool,
+    pub(crate) out: String,
+}
+
+/// Waits for each fetch on a thread of its own and reports its end, timed when its process
+/// exits: not when a loop that also does slower work (status tables run `shoal status` in
+/// each namespace) gets round to noticing it, which made every fetch of a region seem to end
+/// in the same instant, seconds late.
+pub(crate) fn watch_gets(gets: Vec<(usize, Child)>, t0: Instant) -> mpsc::Receiver<GetEnded> {
+    let (tx, rx) = mpsc::channel();
+    for (node, mut child) in gets {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut out = String::new();
+            if let Some(mut stdout) = child.stdout.take() {
+                let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
+            }
+            let ok = child.wait().is_ok_and(|s| s.success());
+            let _ = tx.send(GetEnded { node, at: t0.elapsed(), ok, out });
+        });
+    }
+    rx
+}
+
 /// `shoal push FILE` through the daemon of the node whose data dir is `dir` (in namespace
 /// `ns`), into the storage its tracker names; output discarded.
 pub(crate) fn spawn_push(dir: &Path, ns: Option<&str>, file: &Path) -> anyhow::Result<Child> {

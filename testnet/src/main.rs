@@ -12,7 +12,7 @@ mod sim;
 mod trackerload;
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Read};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -342,44 +342,45 @@ fn up(opts: &Up, limit: &str) -> anyhow::Result<()> {
     };
     let cpu0 = cpu_now();
     let t0 = Instant::now();
-    let mut gets: Vec<(usize, std::process::Child)> = (1..nodes)
+    let gets: Vec<(usize, std::process::Child)> = (1..nodes)
         .map(|i| Ok((i, launch::spawn_get(&peers[i], &ticket)?)))
         .collect::<anyhow::Result<_>>()?;
+    let ended = launch::watch_gets(gets, t0);
     let mut finish: Vec<Finish> = Vec::new();
     let mut last_counters: HashMap<String, (u64, u64, Instant)> = HashMap::new();
     let tty = std::io::stdout().is_terminal();
     let mut last_print = Instant::now() - Duration::from_secs(10);
-    while !gets.is_empty() {
+    while finish.len() < nodes - 1 {
         if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
             bail!("interrupted; the testnet was stopped and cleaned up");
         }
         if t0.elapsed() > Duration::from_secs(1800) {
             bail!("the testnet did not finish within 30 minutes");
         }
-        let mut i = 0;
-        while i < gets.len() {
-            if let Some(status) = gets[i].1.try_wait()? {
-                let (n, mut child) = gets.swap_remove(i);
-                let mut out = String::new();
-                child.stdout.take().expect("piped").read_to_string(&mut out)?;
-                if !status.success() {
+        match ended.recv_timeout(Duration::from_millis(50)) {
+            Ok(e) => {
+                let n = e.node;
+                if !e.ok {
                     bail!(
                         "node{n} failed to fetch (see {})",
                         peers[n].dir.join("log.txt").display()
                     );
                 }
                 let v: serde_json::Value =
-                    serde_json::from_str(out.trim()).context("reading a fetch report")?;
+                    serde_json::from_str(e.out.trim()).context("reading a fetch report")?;
                 finish.push(Finish {
                     region: regions.of(&peers[n].name).filter(|_| !regions.is_single()),
                     name: peers[n].name.clone(),
                     node_id: peers[n].node_id.clone(),
-                    seconds: t0.elapsed().as_secs_f64(),
+                    seconds: e.at.as_secs_f64(),
                     bad_pieces: v["bad_pieces"].as_u64().unwrap_or(0),
                     uploaded_bytes: 0,
                 });
-            } else {
-                i += 1;
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("lost track of the fetches");
             }
         }
         let every = if tty { Duration::from_millis(500) } else { Duration::from_secs(2) };
@@ -388,7 +389,6 @@ fn up(opts: &Up, limit: &str) -> anyhow::Result<()> {
             let rows = table(stores.iter().chain(&peers), &mut last_counters);
             print_table(&rows, t0.elapsed(), finish.len(), nodes - 1, tty);
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
 
     let cpu = cpu_now() - cpu0;
