@@ -101,6 +101,39 @@ fn a_push_started_before_any_storage_node_waits_for_one_to_register() {
 }
 
 #[test]
+fn an_origin_pushing_while_it_seeds_sends_each_piece_about_once() {
+    // The seed's uplink (4 MiB/s) is shared by a downloader and a push into storage: the push
+    // sends first the pieces the downloader was not sent, and the downloader takes those
+    // from storage, so until the download ends the seed's uplink carries each piece about
+    // once (the push then sends what storage still lacks, and ends with everything stored).
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(c) = cluster(tmp.path(), "local", &["seed"]) else { return };
+    let t = c.tracker.addr.to_string();
+    let seed =
+        Daemon::start(&tmp.path().join("seed"), &["--tracker", &t, "--upload-limit", "4MiB/s"]);
+    let src = tmp.path().join("f.bin");
+    let len = 8 * 1024 * 1024;
+    let data = write_file(&src, len, 27);
+    let ticket = seed.add(&src);
+    let down = Daemon::start(&tmp.path().join("down"), &["--tracker", &t]);
+    let out = tmp.path().join("out.bin");
+    let mut push = seed.cmd();
+    push.args(["push", src.to_str().unwrap(), "--json"]).stdout(Stdio::piped());
+    let pushing = push.spawn().unwrap();
+    let fetch = Fetch::start(&down.dir, &ticket, &out, &[]);
+    fetch.finish();
+    let st = seed.status();
+    let sent = st["uploaded_bytes"].as_u64().unwrap() + st["pushed_bytes"].as_u64().unwrap();
+    println!("by the end of the download the seed sent {sent} bytes for a file of {len}: {st}");
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert!(sent as f64 <= 1.12 * len as f64, "the seed sent {sent} bytes for {len}: {st}");
+    let pushed = pushing.wait_with_output().unwrap();
+    assert!(pushed.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&pushed.stdout).unwrap();
+    assert_eq!(report["stored"], true, "{report}");
+}
+
+#[test]
 fn a_killed_push_resumes_with_only_the_rest() {
     let tmp = tempfile::tempdir().unwrap();
     let c = cluster(tmp.path(), "local", &["node"]).unwrap();

@@ -226,24 +226,59 @@ async fn push_one(
 
 /// Pushes `pieces` of `content` over `conn`; returns the bytes sent and whether storage then
 /// holds the whole content. Cancel-safe: what storage stored stays stored.
+/// Pushes `pieces`, a few at a time. A piece for which `defer` is true when its turn comes is
+/// skipped and returned, with the bytes sent and whether storage said it was complete.
 async fn push_pieces(
     node: &Pusher,
     conn: &Connection,
     content: ContentId,
     pieces: Vec<PieceIndex>,
     creds: Credentials,
-) -> anyhow::Result<(u64, bool)> {
+    defer: impl Fn(PieceIndex) -> bool,
+) -> anyhow::Result<(u64, bool, Vec<PieceIndex>)> {
     let mut queue = pieces.into_iter();
     let mut running = JoinSet::new();
-    let (mut sent, mut complete) = (0, false);
+    let (mut sent, mut complete, mut deferred) = (0, false, Vec::new());
     loop {
         while running.len() < PUSH_STREAMS {
             let Some(p) = queue.next() else { break };
+            if defer(p) {
+                deferred.push(p);
+                continue;
+            }
             let (node, conn, creds) = (node.clone(), conn.clone(), creds.clone());
             running.spawn(async move { push_one(&node, &conn, content, p, creds).await });
         }
         let Some(joined) = running.join_next().await else { break };
         let (n, c) = joined??;
+        sent += n;
+        complete |= c;
+    }
+    Ok((sent, complete, deferred))
+}
+
+/// The user's push: the pieces storage lacks, in two passes. An origin still revealing the
+/// content (`crate::reveal`) sends first the pieces nobody was sent yet and leaves the ones a
+/// downloader already has to the end: the origin's uplink is the swarm's narrowest part, and
+/// a piece sent to both a downloader and storage is one copy more than the swarm needs (the
+/// downloader can push it in, told by the tracker's re-seed directives). Then it asks storage
+/// again and pushes what is still missing, so the push ends with everything stored.
+async fn push_missing(
+    node: &Pusher,
+    conn: &Connection,
+    content: ContentId,
+    missing: Vec<PieceIndex>,
+    creds: Credentials,
+) -> anyhow::Result<(u64, bool)> {
+    let defer = |p| node.reveals.was_sent(content, p);
+    let (mut sent, mut complete, deferred) =
+        push_pieces(node, conn, content, missing, creds.clone(), defer).await?;
+    if !deferred.is_empty() && !complete {
+        let stored = holding(conn, content).await?;
+        let rest: Vec<PieceIndex> =
+            deferred.into_iter().filter(|&p| !stored.as_ref().is_some_and(|b| b.get(p))).collect();
+        debug!(content = %content.fmt_short(), rest = rest.len(), "pushing the pieces downloaders hold");
+        let (n, c, _) = push_pieces(node, conn, content, rest, creds, |_| false).await?;
         sent += n;
         complete |= c;
     }
@@ -276,7 +311,7 @@ pub async fn push(
     let (pushed, complete) = if missing.is_empty() {
         (0, already)
     } else {
-        push_pieces(&node, &conn, content, missing, Credentials { cert, token: None }).await?
+        push_missing(&node, &conn, content, missing, Credentials { cert, token: None }).await?
     };
     let stored = complete || holding(&conn, content).await?.is_some_and(|b| b.is_complete());
     if stored {
@@ -325,9 +360,9 @@ fn run_directive(node: Pusher, d: Directive) {
             let target = PeerAddr { node_id: Some(d.storage.node_id), addr };
             let (conn, _) = node.net.endpoint.connect(&target, shoal_wire::ALPN).await?;
             let creds = Credentials { cert: None, token: Some(d.token.clone()) };
-            let r = push_pieces(&node, &conn, content, pieces, creds).await;
+            let r = push_pieces(&node, &conn, content, pieces, creds, |_| false).await;
             conn.close(0u32.into(), b"done");
-            r
+            r.map(|(sent, complete, _)| (sent, complete))
         }
         .await;
         match result {

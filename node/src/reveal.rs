@@ -140,6 +140,12 @@ impl Reveals {
         pump(e, content);
     }
 
+    /// True if this node reveals `content` (it is its origin, and not every piece has left
+    /// once yet) and a copy of `piece` has left already.
+    pub(crate) fn was_sent(&self, content: ContentId, piece: PieceIndex) -> bool {
+        self.lock().contents.get(&content).is_some_and(|e| e.machine.was_sent(piece))
+    }
+
     /// `piece` of `content` was pushed into storage, which serves it from now on.
     pub(crate) fn copied(&self, content: ContentId, piece: PieceIndex) {
         let mut s = self.lock();

@@ -408,8 +408,10 @@ fn up(opts: &Up, limit: &str) -> anyhow::Result<()> {
         cross_region_wasted_bytes += st["cross_region_wasted_bytes"].as_u64().unwrap_or(0);
         Ok(st)
     };
+    let seed_status = counters(seed)?;
     let mut uploaded = Uploaded {
-        seed: counters(seed)?["uploaded_bytes"].as_u64().unwrap_or(0),
+        seed: seed_status["uploaded_bytes"].as_u64().unwrap_or(0),
+        seed_pushed: seed_status["pushed_bytes"].as_u64().unwrap_or(0),
         ..Uploaded::default()
     };
     for f in &mut finish {

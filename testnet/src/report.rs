@@ -27,6 +27,8 @@ pub(crate) struct Finish {
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Uploaded {
     pub(crate) seed: u64,
+    /// What the seed pushed into storage meanwhile (its `pushed_bytes`), over the same uplink.
+    pub(crate) seed_pushed: u64,
     pub(crate) nodes: u64,
     pub(crate) storage: u64,
 }
@@ -297,9 +299,10 @@ impl Report {
             s += &format!("\nfluid lower bound T* = {b:.2} s; last finish / T* = {r:.2}");
         }
         s += &format!(
-            "\nuploaded: seed {:.1} MiB ({:.2} × the file), nodes {:.1} MiB, storage {:.1} MiB; bad pieces detected: {}",
+            "\nuploaded: seed {:.1} MiB + {:.1} MiB pushed into storage ({:.2} × the file), nodes {:.1} MiB, storage {:.1} MiB; bad pieces detected: {}",
             mib(self.uploaded.seed),
-            self.uploaded.seed as f64 / self.file_size.max(1) as f64,
+            mib(self.uploaded.seed_pushed),
+            (self.uploaded.seed + self.uploaded.seed_pushed) as f64 / self.file_size.max(1) as f64,
             mib(self.uploaded.nodes),
             mib(self.uploaded.storage),
             self.bad_pieces

@@ -154,6 +154,11 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         }
     }
 
+    /// True if a copy of `piece` has left (sent to a subscriber, or copied into storage).
+    pub fn was_sent(&self, piece: PieceIndex) -> bool {
+        piece.0 < self.pieces && self.sent.get(piece)
+    }
+
     /// True once every piece has been sent at least once: subscribers see everything.
     pub fn is_done(&self) -> bool {
         self.sent.is_complete()
