@@ -191,3 +191,21 @@ fn a_mode_without_progress_ends_and_shows_everything() {
     assert!(r.subscribe(t, 2).is_complete());
     assert_eq!(r.poll_timeout(), None);
 }
+
+#[test]
+fn a_piece_counts_as_sent_once_a_copy_left_whichever_way() {
+    let t0 = Instant::now();
+    let mut r = Reveal::new(config(2), 4, 3);
+    let shown = ones(&r.subscribe(t0, 1));
+    assert!((0..4).all(|p| !r.was_sent(PieceIndex(p))));
+    r.handle_requested(t0, 1, shown[0]);
+    r.handle_sent(t0, 1, shown[0]);
+    let other = (0..4).map(PieceIndex).find(|p| !shown.contains(p)).unwrap();
+    r.handle_copied(t0, other);
+    assert!(r.was_sent(shown[0]) && r.was_sent(other));
+    assert!(!r.was_sent(shown[1]), "shown is not sent");
+    // A request that ended unsent leaves the piece unsent; out of range is never sent.
+    r.handle_requested(t0, 1, shown[1]);
+    r.handle_abandoned(t0, 1, shown[1]);
+    assert!(!r.was_sent(shown[1]) && !r.was_sent(PieceIndex(9)));
+}
