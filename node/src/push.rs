@@ -224,10 +224,9 @@ async fn push_one(
     Ok((sent, complete))
 }
 
-/// Pushes `pieces` of `content` over `conn`; returns the bytes sent and whether storage then
-/// holds the whole content. Cancel-safe: what storage stored stays stored.
-/// Pushes `pieces`, a few at a time. A piece for which `defer` is true when its turn comes is
-/// skipped and returned, with the bytes sent and whether storage said it was complete.
+/// Pushes `pieces` of `content` over `conn`, a few at a time; returns the bytes sent, whether
+/// storage then holds the whole content, and the pieces skipped because `defer` was true for
+/// them when their turn came. Cancel-safe: what storage stored stays stored.
 async fn push_pieces(
     node: &Pusher,
     conn: &Connection,
