@@ -266,6 +266,11 @@ fn storage_serves_a_content_it_holds_partly_pushed_and_wholly_pulled_through() {
     assert_eq!(from_storage["banned"], false, "{report}");
     assert!(from_storage["pieces"].as_u64().unwrap() > 0, "{report}");
     assert!(pushing.wait().unwrap().success());
+    // The push sent what the object store lacked, not what the cache held: it keeps it all.
+    let ls = storage.ls();
+    let kept = ls.as_array().unwrap().iter().find(|r| r["path"] == "(object store)").cloned();
+    let kept = kept.unwrap_or_else(|| panic!("no object-store row: {ls}"));
+    assert_eq!(kept["pieces_have"], kept["pieces_total"], "{ls}");
 }
 
 #[test]

@@ -101,6 +101,23 @@ impl Contents {
         }
     }
 
+    /// Keeps of `pieces` (new pieces of `c`, for an announce delta) those the tracker is to
+    /// hear of: all of them, except that a storage node keeping `c` in its object store names
+    /// only pieces kept there (see [`Contents::announced`]), not ones its pull-through cache
+    /// verified meanwhile.
+    pub(crate) fn retain_announced(
+        &self,
+        c: ContentId,
+        pieces: &mut Vec<PieceIndex>,
+    ) -> anyhow::Result<()> {
+        if let Some(kept) =
+            self.cloud.as_ref().map(|cloud| cloud.bitfield(c)).transpose()?.flatten()
+        {
+            pieces.retain(|&p| kept.get(p));
+        }
+        Ok(())
+    }
+
     /// The encoded manifest of a content it holds.
     pub(crate) fn manifest_bytes(&self, c: ContentId) -> anyhow::Result<Option<Vec<u8>>> {
         if let Some(m) = self.cloud.as_ref().map(|cloud| cloud.manifest(c)).transpose()?.flatten() {

@@ -151,16 +151,17 @@ async fn push_manifest(
     Ok(complete)
 }
 
-/// How long a push waits for a storage node to register when the tracker knows none yet: a
-/// storage node started a moment before (or before its tracker) registers within its
-/// reconnect backoff, at most 4 s.
-const STORAGE_WAIT: Duration = Duration::from_secs(10);
+/// How long `shoal push` waits for a storage node to register when the tracker knows none
+/// yet: a storage node started a moment before (or before its tracker) registers within its
+/// reconnect backoff, at most 4 s. (Background callers, like a sync round, do not wait: they
+/// come back anyway.)
+pub(crate) const STORAGE_WAIT: Duration = Duration::from_secs(10);
 /// How often the tracker is asked again meanwhile.
 const STORAGE_POLL: Duration = Duration::from_millis(500);
 
-/// The storage node the tracker names, waiting up to [`STORAGE_WAIT`] for one to register.
-pub(crate) async fn find_storage(node: &Pusher) -> anyhow::Result<PeerAddr> {
-    let deadline = Instant::now() + STORAGE_WAIT;
+/// The storage node the tracker names, waiting up to `wait` for one to register.
+pub(crate) async fn find_storage(node: &Pusher, wait: Duration) -> anyhow::Result<PeerAddr> {
+    let deadline = Instant::now() + wait;
     let mut told = false;
     loop {
         let nodes = node.trackers.storage_nodes("finding storage").await?;
@@ -169,9 +170,13 @@ pub(crate) async fn find_storage(node: &Pusher) -> anyhow::Result<PeerAddr> {
         }
         if Instant::now() + STORAGE_POLL > deadline {
             let addr = node.trackers.default_addr().unwrap_or("HOST:PORT");
+            let waited = if wait.is_zero() {
+                String::new()
+            } else {
+                format!(" (waited {} s for one to register)", wait.as_secs())
+            };
             bail!(
-                "the tracker knows no storage node (waited {} s for one to register): start one with `shoal daemon --role storage --tracker {addr}`",
-                STORAGE_WAIT.as_secs()
+                "the tracker knows no storage node{waited}: start one with `shoal daemon --role storage --tracker {addr}`"
             );
         }
         if !told {
@@ -297,7 +302,7 @@ pub async fn push(
     let have = node.contents.store.bitfield(content)?.unwrap_or_default();
     let target = match storage {
         Some(s) => s,
-        None => find_storage(&node).await?,
+        None => find_storage(&node, STORAGE_WAIT).await?,
     };
     let cert = device_cert(&node)?;
     let (conn, _) = node.net.endpoint.connect(&target, shoal_wire::ALPN).await?;

@@ -188,7 +188,9 @@ async fn serve_request(
         Request::Holding { content } => {
             let _ = recv.stop(VarInt::from_u32(0));
             // Cheap for complete contents (no scan); a partial one's is read from the index.
-            match node.contents.holding(content) {
+            // What is kept for good (a pusher decides from it what to send, and whether the
+            // content is stored), not what the pull-through cache holds meanwhile.
+            match node.contents.announced(content) {
                 Ok(bitfield) => respond(send, &Response::Holding { bitfield }).await,
                 Err(e) => {
                     warn!(content = %content.fmt_short(), error = %format!("{e:#}"), "cannot read bitfield");

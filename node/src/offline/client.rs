@@ -71,7 +71,7 @@ impl Storage {
             None => {
                 let addr = match addr {
                     Some(a) => a,
-                    None => crate::push::find_storage(p).await?,
+                    None => crate::push::find_storage(p, std::time::Duration::ZERO).await?,
                 };
                 let (conn, node) = p
                     .net

@@ -381,6 +381,8 @@ async fn flush_once(
             }
             continue;
         }
+        let mut pieces = pieces;
+        node.contents.retain_announced(c, &mut pieces)?;
         for (i, chunk) in pieces.chunks(MAX_DELTA).enumerate() {
             let req = TrackerRequest::AnnounceDelta { node_id, content: c, pieces: chunk.to_vec() };
             let resp = call_within(conn, &req, None, deadline).await?.0;
