@@ -8,7 +8,7 @@
 //! region) is asked only for pieces that no connected peer of our own region holds, and of
 //! those only the hinted ones (the tracker hands each piece a region lacks to one of its
 //! nodes) while our region's peers still have something for us; a second copy of a piece in
-//! flight (endgame) only once nothing fresh is left that we may ask for. What the region has stays
+//! flight (endgame) only once no piece any peer holds is unrequested. What the region has stays
 //! inside it, each missing piece crosses about once, and when the region has nothing left
 //! for us anything it lacks is fetched from outside at once: nothing waits for a border copy
 //! while an outside peer could send it.
@@ -324,14 +324,15 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
             if p.fresh > 0 { self.pieces.best_fresh(&p.bitfield, p.missing, usable) } else { None };
         let (piece, endgame) = match fresh {
             Some(i) => (i, false),
-            // A second copy across a border only once this fetch has nothing fresh it may ask
-            // for (our region's peers have nothing new, nothing hinted is unrequested): before
-            // that the copy in flight is not what the fetch waits for, and the border is what
-            // the region lacks most. (Fresh pieces only a remote peer holds and nobody may ask
-            // for yet do not count: they must not hold back a copy of a trickling request.)
-            None if remote && (self.local_has_fresh() || self.pieces.hinted_fresh()) => {
-                return None
-            }
+            // A second copy across a border only in the fetch's endgame proper, once every
+            // piece any peer holds is requested: before that the copy in flight is not the
+            // last thing this fetch waits for, and the border is what the region lacks most.
+            // (A remote peer trickling one piece delays only that piece: the fetch goes on
+            // with the hints of later lookups, and the copy goes once nothing else is left.
+            // Letting fresh pieces nobody may ask for yet not count, so that a copy goes
+            // earlier, brought the border's cancelled bytes back from 1% to 5% of the file and
+            // the far region from 1.15-1.19 to 1.23-1.24 times its bound.)
+            None if remote && !self.pieces.no_fresh() => return None,
             None => {
                 let usable = |i: u32| !p.in_flight.contains(&PieceIndex(i)) && usable(i);
                 (self.pieces.best_endgame(&p.bitfield, p.missing, usable)?, true)
@@ -344,13 +345,6 @@ impl<P: Copy + Ord + std::fmt::Debug> Picker<P> {
         }
         self.change_requested(piece.0, true);
         Some(Request { piece, endgame })
-    }
-
-    /// True if a peer of our region (not benched) holds a fresh piece for us.
-    fn local_has_fresh(&self) -> bool {
-        self.peers
-            .iter()
-            .any(|(id, q)| !self.remote.contains(id) && q.fresh > 0 && !self.benched.contains(id))
     }
 
     /// True if neither a peer of our region has a piece for us nor a request of ours is in

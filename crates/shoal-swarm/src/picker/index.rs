@@ -89,9 +89,9 @@ impl Pieces {
         self.missing(i) && self.requested[u] == 0 && self.availability[u] > 0
     }
 
-    /// True if a hinted piece is fresh (hinted pieces sort first in the fresh set).
-    pub(super) fn hinted_fresh(&self) -> bool {
-        self.fresh.first().is_some_and(|&(not_hinted, ..)| !not_hinted)
+    /// True if no piece is fresh: every missing piece some peer holds is requested.
+    pub(super) fn no_fresh(&self) -> bool {
+        self.fresh.is_empty()
     }
 
     pub(super) fn is_hinted(&self, i: u32) -> bool {

@@ -279,33 +279,39 @@ fn a_remote_peer_is_asked_only_for_what_no_local_peer_holds() {
 }
 
 #[test]
-fn a_second_copy_crosses_a_border_only_once_nothing_fresh_may_be_asked_for() {
-    // 5 pieces, hinted 0, 1 and 4. Remote peers 2 and 3 hold everything; local peer 1 holds 3.
-    let mut p: Picker<u32> = Picker::new(Bitfield::new(5), 5);
+fn a_second_copy_crosses_a_border_only_once_nothing_is_left_unrequested() {
+    // 4 pieces, hinted 0 and 1. Remote peers 2 and 3 hold everything; local peer 1 holds 3.
+    let mut p: Picker<u32> = Picker::new(Bitfield::new(4), 5);
     p.set_remote(2, true);
     p.set_remote(3, true);
-    let mut three = Bitfield::new(5);
+    let mut three = Bitfield::new(4);
     three.set(PieceIndex(3));
     p.add_peer(1, three);
-    p.add_peer(2, Bitfield::full(5));
-    p.add_peer(3, Bitfield::full(5));
-    p.set_hints(&[PieceIndex(0), PieceIndex(1), PieceIndex(4)]);
+    p.add_peer(2, Bitfield::full(4));
+    p.add_peer(3, Bitfield::full(4));
+    p.set_hints(&[PieceIndex(0), PieceIndex(1)]);
     let a = p.next_request(2).unwrap();
     let b = p.next_request(3).unwrap();
     assert!(!a.endgame && !b.endgame && a.piece != b.piece, "{a:?} {b:?}");
-    // Piece 3 is fresh in our region: no second copy of 0 or 1 across, where the old rule
-    // sent one to a remote peer with room (hinted piece 4 is left: asked for, not copied).
-    let c = p.next_request(2).unwrap();
-    assert!(!c.endgame, "{c:?}");
+    // Piece 3 (held in our region) is still unrequested: no second copy of 0 or 1 across,
+    // where a local peer would be sent one (endgame) by the old rule.
     assert_eq!(p.next_request(2), None);
     assert_eq!(p.next_request(3), None);
-    // Piece 3 asked of our region: piece 2 is still fresh, but unhinted and only held across,
-    // so nobody may ask for it while requests run across. It does not hold back a second
-    // copy of a request that may be trickling: one goes to the other remote peer.
+    // Piece 3 requested from our region: piece 2 (unhinted, so not asked across while
+    // requests are in flight across) is still fresh, so nothing is duplicated across.
     let local = p.next_request(1).unwrap();
     assert_eq!(local.piece, PieceIndex(3));
-    let d = p.next_request(3).expect("nothing fresh we may ask for: a second copy crosses");
-    assert!(d.endgame && d.piece != PieceIndex(2), "{d:?}");
+    assert_eq!(p.next_request(2), None, "piece 2 is fresh: nothing is duplicated across");
+    // Everything in flight arrives and the tracker hands us piece 2: it crosses, and then,
+    // with nothing left unrequested, the endgame proper may send a second copy across.
+    for (peer, r) in [(1, local), (2, a), (3, b)] {
+        p.piece_verified(peer, r.piece);
+    }
+    p.set_hints(&[PieceIndex(2)]);
+    let c = p.next_request(2).unwrap();
+    assert_eq!((c.piece, c.endgame), (PieceIndex(2), false));
+    let d = p.next_request(3).expect("every piece requested: a second copy may cross");
+    assert!(d.endgame, "{d:?}");
     p.pieces.check();
 }
 
