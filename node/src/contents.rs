@@ -69,14 +69,23 @@ impl Contents {
     // a storage node may hold one content in both at once, pushed pieces in the object store
     // and pulled ones in the cache, and serves (so advertises) either.
 
+    /// What the object store keeps of a content (a storage node's own copy, for good).
+    fn kept(&self, c: ContentId) -> anyhow::Result<Option<Bitfield>> {
+        Ok(self.cloud.as_ref().map(|cloud| cloud.bitfield(c)).transpose()?.flatten())
+    }
+
+    /// A lying node (testing only) claims all of whatever it holds any of.
+    fn claimed(&self, held: Option<Bitfield>) -> Option<Bitfield> {
+        if self.lie {
+            held.map(|b| Bitfield::full(b.len()))
+        } else {
+            held
+        }
+    }
+
     /// The pieces this node can serve of a content; `None` if it holds nothing of it.
     pub(crate) fn holding(&self, c: ContentId) -> anyhow::Result<Option<Bitfield>> {
-        let cloud = match &self.cloud {
-            Some(cloud) => cloud.bitfield(c)?,
-            None => None,
-        };
-        let cached = self.store.bitfield(c)?;
-        let held = match (cloud, cached) {
+        let held = match (self.kept(c)?, self.store.bitfield(c)?) {
             (Some(mut b), Some(cached)) if cached.len() == b.len() => {
                 cached.iter_ones().for_each(|p| {
                     b.set(p);
@@ -86,19 +95,19 @@ impl Contents {
             (Some(b), _) => Some(b),
             (None, cached) => cached,
         };
-        // A lying node (testing only) claims all of whatever it holds any of.
-        Ok(if self.lie { held.map(|b| Bitfield::full(b.len())) } else { held })
+        Ok(self.claimed(held))
     }
 
-    /// What this node tells its tracker it holds of a content: [`Contents::holding`], except
-    /// that a storage node holding the content in its object store names only what is kept
-    /// there for good, not pieces it has in its pull-through cache meanwhile (which may be
-    /// evicted), so that the tracker still asks for them to be pushed.
+    /// What this node tells its tracker (and a pusher) it holds of a content:
+    /// [`Contents::holding`], except that a storage node holding the content in its object
+    /// store names only what is kept there for good, not pieces it has in its pull-through
+    /// cache meanwhile (which may be evicted), so that they are still pushed.
     pub(crate) fn announced(&self, c: ContentId) -> anyhow::Result<Option<Bitfield>> {
-        match self.cloud.as_ref().map(|cloud| cloud.bitfield(c)).transpose()?.flatten() {
-            Some(kept) => Ok(Some(if self.lie { Bitfield::full(kept.len()) } else { kept })),
-            None => self.holding(c),
-        }
+        let held = match self.kept(c)? {
+            Some(kept) => Some(kept),
+            None => self.store.bitfield(c)?,
+        };
+        Ok(self.claimed(held))
     }
 
     /// Keeps of `pieces` (new pieces of `c`, for an announce delta) those the tracker is to
@@ -110,9 +119,7 @@ impl Contents {
         c: ContentId,
         pieces: &mut Vec<PieceIndex>,
     ) -> anyhow::Result<()> {
-        if let Some(kept) =
-            self.cloud.as_ref().map(|cloud| cloud.bitfield(c)).transpose()?.flatten()
-        {
+        if let Some(kept) = self.kept(c)? {
             pieces.retain(|&p| kept.get(p));
         }
         Ok(())
