@@ -43,8 +43,8 @@ pub use model::{
 };
 pub use region::{BadRange, GeoError, GeoRegions, RegionMap, MAX_REGIONS};
 pub use replicated::{
-    Batch, Change, Read, RedisState, RedisStateError, ENTRY_TARGET, MAX_CHANGES, MAX_LOADED,
-    STREAM_START,
+    decode_changes, encode_changes, Batch, Change, Read, RedisState, RedisStateError, ENTRY_TARGET,
+    MAX_CHANGES, MAX_CHANGES_PER_ENTRY, MAX_LOADED, STREAM_START,
 };
 pub use state::{Loaded, SledState};
 pub use view::{

@@ -105,6 +105,27 @@ pub enum Read {
 
 /// The start of a stream: before every entry.
 pub const STREAM_START: &str = "0-0";
+/// The most changes one stream entry may carry; an entry with more is skipped.
+pub const MAX_CHANGES_PER_ENTRY: usize = codec::MAX_OPS_PER_ENTRY;
+
+/// Decodes the changes of one stream entry (its `o` field, as [`encode_changes`] writes it):
+/// `None` if any of it is malformed, longer than an entry may be, or holds more than
+/// [`MAX_CHANGES_PER_ENTRY`] changes. Every replica reads these from the shared Redis, so they
+/// are checked like bytes from the network (and fuzzed: `fuzz/fuzz_targets/change_stream.rs`).
+pub fn decode_changes(bytes: &[u8]) -> Option<Vec<Persist>> {
+    codec::decode_batch(bytes)
+}
+
+/// Encodes changes as one stream entry's `o` field (what [`decode_changes`] reads). A writer
+/// splits its changes into entries below [`ENTRY_TARGET`] bytes and
+/// [`MAX_CHANGES_PER_ENTRY`] changes; this encodes whatever it is given.
+pub fn encode_changes(ops: &[Persist]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for op in ops {
+        codec::encode_op(&mut out, op);
+    }
+    out
+}
 
 /// A connection to the shared state.
 pub struct RedisState {

@@ -1,0 +1,15 @@
+//! One entry of the tracker replicas' change stream in Redis (`shoal_index::decode_changes`):
+//! arbitrary bytes never panic the decoder, an accepted entry holds at most
+//! `MAX_CHANGES_PER_ENTRY` changes, and what it decodes to encodes and decodes back to the same
+//! changes (nothing a replica applies is read two ways).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use shoal_index::{decode_changes, encode_changes, MAX_CHANGES_PER_ENTRY};
+
+fuzz_target!(|data: &[u8]| {
+    let Some(ops) = decode_changes(data) else { return };
+    assert!(ops.len() <= MAX_CHANGES_PER_ENTRY, "more changes than an entry may carry");
+    let again = decode_changes(&encode_changes(&ops));
+    assert_eq!(again.as_ref(), Some(&ops), "a decoded entry does not encode back to itself");
+});
