@@ -66,6 +66,10 @@ pub(super) async fn run(
     let mut lookup_at = shoal_swarm::Lookups::new(Instant::now());
     let mut last_progress = Instant::now();
     let mut checkpoint = tokio::time::interval(Duration::from_secs(1));
+    // The checkpoint running, if one is: its fsync takes as long as the disk needs for what was
+    // written since the last one, and the loop keeps requesting pieces meanwhile (awaited here,
+    // every request that completed during it waited for it before the next was sent).
+    let mut syncs: JoinSet<Result<(), shoal_store::StoreError>> = JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut rate = RateMeter::new();
 
@@ -216,10 +220,11 @@ pub(super) async fn run(
                     }
                 }
             }
-            _ = checkpoint.tick() => {
+            _ = checkpoint.tick(), if syncs.is_empty() => {
                 let dl = ctx.dl.clone();
-                tokio::task::spawn_blocking(move || dl.checkpoint()).await??;
+                syncs.spawn_blocking(move || dl.checkpoint());
             }
+            Some(synced) = syncs.join_next() => synced??,
             _ = tick.tick() => {
                 let now = Instant::now();
                 links.feed_progress(now);
@@ -238,6 +243,10 @@ pub(super) async fn run(
     requests.abort_all();
     controls.abort_all();
     lookups.abort_all();
+    // A checkpoint under way finishes before the download does (its error is the fetch's).
+    while let Some(synced) = syncs.join_next().await {
+        synced??;
+    }
     Ok(())
 }
 
