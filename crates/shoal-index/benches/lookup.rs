@@ -75,6 +75,17 @@ fn main() {
         ids[0].1,
         t.elapsed().as_secs_f64()
     );
+    // What the tracker's once-a-second snapshot holds the index lock for (metrics, dashboard).
+    let t = Instant::now();
+    let totals = ix.totals();
+    let totals_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let storage = ix.nodes_page(None, shoal_index::MAX_PAGE, true).len();
+    println!(
+        "snapshot: totals over {} regions {totals_ms:.2} ms, storage page ({storage} rows) {:.2} ms",
+        totals.regions.len(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
     let askers: Vec<NodeId> = (0..64).map(|i| node(10_000_000 + i)).collect();
     for (i, a) in askers.iter().enumerate() {
         ix.register(now, *a, Role::Node, addr(i as u64), &[addr(i as u64)], None);

@@ -25,7 +25,7 @@ use shoal_control::jobs::{JobBody, JobStarted, JobStatus};
 use shoal_core::ContentId;
 use shoal_store::Source;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinError, JoinHandle};
 
 use super::{fetch_request, internal, Api, ApiError};
 use crate::fetch::{fetch, Progress};
@@ -67,8 +67,9 @@ struct Job {
     ended: Option<Instant>,
     state: JobState,
     progress: watch::Receiver<Progress>,
-    /// The fetch task, until a cancel takes it.
-    task: Option<JoinHandle<()>>,
+    /// The fetch task (to abort) and the task that records how it ended (to wait for), until
+    /// a cancel takes them.
+    task: Option<(AbortHandle, JoinHandle<()>)>,
 }
 
 /// The daemon's jobs. A std mutex, held only for map access, never across an await.
@@ -145,18 +146,7 @@ impl Jobs {
         };
         let (ptx, prx) = watch::channel(Progress::default());
         let output = req.output.clone();
-        let (me, job_id) = (self.clone(), id.clone());
-        let task = tokio::spawn(async move {
-            let result = fetch(node, req, ptx).await;
-            let mut jobs = me.lock();
-            if let Some(j) = jobs.get_mut(&job_id).filter(|j| j.state == JobState::Running) {
-                j.state = match result {
-                    Ok(_) => JobState::Done,
-                    Err(e) => JobState::Failed(format!("{e:#}")),
-                };
-                j.ended = Some(Instant::now());
-            }
-        });
+        let task = self.run(id.clone(), async move { fetch(node, req, ptx).await.map(|_| ()) });
         let job = Job {
             content,
             output,
@@ -169,6 +159,42 @@ impl Jobs {
         jobs.insert(id.clone(), job);
         tracing::info!(job = %id, content = %content.fmt_short(), "job started");
         Ok(JobStarted { job: id, content_id: content.to_string() })
+    }
+
+    /// Runs job `id`'s work as a task, and records how it ended in a second one: done, failed
+    /// with its error, or failed if it panicked (the job's place is given back either way; a
+    /// panic inside one task would otherwise leave it running for ever). A cancelled task is
+    /// left to `cancel` to record.
+    fn run<F>(self: &Arc<Self>, id: String, work: F) -> (AbortHandle, JoinHandle<()>)
+    where
+        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let work = tokio::spawn(work);
+        let abort = work.abort_handle();
+        let me = self.clone();
+        let recorder = tokio::spawn(async move { me.ended(&id, work.await) });
+        (abort, recorder)
+    }
+
+    fn ended(&self, id: &str, result: Result<anyhow::Result<()>, JoinError>) {
+        let state = match result {
+            Ok(Ok(())) => JobState::Done,
+            Ok(Err(e)) => JobState::Failed(format!("{e:#}")),
+            Err(e) if e.is_panic() => {
+                tracing::error!(job = %id, "the job's fetch panicked");
+                JobState::Failed(
+                    "the fetch stopped on an internal error (a bug; the daemon's log says more): \
+                     run the same command again to resume from what was verified"
+                        .into(),
+                )
+            }
+            Err(_) => return,
+        };
+        let mut jobs = self.lock();
+        if let Some(j) = jobs.get_mut(id).filter(|j| j.state == JobState::Running) {
+            j.state = state;
+            j.ended = Some(Instant::now());
+        }
     }
 
     fn list(&self) -> Vec<JobStatus> {
@@ -210,8 +236,9 @@ impl Jobs {
             };
             (task, j.content, j.output.clone())
         };
-        task.abort();
-        let _ = task.await;
+        let (abort, recorder) = task;
+        abort.abort();
+        let _ = recorder.await;
         // Writes already on blocking threads (a piece, or the final rename) hold the download
         // until they end; what they leave is then read from the store.
         let store = node.contents.store().clone();
@@ -323,6 +350,40 @@ mod tests {
             progress: watch::channel(Progress::default()).1,
             task: None,
         }
+    }
+
+    /// A job whose work panics ends as failed and gives its place back; one that fails says
+    /// why; one that is aborted is left running for `cancel` to record.
+    #[tokio::test]
+    async fn a_panicking_job_ends_failed_and_frees_its_place() {
+        type Work = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
+        let jobs = Arc::new(Jobs::default());
+        let work: [(&str, Work); 4] = [
+            ("panics", Box::pin(async { panic!("a bug") })),
+            ("fails", Box::pin(async { anyhow::bail!("no peer") })),
+            ("works", Box::pin(async { Ok(()) })),
+            ("hangs", Box::pin(std::future::pending())),
+        ];
+        let mut tasks = Vec::new();
+        for (id, w) in work {
+            // Listed before it runs, as `start` does under the lock.
+            jobs.lock().insert(id.to_string(), job(None));
+            let task = jobs.run(id.to_string(), w);
+            tasks.push((id, task.0.clone(), task));
+        }
+        for (id, abort, (_, recorder)) in tasks {
+            if id == "hangs" {
+                abort.abort();
+            }
+            recorder.await.unwrap();
+        }
+        let state = |id: &str| jobs.lock()[id].state.clone();
+        assert!(matches!(state("panics"), JobState::Failed(e) if e.contains("internal error")));
+        assert_eq!(state("fails"), JobState::Failed("no peer".into()));
+        assert_eq!(state("works"), JobState::Done);
+        assert_eq!(state("hangs"), JobState::Running, "an abort is `cancel`'s to record");
+        let running = jobs.lock().values().filter(|j| j.state == JobState::Running).count();
+        assert_eq!(running, 1);
     }
 
     #[test]
