@@ -56,6 +56,7 @@ impl ControlHandle {
     }
 }
 
+#[derive(Debug)]
 struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {

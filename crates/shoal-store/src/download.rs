@@ -151,14 +151,20 @@ impl Download {
             size: manifest.size(),
             source: Source::Download { partial: partial.clone(), output: output.clone() },
         };
-        meta.put_content(id, &rec, &manifest.encode())?;
-        meta.flush()?;
-        store.cache_manifest(manifest.clone());
-        store.forget_file(id);
         let resumed = have.count();
         let written = Mutex::new(Bitfield::new(manifest.piece_count()));
         let state = Arc::new(PartialState { file, path: partial, have: Mutex::new(have), written });
-        store.inner().active.lock().unwrap_or_else(|p| p.into_inner()).insert(id, state.clone());
+        {
+            // Recorded and listed as downloading in one step: `Store::remove_if_idle` (what
+            // `shoal rm` uses) sees either no record or a running download, never a record of
+            // a download not yet listed.
+            let mut active = store.inner().active.lock().unwrap_or_else(|p| p.into_inner());
+            meta.put_content(id, &rec, &manifest.encode())?;
+            meta.flush()?;
+            active.insert(id, state.clone());
+        }
+        store.cache_manifest(manifest.clone());
+        store.forget_file(id);
         Ok(Self {
             store,
             manifest,
@@ -383,5 +389,26 @@ mod tests {
         assert!(matches!(dl.finish(), Err(StoreError::OutputExists(_))), "a retry refuses too");
         assert!(output.symlink_metadata().unwrap().file_type().is_symlink());
         assert!(!dir.path().join("elsewhere").exists(), "nothing written through the link");
+    }
+
+    /// `shoal rm`'s removal is refused while a download of the content runs, and done once
+    /// it ended; a download that begins after it starts from nothing.
+    #[test]
+    fn a_running_download_is_never_removed_from_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::with_meta(Arc::new(MemMeta::default()));
+        let (m, data) = one_piece();
+        let id = m.content_id();
+        let dl = store.begin_download(m.clone(), &dir.path().join("a.bin")).unwrap();
+        assert!(!store.remove_if_idle(id).unwrap(), "refused while it runs");
+        assert!(store.record(id).unwrap().is_some(), "and nothing forgotten");
+        drop(dl);
+        assert!(store.remove_if_idle(id).unwrap(), "done once it ended");
+        assert!(store.record(id).unwrap().is_none());
+        let dl = store.begin_download(m, &dir.path().join("b.bin")).unwrap();
+        assert_eq!(dl.resumed_pieces(), 0);
+        assert!(dl.write_piece(PieceIndex(0), &data).unwrap());
+        dl.finish().unwrap();
+        assert!(store.record(id).unwrap().is_some());
     }
 }

@@ -382,6 +382,21 @@ impl Store {
         Ok(())
     }
 
+    /// [`Store::remove`] unless a download of `id` runs in this process: checked and done in
+    /// one step, so a download that begins meanwhile is either refused here (false) or begins
+    /// after the removal, from nothing. Blocking.
+    pub fn remove_if_idle(&self, id: ContentId) -> Result<bool, StoreError> {
+        let active = lock(&self.inner.active);
+        if active.contains_key(&id) {
+            return Ok(false);
+        }
+        self.inner.meta.remove_content(id)?;
+        drop(active);
+        lock(&self.inner.manifests).remove(&id);
+        self.forget_file(id);
+        Ok(true)
+    }
+
     /// True while a download of `id` runs in this process (its partial file is being
     /// written).
     pub fn is_downloading(&self, id: ContentId) -> bool {

@@ -34,6 +34,15 @@ fn refuse(status: StatusCode, why: String) -> ApiError {
 
 /// The content a full id or a unique prefix names, among those the node holds.
 fn resolve(node: &Node, given: &str) -> Result<ContentId, ApiError> {
+    pick(given, || node.contents.content_ids().map_err(internal))
+}
+
+/// The content a full id (held or not) or a unique prefix of at least [`MIN_PREFIX`]
+/// characters names among `held()`.
+fn pick(
+    given: &str,
+    held: impl FnOnce() -> Result<Vec<ContentId>, ApiError>,
+) -> Result<ContentId, ApiError> {
     let given = given.trim();
     let not_held = || {
         refuse(
@@ -53,7 +62,7 @@ fn resolve(node: &Node, given: &str) -> Result<ContentId, ApiError> {
             ),
         ));
     }
-    let ids = node.contents.content_ids().map_err(internal)?;
+    let ids = held()?;
     let mut found = ids.into_iter().filter(|id| id.to_string().starts_with(given));
     match (found.next(), found.next()) {
         (Some(id), None) => Ok(id),
@@ -82,7 +91,12 @@ fn remove(store: &Store, id: ContentId, delete: bool) -> Result<RmReply, ApiErro
             format!("content {id} is not held by this node: `shoal ls` lists what it holds"),
         ));
     };
-    store.remove(id).map_err(|e| internal(e.into()))?;
+    if !store.remove_if_idle(id).map_err(|e| internal(e.into()))? {
+        return Err(refuse(
+            StatusCode::CONFLICT,
+            format!("content {id} is being fetched (it began just now): stop it first"),
+        ));
+    }
     let mut reply = RmReply {
         content_id: id.to_string(),
         name: rec.name,
@@ -211,4 +225,44 @@ pub(super) async fn rm(
     reply.tracker_told = tell_tracker_forgotten(&node, id).await;
     tracing::info!(content = %id.fmt_short(), deleted = reply.deleted.len(), "content removed");
     Ok(Json(reply))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(first: &[u8]) -> ContentId {
+        let mut b = [0x11; 32];
+        b[..first.len()].copy_from_slice(first);
+        ContentId(b)
+    }
+
+    #[test]
+    fn a_prefix_names_one_held_content_or_is_refused_with_why() {
+        let (a, b, c) =
+            (id(&[0xab, 0xcd, 0xef, 0x01, 0x23]), id(&[0xab, 0xcd, 0xef, 0x01, 0x99]), id(&[0x42]));
+        let held = || Ok(vec![a, b, c]);
+        let hex = |x: ContentId| x.to_string();
+        let refused = |given: &str| match pick(given, held) {
+            Err(ApiError(status, why)) => (status, why),
+            Ok(x) => panic!("{given:?} named {x}"),
+        };
+        // A prefix two ids share is refused, naming the problem and what to do.
+        let (status, why) = refused(&hex(a)[..8]);
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(why.contains("names several contents") && why.contains("give more"), "{why}");
+        // One character more tells them apart; surrounding spaces are ignored.
+        assert_eq!(pick(&format!(" {} ", &hex(a)[..9]), held).unwrap(), a);
+        assert_eq!(pick(&hex(b)[..9], held).unwrap(), b);
+        assert_eq!(pick(&hex(c)[..8], held).unwrap(), c);
+        // Too short to be taken, whatever it matches.
+        let (status, why) = refused(&hex(c)[..7]);
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(why.contains("first 8 characters"), "{why}");
+        // A prefix of nothing held.
+        assert_eq!(refused("ffffffffff").0, StatusCode::NOT_FOUND);
+        // A full id is taken as it is (the store then says whether it is held).
+        let other = id(&[0x77]);
+        assert_eq!(pick(&hex(other), held).unwrap(), other);
+    }
 }
