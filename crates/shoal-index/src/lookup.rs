@@ -242,15 +242,16 @@ impl Index {
         // Each peer's address: the one this asker was handed before (a fetch keeps its link),
         // else the least loaded; it goes first in the answer.
         let regions = &self.regions;
-        let mut links: Vec<(NodeId, Option<usize>, bool)> = Vec::with_capacity(ranked.len());
+        let before = asker.and_then(|a| swarm.offered.get(&a));
+        let mut links: Vec<(NodeId, usize, Option<usize>, bool)> = Vec::with_capacity(ranked.len());
         let peers = ranked
             .iter()
             .map(|(_, h)| {
-                let kept = asker
-                    .and_then(|a| swarm.offered_addr(&a, h.id))
-                    .and_then(|was| h.addrs.iter().position(|&x| x == was));
+                let kept = before
+                    .and_then(|b| b.get(h.id))
+                    .and_then(|was| h.addrs.iter().position(|x| x == was));
                 let link = kept.or_else(|| least_loaded(h.addrs, h.link_loads));
-                links.push((*h.id, link, kept.is_none()));
+                links.push((*h.id, h.slot, link, kept.is_none()));
                 let mut addrs = h.addrs.to_vec();
                 if let Some(i) = link {
                     addrs[..=i].rotate_right(1);
@@ -260,15 +261,9 @@ impl Index {
             .collect();
         let swarm = self.swarms.get_mut(&content)?;
         let mut offered = Vec::with_capacity(links.len());
-        for &(id, link, new) in &links {
-            swarm.holders.note_offered(&id);
+        for &(id, slot, link, new) in &links {
             // A new client of that link; an asker that keeps its link was counted already.
-            if let (Some(i), true) = (link, new) {
-                swarm.holders.note_link(&id, i);
-            }
-            let addr =
-                swarm.holders.entry(&id).and_then(|h| link.and_then(|i| h.addrs.get(i)).copied());
-            if let Some(addr) = addr {
+            if let Some(addr) = swarm.holders.note_handed_out(slot, &id, link, new) {
                 offered.push((id, addr));
             }
         }

@@ -59,6 +59,9 @@ pub(crate) struct HolderView<'a> {
     /// Its bitfield's bytes (the swarm's piece count of bits, MSB first).
     pub(crate) bits: &'a [u8],
     piece_count: u32,
+    /// Its place in [`Holders`] (`usize::MAX` for a node that holds nothing yet): a lookup
+    /// updates what it handed out by place, with no hashing of ids.
+    pub(crate) slot: usize,
 }
 
 impl<'a> HolderView<'a> {
@@ -72,7 +75,8 @@ impl<'a> HolderView<'a> {
         piece_count: u32,
         zeros: &'a [u8],
     ) -> Self {
-        Self { id, load, offered: 0, addrs, region, link_loads: &[], bits: zeros, piece_count }
+        let (offered, link_loads, bits, slot) = (0, &[][..], zeros, usize::MAX);
+        Self { id, load, offered, addrs, region, link_loads, bits, piece_count, slot }
     }
 }
 
@@ -172,7 +176,33 @@ impl Holders {
             link_loads: &h.link_loads,
             bits: &self.bits[i * s..(i + 1) * s],
             piece_count: self.piece_count,
+            slot: i,
         }
+    }
+
+    /// The holder at `slot` if it is `id` (places change only when holders come or go).
+    fn slot_of(&mut self, slot: usize, id: &NodeId) -> Option<&mut Holder> {
+        self.order.get_mut(slot).filter(|h| h.id == *id)
+    }
+
+    /// A lookup handed out holder `id`, at place `slot`, with its address number `link`
+    /// (counted as a new client of that link if `new`); its address there.
+    pub(crate) fn note_handed_out(
+        &mut self,
+        slot: usize,
+        id: &NodeId,
+        link: Option<usize>,
+        new: bool,
+    ) -> Option<SocketAddr> {
+        let h = self.slot_of(slot, id)?;
+        h.offered = h.offered.saturating_add(1);
+        let i = link?;
+        if new {
+            if let Some(l) = h.link_loads.get_mut(i) {
+                *l = l.saturating_add(1);
+            }
+        }
+        h.addrs.get(i).copied()
     }
 
     /// A copy of the bitfield of `id`.
@@ -248,13 +278,6 @@ impl Holders {
         }
     }
 
-    /// A lookup handed this holder out.
-    pub(crate) fn note_offered(&mut self, id: &NodeId) {
-        if let Some(&i) = self.map.get(id) {
-            self.order[i].offered = self.order[i].offered.saturating_add(1);
-        }
-    }
-
     /// Records a holder's addresses (a registration).
     pub(crate) fn set_addrs(&mut self, id: &NodeId, addrs: &[SocketAddr]) {
         if let Some(&i) = self.map.get(id) {
@@ -267,15 +290,6 @@ impl Holders {
     pub(crate) fn set_link_loads(&mut self, id: &NodeId, loads: &[u32]) {
         if let Some(&i) = self.map.get(id) {
             self.order[i].link_loads = SmallVec::from_slice(loads);
-        }
-    }
-
-    /// A lookup handed out the holder's address number `link`.
-    pub(crate) fn note_link(&mut self, id: &NodeId, link: usize) {
-        if let Some(&i) = self.map.get(id) {
-            if let Some(l) = self.order[i].link_loads.get_mut(link) {
-                *l = l.saturating_add(1);
-            }
         }
     }
 
@@ -571,11 +585,6 @@ impl Swarm {
     /// Whether a lookup by `asker` offered `holder`.
     pub(crate) fn was_offered(&self, asker: &NodeId, holder: &NodeId) -> bool {
         self.offered.get(asker).is_some_and(|s| s.contains_key(holder))
-    }
-
-    /// The address `holder` was handed to `asker` with, if it was.
-    pub(crate) fn offered_addr(&self, asker: &NodeId, holder: &NodeId) -> Option<SocketAddr> {
-        self.offered.get(asker)?.get(holder).copied()
     }
 
     /// Distinct sources that reported `holder`.
