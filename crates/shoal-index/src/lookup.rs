@@ -243,6 +243,9 @@ impl Index {
         // else the least loaded; it goes first in the answer.
         let regions = &self.regions;
         let before = asker.and_then(|a| swarm.offered.get(&a));
+        // An asker offered peers of this swarm before has it in its list of contents looked
+        // up (`forget_hints` drops both together): no scan of that list below.
+        let listed = before.is_some();
         let mut links: Vec<(NodeId, usize, Option<usize>, bool)> = Vec::with_capacity(ranked.len());
         let peers = ranked
             .iter()
@@ -274,7 +277,7 @@ impl Index {
             }
             None => Vec::new(),
         };
-        if let Some(a) = asker {
+        if let Some(a) = asker.filter(|_| !listed) {
             self.note_lookup(a, content);
         }
         Some(Lookup { piece_count: n, peers, hints })

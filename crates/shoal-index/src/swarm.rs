@@ -570,7 +570,7 @@ impl Swarm {
         asker: NodeId,
         peers: impl IntoIterator<Item = (NodeId, SocketAddr)>,
     ) {
-        let set = self.offered.entry(asker).or_default();
+        let set = self.offered.entry(asker).or_insert_with(|| HashMap::with_capacity(32));
         for (p, addr) in peers {
             if set.len() >= MAX_OFFERED && !set.contains_key(&p) {
                 // Forget an older one: a fetch reports the holders of its recent lookups.
