@@ -136,7 +136,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "corrupting uploads on purpose (--danger-corrupt-uploads)"
                 );
             }
-            runtime()?.block_on(shoal_node::daemon::run(config, shutdown_signal()))
+            let rt = runtime()?;
+            // Caught from here on, before the daemon tells systemd it is ready.
+            let shutdown = {
+                let _in = rt.enter();
+                shutdown_signal()
+            };
+            rt.block_on(shoal_node::daemon::run(config, shutdown))
         }
         Command::Add { path, qr } => add(&data_dir, &path, qr),
         Command::Get { ticket, output, peers, download_limit, tracker, json, detach } => {
@@ -234,14 +240,29 @@ fn testnet_tracker(dir: &Path) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow::anyhow!("{} names no tracker", path.display()))
 }
 
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGTERM or SIGINT. The handlers are installed when this is called (within the runtime),
+/// not when the future is first polled: a signal sent right after the daemon said it was
+/// ready (systemd stopping it at once, a test) would otherwise end the process by the default
+/// action, without its clean shutdown.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) =
+        (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok());
+    async move {
+        tokio::select! {
+            () = caught(term.as_mut()) => {}
+            () = caught(int.as_mut()) => {}
+        }
+    }
+}
+
+/// The next delivery of a signal whose handler is installed; never, without one.
+async fn caught(s: Option<&mut tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

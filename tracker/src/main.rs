@@ -307,6 +307,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Caught from here on, before the tracker tells systemd it is ready: a SIGTERM right after
+    // READY would otherwise end it by the default action, without its clean shutdown.
+    let (mut term, mut int) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _in = rt.enter();
+        (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok())
+    };
     let result = rt.block_on(shoal_tracker::run(
         config,
         |r| {
@@ -314,11 +321,10 @@ fn main() -> ExitCode {
             println!("shoal-tracker: node {} listening on {}, http {http}", r.node_id, r.addr);
             ops::notify(sd_notify::NotifyState::Ready);
         },
-        async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        async move {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+                () = caught(term.as_mut()) => {}
+                () = caught(int.as_mut()) => {}
             }
             ops::notify(sd_notify::NotifyState::Stopping);
         },
@@ -329,5 +335,15 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The next delivery of a signal whose handler is installed; never, without one.
+async fn caught(s: Option<&mut tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }

@@ -565,12 +565,12 @@ impl Swarm {
 
     /// Remembers that a lookup offered `peers` to `asker`, each with the address it was
     /// handed first.
-    pub(crate) fn offer(
-        &mut self,
-        asker: NodeId,
-        peers: impl IntoIterator<Item = (NodeId, SocketAddr)>,
-    ) {
-        let set = self.offered.entry(asker).or_insert_with(|| HashMap::with_capacity(32));
+    pub(crate) fn offer(&mut self, asker: NodeId, peers: Vec<(NodeId, SocketAddr)>) {
+        if peers.is_empty() {
+            return;
+        }
+        // Sized for this answer (most swarms are small): a map per asker and swarm.
+        let set = self.offered.entry(asker).or_insert_with(|| HashMap::with_capacity(peers.len()));
         for (p, addr) in peers {
             if set.len() >= MAX_OFFERED && !set.contains_key(&p) {
                 // Forget an older one: a fetch reports the holders of its recent lookups.

@@ -94,6 +94,9 @@ impl Download {
         }
         let meta = store.inner().meta.clone();
         let partial = partial_path(&output, id);
+        // From the first read of its record until it is listed as running: no removal lands
+        // in between (it would delete what this resumes from).
+        let removal = store.inner().removal.lock().unwrap_or_else(|p| p.into_inner());
         let previous = meta.record(id)?;
         let resumable = matches!(&previous,
             Some(ContentRecord { source: Source::Download { partial: p, output: o }, .. })
@@ -154,15 +157,10 @@ impl Download {
         let resumed = have.count();
         let written = Mutex::new(Bitfield::new(manifest.piece_count()));
         let state = Arc::new(PartialState { file, path: partial, have: Mutex::new(have), written });
-        {
-            // Recorded and listed as downloading in one step: `Store::remove_if_idle` (what
-            // `shoal rm` uses) sees either no record or a running download, never a record of
-            // a download not yet listed.
-            let mut active = store.inner().active.lock().unwrap_or_else(|p| p.into_inner());
-            meta.put_content(id, &rec, &manifest.encode())?;
-            meta.flush()?;
-            active.insert(id, state.clone());
-        }
+        meta.put_content(id, &rec, &manifest.encode())?;
+        meta.flush()?;
+        store.inner().active.lock().unwrap_or_else(|p| p.into_inner()).insert(id, state.clone());
+        drop(removal);
         store.cache_manifest(manifest.clone());
         store.forget_file(id);
         Ok(Self {
@@ -351,7 +349,7 @@ mod tests {
     use shoal_core::{Manifest, PieceHash};
 
     use super::*;
-    use crate::MemMeta;
+    use crate::{MemMeta, Removal};
 
     fn one_piece() -> (Arc<Manifest>, Vec<u8>) {
         let data = b"hello, shoal".to_vec();
@@ -400,11 +398,19 @@ mod tests {
         let (m, data) = one_piece();
         let id = m.content_id();
         let dl = store.begin_download(m.clone(), &dir.path().join("a.bin")).unwrap();
-        assert!(!store.remove_if_idle(id).unwrap(), "refused while it runs");
+        assert_eq!(
+            store.remove_if_idle(id, |_| true).unwrap(),
+            Removal::Downloading,
+            "refused while it runs"
+        );
         assert!(store.record(id).unwrap().is_some(), "and nothing forgotten");
         drop(dl);
-        assert!(store.remove_if_idle(id).unwrap(), "done once it ended");
+        let kept = store.remove_if_idle(id, |r| matches!(r.source, Source::Seeded { .. })).unwrap();
+        assert!(matches!(kept, Removal::Kept(_)), "a record the caller would not remove stays");
+        let removed = store.remove_if_idle(id, |_| true).unwrap();
+        assert!(matches!(removed, Removal::Removed(r) if r.name == "f"), "done once it ended");
         assert!(store.record(id).unwrap().is_none());
+        assert_eq!(store.remove_if_idle(id, |_| true).unwrap(), Removal::NotHeld);
         let dl = store.begin_download(m, &dir.path().join("b.bin")).unwrap();
         assert_eq!(dl.resumed_pieces(), 0);
         assert!(dl.write_piece(PieceIndex(0), &data).unwrap());

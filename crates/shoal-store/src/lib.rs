@@ -30,4 +30,4 @@ pub use buffers::MAX_SPARE_BYTES;
 pub use download::Download;
 pub use error::StoreError;
 pub use meta::{ContentRecord, MemMeta, MetaStore, SledMeta, Source};
-pub use store::{Entry, EntryState, Store};
+pub use store::{Entry, EntryState, Removal, Store};

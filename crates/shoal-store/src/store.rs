@@ -57,12 +57,29 @@ pub(crate) struct Inner {
     pub(crate) meta: Arc<dyn MetaStore>,
     /// Downloads in progress in this process. Locks here are held only for map access.
     pub(crate) active: Mutex<HashMap<ContentId, Arc<PartialState>>>,
+    /// Held by [`Download::begin`] from its first read of a content's record until it is
+    /// listed in `active`, and by [`Store::remove_if_idle`]: a removal never lands between
+    /// them. Never taken while `active` is held.
+    pub(crate) removal: Mutex<()>,
     manifests: Mutex<HashMap<ContentId, Arc<Manifest>>>,
     files: Mutex<HashMap<ContentId, Arc<File>>>,
     /// Pieces of seeded files already checked against their hashes by this process.
     checked: Checked,
     /// Spare piece buffers, for reads and for downloads.
     pub(crate) buffers: Buffers,
+}
+
+/// What [`Store::remove_if_idle`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    /// Forgotten; this was its record.
+    Removed(ContentRecord),
+    /// Nothing to forget: no record of it.
+    NotHeld,
+    /// Not forgotten: its record is not one the caller would remove.
+    Kept(ContentRecord),
+    /// Not forgotten: a download of it runs in this process.
+    Downloading,
 }
 
 /// Modification time in nanoseconds since the epoch (fits an i64 until 2262).
@@ -119,6 +136,7 @@ impl Store {
             inner: Arc::new(Inner {
                 meta,
                 active: Mutex::new(HashMap::new()),
+                removal: Mutex::new(()),
                 manifests: Mutex::new(HashMap::new()),
                 files: Mutex::new(HashMap::new()),
                 checked: Checked::default(),
@@ -382,19 +400,25 @@ impl Store {
         Ok(())
     }
 
-    /// [`Store::remove`] unless a download of `id` runs in this process: checked and done in
-    /// one step, so a download that begins meanwhile is either refused here (false) or begins
-    /// after the removal, from nothing. Blocking.
-    pub fn remove_if_idle(&self, id: ContentId) -> Result<bool, StoreError> {
-        let active = lock(&self.inner.active);
-        if active.contains_key(&id) {
-            return Ok(false);
+    /// [`Store::remove`] unless a download of `id` runs in this process, checked and done in
+    /// one step: a download that begins meanwhile is either refused here or begins after the
+    /// removal, from nothing (see `Inner::removal`). Only a record `only` accepts is removed
+    /// (read in that same step: a fetch may have finished since the caller looked). Blocking.
+    pub fn remove_if_idle(
+        &self,
+        id: ContentId,
+        only: impl FnOnce(&ContentRecord) -> bool,
+    ) -> Result<Removal, StoreError> {
+        let _removal = lock(&self.inner.removal);
+        if lock(&self.inner.active).contains_key(&id) {
+            return Ok(Removal::Downloading);
         }
-        self.inner.meta.remove_content(id)?;
-        drop(active);
-        lock(&self.inner.manifests).remove(&id);
-        self.forget_file(id);
-        Ok(true)
+        let Some(rec) = self.inner.meta.record(id)? else { return Ok(Removal::NotHeld) };
+        if !only(&rec) {
+            return Ok(Removal::Kept(rec));
+        }
+        self.remove(id)?;
+        Ok(Removal::Removed(rec))
     }
 
     /// True while a download of `id` runs in this process (its partial file is being

@@ -23,7 +23,7 @@ use axum::Json;
 use shoal_control::api::GetBody;
 use shoal_control::jobs::{JobBody, JobStarted, JobStatus};
 use shoal_core::ContentId;
-use shoal_store::Source;
+use shoal_store::{ContentRecord, Removal, Source};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinError, JoinHandle};
 
@@ -211,7 +211,7 @@ impl Jobs {
     }
 
     /// Stops a running job and removes what it wrote; its status afterwards.
-    async fn cancel(&self, node: &Arc<Node>, id: &str) -> Result<JobStatus, ApiError> {
+    async fn cancel(self: &Arc<Self>, node: &Arc<Node>, id: &str) -> Result<JobStatus, ApiError> {
         let (task, content, output) = {
             let mut jobs = self.lock();
             Self::prune(&mut jobs, Instant::now());
@@ -236,6 +236,24 @@ impl Jobs {
             };
             (task, j.content, j.output.clone())
         };
+        // The rest runs as its own task: a client that stops waiting (its request dropped)
+        // must not leave the job taken from its task and running for ever.
+        let (me, node, id) = (self.clone(), node.clone(), id.to_string());
+        tokio::spawn(async move { me.stop(&node, &id, task, content, output).await })
+            .await
+            .map_err(|e| internal(e.into()))?
+    }
+
+    /// Stops job `id`'s fetch, waits for its last writes, removes what it wrote, and records
+    /// the job as cancelled (done, if the fetch had finished; failed, if the removal failed).
+    async fn stop(
+        &self,
+        node: &Arc<Node>,
+        id: &str,
+        task: (AbortHandle, JoinHandle<()>),
+        content: ContentId,
+        output: PathBuf,
+    ) -> Result<JobStatus, ApiError> {
         let (abort, recorder) = task;
         abort.abort();
         let _ = recorder.await;
@@ -246,24 +264,28 @@ impl Jobs {
         while store.is_downloading(content) && Instant::now() < end {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let finished =
-            tokio::task::spawn_blocking(move || forget_partial(&store, content, &output))
-                .await
-                .map_err(|e| internal(e.into()))?
-                .map_err(internal)?;
+        let outcome = tokio::task::spawn_blocking(move || forget_partial(&store, content, &output))
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r);
         node.stats.content_changed();
-        if !finished {
+        if matches!(outcome, Ok(false)) {
             super::rm::tell_tracker_forgotten(node, content).await;
         }
         let mut jobs = self.lock();
         if let Some(j) = jobs.get_mut(id) {
             if j.state == JobState::Running {
-                j.state = if finished { JobState::Done } else { JobState::Cancelled };
+                j.state = match &outcome {
+                    Ok(true) => JobState::Done,
+                    Ok(false) => JobState::Cancelled,
+                    Err(e) => JobState::Failed(format!("cancelled, but {e:#}")),
+                };
             }
             j.ended.get_or_insert_with(Instant::now);
         }
-        tracing::info!(job = %id, content = %content.fmt_short(), finished, "job cancelled");
         drop(jobs);
+        let finished = outcome.map_err(internal)?;
+        tracing::info!(job = %id, content = %content.fmt_short(), finished, "job cancelled");
         self.status_of(id).ok_or_else(|| internal(anyhow::anyhow!("job {id} vanished")))
     }
 }
@@ -275,10 +297,9 @@ fn forget_partial(
     content: ContentId,
     output: &std::path::Path,
 ) -> anyhow::Result<bool> {
-    match store.record(content)?.map(|r| r.source) {
-        Some(Source::Seeded { path, .. }) if path == output => Ok(true),
-        Some(Source::Download { partial, output: o }) if o == output => {
-            store.remove(content)?;
+    let ours = |r: &shoal_store::ContentRecord| matches!(&r.source, Source::Download { output: o, .. } if o == output);
+    match store.remove_if_idle(content, ours)? {
+        Removal::Removed(ContentRecord { source: Source::Download { partial, .. }, .. }) => {
             match std::fs::remove_file(&partial) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     Err(anyhow::Error::new(e)
@@ -287,6 +308,14 @@ fn forget_partial(
                 _ => Ok(false),
             }
         }
+        Removal::Kept(ContentRecord { source: Source::Seeded { path, .. }, .. }) => {
+            Ok(path == output)
+        }
+        Removal::Downloading => anyhow::bail!(
+            "the fetch was still writing {}s after the cancel; its partial file is kept: \
+             `shoal rm --delete {content}` removes it once the fetch has stopped",
+            SETTLE.as_secs()
+        ),
         // Cancelled before the manifest was in: nothing was written.
         _ => Ok(false),
     }

@@ -17,7 +17,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use shoal_control::jobs::{KeptFile, RmBody, RmReply};
 use shoal_core::ContentId;
-use shoal_store::{Source, Store};
+use shoal_store::{Removal, Source, Store};
 use shoal_wire::tracker::{TrackerRequest, TrackerResponse};
 
 use super::{internal, Api, ApiError};
@@ -85,18 +85,23 @@ fn kept(path: &Path, why: &str) -> KeptFile {
 /// Forgets `id` in the store, then deletes (with `delete`) what this node wrote for it.
 /// Blocking.
 fn remove(store: &Store, id: ContentId, delete: bool) -> Result<RmReply, ApiError> {
-    let Some(rec) = store.record(id).map_err(|e| internal(e.into()))? else {
-        return Err(refuse(
-            StatusCode::NOT_FOUND,
-            format!("content {id} is not held by this node: `shoal ls` lists what it holds"),
-        ));
+    // The record acted on is the one removed, read in the same step (a fetch that finished
+    // meanwhile has its file recorded, not its partial one).
+    let rec = match store.remove_if_idle(id, |_| true).map_err(|e| internal(e.into()))? {
+        Removal::Removed(rec) => rec,
+        Removal::NotHeld | Removal::Kept(_) => {
+            return Err(refuse(
+                StatusCode::NOT_FOUND,
+                format!("content {id} is not held by this node: `shoal ls` lists what it holds"),
+            ))
+        }
+        Removal::Downloading => {
+            return Err(refuse(
+                StatusCode::CONFLICT,
+                format!("content {id} is being fetched (it began just now): stop it first"),
+            ))
+        }
     };
-    if !store.remove_if_idle(id).map_err(|e| internal(e.into()))? {
-        return Err(refuse(
-            StatusCode::CONFLICT,
-            format!("content {id} is being fetched (it began just now): stop it first"),
-        ));
-    }
     let mut reply = RmReply {
         content_id: id.to_string(),
         name: rec.name,

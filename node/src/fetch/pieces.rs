@@ -54,6 +54,28 @@ pub(super) async fn run(
     warning: Option<String>,
     totals: &mut Totals,
 ) -> anyhow::Result<()> {
+    // The checkpoint running, if one is (see `drive`): it ends before the fetch does, however
+    // the fetch ends, so what it marks verified is durable before the outcome is told (its
+    // error is the fetch's if the fetch itself went well).
+    let mut syncs: JoinSet<Result<(), shoal_store::StoreError>> = JoinSet::new();
+    let result = drive(links, ctx, tracker, progress, warning, totals, &mut syncs).await;
+    while let Some(synced) = syncs.join_next().await {
+        if result.is_ok() {
+            synced??;
+        }
+    }
+    result
+}
+
+async fn drive(
+    links: &mut Links,
+    ctx: Arc<Ctx>,
+    tracker: Option<&TrackerHandle>,
+    progress: &watch::Sender<Progress>,
+    warning: Option<String>,
+    totals: &mut Totals,
+    syncs: &mut JoinSet<Result<(), shoal_store::StoreError>>,
+) -> anyhow::Result<()> {
     let node = ctx.node.clone();
     let (content, pieces) = (ctx.content, ctx.manifest.piece_count());
     let (ev_tx, mut ev_rx) = mpsc::channel::<PeerEvent>(EVENT_QUEUE);
@@ -66,10 +88,9 @@ pub(super) async fn run(
     let mut lookup_at = shoal_swarm::Lookups::new(Instant::now());
     let mut last_progress = Instant::now();
     let mut checkpoint = tokio::time::interval(Duration::from_secs(1));
-    // The checkpoint running, if one is: its fsync takes as long as the disk needs for what was
-    // written since the last one, and the loop keeps requesting pieces meanwhile (awaited here,
-    // every request that completed during it waited for it before the next was sent).
-    let mut syncs: JoinSet<Result<(), shoal_store::StoreError>> = JoinSet::new();
+    // A checkpoint's fsync takes as long as the disk needs for what was written since the last
+    // one: it runs in `syncs`, one at a time, and the loop keeps requesting pieces meanwhile
+    // (awaited here, every request that completed during it waited for it).
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut rate = RateMeter::new();
 
@@ -243,10 +264,6 @@ pub(super) async fn run(
     requests.abort_all();
     controls.abort_all();
     lookups.abort_all();
-    // A checkpoint under way finishes before the download does (its error is the fetch's).
-    while let Some(synced) = syncs.join_next().await {
-        synced??;
-    }
     Ok(())
 }
 
