@@ -140,7 +140,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // Caught from here on, before the daemon tells systemd it is ready.
             let shutdown = {
                 let _in = rt.enter();
-                shutdown_signal()
+                shoal_net::signal::shutdown()
             };
             rt.block_on(shoal_node::daemon::run(config, shutdown))
         }
@@ -238,32 +238,6 @@ fn testnet_tracker(dir: &Path) -> anyhow::Result<String> {
         .as_str()
         .map(str::to_string)
         .ok_or_else(|| anyhow::anyhow!("{} names no tracker", path.display()))
-}
-
-/// SIGTERM or SIGINT. The handlers are installed when this is called (within the runtime),
-/// not when the future is first polled: a signal sent right after the daemon said it was
-/// ready (systemd stopping it at once, a test) would otherwise end the process by the default
-/// action, without its clean shutdown.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int) =
-        (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok());
-    async move {
-        tokio::select! {
-            () = caught(term.as_mut()) => {}
-            () = caught(int.as_mut()) => {}
-        }
-    }
-}
-
-/// The next delivery of a signal whose handler is installed; never, without one.
-async fn caught(s: Option<&mut tokio::signal::unix::Signal>) {
-    match s {
-        Some(s) => {
-            s.recv().await;
-        }
-        None => std::future::pending().await,
-    }
 }
 
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {

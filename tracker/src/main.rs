@@ -307,12 +307,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Caught from here on, before the tracker tells systemd it is ready: a SIGTERM right after
-    // READY would otherwise end it by the default action, without its clean shutdown.
-    let (mut term, mut int) = {
-        use tokio::signal::unix::{signal, SignalKind};
+    // Caught from here on, before the tracker tells systemd it is ready.
+    let stop = {
         let _in = rt.enter();
-        (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok())
+        shoal_net::signal::shutdown()
     };
     let result = rt.block_on(shoal_tracker::run(
         config,
@@ -322,10 +320,7 @@ fn main() -> ExitCode {
             ops::notify(sd_notify::NotifyState::Ready);
         },
         async move {
-            tokio::select! {
-                () = caught(term.as_mut()) => {}
-                () = caught(int.as_mut()) => {}
-            }
+            stop.await;
             ops::notify(sd_notify::NotifyState::Stopping);
         },
     ));
@@ -335,15 +330,5 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// The next delivery of a signal whose handler is installed; never, without one.
-async fn caught(s: Option<&mut tokio::signal::unix::Signal>) {
-    match s {
-        Some(s) => {
-            s.recv().await;
-        }
-        None => std::future::pending().await,
     }
 }

@@ -20,6 +20,7 @@ pub mod framed;
 pub mod identity;
 pub mod limits;
 pub mod ratelimit;
+pub mod signal;
 pub mod tls;
 
 pub use endpoint::{connect, remote_node_id, Endpoint};
