@@ -267,7 +267,10 @@ async fn run(
         dl: dl.clone(),
         limit,
     });
-    pieces::run(links, ctx, tracker.as_ref(), progress, warning, &mut totals).await?;
+    let mut syncs = pieces::Checkpoints::new();
+    let fetched =
+        pieces::run(links, ctx, tracker.as_ref(), progress, warning, &mut totals, &mut syncs).await;
+    pieces::finish_checkpoints(syncs, fetched).await?;
     // The final line shows the run's average rate (the smoothed one may have no sample yet).
     let average = totals.downloaded as f64 / started.elapsed().as_secs_f64().max(1e-3);
     let _ = progress.send(snapshot(&manifest, links, totals.downloaded, average));

@@ -44,8 +44,13 @@ pub(super) struct Totals {
     pub(super) bad_pieces: u64,
 }
 
+/// Checkpoints (an fsync, then the pieces marked verified) run beside the fetch loop, one at a
+/// time: see [`run`] and [`finish_checkpoints`].
+pub(super) type Checkpoints = JoinSet<Result<(), shoal_store::StoreError>>;
+
 /// Fetches the missing pieces. Returns once all are verified, or with an error that says why
-/// no peer can finish the file. Cancel-safe: verified pieces stay in the store.
+/// no peer can finish the file. Cancel-safe: verified pieces stay in the store. A checkpoint
+/// may still run in `syncs` when it returns: pass its outcome to [`finish_checkpoints`].
 pub(super) async fn run(
     links: &mut Links,
     ctx: Arc<Ctx>,
@@ -53,28 +58,7 @@ pub(super) async fn run(
     progress: &watch::Sender<Progress>,
     warning: Option<String>,
     totals: &mut Totals,
-) -> anyhow::Result<()> {
-    // The checkpoint running, if one is (see `drive`): it ends before the fetch does, however
-    // the fetch ends, so what it marks verified is durable before the outcome is told (its
-    // error is the fetch's if the fetch itself went well).
-    let mut syncs: JoinSet<Result<(), shoal_store::StoreError>> = JoinSet::new();
-    let result = drive(links, ctx, tracker, progress, warning, totals, &mut syncs).await;
-    while let Some(synced) = syncs.join_next().await {
-        if result.is_ok() {
-            synced??;
-        }
-    }
-    result
-}
-
-async fn drive(
-    links: &mut Links,
-    ctx: Arc<Ctx>,
-    tracker: Option<&TrackerHandle>,
-    progress: &watch::Sender<Progress>,
-    warning: Option<String>,
-    totals: &mut Totals,
-    syncs: &mut JoinSet<Result<(), shoal_store::StoreError>>,
+    syncs: &mut Checkpoints,
 ) -> anyhow::Result<()> {
     let node = ctx.node.clone();
     let (content, pieces) = (ctx.content, ctx.manifest.piece_count());
@@ -265,6 +249,21 @@ async fn drive(
     controls.abort_all();
     lookups.abort_all();
     Ok(())
+}
+
+/// Waits for the checkpoint still running after [`run`] returned `fetched`, however it ended:
+/// what it marks verified is durable before the outcome is told. Its error is the fetch's if
+/// the fetch itself went well.
+pub(super) async fn finish_checkpoints(
+    mut syncs: Checkpoints,
+    fetched: anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    while let Some(synced) = syncs.join_next().await {
+        if fetched.is_ok() {
+            synced??;
+        }
+    }
+    fetched
 }
 
 fn handle_event(links: &mut Links, ev: PeerEvent) {
