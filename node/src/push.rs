@@ -155,7 +155,7 @@ async fn push_manifest(
 /// yet: a storage node started a moment before (or before its tracker) registers within its
 /// reconnect backoff, at most 4 s. (Background callers, like a sync round, do not wait: they
 /// come back anyway.)
-pub(crate) const STORAGE_WAIT: Duration = Duration::from_secs(10);
+const STORAGE_WAIT: Duration = Duration::from_secs(10);
 /// How often the tracker is asked again meanwhile.
 const STORAGE_POLL: Duration = Duration::from_millis(500);
 

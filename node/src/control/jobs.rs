@@ -297,7 +297,8 @@ fn forget_partial(
     content: ContentId,
     output: &std::path::Path,
 ) -> anyhow::Result<bool> {
-    let ours = |r: &shoal_store::ContentRecord| matches!(&r.source, Source::Download { output: o, .. } if o == output);
+    let ours =
+        |r: &ContentRecord| matches!(&r.source, Source::Download { output: o, .. } if o == output);
     match store.remove_if_idle(content, ours)? {
         Removal::Removed(ContentRecord { source: Source::Download { partial, .. }, .. }) => {
             match std::fs::remove_file(&partial) {
