@@ -53,6 +53,9 @@ pub struct Pusher {
 
 /// Pieces pushed at once.
 const PUSH_STREAMS: usize = 4;
+/// The longest a user's push holds back the pieces downloaders were sent, waiting for the
+/// origin's first copy to be out (a stalled reveal ends after 10 s without progress anyway).
+const FIRST_COPY_WAIT: Duration = Duration::from_secs(60);
 /// Attempts per piece when storage cannot write.
 const ATTEMPTS: u32 = 5;
 
@@ -265,8 +268,11 @@ async fn push_pieces(
 /// content (`crate::reveal`) sends first the pieces nobody was sent yet and leaves the ones a
 /// downloader already has to the end: the origin's uplink is the swarm's narrowest part, and
 /// a piece sent to both a downloader and storage is one copy more than the swarm needs (the
-/// downloader can push it in, told by the tracker's re-seed directives). Then it asks storage
-/// again and pushes what is still missing, so the push ends with everything stored.
+/// downloader can push it in, told by the tracker's re-seed directives). The second pass
+/// waits until every piece has left the origin once (at most [`FIRST_COPY_WAIT`]), so it
+/// does not take the uplink from the first copy, and downloaders' re-seeds have pushed in
+/// meanwhile what they could. Then it asks storage again and pushes what is still missing,
+/// so the push ends with everything stored.
 async fn push_missing(
     node: &Pusher,
     conn: &Connection,
@@ -278,6 +284,7 @@ async fn push_missing(
     let (mut sent, mut complete, deferred) =
         push_pieces(node, conn, content, missing, creds.clone(), defer).await?;
     if !deferred.is_empty() && !complete {
+        node.reveals.first_copy_out(content, FIRST_COPY_WAIT).await;
         let stored = holding(conn, content).await?;
         let rest: Vec<PieceIndex> =
             deferred.into_iter().filter(|&p| !stored.as_ref().is_some_and(|b| b.get(p))).collect();

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
 use shoal_swarm::reveal::{Config, Event};
@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 const MAX_REVEALED: usize = 16;
 /// How often deadlines are applied when nothing else happens (a subscriber that vanished
 /// holds its pieces until then).
-const TICK: std::time::Duration = std::time::Duration::from_millis(250);
+const TICK: Duration = Duration::from_millis(250);
 /// Reveal messages queued for one control stream; more are dropped (the piece stays shown and
 /// is hidden again at its deadline).
 pub(crate) const QUEUE: usize = 256;
@@ -37,6 +37,9 @@ pub(crate) enum Shown {
     Piece(ContentId, PieceIndex),
     /// The content's full bitfield: the mode is over.
     All(ContentId),
+    /// What the subscriber may ask for from now on, replacing the whole bitfield it was
+    /// answered with (a crowd formed).
+    View(ContentId, Bitfield),
 }
 
 #[derive(Debug)]
@@ -53,6 +56,8 @@ struct Entry {
 pub(crate) struct Reveals {
     // Held only for bookkeeping, never across an await.
     state: Mutex<State>,
+    /// Woken whenever a content's mode ends (every piece left once, a stall, or evicted).
+    ended: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +82,7 @@ impl Reveals {
             if let Some(c) = oldest {
                 if let Some(e) = s.contents.remove(&c) {
                     tell_all(&e, c);
+                    self.ended.notify_waiters();
                 }
             }
         }
@@ -129,6 +135,7 @@ impl Reveals {
         pump(e, content);
         if e.machine.is_done() {
             s.contents.remove(&content);
+            self.ended.notify_waiters();
         }
     }
 
@@ -154,6 +161,26 @@ impl Reveals {
         pump(e, content);
         if e.machine.is_done() {
             s.contents.remove(&content);
+            self.ended.notify_waiters();
+        }
+    }
+
+    /// Waits until `content` is no longer revealed (every piece left once, the mode stalled
+    /// and ended, or it was evicted by newer contents), at most `limit`. Cancel-safe.
+    pub(crate) async fn first_copy_out(&self, content: ContentId, limit: Duration) {
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            // Registered before the check, so an end between the two is not missed.
+            ended.as_mut().enable();
+            if !self.lock().contents.contains_key(&content) {
+                return;
+            }
+            tokio::select! {
+                () = ended => {}
+                () = tokio::time::sleep_until(until) => return,
+            }
         }
     }
 
@@ -183,7 +210,11 @@ impl Reveals {
                 pump(e, *c);
             }
         }
+        let before = s.contents.len();
         s.contents.retain(|_, e| !e.machine.is_done());
+        if s.contents.len() < before {
+            self.ended.notify_waiters();
+        }
     }
 
     /// Applies deadlines every [`TICK`] while `reveals` lives (a task of the node's runtime).
@@ -254,6 +285,12 @@ fn pump(e: &mut Entry, content: ContentId) {
                 }
             }
             Event::ShowAll => tell_all(e, content),
+            Event::Narrow { peer } => {
+                if let Some(tx) = e.subscribers.get(&peer) {
+                    // Dropped when its queue is full: it goes on seeing everything.
+                    let _ = tx.try_send(Shown::View(content, e.machine.view(peer)));
+                }
+            }
         }
     }
 }

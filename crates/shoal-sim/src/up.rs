@@ -165,6 +165,9 @@ impl World {
                         sends.push((c, Kind::Bitfield(s, Box::new(n.have.clone()))));
                     }
                 }
+                Reveal::Narrow { peer } => {
+                    sends.push((peer, Kind::Bitfield(s, Box::new(r.view(peer)))));
+                }
             }
         }
         let next = r.poll_timeout();

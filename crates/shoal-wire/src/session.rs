@@ -220,6 +220,14 @@ impl Session {
         }
     }
 
+    /// Tells the remote, if it subscribed to that content, which pieces it may ask us for
+    /// now: the bitfield replaces the one it has (an origin narrowing what it shows).
+    pub fn replace_bitfield(&mut self, content: ContentId, bitfield: Bitfield) {
+        if self.theirs.contains(&content) {
+            self.transmit.push_back(Message::Bitfield { content, bitfield });
+        }
+    }
+
     /// Tells the remote we gained a piece, if it subscribed to that content.
     pub fn announce_have(&mut self, content: ContentId, piece: PieceIndex) {
         if self.theirs.contains(&content) {

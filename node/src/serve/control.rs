@@ -184,6 +184,7 @@ pub(crate) async fn drive_control(
                     // Not batched: the peer waits for it to ask for the next piece.
                     Some(Shown::Piece(c, p)) => session.announce_have(c, p),
                     Some(Shown::All(c)) => resync.push(c),
+                    Some(Shown::View(c, b)) => session.replace_bitfield(c, b),
                     // This stream holds a sender itself: never closed while it runs.
                     None => {}
                 },

@@ -185,6 +185,10 @@ impl<P: Copy + Ord + std::fmt::Debug> Reference<P> {
         };
         // Fresh pieces first (hinted ones before the rest, rarest first within each); then
         // endgame: the least duplicated in-flight piece.
+        // A second copy from a peer busy with our requests only once every missing piece
+        // has a connected holder.
+        let unavailable = self.have.iter_zeros().any(|i| self.availability[i.0 as usize] == 0);
+        let copies_ok = !unavailable || p.in_flight.is_empty();
         let mut best: Option<(bool, bool, u32, u32, PieceIndex)> = None;
         for i in (0..self.have.len()).map(PieceIndex) {
             if !usable(i) {
@@ -193,7 +197,7 @@ impl<P: Copy + Ord + std::fmt::Debug> Reference<P> {
             let idx = i.0 as usize;
             let key = if self.requested[idx] == 0 {
                 (false, !self.hinted[idx], self.availability[idx], self.order[idx], i)
-            } else if self.requested[idx] < MAX_COPIES {
+            } else if self.requested[idx] < MAX_COPIES && copies_ok {
                 (true, false, self.requested[idx], self.order[idx], i)
             } else {
                 continue;

@@ -80,6 +80,46 @@ fn a_peer_with_few_late_pieces_is_found_past_the_walk() {
     assert!(dup.unwrap().endgame, "only pieces in flight elsewhere are left for peer 2");
 }
 
+#[test]
+fn a_busy_peer_is_asked_for_a_second_copy_only_once_every_missing_piece_has_a_holder() {
+    // Peers 1 and 2 hold pieces 0 and 1; piece 2 has no holder yet (a seed-bound swarm).
+    let n = 3;
+    let mut p = Picker::new(Bitfield::new(n), 3);
+    let mut r = Reference::new(Bitfield::new(n), 3);
+    let mut two = Bitfield::new(n);
+    two.set(PieceIndex(0));
+    two.set(PieceIndex(1));
+    for id in [1u8, 2] {
+        p.add_peer(id, two.clone());
+        r.add_peer(id, two.clone());
+    }
+    let a = p.next_request(1).unwrap();
+    assert_eq!(Some(a), r.next_request(1));
+    let b = p.next_request(2).unwrap();
+    assert_eq!(Some(b), r.next_request(2));
+    assert!(!a.endgame && !b.endgame && a.piece != b.piece, "{a:?} {b:?}");
+    // Each is busy with one request and piece 2 has no holder: no second copies.
+    assert_eq!(p.next_request(1), None);
+    assert_eq!(r.next_request(1), None);
+    // Peer 2's piece arrives: peer 2 is idle, and an idle peer may take a second copy.
+    p.piece_verified(2, b.piece);
+    r.piece_verified(2, b.piece);
+    let c = p.next_request(2).unwrap();
+    assert_eq!(Some(c), r.next_request(2));
+    assert_eq!((c.piece, c.endgame), (a.piece, true));
+    // A third peer holds everything: every missing piece has a holder, so once busy with
+    // piece 2 it may still take a third copy of the first (the fetch's endgame proper).
+    p.add_peer(3, full(n));
+    r.add_peer(3, full(n));
+    let d = p.next_request(3).unwrap();
+    assert_eq!(Some(d), r.next_request(3));
+    assert_eq!((d.piece, d.endgame), (PieceIndex(2), false));
+    let e = p.next_request(3).unwrap();
+    assert_eq!(Some(e), r.next_request(3));
+    assert_eq!((e.piece, e.endgame), (a.piece, true));
+    check(&p);
+}
+
 /// Panics unless every counter the picker keeps matches a recount.
 fn check<P: Copy + Ord + std::fmt::Debug>(p: &Picker<P>) {
     p.pieces.check();

@@ -157,19 +157,58 @@ fn a_lone_subscriber_that_never_asks_is_shown_every_unsent_piece_in_turn() {
 }
 
 #[test]
-fn the_first_subscribers_see_everything() {
+fn the_first_subscribers_see_everything_until_a_crowd_forms() {
     let t0 = Instant::now();
     let mut r = Reveal::new(Config { min_peers: 2, ..config(2) }, 16, 4);
     assert!(r.subscribe(t0, 1).is_complete());
     assert!(r.subscribe(t0, 2).is_complete());
-    assert_eq!(ones(&r.subscribe(t0, 3)).len(), 2, "the third is shown its view");
     assert!(r.subscribe(t0, 1).is_complete(), "still whole");
     // A whole-view subscriber's pieces count as sent.
     r.handle_sent(t0, 1, PieceIndex(0));
     assert!(events(&mut r).is_empty());
-    // One leaves: the next newcomer sees everything in its place.
-    r.unsubscribe(t0, 2);
-    assert!(r.subscribe(t0, 4).is_complete());
+    // A third comes: it is shown its view, and the first two are narrowed to theirs.
+    let third = ones(&r.subscribe(t0, 3));
+    assert_eq!(third.len(), 2);
+    let narrowed = events(&mut r);
+    assert_eq!(narrowed, vec![Event::Narrow { peer: 1 }, Event::Narrow { peer: 2 }]);
+    let (v1, v2) = (ones(&r.view(1)), ones(&r.view(2)));
+    assert_eq!((v1.len(), v2.len()), (2, 2));
+    let all: BTreeSet<PieceIndex> = v1.iter().chain(&v2).chain(&third).copied().collect();
+    assert_eq!(all.len(), 6, "distinct views: {v1:?} {v2:?} {third:?}");
+    assert!(!all.contains(&PieceIndex(0)), "a piece sent is never shown");
+    assert_eq!(ones(&r.subscribe(t0, 1)), v1, "subscribing again gives the same view");
+    // Once every piece has left, everyone sees everything again.
+    for p in 1..16 {
+        r.handle_sent(t0, 3, PieceIndex(p));
+    }
+    assert!(r.view(1).is_complete() && r.view(3).is_complete());
+}
+
+#[test]
+fn a_piece_asked_outside_a_view_is_shown_to_nobody_until_that_request_ends() {
+    let t0 = Instant::now();
+    let mut r = Reveal::new(Config { min_peers: 1, ..config(1) }, 4, 5);
+    assert!(r.subscribe(t0, 1).is_complete());
+    // Subscriber 1 sees everything and asks for the first piece it likes.
+    r.handle_requested(t0, 1, PieceIndex(2));
+    // The next three are shown one piece each: never piece 2 while that request lasts.
+    let mut shown = BTreeSet::new();
+    for peer in 2..=4 {
+        shown.extend(ones(&r.subscribe(t0, peer)));
+    }
+    let _ = events(&mut r);
+    assert!(!shown.contains(&PieceIndex(2)), "{shown:?}");
+    // The request ends unsent: piece 2 is shown again, to a subscriber whose view is short.
+    let freed = *shown.iter().next().unwrap();
+    let holder = (2..=4).find(|&p| r.view(p).get(freed)).unwrap();
+    r.handle_requested(t0, holder, freed);
+    r.handle_sent(t0, holder, freed);
+    let _ = events(&mut r);
+    r.handle_abandoned(t0, 1, PieceIndex(2));
+    let again = events(&mut r);
+    let shown_again = again.iter().any(|e| matches!(e, Event::Show { piece: PieceIndex(2), .. }));
+    assert!(shown_again, "{again:?}");
+    assert!(!r.was_sent(PieceIndex(2)));
 }
 
 #[test]
