@@ -31,7 +31,7 @@ const TICK: Duration = Duration::from_millis(250);
 pub(crate) const QUEUE: usize = 256;
 
 /// What a subscriber's control stream is to send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Shown {
     /// A have for this piece.
     Piece(ContentId, PieceIndex),
@@ -327,17 +327,30 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(QUEUE);
         assert!(r.subscribe(c, a, &tx).is_none(), "not added here: shown whole");
         r.start(c, 64);
-        // The first three see everything (`Config::min_peers`).
-        let (txw, _rxw) = mpsc::channel(QUEUE);
+        // The first three see everything (`Config::min_peers`) until a fourth comes.
+        let (txw, mut rxw) = mpsc::channel(QUEUE);
         for _ in 0..3 {
             assert!(r.subscribe(c, id(), &txw).unwrap().is_complete());
         }
         let view_a = r.subscribe(c, a, &tx).unwrap();
         let (txb, mut rxb) = mpsc::channel(QUEUE);
         let view_b = r.subscribe(c, b, &txb).unwrap();
-        // The first subscriber is shown the whole budget, the second its share of it.
-        assert_eq!((view_a.count(), view_b.count()), (32, 16));
-        assert!(view_a.iter_ones().all(|p| !view_b.get(p)), "each piece shown to one of them");
+        // Then the three are narrowed to a share of the budget, like the newcomers.
+        let mut narrowed = Vec::new();
+        while let Ok(Shown::View(cc, v)) = rxw.try_recv() {
+            assert_eq!(cc, c);
+            narrowed.push(v);
+        }
+        assert_eq!(narrowed.len(), 3);
+        assert!(narrowed.iter().all(|v| v.count() == 8), "32 shared by four");
+        assert_eq!((view_a.count(), view_b.count()), (8, 6), "32 / 4, then 32 / 5");
+        let mut seen = view_a.clone();
+        for v in narrowed.iter().chain([&view_b]) {
+            assert!(v.iter_ones().all(|p| !seen.get(p)), "each piece shown to one of them");
+            v.iter_ones().for_each(|p| {
+                seen.set(p);
+            });
+        }
         // Every piece sent once (whoever it went to): the mode ends, both are told.
         for p in 0..64 {
             r.sent(c, a, PieceIndex(p));

@@ -201,8 +201,8 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
                 return Bitfield::new(self.pieces);
             }
             self.peers.insert(peer, BTreeMap::new());
-            self.top_up(now, peer, false);
             self.narrow(now);
+            self.top_up(now, peer, false);
         }
         self.view(peer)
     }
@@ -224,13 +224,17 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     /// everything get views too (within `Config::max_peers`; the rest keep seeing everything).
     fn narrow(&mut self, now: Instant) {
         self.crowd = true;
-        let whole = std::mem::take(&mut self.whole);
-        for peer in whole {
+        let mut narrowed = Vec::new();
+        for peer in std::mem::take(&mut self.whole) {
             if self.peers.len() >= self.config.max_peers {
                 self.whole.insert(peer);
                 continue;
             }
             self.peers.insert(peer, BTreeMap::new());
+            narrowed.push(peer);
+        }
+        // Views sized once all are counted, so each gets its share.
+        for peer in narrowed {
             self.top_up(now, peer, false);
             self.events.push_back(Event::Narrow { peer });
         }
