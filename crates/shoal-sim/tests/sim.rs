@@ -47,6 +47,37 @@ fn fifty_nodes_with_mixed_uplinks_complete_near_the_bound() {
 }
 
 #[test]
+fn a_seed_bound_swarm_wastes_few_uploads_on_second_copies() {
+    // 15 downloaders and a seed at one rate: the seed's copy is the bound, and the others can
+    // just send what they need of each other in that time, so every wasted byte moves the
+    // finish. 8 MiB in 128 pieces of 64 KiB at 1 MiB/s.
+    for seed in 1..=4 {
+        let scenario = Scenario {
+            nodes: 15,
+            uplink: 1024 * 1024,
+            slow_fraction: 0.0,
+            file_size: 8 * 1024 * 1024,
+            piece_size: Some(64 * 1024),
+            latency: Duration::from_millis(10),
+            churn: 0.0,
+            seed,
+            ..Scenario::default()
+        };
+        let out = run(&scenario).unwrap();
+        println!(
+            "seed {seed}: ratio {:.3}, seed copies {:.3}, overhead {:.3}",
+            out.ratio, out.seed_copies, out.upload_overhead
+        );
+        assert_eq!(out.finish_s.len(), 15);
+        // With second copies asked of busy peers whenever nothing else was free, and the
+        // origin's first viewers shown everything for good: ratio 1.27 to 1.33, overhead 1.13
+        // to 1.19 at these seeds. Now 1.20 to 1.22 and 1.08 to 1.12.
+        assert!(out.ratio <= 1.25, "seed {seed}: ratio {}", out.ratio);
+        assert!(out.upload_overhead <= 1.13, "seed {seed}: wasted uploads {}", out.upload_overhead);
+    }
+}
+
+#[test]
 fn the_same_seed_gives_the_same_outcome_and_another_seed_another() {
     let a = run(&small(30, 0.1, 7)).unwrap();
     let b = run(&small(30, 0.1, 7)).unwrap();
