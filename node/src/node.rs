@@ -135,7 +135,6 @@ impl Node {
             data_dir: dir.clone(),
             reseeding: Arc::default(),
             reveals: reveals.clone(),
-            uploads: uploads.clone(),
             storage: Arc::default(),
         };
         let offline = match &contents.cloud {

@@ -46,8 +46,6 @@ pub struct Pusher {
     pub(crate) reseeding: Arc<Mutex<HashSet<ContentId>>>,
     /// What this node reveals as an origin: a piece pushed into storage is a copy out.
     pub(crate) reveals: Arc<crate::reveal::Reveals>,
-    /// The node's upload slots to peers: a push's second pass waits for them to idle.
-    pub(crate) uploads: Arc<crate::upload::Uploads>,
     /// The connection to the storage node offline tasks and the space go to, kept between
     /// calls (see `offline::client`). Held only for access.
     pub(crate) storage: Arc<Mutex<Option<(PeerAddr, Connection, shoal_core::NodeId)>>>,
@@ -56,10 +54,8 @@ pub struct Pusher {
 /// Pieces pushed at once.
 const PUSH_STREAMS: usize = 4;
 /// The longest a user's push holds back the pieces downloaders were sent, waiting for the
-/// origin's first copy to be out and its uploads to peers to end.
+/// origin's first copy to be out (a reveal without progress ends after 10 s anyway).
 const SECOND_PASS_WAIT: Duration = Duration::from_secs(60);
-/// How often a waiting push looks whether uploads to peers have ended.
-const IDLE_POLL: Duration = Duration::from_millis(250);
 /// Attempts per piece when storage cannot write.
 const ATTEMPTS: u32 = 5;
 
@@ -273,11 +269,12 @@ async fn push_pieces(
 /// downloader already has to the end: the origin's uplink is the swarm's narrowest part, and
 /// a piece sent to both a downloader and storage is one copy more than the swarm needs (the
 /// downloader can push it in, told by the tracker's re-seed directives). The second pass
-/// waits until every piece has left the origin once and then until no peer is being sent a
-/// piece (at most [`SECOND_PASS_WAIT`] in all), so it takes the uplink neither from the first
-/// copy nor from the swarm's last pieces, and downloaders' re-seeds push in meanwhile what
-/// they can. Then it asks storage again and pushes what is still missing, so the push ends
-/// with everything stored.
+/// waits until every piece has left the origin once (at most [`SECOND_PASS_WAIT`]), so it
+/// does not take the uplink from the first copy, and downloaders' re-seeds push in meanwhile
+/// what they can. Then it asks storage again and pushes what is still missing, so the push
+/// ends with everything stored. (Waiting also for the node's uploads to peers to end was
+/// tried: any peer keeping one slow request open, of any content, then held every push for
+/// the whole wait.)
 async fn push_missing(
     node: &Pusher,
     conn: &Connection,
@@ -289,9 +286,7 @@ async fn push_missing(
     let (mut sent, mut complete, deferred) =
         push_pieces(node, conn, content, missing, creds.clone(), defer).await?;
     if !deferred.is_empty() && !complete {
-        let until = tokio::time::Instant::now() + SECOND_PASS_WAIT;
         node.reveals.first_copy_out(content, SECOND_PASS_WAIT).await;
-        uploads_idle(&node.uploads, until).await;
         let stored = holding(conn, content).await?;
         let rest: Vec<PieceIndex> =
             deferred.into_iter().filter(|&p| !stored.as_ref().is_some_and(|b| b.get(p))).collect();
@@ -301,14 +296,6 @@ async fn push_missing(
         complete |= c;
     }
     Ok((sent, complete))
-}
-
-/// Returns once no upload to a peer is under way, or at `until`. Polled: uploads end in many
-/// places, and starting a quarter of a second late costs a push nothing. Cancel-safe.
-async fn uploads_idle(uploads: &crate::upload::Uploads, until: tokio::time::Instant) {
-    while uploads.active() > 0 && tokio::time::Instant::now() < until {
-        tokio::time::sleep(IDLE_POLL).await;
-    }
 }
 
 /// Pushes a content this node holds into storage (found through the tracker unless given).

@@ -114,6 +114,15 @@ impl Reveals {
         Some(view)
     }
 
+    /// What `peer` is shown of `content` now, if this node reveals it (else `None`: it sees
+    /// what is held): a bitfield re-sent after a lag must not undo its view.
+    pub(crate) fn view(&self, content: ContentId, peer: NodeId) -> Option<Bitfield> {
+        let s = self.lock();
+        // Not subscribed to this reveal (one started afresh since): it was told everything.
+        let e = s.contents.get(&content).filter(|e| e.subscribers.contains_key(&peer))?;
+        Some(e.machine.view(peer))
+    }
+
     /// `peer` asked for `piece` of `content`.
     fn requested(&self, content: ContentId, peer: NodeId, piece: PieceIndex) {
         let mut s = self.lock();
@@ -362,6 +371,27 @@ mod tests {
         }
         assert_eq!(last_a, Some(Shown::All(c)));
         assert_eq!(rxb.try_recv(), Ok(Shown::All(c)));
+    }
+
+    #[test]
+    fn a_bitfield_resent_to_a_subscriber_is_its_view_while_the_content_is_revealed() {
+        let r = Reveals::default();
+        let c = ContentId([2; 32]);
+        r.start(c, 64);
+        let (tx, _rx) = mpsc::channel(QUEUE);
+        let (txw, _rxw) = mpsc::channel(QUEUE);
+        for _ in 0..3 {
+            r.subscribe(c, id(), &txw).unwrap();
+        }
+        let a = id();
+        let view = r.subscribe(c, a, &tx).unwrap();
+        assert!(!view.is_complete());
+        assert_eq!(r.view(c, a), Some(view), "what a lag re-sends: its view, not the store's");
+        assert_eq!(r.view(c, id()), None, "a stranger: what is held");
+        for p in 0..64 {
+            r.sent(c, a, PieceIndex(p));
+        }
+        assert_eq!(r.view(c, a), None, "the mode is over: what is held");
     }
 
     #[test]

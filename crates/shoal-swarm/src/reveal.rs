@@ -27,7 +27,11 @@
 //! `Config::budget` (one each at least), and a shown piece its subscriber has not asked for
 //! within `Config::deadline`, or whose request ended unsent, is hidden again and the
 //! subscriber shown another (the first stays in its view: asked for, it is still served).
-//! Memory: one entry per piece plus at most `max(budget, max_peers)` shown entries.
+//! A piece a subscriber asks for outside its view (shown everything, or narrowed since) is
+//! kept from the others until that request ends or `Config::send_deadline` passes, at most
+//! `Config::per_peer` per subscriber; a stranger's request holds nothing back.
+//! Memory: one entry per piece plus at most `max(budget, max_peers)` shown entries and one
+//! asked entry per piece.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Debug;
@@ -133,10 +137,13 @@ pub struct Reveal<P> {
     cursor: Option<P>,
     /// Shown, unrequested pieces by when they are hidden again.
     expiry: BTreeSet<(Instant, P, PieceIndex)>,
-    /// Unsent pieces asked for outside the asker's view (by a subscriber shown everything, or
-    /// narrowed since): out of `hidden` until sent or given up, so that nobody is shown them
-    /// meanwhile and sent a second copy. At most one entry per piece.
-    asked: BTreeSet<(P, PieceIndex)>,
+    /// Unsent pieces a subscriber (shown everything, or narrowed since) asked for outside
+    /// its view, with who asked and until when: out of `hidden` until sent, given up or due
+    /// (`Config::send_deadline`), so nobody is shown them meanwhile and sent a second copy.
+    /// At most `Config::per_peer` per subscriber (`asked_by`), one entry per piece.
+    asked: BTreeMap<PieceIndex, (P, Instant)>,
+    asked_due: BTreeSet<(Instant, PieceIndex)>,
+    asked_by: BTreeMap<P, usize>,
     events: VecDeque<Event<P>>,
 }
 
@@ -167,7 +174,9 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
             progress: None,
             cursor: None,
             expiry: BTreeSet::new(),
-            asked: BTreeSet::new(),
+            asked: BTreeMap::new(),
+            asked_due: BTreeSet::new(),
+            asked_by: BTreeMap::new(),
             events: VecDeque::new(),
         }
     }
@@ -247,12 +256,20 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     pub fn handle_requested(&mut self, now: Instant, peer: P, piece: PieceIndex) {
         let Some(shown) = self.peers.get_mut(&peer).and_then(|s| s.get_mut(&piece)) else {
             // Outside its view: a piece shown to nobody yet is kept from the others until
-            // this request ends.
-            if piece.0 < self.pieces && !self.is_done() {
-                let i = piece.0 as usize;
-                if self.hidden.remove(&(self.order[i], piece.0)) {
-                    self.asked.insert((peer, piece));
-                }
+            // this request ends (a subscriber's, within its share; strangers' are served
+            // but hold nothing back).
+            let subscriber = self.whole.contains(&peer) || self.peers.contains_key(&peer);
+            let share = self.asked_by.get(&peer).copied().unwrap_or(0);
+            if piece.0 < self.pieces
+                && !self.is_done()
+                && subscriber
+                && share < self.config.per_peer.max(1)
+                && self.hidden.remove(&(self.order[piece.0 as usize], piece.0))
+            {
+                let due = now + self.config.send_deadline;
+                self.asked.insert(piece, (peer, due));
+                self.asked_due.insert((due, piece));
+                *self.asked_by.entry(peer).or_default() += 1;
             }
             return;
         };
@@ -276,7 +293,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         }
         self.progress = Some(now);
         self.unshow(peer, piece);
-        self.asked.remove(&(peer, piece));
+        self.release_asked(piece);
         self.count(piece);
         if self.is_done() {
             self.finish();
@@ -295,10 +312,12 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
             return;
         }
         if !self.unshow(peer, piece) {
-            // Asked for outside its view: back among the pieces to show.
-            if self.asked.remove(&(peer, piece)) {
+            // Asked for outside its view: back among the pieces to show, to others (it may
+            // have had the piece from elsewhere).
+            if self.asked.get(&piece).is_some_and(|&(p, _)| p == peer) {
+                self.release_asked(piece);
                 self.hide(piece);
-                self.refill(now, &BTreeSet::new());
+                self.refill(now, &BTreeSet::from([peer]));
             }
             return;
         }
@@ -319,7 +338,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         }
         self.progress = Some(now);
         self.count(piece);
-        self.asked.retain(|&(_, p)| p != piece);
+        self.release_asked(piece);
         if self.is_done() {
             self.finish();
         }
@@ -349,6 +368,8 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         self.whole.clear();
         self.expiry.clear();
         self.asked.clear();
+        self.asked_due.clear();
+        self.asked_by.clear();
         self.hidden.clear();
         self.events.push_back(Event::ShowAll);
     }
@@ -356,14 +377,14 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     /// `peer` is gone: its shown, unsent pieces may be shown to others.
     pub fn unsubscribe(&mut self, now: Instant, peer: P) {
         self.whole.remove(&peer);
-        let asked: Vec<PieceIndex> = self
-            .asked
-            .range((peer, PieceIndex(0))..=(peer, PieceIndex(u32::MAX)))
-            .map(|&(_, p)| p)
-            .collect();
-        for piece in asked {
-            self.asked.remove(&(peer, piece));
-            self.hide(piece);
+        if self.asked_by.contains_key(&peer) {
+            // At most `per_peer` of them, found in one pass over the asked pieces.
+            let mine: Vec<PieceIndex> =
+                self.asked.iter().filter(|(_, &(p, _))| p == peer).map(|(&i, _)| i).collect();
+            for piece in mine {
+                self.release_asked(piece);
+                self.hide(piece);
+            }
         }
         for (piece, s) in self.peers.remove(&peer).unwrap_or_default() {
             if let Some(due) = s.due {
@@ -384,6 +405,19 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
             self.sent = Bitfield::full(self.pieces);
             self.finish();
             return;
+        }
+        // Pieces asked for outside a view and not sent in time go back among those to show.
+        let mut freed = false;
+        while let Some(&(due, piece)) = self.asked_due.first() {
+            if due > now {
+                break;
+            }
+            self.release_asked(piece);
+            self.hide(piece);
+            freed = true;
+        }
+        if freed {
+            self.refill(now, &BTreeSet::new());
         }
         let mut late = Vec::new();
         while let Some(&(due, peer, piece)) = self.expiry.first() {
@@ -420,7 +454,11 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     /// progress.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let stall = self.progress.filter(|_| !self.is_done()).map(|t| t + self.config.stall);
-        let due = self.expiry.first().map(|&(due, _, _)| due);
+        let due =
+            [self.expiry.first().map(|&(d, _, _)| d), self.asked_due.first().map(|&(d, _)| d)]
+                .into_iter()
+                .flatten()
+                .min();
         match (due, stall) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -435,6 +473,18 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     /// Subscribers with a view.
     pub fn peers(&self) -> usize {
         self.peers.len()
+    }
+
+    /// Forgets that `piece` was asked for outside a view (it is sent, given up or due).
+    fn release_asked(&mut self, piece: PieceIndex) {
+        let Some((peer, due)) = self.asked.remove(&piece) else { return };
+        self.asked_due.remove(&(due, piece));
+        if let Some(n) = self.asked_by.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.asked_by.remove(&peer);
+            }
+        }
     }
 
     fn hide(&mut self, piece: PieceIndex) {

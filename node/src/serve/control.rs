@@ -143,7 +143,7 @@ pub(crate) async fn drive_control(
             loop {
                 let m = match session.poll_transmit() {
                     Some(m) => m,
-                    None => match resync.pop().map(|c| (c, node.contents.holding(c))) {
+                    None => match resync.pop().map(|c| (c, resync_view(&node, c, peer))) {
                         Some((content, Ok(Some(bitfield)))) => {
                             Message::Bitfield { content, bitfield }
                         }
@@ -229,6 +229,15 @@ pub(crate) async fn drive_control(
     };
     if let Some(tx) = &events {
         let _ = tx.send(PeerEvent::Closed(peer, text)).await;
+    }
+}
+
+/// The bitfield to re-send `peer` for `content`: its view, where this node reveals the
+/// content, else what the store holds.
+fn resync_view(node: &Node, content: ContentId, peer: NodeId) -> anyhow::Result<Option<Bitfield>> {
+    match node.reveals.view(content, peer) {
+        Some(view) => Ok(Some(view)),
+        None => node.contents.holding(content),
     }
 }
 

@@ -212,6 +212,40 @@ fn a_piece_asked_outside_a_view_is_shown_to_nobody_until_that_request_ends() {
 }
 
 #[test]
+fn a_piece_asked_outside_a_view_is_held_back_only_until_its_deadline_and_never_by_strangers() {
+    let t0 = Instant::now();
+    let config = Config { min_peers: 1, send_deadline: Duration::from_secs(5), ..config(1) };
+    let mut r = Reveal::new(config, 8, 2);
+    assert!(r.subscribe(t0, 1).is_complete());
+    // A stranger (never subscribed) asks for a piece: it is served, but holds nothing back.
+    r.handle_requested(t0, 99, PieceIndex(5));
+    // The whole-view subscriber asks for two; it may hold one back (`per_peer`).
+    r.handle_requested(t0, 1, PieceIndex(6));
+    r.handle_requested(t0, 1, PieceIndex(7));
+    let mut seen = BTreeSet::new();
+    for peer in 2..=4 {
+        seen.extend(ones(&r.subscribe(t0, peer)));
+    }
+    seen.extend(ones(&r.view(1)));
+    let _ = events(&mut r);
+    assert!(!seen.contains(&PieceIndex(6)), "held back: {seen:?}");
+    // The request is never sent: at its deadline the piece goes back to be shown.
+    let due = r.poll_timeout().expect("a deadline");
+    assert!(due <= t0 + Duration::from_secs(5));
+    // Views are full meanwhile (one piece each): it is shown once a view has room, as
+    // unasked pieces are hidden again in turn.
+    let mut t = t0;
+    let mut shown_again = false;
+    while !shown_again && t < t0 + Duration::from_secs(20) {
+        t = r.poll_timeout().expect("a deadline");
+        r.handle_timeout(t);
+        shown_again |=
+            events(&mut r).iter().any(|e| matches!(e, Event::Show { piece: PieceIndex(6), .. }));
+    }
+    assert!(shown_again, "shown to a subscriber once its request was due");
+}
+
+#[test]
 fn a_mode_without_progress_ends_and_shows_everything() {
     // Subscribers that take what they are shown and never ask (sybils) hold the first copy
     // back: after `stall` without a piece leaving, everything is shown to everyone.
