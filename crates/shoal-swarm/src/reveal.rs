@@ -39,6 +39,8 @@ use std::time::{Duration, Instant};
 
 use shoal_core::{Bitfield, PieceIndex};
 
+use held::Held;
+
 /// Limits of a [`Reveal`]. `Default` gives the values a node uses.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -138,12 +140,10 @@ pub struct Reveal<P> {
     /// Shown, unrequested pieces by when they are hidden again.
     expiry: BTreeSet<(Instant, P, PieceIndex)>,
     /// Unsent pieces a subscriber (shown everything, or narrowed since) asked for outside
-    /// its view, with who asked and until when: out of `hidden` until sent, given up or due
-    /// (`Config::send_deadline`), so nobody is shown them meanwhile and sent a second copy.
-    /// At most `Config::per_peer` per subscriber (`asked_by`), one entry per piece.
-    asked: BTreeMap<PieceIndex, (P, Instant)>,
-    asked_due: BTreeSet<(Instant, PieceIndex)>,
-    asked_by: BTreeMap<P, usize>,
+    /// its view: out of `hidden` until sent, given up or due (`Config::send_deadline`), so
+    /// nobody is shown them meanwhile and sent a second copy. At most `Config::per_peer` per
+    /// subscriber.
+    held: Held<P>,
     events: VecDeque<Event<P>>,
 }
 
@@ -174,9 +174,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
             progress: None,
             cursor: None,
             expiry: BTreeSet::new(),
-            asked: BTreeMap::new(),
-            asked_due: BTreeSet::new(),
-            asked_by: BTreeMap::new(),
+            held: Held::default(),
             events: VecDeque::new(),
         }
     }
@@ -259,17 +257,14 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
             // this request ends (a subscriber's, within its share; strangers' are served
             // but hold nothing back).
             let subscriber = self.whole.contains(&peer) || self.peers.contains_key(&peer);
-            let share = self.asked_by.get(&peer).copied().unwrap_or(0);
+            let share = self.held.count(peer);
             if piece.0 < self.pieces
                 && !self.is_done()
                 && subscriber
                 && share < self.config.per_peer.max(1)
                 && self.hidden.remove(&(self.order[piece.0 as usize], piece.0))
             {
-                let due = now + self.config.send_deadline;
-                self.asked.insert(piece, (peer, due));
-                self.asked_due.insert((due, piece));
-                *self.asked_by.entry(peer).or_default() += 1;
+                self.held.hold(peer, piece, now + self.config.send_deadline);
             }
             return;
         };
@@ -293,7 +288,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         }
         self.progress = Some(now);
         self.unshow(peer, piece);
-        self.release_asked(piece);
+        self.held.release(piece);
         self.count(piece);
         if self.is_done() {
             self.finish();
@@ -314,8 +309,8 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         if !self.unshow(peer, piece) {
             // Asked for outside its view: back among the pieces to show, to others (it may
             // have had the piece from elsewhere).
-            if self.asked.get(&piece).is_some_and(|&(p, _)| p == peer) {
-                self.release_asked(piece);
+            if self.held.holder(piece) == Some(peer) {
+                self.held.release(piece);
                 self.hide(piece);
                 self.refill(now, &BTreeSet::from([peer]));
             }
@@ -338,7 +333,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         }
         self.progress = Some(now);
         self.count(piece);
-        self.release_asked(piece);
+        self.held.release(piece);
         if self.is_done() {
             self.finish();
         }
@@ -367,9 +362,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         self.peers.clear();
         self.whole.clear();
         self.expiry.clear();
-        self.asked.clear();
-        self.asked_due.clear();
-        self.asked_by.clear();
+        self.held.clear();
         self.hidden.clear();
         self.events.push_back(Event::ShowAll);
     }
@@ -377,14 +370,8 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     /// `peer` is gone: its shown, unsent pieces may be shown to others.
     pub fn unsubscribe(&mut self, now: Instant, peer: P) {
         self.whole.remove(&peer);
-        if self.asked_by.contains_key(&peer) {
-            // At most `per_peer` of them, found in one pass over the asked pieces.
-            let mine: Vec<PieceIndex> =
-                self.asked.iter().filter(|(_, &(p, _))| p == peer).map(|(&i, _)| i).collect();
-            for piece in mine {
-                self.release_asked(piece);
-                self.hide(piece);
-            }
+        for piece in self.held.release_peer(peer) {
+            self.hide(piece);
         }
         for (piece, s) in self.peers.remove(&peer).unwrap_or_default() {
             if let Some(due) = s.due {
@@ -407,16 +394,11 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
             return;
         }
         // Pieces asked for outside a view and not sent in time go back among those to show.
-        let mut freed = false;
-        while let Some(&(due, piece)) = self.asked_due.first() {
-            if due > now {
-                break;
-            }
-            self.release_asked(piece);
+        let late = self.held.release_due(now);
+        for &piece in &late {
             self.hide(piece);
-            freed = true;
         }
-        if freed {
+        if !late.is_empty() {
             self.refill(now, &BTreeSet::new());
         }
         let mut late = Vec::new();
@@ -454,11 +436,10 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     /// progress.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let stall = self.progress.filter(|_| !self.is_done()).map(|t| t + self.config.stall);
-        let due =
-            [self.expiry.first().map(|&(d, _, _)| d), self.asked_due.first().map(|&(d, _)| d)]
-                .into_iter()
-                .flatten()
-                .min();
+        let due = [self.expiry.first().map(|&(d, _, _)| d), self.held.next_due()]
+            .into_iter()
+            .flatten()
+            .min();
         match (due, stall) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -473,18 +454,6 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     /// Subscribers with a view.
     pub fn peers(&self) -> usize {
         self.peers.len()
-    }
-
-    /// Forgets that `piece` was asked for outside a view (it is sent, given up or due).
-    fn release_asked(&mut self, piece: PieceIndex) {
-        let Some((peer, due)) = self.asked.remove(&piece) else { return };
-        self.asked_due.remove(&(due, piece));
-        if let Some(n) = self.asked_by.get_mut(&peer) {
-            *n -= 1;
-            if *n == 0 {
-                self.asked_by.remove(&peer);
-            }
-        }
     }
 
     fn hide(&mut self, piece: PieceIndex) {
@@ -545,5 +514,6 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     }
 }
 
+mod held;
 #[cfg(test)]
 mod tests;
