@@ -31,7 +31,7 @@
 //! kept from the others until that request ends or `Config::send_deadline` passes, at most
 //! `Config::per_peer` per subscriber; a stranger's request holds nothing back.
 //! Memory: one entry per piece plus at most `max(budget, max_peers)` shown entries and one
-//! asked entry per piece.
+//! held-back entry per piece.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Debug;
@@ -394,11 +394,11 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
             return;
         }
         // Pieces asked for outside a view and not sent in time go back among those to show.
-        let late = self.held.release_due(now);
-        for &piece in &late {
+        let overdue = self.held.release_due(now);
+        for &piece in &overdue {
             self.hide(piece);
         }
-        if !late.is_empty() {
+        if !overdue.is_empty() {
             self.refill(now, &BTreeSet::new());
         }
         let mut late = Vec::new();
@@ -436,14 +436,10 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     /// progress.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let stall = self.progress.filter(|_| !self.is_done()).map(|t| t + self.config.stall);
-        let due = [self.expiry.first().map(|&(d, _, _)| d), self.held.next_due()]
+        [self.expiry.first().map(|&(d, _, _)| d), self.held.next_due(), stall]
             .into_iter()
             .flatten()
-            .min();
-        match (due, stall) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+            .min()
     }
 
     /// The next thing to tell subscribers.

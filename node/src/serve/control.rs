@@ -145,7 +145,8 @@ pub(crate) async fn drive_control(
                     Some(m) => m,
                     None => match resync.pop().map(|c| (c, resync_view(&node, c, peer))) {
                         Some((content, Ok(Some(bitfield)))) => {
-                            Message::Bitfield { content, bitfield }
+                            session.replace_bitfield(content, bitfield);
+                            continue;
                         }
                         // No longer held, or unreadable: nothing we can vouch for.
                         Some(_) => continue,

@@ -222,6 +222,8 @@ fn a_piece_asked_outside_a_view_is_held_back_only_until_its_deadline_and_never_b
     // The whole-view subscriber asks for two; it may hold one back (`per_peer`).
     r.handle_requested(t0, 1, PieceIndex(6));
     r.handle_requested(t0, 1, PieceIndex(7));
+    // What is left behind: one piece held for the subscriber, none for the stranger.
+    assert_eq!((r.held.count(1), r.held.count(99)), (1, 0));
     let mut seen = BTreeSet::new();
     for peer in 2..=4 {
         seen.extend(ones(&r.subscribe(t0, peer)));
@@ -243,6 +245,7 @@ fn a_piece_asked_outside_a_view_is_held_back_only_until_its_deadline_and_never_b
             events(&mut r).iter().any(|e| matches!(e, Event::Show { piece: PieceIndex(6), .. }));
     }
     assert!(shown_again, "shown to a subscriber once its request was due");
+    assert_eq!(r.held.count(1), 0, "nothing held back past its deadline");
 }
 
 #[test]
