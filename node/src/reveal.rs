@@ -73,11 +73,17 @@ impl Reveals {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts revealing a content just added, of `pieces` pieces (again from scratch if it
-    /// was being revealed).
+    /// Starts revealing a content just added, of `pieces` pieces. A content still being
+    /// revealed goes on as it is: adding the same file again (`shoal push FILE` after `shoal
+    /// add FILE` does) must not forget which pieces left, nor show everything to the
+    /// subscribers so far. (It did: the first subscribers of every testnet then asked the seed
+    /// for pieces it had sent, about 3 MiB of a 64 MiB file at 16 nodes.)
     pub(crate) fn start(&self, content: ContentId, pieces: u32) {
         let mut s = self.lock();
-        if s.contents.len() >= MAX_REVEALED && !s.contents.contains_key(&content) {
+        if s.contents.contains_key(&content) {
+            return;
+        }
+        if s.contents.len() >= MAX_REVEALED {
             let oldest = s.contents.iter().min_by_key(|(_, e)| e.added).map(|(c, _)| *c);
             if let Some(c) = oldest {
                 if let Some(e) = s.contents.remove(&c) {
@@ -89,11 +95,7 @@ impl Reveals {
         s.added += 1;
         let added = s.added;
         let machine = Reveal::new(Config::default(), pieces, fastrand::u64(..));
-        if let Some(old) =
-            s.contents.insert(content, Entry { machine, subscribers: HashMap::new(), added })
-        {
-            tell_all(&old, content);
-        }
+        s.contents.insert(content, Entry { machine, subscribers: HashMap::new(), added });
     }
 
     /// The bitfield to answer `peer`'s subscription to `content` with, if it is revealed
@@ -156,10 +158,47 @@ impl Reveals {
         pump(e, content);
     }
 
-    /// True if this node reveals `content` (it is its origin, and not every piece has left
-    /// once yet) and a copy of `piece` has left already.
-    pub(crate) fn was_sent(&self, content: ContentId, piece: PieceIndex) -> bool {
-        self.lock().contents.get(&content).is_some_and(|e| e.machine.was_sent(piece))
+    /// Claims `piece` of `content` for a push into storage: `None` if this node reveals the
+    /// content and a subscriber may be getting that piece from it already (a push of it now
+    /// would be a copy more than the swarm needs: leave it for later). Otherwise the piece is
+    /// shown to nobody while the claim lasts (see [`Claim`]).
+    pub(crate) fn claim(self: &Arc<Self>, content: ContentId, piece: PieceIndex) -> Option<Claim> {
+        let held = {
+            let mut s = self.lock();
+            match s.contents.get_mut(&content) {
+                None => false,
+                Some(e) => {
+                    let now = Instant::now();
+                    e.machine.handle_timeout(now);
+                    pump(e, content);
+                    if !e.machine.claim(now, piece) {
+                        return None;
+                    }
+                    true
+                }
+            }
+        };
+        Some(Claim { reveals: self.clone(), content, piece, held, done: false })
+    }
+
+    /// A push of `piece` of `content` that claimed it is to go ahead even if a subscriber may
+    /// be getting it too (the push must end with everything stored).
+    pub(crate) fn claim_anyway(self: &Arc<Self>, content: ContentId, piece: PieceIndex) -> Claim {
+        self.claim(content, piece).unwrap_or_else(|| Claim {
+            reveals: self.clone(),
+            content,
+            piece,
+            held: false,
+            done: false,
+        })
+    }
+
+    /// A claimed piece was not pushed after all.
+    fn unclaimed(&self, content: ContentId, piece: PieceIndex) {
+        let mut s = self.lock();
+        let Some(e) = s.contents.get_mut(&content) else { return };
+        e.machine.handle_unclaimed(Instant::now(), piece);
+        pump(e, content);
     }
 
     /// `piece` of `content` was pushed into storage, which serves it from now on.
@@ -284,6 +323,45 @@ impl Drop for PieceRequest<'_> {
     }
 }
 
+/// A piece claimed for a push into storage ([`Reveals::claim`]): while it lives the piece is
+/// shown to no subscriber (at most `send_deadline`, should it outlive that). Reported as a
+/// copy out once storage holds it ([`Claim::copied`]); dropped before that (the push failed
+/// or was cancelled), the piece may be shown again.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    reveals: Arc<Reveals>,
+    content: ContentId,
+    piece: PieceIndex,
+    /// Taken from the subscribers' showing (else the content is not revealed, or the push
+    /// goes ahead regardless).
+    held: bool,
+    done: bool,
+}
+
+impl Claim {
+    pub(crate) fn content(&self) -> ContentId {
+        self.content
+    }
+
+    pub(crate) fn piece(&self) -> PieceIndex {
+        self.piece
+    }
+
+    /// Storage holds the piece now, and serves it: a copy this node need not send anyone.
+    pub(crate) fn copied(mut self) {
+        self.done = true;
+        self.reveals.copied(self.content, self.piece);
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if !self.done && self.held {
+            self.reveals.unclaimed(self.content, self.piece);
+        }
+    }
+}
+
 /// Carries out the machine's events.
 fn pump(e: &mut Entry, content: ContentId) {
     while let Some(ev) = e.machine.poll_event() {
@@ -392,6 +470,69 @@ mod tests {
             r.sent(c, a, PieceIndex(p));
         }
         assert_eq!(r.view(c, a), None, "the mode is over: what is held");
+    }
+
+    #[test]
+    fn a_push_claims_only_pieces_nobody_is_shown_and_gives_back_what_it_did_not_push() {
+        let r = Arc::new(Reveals::default());
+        let c = ContentId([3; 32]);
+        assert!(r.claim(c, PieceIndex(0)).is_some(), "not revealed here: push anything");
+        r.start(c, 64);
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let (txw, _rxw) = mpsc::channel(QUEUE);
+        for _ in 0..3 {
+            r.subscribe(c, id(), &txw).unwrap();
+        }
+        let a = id();
+        let view = r.subscribe(c, a, &tx).unwrap();
+        let shown = view.iter_ones().next().unwrap();
+        assert!(r.claim(c, shown).is_none(), "shown to a subscriber: left for later");
+        let pushed = (0..64).map(PieceIndex).find(|&p| !view.get(p)).unwrap();
+        let claim = r.claim(c, pushed).expect("shown to nobody");
+        assert!(r.claim(c, pushed).is_none(), "claimed once");
+        claim.copied();
+        // A push that fails (its claim dropped unpushed) gives the piece back to be shown.
+        let failed = (0..64).map(PieceIndex).find(|&p| r.claim(c, p).is_some()).unwrap();
+        assert!(r.claim(c, failed).is_some(), "given back when the claim was dropped");
+        // A push that goes ahead anyway (its second pass) never holds a piece back.
+        drop(r.claim_anyway(c, shown));
+        // Every other piece sent: the one pushed in counts as out, so the mode ends.
+        for p in (0..64).map(PieceIndex).filter(|&p| p != pushed) {
+            r.sent(c, a, p);
+        }
+        assert_eq!(r.len(), 0, "the pushed piece counted as a copy out");
+        let mut last = None;
+        while let Ok(m) = rx.try_recv() {
+            last = Some(m);
+        }
+        assert_eq!(last, Some(Shown::All(c)));
+    }
+
+    #[test]
+    fn adding_a_content_again_while_it_is_revealed_changes_nothing() {
+        // `shoal push FILE` after `shoal add FILE` imports and starts the file again.
+        let r = Reveals::default();
+        let c = ContentId([4; 32]);
+        r.start(c, 64);
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let (txw, _rxw) = mpsc::channel(QUEUE);
+        for _ in 0..3 {
+            r.subscribe(c, id(), &txw).unwrap();
+        }
+        let a = id();
+        let view = r.subscribe(c, a, &tx).unwrap();
+        let sent = view.iter_ones().next().unwrap();
+        r.sent(c, a, sent);
+        let before = r.view(c, a).unwrap();
+        r.start(c, 64);
+        assert_eq!(r.view(c, a), Some(before), "the same view: still a subscriber");
+        while let Ok(m) = rx.try_recv() {
+            assert!(!matches!(m, Shown::All(_)), "not shown everything: {m:?}");
+        }
+        for p in (0..64).map(PieceIndex).filter(|&p| p != sent) {
+            r.sent(c, a, p);
+        }
+        assert_eq!(r.len(), 0, "the piece sent before the second start still counts");
     }
 
     #[test]

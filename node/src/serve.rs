@@ -21,7 +21,7 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 use shoal_core::{ContentId, NodeId, PieceIndex};
 use shoal_net::framed::ReadError;
 use shoal_wire::{Decoder, Opening, RejectReason, Request, Response, Session};
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, trace, warn, Instrument};
 
 use crate::contents::{ServeError, Shape};
 use crate::io::{finish_within, read_frame_within, write_frame_within, write_within};
@@ -311,6 +311,7 @@ async fn serve_piece(
         node.stats.count_upload(content, n);
     }
     node.stats.pieces_uploaded.fetch_add(1, Ordering::Relaxed);
+    trace!(content = %content.fmt_short(), %piece, "piece uploaded");
     // Every byte is with the transport: a copy sent, whatever becomes of the acknowledgement.
     slot.sent();
     request.sent();

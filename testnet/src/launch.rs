@@ -145,7 +145,7 @@ pub(crate) fn tracker_at(
         .arg("--data-dir")
         .arg(dir)
         .args(extra)
-        .env("SHOAL_LOG", "warn")
+        .env("SHOAL_LOG", log_filter())
         .stdout(Stdio::piped())
         .stderr(std::fs::OpenOptions::new().create(true).append(true).open(dir.join("log.txt"))?)
         .spawn()
@@ -182,7 +182,7 @@ pub(crate) fn daemon_in(
         .arg(dir)
         .args(["daemon", "--listen", &listen])
         .args(extra)
-        .env("SHOAL_LOG", "warn")
+        .env("SHOAL_LOG", log_filter())
         .stdout(Stdio::piped())
         .stderr(std::fs::OpenOptions::new().create(true).append(true).open(dir.join("log.txt"))?)
         .spawn()
@@ -301,6 +301,12 @@ pub(crate) fn status(p: &Proc) -> Option<shoal_control::Status> {
         }
         None => shoal_control::Client::find(&p.dir).ok().flatten()?.status().ok(),
     }
+}
+
+/// The log filter of the tracker and the daemons (their `log.txt`): `SHOAL_TESTNET_LOG` if set
+/// (say `warn,shoal_node::push=debug`), else warnings only.
+fn log_filter() -> String {
+    std::env::var("SHOAL_TESTNET_LOG").unwrap_or_else(|_| "warn".into())
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use shoal_core::{Bitfield, PieceIndex};
 
-use held::Held;
+use held::{Held, Holder};
 
 /// Limits of a [`Reveal`]. `Default` gives the values a node uses.
 #[derive(Debug, Clone)]
@@ -257,14 +257,14 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
             // this request ends (a subscriber's, within its share; strangers' are served
             // but hold nothing back).
             let subscriber = self.whole.contains(&peer) || self.peers.contains_key(&peer);
-            let share = self.held.count(peer);
+            let share = self.held.count(Holder::Peer(peer));
             if piece.0 < self.pieces
                 && !self.is_done()
                 && subscriber
                 && share < self.config.per_peer.max(1)
                 && self.hidden.remove(&(self.order[piece.0 as usize], piece.0))
             {
-                self.held.hold(peer, piece, now + self.config.send_deadline);
+                self.held.hold(Holder::Peer(peer), piece, now + self.config.send_deadline);
             }
             return;
         };
@@ -309,7 +309,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         if !self.unshow(peer, piece) {
             // Asked for outside its view: back among the pieces to show, to others (it may
             // have had the piece from elsewhere).
-            if self.held.holder(piece) == Some(peer) {
+            if self.held.holder(piece) == Some(Holder::Peer(peer)) {
                 self.held.release(piece);
                 self.hide(piece);
                 self.refill(now, &BTreeSet::from([peer]));
@@ -337,6 +337,37 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         if self.is_done() {
             self.finish();
         }
+    }
+
+    /// This node is about to send `piece` another way (pushing it into storage, which will
+    /// serve it): true if nobody was sent, shown or asked for it, and it is then shown to
+    /// nobody until [`Reveal::handle_copied`], [`Reveal::handle_unclaimed`] or
+    /// `Config::send_deadline`. False if a subscriber may be getting it from this node already,
+    /// or `Config::per_peer` claims are out: sending it both ways would be a copy more than the
+    /// swarm needs, so the caller leaves it for later. Once the mode is over, always true.
+    pub fn claim(&mut self, now: Instant, piece: PieceIndex) -> bool {
+        if self.is_done() {
+            return true;
+        }
+        if piece.0 >= self.pieces
+            || self.held.count(Holder::Push) >= self.config.per_peer.max(1)
+            || !self.hidden.remove(&(self.order[piece.0 as usize], piece.0))
+        {
+            return false;
+        }
+        self.held.hold(Holder::Push, piece, now + self.config.send_deadline);
+        true
+    }
+
+    /// A piece claimed with [`Reveal::claim`] was not sent after all: it may be shown again.
+    pub fn handle_unclaimed(&mut self, now: Instant, piece: PieceIndex) {
+        if piece.0 >= self.pieces || self.is_done() || self.held.holder(piece) != Some(Holder::Push)
+        {
+            return;
+        }
+        self.held.release(piece);
+        self.hide(piece);
+        self.refill(now, &BTreeSet::new());
     }
 
     /// Takes `piece` out of `peer`'s view; true if it was there.
@@ -370,7 +401,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     /// `peer` is gone: its shown, unsent pieces may be shown to others.
     pub fn unsubscribe(&mut self, now: Instant, peer: P) {
         self.whole.remove(&peer);
-        for piece in self.held.release_peer(peer) {
+        for piece in self.held.release_peer(Holder::Peer(peer)) {
             self.hide(piece);
         }
         for (piece, s) in self.peers.remove(&peer).unwrap_or_default() {

@@ -1,19 +1,29 @@
-//! Pieces held back for a request made outside a view: a subscriber (shown everything, or
-//! narrowed since) asked the origin for a piece it was not shown, and while that request lasts
-//! the piece is shown to nobody else. Each entry has a deadline, one entry per piece, and each
-//! subscriber a count, so the origin can cap what one subscriber holds back.
+//! Pieces held back while one copy of them may be on its way: a subscriber (shown everything,
+//! or narrowed since) asked the origin for a piece it was not shown, or the origin is pushing
+//! the piece into storage. While that lasts the piece is shown to nobody else. Each entry has
+//! a deadline, one entry per piece, and each holder a count, so the origin can cap what one
+//! holder holds back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use shoal_core::PieceIndex;
 
+/// Who holds a piece back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Holder<P> {
+    /// A subscriber's request outside its view.
+    Peer(P),
+    /// The origin's own push into storage.
+    Push,
+}
+
 #[derive(Debug)]
 pub(super) struct Held<P> {
-    /// Who asked for each held piece, and until when.
-    pieces: BTreeMap<PieceIndex, (P, Instant)>,
+    /// Who holds each held piece back, and until when.
+    pieces: BTreeMap<PieceIndex, (Holder<P>, Instant)>,
     due: BTreeSet<(Instant, PieceIndex)>,
-    per_peer: BTreeMap<P, usize>,
+    per_peer: BTreeMap<Holder<P>, usize>,
 }
 
 impl<P> Default for Held<P> {
@@ -24,12 +34,12 @@ impl<P> Default for Held<P> {
 
 impl<P: Copy + Ord> Held<P> {
     /// Pieces `peer` holds back now.
-    pub(super) fn count(&self, peer: P) -> usize {
+    pub(super) fn count(&self, peer: Holder<P>) -> usize {
         self.per_peer.get(&peer).copied().unwrap_or(0)
     }
 
     /// `piece` (not held) is held back for `peer` until `due`.
-    pub(super) fn hold(&mut self, peer: P, piece: PieceIndex, due: Instant) {
+    pub(super) fn hold(&mut self, peer: Holder<P>, piece: PieceIndex, due: Instant) {
         if self.pieces.insert(piece, (peer, due)).is_none() {
             self.due.insert((due, piece));
             *self.per_peer.entry(peer).or_default() += 1;
@@ -37,7 +47,7 @@ impl<P: Copy + Ord> Held<P> {
     }
 
     /// Who holds `piece` back, if anyone.
-    pub(super) fn holder(&self, piece: PieceIndex) -> Option<P> {
+    pub(super) fn holder(&self, piece: PieceIndex) -> Option<Holder<P>> {
         self.pieces.get(&piece).map(|&(p, _)| p)
     }
 
@@ -55,7 +65,7 @@ impl<P: Copy + Ord> Held<P> {
 
     /// Releases and returns the pieces `peer` holds back (at most its cap, found in one pass
     /// over the held pieces, made only if it holds any).
-    pub(super) fn release_peer(&mut self, peer: P) -> Vec<PieceIndex> {
+    pub(super) fn release_peer(&mut self, peer: Holder<P>) -> Vec<PieceIndex> {
         if self.count(peer) == 0 {
             return Vec::new();
         }

@@ -223,7 +223,7 @@ fn a_piece_asked_outside_a_view_is_held_back_only_until_its_deadline_and_never_b
     r.handle_requested(t0, 1, PieceIndex(6));
     r.handle_requested(t0, 1, PieceIndex(7));
     // What is left behind: one piece held for the subscriber, none for the stranger.
-    assert_eq!((r.held.count(1), r.held.count(99)), (1, 0));
+    assert_eq!((r.held.count(Holder::Peer(1)), r.held.count(Holder::Peer(99))), (1, 0));
     let mut seen = BTreeSet::new();
     for peer in 2..=4 {
         seen.extend(ones(&r.subscribe(t0, peer)));
@@ -245,7 +245,7 @@ fn a_piece_asked_outside_a_view_is_held_back_only_until_its_deadline_and_never_b
             events(&mut r).iter().any(|e| matches!(e, Event::Show { piece: PieceIndex(6), .. }));
     }
     assert!(shown_again, "shown to a subscriber once its request was due");
-    assert_eq!(r.held.count(1), 0, "nothing held back past its deadline");
+    assert_eq!(r.held.count(Holder::Peer(1)), 0, "nothing held back past its deadline");
 }
 
 #[test]
@@ -284,4 +284,77 @@ fn a_piece_counts_as_sent_once_a_copy_left_whichever_way() {
     r.handle_requested(t0, 1, shown[1]);
     r.handle_abandoned(t0, 1, shown[1]);
     assert!(!r.was_sent(shown[1]) && !r.was_sent(PieceIndex(9)));
+}
+
+/// Every piece `r` announces from now on (haves, and the views of narrowed subscribers).
+fn shown(r: &mut Reveal<u32>) -> BTreeSet<PieceIndex> {
+    let mut out = BTreeSet::new();
+    for e in events(r) {
+        match e {
+            Event::Show { piece, .. } => {
+                out.insert(piece);
+            }
+            Event::Narrow { peer } => out.extend(ones(&r.view(peer))),
+            Event::ShowAll => out.extend((0..r.pieces).map(PieceIndex)),
+        }
+    }
+    out
+}
+
+#[test]
+fn a_piece_claimed_for_a_push_is_shown_to_nobody_until_the_push_ends_or_its_deadline() {
+    let t0 = Instant::now();
+    // 8 pieces, views of two, at most two claims at once (`per_peer`).
+    let mut r = Reveal::new(config(2), 8, 3);
+    let view = ones(&r.subscribe(t0, 1));
+    assert_eq!(view.len(), 2);
+    // Shown to a subscriber (it may be asking for them now): not claimed, the push waits.
+    assert!(view.iter().all(|&p| !r.claim(t0, p)), "a shown piece is left to the subscriber");
+    let hidden: Vec<PieceIndex> = (0..8).map(PieceIndex).filter(|p| !view.contains(p)).collect();
+    assert!(r.claim(t0, hidden[0]) && r.claim(t0, hidden[1]));
+    // The worst a caller can do: claim more than its share, the same piece twice, a piece
+    // past the end. Each is refused and leaves nothing behind.
+    assert!(!r.claim(t0, hidden[2]), "at most `per_peer` claims at once");
+    assert!(!r.claim(t0, hidden[0]), "claimed already");
+    assert!(!r.claim(t0, PieceIndex(8)), "past the end");
+    assert_eq!(r.held.count(Holder::Push), 2);
+    // Subscribers come and take every other piece in turn: never the claimed ones.
+    let mut seen: BTreeSet<PieceIndex> = view.iter().copied().collect();
+    for peer in 2..=4 {
+        seen.extend(ones(&r.subscribe(t0, peer)));
+    }
+    for &p in &view {
+        r.handle_requested(t0, 1, p);
+        r.handle_sent(t0, 1, p);
+    }
+    seen.extend(shown(&mut r));
+    assert!(!seen.contains(&hidden[0]) && !seen.contains(&hidden[1]), "{seen:?}");
+    // The first push lands: a copy is out, never shown again. The second fails: it may be
+    // shown again, to a subscriber whose view has room.
+    r.handle_copied(t0, hidden[0]);
+    assert!(r.was_sent(hidden[0]));
+    r.handle_unclaimed(t0, hidden[1]);
+    assert!(!r.was_sent(hidden[1]));
+    assert_eq!(r.held.count(Holder::Push), 0);
+    // Once every piece left once, a push takes anything.
+    for p in (0..8).map(PieceIndex) {
+        r.handle_copied(t0, p);
+    }
+    assert!(r.is_done() && r.claim(t0, PieceIndex(0)));
+
+    // A claim whose push never reports back ends at `send_deadline`, and the piece is shown.
+    let mut r = Reveal::new(config(2), 8, 3);
+    assert!(r.claim(t0, PieceIndex(5)));
+    let seen = ones(&r.subscribe(t0, 1));
+    assert!(!seen.contains(&PieceIndex(5)));
+    assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(3)), "the view's deadline first");
+    let mut t = t0;
+    let mut shown_again = false;
+    while !shown_again && t < t0 + Duration::from_secs(20) {
+        t = r.poll_timeout().expect("a deadline");
+        r.handle_timeout(t);
+        shown_again |= shown(&mut r).contains(&PieceIndex(5));
+    }
+    assert!(shown_again && t >= t0 + Duration::from_secs(5), "shown once its claim was due");
+    assert_eq!(r.held.count(Holder::Push), 0, "nothing claimed past its deadline");
 }
