@@ -480,14 +480,18 @@ mod tests {
         r.start(c, 64);
         let (tx, mut rx) = mpsc::channel(QUEUE);
         let (txw, _rxw) = mpsc::channel(QUEUE);
-        for _ in 0..3 {
-            r.subscribe(c, id(), &txw).unwrap();
+        let others: Vec<NodeId> = (0..3).map(|_| id()).collect();
+        for &o in &others {
+            r.subscribe(c, o, &txw).unwrap();
         }
         let a = id();
         let view = r.subscribe(c, a, &tx).unwrap();
         let shown = view.iter_ones().next().unwrap();
         assert!(r.claim(c, shown).is_none(), "shown to a subscriber: left for later");
-        let pushed = (0..64).map(PieceIndex).find(|&p| !view.get(p)).unwrap();
+        let seen_by_any = |p: PieceIndex| {
+            view.get(p) || others.iter().any(|&o| r.view(c, o).is_some_and(|v| v.get(p)))
+        };
+        let pushed = (0..64).map(PieceIndex).find(|&p| !seen_by_any(p)).unwrap();
         let claim = r.claim(c, pushed).expect("shown to nobody");
         assert!(r.claim(c, pushed).is_none(), "claimed once");
         claim.copied();
