@@ -30,79 +30,22 @@
 //! A piece a subscriber asks for outside its view (shown everything, or narrowed since) is
 //! kept from the others until that request ends or `Config::send_deadline` passes, at most
 //! `Config::per_peer` per subscriber; a stranger's request holds nothing back.
+//! A piece the origin pushes into storage is claimed first ([`Reveal::claim`]): shown to
+//! nobody until the push ends, at most `Config::per_peer` at once.
 //! Memory: one entry per piece plus at most `max(budget, max_peers)` shown entries and one
 //! held-back entry per piece.
+//!
+//! Layout: this file holds the showing; `types` the limits and events, `held` the pieces held
+//! back, `push` the copies that leave another way (pushed into storage).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Debug;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use shoal_core::{Bitfield, PieceIndex};
 
 use held::{Held, Holder};
-
-/// Limits of a [`Reveal`]. `Default` gives the values a node uses.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Pieces shown to one subscriber and not yet sent, at most (default 32: a lone
-    /// downloader keeps its requests pipelined).
-    pub per_peer: usize,
-    /// Pieces shown and not yet sent over all subscribers (default 32), shared out evenly
-    /// but at least one each: requests for them wait in the seed's upload queue, and a
-    /// longer queue only ages them.
-    pub budget: usize,
-    /// Subscribers given a view (default 1024); later ones see nothing until the mode ends.
-    pub max_peers: usize,
-    /// Subscribers that see everything before any is given a partial view (default 3): with
-    /// few downloaders the seed's copies matter little, while a downloader that has pieces
-    /// from elsewhere (another origin) would wait for the seed to show it others.
-    pub min_peers: usize,
-    /// How long a shown piece may go unrequested before it is hidden again (default 1 s): the
-    /// subscriber may have had it from elsewhere (the seed does not hear of its haves).
-    pub deadline: Duration,
-    /// How long a requested piece may go unsent before it is hidden again (default 8 s): longer
-    /// than a request may wait for an upload slot (a node's 5 s) plus its sending, so a
-    /// request that is only queued is not shown to another subscriber meanwhile.
-    pub send_deadline: Duration,
-    /// How long the mode may go without a piece leaving before it ends and everything is
-    /// shown (default 10 s): whatever holds the first copy back (subscribers that take what
-    /// they are shown and never ask, say), downloaders are not held back for longer.
-    pub stall: Duration,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            per_peer: 32,
-            budget: 32,
-            max_peers: 1024,
-            min_peers: 3,
-            deadline: Duration::from_secs(1),
-            send_deadline: Duration::from_secs(8),
-            stall: Duration::from_secs(10),
-        }
-    }
-}
-
-/// What the driver should tell subscribers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event<P> {
-    /// Send this subscriber a have for this piece.
-    Show {
-        /// The subscriber.
-        peer: P,
-        /// The piece.
-        piece: PieceIndex,
-    },
-    /// Every piece has been sent once: send every subscriber the full bitfield.
-    ShowAll,
-    /// A crowd formed: this subscriber, shown everything so far, now sees only a few pieces;
-    /// send it [`Reveal::view`] as its bitfield (it replaces the whole one it was sent).
-    Narrow {
-        /// The subscriber.
-        peer: P,
-    },
-}
+pub use types::{Config, Event};
 
 /// A piece shown to a subscriber and not yet sent to it.
 #[derive(Debug, Clone, Copy)]
@@ -325,51 +268,6 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         self.top_up(now, peer, true);
     }
 
-    /// A copy of `piece` left this node another way (pushed into storage, which serves it):
-    /// it is not shown to anyone any more.
-    pub fn handle_copied(&mut self, now: Instant, piece: PieceIndex) {
-        if piece.0 >= self.pieces || self.is_done() {
-            return;
-        }
-        self.progress = Some(now);
-        self.count(piece);
-        self.held.release(piece);
-        if self.is_done() {
-            self.finish();
-        }
-    }
-
-    /// This node is about to send `piece` another way (pushing it into storage, which will
-    /// serve it): true if nobody was sent, shown or asked for it, and it is then shown to
-    /// nobody until [`Reveal::handle_copied`], [`Reveal::handle_unclaimed`] or
-    /// `Config::send_deadline`. False if a subscriber may be getting it from this node already,
-    /// or `Config::per_peer` claims are out: sending it both ways would be a copy more than the
-    /// swarm needs, so the caller leaves it for later. Once the mode is over, always true.
-    pub fn claim(&mut self, now: Instant, piece: PieceIndex) -> bool {
-        if self.is_done() {
-            return true;
-        }
-        if piece.0 >= self.pieces
-            || self.held.count(Holder::Push) >= self.config.per_peer.max(1)
-            || !self.hidden.remove(&(self.order[piece.0 as usize], piece.0))
-        {
-            return false;
-        }
-        self.held.hold(Holder::Push, piece, now + self.config.send_deadline);
-        true
-    }
-
-    /// A piece claimed with [`Reveal::claim`] was not sent after all: it may be shown again.
-    pub fn handle_unclaimed(&mut self, now: Instant, piece: PieceIndex) {
-        if piece.0 >= self.pieces || self.is_done() || self.held.holder(piece) != Some(Holder::Push)
-        {
-            return;
-        }
-        self.held.release(piece);
-        self.hide(piece);
-        self.refill(now, &BTreeSet::new());
-    }
-
     /// Takes `piece` out of `peer`'s view; true if it was there.
     fn unshow(&mut self, peer: P, piece: PieceIndex) -> bool {
         let Some(shown) = self.peers.get_mut(&peer).and_then(|s| s.remove(&piece)) else {
@@ -542,5 +440,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
 }
 
 mod held;
+mod push;
 #[cfg(test)]
 mod tests;
+mod types;

@@ -1,0 +1,69 @@
+//! The limits a [`Reveal`](super::Reveal) works within and the events it asks its driver to
+//! carry out.
+
+use std::time::Duration;
+
+use shoal_core::PieceIndex;
+
+/// Limits of a [`Reveal`](super::Reveal). `Default` gives the values a node uses.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Pieces shown to one subscriber and not yet sent, at most (default 32: a lone
+    /// downloader keeps its requests pipelined).
+    pub per_peer: usize,
+    /// Pieces shown and not yet sent over all subscribers (default 32), shared out evenly
+    /// but at least one each: requests for them wait in the seed's upload queue, and a
+    /// longer queue only ages them.
+    pub budget: usize,
+    /// Subscribers given a view (default 1024); later ones see nothing until the mode ends.
+    pub max_peers: usize,
+    /// Subscribers that see everything before any is given a partial view (default 3): with
+    /// few downloaders the seed's copies matter little, while a downloader that has pieces
+    /// from elsewhere (another origin) would wait for the seed to show it others.
+    pub min_peers: usize,
+    /// How long a shown piece may go unrequested before it is hidden again (default 1 s): the
+    /// subscriber may have had it from elsewhere (the seed does not hear of its haves).
+    pub deadline: Duration,
+    /// How long a requested piece may go unsent before it is hidden again (default 8 s): longer
+    /// than a request may wait for an upload slot (a node's 5 s) plus its sending, so a
+    /// request that is only queued is not shown to another subscriber meanwhile.
+    pub send_deadline: Duration,
+    /// How long the mode may go without a piece leaving before it ends and everything is
+    /// shown (default 10 s): whatever holds the first copy back (subscribers that take what
+    /// they are shown and never ask, say), downloaders are not held back for longer.
+    pub stall: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            per_peer: 32,
+            budget: 32,
+            max_peers: 1024,
+            min_peers: 3,
+            deadline: Duration::from_secs(1),
+            send_deadline: Duration::from_secs(8),
+            stall: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the driver should tell subscribers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<P> {
+    /// Send this subscriber a have for this piece.
+    Show {
+        /// The subscriber.
+        peer: P,
+        /// The piece.
+        piece: PieceIndex,
+    },
+    /// Every piece has been sent once: send every subscriber the full bitfield.
+    ShowAll,
+    /// A crowd formed: this subscriber, shown everything so far, now sees only a few pieces;
+    /// send it [`Reveal::view`](super::Reveal::view) as its bitfield (it replaces the whole one it was sent).
+    Narrow {
+        /// The subscriber.
+        peer: P,
+    },
+}
