@@ -12,17 +12,19 @@
 //! mutex, never held across an await; deadlines are applied at each call and by a clock task
 //! every 250 ms.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
-use shoal_swarm::reveal::{Config, Event};
+use shoal_swarm::reveal::{Claimed, Config, Event};
 use shoal_swarm::Reveal;
 use tokio::sync::mpsc;
 
 /// Contents revealed at once; adding more ends the oldest one's mode (it is shown whole).
 const MAX_REVEALED: usize = 16;
+/// Contents whose mode ended that are remembered, so adding one again does not reveal it anew.
+const MAX_ENDED: usize = 64;
 /// How often deadlines are applied when nothing else happens (a subscriber that vanished
 /// holds its pieces until then).
 const TICK: Duration = Duration::from_millis(250);
@@ -45,6 +47,9 @@ pub(crate) enum Shown {
 #[derive(Debug)]
 struct Entry {
     machine: Reveal<NodeId>,
+    /// Which reveal this is (never reused): a claim made on an earlier one is not given back
+    /// to a later one.
+    id: u64,
     /// Every subscriber's channel, those beyond the machine's cap included (they are told
     /// when the mode ends).
     subscribers: HashMap<NodeId, mpsc::Sender<Shown>>,
@@ -64,6 +69,20 @@ pub(crate) struct Reveals {
 struct State {
     contents: HashMap<ContentId, Entry>,
     added: u64,
+    /// The contents whose mode ended last, oldest first (at most [`MAX_ENDED`]).
+    ended: VecDeque<ContentId>,
+}
+
+impl State {
+    /// Ends `content`'s mode: forgotten but for its id.
+    fn end(&mut self, content: ContentId) -> Option<Entry> {
+        let e = self.contents.remove(&content)?;
+        if self.ended.len() >= MAX_ENDED {
+            self.ended.pop_front();
+        }
+        self.ended.push_back(content);
+        Some(e)
+    }
 }
 
 impl Reveals {
@@ -73,29 +92,33 @@ impl Reveals {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts revealing a content just added, of `pieces` pieces. A content still being
-    /// revealed goes on as it is: adding the same file again (`shoal push FILE` after `shoal
-    /// add FILE` does) must not forget which pieces left, nor show everything to the
-    /// subscribers so far. (It did: the first subscribers of every testnet then asked the seed
-    /// for pieces it had sent, about 3 MiB of a 64 MiB file at 16 nodes.)
+    /// Starts revealing a content just added, of `pieces` pieces. Adding it again changes
+    /// nothing while it is revealed, nor after its mode ended (one of the last [`MAX_ENDED`]):
+    /// `shoal push FILE` after `shoal add FILE` imports the file again, and restarting used to
+    /// forget which pieces had left and show every subscriber so far everything. (The first
+    /// subscribers of every testnet then asked the seed for pieces it had sent, about 3 MiB of
+    /// a 64 MiB file at 16 nodes.) It counts as added last, so it is evicted last.
     pub(crate) fn start(&self, content: ContentId, pieces: u32) {
         let mut s = self.lock();
-        if s.contents.contains_key(&content) {
+        s.added += 1;
+        let added = s.added;
+        if let Some(e) = s.contents.get_mut(&content) {
+            e.added = added;
+            return;
+        }
+        if s.ended.contains(&content) {
             return;
         }
         if s.contents.len() >= MAX_REVEALED {
             let oldest = s.contents.iter().min_by_key(|(_, e)| e.added).map(|(c, _)| *c);
-            if let Some(c) = oldest {
-                if let Some(e) = s.contents.remove(&c) {
-                    tell_all(&e, c);
-                    self.ended.notify_waiters();
-                }
+            if let Some(e) = oldest.and_then(|c| s.end(c).map(|e| (c, e))) {
+                tell_all(&e.1, e.0);
+                self.ended.notify_waiters();
             }
         }
-        s.added += 1;
-        let added = s.added;
         let machine = Reveal::new(Config::default(), pieces, fastrand::u64(..));
-        s.contents.insert(content, Entry { machine, subscribers: HashMap::new(), added });
+        let entry = Entry { machine, id: added, subscribers: HashMap::new(), added };
+        s.contents.insert(content, entry);
     }
 
     /// The bitfield to answer `peer`'s subscription to `content` with, if it is revealed
@@ -145,7 +168,7 @@ impl Reveals {
         e.machine.handle_sent(now, peer, piece);
         pump(e, content);
         if e.machine.is_done() {
-            s.contents.remove(&content);
+            s.end(content);
             self.ended.notify_waiters();
         }
     }
@@ -166,15 +189,12 @@ impl Reveals {
         let held = {
             let mut s = self.lock();
             match s.contents.get_mut(&content) {
-                None => false,
+                None => None,
                 Some(e) => {
                     let now = Instant::now();
                     e.machine.handle_timeout(now);
                     pump(e, content);
-                    if !e.machine.claim(now, piece) {
-                        return None;
-                    }
-                    true
+                    Some((e.id, e.machine.claim(now, piece)?))
                 }
             }
         };
@@ -188,16 +208,16 @@ impl Reveals {
             reveals: self.clone(),
             content,
             piece,
-            held: false,
+            held: None,
             done: false,
         })
     }
 
-    /// A claimed piece was not pushed after all.
-    fn unclaimed(&self, content: ContentId, piece: PieceIndex) {
+    /// A claim on reveal `id` of `content` was not pushed after all.
+    fn unclaimed(&self, content: ContentId, id: u64, claim: Claimed) {
         let mut s = self.lock();
-        let Some(e) = s.contents.get_mut(&content) else { return };
-        e.machine.handle_unclaimed(Instant::now(), piece);
+        let Some(e) = s.contents.get_mut(&content).filter(|e| e.id == id) else { return };
+        e.machine.handle_unclaimed(Instant::now(), claim);
         pump(e, content);
     }
 
@@ -208,7 +228,7 @@ impl Reveals {
         e.machine.handle_copied(Instant::now(), piece);
         pump(e, content);
         if e.machine.is_done() {
-            s.contents.remove(&content);
+            s.end(content);
             self.ended.notify_waiters();
         }
     }
@@ -258,9 +278,12 @@ impl Reveals {
                 pump(e, *c);
             }
         }
-        let before = s.contents.len();
-        s.contents.retain(|_, e| !e.machine.is_done());
-        if s.contents.len() < before {
+        let done: Vec<ContentId> =
+            s.contents.iter().filter(|(_, e)| e.machine.is_done()).map(|(&c, _)| c).collect();
+        for &c in &done {
+            s.end(c);
+        }
+        if !done.is_empty() {
             self.ended.notify_waiters();
         }
     }
@@ -332,9 +355,9 @@ pub(crate) struct Claim {
     reveals: Arc<Reveals>,
     content: ContentId,
     piece: PieceIndex,
-    /// Taken from the subscribers' showing (else the content is not revealed, or the push
-    /// goes ahead regardless).
-    held: bool,
+    /// Taken from the subscribers' showing, on this reveal (else the content is not revealed,
+    /// or the push goes ahead regardless).
+    held: Option<(u64, Claimed)>,
     done: bool,
 }
 
@@ -356,8 +379,8 @@ impl Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        if !self.done && self.held {
-            self.reveals.unclaimed(self.content, self.piece);
+        if let Some((id, claim)) = self.held.filter(|_| !self.done) {
+            self.reveals.unclaimed(self.content, id, claim);
         }
     }
 }
@@ -537,6 +560,10 @@ mod tests {
             r.sent(c, a, p);
         }
         assert_eq!(r.len(), 0, "the piece sent before the second start still counts");
+        // Added once more after its mode ended: not revealed anew (the swarm has it).
+        r.start(c, 64);
+        assert_eq!(r.len(), 0);
+        assert!(r.subscribe(c, id(), &tx).is_none(), "shown whole");
     }
 
     #[test]

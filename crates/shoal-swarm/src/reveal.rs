@@ -45,6 +45,7 @@ use std::time::Instant;
 use shoal_core::{Bitfield, PieceIndex};
 
 use held::{Held, Holder};
+pub use push::Claimed;
 pub use types::{Config, Event};
 
 /// A piece shown to a subscriber and not yet sent to it.

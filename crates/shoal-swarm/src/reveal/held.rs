@@ -38,12 +38,21 @@ impl<P: Copy + Ord> Held<P> {
         self.per_peer.get(&peer).copied().unwrap_or(0)
     }
 
-    /// `piece` (not held) is held back for `peer` until `due`.
+    /// `piece` (not held) is held back for `peer` until `due`. A piece held already stays with
+    /// its holder (callers take it from the hidden pieces first, so it never is).
     pub(super) fn hold(&mut self, peer: Holder<P>, piece: PieceIndex, due: Instant) {
-        if self.pieces.insert(piece, (peer, due)).is_none() {
+        if let std::collections::btree_map::Entry::Vacant(e) = self.pieces.entry(piece) {
+            e.insert((peer, due));
             self.due.insert((due, piece));
             *self.per_peer.entry(peer).or_default() += 1;
+        } else {
+            debug_assert!(false, "piece {piece} held twice");
         }
+    }
+
+    /// Who holds `piece` back and until when, if anyone.
+    pub(super) fn entry(&self, piece: PieceIndex) -> Option<(Holder<P>, Instant)> {
+        self.pieces.get(&piece).copied()
     }
 
     /// Who holds `piece` back, if anyone.

@@ -27,33 +27,55 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     }
 
     /// This node is about to send `piece` another way (pushing it into storage, which will
-    /// serve it): true if nobody was sent, shown or asked for it, and it is then shown to
+    /// serve it): a claim if nobody was sent, shown or asked for it, and it is then shown to
     /// nobody until [`Reveal::handle_copied`], [`Reveal::handle_unclaimed`] or
-    /// `Config::send_deadline`. False if a subscriber may be getting it from this node already,
-    /// or `Config::per_peer` claims are out: sending it both ways would be a copy more than the
-    /// swarm needs, so the caller leaves it for later. Once the mode is over, always true.
-    pub fn claim(&mut self, now: Instant, piece: PieceIndex) -> bool {
+    /// `Config::send_deadline`. `None` if a subscriber may be getting it from this node
+    /// already, or `Config::per_peer` claims are out: sending it both ways would be a copy more
+    /// than the swarm needs, so the caller leaves it for later. Once the mode is over, always a
+    /// claim (that holds nothing back).
+    pub fn claim(&mut self, now: Instant, piece: PieceIndex) -> Option<Claimed> {
         if self.is_done() {
-            return true;
+            return Some(Claimed { piece, until: now });
         }
         if piece.0 >= self.pieces
             || self.held.count(Holder::Push) >= self.config.per_peer.max(1)
             || !self.hidden.remove(&(self.order[piece.0 as usize], piece.0))
         {
-            return false;
+            return None;
         }
-        self.held.hold(Holder::Push, piece, now + self.config.send_deadline);
-        true
+        let until = now + self.config.send_deadline;
+        self.held.hold(Holder::Push, piece, until);
+        Some(Claimed { piece, until })
     }
 
     /// A piece claimed with [`Reveal::claim`] was not sent after all: it may be shown again.
-    pub fn handle_unclaimed(&mut self, now: Instant, piece: PieceIndex) {
-        if piece.0 >= self.pieces || self.is_done() || self.held.holder(piece) != Some(Holder::Push)
+    /// Only that claim is given up: one that lapsed and was made again since (by another push)
+    /// stays.
+    pub fn handle_unclaimed(&mut self, now: Instant, claim: Claimed) {
+        let piece = claim.piece;
+        if piece.0 >= self.pieces
+            || self.is_done()
+            || self.held.entry(piece) != Some((Holder::Push, claim.until))
         {
             return;
         }
         self.held.release(piece);
         self.hide(piece);
         self.refill(now, &BTreeSet::new());
+    }
+}
+
+/// A piece claimed for a push ([`Reveal::claim`]), to hand back if the push fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claimed {
+    piece: PieceIndex,
+    /// When the claim lapses; with the piece, it names this claim among later ones.
+    until: Instant,
+}
+
+impl Claimed {
+    /// The piece claimed.
+    pub fn piece(&self) -> PieceIndex {
+        self.piece
     }
 }

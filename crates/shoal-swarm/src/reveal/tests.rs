@@ -310,14 +310,19 @@ fn a_piece_claimed_for_a_push_is_shown_to_nobody_until_the_push_ends_or_its_dead
     let view = ones(&r.subscribe(t0, 1));
     assert_eq!(view.len(), 2);
     // Shown to a subscriber (it may be asking for them now): not claimed, the push waits.
-    assert!(view.iter().all(|&p| !r.claim(t0, p)), "a shown piece is left to the subscriber");
+    assert!(
+        view.iter().all(|&p| r.claim(t0, p).is_none()),
+        "a shown piece is left to the subscriber"
+    );
     let hidden: Vec<PieceIndex> = (0..8).map(PieceIndex).filter(|p| !view.contains(p)).collect();
-    assert!(r.claim(t0, hidden[0]) && r.claim(t0, hidden[1]));
+    let (first, second) = (r.claim(t0, hidden[0]), r.claim(t0, hidden[1]));
+    let second = second.expect("shown to nobody");
+    assert!(first.is_some());
     // The worst a caller can do: claim more than its share, the same piece twice, a piece
     // past the end. Each is refused and leaves nothing behind.
-    assert!(!r.claim(t0, hidden[2]), "at most `per_peer` claims at once");
-    assert!(!r.claim(t0, hidden[0]), "claimed already");
-    assert!(!r.claim(t0, PieceIndex(8)), "past the end");
+    assert!(r.claim(t0, hidden[2]).is_none(), "at most `per_peer` claims at once");
+    assert!(r.claim(t0, hidden[0]).is_none(), "claimed already");
+    assert!(r.claim(t0, PieceIndex(8)).is_none(), "past the end");
     assert_eq!(r.held.count(Holder::Push), 2);
     // Subscribers come and take every other piece in turn: never the claimed ones.
     let mut seen: BTreeSet<PieceIndex> = view.iter().copied().collect();
@@ -334,18 +339,18 @@ fn a_piece_claimed_for_a_push_is_shown_to_nobody_until_the_push_ends_or_its_dead
     // shown again, to a subscriber whose view has room.
     r.handle_copied(t0, hidden[0]);
     assert!(r.was_sent(hidden[0]));
-    r.handle_unclaimed(t0, hidden[1]);
+    r.handle_unclaimed(t0, second);
     assert!(!r.was_sent(hidden[1]));
     assert_eq!(r.held.count(Holder::Push), 0);
     // Once every piece left once, a push takes anything.
     for p in (0..8).map(PieceIndex) {
         r.handle_copied(t0, p);
     }
-    assert!(r.is_done() && r.claim(t0, PieceIndex(0)));
+    assert!(r.is_done() && r.claim(t0, PieceIndex(0)).is_some());
 
     // A claim whose push never reports back ends at `send_deadline`, and the piece is shown.
     let mut r = Reveal::new(config(2), 8, 3);
-    assert!(r.claim(t0, PieceIndex(5)));
+    r.claim(t0, PieceIndex(5)).expect("shown to nobody");
     let seen = ones(&r.subscribe(t0, 1));
     assert!(!seen.contains(&PieceIndex(5)));
     assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(3)), "the view's deadline first");
@@ -358,4 +363,16 @@ fn a_piece_claimed_for_a_push_is_shown_to_nobody_until_the_push_ends_or_its_dead
     }
     assert!(shown_again && t >= t0 + Duration::from_secs(5), "shown once its claim was due");
     assert_eq!(r.held.count(Holder::Push), 0, "nothing claimed past its deadline");
+
+    // A lapsed claim, made again by another push: the first push, failing late, gives back
+    // only its own claim, not the second one's.
+    let mut r: Reveal<u32> = Reveal::new(config(2), 8, 3);
+    let lapsed = r.claim(t0, PieceIndex(5)).expect("shown to nobody");
+    let t1 = t0 + Duration::from_secs(5);
+    r.handle_timeout(t1);
+    let again = r.claim(t1, PieceIndex(5)).expect("hidden again after its deadline");
+    r.handle_unclaimed(t1, lapsed);
+    assert_eq!(r.held.entry(PieceIndex(5)).map(|(h, _)| h), Some(Holder::Push), "still claimed");
+    r.handle_unclaimed(t1, again);
+    assert_eq!(r.held.entry(PieceIndex(5)), None);
 }
