@@ -191,11 +191,10 @@ async fn push_pieces(
 /// and storage is one copy more than the swarm needs (the downloader can push it in, told by
 /// the tracker's re-seed directives). (Deferring only the pieces already sent, not those
 /// shown, left such collisions: the seed of a 16-node testnet sent 2 to 4 MiB of its 64 MiB
-/// twice more than without storage.) The second pass
-/// waits until every piece has left the origin once (at most [`SECOND_PASS_WAIT`]), so it
-/// does not take the uplink from the first copy, and downloaders' re-seeds push in meanwhile
-/// what they can. Then it asks storage again and pushes what is still missing, so the push
-/// ends with everything stored. (Waiting also for the node's uploads to peers to end was
+/// twice more than without storage.) The second pass waits until every piece has left the
+/// origin once (at most [`SECOND_PASS_WAIT`]), so it does not take the uplink from the first
+/// copy, and downloaders' re-seeds push in meanwhile what they can. Then it asks storage again
+/// and pushes what is still missing, so the push ends with everything stored. (Waiting also for the node's uploads to peers to end was
 /// tried: any peer keeping one slow request open, of any content, then held every push for
 /// the whole wait.)
 async fn push_missing(

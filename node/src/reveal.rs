@@ -143,7 +143,8 @@ impl Reveals {
     /// what is held): a bitfield re-sent after a lag must not undo its view.
     pub(crate) fn view(&self, content: ContentId, peer: NodeId) -> Option<Bitfield> {
         let s = self.lock();
-        // Not subscribed to this reveal (one started afresh since): it was told everything.
+        // Not a subscriber of this reveal (beyond the cap, or subscribed before it began):
+        // it sees what is held.
         let e = s.contents.get(&content).filter(|e| e.subscribers.contains_key(&peer))?;
         Some(e.machine.view(peer))
     }

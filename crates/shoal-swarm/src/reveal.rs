@@ -254,9 +254,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
             // Asked for outside its view: back among the pieces to show, to others (it may
             // have had the piece from elsewhere).
             if self.held.holder(piece) == Some(Holder::Peer(peer)) {
-                self.held.release(piece);
-                self.hide(piece);
-                self.refill(now, &BTreeSet::from([peer]));
+                self.let_go(now, piece, &BTreeSet::from([peer]));
             }
             return;
         }
@@ -380,6 +378,14 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     /// Subscribers with a view.
     pub fn peers(&self) -> usize {
         self.peers.len()
+    }
+
+    /// A held-back piece is let go: back among those to show, and shown to subscribers whose
+    /// view is short (but `except`).
+    fn let_go(&mut self, now: Instant, piece: PieceIndex, except: &BTreeSet<P>) {
+        self.held.release(piece);
+        self.hide(piece);
+        self.refill(now, except);
     }
 
     fn hide(&mut self, piece: PieceIndex) {

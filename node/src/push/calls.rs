@@ -42,17 +42,10 @@ async fn call_within(
 ) -> anyhow::Result<Response> {
     let (mut send, mut recv) = conn.open_bi().await?;
     write_frame_within(&mut send, req, WRITE_STALL).await?;
-    let wrote = async {
-        let Some(raw) = raw else { return Ok(()) };
-        let mut at = 0;
-        while at < raw.len() {
-            let chunk = raw.slice(at..(at + BODY_CHUNK).min(raw.len()));
-            at += chunk.len();
-            write_within(&mut send, chunk, WRITE_STALL).await?;
-        }
-        Ok::<(), WriteError>(())
-    }
-    .await;
+    let wrote = match raw {
+        Some(raw) => write_body(&mut send, raw).await,
+        None => Ok(()),
+    };
     let _ = send.finish();
     let what = "storage's answer to a push";
     match read_frame_within::<Response>(&mut recv, &mut Decoder::new(), answer, what).await {
@@ -66,6 +59,18 @@ async fn call_within(
             Err(e.into())
         }
     }
+}
+
+/// Hands `raw` to quinn [`BODY_CHUNK`] bytes at a time (slices, no copy), each taken within
+/// [`WRITE_STALL`]. Not cancel-safe.
+async fn write_body(send: &mut quinn::SendStream, raw: &Bytes) -> Result<(), WriteError> {
+    let mut at = 0;
+    while at < raw.len() {
+        let chunk = raw.slice(at..(at + BODY_CHUNK).min(raw.len()));
+        at += chunk.len();
+        write_within(send, chunk, WRITE_STALL).await?;
+    }
+    Ok(())
 }
 
 /// Sends one push request with its body, retrying with backoff while storage is busy or cannot

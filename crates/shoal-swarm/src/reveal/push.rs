@@ -59,9 +59,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         {
             return;
         }
-        self.held.release(piece);
-        self.hide(piece);
-        self.refill(now, &BTreeSet::new());
+        self.let_go(now, piece, &BTreeSet::new());
     }
 }
 
