@@ -1,6 +1,7 @@
 //! Super-seeding for contents added to this running daemon: a thin wrapper around
 //! [`shoal_swarm::Reveal`], which holds the policy (show each subscriber a few pieces nobody
-//! was sent yet, one more per piece sent, everything once every piece left once).
+//! was sent yet, one more per piece sent; once every piece left once, for as long again only
+//! pieces whose recipients all went away; then everything).
 //!
 //! Only contents imported while the daemon runs (`shoal add`, `shoal push FILE`) are revealed:
 //! that node is the origin, whose first copy a swarm waits for. A content this node fetched,
@@ -61,8 +62,11 @@ struct Entry {
 pub(crate) struct Reveals {
     // Held only for bookkeeping, never across an await.
     state: Mutex<State>,
-    /// Woken whenever a content's mode ends (every piece left once, a stall, or evicted).
+    /// Woken when a content's first copy is out (every piece left once) and whenever a mode
+    /// ends (its guard ended, a stall, or evicted).
     ended: tokio::sync::Notify,
+    /// The limits of every reveal (the machine's defaults but in tests).
+    config: Config,
 }
 
 #[derive(Debug, Default)]
@@ -116,7 +120,7 @@ impl Reveals {
                 self.ended.notify_waiters();
             }
         }
-        let machine = Reveal::new(Config::default(), pieces, fastrand::u64(..));
+        let machine = Reveal::new(self.config.clone(), pieces, fastrand::u64(..));
         let entry = Entry { machine, id: added, subscribers: HashMap::new(), added };
         s.contents.insert(content, entry);
     }
@@ -168,10 +172,7 @@ impl Reveals {
         e.machine.handle_timeout(now);
         e.machine.handle_sent(now, peer, piece);
         pump(e, content);
-        if e.machine.is_done() {
-            s.end(content);
-            self.ended.notify_waiters();
-        }
+        self.after_progress(&mut s, content);
     }
 
     /// `peer`'s request for `piece` of `content` ended without the piece sent.
@@ -228,13 +229,23 @@ impl Reveals {
         let Some(e) = s.contents.get_mut(&content) else { return };
         e.machine.handle_copied(Instant::now(), piece);
         pump(e, content);
-        if e.machine.is_done() {
+        self.after_progress(&mut s, content);
+    }
+
+    /// A piece of `content` left: waiters for its first copy are woken once every piece left
+    /// once, and the mode is forgotten once over.
+    fn after_progress(&self, s: &mut State, content: ContentId) {
+        let Some(e) = s.contents.get(&content) else { return };
+        let (over, done) = (e.machine.is_over(), e.machine.is_done());
+        if over {
             s.end(content);
+        }
+        if done {
             self.ended.notify_waiters();
         }
     }
 
-    /// Waits until `content` is no longer revealed (every piece left once, the mode stalled
+    /// Waits until `content`'s first copy is out (every piece left once, the mode stalled
     /// and ended, or it was evicted by newer contents), at most `limit`. Cancel-safe.
     pub(crate) async fn first_copy_out(&self, content: ContentId, limit: Duration) {
         let until = tokio::time::Instant::now() + limit;
@@ -243,7 +254,7 @@ impl Reveals {
             tokio::pin!(ended);
             // Registered before the check, so an end between the two is not missed.
             ended.as_mut().enable();
-            if !self.lock().contents.contains_key(&content) {
+            if self.lock().contents.get(&content).is_none_or(|e| e.machine.is_done()) {
                 return;
             }
             tokio::select! {
@@ -279,12 +290,12 @@ impl Reveals {
                 pump(e, *c);
             }
         }
-        let done: Vec<ContentId> =
-            s.contents.iter().filter(|(_, e)| e.machine.is_done()).map(|(&c, _)| c).collect();
-        for &c in &done {
+        let over: Vec<ContentId> =
+            s.contents.iter().filter(|(_, e)| e.machine.is_over()).map(|(&c, _)| c).collect();
+        for &c in &over {
             s.end(c);
         }
-        if !done.is_empty() {
+        if !over.is_empty() {
             self.ended.notify_waiters();
         }
     }
@@ -430,9 +441,16 @@ mod tests {
         shoal_net::Identity::generate().node_id()
     }
 
+    /// Reveals whose mode ends as soon as every piece left once (no guard after the first
+    /// copy), as the tests of the first copy expect.
+    fn unguarded() -> Reveals {
+        let config = Config { guard: Duration::ZERO, guard_share: 0.0, ..Config::default() };
+        Reveals { config, ..Reveals::default() }
+    }
+
     #[test]
     fn a_revealed_content_shows_a_part_then_everything_once_each_piece_left() {
-        let r = Reveals::default();
+        let r = unguarded();
         let c = ContentId([1; 32]);
         let (a, b) = (id(), id());
         let (tx, mut rx) = mpsc::channel(QUEUE);
@@ -477,7 +495,7 @@ mod tests {
 
     #[test]
     fn a_bitfield_resent_to_a_subscriber_is_its_view_while_the_content_is_revealed() {
-        let r = Reveals::default();
+        let r = unguarded();
         let c = ContentId([2; 32]);
         r.start(c, 64);
         let (tx, _rx) = mpsc::channel(QUEUE);
@@ -498,7 +516,7 @@ mod tests {
 
     #[test]
     fn a_push_claims_only_pieces_nobody_is_shown_and_gives_back_what_it_did_not_push() {
-        let r = Arc::new(Reveals::default());
+        let r = Arc::new(unguarded());
         let c = ContentId([3; 32]);
         assert!(r.claim(c, PieceIndex(0)).is_some(), "not revealed here: push anything");
         r.start(c, 64);
@@ -539,7 +557,7 @@ mod tests {
     #[test]
     fn adding_a_content_again_while_it_is_revealed_changes_nothing() {
         // `shoal push FILE` after `shoal add FILE` imports and starts the file again.
-        let r = Reveals::default();
+        let r = unguarded();
         let c = ContentId([4; 32]);
         r.start(c, 64);
         let (tx, mut rx) = mpsc::channel(QUEUE);
@@ -565,6 +583,42 @@ mod tests {
         r.start(c, 64);
         assert_eq!(r.len(), 0);
         assert!(r.subscribe(c, id(), &tx).is_none(), "shown whole");
+    }
+
+    #[tokio::test]
+    async fn after_its_first_copy_a_content_shows_only_what_left_with_its_recipients() {
+        let r = Reveals::default();
+        let c = ContentId([5; 32]);
+        r.start(c, 64);
+        let (txw, _rxw) = mpsc::channel(QUEUE);
+        for _ in 0..3 {
+            r.subscribe(c, id(), &txw).unwrap();
+        }
+        let (a, b) = (id(), id());
+        let (tx, _rx) = mpsc::channel(QUEUE);
+        let (txb, mut rxb) = mpsc::channel(QUEUE);
+        r.subscribe(c, a, &tx).unwrap();
+        r.subscribe(c, b, &txb).unwrap();
+        for p in 0..64 {
+            r.sent(c, a, PieceIndex(p));
+        }
+        // The first copy is out (a push waiting for it goes ahead), the guard holds.
+        tokio::time::timeout(Duration::from_secs(5), r.first_copy_out(c, Duration::from_secs(60)))
+            .await
+            .expect("the first copy is out");
+        assert_eq!(r.len(), 1, "still revealed: guarded");
+        while let Ok(m) = rxb.try_recv() {
+            assert!(matches!(m, Shown::View(..)), "nothing more shown while a keeps all: {m:?}");
+        }
+        assert_eq!(r.view(c, b).map(|v| v.count()), Some(0));
+        // a goes away with every piece: b is shown some of them again, never everything.
+        r.unsubscribe(c, a, &tx);
+        let mut again = 0;
+        while let Ok(m) = rxb.try_recv() {
+            assert!(matches!(m, Shown::Piece(cc, _) if cc == c), "{m:?}");
+            again += 1;
+        }
+        assert!(again > 0 && r.view(c, b).is_some_and(|v| v.count() == again));
     }
 
     #[test]

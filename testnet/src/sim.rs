@@ -39,6 +39,10 @@ pub(crate) struct Args {
     /// The seed shows its whole bitfield at once instead of revealing pieces a few at a time
     #[arg(long, env = "SHOAL_SIM_NO_SUPER_SEED")]
     no_super_seed: bool,
+    /// Once every piece left the seed, it shows everything at once instead of guarding its
+    /// first copy (showing only pieces whose recipients all left)
+    #[arg(long, env = "SHOAL_SIM_NO_GUARD")]
+    no_guard: bool,
     /// Print the outcome as JSON (with every downloader's finish).
     #[arg(long)]
     json: bool,
@@ -62,6 +66,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         seed: args.seed,
         hints: args.hints,
         super_seed: !args.no_super_seed,
+        guard: !args.no_guard,
         record: Vec::new(),
     };
     let out = shoal_sim::run(&scenario).context("simulating the swarm")?;

@@ -47,10 +47,10 @@
 //! present, and take capacity while they download), but it is the swarm without them; the
 //! churners' own finish (bounded below by their return) is reported apart.
 //!
-//! While downloaders ask for pieces the seed's uplink never idles, so `seed_copies` is about
-//! `last_finish_s * uplink / file_size`: the seed sends 1.2 copies only if the swarm finishes
-//! within about 1.2 x `file_size / uplink`. `seed_all_sent_s`, when every piece had left the
-//! seed once (at best `file_size / uplink`), separates the seed's first copy from the spread.
+//! `seed_all_sent_s`, when every piece had left the seed once (at best `file_size / uplink`),
+//! separates the seed's first copy from the spread. After it the seed guards that copy
+//! (`shoal_swarm::Reveal`): it shows only pieces whose recipients all left, so its later
+//! copies (`seed_copies` - 1) are those churn took away, not a busy uplink's whole tail.
 
 #![warn(missing_docs)]
 
@@ -90,6 +90,10 @@ pub struct Scenario {
     /// The seed reveals its pieces a few at a time ([`shoal_swarm::Reveal`], as a node does
     /// for content it added); false: it shows its whole bitfield at once.
     pub super_seed: bool,
+    /// Once every piece left it, the revealing seed guards its first copy (shows only pieces
+    /// whose recipients all left, `shoal_swarm::reveal::Config::guard`), as a node does;
+    /// false: it shows everything at once then.
+    pub guard: bool,
     /// Downloaders whose `PeerSet` inputs and actions are recorded (see [`replay`]).
     pub record: Vec<usize>,
 }
@@ -107,6 +111,7 @@ impl Default for Scenario {
             seed: 1,
             hints: shoal_index::Config::default().hints,
             super_seed: true,
+            guard: true,
             record: Vec::new(),
         }
     }

@@ -171,7 +171,7 @@ impl World {
             }
         }
         let next = r.poll_timeout();
-        if r.is_done() {
+        if r.is_over() {
             n.reveal = None;
         }
         let old = n.reveal_timer;

@@ -197,9 +197,8 @@ impl World {
                 fetch: None,
                 finished: None,
                 up: Uploader::new(UploadConfig::default()),
-                reveal: (i == 0 && s.super_seed).then(|| {
-                    shoal_swarm::Reveal::new(shoal_swarm::reveal::Config::default(), pieces, s.seed)
-                }),
+                reveal: (i == 0 && s.super_seed)
+                    .then(|| shoal_swarm::Reveal::new(reveal_config(s), pieces, s.seed)),
                 reveal_timer: None,
                 waiting: BTreeMap::new(),
                 uplink_q: VecDeque::new(),
@@ -372,6 +371,17 @@ impl World {
             wall_s: 0.0,
             logs: self.logs.clone(),
         }
+    }
+}
+
+/// The seed's reveal: the node's, without the guard after the first copy if the scenario
+/// says so.
+fn reveal_config(s: &Scenario) -> shoal_swarm::reveal::Config {
+    let config = shoal_swarm::reveal::Config::default();
+    if s.guard {
+        config
+    } else {
+        shoal_swarm::reveal::Config { guard: Duration::ZERO, guard_share: 0.0, ..config }
     }
 }
 

@@ -5,6 +5,14 @@
 //! once, the seed shows everything (the idea of BitTorrent's BEP 16, judged by the seed's own
 //! send records instead of its peers' haves).
 //!
+//! Once every piece has left once, the origin guards that first copy for as long again as it
+//! took (`Config::guard_share`, at least `Config::guard`): it shows only pieces that nobody it
+//! sent them to keeps any more (they unsubscribed: churn took the copy away), so downloaders
+//! complete from each other and the origin does not send the swarm what it already holds.
+//! Then it shows everything. (In the simulation of 1,000 nodes, its uplink was busy to the
+//! end with copies of pieces others held: 1.44 copies in all; a seed that served only pieces
+//! no other node held would have sent 1.02-1.05 copies with the same finish.)
+//!
 //! [`Reveal`] is a sans-I/O state machine like [`crate::Uploader`]: the driver asks it for the
 //! bitfield to answer a subscription with ([`Reveal::subscribe`]), reports requests, pieces
 //! sent and subscribers gone, passes the time in ([`Reveal::handle_timeout`] when
@@ -33,18 +41,20 @@
 //! A piece the origin pushes into storage is claimed first ([`Reveal::claim`]): shown to
 //! nobody until the push ends, at most `Config::per_peer` at once.
 //! Memory: one entry per piece plus at most `max(budget, max_peers)` shown entries and one
-//! held-back entry per piece.
+//! held-back entry per piece, and one entry per piece sent to each subscriber (`keepers`).
 //!
 //! Layout: this file holds the showing; `types` the limits and events, `held` the pieces held
-//! back, `push` the copies that leave another way (pushed into storage).
+//! back, `push` the copies that leave another way (pushed into storage), `keepers` who may
+//! still hold each piece that left.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Debug;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use shoal_core::{Bitfield, PieceIndex};
 
 use held::{Held, Holder};
+use keepers::Keepers;
 pub use push::Claimed;
 pub use types::{Config, Event};
 
@@ -57,12 +67,32 @@ struct Shown {
     requested: bool,
 }
 
+/// Places in `Reveal::hidden`: pieces put first count down from `SHUFFLED`, the first shuffle
+/// lies between it and `BACK`, pieces put last count up from `BACK`.
+const SHUFFLED: u64 = 1 << 41;
+const BACK: u64 = 1 << 42;
+
+/// Where a reveal stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Until every piece has left once: pieces nobody was sent are shown.
+    Revealing,
+    /// The first copy is out: until `until`, only pieces nobody keeps any more are shown.
+    Guarding { until: Instant },
+    /// Everything is shown.
+    Over,
+}
+
 /// The revealing state of one content at its origin. `P` identifies a subscriber.
 #[derive(Debug)]
 pub struct Reveal<P> {
     config: Config,
     pieces: u32,
-    /// Pieces never sent and shown to nobody, by (order, piece).
+    phase: Phase,
+    /// When the first subscriber came: the start of the first copy.
+    began: Option<Instant>,
+    /// Pieces to show and shown to nobody, by (order, piece): while revealing, those never
+    /// sent; while guarding, those nobody keeps (see [`Reveal::showable`]).
     hidden: BTreeSet<(u64, u32)>,
     /// Each piece's place in `hidden`: a shuffle at first; a piece hidden again goes last, so
     /// a subscriber shown pieces it never asks for (it had them from elsewhere) is shown every
@@ -70,6 +100,8 @@ pub struct Reveal<P> {
     order: Vec<u64>,
     /// The next place at the back of `hidden`.
     back: u64,
+    /// The place before the front of `hidden` (counting down).
+    front: u64,
     sent: Bitfield,
     /// Subscribers with a view: their shown pieces.
     peers: BTreeMap<P, BTreeMap<PieceIndex, Shown>>,
@@ -88,6 +120,8 @@ pub struct Reveal<P> {
     /// nobody is shown them meanwhile and sent a second copy. At most `Config::per_peer` per
     /// subscriber.
     held: Held<P>,
+    /// Who may still hold each piece that left.
+    keepers: Keepers<P>,
     events: VecDeque<Event<P>>,
 }
 
@@ -101,16 +135,19 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                x >> 32
+                SHUFFLED + (x >> 32)
             })
             .collect();
         let hidden = (0..pieces).map(|i| (order[i as usize], i)).collect();
         Self {
             config,
             pieces,
+            phase: Phase::Revealing,
+            began: None,
             hidden,
             order,
-            back: 1 << 32,
+            back: BACK,
+            front: SHUFFLED,
             sent: Bitfield::new(pieces),
             peers: BTreeMap::new(),
             whole: BTreeSet::new(),
@@ -119,6 +156,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
             cursor: None,
             expiry: BTreeSet::new(),
             held: Held::default(),
+            keepers: Keepers::new(pieces),
             events: VecDeque::new(),
         }
     }
@@ -128,18 +166,40 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         piece.0 < self.pieces && self.sent.get(piece)
     }
 
-    /// True once every piece has been sent at least once: subscribers see everything.
+    /// True once every piece has been sent at least once (the first copy is out), or the
+    /// mode is over.
     pub fn is_done(&self) -> bool {
-        self.sent.is_complete()
+        self.phase != Phase::Revealing
+    }
+
+    /// True once the mode is over: every subscriber sees everything, and the driver may drop
+    /// the machine.
+    pub fn is_over(&self) -> bool {
+        self.phase == Phase::Over
+    }
+
+    /// True if `piece` may be shown: while revealing, if it was never sent; while guarding, if
+    /// nobody it was sent to keeps it.
+    fn showable(&self, piece: PieceIndex) -> bool {
+        match self.phase {
+            Phase::Revealing => !self.sent.get(piece),
+            Phase::Guarding { .. } => !self.keepers.is_kept(piece),
+            Phase::Over => false,
+        }
+    }
+
+    fn is_subscriber(&self, peer: P) -> bool {
+        self.whole.contains(&peer) || self.peers.contains_key(&peer)
     }
 
     /// The bitfield to answer `peer`'s subscription with: everything once the mode is over,
     /// else the pieces shown to it (new ones drawn for a new subscriber).
     pub fn subscribe(&mut self, now: Instant, peer: P) -> Bitfield {
-        if self.is_done() || self.whole.contains(&peer) {
+        if self.is_over() || self.whole.contains(&peer) {
             return Bitfield::full(self.pieces);
         }
         self.progress.get_or_insert(now);
+        self.began.get_or_insert(now);
         if !self.peers.contains_key(&peer)
             && !self.crowd
             && self.whole.len() < self.config.min_peers
@@ -161,7 +221,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     /// What `peer` is shown now: everything once the mode is over or to a subscriber shown
     /// everything, else the pieces in its view (none for a stranger).
     pub fn view(&self, peer: P) -> Bitfield {
-        if self.is_done() || self.whole.contains(&peer) {
+        if self.is_over() || self.whole.contains(&peer) {
             return Bitfield::full(self.pieces);
         }
         let mut b = Bitfield::new(self.pieces);
@@ -200,7 +260,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
             // Outside its view: a piece shown to nobody yet is kept from the others until
             // this request ends (a subscriber's, within its share; strangers' are served
             // but hold nothing back).
-            let subscriber = self.whole.contains(&peer) || self.peers.contains_key(&peer);
+            let subscriber = self.is_subscriber(peer);
             let share = self.held.count(Holder::Peer(peer));
             if piece.0 < self.pieces
                 && !self.is_done()
@@ -227,16 +287,24 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
 
     /// `piece` was sent whole to `peer`: counted, and `peer` is shown another piece.
     pub fn handle_sent(&mut self, now: Instant, peer: P, piece: PieceIndex) {
-        if piece.0 >= self.pieces || self.is_done() {
+        if piece.0 >= self.pieces || self.is_over() {
             return;
         }
         self.progress = Some(now);
         self.unshow(peer, piece);
         self.held.release(piece);
-        self.count(piece);
-        if self.is_done() {
-            self.finish();
-            return;
+        let kept = self.is_subscriber(peer);
+        if kept {
+            self.keepers.sent(peer, piece);
+        }
+        self.count(now, piece);
+        let waiting = self.hidden.contains(&(self.order[piece.0 as usize], piece.0));
+        if !kept && waiting && self.is_done() {
+            // Sent to nobody who keeps it (it left meanwhile, or never subscribed): likely
+            // lost on the way, so first among those to show. (One shown to a subscriber
+            // already stays where it is.)
+            self.hide_first(piece);
+            self.refill(now, &BTreeSet::new());
         }
         if self.peers.contains_key(&peer) {
             self.top_up(now, peer, true);
@@ -247,7 +315,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     /// stream failed): it may have the piece from elsewhere now, so the piece is hidden again
     /// and `peer` is shown another.
     pub fn handle_abandoned(&mut self, now: Instant, peer: P, piece: PieceIndex) {
-        if piece.0 >= self.pieces || self.is_done() {
+        if piece.0 >= self.pieces || self.is_over() {
             return;
         }
         if !self.unshow(peer, piece) {
@@ -278,25 +346,72 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         true
     }
 
-    /// One copy of `piece` left: never shown again.
-    fn count(&mut self, piece: PieceIndex) {
-        if self.sent.set(piece) {
+    /// One copy of `piece` left: not shown again while it is kept. The last piece's first
+    /// copy starts the guard.
+    fn count(&mut self, now: Instant, piece: PieceIndex) {
+        self.sent.set(piece);
+        if !self.showable(piece) {
             self.hidden.remove(&(self.order[piece.0 as usize], piece.0));
+        }
+        if self.phase == Phase::Revealing && self.sent.is_complete() {
+            self.guard(now);
         }
     }
 
-    /// Every piece left once: the mode ends, every subscriber is to see everything.
+    /// Every piece left once: views start afresh with the pieces nobody keeps (copies that
+    /// left with their subscribers), until the guard ends.
+    fn guard(&mut self, now: Instant) {
+        let took = self.began.map_or(Duration::ZERO, |b| now.saturating_duration_since(b));
+        let share = self.config.guard_share;
+        let relative = if share.is_finite() && share > 0.0 {
+            took.mul_f64(share.min(16.0))
+        } else {
+            Duration::ZERO
+        };
+        let guard = self.config.guard.max(relative);
+        if guard.is_zero() {
+            self.finish();
+            return;
+        }
+        self.phase = Phase::Guarding { until: now + guard };
+        // Views held unsent pieces only, and none is left; nothing is held back any more.
+        self.peers.values_mut().for_each(BTreeMap::clear);
+        self.expiry.clear();
+        self.held.clear();
+        // Those never sent to a subscriber (their copies likely lost on the way) first.
+        self.hidden = (0..self.pieces)
+            .filter(|&i| !self.keepers.is_kept(PieceIndex(i)))
+            .map(|i| {
+                if !self.keepers.was_kept(PieceIndex(i)) {
+                    self.order[i as usize] %= SHUFFLED;
+                }
+                (self.order[i as usize], i)
+            })
+            .collect();
+        self.refill(now, &BTreeSet::new());
+    }
+
+    /// The mode is over: every subscriber is to see everything.
     fn finish(&mut self) {
+        self.phase = Phase::Over;
         self.peers.clear();
         self.whole.clear();
         self.expiry.clear();
         self.held.clear();
         self.hidden.clear();
+        self.keepers.clear();
         self.events.push_back(Event::ShowAll);
     }
 
     /// `peer` is gone: its shown, unsent pieces may be shown to others.
     pub fn unsubscribe(&mut self, now: Instant, peer: P) {
+        // What it alone kept may be shown again once the first copy is out (before, the
+        // first copy goes on; the guard starts with what nobody keeps).
+        for piece in self.keepers.left(peer) {
+            if self.is_done() {
+                self.hide(piece);
+            }
+        }
         self.whole.remove(&peer);
         for piece in self.held.release_peer(Holder::Peer(peer)) {
             self.hide(piece);
@@ -305,17 +420,31 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
             if let Some(due) = s.due {
                 self.expiry.remove(&(due, peer, piece));
             }
-            self.hide(piece);
+            if s.requested && self.is_done() {
+                // Wanted, and the one who wanted it is gone (a fetch that rotated this node
+                // out): the next in line is likely to want it too.
+                self.hide_first(piece);
+            } else {
+                self.hide(piece);
+            }
         }
         self.refill(now, &BTreeSet::new());
     }
 
     /// Hides again the shown pieces not asked for by their deadline.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.is_done() {
-            return;
+        match self.phase {
+            Phase::Over => return,
+            Phase::Guarding { until } if until <= now => {
+                self.finish();
+                return;
+            }
+            Phase::Guarding { .. } => {}
+            Phase::Revealing => {}
         }
-        if self.progress.is_some_and(|t| t + self.config.stall <= now) {
+        if self.phase == Phase::Revealing
+            && self.progress.is_some_and(|t| t + self.config.stall <= now)
+        {
             // No piece left for too long: whatever holds it back, show everything.
             self.sent = Bitfield::full(self.pieces);
             self.finish();
@@ -363,8 +492,12 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     /// When the next shown piece is due to be hidden again, or the mode to end for lack of
     /// progress.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let stall = self.progress.filter(|_| !self.is_done()).map(|t| t + self.config.stall);
-        [self.expiry.first().map(|&(d, _, _)| d), self.held.next_due(), stall]
+        let end = match self.phase {
+            Phase::Revealing => self.progress.map(|t| t + self.config.stall),
+            Phase::Guarding { until } => Some(until),
+            Phase::Over => None,
+        };
+        [self.expiry.first().map(|&(d, _, _)| d), self.held.next_due(), end]
             .into_iter()
             .flatten()
             .min()
@@ -388,14 +521,32 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         self.refill(now, except);
     }
 
+    /// `piece` goes back among those to show, last (if it may be shown).
     fn hide(&mut self, piece: PieceIndex) {
-        if !self.sent.get(piece) {
-            let i = piece.0 as usize;
-            self.hidden.remove(&(self.order[i], piece.0));
-            self.order[i] = self.back;
+        let place = self.back;
+        if self.place(piece, place) {
             self.back += 1;
-            self.hidden.insert((self.order[i], piece.0));
         }
+    }
+
+    /// `piece` goes back among those to show, first: a subscriber wanted it and went away
+    /// before it was sent, or it was sent to nobody who keeps it.
+    fn hide_first(&mut self, piece: PieceIndex) {
+        let place = self.front.saturating_sub(1);
+        if self.place(piece, place) {
+            self.front = place;
+        }
+    }
+
+    fn place(&mut self, piece: PieceIndex, place: u64) -> bool {
+        if !self.showable(piece) {
+            return false;
+        }
+        let i = piece.0 as usize;
+        self.hidden.remove(&(self.order[i], piece.0));
+        self.order[i] = place;
+        self.hidden.insert((place, piece.0));
+        true
     }
 
     /// Shows `peer` hidden pieces up to `Config::per_peer`; `announce`: as haves (else the
@@ -447,6 +598,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
 }
 
 mod held;
+mod keepers;
 mod push;
 #[cfg(test)]
 mod tests;

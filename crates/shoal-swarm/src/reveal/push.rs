@@ -15,15 +15,13 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     /// A copy of `piece` left this node another way (pushed into storage, which serves it):
     /// it is not shown to anyone any more.
     pub fn handle_copied(&mut self, now: Instant, piece: PieceIndex) {
-        if piece.0 >= self.pieces || self.is_done() {
+        if piece.0 >= self.pieces || self.is_over() {
             return;
         }
         self.progress = Some(now);
-        self.count(piece);
+        self.keepers.stored(piece);
         self.held.release(piece);
-        if self.is_done() {
-            self.finish();
-        }
+        self.count(now, piece);
     }
 
     /// This node is about to send `piece` another way (pushing it into storage, which will

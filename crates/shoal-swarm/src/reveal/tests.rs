@@ -12,6 +12,8 @@ fn config(per_peer: usize) -> Config {
         deadline: Duration::from_secs(3),
         send_deadline: Duration::from_secs(5),
         stall: Duration::from_secs(60),
+        guard: Duration::ZERO,
+        guard_share: 0.0,
     }
 }
 
@@ -375,4 +377,86 @@ fn a_piece_claimed_for_a_push_is_shown_to_nobody_until_the_push_ends_or_its_dead
     assert_eq!(r.held.entry(PieceIndex(5)).map(|(h, _)| h), Some(Holder::Push), "still claimed");
     r.handle_unclaimed(t1, again);
     assert_eq!(r.held.entry(PieceIndex(5)), None);
+}
+
+fn guarded(per_peer: usize) -> Config {
+    Config { guard: Duration::from_secs(10), guard_share: 1.0, ..config(per_peer) }
+}
+
+#[test]
+fn after_the_first_copy_only_pieces_nobody_keeps_are_shown_until_the_guard_ends() {
+    let t0 = Instant::now();
+    let mut r = Reveal::new(guarded(4), 8, 1);
+    let _ = r.subscribe(t0, 1);
+    let _ = r.subscribe(t0, 2);
+    // The first copy takes 20 s: pieces 0-3 go to subscriber 1, 4-6 to 2, 7 to a stranger.
+    let t1 = t0 + Duration::from_secs(20);
+    for p in 0..8 {
+        let to = match p {
+            0..4 => 1,
+            4..7 => 2,
+            _ => 99,
+        };
+        r.handle_sent(t1, to, PieceIndex(p));
+    }
+    assert!(r.is_done() && !r.is_over(), "the first copy is out, the guard begins");
+    let first = shown(&mut r);
+    assert_eq!(first, BTreeSet::from([PieceIndex(7)]), "only the stranger's piece");
+    assert!(ones(&r.view(1)).iter().chain(&ones(&r.view(2))).all(|&p| p == PieceIndex(7)));
+    // Subscriber 2 leaves: what it alone was sent is shown to the others.
+    r.unsubscribe(t1 + Duration::from_secs(1), 2);
+    let again = shown(&mut r);
+    assert!((4..7).all(|p| again.contains(&PieceIndex(p))), "{again:?}");
+    assert!((0..4).all(|p| !again.contains(&PieceIndex(p))), "1 still keeps 0-3: {again:?}");
+    // Piece 4 sent to 1 (kept again), piece 5 pushed into storage (kept for good).
+    let t2 = t1 + Duration::from_secs(2);
+    r.handle_sent(t2, 1, PieceIndex(4));
+    r.handle_copied(t2, PieceIndex(5));
+    r.unsubscribe(t2, 1);
+    let _ = events(&mut r);
+    let view = ones(&r.subscribe(t2, 3));
+    assert_eq!(view.len(), 4);
+    assert!(!view.contains(&PieceIndex(5)), "stored: never shown again: {view:?}");
+    // The guard lasts as long as the first copy took (20 s, more than `guard`).
+    assert_eq!(r.poll_timeout().map(|t| t <= t1 + Duration::from_secs(20)), Some(true));
+    r.handle_timeout(t1 + Duration::from_secs(19));
+    assert!(!r.is_over());
+    assert!(!events(&mut r).contains(&Event::ShowAll));
+    let mut t = t1;
+    while !r.is_over() {
+        t = r.poll_timeout().expect("the guard's end");
+        r.handle_timeout(t);
+    }
+    assert_eq!(t, t1 + Duration::from_secs(20));
+    assert!(events(&mut r).contains(&Event::ShowAll));
+    assert!(r.subscribe(t, 4).is_complete());
+    assert_eq!(r.poll_timeout(), None);
+}
+
+#[test]
+fn a_piece_wanted_by_a_subscriber_that_went_away_is_shown_first_while_guarding() {
+    let t0 = Instant::now();
+    let mut r = Reveal::new(guarded(1), 8, 2);
+    let _ = r.subscribe(t0, 1);
+    let _ = r.subscribe(t0, 2);
+    for p in 0..8 {
+        r.handle_sent(t0, 1, PieceIndex(p));
+    }
+    let _ = events(&mut r);
+    // 1 leaves with every piece: all eight may be lost; 2 is shown one and asks for it.
+    r.unsubscribe(t0, 1);
+    let _ = events(&mut r);
+    let x = ones(&r.view(2));
+    assert_eq!(x.len(), 1);
+    r.handle_requested(t0, 2, x[0]);
+    // 2 goes away before it is sent (a fetch rotating this node out): the next one is shown it.
+    r.unsubscribe(t0, 2);
+    assert_eq!(ones(&r.subscribe(t0, 3)), x, "the wanted piece first");
+    // 3 never asks and goes: the piece goes last. Then sent to a peer that is no subscriber
+    // (gone meanwhile): likely lost, so first again.
+    r.unsubscribe(t0, 3);
+    assert_ne!(ones(&r.subscribe(t0, 4)), x);
+    r.unsubscribe(t0, 4);
+    r.handle_sent(t0, 7, x[0]);
+    assert_eq!(ones(&r.subscribe(t0, 5)), x);
 }

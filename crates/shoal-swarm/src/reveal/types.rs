@@ -32,6 +32,12 @@ pub struct Config {
     /// shown (default 10 s): whatever holds the first copy back (subscribers that take what
     /// they are shown and never ask, say), downloaders are not held back for longer.
     pub stall: Duration,
+    /// After the first copy is out, how long the origin at least goes on showing only pieces
+    /// nobody it sent them to keeps any more (default 10 s), before it shows everything.
+    pub guard: Duration,
+    /// The same as a share of the time the first copy took (default 1: as long again), when
+    /// that is longer than `guard`: a swarm needs longer to spread a longer first copy.
+    pub guard_share: f64,
 }
 
 impl Default for Config {
@@ -44,6 +50,8 @@ impl Default for Config {
             deadline: Duration::from_secs(1),
             send_deadline: Duration::from_secs(8),
             stall: Duration::from_secs(10),
+            guard: Duration::from_secs(10),
+            guard_share: 1.0,
         }
     }
 }
@@ -58,7 +66,8 @@ pub enum Event<P> {
         /// The piece.
         piece: PieceIndex,
     },
-    /// Every piece has been sent once: send every subscriber the full bitfield.
+    /// The mode is over (the guard after the first copy ended, or the mode stalled): send
+    /// every subscriber the full bitfield.
     ShowAll,
     /// A crowd formed: this subscriber, shown everything so far, now sees only a few pieces;
     /// send it [`Reveal::view`](super::Reveal::view) as its bitfield (it replaces the whole one it was sent).
