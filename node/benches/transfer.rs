@@ -9,6 +9,14 @@
 //! (its own seed daemon, same file), so a change is measured against the code before it in one
 //! run on a shared, noisy machine. `-- limits ...` measures the rate limits instead (see
 //! `transfer/limits.rs`).
+//!
+//! Each timed transfer starts right after a scratch file of the transfer's size (and an
+//! eighth) was written and deleted ([`warm`]). On a VM that reports free memory to its host
+//! (virtio-balloon free page reporting, as on the machine of BENCHMARKS.md), memory freed more
+//! than about two seconds earlier is handed back, and the first process to write into it pays
+//! the host's faults: 2.4-3.8 system seconds per GiB more, whichever command it is. Without
+//! the warm-up the order of the commands decided which one paid (curl ran just after the
+//! fetch's output was deleted and reused its memory; the fetch came after a pause).
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -54,6 +62,21 @@ impl std::ops::Sub for Cpu {
     fn sub(self, o: Cpu) -> Cpu {
         Cpu { user: self.user - o.user, system: self.system - o.system }
     }
+}
+
+/// Writes `bytes` (and an eighth more) of zeros into a scratch file next to `at` and deletes
+/// it: the page cache a transfer of that size writes into is then freshly freed memory the VM
+/// still backs, the same for every command timed.
+fn warm(at: &Path, bytes: u64) {
+    use std::io::Write;
+    let scratch = at.with_file_name("scratch.bin");
+    let mut f = std::fs::File::create(&scratch).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..(bytes + bytes / 8).div_ceil(1 << 20) {
+        f.write_all(&chunk).unwrap();
+    }
+    drop(f);
+    std::fs::remove_file(&scratch).unwrap();
 }
 
 /// A seeding daemon of one binary, holding the benchmark file.
@@ -211,17 +234,20 @@ fn main() {
     for round in 0..rounds {
         let _ = std::fs::remove_file(&out);
         let fetch_dir = tmp.path().join(format!("fetch{round}"));
+        warm(&out, size);
         let (secs, cpu, rss) = seed.fetch(&ticket, &fetch_dir, &out, size);
         quic.push((secs, cpu));
         peak = peak.max(rss);
         if let Some((seed, ticket)) = &baseline {
             let fetch_dir = tmp.path().join(format!("fetch-base{round}"));
+            warm(&out, size);
             let (secs, cpu, _) = seed.fetch(ticket, &fetch_dir, &out, size);
             base.push((secs, cpu));
         }
 
         let mut curl = Command::new("curl");
         curl.args(["-s", "-o"]).arg(&out).arg(format!("http://127.0.0.1:{port}/file.bin"));
+        warm(&out, size);
         let (http0, child0) = (cpu_of(http_pid), children_cpu());
         let (secs, _, _) = timed(curl);
         let cpu = Sides { sender: cpu_of(http_pid) - http0, receiver: children_cpu() - child0 };
