@@ -55,6 +55,8 @@ struct Entry {
     /// when the mode ends).
     subscribers: HashMap<NodeId, mpsc::Sender<Shown>>,
     added: u64,
+    /// Waiters for the first copy were woken.
+    told: bool,
 }
 
 /// The contents this node reveals.
@@ -121,7 +123,7 @@ impl Reveals {
             }
         }
         let machine = Reveal::new(self.config.clone(), pieces, fastrand::u64(..));
-        let entry = Entry { machine, id: added, subscribers: HashMap::new(), added };
+        let entry = Entry { machine, id: added, subscribers: HashMap::new(), added, told: false };
         s.contents.insert(content, entry);
     }
 
@@ -235,12 +237,13 @@ impl Reveals {
     /// A piece of `content` left: waiters for its first copy are woken once every piece left
     /// once, and the mode is forgotten once over.
     fn after_progress(&self, s: &mut State, content: ContentId) {
-        let Some(e) = s.contents.get(&content) else { return };
-        let (over, done) = (e.machine.is_over(), e.machine.is_done());
+        let Some(e) = s.contents.get_mut(&content) else { return };
+        let (over, first) = (e.machine.is_over(), e.machine.is_done() && !e.told);
+        e.told |= first;
         if over {
             s.end(content);
         }
-        if done {
+        if over || first {
             self.ended.notify_waiters();
         }
     }
@@ -594,22 +597,26 @@ mod tests {
         for _ in 0..3 {
             r.subscribe(c, id(), &txw).unwrap();
         }
-        let (a, b) = (id(), id());
+        let (a, a2, b) = (id(), id(), id());
         let (tx, _rx) = mpsc::channel(QUEUE);
         let (txb, mut rxb) = mpsc::channel(QUEUE);
         r.subscribe(c, a, &tx).unwrap();
+        r.subscribe(c, a2, &tx).unwrap();
         r.subscribe(c, b, &txb).unwrap();
-        for p in 0..64 {
-            r.sent(c, a, PieceIndex(p));
+        // Half the pieces to a, half to a2 (a subscriber keeps a quarter and 32 at most).
+        let to = |p: u32| if p % 2 == 0 { a } else { a2 };
+        for p in 0..63 {
+            r.sent(c, to(p), PieceIndex(p));
         }
+        // What b was shown while the first copy went out.
+        while rxb.try_recv().is_ok() {}
+        r.sent(c, to(63), PieceIndex(63));
         // The first copy is out (a push waiting for it goes ahead), the guard holds.
         tokio::time::timeout(Duration::from_secs(5), r.first_copy_out(c, Duration::from_secs(60)))
             .await
             .expect("the first copy is out");
         assert_eq!(r.len(), 1, "still revealed: guarded");
-        while let Ok(m) = rxb.try_recv() {
-            assert!(matches!(m, Shown::View(..)), "nothing more shown while a keeps all: {m:?}");
-        }
+        assert_eq!(rxb.try_recv(), Err(mpsc::error::TryRecvError::Empty), "nothing more shown");
         assert_eq!(r.view(c, b).map(|v| v.count()), Some(0));
         // a goes away with every piece: b is shown some of them again, never everything.
         r.unsubscribe(c, a, &tx);
@@ -619,6 +626,46 @@ mod tests {
             again += 1;
         }
         assert!(again > 0 && r.view(c, b).is_some_and(|v| v.count() == again));
+        assert!(again < 32, "a share of the budget, never everything: {again}");
+    }
+
+    #[tokio::test]
+    async fn a_push_waiting_for_the_first_copy_is_woken_and_the_guard_ends_with_everything_shown() {
+        let config =
+            Config { guard: Duration::from_nanos(1), guard_share: 0.0, ..Config::default() };
+        let r = Arc::new(Reveals { config, ..Reveals::default() });
+        let c = ContentId([6; 32]);
+        r.start(c, 16);
+        let (txw, _rxw) = mpsc::channel(QUEUE);
+        for _ in 0..3 {
+            r.subscribe(c, id(), &txw).unwrap();
+        }
+        let a = id();
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        r.subscribe(c, a, &tx).unwrap();
+        let waiter = tokio::spawn({
+            let r = r.clone();
+            async move { r.first_copy_out(c, Duration::from_secs(60)).await }
+        });
+        // The waiter runs first and waits (this test's runtime has one thread).
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        for p in 0..16 {
+            r.sent(c, a, PieceIndex(p));
+        }
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by the first copy")
+            .unwrap();
+        // The guard (1 ns here) ends at the next deadline applied: everything is shown, the
+        // content is forgotten.
+        r.handle_timeout();
+        assert_eq!(r.len(), 0);
+        let mut last = None;
+        while let Ok(m) = rx.try_recv() {
+            last = Some(m);
+        }
+        assert_eq!(last, Some(Shown::All(c)));
     }
 
     #[test]

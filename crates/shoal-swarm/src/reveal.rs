@@ -6,7 +6,8 @@
 //! send records instead of its peers' haves).
 //!
 //! Once every piece has left once, the origin guards that first copy for as long again as it
-//! took (`Config::guard_share`, at least `Config::guard`): it shows only pieces that nobody it
+//! took (`Config::guard_share`, at least `Config::guard`, at most `Config::max_guard`): it
+//! shows only pieces that nobody it
 //! sent them to keeps any more (they unsubscribed: churn took the copy away), so downloaders
 //! complete from each other and the origin does not send the swarm what it already holds.
 //! Then it shows everything. (In the simulation of 1,000 nodes, its uplink was busy to the
@@ -89,7 +90,7 @@ pub struct Reveal<P> {
     config: Config,
     pieces: u32,
     phase: Phase,
-    /// When the first subscriber came: the start of the first copy.
+    /// When the first piece left: the start of the first copy.
     began: Option<Instant>,
     /// Pieces to show and shown to nobody, by (order, piece): while revealing, those never
     /// sent; while guarding, those nobody keeps (see [`Reveal::showable`]).
@@ -105,6 +106,9 @@ pub struct Reveal<P> {
     sent: Bitfield,
     /// Subscribers with a view: their shown pieces.
     peers: BTreeMap<P, BTreeMap<PieceIndex, Shown>>,
+    /// Who each shown piece is shown to (the same entries as `peers`, by piece): a piece in a
+    /// view is never put back among those to show.
+    viewer: BTreeMap<PieceIndex, P>,
     /// The first `Config::min_peers` subscribers, shown everything until a crowd forms.
     whole: BTreeSet<P>,
     /// A subscriber was given a partial view: from then on nobody is shown everything.
@@ -150,6 +154,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
             front: SHUFFLED,
             sent: Bitfield::new(pieces),
             peers: BTreeMap::new(),
+            viewer: BTreeMap::new(),
             whole: BTreeSet::new(),
             crowd: false,
             progress: None,
@@ -199,7 +204,6 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
             return Bitfield::full(self.pieces);
         }
         self.progress.get_or_insert(now);
-        self.began.get_or_insert(now);
         if !self.peers.contains_key(&peer)
             && !self.crowd
             && self.whole.len() < self.config.min_peers
@@ -340,6 +344,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         let Some(shown) = self.peers.get_mut(&peer).and_then(|s| s.remove(&piece)) else {
             return false;
         };
+        self.viewer.remove(&piece);
         if let Some(due) = shown.due {
             self.expiry.remove(&(due, peer, piece));
         }
@@ -349,6 +354,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     /// One copy of `piece` left: not shown again while it is kept. The last piece's first
     /// copy starts the guard.
     fn count(&mut self, now: Instant, piece: PieceIndex) {
+        self.began.get_or_insert(now);
         self.sent.set(piece);
         if !self.showable(piece) {
             self.hidden.remove(&(self.order[piece.0 as usize], piece.0));
@@ -368,7 +374,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         } else {
             Duration::ZERO
         };
-        let guard = self.config.guard.max(relative);
+        let guard = self.config.guard.max(relative).min(self.config.max_guard);
         if guard.is_zero() {
             self.finish();
             return;
@@ -376,18 +382,22 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         self.phase = Phase::Guarding { until: now + guard };
         // Views held unsent pieces only, and none is left; nothing is held back any more.
         self.peers.values_mut().for_each(BTreeMap::clear);
+        self.viewer.clear();
         self.expiry.clear();
         self.held.clear();
-        // Those never sent to a subscriber (their copies likely lost on the way) first.
-        self.hidden = (0..self.pieces)
-            .filter(|&i| !self.keepers.is_kept(PieceIndex(i)))
-            .map(|i| {
-                if !self.keepers.was_kept(PieceIndex(i)) {
-                    self.order[i as usize] %= SHUFFLED;
-                }
-                (self.order[i as usize], i)
-            })
-            .collect();
+        self.hidden.clear();
+        for i in 0..self.pieces {
+            let piece = PieceIndex(i);
+            if self.keepers.is_kept(piece) {
+                continue;
+            }
+            if self.keepers.was_kept(piece) {
+                self.hidden.insert((self.order[i as usize], i));
+            } else {
+                // Never sent to a subscriber: its copies were likely lost on the way, first.
+                self.hide_first(piece);
+            }
+        }
         self.refill(now, &BTreeSet::new());
     }
 
@@ -395,6 +405,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     fn finish(&mut self) {
         self.phase = Phase::Over;
         self.peers.clear();
+        self.viewer.clear();
         self.whole.clear();
         self.expiry.clear();
         self.held.clear();
@@ -417,6 +428,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
             self.hide(piece);
         }
         for (piece, s) in self.peers.remove(&peer).unwrap_or_default() {
+            self.viewer.remove(&piece);
             if let Some(due) = s.due {
                 self.expiry.remove(&(due, peer, piece));
             }
@@ -466,6 +478,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
             self.expiry.pop_first();
             if let Some(s) = self.peers.get_mut(&peer) {
                 s.remove(&piece);
+                self.viewer.remove(&piece);
             }
             late.push((peer, piece));
         }
@@ -539,7 +552,8 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     }
 
     fn place(&mut self, piece: PieceIndex, place: u64) -> bool {
-        if !self.showable(piece) {
+        // Shown to a subscriber already: it stays there, never shown to two at once.
+        if !self.showable(piece) || self.viewer.contains_key(&piece) {
             return false;
         }
         let i = piece.0 as usize;
@@ -559,6 +573,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
             let Some((_, i)) = self.hidden.pop_first() else { break };
             let piece = PieceIndex(i);
             shown.insert(piece, Shown { due: Some(due), requested: false });
+            self.viewer.insert(piece, peer);
             self.expiry.insert((due, peer, piece));
             if announce {
                 self.events.push_back(Event::Show { peer, piece });

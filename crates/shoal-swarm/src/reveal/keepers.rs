@@ -6,9 +6,11 @@
 //!
 //! Bounds: one count per piece, and one entry per (subscriber, piece) sent, made only for
 //! subscribers (their leaving is reported; a stranger's is not, so a piece sent only to
-//! strangers counts as kept by nobody), at most [`ENTRIES_PER_PIECE`] per piece in all. Sends
-//! beyond that are not recorded: their pieces may be shown again (a copy more), never held
-//! back, so subscribers that make the origin send them everything cannot grow this.
+//! strangers counts as kept by nobody), at most [`ENTRIES_PER_PIECE`] per piece in all and a
+//! quarter of the pieces (and 32) per subscriber. Sends beyond that are not recorded: their
+//! pieces may be shown again (a copy more), never held back, so subscribers that make the
+//! origin send them everything cannot grow this, and one that keeps pieces and never serves
+//! them holds back a quarter of them at most.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,9 +30,10 @@ pub(super) struct Keepers<P> {
     by_peer: BTreeMap<P, BTreeSet<u32>>,
     /// Pieces ever sent to a subscriber, or stored.
     had: Bitfield,
-    /// Entries in `by_peer`, and their cap.
+    /// Entries in `by_peer`, and their cap; the cap per subscriber.
     entries: usize,
     cap: usize,
+    per_peer: usize,
 }
 
 impl<P: Copy + Ord> Keepers<P> {
@@ -41,6 +44,7 @@ impl<P: Copy + Ord> Keepers<P> {
             had: Bitfield::new(pieces),
             entries: 0,
             cap: (pieces as usize).saturating_mul(ENTRIES_PER_PIECE),
+            per_peer: pieces as usize / 4 + 32,
         }
     }
 
@@ -51,8 +55,12 @@ impl<P: Copy + Ord> Keepers<P> {
         if self.entries >= self.cap {
             return;
         }
+        let mine = self.by_peer.entry(peer).or_default();
+        if mine.len() >= self.per_peer {
+            return;
+        }
         self.had.set(piece);
-        if self.by_peer.entry(peer).or_default().insert(piece.0) {
+        if mine.insert(piece.0) {
             self.entries += 1;
             if *n < STORED - 1 {
                 *n += 1;
@@ -145,5 +153,17 @@ mod tests {
         }
         assert_eq!((k.entries, k.by_peer.len()), (0, 0));
         assert!((0..16).all(|p| !k.is_kept(PieceIndex(p))));
+    }
+
+    #[test]
+    fn one_subscriber_keeps_a_quarter_of_the_pieces_and_32_at_most() {
+        let mut k = Keepers::new(400);
+        for p in 0..400 {
+            k.sent(1, PieceIndex(p));
+        }
+        assert_eq!(k.by_peer[&1].len(), 400 / 4 + 32);
+        assert_eq!((0..400).filter(|&p| k.is_kept(PieceIndex(p))).count(), 132);
+        k.sent(2, PieceIndex(399));
+        assert!(k.is_kept(PieceIndex(399)), "others are still recorded");
     }
 }

@@ -29,17 +29,19 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     /// nobody until [`Reveal::handle_copied`], [`Reveal::handle_unclaimed`] or
     /// `Config::send_deadline`. `None` if a subscriber may be getting it from this node
     /// already, or `Config::per_peer` claims are out: sending it both ways would be a copy more
-    /// than the swarm needs, so the caller leaves it for later. Once the mode is over, always a
-    /// claim (that holds nothing back).
+    /// than the swarm needs, so the caller leaves it for later. Once the first copy is out,
+    /// always a claim: while guarding, one that holds the piece back if it was to be shown
+    /// (else nothing).
     pub fn claim(&mut self, now: Instant, piece: PieceIndex) -> Option<Claimed> {
-        if self.is_done() {
-            return Some(Claimed { piece, until: now });
+        let open = Some(Claimed { piece, until: now });
+        if self.is_over() {
+            return open;
         }
         if piece.0 >= self.pieces
             || self.held.count(Holder::Push) >= self.config.per_peer.max(1)
             || !self.hidden.remove(&(self.order[piece.0 as usize], piece.0))
         {
-            return None;
+            return if self.is_done() { open } else { None };
         }
         let until = now + self.config.send_deadline;
         self.held.hold(Holder::Push, piece, until);
@@ -52,7 +54,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     pub fn handle_unclaimed(&mut self, now: Instant, claim: Claimed) {
         let piece = claim.piece;
         if piece.0 >= self.pieces
-            || self.is_done()
+            || self.is_over()
             || self.held.entry(piece) != Some((Holder::Push, claim.until))
         {
             return;

@@ -14,6 +14,7 @@ fn config(per_peer: usize) -> Config {
         stall: Duration::from_secs(60),
         guard: Duration::ZERO,
         guard_share: 0.0,
+        max_guard: Duration::from_secs(3600),
     }
 }
 
@@ -386,7 +387,7 @@ fn guarded(per_peer: usize) -> Config {
 #[test]
 fn after_the_first_copy_only_pieces_nobody_keeps_are_shown_until_the_guard_ends() {
     let t0 = Instant::now();
-    let mut r = Reveal::new(guarded(4), 8, 1);
+    let mut r = Reveal::new(guarded(8), 8, 1);
     let _ = r.subscribe(t0, 1);
     let _ = r.subscribe(t0, 2);
     // The first copy takes 20 s: pieces 0-3 go to subscriber 1, 4-6 to 2, 7 to a stranger.
@@ -397,7 +398,8 @@ fn after_the_first_copy_only_pieces_nobody_keeps_are_shown_until_the_guard_ends(
             4..7 => 2,
             _ => 99,
         };
-        r.handle_sent(t1, to, PieceIndex(p));
+        // The first piece at once, the rest 20 s later.
+        r.handle_sent(if p == 0 { t0 } else { t1 }, to, PieceIndex(p));
     }
     assert!(r.is_done() && !r.is_over(), "the first copy is out, the guard begins");
     let first = shown(&mut r);
@@ -415,9 +417,10 @@ fn after_the_first_copy_only_pieces_nobody_keeps_are_shown_until_the_guard_ends(
     r.unsubscribe(t2, 1);
     let _ = events(&mut r);
     let view = ones(&r.subscribe(t2, 3));
-    assert_eq!(view.len(), 4);
-    assert!(!view.contains(&PieceIndex(5)), "stored: never shown again: {view:?}");
-    // The guard lasts as long as the first copy took (20 s, more than `guard`).
+    let expect: Vec<PieceIndex> = [0, 1, 2, 3, 4, 6, 7].map(PieceIndex).to_vec();
+    assert_eq!(view, expect, "all but the stored piece 5");
+    // The guard lasts as long as the first copy took from its first piece (20 s, more than
+    // `guard`).
     assert_eq!(r.poll_timeout().map(|t| t <= t1 + Duration::from_secs(20)), Some(true));
     r.handle_timeout(t1 + Duration::from_secs(19));
     assert!(!r.is_over());
@@ -459,4 +462,71 @@ fn a_piece_wanted_by_a_subscriber_that_went_away_is_shown_first_while_guarding()
     r.unsubscribe(t0, 4);
     r.handle_sent(t0, 7, x[0]);
     assert_eq!(ones(&r.subscribe(t0, 5)), x);
+}
+
+#[test]
+fn the_guard_ends_at_its_longest_and_shows_each_piece_to_one_subscriber_at_a_time() {
+    let t0 = Instant::now();
+    let config = Config { max_guard: Duration::from_secs(30), ..guarded(1) };
+    let mut r = Reveal::new(config, 4, 3);
+    let _ = r.subscribe(t0, 1);
+    // A first copy of 100 s (one piece at a time, to one subscriber that keeps everything).
+    for p in 0..4 {
+        r.handle_sent(t0 + Duration::from_secs(25 * (p + 1)), 1, PieceIndex(p as u32));
+    }
+    let t1 = t0 + Duration::from_secs(100);
+    // Three more subscribers, then 1 leaves: its four pieces are shown, one to each.
+    for p in 2..5 {
+        let _ = r.subscribe(t1, p);
+    }
+    r.unsubscribe(t1, 1);
+    let _ = events(&mut r);
+    let views: Vec<Vec<PieceIndex>> = (2..5).map(|p| ones(&r.view(p))).collect();
+    let shown: BTreeSet<PieceIndex> = views.iter().flatten().copied().collect();
+    assert_eq!(shown.len(), 3, "three distinct pieces, one per view: {views:?}");
+    // 2 asks for the piece shown to 3 (outside its own view), is sent it and leaves: that
+    // piece is kept by nobody again, yet stays in 3's view only.
+    let x = views[1][0];
+    r.handle_sent(t1, 2, x);
+    r.unsubscribe(t1, 2);
+    for p in 5..8 {
+        let _ = r.subscribe(t1, p);
+    }
+    let _ = events(&mut r);
+    let all: Vec<PieceIndex> = (3..8).flat_map(|p| ones(&r.view(p))).collect();
+    let distinct: BTreeSet<PieceIndex> = all.iter().copied().collect();
+    assert_eq!(all.len(), distinct.len(), "one subscriber per piece: {all:?}");
+    assert!(ones(&r.view(3)).contains(&x));
+    // Guarded for at most `max_guard` (not the 100 s the first copy took).
+    assert_eq!(r.poll_timeout().map(|t| t <= t1 + Duration::from_secs(30)), Some(true));
+    r.handle_timeout(t1 + Duration::from_secs(30));
+    assert!(r.is_over());
+}
+
+#[test]
+fn a_push_while_guarding_holds_back_a_piece_that_was_to_be_shown() {
+    let t0 = Instant::now();
+    let mut r = Reveal::new(guarded(1), 4, 5);
+    let _ = r.subscribe(t0, 1);
+    for p in 0..4 {
+        r.handle_sent(t0, 1, PieceIndex(p));
+    }
+    r.unsubscribe(t0, 1);
+    let _ = events(&mut r);
+    // Nobody subscribed: all four wait to be shown. A push claims one: the next subscriber
+    // is shown another.
+    let claim = r.claim(t0, PieceIndex(2)).expect("always a claim once the first copy is out");
+    let view = ones(&r.subscribe(t0, 2));
+    assert_eq!(view.len(), 1);
+    assert_ne!(view[0], PieceIndex(2), "claimed: shown to nobody");
+    // The push failed: the piece may be shown again; pushed, it would be kept for good.
+    r.handle_unclaimed(t0, claim);
+    r.unsubscribe(t0, 2);
+    let _ = r.subscribe(t0, 3);
+    let claim = r.claim(t0, PieceIndex(2)).expect("a claim");
+    r.handle_copied(t0, claim.piece());
+    r.unsubscribe(t0, 3);
+    for p in 4..8 {
+        assert!(!ones(&r.subscribe(t0, p)).contains(&PieceIndex(2)), "stored: never shown");
+    }
 }

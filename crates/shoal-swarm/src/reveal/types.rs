@@ -35,9 +35,13 @@ pub struct Config {
     /// After the first copy is out, how long the origin at least goes on showing only pieces
     /// nobody it sent them to keeps any more (default 10 s), before it shows everything.
     pub guard: Duration,
-    /// The same as a share of the time the first copy took (default 1: as long again), when
-    /// that is longer than `guard`: a swarm needs longer to spread a longer first copy.
+    /// The same as a share of the time the first copy took, from the first piece sent
+    /// (default 1: as long again), when that is longer than `guard`: a swarm needs longer to
+    /// spread a longer first copy.
     pub guard_share: f64,
+    /// The guard's longest (default 60 s): a recipient that keeps pieces and never serves
+    /// them (unreachable, or hostile) holds them from the others no longer than this.
+    pub max_guard: Duration,
 }
 
 impl Default for Config {
@@ -52,6 +56,7 @@ impl Default for Config {
             stall: Duration::from_secs(10),
             guard: Duration::from_secs(10),
             guard_share: 1.0,
+            max_guard: Duration::from_secs(60),
         }
     }
 }
