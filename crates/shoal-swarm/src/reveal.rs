@@ -44,19 +44,22 @@
 //! Memory: one entry per piece plus at most `max(budget, max_peers)` shown entries and one
 //! held-back entry per piece, and one entry per piece sent to each subscriber (`keepers`).
 //!
-//! Layout: this file holds the showing; `types` the limits and events, `held` the pieces held
-//! back, `push` the copies that leave another way (pushed into storage), `keepers` who may
-//! still hold each piece that left.
+//! Layout: this file holds the machine and its inputs; `showing` the pieces waiting to be
+//! shown and the views; `guard` the phases (the first copy, its guard, the end); `types` the
+//! limits and events, `held` the pieces held back, `push` the copies that leave another way
+//! (pushed into storage), `keepers` who may still hold each piece that left.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Debug;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use shoal_core::{Bitfield, PieceIndex};
 
+use guard::Phase;
 use held::{Held, Holder};
 use keepers::Keepers;
 pub use push::Claimed;
+use showing::{BACK, SHUFFLED};
 pub use types::{Config, Event};
 
 /// A piece shown to a subscriber and not yet sent to it.
@@ -66,22 +69,6 @@ struct Shown {
     due: Option<Instant>,
     /// Asked for.
     requested: bool,
-}
-
-/// Places in `Reveal::hidden`: pieces put first count down from `SHUFFLED`, the first shuffle
-/// lies between it and `BACK`, pieces put last count up from `BACK`.
-const SHUFFLED: u64 = 1 << 41;
-const BACK: u64 = 1 << 42;
-
-/// Where a reveal stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Until every piece has left once: pieces nobody was sent are shown.
-    Revealing,
-    /// The first copy is out: until `until`, only pieces nobody keeps any more are shown.
-    Guarding { until: Instant },
-    /// Everything is shown.
-    Over,
 }
 
 /// The revealing state of one content at its origin. `P` identifies a subscriber.
@@ -181,16 +168,6 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     /// the machine.
     pub fn is_over(&self) -> bool {
         self.phase == Phase::Over
-    }
-
-    /// True if `piece` may be shown: while revealing, if it was never sent; while guarding, if
-    /// nobody it was sent to keeps it.
-    fn showable(&self, piece: PieceIndex) -> bool {
-        match self.phase {
-            Phase::Revealing => !self.sent.get(piece),
-            Phase::Guarding { .. } => !self.keepers.is_kept(piece),
-            Phase::Over => false,
-        }
     }
 
     fn is_subscriber(&self, peer: P) -> bool {
@@ -339,81 +316,6 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         self.top_up(now, peer, true);
     }
 
-    /// Takes `piece` out of `peer`'s view; true if it was there.
-    fn unshow(&mut self, peer: P, piece: PieceIndex) -> bool {
-        let Some(shown) = self.peers.get_mut(&peer).and_then(|s| s.remove(&piece)) else {
-            return false;
-        };
-        self.viewer.remove(&piece);
-        if let Some(due) = shown.due {
-            self.expiry.remove(&(due, peer, piece));
-        }
-        true
-    }
-
-    /// One copy of `piece` left: not shown again while it is kept. The last piece's first
-    /// copy starts the guard.
-    fn count(&mut self, now: Instant, piece: PieceIndex) {
-        self.began.get_or_insert(now);
-        self.sent.set(piece);
-        if !self.showable(piece) {
-            self.hidden.remove(&(self.order[piece.0 as usize], piece.0));
-        }
-        if self.phase == Phase::Revealing && self.sent.is_complete() {
-            self.guard(now);
-        }
-    }
-
-    /// Every piece left once: views start afresh with the pieces nobody keeps (copies that
-    /// left with their subscribers), until the guard ends.
-    fn guard(&mut self, now: Instant) {
-        let took = self.began.map_or(Duration::ZERO, |b| now.saturating_duration_since(b));
-        let share = self.config.guard_share;
-        let relative = if share.is_finite() && share > 0.0 {
-            took.mul_f64(share.min(16.0))
-        } else {
-            Duration::ZERO
-        };
-        let guard = self.config.guard.max(relative).min(self.config.max_guard);
-        if guard.is_zero() {
-            self.finish();
-            return;
-        }
-        self.phase = Phase::Guarding { until: now + guard };
-        // Views held unsent pieces only, and none is left; nothing is held back any more.
-        self.peers.values_mut().for_each(BTreeMap::clear);
-        self.viewer.clear();
-        self.expiry.clear();
-        self.held.clear();
-        self.hidden.clear();
-        for i in 0..self.pieces {
-            let piece = PieceIndex(i);
-            if self.keepers.is_kept(piece) {
-                continue;
-            }
-            if self.keepers.was_kept(piece) {
-                self.hidden.insert((self.order[i as usize], i));
-            } else {
-                // Never sent to a subscriber: its copies were likely lost on the way, first.
-                self.hide_first(piece);
-            }
-        }
-        self.refill(now, &BTreeSet::new());
-    }
-
-    /// The mode is over: every subscriber is to see everything.
-    fn finish(&mut self) {
-        self.phase = Phase::Over;
-        self.peers.clear();
-        self.viewer.clear();
-        self.whole.clear();
-        self.expiry.clear();
-        self.held.clear();
-        self.hidden.clear();
-        self.keepers.clear();
-        self.events.push_back(Event::ShowAll);
-    }
-
     /// `peer` is gone: its shown, unsent pieces may be shown to others.
     pub fn unsubscribe(&mut self, now: Instant, peer: P) {
         // What it alone kept may be shown again once the first copy is out (before, the
@@ -525,96 +427,13 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     pub fn peers(&self) -> usize {
         self.peers.len()
     }
-
-    /// A held-back piece is let go: back among those to show, and shown to subscribers whose
-    /// view is short (but `except`).
-    fn let_go(&mut self, now: Instant, piece: PieceIndex, except: &BTreeSet<P>) {
-        self.held.release(piece);
-        self.hide(piece);
-        self.refill(now, except);
-    }
-
-    /// `piece` goes back among those to show, last (if it may be shown).
-    fn hide(&mut self, piece: PieceIndex) {
-        let place = self.back;
-        if self.place(piece, place) {
-            self.back += 1;
-        }
-    }
-
-    /// `piece` goes back among those to show, first: a subscriber wanted it and went away
-    /// before it was sent, or it was sent to nobody who keeps it.
-    fn hide_first(&mut self, piece: PieceIndex) {
-        let place = self.front.saturating_sub(1);
-        if self.place(piece, place) {
-            self.front = place;
-        }
-    }
-
-    fn place(&mut self, piece: PieceIndex, place: u64) -> bool {
-        // Shown to a subscriber already: it stays there, never shown to two at once.
-        if !self.showable(piece) || self.viewer.contains_key(&piece) {
-            return false;
-        }
-        let i = piece.0 as usize;
-        self.hidden.remove(&(self.order[i], piece.0));
-        self.order[i] = place;
-        self.hidden.insert((place, piece.0));
-        true
-    }
-
-    /// Shows `peer` hidden pieces up to `Config::per_peer`; `announce`: as haves (else the
-    /// subscription's bitfield carries them).
-    fn top_up(&mut self, now: Instant, peer: P, announce: bool) {
-        let due = now + self.config.deadline;
-        let view = self.view_size();
-        let Some(shown) = self.peers.get_mut(&peer) else { return };
-        while shown.len() < view {
-            let Some((_, i)) = self.hidden.pop_first() else { break };
-            let piece = PieceIndex(i);
-            shown.insert(piece, Shown { due: Some(due), requested: false });
-            self.viewer.insert(piece, peer);
-            self.expiry.insert((due, peer, piece));
-            if announce {
-                self.events.push_back(Event::Show { peer, piece });
-            }
-        }
-    }
-
-    /// How many unsent pieces one subscriber is shown at most now.
-    fn view_size(&self) -> usize {
-        (self.config.budget / self.peers.len().max(1)).clamp(1, self.config.per_peer.max(1))
-    }
-
-    /// Pieces hidden again go to subscribers whose view is short, in turn, except those
-    /// that just gave them back.
-    fn refill(&mut self, now: Instant, except: &BTreeSet<P>) {
-        let view = self.view_size();
-        let mut short: Vec<P> = self
-            .peers
-            .iter()
-            .filter(|(p, s)| s.len() < view && !except.contains(p))
-            .map(|(&p, _)| p)
-            .collect();
-        // Round robin from after the last one refilled, not from the lowest id: ids cost
-        // nothing to make, and low ones would otherwise be first to every piece hidden again.
-        if let Some(c) = self.cursor {
-            let at = short.partition_point(|&p| p <= c);
-            short.rotate_left(at);
-        }
-        for p in short {
-            if self.hidden.is_empty() {
-                break;
-            }
-            self.top_up(now, p, true);
-            self.cursor = Some(p);
-        }
-    }
 }
 
+mod guard;
 mod held;
 mod keepers;
 mod push;
+mod showing;
 #[cfg(test)]
 mod tests;
 mod types;
