@@ -37,6 +37,9 @@ const MANIFEST_BYTES_IN_FLIGHT: usize = 32 * 1024 * 1024;
 /// Answer bytes buffered before they are written even though more requests are waiting: a
 /// stream's memory stays bounded however many requests arrive together.
 const FLUSH_AT: usize = 64 * 1024;
+/// Lookups answered under one taking of the index lock, at most: a batch holds the lock about
+/// a millisecond (32 lookups of about 30 µs), so others' requests wait little longer.
+const LOOKUP_BATCH: usize = 32;
 /// Close code for a connection that sent a malformed frame.
 const CLOSE_PROTOCOL: u32 = 1;
 
@@ -257,8 +260,15 @@ async fn handle(
     let mut dec = Decoder::with_limit(MAX_TRACKER_REQUEST_LEN);
     let mut out = Vec::new();
     let ends = tokio::time::Instant::now() + STREAM_DEADLINE;
-    for _ in 0..MAX_REQUESTS_PER_STREAM {
-        let req = match dec.decode::<TrackerRequest>() {
+    // A request decoded while gathering a batch of lookups, answered next.
+    let mut next: Option<TrackerRequest> = None;
+    let mut handled = 0;
+    while handled < MAX_REQUESTS_PER_STREAM {
+        let decoded = match next.take() {
+            Some(r) => Ok(Some(r)),
+            None => dec.decode::<TrackerRequest>(),
+        };
+        let req = match decoded {
             Ok(Some(r)) => Some(r),
             // Not here yet: what is answered goes out before the tracker waits.
             Ok(None) => {
@@ -287,6 +297,30 @@ async fn handle(
         };
         // A clean end of stream: every request was answered.
         let Some(req) = req else { return finish(&mut send, &mut out).await };
+        if matches!(req, TrackerRequest::Lookup { .. }) {
+            // Lookups that arrived together are answered under one taking of the index lock.
+            let mut batch = vec![req];
+            while batch.len() < LOOKUP_BATCH && handled + batch.len() < MAX_REQUESTS_PER_STREAM {
+                match dec.decode::<TrackerRequest>() {
+                    Ok(Some(r @ TrackerRequest::Lookup { .. })) => batch.push(r),
+                    Ok(Some(r)) => {
+                        next = Some(r);
+                        break;
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(malformed(conn, e.into())),
+                }
+            }
+            handled += batch.len();
+            for reply in dispatch::lookups(shared, conn.remote_address(), proven, batch) {
+                encode_into(&reply.0, &mut out);
+            }
+            if out.len() >= FLUSH_AT {
+                flush(&mut send, &mut out).await?;
+            }
+            continue;
+        }
+        handled += 1;
         // A manifest upload ends its stream: its body may go unread (known already, refused),
         // so nothing after it can be told from the body.
         let last = matches!(req, TrackerRequest::PutManifest { .. });

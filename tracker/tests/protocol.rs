@@ -515,7 +515,8 @@ async fn pipelined_requests_are_answered_in_order_in_full_or_compact_form() {
         bitfield: Bitfield::full(12),
     };
     assert_eq!(call(&h, &announce).await.unwrap(), TrackerResponse::Ok);
-    // Register, full lookup, compact lookup, unknown content, storage: one stream.
+    // Register, full lookup, compact lookup, unknown content, storage, compact lookup: one
+    // stream (the tracker answers lookups that arrive together as one batch).
     let (_e2, a) = connect(&asker, tracker.addr).await;
     let lookup = |compact| TrackerRequest::Lookup {
         content,
@@ -531,11 +532,17 @@ async fn pipelined_requests_are_answered_in_order_in_full_or_compact_form() {
         compact: true,
         regions: false,
     };
-    let reqs =
-        [register(&asker), lookup(false), lookup(true), unknown, TrackerRequest::FindStorage];
+    let reqs = [
+        register(&asker),
+        lookup(false),
+        lookup(true),
+        unknown,
+        TrackerRequest::FindStorage,
+        lookup(true),
+    ];
     let (_send, mut recv) = pipeline(&a, &reqs, true).await;
     let got = answers(&mut recv).await;
-    assert_eq!(got.len(), 5, "{got:?}");
+    assert_eq!(got.len(), 6, "{got:?}");
     assert!(matches!(got[0], TrackerResponse::Registered { .. }), "{:?}", got[0]);
     match &got[1] {
         TrackerResponse::LookupReply { piece_count: 12, peers, .. } => {
@@ -552,6 +559,7 @@ async fn pipelined_requests_are_answered_in_order_in_full_or_compact_form() {
     }
     assert_eq!(got[3], TrackerResponse::Unknown);
     assert!(matches!(got[4], TrackerResponse::StorageNodes { .. }), "{:?}", got[4]);
+    assert!(matches!(got[5], TrackerResponse::CompactLookupReply { .. }), "{:?}", got[5]);
 }
 
 #[tokio::test]

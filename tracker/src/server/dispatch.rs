@@ -8,10 +8,10 @@ use anyhow::Context;
 use bytes::Bytes;
 use quinn::RecvStream;
 use shoal_core::NodeId;
-use shoal_index::{Action, IndexError, VerifiedManifest};
+use shoal_index::{Action, IndexError, Lookup, VerifiedManifest};
 use shoal_wire::tracker::{
-    ErrorCode, Placement, StorageNode, TrackerRequest, TrackerResponse, MAX_LOOKUP_PEERS,
-    MIN_TRACKER_VERSION, REGIONS_VERSION, TRACKER_VERSION,
+    ErrorCode, PeerInfo, PeerSummary, Placement, StorageNode, TrackerRequest, TrackerResponse,
+    MAX_LOOKUP_PEERS, MIN_TRACKER_VERSION, REGIONS_VERSION, TRACKER_VERSION,
 };
 use shoal_wire::Decoder;
 use tracing::{debug, info};
@@ -88,8 +88,9 @@ pub(super) async fn dispatch(
         | TrackerRequest::Forget { .. }
         | TrackerRequest::PutManifest { .. }
         | TrackerRequest::Report { .. } => Some(Action::Announce),
-        TrackerRequest::Lookup { .. }
-        | TrackerRequest::Heartbeat { .. }
+        // A lookup's rate is checked under the lock its lookup takes (`lookups`).
+        TrackerRequest::Lookup { .. } => None,
+        TrackerRequest::Heartbeat { .. }
         | TrackerRequest::GetManifest { .. }
         | TrackerRequest::FindStorage
         | TrackerRequest::ResolveSource { .. } => Some(Action::Query),
@@ -194,39 +195,11 @@ pub(super) async fn dispatch(
             shared.obs.storage_queries.get_or_create(&[("found", found)]).inc();
             (TrackerResponse::StorageNodes { nodes }, None)
         }
-        TrackerRequest::Lookup { content, max_peers, have, compact, regions } => {
-            m.lookups.fetch_add(1, Ordering::Relaxed);
-            let started = std::time::Instant::now();
-            let max = (max_peers as usize).min(MAX_LOOKUP_PEERS);
-            let mut ix = shared.index();
-            let asker = ix.is_registered(proven).then_some(proven);
-            let reply = if compact {
-                ix.lookup_compact(asker, content, have.as_ref(), max).map(|mut l| {
-                    if !regions {
-                        l.peers.iter_mut().for_each(|p| p.region = None);
-                    }
-                    TrackerResponse::CompactLookupReply {
-                        piece_count: l.piece_count,
-                        peers: l.peers,
-                        hints: l.hints,
-                    }
-                })
-            } else {
-                ix.lookup(asker, content, have.as_ref(), max).map(|mut l| {
-                    // Only askers that asked for regions get them (older ones cannot read them).
-                    if !regions {
-                        l.peers.iter_mut().for_each(|p| p.region = None);
-                    }
-                    TrackerResponse::LookupReply {
-                        piece_count: l.piece_count,
-                        peers: l.peers,
-                        hints: l.hints,
-                    }
-                })
-            };
-            drop(ix);
-            shared.obs.lookup_took(started.elapsed());
-            (reply.unwrap_or(TrackerResponse::Unknown), None)
+        // The stream's loop answers lookups in batches (`lookups`); one reaching here alone
+        // is a batch of one.
+        req @ TrackerRequest::Lookup { .. } => {
+            let mut replies = lookups(shared, remote, proven, vec![req]);
+            replies.pop().unwrap_or_else(|| refuse(ErrorCode::BadRequest, "no lookup"))
         }
         TrackerRequest::GetManifest { content } => match shared.index().manifest(content) {
             Some(bytes) => (TrackerResponse::Manifest { len: bytes.len() as u32 }, Some(bytes)),
@@ -281,4 +254,88 @@ async fn put_manifest(
     };
     let r = shared.index().put_verified_manifest(now, proven, verified);
     Ok(ok_or(shared, r))
+}
+
+/// Answers lookups that arrived together on one stream, in order, taking the index's lock
+/// once for all of them: under load, lookups queue on that lock, and each taking is a wake-up
+/// of a waiting thread. Each is still rate-checked and timed on its own. Every request must be
+/// a `Lookup` (anything else is answered as a bad request).
+pub(super) fn lookups(
+    shared: &Arc<Shared>,
+    remote: SocketAddr,
+    proven: NodeId,
+    reqs: Vec<TrackerRequest>,
+) -> Vec<Reply> {
+    let m = &shared.metrics;
+    let now = now_ms();
+    let ip = remote.ip();
+    // Under the lock only the index's work; the answers are finished after it.
+    let mut found = Vec::with_capacity(reqs.len());
+    {
+        let mut ix = shared.index();
+        for req in reqs {
+            let TrackerRequest::Lookup { content, max_peers, have, compact, regions } = req else {
+                found.push(Found::Bad);
+                continue;
+            };
+            m.lookups.fetch_add(1, Ordering::Relaxed);
+            let started = std::time::Instant::now();
+            if let Err(e) = ix.check_rate(now, Action::Query, ip, proven) {
+                debug!(%ip, node = %proven, "lookup rate limited");
+                found.push(Found::Refused(e));
+                continue;
+            }
+            let max = (max_peers as usize).min(MAX_LOOKUP_PEERS);
+            let asker = ix.is_registered(proven).then_some(proven);
+            let have = have.as_ref();
+            found.push(if compact {
+                Found::Compact(ix.lookup_compact(asker, content, have, max), regions)
+            } else {
+                Found::Full(ix.lookup(asker, content, have, max), regions)
+            });
+            shared.obs.lookup_took(started.elapsed());
+        }
+    }
+    found
+        .into_iter()
+        .map(|f| match f {
+            Found::Bad => refuse(ErrorCode::BadRequest, "not a lookup"),
+            Found::Refused(e) => index_error(shared, e),
+            // Only askers that asked for regions get them (older ones cannot read them).
+            Found::Compact(l, regions) => (
+                l.map_or(TrackerResponse::Unknown, |mut l| {
+                    if !regions {
+                        l.peers.iter_mut().for_each(|p| p.region = None);
+                    }
+                    TrackerResponse::CompactLookupReply {
+                        piece_count: l.piece_count,
+                        peers: l.peers,
+                        hints: l.hints,
+                    }
+                }),
+                None,
+            ),
+            Found::Full(l, regions) => (
+                l.map_or(TrackerResponse::Unknown, |mut l| {
+                    if !regions {
+                        l.peers.iter_mut().for_each(|p| p.region = None);
+                    }
+                    TrackerResponse::LookupReply {
+                        piece_count: l.piece_count,
+                        peers: l.peers,
+                        hints: l.hints,
+                    }
+                }),
+                None,
+            ),
+        })
+        .collect()
+}
+
+/// What the index said to one lookup of a batch (with whether the asker reads regions).
+enum Found {
+    Bad,
+    Refused(IndexError),
+    Compact(Option<Lookup<PeerSummary>>, bool),
+    Full(Option<Lookup<PeerInfo>>, bool),
 }
