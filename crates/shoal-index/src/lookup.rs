@@ -250,11 +250,16 @@ impl Index {
         let peers = ranked
             .iter()
             .map(|(_, h)| {
+                // Only a holder with several addresses has a link to choose and clients per
+                // link to count: for the others (most) the asker's earlier offers are not read,
+                // a probe of a large map (a cache miss each, 12% of a loaded tracker's time).
+                let choice = h.addrs.len() > 1;
                 let kept = before
+                    .filter(|_| choice)
                     .and_then(|b| b.get(h.id))
                     .and_then(|was| h.addrs.iter().position(|x| x == was));
                 let link = kept.or_else(|| least_loaded(h.addrs, h.link_loads));
-                links.push((*h.id, h.slot, link, kept.is_none()));
+                links.push((*h.id, h.slot, link, choice && kept.is_none()));
                 let mut addrs = h.addrs.to_vec();
                 if let Some(i) = link {
                     addrs[..=i].rotate_right(1);
