@@ -451,6 +451,22 @@ mod tests {
         Reveals { config, ..Reveals::default() }
     }
 
+    /// Three subscribers of `c`, the first `Config::min_peers`, shown everything until the
+    /// next comes (a crowd forms and they are narrowed). Their channel's receiver is returned
+    /// so what they are sent is kept.
+    fn first_three(r: &Reveals, c: ContentId) -> mpsc::Receiver<Shown> {
+        let (txw, rxw) = mpsc::channel(QUEUE);
+        for _ in 0..3 {
+            r.subscribe(c, id(), &txw).unwrap();
+        }
+        rxw
+    }
+
+    /// The last thing queued for a subscriber, draining its queue.
+    fn last(rx: &mut mpsc::Receiver<Shown>) -> Option<Shown> {
+        std::iter::from_fn(|| rx.try_recv().ok()).last()
+    }
+
     #[test]
     fn a_revealed_content_shows_a_part_then_everything_once_each_piece_left() {
         let r = unguarded();
@@ -488,11 +504,7 @@ mod tests {
             r.sent(c, a, PieceIndex(p));
         }
         assert_eq!(r.len(), 0);
-        let mut last_a = None;
-        while let Ok(m) = rx.try_recv() {
-            last_a = Some(m);
-        }
-        assert_eq!(last_a, Some(Shown::All(c)));
+        assert_eq!(last(&mut rx), Some(Shown::All(c)));
         assert_eq!(rxb.try_recv(), Ok(Shown::All(c)));
     }
 
@@ -502,10 +514,7 @@ mod tests {
         let c = ContentId([2; 32]);
         r.start(c, 64);
         let (tx, _rx) = mpsc::channel(QUEUE);
-        let (txw, _rxw) = mpsc::channel(QUEUE);
-        for _ in 0..3 {
-            r.subscribe(c, id(), &txw).unwrap();
-        }
+        let _rxw = first_three(&r, c);
         let a = id();
         let view = r.subscribe(c, a, &tx).unwrap();
         assert!(!view.is_complete());
@@ -550,11 +559,7 @@ mod tests {
             r.sent(c, a, p);
         }
         assert_eq!(r.len(), 0, "the pushed piece counted as a copy out");
-        let mut last = None;
-        while let Ok(m) = rx.try_recv() {
-            last = Some(m);
-        }
-        assert_eq!(last, Some(Shown::All(c)));
+        assert_eq!(last(&mut rx), Some(Shown::All(c)));
     }
 
     #[test]
@@ -564,10 +569,7 @@ mod tests {
         let c = ContentId([4; 32]);
         r.start(c, 64);
         let (tx, mut rx) = mpsc::channel(QUEUE);
-        let (txw, _rxw) = mpsc::channel(QUEUE);
-        for _ in 0..3 {
-            r.subscribe(c, id(), &txw).unwrap();
-        }
+        let _rxw = first_three(&r, c);
         let a = id();
         let view = r.subscribe(c, a, &tx).unwrap();
         let sent = view.iter_ones().next().unwrap();
@@ -593,10 +595,7 @@ mod tests {
         let r = Reveals::default();
         let c = ContentId([5; 32]);
         r.start(c, 64);
-        let (txw, _rxw) = mpsc::channel(QUEUE);
-        for _ in 0..3 {
-            r.subscribe(c, id(), &txw).unwrap();
-        }
+        let _rxw = first_three(&r, c);
         let (a, a2, b) = (id(), id(), id());
         let (tx, _rx) = mpsc::channel(QUEUE);
         let (txb, mut rxb) = mpsc::channel(QUEUE);
@@ -636,10 +635,7 @@ mod tests {
         let r = Arc::new(Reveals { config, ..Reveals::default() });
         let c = ContentId([6; 32]);
         r.start(c, 16);
-        let (txw, _rxw) = mpsc::channel(QUEUE);
-        for _ in 0..3 {
-            r.subscribe(c, id(), &txw).unwrap();
-        }
+        let _rxw = first_three(&r, c);
         let a = id();
         let (tx, mut rx) = mpsc::channel(QUEUE);
         r.subscribe(c, a, &tx).unwrap();
@@ -661,11 +657,7 @@ mod tests {
         // content is forgotten.
         r.handle_timeout();
         assert_eq!(r.len(), 0);
-        let mut last = None;
-        while let Ok(m) = rx.try_recv() {
-            last = Some(m);
-        }
-        assert_eq!(last, Some(Shown::All(c)));
+        assert_eq!(last(&mut rx), Some(Shown::All(c)));
     }
 
     #[test]

@@ -320,10 +320,9 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     pub fn unsubscribe(&mut self, now: Instant, peer: P) {
         // What it alone kept may be shown again once the first copy is out (before, the
         // first copy goes on; the guard starts with what nobody keeps).
-        for piece in self.keepers.left(peer) {
-            if self.is_done() {
-                self.hide(piece);
-            }
+        let orphans = self.keepers.left(peer);
+        if self.is_done() {
+            orphans.into_iter().for_each(|piece| self.hide(piece));
         }
         self.whole.remove(&peer);
         for piece in self.held.release_peer(Holder::Peer(peer)) {
