@@ -50,6 +50,9 @@ pub struct Index {
     /// When each node last changed region (ms): at most once a minute (a change recounts
     /// everything it holds, under the index's lock).
     region_changed: HashMap<NodeId, u64>,
+    /// The hint pass's keyed pieces, kept between lookups: its allocation (a piece count of
+    /// entries) is made once, not per lookup.
+    pub(crate) scratch: Vec<(u64, u32)>,
 }
 
 /// How long after a region change another is refused (the node keeps its region).
@@ -91,6 +94,7 @@ impl Index {
             region_nodes: HashMap::new(),
             clock: 0,
             region_changed: HashMap::new(),
+            scratch: Vec::new(),
         };
         // The operator's regions are numbered first: stated names can never take their place.
         let names: Vec<Region> =
@@ -324,8 +328,9 @@ impl Index {
             }
         }
         if old_id != id {
-            for c in self.looked.get(&node).into_iter().flatten() {
-                if let Some(s) = self.swarms.get_mut(c) {
+            // All its lookup state goes, and the list of where it was with it.
+            for c in self.looked.remove(&node).unwrap_or_default() {
+                if let Some(s) = self.swarms.get_mut(&c) {
                     s.forget_hints(node);
                 }
             }
@@ -601,10 +606,10 @@ impl Index {
     /// Remembers that `asker` looked up `content`, forgetting what it was handed for the
     /// oldest content if it looked up more than [`MAX_LOOKED_UP`].
     pub(crate) fn note_lookup(&mut self, asker: NodeId, content: ContentId) {
+        // Called for a content whose state the asker did not have: absent from the list, or
+        // listed with its state forgotten (see `unhold`), where a second entry only moves its
+        // forgetting earlier. No scan of the list, which a lookup's time could not afford.
         let list = self.looked.entry(asker).or_default();
-        if list.contains(&content) {
-            return;
-        }
         list.push_back(content);
         if list.len() > MAX_LOOKED_UP {
             if let Some(old) = list.pop_front() {

@@ -5,8 +5,6 @@
 //! word at a time. Its cost is proportional to its answer (candidates × bitfield words, plus one
 //! pass over the pieces), never to holders × pieces, however large the swarm.
 
-use std::cmp::Reverse;
-
 use shoal_core::{Bitfield, ContentId, NodeId, PieceIndex};
 use shoal_wire::tracker::{PeerInfo, PeerSummary};
 
@@ -15,14 +13,50 @@ use crate::region::{RegionId, NO_REGION};
 use crate::swarm::{count_and_not, HolderView, Swarm};
 use crate::{Index, Lookup};
 
-/// (reported as never delivering, in another region than the asker (with region routing), not
-/// storage, load, availability of its rarest wanted piece, more useful first); ties go to the
-/// lower node id. Load (its last heartbeat's, plus the lookups that handed it out since) before
-/// rarity: in a flash crowd every asker would otherwise be handed the same few early holders
-/// (they hold the rarest pieces), crowding their uplinks while later holders' uplinks idle
-/// with no client. Other regions' holders come after the asker's own, never instead of them:
-/// a region whose holders are few or none still gets the rest of the answer from elsewhere.
-type Rank = (bool, bool, bool, u32, u32, Reverse<u32>);
+/// A candidate's rank, as one key ordered like the tuple (reported as never delivering, in
+/// another region than the asker (with region routing), not storage, load, availability of
+/// its rarest wanted piece, more useful first); ties go to the lower node id. Load (its last
+/// heartbeat's, plus the lookups that handed it out since) before rarity: in a flash crowd
+/// every asker would otherwise be handed the same few early holders (they hold the rarest
+/// pieces), crowding their uplinks while later holders' uplinks idle with no client. Other
+/// regions' holders come after the asker's own, never instead of them: a region whose holders
+/// are few or none still gets the rest of the answer from elsewhere.
+///
+/// Bits from the top: the three flags, load (21 bits), rarest availability (20 bits) and
+/// wanted pieces held, counted down from 2^20 - 1 (20 bits; a content has at most 2^16
+/// pieces). A load or availability past its field counts as the field's largest value:
+/// holders with two million uploads, or pieces held by a million others, rank alike.
+fn rank_key(
+    demoted: bool,
+    elsewhere: bool,
+    ordinary: bool,
+    load: u32,
+    rarest: u32,
+    useful: u32,
+) -> u64 {
+    const LOAD: u32 = (1 << 21) - 1;
+    const FIELD: u32 = (1 << 20) - 1;
+    (u64::from(demoted) << 63)
+        | (u64::from(elsewhere) << 62)
+        | (u64::from(ordinary) << 61)
+        | (u64::from(load.min(LOAD)) << 40)
+        | (u64::from(rarest.min(FIELD)) << 20)
+        | u64::from(FIELD - useful.min(FIELD))
+}
+
+/// The first 8 bytes of an id as a big-endian number: ordered as the ids are.
+fn id_prefix(id: &NodeId) -> u64 {
+    let k = id.public_key_bytes();
+    u64::from_be_bytes([k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]])
+}
+
+/// A ranked candidate: its key, its id's prefix and its place among the swarm's holders.
+#[derive(Debug, Clone, Copy)]
+struct Ranked {
+    key: u64,
+    tie: u64,
+    slot: usize,
+}
 
 /// The bitfield bytes of a holder of nothing, for the largest manifest: a storage node offered
 /// to pull a content through is answered with a slice of it (no allocation per lookup).
@@ -143,6 +177,11 @@ impl Index {
         if swarm.rarity.is_none() {
             swarm.rarity = Some(Rarity::new(&swarm.availability));
         }
+        // A registered asker has lookup state here from its first lookup on, and this swarm
+        // in its list of contents looked up (`note_lookup` below) for as long as it has the
+        // state (`forget_hints` drops the state, never the list entry alone): no scan of that
+        // list for the lookups after the first.
+        let listed = asker.is_some_and(|a| swarm.ask(a));
         let swarm = &*swarm;
         let rarity = swarm.rarity.as_ref();
         let floor = rarity.and_then(|r| r.floor(have_bytes)).unwrap_or_else(|| {
@@ -153,35 +192,36 @@ impl Index {
                 .min()
                 .unwrap_or(0)
         });
-        // (holder, admitted storage holding this content). Candidates carry their holder
-        // entry: ranking and answering need no map lookup per candidate.
-        let mut candidates: Vec<(HolderView<'_>, bool)> =
-            swarm.storage.keys().filter_map(|id| Some((swarm.holders.entry(id)?, true))).collect();
+        // Candidates by their place among the holders: the admitted storage nodes holding
+        // this content, then a sample of the rest.
+        let holders = &swarm.holders;
+        let mut candidates: Vec<usize> =
+            swarm.storage.keys().filter_map(|id| holders.slot(id)).collect();
+        let storage_count = candidates.len();
+        let is_storage = |slot: usize| {
+            !swarm.storage.is_empty() && swarm.storage.contains_key(holders.rank_inputs(slot).0)
+        };
         let sample = self.config.lookup_sample.max(max_peers);
-        for h in swarm.holders.sample(&mut self.rng, sample) {
-            if !swarm.storage.contains_key(h.id) {
-                candidates.push((h, false));
-            }
-        }
+        let drawn = holders.sample(&mut self.rng, sample);
+        candidates.extend(drawn.into_iter().filter(|&slot| !is_storage(slot)));
         if region != NO_REGION {
             // The asker's region sampled apart: in a swarm far larger than the sample its few
             // holders would otherwise rarely be drawn.
-            let drawn: std::collections::HashSet<&NodeId> =
-                candidates.iter().map(|(h, _)| h.id).collect();
-            let extra: Vec<HolderView<'_>> = swarm
-                .holders
-                .sample_region(&mut self.rng, region, sample)
-                .into_iter()
-                .filter(|h| !drawn.contains(h.id) && !swarm.storage.contains_key(h.id))
-                .collect();
-            candidates.extend(extra.into_iter().map(|h| (h, false)));
+            let drawn: std::collections::HashSet<usize> = candidates.iter().copied().collect();
+            let extra = holders.sample_region(&mut self.rng, region, sample);
+            candidates.extend(
+                extra.into_iter().filter(|slot| !drawn.contains(slot) && !is_storage(*slot)),
+            );
         }
-        let mut ranked: Vec<(Rank, HolderView<'_>)> = Vec::with_capacity(candidates.len());
-        for (h, is_storage) in candidates {
-            if asker.as_ref() == Some(h.id) {
+        // Each candidate ranked by one packed key (see `rank_key`), then the first 8 bytes of
+        // its id (ids order by their bytes), then the whole id on the rare equal prefix: small
+        // elements to select and sort, and no holder's view built until it is answered.
+        let mut ranked: Vec<Ranked> = Vec::with_capacity(candidates.len());
+        for (i, slot) in candidates.into_iter().enumerate() {
+            let (id, load, holder_region, bf) = holders.rank_inputs(slot);
+            if asker.as_ref() == Some(id) {
                 continue;
             }
-            let bf = h.bits;
             let useful = count_and_not(bf, have_bytes);
             if useful == 0 {
                 continue;
@@ -189,20 +229,22 @@ impl Index {
             let rarest = rarity
                 .and_then(|r| r.rarest(bf, have_bytes))
                 .unwrap_or_else(|| rarest_useful(bf, have_bytes, &swarm.availability, floor));
-            let rank = (
-                !swarm.reports.is_empty() && swarm.reported(h.id) >= self.config.demote_after,
-                region != NO_REGION && h.region != region,
+            let key = rank_key(
+                !swarm.reports.is_empty() && swarm.reported(id) >= self.config.demote_after,
+                region != NO_REGION && holder_region != region,
                 // Admitted storage first where it has wanted pieces: a permanent seed.
-                !is_storage,
-                h.load.saturating_add(h.offered),
+                i >= storage_count,
+                load,
                 rarest,
-                Reverse(useful),
+                useful,
             );
-            ranked.push((rank, h));
+            ranked.push(Ranked { key, tie: id_prefix(id), slot });
         }
-        // Only the best `max_peers` need an order; ties go to the lower node id.
-        let order = |a: &(Rank, HolderView<'_>), b: &(Rank, HolderView<'_>)| {
-            a.0.cmp(&b.0).then_with(|| a.1.id.cmp(b.1.id))
+        // Only the best `max_peers` need an order.
+        let order = |a: &Ranked, b: &Ranked| {
+            (a.key, a.tie)
+                .cmp(&(b.key, b.tie))
+                .then_with(|| holders.rank_inputs(a.slot).0.cmp(holders.rank_inputs(b.slot).0))
         };
         if ranked.len() > max_peers && max_peers > 0 {
             ranked.select_nth_unstable_by(max_peers - 1, order);
@@ -211,6 +253,8 @@ impl Index {
         ranked.sort_unstable_by(order);
         // Never more than asked for (`max_peers` 0 included: the selection above skips it).
         ranked.truncate(max_peers);
+        let mut ranked: Vec<(u64, HolderView<'_>)> =
+            ranked.into_iter().map(|r| (r.key, holders.view(r.slot))).collect();
         // Then the asker's region's admitted storage that lacks the content: asked for it, it
         // pulls the content through from other regions once, for the whole region.
         let zeros = &NO_PIECES[..(n as usize).div_ceil(8)];
@@ -233,19 +277,17 @@ impl Index {
                     mix(id, PieceIndex(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
                 });
             if let Some((id, e)) = pick {
-                let at = ranked.iter().take_while(|(r, _)| !r.0 && !r.1).count();
+                // Before the first demoted holder or holder of another region.
+                let at = ranked.iter().take_while(|(key, _)| key >> 62 == 0).count();
                 let h = HolderView::empty(id, e.active_uploads, &e.addrs, region, n, zeros);
-                ranked.insert(at, ((false, false, false, e.active_uploads, 0, Reverse(0)), h));
+                ranked.insert(at, (rank_key(false, false, false, e.active_uploads, 0, 0), h));
                 ranked.truncate(max_peers);
             }
         }
         // Each peer's address: the one this asker was handed before (a fetch keeps its link),
         // else the least loaded; it goes first in the answer.
         let regions = &self.regions;
-        let before = asker.and_then(|a| swarm.offered.get(&a));
-        // An asker offered peers of this swarm before has it in its list of contents looked
-        // up (`forget_hints` drops both together): no scan of that list below.
-        let listed = before.is_some();
+        let before = asker.and_then(|a| swarm.askers.get(&a)).map(|a| &a.offered);
         let mut links: Vec<(NodeId, usize, Option<usize>, bool)> = Vec::with_capacity(ranked.len());
         let peers = ranked
             .iter()
@@ -277,8 +319,16 @@ impl Index {
         }
         let hints = match asker {
             Some(a) => {
-                swarm.offer(a, offered);
-                Self::hand_out(swarm, a, region, have, self.config.hints, self.clock)
+                swarm.offer(a, &offered);
+                Self::hand_out(
+                    swarm,
+                    a,
+                    region,
+                    have,
+                    self.config.hints,
+                    self.clock,
+                    &mut self.scratch,
+                )
             }
             None => Vec::new(),
         };
@@ -288,9 +338,9 @@ impl Index {
         Some(Lookup { piece_count: n, peers, hints })
     }
 
-    /// The `take` pieces the asker lacks (neither in `have` nor `announced`) and was not yet
+    /// The `take` pieces the asker lacks (neither in `have` nor announced) and was not yet
     /// handed, that someone holds, which the fewest others hold or were handed; ties broken by
-    /// a per-asker mix. One pass over the pieces with word-wide masks, then a selection.
+    /// a per-asker mix. One pass over the pieces, then a selection.
     ///
     /// With a region, pieces are keyed first by how many of the region's nodes hold them or
     /// were handed them, then as above, and a piece the region lacks is handed to one of its
@@ -300,37 +350,42 @@ impl Index {
         swarm: &Swarm,
         asker: &NodeId,
         region: RegionId,
-        have: Option<&Bitfield>,
-        announced: Option<&Bitfield>,
+        have: Option<&[u8]>,
         take: usize,
         now: u64,
+        keyed: &mut Vec<(u64, u32)>,
     ) -> Vec<PieceIndex> {
-        let n = swarm.piece_count as usize;
-        // Bit set: the asker holds it or was handed it already.
-        let mut skip = vec![0u8; n.div_ceil(8)];
-        for src in [have, announced].into_iter().flatten() {
-            skip.iter_mut().zip(src.as_bytes()).for_each(|(d, s)| *d |= s);
+        if take == 0 {
+            return Vec::new();
         }
-        for p in swarm.handed.get(asker).into_iter().flatten() {
+        let n = swarm.piece_count as usize;
+        // Bit set: the asker holds it, announced it or was handed it already.
+        let mut skip = vec![0u8; n.div_ceil(8)];
+        let announced = swarm.holders.slot(asker).map(|s| swarm.holders.rank_inputs(s).3);
+        for src in [have, announced].into_iter().flatten() {
+            skip.iter_mut().zip(src).for_each(|(d, s)| *d |= s);
+        }
+        for p in swarm.askers.get(asker).into_iter().flat_map(|a| &a.hints) {
             if let Some(b) = skip.get_mut(p.0 as usize / 8) {
                 *b |= 0x80 >> (p.0 % 8);
             }
         }
         let regional = swarm.regional.get(&region).filter(|_| region != NO_REGION);
-        let mut keyed: Vec<(u64, u32)> = Vec::with_capacity(n);
+        keyed.clear();
         for (i, (&a, &h)) in swarm.availability.iter().zip(&swarm.handed_count).enumerate() {
-            if a > 0 && skip[i / 8] & (0x80 >> (i % 8)) == 0 {
-                let (held, handed, at) = regional
-                    .map_or((0, 0, 0), |r| (r.availability[i], r.handed[i], r.handed_at[i]));
-                if held == 0 && handed > 0 && now.saturating_sub(at) < EXCLUSIVE_HINT_MS {
-                    // Nobody in the region holds it and one of its nodes is fetching it
-                    // across: one crossing is enough, the region shares it once it is in. For
-                    // a while: an asker that hoards hints and never fetches cannot keep the
-                    // piece from the rest of its region.
-                    continue;
-                }
-                keyed.push(((u64::from(held + handed) << 32) | u64::from(a + h), i as u32));
+            if a == 0 || skip[i / 8] & (0x80 >> (i % 8)) != 0 {
+                continue;
             }
+            let (held, handed, at) =
+                regional.map_or((0, 0, 0), |r| (r.availability[i], r.handed[i], r.handed_at[i]));
+            if held == 0 && handed > 0 && now.saturating_sub(at) < EXCLUSIVE_HINT_MS {
+                // Nobody in the region holds it and one of its nodes is fetching it across:
+                // one crossing is enough, the region shares it once it is in. For a while: an
+                // asker that hoards hints and never fetches cannot keep the piece from the rest
+                // of its region.
+                continue;
+            }
+            keyed.push(((u64::from(held + handed) << 32) | u64::from(a + h), i as u32));
         }
         let take = take.min(keyed.len());
         if take == 0 {
@@ -363,36 +418,19 @@ impl Index {
         have: Option<&Bitfield>,
         k: usize,
         now: u64,
+        scratch: &mut Vec<(u64, u32)>,
     ) -> Vec<PieceIndex> {
-        let announced = swarm.holders.get(&asker);
-        let held_by_asker = |p: PieceIndex| {
-            have.is_some_and(|h| h.get(p)) || announced.as_ref().is_some_and(|b| b.get(p))
-        };
+        let have = have.map(Bitfield::as_bytes);
         // Drop hints the asker has meanwhile.
-        let stale: Vec<PieceIndex> = swarm
-            .handed
-            .get(&asker)
-            .map(|s| s.iter().copied().filter(|&p| held_by_asker(p)).collect())
-            .unwrap_or_default();
-        for p in stale {
-            swarm.unhand(asker, p);
-        }
-        let handed = swarm.handed.get(&asker);
-        let current = handed.map_or(0, |s| s.len());
+        swarm.unhand_held(asker, have);
+        let current = swarm.askers.get(&asker).map_or(0, |a| a.hints.len());
         if current < k {
-            let take = k - current;
-            let picked =
-                Self::least_handed(swarm, &asker, region, have, announced.as_ref(), take, now);
-            for p in picked {
-                swarm.hand(asker, region, p, now);
-            }
+            let picked = Self::least_handed(swarm, &asker, region, have, k - current, now, scratch);
+            swarm.hand(asker, region, &picked, now);
         }
         let mut hints: Vec<PieceIndex> =
-            swarm.handed.get(&asker).map(|s| s.iter().copied().collect()).unwrap_or_default();
-        hints.sort_by_key(|p| {
-            let i = p.0 as usize;
-            (swarm.availability[i], mix(&asker, *p))
-        });
+            swarm.askers.get(&asker).map(|a| a.hints.clone()).unwrap_or_default();
+        hints.sort_by_key(|p| (swarm.availability[p.0 as usize], mix(&asker, *p)));
         hints
     }
 }

@@ -4,7 +4,7 @@
 //! Holders sit in a vector beside a map (index and bitfield), so a lookup can draw a uniform
 //! random sample of them in time proportional to the sample, not to the swarm.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
@@ -13,6 +13,11 @@ use smallvec::SmallVec;
 
 use crate::rarity::Rarity;
 use crate::region::{RegionId, NO_REGION};
+
+/// A map keyed by node id with a fast hash (foldhash, seeded at random per map): a lookup
+/// probes and fills several per answer, where SipHash was a tenth of its time. Ids are
+/// public keys, which a stranger can choose freely but cannot aim at buckets it cannot see.
+pub(crate) type IdMap<V> = HashMap<NodeId, V, foldhash::fast::RandomState>;
 
 /// The most holders a swarm keeps reports about. When full, entries of holders no longer
 /// registered go first, then one whose reports do not yet demote it; only a swarm full of
@@ -50,8 +55,6 @@ pub(crate) struct Holder {
 pub(crate) struct HolderView<'a> {
     pub(crate) id: &'a NodeId,
     pub(crate) load: u32,
-    /// Lookups that handed it out since its last heartbeat.
-    pub(crate) offered: u32,
     pub(crate) addrs: &'a [SocketAddr],
     pub(crate) region: RegionId,
     /// Load per address (empty if it reported none).
@@ -75,8 +78,8 @@ impl<'a> HolderView<'a> {
         piece_count: u32,
         zeros: &'a [u8],
     ) -> Self {
-        let (offered, link_loads, bits, slot) = (0, &[][..], zeros, usize::MAX);
-        Self { id, load, offered, addrs, region, link_loads, bits, piece_count, slot }
+        let (link_loads, bits, slot) = (&[][..], zeros, usize::MAX);
+        Self { id, load, addrs, region, link_loads, bits, piece_count, slot }
     }
 }
 
@@ -111,7 +114,7 @@ pub(crate) struct Holders {
     /// `order.len()` bitfields of `stride` bytes each.
     bits: Vec<u8>,
     piece_count: u32,
-    map: HashMap<NodeId, usize>,
+    map: IdMap<usize>,
     /// Per region (holders with one): their places in `order`, so a lookup can sample the
     /// asker's region apart from the whole swarm. A holder's place in its region's list is in
     /// `Holder::region_pos`. Lists are dropped when they empty.
@@ -127,7 +130,7 @@ impl Holders {
             order: Vec::new(),
             bits: Vec::new(),
             piece_count,
-            map: HashMap::new(),
+            map: IdMap::default(),
             by_region: HashMap::new(),
             complete: 0,
         }
@@ -164,13 +167,12 @@ impl Holders {
         (self.piece_count as usize).div_ceil(8)
     }
 
-    fn view(&self, i: usize) -> HolderView<'_> {
+    pub(crate) fn view(&self, i: usize) -> HolderView<'_> {
         let s = self.stride();
         let h = &self.order[i];
         HolderView {
             id: &h.id,
             load: h.load,
-            offered: h.offered,
             addrs: &h.addrs,
             region: h.region,
             link_loads: &h.link_loads,
@@ -333,24 +335,17 @@ impl Holders {
         Some(old)
     }
 
-    /// Up to `k` distinct holders drawn uniformly at random (all of them if there are at most
-    /// `2k`: then the scan is as cheap as the sample).
-    ///
-    /// Drawing exactly `k` from a swarm of up to `2k` would rank fewer candidates (each costs a
-    /// read of its bitfield from memory, the bulk of a lookup in a large index); tried, it
-    /// made the index's swarm simulation do better without hints than with them, so it waits
-    /// for a look at how hints and sampling interact (see BENCHMARKS.md, tracker lookups).
-    /// Up to `k` distinct holders of `region` drawn at random (all of them if there are at
-    /// most `2k`), so that a small region's holders are found in a large swarm.
+    /// The places of up to `k` distinct holders of `region` drawn at random (all of them if
+    /// there are at most `2k`), so that a small region's holders are found in a large swarm.
     pub(crate) fn sample_region(
         &self,
         rng: &mut fastrand::Rng,
         region: RegionId,
         k: usize,
-    ) -> Vec<HolderView<'_>> {
+    ) -> Vec<usize> {
         let Some(list) = self.by_region.get(&region) else { return Vec::new() };
         if list.len() <= 2 * k {
-            return list.iter().map(|&i| self.view(i)).collect();
+            return list.clone();
         }
         let mut picked: Vec<usize> = Vec::with_capacity(k);
         while picked.len() < k {
@@ -359,13 +354,20 @@ impl Holders {
                 picked.push(i);
             }
         }
-        picked.into_iter().map(|i| self.view(i)).collect()
+        picked
     }
 
-    pub(crate) fn sample(&self, rng: &mut fastrand::Rng, k: usize) -> Vec<HolderView<'_>> {
+    /// The places of up to `k` distinct holders drawn uniformly at random (all of them if
+    /// there are at most `2k`: then the scan is as cheap as the sample).
+    ///
+    /// Drawing exactly `k` from a swarm of up to `2k` would rank fewer candidates (each costs a
+    /// read of its bitfield from memory, the bulk of a lookup in a large index); tried, it
+    /// made the index's swarm simulation do better without hints than with them, so it waits
+    /// for a look at how hints and sampling interact (see BENCHMARKS.md, tracker lookups).
+    pub(crate) fn sample(&self, rng: &mut fastrand::Rng, k: usize) -> Vec<usize> {
         let n = self.order.len();
         if n <= 2 * k {
-            return (0..n).map(|i| self.view(i)).collect();
+            return (0..n).collect();
         }
         // Rejection sampling: with over 2k holders each draw succeeds with probability over
         // 1/2, so this takes under 2k draws on average. The order of the draws does not
@@ -378,7 +380,21 @@ impl Holders {
                 picked.push(i);
             }
         }
-        picked.into_iter().map(|i| self.view(i)).collect()
+        picked
+    }
+
+    /// The place of holder `id`.
+    pub(crate) fn slot(&self, id: &NodeId) -> Option<usize> {
+        self.map.get(id).copied()
+    }
+
+    /// What a lookup ranks the holder at `slot` by, read without building its view: its id,
+    /// its load plus the lookups that handed it out since, its region and its bitfield bytes.
+    /// `slot` must be a place below the holder count.
+    pub(crate) fn rank_inputs(&self, slot: usize) -> (&NodeId, u32, RegionId, &[u8]) {
+        let s = self.stride();
+        let h = &self.order[slot];
+        (&h.id, h.load.saturating_add(h.offered), h.region, &self.bits[slot * s..(slot + 1) * s])
     }
 }
 
@@ -392,15 +408,15 @@ pub(crate) struct Swarm {
     pub(crate) holders: Holders,
     /// Holders of each piece.
     pub(crate) availability: Vec<u32>,
-    /// Pieces handed to each node as hints and not yet announced by it.
-    pub(crate) handed: HashMap<NodeId, BTreeSet<PieceIndex>>,
+    /// What lookups of this content handed each registered asker: hints, its region and
+    /// the holders offered. An entry exists only for an asker whose list of contents looked
+    /// up holds this one (`Index::note_lookup`), so that it is forgotten in time.
+    pub(crate) askers: IdMap<Asked>,
     /// How many nodes each piece is handed to.
     pub(crate) handed_count: Vec<u32>,
     /// Per region with holders or askers here: holders of each piece in the region, and how
     /// many of its nodes each piece is handed to. At most one entry per numbered region.
     pub(crate) regional: HashMap<RegionId, Regional>,
-    /// The region each node with hints here was in when handed them (to count them back).
-    pub(crate) hand_region: HashMap<NodeId, RegionId>,
     /// Per admitted storage node holding part of this content: (pieces held, when that last
     /// grew, re-seeding under way).
     pub(crate) storage: HashMap<NodeId, (u32, u64, bool)>,
@@ -410,11 +426,6 @@ pub(crate) struct Swarm {
     /// [`crate::limits::source_key`]) that reported it as never delivering: sybil ids behind
     /// one address count once.
     pub(crate) reports: HashMap<NodeId, Vec<IpAddr>>,
-    /// Holders offered to each asker by its lookups of this content (bounded by
-    /// [`MAX_OFFERED`]): the only ones it may report.
-    /// With the address each was handed out with: later lookups of the same asker keep it
-    /// (a fetch stays on the link it was given).
-    pub(crate) offered: HashMap<NodeId, HashMap<NodeId, SocketAddr>>,
     /// The source address its manifest upload is charged to, until someone announces it.
     pub(crate) charged: Option<IpAddr>,
     /// Since when the swarm has had no holder (it is collected after a while), if it has none.
@@ -430,14 +441,12 @@ impl Swarm {
             manifest,
             holders: Holders::new(piece_count),
             availability: vec![0; piece_count as usize],
-            handed: HashMap::new(),
+            askers: IdMap::default(),
             handed_count: vec![0; piece_count as usize],
             regional: HashMap::new(),
-            hand_region: HashMap::new(),
             storage: HashMap::new(),
             assigned: HashMap::new(),
             reports: HashMap::new(),
-            offered: HashMap::new(),
             charged: None,
             empty_since: Some(now),
             rarity: None,
@@ -458,8 +467,8 @@ impl Swarm {
         let n = self.piece_count;
         for p in bitfield.iter_ones() {
             self.availability[p.0 as usize] += 1;
-            self.unhand(node, p);
         }
+        self.unhand_held(node, Some(bitfield.as_bytes()));
         if region != NO_REGION && bitfield.count() > 0 {
             let r = self.regional.entry(region).or_insert_with(|| Regional::new(n));
             for p in bitfield.iter_ones() {
@@ -504,36 +513,63 @@ impl Swarm {
         true
     }
 
-    /// Records that `p` is handed to `node` (in `region`) at `now` (ms); false if it already
-    /// was.
-    pub(crate) fn hand(&mut self, node: NodeId, region: RegionId, p: PieceIndex, now: u64) -> bool {
+    /// Records that `pieces` are handed to `node` (in `region`) at `now` (ms); those it was
+    /// handed already count once.
+    pub(crate) fn hand(&mut self, node: NodeId, region: RegionId, pieces: &[PieceIndex], now: u64) {
         let n = self.piece_count;
-        if !self.handed.entry(node).or_default().insert(p) {
-            return false;
-        }
-        self.handed_count[p.0 as usize] += 1;
-        if region != NO_REGION {
-            self.hand_region.insert(node, region);
-            let r = self.regional.entry(region).or_insert_with(|| Regional::new(n));
-            r.handed[p.0 as usize] += 1;
-            r.handed_at[p.0 as usize] = now;
-            r.total += 1;
-        }
-        true
-    }
-
-    pub(crate) fn unhand(&mut self, node: NodeId, p: PieceIndex) {
-        if let Some(set) = self.handed.get_mut(&node) {
-            if set.remove(&p) {
-                self.handed_count[p.0 as usize] -= 1;
-                let region = self.hand_region.get(&node).copied().unwrap_or(NO_REGION);
-                if let Some(r) = self.regional.get_mut(&region) {
-                    r.handed[p.0 as usize] -= 1;
-                    r.total -= 1;
-                    self.release(region);
-                }
+        let asked = self.askers.entry(node).or_default();
+        let mut regional = (region != NO_REGION).then(|| {
+            asked.region = region;
+            self.regional.entry(region).or_insert_with(|| Regional::new(n))
+        });
+        for &p in pieces {
+            if asked.hints.contains(&p) {
+                continue;
+            }
+            asked.hints.push(p);
+            self.handed_count[p.0 as usize] += 1;
+            if let Some(r) = regional.as_mut() {
+                r.handed[p.0 as usize] += 1;
+                r.handed_at[p.0 as usize] = now;
+                r.total += 1;
             }
         }
+        if regional.is_some() {
+            // A view entered for no piece is freed again.
+            self.release(region);
+        }
+    }
+
+    /// Starts the lookup state of `asker` here if it has none; true if it had.
+    pub(crate) fn ask(&mut self, asker: NodeId) -> bool {
+        let had = self.askers.contains_key(&asker);
+        if !had {
+            self.askers.insert(asker, Asked::default());
+        }
+        had
+    }
+
+    /// Takes back the hints of `node` it holds now: pieces set in `have` (bitfield bytes,
+    /// what a lookup says it has) or in what it announced here.
+    pub(crate) fn unhand_held(&mut self, node: NodeId, have: Option<&[u8]>) {
+        let Some(asked) = self.askers.get_mut(&node) else { return };
+        let announced = self.holders.slot(&node).map(|s| self.holders.rank_inputs(s).3);
+        let region = asked.region;
+        let mut regional = self.regional.get_mut(&region);
+        let counts = &mut self.handed_count;
+        asked.hints.retain(|p| {
+            let i = p.0 as usize;
+            if !has(have, i) && !has(announced, i) {
+                return true;
+            }
+            counts[i] -= 1;
+            if let Some(r) = regional.as_mut() {
+                r.handed[i] -= 1;
+                r.total -= 1;
+            }
+            false
+        });
+        self.release(region);
     }
 
     /// Records a storage node's holding and whether it grew.
@@ -550,28 +586,28 @@ impl Swarm {
 
     /// Forgets what was handed to `node` as an asker: its hints and the holders it was offered.
     pub(crate) fn forget_hints(&mut self, node: NodeId) {
-        let region = self.hand_region.remove(&node).unwrap_or(NO_REGION);
-        let mut regional = self.regional.get_mut(&region);
-        for p in self.handed.remove(&node).unwrap_or_default() {
+        let Some(asked) = self.askers.remove(&node) else { return };
+        let mut regional = self.regional.get_mut(&asked.region);
+        for p in asked.hints {
             self.handed_count[p.0 as usize] -= 1;
             if let Some(r) = regional.as_mut() {
                 r.handed[p.0 as usize] -= 1;
                 r.total -= 1;
             }
         }
-        self.release(region);
-        self.offered.remove(&node);
+        self.release(asked.region);
     }
 
     /// Remembers that a lookup offered `peers` to `asker`, each with the address it was
     /// handed first.
-    pub(crate) fn offer(&mut self, asker: NodeId, peers: Vec<(NodeId, SocketAddr)>) {
+    pub(crate) fn offer(&mut self, asker: NodeId, peers: &[(NodeId, SocketAddr)]) {
         if peers.is_empty() {
             return;
         }
+        let set = &mut self.askers.entry(asker).or_default().offered;
         // Sized for this answer (most swarms are small): a map per asker and swarm.
-        let set = self.offered.entry(asker).or_insert_with(|| HashMap::with_capacity(peers.len()));
-        for (p, addr) in peers {
+        set.reserve(peers.len().min(MAX_OFFERED));
+        for &(p, addr) in peers {
             if set.len() >= MAX_OFFERED && !set.contains_key(&p) {
                 // Forget an older one: a fetch reports the holders of its recent lookups.
                 if let Some(old) = set.keys().next().copied() {
@@ -584,7 +620,7 @@ impl Swarm {
 
     /// Whether a lookup by `asker` offered `holder`.
     pub(crate) fn was_offered(&self, asker: &NodeId, holder: &NodeId) -> bool {
-        self.offered.get(asker).is_some_and(|s| s.contains_key(holder))
+        self.askers.get(asker).is_some_and(|a| a.offered.contains_key(holder))
     }
 
     /// Distinct sources that reported `holder`.
@@ -629,6 +665,20 @@ impl Swarm {
     }
 }
 
+/// What lookups of one content handed one registered asker.
+#[derive(Debug, Default)]
+pub(crate) struct Asked {
+    /// Pieces handed as hints and not yet announced by it, at most the configured number
+    /// ([`crate::Config::hints`]): a lookup tops them up to it.
+    pub(crate) hints: Vec<PieceIndex>,
+    /// The region it was in when last handed hints in one (to count them back).
+    pub(crate) region: RegionId,
+    /// Holders offered to it (at most [`MAX_OFFERED`]): the only ones it may report. With
+    /// the address each was handed out with: its later lookups keep it (a fetch stays on the
+    /// link it was given).
+    pub(crate) offered: IdMap<SocketAddr>,
+}
+
 /// One region's view of a swarm: its holders of each piece, and how many of its nodes each
 /// piece is handed to as a hint. Hints rank pieces the region neither holds nor was handed
 /// first, so that each piece crosses into a region about once.
@@ -649,6 +699,11 @@ impl Regional {
         let n = piece_count as usize;
         Self { availability: vec![0; n], handed: vec![0; n], handed_at: vec![0; n], total: 0 }
     }
+}
+
+/// Whether bitfield bytes `bits` (MSB first) have piece `i`; no bytes have nothing.
+pub(crate) fn has(bits: Option<&[u8]>, i: usize) -> bool {
+    bits.and_then(|b| b.get(i / 8)).is_some_and(|b| b & (0x80 >> (i % 8)) != 0)
 }
 
 /// `a & !b` popcount, a word at a time; `b` absent counts all of `a` (bytes of `b` beyond its

@@ -174,8 +174,9 @@ impl Index {
             }
         }
         if moved {
-            for c in self.looked.get(&id).into_iter().flatten() {
-                if let Some(s) = self.swarms.get_mut(c) {
+            // All its lookup state goes, and the list of where it was with it.
+            for c in self.looked.remove(&id).unwrap_or_default() {
+                if let Some(s) = self.swarms.get_mut(&c) {
                     s.forget_hints(id);
                 }
             }

@@ -481,16 +481,15 @@ fn what_lookups_hand_a_node_that_never_announces_is_forgotten_when_it_expires() 
             assert_eq!(ix.lookup(Some(node(i)), content, None, 10).unwrap().hints.len(), 4);
         }
     }
-    assert_eq!(ix.swarms[&c].handed.len(), 2);
-    assert_eq!(ix.swarms[&c].offered.len(), 2);
+    assert_eq!(ix.swarms[&c].askers.len(), 2);
+    assert!(ix.swarms[&c].askers.values().all(|a| !a.hints.is_empty() && !a.offered.is_empty()));
     assert_eq!(ix.looked.len(), 2);
     // The seed keeps heartbeating; the askers go silent and expire.
     ix.heartbeat(90, node(0), Load::default()).unwrap();
     ix.expire(150);
     for content in [c, c2] {
         let s = &ix.swarms[&content];
-        assert!(s.handed.is_empty(), "hints kept for expired askers");
-        assert!(s.offered.is_empty(), "offered holders kept for expired askers");
+        assert!(s.askers.is_empty(), "hints and offered holders kept for expired askers");
         assert!(s.handed_count.iter().all(|&n| n == 0), "handed counts freed");
     }
     assert!(ix.looked.is_empty());
