@@ -134,7 +134,7 @@ impl From<SwarmSummary> for SwarmJson {
 
 async fn overview(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
     let ((nodes, swarms), known, (manifest_bytes, _)) = {
-        let ix = shared.index();
+        let ix = shared.index_read();
         (ix.counts(), ix.swarm_count(), ix.footprint())
     };
     let m = &shared.metrics;
@@ -197,7 +197,7 @@ async fn swarms(
         param(&q, "after").filter(|s| !s.is_empty()).map(|s| content_id(s, "after")).transpose()?;
     let limit = number(&q, "limit", DEFAULT_LIMIT.min(MAX_SWARM_PAGE), MAX_SWARM_PAGE)?;
     let turn = turn(&shared).await?;
-    let page = shared.index().swarms_page(after, limit);
+    let page = shared.index_read().swarms_page(after, limit);
     drop(turn);
     let next = (limit > 0 && page.len() == limit)
         .then(|| page.last().map(|s| s.content.to_string()))
@@ -217,7 +217,7 @@ async fn swarm(
     let from = number(&q, "from", 0, usize::MAX)?;
     let limit = number(&q, "limit", DEFAULT_LIMIT, MAX_PAGE)?;
     let turn = turn(&shared).await?;
-    let detail = shared.index().swarm_detail(content, cells, from, limit);
+    let detail = shared.index_read().swarm_detail(content, cells, from, limit);
     drop(turn);
     let Some(d) = detail else {
         return Err(refuse(
@@ -274,7 +274,7 @@ async fn nodes(
     let limit = number(&q, "limit", DEFAULT_LIMIT, MAX_PAGE)?;
     let now = crate::clock::now_ms();
     let turn = turn(&shared).await?;
-    let page = shared.index().nodes_page(after, limit, storage_only);
+    let page = shared.index_read().nodes_page(after, limit, storage_only);
     drop(turn);
     let next = (limit > 0 && page.len() == limit)
         .then(|| page.last().map(|r| r.node.to_string()))

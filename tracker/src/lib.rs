@@ -20,7 +20,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -188,7 +188,8 @@ pub async fn run(
     let (nodes, holdings, manifests) = opened.loaded;
     let restored = (nodes.len(), holdings.len());
     let now = crate::clock::now_ms();
-    let index = Arc::new(Mutex::new(Index::restore(index_config, now, nodes, holdings, manifests)));
+    let index =
+        Arc::new(RwLock::new(Index::restore(index_config, now, nodes, holdings, manifests)));
     tracing::info!(nodes = restored.0, holdings = restored.1, "state restored");
     tracing::info!(admitted = config.admitted_storage.len(), "storage nodes admitted");
     let endpoint = Endpoint::bind_with(

@@ -99,11 +99,11 @@ impl Observed {
 /// Takes the snapshot: one pass over the nodes, then storage's holdings page by page (the
 /// index lock is released between pages).
 pub(crate) fn refresh(shared: &Shared, now_ms: u64) {
-    let totals = shared.index().totals();
+    let totals = shared.index_read().totals();
     let mut storage_bytes = 0u64;
     let mut after = None;
     loop {
-        let page = shared.index().nodes_page(after, shoal_index::MAX_PAGE, true);
+        let page = shared.index_read().nodes_page(after, shoal_index::MAX_PAGE, true);
         storage_bytes += page.iter().filter_map(|r| r.stored_bytes).sum::<u64>();
         match page.last() {
             Some(last) if page.len() == shoal_index::MAX_PAGE => after = Some(last.node),
@@ -181,7 +181,7 @@ impl Collector for Gauges {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let shared = &self.0;
         let ((nodes, swarms), (manifest_bytes, rate_keys), regions) = {
-            let ix = shared.index();
+            let ix = shared.index_read();
             (ix.counts(), ix.footprint(), ix.region_counts())
         };
         let m = &shared.metrics;

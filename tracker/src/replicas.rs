@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
 use shoal_core::{ContentId, NodeId};
@@ -309,7 +309,7 @@ pub(crate) fn read_loop(
     url: String,
     replica: String,
     at: Position,
-    index: Arc<Mutex<Index>>,
+    index: Arc<RwLock<Index>>,
     writer: Arc<Writer>,
     stop: Arc<AtomicBool>,
 ) {
@@ -364,7 +364,7 @@ pub(crate) fn read_loop(
                     );
                 }
                 position = next;
-                let mut ix = index.lock().unwrap_or_else(|p| p.into_inner());
+                let mut ix = index.write().unwrap_or_else(|p| p.into_inner());
                 for b in batches.into_iter().filter(|b| b.replica != replica && !b.expiry) {
                     apply(&mut ix, b.ops);
                 }
@@ -389,7 +389,7 @@ fn apply(ix: &mut Index, ops: Vec<Persist>) {
 /// the state (a new epoch), this replica's state is written back. Returns the new position.
 fn resync(
     conn: &mut RedisState,
-    index: &Mutex<Index>,
+    index: &RwLock<Index>,
     writer: &Writer,
     lost: bool,
 ) -> Result<String, shoal_index::RedisStateError> {
@@ -400,7 +400,7 @@ fn resync(
     } else {
         warn!("behind the change stream in Redis: loading its snapshot again");
     }
-    let mut ix = index.lock().unwrap_or_else(|p| p.into_inner());
+    let mut ix = index.write().unwrap_or_else(|p| p.into_inner());
     let ops = nodes
         .into_iter()
         .map(|(n, e)| Persist::PutNode(n, e))

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -87,7 +87,7 @@ pub(crate) enum Backend {
 #[derive(Debug)]
 pub struct Shared {
     /// The index. Held only for one index call, never across an await.
-    pub index: Arc<Mutex<Index>>,
+    pub index: Arc<RwLock<Index>>,
     state: Backend,
     /// The tracker's key, which signs re-seed tokens.
     identity: shoal_net::Identity,
@@ -105,7 +105,7 @@ pub struct Shared {
 
 impl Shared {
     pub(crate) fn new(
-        index: Arc<Mutex<Index>>,
+        index: Arc<RwLock<Index>>,
         state: Backend,
         identity: shoal_net::Identity,
         sources: std::collections::HashMap<String, String>,
@@ -150,8 +150,15 @@ impl Shared {
             .collect()
     }
 
-    pub(crate) fn index(&self) -> std::sync::MutexGuard<'_, Index> {
-        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    /// The index, held exclusively: for anything that changes it.
+    pub(crate) fn index(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The index, shared: lookups (which lock the one swarm they rank), rate checks and
+    /// views run side by side under it.
+    pub(crate) fn index_read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn persist(&self, ops: &[Persist]) {

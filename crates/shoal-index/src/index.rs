@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use shoal_core::{Bitfield, ContentId, Manifest, NodeId, PieceIndex, Region};
@@ -20,19 +21,22 @@ use crate::limits::{source_key, Action, RateLimiter};
 use crate::model::{Config, IndexError, NodeEntry, Persist, Registration, VerifiedManifest};
 use crate::region::{RegionId, Regions, NO_REGION};
 use crate::swarm::Swarm;
+use crate::swarms::Swarms;
 
 /// The tracker's index.
 #[derive(Debug)]
 pub struct Index {
     pub(crate) config: Config,
     pub(crate) nodes: HashMap<NodeId, NodeEntry>,
-    pub(crate) swarms: HashMap<ContentId, Swarm>,
+    pub(crate) swarms: Swarms,
     /// Contents each node holds, for expiry and the per-node cap.
     pub(crate) held: HashMap<NodeId, BTreeSet<ContentId>>,
     /// Contents each node looked up as a registered asker, oldest first (at most
     /// [`MAX_LOOKED_UP`]): what it was handed there (hints, offered holders) is forgotten when
     /// it expires or when it looks up too many others, announced or not.
-    pub(crate) looked: HashMap<NodeId, VecDeque<ContentId>>,
+    ///
+    /// Behind a lock of its own: lookups, which share the index, note contents here.
+    pub(crate) looked: Mutex<HashMap<NodeId, VecDeque<ContentId>>>,
     /// Contents in whose swarms each node has been reported (as a holder), for expiry.
     pub(crate) reported_in: HashMap<NodeId, BTreeSet<ContentId>>,
     /// Swarms without holders, by the time they became empty: collected after the TTL.
@@ -40,8 +44,8 @@ pub struct Index {
     manifest_bytes: u64,
     /// Bytes of manifests nobody announced yet, per uploader source address.
     pub(crate) pending_manifests: HashMap<IpAddr, u64>,
-    limiter: RateLimiter,
-    pub(crate) rng: fastrand::Rng,
+    /// Behind a lock of its own: lookups, which share the index, are rate-checked.
+    limiter: Mutex<RateLimiter>,
     /// The regions numbered so far (bounded), and live nodes per region number.
     pub(crate) regions: Regions,
     region_nodes: HashMap<RegionId, usize>,
@@ -50,9 +54,12 @@ pub struct Index {
     /// When each node last changed region (ms): at most once a minute (a change recounts
     /// everything it holds, under the index's lock).
     region_changed: HashMap<NodeId, u64>,
-    /// The hint pass's keyed pieces, kept between lookups: its allocation (a piece count of
-    /// entries) is made once, not per lookup.
-    pub(crate) scratch: Vec<(u64, u32)>,
+}
+
+/// A lock of the index's own, even if a thread panicked while it held it (what it guards
+/// stays usable: rate buckets and lists of contents looked up).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// How long after a region change another is refused (the node keeps its region).
@@ -79,14 +86,13 @@ impl Index {
     /// An empty index.
     pub fn new(config: Config) -> Self {
         let mut ix = Self {
-            limiter: RateLimiter::new(&config.limits),
-            rng: fastrand::Rng::with_seed(config.seed),
+            limiter: Mutex::new(RateLimiter::new(&config.limits)),
             config,
             nodes: HashMap::new(),
-            swarms: HashMap::new(),
+            swarms: Swarms::default(),
             held: HashMap::new(),
             reported_in: HashMap::new(),
-            looked: HashMap::new(),
+            looked: Mutex::default(),
             idle: BTreeSet::new(),
             manifest_bytes: 0,
             pending_manifests: HashMap::new(),
@@ -94,7 +100,6 @@ impl Index {
             region_nodes: HashMap::new(),
             clock: 0,
             region_changed: HashMap::new(),
-            scratch: Vec::new(),
         };
         // The operator's regions are numbered first: stated names can never take their place.
         let names: Vec<Region> =
@@ -165,18 +170,18 @@ impl Index {
 
     /// Manifest bytes kept, and keys tracked by the rate limiter (for metrics).
     pub fn footprint(&self) -> (u64, usize) {
-        (self.manifest_bytes, self.limiter.tracked())
+        (self.manifest_bytes, lock(&self.limiter).tracked())
     }
 
     /// Spends a rate-limit token of `ip` and `node` for `action`.
     pub fn check_rate(
-        &mut self,
+        &self,
         now: u64,
         action: Action,
         ip: IpAddr,
         node: NodeId,
     ) -> Result<(), IndexError> {
-        if self.limiter.take(now, action, ip, node) {
+        if lock(&self.limiter).take(now, action, ip, node) {
             Ok(())
         } else {
             Err(IndexError::RateLimited)
@@ -194,7 +199,10 @@ impl Index {
     ) {
         let len = manifest.len() as u64;
         self.manifest_bytes += len;
-        let mut swarm = Swarm::new(pieces, manifest, now);
+        let c = content.as_bytes();
+        let seed =
+            self.config.seed ^ u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        let mut swarm = Swarm::new(pieces, manifest, now, seed);
         if let Some(src) = charge {
             *self.pending_manifests.entry(src).or_default() += len;
             swarm.charged = Some(src);
@@ -319,7 +327,7 @@ impl Index {
             if old_id != id {
                 // Its holdings move to the new region's counts; its hints were counted in the
                 // old one and are dropped (the next lookup hands new ones).
-                if let Some(bf) = self.swarms.get(&c).and_then(|s| s.holders.get(&node)) {
+                if let Some(bf) = self.swarms.lock(&c).and_then(|s| s.holders.get(&node)) {
                     self.hold(c, node, bf);
                 }
             }
@@ -329,7 +337,7 @@ impl Index {
         }
         if old_id != id {
             // All its lookup state goes, and the list of where it was with it.
-            for c in self.looked.remove(&node).unwrap_or_default() {
+            for c in self.looked_mut().remove(&node).unwrap_or_default() {
                 if let Some(s) = self.swarms.get_mut(&c) {
                     s.forget_hints(node);
                 }
@@ -593,7 +601,7 @@ impl Index {
 
     /// The manifest of a content, if known (shared, not copied).
     pub fn manifest(&self, content: ContentId) -> Option<Bytes> {
-        self.swarms.get(&content).map(|s| s.manifest.clone())
+        self.swarms.lock(&content).map(|s| s.manifest.clone())
     }
 
     /// The source a node counts as: its observed address (first of its vetted addresses), an
@@ -603,21 +611,25 @@ impl Index {
         e.addrs.first().map(|a| source_key(a.ip()))
     }
 
-    /// Remembers that `asker` looked up `content`, forgetting what it was handed for the
-    /// oldest content if it looked up more than [`MAX_LOOKED_UP`].
-    pub(crate) fn note_lookup(&mut self, asker: NodeId, content: ContentId) {
+    /// Remembers that `asker` looked up `content`; returns the oldest content it looked up
+    /// if it looked up more than [`MAX_LOOKED_UP`], whose lookup state the caller forgets
+    /// (after letting go of any swarm it holds locked: one swarm locked at a time).
+    pub(crate) fn note_lookup(&self, asker: NodeId, content: ContentId) -> Option<ContentId> {
         // Called for a content whose state the asker did not have: absent from the list, or
         // listed with its state forgotten (see `unhold`), where a second entry only moves its
         // forgetting earlier. No scan of the list, which a lookup's time could not afford.
-        let list = self.looked.entry(asker).or_default();
+        let mut looked = lock(&self.looked);
+        let list = looked.entry(asker).or_default();
         list.push_back(content);
         if list.len() > MAX_LOOKED_UP {
-            if let Some(old) = list.pop_front() {
-                if let Some(s) = self.swarms.get_mut(&old) {
-                    s.forget_hints(asker);
-                }
-            }
+            return list.pop_front();
         }
+        None
+    }
+
+    /// The lists of contents looked up, for a caller that holds the index exclusively.
+    fn looked_mut(&mut self) -> &mut HashMap<NodeId, VecDeque<ContentId>> {
+        self.looked.get_mut().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// `reporter` asked `peer` for pieces of `content` and got none. Counted once per distinct
@@ -682,7 +694,7 @@ impl Index {
                 ops.push(Persist::RemoveManifest(content));
             }
         }
-        self.limiter.prune(now);
+        self.limiter.get_mut().unwrap_or_else(PoisonError::into_inner).prune(now);
         ops
     }
 
@@ -696,7 +708,7 @@ impl Index {
         }
         self.region_changed.remove(&id);
         // What its lookups were handed, where it holds nothing (holdings: below).
-        for content in self.looked.remove(&id).unwrap_or_default() {
+        for content in self.looked_mut().remove(&id).unwrap_or_default() {
             if let Some(s) = self.swarms.get_mut(&content) {
                 s.forget_hints(id);
             }

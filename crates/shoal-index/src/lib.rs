@@ -33,6 +33,7 @@ mod region;
 mod replicated;
 mod state;
 mod swarm;
+mod swarms;
 mod view;
 
 pub use index::{vet_addrs, Index, RemoteSkip};

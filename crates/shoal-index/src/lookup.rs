@@ -63,6 +63,12 @@ struct Ranked {
 static NO_PIECES: [u8; (shoal_core::piece::MAX_PIECES / 8) as usize] =
     [0; (shoal_core::piece::MAX_PIECES / 8) as usize];
 
+thread_local! {
+    /// The hint pass's keyed pieces, kept between lookups on a thread: its allocation (up to
+    /// a piece count of entries, 1 MiB at most) is made once, not per lookup.
+    static KEYED: std::cell::RefCell<Vec<(u64, u32)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// How long a piece a region lacks is handed to one of its nodes only (ms).
 const EXCLUSIVE_HINT_MS: u64 = 10_000;
 
@@ -123,7 +129,7 @@ impl Index {
     /// content. An `asker` must be registered: what it is handed (hints, the holders offered,
     /// which it may then report) is kept until it expires.
     pub fn lookup(
-        &mut self,
+        &self,
         asker: Option<NodeId>,
         content: ContentId,
         have: Option<&Bitfield>,
@@ -141,7 +147,7 @@ impl Index {
     /// [`Index::lookup`] without the peers' bitfields (a compact answer): the same peers and
     /// hints, and no bitfield copied.
     pub fn lookup_compact(
-        &mut self,
+        &self,
         asker: Option<NodeId>,
         content: ContentId,
         have: Option<&Bitfield>,
@@ -158,19 +164,19 @@ impl Index {
     /// The lookup itself; `peer` makes an answer's peer from its holder entry and region name
     /// (a swarm's holders are registered nodes: holdings go with their node).
     fn lookup_with<P>(
-        &mut self,
+        &self,
         asker: Option<NodeId>,
         content: ContentId,
         have: Option<&Bitfield>,
         max_peers: usize,
         peer: impl Fn(&HolderView<'_>, Option<shoal_core::Region>, Vec<std::net::SocketAddr>) -> P,
     ) -> Option<Lookup<P>> {
-        let region = self.routing_region(asker).cloned();
-        let region = match region {
-            Some(r) => self.regions.intern(Some(&r)),
-            None => NO_REGION,
-        };
-        let swarm = self.swarms.get_mut(&content)?;
+        // Registration numbered every node's region.
+        let region =
+            self.routing_region(asker).and_then(|r| self.regions.id(r)).unwrap_or(NO_REGION);
+        // The swarm's lock is held to the end of the answer; no other is taken meanwhile.
+        let mut guard = self.swarms.lock(&content)?;
+        let swarm: &mut Swarm = &mut guard;
         let n = swarm.piece_count;
         let have = have.filter(|h| h.len() == n);
         let have_bytes = have.map(Bitfield::as_bytes);
@@ -182,6 +188,7 @@ impl Index {
         // state (`forget_hints` drops the state, never the list entry alone): no scan of that
         // list for the lookups after the first.
         let listed = asker.is_some_and(|a| swarm.ask(a));
+        let mut rng = swarm.rng.clone();
         let swarm = &*swarm;
         let rarity = swarm.rarity.as_ref();
         let floor = rarity.and_then(|r| r.floor(have_bytes)).unwrap_or_else(|| {
@@ -202,13 +209,13 @@ impl Index {
             !swarm.storage.is_empty() && swarm.storage.contains_key(holders.rank_inputs(slot).0)
         };
         let sample = self.config.lookup_sample.max(max_peers);
-        let drawn = holders.sample(&mut self.rng, sample);
+        let drawn = holders.sample(&mut rng, sample);
         candidates.extend(drawn.into_iter().filter(|&slot| !is_storage(slot)));
         if region != NO_REGION {
             // The asker's region sampled apart: in a swarm far larger than the sample its few
             // holders would otherwise rarely be drawn.
             let drawn: std::collections::HashSet<usize> = candidates.iter().copied().collect();
-            let extra = holders.sample_region(&mut self.rng, region, sample);
+            let extra = holders.sample_region(&mut rng, region, sample);
             candidates.extend(
                 extra.into_iter().filter(|slot| !drawn.contains(slot) && !is_storage(*slot)),
             );
@@ -309,7 +316,8 @@ impl Index {
                 peer(h, regions.name(h.region).cloned(), addrs)
             })
             .collect();
-        let swarm = self.swarms.get_mut(&content)?;
+        let swarm: &mut Swarm = &mut guard;
+        swarm.rng = rng;
         let mut offered = Vec::with_capacity(links.len());
         for &(id, slot, link, new) in &links {
             // A new client of that link; an asker that keeps its link was counted already.
@@ -320,20 +328,17 @@ impl Index {
         let hints = match asker {
             Some(a) => {
                 swarm.offer(a, &offered);
-                Self::hand_out(
-                    swarm,
-                    a,
-                    region,
-                    have,
-                    self.config.hints,
-                    self.clock,
-                    &mut self.scratch,
-                )
+                Self::hand_out(swarm, a, region, have, self.config.hints, self.clock)
             }
             None => Vec::new(),
         };
+        drop(guard);
         if let Some(a) = asker.filter(|_| !listed) {
-            self.note_lookup(a, content);
+            if let Some(old) = self.note_lookup(a, content) {
+                if let Some(mut s) = self.swarms.lock(&old) {
+                    s.forget_hints(a);
+                }
+            }
         }
         Some(Lookup { piece_count: n, peers, hints })
     }
@@ -353,11 +358,25 @@ impl Index {
         have: Option<&[u8]>,
         take: usize,
         now: u64,
-        keyed: &mut Vec<(u64, u32)>,
     ) -> Vec<PieceIndex> {
         if take == 0 {
             return Vec::new();
         }
+        KEYED.with_borrow_mut(|keyed| {
+            Self::least_handed_in(swarm, asker, region, have, take, now, keyed)
+        })
+    }
+
+    /// [`Index::least_handed`] in `keyed`, a buffer of the thread's.
+    fn least_handed_in(
+        swarm: &Swarm,
+        asker: &NodeId,
+        region: RegionId,
+        have: Option<&[u8]>,
+        take: usize,
+        now: u64,
+        keyed: &mut Vec<(u64, u32)>,
+    ) -> Vec<PieceIndex> {
         let n = swarm.piece_count as usize;
         // Bit set: the asker holds it, announced it or was handed it already.
         let mut skip = vec![0u8; n.div_ceil(8)];
@@ -418,14 +437,13 @@ impl Index {
         have: Option<&Bitfield>,
         k: usize,
         now: u64,
-        scratch: &mut Vec<(u64, u32)>,
     ) -> Vec<PieceIndex> {
         let have = have.map(Bitfield::as_bytes);
         // Drop hints the asker has meanwhile.
         swarm.unhand_held(asker, have);
         let current = swarm.askers.get(&asker).map_or(0, |a| a.hints.len());
         if current < k {
-            let picked = Self::least_handed(swarm, &asker, region, have, k - current, now, scratch);
+            let picked = Self::least_handed(swarm, &asker, region, have, k - current, now);
             swarm.hand(asker, region, &picked, now);
         }
         let mut hints: Vec<PieceIndex> =

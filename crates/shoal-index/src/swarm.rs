@@ -432,10 +432,14 @@ pub(crate) struct Swarm {
     pub(crate) empty_since: Option<u64>,
     /// The rarest availability levels, rebuilt by the first lookup after availability changed.
     pub(crate) rarity: Option<Rarity>,
+    /// What its lookups draw their samples with: one per swarm, so lookups of different
+    /// swarms share nothing.
+    pub(crate) rng: fastrand::Rng,
 }
 
 impl Swarm {
-    pub(crate) fn new(piece_count: u32, manifest: Bytes, now: u64) -> Self {
+    /// A swarm without holders; `seed` seeds its sampling.
+    pub(crate) fn new(piece_count: u32, manifest: Bytes, now: u64, seed: u64) -> Self {
         Self {
             piece_count,
             manifest,
@@ -450,6 +454,7 @@ impl Swarm {
             charged: None,
             empty_since: Some(now),
             rarity: None,
+            rng: fastrand::Rng::with_seed(seed),
         }
     }
 

@@ -187,7 +187,7 @@ impl Index {
     pub fn swarms_page(&self, after: Option<ContentId>, limit: usize) -> Vec<SwarmSummary> {
         page(self.swarms.keys().copied(), after, limit, MAX_SWARM_PAGE)
             .into_iter()
-            .filter_map(|c| self.swarms.get(&c).map(|s| self.summary(c, s)))
+            .filter_map(|c| self.swarms.lock(&c).map(|s| self.summary(c, &s)))
             .collect()
     }
 
@@ -205,7 +205,7 @@ impl Index {
         from: usize,
         limit: usize,
     ) -> Option<SwarmDetail> {
-        let s = self.swarms.get(&content)?;
+        let s = self.swarms.lock(&content)?;
         let cells = cells.clamp(1, MAX_CELLS);
         let per = (s.piece_count as usize).div_ceil(cells).max(1);
         let (mut min, mut max) = (Vec::new(), Vec::new());
@@ -224,7 +224,7 @@ impl Index {
             })
             .collect();
         Some(SwarmDetail {
-            summary: self.summary(content, s),
+            summary: self.summary(content, &s),
             heatmap: Heatmap { pieces_per_cell: per as u32, min, max },
             holders,
         })
@@ -247,7 +247,7 @@ impl Index {
                 let (complete_contents, stored_bytes) = if e.storage {
                     let (mut complete, mut bytes) = (0, 0u64);
                     for c in held.into_iter().flatten() {
-                        let Some(s) = self.swarms.get(c) else { continue };
+                        let Some(s) = self.swarms.lock(c) else { continue };
                         let Some(&(have, _, _)) = s.storage.get(&id) else { continue };
                         let Ok(h) = Header::read(&s.manifest) else { continue };
                         complete += usize::from(have == s.piece_count);

@@ -97,7 +97,7 @@ pub(super) async fn dispatch(
         _ => None,
     };
     if let Some(action) = action {
-        if let Err(e) = shared.index().check_rate(now, action, ip, proven) {
+        if let Err(e) = shared.index_read().check_rate(now, action, ip, proven) {
             debug!(%ip, node = %proven, ?action, "rate limited");
             return Ok(index_error(shared, e));
         }
@@ -186,7 +186,7 @@ pub(super) async fn dispatch(
         }
         TrackerRequest::FindStorage => {
             let nodes = shared
-                .index()
+                .index_read()
                 .storage_nodes(Some(proven))
                 .into_iter()
                 .map(|(node_id, addrs)| StorageNode { node_id, addrs })
@@ -201,7 +201,7 @@ pub(super) async fn dispatch(
             let mut replies = lookups(shared, remote, proven, vec![req]);
             replies.pop().unwrap_or_else(|| refuse(ErrorCode::BadRequest, "no lookup"))
         }
-        TrackerRequest::GetManifest { content } => match shared.index().manifest(content) {
+        TrackerRequest::GetManifest { content } => match shared.index_read().manifest(content) {
             Some(bytes) => (TrackerResponse::Manifest { len: bytes.len() as u32 }, Some(bytes)),
             None => (TrackerResponse::Unknown, None),
         },
@@ -257,9 +257,10 @@ async fn put_manifest(
 }
 
 /// Answers lookups that arrived together on one stream, in order, taking the index's lock
-/// once for all of them: under load, lookups queue on that lock, and each taking is a wake-up
-/// of a waiting thread. Each is still rate-checked and timed on its own. Every request must be
-/// a `Lookup` (anything else is answered as a bad request).
+/// once for all of them, shared: lookups of other streams run beside them (each locks only
+/// the swarm it ranks), and only changes to the index (registrations, announces, expiry)
+/// wait for them. Each is still rate-checked and timed on its own. Every request must be a
+/// `Lookup` (anything else is answered as a bad request).
 pub(super) fn lookups(
     shared: &Arc<Shared>,
     remote: SocketAddr,
@@ -272,7 +273,7 @@ pub(super) fn lookups(
     // Under the lock only the index's work; the answers are finished after it.
     let mut found = Vec::with_capacity(reqs.len());
     {
-        let mut ix = shared.index();
+        let ix = shared.index_read();
         for req in reqs {
             let TrackerRequest::Lookup { content, max_peers, have, compact, regions } = req else {
                 found.push(Found::Bad);

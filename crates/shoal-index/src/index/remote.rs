@@ -92,7 +92,7 @@ impl Index {
                 Ok(())
             }
             Persist::RemoveManifest(content) => {
-                let Some(s) = self.swarms.get(&content) else { return Ok(()) };
+                let Some(s) = self.swarms.get_mut(&content) else { return Ok(()) };
                 if !s.holders.is_empty() {
                     return Err(RemoteSkip::StillHeld(content));
                 }
@@ -113,12 +113,12 @@ impl Index {
     pub fn persisted(&self) -> Vec<Persist> {
         let mut ops: Vec<Persist> =
             self.nodes.iter().map(|(id, e)| Persist::PutNode(*id, e.clone())).collect();
-        for (c, s) in &self.swarms {
+        for (c, s) in self.swarms.iter() {
             ops.push(Persist::PutManifest(*c, s.manifest.clone()));
         }
         for (node, contents) in &self.held {
             for c in contents {
-                if let Some(bf) = self.swarms.get(c).and_then(|s| s.holders.get(node)) {
+                if let Some(bf) = self.swarms.lock(c).and_then(|s| s.holders.get(node)) {
                     ops.push(Persist::PutHolding(*c, *node, bf));
                 }
             }
@@ -162,7 +162,7 @@ impl Index {
         for c in held {
             if moved {
                 // Its holdings move to the new region's counts (as at a local registration).
-                if let Some(bf) = self.swarms.get(&c).and_then(|s| s.holders.get(&id)) {
+                if let Some(bf) = self.swarms.lock(&c).and_then(|s| s.holders.get(&id)) {
                     self.hold(c, id, bf);
                 }
             }
@@ -175,7 +175,7 @@ impl Index {
         }
         if moved {
             // All its lookup state goes, and the list of where it was with it.
-            for c in self.looked.remove(&id).unwrap_or_default() {
+            for c in self.looked_mut().remove(&id).unwrap_or_default() {
                 if let Some(s) = self.swarms.get_mut(&c) {
                     s.forget_hints(id);
                 }

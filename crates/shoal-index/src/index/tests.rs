@@ -418,7 +418,7 @@ fn sybil_ids_behind_one_address_neither_drop_nor_demote_an_honest_holder() {
         ix.lookup(Some(id), c, None, 10).unwrap();
         assert!(ix.report(0, id, c, honest).unwrap().is_empty(), "never dropped");
     }
-    assert_eq!(ix.swarms[&c].reported(&honest), 1);
+    assert_eq!(ix.swarms.lock(&c).unwrap().reported(&honest), 1);
     assert_eq!(first(&mut ix), honest, "not demoted");
     assert_eq!(ix.lookup(None, c, None, 10).unwrap().peers.len(), 2);
     // Reporters at distinct addresses still demote, then drop, a real non-deliverer.
@@ -428,7 +428,7 @@ fn sybil_ids_behind_one_address_neither_drop_nor_demote_an_honest_holder() {
     }
     // A report about a holder the reporter was never offered is ignored.
     ix.report(0, node(3), c, honest).unwrap();
-    assert_eq!(ix.swarms[&c].reported(&honest), 1);
+    assert_eq!(ix.swarms.lock(&c).unwrap().reported(&honest), 1);
     for i in 3..8 {
         ix.lookup(Some(node(i)), c, None, 10).unwrap();
     }
@@ -452,20 +452,22 @@ fn reports_about_a_holder_go_when_it_expires() {
     ix.report(0, node(2), c, node(0)).unwrap();
     ix.report(0, node(3), c, node(0)).unwrap();
     ix.report(0, node(2), c, node(1)).unwrap();
-    assert_eq!(ix.swarms[&c].reports.len(), 2);
+    assert_eq!(ix.swarms.lock(&c).unwrap().reports.len(), 2);
     // Node 0 goes silent; the others keep heartbeating.
     for i in 1..4 {
         ix.heartbeat(90, node(i), Load::default()).unwrap();
     }
     ix.expire(150);
-    let s = &ix.swarms[&c];
-    assert!(!s.reports.contains_key(&node(0)), "its report entry went with it");
-    assert_eq!(s.reported(&node(1)), 1);
+    {
+        let s = ix.swarms.lock(&c).unwrap();
+        assert!(!s.reports.contains_key(&node(0)), "its report entry went with it");
+        assert_eq!(s.reported(&node(1)), 1);
+    }
     assert!(!ix.reported_in.contains_key(&node(0)));
     // Everyone goes: nothing about them is left.
     ix.expire(1_000);
     assert!(ix.reported_in.is_empty());
-    assert!(ix.swarms.get(&c).is_none_or(|s| s.reports.is_empty()));
+    assert!(ix.swarms.lock(&c).is_none_or(|s| s.reports.is_empty()));
 }
 
 #[test]
@@ -481,18 +483,24 @@ fn what_lookups_hand_a_node_that_never_announces_is_forgotten_when_it_expires() 
             assert_eq!(ix.lookup(Some(node(i)), content, None, 10).unwrap().hints.len(), 4);
         }
     }
-    assert_eq!(ix.swarms[&c].askers.len(), 2);
-    assert!(ix.swarms[&c].askers.values().all(|a| !a.hints.is_empty() && !a.offered.is_empty()));
-    assert_eq!(ix.looked.len(), 2);
+    assert_eq!(ix.swarms.lock(&c).unwrap().askers.len(), 2);
+    assert!(ix
+        .swarms
+        .lock(&c)
+        .unwrap()
+        .askers
+        .values()
+        .all(|a| !a.hints.is_empty() && !a.offered.is_empty()));
+    assert_eq!(ix.looked_mut().len(), 2);
     // The seed keeps heartbeating; the askers go silent and expire.
     ix.heartbeat(90, node(0), Load::default()).unwrap();
     ix.expire(150);
     for content in [c, c2] {
-        let s = &ix.swarms[&content];
+        let s = &*ix.swarms.lock(&content).unwrap();
         assert!(s.askers.is_empty(), "hints and offered holders kept for expired askers");
         assert!(s.handed_count.iter().all(|&n| n == 0), "handed counts freed");
     }
-    assert!(ix.looked.is_empty());
+    assert!(ix.looked_mut().is_empty());
     // A fresh asker's hints are as good as the first ones were: nothing counts as handed.
     reg(&mut ix, 1, Role::Node);
     assert_eq!(ix.lookup(Some(node(1)), c, None, 10).unwrap().hints.len(), 4);
@@ -525,7 +533,7 @@ fn a_lookup_ranks_a_bounded_sample_and_always_offers_admitted_storage() {
     assert!(seen.len() > 10, "only {} distinct holders offered", seen.len());
     // A sample of 8 out of 500 is drawn, never the whole swarm.
     let mut rng = fastrand::Rng::with_seed(1);
-    let swarm = &ix.swarms[&c];
+    let swarm = &*ix.swarms.lock(&c).unwrap();
     assert_eq!(swarm.holders.sample(&mut rng, ix.config.lookup_sample).len(), 8);
 }
 
@@ -536,7 +544,7 @@ fn rate_limits_refuse_bursts_from_one_address_and_refill_with_time() {
         announce_per_node: Rate { per_sec: 10, burst: 3 },
         ..Limits::default()
     };
-    let mut ix = Index::new(Config { limits, ..Config::default() });
+    let ix = Index::new(Config { limits, ..Config::default() });
     let ip: IpAddr = "10.1.1.1".parse().unwrap();
     let ok = (0..5).filter(|_| ix.check_rate(0, Action::Register, ip, fresh_id()).is_ok()).count();
     assert_eq!(ok, 2);
@@ -644,7 +652,7 @@ fn a_compact_lookup_offers_the_same_peers_and_hints_without_bitfields() {
         }
         (ix, c)
     };
-    let ((mut full, c), (mut compact, _)) = (build(), build());
+    let ((full, c), (compact, _)) = (build(), build());
     for (asker, have) in
         [(Some(node(0)), None), (Some(node(0)), Some(bf(64, &[1, 2]))), (None, None)]
     {

@@ -125,7 +125,7 @@ fn ip(i: u8) -> IpAddr {
 #[test]
 fn reports_are_distinct_and_bounded() {
     let r = ids(1);
-    let mut s = Swarm::new(1, Bytes::new(), 0);
+    let mut s = Swarm::new(1, Bytes::new(), 0, 0);
     let yes = |_: &NodeId| true;
     assert_eq!(s.report(r[0], ip(1), 3, 2, yes), 1);
     assert_eq!(s.report(r[0], ip(1), 3, 2, yes), 1, "the same source counts once");
@@ -137,7 +137,7 @@ fn reports_are_distinct_and_bounded() {
 
 #[test]
 fn a_full_report_table_evicts_unregistered_then_undemoted_holders_before_refusing() {
-    let mut s = Swarm::new(1, Bytes::new(), 0);
+    let mut s = Swarm::new(1, Bytes::new(), 0, 0);
     let throwaway = ids(MAX_REPORTED);
     let yes = |_: &NodeId| true;
     for &h in &throwaway {
@@ -150,14 +150,14 @@ fn a_full_report_table_evicts_unregistered_then_undemoted_holders_before_refusin
     assert_eq!(s.report(real, ip(2), 5, 2, gone), 1);
     assert_eq!(s.reports.len(), 1, "unregistered holders' entries evicted");
     // Still registered but reported once (not demoted): one is evicted to make room.
-    let mut s = Swarm::new(1, Bytes::new(), 0);
+    let mut s = Swarm::new(1, Bytes::new(), 0, 0);
     for &h in &throwaway {
         s.report(h, ip(1), 5, 2, yes);
     }
     assert_eq!(s.report(real, ip(2), 5, 2, yes), 1);
     assert_eq!(s.reports.len(), MAX_REPORTED);
     // A table full of demoted holders keeps them and ignores a new one.
-    let mut s = Swarm::new(1, Bytes::new(), 0);
+    let mut s = Swarm::new(1, Bytes::new(), 0, 0);
     for &h in &throwaway {
         s.report(h, ip(1), 5, 2, yes);
         s.report(h, ip(2), 5, 2, yes);

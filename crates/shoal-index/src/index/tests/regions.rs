@@ -84,12 +84,12 @@ fn storage_that_forgets_a_pulled_content_stops_holding_it_and_is_not_reseeded() 
     // An empty announce (a storage node back from a crash with nothing flushed) stays a
     // holding to re-seed into.
     ix.announce(1, node(9), c, Bitfield::new(8)).unwrap();
-    assert!(ix.swarms[&c].storage.contains_key(&node(9)));
+    assert!(ix.swarms.lock(&c).unwrap().storage.contains_key(&node(9)));
     // Forgetting it (its cache dropped it) removes the holding: nothing to re-seed into.
     let ops = ix.forget(2, node(9), c).unwrap();
     assert_eq!(ops, vec![Persist::RemoveHolding(c, node(9))]);
-    assert!(!ix.swarms[&c].holders.contains(&node(9)));
-    assert!(!ix.swarms[&c].storage.contains_key(&node(9)));
+    assert!(!ix.swarms.lock(&c).unwrap().holders.contains(&node(9)));
+    assert!(!ix.swarms.lock(&c).unwrap().storage.contains_key(&node(9)));
     let (_, plan) = ix.heartbeat_plan(1_000, node(0), Load::default()).unwrap();
     assert!(plan.directives.is_empty(), "{plan:?}");
     assert!(ix.forget(3, node(9), c).unwrap().is_empty(), "forgetting twice changes nothing");
@@ -107,16 +107,19 @@ fn a_node_that_moves_region_takes_its_holdings_along_and_counts_stay_right() {
     ix.announce(0, node(0), c, Bitfield::full(8)).unwrap();
     let r0 = ix.regions.id(&"r0".parse().unwrap()).unwrap();
     let r1 = ix.regions.id(&"r1".parse().unwrap()).unwrap();
-    assert_eq!(ix.swarms[&c].regional[&r0].availability, vec![1; 8]);
+    assert_eq!(ix.swarms.lock(&c).unwrap().regional[&r0].availability, vec![1; 8]);
     // The asker of r1 is handed pieces: each counted in r1.
     let l = ix.lookup(Some(node(1)), c, None, 8).unwrap();
     assert!(!l.hints.is_empty());
-    let handed: u32 = ix.swarms[&c].regional[&r1].handed.iter().sum();
+    let handed: u32 = ix.swarms.lock(&c).unwrap().regional[&r1].handed.iter().sum();
     assert_eq!(handed as usize, l.hints.len());
     // Node 0 moves to r1: its pieces count there now; node 1's hints are unaffected.
     ix.register(5, node(0), Role::Node, observed(), &[], Some(&"r1".parse().unwrap()));
-    assert!(!ix.swarms[&c].regional.contains_key(&r0), "an empty region's view is freed");
-    assert_eq!(ix.swarms[&c].regional[&r1].availability, vec![1; 8]);
+    assert!(
+        !ix.swarms.lock(&c).unwrap().regional.contains_key(&r0),
+        "an empty region's view is freed"
+    );
+    assert_eq!(ix.swarms.lock(&c).unwrap().regional[&r1].availability, vec![1; 8]);
     let counts: Vec<(String, usize)> = ix
         .region_counts()
         .into_iter()
@@ -125,13 +128,13 @@ fn a_node_that_moves_region_takes_its_holdings_along_and_counts_stay_right() {
     assert_eq!(counts, vec![("r1".to_string(), 2)]);
     // Node 1 moves too: its hints, counted in r1, go; expiry forgets everyone.
     ix.register(6, node(1), Role::Node, observed(), &[], Some(&"r0".parse().unwrap()));
-    assert_eq!(ix.swarms[&c].regional[&r1].handed.iter().sum::<u32>(), 0);
+    assert_eq!(ix.swarms.lock(&c).unwrap().regional[&r1].handed.iter().sum::<u32>(), 0);
     // It may not move back within the minute: it keeps r0.
     let again = ix.register(7, node(1), Role::Node, observed(), &[], Some(&"r1".parse().unwrap()));
     assert_eq!(again.region.map(|r| r.to_string()), Some("r0".to_string()));
     ix.expire(1_000_000);
     assert!(ix.region_counts().is_empty());
-    assert!(ix.swarms.values().all(|s| s.regional.is_empty()), "every region's view freed");
+    assert!(ix.swarms.iter().all(|(_, s)| s.regional.is_empty()), "every region's view freed");
 }
 
 #[test]
