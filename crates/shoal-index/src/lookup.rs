@@ -295,7 +295,9 @@ impl Index {
         // else the least loaded; it goes first in the answer.
         let regions = &self.regions;
         let before = asker.and_then(|a| swarm.askers.get(&a)).map(|a| &a.offered);
-        let mut links: Vec<(NodeId, usize, Option<usize>, bool)> = Vec::with_capacity(ranked.len());
+        // (holder, place, address number, a new client of that address, several addresses)
+        let mut links: Vec<(NodeId, usize, Option<usize>, bool, bool)> =
+            Vec::with_capacity(ranked.len());
         let peers = ranked
             .iter()
             .map(|(_, h)| {
@@ -305,10 +307,10 @@ impl Index {
                 let choice = h.addrs.len() > 1;
                 let kept = before
                     .filter(|_| choice)
-                    .and_then(|b| b.get(h.id))
-                    .and_then(|was| h.addrs.iter().position(|x| x == was));
+                    .and_then(|b| b.link(h.id))
+                    .and_then(|was| h.addrs.iter().position(|x| *x == was));
                 let link = kept.or_else(|| least_loaded(h.addrs, h.link_loads));
-                links.push((*h.id, h.slot, link, choice && kept.is_none()));
+                links.push((*h.id, h.slot, link, choice && kept.is_none(), choice));
                 let mut addrs = h.addrs.to_vec();
                 if let Some(i) = link {
                     addrs[..=i].rotate_right(1);
@@ -319,10 +321,10 @@ impl Index {
         let swarm: &mut Swarm = &mut guard;
         swarm.rng = rng;
         let mut offered = Vec::with_capacity(links.len());
-        for &(id, slot, link, new) in &links {
+        for &(id, slot, link, new, choice) in &links {
             // A new client of that link; an asker that keeps its link was counted already.
             if let Some(addr) = swarm.holders.note_handed_out(slot, &id, link, new) {
-                offered.push((id, addr));
+                offered.push((id, choice.then_some(addr)));
             }
         }
         let hints = match asker {
@@ -446,10 +448,16 @@ impl Index {
             let picked = Self::least_handed(swarm, &asker, region, have, k - current, now);
             swarm.hand(asker, region, &picked, now);
         }
-        let mut hints: Vec<PieceIndex> =
-            swarm.askers.get(&asker).map(|a| a.hints.clone()).unwrap_or_default();
-        hints.sort_by_key(|p| (swarm.availability[p.0 as usize], mix(&asker, *p)));
-        hints
+        // Rarest first, ties by the asker's mix: keys made once each, not per comparison.
+        let mut keyed: Vec<(u32, u64, PieceIndex)> = swarm
+            .askers
+            .get(&asker)
+            .into_iter()
+            .flat_map(|a| &a.hints)
+            .map(|&p| (swarm.availability[p.0 as usize], mix(&asker, p), p))
+            .collect();
+        keyed.sort_unstable();
+        keyed.into_iter().map(|(_, _, p)| p).collect()
     }
 }
 

@@ -603,29 +603,21 @@ impl Swarm {
         self.release(asked.region);
     }
 
-    /// Remembers that a lookup offered `peers` to `asker`, each with the address it was
-    /// handed first.
-    pub(crate) fn offer(&mut self, asker: NodeId, peers: &[(NodeId, SocketAddr)]) {
+    /// Remembers that a lookup offered `peers` to `asker`: each holder, and the address it
+    /// was handed with if it has several.
+    pub(crate) fn offer(&mut self, asker: NodeId, peers: &[(NodeId, Option<SocketAddr>)]) {
         if peers.is_empty() {
             return;
         }
-        let set = &mut self.askers.entry(asker).or_default().offered;
-        // Sized for this answer (most swarms are small): a map per asker and swarm.
-        set.reserve(peers.len().min(MAX_OFFERED));
-        for &(p, addr) in peers {
-            if set.len() >= MAX_OFFERED && !set.contains_key(&p) {
-                // Forget an older one: a fetch reports the holders of its recent lookups.
-                if let Some(old) = set.keys().next().copied() {
-                    set.remove(&old);
-                }
-            }
-            set.insert(p, addr);
+        let offered = &mut self.askers.entry(asker).or_default().offered;
+        for (p, link) in peers {
+            offered.note(p, *link);
         }
     }
 
     /// Whether a lookup by `asker` offered `holder`.
     pub(crate) fn was_offered(&self, asker: &NodeId, holder: &NodeId) -> bool {
-        self.askers.get(asker).is_some_and(|a| a.offered.contains_key(holder))
+        self.askers.get(asker).is_some_and(|a| a.offered.contains(holder))
     }
 
     /// Distinct sources that reported `holder`.
@@ -678,10 +670,8 @@ pub(crate) struct Asked {
     pub(crate) hints: Vec<PieceIndex>,
     /// The region it was in when last handed hints in one (to count them back).
     pub(crate) region: RegionId,
-    /// Holders offered to it (at most [`MAX_OFFERED`]): the only ones it may report. With
-    /// the address each was handed out with: its later lookups keep it (a fetch stays on the
-    /// link it was given).
-    pub(crate) offered: IdMap<SocketAddr>,
+    /// Holders offered to it lately: the only ones it may report.
+    pub(crate) offered: Offered,
 }
 
 /// One region's view of a swarm: its holders of each piece, and how many of its nodes each
@@ -731,5 +721,8 @@ pub(crate) fn count_and_not(a: &[u8], b: Option<&[u8]>) -> u32 {
     count + rest.iter().map(|x| x.count_ones()).sum::<u32>()
 }
 
+mod offered;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use offered::Offered;
