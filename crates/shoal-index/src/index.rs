@@ -244,6 +244,13 @@ impl Index {
         let Some(s) = self.swarms.get_mut(&content) else { return false };
         let removed = s.remove_holding(node);
         s.forget_hints(node);
+        // Its lookup state here is gone: so is the content from its list, which then names
+        // exactly the swarms where it has state (see `note_lookup`).
+        if let Some(list) =
+            self.looked.get_mut().unwrap_or_else(PoisonError::into_inner).get_mut(&node)
+        {
+            list.retain(|c| *c != content);
+        }
         s.assigned.retain(|_, (holder, _)| *holder != node);
         s.storage.remove(&node);
         if s.holders.is_empty() && s.empty_since.is_none() {
@@ -615,9 +622,12 @@ impl Index {
     /// if it looked up more than [`MAX_LOOKED_UP`], whose lookup state the caller forgets
     /// (after letting go of any swarm it holds locked: one swarm locked at a time).
     pub(crate) fn note_lookup(&self, asker: NodeId, content: ContentId) -> Option<ContentId> {
-        // Called for a content whose state the asker did not have: absent from the list, or
-        // listed with its state forgotten (see `unhold`), where a second entry only moves its
-        // forgetting earlier. No scan of the list, which a lookup's time could not afford.
+        // Called for a content whose state the asker did not have, so absent from the list:
+        // the paths that forget state take the content out of the list too (`unhold`, region
+        // changes, expiry). One exception: a swarm collected while listed leaves its entries,
+        // and a content re-created and looked up again is listed twice, the older entry then
+        // forgetting the new state early; the list stays bounded. No scan of the list, which a
+        // lookup's time could not afford.
         let mut looked = lock(&self.looked);
         let list = looked.entry(asker).or_default();
         list.push_back(content);

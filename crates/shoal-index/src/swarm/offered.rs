@@ -2,13 +2,17 @@
 //! for holders with several addresses, the address each was handed with (its later lookups
 //! keep it: a fetch stays on the link it was given).
 //!
-//! Kept small and written in place, as rings: every lookup records its answer here, and
-//! across many swarms and askers a map of ids and addresses per asker was a cache miss per
-//! answered peer (a tenth of a loaded tracker's time). A holder is known by the first 8 bytes
-//! of its id, an ed25519 public key: no one can make a key to match another's 8 bytes, so a
-//! report cannot name a holder its reporter was not offered.
+//! Kept small and written in place: every lookup records its answer here, and across many
+//! swarms and askers a map of ids and addresses per asker was a cache miss per answered peer
+//! (a tenth of a loaded tracker's time). A holder is known by a 64-bit hash of its id under a
+//! secret drawn at random per process: ids are public keys anyone may choose, and with the
+//! ids' own first 8 bytes a stranger could grind a key matching one of a million holders in
+//! about 2^44 tries, then report that holder by its double; against a secret hash nothing can
+//! be ground offline.
 
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 
 use shoal_core::NodeId;
 
@@ -17,30 +21,24 @@ use super::MAX_OFFERED;
 /// What one asker was offered in one swarm.
 #[derive(Debug, Default)]
 pub(crate) struct Offered {
-    /// The holders of the last [`MAX_OFFERED`] offers, by their ids' first 8 bytes (a ring:
-    /// the oldest is overwritten first).
+    /// The last [`MAX_OFFERED`] distinct holders offered, by key (a ring: the oldest is
+    /// overwritten first).
     ids: Vec<u64>,
     next: usize,
-    /// For holders with several addresses, the address last handed out with each, at most
-    /// [`MAX_OFFERED`] (a ring again).
+    /// For holders with several addresses, the address last handed out with each, oldest
+    /// first, at most [`MAX_OFFERED`].
     links: Vec<(u64, SocketAddr)>,
-    next_link: usize,
 }
 
-/// The first 8 bytes of an id.
+/// A holder's key: its id hashed under the process's secret.
 fn key(id: &NodeId) -> u64 {
-    let k = id.public_key_bytes();
-    u64::from_le_bytes([k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]])
-}
-
-/// Puts `item` in `ring` (at most [`MAX_OFFERED`] long), over the oldest once full.
-fn put<T>(ring: &mut Vec<T>, next: &mut usize, item: T) {
-    if ring.len() < MAX_OFFERED {
-        ring.push(item);
-    } else if let Some(slot) = ring.get_mut(*next) {
-        *slot = item;
-    }
-    *next = (*next + 1) % MAX_OFFERED;
+    static SECRET: OnceLock<foldhash::fast::FixedState> = OnceLock::new();
+    let state = SECRET.get_or_init(|| {
+        // The standard library's randomly keyed hasher is the process's source of a secret.
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0x0ffe_7ed_u64);
+        foldhash::fast::FixedState::with_seed(seed)
+    });
+    state.hash_one(id)
 }
 
 impl Offered {
@@ -48,12 +46,22 @@ impl Offered {
     /// holders with several).
     pub(crate) fn note(&mut self, holder: &NodeId, link: Option<SocketAddr>) {
         let k = key(holder);
-        put(&mut self.ids, &mut self.next, k);
-        if let Some(addr) = link {
-            match self.links.iter_mut().find(|(h, _)| *h == k) {
-                Some(entry) => entry.1 = addr,
-                None => put(&mut self.links, &mut self.next_link, (k, addr)),
+        if !self.ids.contains(&k) {
+            if self.ids.len() < MAX_OFFERED {
+                self.ids.push(k);
+            } else if let Some(slot) = self.ids.get_mut(self.next) {
+                *slot = k;
             }
+            self.next = (self.next + 1) % MAX_OFFERED;
+        }
+        if let Some(addr) = link {
+            // The newest last: a link in use is the last to be forgotten.
+            if let Some(i) = self.links.iter().position(|(h, _)| *h == k) {
+                self.links.remove(i);
+            } else if self.links.len() >= MAX_OFFERED {
+                self.links.remove(0);
+            }
+            self.links.push((k, addr));
         }
     }
 
@@ -66,7 +74,7 @@ impl Offered {
     /// The address `holder` was last handed out with, if it has several.
     pub(crate) fn link(&self, holder: &NodeId) -> Option<SocketAddr> {
         let k = key(holder);
-        self.links.iter().find(|(h, _)| *h == k).map(|&(_, a)| a)
+        self.links.iter().rev().find(|(h, _)| *h == k).map(|&(_, a)| a)
     }
 
     #[cfg(test)]
@@ -106,5 +114,29 @@ mod tests {
         assert_eq!(o.link(&ids[200]), Some(addr(999)));
         assert_eq!(o.links.iter().filter(|(k, _)| *k == key(&ids[200])).count(), 1);
         assert!(o.ids.len() <= MAX_OFFERED && o.links.len() <= MAX_OFFERED);
+    }
+
+    #[test]
+    fn holders_offered_again_keep_their_place_and_older_ones_stay() {
+        let ids: Vec<NodeId> = (0..=130).map(id).collect();
+        let mut o = Offered::default();
+        o.note(&ids[0], None);
+        // One holder offered again and again: still one entry, the first one kept.
+        for _ in 0..500 {
+            o.note(&ids[1], None);
+        }
+        assert!(o.contains(&ids[0]) && o.contains(&ids[1]));
+        assert_eq!(o.ids.len(), 2);
+        // A link in use is refreshed: 127 others with links later, it is still known.
+        let addr = |i: u16| SocketAddr::from(([10, 0, 0, 2], 7000 + i));
+        o.note(&ids[2], Some(addr(2)));
+        for (i, h) in ids.iter().enumerate().skip(3) {
+            o.note(h, Some(addr(i as u16)));
+            if i == 60 {
+                o.note(&ids[2], Some(addr(2)));
+            }
+        }
+        assert_eq!(o.link(&ids[2]), Some(addr(2)), "refreshed, not overwritten");
+        assert_eq!(o.link(&ids[3]), None, "the oldest link went first");
     }
 }
