@@ -35,7 +35,7 @@ fn key(id: &NodeId) -> u64 {
     static SECRET: OnceLock<foldhash::fast::FixedState> = OnceLock::new();
     let state = SECRET.get_or_init(|| {
         // The standard library's randomly keyed hasher is the process's source of a secret.
-        let seed = std::collections::hash_map::RandomState::new().hash_one(0x0ffe_7ed_u64);
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0x0ffe_7ed0_u64);
         foldhash::fast::FixedState::with_seed(seed)
     });
     state.hash_one(id)
