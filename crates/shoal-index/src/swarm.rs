@@ -527,6 +527,7 @@ impl Swarm {
             asked.region = region;
             self.regional.entry(region).or_insert_with(|| Regional::new(n))
         });
+        asked.hints.reserve(pieces.len());
         for &p in pieces {
             if asked.hints.contains(&p) {
                 continue;
@@ -610,6 +611,7 @@ impl Swarm {
             return;
         }
         let offered = &mut self.askers.entry(asker).or_default().offered;
+        offered.reserve(peers.len());
         for (p, link) in peers {
             offered.note(p, *link);
         }

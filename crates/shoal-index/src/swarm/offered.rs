@@ -42,6 +42,11 @@ fn key(id: &NodeId) -> u64 {
 }
 
 impl Offered {
+    /// Room for `n` more holders at once (a lookup's answer), not grown one at a time.
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.ids.reserve(n.min(MAX_OFFERED - self.ids.len().min(MAX_OFFERED)));
+    }
+
     /// Records that `holder` was offered; with `link`, the address it was handed with (for
     /// holders with several).
     pub(crate) fn note(&mut self, holder: &NodeId, link: Option<SocketAddr>) {
