@@ -353,24 +353,8 @@ impl Index {
     /// were handed them, then as above, and a piece the region lacks is handed to one of its
     /// nodes at a time: a region's askers are handed what the region lacks, each piece to one
     /// of them, so each piece crosses into the region about once.
+    /// `keyed` is a buffer of the thread's (`KEYED`), kept between lookups.
     fn least_handed(
-        swarm: &Swarm,
-        asker: &NodeId,
-        region: RegionId,
-        have: Option<&[u8]>,
-        take: usize,
-        now: u64,
-    ) -> Vec<PieceIndex> {
-        if take == 0 {
-            return Vec::new();
-        }
-        KEYED.with_borrow_mut(|keyed| {
-            Self::least_handed_in(swarm, asker, region, have, take, now, keyed)
-        })
-    }
-
-    /// [`Index::least_handed`] in `keyed`, a buffer of the thread's.
-    fn least_handed_in(
         swarm: &Swarm,
         asker: &NodeId,
         region: RegionId,
@@ -379,6 +363,9 @@ impl Index {
         now: u64,
         keyed: &mut Vec<(u64, u32)>,
     ) -> Vec<PieceIndex> {
+        if take == 0 {
+            return Vec::new();
+        }
         let n = swarm.piece_count as usize;
         // Bit set: the asker holds it, announced it or was handed it already.
         let mut skip = vec![0u8; n.div_ceil(8)];
@@ -445,7 +432,9 @@ impl Index {
         swarm.unhand_held(asker, have);
         let current = swarm.askers.get(&asker).map_or(0, |a| a.hints.len());
         if current < k {
-            let picked = Self::least_handed(swarm, &asker, region, have, k - current, now);
+            let picked = KEYED.with_borrow_mut(|keyed| {
+                Self::least_handed(swarm, &asker, region, have, k - current, now, keyed)
+            });
             swarm.hand(asker, region, &picked, now);
         }
         // Rarest first, ties by the asker's mix: keys made once each, not per comparison.
