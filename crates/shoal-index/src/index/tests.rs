@@ -690,3 +690,66 @@ fn a_registration_with_new_addresses_reaches_the_lookups_of_what_the_node_holds(
 }
 
 mod regions;
+
+#[test]
+fn lookups_from_many_threads_keep_every_asker_state_listed_and_every_count_exact() {
+    // More contents than an asker's list holds (MAX_LOOKED_UP), so lookups on four threads
+    // evict and forget state in other swarms while those swarms are looked up elsewhere.
+    let mut ix = Index::new(Config {
+        max_pending_manifest_bytes: u64::MAX,
+        max_manifest_bytes: u64::MAX,
+        ..Config::default()
+    });
+    let holders: Vec<NodeId> = (0..50).map(|_| fresh_id()).collect();
+    let askers: Vec<NodeId> = (0..8).map(|_| fresh_id()).collect();
+    for (i, id) in holders.iter().chain(&askers).enumerate() {
+        let at = SocketAddr::new(IpAddr::from([10, 0, 1, i as u8]), 7000);
+        ix.register(0, *id, Role::Node, at, &[], None);
+    }
+    let n = 8u32;
+    let mut contents = Vec::new();
+    for k in 0..(MAX_LOOKED_UP as u32 + 44) {
+        let hashes =
+            (0..n).map(|i| PieceHash::of(&[k.to_le_bytes(), i.to_le_bytes()].concat())).collect();
+        let m = Manifest::new(&format!("t{k}"), u64::from(n) * 16 * 1024, hashes).unwrap();
+        let c = m.content_id();
+        ix.put_manifest(0, holders[0], c, m.encode()).unwrap();
+        for j in 0..2 {
+            let h = holders[(k as usize * 2 + j) % holders.len()];
+            ix.announce(0, h, c, bf(n, &[0, 1, 2, 3, (k + j as u32) % n])).unwrap();
+        }
+        contents.push(c);
+    }
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (ix, askers, contents) = (&ix, &askers, &contents);
+            s.spawn(move || {
+                let mut rng = fastrand::Rng::with_seed(t);
+                for _ in 0..3000 {
+                    let asker = askers[rng.usize(..askers.len())];
+                    let c = contents[rng.usize(..contents.len())];
+                    let have = rng.bool().then(|| bf(n, &[rng.u32(..n)]));
+                    let l = ix.lookup_compact(Some(asker), c, have.as_ref(), 4).unwrap();
+                    assert!(!l.peers.is_empty() && l.hints.len() <= n as usize);
+                }
+            });
+        }
+    });
+    let looked = ix.looked_mut().clone();
+    for list in looked.values() {
+        assert!(list.len() <= MAX_LOOKED_UP);
+        assert_eq!(list.iter().collect::<BTreeSet<_>>().len(), list.len(), "listed twice");
+    }
+    for (c, s) in ix.swarms.iter() {
+        let mut counted = vec![0u32; n as usize];
+        for (asker, asked) in &s.askers {
+            // State exists only where the asker's list names the content: it is forgotten in
+            // time, however the threads interleaved.
+            assert!(looked.get(asker).is_some_and(|l| l.contains(c)), "state not listed");
+            for p in &asked.hints {
+                counted[p.0 as usize] += 1;
+            }
+        }
+        assert_eq!(counted, s.handed_count, "hints counted once each, none lost");
+    }
+}
