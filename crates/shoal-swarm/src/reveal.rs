@@ -276,7 +276,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
         self.held.release(piece);
         let kept = self.is_subscriber(peer);
         if kept {
-            self.keepers.sent(peer, piece);
+            self.keepers.sent(now, peer, piece);
         }
         self.count(now, piece);
         let waiting = self.hidden.contains(&(self.order[piece.0 as usize], piece.0));
@@ -320,7 +320,7 @@ impl<P: Copy + Ord + Debug> Reveal<P> {
     pub fn unsubscribe(&mut self, now: Instant, peer: P) {
         // What it alone kept may be shown again once the first copy is out (before, the
         // first copy goes on; the guard starts with what nobody keeps).
-        let orphans = self.keepers.left(peer);
+        let orphans = self.keepers.left(now, peer, self.config.spread_after);
         if self.is_done() {
             orphans.into_iter().for_each(|piece| self.hide(piece));
         }

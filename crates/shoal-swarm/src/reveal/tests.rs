@@ -15,6 +15,9 @@ fn config(per_peer: usize) -> Config {
         guard: Duration::ZERO,
         guard_share: 0.0,
         max_guard: Duration::from_secs(3600),
+        // A leaver's pieces are all taken as lost, however long it held them (tests of the
+        // spread rule set it themselves).
+        spread_after: Duration::MAX,
     }
 }
 
@@ -529,4 +532,33 @@ fn a_push_while_guarding_holds_back_a_piece_that_was_to_be_shown() {
     for p in 4..8 {
         assert!(!ones(&r.subscribe(t0, p)).contains(&PieceIndex(2)), "stored: never shown");
     }
+}
+
+#[test]
+fn a_leaver_that_held_its_pieces_a_while_passed_them_on_one_that_left_at_once_did_not() {
+    let t0 = Instant::now();
+    let config = Config { spread_after: Duration::from_secs(2), ..guarded(8) };
+    let mut r = Reveal::new(config, 8, 1);
+    for peer in [1, 2, 3] {
+        let _ = r.subscribe(t0, peer);
+    }
+    // Pieces 0-3 reach subscriber 1 at once, 4-7 reach subscriber 2 as the first copy ends
+    // at 20 s; subscriber 3 was sent nothing.
+    let t1 = t0 + Duration::from_secs(20);
+    for p in 0..8 {
+        let (at, to) = if p < 4 { (t0, 1) } else { (t1, 2) };
+        r.handle_sent(at, to, PieceIndex(p));
+    }
+    assert!(r.is_done() && !r.is_over());
+    let _ = events(&mut r);
+    // Subscriber 1 leaves after holding 0-3 for 21 s: it had time to pass them on, so they
+    // are not sent again. Subscriber 2 leaves 1 s after its pieces came: they are lost with it.
+    let t2 = t1 + Duration::from_secs(1);
+    r.unsubscribe(t2, 1);
+    r.unsubscribe(t2, 2);
+    let again = shown(&mut r);
+    assert!((0..4).all(|p| !again.contains(&PieceIndex(p))), "passed on: {again:?}");
+    assert!((4..8).all(|p| again.contains(&PieceIndex(p))), "lost: {again:?}");
+    let view = ones(&r.view(3));
+    assert!(view.iter().all(|p| p.0 >= 4), "only the lost pieces: {view:?}");
 }

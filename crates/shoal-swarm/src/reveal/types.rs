@@ -42,6 +42,11 @@ pub struct Config {
     /// The guard's longest (default 60 s): a recipient that keeps pieces and never serves
     /// them (unreachable, or hostile) holds them from the others no longer than this.
     pub max_guard: Duration,
+    /// How long a subscriber holds a piece the origin sent it before it counts as having
+    /// passed it on (default 2 s): when it leaves, such a piece is kept by the swarm, not
+    /// shown again while guarding. Only a piece its recipients left with sooner is taken
+    /// as lost. `Duration::MAX`: every piece of a leaver is shown again.
+    pub spread_after: Duration,
 }
 
 impl Default for Config {
@@ -57,6 +62,7 @@ impl Default for Config {
             guard: Duration::from_secs(10),
             guard_share: 1.0,
             max_guard: Duration::from_secs(60),
+            spread_after: Duration::from_secs(2),
         }
     }
 }
