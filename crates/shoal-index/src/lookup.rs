@@ -185,8 +185,8 @@ impl Index {
         }
         // A registered asker has lookup state here from its first lookup on, and this swarm
         // in its list of contents looked up (`note_lookup` below) for as long as it has the
-        // state (`forget_hints` drops the state, never the list entry alone): no scan of that
-        // list for the lookups after the first.
+        // state (what forgets the state takes the list entry too; see `note_lookup`): no scan
+        // of that list for the lookups after the first.
         let listed = asker.is_some_and(|a| swarm.ask(a));
         let mut rng = swarm.rng.clone();
         let swarm = &*swarm;
