@@ -369,7 +369,7 @@ impl Index {
         let n = swarm.piece_count as usize;
         // Bit set: the asker holds it, announced it or was handed it already.
         let mut skip = vec![0u8; n.div_ceil(8)];
-        let announced = swarm.holders.slot(asker).map(|s| swarm.holders.rank_inputs(s).3);
+        let announced = swarm.holders.bits_of(asker);
         for src in [have, announced].into_iter().flatten() {
             skip.iter_mut().zip(src).for_each(|(d, s)| *d |= s);
         }

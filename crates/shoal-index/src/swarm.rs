@@ -388,6 +388,12 @@ impl Holders {
         self.map.get(id).copied()
     }
 
+    /// The bitfield bytes holder `id` announced, if it holds the content.
+    pub(crate) fn bits_of(&self, id: &NodeId) -> Option<&[u8]> {
+        let s = self.stride();
+        self.map.get(id).map(|&i| &self.bits[i * s..(i + 1) * s])
+    }
+
     /// What a lookup ranks the holder at `slot` by, read without building its view: its id,
     /// its load plus the lookups that handed it out since, its region and its bitfield bytes.
     /// `slot` must be a place below the holder count.
@@ -559,7 +565,7 @@ impl Swarm {
     /// what a lookup says it has) or in what it announced here.
     pub(crate) fn unhand_held(&mut self, node: NodeId, have: Option<&[u8]>) {
         let Some(asked) = self.askers.get_mut(&node) else { return };
-        let announced = self.holders.slot(&node).map(|s| self.holders.rank_inputs(s).3);
+        let announced = self.holders.bits_of(&node);
         let region = asked.region;
         let mut regional = self.regional.get_mut(&region);
         let counts = &mut self.handed_count;

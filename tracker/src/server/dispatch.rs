@@ -274,6 +274,8 @@ pub(super) fn lookups(
     let mut found = Vec::with_capacity(reqs.len());
     {
         let ix = shared.index_read();
+        // One asker for the whole batch, and registration cannot change under the lock.
+        let asker = ix.is_registered(proven).then_some(proven);
         for req in reqs {
             let TrackerRequest::Lookup { content, max_peers, have, compact, regions } = req else {
                 found.push(Found::Bad);
@@ -287,7 +289,6 @@ pub(super) fn lookups(
                 continue;
             }
             let max = (max_peers as usize).min(MAX_LOOKUP_PEERS);
-            let asker = ix.is_registered(proven).then_some(proven);
             let have = have.as_ref();
             found.push(if compact {
                 Found::Compact(ix.lookup_compact(asker, content, have, max), regions)
