@@ -223,15 +223,15 @@ impl Index {
         // Each candidate ranked by one packed key (see `rank_key`), then the first 8 bytes of
         // its id (ids order by their bytes), then the whole id on the rare equal prefix: small
         // elements to select and sort, and no holder's view built until it is answered.
-        let mut ranked: Vec<Ranked> = Vec::with_capacity(candidates.len());
-        for (i, slot) in candidates.into_iter().enumerate() {
+        // `None` for the asker itself and for holders of nothing it lacks.
+        let rank = |slot: usize, ordinary: bool| -> Option<Ranked> {
             let (id, load, holder_region, bf) = holders.rank_inputs(slot);
             if asker.as_ref() == Some(id) {
-                continue;
+                return None;
             }
             let useful = count_and_not(bf, have_bytes);
             if useful == 0 {
-                continue;
+                return None;
             }
             let rarest = rarity
                 .and_then(|r| r.rarest(bf, have_bytes))
@@ -240,12 +240,26 @@ impl Index {
                 !swarm.reports.is_empty() && swarm.reported(id) >= self.config.demote_after,
                 region != NO_REGION && holder_region != region,
                 // Admitted storage first where it has wanted pieces: a permanent seed.
-                i >= storage_count,
+                ordinary,
                 load,
                 rarest,
                 useful,
             );
-            ranked.push(Ranked { key, tie: id_prefix(id), slot });
+            Some(Ranked { key, tie: id_prefix(id), slot })
+        };
+        let mut ranked: Vec<Ranked> = candidates
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, slot)| rank(slot, i >= storage_count))
+            .collect();
+        let fill = ranked.is_empty() && max_peers > 0;
+        if fill {
+            // Nobody drawn has a piece the asker lacks, in a swarm mostly of newcomers that
+            // hold nothing yet (see `Holders::sample`): the best of a draw among holders of
+            // something, one peer, so that a newcomer has a source for the manifest and its
+            // first pieces. (A node's first lookup answered with nobody ends its fetch.)
+            let drawn = holders.sample_holding(&mut rng, sample);
+            ranked.extend(drawn.into_iter().filter_map(|slot| rank(slot, !is_storage(slot))));
         }
         // Only the best `max_peers` need an order.
         let order = |a: &Ranked, b: &Ranked| {
@@ -256,6 +270,10 @@ impl Index {
         if ranked.len() > max_peers && max_peers > 0 {
             ranked.select_nth_unstable_by(max_peers - 1, order);
             ranked.truncate(max_peers);
+        }
+        if fill && ranked.len() > 1 {
+            ranked.select_nth_unstable_by(0, order);
+            ranked.truncate(1);
         }
         ranked.sort_unstable_by(order);
         // Never more than asked for (`max_peers` 0 included: the selection above skips it).

@@ -2,7 +2,8 @@
 //! progress, re-seed assignments and reports of holders that never delivered.
 //!
 //! Holders sit in a vector beside a map (index and bitfield), so a lookup can draw a uniform
-//! random sample of them in time proportional to the sample, not to the swarm.
+//! random sample of them in time proportional to the sample, not to the swarm. Those holding
+//! at least one piece come first, so a lookup can also draw among them alone (see [`Holders`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -43,7 +44,8 @@ pub(crate) struct Holder {
     pub(crate) addrs: SmallVec<[SocketAddr; 2]>,
     /// Its region, from its last registration.
     pub(crate) region: RegionId,
-    /// Its place in its region's list (see `Holders::by_region`).
+    /// Its place in its region's list (see `Holders::by_region`); `usize::MAX` without a
+    /// region.
     region_pos: usize,
     /// Per address (in the order of `addrs`): connections it serves there, from its last
     /// heartbeat, plus lookups that handed that address out since.
@@ -104,6 +106,11 @@ fn bitfield_of(piece_count: u32, bits: &[u8]) -> Bitfield {
 /// Holders of one content, sampleable in O(1) per draw. A draw yields the holder's bitfield
 /// and load with its id, so ranking a sample costs no map lookups.
 ///
+/// Holders of at least one piece sit before those of none (`order[..holding]`): a node
+/// announces its empty bitfield as soon as it has the manifest, and in a flash crowd those
+/// are nearly all holders, so a lookup whose draw from all of them found nobody to offer
+/// draws again among the holders of something ([`Holders::sample_holding`]).
+///
 /// The bitfields live in one arena, a fixed stride each, in the order of the holder vector:
 /// ranking a swarm's holders reads one contiguous block of memory (which the CPU prefetches)
 /// instead of one heap allocation per holder, each a cache miss in a large index. Measured
@@ -115,6 +122,8 @@ pub(crate) struct Holders {
     bits: Vec<u8>,
     piece_count: u32,
     map: IdMap<usize>,
+    /// Holders holding at least one piece: the first `holding` of `order`.
+    holding: usize,
     /// Per region (holders with one): their places in `order`, so a lookup can sample the
     /// asker's region apart from the whole swarm. A holder's place in its region's list is in
     /// `Holder::region_pos`. Lists are dropped when they empty.
@@ -131,15 +140,17 @@ impl Holders {
             bits: Vec::new(),
             piece_count,
             map: IdMap::default(),
+            holding: 0,
             by_region: HashMap::new(),
             complete: 0,
         }
     }
 
-    /// Takes holder `i` out of its region's list.
+    /// Takes holder `i` out of its region's list, if it is in one.
     fn unlist(&mut self, i: usize) {
         let (region, pos) = (self.order[i].region, self.order[i].region_pos);
-        if region == NO_REGION {
+        self.order[i].region_pos = usize::MAX;
+        if region == NO_REGION || pos == usize::MAX {
             return;
         }
         let Some(list) = self.by_region.get_mut(&region) else { return };
@@ -152,7 +163,7 @@ impl Holders {
         }
     }
 
-    /// Puts holder `i` in its region's list.
+    /// Puts holder `i` in its region's list (it is in none: callers unlist first).
     fn list(&mut self, i: usize) {
         let region = self.order[i].region;
         if region == NO_REGION {
@@ -161,6 +172,50 @@ impl Holders {
         let list = self.by_region.entry(region).or_default();
         self.order[i].region_pos = list.len();
         list.push(i);
+    }
+
+    /// Points the region list entry of the holder now at place `i` (if it has one) at `i`.
+    fn repoint(&mut self, i: usize) {
+        let h = &self.order[i];
+        if h.region == NO_REGION || h.region_pos == usize::MAX {
+            return;
+        }
+        if let Some(slot) = self.by_region.get_mut(&h.region).and_then(|l| l.get_mut(h.region_pos))
+        {
+            *slot = i;
+        }
+    }
+
+    /// Swaps the holders at places `a` and `b`: entries, bitfields, map and region lists.
+    fn swap(&mut self, a: usize, b: usize) {
+        if a == b {
+            return;
+        }
+        self.order.swap(a, b);
+        let s = self.stride();
+        let (lo, hi) = (a.min(b), a.max(b));
+        let (head, tail) = self.bits.split_at_mut(hi * s);
+        head[lo * s..(lo + 1) * s].swap_with_slice(&mut tail[..s]);
+        for i in [a, b] {
+            if let Some(e) = self.map.get_mut(&self.order[i].id) {
+                *e = i;
+            }
+            self.repoint(i);
+        }
+    }
+
+    /// Moves the holder at `i` across the boundary between holders of some piece and of none
+    /// if its bitfield now says it belongs on the other side.
+    fn sort_in(&mut self, i: usize) {
+        let s = self.stride();
+        let holds = self.bits[i * s..(i + 1) * s].iter().any(|&b| b != 0);
+        if holds && i >= self.holding {
+            self.swap(i, self.holding);
+            self.holding += 1;
+        } else if !holds && i < self.holding {
+            self.holding -= 1;
+            self.swap(i, self.holding);
+        }
     }
 
     fn stride(&self) -> usize {
@@ -253,22 +308,25 @@ impl Holders {
             dst[..src.len()].copy_from_slice(src);
             self.complete =
                 self.complete - usize::from(was) + usize::from(self.view(i).is_complete());
+            self.sort_in(i);
             return Some(old);
         }
-        self.map.insert(id, self.order.len());
+        let i = self.order.len();
+        self.map.insert(id, i);
         self.order.push(Holder {
             id,
             load: 0,
             offered: 0,
             addrs: SmallVec::new(),
             region: NO_REGION,
-            region_pos: 0,
+            region_pos: usize::MAX,
             link_loads: SmallVec::new(),
         });
         let start = self.bits.len();
         self.bits.resize(start + s, 0);
         self.bits[start..start + src.len()].copy_from_slice(src);
-        self.complete += usize::from(self.view(self.order.len() - 1).is_complete());
+        self.complete += usize::from(self.view(i).is_complete());
+        self.sort_in(i);
         None
     }
 
@@ -306,21 +364,22 @@ impl Holders {
     }
 
     pub(crate) fn remove(&mut self, id: &NodeId) -> Option<Bitfield> {
-        let i = *self.map.get(id)?;
+        let mut i = *self.map.get(id)?;
         let old = self.view(i).bitfield();
         self.complete -= usize::from(self.view(i).is_complete());
-        self.map.remove(id);
         self.unlist(i);
+        if i < self.holding {
+            // First to the last place of the holders of some piece, so that the swap remove
+            // below moves a holder of nothing (or no holder at all) into its place.
+            self.holding -= 1;
+            self.swap(i, self.holding);
+            i = self.holding;
+        }
+        self.map.remove(id);
         self.order.swap_remove(i);
         // The holder moved into place `i` keeps its region list pointing at it.
-        if let Some(moved) = self.order.get(i) {
-            if moved.region != NO_REGION {
-                if let Some(slot) =
-                    self.by_region.get_mut(&moved.region).and_then(|l| l.get_mut(moved.region_pos))
-                {
-                    *slot = i;
-                }
-            }
+        if i < self.order.len() {
+            self.repoint(i);
         }
         // The same swap in the arena: the last block moves into the freed one.
         let s = self.stride();
@@ -360,12 +419,28 @@ impl Holders {
     /// The places of up to `k` distinct holders drawn uniformly at random (all of them if
     /// there are at most `2k`: then the scan is as cheap as the sample).
     ///
+    /// Drawn among all holders, those of nothing included, although those have nothing to
+    /// offer: in a flash crowd this hands each of the first holders to a share of the
+    /// newcomers only. Drawing among holders of something alone handed every newcomer every
+    /// early holder, hundreds of clients each, whose downloads then filled their peer sets
+    /// with those crowded uplinks while the later holders' idled: the 1,000-node simulation
+    /// went from 1.18 to 1.47 times its bound (see BENCHMARKS.md).
+    ///
     /// Drawing exactly `k` from a swarm of up to `2k` would rank fewer candidates (each costs a
     /// read of its bitfield from memory, the bulk of a lookup in a large index); tried, it
     /// made the index's swarm simulation do better without hints than with them, so it waits
     /// for a look at how hints and sampling interact (see BENCHMARKS.md, tracker lookups).
     pub(crate) fn sample(&self, rng: &mut fastrand::Rng, k: usize) -> Vec<usize> {
-        let n = self.order.len();
+        self.sample_among(rng, k, self.order.len())
+    }
+
+    /// As [`Holders::sample`], among the holders of at least one piece only.
+    pub(crate) fn sample_holding(&self, rng: &mut fastrand::Rng, k: usize) -> Vec<usize> {
+        self.sample_among(rng, k, self.holding)
+    }
+
+    /// Up to `k` distinct places below `n` drawn at random (all of them if `n <= 2k`).
+    fn sample_among(&self, rng: &mut fastrand::Rng, k: usize, n: usize) -> Vec<usize> {
         if n <= 2 * k {
             return (0..n).collect();
         }

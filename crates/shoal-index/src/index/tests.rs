@@ -538,6 +538,43 @@ fn a_lookup_ranks_a_bounded_sample_and_always_offers_admitted_storage() {
 }
 
 #[test]
+fn a_flash_crowd_of_holders_of_nothing_still_finds_the_seed_in_every_answer() {
+    // One seed, then 1,000 newcomers that announced their empty bitfields (as a node does once
+    // it has the manifest): the draw of 64 among all holders misses the seed 15 times in 16.
+    let (mut ix, c) = setup(Config::default(), 1, 64);
+    ix.announce(0, node(0), c, Bitfield::full(64)).unwrap();
+    let crowd: Vec<NodeId> = (0..1000).map(|_| fresh_id()).collect();
+    for &n in &crowd {
+        ix.register(0, n, Role::Node, observed(), &[], None);
+        ix.announce(0, n, c, Bitfield::new(64)).unwrap();
+    }
+    for &n in crowd.iter().take(200) {
+        let l = ix.lookup(Some(n), c, None, 32).unwrap();
+        let peers: Vec<NodeId> = l.peers.iter().map(|p| p.node_id).collect();
+        assert_eq!(peers, [node(0)], "the seed, and only it (nobody else holds anything)");
+        assert!(!l.hints.is_empty());
+    }
+    // Once many hold something, answers come from the draw among everyone as before: more
+    // than one peer, and different peers for different askers.
+    for (k, &n) in crowd.iter().enumerate().take(500) {
+        ix.announce(0, n, c, bf(64, &[k as u32 % 64])).unwrap();
+    }
+    let mut seen = BTreeSet::new();
+    for &n in crowd.iter().skip(500).take(50) {
+        let l = ix.lookup(Some(n), c, None, 32).unwrap();
+        assert!(l.peers.len() > 1, "{} peers", l.peers.len());
+        seen.extend(l.peers.iter().map(|p| p.node_id));
+    }
+    assert!(seen.len() > 200, "only {} distinct holders offered", seen.len());
+    // An asker that holds all that anyone holds is answered with nobody: there is no one to
+    // fill the answer with.
+    let (mut ix, c) = setup(Config::default(), 3, 64);
+    ix.announce(0, node(1), c, bf(64, &[1])).unwrap();
+    ix.announce(0, node(2), c, bf(64, &[1, 2])).unwrap();
+    assert!(ix.lookup(Some(node(2)), c, Some(&bf(64, &[1, 2])), 32).unwrap().peers.is_empty());
+}
+
+#[test]
 fn rate_limits_refuse_bursts_from_one_address_and_refill_with_time() {
     let limits = Limits {
         register_per_ip: Rate { per_sec: 1, burst: 2 },

@@ -27,7 +27,7 @@ fn holders_stay_consistent_through_swap_removes_and_sample_distinct_members() {
     let mut h = Holders::new(13);
     for (i, id) in all.iter().enumerate() {
         assert_eq!(h.insert(*id, &Bitfield::new(13)), None);
-        // Replacing returns the old bitfield and keeps the holder's place.
+        // Replacing returns the old bitfield.
         assert_eq!(h.insert(*id, &own(i)), Some(Bitfield::new(13)));
     }
     for (i, id) in all.iter().enumerate().step_by(3) {
@@ -57,11 +57,13 @@ fn holders_stay_consistent_through_swap_removes_and_sample_distinct_members() {
 }
 
 #[test]
-fn region_lists_follow_holders_through_inserts_moves_and_swap_removes() {
+fn region_lists_and_the_holding_part_follow_holders_through_inserts_moves_and_swap_removes() {
     let all = ids(60);
     let mut h = Holders::new(8);
     let mut rng = fastrand::Rng::with_seed(3);
-    let check = |h: &Holders| {
+    // A model of what each holder announced last, and its region.
+    let mut model: std::collections::HashMap<NodeId, (Bitfield, RegionId)> = Default::default();
+    let check = |h: &Holders, model: &std::collections::HashMap<NodeId, (Bitfield, RegionId)>| {
         let mut seen = 0;
         for (&region, list) in &h.by_region {
             assert!(!list.is_empty(), "empty lists are dropped");
@@ -72,24 +74,54 @@ fn region_lists_follow_holders_through_inserts_moves_and_swap_removes() {
             }
         }
         assert_eq!(seen, h.order.iter().filter(|x| x.region != NO_REGION).count());
+        assert!(h.order.iter().all(|x| (x.region == NO_REGION) == (x.region_pos == usize::MAX)));
+        assert_eq!(h.order.len(), model.len());
+        assert_eq!(h.bits.len(), h.order.len());
+        for (i, x) in h.order.iter().enumerate() {
+            let (bf, region) = &model[&x.id];
+            assert_eq!(h.map[&x.id], i, "the map follows the order");
+            assert_eq!(&h.view(i).bitfield(), bf, "the bitfield followed its holder");
+            assert_eq!(x.region, *region);
+            assert_eq!(i < h.holding, bf.count() > 0, "holders of some piece come first");
+        }
+        assert_eq!(h.complete, model.values().filter(|(b, _)| b.is_complete()).count());
     };
-    for step in 0..2000 {
+    for step in 0..4000 {
         let id = all[rng.usize(..all.len())];
         match rng.u8(..3) {
             0 => {
-                h.insert(id, &Bitfield::new(8));
-                h.set_region(&id, rng.u16(..4));
+                // Empty a third of the time, full now and then, else a few pieces.
+                let mut bf = Bitfield::new(8);
+                match rng.u8(..6) {
+                    0 | 1 => {}
+                    2 => bf = Bitfield::full(8),
+                    _ => {
+                        for _ in 0..rng.u32(1..4) {
+                            bf.set(PieceIndex(rng.u32(..8)));
+                        }
+                    }
+                }
+                let region = rng.u16(..4);
+                h.insert(id, &bf);
+                h.set_region(&id, region);
+                model.insert(id, (bf, region));
             }
             1 => {
-                h.remove(&id);
+                assert_eq!(h.remove(&id), model.remove(&id).map(|(b, _)| b));
             }
-            _ => h.set_region(&id, rng.u16(..4)),
+            _ => {
+                let region = rng.u16(..4);
+                h.set_region(&id, region);
+                if let Some(m) = model.get_mut(&id) {
+                    m.1 = region;
+                }
+            }
         }
-        if step % 50 == 0 {
-            check(&h);
+        if step % 20 == 0 {
+            check(&h, &model);
         }
     }
-    check(&h);
+    check(&h, &model);
     // A region's sample holds only its holders, distinct.
     let got: Vec<HolderView<'_>> =
         h.sample_region(&mut rng, 2, 3).into_iter().filter_map(|i| h.at(i)).collect();
@@ -164,4 +196,49 @@ fn a_full_report_table_evicts_unregistered_then_undemoted_holders_before_refusin
     }
     assert_eq!(s.report(real, ip(3), 5, 2, yes), 0);
     assert!(!s.reports.contains_key(&real));
+}
+
+#[test]
+fn a_draw_among_holders_of_something_finds_the_one_among_a_thousand_of_nothing() {
+    // A flash crowd: every newcomer announced its empty bitfield, one seed holds everything.
+    let crowd = ids(1001);
+    let mut h = Holders::new(64);
+    for id in &crowd[1..] {
+        h.insert(*id, &Bitfield::new(64));
+    }
+    h.insert(crowd[0], &Bitfield::full(64));
+    let mut rng = fastrand::Rng::with_seed(11);
+    let ids_of = |h: &Holders, drawn: Vec<usize>| -> Vec<NodeId> {
+        drawn.into_iter().filter_map(|i| h.at(i)).map(|v| *v.id).collect()
+    };
+    let mut seed_in_plain_draws = 0;
+    for _ in 0..100 {
+        assert_eq!(ids_of(&h, h.sample_holding(&mut rng, 64)), [crowd[0]]);
+        // The plain draw is among everyone, as it was: the seed in about one in sixteen.
+        let plain = ids_of(&h, h.sample(&mut rng, 64));
+        assert_eq!(plain.len(), 64);
+        seed_in_plain_draws += usize::from(plain.contains(&crowd[0]));
+    }
+    assert!((1..40).contains(&seed_in_plain_draws), "{seed_in_plain_draws} of 100");
+    // Pieces spread: 200 newcomers hold one each, and draws among holders of something
+    // come from those 201 only, each of them in time.
+    for (k, id) in crowd[1..=200].iter().enumerate() {
+        let mut bf = Bitfield::new(64);
+        bf.set(PieceIndex(k as u32 % 64));
+        h.insert(*id, &bf);
+    }
+    let holding: BTreeSet<NodeId> = crowd[..=200].iter().copied().collect();
+    let mut seen = BTreeSet::new();
+    for _ in 0..100 {
+        let drawn = ids_of(&h, h.sample_holding(&mut rng, 64));
+        assert_eq!(drawn.len(), 64);
+        assert!(drawn.iter().all(|id| holding.contains(id)), "a holder of nothing was drawn");
+        seen.extend(drawn);
+    }
+    assert_eq!(seen.len(), 201, "every holder of a piece is drawn in time");
+    // One that announces nothing (its pieces gone) is no longer among them.
+    h.insert(crowd[0], &Bitfield::new(64));
+    for _ in 0..50 {
+        assert!(!ids_of(&h, h.sample_holding(&mut rng, 64)).contains(&crowd[0]));
+    }
 }
