@@ -247,11 +247,10 @@ impl Index {
             );
             Some(Ranked { key, tie: id_prefix(id), slot })
         };
-        let mut ranked: Vec<Ranked> = candidates
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, slot)| rank(slot, i >= storage_count))
-            .collect();
+        let mut ranked: Vec<Ranked> = Vec::with_capacity(candidates.len());
+        for (i, slot) in candidates.into_iter().enumerate() {
+            ranked.extend(rank(slot, i >= storage_count));
+        }
         let fill = ranked.is_empty() && max_peers > 0;
         if fill {
             // Nobody drawn has a piece the asker lacks, in a swarm mostly of newcomers that
