@@ -130,7 +130,8 @@ fn an_origin_pushing_while_it_seeds_leaves_storage_complete() {
     assert!(pushed.status.success());
     let report: serde_json::Value = serde_json::from_slice(&pushed.stdout).unwrap();
     assert_eq!(report["stored"], true, "{report}");
-    assert_eq!(first_holding(&c.storage), (128, 128));
+    // 8 MiB: 256 pieces of 32 KiB.
+    assert_eq!(first_holding(&c.storage), (256, 256));
 }
 
 #[test]
@@ -142,7 +143,7 @@ fn a_killed_push_resumes_with_only_the_rest() {
         Daemon::start(&tmp.path().join("node"), &["--tracker", &t, "--upload-limit", "1MiB/s"]);
     let src = tmp.path().join("f.bin");
     write_file(&src, 4 * 1024 * 1024, 22);
-    // 4 MiB: 64 pieces of 64 KiB.
+    // 4 MiB: 128 pieces of 32 KiB.
     let piece = 1u64 << shoal_core::piece::piece_log2_for(4 * 1024 * 1024);
     let total = 4 * 1024 * 1024 / piece;
     let mut cmd = node.cmd();

@@ -19,7 +19,7 @@ fn six_downloaders_started_together_serve_each_other() {
         Daemon::start(&tmp.path().join("seed"), &["--tracker", &t, "--upload-limit", "3MiB/s"]);
     let src = tmp.path().join("f.bin");
     let data = write_file(&src, 8 * 1024 * 1024, 11);
-    // 8 MiB: 128 pieces of 64 KiB.
+    // 8 MiB: 256 pieces of 32 KiB.
     let piece = 1u64 << shoal_core::piece::piece_log2_for(data.len() as u64);
     let pieces = data.len() as u64 / piece;
     let ticket = seed.add(&src);

@@ -400,10 +400,10 @@ mod tests {
 
     #[test]
     fn a_layout_groups_whole_pieces_into_segments() {
-        // 10 MiB: 64 KiB pieces (160), 64 per 4 MiB segment: 3 segments, the last of 32.
+        // 10 MiB: 32 KiB pieces (320), 128 per 4 MiB segment: 3 segments, the last of 64.
         let l = segments::Layout::of(10 << 20);
-        assert_eq!((l.piece, l.pieces, l.per_segment, l.segments()), (64 << 10, 160, 64, 3));
-        assert_eq!(l.segment_pieces(2), 128..160);
+        assert_eq!((l.piece, l.pieces, l.per_segment, l.segments()), (32 << 10, 320, 128, 3));
+        assert_eq!(l.segment_pieces(2), 256..320);
         assert_eq!(l.bytes(&l.segment_pieces(2)), (8 << 20)..(10 << 20));
         // 1 byte: one piece, one segment of one byte.
         let l = segments::Layout::of(1);

@@ -169,7 +169,7 @@ mod tests {
         let kp = Keypair::generate_ed25519();
         let storage = NodeId::from_public_key(&kp.public()).unwrap();
         let other = NodeId::from_public_key(&Keypair::generate_ed25519().public()).unwrap();
-        // 4 MiB: 64 pieces of 64 KiB.
+        // 4 MiB: 128 pieces of 32 KiB.
         let p = proof(&kp, 4 << 20, 8, 8);
         assert_eq!(p.verify(&storage), Ok(()));
         assert_eq!(p.verify(&other), Err(ProofError::BadSignature));
@@ -189,14 +189,14 @@ mod tests {
     fn a_proof_past_the_last_piece_or_empty_is_refused() {
         let kp = Keypair::generate_ed25519();
         let storage = NodeId::from_public_key(&kp.public()).unwrap();
-        // 64 pieces: 60..64 is the end, 60..65 runs past it.
-        assert_eq!(proof(&kp, 4 << 20, 60, 4).verify(&storage), Ok(()));
+        // 2 MiB, 64 pieces: 60..64 is the end, 60..65 runs past it.
+        assert_eq!(proof(&kp, 2 << 20, 60, 4).verify(&storage), Ok(()));
         assert!(matches!(
-            proof(&kp, 4 << 20, 60, 5).verify(&storage),
+            proof(&kp, 2 << 20, 60, 5).verify(&storage),
             Err(ProofError::OutOfRange { end: 65, count: 64, .. })
         ));
         assert!(matches!(
-            proof(&kp, 4 << 20, 0, 0).verify(&storage),
+            proof(&kp, 2 << 20, 0, 0).verify(&storage),
             Err(ProofError::OutOfRange { .. })
         ));
     }

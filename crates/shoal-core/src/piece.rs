@@ -1,17 +1,22 @@
 //! The piece-size rule.
 //!
-//! The piece size is the smallest power of two of at least [`SPREAD_PIECE_SIZE`] (64 KiB) for
+//! The piece size is the smallest power of two of at least [`SPREAD_PIECE_SIZE`] (32 KiB) for
 //! which the file has at most [`TARGET_PIECES`] (1024) pieces, capped at [`MAX_PIECE_SIZE`]
-//! (64 MiB); files under 4 MiB instead take the largest power of two, at least
+//! (64 MiB); files under 2 MiB instead take the largest power of two, at least
 //! [`MIN_PIECE_SIZE`] (16 KiB), that still gives them [`MIN_PIECES`] (64) pieces. So a 1 MiB
-//! file has 64 pieces of 16 KiB, 4 to 64 MiB files have pieces of 64 KiB (a 32 MiB file 512),
-//! a 1 GiB file 1024 pieces of 1 MiB, and a manifest stays at 1024 pieces (32 KiB of hashes)
-//! up to files of 64 GiB. Larger files keep 64 MiB pieces, up to [`MAX_PIECES`] (4 TiB).
+//! file has 64 pieces of 16 KiB, 2 to 32 MiB files have pieces of 32 KiB (a 32 MiB file 1024),
+//! 32 to 64 MiB files pieces of 64 KiB, a 1 GiB file 1024 pieces of 1 MiB, and a manifest
+//! stays at 1024 pieces (32 KiB of hashes) up to files of 64 GiB. Larger files keep 64 MiB
+//! pieces, up to [`MAX_PIECES`] (4 TiB).
 //!
 //! Why: every piece costs a request, a stream, a have to each subscribed peer and an announce
 //! delta, so the count stays near a thousand at most; but a swarm of dozens of nodes needs
 //! enough pieces to spread different ones to each (the tracker's differential hints), and a
 //! piece small enough that the last one (endgame) is short, so a small file still gets 64.
+//! Up to 32 MiB the pieces stay at 32 KiB (the count grows to 1024) rather than 64 KiB: each
+//! hop a piece takes through the swarm waits for the whole piece, and with 64 KiB pieces a
+//! 1,000-node swarm finished at 1.16-1.20 times its fluid bound against 1.14 with 32 KiB,
+//! while the 30-node testnet went from 1.17 to 1.08 at the same CPU per GiB (BENCHMARKS.md).
 //!
 //! The rule is part of the manifest's canonical form: the same bytes under the same name
 //! always give the same content id.
@@ -19,12 +24,12 @@
 /// log2 of the smallest piece size.
 pub const MIN_PIECE_LOG2: u8 = 14;
 /// log2 of the piece size above which only the piece count decides.
-pub const SPREAD_PIECE_LOG2: u8 = 16;
+pub const SPREAD_PIECE_LOG2: u8 = 15;
 /// log2 of the largest piece size.
 pub const MAX_PIECE_LOG2: u8 = 26;
 /// The smallest piece size: 16 KiB.
 pub const MIN_PIECE_SIZE: u64 = 1 << MIN_PIECE_LOG2;
-/// The piece size of files from 4 to 64 MiB: 64 KiB.
+/// The piece size of files from 2 to 32 MiB: 32 KiB.
 pub const SPREAD_PIECE_SIZE: u64 = 1 << SPREAD_PIECE_LOG2;
 /// The largest piece size: 64 MiB.
 pub const MAX_PIECE_SIZE: u64 = 1 << MAX_PIECE_LOG2;
@@ -40,11 +45,11 @@ pub const MAX_FILE_SIZE: u64 = MAX_PIECES * MAX_PIECE_SIZE;
 /// log2 of the piece size for a file of `size` bytes.
 pub fn piece_log2_for(size: u64) -> u8 {
     let mut log2 = MIN_PIECE_LOG2;
-    // Small files: double the piece while at least MIN_PIECES pieces remain, up to 64 KiB.
+    // Small files: double the piece while at least MIN_PIECES pieces remain, up to 32 KiB.
     while log2 < SPREAD_PIECE_LOG2 && MIN_PIECES << (log2 + 1) <= size {
         log2 += 1;
     }
-    // From 64 KiB on: double while there are too many pieces.
+    // From 32 KiB on: double while there are too many pieces.
     while log2 < MAX_PIECE_LOG2 && piece_count(size, log2) > TARGET_PIECES {
         log2 += 1;
     }
@@ -76,12 +81,14 @@ mod tests {
             (MIB, 14, 64),
             // just under 2 MiB: 32 KiB pieces would give fewer than 64, so 128 of 16 KiB
             (2 * MIB - 1, 14, 128),
-            // 2 MiB: 64 pieces of 32 KiB
+            // 2 MiB: 64 pieces of 32 KiB, where the small-file rule ends
             (2 * MIB, 15, 64),
-            // 4 MiB: 64 pieces of 64 KiB, where the small-file rule ends
-            (4 * MIB, 16, 64),
-            // 32 MiB (the testnet's file): 512 pieces of 64 KiB
-            (32 * MIB, 16, 512),
+            // 4 MiB: 128 pieces of 32 KiB
+            (4 * MIB, 15, 128),
+            // 32 MiB (the testnet's file): exactly the target count of 32 KiB pieces
+            (32 * MIB, 15, 1024),
+            // one byte more: 64 KiB pieces
+            (32 * MIB + 1, 16, 513),
             // 64 MiB: exactly the target count of 64 KiB pieces
             (64 * MIB, 16, 1024),
             // one byte more doubles the piece size
@@ -104,7 +111,7 @@ mod tests {
     #[test]
     fn piece_size_never_shrinks_as_files_grow() {
         let mut last = MIN_PIECE_LOG2;
-        for size in (0..=70 * MIB).step_by(4099).chain([MIB - 1, 4 * MIB - 1, 4 * MIB + 1]) {
+        for size in (0..=70 * MIB).step_by(4099).chain([MIB - 1, 2 * MIB - 1, 2 * MIB + 1]) {
             let log2 = piece_log2_for(size);
             assert!((MIN_PIECE_LOG2..=MAX_PIECE_LOG2).contains(&log2));
             assert!(piece_count(size, log2) <= TARGET_PIECES, "size {size}");

@@ -252,12 +252,12 @@ mod tests {
         };
         let v = event_json(&TaskEvent::Segment(p)).unwrap();
         assert_eq!(v["len"], 0, "{v}");
-        // A real one: 10 MiB in 64 KiB pieces, the last segment of 32 pieces.
+        // A real one: 10 MiB in 32 KiB pieces, the last segment of 64 pieces.
         let p = SegmentProof {
             task: TaskId([1; 16]),
             size: 10 << 20,
-            first: PieceIndex(128),
-            hashes: vec![PieceHash([0; 32]); 32],
+            first: PieceIndex(256),
+            hashes: vec![PieceHash([0; 32]); 64],
             signature: [0; 64],
         };
         let v = event_json(&TaskEvent::Segment(p)).unwrap();
