@@ -1,10 +1,10 @@
 //! The manifest: what a content is, in a canonical, versioned binary encoding.
 //!
-//! Encoding, version 1 (all integers big-endian):
+//! Encoding, version 2 (all integers big-endian):
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 4 | magic `SHM` followed by the version byte `0x01` |
+//! | 4 | magic `SHM` followed by the version byte `0x02` |
 //! | 8 | file size in bytes |
 //! | 1 | log2 of the piece size, which must equal [`piece::piece_log2_for`] of the size |
 //! | 2 | name length N, 1..=255 |
@@ -14,6 +14,11 @@
 //! Nothing may follow. Every value has exactly one encoding, so the [`ContentId`], the
 //! BLAKE3 hash of these bytes, names the content and lets anyone holding it verify the
 //! manifest and, through it, every piece.
+//!
+//! Version 1 is the same but for its version byte `0x01` and its piece-size rule
+//! ([`piece::piece_log2_v1`]: 64 KiB pieces for 4 to 32 MiB files, where version 2 has 32 KiB).
+//! It is read and kept as it is (a decoded manifest encodes to the same bytes, so contents
+//! added before keep their ids); new manifests are version 2.
 
 use std::ops::Range;
 
@@ -21,8 +26,10 @@ use crate::piece::{self, MAX_FILE_SIZE, MAX_PIECES};
 use crate::{ContentId, PieceHash, PieceIndex};
 
 const MAGIC: [u8; 3] = *b"SHM";
-/// The manifest encoding version this crate writes and reads.
-pub const VERSION: u8 = 1;
+/// The manifest encoding version this crate writes.
+pub const VERSION: u8 = 2;
+/// The oldest version it reads.
+pub const MIN_VERSION: u8 = 1;
 /// The longest name, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
 const HEADER_LEN: usize = 4 + 8 + 1 + 2;
@@ -45,7 +52,7 @@ pub enum ManifestError {
     #[error("not a shoal manifest (bad magic)")]
     Magic,
     /// A manifest version this build does not read.
-    #[error("manifest version {0} is not supported (this build reads version {VERSION})")]
+    #[error("manifest version {0} is not supported (this build reads versions {MIN_VERSION} to {VERSION}: update shoal)")]
     Version(u8),
     /// The piece size is not the one the rule gives for this size.
     #[error("piece size 2^{got} is not canonical for {size} bytes (expected 2^{expected})")]
@@ -75,9 +82,20 @@ pub enum ManifestError {
     },
 }
 
+/// log2 of the piece size manifests of `version` give a file of `size` bytes.
+fn rule(version: u8, size: u64) -> u8 {
+    if version == 1 {
+        piece::piece_log2_v1(size)
+    } else {
+        piece::piece_log2_for(size)
+    }
+}
+
 /// A content's name, size, piece size and piece hashes.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Manifest {
+    /// The encoding's version: [`VERSION`] for a new manifest, that of the bytes decoded.
+    version: u8,
     name: String,
     size: u64,
     piece_log2: u8,
@@ -97,8 +115,14 @@ impl Manifest {
         if pieces.len() as u64 != expected {
             return Err(ManifestError::PieceCount { got: pieces.len(), expected, size });
         }
-        let mut m =
-            Self { name: name.to_string(), size, piece_log2, pieces, id: ContentId([0; 32]) };
+        let mut m = Self {
+            version: VERSION,
+            name: name.to_string(),
+            size,
+            piece_log2,
+            pieces,
+            id: ContentId([0; 32]),
+        };
         m.id = ContentId::from(blake3::hash(&m.encode()));
         Ok(m)
     }
@@ -107,7 +131,7 @@ impl Manifest {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER_LEN + self.name.len() + 32 * self.pieces.len());
         out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
+        out.push(self.version);
         out.extend_from_slice(&self.size.to_be_bytes());
         out.push(self.piece_log2);
         out.extend_from_slice(&(self.name.len() as u16).to_be_bytes());
@@ -126,15 +150,16 @@ impl Manifest {
         if bytes[..3] != MAGIC {
             return Err(ManifestError::Magic);
         }
-        if bytes[3] != VERSION {
-            return Err(ManifestError::Version(bytes[3]));
+        let version = bytes[3];
+        if !(MIN_VERSION..=VERSION).contains(&version) {
+            return Err(ManifestError::Version(version));
         }
         let size = u64::from_be_bytes(bytes[4..12].try_into().expect("8 bytes"));
         if size > MAX_FILE_SIZE {
             return Err(ManifestError::TooLarge(size));
         }
         let piece_log2 = bytes[12];
-        let expected_log2 = piece::piece_log2_for(size);
+        let expected_log2 = rule(version, size);
         if piece_log2 != expected_log2 {
             return Err(ManifestError::PieceSize {
                 got: piece_log2,
@@ -157,6 +182,7 @@ impl Manifest {
             .map(|c| PieceHash(c.try_into().expect("32-byte chunk")))
             .collect();
         Ok(Self {
+            version,
             name: name.to_string(),
             size,
             piece_log2,
@@ -236,7 +262,7 @@ impl<'a> Header<'a> {
         if bytes[..3] != MAGIC {
             return Err(ManifestError::Magic);
         }
-        if bytes[3] != VERSION {
+        if !(MIN_VERSION..=VERSION).contains(&bytes[3]) {
             return Err(ManifestError::Version(bytes[3]));
         }
         let mut size = [0u8; 8];
@@ -246,7 +272,7 @@ impl<'a> Header<'a> {
         if piece_log2 >= 64 {
             return Err(ManifestError::PieceSize {
                 got: piece_log2,
-                expected: piece::piece_log2_for(size),
+                expected: rule(bytes[3], size),
                 size,
             });
         }
@@ -365,15 +391,48 @@ mod tests {
             Manifest::decode(&bytes[..bytes.len() - 1]),
             Err(ManifestError::Length { .. })
         ));
-        let mut v = bytes.clone();
-        v[3] = 2;
-        assert_eq!(Manifest::decode(&v), Err(ManifestError::Version(2)));
+        for version in [0, 3, 0xff] {
+            let mut v = bytes.clone();
+            v[3] = version;
+            assert_eq!(Manifest::decode(&v), Err(ManifestError::Version(version)));
+        }
         let mut ps = bytes.clone();
         ps[12] += 1;
         assert!(matches!(Manifest::decode(&ps), Err(ManifestError::PieceSize { .. })));
         for bad in ["", ".", "..", "a/b", "nul\0"] {
             assert!(matches!(Manifest::new(bad, 0, vec![]), Err(ManifestError::Name(_))));
         }
+    }
+
+    #[test]
+    fn version_1_manifests_are_read_with_their_own_rule_and_keep_their_bytes() {
+        // 8 MiB: version 1 cut it into 128 pieces of 64 KiB, version 2 into 256 of 32 KiB.
+        let size = 8u64 << 20;
+        let hashes: Vec<PieceHash> = (0..128u32).map(|i| PieceHash::of(&i.to_le_bytes())).collect();
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(b"SHM\x01");
+        v1.extend_from_slice(&size.to_be_bytes());
+        v1.push(16);
+        v1.extend_from_slice(&5u16.to_be_bytes());
+        v1.extend_from_slice(b"a.bin");
+        hashes.iter().for_each(|h| v1.extend_from_slice(h.as_bytes()));
+        let m = Manifest::decode(&v1).unwrap();
+        assert_eq!((m.piece_size(), m.piece_count()), (64 << 10, 128));
+        assert_eq!(m.encode(), v1, "a decoded version 1 manifest encodes to the same bytes");
+        assert_eq!(m.content_id(), ContentId::from(blake3::hash(&v1)));
+        let h = Header::read(&v1).unwrap();
+        assert_eq!((h.size, h.piece_size), (size, 64 << 10));
+        // Version 2's piece size under version 1's byte is not canonical, nor the reverse.
+        let mut wrong = v1.clone();
+        wrong[12] = 15;
+        assert!(matches!(Manifest::decode(&wrong), Err(ManifestError::PieceSize { .. })));
+        let mut wrong = v1.clone();
+        wrong[3] = 2;
+        assert!(matches!(Manifest::decode(&wrong), Err(ManifestError::PieceSize { .. })));
+        // New manifests are version 2, with 32 KiB pieces.
+        let n = Manifest::new("a.bin", size, vec![PieceHash([0; 32]); 256]).unwrap();
+        assert_eq!((n.encode()[3], n.piece_size()), (2, 32 << 10));
+        assert_eq!(Manifest::decode(&n.encode()).unwrap(), n);
     }
 
     proptest! {

@@ -19,12 +19,15 @@
 //! while the 30-node testnet went from 1.17 to 1.08 at the same CPU per GiB (BENCHMARKS.md).
 //!
 //! The rule is part of the manifest's canonical form: the same bytes under the same name
-//! always give the same content id.
+//! always give the same content id. Version 1 manifests followed the rule with 64 KiB pieces
+//! from 4 MiB ([`piece_log2_v1`]); they are still read, so contents added before keep their ids.
 
 /// log2 of the smallest piece size.
 pub const MIN_PIECE_LOG2: u8 = 14;
 /// log2 of the piece size above which only the piece count decides.
 pub const SPREAD_PIECE_LOG2: u8 = 15;
+/// The same in the rule of version 1 manifests, which gave 4 to 32 MiB files 64 KiB pieces.
+pub const SPREAD_PIECE_LOG2_V1: u8 = 16;
 /// log2 of the largest piece size.
 pub const MAX_PIECE_LOG2: u8 = 26;
 /// The smallest piece size: 16 KiB.
@@ -42,11 +45,22 @@ pub const MAX_PIECES: u64 = 1 << 16;
 /// The largest file size Shoal handles.
 pub const MAX_FILE_SIZE: u64 = MAX_PIECES * MAX_PIECE_SIZE;
 
-/// log2 of the piece size for a file of `size` bytes.
+/// log2 of the piece size for a file of `size` bytes (the rule of the manifests this build
+/// writes, version 2).
 pub fn piece_log2_for(size: u64) -> u8 {
+    piece_log2_spread(size, SPREAD_PIECE_LOG2)
+}
+
+/// log2 of the piece size version 1 manifests give a file of `size` bytes: read, never written.
+pub fn piece_log2_v1(size: u64) -> u8 {
+    piece_log2_spread(size, SPREAD_PIECE_LOG2_V1)
+}
+
+/// The rule with small files' pieces growing up to `2^spread`.
+fn piece_log2_spread(size: u64, spread: u8) -> u8 {
     let mut log2 = MIN_PIECE_LOG2;
     // Small files: double the piece while at least MIN_PIECES pieces remain, up to 32 KiB.
-    while log2 < SPREAD_PIECE_LOG2 && MIN_PIECES << (log2 + 1) <= size {
+    while log2 < spread && MIN_PIECES << (log2 + 1) <= size {
         log2 += 1;
     }
     // From 32 KiB on: double while there are too many pieces.
@@ -105,6 +119,20 @@ mod tests {
         for &(size, log2, count) in table {
             assert_eq!(piece_log2_for(size), log2, "size {size}");
             assert_eq!(piece_count(size, log2), count, "size {size}");
+        }
+        // Version 1's rule: 64 KiB pieces from 4 MiB to 64 MiB, the same elsewhere.
+        let v1: &[(u64, u8)] = &[
+            (MIB, 14),
+            (2 * MIB, 15),
+            (4 * MIB - 1, 15),
+            (4 * MIB, 16),
+            (32 * MIB, 16),
+            (64 * MIB, 16),
+            (64 * MIB + 1, 17),
+            (1 << 30, 20),
+        ];
+        for &(size, log2) in v1 {
+            assert_eq!(piece_log2_v1(size), log2, "size {size}");
         }
     }
 
