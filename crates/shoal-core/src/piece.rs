@@ -59,11 +59,11 @@ pub fn piece_log2_v1(size: u64) -> u8 {
 /// The rule with small files' pieces growing up to `2^spread`.
 fn piece_log2_spread(size: u64, spread: u8) -> u8 {
     let mut log2 = MIN_PIECE_LOG2;
-    // Small files: double the piece while at least MIN_PIECES pieces remain, up to 32 KiB.
+    // Small files: double the piece while at least MIN_PIECES pieces remain, up to 2^spread.
     while log2 < spread && MIN_PIECES << (log2 + 1) <= size {
         log2 += 1;
     }
-    // From 32 KiB on: double while there are too many pieces.
+    // From there on: double while there are too many pieces.
     while log2 < MAX_PIECE_LOG2 && piece_count(size, log2) > TARGET_PIECES {
         log2 += 1;
     }

@@ -266,13 +266,11 @@ impl Index {
                 .cmp(&(b.key, b.tie))
                 .then_with(|| holders.rank_inputs(a.slot).0.cmp(holders.rank_inputs(b.slot).0))
         };
-        if ranked.len() > max_peers && max_peers > 0 {
-            ranked.select_nth_unstable_by(max_peers - 1, order);
-            ranked.truncate(max_peers);
-        }
-        if fill && ranked.len() > 1 {
-            ranked.select_nth_unstable_by(0, order);
-            ranked.truncate(1);
+        // A filled answer is the one best holder of something.
+        let keep = if fill { 1 } else { max_peers };
+        if ranked.len() > keep && keep > 0 {
+            ranked.select_nth_unstable_by(keep - 1, order);
+            ranked.truncate(keep);
         }
         ranked.sort_unstable_by(order);
         // Never more than asked for (`max_peers` 0 included: the selection above skips it).

@@ -219,7 +219,8 @@ impl Holders {
         }
     }
 
-    /// The holder at `slot` if it is `id` (places change only when holders come or go).
+    /// The holder at `slot` if it is `id` (places change when holders come or go, and when a
+    /// holder's bitfield turns empty or stops being so).
     fn slot_of(&mut self, slot: usize, id: &NodeId) -> Option<&mut Holder> {
         self.order.get_mut(slot).filter(|h| h.id == *id)
     }
